@@ -1,0 +1,3 @@
+"""tokenyard: an OpenAI-compatible inference proxy and cost meter."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,123 @@
+"""The ``tokenyard`` command: serve the proxy, check a config, run a simulated upstream."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from tokenyard import __version__
+from tokenyard.errors import ConfigError
+from tokenyard.router.config import ServerConfig, TokenyardConfig, load_config
+from tokenyard.simulator import cli as simulator_cli
+
+log = logging.getLogger("tokenyard")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tokenyard`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    code: int = args.run(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenyard",
+        description="An OpenAI-compatible inference proxy and cost meter.",
+    )
+    parser.add_argument("--version", action="version", version=f"tokenyard {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy",
+        description="Run the proxy. With no --config (and no TOKENYARD_CONFIG), a built-in quick-start "
+        "config starts simulated backends in-process, so it works with no keys and no network.",
+    )
+    serve.add_argument(
+        "--config", metavar="FILE", help="YAML config (default: $TOKENYARD_CONFIG, else built-in)"
+    )
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file",
+        description="Validate a config file; print every problem by its path and exit 1 if there is any.",
+    )
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(run=_check_config)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run a simulated OpenAI-compatible upstream",
+        description="Run a simulated OpenAI-compatible upstream (serverless or dedicated, with faults).",
+    )
+    simulator_cli.add_arguments(simulate)
+    simulate.set_defaults(run=simulator_cli.run)
+    return parser
+
+
+def _load(path: str | None, host: str | None = None, port: int | None = None) -> TokenyardConfig:
+    config = load_config(path)
+    if host is None and port is None:
+        return config
+    server = config.server.model_copy(
+        update={"host": host or config.server.host, "port": config.server.port if port is None else port}
+    )
+    config = config.model_copy(update={"server": ServerConfig.model_validate(server.model_dump())})
+    problems = config.cross_reference_problems()
+    if problems:
+        raise ConfigError(problems, source="command line")
+    return config
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(
+        f"{args.file}: ok ({len(config.backends)} backends, {len(config.models)} models, "
+        f"{len(config.keys)} keys)"
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    path = args.config or os.environ.get("TOKENYARD_CONFIG") or None
+    try:
+        config = _load(path, args.host, args.port)
+    except ConfigError as exc:
+        print(f"tokenyard: refusing to start, the config is invalid.\n{exc}", file=sys.stderr)
+        return 1
+    # Imported here: `check-config` and `--help` should not pay for the server stack.
+    from tokenyard.router.server import run_server
+
+    _announce(config, path)
+    run_server(config, log_level=args.log_level)
+    return 0
+
+
+def _announce(config: TokenyardConfig, path: str | None) -> None:
+    server = config.server
+    log.info("config: %s", path or "built-in quick-start (simulated backends)")
+    log.info("models: %s", ", ".join(config.models))
+    if not config.keys:
+        log.warning(
+            "no API keys configured: any bearer key is accepted, so tokenyard listens on %s only", server.host
+        )
+    log.info("OpenAI base_url: http://%s:%d/v1", server.host, server.port)

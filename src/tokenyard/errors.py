@@ -1,0 +1,142 @@
+"""The one exception tree of tokenyard.
+
+Every failure tokenyard raises on purpose is a ``TokenyardError``. Each leaf carries the HTTP status and
+OpenAI error ``type``/``code`` it maps to, so the edge (``router/wire.py``) renders it in one place.
+Foreign exceptions (aiohttp, pydantic, yaml) are mapped where they occur, ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class TokenyardError(Exception):
+    """Base of every error tokenyard raises on purpose."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+# -- configuration ------------------------------------------------------------------------------------
+
+
+class ConfigError(TokenyardError):
+    """The configuration file is unreadable or invalid; ``problems`` names each one by its path."""
+
+    def __init__(self, problems: list[tuple[str, str]], *, source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        lines = [f"{path}: {message}" if path else message for path, message in problems]
+        super().__init__(f"{source}: {len(problems)} error(s)\n  " + "\n  ".join(lines))
+
+
+# -- the client's fault (4xx) -------------------------------------------------------------------------
+
+
+class ClientError(TokenyardError):
+    """The request itself is wrong; retrying it unchanged will not help."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidRequest(ClientError):
+    """The body is not JSON, or a field routing needs has the wrong type."""
+
+
+class AuthenticationFailed(ClientError):
+    """No API key, or one tokenyard does not know."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(ClientError):
+    """The model does not exist, or the key may not use it (indistinguishable on purpose)."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class RouteNotFound(ClientError):
+    """No endpoint at this path."""
+
+    status_code = 404
+    code = "unknown_url"
+
+
+class MethodNotAllowed(ClientError):
+    """The path exists but not for this HTTP method."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class BodyTooLarge(ClientError):
+    """The request body is larger than ``server.max_body_bytes``."""
+
+    status_code = 413
+    code = "request_too_large"
+
+
+class CapacityExhausted(ClientError):
+    """Every deployment of the model is at its concurrency cap or rate limit; retry after a moment."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "capacity_exhausted"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+# -- the upstream's fault (5xx) -----------------------------------------------------------------------
+
+
+class UpstreamError(TokenyardError):
+    """An upstream backend failed; the proxy itself is fine."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "bad_gateway"
+
+
+class UpstreamConnectError(UpstreamError):
+    """The backend could not be reached (refused, reset, DNS)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The backend did not answer within its timeout."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The backend answered with a status that counts as its failure (5xx, 429, auth)."""
+
+    def __init__(self, message: str, *, status: int, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamStreamBroken(UpstreamError):
+    """The backend's stream ended before it was complete."""
+
+
+class NoBackendAvailable(UpstreamError):
+    """Every deployment of the model is cooling down after failures."""
+
+    status_code = 503
+    code = "no_backend_available"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

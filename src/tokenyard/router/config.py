@@ -1,0 +1,314 @@
+"""The configuration file: pydantic models, ``${ENV}`` interpolation, and errors named by their path.
+
+A config is YAML, validated once at start-up. Every problem is reported at once, each as
+``backends.vllm-a.gpu_hour_price: must be > 0``, so a person can fix the file in one pass.
+Secrets (upstream ``api_key``, virtual keys) are ``SecretStr``: they never print, not even in errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tokenyard.errors import ConfigError
+from tokenyard.simulator.config import SimulatorConfig
+
+BackendKind = Literal["serverless", "dedicated", "dedicated_serverless", "batch"]
+REALTIME_KINDS: frozenset[str] = frozenset({"serverless", "dedicated", "dedicated_serverless"})
+_DEDICATED_ONLY = ("gpu_type", "gpus_per_replica", "replicas", "gpu_hour_price")
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Prices(_Strict):
+    """Per-token prices of a backend, in USD per one million tokens."""
+
+    input_per_1m: NonNegativeFloat = 0.0
+    cached_input_per_1m: NonNegativeFloat | None = None  # None: same as input_per_1m
+    output_per_1m: NonNegativeFloat = 0.0
+
+
+class Timeouts(_Strict):
+    """How long the proxy waits on a backend before it fails over (or gives up)."""
+
+    connect_s: PositiveFloat = 5.0
+    # Until the response head and, for a stream, its first chunk. Nothing has reached the client yet, so
+    # exceeding it fails over. A non-streaming answer's head comes after the whole generation: keep it long.
+    first_byte_s: PositiveFloat = 300.0
+    idle_s: PositiveFloat = 120.0  # the longest silence allowed once the body is flowing
+
+
+class BackendConfig(_Strict):
+    """One upstream deployment: where it is, how it bills, and how much it may take."""
+
+    kind: BackendKind
+    base_url: str | None = None
+    simulator: SimulatorConfig | None = None  # started in-process on a free loopback port instead of base_url
+    api_key: SecretStr | None = None
+    model: str | None = None  # the upstream's model name; default: the public model name
+    prices: Prices = Prices()
+    # Dedicated (billed per GPU-hour) only.
+    gpu_type: str | None = None
+    gpus_per_replica: PositiveInt | None = None
+    replicas: PositiveInt | None = None
+    gpu_hour_price: PositiveFloat | None = None
+    # The in-flight cap its latency SLA allows; past it, traffic spills over to the next deployment.
+    max_concurrency: PositiveInt | None = None
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_connections: PositiveInt = 512
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BackendConfig:
+        problems = []
+        if (self.base_url is None) == (self.simulator is None):
+            problems.append("give exactly one of base_url and simulator")
+        if self.kind == "dedicated":
+            missing = [name for name in (*_DEDICATED_ONLY, "max_concurrency") if getattr(self, name) is None]
+            if missing:
+                problems.append(f"a dedicated backend needs {', '.join(missing)}")
+        else:
+            given = [name for name in _DEDICATED_ONLY if getattr(self, name) is not None]
+            if given:
+                problems.append(f"{', '.join(given)} only apply to dedicated backends")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class ModelConfig(_Strict):
+    """A public model name and the backends that serve it, in order of preference."""
+
+    deployments: list[str] = Field(min_length=1)
+
+    @field_validator("deployments")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a backend more than once")
+        return value
+
+
+class KeyConfig(_Strict):
+    """A virtual API key handed to a team; it maps to a tenant and may be limited to some models."""
+
+    key: SecretStr
+    tenant: str | None = None  # default: the key's name in the file
+    models: list[str] | None = None  # None: every model
+
+    @field_validator("key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 8:
+            raise ValueError("must be at least 8 characters")
+        return value
+
+
+class RoutingConfig(_Strict):
+    """How failing backends are taken out and probed back in."""
+
+    failure_threshold: PositiveInt = 3  # consecutive failures that open a backend's circuit
+    cooldown_s: PositiveFloat = 10.0  # first cool-down; doubles while probes keep failing
+    max_cooldown_s: PositiveFloat = 300.0
+
+
+class ServerConfig(_Strict):
+    """The proxy's own listener."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    max_body_bytes: PositiveInt = 32 * 1024 * 1024
+    drain_timeout_s: PositiveInt = 30
+
+
+class TokenyardConfig(_Strict):
+    """The whole configuration file."""
+
+    server: ServerConfig = ServerConfig()
+    routing: RoutingConfig = RoutingConfig()
+    backends: dict[str, BackendConfig] = Field(min_length=1)
+    models: dict[str, ModelConfig] = Field(min_length=1)
+    keys: dict[str, KeyConfig] = {}
+
+    def cross_reference_problems(self) -> list[tuple[str, str]]:
+        """Problems that span sections: names that point nowhere, duplicated secrets, unsafe listeners."""
+        problems: list[tuple[str, str]] = []
+        for model_name, model in self.models.items():
+            for i, backend_name in enumerate(model.deployments):
+                backend = self.backends.get(backend_name)
+                path = f"models.{model_name}.deployments.{i}"
+                if backend is None:
+                    problems.append((path, f"unknown backend {backend_name!r}"))
+                elif backend.kind not in REALTIME_KINDS:
+                    problems.append(
+                        (path, f"backend {backend_name!r} is kind {backend.kind}: it cannot serve real-time")
+                    )
+        seen: dict[str, str] = {}
+        for key_name, key in self.keys.items():
+            for i, model_name in enumerate(key.models or ()):
+                if model_name not in self.models:
+                    problems.append((f"keys.{key_name}.models.{i}", f"unknown model {model_name!r}"))
+            secret = key.key.get_secret_value()
+            if secret in seen:
+                problems.append((f"keys.{key_name}.key", f"same key as keys.{seen[secret]}"))
+            seen.setdefault(secret, key_name)
+        if not self.keys and not is_loopback(self.server.host):
+            problems.append(
+                (
+                    "server.host",
+                    "with no keys configured tokenyard accepts any bearer key, so it listens on "
+                    "loopback only; configure keys to listen on " + self.server.host,
+                )
+            )
+        return problems
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate_env(
+    tree: Any, env: dict[str, str] | os._Environ[str], path: str = ""
+) -> tuple[Any, list[tuple[str, str]]]:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed YAML tree.
+
+    Substitution happens after parsing, so a secret's characters can never change the YAML structure.
+    Returns the new tree and the problems (unset variables, by path).
+    """
+    problems: list[tuple[str, str]] = []
+
+    def substitute(value: str, where: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append((where, f"environment variable {name} is not set"))
+            return ""
+
+        return _ENV_REF.sub(one, value)
+
+    def walk(node: Any, where: str) -> Any:
+        if isinstance(node, str):
+            return substitute(node, where)
+        if isinstance(node, dict):
+            return {key: walk(value, _join(where, key)) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value, _join(where, i)) for i, value in enumerate(node)]
+        return node
+
+    return walk(tree, path), problems
+
+
+def _join(path: str, part: object) -> str:
+    return f"{path}.{part}" if path else str(part)
+
+
+def _pydantic_problems(exc: ValidationError) -> Iterator[tuple[str, str]]:
+    for error in exc.errors(include_url=False, include_input=False):
+        # Discriminator/function tags in loc are not part of the file's structure.
+        parts = [str(p) for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        yield ".".join(parts), _readable(error["type"], error["msg"], error.get("ctx") or {})
+
+
+def _readable(kind: str, message: str, ctx: dict[str, Any]) -> str:
+    simple = {
+        "missing": "required",
+        "extra_forbidden": "unknown field",
+        "greater_than": "must be > {gt}",
+        "greater_than_equal": "must be >= {ge}",
+        "less_than_equal": "must be <= {le}",
+        "too_short": "must not be empty",
+        "literal_error": "must be one of {expected}",
+        "int_parsing": "must be an integer",
+        "int_type": "must be an integer",
+        "float_parsing": "must be a number",
+        "float_type": "must be a number",
+        "string_type": "must be a string",
+        "dict_type": "must be a mapping",
+        "model_type": "must be a mapping",
+        "list_type": "must be a list",
+        "bool_parsing": "must be true or false",
+    }
+    if kind in simple:
+        return simple[kind].format(**{k: f"{v:g}" if isinstance(v, float) else v for k, v in ctx.items()})
+    if kind == "value_error":
+        return str(ctx.get("error", message))
+    return message
+
+
+def parse_config(text: str, *, source: str = "config", env: dict[str, str] | None = None) -> TokenyardConfig:
+    """Parse and validate a YAML config text; raise ``ConfigError`` naming every problem by path."""
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")], source=source
+        ) from exc
+    if not isinstance(tree, dict):
+        raise ConfigError([("", "the file must be a YAML mapping")], source=source)
+    tree, problems = interpolate_env(tree, os.environ if env is None else env)
+    try:
+        config = TokenyardConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(problems + list(_pydantic_problems(exc)), source=source) from exc
+    problems += config.cross_reference_problems()
+    if problems:
+        raise ConfigError(problems, source=source)
+    return config
+
+
+def load_config(path: str | Path | None, *, env: dict[str, str] | None = None) -> TokenyardConfig:
+    """Load a config file, or the built-in quick-start config (simulated backends) when ``path`` is None."""
+    if path is None:
+        text = resources.files("tokenyard.router").joinpath("quickstart.yaml").read_text()
+        return parse_config(text, source="built-in quick-start config", env=env)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read the file: {exc.strerror}")], source=str(path)) from exc
+    return parse_config(text, source=str(path), env=env)
