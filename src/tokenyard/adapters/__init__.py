@@ -1,0 +1,2 @@
+"""Upstream protocol clients. They speak one upstream protocol well and know nothing of tenants,
+prices or routing."""

@@ -1,0 +1,111 @@
+"""Backends at run time: an upstream client plus the live state routing reads (in-flight, circuit, limits)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from aiolimiter import AsyncLimiter
+
+from tokenyard.adapters.base import Upstream
+from tokenyard.adapters.openai_http import OpenAIHttpUpstream
+from tokenyard.router.breaker import CircuitBreaker
+from tokenyard.router.config import BackendConfig, TokenyardConfig
+from tokenyard.router.routing import DeploymentView
+from tokenyard.simulator.server import SimulatorServer
+
+log = logging.getLogger("tokenyard.backends")
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class Backend:
+    """One configured upstream deployment and its live state."""
+
+    name: str
+    config: BackendConfig
+    upstream: Upstream
+    breaker: CircuitBreaker
+    rpm: AsyncLimiter | None = None
+    tpm: AsyncLimiter | None = None
+    in_flight: int = 0
+    base_url: str = field(default="", repr=False)
+
+    def view(self, now: float, estimated_tokens: int, *, already_failed: bool) -> DeploymentView:
+        """A snapshot of this backend for ``routing.choose_deployment``."""
+        return DeploymentView(
+            name=self.name,
+            in_flight=self.in_flight,
+            max_concurrency=self.config.max_concurrency,
+            rate_limited=not self._has_rate_room(estimated_tokens),
+            cooling_for_s=0.0 if self.breaker.available(now) else max(self.breaker.cooling_for_s(now), 1e-3),
+            already_failed=already_failed,
+        )
+
+    def _has_rate_room(self, estimated_tokens: int) -> bool:
+        if self.rpm is not None and not self.rpm.has_capacity(1):
+            return False
+        return self.tpm is None or self.tpm.has_capacity(min(estimated_tokens, self.tpm.max_rate))
+
+    async def admit(self, now: float, estimated_tokens: int) -> None:
+        """Count a request in: in-flight, the circuit's probe, the rate limits.
+
+        Called right after routing saw room, with no await in between, so the limiters never block here.
+        """
+        self.in_flight += 1
+        self.breaker.on_dispatch(now)
+        if self.rpm is not None:
+            await self.rpm.acquire(1)
+        if self.tpm is not None:
+            await self.tpm.acquire(min(estimated_tokens, self.tpm.max_rate))
+
+    def record_failure(self, now: float, reason: str, retry_after_s: float | None = None) -> None:
+        """Tell the circuit breaker the backend failed, and log when that takes it out."""
+        if self.breaker.on_failure(now, retry_after_s):
+            log.warning(
+                "backend %s out for %.1f s after %s", self.name, self.breaker.cooling_for_s(now), reason
+            )
+
+    def record_success(self) -> None:
+        """Tell the circuit breaker the backend answered well."""
+        if self.breaker.tripped:
+            log.warning("backend %s is back in service", self.name)
+        self.breaker.on_success()
+
+
+@contextlib.asynccontextmanager
+async def open_backends(config: TokenyardConfig) -> AsyncIterator[dict[str, Backend]]:
+    """Start every backend's upstream client (and the simulators the config asks for); close them after."""
+    async with contextlib.AsyncExitStack() as stack:
+        backends: dict[str, Backend] = {}
+        for name, bc in config.backends.items():
+            base_url = bc.base_url
+            if bc.simulator is not None:
+                sim = await stack.enter_async_context(SimulatorServer(bc.simulator))
+                base_url = sim.base_url
+                log.info("backend %s: simulator (%s) on %s", name, bc.simulator.mode, base_url)
+            assert base_url is not None  # config validation guarantees base_url or simulator
+            upstream = OpenAIHttpUpstream(
+                base_url,
+                api_key=bc.api_key.get_secret_value() if bc.api_key else None,
+                connect_s=bc.timeouts.connect_s,
+                first_byte_s=bc.timeouts.first_byte_s,
+                idle_s=bc.timeouts.idle_s,
+                max_connections=bc.max_connections,
+            )
+            stack.push_async_callback(upstream.aclose)
+            backends[name] = Backend(
+                name=name,
+                config=bc,
+                upstream=upstream,
+                breaker=CircuitBreaker(
+                    config.routing.failure_threshold, config.routing.cooldown_s, config.routing.max_cooldown_s
+                ),
+                rpm=AsyncLimiter(bc.rpm, 60) if bc.rpm else None,
+                tpm=AsyncLimiter(bc.tpm, 60) if bc.tpm else None,
+                base_url=base_url,
+            )
+        yield backends

@@ -1,0 +1,179 @@
+"""Test harness: the real proxy as a subprocess on loopback, simulators as its upstreams.
+
+Simulators run in the test's own event loop (real HTTP servers on free loopback ports) so tests can read
+their stats and change their faults; the proxy runs as ``python -m tokenyard serve`` exactly as a user
+starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import yaml
+
+from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.simulator.server import SimulatorServer
+
+CLIENT_KEY = "sk-test-team-a-0123456789"
+OTHER_KEY = "sk-test-team-b-0123456789"
+UPSTREAM_SECRET = "sk-upstream-SECRET-do-not-leak-42"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ProxyProcess:
+    """A running ``tokenyard serve`` subprocess."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log_path = log_path
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def log(self) -> str:
+        """What the proxy printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, key: str = CLIENT_KEY, **kwargs: Any) -> openai.AsyncOpenAI:
+        """The official SDK pointed at the proxy (no SDK retries: tests see each answer as it is)."""
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("timeout", 30)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=key, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Stop the process and return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+async def start_proxy(
+    config: dict[str, Any] | None, tmp: Path, *, extra_args: tuple[str, ...] = ()
+) -> ProxyProcess:
+    """Write ``config`` to a file and start the proxy on it (``None``: the built-in quick start)."""
+    port = free_port()
+    args = [sys.executable, "-m", "tokenyard", "serve", "--port", str(port), *extra_args]
+    if config is not None:
+        config_path = tmp / f"config-{port}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        args += ["--config", str(config_path)]
+    log_path = tmp / f"proxy-{port}.log"
+    env = {k: v for k, v in os.environ.items() if k != "TOKENYARD_CONFIG"}
+    proc = _spawn(args, log_path, env)
+    proxy = ProxyProcess(proc, port, log_path)
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"proxy exited with {proc.returncode}:\n{proxy.log()}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get(f"http://127.0.0.1:{port}/health/ready")).status_code == 200:
+                    return proxy
+            await asyncio.sleep(0.05)
+    proxy.stop(signal.SIGKILL)
+    raise RuntimeError(f"proxy not ready in 30 s:\n{proxy.log()}")
+
+
+def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+
+
+@contextlib.asynccontextmanager
+async def simulators(**configs: SimulatorConfig) -> AsyncIterator[dict[str, SimulatorServer]]:
+    """Start one in-process simulator per keyword, each on a free loopback port."""
+    async with contextlib.AsyncExitStack() as stack:
+        servers = {
+            name: await stack.enter_async_context(SimulatorServer(config.model_copy(update={"name": name})))
+            for name, config in configs.items()
+        }
+        yield servers
+
+
+def backend(kind: str, base_url: str, *, max_concurrency: int | None = None, **extra: Any) -> dict[str, Any]:
+    """A backend section for a config dict (dedicated ones get GPU fields)."""
+    section: dict[str, Any] = {"kind": kind, "base_url": base_url, "api_key": UPSTREAM_SECRET, **extra}
+    if kind == "dedicated":
+        section.update(
+            gpu_type="H100-80GB",
+            gpus_per_replica=1,
+            replicas=1,
+            gpu_hour_price=2.5,
+            max_concurrency=max_concurrency or 4,
+        )
+    elif max_concurrency is not None:
+        section["max_concurrency"] = max_concurrency
+    return section
+
+
+def keys_section() -> dict[str, Any]:
+    """Two tenants: team-a may use every model, team-b only ``small``."""
+    return {
+        "team-a": {"key": CLIENT_KEY},
+        "team-b": {"key": OTHER_KEY, "models": ["small"]},
+    }
+
+
+async def sim_stats(sim: SimulatorServer) -> dict[str, Any]:
+    """A simulator's live counters, over its control API."""
+    async with httpx.AsyncClient() as http:
+        stats: dict[str, Any] = (await http.get(f"http://127.0.0.1:{sim.port}/sim/stats")).json()
+        return stats
+
+
+async def sim_requests(sim: SimulatorServer, limit: int = 50) -> list[dict[str, Any]]:
+    """The last requests a simulator received (method, path, headers, body)."""
+    async with httpx.AsyncClient() as http:
+        got: list[dict[str, Any]] = (
+            await http.get(f"http://127.0.0.1:{sim.port}/sim/requests", params={"limit": limit})
+        ).json()
+        return got
+
+
+async def set_faults(sim: SimulatorServer, **faults: Any) -> None:
+    """Replace a simulator's live faults."""
+    async with httpx.AsyncClient() as http:
+        (await http.post(f"http://127.0.0.1:{sim.port}/sim/faults", json=faults)).raise_for_status()
+
+
+async def reset(*sims: SimulatorServer) -> None:
+    """Zero the simulators' counters and restore their configured faults."""
+    async with httpx.AsyncClient() as http:
+        for sim in sims:
+            (await http.post(f"http://127.0.0.1:{sim.port}/sim/reset")).raise_for_status()
+
+
+async def eventually(check: Any, timeout_s: float = 10.0) -> None:
+    """Poll an async ``check`` until it stops raising AssertionError (for effects that land a bit later)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await check()
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)

@@ -1,0 +1,30 @@
+"""The README's first command: `tokenyard serve` on a fresh install answers the openai SDK at once."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from tests.harness import start_proxy
+
+
+async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_path: Path) -> None:
+    proxy = await start_proxy(None, tmp_path)
+    try:
+        async with proxy.client(key="anything-at-all") as client:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="llama-3.1-8b-instruct", messages=[{"role": "user", "content": "Hello!"}]
+            )
+            embedding = await client.embeddings.create(model="text-embedding-small", input="hello")
+            models = sorted([m.id async for m in client.models.list()])
+    finally:
+        # uvicorn drains, then re-raises SIGTERM so a supervisor sees how the process ended.
+        assert proxy.stop() in (0, -signal.SIGTERM)
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-tokenyard-backend"] == "sim-dedicated"
+    assert embedding.data[0].embedding
+    assert models == ["llama-3.1-8b-instruct", "text-embedding-small"]
+    log = proxy.log()
+    assert "no API keys configured: any bearer key is accepted" in log
+    assert "127.0.0.1" in log
+    assert "stopped: every backend closed" in log

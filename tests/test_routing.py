@@ -1,0 +1,272 @@
+"""Dedicated first, spill over at the cap, fail over before the first byte, cool down and come back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import pytest_asyncio
+
+from tests.harness import (
+    CLIENT_KEY,
+    ProxyProcess,
+    backend,
+    eventually,
+    free_port,
+    reset,
+    set_faults,
+    sim_stats,
+    simulators,
+    start_proxy,
+)
+from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.simulator.server import SimulatorServer
+
+MESSAGES: list[Any] = [{"role": "user", "content": "hello there"}]
+COOLDOWN_S = 1.0
+
+
+def _config(sims: dict[str, SimulatorServer]) -> dict[str, Any]:
+    url = {name: sim.base_url for name, sim in sims.items()}
+    backends: dict[str, Any] = {
+        "dedicated": backend("dedicated", url["ded"], max_concurrency=2),
+        "dedicated-serverless": backend("dedicated_serverless", url["dser"], max_concurrency=2),
+        "serverless": backend("serverless", url["svl"]),
+        "solo": backend("dedicated", url["ded"], max_concurrency=1),
+        "closed-port": backend("serverless", f"http://127.0.0.1:{free_port()}/v1"),
+        "impatient": backend("serverless", url["a"], timeouts={"first_byte_s": 0.3}),
+        "slow": backend("serverless", url["slow"]),
+    }
+    models: dict[str, Any] = {
+        "llama": {"deployments": ["dedicated", "dedicated-serverless", "serverless"]},
+        "solo": {"deployments": ["solo"]},
+        "refused": {"deployments": ["closed-port", "b-refused"]},
+        "first-byte": {"deployments": ["impatient", "b-first-byte"]},
+        "slow": {"deployments": ["slow"]},
+    }
+    # One pair of backends per scenario, so one test's circuit state never leaks into another's.
+    for scenario in ("5xx", "429", "cool", "all", "cut"):
+        backends[f"a-{scenario}"] = backend("serverless", url["a"])
+        backends[f"b-{scenario}"] = backend("serverless", url["b"])
+        models[f"pair-{scenario}"] = {"deployments": [f"a-{scenario}", f"b-{scenario}"]}
+    backends["b-refused"] = backend("serverless", url["b"])
+    backends["b-first-byte"] = backend("serverless", url["b"])
+    return {
+        "routing": {"failure_threshold": 2, "cooldown_s": COOLDOWN_S},
+        "backends": backends,
+        "models": models,
+        "keys": {"team-a": {"key": CLIENT_KEY}},
+    }
+
+
+@pytest_asyncio.fixture(scope="module")
+async def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[ProxyProcess, dict[str, SimulatorServer]]]:
+    slowish = {"ttft_ms": 5, "tokens_per_s": 40}
+    async with simulators(
+        ded=SimulatorConfig(mode="dedicated", max_concurrency=8, **slowish),
+        dser=SimulatorConfig(**slowish),
+        svl=SimulatorConfig(**slowish),
+        a=SimulatorConfig(ttft_ms=1, tokens_per_s=5000),
+        b=SimulatorConfig(ttft_ms=1, tokens_per_s=5000),
+        slow=SimulatorConfig(ttft_ms=1, tokens_per_s=20),
+    ) as sims:
+        proxy = await start_proxy(_config(sims), tmp_path_factory.mktemp("routing"))
+        try:
+            yield proxy, sims
+        finally:
+            proxy.stop()
+
+
+@pytest_asyncio.fixture
+async def proxy(stack: tuple[ProxyProcess, dict[str, SimulatorServer]]) -> ProxyProcess:
+    await reset(*stack[1].values())
+    return stack[0]
+
+
+@pytest.fixture
+def sims(stack: tuple[ProxyProcess, dict[str, SimulatorServer]]) -> dict[str, SimulatorServer]:
+    return stack[1]
+
+
+async def chat(client: openai.AsyncOpenAI, model: str, max_tokens: int = 2) -> httpx.Headers:
+    raw = await client.chat.completions.with_raw_response.create(
+        model=model, messages=MESSAGES, max_tokens=max_tokens
+    )
+    raw.parse()
+    return raw.headers
+
+
+async def test_dedicated_first_then_spillover_down_the_chain(
+    proxy: ProxyProcess, sims: dict[str, SimulatorServer]
+) -> None:
+    async with proxy.client() as client:
+        served = await asyncio.gather(*(chat(client, "llama", max_tokens=12) for _ in range(6)))
+        after_the_burst = await chat(client, "llama")
+    by_backend = Counter(h["x-tokenyard-backend"] for h in served)
+    assert by_backend == {"dedicated": 2, "dedicated-serverless": 2, "serverless": 2}
+    routes = {h["x-tokenyard-backend"]: h["x-tokenyard-route"] for h in served}
+    assert routes == {"dedicated": "primary", "dedicated-serverless": "spillover", "serverless": "spillover"}
+    details = {h["x-tokenyard-route-detail"] for h in served if h["x-tokenyard-backend"] == "serverless"}
+    assert details == {"dedicated at capacity (2/2); dedicated-serverless at capacity (2/2)"}
+    assert (await sim_stats(sims["ded"]))["max_in_flight"] <= 2
+    assert after_the_burst["x-tokenyard-backend"] == "dedicated"
+
+
+async def test_streams_hold_their_dedicated_slot_until_they_end(proxy: ProxyProcess) -> None:
+    async with proxy.client() as client:
+        first = await client.chat.completions.with_raw_response.create(
+            model="solo", messages=MESSAGES, max_tokens=30, stream=True
+        )
+        try:
+            with pytest.raises(openai.RateLimitError) as caught:
+                await chat(client, "solo")
+        finally:
+            [chunk async for chunk in first.parse()]
+        after = await chat(client, "solo")
+    assert first.headers["x-tokenyard-backend"] == "solo"
+    assert caught.value.status_code == 429
+    assert caught.value.code == "capacity_exhausted"
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+    assert after["x-tokenyard-backend"] == "solo"
+
+
+async def test_a_5xx_fails_over_to_the_next_deployment(
+    proxy: ProxyProcess, sims: dict[str, SimulatorServer]
+) -> None:
+    await set_faults(sims["a"], fail_next=1, error_status=503)
+    async with proxy.client() as client:
+        headers = await chat(client, "pair-5xx")
+    assert headers["x-tokenyard-backend"] == "b-5xx"
+    assert headers["x-tokenyard-route"] == "failover"
+    assert headers["x-tokenyard-attempts"] == "2"
+    assert (await sim_stats(sims["a"]))["requests_total"] == 1
+
+
+async def test_a_429_fails_over_and_retry_after_keeps_the_backend_out(
+    proxy: ProxyProcess, sims: dict[str, SimulatorServer]
+) -> None:
+    await set_faults(sims["a"], fail_next=1, error_status=429, retry_after_s=30)
+    async with proxy.client() as client:
+        first = await chat(client, "pair-429")
+        later = [await chat(client, "pair-429") for _ in range(3)]
+    assert first["x-tokenyard-backend"] == "b-429"
+    assert first["x-tokenyard-route"] == "failover"
+    assert {h["x-tokenyard-backend"] for h in later} == {"b-429"}
+    assert {h["x-tokenyard-route"] for h in later} == {"fallback"}
+    assert (await sim_stats(sims["a"]))["requests_total"] == 1  # not asked again within Retry-After
+
+
+async def test_connection_refused_fails_over(proxy: ProxyProcess) -> None:
+    async with proxy.client() as client:
+        headers = await chat(client, "refused")
+    assert headers["x-tokenyard-backend"] == "b-refused"
+    assert headers["x-tokenyard-route"] == "failover"
+
+
+async def test_a_slow_first_byte_fails_over(proxy: ProxyProcess, sims: dict[str, SimulatorServer]) -> None:
+    await set_faults(sims["a"], first_byte_delay_ms=3000)
+    async with proxy.client() as client:
+        headers = await chat(client, "first-byte")
+    assert headers["x-tokenyard-backend"] == "b-first-byte"
+    assert headers["x-tokenyard-route"] == "failover"
+
+
+async def test_a_failing_backend_cools_down_then_is_probed_back_in(
+    proxy: ProxyProcess, sims: dict[str, SimulatorServer]
+) -> None:
+    await set_faults(sims["a"], fail_next=2, error_status=500)
+    async with proxy.client() as client:
+        failures = [await chat(client, "pair-cool") for _ in range(2)]
+        while_cooling = await chat(client, "pair-cool")
+        assert (await sim_stats(sims["a"]))["requests_total"] == 2  # out: not even tried
+        await asyncio.sleep(COOLDOWN_S + 0.2)
+        probe = await chat(client, "pair-cool")
+        back = await chat(client, "pair-cool")
+    assert [h["x-tokenyard-route"] for h in failures] == ["failover", "failover"]
+    assert while_cooling["x-tokenyard-backend"] == "b-cool"
+    assert while_cooling["x-tokenyard-route"] == "fallback"
+    assert probe["x-tokenyard-backend"] == "a-cool"
+    assert back["x-tokenyard-backend"] == "a-cool"
+    assert back["x-tokenyard-route"] == "primary"
+
+
+async def test_when_every_deployment_fails_the_client_gets_502(
+    proxy: ProxyProcess, sims: dict[str, SimulatorServer]
+) -> None:
+    await set_faults(sims["a"], fail_next=1, error_status=500)
+    await set_faults(sims["b"], fail_next=1, error_status=502)
+    async with proxy.client() as client:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await chat(client, "pair-all")
+    assert caught.value.status_code == 502
+    assert "pair-all" in caught.value.message
+
+
+async def test_no_retry_once_bytes_reached_the_client(
+    proxy: ProxyProcess, sims: dict[str, SimulatorServer]
+) -> None:
+    await set_faults(sims["a"], cut_stream_after_chunks=2)
+    async with proxy.client() as client:
+        stream = await client.chat.completions.create(
+            model="pair-cut", messages=MESSAGES, max_tokens=10, stream=True
+        )
+        received: list[str] = []
+
+        async def read_all() -> None:
+            async for chunk in stream:
+                received.append(chunk.choices[0].delta.content or "")
+
+        with pytest.raises(openai.APIError, match="stream"):
+            await read_all()
+    assert received  # part of the answer arrived before the cut
+    assert (await sim_stats(sims["b"]))["requests_total"] == 0
+
+
+async def test_a_client_leaving_mid_stream_cancels_the_upstream(
+    proxy: ProxyProcess, sims: dict[str, SimulatorServer]
+) -> None:
+    body = {"model": "slow", "messages": MESSAGES, "max_tokens": 200, "stream": True}
+    async with (
+        httpx.AsyncClient() as http,
+        http.stream(
+            "POST",
+            f"{proxy.base_url}/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+        ) as resp,
+    ):
+        got = 0
+        async for _ in resp.aiter_raw():
+            got += 1
+            if got == 3:
+                break
+
+    async def upstream_stopped() -> None:
+        stats = await sim_stats(sims["slow"])
+        assert stats["streams_cancelled"] == 1
+        assert stats["in_flight"] == 0
+        assert stats["streams_completed"] == 0
+
+    await eventually(upstream_stopped, timeout_s=5)
+
+
+async def test_a_client_giving_up_on_a_non_streaming_request_cancels_it(
+    proxy: ProxyProcess, sims: dict[str, SimulatorServer]
+) -> None:
+    async with proxy.client(timeout=0.5) as client:
+        with pytest.raises(openai.APITimeoutError):
+            await client.chat.completions.create(model="slow", messages=MESSAGES, max_tokens=200)
+
+    async def upstream_stopped() -> None:
+        stats = await sim_stats(sims["slow"])
+        assert stats["in_flight"] == 0
+        assert stats["requests_total"] == 1
+
+    await eventually(upstream_stopped, timeout_s=5)
