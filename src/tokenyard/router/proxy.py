@@ -204,12 +204,12 @@ class Proxy:
         try:
             if resp.status >= 500 or resp.status in _FAILOVER_STATUSES:
                 raise _status_error(backend, resp)
-            content_type = [(b"content-type", resp.content_type.encode("latin-1"))]
+            headers = [(b"content-type", resp.content_type.encode("latin-1")), *headers]
             if not stream or resp.status != 200:
                 payload = await resp.read()
-                await wire.send_bytes(send, resp.status, payload, [*content_type, *headers])
+                await wire.send_bytes(send, resp.status, payload, headers)
             else:
-                await self._relay_stream(send, backend, resp, headers)
+                await self._relay_stream(send, backend, resp, [*wire.STREAM_HEADERS, *headers])
                 return True
         finally:
             resp.close()
@@ -224,7 +224,7 @@ class Proxy:
         first = await anext(chunks, None)
         if first is None:
             raise UpstreamStreamBroken("the upstream closed the stream before sending anything")
-        await send({"type": "http.response.start", "status": 200, "headers": [*wire.SSE_HEADERS, *headers]})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": first, "more_body": True})
         try:
             async for chunk in chunks:

@@ -25,8 +25,7 @@ H_MODE = b"x-tokenyard-mode"
 H_REQUEST_ID = b"x-request-id"
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
+STREAM_HEADERS = [  # added to the upstream's content-type on a relayed stream
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
