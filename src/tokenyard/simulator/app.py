@@ -1,0 +1,125 @@
+"""The simulator as one ASGI application: the route table, request dispatch and assembly from the config.
+
+``build_app(config)`` returns a plain ASGI3 callable; its ``state`` (``SimulatorState``) exposes the live
+counters, recent requests and faults to in-process users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tokenyard.errors import MethodNotAllowed, RouteNotFound, TokenyardError
+from tokenyard.simulator import catalog, control, inference
+from tokenyard.simulator.asgi import (
+    Receive,
+    Request,
+    Scope,
+    Send,
+    header_dict,
+    parse_json,
+    read_body,
+    send_error,
+)
+from tokenyard.simulator.clock import Clock, SystemClock
+from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.simulator.state import RecordedRequest, SimulatorState
+
+Handler = Callable[[SimulatorState, Request, Send], Awaitable[None]]
+
+ROUTES: dict[str, dict[str, Handler]] = {
+    "/v1/chat/completions": {"POST": inference.chat_completions},
+    "/v1/completions": {"POST": inference.completions},
+    "/v1/embeddings": {"POST": inference.embeddings},
+    "/v1/models": {"GET": catalog.list_models},
+    "/sim/stats": {"GET": control.stats},
+    "/sim/requests": {"GET": control.recent_requests},
+    "/sim/faults": {"GET": control.get_faults, "POST": control.set_faults},
+    "/sim/reset": {"POST": control.reset},
+}
+PREFIX_ROUTES: dict[str, dict[str, Handler]] = {
+    "/v1/models/": {"GET": catalog.retrieve_model},
+}
+RECORDED_PREFIX = "/v1/"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """Where a request goes: its handler and path parameter, or the methods the path allows (405)."""
+
+    handler: Handler | None
+    path_param: str = ""
+    allowed: tuple[str, ...] = ()
+
+
+def match_route(method: str, path: str) -> RouteMatch:
+    """Decide which handler serves ``method path``; raises ``RouteNotFound`` for an unknown path."""
+    path = path.rstrip("/") or "/"
+    methods = ROUTES.get(path)
+    param = ""
+    if methods is None:
+        for prefix, prefix_methods in PREFIX_ROUTES.items():
+            if path.startswith(prefix) and len(path) > len(prefix):
+                methods, param = prefix_methods, path[len(prefix) :]
+                break
+        else:
+            raise RouteNotFound(f"Unknown request URL: {method} {path}.")
+    handler = methods.get(method)
+    if handler is None:
+        return RouteMatch(None, allowed=tuple(methods))
+    return RouteMatch(handler, param)
+
+
+class SimulatorApp:
+    """A simulated OpenAI-compatible upstream, as an ASGI3 application."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: SimulatorState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        raw_body = await read_body(receive)
+        if raw_body is None:
+            return  # the client left before sending its whole request; nobody to answer
+        method, path = scope["method"], scope["path"]
+        body, body_ok = parse_json(raw_body) if raw_body else (None, False)
+        headers = header_dict(scope)
+        if path.startswith(RECORDED_PREFIX):
+            self.state.record(RecordedRequest(method, path, headers, body))
+        try:
+            route = match_route(method, path)
+            if route.handler is None:
+                allow = ", ".join(route.allowed).encode("ascii")
+                message = f"Method {method} is not allowed for {path}."
+                await send_error(send, MethodNotAllowed(message), [(b"allow", allow)])
+                return
+            query = scope.get("query_string", b"")
+            request = Request(
+                method, path, route.path_param, query, headers, raw_body, body, body_ok, receive
+            )
+            await route.handler(self.state, request, send)
+        except TokenyardError as exc:
+            # Handlers raise only before they start a response, so the error can still be sent.
+            await send_error(send, exc)
+
+
+def build_app(config: SimulatorConfig, *, clock: Clock | None = None) -> SimulatorApp:
+    """Assemble a simulator from its config; ``clock`` defaults to the real one."""
+    return SimulatorApp(SimulatorState(config, clock or SystemClock()))
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Acknowledge lifespan events: the simulator has nothing to start or stop."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

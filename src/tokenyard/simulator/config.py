@@ -1,0 +1,56 @@
+"""What a simulated upstream serves and how it behaves: latency model, capacity, and injected faults.
+
+Both models are plain, validated data. ``FaultConfig`` is also the body of ``POST /sim/faults``, so tests can
+swap the live faults of a running simulator without restarting it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FaultConfig(BaseModel):
+    """Failures the simulator injects, so callers can test retries, fallbacks and broken streams."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Fraction of inference requests answered with ``error_status`` (drawn from the seeded RNG)."""
+    error_status: int = Field(default=500, ge=400, le=599)
+    """HTTP status of injected errors; 429 answers carry a ``Retry-After`` header."""
+    fail_next: int = Field(default=0, ge=0)
+    """The next N inference requests are answered with ``error_status`` (deterministic; counts down)."""
+    retry_after_s: float = Field(default=1.0, ge=0.0)
+    """``Retry-After`` of injected 429s: whole seconds as an integer, otherwise a decimal string."""
+    first_byte_delay_ms: float = Field(default=0.0, ge=0.0)
+    """Extra delay before the response headers of an inference request are sent."""
+    cut_stream_after_chunks: int | None = Field(default=None, ge=0)
+    """Abort a stream (drop the connection, no ``[DONE]``) after this many content chunks."""
+
+
+class SimulatorConfig(BaseModel):
+    """One simulated OpenAI-compatible backend: its models, latency model, capacity and faults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "sim"
+    mode: Literal["serverless", "dedicated"] = "serverless"
+    seed: int = 0
+    models: list[str] = Field(default_factory=list)
+    """Model ids served; empty accepts any model id. Unknown ids get 404 ``model_not_found``."""
+    ttft_ms: float = Field(default=20.0, ge=0.0)
+    """Time to first token: the mean of a seeded jitter (serverless) or fixed (dedicated)."""
+    ttft_jitter: float = Field(default=0.5, ge=0.0)
+    """Serverless only: relative spread (lognormal sigma) of the time to first token."""
+    tokens_per_s: float = Field(default=400.0, gt=0.0)
+    """Per-stream decode rate: fixed (serverless) or the per-stream maximum (dedicated)."""
+    max_concurrency: int = Field(default=16, ge=1)
+    """Dedicated only: generation slots; requests past the cap wait in FIFO order."""
+    aggregate_tokens_per_s: float = Field(default=3200.0, gt=0.0)
+    """Dedicated only: total decode rate shared by the active streams."""
+    default_max_tokens: int = Field(default=16, ge=1)
+    """Completion length when the request sets neither ``max_tokens`` nor ``max_completion_tokens``."""
+    embedding_dimensions: int = Field(default=8, ge=1)
+    faults: FaultConfig = Field(default_factory=FaultConfig)

@@ -1,0 +1,55 @@
+"""The control endpoints under ``/sim/``: stats, recent requests, live faults and reset (for tests)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from pydantic import ValidationError
+
+from tokenyard.errors import InvalidRequest
+from tokenyard.simulator.asgi import Request, Send, send_json
+from tokenyard.simulator.config import FaultConfig
+from tokenyard.simulator.state import REQUEST_LOG_SIZE, SimulatorState
+
+DEFAULT_REQUEST_LIMIT = 50
+
+
+async def stats(state: SimulatorState, request: Request, send: Send) -> None:
+    """``GET /sim/stats``: counters and gauges."""
+    await send_json(send, state.stats())
+
+
+async def recent_requests(state: SimulatorState, request: Request, send: Send) -> None:
+    """``GET /sim/requests?limit=N``: the last N requests received under ``/v1/``, oldest first."""
+    values = parse_qs(request.query.decode("latin-1")).get("limit")
+    limit = DEFAULT_REQUEST_LIMIT
+    if values:
+        try:
+            limit = int(values[-1])
+        except ValueError:
+            raise InvalidRequest("'limit' must be an integer.", param="limit") from None
+    await send_json(send, state.recent(min(max(limit, 0), REQUEST_LOG_SIZE)))
+
+
+async def get_faults(state: SimulatorState, request: Request, send: Send) -> None:
+    """``GET /sim/faults``: the live faults."""
+    await send_json(send, state.faults.model_dump())
+
+
+async def set_faults(state: SimulatorState, request: Request, send: Send) -> None:
+    """``POST /sim/faults``: replace the live faults (fields left out take their defaults)."""
+    try:
+        faults = FaultConfig.model_validate(request.json_object())
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'body'}: {error['msg']}" for error in exc.errors()
+        )
+        raise InvalidRequest(f"Invalid faults: {problems}") from exc
+    state.faults = faults
+    await send_json(send, faults.model_dump())
+
+
+async def reset(state: SimulatorState, request: Request, send: Send) -> None:
+    """``POST /sim/reset``: zero the stats, clear the request log, restore faults, reseed."""
+    state.reset()
+    await send_json(send, state.stats())

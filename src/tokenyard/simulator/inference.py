@@ -1,0 +1,218 @@
+"""The inference endpoints: chat completions, legacy completions and embeddings.
+
+Every request goes the same way: plan it (pure, from the body), then — while watching for the client to
+leave — wait ``first_byte_delay_ms``, answer an injected fault if one is due, answer a client error if the
+plan failed, take a generation slot, wait the time to first token, and produce the answer at the decode rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from tokenyard.errors import ModelNotFound, TokenyardError
+from tokenyard.simulator import wire
+from tokenyard.simulator.asgi import (
+    Request,
+    Send,
+    run_until_disconnect,
+    send_bytes,
+    send_chunk,
+    send_error,
+    send_json,
+)
+from tokenyard.simulator.capacity import TokenPacer, sample_ttft_s, stream_rate_per_s
+from tokenyard.simulator.state import SimulatorState
+from tokenyard.simulator.tokens import (
+    EmbeddingPlan,
+    GenerationPlan,
+    embedding_vector,
+    encode_base64_float32,
+    generate_pieces,
+    plan_chat,
+    plan_completion,
+    plan_embeddings,
+)
+
+Kind = Literal["chat", "completion"]
+
+
+class StreamCut(Exception):
+    """Raised out of the ASGI app on purpose, so the server drops the stream (``cut_stream_after_chunks``)."""
+
+
+async def chat_completions(state: SimulatorState, request: Request, send: Send) -> None:
+    """``POST /v1/chat/completions``."""
+    await _generate(state, request, send, "chat")
+
+
+async def completions(state: SimulatorState, request: Request, send: Send) -> None:
+    """``POST /v1/completions`` (legacy)."""
+    await _generate(state, request, send, "completion")
+
+
+async def embeddings(state: SimulatorState, request: Request, send: Send) -> None:
+    """``POST /v1/embeddings``."""
+    try:
+        plan: EmbeddingPlan | TokenyardError = plan_embeddings(
+            request.json_object(), state.config.embedding_dimensions
+        )
+    except TokenyardError as exc:
+        plan = exc
+
+    async def answer() -> None:
+        if isinstance(plan, EmbeddingPlan):
+            await _embed(state, plan, send)
+
+    await _respond(state, request, send, plan, answer, streaming=False)
+
+
+async def _generate(state: SimulatorState, request: Request, send: Send, kind: Kind) -> None:
+    default_max_tokens = state.config.default_max_tokens
+    try:
+        body = request.json_object()
+        plan: GenerationPlan | TokenyardError = (
+            plan_chat(body, default_max_tokens)
+            if kind == "chat"
+            else plan_completion(body, default_max_tokens)
+        )
+    except TokenyardError as exc:
+        plan = exc
+
+    async def answer() -> None:
+        if isinstance(plan, GenerationPlan):
+            await _complete(state, plan, request.raw_body, send, kind)
+
+    streaming = isinstance(plan, GenerationPlan) and plan.stream
+    await _respond(state, request, send, plan, answer, streaming=streaming)
+
+
+async def _respond(
+    state: SimulatorState,
+    request: Request,
+    send: Send,
+    plan: GenerationPlan | EmbeddingPlan | TokenyardError,
+    answer: Callable[[], Awaitable[None]],
+    *,
+    streaming: bool,
+) -> None:
+    """Delay, fault, client error or answer — abandoning all of it if the client leaves."""
+
+    async def work() -> None:
+        faults = state.faults
+        if faults.first_byte_delay_ms > 0:
+            await state.clock.sleep(faults.first_byte_delay_ms / 1000.0)
+        status = state.take_fault()
+        if status is not None:
+            headers = wire.JSON_HEADERS
+            if status == 429:
+                headers = [*headers, (b"retry-after", wire.retry_after_value(state.faults.retry_after_s))]
+            await send_bytes(send, status, wire.injected_error(status), headers)
+        elif isinstance(plan, TokenyardError):
+            await send_error(send, plan)
+        elif not state.serves(plan.model):
+            message = f"The model `{plan.model}` does not exist or you do not have access to it."
+            await send_error(send, ModelNotFound(message))
+        else:
+            await answer()
+
+    if not await run_until_disconnect(request.receive, work()):
+        if streaming:
+            state.counters.streams_cancelled += 1
+        else:
+            state.counters.requests_cancelled += 1
+
+
+async def _complete(
+    state: SimulatorState, plan: GenerationPlan, raw_body: bytes, send: Send, kind: Kind
+) -> None:
+    """Generate a chat or legacy completion inside a slot, streamed or whole."""
+    config = state.config
+    async with state.slots:
+        ttft_s = sample_ttft_s(config, state.rng)
+        prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
+        head = wire.response_head(
+            f"{prefix}{state.rng.getrandbits(96):024x}",
+            int(state.clock.time()),
+            plan.model,
+            f"fp_{config.name}",
+        )
+        pieces = generate_pieces(config.seed, raw_body, plan.choices, plan.completion_tokens_per_choice)
+        pacer_rate = _rate_source(state)
+        usage = wire.usage(plan.prompt_tokens, plan.completion_tokens)
+        if plan.stream:
+            await send({"type": "http.response.start", "status": 200, "headers": wire.SSE_HEADERS})
+            await state.clock.sleep(ttft_s)
+            pacer = TokenPacer(state.clock, pacer_rate, fixed_rate=config.mode == "serverless")
+            chunks = (
+                wire.ChatChunks(head, plan.include_usage)
+                if kind == "chat"
+                else wire.CompletionChunks(head, plan.include_usage)
+            )
+            await _stream(state, plan, pieces, chunks, pacer, usage, send)
+            state.counters.streams_completed += 1
+            return
+        await state.clock.sleep(ttft_s)
+        pacer = TokenPacer(state.clock, pacer_rate, fixed_rate=config.mode == "serverless")
+        await pacer.advance(plan.completion_tokens_per_choice - 1)
+        texts = ["".join(choice) for choice in pieces]
+        build = wire.chat_completion if kind == "chat" else wire.text_completion
+        await send_json(send, build(head, texts, plan.finish_reason, usage))
+        state.counters.requests_completed += 1
+
+
+async def _stream(
+    state: SimulatorState,
+    plan: GenerationPlan,
+    pieces: list[list[str]],
+    chunks: wire.StreamChunks,
+    pacer: TokenPacer,
+    usage: dict[str, object],
+    send: Send,
+) -> None:
+    """Send a stream's frames, one ASGI send per frame so relays can be checked chunk by chunk."""
+    cut_after = state.faults.cut_stream_after_chunks
+    sent = 0
+    for index in range(plan.choices):
+        opening = chunks.start(index)
+        if opening is not None:
+            await send_chunk(send, opening)
+    for step in range(plan.completion_tokens_per_choice):
+        if step:
+            await pacer.next_token()
+        for index, choice in enumerate(pieces):
+            if cut_after is not None and sent >= cut_after:
+                _cut(state)
+            await send_chunk(send, chunks.content(index, choice[step]))
+            sent += 1
+    if cut_after is not None and sent >= cut_after:
+        _cut(state)
+    for index in range(plan.choices):
+        await send_chunk(send, chunks.finish(index, plan.finish_reason))
+    if plan.include_usage:
+        await send_chunk(send, chunks.usage(usage))
+    await send({"type": "http.response.body", "body": wire.SSE_DONE, "more_body": False})
+
+
+def _cut(state: SimulatorState) -> None:
+    state.counters.streams_cut += 1
+    raise StreamCut("stream cut on purpose by the cut_stream_after_chunks fault")
+
+
+def _rate_source(state: SimulatorState) -> Callable[[], float]:
+    """The current per-stream decode rate, read afresh at every token."""
+    config, slots = state.config, state.slots
+    return lambda: stream_rate_per_s(config, slots.in_flight)
+
+
+async def _embed(state: SimulatorState, plan: EmbeddingPlan, send: Send) -> None:
+    """Answer an embeddings request inside a slot after the time to first token."""
+    async with state.slots:
+        await state.clock.sleep(sample_ttft_s(state.config, state.rng))
+        seed, dimensions = state.config.seed, plan.dimensions
+        vectors = [embedding_vector(seed, text, dimensions) for text in plan.inputs]
+        data: list[list[float] | str] = (
+            [encode_base64_float32(vector) for vector in vectors] if plan.base64 else list(vectors)
+        )
+        await send_json(send, wire.embeddings_list(plan.model, data, plan.prompt_tokens))
+        state.counters.requests_completed += 1

@@ -1,0 +1,129 @@
+"""The live state of one simulator: counters, recent requests, current faults, RNG and slots.
+
+Built once by ``build_app`` and passed to every handler; in-process users read it as ``app.state``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenyard.simulator.capacity import Slots
+from tokenyard.simulator.clock import Clock
+from tokenyard.simulator.config import SimulatorConfig
+
+REQUEST_LOG_SIZE = 200
+
+
+@dataclass(slots=True)
+class Counters:
+    """Monotonic event counts since start or the last reset."""
+
+    requests_total: int = 0
+    """Requests received under ``/v1/``, whatever their outcome."""
+    requests_completed: int = 0
+    """Non-streamed inference answers delivered."""
+    requests_cancelled: int = 0
+    """Non-streamed inference requests whose client left before the answer."""
+    streams_completed: int = 0
+    """Streams that reached ``[DONE]``."""
+    streams_cancelled: int = 0
+    """Streams whose client disconnected mid-way."""
+    streams_cut: int = 0
+    """Streams aborted on purpose by ``cut_stream_after_chunks``."""
+    errors_injected: int = 0
+    """Requests answered with an injected error (``error_rate`` or ``fail_next``)."""
+    by_path: dict[str, int] = field(default_factory=dict)
+    """``requests_total`` split by request path."""
+
+
+@dataclass(slots=True)
+class RecordedRequest:
+    """A request as it reached the simulator, for tests to check what a proxy forwarded."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+class SimulatorState:
+    """Everything a running simulator knows and can be told at run time."""
+
+    __slots__ = ("clock", "config", "counters", "faults", "recent_requests", "rng", "slots")
+
+    def __init__(self, config: SimulatorConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.slots = Slots(config.max_concurrency if config.mode == "dedicated" else None)
+        self.counters = Counters()
+        self.faults = config.faults.model_copy()
+        self.recent_requests: deque[RecordedRequest] = deque(maxlen=REQUEST_LOG_SIZE)
+        self.rng = random.Random(config.seed)
+
+    def reset(self) -> None:
+        """Zero the counters, forget recent requests, restore the configured faults and reseed the RNG.
+
+        Requests still running keep their slots, so ``in_flight`` and ``queued`` stay truthful gauges.
+        """
+        self.counters = Counters()
+        self.recent_requests.clear()
+        self.faults = self.config.faults.model_copy()
+        self.rng = random.Random(self.config.seed)
+        self.slots.reset_peak()
+
+    def record(self, request: RecordedRequest) -> None:
+        """Count a ``/v1/`` request and remember it."""
+        self.counters.requests_total += 1
+        by_path = self.counters.by_path
+        by_path[request.path] = by_path.get(request.path, 0) + 1
+        self.recent_requests.append(request)
+
+    def take_fault(self) -> int | None:
+        """The injected error status for this request, if it gets one (``fail_next`` first, then the rate)."""
+        faults = self.faults
+        if faults.fail_next > 0:
+            faults.fail_next -= 1
+        # Draw only when a rate is set, so enabling faults later does not shift the latency samples before it.
+        elif not (faults.error_rate > 0.0 and self.rng.random() < faults.error_rate):
+            return None
+        self.counters.errors_injected += 1
+        return faults.error_status
+
+    def model_ids(self) -> list[str]:
+        """The models ``/v1/models`` lists."""
+        return list(self.config.models) or ["sim-model"]
+
+    def serves(self, model: str) -> bool:
+        """Whether requests for ``model`` are accepted (any model when none are configured)."""
+        return not self.config.models or model in self.config.models
+
+    def stats(self) -> dict[str, Any]:
+        """The ``/sim/stats`` snapshot.
+
+        ``in_flight`` counts requests holding a generation slot (from prefill to their last byte; in
+        serverless mode every generating request), ``queued`` those waiting for one (dedicated mode only).
+        """
+        counters = self.counters
+        return {
+            "name": self.config.name,
+            "mode": self.config.mode,
+            "requests_total": counters.requests_total,
+            "in_flight": self.slots.in_flight,
+            "queued": self.slots.queued,
+            "max_in_flight": self.slots.max_in_flight,
+            "requests_completed": counters.requests_completed,
+            "requests_cancelled": counters.requests_cancelled,
+            "streams_completed": counters.streams_completed,
+            "streams_cancelled": counters.streams_cancelled,
+            "streams_cut": counters.streams_cut,
+            "errors_injected": counters.errors_injected,
+            "by_path": dict(counters.by_path),
+        }
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` recorded requests, oldest first."""
+        records = list(self.recent_requests)[-limit:] if limit > 0 else []
+        return [{"method": r.method, "path": r.path, "headers": r.headers, "body": r.body} for r in records]

@@ -1,0 +1,190 @@
+"""OpenAI's wire format, defined once: response bodies, stream chunks, SSE framing and error bodies.
+
+Everything here is pure: plain data in, ``dict`` or ``bytes`` out. Shapes follow the ``openai`` Python SDK's
+types (``ChatCompletion``, ``ChatCompletionChunk``, ``Completion``, ``CreateEmbeddingResponse``, ``Model``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import orjson
+
+from tokenyard.errors import TokenyardError
+
+Headers = list[tuple[bytes, bytes]]
+
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+SSE_DONE = b"data: [DONE]\n\n"
+OWNED_BY = "tokenyard-simulator"
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    """One server-sent event frame carrying a JSON payload."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def error_body(message: str, error_type: str, *, param: str | None = None, code: str | None = None) -> bytes:
+    """An OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    return orjson.dumps({"error": {"message": message, "type": error_type, "param": param, "code": code}})
+
+
+def error_for(exc: TokenyardError) -> tuple[int, bytes]:
+    """The status and body that a tokenyard error maps to."""
+    return exc.status_code, error_body(exc.message, exc.error_type, param=exc.param, code=exc.code)
+
+
+def injected_error(status: int) -> bytes:
+    """The body of an injected fault, shaped like OpenAI's own error for that status."""
+    if status == 429:
+        return error_body(
+            "Rate limit reached (injected by simulator).", "requests", code="rate_limit_exceeded"
+        )
+    if status >= 500:
+        return error_body("The server had an error (injected by simulator).", "server_error")
+    return error_body(f"Injected error with status {status}.", "invalid_request_error")
+
+
+def retry_after_value(seconds: float) -> bytes:
+    """A ``Retry-After`` header value: whole seconds as an integer, otherwise a decimal."""
+    return str(int(seconds) if seconds == int(seconds) else seconds).encode("ascii")
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """The ``usage`` object of chat and legacy completions."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+
+
+def chat_completion(
+    head: dict[str, Any], texts: list[str], finish_reason: str, usage_: dict[str, Any]
+) -> dict[str, Any]:
+    """A non-streamed ``chat.completion``; ``head`` holds id, created, model and fingerprint."""
+    choices = [
+        {
+            "index": index,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+        for index, text in enumerate(texts)
+    ]
+    return {**head, "object": "chat.completion", "choices": choices, "usage": usage_}
+
+
+def text_completion(
+    head: dict[str, Any], texts: list[str], finish_reason: str, usage_: dict[str, Any]
+) -> dict[str, Any]:
+    """A non-streamed legacy ``text_completion``."""
+    choices = [
+        {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+        for index, text in enumerate(texts)
+    ]
+    return {**head, "object": "text_completion", "choices": choices, "usage": usage_}
+
+
+def response_head(id_: str, created: int, model: str, fingerprint: str) -> dict[str, Any]:
+    """The fields every completion object and chunk of one response shares."""
+    return {"id": id_, "created": created, "model": model, "system_fingerprint": fingerprint}
+
+
+class StreamChunks(Protocol):
+    """Builds the SSE frames of one streamed response, one choice event at a time."""
+
+    def start(self, index: int) -> bytes | None:
+        """The frame that opens a choice, if the format has one."""
+
+    def content(self, index: int, piece: str) -> bytes:
+        """The frame carrying one generated token of a choice."""
+
+    def finish(self, index: int, finish_reason: str) -> bytes:
+        """The frame that closes a choice with its finish reason."""
+
+    def usage(self, usage_: dict[str, Any]) -> bytes:
+        """The extra, choice-less frame carrying the usage (``stream_options.include_usage``)."""
+
+
+class ChatChunks:
+    """SSE frames of a streamed ``chat.completion.chunk`` response."""
+
+    __slots__ = ("_head",)
+
+    def __init__(self, head: dict[str, Any], include_usage: bool) -> None:
+        # With include_usage, OpenAI puts "usage": null on every chunk but the last.
+        self._head = {**head, "object": "chat.completion.chunk"}
+        if include_usage:
+            self._head["usage"] = None
+
+    def _frame(self, choices: list[dict[str, Any]]) -> bytes:
+        return sse_event({**self._head, "choices": choices})
+
+    def start(self, index: int) -> bytes | None:
+        delta = {"role": "assistant", "content": "", "refusal": None}
+        return self._frame([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
+
+    def content(self, index: int, piece: str) -> bytes:
+        return self._frame(
+            [{"index": index, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}]
+        )
+
+    def finish(self, index: int, finish_reason: str) -> bytes:
+        return self._frame([{"index": index, "delta": {}, "logprobs": None, "finish_reason": finish_reason}])
+
+    def usage(self, usage_: dict[str, Any]) -> bytes:
+        return sse_event({**self._head, "choices": [], "usage": usage_})
+
+
+class CompletionChunks:
+    """SSE frames of a streamed legacy ``text_completion`` response."""
+
+    __slots__ = ("_head",)
+
+    def __init__(self, head: dict[str, Any], include_usage: bool) -> None:
+        self._head = {**head, "object": "text_completion"}
+        if include_usage:
+            self._head["usage"] = None
+
+    def _frame(self, index: int, text: str, finish_reason: str | None) -> bytes:
+        choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+        return sse_event({**self._head, "choices": [choice]})
+
+    def start(self, index: int) -> bytes | None:
+        return None
+
+    def content(self, index: int, piece: str) -> bytes:
+        return self._frame(index, piece, None)
+
+    def finish(self, index: int, finish_reason: str) -> bytes:
+        return self._frame(index, "", finish_reason)
+
+    def usage(self, usage_: dict[str, Any]) -> bytes:
+        return sse_event({**self._head, "choices": [], "usage": usage_})
+
+
+def embeddings_list(model: str, data: list[list[float] | str], prompt_tokens: int) -> dict[str, Any]:
+    """A ``/v1/embeddings`` answer; each item is a float list or a base64 string."""
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(data)],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
+def model_object(model_id: str, created: int) -> dict[str, Any]:
+    """One entry of ``/v1/models``."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": OWNED_BY}
+
+
+def model_list(model_ids: list[str], created: int) -> dict[str, Any]:
+    """The ``/v1/models`` answer."""
+    return {"object": "list", "data": [model_object(model_id, created) for model_id in model_ids]}
