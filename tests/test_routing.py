@@ -41,6 +41,9 @@ def _config(sims: dict[str, SimulatorServer]) -> dict[str, Any]:
         "closed-port": backend("serverless", f"http://127.0.0.1:{free_port()}/v1"),
         "impatient": backend("serverless", url["a"], timeouts={"first_byte_s": 0.3}),
         "slow": backend("serverless", url["slow"]),
+        "two-per-minute": backend("serverless", url["a"], rpm=2),
+        "thousand-tokens-per-minute": backend("serverless", url["a"], tpm=1000),
+        "b-limits": backend("serverless", url["b"]),
     }
     models: dict[str, Any] = {
         "llama": {"deployments": ["dedicated", "dedicated-serverless", "serverless"]},
@@ -48,6 +51,8 @@ def _config(sims: dict[str, SimulatorServer]) -> dict[str, Any]:
         "refused": {"deployments": ["closed-port", "b-refused"]},
         "first-byte": {"deployments": ["impatient", "b-first-byte"]},
         "slow": {"deployments": ["slow"]},
+        "rpm": {"deployments": ["two-per-minute", "b-limits"]},
+        "tpm": {"deployments": ["thousand-tokens-per-minute", "b-limits"]},
     }
     # One pair of backends per scenario, so one test's circuit state never leaks into another's.
     for scenario in ("5xx", "429", "cool", "all", "cut"):
@@ -135,6 +140,16 @@ async def test_streams_hold_their_dedicated_slot_until_they_end(proxy: ProxyProc
     assert caught.value.code == "capacity_exhausted"
     assert int(caught.value.response.headers["retry-after"]) >= 1
     assert after["x-tokenyard-backend"] == "solo"
+
+
+async def test_local_rate_limits_spill_over_before_the_provider_says_429(proxy: ProxyProcess) -> None:
+    async with proxy.client() as client:
+        by_rpm = [await chat(client, "rpm") for _ in range(3)]
+        by_tpm = [await chat(client, "tpm", max_tokens=600) for _ in range(2)]
+    assert [h["x-tokenyard-backend"] for h in by_rpm] == ["two-per-minute", "two-per-minute", "b-limits"]
+    assert by_rpm[2]["x-tokenyard-route"] == "spillover"
+    assert by_rpm[2]["x-tokenyard-route-detail"] == "two-per-minute rate-limited"
+    assert [h["x-tokenyard-backend"] for h in by_tpm] == ["thousand-tokens-per-minute", "b-limits"]
 
 
 async def test_a_5xx_fails_over_to_the_next_deployment(
@@ -268,5 +283,6 @@ async def test_a_client_giving_up_on_a_non_streaming_request_cancels_it(
         stats = await sim_stats(sims["slow"])
         assert stats["in_flight"] == 0
         assert stats["requests_total"] == 1
+        assert stats["requests_cancelled"] == 1
 
     await eventually(upstream_stopped, timeout_s=5)
