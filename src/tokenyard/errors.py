@@ -140,3 +140,26 @@ class NoBackendAvailable(UpstreamError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+# -- the store's fault --------------------------------------------------------------------------------
+
+
+class StoreError(TokenyardError):
+    """The meter store failed; the proxy keeps serving and the meter holds its data until it is back."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "store_unavailable"
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (connection refused, reset, timed out)."""
+
+
+class Forbidden(ClientError):
+    """The key is valid but may not use this endpoint (admin APIs need the admin key)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"

@@ -1,0 +1,297 @@
+"""The embedded meter store: one SQLite file (WAL) for a single proxy, no server to run.
+
+sqlite3 blocks, so every operation runs on one worker thread the store owns, which also owns the
+connection: the event loop never waits on the disk, and no two statements ever race. A batch is one
+transaction. Pruning (buckets older than the retention, records beyond ``records_max``, batch ids older
+than a day) runs inside a write at most every ``prune_interval_s``, so between prunes a little more than
+``records_max`` records may be kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final, Self, TypeVar
+
+import orjson
+
+from tokenyard.errors import StoreError, StoreUnavailable
+from tokenyard.router.meter.model import (
+    AGG_FIELDS,
+    GPU_FIELDS,
+    AggKey,
+    FlushBatch,
+    GpuAccrual,
+    GpuKey,
+    UsageRecord,
+)
+
+T = TypeVar("T")
+
+MINUTE_MS: Final = 60_000
+MS_PER_HOUR: Final = 3_600_000
+BATCH_MEMORY_S: Final = 86_400  # how long an applied batch id is remembered
+
+# SQLite result codes (the low byte of sqlite_errorcode) that mean "cannot get at the file right now".
+_UNAVAILABLE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+_DIMS: Final = ("tenant", "model", "backend", "kind", "mode")
+
+
+def _columns(fields: Sequence[str]) -> str:
+    return ", ".join(f'"{name}" INTEGER NOT NULL DEFAULT 0' for name in fields)
+
+
+def _upsert(table: str, key: Sequence[str], fields: Sequence[str]) -> str:
+    """INSERT … ON CONFLICT DO UPDATE that adds every field to the stored row."""
+    names = ", ".join([*key, *(f'"{f}"' for f in fields)])
+    marks = ", ".join("?" * (len(key) + len(fields)))
+    adds = ", ".join(f'"{f}" = "{f}" + excluded."{f}"' for f in fields)
+    conflict = ", ".join(key)
+    return f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({conflict}) DO UPDATE SET {adds}"
+
+
+_SCHEMA: Final = f"""
+CREATE TABLE IF NOT EXISTS agg (
+    minute INTEGER NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL, backend TEXT NOT NULL,
+    kind TEXT NOT NULL, mode TEXT NOT NULL, {_columns(AGG_FIELDS)},
+    PRIMARY KEY (minute, tenant, model, backend, kind, mode)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gpu (
+    minute INTEGER NOT NULL, backend TEXT NOT NULL, {_columns(GPU_FIELDS)},
+    PRIMARY KEY (minute, backend)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gpu_watermark (backend TEXT PRIMARY KEY, ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY, ts REAL NOT NULL, json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
+CREATE TABLE IF NOT EXISTS applied_batches (id TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS applied_batches_ts ON applied_batches (ts);
+"""
+_AGG_UPSERT: Final = _upsert("agg", ("minute", *_DIMS), AGG_FIELDS)
+_GPU_UPSERT: Final = _upsert("gpu", ("minute", "backend"), GPU_FIELDS)
+_AGG_SELECT: Final = "SELECT minute, {dims}, {fields} FROM agg WHERE minute >= ? AND minute < ?".format(
+    dims=", ".join(_DIMS), fields=", ".join(f'"{f}"' for f in AGG_FIELDS)
+)
+_GPU_SELECT: Final = "SELECT minute, backend, {fields} FROM gpu WHERE minute >= ? AND minute < ?".format(
+    fields=", ".join(f'"{f}"' for f in GPU_FIELDS)
+)
+
+
+def minute_segments(from_ms: int, until_ms: int) -> Iterator[tuple[int, int]]:
+    """``(minute, ms)`` pieces of the span from ``from_ms`` to ``until_ms``, split at minute boundaries."""
+    while from_ms < until_ms:
+        end = min(until_ms, (from_ms // MINUTE_MS + 1) * MINUTE_MS)
+        yield from_ms // MINUTE_MS * 60, end - from_ms
+        from_ms = end
+
+
+def _select(sql: str, *params: object) -> Callable[[sqlite3.Connection], list[Any]]:
+    """A job that runs one query and returns its rows."""
+    return lambda conn: conn.execute(sql, params).fetchall()
+
+
+def _store_error(exc: sqlite3.Error | OSError) -> StoreError:
+    """The store's exception for a foreign one (the caller raises it ``from exc``)."""
+    if isinstance(exc, OSError) or (
+        isinstance(exc, sqlite3.OperationalError) and (exc.sqlite_errorcode & 0xFF) in _UNAVAILABLE_CODES
+    ):
+        return StoreUnavailable(f"the SQLite meter store is unavailable: {exc}")
+    return StoreError(f"the SQLite meter store failed: {exc}")
+
+
+class SqliteMeterStore:
+    """``MeterStore`` in one SQLite file, for a single proxy (or ``:memory:`` for tests and trials)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        retention_s: int,
+        records_max: int,
+        clock: Callable[[], float] = time.time,
+        prune_interval_s: float = 60.0,
+        busy_timeout_s: float = 2.0,
+    ) -> None:
+        self.path = str(path)
+        self._retention_s = retention_s
+        self._records_max = records_max
+        self._clock = clock  # unix seconds; decides what is older than the retention
+        self._prune_interval_s = prune_interval_s
+        self._busy_timeout_s = busy_timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenyard-meter-sqlite")
+        self._closed = False
+        # Touched only on the worker thread:
+        self._conn: sqlite3.Connection | None = None
+        self._pruned_at: float | None = None
+
+    async def write(self, batch: FlushBatch) -> None:
+        """Apply a batch in one transaction, exactly once (see ``MeterStore.write``)."""
+        if not batch.is_empty():
+            await self._run(lambda conn: self._write(conn, batch))
+
+    async def aggregates(self, start_minute: int, end_minute: int) -> list[tuple[AggKey, dict[str, int]]]:
+        """Every aggregate bucket with ``start_minute <= minute < end_minute``."""
+        rows = await self._run(_select(_AGG_SELECT, start_minute, end_minute))
+        width = len(AggKey._fields)
+        return [(AggKey(*row[:width]), dict(zip(AGG_FIELDS, row[width:], strict=True))) for row in rows]
+
+    async def gpu(self, start_minute: int, end_minute: int) -> list[tuple[GpuKey, dict[str, int]]]:
+        """Every GPU accrual bucket with ``start_minute <= minute < end_minute``."""
+        rows = await self._run(_select(_GPU_SELECT, start_minute, end_minute))
+        return [(GpuKey(*row[:2]), dict(zip(GPU_FIELDS, row[2:], strict=True))) for row in rows]
+
+    async def records(self, since: float, until: float, limit: int | None = None) -> Sequence[UsageRecord]:
+        """Request records with ``since <= ts < until``, oldest first, at most ``limit``."""
+        sql = "SELECT json FROM records WHERE ts >= ? AND ts < ? ORDER BY ts, id LIMIT ?"
+        rows = await self._run(_select(sql, since, until, -1 if limit is None else limit))
+        return [UsageRecord.from_json(orjson.loads(text)) for (text,) in rows]
+
+    async def ping(self) -> None:
+        """Return if the file can be opened and read; raise ``StoreUnavailable`` if not."""
+        await self._run(_select("SELECT 1"))
+
+    async def aclose(self) -> None:
+        """Close the connection and stop the worker thread."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=False)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job(connection)`` on the worker thread, with foreign errors mapped."""
+        if self._closed:
+            raise StoreUnavailable("the SQLite meter store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._in_worker, job)
+
+    # -- on the worker thread ---------------------------------------------------------------------------
+
+    def _in_worker(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return job(self._conn or self._open())
+        except (sqlite3.Error, OSError) as exc:
+            raise _store_error(exc) from exc
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are begun and ended explicitly in _write.
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            self._add_missing_columns(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    @staticmethod
+    def _add_missing_columns(conn: sqlite3.Connection) -> None:
+        """A file written by an older tokenyard lacks the fields added since; they start at 0."""
+        for table, fields in (("agg", AGG_FIELDS), ("gpu", GPU_FIELDS)):
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name in fields:
+                if name not in present:
+                    conn.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" INTEGER NOT NULL DEFAULT 0')
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _write(self, conn: sqlite3.Connection, batch: FlushBatch) -> None:
+        now = self._clock()
+        cutoff = int(now) - self._retention_s
+        prune = self._pruned_at is None or now - self._pruned_at >= self._prune_interval_s
+        # IMMEDIATE takes the write lock up front, so a busy file fails here, before any work.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            marked = conn.execute(
+                "INSERT INTO applied_batches (id, ts) VALUES (?, ?) ON CONFLICT DO NOTHING", (batch.id, now)
+            )
+            if marked.rowcount:  # else: applied before, nothing to do
+                self._add_aggregates(conn, batch, cutoff)
+                for accrual in batch.gpu:
+                    self._accrue(conn, accrual, cutoff)
+                conn.executemany(
+                    "INSERT INTO records (ts, json) VALUES (?, ?)",
+                    [(record.ts, orjson.dumps(record.to_json()).decode()) for record in batch.records],
+                )
+            if prune:
+                self._prune(conn, now, cutoff)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # an I/O error may have rolled it back already
+                conn.execute("ROLLBACK")
+            raise
+        if prune:
+            self._pruned_at = now
+
+    @staticmethod
+    def _add_aggregates(conn: sqlite3.Connection, batch: FlushBatch, cutoff: int) -> None:
+        conn.executemany(
+            _AGG_UPSERT,
+            [
+                (*key, *(fields.get(name, 0) for name in AGG_FIELDS))
+                for key, fields in batch.aggregates.items()
+                # An older bucket would only be pruned again; one with nothing to add is not created.
+                if key.minute >= cutoff and any(fields.get(name) for name in AGG_FIELDS)
+            ],
+        )
+
+    @staticmethod
+    def _accrue(conn: sqlite3.Connection, accrual: GpuAccrual, cutoff: int) -> None:
+        """Advance the backend's watermark to ``until_ms``, accruing the span since (see ``GpuAccrual``)."""
+        row = conn.execute("SELECT ms FROM gpu_watermark WHERE backend = ?", (accrual.backend,)).fetchone()
+        wm: int | None = None if row is None else row[0]
+        if wm is not None and wm >= accrual.until_ms:
+            return  # another replica (or this batch, retried) got there first
+        if wm is not None and accrual.until_ms - wm <= accrual.max_gap_ms:
+            conn.executemany(
+                _GPU_UPSERT,
+                [
+                    (minute, accrual.backend, ms, gpu_ms, gpu_ms * accrual.pusd_per_gpu_hour // MS_PER_HOUR)
+                    for minute, ms in minute_segments(wm, accrual.until_ms)
+                    for gpu_ms in (ms * accrual.gpus,)
+                    if minute >= cutoff
+                ],
+            )
+        conn.execute(
+            "INSERT INTO gpu_watermark (backend, ms) VALUES (?, ?)"
+            " ON CONFLICT (backend) DO UPDATE SET ms = excluded.ms",
+            (accrual.backend, accrual.until_ms),
+        )
+
+    def _prune(self, conn: sqlite3.Connection, now: float, cutoff: int) -> None:
+        conn.execute("DELETE FROM agg WHERE minute < ?", (cutoff,))
+        conn.execute("DELETE FROM gpu WHERE minute < ?", (cutoff,))
+        conn.execute("DELETE FROM applied_batches WHERE ts < ?", (now - BATCH_MEMORY_S,))
+        # The newest records_max by ts stay (ties: the later written).
+        conn.execute(
+            "DELETE FROM records WHERE id IN"
+            " (SELECT id FROM records ORDER BY ts DESC, id DESC LIMIT -1 OFFSET ?)",
+            (self._records_max,),
+        )

@@ -1,0 +1,68 @@
+"""The meter's Redis keys: one hash slot per prefix, and any names round-trip through them exactly."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from tokenyard.router.meter.keys import RECORD_SEQ_DIGITS, MeterKeys, record_json
+from tokenyard.router.meter.model import AggKey, GpuKey
+
+KEYS = MeterKeys("tokenyard")
+_minutes = st.integers(0, 2**40).map(lambda s: s * 60)
+
+
+@given(st.builds(AggKey, _minutes, st.text(), st.text(), st.text(), st.text(), st.text()))
+def test_any_aggregate_key_round_trips(agg_key: AggKey) -> None:
+    assert KEYS.parse_agg(KEYS.agg(agg_key)) == agg_key
+
+
+@given(st.builds(GpuKey, _minutes, st.text()))
+def test_any_gpu_key_round_trips(gpu_key: GpuKey) -> None:
+    assert KEYS.parse_gpu(KEYS.gpu(gpu_key)) == gpu_key
+
+
+def test_names_that_look_like_separators_stay_inside_their_dimension() -> None:
+    name = KEYS.agg(AggKey(60, "a:b", "%3A", "", "x y", "ü"))
+    assert name == "{tokenyard}:agg:60:a%3Ab:%253A::x%20y:%C3%BC"
+
+
+def test_every_key_of_a_prefix_hashes_to_one_cluster_slot() -> None:
+    keys = MeterKeys("ty:prod")
+    names = [
+        keys.agg(AggKey(60, "t", "m", "b", "k", "realtime")),
+        keys.agg_index,
+        keys.gpu(GpuKey(60, "b")),
+        keys.gpu_index,
+        keys.gpu_watermark("b"),
+        keys.records,
+        keys.record_seq,
+        keys.batch("some-batch"),
+    ]
+    assert all(name.startswith("{ty:prod}:") for name in names)
+    assert len({key_slot(name.encode()) for name in names}) == 1
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("prefix", ["", "a{b", "a}b", "{tokenyard}"])
+def test_a_prefix_that_cannot_be_a_hash_tag_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        MeterKeys(prefix)
+
+
+def test_keys_of_another_kind_or_prefix_do_not_parse() -> None:
+    gpu_key = KEYS.gpu(GpuKey(60, "b"))
+    with pytest.raises(ValueError, match="is not a 'agg' key"):
+        KEYS.parse_agg(gpu_key)
+    with pytest.raises(ValueError, match=r"is not a 'gpu' key of \{other\}"):
+        MeterKeys("other").parse_gpu(gpu_key)
+
+
+def test_the_scan_pattern_matches_only_this_prefix_literally() -> None:
+    assert MeterKeys("ty*[x]?").match_all() == "{ty\\*\\[x\\]\\?}*"
+
+
+def test_a_record_member_is_a_fixed_width_sequence_then_the_json() -> None:
+    assert record_json("7".zfill(RECORD_SEQ_DIGITS) + '{"ts": 1}') == '{"ts": 1}'
