@@ -42,10 +42,14 @@ def free_port() -> int:
 class ProxyProcess:
     """A running ``tokenyard serve`` subprocess."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], port: int, log_path: Path, config_path: Path | None = None
+    ) -> None:
         self.proc = proc
         self.port = port
         self.log_path = log_path
+        self.config_path = config_path
+        self.url = f"http://127.0.0.1:{port}"
         self.base_url = f"http://127.0.0.1:{port}/v1"
 
     def log(self) -> str:
@@ -76,14 +80,18 @@ async def start_proxy(
     """Write ``config`` to a file and start the proxy on it (``None``: the built-in quick start)."""
     port = free_port()
     args = [sys.executable, "-m", "tokenyard", "serve", "--port", str(port), *extra_args]
+    config_path = None
     if config is not None:
+        # Each proxy meters into its own store unless the test says where.
+        config = {"meter": {"store": f"sqlite:///{tmp}/meter-{port}.sqlite3"}, **config}
         config_path = tmp / f"config-{port}.yaml"
         config_path.write_text(yaml.safe_dump(config))
         args += ["--config", str(config_path)]
     log_path = tmp / f"proxy-{port}.log"
     env = {k: v for k, v in os.environ.items() if k != "TOKENYARD_CONFIG"}
+    env["XDG_DATA_HOME"] = str(tmp)  # the built-in config's embedded store lands in the test's folder
     proc = _spawn(args, log_path, env)
-    proxy = ProxyProcess(proc, port, log_path)
+    proxy = ProxyProcess(proc, port, log_path, config_path)
     deadline = time.monotonic() + 30
     async with httpx.AsyncClient() as http:
         while time.monotonic() < deadline:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
-from tests.harness import start_proxy
+import httpx
+
+from tests.harness import eventually, start_proxy
 
 
 async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_path: Path) -> None:
     proxy = await start_proxy(None, tmp_path)
+    usage: dict[str, Any] = {}
     try:
         async with proxy.client(key="anything-at-all") as client:
             raw = await client.chat.completions.with_raw_response.create(
@@ -17,6 +21,15 @@ async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_p
             )
             embedding = await client.embeddings.create(model="text-embedding-small", input="hello")
             models = sorted([m.id async for m in client.models.list()])
+
+        async def metered() -> None:  # the embedded store, and the usage API open on loopback
+            async with httpx.AsyncClient() as http:
+                params = {"start": "10m", "granularity": "total"}
+                got = await http.get(f"{proxy.url}/admin/usage", params=params)
+            usage.update(got.json())
+            assert usage["totals"]["requests"] == 2
+
+        await eventually(metered)
     finally:
         # uvicorn drains, then re-raises SIGTERM so a supervisor sees how the process ended.
         assert proxy.stop() in (0, -signal.SIGTERM)
@@ -24,7 +37,9 @@ async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_p
     assert raw.headers["x-tokenyard-backend"] == "sim-dedicated"
     assert embedding.data[0].embedding
     assert models == ["llama-3.1-8b-instruct", "text-embedding-small"]
+    assert [d["backend"] for d in usage["dedicated"]] == ["sim-dedicated"]
+    assert (tmp_path / "tokenyard" / "meter.sqlite3").exists()
     log = proxy.log()
     assert "no API keys configured: any bearer key is accepted" in log
     assert "127.0.0.1" in log
-    assert "stopped: every backend closed" in log
+    assert "stopped: meter flushed, every backend closed" in log

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from tokenyard import __version__
 from tokenyard.errors import ConfigError
 from tokenyard.router.config import ServerConfig, TokenyardConfig, load_config
+from tokenyard.router.meter import commands as meter_commands
 from tokenyard.simulator import cli as simulator_cli
 
 log = logging.getLogger("tokenyard")
@@ -56,6 +57,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
     check.set_defaults(run=_check_config)
+
+    report = commands.add_parser(
+        "report",
+        help="print spend from the meter store",
+        description="Print spend by mode, backend kind, backend, model and tenant, dedicated utilization "
+        "and idle GPU cost, and what the async track saved, from the meter store of a config.",
+    )
+    meter_commands.add_report_arguments(report)
+    report.set_defaults(run=meter_commands.run_report)
+
+    export = commands.add_parser(
+        "export",
+        help="write request records as JSON lines",
+        description="Write the meter's request records (or, with --aggregates, its per-minute aggregates) "
+        "as JSON lines to stdout: the traffic-log format `tokenyard replay` reads.",
+    )
+    meter_commands.add_export_arguments(export)
+    export.set_defaults(run=meter_commands.run_export)
 
     simulate = commands.add_parser(
         "simulate",

@@ -1,22 +1,31 @@
 """The ASGI application, assembled in one place from a validated config.
 
-Start-up (the ASGI lifespan) opens the backends (and any simulators the config asks for); shutdown marks
-the proxy unready and closes them. Requests are dispatched by a dict lookup on the path: there are few
-routes, and the proxy routes are the hot path.
+Start-up (the ASGI lifespan) opens the backends (and any simulators the config asks for), the meter store
+and the meter's flush task; shutdown marks the proxy unready, flushes the meter and closes everything.
+Requests are dispatched by a dict lookup on the path: there are few routes, and the proxy routes are the
+hot path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from tokenyard.errors import MethodNotAllowed, RouteNotFound, TokenyardError
 from tokenyard.router import wire
+from tokenyard.router.admin import AdminApi
 from tokenyard.router.auth import KeyRing
 from tokenyard.router.backends import Backend, open_backends
 from tokenyard.router.config import TokenyardConfig
+from tokenyard.router.meter.meter import Meter
+from tokenyard.router.meter.metrics import TokenyardCollector, exposition
+from tokenyard.router.meter.stores import open_store, redacted
 from tokenyard.router.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
 
 log = logging.getLogger("tokenyard")
@@ -24,24 +33,39 @@ log = logging.getLogger("tokenyard")
 Handler = Callable[[wire.Scope, wire.Receive, wire.Send], Awaitable[None]]
 
 _MODEL_CREATED = 1_700_000_000  # a fixed "created" for configured models: they have no creation time
+_METER_CLOSE_TIMEOUT_S = 10.0
 
 
 class TokenyardApp:
-    """tokenyard's ASGI app: the OpenAI-compatible endpoints, health, and the lifespan."""
+    """tokenyard's ASGI app: the OpenAI-compatible endpoints, admin, metrics, health, and the lifespan."""
 
-    def __init__(self, config: TokenyardConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: TokenyardConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.wall = wall
         self.keys = KeyRing(config.keys)
         self.ready = False
         self.backends: dict[str, Backend] = {}
         self.proxy: Proxy | None = None
+        self.meter: Meter | None = None
+        self.admin: AdminApi | None = None
+        self.rejected: Counter[int] = Counter()
+        self.registry = CollectorRegistry(auto_describe=False)
         self._stack: contextlib.AsyncExitStack | None = None
         self._routes: dict[str, tuple[str, Handler]] = {
             "/v1/chat/completions": ("POST", self._inference(CHAT)),
             "/v1/completions": ("POST", self._inference(COMPLETIONS)),
             "/v1/embeddings": ("POST", self._inference(EMBEDDINGS)),
             "/v1/models": ("GET", self._list_models),
+            "/metrics": ("GET", self._metrics),
+            "/admin/usage": ("GET", self._admin("usage")),
+            "/admin/backends": ("GET", self._admin("backends_state")),
             "/health/live": ("GET", self._live),
             "/health/ready": ("GET", self._ready),
         }
@@ -52,22 +76,26 @@ class TokenyardApp:
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
-    async def _http(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
-        path: str = scope["path"]
+    def _match(self, method: str, path: str) -> Handler:
         route = self._routes.get(path)
+        if route is None:
+            if path.startswith("/v1/models/"):
+                route = ("GET", self._retrieve_model)
+            elif path.startswith("/admin/backends/") and path.endswith("/replicas"):
+                route = ("PUT", self._admin("replicas"))
+            else:
+                raise RouteNotFound(f"Unknown request URL: {method} {path}.")
+        if method != route[0]:
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; use {route[0]}.")
+        return route[1]
+
+    async def _http(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         try:
-            if route is None:
-                if path.startswith("/v1/models/"):
-                    route = ("GET", self._retrieve_model)
-                else:
-                    raise RouteNotFound(f"Unknown request URL: {scope['method']} {path}.")
-            if scope["method"] != route[0]:
-                raise MethodNotAllowed(f"{scope['method']} is not allowed on {path}; use {route[0]}.")
-            await route[1](scope, receive, send)
+            await self._match(scope["method"], scope["path"])(scope, receive, send)
         except TokenyardError as exc:
             await wire.send_error(send, exc)
         except Exception:
-            log.exception("unexpected error on %s %s", scope["method"], path)
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
             with contextlib.suppress(RuntimeError):  # the response may have started already
                 await wire.send_bytes(send, 500, wire.error_body("Internal server error.", "server_error"))
 
@@ -75,6 +103,14 @@ class TokenyardApp:
         async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
             assert self.proxy is not None, "requests arrive only after start-up"
             await self.proxy.handle(scope, receive, send, endpoint)
+
+        return handle
+
+    def _admin(self, name: str) -> Handler:
+        async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+            assert self.admin is not None, "requests arrive only after start-up"
+            handler: Handler = getattr(self.admin, name)
+            await handler(scope, receive, send)
 
         return handle
 
@@ -87,12 +123,16 @@ class TokenyardApp:
 
     async def _retrieve_model(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         assert self.proxy is not None
-        principal = self.proxy.authenticate(scope)
+        principal = self.keys.authenticate(wire.header(scope, b"authorization"))
         name = scope["path"].removeprefix("/v1/models/")
         self.proxy.deployments(principal, name)  # raises ModelNotFound
         await wire.send_json(send, 200, _model_object(name))
 
-    # -- health ---------------------------------------------------------------------------------------
+    # -- telemetry and health -------------------------------------------------------------------------
+
+    async def _metrics(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        body = exposition(self.registry)
+        await wire.send_bytes(send, 200, body, [(b"content-type", CONTENT_TYPE_LATEST.encode())])
 
     async def _live(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         await wire.send_json(send, 200, {"status": "live"})
@@ -106,24 +146,50 @@ class TokenyardApp:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Open every backend, then accept traffic."""
-        self._stack = contextlib.AsyncExitStack()
-        self.backends = await self._stack.enter_async_context(open_backends(self.config))
+        """Open the backends and the meter, then accept traffic."""
+        self._stack = stack = contextlib.AsyncExitStack()
+        self.backends = await stack.enter_async_context(open_backends(self.config))
+        meter_config = self.config.meter
+        store = None
+        if meter_config.enabled:
+            store = open_store(
+                meter_config.store,
+                prefix=meter_config.redis_prefix,
+                retention_s=meter_config.retention_days * 86400,
+                records_max=meter_config.records_max,
+            )
+            log.info(
+                "meter: %s, flushed every %g s", redacted(meter_config.store), meter_config.flush_interval_s
+            )
+        else:
+            log.warning("meter: off (meter.store: off); usage is counted for /metrics only")
+        self.meter = meter = Meter(meter_config, self.config.backends, store, wall=self.wall)
+        stack.push_async_callback(meter.close, _METER_CLOSE_TIMEOUT_S)
+        flusher = asyncio.create_task(meter.run(), name="meter flush")
+        stack.push_async_callback(_cancel, flusher)
+        self.registry.register(TokenyardCollector(meter, lambda: self.backends, self.rejected))
+        self.admin = AdminApi(self.config, meter, self.backends, wall=self.wall)
         models = {
             name: [self.backends[b] for b in model.deployments] for name, model in self.config.models.items()
         }
         self.proxy = Proxy(
-            keys=self.keys, models=models, max_body_bytes=self.config.server.max_body_bytes, clock=self.clock
+            keys=self.keys,
+            models=models,
+            meter=meter,
+            rejected=self.rejected,
+            max_body_bytes=self.config.server.max_body_bytes,
+            clock=self.clock,
+            wall=self.wall,
         )
         self.ready = True
 
     async def shutdown(self) -> None:
-        """Stop being ready, then close every backend."""
+        """Stop being ready, flush the meter, then close every backend."""
         self.ready = False
         if self._stack is not None:
             await self._stack.aclose()
             self._stack = None
-        log.info("stopped: every backend closed")
+        log.info("stopped: meter flushed, every backend closed")
 
     async def _lifespan(self, receive: wire.Receive, send: wire.Send) -> None:
         while True:
@@ -140,6 +206,12 @@ class TokenyardApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _model_object(name: str) -> dict[str, object]:

@@ -13,6 +13,7 @@ from tokenyard.adapters.base import Upstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
 from tokenyard.router.breaker import CircuitBreaker
 from tokenyard.router.config import BackendConfig, TokenyardConfig
+from tokenyard.router.meter.pricing import FREE, TokenPrices, token_prices
 from tokenyard.router.routing import DeploymentView
 from tokenyard.simulator.server import SimulatorServer
 
@@ -31,15 +32,26 @@ class Backend:
     breaker: CircuitBreaker
     rpm: AsyncLimiter | None = None
     tpm: AsyncLimiter | None = None
+    prices: TokenPrices = FREE
+    replicas: int = 1  # dedicated: provisioned now (the admin API can change it)
     in_flight: int = 0
+    failures: int = 0  # upstream failures seen (each one failed over or ended a request), for /metrics
     base_url: str = field(default="", repr=False)
+
+    @property
+    def max_concurrency(self) -> int | None:
+        """The in-flight cap now: a dedicated backend's per-replica cap times its replicas."""
+        cap = self.config.max_concurrency
+        if cap is None or self.config.kind != "dedicated":
+            return cap
+        return cap * self.replicas
 
     def view(self, now: float, estimated_tokens: int, *, already_failed: bool) -> DeploymentView:
         """A snapshot of this backend for ``routing.choose_deployment``."""
         return DeploymentView(
             name=self.name,
             in_flight=self.in_flight,
-            max_concurrency=self.config.max_concurrency,
+            max_concurrency=self.max_concurrency,
             rate_limited=not self._has_rate_room(estimated_tokens),
             cooling_for_s=0.0 if self.breaker.available(now) else max(self.breaker.cooling_for_s(now), 1e-3),
             already_failed=already_failed,
@@ -64,6 +76,7 @@ class Backend:
 
     def record_failure(self, now: float, reason: str, retry_after_s: float | None = None) -> None:
         """Tell the circuit breaker the backend failed, and log when that takes it out."""
+        self.failures += 1
         if self.breaker.on_failure(now, retry_after_s):
             log.warning(
                 "backend %s out for %.1f s after %s", self.name, self.breaker.cooling_for_s(now), reason
@@ -106,6 +119,8 @@ async def open_backends(config: TokenyardConfig) -> AsyncIterator[dict[str, Back
                 ),
                 rpm=AsyncLimiter(bc.rpm, 60) if bc.rpm else None,
                 tpm=AsyncLimiter(bc.tpm, 60) if bc.tpm else None,
+                prices=token_prices(bc),
+                replicas=bc.replicas or 1,
                 base_url=base_url,
             )
         yield backends

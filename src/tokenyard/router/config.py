@@ -33,6 +33,7 @@ BackendKind = Literal["serverless", "dedicated", "dedicated_serverless", "batch"
 REALTIME_KINDS: frozenset[str] = frozenset({"serverless", "dedicated", "dedicated_serverless"})
 _DEDICATED_ONLY = ("gpu_type", "gpus_per_replica", "replicas", "gpu_hour_price")
 
+MAX_REPLICAS = 1000
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -70,11 +71,13 @@ class BackendConfig(_Strict):
     model: str | None = None  # the upstream's model name; default: the public model name
     prices: Prices = Prices()
     # Dedicated (billed per GPU-hour) only.
+    # Bounded so a minute of GPU cost stays an exact integer in every store (< 2^53 pico-USD).
     gpu_type: str | None = None
-    gpus_per_replica: PositiveInt | None = None
-    replicas: PositiveInt | None = None
-    gpu_hour_price: PositiveFloat | None = None
+    gpus_per_replica: Annotated[int, Field(gt=0, le=16)] | None = None
+    replicas: Annotated[int, Field(gt=0, le=MAX_REPLICAS)] | None = None
+    gpu_hour_price: Annotated[float, Field(gt=0, le=30)] | None = None
     # The in-flight cap its latency SLA allows; past it, traffic spills over to the next deployment.
+    # Dedicated backends: per replica (the backend takes max_concurrency × replicas).
     max_concurrency: PositiveInt | None = None
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
@@ -149,6 +152,35 @@ class ServerConfig(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     drain_timeout_s: PositiveInt = 30
+    # The key for /admin/* (usage API, replica changes). With no keys configured (open, loopback-only
+    # mode) the admin API is open too; with keys and no admin_key it is closed.
+    admin_key: SecretStr | None = None
+
+
+def default_store_url() -> str:
+    """The embedded store's default place: ``$XDG_DATA_HOME/tokenyard/meter.sqlite3``."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{Path(data_home) / 'tokenyard' / 'meter.sqlite3'}"
+
+
+class MeterConfig(_Strict):
+    """Where usage is kept and how often it is written there."""
+
+    # redis://host:6379/0 (shared by any number of replicas), sqlite:///path (embedded), or "off".
+    store: str = Field(default_factory=default_store_url)
+    redis_prefix: str = "tokenyard"
+    flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    retention_days: PositiveInt = 35  # five weekly cycles for the advisor
+    records_max: PositiveInt = 200_000  # the recent-request log is capped at this many records
+    # While the store is down, request records are held up to this many (then the oldest are dropped and
+    # counted); aggregates are always held, they are small.
+    max_pending_records: PositiveInt = 100_000
+    max_gpu_gap_s: PositiveInt = 900  # a longer silence (no proxy metering) is not billed as provisioned
+
+    @property
+    def enabled(self) -> bool:
+        """Whether metering writes anywhere."""
+        return self.store != "off"
 
 
 class TokenyardConfig(_Strict):
@@ -156,6 +188,7 @@ class TokenyardConfig(_Strict):
 
     server: ServerConfig = ServerConfig()
     routing: RoutingConfig = RoutingConfig()
+    meter: MeterConfig = MeterConfig()
     backends: dict[str, BackendConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
     keys: dict[str, KeyConfig] = {}

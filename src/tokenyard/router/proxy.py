@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,9 @@ from tokenyard.errors import (
 from tokenyard.router import wire
 from tokenyard.router.auth import KeyRing, Principal
 from tokenyard.router.backends import Backend
+from tokenyard.router.exchange import CLIENT_CLOSED, Exchange
+from tokenyard.router.meter.meter import Meter
+from tokenyard.router.meter.usage import StreamTap
 from tokenyard.router.routing import Choice, choose_deployment
 
 
@@ -88,32 +92,27 @@ def estimate_tokens(body: bytes, obj: dict[str, Any]) -> int:
     return len(body) // 4 + (cap if isinstance(cap, int) else 0)
 
 
-class _Attempt:
-    """One request's journey over the deployments: what was tried and the last failure seen."""
-
-    __slots__ = ("count", "last_error", "tried")
-
-    def __init__(self) -> None:
-        self.tried: set[str] = set()
-        self.last_error: UpstreamError | None = None
-        self.count = 0
-
-
 class Proxy:
-    """Serves the inference endpoints for a set of models and backends."""
+    """Serves the inference endpoints for a set of models and backends, metering every request."""
 
     def __init__(
         self,
         *,
         keys: KeyRing,
         models: dict[str, list[Backend]],
+        meter: Meter,
+        rejected: Counter[int],
         max_body_bytes: int,
         clock: Callable[[], float],
+        wall: Callable[[], float],
     ) -> None:
         self.keys = keys
         self.models = models
+        self.meter = meter
+        self.rejected = rejected
         self.max_body_bytes = max_body_bytes
         self.clock = clock
+        self.wall = wall
 
     def authenticate(self, scope: wire.Scope) -> Principal:
         """The caller behind the request's bearer key."""
@@ -132,21 +131,30 @@ class Proxy:
         self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, endpoint: Endpoint
     ) -> None:
         """Serve one inference request, end to end."""
-        request_id = b"req_" + os.urandom(12).hex().encode()
-        id_header = [(wire.H_REQUEST_ID, request_id)]
+        started = self.clock()
+        request_id = "req_" + os.urandom(12).hex()
+        id_header = [(wire.H_REQUEST_ID, request_id.encode())]
         try:
             principal = self.authenticate(scope)
             body = await wire.read_body(scope, receive, self.max_body_bytes)
             obj, model, stream = parse_request(body, endpoint)
             backends = self.deployments(principal, model)
         except TokenyardError as exc:
+            # Counted by status only: client-chosen model names must not grow the store or the metrics.
+            self.rejected[exc.status_code] += 1
             await wire.send_error(send, exc, id_header)
             return
         except wire.ClientGone:
             return
-        await _until_client_leaves(
-            receive, self._route(send, endpoint, backends, body, obj, model, stream, id_header)
-        )
+        exchange = Exchange(request_id, principal.tenant, model, obj, started)
+        try:
+            await _until_client_leaves(
+                receive, self._route(send, endpoint, backends, body, stream, exchange, id_header)
+            )
+        finally:
+            if exchange.status == 0:
+                exchange.status = CLIENT_CLOSED
+            self.meter.record(exchange.to_record(self.clock(), self.wall()))
 
     async def _route(
         self,
@@ -154,34 +162,38 @@ class Proxy:
         endpoint: Endpoint,
         backends: list[Backend],
         body: bytes,
-        obj: dict[str, Any],
-        model: str,
         stream: bool,
+        exchange: Exchange,
         id_header: list[tuple[bytes, bytes]],
     ) -> None:
-        attempt = _Attempt()
-        tokens = estimate_tokens(body, obj)
+        tokens = estimate_tokens(body, exchange.request)
+        # Every stream asks the upstream for usage; if the client did not, the usage chunk is cut out again.
+        strip_usage = stream and endpoint.streams and not _asked_for_usage(exchange.request)
         while True:
             now = self.clock()
             choice = choose_deployment(
-                [b.view(now, tokens, already_failed=b.name in attempt.tried) for b in backends]
+                [b.view(now, tokens, already_failed=b.name in exchange.tried) for b in backends]
             )
             if not isinstance(choice, Choice):
-                await wire.send_error(
-                    send, _give_up(model, choice.cooling, choice.retry_after_s, attempt), id_header
-                )
+                error = _give_up(exchange, choice.cooling, choice.retry_after_s)
+                exchange.status = error.status_code
+                await wire.send_error(send, error, id_header)
                 return
             backend = backends[choice.index]
-            attempt.tried.add(backend.name)
-            attempt.count += 1
+            exchange.tried.add(backend.name)
+            exchange.attempts += 1
             await backend.admit(now, tokens)
             try:
-                upstream_body = _body_for(backend, body, obj, model)
-                headers = [*id_header, *_route_headers(backend, choice, attempt.count)]
-                if await self._forward(send, endpoint, backend, upstream_body, stream, headers):
-                    return
+                upstream_body = _body_for(backend, body, exchange, strip_usage)
+                headers = [*id_header, *_route_headers(backend, choice, exchange.attempts)]
+                exchange.backend, exchange.route = backend, choice.reason
+                await self._forward(
+                    send, endpoint, backend, upstream_body, stream, strip_usage, headers, exchange
+                )
+                return
             except UpstreamError as exc:
-                attempt.last_error = exc
+                exchange.backend = None
+                exchange.last_error = exc
                 retry_after = exc.retry_after_s if isinstance(exc, UpstreamStatusError) else None
                 backend.record_failure(self.clock(), exc.message, retry_after)
             except asyncio.CancelledError:
@@ -197,45 +209,70 @@ class Proxy:
         backend: Backend,
         body: bytes,
         stream: bool,
+        strip_usage: bool,
         headers: list[tuple[bytes, bytes]],
-    ) -> bool:
-        """Send to one backend; True once the client has its answer. Raises ``UpstreamError`` to fail over."""
+        exchange: Exchange,
+    ) -> None:
+        """Send to one backend and answer the client; ``UpstreamError`` before the first byte fails over."""
         resp = await backend.upstream.post(endpoint.upstream_path, body)
         try:
             if resp.status >= 500 or resp.status in _FAILOVER_STATUSES:
                 raise _status_error(backend, resp)
             headers = [(b"content-type", resp.content_type.encode("latin-1")), *headers]
-            if not stream or resp.status != 200:
-                payload = await resp.read()
-                await wire.send_bytes(send, resp.status, payload, headers)
-            else:
-                await self._relay_stream(send, backend, resp, [*wire.STREAM_HEADERS, *headers])
-                return True
+            if stream and resp.status == 200:
+                await self._relay_stream(
+                    send, backend, resp, [*wire.STREAM_HEADERS, *headers], strip_usage, exchange
+                )
+                return
+            payload = await resp.read()
+            exchange.status, exchange.ttfb_s = resp.status, self.clock() - exchange.started_s
+            if resp.status == 200:
+                exchange.answer = payload
+            await wire.send_bytes(send, resp.status, payload, headers)
         finally:
             resp.close()
         backend.record_success()
-        return True
 
     async def _relay_stream(
-        self, send: wire.Send, backend: Backend, resp: UpstreamResponse, headers: list[tuple[bytes, bytes]]
+        self,
+        send: wire.Send,
+        backend: Backend,
+        resp: UpstreamResponse,
+        headers: list[tuple[bytes, bytes]],
+        strip_usage: bool,
+        exchange: Exchange,
     ) -> None:
         chunks = resp.chunks()
-        # Wait for the first chunk before answering: until then a failure can still fail over.
-        first = await anext(chunks, None)
-        if first is None:
-            raise UpstreamStreamBroken("the upstream closed the stream before sending anything")
+        tap = StreamTap(strip_usage=strip_usage)
+        # Wait for the first whole event before answering: until then a failure can still fail over.
+        first = b""
+        while not first:
+            chunk = await anext(chunks, None)
+            if chunk is None:
+                raise UpstreamStreamBroken("the upstream closed the stream before sending anything")
+            first = tap.feed(chunk)
+        exchange.tap, exchange.status = tap, 200
+        exchange.ttfb_s = self.clock() - exchange.started_s
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": first, "more_body": True})
         try:
             async for chunk in chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                out = tap.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
         except UpstreamError as exc:
             # Bytes went out: no retry. Say so inside the stream, where the openai SDK raises it.
             backend.record_failure(self.clock(), exc.message)
-            await send({"type": "http.response.body", "body": wire.sse_error_event(exc)})
+            exchange.status = exc.status_code
+            await send({"type": "http.response.body", "body": tap.rest() + wire.sse_error_event(exc)})
             return
         backend.record_success()
-        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.body", "body": tap.rest()})
+
+
+def _asked_for_usage(request: dict[str, Any]) -> bool:
+    options = request.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def _status_error(backend: Backend, resp: UpstreamResponse) -> UpstreamStatusError:
@@ -246,9 +283,9 @@ def _status_error(backend: Backend, resp: UpstreamResponse) -> UpstreamStatusErr
     return UpstreamStatusError(message, status=resp.status, retry_after_s=resp.retry_after_s)
 
 
-def _give_up(model: str, cooling: bool, retry_after_s: float, attempt: _Attempt) -> TokenyardError:
+def _give_up(exchange: Exchange, cooling: bool, retry_after_s: float) -> TokenyardError:
     """The error for a request no deployment could serve: the last upstream failure, if there was one."""
-    last = attempt.last_error
+    model, last = exchange.model, exchange.last_error
     if isinstance(last, UpstreamStatusError) and last.status == 429:
         return CapacityExhausted(
             f"Every deployment of `{model}` is rate-limited upstream; retry shortly.",
@@ -269,11 +306,20 @@ def _give_up(model: str, cooling: bool, retry_after_s: float, attempt: _Attempt)
     )
 
 
-def _body_for(backend: Backend, body: bytes, obj: dict[str, Any], model: str) -> bytes:
+def _body_for(backend: Backend, body: bytes, exchange: Exchange, ask_for_usage: bool) -> bytes:
+    """The body for one backend: the client's own bytes unless the model name or usage option must change."""
     upstream_model = backend.config.model
-    if upstream_model is None or upstream_model == model:
+    rename = upstream_model is not None and upstream_model != exchange.model
+    options = exchange.request.get("stream_options")
+    ask_for_usage = ask_for_usage and (options is None or isinstance(options, dict))
+    if not rename and not ask_for_usage:
         return body  # the client's bytes, untouched
-    return orjson.dumps({**obj, "model": upstream_model})
+    changed = dict(exchange.request)
+    if rename:
+        changed["model"] = upstream_model
+    if ask_for_usage:
+        changed["stream_options"] = {**(options or {}), "include_usage": True}
+    return orjson.dumps(changed)
 
 
 def _route_headers(backend: Backend, choice: Choice, attempts: int) -> list[tuple[bytes, bytes]]:

@@ -1,0 +1,132 @@
+"""The admin API (``/admin/*``, admin key): usage with time range and group-by, backends, replicas."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from tokenyard.errors import AuthenticationFailed, Forbidden, InvalidRequest, RouteNotFound
+from tokenyard.router import wire
+from tokenyard.router.backends import Backend
+from tokenyard.router.config import MAX_REPLICAS, TokenyardConfig
+from tokenyard.router.meter import report
+from tokenyard.router.meter.meter import Meter
+
+_MAX_WINDOW_S = 400 * 86400
+
+
+class AdminApi:
+    """Handlers for ``/admin/*``; every one checks the admin key first."""
+
+    def __init__(
+        self,
+        config: TokenyardConfig,
+        meter: Meter,
+        backends: dict[str, Backend],
+        *,
+        wall: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.meter = meter
+        self.backends = backends
+        self.wall = wall
+        admin_key = config.server.admin_key
+        self._admin_key = admin_key.get_secret_value().encode() if admin_key else None
+        self._open = not config.keys  # open, loopback-only mode: nothing to protect it with
+
+    def authorize(self, scope: wire.Scope) -> None:
+        """Raise unless the request carries the admin key (or the proxy runs open on loopback)."""
+        if self._open:
+            return
+        authorization = wire.header(scope, b"authorization") or b""
+        scheme, _, secret = authorization.partition(b" ")
+        if scheme.lower() != b"bearer" or not secret:
+            raise AuthenticationFailed("The admin API needs the admin key as a Bearer token.")
+        if self._admin_key is None:
+            raise Forbidden("The admin API is disabled: set server.admin_key in the config.")
+        if not hmac.compare_digest(secret.strip(), self._admin_key):
+            raise Forbidden("This key may not use the admin API.")
+
+    async def usage(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``GET /admin/usage?start=24h&end=&group_by=model,tenant&granularity=hour``."""
+        self.authorize(scope)
+        query = _query(scope)
+        now = self.wall()
+        try:
+            start = report.parse_when(query.get("start", "24h"), now)
+            end = report.parse_when(query["end"], now) if query.get("end") else now
+            group_by = [g for g in query.get("group_by", "model").split(",") if g]
+            granularity = query.get("granularity", "hour")
+            if not start < end or end - start > _MAX_WINDOW_S:
+                raise ValueError("need start < end, at most 400 days apart")
+            if self.meter.store is None:
+                raise ValueError("metering is off (meter.store: off): there is no stored usage")
+            start_minute, end_minute = int(start) // 60 * 60, (int(end) // 60 + 1) * 60
+            aggregates = await self.meter.store.aggregates(start_minute, end_minute)
+            gpu = await self.meter.store.gpu(start_minute, end_minute)
+            rows = report.summarize(aggregates, gpu, group_by=group_by, granularity=granularity)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        payload: dict[str, Any] = {
+            "object": "usage",
+            "start": start_minute,
+            "end": end_minute,
+            "granularity": granularity,
+            "group_by": group_by,
+            "data": [row.to_json(group_by) for row in rows],
+            "totals": report.totals(rows),
+            "dedicated": [
+                s.to_json() for s in report.dedicated_summaries(aggregates, gpu, self.config.backends)
+            ],
+            "async_savings_usd": report.async_savings_usd(aggregates, self.config),
+        }
+        await wire.send_json(send, 200, payload)
+
+    async def backends_state(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``GET /admin/backends``: each backend's live state."""
+        self.authorize(scope)
+        data = []
+        for name, backend in self.backends.items():
+            item: dict[str, Any] = {
+                "name": name,
+                "kind": backend.config.kind,
+                "in_flight": backend.in_flight,
+                "max_concurrency": backend.max_concurrency,
+                "circuit": "open" if backend.breaker.tripped else "closed",
+                "failures": backend.failures,
+            }
+            if name in self.meter.dedicated:
+                item["replicas"] = self.meter.replicas(name)
+            data.append(item)
+        await wire.send_json(send, 200, {"object": "list", "data": data})
+
+    async def replicas(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``PUT /admin/backends/{name}/replicas`` with ``{"replicas": N}``: provisioned capacity changed."""
+        self.authorize(scope)
+        name = scope["path"].removeprefix("/admin/backends/").removesuffix("/replicas")
+        backend = self.backends.get(name)
+        if backend is None or name not in self.meter.dedicated:
+            raise RouteNotFound(f"No dedicated backend named {name!r}.")
+        body = await wire.read_body(scope, receive, 4096)
+        try:
+            replicas = orjson.loads(body).get("replicas")
+        except (orjson.JSONDecodeError, AttributeError):
+            replicas = None
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= MAX_REPLICAS:
+            raise InvalidRequest(
+                f'Body must be {{"replicas": N}} with 0 <= N <= {MAX_REPLICAS}.', param="replicas"
+            )
+        self.meter.set_replicas(name, replicas)
+        backend.replicas = replicas
+        await wire.send_json(
+            send, 200, {"name": name, "replicas": replicas, "max_concurrency": backend.max_concurrency}
+        )
+
+
+def _query(scope: wire.Scope) -> dict[str, str]:
+    raw = scope.get("query_string", b"").decode("latin-1")
+    return {key: values[-1] for key, values in parse_qs(raw).items()}

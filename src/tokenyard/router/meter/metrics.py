@@ -1,0 +1,134 @@
+"""``GET /metrics``: Prometheus exposition built at scrape time from the meter's in-memory totals.
+
+Nothing is counted twice: the request path only feeds ``Meter.record``; this collector reads the meter's
+running totals, the backends' live state and the meter's own health when Prometheus asks. Counters are
+this process's since it started (with several replicas, sum them; GPU-seconds are this replica's view of
+provisioned time, so take one replica's, or read the usage API, which counts each second once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tokenyard.router.backends import Backend
+from tokenyard.router.meter.meter import Meter
+from tokenyard.router.meter.model import AGG_FIELDS, LATENCY_BUCKETS_MS, PUSD_PER_USD
+
+_LABELS = ["tenant", "model", "backend", "kind", "mode"]
+_FIELD = {name: i for i, name in enumerate(AGG_FIELDS)}
+_FIRST_BUCKET = _FIELD[f"le_{LATENCY_BUCKETS_MS[0]}"]
+
+
+class TokenyardCollector(Collector):
+    """Yields tokenyard's metric families from live state."""
+
+    def __init__(
+        self, meter: Meter, backends: Callable[[], Mapping[str, Backend]], rejected: Mapping[int, int]
+    ) -> None:
+        self._meter = meter
+        self._backends = backends
+        self._rejected = rejected
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._usage()
+        yield from self._backend_state()
+        yield from self._meter_health()
+
+    def _usage(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("tokenyard_requests", "Requests that reached routing.", labels=_LABELS)
+        errors = CounterMetricFamily("tokenyard_request_errors", "Requests answered 4xx/5xx.", labels=_LABELS)
+        tokens = CounterMetricFamily("tokenyard_tokens", "Tokens by type.", labels=[*_LABELS, "type"])
+        estimated = CounterMetricFamily(
+            "tokenyard_estimated_requests", "Requests whose tokens were counted locally.", labels=_LABELS
+        )
+        cost = CounterMetricFamily(
+            "tokenyard_token_cost_usd", "Per-token cost (dedicated backends cost GPU time).", labels=_LABELS
+        )
+        latency = HistogramMetricFamily(
+            "tokenyard_request_duration_seconds", "Time from request to last byte.", labels=_LABELS
+        )
+        for labels, row in self._meter.totals.items():
+            values = list(labels)
+            requests.add_metric(values, row[_FIELD["requests"]])
+            errors.add_metric(values, row[_FIELD["errors"]])
+            estimated.add_metric(values, row[_FIELD["estimated"]])
+            for kind in ("prompt", "cached", "completion"):
+                tokens.add_metric([*values, kind], row[_FIELD[f"{kind}_tokens"]])
+            cost.add_metric(values, row[_FIELD["cost_pusd"]] / PUSD_PER_USD)
+            buckets, running = [], 0
+            for i, bound in enumerate((*LATENCY_BUCKETS_MS, None)):
+                running += row[_FIRST_BUCKET + i]
+                buckets.append(("+Inf" if bound is None else str(bound / 1000), running))
+            latency.add_metric(values, buckets, row[_FIELD["latency_ms"]] / 1000)
+        rejected = CounterMetricFamily(
+            "tokenyard_rejected_requests",
+            "Requests refused before routing (bad key, body, model).",
+            labels=["status"],
+        )
+        for status, count in sorted(self._rejected.items()):
+            rejected.add_metric([str(status)], count)
+        yield from (requests, errors, tokens, estimated, cost, latency, rejected)
+
+    def _backend_state(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "tokenyard_backend_in_flight", "Requests in flight.", labels=["backend"]
+        )
+        cap = GaugeMetricFamily(
+            "tokenyard_backend_max_concurrency", "In-flight cap (its latency SLA).", labels=["backend"]
+        )
+        utilization = GaugeMetricFamily(
+            "tokenyard_backend_utilization", "In-flight / max_concurrency, now.", labels=["backend"]
+        )
+        up = GaugeMetricFamily("tokenyard_backend_up", "1 unless its circuit is open.", labels=["backend"])
+        failures = CounterMetricFamily("tokenyard_backend_failures", "Upstream failures.", labels=["backend"])
+        for name, backend in self._backends().items():
+            in_flight.add_metric([name], backend.in_flight)
+            up.add_metric([name], 0 if backend.breaker.tripped else 1)
+            failures.add_metric([name], backend.failures)
+            if backend.max_concurrency:
+                cap.add_metric([name], backend.max_concurrency)
+                utilization.add_metric([name], backend.in_flight / backend.max_concurrency)
+        replicas = GaugeMetricFamily(
+            "tokenyard_backend_replicas", "Provisioned replicas.", labels=["backend"]
+        )
+        gpu_seconds = CounterMetricFamily(
+            "tokenyard_gpu_seconds", "Provisioned GPU-seconds seen by this replica.", labels=["backend"]
+        )
+        gpu_cost = CounterMetricFamily(
+            "tokenyard_gpu_cost_usd", "Cost of provisioned GPU time seen by this replica.", labels=["backend"]
+        )
+        for name, dedicated in self._meter.dedicated.items():
+            replicas.add_metric([name], dedicated.replicas)
+            gpu_seconds.add_metric([name], dedicated.local_gpu_ms / 1000)
+            gpu_cost.add_metric(
+                [name], dedicated.local_gpu_ms / 3_600_000 * dedicated.pusd_per_gpu_hour / PUSD_PER_USD
+            )
+        yield from (in_flight, cap, utilization, up, failures, replicas, gpu_seconds, gpu_cost)
+
+    def _meter_health(self) -> Iterator[Metric]:
+        meter = self._meter
+        yield GaugeMetricFamily(
+            "tokenyard_meter_pending_records",
+            "Request records held in memory, not yet stored.",
+            value=meter.pending_records,
+        )
+        yield CounterMetricFamily(
+            "tokenyard_meter_dropped_records",
+            "Records dropped while the store was down too long.",
+            value=meter.dropped_records,
+        )
+        yield CounterMetricFamily(
+            "tokenyard_meter_failed_flushes", "Flushes the store did not take.", value=meter.failed_flushes
+        )
+        yield GaugeMetricFamily(
+            "tokenyard_meter_store_up", "1 if the last flush reached the store.", value=int(meter.store_up)
+        )
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text format of a registry."""
+    return generate_latest(registry)

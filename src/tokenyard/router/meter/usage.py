@@ -1,0 +1,150 @@
+"""Reading usage out of upstream responses as they pass (pure, no I/O).
+
+Non-streaming answers carry ``usage`` in their JSON. Streams carry it in a final chunk when the request
+asked for ``stream_options.include_usage``; tokenyard asks for it on every stream and, when the client did
+not, strips that chunk from what the client receives. When an upstream sends no usage (or the client left
+mid-stream), tokens are estimated locally and the record is marked *estimated*: ~4 characters a prompt
+token, one completion token per streamed content chunk (as OpenAI-compatible servers stream).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens one request used."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+
+
+def parse_usage(obj: Any) -> Usage | None:
+    """A ``usage`` object of a response or chunk, or None if it has none."""
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt_tokens=_int(usage.get("prompt_tokens")),
+        cached_tokens=_int(cached),
+        completion_tokens=_int(usage.get("completion_tokens")),
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def usage_of_body(body: bytes) -> Usage | None:
+    """The usage of a whole (non-streaming) JSON answer."""
+    if b'"usage"' not in body:
+        return None
+    try:
+        return parse_usage(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def estimate_prompt_tokens(request: dict[str, Any]) -> int:
+    """A local estimate of a request's prompt tokens (~4 characters a token, at least 1)."""
+    chars = 0
+    for message in request.get("messages") or ():
+        if isinstance(message, dict):
+            chars += _text_length(message.get("content"))
+    for key in ("prompt", "input"):
+        chars += _text_length(request.get(key))
+    return max(1, -(-chars // 4))
+
+
+def _text_length(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_length(part.get("text") if isinstance(part, dict) else part) for part in value)
+    return 0
+
+
+def estimate_completion_tokens(body: bytes) -> int:
+    """A local estimate of the completion tokens of a whole answer without usage (~4 characters a token)."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0
+    chars = 0
+    for choice in obj.get("choices") or () if isinstance(obj, dict) else ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            chars += _text_length(message.get("content") if isinstance(message, dict) else choice.get("text"))
+    return -(-chars // 4)
+
+
+_EVENT_SEPARATOR = re.compile(rb"(\r?\n\r?\n)")
+_CONTENT_MARKERS = (b'"content":"', b'"text":"')
+_EMPTY_CONTENT_MARKERS = (b'"content":""', b'"text":""')
+
+
+class StreamTap:
+    """Watches an SSE stream being relayed: keeps its usage, optionally strips the usage chunk.
+
+    ``feed`` returns the bytes to forward now: whole events only (a partial event waits for its end), so
+    the usage event can be cut out. Hot path: an event is parsed only if it carries a usage object.
+    """
+
+    __slots__ = ("_held", "content_chunks", "strip_usage", "usage")
+
+    def __init__(self, *, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage
+        self.usage: Usage | None = None
+        self.content_chunks = 0
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take a chunk from the upstream; return what to send to the client now."""
+        data = self._held + chunk if self._held else chunk
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        if not end:  # no complete event yet
+            self._held = data
+            return b""
+        complete, self._held = data[:end], data[end:]
+        for marker in _CONTENT_MARKERS:
+            self.content_chunks += complete.count(marker)
+        for marker in _EMPTY_CONTENT_MARKERS:
+            self.content_chunks -= complete.count(marker)
+        if b'"usage":{' in complete or b'"usage": {' in complete:
+            complete = self._take_usage(complete)
+        return complete
+
+    def rest(self) -> bytes:
+        """Whatever partial event is still held when the stream ends."""
+        held, self._held = self._held, b""
+        return held
+
+    def _take_usage(self, data: bytes) -> bytes:
+        # Split into events, keeping each one's separator: [event, sep, event, sep, ..., ""].
+        parts = _EVENT_SEPARATOR.split(data)
+        kept: list[bytes] = []
+        for event, separator in zip(parts[0::2], parts[1::2], strict=False):
+            if event.startswith(b"data:") and b'"usage"' in event:
+                try:
+                    obj = orjson.loads(event[5:])
+                except orjson.JSONDecodeError:
+                    obj = None
+                usage = parse_usage(obj)
+                if usage is not None:
+                    self.usage = usage
+                    # The usage-only chunk (no choices) is the one tokenyard asked for on the client's behalf.
+                    if self.strip_usage and isinstance(obj, dict) and not obj.get("choices"):
+                        continue
+            kept.append(event)
+            kept.append(separator)
+        return b"".join(kept)

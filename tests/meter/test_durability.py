@@ -1,0 +1,156 @@
+"""Nothing is lost: a Redis outage under load, SIGTERM, and kill -9 (at most the last flush interval)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, simulators, start_proxy
+from tests.meter.redis_util import REDIS_URL, RedisServer, delete_prefix
+from tokenyard.router.meter.stores import open_store
+from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.simulator.server import SimulatorServer
+
+MESSAGES: list[Any] = [{"role": "user", "content": "one two three"}]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def upstream() -> AsyncIterator[SimulatorServer]:
+    async with simulators(svl=SimulatorConfig(ttft_ms=1, tokens_per_s=5000)) as sims:
+        yield sims["svl"]
+
+
+def config(upstream: SimulatorServer, store: str, prefix: str, flush_interval_s: float) -> dict[str, Any]:
+    return {
+        "meter": {"store": store, "redis_prefix": prefix, "flush_interval_s": flush_interval_s},
+        "backends": {"svl": backend("serverless", upstream.base_url, prices={"output_per_1m": 1.0})},
+        "models": {"m": {"deployments": ["svl"]}},
+        "keys": {"team-a": {"key": CLIENT_KEY}},
+    }
+
+
+async def stored_totals(store_url: str, prefix: str) -> tuple[int, int, int]:
+    """(requests, completion tokens, records) in a store, read directly."""
+    store = open_store(store_url, prefix=prefix, retention_s=86400, records_max=100_000)
+    try:
+        now = int(time.time())
+        rows = await store.aggregates(now // 60 * 60 - 3600, now // 60 * 60 + 120)
+        records = await store.records(now - 3600, now + 60)
+    finally:
+        await store.aclose()
+    return (
+        sum(f.get("requests", 0) for _, f in rows),
+        sum(f.get("completion_tokens", 0) for _, f in rows),
+        len(records),
+    )
+
+
+async def send(proxy: ProxyProcess, n: int, max_tokens: int = 3) -> int:
+    """n requests, 8 at a time; returns the completion tokens the clients received."""
+    semaphore = asyncio.Semaphore(8)
+
+    async def one() -> int:
+        async with semaphore:
+            completion = await client.chat.completions.create(
+                model="m", messages=MESSAGES, max_tokens=max_tokens
+            )
+            assert completion.usage is not None
+            return completion.usage.completion_tokens
+
+    async with proxy.client() as client:
+        return sum(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def test_a_redis_outage_under_load_loses_nothing(upstream: SimulatorServer, tmp_path: Path) -> None:
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    proxy = await start_proxy(config(upstream, redis_server.url, "outage", 0.2), tmp_path)
+    sent = tokens = 0
+    try:
+        stop_at = time.monotonic() + 1.5
+        while time.monotonic() < stop_at:
+            tokens += await send(proxy, 10)
+            sent += 10
+        redis_server.stop()
+        down_until = time.monotonic() + 3.0
+        while time.monotonic() < down_until:  # the proxy keeps answering while its store is gone
+            tokens += await send(proxy, 10)
+            sent += 10
+        metrics = await metrics_text(proxy)
+        assert "tokenyard_meter_store_up 0.0" in metrics
+        assert "tokenyard_meter_pending_records 0.0" not in metrics
+        redis_server.start()
+        tokens += await send(proxy, 10)
+        sent += 10
+
+        async def all_written() -> None:
+            assert await stored_totals(redis_server.url, "outage") == (sent, tokens, sent)
+
+        await eventually(all_written, timeout_s=15)
+        assert "tokenyard_meter_store_up 1.0" in await metrics_text(proxy)
+    finally:
+        proxy.stop()
+        redis_server.stop()
+
+
+async def metrics_text(proxy: ProxyProcess) -> str:
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"{proxy.url}/metrics")).text
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    prefix = f"tytest-{uuid.uuid4().hex[:12]}"
+    url = f"sqlite:///{tmp_path}/meter.sqlite3" if request.param == "sqlite" else REDIS_URL
+    return url, prefix
+
+
+async def test_sigterm_flushes_everything(
+    upstream: SimulatorServer, tmp_path: Path, store: tuple[str, str]
+) -> None:
+    url, prefix = store
+    # A flush interval longer than the test: only the shutdown flush can have written anything.
+    proxy = await start_proxy(config(upstream, url, prefix, 60), tmp_path)
+    try:
+        tokens = await send(proxy, 40)
+        assert await stored_totals(url, prefix) == (0, 0, 0)
+    finally:
+        code = proxy.stop(signal.SIGTERM)
+    try:
+        assert code in (0, -signal.SIGTERM)
+        assert await stored_totals(url, prefix) == (40, tokens, 40)
+    finally:
+        await delete_prefix(prefix)
+
+
+async def test_kill_9_loses_at_most_the_last_flush_interval(
+    upstream: SimulatorServer, tmp_path: Path, store: tuple[str, str]
+) -> None:
+    url, prefix = store
+    interval = 0.2
+    proxy = await start_proxy(config(upstream, url, prefix, interval), tmp_path)
+    try:
+        tokens = await send(proxy, 30)
+        await asyncio.sleep(interval * 5)  # older than the last flush interval: must be stored
+    finally:
+        proxy.stop(signal.SIGKILL)
+    try:
+        assert await stored_totals(url, prefix) == (30, tokens, 30)
+        # A new process on the same store carries on from there.
+        again = await start_proxy(config(upstream, url, prefix, interval), tmp_path)
+        try:
+            more = await send(again, 10)
+        finally:
+            again.stop()
+        assert await stored_totals(url, prefix) == (40, tokens + more, 40)
+    finally:
+        await delete_prefix(prefix)

@@ -1,0 +1,315 @@
+"""Every request is metered, exactly: tokens and dollars equal what the clients received, in both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness import (
+    CLIENT_KEY,
+    OTHER_KEY,
+    ProxyProcess,
+    backend,
+    eventually,
+    simulators,
+    start_proxy,
+)
+from tests.meter.redis_util import REDIS_URL, delete_prefix
+from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.simulator.server import SimulatorServer
+
+ADMIN_KEY = "sk-admin-0123456789abcdef"
+PROMPT = "count these five words please"  # the simulator counts a prompt token per word: 5
+INPUT_PUSD, OUTPUT_PUSD = 150_000, 600_000  # $0.15 and $0.60 per 1M tokens, in pico-USD per token
+GPUS = 2 * 4  # replicas × GPUs per replica
+
+
+def config_for(sims: dict[str, SimulatorServer], store: str, prefix: str) -> dict[str, Any]:
+    dedicated = backend("dedicated", sims["ded"].base_url, max_concurrency=2)
+    dedicated.update(replicas=2, gpus_per_replica=4, gpu_hour_price=3.6)
+    serverless = backend(
+        "serverless", sims["svl"].base_url, prices={"input_per_1m": 0.15, "output_per_1m": 0.60}
+    )
+    return {
+        "server": {"admin_key": ADMIN_KEY},
+        "meter": {"store": store, "redis_prefix": prefix, "flush_interval_s": 0.2},
+        "backends": {"dedicated": dedicated, "serverless": serverless},
+        "models": {"mixed": {"deployments": ["dedicated", "serverless"]}},
+        "keys": {"team-a": {"key": CLIENT_KEY}, "team-b": {"key": OTHER_KEY}},
+    }
+
+
+@pytest_asyncio.fixture(scope="module", params=["sqlite", "redis"])
+async def metered(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[ProxyProcess, float]]:
+    tmp = tmp_path_factory.mktemp(f"metering-{request.param}")
+    prefix = f"tytest-{uuid.uuid4().hex[:12]}"
+    store = f"sqlite:///{tmp}/meter.sqlite3" if request.param == "sqlite" else REDIS_URL
+    async with simulators(
+        ded=SimulatorConfig(mode="dedicated", ttft_ms=2, tokens_per_s=400, max_concurrency=4),
+        svl=SimulatorConfig(ttft_ms=2, tokens_per_s=2000),
+    ) as sims:
+        started = time.time()
+        proxy = await start_proxy(config_for(sims, store, prefix), tmp)
+        try:
+            yield proxy, started
+        finally:
+            proxy.stop()
+            if request.param == "redis":
+                await delete_prefix(prefix)
+
+
+async def admin_get(proxy: ProxyProcess, path: str, key: str = ADMIN_KEY, **params: Any) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return await http.get(f"{proxy.url}{path}", params=params, headers={"Authorization": f"Bearer {key}"})
+
+
+Seen = dict[tuple[str, str], Counter[str]]  # (tenant, backend) → what the clients saw
+
+
+async def one_request(client: openai.AsyncOpenAI, tenant: str, rng: random.Random, seen: Seen) -> None:
+    """One random request; adds the usage the client received (or counted) to ``seen``."""
+    kind = rng.choice(["chat", "stream_usage", "stream_plain", "completion", "embedding"])
+    max_tokens = rng.randint(1, 12)
+    messages: list[Any] = [{"role": "user", "content": PROMPT}]
+    if kind == "chat":
+        raw = await client.chat.completions.with_raw_response.create(
+            model="mixed", messages=messages, max_tokens=max_tokens
+        )
+        usage = raw.parse().usage
+        assert usage is not None
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    elif kind == "completion":
+        raw_c = await client.completions.with_raw_response.create(
+            model="mixed", prompt=PROMPT, max_tokens=max_tokens
+        )
+        usage_c = raw_c.parse().usage
+        assert usage_c is not None
+        raw, prompt, completion = raw_c, usage_c.prompt_tokens, usage_c.completion_tokens  # type: ignore[assignment]
+    elif kind == "embedding":
+        raw_e = await client.embeddings.with_raw_response.create(model="mixed", input=PROMPT)
+        raw, prompt, completion = raw_e, raw_e.parse().usage.prompt_tokens, 0  # type: ignore[assignment]
+    else:
+        with_usage = kind == "stream_usage"
+        extra: dict[str, Any] = {"stream_options": {"include_usage": True}} if with_usage else {}
+        raw = await client.chat.completions.with_raw_response.create(
+            model="mixed", messages=messages, max_tokens=max_tokens, stream=True, **extra
+        )
+        chunks = [chunk async for chunk in raw.parse()]  # type: ignore[union-attr]
+        usage_chunks = [c.usage for c in chunks if c.usage is not None]
+        if with_usage:
+            [usage] = usage_chunks
+            prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        else:
+            assert usage_chunks == []  # tokenyard asked upstream for usage, and kept it to itself
+            prompt = len(PROMPT.split())
+            completion = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+    backend_name = raw.headers["x-tokenyard-backend"]
+    counts = seen[(tenant, backend_name)]
+    counts["requests"] += 1
+    counts["prompt_tokens"] += prompt
+    counts["completion_tokens"] += completion
+    if backend_name == "serverless":
+        counts["cost_pusd"] += prompt * INPUT_PUSD + completion * OUTPUT_PUSD
+
+
+async def run_load(proxy: ProxyProcess, n: int, seed: int) -> Seen:
+    seen: Seen = defaultdict(Counter)
+    rng = random.Random(seed)
+    async with proxy.client(CLIENT_KEY) as a, proxy.client(OTHER_KEY) as b:
+        clients = [(a, "team-a"), (b, "team-b")]
+        await asyncio.gather(*(one_request(*clients[i % 2], rng, seen) for i in range(n)))
+    return seen
+
+
+async def stored_usage(proxy: ProxyProcess, expected_requests: int) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+
+    async def all_flushed() -> None:
+        resp = await admin_get(
+            proxy, "/admin/usage", start="1h", group_by="tenant,backend", granularity="total"
+        )
+        assert resp.status_code == 200, resp.text
+        result.update(resp.json())
+        assert result["totals"]["requests"] == expected_requests
+
+    await eventually(all_flushed, timeout_s=15)
+    return result
+
+
+async def test_metered_totals_equal_what_clients_received(metered: tuple[ProxyProcess, float]) -> None:
+    proxy, _ = metered
+    seen = await run_load(proxy, n=60, seed=7)
+    usage = await stored_usage(proxy, 60)
+    stored = {(row["tenant"], row["backend"]): row for row in usage["data"] if row["tenant"] != "(idle)"}
+    assert set(stored) == set(seen)
+    for group, counts in seen.items():
+        row = stored[group]
+        assert row["requests"] == counts["requests"], group
+        assert row["prompt_tokens"] == counts["prompt_tokens"], group
+        assert row["completion_tokens"] == counts["completion_tokens"], group
+        assert row["errors"] == 0
+        assert row["estimated"] == 0
+        assert row["token_cost_usd"] == pytest.approx(counts["cost_pusd"] / 1e12, rel=1e-12, abs=1e-15)
+    # Both backends took traffic: the dedicated one (cap 2 × 2 replicas) spilled over under the burst.
+    assert {backend for _, backend in seen} == {"dedicated", "serverless"}
+
+    # The Prometheus view of the same traffic agrees.
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{proxy.url}/metrics")).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = Counter[tuple[str, str]]()
+    for sample in families["tokenyard_requests"].samples:
+        if sample.name == "tokenyard_requests_total":
+            requests[(sample.labels["tenant"], sample.labels["backend"])] += int(sample.value)
+    assert requests == {group: counts["requests"] for group, counts in seen.items()}
+    completion_tokens = sum(
+        s.value
+        for s in families["tokenyard_tokens"].samples
+        if s.name == "tokenyard_tokens_total" and s.labels["type"] == "completion"
+    )
+    assert completion_tokens == sum(c["completion_tokens"] for c in seen.values())
+
+
+async def test_dedicated_gpu_time_accrues_busy_or_idle(metered: tuple[ProxyProcess, float]) -> None:
+    proxy, started = metered
+    await asyncio.sleep(1.0)  # some idle time, too
+    resp = await admin_get(proxy, "/admin/usage", start="1h", granularity="total")
+    measured_at = time.time()
+    [dedicated] = resp.json()["dedicated"]
+    provisioned_s = dedicated["provisioned_hours"] * 3600
+    # Every provisioned second is billed for replicas × GPUs, exactly.
+    assert dedicated["gpu_hours"] == pytest.approx(dedicated["provisioned_hours"] * GPUS, rel=1e-9)
+    # ... and the provisioned time is the time the proxy has been up (less at most a flush or two).
+    assert measured_at - started - 3.0 <= provisioned_s <= measured_at - started
+    assert dedicated["gpu_cost_usd"] == pytest.approx(provisioned_s * GPUS * 3.6 / 3600, rel=1e-6)
+    assert 0 < dedicated["utilization"] <= 1
+    assert dedicated["effective_usd_per_1m_tokens"] > 0
+
+
+async def test_replicas_can_change_while_running(metered: tuple[ProxyProcess, float]) -> None:
+    proxy, _ = metered
+    async with httpx.AsyncClient(timeout=10) as http:
+        changed = await http.put(
+            f"{proxy.url}/admin/backends/dedicated/replicas",
+            json={"replicas": 1},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        refused = await http.put(
+            f"{proxy.url}/admin/backends/dedicated/replicas",
+            json={"replicas": -1},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        metrics = (await http.get(f"{proxy.url}/metrics")).text
+    assert changed.json() == {"name": "dedicated", "replicas": 1, "max_concurrency": 2}
+    assert refused.status_code == 400
+    assert 'tokenyard_backend_replicas{backend="dedicated"} 1.0' in metrics
+    state = (await admin_get(proxy, "/admin/backends")).json()["data"]
+    assert {b["name"]: b.get("replicas") for b in state} == {"dedicated": 1, "serverless": None}
+
+
+async def test_the_usage_api_needs_the_admin_key_and_sane_parameters(
+    metered: tuple[ProxyProcess, float],
+) -> None:
+    proxy, _ = metered
+    assert (await admin_get(proxy, "/admin/usage", key="sk-wrong-0000000000")).status_code == 403
+    assert (await admin_get(proxy, "/admin/usage", key=CLIENT_KEY)).status_code == 403
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{proxy.url}/admin/usage")).status_code == 401
+    for params in (
+        {"group_by": "colour"},
+        {"granularity": "fortnight"},
+        {"start": "yesterday-ish"},
+        {"start": "1h", "end": "2h"},
+    ):
+        resp = await admin_get(proxy, "/admin/usage", **params)
+        assert resp.status_code == 400, params
+        assert resp.json()["error"]["type"] == "invalid_request_error"
+    by_minute = (
+        await admin_get(proxy, "/admin/usage", start="1h", granularity="minute", group_by="mode")
+    ).json()
+    assert {row["mode"] for row in by_minute["data"]} == {"realtime"}
+    assert all(row["period_start"] % 60 == 0 for row in by_minute["data"])
+
+
+async def test_report_and_export_read_the_store(metered: tuple[ProxyProcess, float]) -> None:
+    proxy, _ = metered
+    assert proxy.config_path is not None
+    totals = (await admin_get(proxy, "/admin/usage", start="1h", granularity="total")).json()["totals"]
+    await asyncio.sleep(0.5)  # let the last records reach the store too
+    cli = [sys.executable, "-m", "tokenyard"]
+    report = subprocess.run(
+        [*cli, "report", "--config", str(proxy.config_path), "--since", "1h"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr
+    for heading in (
+        "spend by mode",
+        "spend by kind",
+        "spend by backend",
+        "spend by model",
+        "spend by tenant",
+        "dedicated backends",
+        "async track saved",
+    ):
+        assert heading in report.stdout
+    assert f"requests {totals['requests']:,}" in report.stdout
+    export = subprocess.run(
+        [*cli, "export", "--config", str(proxy.config_path), "--since", "1h"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert export.returncode == 0, export.stderr
+    records = [json.loads(line) for line in export.stdout.splitlines()]
+    assert len(records) == totals["requests"]
+    assert sum(r["completion_tokens"] for r in records) == totals["completion_tokens"]
+    first = records[0]
+    for field in (
+        "ts",
+        "request_id",
+        "tenant",
+        "model",
+        "backend",
+        "backend_kind",
+        "mode",
+        "route",
+        "status",
+        "prompt_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "estimated",
+        "ttfb_ms",
+        "latency_ms",
+        "cost_usd",
+    ):
+        assert field in first
+    assert [r["ts"] for r in records] == sorted(r["ts"] for r in records)
+    aggregates = subprocess.run(
+        [*cli, "export", "--config", str(proxy.config_path), "--since", "1h", "--aggregates"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    rows = [json.loads(line) for line in aggregates.stdout.splitlines()]
+    assert sum(r["requests"] for r in rows) == totals["requests"]
