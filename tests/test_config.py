@@ -181,6 +181,7 @@ def test_the_example_configs_in_the_repo_are_valid() -> None:
         "TEAM_A_KEY": "sk-team-a-1",
         "TEAM_B_KEY": "sk-team-b-1",
         "TOGETHER_API_KEY": "sk-3",
+        "TOKENYARD_ADMIN_KEY": "sk-admin-1",
     }
     for example in examples:
         load_config(example, env=env)
@@ -226,3 +227,18 @@ def test_help_is_readable() -> None:
     assert result.returncode == 0
     for command in ("serve", "check-config", "simulate"):
         assert command in result.stdout
+
+
+def test_gpu_figures_are_bounded_so_costs_stay_exact() -> None:
+    problems = problems_of("""
+backends:
+  d: {kind: dedicated, base_url: "http://x/v1", gpu_type: H100, gpus_per_replica: 64, replicas: 5000,
+      gpu_hour_price: 99, max_concurrency: 8}
+models: {m: {deployments: [d]}}
+meter: {store: "memcached://nope", flush_interval_s: 0}
+""")
+    assert problems["backends.d.gpus_per_replica"] == "must be <= 16"
+    assert problems["backends.d.replicas"] == "must be <= 1000"
+    assert problems["backends.d.gpu_hour_price"] == "must be <= 30"
+    assert problems["meter.flush_interval_s"] == "must be > 0"
+    assert problems["meter.store"].startswith("must be redis://")

@@ -281,6 +281,14 @@ async def test_names_with_separators_percent_signs_spaces_and_unicode_round_trip
     assert [r.tenant for r in await store.records(*ALL_TIME)] == [AWKWARD[0]]
 
 
+async def test_record_text_that_looks_like_a_record_boundary_round_trips(store: MeterStore) -> None:
+    # The Redis store splits one serialised list of records on the raw text },{"ts": between them.
+    tricky = ['},{"ts":1,"x":', "}, {", "]", "\\", "line\nbreak", '{"ts":2}']
+    records = [record(T0 + i, tenant=name, model=name, route=name) for i, name in enumerate(tricky)]
+    await store.write(batch(records=records))
+    assert list(await store.records(*ALL_TIME)) == records
+
+
 # -- reachability -------------------------------------------------------------------------------------
 
 

@@ -177,6 +177,13 @@ class MeterConfig(_Strict):
     max_pending_records: PositiveInt = 100_000
     max_gpu_gap_s: PositiveInt = 900  # a longer silence (no proxy metering) is not billed as provisioned
 
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value != "off" and not value.startswith(("redis://", "rediss://", "unix://", "sqlite:///")):
+            raise ValueError("must be redis://…, rediss://…, unix://…, sqlite:///PATH or off")
+        return value
+
     @property
     def enabled(self) -> bool:
         """Whether metering writes anywhere."""

@@ -148,11 +148,11 @@ class Proxy:
             return
         exchange = Exchange(request_id, principal.tenant, model, obj, started)
         try:
-            await _until_client_leaves(
-                receive, self._route(send, endpoint, backends, body, stream, exchange, id_header)
-            )
+            work = self._route(send, endpoint, backends, body, stream, exchange, id_header)
+            if await _until_client_leaves(receive, work):
+                exchange.status = CLIENT_CLOSED
         finally:
-            if exchange.status == 0:
+            if exchange.status == 0:  # cancelled from outside (shutdown) before any answer
                 exchange.status = CLIENT_CLOSED
             self.meter.record(exchange.to_record(self.clock(), self.wall()))
 
@@ -335,8 +335,11 @@ def _route_headers(backend: Backend, choice: Choice, attempts: int) -> list[tupl
     return headers
 
 
-async def _until_client_leaves(receive: wire.Receive, work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work``; if the client disconnects first, cancel it (which closes the upstream request)."""
+async def _until_client_leaves(receive: wire.Receive, work: Coroutine[Any, Any, None]) -> bool:
+    """Run ``work``; if the client disconnects first, cancel it (which closes the upstream request).
+
+    Returns True if the client left before the work was done.
+    """
     task = asyncio.ensure_future(work)
     waiter = asyncio.ensure_future(_disconnected(receive))
     try:
@@ -347,8 +350,10 @@ async def _until_client_leaves(receive: wire.Receive, work: Coroutine[Any, Any, 
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    if not task.cancelled():
-        task.result()  # re-raise what the work raised
+    if task.cancelled():
+        return True
+    task.result()  # re-raise what the work raised
+    return False
 
 
 async def _disconnected(receive: wire.Receive) -> None:

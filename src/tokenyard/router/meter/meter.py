@@ -62,6 +62,19 @@ def add_record(row: list[int], record: UsageRecord) -> None:
     row[_FIRST_BUCKET + bisect.bisect_left(LATENCY_BUCKETS_MS, record.latency_ms)] += 1
 
 
+def _fold_into(
+    totals: dict[TotalsKey, list[int]], aggregates: Mapping[tuple[int, str, str, str, str, str], list[int]]
+) -> None:
+    """Sum per-minute aggregate rows into per-label totals (the minute dropped)."""
+    for key, row in aggregates.items():
+        total = totals.get(key[1:])
+        if total is None:
+            totals[key[1:]] = list(row)
+        else:
+            for i, value in enumerate(row):
+                total[i] += value
+
+
 @dataclass(slots=True)
 class _Dedicated:
     gpus_per_replica: int
@@ -86,12 +99,12 @@ class Meter:
         self.store = store
         self._wall = wall
         self._batch_ids = (f"{os.urandom(6).hex()}-{n}" for n in itertools.count())
-        self._aggregates: dict[AggKey, list[int]] = {}
+        self._aggregates: dict[tuple[int, str, str, str, str, str], list[int]] = {}
         self._records: deque[UsageRecord] = deque()
         self._accruals: list[GpuAccrual] = []
         self._unsent: FlushBatch | None = None
         self._flushing = asyncio.Lock()
-        self.totals: dict[TotalsKey, list[int]] = {}  # since this process started, for /metrics
+        self._folded: dict[TotalsKey, list[int]] = {}  # flushed aggregates, summed over time
         self.dropped_records = 0
         self.failed_flushes = 0
         self.store_up = True
@@ -106,21 +119,31 @@ class Meter:
 
     def record(self, record: UsageRecord) -> None:
         """Count one finished request. Never awaits, never touches the store."""
-        totals_key = (record.tenant, record.model, record.backend, record.backend_kind, record.mode)
-        total = self.totals.get(totals_key)
-        if total is None:
-            total = self.totals[totals_key] = [0] * _ROW_WIDTH
-        add_record(total, record)
+        # A plain tuple, not an AggKey: this runs once a request, the named view is made once a flush.
+        key = (
+            int(record.ts) // 60 * 60,
+            record.tenant,
+            record.model,
+            record.backend,
+            record.backend_kind,
+            record.mode,
+        )
+        row = self._aggregates.get(key)
+        if row is None:
+            row = self._aggregates[key] = [0] * _ROW_WIDTH
+        add_record(row, record)
         if self.store is None:
             return
-        row = self._aggregates.get(record.agg_key)
-        if row is None:
-            row = self._aggregates[record.agg_key] = [0] * _ROW_WIDTH
-        add_record(row, record)
         if len(self._records) >= self.config.max_pending_records:
             self._records.popleft()
             self.dropped_records += 1
         self._records.append(record)
+
+    def totals(self) -> dict[TotalsKey, list[int]]:
+        """Everything counted since this process started, per label set (for /metrics)."""
+        out = {key: list(row) for key, row in self._folded.items()}
+        _fold_into(out, self._aggregates)
+        return out
 
     # -- dedicated capacity --------------------------------------------------------------------------
 
@@ -156,10 +179,14 @@ class Meter:
         self._accrue(self._wall())
         batch = FlushBatch(
             next(self._batch_ids),
-            {key: dict(zip(AGG_FIELDS, row, strict=True)) for key, row in self._aggregates.items()},
+            {
+                AggKey._make(key): dict(zip(AGG_FIELDS, row, strict=True))
+                for key, row in self._aggregates.items()
+            },
             self._accruals,
             list(self._records),
         )
+        _fold_into(self._folded, self._aggregates)
         self._aggregates, self._accruals = {}, []
         self._records.clear()
         return batch
@@ -168,6 +195,7 @@ class Meter:
         """Write what is pending; False if the store could not take it (it stays pending, nothing lost)."""
         async with self._flushing:
             if self.store is None:
+                _fold_into(self._folded, self._aggregates)
                 self._aggregates.clear()
                 self._accruals.clear()
                 return True

@@ -51,7 +51,7 @@ class TokenyardCollector(Collector):
         latency = HistogramMetricFamily(
             "tokenyard_request_duration_seconds", "Time from request to last byte.", labels=_LABELS
         )
-        for labels, row in self._meter.totals.items():
+        for labels, row in self._meter.totals().items():
             values = list(labels)
             requests.add_metric(values, row[_FIELD["requests"]])
             errors.add_metric(values, row[_FIELD["errors"]])

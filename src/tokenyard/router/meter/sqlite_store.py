@@ -238,7 +238,7 @@ class SqliteMeterStore:
                     self._accrue(conn, accrual, cutoff)
                 conn.executemany(
                     "INSERT INTO records (ts, json) VALUES (?, ?)",
-                    [(record.ts, orjson.dumps(record.to_json()).decode()) for record in batch.records],
+                    [(record.ts, record.stored().decode()) for record in batch.records],
                 )
             if prune:
                 self._prune(conn, now, cutoff)

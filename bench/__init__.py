@@ -1,0 +1,1 @@
+"""tokenyard's benchmarks (not tests: timings belong here, never in the test suite)."""

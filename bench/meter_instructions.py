@@ -1,0 +1,145 @@
+"""What metering costs a request in CPU instructions: a measure that machine noise cannot move.
+
+Runs the proxy under valgrind's callgrind with instrumentation switched on only while a fixed number of
+requests pass (and the flushes that store them), once per metering mode, and prints instructions per
+request and the ratio to metering off. Slow (valgrind), so it sends a few thousand requests.
+
+    python -m bench.meter_instructions --requests 3000 --stores redis,sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.meter_overhead import ROOT, free_port, wait_ready
+
+
+def fixed_load(url: str, requests: int) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "bench.load_fixed", "--url", url, "--requests", str(requests)],
+        check=True,
+        cwd=ROOT,
+    )
+
+
+def instructions(store: str, upstream_port: int, requests: int, folder: Path) -> int:
+    """Instructions the proxy executes while ``requests`` requests pass through it, and their flushes."""
+    port = free_port()
+    config = {
+        "backends": {
+            "up": {
+                "kind": "serverless",
+                "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+                "prices": {"input_per_1m": 0.15, "output_per_1m": 0.6},
+            }
+        },
+        "models": {"bench": {"deployments": ["up"]}},
+        "keys": {"bench": {"key": "sk-bench-key-0000"}},
+        "meter": {"store": store},
+    }
+    config_path = folder / f"config-{port}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    out = folder / f"callgrind-{port}.out"
+    proxy = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            "-m",
+            "tokenyard",
+            "serve",
+            "--config",
+            str(config_path),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health/ready", timeout_s=300)
+        fixed_load(url, 300)  # warm every code path before counting
+        time.sleep(1.5)
+        subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True, capture_output=True)
+        fixed_load(url, requests)
+        time.sleep(1.5)  # the flushes that carry these requests to the store
+        subprocess.run(["callgrind_control", "-i", "off", str(proxy.pid)], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-d", str(proxy.pid)], check=True, capture_output=True)
+    finally:
+        proxy.terminate()
+        proxy.wait(120)
+    total = 0
+    for dump in folder.glob(f"callgrind-{port}.out*"):
+        for line in dump.read_text().splitlines():
+            if line.startswith("totals:"):
+                total += int(line.split()[1])
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--stores", default="redis,sqlite", help="metering stores to compare with off")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    redis_port = free_port()
+    redis_server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    upstream_port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "bench.upstream", "--port", str(upstream_port)], cwd=ROOT
+    )
+    counts: dict[str, int] = {}
+    try:
+        time.sleep(0.5)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            stores = {
+                "off": "off",
+                "redis": f"redis://127.0.0.1:{redis_port}/0",
+                "sqlite": f"sqlite:///{folder}/meter.sqlite3",
+            }
+            for mode in ["off", *args.stores.split(",")]:
+                counts[mode] = instructions(stores[mode], upstream_port, args.requests, folder)
+                per = counts[mode] / args.requests
+                print(f"metering {mode:6}: {per:,.0f} instructions a request", flush=True)
+    finally:
+        upstream.terminate()
+        redis_server.terminate()
+    for mode in counts:
+        if mode != "off":
+            ratio = counts[mode] / counts["off"]
+            print(
+                f"metering to {mode} on / off: {ratio:.4f} ({(ratio - 1) * 100:+.2f} %) instructions/request"
+            )
+
+
+if __name__ == "__main__":
+    main()

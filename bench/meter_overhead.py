@@ -1,0 +1,231 @@
+"""Does metering cost throughput? tokenyard at saturation with metering to Redis on, then off.
+
+The proxy is pinned to core 0; the fixed-response upstream, the load generator and a private Redis share
+core 1 (each far faster than the proxy; in production Redis is another machine's work). Runs alternate
+on/off so drift on a shared machine hits both alike; the table reports medians and the on/off ratio, and
+is written to bench/results/meter_overhead.md.
+
+    python -m bench.meter_overhead --runs 5 --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PROXY_CORE, OTHER_CORE = "0", "1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pinned(core: str, *args: str) -> list[str]:
+    return ["taskset", "-c", core, *args]
+
+
+def load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+    out = subprocess.run(
+        pinned(
+            OTHER_CORE,
+            sys.executable,
+            "-m",
+            "bench.load",
+            "--url",
+            url,
+            "--concurrency",
+            str(concurrency),
+            "--seconds",
+            str(seconds),
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
+
+
+def run_proxy(config: dict[str, Any], folder: Path, concurrency: int, seconds: float) -> dict[str, float]:
+    port = free_port()
+    config_path = folder / f"config-{port}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    proxy = subprocess.Popen(
+        pinned(
+            PROXY_CORE,
+            sys.executable,
+            "-m",
+            "tokenyard",
+            "serve",
+            "--config",
+            str(config_path),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health/ready")
+        cpu_before = cpu_seconds(proxy.pid)
+        result = load(f"http://127.0.0.1:{port}/v1/chat/completions", concurrency, seconds)
+        # The load runs a warm-up second before measuring: count its requests in the CPU share too.
+        requests = result["rps"] * (seconds + 1.0)
+        result["cpu_us_per_request"] = (cpu_seconds(proxy.pid) - cpu_before) / requests * 1e6
+        return result
+    finally:
+        proxy.terminate()
+        proxy.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--stores", default="redis", help="metering stores to compare with off: redis,sqlite")
+    args = parser.parse_args()
+
+    redis_port = free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    redis_server = subprocess.Popen(
+        pinned(
+            OTHER_CORE,
+            "redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ),
+        stdout=subprocess.DEVNULL,
+    )
+    upstream_port = free_port()
+    upstream = subprocess.Popen(
+        pinned(OTHER_CORE, sys.executable, "-m", "bench.upstream", "--port", str(upstream_port)), cwd=ROOT
+    )
+    modes = ["off", *args.stores.split(",")]
+    results: dict[str, list[dict[str, float]]] = {"direct": [], **{mode: [] for mode in modes}}
+    try:
+        time.sleep(0.5)
+        results["direct"].append(
+            load(f"http://127.0.0.1:{upstream_port}/v1/chat/completions", args.concurrency, args.seconds)
+        )
+        base = {
+            "backends": {
+                "up": {
+                    "kind": "serverless",
+                    "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+                    "prices": {"input_per_1m": 0.15, "output_per_1m": 0.6},
+                }
+            },
+            "models": {"bench": {"deployments": ["up"]}},
+            "keys": {"bench": {"key": "sk-bench-key-0000"}},
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            for run in range(args.runs):
+                for mode in modes if run % 2 == 0 else modes[::-1]:
+                    stores = {
+                        "off": "off",
+                        "redis": redis_url,
+                        "sqlite": f"sqlite:///{tmp}/meter-{run}.sqlite3",
+                    }
+                    meter = {"store": stores[mode]}
+                    result = run_proxy({**base, "meter": meter}, Path(tmp), args.concurrency, args.seconds)
+                    results[mode].append(result)
+                    print(
+                        f"run {run + 1}/{args.runs} metering {mode:5}: {result['rps']:8.0f} req/s", flush=True
+                    )
+    finally:
+        stored = redis.Redis.from_url(redis_url).dbsize()
+        upstream.terminate()
+        upstream.wait(10)
+        redis_server.terminate()
+        redis_server.wait(10)
+    print(f"keys written to Redis: {stored}")
+
+    def median(mode: str, field: str) -> float:
+        return statistics.median(r[field] for r in results[mode])
+
+    def errors(mode: str) -> float:
+        return sum(r["non_2xx"] + r["failed"] for r in results[mode])
+
+    def cpu(mode: str) -> str:
+        return f"{median(mode, 'cpu_us_per_request'):.0f}" if mode != "direct" else "-"
+
+    rows = [
+        f"| {mode} | {median(mode, 'rps'):,.0f} | {median(mode, 'p50_ms'):.2f} | "
+        f"{median(mode, 'p99_ms'):.2f} | {cpu(mode)} | {errors(mode):.0f} | {len(results[mode])} |"
+        for mode in results
+    ]
+
+    def ratios(mode: str) -> str:
+        rps = median(mode, "rps") / median("off", "rps")
+        cpu = median(mode, "cpu_us_per_request") / median("off", "cpu_us_per_request")
+        return (
+            f"metering to {mode} on / off: throughput {rps:.3f} ({(rps - 1) * 100:+.1f} %), "
+            f"CPU per request {cpu:.3f} ({(cpu - 1) * 100:+.1f} %)"
+        )
+
+    table = "\n".join(
+        [
+            f"non-streaming chat, c={args.concurrency}, {args.seconds:g} s per run, proxy pinned to one core "
+            f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            "",
+            "| target | req/s (median) | p50 ms | p99 ms | proxy CPU µs/request | errors | runs |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            *(ratios(mode) for mode in modes[1:]),
+        ]
+    )
+    print("\n" + table)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "meter_overhead.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

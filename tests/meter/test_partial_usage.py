@@ -1,0 +1,83 @@
+"""A stream cut short is metered for what it delivered, estimated and marked so."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, set_faults, simulators, start_proxy
+from tokenyard.router.meter.model import UsageRecord
+from tokenyard.router.meter.stores import open_store
+from tokenyard.simulator.config import SimulatorConfig
+
+MESSAGES: list[Any] = [{"role": "user", "content": "tell me a long story please"}]  # ~27 chars → 7 tokens
+
+
+async def stored_records(store_url: str) -> list[UsageRecord]:
+    store = open_store(store_url, prefix="unused", retention_s=86400, records_max=1000)
+    try:
+        return list(await store.records(time.time() - 600, time.time() + 60))
+    finally:
+        await store.aclose()
+
+
+async def test_streams_cut_short_are_metered_for_what_they_delivered(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/meter.sqlite3"
+    async with simulators(slow=SimulatorConfig(ttft_ms=1, tokens_per_s=20)) as sims:
+        config = {
+            "meter": {"store": store_url, "flush_interval_s": 0.2},
+            "backends": {"slow": backend("serverless", sims["slow"].base_url, prices={"output_per_1m": 1.0})},
+            "models": {"m": {"deployments": ["slow"]}},
+            "keys": {"team-a": {"key": CLIENT_KEY}},
+        }
+        proxy: ProxyProcess = await start_proxy(config, tmp_path)
+        try:
+            # 1. The client walks away after a few chunks.
+            body = {"model": "m", "messages": MESSAGES, "max_tokens": 200, "stream": True}
+            async with (
+                httpx.AsyncClient() as http,
+                http.stream(
+                    "POST",
+                    f"{proxy.base_url}/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                ) as resp,
+            ):
+                events = 0
+                async for _ in resp.aiter_raw():
+                    events += 1
+                    if events == 5:
+                        break
+            # 2. The upstream breaks its stream after four tokens.
+            await set_faults(sims["slow"], cut_stream_after_chunks=4)
+            async with proxy.client() as client:
+                stream = await client.chat.completions.create(
+                    model="m", messages=MESSAGES, max_tokens=50, stream=True
+                )
+                with pytest.raises(openai.APIError):
+                    async for _ in stream:
+                        pass
+
+            records: list[UsageRecord] = []
+
+            async def both_stored() -> None:
+                records[:] = await stored_records(store_url)
+                assert len(records) == 2
+
+            await eventually(both_stored, timeout_s=10)
+        finally:
+            proxy.stop()
+    left, broken = sorted(records, key=lambda r: r.ts)
+    assert left.status == 499  # the client closed the request
+    assert left.estimated
+    assert 3 <= left.completion_tokens < 200  # what was generated before it left, not the whole story
+    assert left.prompt_tokens == 7
+    assert left.cost_pusd == left.completion_tokens * 1_000_000
+    assert broken.status == 502
+    assert broken.estimated
+    assert broken.completion_tokens == 4
