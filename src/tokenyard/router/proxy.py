@@ -182,8 +182,8 @@ class Proxy:
             backend = backends[choice.index]
             exchange.tried.add(backend.name)
             exchange.attempts += 1
-            await backend.admit(now, tokens)
             try:
+                await backend.admit(now, tokens)  # counts it in flight first: the finally below balances it
                 upstream_body = _body_for(backend, body, exchange, strip_usage)
                 headers = [*id_header, *_route_headers(backend, choice, exchange.attempts)]
                 exchange.backend, exchange.route = backend, choice.reason
@@ -219,7 +219,8 @@ class Proxy:
             if resp.status >= 500 or resp.status in _FAILOVER_STATUSES:
                 raise _status_error(backend, resp)
             headers = [(b"content-type", resp.content_type.encode("latin-1")), *headers]
-            if stream and resp.status == 200:
+            # An upstream that ignored stream=true answered whole: relay that as it is.
+            if stream and resp.status == 200 and resp.content_type.startswith("text/event-stream"):
                 await self._relay_stream(
                     send, backend, resp, [*wire.STREAM_HEADERS, *headers], strip_usage, exchange
                 )
