@@ -17,6 +17,7 @@ from tests.harness import (
     backend,
     keys_section,
     reset,
+    set_faults,
     sim_requests,
     simulators,
     start_proxy,
@@ -200,3 +201,18 @@ async def test_health_endpoints(proxy: ProxyProcess) -> None:
         ready = await http.get(f"http://127.0.0.1:{proxy.port}/health/ready")
     assert (live.status_code, ready.status_code) == (200, 200)
     assert ready.json() == {"status": "ready"}
+
+
+async def test_an_upstream_answering_a_stream_request_whole_is_relayed_as_it_is(
+    proxy: ProxyProcess, upstream: SimulatorServer
+) -> None:
+    await set_faults(upstream, ignore_stream=True)
+    body = {"model": "small", "messages": MESSAGES, "max_tokens": 3, "stream": True}
+    async with httpx.AsyncClient(timeout=10) as http:
+        resp = await http.post(
+            f"{proxy.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+        )
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/json"
+    assert resp.json()["usage"]["completion_tokens"] == 3
+    assert resp.headers["x-tokenyard-route"] == "primary"

@@ -83,7 +83,7 @@ async def _generate(state: SimulatorState, request: Request, send: Send, kind: K
         if isinstance(plan, GenerationPlan):
             await _complete(state, plan, request.raw_body, send, kind)
 
-    streaming = isinstance(plan, GenerationPlan) and plan.stream
+    streaming = isinstance(plan, GenerationPlan) and plan.stream and not state.faults.ignore_stream
     await _respond(state, request, send, plan, answer, streaming=streaming)
 
 
@@ -140,7 +140,7 @@ async def _complete(
         pieces = generate_pieces(config.seed, raw_body, plan.choices, plan.completion_tokens_per_choice)
         pacer_rate = _rate_source(state)
         usage = wire.usage(plan.prompt_tokens, plan.completion_tokens)
-        if plan.stream:
+        if plan.stream and not state.faults.ignore_stream:
             await send({"type": "http.response.start", "status": 200, "headers": wire.SSE_HEADERS})
             await state.clock.sleep(ttft_s)
             pacer = TokenPacer(state.clock, pacer_rate, fixed_rate=config.mode == "serverless")
