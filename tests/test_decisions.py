@@ -84,40 +84,44 @@ def breaker() -> CircuitBreaker:
     return CircuitBreaker(failure_threshold=3, cooldown_s=10.0, max_cooldown_s=60.0)
 
 
+def fail(b: CircuitBreaker, now: float, retry_after_s: float | None = None) -> bool:
+    return b.on_failure(now, b.on_dispatch(now), retry_after_s)
+
+
 def test_the_circuit_opens_after_consecutive_failures_only() -> None:
     b = breaker()
-    b.on_failure(0.0)
-    b.on_failure(1.0)
-    b.on_success()
-    b.on_failure(2.0)
-    b.on_failure(3.0)
+    fail(b, 0.0)
+    fail(b, 1.0)
+    b.on_success(b.on_dispatch(1.5))
+    fail(b, 2.0)
+    fail(b, 3.0)
     assert b.state(3.0) is BreakerState.CLOSED
-    assert b.on_failure(4.0)
+    assert fail(b, 4.0)
     assert b.state(4.0) is BreakerState.OPEN
     assert b.cooling_for_s(9.0) == 5.0
 
 
-def test_after_the_cool_down_one_probe_goes_through_and_success_closes() -> None:
+def test_after_the_cool_down_one_probe_goes_through_and_its_success_closes() -> None:
     b = breaker()
     for t in range(3):
-        b.on_failure(float(t))
+        fail(b, float(t))
     assert not b.available(11.9)
     assert b.available(12.0)
-    b.on_dispatch(12.0)
+    probe = b.on_dispatch(12.0)
+    assert probe.probe
     assert not b.available(12.1)  # one probe at a time
-    b.on_success()
+    assert b.on_success(probe)
     assert b.state(12.2) is BreakerState.CLOSED
 
 
 def test_a_failed_probe_doubles_the_cool_down_up_to_the_cap() -> None:
     b = breaker()
     for t in range(3):
-        b.on_failure(float(t))
+        fail(b, float(t))
     now = 12.0
     cooldowns = []
     for _ in range(4):
-        b.on_dispatch(now)
-        b.on_failure(now)
+        assert fail(b, now)
         cooldowns.append(b.cooling_for_s(now))
         now += cooldowns[-1]
     assert cooldowns == [20.0, 40.0, 60.0, 60.0]
@@ -125,16 +129,32 @@ def test_a_failed_probe_doubles_the_cool_down_up_to_the_cap() -> None:
 
 def test_retry_after_opens_at_once_for_exactly_that_long() -> None:
     b = breaker()
-    assert b.on_failure(100.0, retry_after_s=7.0)
+    assert fail(b, 100.0, retry_after_s=7.0)
     assert b.cooling_for_s(100.0) == 7.0
     assert b.available(107.0)
 
 
-def test_an_abandoned_probe_lets_the_next_request_probe() -> None:
+def test_only_the_probe_being_abandoned_lets_another_probe() -> None:
     b = breaker()
+    bystander = b.on_dispatch(0.0)  # sent while closed
     for t in range(3):
-        b.on_failure(float(t))
-    b.on_dispatch(20.0)
+        fail(b, float(t))
+    probe = b.on_dispatch(20.0)
+    b.on_abandoned(bystander)
     assert not b.available(20.0)
-    b.on_abandoned()
+    b.on_abandoned(probe)
     assert b.available(20.0)
+
+
+def test_verdicts_of_requests_sent_before_the_circuit_opened_do_not_count() -> None:
+    b = breaker()
+    slow = b.on_dispatch(0.0)
+    for t in range(3):
+        fail(b, float(t))
+    assert not b.on_success(slow)  # a slow old success does not close the fresh circuit
+    assert b.state(5.0) is BreakerState.OPEN
+    assert not b.on_failure(6.0, slow)  # nor does an old failure extend it
+    assert b.cooling_for_s(6.0) == 6.0
+    probe = b.on_dispatch(12.0)
+    assert not b.on_success(b.on_dispatch(12.0))  # not the probe (it is refused routing anyway)
+    assert b.on_success(probe)

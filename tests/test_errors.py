@@ -112,6 +112,8 @@ async def test_unknown_model_and_model_outside_the_key_are_404(proxy: ProxyProce
         (b'{"model": "small", "messages": [], "stream": "yes"}', "stream"),
         (b"\xff\xfe\x00garbage", None),
         (b"", None),
+        (b'{"model": "small", "messages": [{"role": "user", "content": "lone \\ud800 surrogate"}]}', None),
+        (b'{"model": "small", "messages": [], "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", None),
     ],
 )
 async def test_malformed_bodies_are_400_naming_the_param(

@@ -216,3 +216,18 @@ async def test_an_upstream_answering_a_stream_request_whole_is_relayed_as_it_is(
     assert resp.headers["content-type"] == "application/json"
     assert resp.json()["usage"]["completion_tokens"] == 3
     assert resp.headers["x-tokenyard-route"] == "primary"
+
+
+async def test_a_rewritten_body_keeps_integers_past_64_bits_exact(
+    proxy: ProxyProcess, upstream: SimulatorServer
+) -> None:
+    # A stream without include_usage and a renamed model: the body must be rewritten, not re-rounded.
+    async with proxy.client() as client:
+        stream = await client.chat.completions.create(
+            model="big", messages=MESSAGES, max_tokens=2, stream=True, extra_body={"seed": 2**70 + 1}
+        )
+        [chunk async for chunk in stream]
+    [seen] = await sim_requests(upstream, limit=1)
+    assert f'"seed":{2**70 + 1}' in seen["raw"]
+    assert seen["body"]["model"] == "upstream-llama-3"
+    assert seen["body"]["stream_options"] == {"include_usage": True}

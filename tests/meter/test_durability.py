@@ -16,6 +16,9 @@ import pytest_asyncio
 
 from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, simulators, start_proxy
 from tests.meter.redis_util import REDIS_URL, RedisServer, delete_prefix
+from tokenyard.router.config import BackendConfig, MeterConfig
+from tokenyard.router.meter.meter import Meter
+from tokenyard.router.meter.redis_store import RedisMeterStore
 from tokenyard.router.meter.stores import open_store
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
@@ -31,6 +34,7 @@ async def upstream() -> AsyncIterator[SimulatorServer]:
 
 def config(upstream: SimulatorServer, store: str, prefix: str, flush_interval_s: float) -> dict[str, Any]:
     return {
+        "server": {"public_metrics": True},
         "meter": {"store": store, "redis_prefix": prefix, "flush_interval_s": flush_interval_s},
         "backends": {"svl": backend("serverless", upstream.base_url, prices={"output_per_1m": 1.0})},
         "models": {"m": {"deployments": ["svl"]}},
@@ -154,3 +158,45 @@ async def test_kill_9_loses_at_most_the_last_flush_interval(
         assert await stored_totals(url, prefix) == (40, tokens + more, 40)
     finally:
         await delete_prefix(prefix)
+
+
+async def test_a_store_outage_longer_than_the_gpu_gap_is_still_accrued_in_full(tmp_path: Path) -> None:
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    wall = FakeWall(float(int(time.time()) // 60 * 60))
+    ded = BackendConfig(
+        kind="dedicated",
+        base_url="http://x/v1",
+        gpu_type="H100",
+        gpus_per_replica=1,
+        replicas=1,
+        gpu_hour_price=1.0,
+        max_concurrency=4,
+    )
+    store = RedisMeterStore(
+        redis_server.url, prefix="gap", retention_s=86400, records_max=100, socket_timeout_s=0.5, clock=wall
+    )
+    meter = Meter(MeterConfig(store=redis_server.url, max_gpu_gap_s=300), {"ded": ded}, store, wall=wall)
+    try:
+        assert await meter.flush()  # the watermark
+        redis_server.stop()
+        for _ in range(20):  # 20 minutes without a store, four times the gap
+            wall.now += 60
+            assert not await meter.flush()
+        redis_server.start()
+        wall.now += 30
+        assert await meter.flush()
+        assert await meter.flush()
+        rows = await store.gpu(int(wall.now) - 3600, int(wall.now) + 60)
+        assert sum(fields["wall_ms"] for _, fields in rows) == (20 * 60 + 30) * 1000
+    finally:
+        await store.aclose()
+        redis_server.stop()
+
+
+class FakeWall:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -245,3 +245,20 @@ def test_the_default_store_is_embedded_and_flushes_at_least_every_second(monkeyp
     assert config.store.endswith("/tokenyard/meter.sqlite3")
     assert config.flush_interval_s <= 1.0
     assert not MeterConfig(store="off").enabled
+
+
+async def test_with_metering_off_the_gpu_time_view_still_advances() -> None:
+    wall = FakeWall(1_800_000_000.0)
+    ded = BackendConfig(
+        kind="dedicated",
+        base_url="http://x/v1",
+        gpu_type="H100",
+        gpus_per_replica=2,
+        replicas=1,
+        gpu_hour_price=2.0,
+        max_concurrency=8,
+    )
+    meter = Meter(MeterConfig(store="off"), {"ded": ded}, None, wall=wall)
+    wall.now += 60
+    assert await meter.flush()
+    assert meter.dedicated["ded"].local_gpu_ms == 120_000

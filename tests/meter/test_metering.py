@@ -171,7 +171,9 @@ async def test_metered_totals_equal_what_clients_received(metered: tuple[ProxyPr
 
     # The Prometheus view of the same traffic agrees.
     async with httpx.AsyncClient() as http:
-        text = (await http.get(f"{proxy.url}/metrics")).text
+        assert (await http.get(f"{proxy.url}/metrics")).status_code == 401  # tenants and spend: admin only
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        text = (await http.get(f"{proxy.url}/metrics", headers=admin)).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     requests = Counter[tuple[str, str]]()
     for sample in families["tokenyard_requests"].samples:
@@ -215,7 +217,9 @@ async def test_replicas_can_change_while_running(metered: tuple[ProxyProcess, fl
             json={"replicas": -1},
             headers={"Authorization": f"Bearer {ADMIN_KEY}"},
         )
-        metrics = (await http.get(f"{proxy.url}/metrics")).text
+        metrics = (
+            await http.get(f"{proxy.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        ).text
     assert changed.json() == {"name": "dedicated", "replicas": 1, "max_concurrency": 2}
     assert refused.status_code == 400
     assert 'tokenyard_backend_replicas{backend="dedicated"} 1.0' in metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -26,10 +27,21 @@ from tokenyard.errors import (
 _CHUNK_LIMIT = 64 * 1024
 
 
+_MAX_RETRY_AFTER_S = 86_400.0
+
+
 def parse_retry_after(
     value: str | None, value_ms: str | None = None, *, now: float | None = None
 ) -> float | None:
-    """Seconds to wait from ``Retry-After`` (seconds or an HTTP date) or OpenAI's ``retry-after-ms``."""
+    """Seconds to wait from ``Retry-After`` (seconds or an HTTP date) or OpenAI's ``retry-after-ms``,
+    at most a day: an upstream's ``inf`` or a date years ahead must not take a backend out for good."""
+    seconds = _retry_after(value, value_ms, now)
+    if seconds is None:
+        return None
+    return min(seconds, _MAX_RETRY_AFTER_S) if math.isfinite(seconds) else _MAX_RETRY_AFTER_S
+
+
+def _retry_after(value: str | None, value_ms: str | None, now: float | None) -> float | None:
     if value_ms:
         try:
             return max(0.0, float(value_ms) / 1000)

@@ -131,6 +131,9 @@ class TokenyardApp:
     # -- telemetry and health -------------------------------------------------------------------------
 
     async def _metrics(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        if not self.config.server.public_metrics:
+            assert self.admin is not None, "requests arrive only after start-up"
+            self.admin.authorize(scope)
         body = exposition(self.registry)
         await wire.send_bytes(send, 200, body, [(b"content-type", CONTENT_TYPE_LATEST.encode())])
 

@@ -11,7 +11,7 @@ from aiolimiter import AsyncLimiter
 
 from tokenyard.adapters.base import Upstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
-from tokenyard.router.breaker import CircuitBreaker
+from tokenyard.router.breaker import CircuitBreaker, Ticket
 from tokenyard.router.config import BackendConfig, TokenyardConfig
 from tokenyard.router.meter.pricing import FREE, TokenPrices, token_prices
 from tokenyard.router.routing import DeploymentView
@@ -62,31 +62,33 @@ class Backend:
             return False
         return self.tpm is None or self.tpm.has_capacity(min(estimated_tokens, self.tpm.max_rate))
 
-    async def admit(self, now: float, estimated_tokens: int) -> None:
-        """Count a request in: in-flight, the circuit's probe, the rate limits.
-
-        Called right after routing saw room, with no await in between, so the limiters never block here.
-        """
+    def admit(self, now: float) -> Ticket:
+        """Count a request in flight (the caller must count it out) and get its circuit ticket."""
         self.in_flight += 1
-        self.breaker.on_dispatch(now)
+        return self.breaker.on_dispatch(now)
+
+    async def take_rate(self, estimated_tokens: int) -> None:
+        """Spend rate-limit room. Called right after routing saw room, with no await in between, so the
+        limiters never block here."""
         if self.rpm is not None:
             await self.rpm.acquire(1)
         if self.tpm is not None:
             await self.tpm.acquire(min(estimated_tokens, self.tpm.max_rate))
 
-    def record_failure(self, now: float, reason: str, retry_after_s: float | None = None) -> None:
+    def record_failure(
+        self, now: float, ticket: Ticket, reason: str, retry_after_s: float | None = None
+    ) -> None:
         """Tell the circuit breaker the backend failed, and log when that takes it out."""
         self.failures += 1
-        if self.breaker.on_failure(now, retry_after_s):
+        if self.breaker.on_failure(now, ticket, retry_after_s):
             log.warning(
                 "backend %s out for %.1f s after %s", self.name, self.breaker.cooling_for_s(now), reason
             )
 
-    def record_success(self) -> None:
+    def record_success(self, ticket: Ticket) -> None:
         """Tell the circuit breaker the backend answered well."""
-        if self.breaker.tripped:
+        if self.breaker.on_success(ticket):
             log.warning("backend %s is back in service", self.name)
-        self.breaker.on_success()
 
 
 @contextlib.asynccontextmanager

@@ -4,8 +4,11 @@ No clock is read here: every method is handed ``now`` (seconds, monotonic), so t
 instead of sleeping.
 
 States: *closed* (serving; counting consecutive failures) → *open* (cooling down until ``open_until``)
-→ *half-open* (one probe request allowed) → closed on success, open again with a doubled cool-down on
-failure. An upstream 429 with ``Retry-After`` opens the circuit for exactly that long, at once.
+→ *half-open* (one probe request allowed) → closed on the probe's success, open again with a doubled
+cool-down on its failure. An upstream 429 with ``Retry-After`` opens the circuit for exactly that long.
+
+Every dispatch gets a ``Ticket``: a verdict counts only for the circuit it was dispatched under (a slow
+request sent before the circuit opened cannot close it again), and only the probe settles half-open.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ class BreakerState(Enum):
     HALF_OPEN = "half_open"
 
 
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What a request was dispatched under: the circuit's generation, and whether it is the probe."""
+
+    generation: int
+    probe: bool
+
+
 @dataclass(slots=True)
 class CircuitBreaker:
     """Consecutive-failure circuit breaker with exponential cool-down and single-probe recovery."""
@@ -34,6 +45,7 @@ class CircuitBreaker:
     next_cooldown_s: float = 0.0
     probing: bool = False
     tripped: bool = False
+    generation: int = 0  # +1 every time the circuit opens
 
     def state(self, now: float) -> BreakerState:
         """The state at ``now``."""
@@ -49,36 +61,48 @@ class CircuitBreaker:
         """Seconds until the backend may be probed again (0 when available)."""
         return max(0.0, self.open_until - now) if self.tripped else 0.0
 
-    def on_dispatch(self, now: float) -> None:
-        """A request is being sent: in half-open it is the one probe."""
-        if self.tripped and now >= self.open_until:
+    def on_dispatch(self, now: float) -> Ticket:
+        """A request is being sent; in half-open it is the one probe."""
+        probe = self.tripped and now >= self.open_until and not self.probing
+        if probe:
             self.probing = True
+        return Ticket(self.generation, probe)
 
-    def on_success(self) -> None:
-        """The backend answered well: close the circuit."""
+    def on_success(self, ticket: Ticket) -> bool:
+        """The backend answered well; returns True when this closed an open circuit."""
+        if ticket.generation != self.generation or (self.tripped and not ticket.probe):
+            return False  # sent under an older circuit, or not the probe: no say over this one
+        was_tripped = self.tripped
         self.failures = 0
-        self.tripped = False
-        self.probing = False
+        self.tripped = self.probing = False
         self.next_cooldown_s = 0.0
+        return was_tripped
 
-    def on_failure(self, now: float, retry_after_s: float | None = None) -> bool:
+    def on_failure(self, now: float, ticket: Ticket, retry_after_s: float | None = None) -> bool:
         """The backend failed; returns True when this failure opened the circuit."""
+        if ticket.generation != self.generation:
+            return False  # the circuit already opened since this request was sent
+        if ticket.probe:
+            self.probing = False
+        elif self.tripped:
+            return False  # only the probe settles a half-open circuit
         self.failures += 1
-        was_probing, self.probing = self.probing, False
         if retry_after_s is not None and retry_after_s > 0:
             self._open(now, min(retry_after_s, self.max_cooldown_s))
             return True
-        if was_probing or self.failures >= self.failure_threshold:
-            cooldown = self.next_cooldown_s * 2 if was_probing and self.next_cooldown_s else self.cooldown_s
+        if ticket.probe or self.failures >= self.failure_threshold:
+            cooldown = self.next_cooldown_s * 2 if ticket.probe and self.next_cooldown_s else self.cooldown_s
             self._open(now, min(cooldown, self.max_cooldown_s))
             return True
         return False
 
-    def on_abandoned(self) -> None:
-        """The probe ended without a verdict (the client left): let another request probe."""
-        self.probing = False
+    def on_abandoned(self, ticket: Ticket) -> None:
+        """The request ended without a verdict (the client left): if it was the probe, let another probe."""
+        if ticket.probe and ticket.generation == self.generation:
+            self.probing = False
 
     def _open(self, now: float, cooldown_s: float) -> None:
         self.tripped = True
+        self.generation += 1
         self.open_until = now + cooldown_s
         self.next_cooldown_s = cooldown_s

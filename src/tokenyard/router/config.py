@@ -155,6 +155,9 @@ class ServerConfig(_Strict):
     # The key for /admin/* (usage API, replica changes). With no keys configured (open, loopback-only
     # mode) the admin API is open too; with keys and no admin_key it is closed.
     admin_key: SecretStr | None = None
+    # /metrics names tenants, models and spend: it needs the admin key too, unless made public here
+    # (for a scraper on a private network that cannot send a bearer token).
+    public_metrics: bool = False
 
 
 def default_store_url() -> str:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from tokenyard.errors import (
 from tokenyard.router import wire
 from tokenyard.router.auth import KeyRing, Principal
 from tokenyard.router.backends import Backend
+from tokenyard.router.breaker import Ticket
 from tokenyard.router.exchange import CLIENT_CLOSED, Exchange
 from tokenyard.router.meter.meter import Meter
 from tokenyard.router.meter.usage import StreamTap
@@ -51,6 +53,8 @@ CHAT = Endpoint("/chat/completions", "messages", streams=True)
 COMPLETIONS = Endpoint("/completions", "prompt", streams=True)
 EMBEDDINGS = Endpoint("/embeddings", "input", streams=False)
 
+_LONG_NUMBER = re.compile(rb"\d{19,}")  # may exceed 64 bits
+
 # Upstream statuses that say the backend, not the request, failed: try the next deployment.
 _FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
 
@@ -58,15 +62,12 @@ _FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
 def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], str, bool]:
     """The parsed body, its model and whether it streams; ``InvalidRequest`` for what no upstream accepts."""
     try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:  # orjson refuses integers past 64 bits, which JSON allows
-            obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(
-                "We could not parse the JSON body of your request. The body must be valid JSON "
-                "(HINT: check for trailing commas and quotes)."
-            ) from exc
+        obj = orjson.loads(body)  # strict: invalid UTF-8, lone surrogates and >1024 levels are refused
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be valid JSON "
+            "(HINT: check for trailing commas and quotes)."
+        ) from exc
     if not isinstance(obj, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     model = obj.get("model")
@@ -151,6 +152,9 @@ class Proxy:
             work = self._route(send, endpoint, backends, body, stream, exchange, id_header)
             if await _until_client_leaves(receive, work):
                 exchange.status = CLIENT_CLOSED
+        except Exception:
+            exchange.status = 500  # the app answers 500 (if it still can) and logs it
+            raise
         finally:
             if exchange.status == 0:  # cancelled from outside (shutdown) before any answer
                 exchange.status = CLIENT_CLOSED
@@ -182,22 +186,23 @@ class Proxy:
             backend = backends[choice.index]
             exchange.tried.add(backend.name)
             exchange.attempts += 1
+            ticket = backend.admit(now)  # in flight from here: the finally below counts it out
             try:
-                await backend.admit(now, tokens)  # counts it in flight first: the finally below balances it
+                await backend.take_rate(tokens)
                 upstream_body = _body_for(backend, body, exchange, strip_usage)
                 headers = [*id_header, *_route_headers(backend, choice, exchange.attempts)]
                 exchange.backend, exchange.route = backend, choice.reason
                 await self._forward(
-                    send, endpoint, backend, upstream_body, stream, strip_usage, headers, exchange
+                    send, endpoint, backend, ticket, upstream_body, stream, strip_usage, headers, exchange
                 )
                 return
             except UpstreamError as exc:
                 exchange.backend = None
                 exchange.last_error = exc
                 retry_after = exc.retry_after_s if isinstance(exc, UpstreamStatusError) else None
-                backend.record_failure(self.clock(), exc.message, retry_after)
-            except asyncio.CancelledError:
-                backend.breaker.on_abandoned()
+                backend.record_failure(self.clock(), ticket, exc.message, retry_after)
+            except BaseException:  # cancelled, or a bug: no verdict on the backend either way
+                backend.breaker.on_abandoned(ticket)
                 raise
             finally:
                 backend.in_flight -= 1
@@ -207,6 +212,7 @@ class Proxy:
         send: wire.Send,
         endpoint: Endpoint,
         backend: Backend,
+        ticket: Ticket,
         body: bytes,
         stream: bool,
         strip_usage: bool,
@@ -222,7 +228,7 @@ class Proxy:
             # An upstream that ignored stream=true answered whole: relay that as it is.
             if stream and resp.status == 200 and resp.content_type.startswith("text/event-stream"):
                 await self._relay_stream(
-                    send, backend, resp, [*wire.STREAM_HEADERS, *headers], strip_usage, exchange
+                    send, backend, ticket, resp, [*wire.STREAM_HEADERS, *headers], strip_usage, exchange
                 )
                 return
             payload = await resp.read()
@@ -232,12 +238,13 @@ class Proxy:
             await wire.send_bytes(send, resp.status, payload, headers)
         finally:
             resp.close()
-        backend.record_success()
+        backend.record_success(ticket)
 
     async def _relay_stream(
         self,
         send: wire.Send,
         backend: Backend,
+        ticket: Ticket,
         resp: UpstreamResponse,
         headers: list[tuple[bytes, bytes]],
         strip_usage: bool,
@@ -263,11 +270,12 @@ class Proxy:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
         except UpstreamError as exc:
             # Bytes went out: no retry. Say so inside the stream, where the openai SDK raises it.
-            backend.record_failure(self.clock(), exc.message)
+            backend.record_failure(self.clock(), ticket, exc.message)
             exchange.status = exc.status_code
-            await send({"type": "http.response.body", "body": tap.rest() + wire.sse_error_event(exc)})
+            tap.rest()  # a partial event would corrupt the error event after it: drop it
+            await send({"type": "http.response.body", "body": wire.sse_error_event(exc)})
             return
-        backend.record_success()
+        backend.record_success(ticket)
         await send({"type": "http.response.body", "body": tap.rest()})
 
 
@@ -320,6 +328,11 @@ def _body_for(backend: Backend, body: bytes, exchange: Exchange, ask_for_usage: 
         changed["model"] = upstream_model
     if ask_for_usage:
         changed["stream_options"] = {**(options or {}), "include_usage": True}
+    if _LONG_NUMBER.search(body):
+        # orjson reads integers past 64 bits as floats; only the json module writes them back exactly.
+        exact = json.loads(body)
+        exact.update({key: changed[key] for key in ("model", "stream_options") if key in changed})
+        return json.dumps(exact, ensure_ascii=False, separators=(",", ":")).encode()
     return orjson.dumps(changed)
 
 

@@ -91,7 +91,8 @@ class SimulatorApp:
         body, body_ok = parse_json(raw_body) if raw_body else (None, False)
         headers = header_dict(scope)
         if path.startswith(RECORDED_PREFIX):
-            self.state.record(RecordedRequest(method, path, headers, body))
+            raw = raw_body.decode("utf-8", "replace")
+            self.state.record(RecordedRequest(method, path, headers, body, raw))
         try:
             route = match_route(method, path)
             if route.handler is None:

@@ -46,7 +46,8 @@ class RecordedRequest:
     method: str
     path: str
     headers: dict[str, str]
-    body: Any
+    body: Any  # parsed (integers past 64 bits come back as floats)
+    raw: str  # the body's exact text
 
 
 class SimulatorState:
@@ -126,4 +127,7 @@ class SimulatorState:
     def recent(self, limit: int) -> list[dict[str, Any]]:
         """The last ``limit`` recorded requests, oldest first."""
         records = list(self.recent_requests)[-limit:] if limit > 0 else []
-        return [{"method": r.method, "path": r.path, "headers": r.headers, "body": r.body} for r in records]
+        return [
+            {"method": r.method, "path": r.path, "headers": r.headers, "body": r.body, "raw": r.raw}
+            for r in records
+        ]

@@ -109,6 +109,7 @@ class Meter:
         self.failed_flushes = 0
         self.store_up = True
         now = wall()
+        self._last_accrual_s = now
         self.dedicated = {
             name: _Dedicated(b.gpus_per_replica or 0, b.replicas or 0, gpu_hour_pusd(b), now)
             for name, b in backends.items()
@@ -158,6 +159,7 @@ class Meter:
         return self.dedicated[backend].replicas
 
     def _accrue(self, now: float) -> None:
+        self._last_accrual_s = now
         until_ms = int(now * 1000)
         for name, d in self.dedicated.items():
             gpus = d.replicas * d.gpus_per_replica
@@ -195,6 +197,7 @@ class Meter:
         """Write what is pending; False if the store could not take it (it stays pending, nothing lost)."""
         async with self._flushing:
             if self.store is None:
+                self._accrue(self._wall())  # keeps this process's GPU-time view (/metrics) current
                 _fold_into(self._folded, self._aggregates)
                 self._aggregates.clear()
                 self._accruals.clear()
@@ -207,6 +210,10 @@ class Meter:
                 # even if this write is cancelled or its reply is lost.
                 self._unsent = batch
             if not await self._write(self._unsent):
+                # While the batch waits, keep recording provisioned time in steps shorter than the store's
+                # max gap, so a long outage is accrued in full once the store is back.
+                if self._wall() - self._last_accrual_s >= self.config.max_gpu_gap_s / 2:
+                    self._accrue(self._wall())
                 return False
             self._unsent = None
             return True
@@ -225,6 +232,13 @@ class Meter:
                 log.warning("meter store unavailable, holding usage in memory: %s", exc)
             self.store_up = False
             return False
+        except Exception:
+            # Not the store being away but a batch it can never take (a bug): retrying it would stop all
+            # metering behind it, so it is dropped, loudly.
+            self.failed_flushes += 1
+            self.dropped_records += len(batch.records)
+            log.exception("meter: dropped a batch the store cannot take (%d records)", len(batch.records))
+            return True
         if not self.store_up:
             log.warning("meter store is back: held usage written")
         self.store_up = True
@@ -234,7 +248,10 @@ class Meter:
         """Flush every ``flush_interval_s`` until cancelled."""
         while True:
             await asyncio.sleep(self.config.flush_interval_s)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # the flush loop must outlive any one bad flush
+                log.exception("meter: flush failed")
 
     async def close(self, timeout_s: float) -> None:
         """Flush everything, retrying while the store is down for at most ``timeout_s``, then close it."""

@@ -87,6 +87,7 @@ def estimate_completion_tokens(body: bytes) -> int:
     return -(-chars // 4)
 
 
+_MAX_HELD = 1 << 20
 _EVENT_SEPARATOR = re.compile(rb"(\r?\n\r?\n)")
 _CONTENT_MARKERS = (b'"content":"', b'"text":"')
 _EMPTY_CONTENT_MARKERS = (b'"content":""', b'"text":""')
@@ -113,6 +114,9 @@ class StreamTap:
         lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
         end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
         if not end:  # no complete event yet
+            if len(data) > _MAX_HELD:  # not SSE as we know it: stop waiting for events, pass it on
+                self._held = b""
+                return data
             self._held = data
             return b""
         complete, self._held = data[:end], data[end:]
