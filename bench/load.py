@@ -15,6 +15,8 @@ import time
 import aiohttp
 import orjson
 
+from bench.services import BENCH_KEY
+
 BODY = orjson.dumps({"model": "bench", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8})
 
 
@@ -25,7 +27,7 @@ async def run(url: str, concurrency: int, seconds: float, warmup_s: float) -> di
     start = time.perf_counter()
     measure_from = start + warmup_s
     stop_at = measure_from + seconds
-    headers = {"Authorization": "Bearer sk-bench-key-0000", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {BENCH_KEY}", "Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 

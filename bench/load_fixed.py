@@ -8,11 +8,12 @@ import asyncio
 import aiohttp
 
 from bench.load import BODY
+from bench.services import BENCH_KEY
 
 
 async def run(url: str, total: int, concurrency: int) -> None:
     left = total
-    headers = {"Authorization": "Bearer sk-bench-key-0000", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {BENCH_KEY}", "Content-Type": "application/json"}
     async with aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=concurrency)) as s:
 
         async def worker() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.meter_overhead import ROOT, free_port, wait_ready
+from bench.services import ROOT, free_port, proxy_config, redis_and_upstream, wait_ready
 
 
 def fixed_load(url: str, requests: int) -> None:
@@ -33,18 +33,7 @@ def fixed_load(url: str, requests: int) -> None:
 def instructions(store: str, upstream_port: int, requests: int, folder: Path) -> int:
     """Instructions the proxy executes while ``requests`` requests pass through it, and their flushes."""
     port = free_port()
-    config = {
-        "backends": {
-            "up": {
-                "kind": "serverless",
-                "base_url": f"http://127.0.0.1:{upstream_port}/v1",
-                "prices": {"input_per_1m": 0.15, "output_per_1m": 0.6},
-            }
-        },
-        "models": {"bench": {"deployments": ["up"]}},
-        "keys": {"bench": {"key": "sk-bench-key-0000"}},
-        "meter": {"store": store},
-    }
+    config = proxy_config(upstream_port, store)
     config_path = folder / f"config-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     out = folder / f"callgrind-{port}.out"
@@ -97,42 +86,15 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    redis_port = free_port()
-    redis_server = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    upstream_port = free_port()
-    upstream = subprocess.Popen(
-        [sys.executable, "-m", "bench.upstream", "--port", str(upstream_port)], cwd=ROOT
-    )
     counts: dict[str, int] = {}
-    try:
-        time.sleep(0.5)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            stores = {
-                "off": "off",
-                "redis": f"redis://127.0.0.1:{redis_port}/0",
-                "sqlite": f"sqlite:///{folder}/meter.sqlite3",
-            }
-            for mode in ["off", *args.stores.split(",")]:
-                counts[mode] = instructions(stores[mode], upstream_port, args.requests, folder)
-                per = counts[mode] / args.requests
-                print(f"metering {mode:6}: {per:,.0f} instructions a request", flush=True)
-    finally:
-        upstream.terminate()
-        redis_server.terminate()
+    with redis_and_upstream() as (redis_url, upstream_port), tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        stores = {"off": "off", "redis": redis_url, "sqlite": f"sqlite:///{folder}/meter.sqlite3"}
+        for mode in ["off", *args.stores.split(",")]:
+            counts[mode] = instructions(stores[mode], upstream_port, args.requests, folder)
+            print(
+                f"metering {mode:6}: {counts[mode] / args.requests:,.0f} instructions a request", flush=True
+            )
     for mode in counts:
         if mode != "off":
             ratio = counts[mode] / counts["off"]

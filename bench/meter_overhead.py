@@ -13,50 +13,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import redis
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.services import ROOT, free_port, pinned, proxy_config, redis_and_upstream, wait_ready
+
 PROXY_CORE, OTHER_CORE = "0", "1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_ready(url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready")
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pinned(core: str, *args: str) -> list[str]:
-    return ["taskset", "-c", core, *args]
 
 
 def load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
@@ -125,65 +101,24 @@ def main() -> None:
     parser.add_argument("--stores", default="redis", help="metering stores to compare with off: redis,sqlite")
     args = parser.parse_args()
 
-    redis_port = free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    redis_server = subprocess.Popen(
-        pinned(
-            OTHER_CORE,
-            "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ),
-        stdout=subprocess.DEVNULL,
-    )
-    upstream_port = free_port()
-    upstream = subprocess.Popen(
-        pinned(OTHER_CORE, sys.executable, "-m", "bench.upstream", "--port", str(upstream_port)), cwd=ROOT
-    )
     modes = ["off", *args.stores.split(",")]
     results: dict[str, list[dict[str, float]]] = {"direct": [], **{mode: [] for mode in modes}}
-    try:
-        time.sleep(0.5)
+    with redis_and_upstream(OTHER_CORE) as (redis_url, upstream_port), tempfile.TemporaryDirectory() as tmp:
         results["direct"].append(
             load(f"http://127.0.0.1:{upstream_port}/v1/chat/completions", args.concurrency, args.seconds)
         )
-        base = {
-            "backends": {
-                "up": {
-                    "kind": "serverless",
-                    "base_url": f"http://127.0.0.1:{upstream_port}/v1",
-                    "prices": {"input_per_1m": 0.15, "output_per_1m": 0.6},
-                }
-            },
-            "models": {"bench": {"deployments": ["up"]}},
-            "keys": {"bench": {"key": "sk-bench-key-0000"}},
-        }
-        with tempfile.TemporaryDirectory() as tmp:
-            for run in range(args.runs):
-                for mode in modes if run % 2 == 0 else modes[::-1]:
-                    stores = {
-                        "off": "off",
-                        "redis": redis_url,
-                        "sqlite": f"sqlite:///{tmp}/meter-{run}.sqlite3",
-                    }
-                    meter = {"store": stores[mode]}
-                    result = run_proxy({**base, "meter": meter}, Path(tmp), args.concurrency, args.seconds)
-                    results[mode].append(result)
-                    print(
-                        f"run {run + 1}/{args.runs} metering {mode:5}: {result['rps']:8.0f} req/s", flush=True
-                    )
-    finally:
+        for run in range(args.runs):
+            for mode in modes if run % 2 == 0 else modes[::-1]:
+                stores = {"off": "off", "redis": redis_url, "sqlite": f"sqlite:///{tmp}/meter-{run}.sqlite3"}
+                config = proxy_config(upstream_port, stores[mode])
+                result = run_proxy(config, Path(tmp), args.concurrency, args.seconds)
+                results[mode].append(result)
+                print(
+                    f"run {run + 1}/{args.runs} metering {mode:6}: {result['rps']:8.0f} req/s, "
+                    f"{result['cpu_us_per_request']:.0f} µs CPU a request",
+                    flush=True,
+                )
         stored = redis.Redis.from_url(redis_url).dbsize()
-        upstream.terminate()
-        upstream.wait(10)
-        redis_server.terminate()
-        redis_server.wait(10)
     print(f"keys written to Redis: {stored}")
 
     def median(mode: str, field: str) -> float:

@@ -145,6 +145,31 @@ def keys_section() -> dict[str, Any]:
     }
 
 
+@contextlib.asynccontextmanager
+async def raw_stream(proxy: ProxyProcess, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+    """A chat completion's raw HTTP response, to read as it arrives (leaving the block hangs up)."""
+    async with (
+        httpx.AsyncClient() as http,
+        http.stream(
+            "POST",
+            f"{proxy.base_url}/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+        ) as resp,
+    ):
+        yield resp
+
+
+async def leave_after(proxy: ProxyProcess, body: dict[str, Any], chunks: int) -> None:
+    """Start a streamed chat completion, read ``chunks`` network chunks of it, then hang up."""
+    async with raw_stream(proxy, body) as resp:
+        got = 0
+        async for _ in resp.aiter_raw():
+            got += 1
+            if got == chunks:
+                return
+
+
 async def sim_stats(sim: SimulatorServer) -> dict[str, Any]:
     """A simulator's live counters, over its control API."""
     async with httpx.AsyncClient() as http:

@@ -16,6 +16,7 @@ from tests.harness import (
     ProxyProcess,
     backend,
     keys_section,
+    raw_stream,
     reset,
     set_faults,
     sim_requests,
@@ -110,15 +111,7 @@ async def test_stream_with_include_usage_ends_with_the_usage_chunk(proxy: ProxyP
 async def test_stream_arrives_progressively(proxy: ProxyProcess) -> None:
     """The proxy must not buffer a stream whole: the client reads SSE events one network chunk at a time."""
     body = {"model": "small", "messages": MESSAGES, "max_tokens": 8, "stream": True}
-    async with (
-        httpx.AsyncClient() as http,
-        http.stream(
-            "POST",
-            f"{proxy.base_url}/chat/completions",
-            json=body,
-            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-        ) as resp,
-    ):
+    async with raw_stream(proxy, body) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         pieces = [piece async for piece in resp.aiter_raw()]

@@ -18,6 +18,7 @@ from tests.harness import (
     backend,
     eventually,
     free_port,
+    leave_after,
     reset,
     set_faults,
     sim_stats,
@@ -248,20 +249,7 @@ async def test_a_client_leaving_mid_stream_cancels_the_upstream(
     proxy: ProxyProcess, sims: dict[str, SimulatorServer]
 ) -> None:
     body = {"model": "slow", "messages": MESSAGES, "max_tokens": 200, "stream": True}
-    async with (
-        httpx.AsyncClient() as http,
-        http.stream(
-            "POST",
-            f"{proxy.base_url}/chat/completions",
-            json=body,
-            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-        ) as resp,
-    ):
-        got = 0
-        async for _ in resp.aiter_raw():
-            got += 1
-            if got == 3:
-                break
+    await leave_after(proxy, body, chunks=3)
 
     async def upstream_stopped() -> None:
         stats = await sim_stats(sims["slow"])

@@ -7,21 +7,23 @@ reachable the Redis tests fail, they do not skip. SQLite namespaces are files un
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.harness import free_port
+from tests.meter.redis_util import REDIS_URL
+from tokenyard.router.config import BackendConfig
 from tokenyard.router.meter.keys import MeterKeys
 from tokenyard.router.meter.redis_store import RedisMeterStore
 from tokenyard.router.meter.sqlite_store import SqliteMeterStore
 from tokenyard.router.meter.store import MeterStore
 
-TEST_REDIS_URL = os.environ.get("TOKENYARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+TEST_REDIS_URL = REDIS_URL
 T0 = 1_800_000_000  # a minute-aligned "now" (unix s) for every test's clock
 RETENTION_S = 7 * 86_400
 RECORDS_MAX = 10_000
@@ -39,6 +41,27 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass."""
         self.now += seconds
+
+
+def dedicated_config(
+    *,
+    gpus_per_replica: int = 1,
+    replicas: int = 1,
+    gpu_hour_price: float = 1.0,
+    max_concurrency: int = 4,
+    **extra: Any,
+) -> BackendConfig:
+    """A dedicated backend's config (nothing listens at its URL: for tests of the meter alone)."""
+    return BackendConfig(
+        kind="dedicated",
+        base_url="http://127.0.0.1:9/v1",
+        gpu_type="H100",
+        gpus_per_replica=gpus_per_replica,
+        replicas=replicas,
+        gpu_hour_price=gpu_hour_price,
+        max_concurrency=max_concurrency,
+        **extra,
+    )
 
 
 class Stores:

@@ -15,8 +15,9 @@ import pytest
 import pytest_asyncio
 
 from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, simulators, start_proxy
+from tests.meter.conftest import FakeClock, dedicated_config
 from tests.meter.redis_util import REDIS_URL, RedisServer, delete_prefix
-from tokenyard.router.config import BackendConfig, MeterConfig
+from tokenyard.router.config import MeterConfig
 from tokenyard.router.meter.meter import Meter
 from tokenyard.router.meter.redis_store import RedisMeterStore
 from tokenyard.router.meter.stores import open_store
@@ -163,16 +164,8 @@ async def test_kill_9_loses_at_most_the_last_flush_interval(
 async def test_a_store_outage_longer_than_the_gpu_gap_is_still_accrued_in_full(tmp_path: Path) -> None:
     redis_server = RedisServer(tmp_path)
     redis_server.start()
-    wall = FakeWall(float(int(time.time()) // 60 * 60))
-    ded = BackendConfig(
-        kind="dedicated",
-        base_url="http://x/v1",
-        gpu_type="H100",
-        gpus_per_replica=1,
-        replicas=1,
-        gpu_hour_price=1.0,
-        max_concurrency=4,
-    )
+    wall = FakeClock(float(int(time.time()) // 60 * 60))
+    ded = dedicated_config(gpus_per_replica=1, replicas=1, gpu_hour_price=1.0, max_concurrency=4)
     store = RedisMeterStore(
         redis_server.url, prefix="gap", retention_s=86400, records_max=100, socket_timeout_s=0.5, clock=wall
     )
@@ -192,11 +185,3 @@ async def test_a_store_outage_longer_than_the_gpu_gap_is_still_accrued_in_full(t
     finally:
         await store.aclose()
         redis_server.stop()
-
-
-class FakeWall:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now

@@ -9,6 +9,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.meter.conftest import FakeClock, dedicated_config
 from tokenyard.router.config import BackendConfig, MeterConfig, Prices
 from tokenyard.router.meter.meter import Meter
 from tokenyard.router.meter.model import AggKey, GpuKey, UsageRecord
@@ -82,15 +83,8 @@ def test_prices_are_exact_integers() -> None:
     )
     serverless = BackendConfig(kind="serverless", base_url="http://x/v1", prices=Prices(input_per_1m=1.0))
     assert token_prices(serverless).cached_input_pusd == 1_000_000  # cached defaults to the input price
-    dedicated = BackendConfig(
-        kind="dedicated",
-        base_url="http://x/v1",
-        prices=Prices(input_per_1m=9.0),
-        gpu_type="H100",
-        gpus_per_replica=1,
-        replicas=1,
-        gpu_hour_price=2.0,
-        max_concurrency=4,
+    dedicated = dedicated_config(
+        prices=Prices(input_per_1m=9.0), gpus_per_replica=1, replicas=1, gpu_hour_price=2.0, max_concurrency=4
     )
     assert token_prices(dedicated) == TokenPrices(0, 0, 0)  # it bills GPU time instead
 
@@ -148,15 +142,7 @@ def test_gpu_cost_is_attributed_by_token_share_and_idle_periods_stay_idle() -> N
 
 def test_dedicated_summary_derives_utilization_and_cost_per_token() -> None:
     backends = {
-        "ded": BackendConfig(
-            kind="dedicated",
-            base_url="http://x/v1",
-            gpu_type="H100",
-            gpus_per_replica=2,
-            replicas=1,
-            gpu_hour_price=2.0,
-            max_concurrency=4,
-        )
+        "ded": dedicated_config(gpus_per_replica=2, replicas=1, gpu_hour_price=2.0, max_concurrency=4)
     }
     aggs = [
         (
@@ -180,25 +166,9 @@ def test_times_parse_as_ages_unix_seconds_or_iso() -> None:
     assert parse_when("2026-01-01T00:00:00Z", now) == 1_767_225_600
 
 
-class FakeWall:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_gpu_accrual_follows_replica_changes_exactly(tmp_path: Path) -> None:
-    wall = FakeWall(1_800_000_000.0)  # minute-aligned
-    ded = BackendConfig(
-        kind="dedicated",
-        base_url="http://x/v1",
-        gpu_type="H100",
-        gpus_per_replica=4,
-        replicas=2,
-        gpu_hour_price=3.6,
-        max_concurrency=8,
-    )
+    wall = FakeClock(1_800_000_000.0)  # minute-aligned
+    ded = dedicated_config(gpus_per_replica=4, replicas=2, gpu_hour_price=3.6, max_concurrency=8)
     store = SqliteMeterStore(tmp_path / "m.sqlite3", retention_s=86400, records_max=1000)
     meter = Meter(MeterConfig(store="sqlite:///unused"), {"ded": ded}, store, wall=wall)
     assert await meter.flush()  # sets the watermark
@@ -217,7 +187,7 @@ async def test_gpu_accrual_follows_replica_changes_exactly(tmp_path: Path) -> No
 
 
 async def test_records_aggregate_and_flush_exactly_once(tmp_path: Path) -> None:
-    wall = FakeWall(1_800_000_000.0)
+    wall = FakeClock(1_800_000_000.0)
     store = SqliteMeterStore(tmp_path / "m.sqlite3", retention_s=86400, records_max=1000)
     meter = Meter(MeterConfig(store="sqlite:///unused"), {}, store, wall=wall)
     rng = random.Random(3)
@@ -248,16 +218,8 @@ def test_the_default_store_is_embedded_and_flushes_at_least_every_second(monkeyp
 
 
 async def test_with_metering_off_the_gpu_time_view_still_advances() -> None:
-    wall = FakeWall(1_800_000_000.0)
-    ded = BackendConfig(
-        kind="dedicated",
-        base_url="http://x/v1",
-        gpu_type="H100",
-        gpus_per_replica=2,
-        replicas=1,
-        gpu_hour_price=2.0,
-        max_concurrency=8,
-    )
+    wall = FakeClock(1_800_000_000.0)
+    ded = dedicated_config(gpus_per_replica=2, replicas=1, gpu_hour_price=2.0, max_concurrency=8)
     meter = Meter(MeterConfig(store="off"), {"ded": ded}, None, wall=wall)
     wall.now += 60
     assert await meter.flush()

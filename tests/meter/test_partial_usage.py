@@ -6,11 +6,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
-from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, set_faults, simulators, start_proxy
+from tests.harness import (
+    CLIENT_KEY,
+    ProxyProcess,
+    backend,
+    eventually,
+    leave_after,
+    set_faults,
+    simulators,
+    start_proxy,
+)
 from tokenyard.router.meter.model import UsageRecord
 from tokenyard.router.meter.stores import open_store
 from tokenyard.simulator.config import SimulatorConfig
@@ -39,20 +47,7 @@ async def test_streams_cut_short_are_metered_for_what_they_delivered(tmp_path: P
         try:
             # 1. The client walks away after a few chunks.
             body = {"model": "m", "messages": MESSAGES, "max_tokens": 200, "stream": True}
-            async with (
-                httpx.AsyncClient() as http,
-                http.stream(
-                    "POST",
-                    f"{proxy.base_url}/chat/completions",
-                    json=body,
-                    headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-                ) as resp,
-            ):
-                events = 0
-                async for _ in resp.aiter_raw():
-                    events += 1
-                    if events == 5:
-                        break
+            await leave_after(proxy, body, chunks=5)
             # 2. The upstream breaks its stream after four tokens.
             await set_faults(sims["slow"], cut_stream_after_chunks=4)
             async with proxy.client() as client:
