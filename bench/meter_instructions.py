@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.services import ROOT, free_port, proxy_config, redis_and_upstream, wait_ready
+from bench.services import ROOT, free_port, proxy_config, redis_and_upstream, serve_command, wait_ready
 
 
 def fixed_load(url: str, requests: int) -> None:
@@ -43,16 +43,7 @@ def instructions(store: str, upstream_port: int, requests: int, folder: Path) ->
             "--tool=callgrind",
             "--instr-atstart=no",
             f"--callgrind-out-file={out}",
-            sys.executable,
-            "-m",
-            "tokenyard",
-            "serve",
-            "--config",
-            str(config_path),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
+            *serve_command(config_path, port),
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

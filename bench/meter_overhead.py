@@ -24,7 +24,15 @@ from typing import Any
 import redis
 import yaml
 
-from bench.services import ROOT, free_port, pinned, proxy_config, redis_and_upstream, wait_ready
+from bench.services import (
+    ROOT,
+    free_port,
+    pinned,
+    proxy_config,
+    redis_and_upstream,
+    serve_command,
+    wait_ready,
+)
 
 PROXY_CORE, OTHER_CORE = "0", "1"
 
@@ -63,19 +71,7 @@ def run_proxy(config: dict[str, Any], folder: Path, concurrency: int, seconds: f
     config_path = folder / f"config-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     proxy = subprocess.Popen(
-        pinned(
-            PROXY_CORE,
-            sys.executable,
-            "-m",
-            "tokenyard",
-            "serve",
-            "--config",
-            str(config_path),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ),
+        pinned(PROXY_CORE, *serve_command(config_path, port)),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

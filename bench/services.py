@@ -37,6 +37,22 @@ def wait_ready(url: str, timeout_s: float = 30) -> None:
     raise RuntimeError(f"{url} not ready")
 
 
+def serve_command(config_path: Path, port: int) -> list[str]:
+    """``tokenyard serve`` on a config, quietly."""
+    return [
+        sys.executable,
+        "-m",
+        "tokenyard",
+        "serve",
+        "--config",
+        str(config_path),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+
+
 def pinned(core: str | None, *args: str) -> list[str]:
     """A command line, pinned to one core when ``core`` is given."""
     return ["taskset", "-c", core, *args] if core is not None else list(args)

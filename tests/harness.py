@@ -105,6 +105,13 @@ async def start_proxy(
     raise RuntimeError(f"proxy not ready in 30 s:\n{proxy.log()}")
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``tokenyard`` command to completion and capture what it printed."""
+    return subprocess.run(
+        [sys.executable, "-m", "tokenyard", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log_file:
         return subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)

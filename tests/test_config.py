@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness import free_port
+from tests.harness import free_port, run_cli
 from tokenyard.errors import ConfigError
 from tokenyard.router.config import load_config, parse_config
 
@@ -185,12 +183,6 @@ def test_the_example_configs_in_the_repo_are_valid() -> None:
     }
     for example in examples:
         load_config(example, env=env)
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tokenyard", *args], capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def test_check_config_lists_every_error_and_exits_nonzero(tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from pathlib import Path
 
 import orjson
@@ -224,3 +226,21 @@ async def test_with_metering_off_the_gpu_time_view_still_advances() -> None:
     wall.now += 60
     assert await meter.flush()
     assert meter.dedicated["ded"].local_gpu_ms == 120_000
+
+
+async def test_a_busy_meter_flushes_before_its_interval(tmp_path: Path) -> None:
+    store = SqliteMeterStore(tmp_path / "m.sqlite3", retention_s=86400, records_max=1000)
+    config = MeterConfig(store="sqlite:///unused", flush_interval_s=60, flush_records=5)
+    meter = Meter(config, {}, store, wall=time.time)
+    flusher = asyncio.create_task(meter.run())
+    try:
+        for _ in range(5):
+            meter.record(record(time.time(), "a", "sls", "serverless", 3))
+        for _ in range(200):  # well before the 60 s interval
+            if len(await store.records(0, 2e9)) == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert len(await store.records(0, 2e9)) == 5
+    finally:
+        flusher.cancel()
+        await meter.close(1.0)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -25,6 +23,7 @@ from tests.harness import (
     ProxyProcess,
     backend,
     eventually,
+    run_cli,
     simulators,
     start_proxy,
 )
@@ -256,14 +255,8 @@ async def test_report_and_export_read_the_store(metered: tuple[ProxyProcess, flo
     assert proxy.config_path is not None
     totals = (await admin_get(proxy, "/admin/usage", start="1h", granularity="total")).json()["totals"]
     await asyncio.sleep(0.5)  # let the last records reach the store too
-    cli = [sys.executable, "-m", "tokenyard"]
-    report = subprocess.run(
-        [*cli, "report", "--config", str(proxy.config_path), "--since", "1h"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    config = str(proxy.config_path)
+    report = await asyncio.to_thread(run_cli, "report", "--config", config, "--since", "1h")
     assert report.returncode == 0, report.stderr
     for heading in (
         "spend by mode",
@@ -276,13 +269,7 @@ async def test_report_and_export_read_the_store(metered: tuple[ProxyProcess, flo
     ):
         assert heading in report.stdout
     assert f"requests {totals['requests']:,}" in report.stdout
-    export = subprocess.run(
-        [*cli, "export", "--config", str(proxy.config_path), "--since", "1h"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    export = await asyncio.to_thread(run_cli, "export", "--config", config, "--since", "1h")
     assert export.returncode == 0, export.stderr
     records = [json.loads(line) for line in export.stdout.splitlines()]
     assert len(records) == totals["requests"]
@@ -308,12 +295,8 @@ async def test_report_and_export_read_the_store(metered: tuple[ProxyProcess, flo
     ):
         assert field in first
     assert [r["ts"] for r in records] == sorted(r["ts"] for r in records)
-    aggregates = subprocess.run(
-        [*cli, "export", "--config", str(proxy.config_path), "--since", "1h", "--aggregates"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    aggregates = await asyncio.to_thread(
+        run_cli, "export", "--config", config, "--since", "1h", "--aggregates"
     )
     rows = [json.loads(line) for line in aggregates.stdout.splitlines()]
     assert sum(r["requests"] for r in rows) == totals["requests"]
