@@ -102,16 +102,8 @@ def plan_chat(body: Mapping[str, Any], default_max_tokens: int) -> GenerationPla
     cap = _optional_positive_int(body, "max_completion_tokens")
     if cap is None:
         cap = _optional_positive_int(body, "max_tokens")
-    stream = _stream_flag(body)
-    return GenerationPlan(
-        model=model,
-        stream=stream,
-        include_usage=stream and _include_usage(body),
-        prompt_tokens=sum(count_message_tokens(message) for message in messages),
-        choices=_choice_count(body),
-        completion_tokens_per_choice=default_max_tokens if cap is None else cap,
-        finish_reason="stop" if cap is None else "length",
-    )
+    prompt_tokens = sum(count_message_tokens(message) for message in messages)
+    return _generation_plan(body, model, cap, default_max_tokens, prompt_tokens, _choice_count(body))
 
 
 def plan_completion(body: Mapping[str, Any], default_max_tokens: int) -> GenerationPlan:
@@ -119,13 +111,27 @@ def plan_completion(body: Mapping[str, Any], default_max_tokens: int) -> Generat
     model = require_model(body)
     prompts = _text_inputs(body.get("prompt"), "prompt")
     cap = _optional_positive_int(body, "max_tokens")
+    prompt_tokens = sum(tokens for _, tokens in prompts)
+    choices = len(prompts) * _choice_count(body)
+    return _generation_plan(body, model, cap, default_max_tokens, prompt_tokens, choices)
+
+
+def _generation_plan(
+    body: Mapping[str, Any],
+    model: str,
+    cap: int | None,
+    default_max_tokens: int,
+    prompt_tokens: int,
+    choices: int,
+) -> GenerationPlan:
+    """What to generate, given the endpoint-specific parts; with no cap the model "stops" by itself."""
     stream = _stream_flag(body)
     return GenerationPlan(
         model=model,
         stream=stream,
         include_usage=stream and _include_usage(body),
-        prompt_tokens=sum(tokens for _, tokens in prompts),
-        choices=len(prompts) * _choice_count(body),
+        prompt_tokens=prompt_tokens,
+        choices=choices,
         completion_tokens_per_choice=default_max_tokens if cap is None else cap,
         finish_reason="stop" if cap is None else "length",
     )
