@@ -41,6 +41,7 @@ def _config(sims: dict[str, SimulatorServer]) -> dict[str, Any]:
         "solo": backend("dedicated", url["ded"], max_concurrency=1),
         "closed-port": backend("serverless", f"http://127.0.0.1:{free_port()}/v1"),
         "impatient": backend("serverless", url["a"], timeouts={"first_byte_s": 0.3}),
+        "drowsy": backend("serverless", url["a"], timeouts={"idle_s": 0.3}),
         "slow": backend("serverless", url["slow"]),
         "two-per-minute": backend("serverless", url["a"], rpm=2),
         "thousand-tokens-per-minute": backend("serverless", url["a"], tpm=1000),
@@ -51,6 +52,7 @@ def _config(sims: dict[str, SimulatorServer]) -> dict[str, Any]:
         "solo": {"deployments": ["solo"]},
         "refused": {"deployments": ["closed-port", "b-refused"]},
         "first-byte": {"deployments": ["impatient", "b-first-byte"]},
+        "idle": {"deployments": ["drowsy", "b-first-byte"]},
         "slow": {"deployments": ["slow"]},
         "rpm": {"deployments": ["two-per-minute", "b-limits"]},
         "tpm": {"deployments": ["thousand-tokens-per-minute", "b-limits"]},
@@ -274,3 +276,23 @@ async def test_a_client_giving_up_on_a_non_streaming_request_cancels_it(
         assert stats["requests_cancelled"] == 1
 
     await eventually(upstream_stopped, timeout_s=5)
+
+
+async def test_a_stream_gone_silent_ends_with_a_timeout_error_not_a_hang(
+    proxy: ProxyProcess, sims: dict[str, SimulatorServer]
+) -> None:
+    await set_faults(sims["a"], stall_stream_after_chunks=2, stall_s=30)
+    async with proxy.client() as client:
+        stream = await client.chat.completions.create(
+            model="idle", messages=MESSAGES, max_tokens=10, stream=True
+        )
+        received: list[str] = []
+
+        async def read_all() -> None:
+            async for chunk in stream:
+                received.append(chunk.choices[0].delta.content or "")
+
+        with pytest.raises(openai.APIError, match="silent"):
+            await read_all()
+    assert "".join(received).split()  # the tokens before the silence arrived
+    assert (await sim_stats(sims["b"]))["requests_total"] == 0  # bytes went out: no failover

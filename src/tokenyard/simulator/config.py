@@ -27,6 +27,9 @@ class FaultConfig(BaseModel):
     first_byte_delay_ms: float = Field(default=0.0, ge=0.0)
     """Extra delay before the response headers of an inference request are sent."""
     cut_stream_after_chunks: int | None = Field(default=None, ge=0)
+    stall_stream_after_chunks: int | None = Field(default=None, ge=0)
+    """Go silent (keep the connection, send nothing) for ``stall_s`` after N content chunks of a stream."""
+    stall_s: float = Field(default=3600.0, ge=0.0)
     ignore_stream: bool = False
     """Answer ``stream: true`` requests with one whole JSON answer, as some upstreams do."""
     """Abort a stream (drop the connection, no ``[DONE]``) after this many content chunks."""

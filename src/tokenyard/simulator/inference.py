@@ -172,6 +172,7 @@ async def _stream(
 ) -> None:
     """Send a stream's frames, one ASGI send per frame so relays can be checked chunk by chunk."""
     cut_after = state.faults.cut_stream_after_chunks
+    stall_after = state.faults.stall_stream_after_chunks
     sent = 0
     for index in range(plan.choices):
         opening = chunks.start(index)
@@ -183,6 +184,8 @@ async def _stream(
         for index, choice in enumerate(pieces):
             if cut_after is not None and sent >= cut_after:
                 _cut(state)
+            if sent == stall_after:
+                await state.clock.sleep(state.faults.stall_s)
             await send_chunk(send, chunks.content(index, choice[step]))
             sent += 1
     if cut_after is not None and sent >= cut_after:
