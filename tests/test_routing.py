@@ -111,6 +111,13 @@ async def chat(client: openai.AsyncOpenAI, model: str, max_tokens: int = 2) -> h
     return raw.headers
 
 
+async def stream_text(client: openai.AsyncOpenAI, model: str, received: list[str]) -> None:
+    """Stream a 10-token chat completion, adding each piece of text to ``received`` as it arrives."""
+    stream = await client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=10, stream=True)
+    async for chunk in stream:
+        received.append(chunk.choices[0].delta.content or "")
+
+
 async def test_dedicated_first_then_spillover_down_the_chain(
     proxy: ProxyProcess, sims: dict[str, SimulatorServer]
 ) -> None:
@@ -232,17 +239,9 @@ async def test_no_retry_once_bytes_reached_the_client(
 ) -> None:
     await set_faults(sims["a"], cut_stream_after_chunks=2)
     async with proxy.client() as client:
-        stream = await client.chat.completions.create(
-            model="pair-cut", messages=MESSAGES, max_tokens=10, stream=True
-        )
         received: list[str] = []
-
-        async def read_all() -> None:
-            async for chunk in stream:
-                received.append(chunk.choices[0].delta.content or "")
-
         with pytest.raises(openai.APIError, match="stream"):
-            await read_all()
+            await stream_text(client, "pair-cut", received)
     assert received  # part of the answer arrived before the cut
     assert (await sim_stats(sims["b"]))["requests_total"] == 0
 
@@ -283,16 +282,8 @@ async def test_a_stream_gone_silent_ends_with_a_timeout_error_not_a_hang(
 ) -> None:
     await set_faults(sims["a"], stall_stream_after_chunks=2, stall_s=30)
     async with proxy.client() as client:
-        stream = await client.chat.completions.create(
-            model="idle", messages=MESSAGES, max_tokens=10, stream=True
-        )
         received: list[str] = []
-
-        async def read_all() -> None:
-            async for chunk in stream:
-                received.append(chunk.choices[0].delta.content or "")
-
         with pytest.raises(openai.APIError, match="silent"):
-            await read_all()
+            await stream_text(client, "idle", received)
     assert "".join(received).split()  # the tokens before the silence arrived
     assert (await sim_stats(sims["b"]))["requests_total"] == 0  # bytes went out: no failover

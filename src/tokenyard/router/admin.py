@@ -12,6 +12,7 @@ import orjson
 
 from tokenyard.errors import AuthenticationFailed, Forbidden, InvalidRequest, RouteNotFound
 from tokenyard.router import wire
+from tokenyard.router.auth import KeyRing
 from tokenyard.router.backends import Backend
 from tokenyard.router.config import MAX_REPLICAS, TokenyardConfig
 from tokenyard.router.meter import report
@@ -26,6 +27,7 @@ class AdminApi:
         config: TokenyardConfig,
         meter: Meter,
         backends: dict[str, Backend],
+        keys: KeyRing,
         *,
         wall: Callable[[], float],
     ) -> None:
@@ -35,7 +37,7 @@ class AdminApi:
         self.wall = wall
         admin_key = config.server.admin_key
         self._admin_key = admin_key.get_secret_value().encode() if admin_key else None
-        self._open = not config.keys  # open, loopback-only mode: nothing to protect it with
+        self._open = keys.is_open  # open, loopback-only mode: nothing to protect it with
 
     def authorize(self, scope: wire.Scope) -> None:
         """Raise unless the request carries the admin key (or the proxy runs open on loopback)."""

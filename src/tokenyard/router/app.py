@@ -171,7 +171,7 @@ class TokenyardApp:
         flusher = asyncio.create_task(meter.run(), name="meter flush")
         stack.push_async_callback(_cancel, flusher)
         self.registry.register(TokenyardCollector(meter, lambda: self.backends, self.rejected))
-        self.admin = AdminApi(self.config, meter, self.backends, wall=self.wall)
+        self.admin = AdminApi(self.config, meter, self.backends, self.keys, wall=self.wall)
         models = {
             name: [self.backends[b] for b in model.deployments] for name, model in self.config.models.items()
         }

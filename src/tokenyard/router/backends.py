@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
@@ -36,7 +36,6 @@ class Backend:
     replicas: int = 1  # dedicated: provisioned now (the admin API can change it)
     in_flight: int = 0
     failures: int = 0  # upstream failures seen (each one failed over or ended a request), for /metrics
-    base_url: str = field(default="", repr=False)
 
     @property
     def max_concurrency(self) -> int | None:
@@ -123,6 +122,5 @@ async def open_backends(config: TokenyardConfig) -> AsyncIterator[dict[str, Back
                 tpm=AsyncLimiter(bc.tpm, 60) if bc.tpm else None,
                 prices=token_prices(bc),
                 replicas=bc.replicas or 1,
-                base_url=base_url,
             )
         yield backends
