@@ -11,11 +11,9 @@ is written to bench/results/meter_overhead.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +24,9 @@ import yaml
 
 from bench.services import (
     ROOT,
+    cpu_seconds,
     free_port,
+    load,
     pinned,
     proxy_config,
     redis_and_upstream,
@@ -37,33 +37,8 @@ from bench.services import (
 PROXY_CORE, OTHER_CORE = "0", "1"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
-    out = subprocess.run(
-        pinned(
-            OTHER_CORE,
-            sys.executable,
-            "-m",
-            "bench.load",
-            "--url",
-            url,
-            "--concurrency",
-            str(concurrency),
-            "--seconds",
-            str(seconds),
-        ),
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    result: dict[str, float] = json.loads(out.stdout)
-    return result
+def _load_args(concurrency: int, seconds: float) -> list[str]:
+    return ["--concurrency", str(concurrency), "--seconds", str(seconds)]
 
 
 def run_proxy(config: dict[str, Any], folder: Path, concurrency: int, seconds: float) -> dict[str, float]:
@@ -79,7 +54,9 @@ def run_proxy(config: dict[str, Any], folder: Path, concurrency: int, seconds: f
     try:
         wait_ready(f"http://127.0.0.1:{port}/health/ready")
         cpu_before = cpu_seconds(proxy.pid)
-        result = load(f"http://127.0.0.1:{port}/v1/chat/completions", concurrency, seconds)
+        result = load(
+            OTHER_CORE, f"http://127.0.0.1:{port}/v1/chat/completions", *_load_args(concurrency, seconds)
+        )
         # The load runs a warm-up second before measuring: count its requests in the CPU share too.
         requests = result["rps"] * (seconds + 1.0)
         result["cpu_us_per_request"] = (cpu_seconds(proxy.pid) - cpu_before) / requests * 1e6
@@ -101,7 +78,11 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {"direct": [], **{mode: [] for mode in modes}}
     with redis_and_upstream(OTHER_CORE) as (redis_url, upstream_port), tempfile.TemporaryDirectory() as tmp:
         results["direct"].append(
-            load(f"http://127.0.0.1:{upstream_port}/v1/chat/completions", args.concurrency, args.seconds)
+            load(
+                OTHER_CORE,
+                f"http://127.0.0.1:{upstream_port}/v1/chat/completions",
+                *_load_args(args.concurrency, args.seconds),
+            )
         )
         for run in range(args.runs):
             for mode in modes if run % 2 == 0 else modes[::-1]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -90,17 +92,56 @@ def redis_and_upstream(core: str | None = None) -> Iterator[tuple[str, int]]:
         redis_server.wait(10)
 
 
+DRIP_S = 10  # how long each held-open stream lasts
+
+
+def upstream_paths(upstream_port: int) -> dict[str, str]:
+    """The upstream's variants by model name: fast, 20 ms late, and dripping for ``DRIP_S`` seconds."""
+    base = f"http://127.0.0.1:{upstream_port}"
+    return {
+        "bench": f"{base}/v1",
+        "bench-slow": f"{base}/slow20/v1",
+        "bench-drip": f"{base}/drip/{DRIP_S}/v1",
+    }
+
+
 def proxy_config(upstream_port: int, store: str) -> dict[str, Any]:
-    """The proxy config every benchmark runs: one per-token backend, one model, one key."""
+    """The proxy config every benchmark runs: a per-token backend for each upstream variant, one key."""
+    prices = {"input_per_1m": 0.15, "output_per_1m": 0.6}
     return {
         "backends": {
-            "up": {
-                "kind": "serverless",
-                "base_url": f"http://127.0.0.1:{upstream_port}/v1",
-                "prices": {"input_per_1m": 0.15, "output_per_1m": 0.6},
-            }
+            # 1,000 held streams need 1,000 upstream connections; the default pool is 512.
+            model: {"kind": "serverless", "base_url": url, "prices": prices, "max_connections": 2048}
+            for model, url in upstream_paths(upstream_port).items()
         },
-        "models": {"bench": {"deployments": ["up"]}},
+        "models": {model: {"deployments": [model]} for model in upstream_paths(upstream_port)},
         "keys": {"bench": {"key": BENCH_KEY}},
         "meter": {"store": store},
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident set size now, in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def load(core: str | None, url: str, *args: str) -> dict[str, float]:
+    """One run of ``bench.load`` against ``url`` (pinned to ``core``); its JSON result."""
+    out = subprocess.run(
+        pinned(core, sys.executable, "-m", "bench.load", "--url", url, *args),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    result: dict[str, float] = json.loads(out.stdout)
+    return result

@@ -1,0 +1,281 @@
+"""The speed benchmark: the upstream direct, then tokenyard with metering to Redis off and on, in one go.
+
+Scenarios (closed loop unless said otherwise):
+  a  non-streaming chat, 64 concurrent
+  b  streaming chat with include_usage, 64 concurrent, each stream read to ``[DONE]``
+  c  8 concurrent against the upstream that answers after 20 ms (added latency)
+  d  1,000 streams opened at once and held for 10 s (the proxy's RSS while they are open)
+
+The proxy is pinned to core 0; the upstream, the load generator and a private Redis share core 1. Every
+run measures the upstream direct and a fresh proxy per metering mode (the mode order alternates so drift on
+a shared machine hits both alike). The table gives medians over the runs, the ratios and the issue's bar,
+and is written to ``bench/results/speed.md``.
+
+    python -m bench.speed --runs 5 --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from bench.services import (
+    DRIP_S,
+    ROOT,
+    cpu_seconds,
+    free_port,
+    load,
+    pinned,
+    proxy_config,
+    redis_and_upstream,
+    rss_mb,
+    serve_command,
+    upstream_paths,
+    wait_ready,
+)
+
+PROXY_CORE, OTHER_CORE = "0", "1"
+HELD_STREAMS = 1000
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    model: str
+    args: tuple[str, ...]
+    direct: bool = True  # also measured against the upstream itself
+
+
+def scenarios(seconds: float) -> list[Scenario]:
+    timed = ("--seconds", str(seconds))
+    return [
+        Scenario("a", "non-streaming, c=64", "bench", ("--concurrency", "64", *timed)),
+        Scenario("b", "streaming with usage, c=64", "bench", ("--concurrency", "64", "--stream", *timed)),
+        Scenario("c", "c=8, upstream answers in 20 ms", "bench-slow", ("--concurrency", "8", *timed)),
+        Scenario(
+            "d",
+            f"{HELD_STREAMS:,} streams held {DRIP_S} s",
+            "bench-drip",
+            ("--hold", str(HELD_STREAMS)),
+            False,
+        ),
+    ]
+
+
+Result = dict[str, float]
+
+
+class PeakRss:
+    """Samples a process's RSS every 50 ms in a thread; ``peak`` is the largest seen."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, rss_mb(self.pid))
+
+    def __enter__(self) -> PeakRss:
+        self.peak = rss_mb(self.pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_proxy(config_path: Path, cases: list[Scenario]) -> dict[str, Result]:
+    """A fresh proxy on ``config_path``: every scenario against it, in order; results by scenario."""
+    port = free_port()
+    proxy = subprocess.Popen(
+        pinned(PROXY_CORE, *serve_command(config_path, port)),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    results: dict[str, Result] = {}
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health/ready")
+        for case in cases:
+            cpu_before = cpu_seconds(proxy.pid)
+            with PeakRss(proxy.pid) as rss:
+                result = load(OTHER_CORE, url, "--model", case.model, *case.args)
+            result["rss_mb"] = rss.peak
+            if "rps" in result:
+                requests = result["rps"] * (float(case.args[-1]) + 1.0)  # the warm-up second counts too
+                result["cpu_us"] = (cpu_seconds(proxy.pid) - cpu_before) / requests * 1e6
+            results[case.key] = result
+        return results
+    finally:
+        proxy.terminate()
+        proxy.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="measured seconds per closed-loop scenario"
+    )
+    parser.add_argument("--only", default="abcd", help="scenarios to run, e.g. ab")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed.md"))
+    args = parser.parse_args()
+
+    cases = [case for case in scenarios(args.seconds) if case.key in args.only]
+    modes = ["off", "redis"]
+    results = Results(cases)
+    with redis_and_upstream(OTHER_CORE) as (redis_url, upstream_port), tempfile.TemporaryDirectory() as tmp:
+        paths = upstream_paths(upstream_port)
+        configs = {}
+        for mode in modes:
+            configs[mode] = Path(tmp) / f"{mode}.yaml"
+            configs[mode].write_text(
+                yaml.safe_dump(proxy_config(upstream_port, redis_url if mode == "redis" else "off"))
+            )
+        for run in range(args.runs):
+            for case in cases:
+                if case.direct:
+                    direct = load(OTHER_CORE, paths[case.model] + "/chat/completions", *case.args)
+                    results.add("direct", case.key, direct)
+            for mode in modes if run % 2 == 0 else modes[::-1]:
+                for key, result in run_proxy(configs[mode], cases).items():
+                    results.add(mode, key, result)
+            print(f"run {run + 1}/{args.runs}: " + results.progress(), flush=True)
+
+    table = results.render(args)
+    print("\n" + table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table + "\n")
+    print(f"\nwritten to {out}")
+
+
+class Results:
+    """Every run's result by (target, scenario); medians, errors and the tables."""
+
+    LABELS = (
+        ("direct", "upstream direct"),
+        ("off", "tokenyard, metering off"),
+        ("redis", "tokenyard, metering to Redis"),
+    )
+
+    def __init__(self, cases: list[Scenario]) -> None:
+        self.cases = cases
+        self.keys = {case.key for case in cases}
+        self.runs: dict[tuple[str, str], list[Result]] = {}
+
+    def add(self, mode: str, key: str, result: Result) -> None:
+        self.runs.setdefault((mode, key), []).append(result)
+
+    def median(self, mode: str, key: str, field: str) -> float:
+        return statistics.median(r[field] for r in self.runs[(mode, key)])
+
+    def errors(self, mode: str, key: str) -> int:
+        return int(sum(r["non_2xx"] + r["failed"] for r in self.runs[(mode, key)]))
+
+    def progress(self) -> str:
+        """The latest run, one figure per scenario and target."""
+        parts = []
+        for case in self.cases:
+            for mode, _ in self.LABELS:
+                last = self.runs.get((mode, case.key), [{}])[-1]
+                if "rps" in last:
+                    parts.append(f"{case.key}/{mode} {last['rps']:,.0f} req/s")
+                elif "rss_mb" in last:
+                    parts.append(f"{case.key}/{mode} {last['rss_mb']:.0f} MB")
+        return ", ".join(parts)
+
+    def table(self) -> list[str]:
+        lines = [
+            "| scenario | target | req/s | p50 ms | p99 ms | proxy CPU µs/req | proxy RSS MB | errors |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for case in self.cases:
+            for mode, label in self.LABELS:
+                if (mode, case.key) not in self.runs:
+                    continue
+                timed = "rps" in self.runs[(mode, case.key)][0]
+                rps = f"{self.median(mode, case.key, 'rps'):,.0f}" if timed else "-"
+                cpu = f"{self.median(mode, case.key, 'cpu_us'):.0f}" if mode != "direct" and timed else "-"
+                rss = f"{self.median(mode, case.key, 'rss_mb'):.1f}" if mode != "direct" else "-"
+                p50, p99 = self.median(mode, case.key, "p50_ms"), self.median(mode, case.key, "p99_ms")
+                lines.append(
+                    f"| {case.key}. {case.title} | {label} | {rps} | {p50:.2f} | {p99:.2f} | {cpu} | {rss} | "
+                    f"{self.errors(mode, case.key)} |"
+                )
+        return lines
+
+    def bar(self) -> list[str]:
+        """The issue's bar, metering to Redis on: (what, measured, target, met) rows."""
+        rows: list[tuple[str, str, str, bool]] = []
+        for key, title, floor in (
+            ("a", "non-streaming, c=64", 2600),
+            ("b", "streaming with usage, c=64", 1500),
+        ):
+            if key in self.keys:
+                rps = self.median("redis", key, "rps")
+                rows.append((f"{key}. {title}", f"{rps:,.0f} req/s", f"≥ {floor:,} req/s", rps >= floor))
+        if "c" in self.keys:
+            for field, limit in (("p50_ms", 1.0), ("p99_ms", 5.0)):
+                added = self.median("redis", "c", field) - self.median("direct", "c", field)
+                what = f"c. added latency, {field.split('_')[0]}"
+                rows.append((what, f"{added:+.2f} ms", f"≤ {limit:g} ms", added <= limit))
+        if "d" in self.keys:
+            rss, errors = self.median("redis", "d", "rss_mb"), self.errors("redis", "d")
+            most_open = min(r["most_open"] for r in self.runs[("redis", "d")])
+            shown = f"{rss:.1f} MB, {errors} errors, {most_open:.0f} open at once"
+            ok = rss <= 100 and errors == 0 and most_open == HELD_STREAMS
+            rows.append((f"d. {HELD_STREAMS:,} open streams", shown, "≤ 100 MB, no errors", ok))
+        for key in sorted(self.keys & {"a", "b"}):
+            ratio = self.median("redis", key, "rps") / self.median("off", key, "rps")
+            shown = f"{ratio:.3f} ({(ratio - 1) * 100:+.1f} %)"
+            rows.append((f"{key}. metering on / off, req/s", shown, "≥ 0.95", ratio >= 0.95))
+        return [
+            "| the bar (metering to Redis on) | measured | target | met |",
+            "|---|---:|---:|---|",
+            *(
+                f"| {what} | {shown} | {target} | {'yes' if ok else '**no**'} |"
+                for what, shown, target, ok in rows
+            ),
+        ]
+
+    def direct_ratios(self) -> list[str]:
+        return [
+            f"- {case.key}. {case.title}: "
+            f"{self.median('redis', case.key, 'rps') / self.median('direct', case.key, 'rps'):.2f}"
+            for case in self.cases
+            if case.key in "ab"
+        ]
+
+    def render(self, args: argparse.Namespace) -> str:
+        ratios = self.direct_ratios()
+        return "\n".join(
+            [
+                f"tokenyard speed benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+                f"{args.runs} runs, {args.seconds:g} s measured per closed-loop scenario, medians; "
+                f"proxy pinned to core 0, upstream + load + Redis on core 1 ({os.cpu_count()} cores)",
+                "",
+                *self.table(),
+                "",
+                *self.bar(),
+                *(["", "tokenyard (metering to Redis) / upstream direct, req/s:", *ratios] if ratios else []),
+            ]
+        )
+
+
+if __name__ == "__main__":
+    main()
