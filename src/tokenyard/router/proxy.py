@@ -8,7 +8,6 @@ chunk by chunk. Failover happens only before the first byte reaches the client.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -352,21 +351,32 @@ def _route_headers(backend: Backend, choice: Choice, attempts: int) -> list[tupl
 async def _until_client_leaves(receive: wire.Receive, work: Coroutine[Any, Any, None]) -> bool:
     """Run ``work``; if the client disconnects first, cancel it (which closes the upstream request).
 
-    Returns True if the client left before the work was done.
+    Returns True if the client left before the work was done. The work runs in the caller's task and
+    only the disconnect watch gets one of its own: one task a request, not two, and no ``asyncio.wait``.
     """
-    task = asyncio.ensure_future(work)
-    waiter = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        if not task.done():
+    task = asyncio.current_task()
+    assert task is not None
+    left = finished = False
+
+    def on_disconnect(waiter: asyncio.Future[None]) -> None:
+        nonlocal left
+        # ``finished``: the callback may run after the work is done (it was already scheduled).
+        if not finished and not waiter.cancelled() and waiter.exception() is None:
+            left = True
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        return True
-    task.result()  # re-raise what the work raised
+
+    waiter = asyncio.ensure_future(_disconnected(receive))
+    waiter.add_done_callback(on_disconnect)
+    try:
+        await work
+    except asyncio.CancelledError:
+        # Ours only if the client left and nobody else (a shutdown) cancelled this task too.
+        if left and task.uncancel() == 0:
+            return True
+        raise
+    finally:
+        finished = True
+        waiter.cancel()
     return False
 
 
