@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import Counter
@@ -34,6 +35,11 @@ Handler = Callable[[wire.Scope, wire.Receive, wire.Send], Awaitable[None]]
 
 _MODEL_CREATED = 1_700_000_000  # a fixed "created" for configured models: they have no creation time
 _METER_CLOSE_TIMEOUT_S = 10.0
+# CPython collects its young generation every 700 net new container objects. A busy proxy makes those
+# fast (pending meter records, in-flight requests), so at c=64 the collector took about 12 % of the
+# proxy's CPU (0.73 s of some 6 s of load, timed with gc.callbacks). After start-up its objects are frozen
+# out of every later pass and the young generation waits for 10,000: the collector's time fell to ~0.
+_GC_YOUNG_THRESHOLD = 10_000
 
 
 class TokenyardApp:
@@ -184,6 +190,7 @@ class TokenyardApp:
             clock=self.clock,
             wall=self.wall,
         )
+        _settle_gc()
         self.ready = True
 
     async def shutdown(self) -> None:
@@ -209,6 +216,14 @@ class TokenyardApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _settle_gc() -> None:
+    """Freeze what start-up made (it lives as long as the process) and collect the young less often."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, middle, old)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
