@@ -6,10 +6,12 @@ Scenarios (closed loop unless said otherwise):
   c  8 concurrent against the upstream that answers after 20 ms (added latency)
   d  1,000 streams opened at once and held for 10 s (the proxy's RSS while they are open)
 
-The proxy is pinned to core 0; the upstream, the load generator and a private Redis share core 1. Every
-run measures the upstream direct and a fresh proxy per metering mode (the mode order alternates so drift on
-a shared machine hits both alike). The table gives medians over the runs, the ratios and the issue's bar,
-and is written to ``bench/results/speed.md``.
+The proxy is pinned to core 0; the upstream, the load generator and a private Redis share core 1. Each run
+starts a fresh proxy per metering mode (both pinned to core 0, only one under load at a time) and, scenario
+by scenario, measures the upstream direct and the two proxies in turn, in an order that rotates from run to
+run. The table gives medians over the runs; ratios and added latency are medians of per-run pairs, so drift
+on a shared machine cancels out. It also shows the issue's bar and is written to
+``bench/results/speed.md``.
 
     python -m bench.speed --runs 5 --seconds 5
 """
@@ -17,12 +19,14 @@ and is written to ``bench/results/speed.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,63 +101,69 @@ class PeakRss:
         self._thread.join()
 
 
-def run_proxy(config_path: Path, cases: list[Scenario]) -> dict[str, Result]:
-    """A fresh proxy on ``config_path``: every scenario against it, in order; results by scenario."""
+@contextlib.contextmanager
+def proxy(config_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A fresh ``tokenyard serve`` on ``config_path``, pinned to the proxy core, ready."""
     port = free_port()
-    proxy = subprocess.Popen(
+    process = subprocess.Popen(
         pinned(PROXY_CORE, *serve_command(config_path, port)),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    results: dict[str, Result] = {}
+    process.url = f"http://127.0.0.1:{port}/v1/chat/completions"  # type: ignore[attr-defined]
     try:
         wait_ready(f"http://127.0.0.1:{port}/health/ready")
-        for case in cases:
-            cpu_before = cpu_seconds(proxy.pid)
-            with PeakRss(proxy.pid) as rss:
-                result = load(OTHER_CORE, url, "--model", case.model, *case.args)
-            result["rss_mb"] = rss.peak
-            if "rps" in result:
-                requests = result["rps"] * (float(case.args[-1]) + 1.0)  # the warm-up second counts too
-                result["cpu_us"] = (cpu_seconds(proxy.pid) - cpu_before) / requests * 1e6
-            results[case.key] = result
-        return results
+        yield process
     finally:
-        proxy.terminate()
-        proxy.wait(30)
+        process.terminate()
+        process.wait(30)
+
+
+def measure(process: subprocess.Popen[bytes], case: Scenario) -> Result:
+    """One scenario against a running proxy, with its CPU per request and peak RSS."""
+    cpu_before = cpu_seconds(process.pid)
+    with PeakRss(process.pid) as rss:
+        result = load(OTHER_CORE, process.url, "--model", case.model, *case.args)  # type: ignore[attr-defined]
+    result["rss_mb"] = rss.peak
+    if "rps" in result:
+        requests = result["rps"] * (float(case.args[-1]) + 1.0)  # the warm-up second counts too
+        result["cpu_us"] = (cpu_seconds(process.pid) - cpu_before) / requests * 1e6
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
-        "--seconds", type=float, default=5.0, help="measured seconds per closed-loop scenario"
+        "--seconds", type=float, default=4.0, help="measured seconds per closed-loop scenario"
     )
     parser.add_argument("--only", default="abcd", help="scenarios to run, e.g. ab")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed.md"))
     args = parser.parse_args()
 
     cases = [case for case in scenarios(args.seconds) if case.key in args.only]
-    modes = ["off", "redis"]
+    targets = ["direct", "off", "redis"]
     results = Results(cases)
     with redis_and_upstream(OTHER_CORE) as (redis_url, upstream_port), tempfile.TemporaryDirectory() as tmp:
         paths = upstream_paths(upstream_port)
         configs = {}
-        for mode in modes:
+        for mode in ("off", "redis"):
             configs[mode] = Path(tmp) / f"{mode}.yaml"
-            configs[mode].write_text(
-                yaml.safe_dump(proxy_config(upstream_port, redis_url if mode == "redis" else "off"))
-            )
+            store = redis_url if mode == "redis" else "off"
+            configs[mode].write_text(yaml.safe_dump(proxy_config(upstream_port, store)))
         for run in range(args.runs):
-            for case in cases:
-                if case.direct:
-                    direct = load(OTHER_CORE, paths[case.model] + "/chat/completions", *case.args)
-                    results.add("direct", case.key, direct)
-            for mode in modes if run % 2 == 0 else modes[::-1]:
-                for key, result in run_proxy(configs[mode], cases).items():
-                    results.add(mode, key, result)
+            with proxy(configs["off"]) as off, proxy(configs["redis"]) as on:
+                proxies = {"off": off, "redis": on}
+                for case in cases:
+                    # Targets take turns within each scenario, in an order that rotates run by run.
+                    for target in targets[run % 3 :] + targets[: run % 3]:
+                        if target == "direct":
+                            if case.direct:
+                                url = paths[case.model] + "/chat/completions"
+                                results.add(target, case.key, load(OTHER_CORE, url, *case.args))
+                        else:
+                            results.add(target, case.key, measure(proxies[target], case))
             print(f"run {run + 1}/{args.runs}: " + results.progress(), flush=True)
 
     table = results.render(args)
@@ -183,6 +193,12 @@ class Results:
 
     def median(self, mode: str, key: str, field: str) -> float:
         return statistics.median(r[field] for r in self.runs[(mode, key)])
+
+    def paired(self, mode: str, base: str, key: str, field: str, ratio: bool) -> float:
+        """The median over runs of ``mode`` against ``base`` measured in the same run (ratio or difference):
+        each pair ran minutes apart at most, so drift on a shared machine cancels out of it."""
+        pairs = zip(self.runs[(mode, key)], self.runs[(base, key)], strict=True)
+        return statistics.median(a[field] / b[field] if ratio else a[field] - b[field] for a, b in pairs)
 
     def errors(self, mode: str, key: str) -> int:
         return int(sum(r["non_2xx"] + r["failed"] for r in self.runs[(mode, key)]))
@@ -231,7 +247,7 @@ class Results:
                 rows.append((f"{key}. {title}", f"{rps:,.0f} req/s", f"≥ {floor:,} req/s", rps >= floor))
         if "c" in self.keys:
             for field, limit in (("p50_ms", 1.0), ("p99_ms", 5.0)):
-                added = self.median("redis", "c", field) - self.median("direct", "c", field)
+                added = self.paired("redis", "direct", "c", field, ratio=False)
                 what = f"c. added latency, {field.split('_')[0]}"
                 rows.append((what, f"{added:+.2f} ms", f"≤ {limit:g} ms", added <= limit))
         if "d" in self.keys:
@@ -241,7 +257,7 @@ class Results:
             ok = rss <= 100 and errors == 0 and most_open == HELD_STREAMS
             rows.append((f"d. {HELD_STREAMS:,} open streams", shown, "≤ 100 MB, no errors", ok))
         for key in sorted(self.keys & {"a", "b"}):
-            ratio = self.median("redis", key, "rps") / self.median("off", key, "rps")
+            ratio = self.paired("redis", "off", key, "rps", ratio=True)
             shown = f"{ratio:.3f} ({(ratio - 1) * 100:+.1f} %)"
             rows.append((f"{key}. metering on / off, req/s", shown, "≥ 0.95", ratio >= 0.95))
         return [
@@ -255,8 +271,7 @@ class Results:
 
     def direct_ratios(self) -> list[str]:
         return [
-            f"- {case.key}. {case.title}: "
-            f"{self.median('redis', case.key, 'rps') / self.median('direct', case.key, 'rps'):.2f}"
+            f"- {case.key}. {case.title}: {self.paired('redis', 'direct', case.key, 'rps', ratio=True):.2f}"
             for case in self.cases
             if case.key in "ab"
         ]

@@ -15,7 +15,6 @@ from tokenyard.router.breaker import CircuitBreaker, Ticket
 from tokenyard.router.config import BackendConfig, TokenyardConfig
 from tokenyard.router.meter.pricing import FREE, TokenPrices, token_prices
 from tokenyard.router.routing import DeploymentView
-from tokenyard.simulator.server import SimulatorServer
 
 log = logging.getLogger("tokenyard.backends")
 
@@ -98,6 +97,8 @@ async def open_backends(config: TokenyardConfig) -> AsyncIterator[dict[str, Back
         for name, bc in config.backends.items():
             base_url = bc.base_url
             if bc.simulator is not None:
+                from tokenyard.simulator.server import SimulatorServer  # only configs with simulators
+
                 sim = await stack.enter_async_context(SimulatorServer(bc.simulator))
                 base_url = sim.base_url
                 log.info("backend %s: simulator (%s) on %s", name, bc.simulator.mode, base_url)

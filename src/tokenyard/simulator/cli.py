@@ -12,7 +12,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from tokenyard.simulator.config import FaultConfig, SimulatorConfig
-from tokenyard.simulator.server import SimulatorServer
 
 # (config field, type, metavar, help); the flag is the field with dashes, and defaults are read from the
 # config models so they are stated once.
@@ -99,6 +98,8 @@ async def _serve(config: SimulatorConfig, host: str, port: int) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
+        from tokenyard.simulator.server import SimulatorServer  # not for every tokenyard command
+
         async with SimulatorServer(config, host, port, log_level="warning") as server:
             print(
                 f"simulator {config.name} ({config.mode}) listening on http://{host}:{server.port}/v1",

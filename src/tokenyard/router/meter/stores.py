@@ -14,8 +14,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tokenyard.errors import ConfigError
 from tokenyard.router.meter.keys import MeterKeys
-from tokenyard.router.meter.redis_store import RedisMeterStore
-from tokenyard.router.meter.sqlite_store import SqliteMeterStore
 from tokenyard.router.meter.store import MeterStore
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -24,13 +22,19 @@ _HIDDEN = "***"
 
 
 def open_store(url: str, *, prefix: str, retention_s: int, records_max: int) -> MeterStore:
-    """The store ``url`` names; nothing is connected or opened until it is first used."""
+    """The store ``url`` names; nothing is connected or opened until it is first used.
+
+    Each store's module (and its client library) is imported only when a config names it: a proxy's
+    resident memory is mostly the code it has loaded.
+    """
     scheme = url.partition("://")[0].lower()
     if scheme in REDIS_SCHEMES:
         try:
             MeterKeys(prefix)
         except ValueError as exc:
             raise ConfigError([("meter.redis_prefix", str(exc))]) from exc
+        from tokenyard.router.meter.redis_store import RedisMeterStore
+
         try:
             return RedisMeterStore(url, prefix=prefix, retention_s=retention_s, records_max=records_max)
         except ValueError as exc:  # redis-py could not parse the URL
@@ -38,6 +42,8 @@ def open_store(url: str, *, prefix: str, retention_s: int, records_max: int) -> 
     if scheme == "sqlite":
         if not url.startswith(SQLITE_PREFIX) or url == SQLITE_PREFIX:
             raise ConfigError([("meter.store", f"expected sqlite:///<path>, not {url!r}")])
+        from tokenyard.router.meter.sqlite_store import SqliteMeterStore
+
         return SqliteMeterStore(url[len(SQLITE_PREFIX) :], retention_s=retention_s, records_max=records_max)
     raise ConfigError(
         [
