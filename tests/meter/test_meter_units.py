@@ -66,6 +66,46 @@ def test_the_tap_keeps_a_client_requested_usage_chunk_and_crlf_streams() -> None
     assert out.endswith(b"data: [DONE]\r\n\r\n")
 
 
+def _usage(n: int) -> dict[str, int]:
+    return {"prompt_tokens": n, "completion_tokens": 1, "total_tokens": n + 1}
+
+
+# (event, is the usage-only chunk, prompt tokens it reports): decoys mention usage without carrying one.
+EVENTS = [
+    (b"data: " + orjson.dumps({"choices": [], "usage": _usage(11)}), True, 11),
+    (b"data: " + orjson.dumps({"choices": [{"delta": {"content": "x"}}], "usage": _usage(12)}), False, 12),
+    (b'data: {"choices": [], "usage": {"prompt_tokens": 13, "completion_tokens": 1}}', True, 13),
+    (b"data: " + orjson.dumps({"choices": [{"delta": {"content": 'say "usage":{ here'}}]}), False, None),
+    (b': a comment with "usage":{', False, None),
+    (b"event: other\ndata: " + orjson.dumps({"usage": _usage(14)}), False, None),
+    (b"data: [DONE]", False, None),
+]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(EVENTS), st.sampled_from([b"\n\n", b"\r\n\r\n", b"\r\n\n"])), max_size=12
+    ),
+    st.lists(st.integers(1, 80), min_size=1, max_size=10),
+    st.booleans(),
+)
+def test_the_tap_cuts_exactly_the_usage_only_events_whatever_else_the_stream_holds(
+    events: list[tuple[tuple[bytes, bool, int | None], bytes]], cuts: list[int], strip: bool
+) -> None:
+    stream = b"".join(event + separator for (event, _, _), separator in events)
+    expected = b"".join(
+        event + separator for (event, usage_only, _), separator in events if not (strip and usage_only)
+    )
+    reported = [tokens for (_, _, tokens), _ in events if tokens is not None]
+    tap, out, at = StreamTap(strip_usage=strip), b"", 0
+    for size in cuts * 10:
+        out += tap.feed(stream[at : at + size])
+        at += size
+    out += tap.feed(stream[at:]) + tap.rest()
+    assert out == expected
+    assert (tap.usage.prompt_tokens if tap.usage else None) == (reported[-1] if reported else None)
+
+
 def test_usage_of_a_whole_answer() -> None:
     body = orjson.dumps({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 9}})
     usage = usage_of_body(body)

@@ -134,21 +134,50 @@ class StreamTap:
         return held
 
     def _take_usage(self, data: bytes) -> bytes:
-        # Split into events, keeping each one's separator: [event, sep, event, sep, ..., ""].
-        parts = _EVENT_SEPARATOR.split(data)
+        """Read the usage out of the events in ``data`` that carry one; cut the usage-only chunk if asked.
+
+        Only those events are located and parsed: the rest of ``data`` is passed on as it is.
+        """
         kept: list[bytes] = []
-        for event, separator in zip(parts[0::2], parts[1::2], strict=False):
-            if event.startswith(b"data:") and b'"usage"' in event:
-                try:
-                    obj = orjson.loads(event[5:])
-                except orjson.JSONDecodeError:
-                    obj = None
-                usage = parse_usage(obj)
-                if usage is not None:
-                    self.usage = usage
-                    # The usage-only chunk (no choices) is the one tokenyard asked for on the client's behalf.
-                    if self.strip_usage and isinstance(obj, dict) and not obj.get("choices"):
-                        continue
-            kept.append(event)
-            kept.append(separator)
+        done = 0  # data[:done] is decided
+        while (at := _usage_at(data, done)) >= 0:
+            # The event around the marker: after the last separator before it, up to the next one.
+            start = max(done, _after(data, b"\n\n", done, at), _after(data, b"\n\r\n", done, at))
+            separator = _EVENT_SEPARATOR.search(data, at)
+            if separator is None:  # cannot happen: ``feed`` passes whole events only
+                break
+            event, done_next = data[start : separator.start()], separator.end()
+            if self._is_usage_only(event):
+                kept.append(data[done:start])  # everything before it, but not it or its separator
+            else:
+                kept.append(data[done:done_next])
+            done = done_next
+        kept.append(data[done:])
         return b"".join(kept)
+
+    def _is_usage_only(self, event: bytes) -> bool:
+        """Keep the usage an event carries; True if it is the usage-only chunk and is to be cut."""
+        if not event.startswith(b"data:"):
+            return False
+        try:
+            obj = orjson.loads(event[5:])
+        except orjson.JSONDecodeError:
+            return False
+        usage = parse_usage(obj)
+        if usage is None:
+            return False
+        self.usage = usage
+        # The usage-only chunk (no choices) is the one tokenyard asked for on the client's behalf.
+        return self.strip_usage and isinstance(obj, dict) and not obj.get("choices")
+
+
+def _after(data: bytes, separator: bytes, start: int, end: int) -> int:
+    """Just past the last ``separator`` in ``data[start:end]``, or ``start`` if there is none."""
+    at = data.rfind(separator, start, end)
+    return at + len(separator) if at >= 0 else start
+
+
+def _usage_at(data: bytes, start: int) -> int:
+    """Where the next usage object starts in ``data`` from ``start``, or -1."""
+    found = [at for at in (data.find(b'"usage":{', start), data.find(b'"usage": {', start)) if at >= 0]
+    return min(found) if found else -1
