@@ -7,13 +7,14 @@ Scenarios (closed loop unless said otherwise):
   d  1,000 streams opened at once and held for 10 s (the proxy's RSS while they are open)
 
 The proxy is pinned to core 0; the upstream, the load generator and a private Redis share core 1. Each run
-starts a fresh proxy per metering mode (both pinned to core 0, only one under load at a time) and, scenario
-by scenario, measures the upstream direct and the two proxies in turn, in an order that rotates from run to
-run. The table gives medians over the runs; ratios and added latency are medians of per-run pairs, so drift
-on a shared machine cancels out. It also shows the issue's bar and is written to
-``bench/results/speed.md``.
+starts a fresh proxy per metering mode (all pinned to core 0, only one under load at a time) and, scenario
+by scenario, measures the upstream direct and each proxy in turn, in an order that rotates from run to
+run. With ``--baseline SRC`` another checkout's tokenyard takes its turns too: a before/after in one go.
+The table gives medians over the runs; ratios and added latency are medians of per-run pairs, so drift on a
+shared machine cancels out. It also shows the issue's bar and is written to ``bench/results/speed.md``.
 
-    python -m bench.speed --runs 5 --seconds 5
+    python -m bench.speed --runs 5
+    git worktree add /tmp/before <commit> && python -m bench.speed --baseline /tmp/before/src
 """
 
 from __future__ import annotations
@@ -102,12 +103,15 @@ class PeakRss:
 
 
 @contextlib.contextmanager
-def proxy(config_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A fresh ``tokenyard serve`` on ``config_path``, pinned to the proxy core, ready."""
+def proxy(config_path: Path, src: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A fresh ``tokenyard serve`` on ``config_path``, pinned to the proxy core, ready; ``src``: the
+    ``src`` folder of another checkout to run instead of this one."""
     port = free_port()
+    env = {**os.environ, "PYTHONPATH": src} if src else None
     process = subprocess.Popen(
         pinned(PROXY_CORE, *serve_command(config_path, port)),
         cwd=ROOT,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -140,10 +144,16 @@ def main() -> None:
     )
     parser.add_argument("--only", default="abcd", help="scenarios to run, e.g. ab")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed.md"))
+    parser.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="also run the tokenyard in SRC (the src/ folder of another checkout, e.g. a git worktree at "
+        "an older commit), taking turns with this one: a before/after in one go",
+    )
     args = parser.parse_args()
 
     cases = [case for case in scenarios(args.seconds) if case.key in args.only]
-    targets = ["direct", "off", "redis"]
+    targets = ["direct", "off", "redis", *(["base-off", "base-redis"] if args.baseline else [])]
     results = Results(cases)
     with redis_and_upstream(OTHER_CORE) as (redis_url, upstream_port), tempfile.TemporaryDirectory() as tmp:
         paths = upstream_paths(upstream_port)
@@ -153,11 +163,19 @@ def main() -> None:
             store = redis_url if mode == "redis" else "off"
             configs[mode].write_text(yaml.safe_dump(proxy_config(upstream_port, store)))
         for run in range(args.runs):
-            with proxy(configs["off"]) as off, proxy(configs["redis"]) as on:
-                proxies = {"off": off, "redis": on}
+            with contextlib.ExitStack() as stack:
+                proxies = {
+                    target: stack.enter_context(
+                        proxy(
+                            configs[target.removeprefix("base-")], args.baseline if "base" in target else None
+                        )
+                    )
+                    for target in targets[1:]
+                }
                 for case in cases:
                     # Targets take turns within each scenario, in an order that rotates run by run.
-                    for target in targets[run % 3 :] + targets[: run % 3]:
+                    shift = run % len(targets)
+                    for target in targets[shift:] + targets[:shift]:
                         if target == "direct":
                             if case.direct:
                                 url = paths[case.model] + "/chat/completions"
@@ -181,6 +199,8 @@ class Results:
         ("direct", "upstream direct"),
         ("off", "tokenyard, metering off"),
         ("redis", "tokenyard, metering to Redis"),
+        ("base-off", "baseline, metering off"),
+        ("base-redis", "baseline, metering to Redis"),
     )
 
     def __init__(self, cases: list[Scenario]) -> None:
@@ -276,6 +296,25 @@ class Results:
             if case.key in "ab"
         ]
 
+    def against_baseline(self) -> list[str]:
+        """This tokenyard against the baseline, metering to Redis: medians of per-run pairs."""
+        if ("base-redis", self.cases[0].key) not in self.runs:
+            return []
+        lines = ["", "this tokenyard against the baseline (metering to Redis, medians of per-run pairs):"]
+        for case in self.cases:
+            if case.key in "ab":
+                ratio = self.paired("redis", "base-redis", case.key, "rps", ratio=True)
+                cpu = self.paired("redis", "base-redis", case.key, "cpu_us", ratio=True)
+                lines.append(f"- {case.key}. {case.title}: req/s × {ratio:.3f}, CPU per request × {cpu:.3f}")
+            elif case.key == "c":
+                p50 = self.paired("redis", "base-redis", "c", "p50_ms", ratio=False)
+                p99 = self.paired("redis", "base-redis", "c", "p99_ms", ratio=False)
+                lines.append(f"- c. {case.title}: p50 {p50:+.2f} ms, p99 {p99:+.2f} ms")
+            else:
+                rss = self.paired("redis", "base-redis", case.key, "rss_mb", ratio=False)
+                lines.append(f"- {case.key}. {case.title}: peak RSS {rss:+.1f} MB")
+        return lines
+
     def render(self, args: argparse.Namespace) -> str:
         ratios = self.direct_ratios()
         return "\n".join(
@@ -288,6 +327,7 @@ class Results:
                 "",
                 *self.bar(),
                 *(["", "tokenyard (metering to Redis) / upstream direct, req/s:", *ratios] if ratios else []),
+                *self.against_baseline(),
             ]
         )
 
