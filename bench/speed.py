@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.load import body
 from bench.services import (
     DRIP_S,
     ROOT,
@@ -136,6 +139,27 @@ def measure(process: subprocess.Popen[bytes], case: Scenario) -> Result:
     return result
 
 
+def upstream_capacity(url: str, stream: bool, folder: Path) -> float | None:
+    """The upstream's own rate at c=64 under ``wrk`` (pinned to the proxy's core, idle then): it must be
+    far above the proxy's, or the benchmark measures the upstream. None if wrk is not installed."""
+    if shutil.which("wrk") is None:
+        return None
+    script = folder / f"post-{stream}.lua"
+    payload = body("bench", stream).decode()
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = {payload!r}\n'
+    )
+    out = subprocess.run(
+        pinned(PROXY_CORE, "wrk", "-t1", "-c64", "-d3s", "-s", str(script), url),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"the upstream answered errors under wrk:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -162,6 +186,10 @@ def main() -> None:
             configs[mode] = Path(tmp) / f"{mode}.yaml"
             store = redis_url if mode == "redis" else "off"
             configs[mode].write_text(yaml.safe_dump(proxy_config(upstream_port, store)))
+        for case in cases:
+            if case.key in "ab":
+                url = paths[case.model] + "/chat/completions"
+                results.capacity[case.key] = upstream_capacity(url, "--stream" in case.args, Path(tmp))
         for run in range(args.runs):
             with contextlib.ExitStack() as stack:
                 proxies = {
@@ -207,6 +235,7 @@ class Results:
         self.cases = cases
         self.keys = {case.key for case in cases}
         self.runs: dict[tuple[str, str], list[Result]] = {}
+        self.capacity: dict[str, float | None] = {}  # the upstream's own req/s under wrk, by scenario
 
     def add(self, mode: str, key: str, result: Result) -> None:
         self.runs.setdefault((mode, key), []).append(result)
@@ -290,11 +319,18 @@ class Results:
         ]
 
     def direct_ratios(self) -> list[str]:
-        return [
-            f"- {case.key}. {case.title}: {self.paired('redis', 'direct', case.key, 'rps', ratio=True):.2f}"
-            for case in self.cases
-            if case.key in "ab"
-        ]
+        lines = []
+        for case in self.cases:
+            if case.key not in "ab":
+                continue
+            ratio = self.paired("redis", "direct", case.key, "rps", ratio=True)
+            line = f"- {case.key}. {case.title}: {ratio:.2f}"
+            capacity = self.capacity.get(case.key)
+            if capacity:
+                times = capacity / self.median("redis", case.key, "rps")
+                line += f" (the upstream alone under wrk: {capacity:,.0f} req/s, {times:.0f}× tokenyard's)"
+            lines.append(line)
+        return lines
 
     def against_baseline(self) -> list[str]:
         """This tokenyard against the baseline, metering to Redis: medians of per-run pairs."""
