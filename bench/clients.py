@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,18 +21,16 @@ from pathlib import Path
 import yaml
 
 from bench.services import (
+    OTHER_CORE,
     ROOT,
     free_port,
     load,
-    pinned,
     proxy_config,
     redis_and_upstream,
     serve_command,
-    wait_ready,
+    server_on_proxy_core,
 )
 from bench.thin_proxy import CLIENTS
-
-PROXY_CORE, OTHER_CORE = "0", "1"
 
 
 def installed(client: str) -> bool:
@@ -41,14 +38,9 @@ def installed(client: str) -> bool:
 
 
 def measure(command: list[str], port: int, concurrency: int, seconds: float) -> dict[str, float]:
-    process = subprocess.Popen(pinned(PROXY_CORE, *command), cwd=ROOT, stdout=subprocess.DEVNULL)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/health/ready")
+    with server_on_proxy_core(command, port):
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         return load(OTHER_CORE, url, "--concurrency", str(concurrency), "--seconds", str(seconds))
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def main() -> None:

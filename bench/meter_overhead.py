@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -23,18 +22,16 @@ import redis
 import yaml
 
 from bench.services import (
+    OTHER_CORE,
     ROOT,
     cpu_seconds,
     free_port,
     load,
-    pinned,
     proxy_config,
     redis_and_upstream,
     serve_command,
-    wait_ready,
+    server_on_proxy_core,
 )
-
-PROXY_CORE, OTHER_CORE = "0", "1"
 
 
 def _load_args(concurrency: int, seconds: float) -> list[str]:
@@ -45,14 +42,7 @@ def run_proxy(config: dict[str, Any], folder: Path, concurrency: int, seconds: f
     port = free_port()
     config_path = folder / f"config-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    proxy = subprocess.Popen(
-        pinned(PROXY_CORE, *serve_command(config_path, port)),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/health/ready")
+    with server_on_proxy_core(serve_command(config_path, port), port) as proxy:
         cpu_before = cpu_seconds(proxy.pid)
         result = load(
             OTHER_CORE, f"http://127.0.0.1:{port}/v1/chat/completions", *_load_args(concurrency, seconds)
@@ -61,9 +51,6 @@ def run_proxy(config: dict[str, Any], folder: Path, concurrency: int, seconds: f
         requests = result["rps"] * (seconds + 1.0)
         result["cpu_us_per_request"] = (cpu_seconds(proxy.pid) - cpu_before) / requests * 1e6
         return result
-    finally:
-        proxy.terminate()
-        proxy.wait(30)
 
 
 def main() -> None:

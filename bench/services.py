@@ -16,6 +16,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_KEY = "sk-bench-key-0000"
+# The proxy gets a core to itself; the upstream, the load generator and Redis share the other.
+PROXY_CORE, OTHER_CORE = "0", "1"
 
 
 def free_port() -> int:
@@ -58,6 +60,22 @@ def serve_command(config_path: Path, port: int) -> list[str]:
 def pinned(core: str | None, *args: str) -> list[str]:
     """A command line, pinned to one core when ``core`` is given."""
     return ["taskset", "-c", core, *args] if core is not None else list(args)
+
+
+@contextlib.contextmanager
+def server_on_proxy_core(
+    command: list[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` (a server listening on ``port``) pinned to the proxy's core, once it is ready."""
+    process = subprocess.Popen(
+        pinned(PROXY_CORE, *command), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health/ready")
+        yield process
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,8 @@ import yaml
 from bench.load import body
 from bench.services import (
     DRIP_S,
+    OTHER_CORE,
+    PROXY_CORE,
     ROOT,
     cpu_seconds,
     free_port,
@@ -47,11 +49,10 @@ from bench.services import (
     redis_and_upstream,
     rss_mb,
     serve_command,
+    server_on_proxy_core,
     upstream_paths,
-    wait_ready,
 )
 
-PROXY_CORE, OTHER_CORE = "0", "1"
 HELD_STREAMS = 1000
 
 
@@ -111,20 +112,9 @@ def proxy(config_path: Path, src: str | None = None) -> Iterator[subprocess.Pope
     ``src`` folder of another checkout to run instead of this one."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": src} if src else None
-    process = subprocess.Popen(
-        pinned(PROXY_CORE, *serve_command(config_path, port)),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    process.url = f"http://127.0.0.1:{port}/v1/chat/completions"  # type: ignore[attr-defined]
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/health/ready")
+    with server_on_proxy_core(serve_command(config_path, port), port, env) as process:
+        process.url = f"http://127.0.0.1:{port}/v1/chat/completions"  # type: ignore[attr-defined]
         yield process
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def measure(process: subprocess.Popen[bytes], case: Scenario) -> Result:
