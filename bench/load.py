@@ -102,8 +102,10 @@ async def hold(url: str, streams: int, payload: bytes) -> dict[str, float]:
                     first = await resp.content.readany()
                     open_now += 1
                     most_open = max(most_open, open_now)
-                    rest = await resp.read()
-                    open_now -= 1
+                    try:
+                        rest = await resp.read()
+                    finally:
+                        open_now -= 1
                     if not (first + rest).endswith(b"data: [DONE]\n\n"):
                         failed += 1
             except aiohttp.ClientError:

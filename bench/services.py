@@ -144,8 +144,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mb(pid: int) -> float:
-    """A process's resident set size now, in MiB (Linux)."""
+def rss_mib(pid: int) -> float:
+    """A process's resident set size now, in MiB (Linux reports KiB)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
