@@ -106,22 +106,29 @@ class PeakRss:
         self._thread.join()
 
 
+@dataclass(frozen=True)
+class Running:
+    """A proxy under test: its process id and its chat completions URL."""
+
+    pid: int
+    url: str
+
+
 @contextlib.contextmanager
-def proxy(config_path: Path, src: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def proxy(config_path: Path, src: str | None = None) -> Iterator[Running]:
     """A fresh ``tokenyard serve`` on ``config_path``, pinned to the proxy core, ready; ``src``: the
     ``src`` folder of another checkout to run instead of this one."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": src} if src else None
     with server_on_proxy_core(serve_command(config_path, port), port, env) as process:
-        process.url = f"http://127.0.0.1:{port}/v1/chat/completions"  # type: ignore[attr-defined]
-        yield process
+        yield Running(process.pid, f"http://127.0.0.1:{port}/v1/chat/completions")
 
 
-def measure(process: subprocess.Popen[bytes], case: Scenario) -> Result:
+def measure(process: Running, case: Scenario) -> Result:
     """One scenario against a running proxy, with its CPU per request and peak RSS."""
     cpu_before = cpu_seconds(process.pid)
     with PeakRss(process.pid) as rss:
-        result = load(OTHER_CORE, process.url, "--model", case.model, *case.args)  # type: ignore[attr-defined]
+        result = load(OTHER_CORE, process.url, "--model", case.model, *case.args)
     result["rss_mib"] = rss.peak
     if "rps" in result:
         requests = result["rps"] * (float(case.args[-1]) + 1.0)  # the warm-up second counts too
