@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.services import BENCH_KEY
+from bench.services import BENCH_KEY, WARMUP_S
 
 HEADERS = {"Authorization": f"Bearer {BENCH_KEY}", "Content-Type": "application/json"}
 
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--warmup-s", type=float, default=1.0)
+    parser.add_argument("--warmup-s", type=float, default=WARMUP_S)
     parser.add_argument("--model", default="bench")
     parser.add_argument("--stream", action="store_true", help="stream with include_usage; read to [DONE]")
     parser.add_argument(

@@ -25,6 +25,7 @@ from bench.services import (
     OTHER_CORE,
     ROOT,
     cpu_seconds,
+    cpu_us_per_request,
     free_port,
     load,
     proxy_config,
@@ -47,9 +48,9 @@ def run_proxy(config: dict[str, Any], folder: Path, concurrency: int, seconds: f
         result = load(
             OTHER_CORE, f"http://127.0.0.1:{port}/v1/chat/completions", *_load_args(concurrency, seconds)
         )
-        # The load runs a warm-up second before measuring: count its requests in the CPU share too.
-        requests = result["rps"] * (seconds + 1.0)
-        result["cpu_us_per_request"] = (cpu_seconds(proxy.pid) - cpu_before) / requests * 1e6
+        result["cpu_us_per_request"] = cpu_us_per_request(
+            cpu_seconds(proxy.pid) - cpu_before, result, seconds
+        )
         return result
 
 

@@ -144,6 +144,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+WARMUP_S = 1.0  # bench.load's warm-up: requests served but not timed
+
+
+def cpu_us_per_request(cpu_s: float, result: dict[str, float], seconds: float) -> float:
+    """A proxy's CPU µs a request over one ``bench.load`` run of ``seconds`` that took ``cpu_s`` of its CPU;
+    the warm-up's requests (served, not timed) are counted at the measured rate."""
+    return cpu_s / (result["rps"] * (seconds + WARMUP_S)) * 1e6
+
+
 def rss_mib(pid: int) -> float:
     """A process's resident set size now, in MiB (Linux reports KiB)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

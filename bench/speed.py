@@ -42,6 +42,7 @@ from bench.services import (
     PROXY_CORE,
     ROOT,
     cpu_seconds,
+    cpu_us_per_request,
     free_port,
     load,
     pinned,
@@ -124,15 +125,14 @@ def proxy(config_path: Path, src: str | None = None) -> Iterator[Running]:
         yield Running(process.pid, f"http://127.0.0.1:{port}/v1/chat/completions")
 
 
-def measure(process: Running, case: Scenario) -> Result:
+def measure(process: Running, case: Scenario, seconds: float) -> Result:
     """One scenario against a running proxy, with its CPU per request and peak RSS."""
     cpu_before = cpu_seconds(process.pid)
     with PeakRss(process.pid) as rss:
         result = load(OTHER_CORE, process.url, "--model", case.model, *case.args)
     result["rss_mib"] = rss.peak
     if "rps" in result:
-        requests = result["rps"] * (float(case.args[-1]) + 1.0)  # the warm-up second counts too
-        result["cpu_us"] = (cpu_seconds(process.pid) - cpu_before) / requests * 1e6
+        result["cpu_us"] = cpu_us_per_request(cpu_seconds(process.pid) - cpu_before, result, seconds)
     return result
 
 
@@ -206,7 +206,7 @@ def main() -> None:
                                 url = paths[case.model] + "/chat/completions"
                                 results.add(target, case.key, load(OTHER_CORE, url, *case.args))
                         else:
-                            results.add(target, case.key, measure(proxies[target], case))
+                            results.add(target, case.key, measure(proxies[target], case, args.seconds))
             print(f"run {run + 1}/{args.runs}: " + results.progress(), flush=True)
 
     table = results.render(args)
