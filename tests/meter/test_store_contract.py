@@ -331,3 +331,39 @@ async def test_any_sequence_of_batches_sums_like_a_dict(stores: Stores, batches:
             expected.setdefault(agg_key, Counter()).update(fields)
     # A bucket that never got a non-zero increment does not exist.
     assert await read_aggregates(store) == {k: only(f) for k, f in expected.items() if any(f.values())}
+
+
+# -- locks and documents (singleton work across replicas, the latest advice) ---------------------------
+
+
+async def test_a_lock_is_held_by_one_owner_at_a_time_and_renewed_by_it(stores: Stores) -> None:
+    a, b = stores.open(), stores.open()  # two replicas on one store
+    assert await a.try_lock("advisor", "replica-a", 30)
+    assert not await b.try_lock("advisor", "replica-b", 30)
+    assert await a.try_lock("advisor", "replica-a", 30), "the holder renews"
+    await b.release_lock("advisor", "replica-b")  # not the holder: ignored
+    assert not await b.try_lock("advisor", "replica-b", 30)
+    await a.release_lock("advisor", "replica-a")
+    assert await b.try_lock("advisor", "replica-b", 30)
+    assert await a.try_lock("other-work", "replica-a", 30), "locks are independent by name"
+
+
+async def test_a_lock_whose_holder_died_moves_on_when_it_expires(stores: Stores, clock: FakeClock) -> None:
+    a, b = stores.open(), stores.open()
+    assert await a.try_lock("advisor", "replica-a", 0.2)
+    assert not await b.try_lock("advisor", "replica-b", 0.2)
+    # SQLite reads the fake clock; Redis expires the key on its own clock, so real time passes too.
+    clock.advance(0.3)
+    await asyncio.sleep(0.3)
+    assert await b.try_lock("advisor", "replica-b", 30)
+    assert not await a.try_lock("advisor", "replica-a", 30)
+
+
+async def test_documents_are_kept_replaced_and_shared(stores: Stores) -> None:
+    a, b = stores.open(), stores.open()
+    assert await a.get_document("advice") is None
+    await a.put_document("advice", b'{"v": 1, "name": "caf\xc3\xa9"}')
+    assert await b.get_document("advice") == b'{"v": 1, "name": "caf\xc3\xa9"}'
+    await b.put_document("advice", b'{"v": 2}')
+    assert await a.get_document("advice") == b'{"v": 2}'
+    assert await a.get_document("other") is None

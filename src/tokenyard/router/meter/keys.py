@@ -16,6 +16,8 @@ Layout (TTLs: hashes retention + 60 s, watermarks max_gap_ms + a day, batch mark
                                                                        capped at records_max
     {p}:records:seq                                            string  the counter behind <seq>
     {p}:batch:<id>                                             string  "this batch was applied"
+    {p}:lock:<name>                                            string  the holder of a lock (PX expiry)
+    {p}:doc:<name>                                             string  a small document (latest advice)
 
 The record log is a sorted set scored by the record's own ``ts`` (not a stream): records arrive out of order
 (replicas flush independently; a meter holds batches while the store is down), and a score gives exact
@@ -87,6 +89,14 @@ class MeterKeys:
     def batch(self, batch_id: str) -> str:
         """The marker that a flush batch was applied."""
         return f"{self.base}:batch:{_dim(batch_id)}"
+
+    def lock(self, name: str) -> str:
+        """A named lock for singleton work (value: its holder)."""
+        return f"{self.base}:lock:{_dim(name)}"
+
+    def document(self, name: str) -> str:
+        """A small named document."""
+        return f"{self.base}:doc:{_dim(name)}"
 
     def match_all(self) -> str:
         """A ``SCAN MATCH`` pattern for every key of this prefix (tests, maintenance)."""

@@ -49,6 +49,23 @@ _UNAVAILABLE: Final = (
     OSError,
 )
 
+_LOCK_SCRIPT: Final = """
+-- Take or renew a lock. Returns 1 if ARGV[1] holds it now, 0 if someone else does.
+-- KEYS[1] - the lock; ARGV[1] - owner; ARGV[2] - time to live, ms
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_UNLOCK_SCRIPT: Final = """
+-- Release a lock only if its holder asks. KEYS[1] - the lock; ARGV[1] - owner
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 _WRITE_SCRIPT: Final = """
 -- Apply one flush batch atomically and exactly once. Returns 1 if applied, 0 if it had been already.
 -- KEYS[1] - the batch marker (present: the batch was applied, do nothing)
@@ -276,6 +293,30 @@ class RedisMeterStore:
             )
         # repr() of a float is exact and so is Redis's reply, so scores compare exactly with ts.
         return cast("list[tuple[str, float]]", page)  # decode_responses=True, withscores=True
+
+    async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the lock ``name`` for ``owner`` (see ``MeterStore.try_lock``)."""
+        with _mapped_errors():
+            taken = await self._redis.eval(
+                _LOCK_SCRIPT, 1, self.keys.lock(name), owner, max(1, int(ttl_s * 1000))
+            )
+        return bool(taken)
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        """Release the lock if ``owner`` holds it."""
+        with _mapped_errors():
+            await self._redis.eval(_UNLOCK_SCRIPT, 1, self.keys.lock(name), owner)
+
+    async def put_document(self, name: str, body: bytes) -> None:
+        """Keep a small named document (no expiry: the latest advice outlives restarts)."""
+        with _mapped_errors():
+            await self._redis.set(self.keys.document(name), body)
+
+    async def get_document(self, name: str) -> bytes | None:
+        """A document kept by ``put_document``, or None."""
+        with _mapped_errors():
+            value = await self._redis.get(self.keys.document(name))
+        return None if value is None else value.encode() if isinstance(value, str) else bytes(value)
 
     async def ping(self) -> None:
         """Return if Redis answers; raise ``StoreUnavailable`` if not."""

@@ -80,6 +80,10 @@ CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY, ts REAL NOT NULL, js
 CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
 CREATE TABLE IF NOT EXISTS applied_batches (id TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS applied_batches_ts ON applied_batches (ts);
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
 """
 _AGG_UPSERT: Final = _upsert("agg", ("minute", *_DIMS), AGG_FIELDS)
 _GPU_UPSERT: Final = _upsert("gpu", ("minute", "backend"), GPU_FIELDS)
@@ -159,6 +163,40 @@ class SqliteMeterStore:
         sql = "SELECT json FROM records WHERE ts >= ? AND ts < ? ORDER BY ts, id LIMIT ?"
         rows = await self._run(_select(sql, since, until, -1 if limit is None else limit))
         return [UsageRecord.from_json(orjson.loads(text)) for (text,) in rows]
+
+    async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the lock ``name`` for ``owner`` (see ``MeterStore.try_lock``)."""
+
+        def take(conn: sqlite3.Connection) -> bool:
+            now = self._clock()
+            taken = conn.execute(
+                "INSERT INTO locks (name, owner, expires) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET owner = excluded.owner, expires = excluded.expires"
+                " WHERE locks.owner = excluded.owner OR locks.expires <= ?",
+                (name, owner, now + ttl_s, now),
+            )
+            return taken.rowcount > 0
+
+        return await self._run(take)
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        """Release the lock if ``owner`` holds it."""
+        await self._run(
+            lambda conn: conn.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+        )
+
+    async def put_document(self, name: str, body: bytes) -> None:
+        """Keep a small named document, replacing any before."""
+        sql = (
+            "INSERT INTO documents (name, body) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET body = excluded.body"
+        )
+        await self._run(lambda conn: conn.execute(sql, (name, body)))
+
+    async def get_document(self, name: str) -> bytes | None:
+        """A document kept by ``put_document``, or None."""
+        rows = await self._run(_select("SELECT body FROM documents WHERE name = ?", name))
+        return bytes(rows[0][0]) if rows else None
 
     async def ping(self) -> None:
         """Return if the file can be opened and read; raise ``StoreUnavailable`` if not."""

@@ -41,6 +41,26 @@ class MeterStore(Protocol):
         """Request records with ``since <= ts < until``, oldest first, at most ``limit`` (None: all kept)."""
         ...
 
+    async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take the lock ``name`` for ``owner`` until ``ttl_s`` from now, or renew it if ``owner`` holds it.
+
+        Returns False while someone else holds it. A holder that dies loses it when the time runs out, so
+        singleton work (the advisor's evaluation) moves to another replica by itself.
+        """
+        ...
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        """Give the lock up, if ``owner`` holds it (a lock that expired and moved on is left alone)."""
+        ...
+
+    async def put_document(self, name: str, body: bytes) -> None:
+        """Keep a small named document (the latest advice, the advisor's state), replacing any before."""
+        ...
+
+    async def get_document(self, name: str) -> bytes | None:
+        """A document kept by ``put_document``, or None."""
+        ...
+
     async def ping(self) -> None:
         """Return if the store answers; raise ``StoreUnavailable`` if not."""
         ...
