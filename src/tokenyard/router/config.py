@@ -27,6 +27,8 @@ from pydantic import (
 )
 
 from tokenyard.errors import ConfigError
+from tokenyard.router.advisor.catalog import load_catalog
+from tokenyard.router.advisor.settings import AdvisorConfig
 from tokenyard.simulator.config import SimulatorConfig
 
 BackendKind = Literal["serverless", "dedicated", "dedicated_serverless", "batch"]
@@ -205,6 +207,7 @@ class TokenyardConfig(_Strict):
     backends: dict[str, BackendConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
     keys: dict[str, KeyConfig] = {}
+    advisor: AdvisorConfig = AdvisorConfig()
 
     def cross_reference_problems(self) -> list[tuple[str, str]]:
         """Problems that span sections: names that point nowhere, duplicated secrets, unsafe listeners."""
@@ -228,6 +231,7 @@ class TokenyardConfig(_Strict):
             if secret in seen:
                 problems.append((f"keys.{key_name}.key", f"same key as keys.{seen[secret]}"))
             seen.setdefault(secret, key_name)
+        problems += _catalog_problems(self)
         if not self.keys and not is_loopback(self.server.host):
             problems.append(
                 (
@@ -237,6 +241,20 @@ class TokenyardConfig(_Strict):
                 )
             )
         return problems
+
+
+def _catalog_problems(config: TokenyardConfig) -> list[tuple[str, str]]:
+    """The advisor's catalog overrides, validated merged over the built-in catalog."""
+    if not config.advisor.catalog:
+        return []
+    try:
+        load_catalog(config.advisor.catalog)
+    except ValidationError as exc:
+        return [
+            (f"advisor.catalog.{path}" if path else "advisor.catalog", msg)
+            for path, msg in _pydantic_problems(exc)
+        ]
+    return []
 
 
 def is_loopback(host: str) -> bool:
@@ -289,7 +307,7 @@ def interpolate_env(
 
 
 def _join(path: str, part: object) -> str:
-    return f"{path}.{part}" if path else str(part)
+    return f"{path}.{part}" if path and part != "" else (path or str(part))
 
 
 def _pydantic_problems(exc: ValidationError) -> Iterator[tuple[str, str]]:

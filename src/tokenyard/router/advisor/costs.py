@@ -1,0 +1,282 @@
+"""The cost model (pure, no I/O): what one workload's traffic would have cost on each architecture.
+
+All candidates replay the same minutes:
+
+- **per token** (serverless, dedicated serverless): tokens × prices;
+- **dedicated, sized for peak**: enough always-on replicas for the busiest minute at the utilization cap;
+- **dedicated, autoscaled**: replicas per minute from demand ÷ usable capacity, started ahead by the scale-out
+  lead time, kept through the scale-in delay, billed in blocks;
+- **hybrid**: N always-on replicas for the base, the overflow per token; N found by search, with the curve.
+
+A replica's work in a minute is its *load*: the fraction of one replica-minute at full capacity the tokens
+take (prefill and decode share the GPU, so input and output loads add; a prompt-cache hit costs
+``cached_input_work`` of an uncached token). A replica is usable up to ``utilization_cap`` (the SLA's
+headroom). Work that could wait (the deferrable share) fills idle dedicated capacity up to the same cap for
+free, the rest goes to the batch price — or to the real-time per-token price when there is no batch API.
+Idle filling is counted over the whole window, which assumes deadlines (24 h by default) long enough to
+move work into the idle hours.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import accumulate, pairwise
+
+from tokenyard.router.advisor.catalog import TokenPrices
+from tokenyard.router.advisor.settings import Autoscaling
+from tokenyard.router.advisor.traffic import TokenSeries
+
+MINUTES_PER_MONTH = 30.4375 * 24 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class DedicatedOption:
+    """One way to run the model on dedicated GPUs: a replica's shape, price and capacity."""
+
+    gpu_type: str
+    gpus_per_replica: int
+    gpu_hour_usd: float
+    input_tokens_per_s: float
+    output_tokens_per_s: float
+    cached_input_work: float = 0.1
+    capacity_source: str = "catalog"
+
+    @property
+    def label(self) -> str:
+        """How a person names it: ``4×H100-80GB``."""
+        return f"{self.gpus_per_replica}×{self.gpu_type}"
+
+    @property
+    def replica_usd_per_min(self) -> float:
+        """What one replica costs per minute, busy or idle."""
+        return self.gpus_per_replica * self.gpu_hour_usd / 60
+
+    def load_of(self, prompt: float, cached: float, completion: float) -> float:
+        """Replica-seconds at full capacity these tokens take."""
+        per_input = 1 / self.input_tokens_per_s
+        return (
+            (prompt - cached) + cached * self.cached_input_work
+        ) * per_input + completion / self.output_tokens_per_s
+
+    def load(self, series: TokenSeries) -> list[float]:
+        """Per minute: the fraction of one replica-minute at full capacity that the tokens take."""
+        per_input = 1 / (self.input_tokens_per_s * 60)
+        per_cached = self.cached_input_work * per_input
+        per_output = 1 / (self.output_tokens_per_s * 60)
+        return [
+            (p - c) * per_input + c * per_cached + o * per_output
+            for p, c, o in zip(series.prompt, series.cached, series.completion, strict=True)
+        ]
+
+
+def per_token_costs(prices: TokenPrices, series: TokenSeries) -> list[float]:
+    """Per minute: the series' tokens at these per-token prices, USD."""
+    cached_price = prices.input_per_1m if prices.cached_input_per_1m is None else prices.cached_input_per_1m
+    per_input, per_cached, per_output = (
+        prices.input_per_1m / 1e6,
+        cached_price / 1e6,
+        prices.output_per_1m / 1e6,
+    )
+    return [
+        (p - c) * per_input + c * per_cached + o * per_output
+        for p, c, o in zip(series.prompt, series.cached, series.completion, strict=True)
+    ]
+
+
+def total_cost(prices: TokenPrices, series: TokenSeries) -> float:
+    """The series' tokens at these per-token prices, USD (costs are linear: totals suffice)."""
+    prompt, cached = sum(series.prompt), sum(series.cached)
+    return prices.cost_usd(prompt, cached, sum(series.completion))
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """The work that could wait: its load on a replica and its price off idle time."""
+
+    load: float  # replica-minutes at full capacity
+    cost_usd: float  # at the batch price (or the real-time per-token price without a batch API)
+
+    def cost_with_idle(self, idle_load: float) -> tuple[float, float]:
+        """(USD, share run on idle dedicated capacity) when ``idle_load`` replica-minutes are free."""
+        if self.load <= 0:
+            return 0.0, 0.0
+        on_idle = min(1.0, max(0.0, idle_load) / self.load)
+        return self.cost_usd * (1 - on_idle), on_idle
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """One candidate's cost over the window, and what it is made of."""
+
+    total_usd: float
+    dedicated_usd: float = 0.0  # replicas, busy or idle
+    per_token_usd: float = 0.0  # real-time tokens at per-token prices (all, or the overflow)
+    deferred_usd: float = 0.0  # deferrable work at the batch price
+    deferred_on_idle: float = 0.0  # share of the deferrable work run on idle dedicated capacity
+    replicas: float = 0.0  # always-on N, peak R, or the autoscaled average
+    utilization: float | None = None  # real-time load over provisioned capacity (dedicated only)
+
+
+class LoadProfile:
+    """One workload's real-time load on one replica shape, sorted, to price any N always-on replicas fast.
+
+    For N replicas with usable capacity T = N × cap per minute, the minutes busier than T overflow by
+    ``1 - T/load`` of their tokens, so the overflow cost is ``Σ cost - T × Σ cost/load`` over those minutes:
+    prefix sums over the minutes sorted by load make each N a binary search.
+    """
+
+    __slots__ = (
+        "_cost_over",
+        "_cost_per_load",
+        "_load_above",
+        "_sorted",
+        "cap",
+        "minutes",
+        "peak",
+        "total_load",
+    )
+
+    def __init__(self, load: Sequence[float], overflow_cost: Sequence[float] | None, cap: float) -> None:
+        self.cap = cap
+        self.minutes = len(load)
+        busy = sorted((x, c) for x, c in zip(load, overflow_cost or [0.0] * len(load), strict=True) if x > 0)
+        self._sorted = [x for x, _ in busy]
+        self.total_load = math.fsum(self._sorted)
+        self.peak = self._sorted[-1] if busy else 0.0
+        # Suffix sums (from the busiest minute down), index k = the k busiest minutes.
+        self._load_above = [0.0, *accumulate(reversed(self._sorted))]
+        self._cost_over = [0.0, *accumulate(c for _, c in reversed(busy))]
+        self._cost_per_load = [0.0, *accumulate(c / x for x, c in reversed(busy))]
+
+    def peak_replicas(self) -> int:
+        """Replicas needed for the busiest minute at the utilization cap."""
+        return math.ceil(self.peak / self.cap - 1e-9) if self.peak > 0 else 0
+
+    def with_replicas(self, n: int) -> tuple[float, float]:
+        """(overflow USD, idle replica-minutes up to the cap) with ``n`` always-on replicas."""
+        threshold = n * self.cap
+        k = len(self._sorted) - bisect_right(self._sorted, threshold)
+        overflow_usd = self._cost_over[k] - threshold * self._cost_per_load[k]
+        served = self.total_load - (self._load_above[k] - threshold * k)
+        return max(0.0, overflow_usd), threshold * self.minutes - served
+
+
+def always_on(
+    option: DedicatedOption, profile: LoadProfile, n: int, deferred: Deferred, *, overflow_allowed: bool
+) -> Cost:
+    """``n`` always-on replicas; what exceeds them goes per token (hybrid) or is not possible (None)."""
+    overflow_usd, idle = profile.with_replicas(n)
+    if not overflow_allowed and overflow_usd > 0:
+        overflow_usd = math.inf
+    dedicated_usd = n * option.replica_usd_per_min * profile.minutes
+    deferred_usd, on_idle = deferred.cost_with_idle(idle)
+    capacity = n * profile.minutes
+    return Cost(
+        total_usd=dedicated_usd + overflow_usd + deferred_usd,
+        dedicated_usd=dedicated_usd,
+        per_token_usd=overflow_usd,
+        deferred_usd=deferred_usd,
+        deferred_on_idle=on_idle,
+        replicas=n,
+        # Busy share of the replicas' full capacity: what they served, the cap's headroom included.
+        utilization=(n * profile.cap * profile.minutes - idle) / capacity if capacity else None,
+    )
+
+
+def autoscaled(
+    option: DedicatedOption, load: Sequence[float], cap: float, scaling: Autoscaling, deferred: Deferred
+) -> Cost:
+    """Replicas that follow demand: started ``scale_out_lead_min`` early, kept ``scale_in_delay_min`` late."""
+    needed = [max(scaling.min_replicas, math.ceil(x / cap - 1e-9)) for x in load]
+    provisioned = _window_max(needed, behind=scaling.scale_in_delay_min, ahead=scaling.scale_out_lead_min)
+    block = scaling.billing_granularity_min
+    billed = sum(provisioned) if block == 1 else sum(_billed_blocks(provisioned, block))
+    idle = math.fsum(max(0.0, r * cap - x) for r, x in zip(provisioned, load, strict=True))
+    dedicated_usd = billed * option.replica_usd_per_min
+    deferred_usd, on_idle = deferred.cost_with_idle(idle)
+    minutes = len(load)
+    return Cost(
+        total_usd=dedicated_usd + deferred_usd,
+        dedicated_usd=dedicated_usd,
+        deferred_usd=deferred_usd,
+        deferred_on_idle=on_idle,
+        replicas=billed / minutes if minutes else 0.0,
+        utilization=math.fsum(load) / billed if billed else None,
+    )
+
+
+def _billed_blocks(provisioned: Sequence[int], block: int) -> list[int]:
+    """Replica-minutes billed when a replica's time is billed in whole blocks of ``block`` minutes."""
+    return [
+        max(provisioned[i : i + block]) * len(provisioned[i : i + block])
+        for i in range(0, len(provisioned), block)
+    ]
+
+
+def _window_max(values: Sequence[int], *, behind: int, ahead: int) -> list[int]:
+    """For each i, the largest of ``values[i - behind : i + ahead + 1]`` (a monotonic deque, O(n))."""
+    out: list[int] = []
+    window: deque[int] = deque()  # indices whose values decrease
+    n = len(values)
+    for i in range(n + ahead):
+        if i < n:
+            while window and values[window[-1]] <= values[i]:
+                window.pop()
+            window.append(i)
+        centre = i - ahead
+        if centre < 0:
+            continue
+        while window[0] < centre - behind:
+            window.popleft()
+        out.append(values[window[0]])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CostCurve:
+    """Cost over the window against the number of always-on replicas (hybrid), for one replica shape."""
+
+    option: DedicatedOption
+    points: tuple[tuple[int, float], ...]  # (N, USD), N = 0 … enough for the peak
+    optimum_n: int
+    breakeven_n: float | None  # the most replicas that still cost no more than none at all
+
+
+def hybrid_curve(
+    option: DedicatedOption, profile: LoadProfile, deferred: Deferred, *, most: int
+) -> tuple[CostCurve, list[Cost]]:
+    """Every N from 0 to ``most`` always-on replicas with per-token overflow, and the cheapest N."""
+    costs = [always_on(option, profile, n, deferred, overflow_allowed=True) for n in range(most + 1)]
+    points = tuple((n, cost.total_usd) for n, cost in enumerate(costs))
+    optimum = min(range(len(costs)), key=lambda n: (costs[n].total_usd, n))
+    return CostCurve(option, points, optimum, _breakeven(points)), costs
+
+
+def _breakeven(points: Sequence[tuple[int, float]]) -> float | None:
+    """The largest N (interpolated) whose cost is still at most that of N = 0."""
+    base = points[0][1]
+    last: float | None = None
+    for (n0, c0), (n1, c1) in pairwise(points):
+        if c1 <= base:
+            last = float(n1)
+        elif c0 <= base and c1 > c0:
+            last = n0 + (base - c0) / (c1 - c0) * (n1 - n0)
+            break
+    return last if last is not None and last > 0 else None
+
+
+def breakeven_utilization(
+    option: DedicatedOption, per_token_cost_usd: float, total_load: float
+) -> float | None:
+    """The average utilization at which a replica costs what the same tokens cost per token.
+
+    ``per_token_cost_usd / total_load`` is what per-token pricing charges for one replica-minute of work
+    at full capacity; a replica pays off when it is busy at least this share of its minutes.
+    """
+    if total_load <= 0 or per_token_cost_usd <= 0:
+        return None
+    return option.replica_usd_per_min / (per_token_cost_usd / total_load)

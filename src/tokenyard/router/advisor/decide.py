@@ -1,0 +1,368 @@
+"""The recommendation (pure): replay a workload against every allowed candidate and apply the decision tree.
+
+The tree (../shared/DESIGN.md): work that can wait → batch; real-time volume that clears the measured
+breakeven → dedicated or hybrid; a workload that needs an off-catalog model, a latency SLA or isolation →
+dedicated serverless; otherwise serverless. "Clears the breakeven" is not a fixed threshold: it is the
+replayed cost of the dedicated candidates against the per-token one, on the traffic that was metered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenyard.router.advisor import costs
+from tokenyard.router.advisor.catalog import TokenPrices
+from tokenyard.router.advisor.costs import Cost, CostCurve, DedicatedOption, Deferred, LoadProfile
+from tokenyard.router.advisor.settings import Autoscaling, WorkloadNeeds
+from tokenyard.router.advisor.traffic import TokenSeries, Traffic
+
+LOW_CONFIDENCE_DAYS = 7.0  # less than one weekly cycle
+HIGH_CONFIDENCE_DAYS = 14.0  # two weekly cycles
+_SIMPLER_FIRST = ("serverless", "dedicated_serverless", "dedicated", "hybrid", "dedicated_autoscaled")
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentSetup:
+    """What serves the workload now, from the config: always-on replicas, then a per-token deployment."""
+
+    option: DedicatedOption | None
+    replicas: int
+    per_token: TokenPrices | None
+    per_token_kind: str | None  # serverless | dedicated_serverless
+
+    def describe(self) -> str:
+        """How a person names it."""
+        parts = [f"{self.replicas} × {self.option.label} dedicated"] if self.option and self.replicas else []
+        if self.per_token_kind:
+            parts.append(self.per_token_kind + (" overflow" if parts else ""))
+        return ", ".join(parts) or "nothing configured"
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A workload and everything needed to price it: its needs, prices, replica shapes and current setup."""
+
+    name: str
+    model: str
+    needs: WorkloadNeeds
+    serverless: TokenPrices | None
+    dedicated_serverless: TokenPrices | None
+    batch: TokenPrices | None
+    options: tuple[DedicatedOption, ...]
+    current: CurrentSetup | None
+    utilization_cap: float = 0.6
+    autoscaling: Autoscaling = field(default_factory=Autoscaling)
+
+    def per_token(self) -> tuple[str, TokenPrices] | None:
+        """The per-token architecture it may use: serverless where allowed, else dedicated-serverless."""
+        if self.serverless is not None and self.needs.serverless_allowed:
+            return "serverless", self.serverless
+        if self.dedicated_serverless is not None:
+            return "dedicated_serverless", self.dedicated_serverless
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One architecture the traffic was replayed against."""
+
+    architecture: str  # serverless | dedicated_serverless | dedicated | dedicated_autoscaled | hybrid
+    label: str
+    cost: Cost
+    gpu: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What must stay the same between evaluations for a recommendation to count as stable."""
+        fixed = self.architecture in ("dedicated", "hybrid")  # an autoscaled count moves with demand
+        return f"{self.architecture}:{self.gpu or ''}:{round(self.cost.replicas) if fixed else ''}"
+
+    def to_json(self, per_month: float) -> dict[str, Any]:
+        """The candidate for the advice API."""
+        c = self.cost
+        return {
+            "architecture": self.architecture,
+            "label": self.label,
+            "gpu": self.gpu,
+            "cost_usd": round(c.total_usd, 4),
+            "cost_usd_per_month": round(c.total_usd * per_month, 2),
+            "dedicated_usd": round(c.dedicated_usd, 4),
+            "per_token_usd": round(c.per_token_usd, 4),
+            "batch_usd": round(c.deferred_usd, 4),
+            "deferrable_on_idle_dedicated": round(c.deferred_on_idle, 4),
+            "replicas": round(c.replicas, 3),
+            "utilization": None if c.utilization is None else round(c.utilization, 4),
+        }
+
+
+@dataclass(slots=True)
+class Advice:
+    """The advisor's answer for one workload over one window."""
+
+    workload: str
+    model: str
+    window_start: int
+    window_minutes: int
+    history_days: float
+    confidence: str  # low | medium | high
+    requests: float
+    tokens: float
+    deferrable_share: float  # of tokens: could have been (or were) async
+    candidates: list[Candidate]  # cheapest first
+    best: Candidate
+    architecture: str  # the recommendation: batch, or the best real-time architecture
+    current: Candidate | None
+    curve: CostCurve | None
+    breakeven_utilization: float | None
+    reasons: list[str]
+    material: bool = False  # the saving clears the configured thresholds
+    change_recommended: bool = False  # ...and has held over enough evaluations (see ``settle``)
+    stable_evaluations: int = 0
+    traffic: Traffic | None = None  # what was replayed (for the pictures)
+
+    @property
+    def per_month(self) -> float:
+        """Factor from the window's cost to a month's."""
+        return costs.MINUTES_PER_MONTH / self.window_minutes if self.window_minutes else 0.0
+
+    @property
+    def saving_usd_per_month(self) -> float | None:
+        """What the best candidate saves against the current setup, per month."""
+        if self.current is None:
+            return None
+        return (self.current.cost.total_usd - self.best.cost.total_usd) * self.per_month
+
+    @property
+    def saving_pct(self) -> float | None:
+        """The same saving as a share of the current cost."""
+        if self.current is None or self.current.cost.total_usd <= 0:
+            return None
+        return 100 * (1 - self.best.cost.total_usd / self.current.cost.total_usd)
+
+
+def _deferred(workload: Workload, series: TokenSeries, option: DedicatedOption | None) -> Deferred:
+    """The deferrable work: priced at batch, else at the per-token real-time price; its load on ``option``."""
+    prices = workload.batch
+    if prices is None:
+        fallback = workload.per_token()
+        prices = fallback[1] if fallback else None
+    cost_usd = costs.total_cost(prices, series) if prices else 0.0
+    load = sum(option.load(series)) if option else 0.0
+    return Deferred(load, cost_usd)
+
+
+def _per_token_candidate(workload: Workload, rt: TokenSeries, deferrable: TokenSeries) -> Candidate | None:
+    chosen = workload.per_token()
+    if chosen is None:
+        return None
+    kind, prices = chosen
+    rt_usd = costs.total_cost(prices, rt)
+    batch_usd = _deferred(workload, deferrable, None).cost_usd
+    cost = Cost(total_usd=rt_usd + batch_usd, per_token_usd=rt_usd, deferred_usd=batch_usd)
+    return Candidate(kind, kind.replace("_", " "), cost)
+
+
+def _dedicated_candidates(
+    workload: Workload, option: DedicatedOption, rt: TokenSeries, deferrable: TokenSeries
+) -> tuple[list[Candidate], CostCurve | None, LoadProfile]:
+    """Sized for peak, autoscaled and (with a per-token overflow) hybrid, on one replica shape."""
+    cap = workload.utilization_cap
+    load = option.load(rt)
+    per_token = workload.per_token()
+    overflow = costs.per_token_costs(per_token[1], rt) if per_token else None
+    profile = LoadProfile(load, overflow, cap)
+    deferred = _deferred(workload, deferrable, option)
+    peak_n = max(1, profile.peak_replicas())
+    gpu = option.label
+    peak = costs.always_on(option, profile, peak_n, deferred, overflow_allowed=False)
+    scaled = costs.autoscaled(option, load, cap, workload.autoscaling, deferred)
+    out = [
+        Candidate("dedicated", f"dedicated: {peak_n} × {gpu} always on (sized for peak)", peak, gpu),
+        Candidate(
+            "dedicated_autoscaled",
+            f"dedicated, autoscaled: {scaled.replicas:.1f} × {gpu} on average",
+            scaled,
+            gpu,
+        ),
+    ]
+    if per_token is None:
+        return out, None, profile
+    # Enough always-on replicas for the peak, or to take all the work on average (deferrable included).
+    most = max(peak_n, int((profile.total_load + deferred.load) / (cap * max(1, profile.minutes))) + 1)
+    curve, curve_costs = costs.hybrid_curve(option, profile, deferred, most=most)
+    n = curve.optimum_n
+    if n > 0 and curve_costs[n].per_token_usd > 0:
+        out.append(
+            Candidate(
+                "hybrid",
+                f"hybrid: {n} × {gpu} always on, overflow {per_token[0].replace('_', ' ')}",
+                curve_costs[n],
+                gpu,
+            )
+        )
+    return out, curve, profile
+
+
+def _current_candidate(workload: Workload, traffic: Traffic) -> Candidate | None:
+    current = workload.current
+    if current is None:
+        return None
+    rt, ran_async = traffic.must_wait_for(), traffic.ran_async
+    deferred_usd = costs.total_cost(workload.batch, ran_async) if workload.batch else 0.0
+    if current.option is None or current.replicas == 0:
+        if current.per_token is None:
+            return None
+        rt_usd = costs.total_cost(current.per_token, rt)
+        cost = Cost(rt_usd + deferred_usd, per_token_usd=rt_usd, deferred_usd=deferred_usd)
+        return Candidate(current.per_token_kind or "serverless", "current: " + current.describe(), cost)
+    option = current.option
+    overflow = costs.per_token_costs(current.per_token, rt) if current.per_token else None
+    profile = LoadProfile(option.load(rt), overflow, workload.utilization_cap)
+    deferred = Deferred(sum(option.load(ran_async)), deferred_usd)
+    cost = costs.always_on(option, profile, current.replicas, deferred, overflow_allowed=True)
+    architecture = "hybrid" if current.per_token else "dedicated"
+    return Candidate(architecture, "current: " + current.describe(), cost, option.label)
+
+
+def confidence(history_days: float) -> str:
+    """How much to trust a recommendation from this much history: a weekly cycle is the least to see."""
+    if history_days < LOW_CONFIDENCE_DAYS:
+        return "low"
+    return "medium" if history_days < HIGH_CONFIDENCE_DAYS else "high"
+
+
+def evaluate(workload: Workload, traffic: Traffic, *, now: float) -> Advice:
+    """Replay ``traffic`` against every candidate the workload allows; recommend by the decision tree."""
+    traffic = _from_first_request(traffic)
+    rt, deferrable = traffic.realtime, traffic.deferrable()
+    candidates: list[Candidate] = []
+    chosen_curve: CostCurve | None = None
+    per_token = _per_token_candidate(workload, rt, deferrable)
+    if per_token:
+        candidates.append(per_token)
+    best_dedicated: tuple[float, CostCurve | None, LoadProfile, DedicatedOption] | None = None
+    for option in workload.options:
+        found, curve, profile = _dedicated_candidates(workload, option, rt, deferrable)
+        candidates += found
+        cheapest = min(c.cost.total_usd for c in found)
+        if best_dedicated is None or cheapest < best_dedicated[0]:
+            best_dedicated = (cheapest, curve, profile, option)
+    if not candidates:
+        raise ValueError(f"workload {workload.name!r}: no price for any candidate (add it to the catalog)")
+    candidates.sort(key=lambda c: (round(c.cost.total_usd, 6), _SIMPLER_FIRST.index(c.architecture)))
+    best = candidates[0]
+    breakeven = None
+    if best_dedicated is not None and per_token is not None:
+        chosen_curve = best_dedicated[1]
+        breakeven = costs.breakeven_utilization(
+            best_dedicated[3], per_token.cost.per_token_usd, best_dedicated[2].total_load
+        )
+    tokens = rt.tokens() + deferrable.tokens()
+    deferrable_share = deferrable.tokens() / tokens if tokens else 0.0
+    goes_to_batch = (
+        deferrable_share >= 0.5 and workload.batch is not None and best.cost.deferred_on_idle < 0.5
+    )
+    history = traffic.history_days(now)
+    advice = Advice(
+        workload=workload.name,
+        model=workload.model,
+        window_start=traffic.start_minute,
+        window_minutes=traffic.minutes,
+        history_days=history,
+        confidence=confidence(history),
+        requests=sum(rt.requests) + sum(deferrable.requests),
+        tokens=tokens,
+        deferrable_share=deferrable_share,
+        candidates=candidates,
+        best=best,
+        architecture="batch" if goes_to_batch else best.architecture,
+        current=_current_candidate(workload, traffic),
+        curve=chosen_curve,
+        breakeven_utilization=breakeven,
+        reasons=[],
+        traffic=traffic,
+    )
+    advice.reasons = _reasons(workload, advice, per_token)
+    return advice
+
+
+def _from_first_request(traffic: Traffic) -> Traffic:
+    """The window from the minute of the first request on: replicas are not billed for time before it."""
+    if traffic.first_seen is None:
+        return traffic
+    skip = max(0, (int(traffic.first_seen) - traffic.start_minute) // 60)
+    return traffic.sliced(skip, traffic.minutes) if skip else traffic
+
+
+def settle(
+    advice: Advice, previous: dict[str, Any] | None, *, min_pct: float, min_usd: float, required: int
+) -> dict[str, Any]:
+    """Mark the advice material and stable (or not) given the previous evaluation's state; the new state.
+
+    A change is recommended only when the best candidate saves at least ``min_pct`` % and ``min_usd`` a month
+    against the current setup, and the same candidate was best in ``required`` evaluations in a row: a
+    recommendation that flips between evaluations is noise, not advice.
+    """
+    key = advice.best.key
+    streak = previous["streak"] + 1 if previous and previous.get("key") == key else 1
+    saving, pct = advice.saving_usd_per_month, advice.saving_pct
+    advice.material = (
+        advice.current is not None
+        and advice.current.key != key
+        and saving is not None
+        and pct is not None
+        and saving >= min_usd
+        and pct >= min_pct
+    )
+    advice.stable_evaluations = streak
+    advice.change_recommended = advice.material and streak >= required
+    return {"key": key, "streak": streak}
+
+
+def _reasons(workload: Workload, advice: Advice, per_token: Candidate | None) -> list[str]:
+    """Why: the branches of the decision tree taken, with their numbers."""
+    out: list[str] = []
+    best = advice.best
+    if advice.deferrable_share > 0:
+        where = "the batch API" if workload.batch else "real-time prices (no batch price known)"
+        share = f"{advice.deferrable_share:.0%} of tokens could wait"
+        idle = (
+            f"; {best.cost.deferred_on_idle:.0%} of it fits idle dedicated capacity"
+            if best.cost.deferred_on_idle
+            else ""
+        )
+        out.append(f"async: {share} → {where}{idle}")
+    needs = workload.needs
+    if not needs.serverless_allowed:
+        why = [
+            n
+            for n, flag in (
+                ("an off-catalog model", needs.off_catalog),
+                ("a latency SLA", needs.latency_sla),
+                ("data isolation", needs.isolation),
+            )
+            if flag
+        ]
+        out.append(f"needs {' and '.join(why)}: shared serverless is ruled out")
+    elif workload.serverless is None:
+        out.append("no serverless price for this model in the catalog")
+    if advice.breakeven_utilization is not None and best.cost.utilization is not None:
+        out.append(
+            f"dedicated pays off above {advice.breakeven_utilization:.0%} average utilization; "
+            f"the real-time traffic keeps {best.cost.replicas:g} replica(s) {best.cost.utilization:.0%} busy"
+        )
+    elif advice.breakeven_utilization is not None:
+        out.append(
+            f"dedicated pays off above {advice.breakeven_utilization:.0%} average utilization, capped at "
+            f"{workload.utilization_cap:.0%} for the SLA: the real-time volume does not clear it"
+        )
+    if per_token is not None and best is not per_token:
+        out.append(f"{best.label} costs {_pct(best, per_token)} less than {per_token.label}")
+    if advice.confidence == "low":
+        out.append(f"only {advice.history_days:.1f} days of history: observe a full week before acting")
+    return out
+
+
+def _pct(a: Candidate, b: Candidate) -> str:
+    return f"{1 - a.cost.total_usd / b.cost.total_usd:.0%}" if b.cost.total_usd else "—"
