@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from tokenyard import __version__
 from tokenyard.errors import ConfigError
+from tokenyard.router.advisor import commands as advisor_commands
 from tokenyard.router.config import ServerConfig, TokenyardConfig, load_config
 from tokenyard.router.meter import commands as meter_commands
 from tokenyard.simulator import cli as simulator_cli
@@ -75,6 +76,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     meter_commands.add_export_arguments(export)
     export.set_defaults(run=meter_commands.run_export)
+
+    replay = commands.add_parser(
+        "replay",
+        help="replay a traffic log against every architecture",
+        description="Replay a traffic log (tokenyard export, or one JSON object per request: ts, model, "
+        "prompt_tokens, completion_tokens) against every architecture the config and catalog allow: "
+        "serverless, dedicated (for peak, autoscaled), hybrid, dedicated serverless, batch. Prints what "
+        "each would have cost, the recommendation and why.",
+    )
+    advisor_commands.add_replay_arguments(replay)
+    replay.set_defaults(run=advisor_commands.run_replay)
+
+    advise = commands.add_parser(
+        "advise",
+        help="print the cheapest architecture for the metered traffic",
+        description="Evaluate the meter store's traffic over advisor.window_days now and print, per "
+        "workload, the recommended architecture, every candidate's cost, the saving and why.",
+    )
+    advisor_commands.add_advise_arguments(advise)
+    advise.set_defaults(run=advisor_commands.run_advise)
 
     simulate = commands.add_parser(
         "simulate",

@@ -33,10 +33,10 @@ class CurrentSetup:
 
     def describe(self) -> str:
         """How a person names it."""
-        parts = [f"{self.replicas} × {self.option.label} dedicated"] if self.option and self.replicas else []
+        parts = [f"{self.replicas} × {self.option.label}"] if self.option and self.replicas else []
         if self.per_token_kind:
-            parts.append(self.per_token_kind + (" overflow" if parts else ""))
-        return ", ".join(parts) or "nothing configured"
+            parts.append(self.per_token_kind.replace("_", " "))
+        return " + ".join(parts) or "nothing configured"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +85,11 @@ class Candidate:
             "architecture": self.architecture,
             "label": self.label,
             "gpu": self.gpu,
-            "cost_usd": round(c.total_usd, 4),
+            "cost_usd": round(c.total_usd, 6),
             "cost_usd_per_month": round(c.total_usd * per_month, 2),
-            "dedicated_usd": round(c.dedicated_usd, 4),
-            "per_token_usd": round(c.per_token_usd, 4),
-            "batch_usd": round(c.deferred_usd, 4),
+            "dedicated_usd": round(c.dedicated_usd, 6),
+            "per_token_usd": round(c.per_token_usd, 6),
+            "batch_usd": round(c.deferred_usd, 6),
             "deferrable_on_idle_dedicated": round(c.deferred_on_idle, 4),
             "replicas": round(c.replicas, 3),
             "utilization": None if c.utilization is None else round(c.utilization, 4),
@@ -178,10 +178,10 @@ def _dedicated_candidates(
     peak = costs.always_on(option, profile, peak_n, deferred, overflow_allowed=False)
     scaled = costs.autoscaled(option, load, cap, workload.autoscaling, deferred)
     out = [
-        Candidate("dedicated", f"dedicated: {peak_n} × {gpu} always on (sized for peak)", peak, gpu),
+        Candidate("dedicated", f"dedicated {peak_n} × {gpu}", peak, gpu),
         Candidate(
             "dedicated_autoscaled",
-            f"dedicated, autoscaled: {scaled.replicas:.1f} × {gpu} on average",
+            f"autoscaled ~{scaled.replicas:.1f} × {gpu}",
             scaled,
             gpu,
         ),
@@ -196,7 +196,7 @@ def _dedicated_candidates(
         out.append(
             Candidate(
                 "hybrid",
-                f"hybrid: {n} × {gpu} always on, overflow {per_token[0].replace('_', ' ')}",
+                f"hybrid {n} × {gpu} + {per_token[0].replace('_', ' ')}",
                 curve_costs[n],
                 gpu,
             )
