@@ -12,6 +12,7 @@ import orjson
 
 from tokenyard.errors import AuthenticationFailed, Forbidden, InvalidRequest, RouteNotFound
 from tokenyard.router import wire
+from tokenyard.router.advisor.live import AdvisorLoop
 from tokenyard.router.auth import KeyRing
 from tokenyard.router.backends import Backend
 from tokenyard.router.config import MAX_REPLICAS, TokenyardConfig
@@ -35,6 +36,7 @@ class AdminApi:
         self.meter = meter
         self.backends = backends
         self.wall = wall
+        self.advisor: AdvisorLoop | None = None  # set at start-up when the advisor runs
         admin_key = config.server.admin_key
         self._admin_key = admin_key.get_secret_value().encode() if admin_key else None
         self._open = keys.is_open  # open, loopback-only mode: nothing to protect it with
@@ -92,6 +94,18 @@ class AdminApi:
             "async_savings_usd": report.async_savings_usd(aggregates, self.config),
         }
         await wire.send_json(send, 200, payload)
+
+    async def advice(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``GET /admin/advice[?fresh=1]``: the latest advice per workload (``fresh``: evaluate now)."""
+        self.authorize(scope)
+        if self.advisor is None:
+            raise RouteNotFound(
+                "The advisor is off: it needs a meter store (meter.store) and advisor.enabled."
+            )
+        document = self.advisor.latest
+        if document is None or _query(scope).get("fresh", "").lower() in ("1", "true", "yes"):
+            document = await self.advisor.evaluate(keep_state=False)
+        await wire.send_json(send, 200, document)
 
     async def backends_state(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         """``GET /admin/backends``: each backend's live state."""

@@ -21,6 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from tokenyard.errors import MethodNotAllowed, RouteNotFound, TokenyardError
 from tokenyard.router import wire
 from tokenyard.router.admin import AdminApi
+from tokenyard.router.advisor.catalog import load_catalog
+from tokenyard.router.advisor.live import AdvisorLoop
 from tokenyard.router.auth import KeyRing
 from tokenyard.router.backends import Backend, open_backends
 from tokenyard.router.config import TokenyardConfig
@@ -72,6 +74,7 @@ class TokenyardApp:
             "/metrics": ("GET", self._metrics),
             "/admin/usage": ("GET", self._admin("usage")),
             "/admin/backends": ("GET", self._admin("backends_state")),
+            "/admin/advice": ("GET", self._admin("advice")),
             "/health/live": ("GET", self._live),
             "/health/ready": ("GET", self._ready),
         }
@@ -136,6 +139,11 @@ class TokenyardApp:
 
     # -- telemetry and health -------------------------------------------------------------------------
 
+    def _advice(self) -> dict[str, object] | None:
+        """The latest advice document, for the gauges (None before the first evaluation or without one)."""
+        advisor = self.admin.advisor if self.admin else None
+        return advisor.latest if advisor else None
+
     async def _metrics(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         if not self.config.server.public_metrics:
             assert self.admin is not None, "requests arrive only after start-up"
@@ -176,8 +184,14 @@ class TokenyardApp:
         stack.push_async_callback(meter.close, _METER_CLOSE_TIMEOUT_S)
         flusher = asyncio.create_task(meter.run(), name="meter flush")
         stack.push_async_callback(_cancel, flusher)
-        self.registry.register(TokenyardCollector(meter, lambda: self.backends, self.rejected))
         self.admin = AdminApi(self.config, meter, self.backends, self.keys, wall=self.wall)
+        if store is not None and self.config.advisor.enabled:
+            self.admin.advisor = advisor = AdvisorLoop(
+                store, self.config, load_catalog(self.config.advisor.catalog), wall=self.wall
+            )
+            # Pushed after the meter's callbacks, so it stops before the meter closes the store.
+            stack.push_async_callback(_cancel, asyncio.create_task(advisor.run(), name="advisor"))
+        self.registry.register(TokenyardCollector(meter, lambda: self.backends, self.rejected, self._advice))
         models = {
             name: [self.backends[b] for b in model.deployments] for name, model in self.config.models.items()
         }

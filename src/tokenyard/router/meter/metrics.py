@@ -9,6 +9,7 @@ provisioned time, so take one replica's, or read the usage API, which counts eac
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -20,6 +21,7 @@ from tokenyard.router.meter.model import AGG_FIELDS, LATENCY_BUCKETS_MS, PUSD_PE
 
 _LABELS = ["tenant", "model", "backend", "kind", "mode"]
 _FIELD = {name: i for i, name in enumerate(AGG_FIELDS)}
+_DAYS_PER_MONTH = 30.4375
 _FIRST_BUCKET = _FIELD[f"le_{LATENCY_BUCKETS_MS[0]}"]
 
 
@@ -27,16 +29,60 @@ class TokenyardCollector(Collector):
     """Yields tokenyard's metric families from live state."""
 
     def __init__(
-        self, meter: Meter, backends: Callable[[], Mapping[str, Backend]], rejected: Mapping[int, int]
+        self,
+        meter: Meter,
+        backends: Callable[[], Mapping[str, Backend]],
+        rejected: Mapping[int, int],
+        advice: Callable[[], Mapping[str, Any] | None] = lambda: None,
     ) -> None:
         self._meter = meter
         self._backends = backends
         self._rejected = rejected
+        self._advice = advice
 
     def collect(self) -> Iterator[Metric]:
         yield from self._usage()
         yield from self._backend_state()
         yield from self._meter_health()
+        yield from self._advisor()
+
+    def _advisor(self) -> Iterator[Metric]:
+        """The latest advice (the same on every replica: it is read from the store)."""
+        document = self._advice()
+        if not document:
+            return
+        labels = ["workload"]
+        current = GaugeMetricFamily(
+            "tokenyard_advisor_current_usd_per_day", "What the current setup costs a day.", labels=labels
+        )
+        best = GaugeMetricFamily(
+            "tokenyard_advisor_best_usd_per_day",
+            "What the cheapest candidate would cost a day.",
+            labels=[*labels, "architecture"],
+        )
+        saving = GaugeMetricFamily(
+            "tokenyard_advisor_potential_saving_usd_per_day", "Current minus best, a day.", labels=labels
+        )
+        change = GaugeMetricFamily(
+            "tokenyard_advisor_change_recommended",
+            "1 if a material, stable change is recommended.",
+            labels=labels,
+        )
+        for workload in document.get("workloads", []):
+            name = [workload["workload"]]
+            recommended = workload["recommended"]
+            best.add_metric(
+                [*name, recommended["architecture"]], recommended["cost_usd_per_month"] / _DAYS_PER_MONTH
+            )
+            if workload.get("current"):
+                current.add_metric(name, workload["current"]["cost_usd_per_month"] / _DAYS_PER_MONTH)
+                saving.add_metric(name, (workload["saving_usd_per_month"] or 0.0) / _DAYS_PER_MONTH)
+            change.add_metric(name, 1.0 if workload["change_recommended"] else 0.0)
+        generated = GaugeMetricFamily(
+            "tokenyard_advisor_last_evaluation_timestamp_seconds", "When the advice was computed (unix s)."
+        )
+        generated.add_metric([], document.get("generated_at") or 0.0)
+        yield from (current, best, saving, change, generated)
 
     def _usage(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("tokenyard_requests", "Requests that reached routing.", labels=_LABELS)
