@@ -34,7 +34,7 @@ def test_per_token_costs_price_cached_input_at_its_own_price() -> None:
         input_per_1m=1.0, cached_input_per_1m=0.5, output_per_1m=4.0, as_of="2026-11-29", source="t"
     )
     assert costs.per_token_costs(prices, series) == [0.0, pytest.approx(0.6 + 0.2 + 0.4)]
-    assert costs.total_cost(prices, series) == pytest.approx(1.2)
+    assert costs.total_cost(prices, series.totals()) == pytest.approx(1.2)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +49,19 @@ def test_per_token_costs_price_cached_input_at_its_own_price() -> None:
 def test_autoscaled_replicas_start_ahead_and_stay_after(
     values: list[int], behind: int, ahead: int, expected: list[int]
 ) -> None:
+    assert costs._window_max(values, behind=behind, ahead=ahead) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 50), min_size=1, max_size=200),
+    behind=st.integers(0, 40),
+    ahead=st.integers(0, 40),
+)
+def test_the_window_maximum_matches_the_obvious_definition(
+    values: list[int], behind: int, ahead: int
+) -> None:
+    expected = [max(values[max(0, i - behind) : i + ahead + 1]) for i in range(len(values))]
     assert costs._window_max(values, behind=behind, ahead=ahead) == expected
 
 
@@ -148,7 +161,7 @@ def test_costs_are_additive_over_time(first: list[float], second: list[float], p
         load = REPLICA.load(t.realtime)
         profile = LoadProfile(load, costs.per_token_costs(prices, t.realtime), 0.6)
         fixed = costs.always_on(REPLICA, profile, n, NOTHING_DEFERRED, overflow_allowed=True)
-        return costs.total_cost(prices, t.realtime), fixed.total_usd
+        return costs.total_cost(prices, t.realtime.totals()), fixed.total_usd
 
     a, b, both = costs_of(first), costs_of(second), costs_of(first + second)
     assert both[0] == pytest.approx(a[0] + b[0], rel=1e-9, abs=1e-9)

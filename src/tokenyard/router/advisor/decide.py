@@ -15,7 +15,7 @@ from tokenyard.router.advisor import costs
 from tokenyard.router.advisor.catalog import TokenPrices
 from tokenyard.router.advisor.costs import Cost, CostCurve, DedicatedOption, Deferred, LoadProfile
 from tokenyard.router.advisor.settings import Autoscaling, WorkloadNeeds
-from tokenyard.router.advisor.traffic import TokenSeries, Traffic
+from tokenyard.router.advisor.traffic import TokenSeries, Totals, Traffic
 
 LOW_CONFIDENCE_DAYS = 7.0  # less than one weekly cycle
 HIGH_CONFIDENCE_DAYS = 14.0  # two weekly cycles
@@ -141,18 +141,53 @@ class Advice:
         return 100 * (1 - self.best.cost.total_usd / self.current.cost.total_usd)
 
 
-def _deferred(workload: Workload, series: TokenSeries, option: DedicatedOption | None) -> Deferred:
+class _Minutes:
+    """One series' per-minute loads, per-token costs and load profiles, each computed once per evaluation.
+
+    They are the per-minute passes over weeks of minutes that the evaluation's time goes into; the
+    candidates and the current setup ask for the same ones.
+    """
+
+    __slots__ = ("_loads", "_profiles", "series")
+
+    def __init__(self, series: TokenSeries) -> None:
+        self.series = series
+        self._loads: dict[DedicatedOption, list[float]] = {}
+        self._profiles: dict[tuple[DedicatedOption, TokenPrices | None, float], LoadProfile] = {}
+
+    def load(self, option: DedicatedOption) -> list[float]:
+        """The series' load on ``option``, minute by minute."""
+        if option not in self._loads:
+            self._loads[option] = option.load(self.series)
+        return self._loads[option]
+
+    def profile(self, option: DedicatedOption, overflow: TokenPrices | None, cap: float) -> LoadProfile:
+        """The sorted load profile on ``option`` with overflow at ``overflow`` prices."""
+        key = (option, overflow, cap)
+        if key not in self._profiles:
+            overflow_usd = costs.per_token_costs(overflow, self.series) if overflow else None
+            self._profiles[key] = LoadProfile(self.load(option), overflow_usd, cap)
+        return self._profiles[key]
+
+
+def _total_load(option: DedicatedOption | None, totals: Totals) -> float:
+    """The whole load of these tokens on ``option`` in replica-minutes (load is linear in tokens)."""
+    if option is None:
+        return 0.0
+    return option.load_of(totals.prompt, totals.cached, totals.completion) / 60
+
+
+def _deferred(workload: Workload, series: Totals, option: DedicatedOption | None) -> Deferred:
     """The deferrable work: priced at batch, else at the per-token real-time price; its load on ``option``."""
     prices = workload.batch
     if prices is None:
         fallback = workload.per_token()
         prices = fallback[1] if fallback else None
     cost_usd = costs.total_cost(prices, series) if prices else 0.0
-    load = sum(option.load(series)) if option else 0.0
-    return Deferred(load, cost_usd)
+    return Deferred(_total_load(option, series), cost_usd)
 
 
-def _per_token_candidate(workload: Workload, rt: TokenSeries, deferrable: TokenSeries) -> Candidate | None:
+def _per_token_candidate(workload: Workload, rt: Totals, deferrable: Totals) -> Candidate | None:
     chosen = workload.per_token()
     if chosen is None:
         return None
@@ -164,14 +199,13 @@ def _per_token_candidate(workload: Workload, rt: TokenSeries, deferrable: TokenS
 
 
 def _dedicated_candidates(
-    workload: Workload, option: DedicatedOption, rt: TokenSeries, deferrable: TokenSeries
+    workload: Workload, option: DedicatedOption, rt: _Minutes, deferrable: Totals
 ) -> tuple[list[Candidate], CostCurve | None, LoadProfile]:
     """Sized for peak, autoscaled and (with a per-token overflow) hybrid, on one replica shape."""
     cap = workload.utilization_cap
-    load = option.load(rt)
+    load = rt.load(option)
     per_token = workload.per_token()
-    overflow = costs.per_token_costs(per_token[1], rt) if per_token else None
-    profile = LoadProfile(load, overflow, cap)
+    profile = rt.profile(option, per_token[1] if per_token else None, cap)
     deferred = _deferred(workload, deferrable, option)
     peak_n = max(1, profile.peak_replicas())
     gpu = option.label
@@ -204,22 +238,25 @@ def _dedicated_candidates(
     return out, curve, profile
 
 
-def _current_candidate(workload: Workload, traffic: Traffic) -> Candidate | None:
+def _current_candidate(workload: Workload, traffic: Traffic, realtime: _Minutes) -> Candidate | None:
+    """What the configured setup cost: everything that ran real-time on it, what ran async at batch."""
     current = workload.current
     if current is None:
         return None
-    rt, ran_async = traffic.must_wait_for(), traffic.ran_async
+    ran_async = traffic.ran_async.totals()
     deferred_usd = costs.total_cost(workload.batch, ran_async) if workload.batch else 0.0
     if current.option is None or current.replicas == 0:
         if current.per_token is None:
             return None
-        rt_usd = costs.total_cost(current.per_token, rt)
+        ran_realtime = traffic.realtime.totals().plus(traffic.eligible.totals())
+        rt_usd = costs.total_cost(current.per_token, ran_realtime)
         cost = Cost(rt_usd + deferred_usd, per_token_usd=rt_usd, deferred_usd=deferred_usd)
         return Candidate(current.per_token_kind or "serverless", "current: " + current.describe(), cost)
+    both = traffic.must_wait_for()
+    rt = realtime if both is realtime.series else _Minutes(both)
     option = current.option
-    overflow = costs.per_token_costs(current.per_token, rt) if current.per_token else None
-    profile = LoadProfile(option.load(rt), overflow, workload.utilization_cap)
-    deferred = Deferred(sum(option.load(ran_async)), deferred_usd)
+    profile = rt.profile(option, current.per_token, workload.utilization_cap)
+    deferred = Deferred(_total_load(option, ran_async), deferred_usd)
     cost = costs.always_on(option, profile, current.replicas, deferred, overflow_allowed=True)
     architecture = "hybrid" if current.per_token else "dedicated"
     return Candidate(architecture, "current: " + current.describe(), cost, option.label)
@@ -236,14 +273,16 @@ def evaluate(workload: Workload, traffic: Traffic, *, now: float) -> Advice:
     """Replay ``traffic`` against every candidate the workload allows; recommend by the decision tree."""
     traffic = _from_first_request(traffic)
     rt, deferrable = traffic.realtime, traffic.deferrable()
+    minutes = _Minutes(rt)
+    rt_totals = rt.totals()
     candidates: list[Candidate] = []
     chosen_curve: CostCurve | None = None
-    per_token = _per_token_candidate(workload, rt, deferrable)
+    per_token = _per_token_candidate(workload, rt_totals, deferrable)
     if per_token:
         candidates.append(per_token)
     best_dedicated: tuple[float, CostCurve | None, LoadProfile, DedicatedOption] | None = None
     for option in workload.options:
-        found, curve, profile = _dedicated_candidates(workload, option, rt, deferrable)
+        found, curve, profile = _dedicated_candidates(workload, option, minutes, deferrable)
         candidates += found
         cheapest = min(c.cost.total_usd for c in found)
         if best_dedicated is None or cheapest < best_dedicated[0]:
@@ -258,8 +297,8 @@ def evaluate(workload: Workload, traffic: Traffic, *, now: float) -> Advice:
         breakeven = costs.breakeven_utilization(
             best_dedicated[3], per_token.cost.per_token_usd, best_dedicated[2].total_load
         )
-    tokens = rt.tokens() + deferrable.tokens()
-    deferrable_share = deferrable.tokens() / tokens if tokens else 0.0
+    tokens = rt_totals.tokens + deferrable.tokens
+    deferrable_share = deferrable.tokens / tokens if tokens else 0.0
     goes_to_batch = (
         deferrable_share >= 0.5 and workload.batch is not None and best.cost.deferred_on_idle < 0.5
     )
@@ -271,13 +310,13 @@ def evaluate(workload: Workload, traffic: Traffic, *, now: float) -> Advice:
         window_minutes=traffic.minutes,
         history_days=history,
         confidence=confidence(history),
-        requests=sum(rt.requests) + sum(deferrable.requests),
+        requests=rt_totals.requests + deferrable.requests,
         tokens=tokens,
         deferrable_share=deferrable_share,
         candidates=candidates,
         best=best,
         architecture="batch" if goes_to_batch else best.architecture,
-        current=_current_candidate(workload, traffic),
+        current=_current_candidate(workload, traffic, minutes),
         curve=chosen_curve,
         breakeven_utilization=breakeven,
         reasons=[],

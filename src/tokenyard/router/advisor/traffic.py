@@ -15,6 +15,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 MINUTE_S = 60
 WEEK_MIN = 7 * 24 * 60
@@ -22,6 +23,24 @@ WEEK_MIN = 7 * 24 * 60
 
 def _zeros(n: int) -> array[float]:
     return array("d", bytes(8 * n))
+
+
+class Totals(NamedTuple):
+    """A series summed over its minutes: what every per-token price needs (prices are linear)."""
+
+    requests: float
+    prompt: float
+    cached: float
+    completion: float
+
+    def plus(self, other: Totals) -> Totals:
+        """Both totals."""
+        return Totals(*(a + b for a, b in zip(self, other, strict=True)))
+
+    @property
+    def tokens(self) -> float:
+        """Input and output tokens."""
+        return self.prompt + self.completion
 
 
 @dataclass(slots=True)
@@ -32,6 +51,8 @@ class TokenSeries:
     prompt: array[float]
     cached: array[float]
     completion: array[float]
+    # The sums, kept until the next add.
+    _totals: Totals | None = field(default=None, repr=False, compare=False, kw_only=True)
 
     @classmethod
     def zeros(cls, n: int) -> TokenSeries:
@@ -40,6 +61,7 @@ class TokenSeries:
 
     def add(self, i: int, requests: float, prompt: float, cached: float, completion: float) -> None:
         """Add usage to minute ``i``."""
+        self._totals = None
         self.requests[i] += requests
         self.prompt[i] += prompt
         self.cached[i] += cached
@@ -47,6 +69,10 @@ class TokenSeries:
 
     def plus(self, other: TokenSeries) -> TokenSeries:
         """Both series, minute by minute."""
+        if other.is_empty():
+            return self
+        if self.is_empty():
+            return other
         return TokenSeries(
             *(
                 array("d", map(float.__add__, a, b))
@@ -54,15 +80,17 @@ class TokenSeries:
             )
         )
 
-    def scaled(self, factor: float) -> TokenSeries:
-        """Every figure times ``factor`` (for what-if and property tests)."""
-        return TokenSeries(*(array("d", (x * factor for x in column)) for column in self._columns()))
+    def is_empty(self) -> bool:
+        """Whether no minute has any request or token (``any`` on an array runs in C)."""
+        return not (any(self.requests) or any(self.prompt) or any(self.completion))
 
-    def tokens(self) -> float:
-        """All input and output tokens."""
-        return sum(self.prompt) + sum(self.completion)
+    def totals(self) -> Totals:
+        """Every column summed (once: the candidates all ask)."""
+        if self._totals is None:
+            self._totals = Totals(*map(sum, self._columns()))
+        return self._totals
 
-    def _columns(self) -> tuple[array[float], ...]:
+    def _columns(self) -> tuple[array[float], array[float], array[float], array[float]]:
         return (self.requests, self.prompt, self.cached, self.completion)
 
 
@@ -105,9 +133,9 @@ class Traffic:
             self.last_seen,
         )
 
-    def deferrable(self) -> TokenSeries:
-        """What could have waited: eligible plus what ran async (the batch candidate's share)."""
-        return self.eligible.plus(self.ran_async)
+    def deferrable(self) -> Totals:
+        """What could have waited, summed: eligible plus what ran async (the batch candidate's share)."""
+        return self.eligible.totals().plus(self.ran_async.totals())
 
     def must_wait_for(self) -> TokenSeries:
         """What ran real-time (the current setup's real-time share)."""
