@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Final, Self, cast
+from typing import Final, Self, TypeVar, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -31,6 +31,8 @@ from tokenyard.router.meter.model import (
     GpuKey,
     UsageRecord,
 )
+
+T = TypeVar("T")
 
 MINUTE_MS: Final = 60_000
 MS_PER_HOUR: Final = 3_600_000
@@ -250,21 +252,19 @@ class RedisMeterStore:
 
     async def aggregates(self, start_minute: int, end_minute: int) -> list[tuple[AggKey, dict[str, int]]]:
         """Every aggregate bucket with ``start_minute <= minute < end_minute``."""
-        found = await self._buckets(self.keys.agg_index, start_minute, end_minute)
-        with _parse_errors():
-            return [
-                (self.keys.parse_agg(name), {f: int(fields.get(f, 0)) for f in AGG_FIELDS})
-                for name, fields in found
-            ]
+
+        def parse(name: str, fields: dict[str, str]) -> tuple[AggKey, dict[str, int]]:
+            return self.keys.parse_agg(name), {f: int(fields.get(f, 0)) for f in AGG_FIELDS}
+
+        return await self._buckets(self.keys.agg_index, start_minute, end_minute, parse)
 
     async def gpu(self, start_minute: int, end_minute: int) -> list[tuple[GpuKey, dict[str, int]]]:
         """Every GPU accrual bucket with ``start_minute <= minute < end_minute``."""
-        found = await self._buckets(self.keys.gpu_index, start_minute, end_minute)
-        with _parse_errors():
-            return [
-                (self.keys.parse_gpu(name), {f: int(fields.get(f, 0)) for f in GPU_FIELDS})
-                for name, fields in found
-            ]
+
+        def parse(name: str, fields: dict[str, str]) -> tuple[GpuKey, dict[str, int]]:
+            return self.keys.parse_gpu(name), {f: int(fields.get(f, 0)) for f in GPU_FIELDS}
+
+        return await self._buckets(self.keys.gpu_index, start_minute, end_minute, parse)
 
     async def records(self, since: float, until: float, limit: int | None = None) -> Sequence[UsageRecord]:
         """Request records with ``since <= ts < until``, oldest first, at most ``limit``."""
@@ -370,11 +370,15 @@ class RedisMeterStore:
         return keys, head + body
 
     async def _buckets(
-        self, index: str, start_minute: int, end_minute: int
-    ) -> list[tuple[str, dict[str, str]]]:
-        """The (key, hash) of every live bucket in an index with ``start_minute <= minute < end_minute``."""
-        out: list[tuple[str, dict[str, str]]] = []
-        with _mapped_errors():
+        self, index: str, start_minute: int, end_minute: int, parse: Callable[[str, dict[str, str]], T]
+    ) -> list[T]:
+        """``parse(key, hash)`` of every live bucket in an index with ``start_minute <= minute < end_minute``.
+
+        Each page is parsed as it arrives, between round trips: weeks of buckets parsed in one go would
+        hold the event loop (and the proxy's requests) for a second.
+        """
+        out: list[T] = []
+        with _mapped_errors(), _parse_errors():
             found = await self._redis.zrangebyscore(index, start_minute, f"({end_minute}")
             names = cast("list[str]", found)  # decode_responses=True
             for offset in range(0, len(names), PAGE):
@@ -384,7 +388,7 @@ class RedisMeterStore:
                     pipe.hgetall(name)
                 hashes: list[dict[str, str]] = await pipe.execute()
                 # An index member can outlive its hash by a moment (the hash's TTL ran out first).
-                out += [(name, fields) for name, fields in zip(chunk, hashes, strict=True) if fields]
+                out += [parse(name, fields) for name, fields in zip(chunk, hashes, strict=True) if fields]
         return out
 
 

@@ -149,14 +149,23 @@ class SqliteMeterStore:
 
     async def aggregates(self, start_minute: int, end_minute: int) -> list[tuple[AggKey, dict[str, int]]]:
         """Every aggregate bucket with ``start_minute <= minute < end_minute``."""
-        rows = await self._run(_select(_AGG_SELECT, start_minute, end_minute))
         width = len(AggKey._fields)
-        return [(AggKey(*row[:width]), dict(zip(AGG_FIELDS, row[width:], strict=True))) for row in rows]
+
+        def read(conn: sqlite3.Connection) -> list[tuple[AggKey, dict[str, int]]]:
+            # Built on the worker thread: weeks of rows turned into dicts would hold the event loop.
+            rows = conn.execute(_AGG_SELECT, (start_minute, end_minute))
+            return [(AggKey(*row[:width]), dict(zip(AGG_FIELDS, row[width:], strict=True))) for row in rows]
+
+        return await self._run(read)
 
     async def gpu(self, start_minute: int, end_minute: int) -> list[tuple[GpuKey, dict[str, int]]]:
         """Every GPU accrual bucket with ``start_minute <= minute < end_minute``."""
-        rows = await self._run(_select(_GPU_SELECT, start_minute, end_minute))
-        return [(GpuKey(*row[:2]), dict(zip(GPU_FIELDS, row[2:], strict=True))) for row in rows]
+
+        def read(conn: sqlite3.Connection) -> list[tuple[GpuKey, dict[str, int]]]:
+            rows = conn.execute(_GPU_SELECT, (start_minute, end_minute))
+            return [(GpuKey(*row[:2]), dict(zip(GPU_FIELDS, row[2:], strict=True))) for row in rows]
+
+        return await self._run(read)
 
     async def records(self, since: float, until: float, limit: int | None = None) -> Sequence[UsageRecord]:
         """Request records with ``since <= ts < until``, oldest first, at most ``limit``."""
