@@ -30,6 +30,8 @@ async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_p
             assert usage["totals"]["requests"] == 2
 
         await eventually(metered)
+        async with httpx.AsyncClient(timeout=30) as http:  # the advisor works out of the box too
+            advice = (await http.get(f"{proxy.url}/admin/advice", params={"fresh": "1"})).json()
     finally:
         # uvicorn drains, then re-raises SIGTERM so a supervisor sees how the process ended.
         assert proxy.stop() in (0, -signal.SIGTERM)
@@ -39,6 +41,12 @@ async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_p
     assert models == ["llama-3.1-8b-instruct", "text-embedding-small"]
     assert [d["backend"] for d in usage["dedicated"]] == ["sim-dedicated"]
     assert (tmp_path / "tokenyard" / "meter.sqlite3").exists()
+    by_workload = {w["workload"]: w for w in advice["workloads"]}
+    assert set(by_workload) == {"llama-3.1-8b-instruct", "text-embedding-small"}
+    chat = by_workload["llama-3.1-8b-instruct"]
+    assert chat["current"]["label"] == "current: 1 × 1×H100-80GB + dedicated serverless"
+    assert chat["recommended"]["architecture"] == "serverless"  # one request does not pay for a GPU
+    assert chat["confidence"] == "low"
     log = proxy.log()
     assert "no API keys configured: any bearer key is accepted" in log
     assert "127.0.0.1" in log

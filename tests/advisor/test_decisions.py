@@ -133,6 +133,14 @@ def test_too_little_history_gives_low_confidence_and_says_so() -> None:
     assert advice.reasons[-1] == "only 2.0 days of history: observe a full week before acting"
 
 
+def test_a_change_is_not_recommended_before_a_weekly_cycle_was_seen() -> None:
+    current = CurrentSetup(None, 0, prices(2.0), "serverless")
+    advice = evaluate(workload(current=current), traffic(3, lambda i: 3.0), now=now_after(3))
+    settle(advice, {"key": advice.best.key, "streak": 9}, min_pct=10, min_usd=50, required=3)
+    assert advice.material
+    assert not advice.change_recommended
+
+
 def test_replicas_are_not_billed_before_the_first_request() -> None:
     late = traffic(8, lambda i: 3.0 if i >= DAY else 0.0)
     late.first_seen = float(T0 + 86400)

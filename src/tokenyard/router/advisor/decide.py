@@ -340,8 +340,8 @@ def settle(
     """Mark the advice material and stable (or not) given the previous evaluation's state; the new state.
 
     A change is recommended only when the best candidate saves at least ``min_pct`` % and ``min_usd`` a month
-    against the current setup, and the same candidate was best in ``required`` evaluations in a row: a
-    recommendation that flips between evaluations is noise, not advice.
+    against the current setup, the same candidate was best in ``required`` evaluations in a row (one that
+    flips between evaluations is noise, not advice), and at least a weekly cycle was observed.
     """
     key = advice.best.key
     streak = previous["streak"] + 1 if previous and previous.get("key") == key else 1
@@ -355,7 +355,7 @@ def settle(
         and pct >= min_pct
     )
     advice.stable_evaluations = streak
-    advice.change_recommended = advice.material and streak >= required
+    advice.change_recommended = advice.material and streak >= required and advice.confidence != "low"
     return {"key": key, "streak": streak}
 
 

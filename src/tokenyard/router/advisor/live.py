@@ -29,7 +29,7 @@ from tokenyard.router.advisor.service import evaluate_all, grouping
 from tokenyard.router.advisor.traffic import MINUTE_S, TrafficBuilder
 from tokenyard.router.advisor.workloads import BusyMinute
 from tokenyard.router.config import TokenyardConfig
-from tokenyard.router.meter.model import AggKey
+from tokenyard.router.meter.model import AggKey, GpuKey
 from tokenyard.router.meter.store import MeterStore
 
 log = logging.getLogger("tokenyard.advisor")
@@ -66,7 +66,9 @@ class Evaluation:
 
 
 def _busy_minutes(
-    config: TokenyardConfig, rows: list[tuple[AggKey, dict[str, int]]], gpu: list[tuple[Any, dict[str, int]]]
+    config: TokenyardConfig,
+    rows: list[tuple[AggKey, dict[str, int]]],
+    gpu: list[tuple[GpuKey, dict[str, int]]],
 ) -> dict[str, list[BusyMinute]]:
     """Per model, what its dedicated backends served each minute and how busy their slots were."""
     provisioned = {(key.minute, key.backend): fields for key, fields in gpu}
@@ -106,6 +108,26 @@ async def evaluate_store(
     rows = await store.aggregates(start, end)
     gpu = await store.gpu(start, end)
     previous = await _load(store, STATE_DOC) or {}
+    # Weeks of minutes are CPU work: a worker thread keeps the event loop (the proxy's requests) moving.
+    advices, states, skipped = await asyncio.to_thread(
+        _evaluate_rows, config, catalog, rows, gpu, previous, now
+    )
+    if keep_state:
+        await store.put_document(STATE_DOC, orjson.dumps(states))
+    return Evaluation(advices, states, skipped, now, start, end)
+
+
+def _evaluate_rows(
+    config: TokenyardConfig,
+    catalog: Catalog,
+    rows: list[tuple[AggKey, dict[str, int]]],
+    gpu: list[tuple[GpuKey, dict[str, int]]],
+    previous: dict[str, Any],
+    now: float,
+) -> tuple[list[Advice], dict[str, dict[str, Any]], list[str]]:
+    """The stored aggregates as per-workload traffic, evaluated (on a worker thread)."""
+    start = int(now - config.advisor.window_days * 86400) // MINUTE_S * MINUTE_S
+    end = (int(now) // MINUTE_S + 1) * MINUTE_S
     workload_of, eligible = grouping(config)
     builder = TrafficBuilder(start, end, workload_of, eligible)
     for key, fields in rows:
@@ -120,22 +142,15 @@ async def evaluate_store(
                 cached=fields["cached_tokens"],
                 completion=fields["completion_tokens"],
             )
-    measured = _busy_minutes(config, rows, gpu)
-    today = datetime.fromtimestamp(now, UTC).date()
-    # The replay is CPU work: a worker thread keeps the event loop (and the proxy's requests) moving.
-    advices, states, skipped = await asyncio.to_thread(
-        evaluate_all,
+    return evaluate_all(
         builder.workloads,
         config,
         catalog,
         now=now,
-        today=today,
+        today=datetime.fromtimestamp(now, UTC).date(),
         previous=previous,
-        measured=measured,
+        measured=_busy_minutes(config, rows, gpu),
     )
-    if keep_state:
-        await store.put_document(STATE_DOC, orjson.dumps(states))
-    return Evaluation(advices, states, skipped, now, start, end)
 
 
 async def _load(store: MeterStore, name: str) -> dict[str, Any] | None:
