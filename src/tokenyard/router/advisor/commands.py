@@ -1,28 +1,12 @@
-"""``tokenyard replay`` (a traffic log) and ``tokenyard advise``: the advisor in a shell."""
+"""The options of ``tokenyard replay`` (a traffic log) and ``tokenyard advise`` (the meter store).
+
+What they do is in ``offline.py``, imported when one of them runs: every ``tokenyard`` command builds
+this parser, ``serve`` included, and the proxy should not carry the log reader and the charts.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import re
-import sys
-import time
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
-
-import orjson
-
-from tokenyard.errors import ConfigError, StoreError
-from tokenyard.progress import Progress
-from tokenyard.router.advisor import plot, report
-from tokenyard.router.advisor.catalog import load_catalog
-from tokenyard.router.advisor.decide import Advice
-from tokenyard.router.advisor.replay import TrafficLog, TrafficLogError
-from tokenyard.router.advisor.service import grouping, replay_evaluations
-from tokenyard.router.config import load_config
-from tokenyard.router.meter.stores import open_store, redacted
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,151 +42,13 @@ def add_advise_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     """Replay a traffic log against every architecture and print the advice."""
-    try:
-        config = load_config(args.config)
-        catalog = load_catalog(config.advisor.catalog)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    log = TrafficLog()
-    try:
-        _read(log, args.traffic, args.progress)
-    except OSError as exc:
-        print(f"tokenyard: cannot read {args.traffic}: {exc.strerror}", file=sys.stderr)
-        return 2
-    except TrafficLogError as exc:
-        print(f"tokenyard: {args.traffic}: {exc}", file=sys.stderr)
-        return 2
-    if log.last_ts is None:
-        print(f"tokenyard: {args.traffic}: no requests in the log", file=sys.stderr)
-        return 2
-    workload_of, eligible = grouping(config)
-    traffic = log.traffic(workload_of, eligible)
-    now = log.last_ts
-    advices, skipped = replay_evaluations(traffic, config, catalog, now=now, today=_today(now))
-    return _print(advices, skipped, args, source=f"{args.traffic}: {log.lines:,} lines")
+    from tokenyard.router.advisor import offline
 
-
-def _read(log: TrafficLog, path: str, progress: bool | None) -> None:
-    if path == "-":
-        with Progress("reading stdin", None, enabled=progress) as bar:
-            log.read(sys.stdin.buffer, bar.update)
-        return
-    size = os.path.getsize(path)
-    with open(path, "rb") as file, Progress(f"reading {Path(path).name}", size, enabled=progress) as bar:
-        log.read(file, bar.update)
-
-
-def _today(now: float) -> Any:
-    return datetime.fromtimestamp(now, UTC).date()
-
-
-def _print(advices: list[Advice], skipped: list[str], args: argparse.Namespace, *, source: str) -> int:
-    if args.json:
-        document = {
-            "format": report.FORMAT_VERSION,
-            "source": source,
-            "workloads": [report.advice_json(a) for a in advices],
-            "skipped": skipped,
-        }
-        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        print(f"tokenyard advice ({source})\n")
-        print(report.summary_table(advices) if advices else "  (no workloads)")
-        for advice in advices:
-            print()
-            print(report.details(advice))
-        for problem in skipped:
-            print(f"\nskipped: {problem}")
-    if args.plot:
-        written = write_plots(advices, Path(args.plot))
-        print(f"wrote {written} charts to {args.plot}/index.html", file=sys.stderr)
-    return 0
-
-
-def write_plots(advices: list[Advice], directory: Path) -> int:
-    """Per workload: traffic by hour of the week, cost against replicas, cost per candidate; and an index."""
-    directory.mkdir(parents=True, exist_ok=True)
-    figures: list[str] = []
-    for advice in advices:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", advice.workload)
-        per_month = advice.per_month
-        charts = {
-            "candidates": plot.candidate_costs_svg(
-                f"{advice.workload}: cost per month by architecture",
-                [(c.label, c.cost.total_usd * per_month) for c in advice.candidates]
-                + (
-                    [(advice.current.label, advice.current.cost.total_usd * per_month)]
-                    if advice.current
-                    else []
-                ),
-                recommended=advice.best.label,
-                current=advice.current.label if advice.current else None,
-            ),
-        }
-        if advice.traffic is not None:
-            charts["traffic"] = plot.traffic_heatmap_svg(
-                f"{advice.workload}: tokens by hour of the week (UTC)",
-                advice.traffic.tokens_by_hour_of_week(),
-            )
-        if advice.curve is not None:
-            references = {
-                "all " + c.architecture.replace("_", " "): c.cost.total_usd * per_month
-                for c in advice.candidates
-                if c.architecture in ("serverless", "dedicated_serverless")
-            }
-            charts["cost-curve"] = plot.cost_curve_svg(
-                f"{advice.workload}: cost against always-on {advice.curve.option.label} replicas",
-                [(n, usd * per_month) for n, usd in advice.curve.points],
-                optimum_n=advice.curve.optimum_n,
-                breakeven_n=advice.curve.breakeven_n,
-                references=references,
-            )
-        for kind, svg in charts.items():
-            name = f"{slug}-{kind}.svg"
-            (directory / name).write_text(svg)
-            figures.append(f'<figure><img src="{name}" alt="{kind} of {slug}"></figure>')
-    index = (
-        "<!doctype html><meta charset=utf-8><title>tokenyard advice</title>"
-        "<style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto}img{width:100%}</style>"
-        "<h1>tokenyard advice</h1>" + "".join(figures)
-    )
-    (directory / "index.html").write_text(index)
-    return len(figures)
+    return offline.replay(args)
 
 
 def run_advise(args: argparse.Namespace) -> int:
     """Evaluate the meter store's traffic now and print the advice."""
-    try:
-        config = load_config(args.config)
-        catalog = load_catalog(config.advisor.catalog)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    if not config.meter.enabled:
-        print("tokenyard: metering is off in this config (meter.store: off)", file=sys.stderr)
-        return 1
-    from tokenyard.router.advisor import live  # the store clients load only for this command
+    from tokenyard.router.advisor import offline
 
-    store = open_store(
-        config.meter.store,
-        prefix=config.meter.redis_prefix,
-        retention_s=config.meter.retention_days * 86400,
-        records_max=config.meter.records_max,
-    )
-
-    async def evaluate() -> list[Advice]:
-        try:
-            result = await live.evaluate_store(store, config, catalog, now=time.time(), keep_state=False)
-            return result.advices
-        finally:
-            await store.aclose()
-
-    try:
-        advices = asyncio.run(evaluate())
-    except StoreError as exc:
-        print(
-            f"tokenyard: cannot read the meter store {redacted(config.meter.store)}: {exc}", file=sys.stderr
-        )
-        return 1
-    return _print(advices, [], args, source=f"meter store {redacted(config.meter.store)}")
+    return offline.advise(args)

@@ -128,6 +128,8 @@ def _evaluate_rows(
     """The stored aggregates as per-workload traffic, evaluated (on a worker thread)."""
     start = int(now - config.advisor.window_days * 86400) // MINUTE_S * MINUTE_S
     end = (int(now) // MINUTE_S + 1) * MINUTE_S
+    # A young store holds less than the window: its series start at the first minute stored.
+    start = max(start, min((key.minute for key, _ in rows), default=start))
     workload_of, eligible = grouping(config)
     builder = TrafficBuilder(start, end, workload_of, eligible)
     for key, fields in rows:

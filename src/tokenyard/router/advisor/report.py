@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tokenyard.router.advisor.decide import Advice, Candidate
-from tokenyard.router.meter.commands import format_table
+from tokenyard.terminal import format_table
 
 FORMAT_VERSION = 1
 

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any, TextIO
 
 import orjson
@@ -17,6 +16,7 @@ from tokenyard.router.meter import report
 from tokenyard.router.meter.model import AggKey
 from tokenyard.router.meter.store import MeterStore
 from tokenyard.router.meter.stores import open_store, redacted
+from tokenyard.terminal import format_table
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,22 +180,6 @@ async def _export(
 
 def _aggregate_json(key: AggKey, fields: dict[str, int]) -> dict[str, Any]:
     return {"ts": key.minute, **key._asdict(), **fields}
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain text table: first column left-aligned, the rest right-aligned."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        first, *rest = cells
-        return "  " + "  ".join(
-            [
-                first.ljust(widths[0]),
-                *(cell.rjust(width) for cell, width in zip(rest, widths[1:], strict=True)),
-            ]
-        )
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(row) for row in rows)])
 
 
 def _iso(ts: float) -> str:
