@@ -7,7 +7,7 @@ from datetime import date
 import pytest
 
 from tokenyard.router.advisor.catalog import load_catalog
-from tokenyard.router.advisor.live import _busy_minutes
+from tokenyard.router.advisor.evaluation import busy_minutes
 from tokenyard.router.advisor.service import evaluate_all, grouping
 from tokenyard.router.advisor.traffic import TrafficBuilder
 from tokenyard.router.config import parse_config
@@ -53,7 +53,7 @@ def test_busy_minutes_come_from_served_tokens_busy_time_and_provisioned_gpu_time
         row(T0, "a", "api", prompt_tokens=99, completion_tokens=99, latency_ms=99),  # not dedicated
     ]
     gpu = [(GpuKey(T0, "ded"), {"wall_ms": 60_000, "gpu_ms": 120_000, "cost_pusd": 0})]
-    [minute] = _busy_minutes(CONFIG, rows, gpu)[MODEL]
+    [minute] = busy_minutes(CONFIG, rows, gpu)[MODEL]
     assert (minute.prompt, minute.cached, minute.completion) == (1500, 100, 4000)
     assert minute.replica_seconds == 120
     assert minute.slot_utilization == pytest.approx(0.5)
@@ -74,7 +74,7 @@ def test_measured_capacity_replaces_the_catalog_figure_for_the_current_replicas(
             key.minute, model=key.model, tenant=key.tenant, mode=key.mode, requests=1,
             prompt=0, cached=0, completion=fields["completion_tokens"],
         )  # fmt: skip
-    measured = _busy_minutes(CONFIG, rows, gpu)
+    measured = busy_minutes(CONFIG, rows, gpu)
     advices, _, _ = evaluate_all(
         builder.workloads, CONFIG, load_catalog(), now=T0 + 3600, today=date(2026, 11, 29), measured=measured
     )

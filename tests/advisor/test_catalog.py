@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import date
 from pathlib import Path
 
 import pytest
 
+from tests.harness import run_cli
 from tokenyard.router.advisor.catalog import builtin_catalog_tree, load_catalog
 from tokenyard.router.advisor.workloads import build_workload
 from tokenyard.router.config import load_config, parse_config
@@ -77,23 +76,13 @@ advisor:
         serverless: {input_per_1m: 1, output_per_1m: 1}
 """
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "tokenyard", "check-config", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_cli("check-config", str(config))
     assert result.returncode == 1
     assert "advisor.utilization_cap: must be <= 1" in result.stderr
     # The catalog is checked with the rest once every section has the right shape (second pass).
     fixed = config.read_text().replace("utilization_cap: 1.5", "utilization_cap: 0.5")
     config.write_text(fixed)
-    result = subprocess.run(
-        [sys.executable, "-m", "tokenyard", "check-config", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_cli("check-config", str(config))
     assert result.returncode == 1
     assert "advisor.catalog.gpus.H100-80GB.gpu_hour_usd: must be > 0" in result.stderr
     assert "advisor.catalog.models.m.serverless.as_of: required" in result.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, run_cli, simulators, start_proxy
-from tests.meter.redis_util import REDIS_URL, delete_prefix
+from tests.meter.redis_util import REDIS_URL, RedisServer, delete_prefix
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
@@ -213,3 +214,21 @@ async def test_replicas_on_one_redis_evaluate_once_and_serve_the_same_advice(tmp
             for proxy in replicas:
                 proxy.stop()
             await delete_prefix(prefix)
+
+
+async def test_with_the_store_down_the_advice_api_says_so_and_the_proxy_keeps_serving(tmp_path: Path) -> None:
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    async with simulators(
+        ded=SimulatorConfig(mode="dedicated", ttft_ms=2, max_concurrency=4), svl=SimulatorConfig(ttft_ms=2)
+    ) as sims:
+        proxy = await start_proxy(config_for(sims, redis_server.url, "down"), tmp_path)
+        try:
+            redis_server.stop()
+            response = await admin_get(proxy, "/admin/advice", fresh="1")
+            assert response.status_code == 503
+            error = response.json()["error"]
+            assert error["message"].startswith("the evaluation failed: the meter store failed")
+            assert await send_traffic(proxy) > 0  # requests are still served
+        finally:
+            proxy.stop(signal.SIGKILL)  # a graceful stop would spend its drain time on the dead store

@@ -21,14 +21,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from tokenyard.errors import MethodNotAllowed, RouteNotFound, TokenyardError
 from tokenyard.router import wire
 from tokenyard.router.admin import AdminApi
-from tokenyard.router.advisor.catalog import load_catalog
 from tokenyard.router.advisor.live import AdvisorLoop
 from tokenyard.router.auth import KeyRing
 from tokenyard.router.backends import Backend, open_backends
 from tokenyard.router.config import TokenyardConfig
 from tokenyard.router.meter.meter import Meter
 from tokenyard.router.meter.metrics import TokenyardCollector, exposition
-from tokenyard.router.meter.stores import open_store, redacted
+from tokenyard.router.meter.stores import open_configured_store, redacted
 from tokenyard.router.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
 
 log = logging.getLogger("tokenyard")
@@ -169,12 +168,7 @@ class TokenyardApp:
         meter_config = self.config.meter
         store = None
         if meter_config.enabled:
-            store = open_store(
-                meter_config.store,
-                prefix=meter_config.redis_prefix,
-                retention_s=meter_config.retention_days * 86400,
-                records_max=meter_config.records_max,
-            )
+            store = open_configured_store(meter_config)
             log.info(
                 "meter: %s, flushed every %g s", redacted(meter_config.store), meter_config.flush_interval_s
             )
@@ -186,9 +180,7 @@ class TokenyardApp:
         stack.push_async_callback(_cancel, flusher)
         self.admin = AdminApi(self.config, meter, self.backends, self.keys, wall=self.wall)
         if store is not None and self.config.advisor.enabled:
-            self.admin.advisor = advisor = AdvisorLoop(
-                store, self.config, load_catalog(self.config.advisor.catalog), wall=self.wall
-            )
+            self.admin.advisor = advisor = AdvisorLoop(store, self.config, wall=self.wall)
             # Pushed after the meter's callbacks, so it stops before the meter closes the store.
             stack.push_async_callback(_cancel, asyncio.create_task(advisor.run(), name="advisor"))
         self.registry.register(TokenyardCollector(meter, lambda: self.backends, self.rejected, self._advice))

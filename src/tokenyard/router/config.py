@@ -27,7 +27,6 @@ from pydantic import (
 )
 
 from tokenyard.errors import ConfigError
-from tokenyard.router.advisor.catalog import load_catalog
 from tokenyard.router.advisor.settings import AdvisorConfig
 from tokenyard.simulator.config import SimulatorConfig
 
@@ -247,6 +246,9 @@ def _catalog_problems(config: TokenyardConfig) -> list[tuple[str, str]]:
     """The advisor's catalog overrides, validated merged over the built-in catalog."""
     if not config.advisor.catalog:
         return []
+    # Imported here: the proxy itself never reads the catalog (the advisor's worker process does).
+    from tokenyard.router.advisor.catalog import load_catalog
+
     try:
         load_catalog(config.advisor.catalog)
     except ValidationError as exc:

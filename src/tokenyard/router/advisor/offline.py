@@ -18,24 +18,32 @@ from pathlib import Path
 import orjson
 
 from tokenyard.errors import ConfigError, StoreError
-from tokenyard.router.advisor import live, plot, report
-from tokenyard.router.advisor.catalog import load_catalog
+from tokenyard.router.advisor import evaluation, plot, report
+from tokenyard.router.advisor.catalog import Catalog, load_catalog
 from tokenyard.router.advisor.decide import Advice
 from tokenyard.router.advisor.replay import TrafficLog, TrafficLogError
 from tokenyard.router.advisor.service import grouping, replay_evaluations
-from tokenyard.router.config import load_config
-from tokenyard.router.meter.stores import open_store, redacted
+from tokenyard.router.config import TokenyardConfig, load_config
+from tokenyard.router.meter.stores import open_configured_store, redacted
 from tokenyard.terminal import Progress
+
+
+def _configured(path: str | None) -> tuple[TokenyardConfig, Catalog] | None:
+    """The config and its catalog, or None after saying what is wrong with them."""
+    try:
+        config = load_config(path)
+        return config, load_catalog(config.advisor.catalog)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
 
 
 def replay(args: argparse.Namespace) -> int:
     """Replay a traffic log against every architecture and print the advice."""
-    try:
-        config = load_config(args.config)
-        catalog = load_catalog(config.advisor.catalog)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    configured = _configured(args.config)
+    if configured is None:
         return 1
+    config, catalog = configured
     log = TrafficLog()
     try:
         _read(log, args.traffic, args.progress)
@@ -145,25 +153,20 @@ def write_plots(advices: list[Advice], directory: Path) -> int:
 
 def advise(args: argparse.Namespace) -> int:
     """Evaluate the meter store's traffic now and print the advice."""
-    try:
-        config = load_config(args.config)
-        catalog = load_catalog(config.advisor.catalog)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    configured = _configured(args.config)
+    if configured is None:
         return 1
+    config, catalog = configured
     if not config.meter.enabled:
         print("tokenyard: metering is off in this config (meter.store: off)", file=sys.stderr)
         return 1
-    store = open_store(
-        config.meter.store,
-        prefix=config.meter.redis_prefix,
-        retention_s=config.meter.retention_days * 86400,
-        records_max=config.meter.records_max,
-    )
+    store = open_configured_store(config.meter)
 
     async def evaluate() -> list[Advice]:
         try:
-            result = await live.evaluate_store(store, config, catalog, now=time.time(), keep_state=False)
+            result = await evaluation.evaluate_store(
+                store, config, catalog, now=time.time(), keep_state=False
+            )
             return result.advices
         finally:
             await store.aclose()

@@ -15,7 +15,7 @@ from tokenyard.router.config import TokenyardConfig, load_config
 from tokenyard.router.meter import report
 from tokenyard.router.meter.model import AggKey
 from tokenyard.router.meter.store import MeterStore
-from tokenyard.router.meter.stores import open_store, redacted
+from tokenyard.router.meter.stores import open_configured_store, redacted
 from tokenyard.terminal import format_table
 
 
@@ -67,12 +67,7 @@ def _run(args: argparse.Namespace, command: Any) -> int:
     if not config.meter.enabled:
         print("tokenyard: metering is off in this config (meter.store: off)", file=sys.stderr)
         return 1
-    store = open_store(
-        config.meter.store,
-        prefix=config.meter.redis_prefix,
-        retention_s=config.meter.retention_days * 86400,
-        records_max=config.meter.records_max,
-    )
+    store = open_configured_store(config.meter)
     try:
         code: int = asyncio.run(command(store, config, since, until, args, sys.stdout))
         return code

@@ -13,6 +13,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tokenyard.errors import ConfigError
+from tokenyard.router.config import MeterConfig
 from tokenyard.router.meter.keys import MeterKeys
 from tokenyard.router.meter.store import MeterStore
 
@@ -53,6 +54,16 @@ def open_store(url: str, *, prefix: str, retention_s: int, records_max: int) -> 
                 "sqlite:///path or off",
             )
         ]
+    )
+
+
+def open_configured_store(meter: MeterConfig) -> MeterStore:
+    """The store a config's ``meter:`` section names, with its prefix, retention and record cap."""
+    return open_store(
+        meter.store,
+        prefix=meter.redis_prefix,
+        retention_s=meter.retention_days * 86400,
+        records_max=meter.records_max,
     )
 
 
