@@ -135,6 +135,10 @@ def proxy_config(upstream_port: int, store: str) -> dict[str, Any]:
         "models": {model: {"deployments": [model]} for model in upstream_paths(upstream_port)},
         "keys": {"bench": {"key": BENCH_KEY}},
         "meter": {"store": store},
+        # The advisor's worker process inherits the proxy's pinned core and would take about a second of
+        # it during a few-second measurement; it runs once per interval (300 s) in production, and its
+        # speed has a bench of its own (bench.advisor).
+        "advisor": {"enabled": False},
     }
 
 

@@ -180,9 +180,13 @@ def main() -> None:
         paths = upstream_paths(upstream_port)
         configs = {}
         for mode in ("off", "redis"):
+            config = proxy_config(upstream_port, redis_url if mode == "redis" else "off")
             configs[mode] = Path(tmp) / f"{mode}.yaml"
-            store = redis_url if mode == "redis" else "off"
-            configs[mode].write_text(yaml.safe_dump(proxy_config(upstream_port, store)))
+            configs[mode].write_text(yaml.safe_dump(config))
+            # A baseline older than the advisor refuses the section it does not know.
+            config.pop("advisor")
+            configs[f"base-{mode}"] = Path(tmp) / f"base-{mode}.yaml"
+            configs[f"base-{mode}"].write_text(yaml.safe_dump(config))
         for case in cases:
             if case.key in "ab":
                 url = paths[case.model] + "/chat/completions"
@@ -191,9 +195,7 @@ def main() -> None:
             with contextlib.ExitStack() as stack:
                 proxies = {
                     target: stack.enter_context(
-                        proxy(
-                            configs[target.removeprefix("base-")], args.baseline if "base" in target else None
-                        )
+                        proxy(configs[target], args.baseline if "base" in target else None)
                     )
                     for target in targets[1:]
                 }

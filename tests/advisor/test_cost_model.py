@@ -160,7 +160,7 @@ def test_costs_are_additive_over_time(first: list[float], second: list[float], p
         assert prices is not None
         load = REPLICA.load(t.realtime)
         profile = LoadProfile(load, costs.per_token_costs(prices, t.realtime), 0.6)
-        fixed = costs.always_on(REPLICA, profile, n, NOTHING_DEFERRED, overflow_allowed=True)
+        fixed = costs.always_on(REPLICA, profile, n, NOTHING_DEFERRED)
         return costs.total_cost(prices, t.realtime.totals()), fixed.total_usd
 
     a, b, both = costs_of(first), costs_of(second), costs_of(first + second)

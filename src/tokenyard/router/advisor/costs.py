@@ -170,13 +170,12 @@ class LoadProfile:
         return max(0.0, overflow_usd), threshold * self.minutes - served
 
 
-def always_on(
-    option: DedicatedOption, profile: LoadProfile, n: int, deferred: Deferred, *, overflow_allowed: bool
-) -> Cost:
-    """``n`` always-on replicas; what exceeds them goes per token (hybrid) or is not possible (None)."""
+def always_on(option: DedicatedOption, profile: LoadProfile, n: int, deferred: Deferred) -> Cost:
+    """``n`` always-on replicas; what exceeds them goes at the profile's per-token prices.
+
+    A profile without per-token prices (a dedicated-only setup) prices the excess at 0: it queued.
+    """
     overflow_usd, idle = profile.with_replicas(n)
-    if not overflow_allowed and overflow_usd > 0:
-        overflow_usd = math.inf
     dedicated_usd = n * option.replica_usd_per_min * profile.minutes
     deferred_usd, on_idle = deferred.cost_with_idle(idle)
     capacity = n * profile.minutes
@@ -260,7 +259,7 @@ def hybrid_curve(
     option: DedicatedOption, profile: LoadProfile, deferred: Deferred, *, most: int
 ) -> tuple[CostCurve, list[Cost]]:
     """Every N from 0 to ``most`` always-on replicas with per-token overflow, and the cheapest N."""
-    costs = [always_on(option, profile, n, deferred, overflow_allowed=True) for n in range(most + 1)]
+    costs = [always_on(option, profile, n, deferred) for n in range(most + 1)]
     points = tuple((n, cost.total_usd) for n, cost in enumerate(costs))
     optimum = min(range(len(costs)), key=lambda n: (costs[n].total_usd, n))
     return CostCurve(option, points, optimum, _breakeven(points)), costs

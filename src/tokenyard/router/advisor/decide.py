@@ -209,7 +209,7 @@ def _dedicated_candidates(
     deferred = _deferred(workload, deferrable, option)
     peak_n = max(1, profile.peak_replicas())
     gpu = option.label
-    peak = costs.always_on(option, profile, peak_n, deferred, overflow_allowed=False)
+    peak = costs.always_on(option, profile, peak_n, deferred)
     scaled = costs.autoscaled(option, load, cap, workload.autoscaling, deferred)
     out = [
         Candidate("dedicated", f"dedicated {peak_n} × {gpu}", peak, gpu),
@@ -257,7 +257,7 @@ def _current_candidate(workload: Workload, traffic: Traffic, realtime: _Minutes)
     option = current.option
     profile = rt.profile(option, current.per_token, workload.utilization_cap)
     deferred = Deferred(_total_load(option, ran_async), deferred_usd)
-    cost = costs.always_on(option, profile, current.replicas, deferred, overflow_allowed=True)
+    cost = costs.always_on(option, profile, current.replicas, deferred)
     architecture = "hybrid" if current.per_token else "dedicated"
     return Candidate(architecture, "current: " + current.describe(), cost, option.label)
 
@@ -396,6 +396,8 @@ def _reasons(workload: Workload, advice: Advice, per_token: Candidate | None) ->
             f"dedicated pays off above {advice.breakeven_utilization:.0%} average utilization, capped at "
             f"{workload.utilization_cap:.0%} for the SLA: the real-time volume does not clear it"
         )
+    if not workload.options:
+        out.append("no replica capacity for this model in the catalog: dedicated was not priced")
     if per_token is not None and best is not per_token:
         out.append(f"{best.label} costs {_pct(best, per_token)} less than {per_token.label}")
     if advice.confidence == "low":
