@@ -252,3 +252,19 @@ def test_help_explains_the_formats() -> None:
     assert result.returncode == 0
     assert "prompt_tokens" in result.stdout
     assert "--plot DIR" in result.stdout
+
+
+def test_a_workload_counts_only_the_daily_evaluations_after_its_first_request(
+    tmp_path: Path, config: Path
+) -> None:
+    early = steady_requests(3, 1, model="small-model")
+    late = (
+        {**line, "model": "llama-3.3-70b-instruct"}
+        for line in steady_requests(3, 1)
+        if line["ts"] >= T0 + 2.5 * 86400
+    )
+    log = write_log(tmp_path / "t.jsonl", iter([*early, *late]))
+    result = tokenyard("replay", str(log), "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    streaks = {w["workload"]: w["stable_evaluations"] for w in json.loads(result.stdout)["workloads"]}
+    assert streaks == {"small-model": 3, "llama-3.3-70b-instruct": 1}

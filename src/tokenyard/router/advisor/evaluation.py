@@ -5,7 +5,6 @@ Run by the advisor's worker process (``worker.py``) for the proxy, and in-proces
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,10 +91,9 @@ async def evaluate_store(
     rows = await store.aggregates(start, end)
     gpu = await store.gpu(start, end)
     previous = await load_document(store, STATE_DOC) or {}
-    # Weeks of minutes are CPU work: a worker thread keeps the event loop (the proxy's requests) moving.
-    advices, states, skipped = await asyncio.to_thread(
-        _evaluate_rows, config, catalog, rows, gpu, previous, now
-    )
+    # A young store holds less than the window: the series start at the first minute stored.
+    start = max(start, min((key.minute for key, _ in rows), default=start))
+    advices, states, skipped = _evaluate_rows(config, catalog, rows, gpu, previous, now, start, end)
     if keep_state:
         await store.put_document(STATE_DOC, orjson.dumps(states))
     return Evaluation(advices, states, skipped, now, start, end)
@@ -108,12 +106,10 @@ def _evaluate_rows(
     gpu: list[tuple[GpuKey, dict[str, int]]],
     previous: dict[str, Any],
     now: float,
+    start: int,
+    end: int,
 ) -> tuple[list[Advice], dict[str, dict[str, Any]], list[str]]:
-    """The stored aggregates as per-workload traffic, evaluated (on a worker thread)."""
-    start = int(now - config.advisor.window_days * 86400) // MINUTE_S * MINUTE_S
-    end = (int(now) // MINUTE_S + 1) * MINUTE_S
-    # A young store holds less than the window: its series start at the first minute stored.
-    start = max(start, min((key.minute for key, _ in rows), default=start))
+    """The stored aggregates of ``[start, end)`` as per-workload traffic, evaluated."""
     workload_of, eligible = grouping(config)
     builder = TrafficBuilder(start, end, workload_of, eligible)
     for key, fields in rows:

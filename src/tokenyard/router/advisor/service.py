@@ -37,11 +37,6 @@ def grouping(config: TokenyardConfig) -> tuple[Callable[[str, str], str | None],
     return workload_of, eligible
 
 
-def model_of(name: str, *, per_tenant: bool) -> str:
-    """The model of a workload name."""
-    return name.rsplit("/", 1)[0] if per_tenant else name
-
-
 def evaluate_all(
     traffic: Mapping[str, Traffic],
     config: TokenyardConfig,
@@ -62,7 +57,7 @@ def evaluate_all(
     states: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
     for name, workload_traffic in sorted(traffic.items()):
-        model = model_of(name, per_tenant=advisor.per_tenant)
+        model = workload_traffic.model or name
         workload = build_workload(name, model, config, catalog, today=today)
         samples = (measured or {}).get(model)
         if samples and workload.current and workload.current.option:
@@ -106,12 +101,12 @@ def replay_evaluations(
     advices: list[Advice] = []
     skipped: list[str] = []
     for days_back in range(runs - 1, -1, -1):
+        then = now - days_back * 86400
+        # Each workload as it stood then; one not seen yet is not evaluated (its streak starts later).
         cut = {
             name: t.sliced(0, t.minutes - days_back * DAY_MIN)
             for name, t in traffic.items()
-            if t.minutes - days_back * DAY_MIN > 0
+            if t.first_seen is not None and t.first_seen <= then
         }
-        advices, state, skipped = evaluate_all(
-            cut, config, catalog, now=now - days_back * 86400, today=today, previous=state
-        )
+        advices, state, skipped = evaluate_all(cut, config, catalog, now=then, today=today, previous=state)
     return advices, skipped

@@ -105,6 +105,7 @@ class Traffic:
     ran_async: TokenSeries
     first_seen: float | None = None  # unix seconds of the first request seen (how much history there is)
     last_seen: float | None = None
+    model: str = ""  # the model the workload's requests named
 
     @classmethod
     def empty(cls, start_minute: int, minutes: int) -> Traffic:
@@ -131,6 +132,7 @@ class Traffic:
             part(self.ran_async),
             self.first_seen,
             self.last_seen,
+            self.model,
         )
 
     def deferrable(self) -> Totals:
@@ -199,6 +201,7 @@ class TrafficBuilder:
         traffic = self.workloads.get(name)
         if traffic is None:
             traffic = self.workloads[name] = Traffic.empty(self.start_minute, self.minutes)
+            traffic.model = model
         if mode == "async":
             series = traffic.ran_async
         elif async_eligible or self.eligible(model, tenant):
