@@ -168,6 +168,22 @@ def test_costs_are_additive_over_time(first: list[float], second: list[float], p
     assert both[1] == pytest.approx(a[1] + b[1], rel=1e-9, abs=1e-9)
 
 
+@pytest.mark.parametrize(
+    ("costs_by_n", "expected"),
+    [
+        ([100, 120, 140], None),  # the first replica already costs more
+        ([100, 80, 90, 150], 2 + 10 / 60),  # crosses between 2 and 3
+        ([100, 120, 90, 130], 2.25),  # not convex: the last crossing counts
+        ([100, 60, 70], 2.0),  # never crosses within the curve
+    ],
+)
+def test_breakeven_is_the_last_crossing_of_the_cost_of_no_replicas(
+    costs_by_n: list[float], expected: float | None
+) -> None:
+    points = list(enumerate(map(float, costs_by_n)))
+    assert costs._breakeven(points) == (None if expected is None else pytest.approx(expected))
+
+
 @settings(max_examples=60, deadline=None)
 @given(values=loads)
 def test_the_breakeven_is_where_the_curve_crosses_all_per_token(values: list[float]) -> None:

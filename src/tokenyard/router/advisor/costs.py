@@ -23,7 +23,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate, compress, pairwise, repeat
+from itertools import accumulate, compress, repeat
 from operator import truediv
 
 from tokenyard.router.advisor.catalog import TokenPrices
@@ -266,16 +266,19 @@ def hybrid_curve(
 
 
 def _breakeven(points: Sequence[tuple[int, float]]) -> float | None:
-    """The largest N (interpolated) whose cost is still at most that of N = 0."""
+    """Where the curve last crosses the cost of N = 0 going up (interpolated); None if only N = 0 pays.
+
+    The curve need not be convex (whole replicas, idle capacity filled with deferrable work), so this is
+    the last point at or under N = 0's cost, moved towards the next one by linear interpolation.
+    """
     base = points[0][1]
-    last: float | None = None
-    for (n0, c0), (n1, c1) in pairwise(points):
-        if c1 <= base:
-            last = float(n1)
-        elif c0 <= base and c1 > c0:
-            last = n0 + (base - c0) / (c1 - c0) * (n1 - n0)
-            break
-    return last if last is not None and last > 0 else None
+    i = max(i for i, (_, cost) in enumerate(points) if cost <= base)
+    if i + 1 < len(points):
+        (n0, c0), (n1, c1) = points[i], points[i + 1]
+        crossing = n0 + (base - c0) / (c1 - c0) * (n1 - n0)
+    else:
+        crossing = float(points[i][0])
+    return crossing if crossing > 0 else None
 
 
 def breakeven_utilization(
