@@ -309,7 +309,7 @@ def interpolate_env(
 
 
 def _join(path: str, part: object) -> str:
-    return f"{path}.{part}" if path and part != "" else (path or str(part))
+    return f"{path}.{part}" if path else str(part)
 
 
 def _pydantic_problems(exc: ValidationError) -> Iterator[tuple[str, str]]:

@@ -27,10 +27,10 @@ from itertools import accumulate, compress, repeat
 from operator import truediv
 
 from tokenyard.router.advisor.catalog import TokenPrices
-from tokenyard.router.advisor.settings import Autoscaling
+from tokenyard.router.advisor.settings import DAYS_PER_MONTH, Autoscaling
 from tokenyard.router.advisor.traffic import TokenSeries, Totals
 
-MINUTES_PER_MONTH = 30.4375 * 24 * 60
+MINUTES_PER_MONTH = DAYS_PER_MONTH * 24 * 60
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PositiveFloat = Annotated[float, Field(gt=0)]
+DAYS_PER_MONTH = 30.4375  # an average month (365.25 / 12): what "per month" means in every figure
 Share = Annotated[float, Field(gt=0, le=1)]
 
 

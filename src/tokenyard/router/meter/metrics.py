@@ -15,13 +15,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tokenyard.router.advisor.settings import DAYS_PER_MONTH
 from tokenyard.router.backends import Backend
 from tokenyard.router.meter.meter import Meter
 from tokenyard.router.meter.model import AGG_FIELDS, LATENCY_BUCKETS_MS, PUSD_PER_USD
 
 _LABELS = ["tenant", "model", "backend", "kind", "mode"]
 _FIELD = {name: i for i, name in enumerate(AGG_FIELDS)}
-_DAYS_PER_MONTH = 30.4375
 _FIRST_BUCKET = _FIELD[f"le_{LATENCY_BUCKETS_MS[0]}"]
 
 
@@ -72,11 +72,11 @@ class TokenyardCollector(Collector):
             name = [workload["workload"]]
             recommended = workload["recommended"]
             best.add_metric(
-                [*name, recommended["architecture"]], recommended["cost_usd_per_month"] / _DAYS_PER_MONTH
+                [*name, recommended["architecture"]], recommended["cost_usd_per_month"] / DAYS_PER_MONTH
             )
             if workload.get("current"):
-                current.add_metric(name, workload["current"]["cost_usd_per_month"] / _DAYS_PER_MONTH)
-                saving.add_metric(name, (workload["saving_usd_per_month"] or 0.0) / _DAYS_PER_MONTH)
+                current.add_metric(name, workload["current"]["cost_usd_per_month"] / DAYS_PER_MONTH)
+                saving.add_metric(name, (workload["saving_usd_per_month"] or 0.0) / DAYS_PER_MONTH)
             change.add_metric(name, 1.0 if workload["change_recommended"] else 0.0)
         generated = GaugeMetricFamily(
             "tokenyard_advisor_last_evaluation_timestamp_seconds", "When the advice was computed (unix s)."
