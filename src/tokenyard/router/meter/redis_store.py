@@ -8,19 +8,14 @@ its own: a failure surfaces at once as ``StoreUnavailable`` and the meter holds 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final, Self, TypeVar, cast
 
 import orjson
-import redis.asyncio as aioredis
-from redis import exceptions as rex
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from tokenyard.errors import StoreError, StoreUnavailable
+from tokenyard.errors import StoreError
 from tokenyard.router.meter.keys import MeterKeys, record_json
 from tokenyard.router.meter.model import (
     AGG_FIELDS,
@@ -31,25 +26,17 @@ from tokenyard.router.meter.model import (
     GpuKey,
     UsageRecord,
 )
+from tokenyard.router.redis_client import connect, mapped_errors
 
 T = TypeVar("T")
 
+_STORE: Final = "meter store"  # how errors name it
 MINUTE_MS: Final = 60_000
 MS_PER_HOUR: Final = 3_600_000
 BATCH_MARKER_TTL_S: Final = 86_400
 WATERMARK_SLACK_MS: Final = 86_400_000  # a watermark outlives max_gap_ms by this (clock skew between hosts)
 PAGE: Final = 1000  # entries per round trip on reads
 EXACT_LIMIT: Final = 2**53  # Lua numbers are doubles: integers are exact below this
-
-# Transient server states: the store is (briefly) unreachable, not broken.
-_UNAVAILABLE: Final = (
-    rex.ConnectionError,  # includes BusyLoadingError and failed AUTH
-    rex.TimeoutError,
-    rex.ReadOnlyError,  # a replica promoted mid-failover
-    rex.ClusterDownError,
-    rex.TryAgainError,
-    OSError,
-)
 
 _LOCK_SCRIPT: Final = """
 -- Take or renew a lock. Returns 1 if ARGV[1] holds it now, 0 if someone else does.
@@ -179,24 +166,6 @@ return 1
 """
 
 
-@contextmanager
-def _mapped_errors() -> Iterator[None]:
-    """The boundary around every redis-py call: map its exceptions to the store's, and lose no cancel."""
-    task = asyncio.current_task()
-    cancels_before = task.cancelling() if task is not None else 0
-    try:
-        yield
-    except _UNAVAILABLE as exc:
-        raise StoreUnavailable(f"the Redis meter store is unavailable: {exc}") from exc
-    except rex.RedisError as exc:
-        raise StoreError(f"the Redis meter store failed: {exc}") from exc
-    if task is not None and task.cancelling() > cancels_before:
-        # redis-py sends through asyncio.wait_for, which on Python 3.11 drops a cancellation that arrives
-        # as the send completes: the call returns as if nothing happened and a cancelled flush task runs
-        # on forever. Deliver it here (a write that did land is safe to retry: the batch id is kept).
-        raise asyncio.CancelledError
-
-
 def _increments(fields: dict[str, int]) -> list[tuple[str, int]]:
     """The non-zero increments of known aggregate fields."""
     return [(name, value) for name, value in fields.items() if value and name in AGG_FIELDS]
@@ -231,15 +200,8 @@ class RedisMeterStore:
         self._retention_s = retention_s
         self._records_max = records_max
         self._clock = clock  # unix seconds; decides what is older than the retention
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            health_check_interval=10,
-            decode_responses=True,
-            # Fail fast, never resend on our own: the meter holds the batch and retries it later.
-            retry=Retry(NoBackoff(), 0),
-        )
+        # Fails fast, never resends on its own: the meter holds the batch and retries it later.
+        self._redis = connect(url, socket_timeout_s=socket_timeout_s)
         self._write_script = self._redis.register_script(_WRITE_SCRIPT)
 
     async def write(self, batch: FlushBatch) -> None:
@@ -247,7 +209,7 @@ class RedisMeterStore:
         if batch.is_empty():
             return
         keys, args = self._script_call(batch)
-        with _mapped_errors():
+        with mapped_errors(_STORE):
             await self._write_script(keys=keys, args=args)
 
     async def aggregates(self, start_minute: int, end_minute: int) -> list[tuple[AggKey, dict[str, int]]]:
@@ -287,7 +249,7 @@ class RedisMeterStore:
 
     async def _record_page(self, low: float, until: float, skip: int, count: int) -> list[tuple[str, float]]:
         """Up to ``count`` (member, ts) of the record log with ``low <= ts < until``, after ``skip``."""
-        with _mapped_errors():
+        with mapped_errors(_STORE):
             page = await self._redis.zrangebyscore(
                 self.keys.records, repr(low), f"({until!r}", start=skip, num=count, withscores=True
             )
@@ -296,7 +258,7 @@ class RedisMeterStore:
 
     async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
         """Take or renew the lock ``name`` for ``owner`` (see ``MeterStore.try_lock``)."""
-        with _mapped_errors():
+        with mapped_errors(_STORE):
             taken = await self._redis.eval(
                 _LOCK_SCRIPT, 1, self.keys.lock(name), owner, max(1, int(ttl_s * 1000))
             )
@@ -304,23 +266,23 @@ class RedisMeterStore:
 
     async def release_lock(self, name: str, owner: str) -> None:
         """Release the lock if ``owner`` holds it."""
-        with _mapped_errors():
+        with mapped_errors(_STORE):
             await self._redis.eval(_UNLOCK_SCRIPT, 1, self.keys.lock(name), owner)
 
     async def put_document(self, name: str, body: bytes) -> None:
         """Keep a small named document (no expiry: the latest advice outlives restarts)."""
-        with _mapped_errors():
+        with mapped_errors(_STORE):
             await self._redis.set(self.keys.document(name), body)
 
     async def get_document(self, name: str) -> bytes | None:
         """A document kept by ``put_document``, or None."""
-        with _mapped_errors():
+        with mapped_errors(_STORE):
             value = await self._redis.get(self.keys.document(name))
         return None if value is None else value.encode() if isinstance(value, str) else bytes(value)
 
     async def ping(self) -> None:
         """Return if Redis answers; raise ``StoreUnavailable`` if not."""
-        with _mapped_errors():
+        with mapped_errors(_STORE):
             await self._redis.ping()
 
     async def aclose(self) -> None:
@@ -378,7 +340,7 @@ class RedisMeterStore:
         hold the event loop (and the proxy's requests) for a second.
         """
         out: list[T] = []
-        with _mapped_errors(), _parse_errors():
+        with mapped_errors(_STORE), _parse_errors():
             found = await self._redis.zrangebyscore(index, start_minute, f"({end_minute}")
             names = cast("list[str]", found)  # decode_responses=True
             for offset in range(0, len(names), PAGE):

@@ -1,0 +1,61 @@
+"""The one boundary every Redis-backed store crosses: how it connects, and how redis-py's errors map.
+
+Stores (the meter, the job queue) fail fast and never resend on their own: a failure surfaces at once as
+``StoreUnavailable`` or ``StoreError`` and the caller decides (the meter holds its batch, the dispatcher
+tries again next tick).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+import redis.asyncio as aioredis
+from redis import exceptions as rex
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from tokenyard.errors import StoreError, StoreUnavailable
+
+# Transient server states: the store is (briefly) unreachable, not broken.
+UNAVAILABLE: Final = (
+    rex.ConnectionError,  # includes BusyLoadingError and failed AUTH
+    rex.TimeoutError,
+    rex.ReadOnlyError,  # a replica promoted mid-failover
+    rex.ClusterDownError,
+    rex.TryAgainError,
+    OSError,
+)
+
+
+def connect(url: str, *, socket_timeout_s: float) -> aioredis.Redis:
+    """A client for ``url`` (nothing connects until first used) that never retries on its own."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
+        health_check_interval=10,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+@contextmanager
+def mapped_errors(what: str) -> Iterator[None]:
+    """Around every redis-py call: its exceptions become the store's (``what`` names the store), and no
+    cancellation is lost."""
+    task = asyncio.current_task()
+    cancels_before = task.cancelling() if task is not None else 0
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise StoreUnavailable(f"the Redis {what} is unavailable: {exc}") from exc
+    except rex.RedisError as exc:
+        raise StoreError(f"the Redis {what} failed: {exc}") from exc
+    if task is not None and task.cancelling() > cancels_before:
+        # redis-py sends through asyncio.wait_for, which on Python 3.11 drops a cancellation that arrives
+        # as the send completes: the call returns as if nothing happened and a cancelled task runs on
+        # forever. Deliver it here (the stores' writes are idempotent, so one that did land is safe).
+        raise asyncio.CancelledError
