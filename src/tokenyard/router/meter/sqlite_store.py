@@ -1,25 +1,21 @@
 """The embedded meter store: one SQLite file (WAL) for a single proxy, no server to run.
 
-sqlite3 blocks, so every operation runs on one worker thread the store owns, which also owns the
-connection: the event loop never waits on the disk, and no two statements ever race. A batch is one
-transaction. Pruning (buckets older than the retention, records beyond ``records_max``, batch ids older
-than a day) runs inside a write at most every ``prune_interval_s``, so between prunes a little more than
-``records_max`` records may be kept.
+Statements run on the store's own thread (``sqlite_worker.py``): the event loop never waits on the disk.
+A batch is one transaction. Pruning (buckets older than the retention, records beyond ``records_max``,
+batch ids older than a day) runs inside a write at most every ``prune_interval_s``, so between prunes a
+little more than ``records_max`` records may be kept.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final, Self, TypeVar
+from typing import Final
 
 import orjson
 
-from tokenyard.errors import StoreError, StoreUnavailable
 from tokenyard.router.meter.model import (
     AGG_FIELDS,
     GPU_FIELDS,
@@ -29,25 +25,11 @@ from tokenyard.router.meter.model import (
     GpuKey,
     UsageRecord,
 )
-
-T = TypeVar("T")
+from tokenyard.router.sqlite_worker import SqliteWorker, select
 
 MINUTE_MS: Final = 60_000
 MS_PER_HOUR: Final = 3_600_000
 BATCH_MEMORY_S: Final = 86_400  # how long an applied batch id is remembered
-
-# SQLite result codes (the low byte of sqlite_errorcode) that mean "cannot get at the file right now".
-_UNAVAILABLE_CODES: Final = frozenset(
-    {
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
-        sqlite3.SQLITE_CANTOPEN,
-        sqlite3.SQLITE_IOERR,
-        sqlite3.SQLITE_FULL,
-        sqlite3.SQLITE_READONLY,
-        sqlite3.SQLITE_PROTOCOL,
-    }
-)
 
 _DIMS: Final = ("tenant", "model", "backend", "kind", "mode")
 
@@ -103,22 +85,11 @@ def minute_segments(from_ms: int, until_ms: int) -> Iterator[tuple[int, int]]:
         from_ms = end
 
 
-def _select(sql: str, *params: object) -> Callable[[sqlite3.Connection], list[Any]]:
-    """A job that runs one query and returns its rows."""
-    return lambda conn: conn.execute(sql, params).fetchall()
-
-
-def _store_error(exc: sqlite3.Error | OSError) -> StoreError:
-    """The store's exception for a foreign one (the caller raises it ``from exc``)."""
-    if isinstance(exc, OSError) or (
-        isinstance(exc, sqlite3.OperationalError) and (exc.sqlite_errorcode & 0xFF) in _UNAVAILABLE_CODES
-    ):
-        return StoreUnavailable(f"the SQLite meter store is unavailable: {exc}")
-    return StoreError(f"the SQLite meter store failed: {exc}")
-
-
-class SqliteMeterStore:
+class SqliteMeterStore(SqliteWorker):
     """``MeterStore`` in one SQLite file, for a single proxy (or ``:memory:`` for tests and trials)."""
+
+    schema = _SCHEMA
+    what = "meter store"
 
     def __init__(
         self,
@@ -130,17 +101,12 @@ class SqliteMeterStore:
         prune_interval_s: float = 60.0,
         busy_timeout_s: float = 2.0,
     ) -> None:
-        self.path = str(path)
+        super().__init__(path, busy_timeout_s=busy_timeout_s)
         self._retention_s = retention_s
         self._records_max = records_max
         self._clock = clock  # unix seconds; decides what is older than the retention
         self._prune_interval_s = prune_interval_s
-        self._busy_timeout_s = busy_timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenyard-meter-sqlite")
-        self._closed = False
-        # Touched only on the worker thread:
-        self._conn: sqlite3.Connection | None = None
-        self._pruned_at: float | None = None
+        self._pruned_at: float | None = None  # touched only on the worker thread
 
     async def write(self, batch: FlushBatch) -> None:
         """Apply a batch in one transaction, exactly once (see ``MeterStore.write``)."""
@@ -170,7 +136,7 @@ class SqliteMeterStore:
     async def records(self, since: float, until: float, limit: int | None = None) -> Sequence[UsageRecord]:
         """Request records with ``since <= ts < until``, oldest first, at most ``limit``."""
         sql = "SELECT json FROM records WHERE ts >= ? AND ts < ? ORDER BY ts, id LIMIT ?"
-        rows = await self._run(_select(sql, since, until, -1 if limit is None else limit))
+        rows = await self._run(select(sql, since, until, -1 if limit is None else limit))
         return [UsageRecord.from_json(orjson.loads(text)) for (text,) in rows]
 
     async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
@@ -204,70 +170,20 @@ class SqliteMeterStore:
 
     async def get_document(self, name: str) -> bytes | None:
         """A document kept by ``put_document``, or None."""
-        rows = await self._run(_select("SELECT body FROM documents WHERE name = ?", name))
+        rows = await self._run(select("SELECT body FROM documents WHERE name = ?", name))
         return bytes(rows[0][0]) if rows else None
 
     async def ping(self) -> None:
         """Return if the file can be opened and read; raise ``StoreUnavailable`` if not."""
-        await self._run(_select("SELECT 1"))
+        await self._run(select("SELECT 1"))
 
-    async def aclose(self) -> None:
-        """Close the connection and stop the worker thread."""
-        if self._closed:
-            return
-        self._closed = True
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=False)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``job(connection)`` on the worker thread, with foreign errors mapped."""
-        if self._closed:
-            raise StoreUnavailable("the SQLite meter store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._in_worker, job)
-
-    # -- on the worker thread ---------------------------------------------------------------------------
-
-    def _in_worker(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return job(self._conn or self._open())
-        except (sqlite3.Error, OSError) as exc:
-            raise _store_error(exc) from exc
-
-    def _open(self) -> sqlite3.Connection:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode: transactions are begun and ended explicitly in _write.
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-            self._add_missing_columns(conn)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
-
-    @staticmethod
-    def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: sqlite3.Connection) -> None:
         """A file written by an older tokenyard lacks the fields added since; they start at 0."""
         for table, fields in (("agg", AGG_FIELDS), ("gpu", GPU_FIELDS)):
             present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             for name in fields:
                 if name not in present:
                     conn.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" INTEGER NOT NULL DEFAULT 0')
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     def _write(self, conn: sqlite3.Connection, batch: FlushBatch) -> None:
         now = self._clock()
