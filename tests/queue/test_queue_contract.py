@@ -1,0 +1,139 @@
+"""The ``JobStore`` contract, run against Redis (Streams) and SQLite through the same tests.
+
+At least once: a claim that is not answered in time is handed out again. Exactly one result: the first
+answer wins. Provider batches keep their jobs out of reach until released, and survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from tests.meter.conftest import FakeClock
+from tests.queue.conftest import T0, JobStores
+from tokenyard.router.queue.model import Job, JobResult, QueueStats, new_job_id
+from tokenyard.router.queue.store import JobStore
+
+
+def job(n: int = 0, **overrides: object) -> Job:
+    fields: dict[str, object] = {
+        "id": new_job_id(),
+        "tenant": "acme",
+        "model": "llama",
+        "endpoint": "/v1/chat/completions",
+        "body": b'{"model": "llama", "messages": [{"role": "user", "content": "caf\\u00e9 \xc3\xa9"}]}',
+        "created_at": float(T0 + n),
+        "deadline": float(T0 + 86400),
+        "reason": "Prefer: respond-async",
+    }
+    return Job(**(fields | overrides))  # type: ignore[arg-type]
+
+
+def answer(job_id: str, path: str = "realtime", content: str = "hi") -> JobResult:
+    body = orjson.dumps({"object": "chat.completion", "choices": [{"message": {"content": content}}]})
+    return JobResult(job_id, 200, body, path, float(T0 + 60))
+
+
+async def test_a_job_round_trips_exactly_and_is_enqueued_once(queue: JobStore) -> None:
+    original = job()
+    assert await queue.enqueue(original)
+    assert not await queue.enqueue(job(id=original.id, tenant="someone-else"))
+    assert await queue.get(original.id) == original
+    assert await queue.get("job_unknown") is None
+
+
+async def test_claims_hand_each_job_out_once_oldest_first(queue: JobStore) -> None:
+    jobs = [job(n) for n in range(5)]
+    for j in jobs:
+        await queue.enqueue(j)
+    first = await queue.claim("dispatcher-a", 3, stale_after_s=60)
+    second = await queue.claim("dispatcher-b", 10, stale_after_s=60)
+    assert [j.id for j in first] == [j.id for j in jobs[:3]]
+    assert [j.id for j in second] == [j.id for j in jobs[3:]]
+    assert await queue.claim("dispatcher-c", 10, stale_after_s=60) == []
+    assert await queue.stats() == QueueStats(waiting=0, claimed=5, in_batches=0, oldest_created_at=T0)
+
+
+async def test_a_stale_claim_is_handed_out_again(job_stores: JobStores, clock: FakeClock) -> None:
+    a, b = job_stores.open(), job_stores.open()  # two replicas; a is killed after claiming
+    j = job()
+    await a.enqueue(j)
+    assert [x.id for x in await a.claim("replica-a", 10, stale_after_s=0.2)] == [j.id]
+    assert await b.claim("replica-b", 10, stale_after_s=0.2) == [], "not stale yet"
+    # SQLite reads the fake clock; Redis measures idle time on its own clock, so real time passes too.
+    clock.advance(0.3)
+    await asyncio.sleep(0.3)
+    assert [x.id for x in await b.claim("replica-b", 10, stale_after_s=0.2)] == [j.id]
+
+
+async def test_the_first_result_wins_and_the_job_leaves_the_queue(queue: JobStore) -> None:
+    j = job()
+    await queue.enqueue(j)
+    await queue.claim("d", 10, stale_after_s=60)
+    assert await queue.complete(answer(j.id, content="first"))
+    assert not await queue.complete(answer(j.id, path="provider_batch", content="second"))
+    stored = await queue.result(j.id)
+    assert stored == answer(j.id, content="first")
+    assert await queue.stats() == QueueStats(0, 0, 0, None)
+    assert await queue.result("job_unknown") is None
+
+
+async def test_an_answered_job_is_not_handed_out_again_even_when_its_claim_goes_stale(
+    queue: JobStore, clock: FakeClock
+) -> None:
+    j = job()
+    await queue.enqueue(j)
+    await queue.claim("d", 10, stale_after_s=0.1)
+    await queue.complete(answer(j.id))
+    clock.advance(1)
+    await asyncio.sleep(0.2)
+    assert await queue.claim("d2", 10, stale_after_s=0.1) == []
+
+
+async def test_a_result_may_arrive_for_a_job_nobody_claimed(queue: JobStore) -> None:
+    j = job()
+    await queue.enqueue(j)
+    assert await queue.complete(answer(j.id))
+    assert await queue.claim("d", 10, stale_after_s=60) == []
+
+
+async def test_jobs_in_a_provider_batch_are_out_of_reach_and_survive_a_restart(job_stores: JobStores) -> None:
+    before = job_stores.open()
+    jobs = [job(n) for n in range(3)]
+    for j in jobs:
+        await before.enqueue(j)
+    claimed = await before.claim("d", 10, stale_after_s=0.1)
+    await before.hold_in_batch("batch_abc", [j.id for j in claimed])
+    await asyncio.sleep(0.2)
+    job_stores.clock.advance(1)
+    assert await before.claim("d", 10, stale_after_s=0.1) == [], "held jobs are not stale claims"
+    after = job_stores.open()  # the dispatcher restarted: it finds the batch to resume
+    assert await after.open_batches() == {"batch_abc": sorted(j.id for j in jobs)}
+    assert await after.stats() == QueueStats(waiting=0, claimed=0, in_batches=3, oldest_created_at=None)
+
+
+async def test_releasing_a_batch_puts_back_only_its_unanswered_jobs(queue: JobStore) -> None:
+    jobs = [job(n) for n in range(3)]
+    for j in jobs:
+        await queue.enqueue(j)
+    await queue.claim("d", 10, stale_after_s=60)
+    await queue.hold_in_batch("batch_1", [j.id for j in jobs])
+    await queue.complete(answer(jobs[0].id, path="provider_batch"))  # the batch answered one, failed two
+    assert await queue.release_batch("batch_1") == sorted([jobs[1].id, jobs[2].id])
+    assert await queue.open_batches() == {}
+    again = await queue.claim("d", 10, stale_after_s=60)
+    assert sorted(j.id for j in again) == sorted([jobs[1].id, jobs[2].id])
+    assert await queue.release_batch("batch_1") == [], "releasing twice does nothing"
+
+
+async def test_stats_count_each_state_and_the_oldest_open_job(queue: JobStore) -> None:
+    jobs = [job(n) for n in (30, 10, 20, 40)]
+    for j in sorted(jobs, key=lambda j: j.created_at):
+        await queue.enqueue(j)
+    claimed = await queue.claim("d", 2, stale_after_s=60)  # created at +10 and +20
+    await queue.hold_in_batch("b", [claimed[0].id])
+    stats = await queue.stats()
+    assert (stats.waiting, stats.claimed, stats.in_batches) == (2, 1, 1)
+    assert stats.oldest_created_at == pytest.approx(T0 + 20)
