@@ -1,0 +1,210 @@
+"""An OpenAI-compatible Batch API upstream: JSONL in, a batch to poll, JSONL out (files + batches).
+
+Speaks the protocol only (it knows nothing of jobs, tenants or prices): build input files within the
+provider's limits, upload them, create and poll batches, and read the output and error files back into
+one result per ``custom_id``. aiohttp, like the real-time adapter; these calls are few and large.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+import orjson
+
+from tokenyard import __version__
+from tokenyard.errors import UpstreamConnectError, UpstreamError, UpstreamStatusError, UpstreamTimeout
+
+# OpenAI's published limits for one batch input file.
+MAX_REQUESTS: Final = 50_000
+MAX_BYTES: Final = 200 * 1024 * 1024
+TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """One request of a batch: its ``custom_id`` (our job id), endpoint and JSON body."""
+
+    custom_id: str
+    url: str  # /v1/chat/completions | /v1/completions | /v1/embeddings
+    body: bytes
+
+    def encode(self) -> bytes:
+        """The line as the input file carries it (the body is embedded as JSON, not re-parsed)."""
+        head = orjson.dumps({"custom_id": self.custom_id, "method": "POST", "url": self.url})
+        return head[:-1] + b',"body":' + self.body + b"}\n"
+
+
+def input_files(
+    lines: Iterable[BatchLine], *, max_requests: int = MAX_REQUESTS, max_bytes: int = MAX_BYTES
+) -> Iterator[tuple[bytes, list[str]]]:
+    """The lines as JSONL files within the limits: (file content, its custom_ids), in order."""
+    buffer: list[bytes] = []
+    ids: list[str] = []
+    size = 0
+    for line in lines:
+        encoded = line.encode()
+        if len(encoded) > max_bytes:
+            raise ValueError(f"request {line.custom_id} alone is larger than a batch file may be")
+        if buffer and (len(buffer) >= max_requests or size + len(encoded) > max_bytes):
+            yield b"".join(buffer), ids
+            buffer, ids, size = [], [], 0
+        buffer.append(encoded)
+        ids.append(line.custom_id)
+        size += len(encoded)
+    if buffer:
+        yield b"".join(buffer), ids
+
+
+@dataclass(frozen=True, slots=True)
+class LineResult:
+    """The provider's answer to one ``custom_id``: an HTTP status and body, as a real-time call gives."""
+
+    status: int
+    body: bytes
+
+
+def results(output: bytes, errors: bytes = b"") -> dict[str, LineResult]:
+    """Every line of the output and error files by ``custom_id``.
+
+    An output line carries ``response: {status_code, body}``; an error line either a response with an
+    error status or ``error: {code, message}`` and no response (then 500 with that error as the body).
+    """
+    out: dict[str, LineResult] = {}
+    for raw in (*output.splitlines(), *errors.splitlines()):
+        if not raw.strip():
+            continue
+        line = orjson.loads(raw)
+        response = line.get("response")
+        if response is not None:
+            out[line["custom_id"]] = LineResult(
+                int(response["status_code"]), orjson.dumps(response.get("body"))
+            )
+        else:
+            error = line.get("error") or {"message": "the provider returned no response for this request"}
+            message, code = error.get("message"), error.get("code")
+            body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+            out[line["custom_id"]] = LineResult(500, orjson.dumps(body))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class BatchState:
+    """A provider batch as last seen."""
+
+    id: str
+    # validating | in_progress | finalizing | completed | failed | expired | cancelling | cancelled
+    status: str
+    output_file_id: str | None
+    error_file_id: str | None
+    total: int
+    completed: int
+    failed: int
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the batch will not change any more (its files, if any, are final)."""
+        return self.status in TERMINAL
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> BatchState:
+        """From OpenAI's Batch object."""
+        counts = obj.get("request_counts") or {}
+        return cls(
+            id=obj["id"],
+            status=obj["status"],
+            output_file_id=obj.get("output_file_id"),
+            error_file_id=obj.get("error_file_id"),
+            total=int(counts.get("total", 0)),
+            completed=int(counts.get("completed", 0)),
+            failed=int(counts.get("failed", 0)),
+        )
+
+
+class OpenAIBatchUpstream:
+    """A client for one provider's files and batches endpoints (``https://host/v1``)."""
+
+    def __init__(self, base_url: str, *, api_key: str | None, timeout_s: float = 120.0) -> None:
+        self._base_url = base_url.rstrip("/")
+        headers = {"User-Agent": f"tokenyard/{__version__}"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._session = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+    async def upload(self, content: bytes, filename: str = "batch.jsonl") -> str:
+        """Upload a batch input file; its file id."""
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", content, filename=filename, content_type="application/jsonl")
+        return str((await self._json("POST", "/files", data=form))["id"])
+
+    async def create(
+        self,
+        file_id: str,
+        endpoint: str,
+        *,
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+    ) -> BatchState:
+        """Start a batch over an uploaded input file."""
+        body: dict[str, Any] = {
+            "input_file_id": file_id,
+            "endpoint": endpoint,
+            "completion_window": completion_window,
+        }
+        if metadata:
+            body["metadata"] = dict(metadata)
+        return BatchState.of(await self._json("POST", "/batches", json=body))
+
+    async def retrieve(self, batch_id: str) -> BatchState:
+        """A batch's current state."""
+        return BatchState.of(await self._json("GET", f"/batches/{batch_id}"))
+
+    async def cancel(self, batch_id: str) -> BatchState:
+        """Ask the provider to cancel a batch (it goes ``cancelling``, then ``cancelled``)."""
+        return BatchState.of(await self._json("POST", f"/batches/{batch_id}/cancel"))
+
+    async def content(self, file_id: str) -> bytes:
+        """A file's bytes (a batch's output or error file)."""
+        return await self._request("GET", f"/files/{file_id}/content")
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._session.close()
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        value = orjson.loads(await self._request(method, path, **kwargs))
+        if not isinstance(value, dict):
+            raise UpstreamError(f"the batch API answered {method} {path} with something not an object")
+        return value
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> bytes:
+        try:
+            async with self._session.request(method, self._base_url + path, **kwargs) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise UpstreamStatusError(
+                        f"the batch API answered {method} {path} with {resp.status}", status=resp.status
+                    )
+                return body
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"the batch API did not answer {method} {path} in time") from exc
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise UpstreamConnectError(f"cannot reach the batch API: {type(exc).__name__}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"batch API request failed: {type(exc).__name__}") from exc
+
+
+async def wait_until_terminal(
+    upstream: OpenAIBatchUpstream, batch_id: str, *, poll_s: float = 5.0, timeout_s: float | None = None
+) -> BatchState:
+    """Poll a batch until it is terminal (for tools and tests; the dispatcher polls on its own clock)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            state = await upstream.retrieve(batch_id)
+            if state.terminal:
+                return state
+            await asyncio.sleep(poll_s)
