@@ -12,7 +12,8 @@ def main() -> int:
     """Parse the command line and run a simulator."""
     parser = argparse.ArgumentParser(
         prog="python -m tokenyard.simulator",
-        description="Run a simulated OpenAI-compatible upstream (chat, completions, embeddings, models).",
+        description="Run a simulated OpenAI-compatible upstream"
+        " (chat, completions, embeddings, models, files, batches).",
     )
     add_arguments(parser)
     return run(parser.parse_args())

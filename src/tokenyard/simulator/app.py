@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tokenyard.errors import MethodNotAllowed, RouteNotFound, TokenyardError
-from tokenyard.simulator import catalog, control, inference
+from tokenyard.simulator import batches, catalog, control, files, inference
 from tokenyard.simulator.asgi import (
     Receive,
     Request,
@@ -32,14 +32,22 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/v1/completions": {"POST": inference.completions},
     "/v1/embeddings": {"POST": inference.embeddings},
     "/v1/models": {"GET": catalog.list_models},
+    "/v1/files": {"GET": files.list_files, "POST": files.upload_file},
+    "/v1/batches": {"GET": batches.list_batches, "POST": batches.create_batch},
     "/sim/stats": {"GET": control.stats},
     "/sim/requests": {"GET": control.recent_requests},
     "/sim/faults": {"GET": control.get_faults, "POST": control.set_faults},
     "/sim/reset": {"POST": control.reset},
 }
-PREFIX_ROUTES: dict[str, dict[str, Handler]] = {
-    "/v1/models/": {"GET": catalog.retrieve_model},
-}
+# (prefix, suffix, methods): the path parameter is what lies between; the first route that fits wins, so
+# the ones with a suffix come first. Model ids may contain "/".
+PARAM_ROUTES: tuple[tuple[str, str, dict[str, Handler]], ...] = (
+    ("/v1/files/", "/content", {"GET": files.file_content}),
+    ("/v1/batches/", "/cancel", {"POST": batches.cancel_batch}),
+    ("/v1/models/", "", {"GET": catalog.retrieve_model}),
+    ("/v1/files/", "", {"GET": files.retrieve_file, "DELETE": files.delete_file}),
+    ("/v1/batches/", "", {"GET": batches.retrieve_batch}),
+)
 RECORDED_PREFIX = "/v1/"
 
 
@@ -58,9 +66,9 @@ def match_route(method: str, path: str) -> RouteMatch:
     methods = ROUTES.get(path)
     param = ""
     if methods is None:
-        for prefix, prefix_methods in PREFIX_ROUTES.items():
-            if path.startswith(prefix) and len(path) > len(prefix):
-                methods, param = prefix_methods, path[len(prefix) :]
+        for prefix, suffix, param_methods in PARAM_ROUTES:
+            if path.startswith(prefix) and path.endswith(suffix) and len(path) > len(prefix) + len(suffix):
+                methods, param = param_methods, path[len(prefix) : len(path) - len(suffix)]
                 break
         else:
             raise RouteNotFound(f"Unknown request URL: {method} {path}.")

@@ -26,6 +26,9 @@ _CONFIG_OPTIONS: tuple[_Option, ...] = (
     ("aggregate_tokens_per_s", float, "RATE", "dedicated: decode rate shared by the active streams"),
     ("default_max_tokens", int, "N", "completion length when the request sets no max_tokens"),
     ("embedding_dimensions", int, "N", "embedding length when the request sets no dimensions"),
+    ("batch_turnaround_s", float, "SECONDS", "Batch API: seconds from creation to completed"),
+    ("batch_cancelling_s", float, "SECONDS", "Batch API: seconds a cancelled batch stays cancelling"),
+    ("batch_max_lines", int, "N", "Batch API: most requests in one input file"),
 )
 _FAULT_OPTIONS: tuple[_Option, ...] = (
     ("error_rate", float, "FRACTION", "fraction of inference requests answered with --error-status"),
@@ -34,6 +37,8 @@ _FAULT_OPTIONS: tuple[_Option, ...] = (
     ("retry_after_s", float, "SECONDS", "Retry-After of injected 429s"),
     ("first_byte_delay_ms", float, "MS", "extra delay before response headers"),
     ("cut_stream_after_chunks", int, "N", "drop streams after N content chunks (default: never)"),
+    ("batch_error_rate", float, "FRACTION", "fraction of batch lines answered with --error-status"),
+    ("batch_expire_after_s", float, "SECONDS", "expire batches this long after creation (default: 24h)"),
 )
 
 

@@ -27,12 +27,18 @@ class FaultConfig(BaseModel):
     first_byte_delay_ms: float = Field(default=0.0, ge=0.0)
     """Extra delay before the response headers of an inference request are sent."""
     cut_stream_after_chunks: int | None = Field(default=None, ge=0)
+    """Abort a stream (drop the connection, no ``[DONE]``) after this many content chunks."""
     stall_stream_after_chunks: int | None = Field(default=None, ge=0)
     """Go silent (keep the connection, send nothing) for ``stall_s`` after N content chunks of a stream."""
     stall_s: float = Field(default=3600.0, ge=0.0)
     ignore_stream: bool = False
     """Answer ``stream: true`` requests with one whole JSON answer, as some upstreams do."""
-    """Abort a stream (drop the connection, no ``[DONE]``) after this many content chunks."""
+    batch_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Fraction of batch lines answered with ``error_status`` (in the error file), drawn from an RNG seeded
+    per batch. Batches take their faults when they are created."""
+    batch_expire_after_s: float | None = Field(default=None, ge=0.0)
+    """Batches created while this is set expire this long after creation, if they would not have completed
+    by then, instead of at the end of their 24 h completion window (0: before any of their lines runs)."""
 
 
 class SimulatorConfig(BaseModel):
@@ -58,4 +64,12 @@ class SimulatorConfig(BaseModel):
     default_max_tokens: int = Field(default=16, ge=1)
     """Completion length when the request sets neither ``max_tokens`` nor ``max_completion_tokens``."""
     embedding_dimensions: int = Field(default=8, ge=1)
+    batch_turnaround_s: float = Field(default=2.0, ge=0.0)
+    """Batch API: seconds from creation to ``completed`` — the first 10% validating, the next 80% running
+    the lines (finishing evenly spread), the last 10% finalizing. A batch that would complete after it
+    expires (its 24 h window, or ``faults.batch_expire_after_s``) expires then, with what ran so far."""
+    batch_cancelling_s: float = Field(default=0.0, ge=0.0)
+    """Batch API: how long a cancelled batch stays ``cancelling`` before it is ``cancelled``."""
+    batch_max_lines: int = Field(default=50_000, ge=1)
+    """Batch API: requests one input file may hold; more fail validation with ``too_many_tasks``."""
     faults: FaultConfig = Field(default_factory=FaultConfig)

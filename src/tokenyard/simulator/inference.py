@@ -8,10 +8,16 @@ plan failed, take a generation slot, wait the time to first token, and produce t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Literal
 
 from tokenyard.errors import ModelNotFound, TokenyardError
 from tokenyard.simulator import wire
+from tokenyard.simulator.answers import (
+    Kind,
+    completion_answer,
+    completion_head,
+    embedding_answer,
+    plan_generation,
+)
 from tokenyard.simulator.asgi import (
     Request,
     Send,
@@ -23,18 +29,7 @@ from tokenyard.simulator.asgi import (
 )
 from tokenyard.simulator.capacity import TokenPacer, sample_ttft_s, stream_rate_per_s
 from tokenyard.simulator.state import SimulatorState
-from tokenyard.simulator.tokens import (
-    EmbeddingPlan,
-    GenerationPlan,
-    embedding_vector,
-    encode_base64_float32,
-    generate_pieces,
-    plan_chat,
-    plan_completion,
-    plan_embeddings,
-)
-
-Kind = Literal["chat", "completion"]
+from tokenyard.simulator.tokens import EmbeddingPlan, GenerationPlan, generate_pieces, plan_embeddings
 
 
 class StreamCut(Exception):
@@ -68,14 +63,8 @@ async def embeddings(state: SimulatorState, request: Request, send: Send) -> Non
 
 
 async def _generate(state: SimulatorState, request: Request, send: Send, kind: Kind) -> None:
-    default_max_tokens = state.config.default_max_tokens
     try:
-        body = request.json_object()
-        plan: GenerationPlan | TokenyardError = (
-            plan_chat(body, default_max_tokens)
-            if kind == "chat"
-            else plan_completion(body, default_max_tokens)
-        )
+        plan: GenerationPlan | TokenyardError = plan_generation(kind, request.json_object(), state.config)
     except TokenyardError as exc:
         plan = exc
 
@@ -130,16 +119,9 @@ async def _complete(
     config = state.config
     async with state.slots:
         ttft_s = sample_ttft_s(config, state.rng)
-        prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
-        head = wire.response_head(
-            f"{prefix}{state.rng.getrandbits(96):024x}",
-            int(state.clock.time()),
-            plan.model,
-            f"fp_{config.name}",
-        )
+        head = completion_head(kind, state.rng.getrandbits(96), int(state.clock.time()), plan.model, config)
         pieces = generate_pieces(config.seed, raw_body, plan.choices, plan.completion_tokens_per_choice)
         pacer_rate = _rate_source(state)
-        usage = wire.usage(plan.prompt_tokens, plan.completion_tokens)
         if plan.stream and not state.faults.ignore_stream:
             await send({"type": "http.response.start", "status": 200, "headers": wire.SSE_HEADERS})
             await state.clock.sleep(ttft_s)
@@ -149,15 +131,14 @@ async def _complete(
                 if kind == "chat"
                 else wire.CompletionChunks(head, plan.include_usage)
             )
+            usage = wire.usage(plan.prompt_tokens, plan.completion_tokens)
             await _stream(state, plan, pieces, chunks, pacer, usage, send)
             state.counters.streams_completed += 1
             return
         await state.clock.sleep(ttft_s)
         pacer = TokenPacer(state.clock, pacer_rate, fixed_rate=config.mode == "serverless")
         await pacer.advance(plan.completion_tokens_per_choice - 1)
-        texts = ["".join(choice) for choice in pieces]
-        build = wire.chat_completion if kind == "chat" else wire.text_completion
-        await send_json(send, build(head, texts, plan.finish_reason, usage))
+        await send_json(send, completion_answer(kind, head, plan, pieces))
         state.counters.requests_completed += 1
 
 
@@ -212,10 +193,5 @@ async def _embed(state: SimulatorState, plan: EmbeddingPlan, send: Send) -> None
     """Answer an embeddings request inside a slot after the time to first token."""
     async with state.slots:
         await state.clock.sleep(sample_ttft_s(state.config, state.rng))
-        seed, dimensions = state.config.seed, plan.dimensions
-        vectors = [embedding_vector(seed, text, dimensions) for text in plan.inputs]
-        data: list[list[float] | str] = (
-            [encode_base64_float32(vector) for vector in vectors] if plan.base64 else list(vectors)
-        )
-        await send_json(send, wire.embeddings_list(plan.model, data, plan.prompt_tokens))
+        await send_json(send, embedding_answer(plan, state.config))
         state.counters.requests_completed += 1

@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 
 from tokenyard.simulator.app import SimulatorApp, build_app
+from tokenyard.simulator.clock import Clock
 from tokenyard.simulator.config import SimulatorConfig
 
 STARTUP_POLL_S = 0.005
@@ -51,7 +52,11 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class SimulatorServer:
-    """A simulator listening on ``host:port`` (port 0 picks a free one) for an ``async with`` block."""
+    """A simulator listening on ``host:port`` (port 0 picks a free one) for an ``async with`` block.
+
+    ``clock`` (default: the real one) is the simulator's time: a test that hands in a fake clock moves
+    batches through their life cycle by advancing it. The server itself keeps real time.
+    """
 
     def __init__(
         self,
@@ -61,10 +66,11 @@ class SimulatorServer:
         *,
         log_level: str | None = None,
         shutdown_timeout_s: int = 5,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.host = host
-        self.app: SimulatorApp = build_app(config)
+        self.app: SimulatorApp = build_app(config, clock=clock)
         self._requested_port = port
         self._log_level = log_level
         self._shutdown_timeout_s = shutdown_timeout_s

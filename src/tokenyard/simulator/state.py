@@ -1,4 +1,4 @@
-"""The live state of one simulator: counters, recent requests, current faults, RNG and slots.
+"""The live state of one simulator: counters, recent requests, current faults, RNG, slots, files and batches.
 
 Built once by ``build_app`` and passed to every handler; in-process users read it as ``app.state``.
 """
@@ -10,9 +10,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenyard.simulator.batch_job import BatchStore
 from tokenyard.simulator.capacity import Slots
 from tokenyard.simulator.clock import Clock
 from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.simulator.file_store import FileStore
 
 REQUEST_LOG_SIZE = 200
 
@@ -53,7 +55,17 @@ class RecordedRequest:
 class SimulatorState:
     """Everything a running simulator knows and can be told at run time."""
 
-    __slots__ = ("clock", "config", "counters", "faults", "recent_requests", "rng", "slots")
+    __slots__ = (
+        "batches",
+        "clock",
+        "config",
+        "counters",
+        "faults",
+        "files",
+        "recent_requests",
+        "rng",
+        "slots",
+    )
 
     def __init__(self, config: SimulatorConfig, clock: Clock) -> None:
         self.config = config
@@ -63,9 +75,12 @@ class SimulatorState:
         self.faults = config.faults.model_copy()
         self.recent_requests: deque[RecordedRequest] = deque(maxlen=REQUEST_LOG_SIZE)
         self.rng = random.Random(config.seed)
+        self.files = FileStore(config.seed)
+        self.batches = BatchStore(config.seed)
 
     def reset(self) -> None:
-        """Zero the counters, forget recent requests, restore the configured faults and reseed the RNG.
+        """Zero the counters, forget recent requests, files and batches, restore the configured faults and
+        reseed the RNGs.
 
         Requests still running keep their slots, so ``in_flight`` and ``queued`` stay truthful gauges.
         """
@@ -74,6 +89,8 @@ class SimulatorState:
         self.faults = self.config.faults.model_copy()
         self.rng = random.Random(self.config.seed)
         self.slots.reset_peak()
+        self.files.clear()
+        self.batches.clear()
 
     def record(self, request: RecordedRequest) -> None:
         """Count a ``/v1/`` request and remember it."""

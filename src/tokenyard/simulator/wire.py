@@ -1,7 +1,8 @@
 """OpenAI's wire format, defined once: response bodies, stream chunks, SSE framing and error bodies.
 
 Everything here is pure: plain data in, ``dict`` or ``bytes`` out. Shapes follow the ``openai`` Python SDK's
-types (``ChatCompletion``, ``ChatCompletionChunk``, ``Completion``, ``CreateEmbeddingResponse``, ``Model``).
+types (``ChatCompletion``, ``ChatCompletionChunk``, ``Completion``, ``CreateEmbeddingResponse``, ``Model``,
+``FileObject``, ``FileDeleted``) and the Batch guide's output and error file lines.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from tokenyard.errors import TokenyardError
 Headers = list[tuple[bytes, bytes]]
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+BINARY_HEADERS: Headers = [(b"content-type", b"application/octet-stream")]
 SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -28,25 +30,42 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def error_payload(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """An OpenAI error object: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
 def error_body(message: str, error_type: str, *, param: str | None = None, code: str | None = None) -> bytes:
-    """An OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    return orjson.dumps({"error": {"message": message, "type": error_type, "param": param, "code": code}})
+    """An OpenAI error body, serialized."""
+    return orjson.dumps(error_payload(message, error_type, param=param, code=code))
+
+
+def error_payload_for(exc: TokenyardError) -> dict[str, Any]:
+    """The error object a tokenyard error maps to (its status is ``exc.status_code``)."""
+    return error_payload(exc.message, exc.error_type, param=exc.param, code=exc.code)
 
 
 def error_for(exc: TokenyardError) -> tuple[int, bytes]:
     """The status and body that a tokenyard error maps to."""
-    return exc.status_code, error_body(exc.message, exc.error_type, param=exc.param, code=exc.code)
+    return exc.status_code, orjson.dumps(error_payload_for(exc))
 
 
-def injected_error(status: int) -> bytes:
-    """The body of an injected fault, shaped like OpenAI's own error for that status."""
+def injected_error_payload(status: int) -> dict[str, Any]:
+    """The error object of an injected fault, shaped like OpenAI's own error for that status."""
     if status == 429:
-        return error_body(
+        return error_payload(
             "Rate limit reached (injected by simulator).", "requests", code="rate_limit_exceeded"
         )
     if status >= 500:
-        return error_body("The server had an error (injected by simulator).", "server_error")
-    return error_body(f"Injected error with status {status}.", "invalid_request_error")
+        return error_payload("The server had an error (injected by simulator).", "server_error")
+    return error_payload(f"Injected error with status {status}.", "invalid_request_error")
+
+
+def injected_error(status: int) -> bytes:
+    """The body of an injected fault, serialized."""
+    return orjson.dumps(injected_error_payload(status))
 
 
 def retry_after_value(seconds: float) -> bytes:
@@ -188,3 +207,70 @@ def model_object(model_id: str, created: int) -> dict[str, Any]:
 def model_list(model_ids: list[str], created: int) -> dict[str, Any]:
     """The ``/v1/models`` answer."""
     return {"object": "list", "data": [model_object(model_id, created) for model_id in model_ids]}
+
+
+def list_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """One page of a cursor-paged list (files, batches): the next page starts ``after`` ``last_id``."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def file_object(
+    file_id: str, size_bytes: int, created_at: int, filename: str, purpose: str, expires_at: int | None
+) -> dict[str, Any]:
+    """A ``file`` object, as upload, retrieve and list return it."""
+    return {
+        "id": file_id,
+        "object": "file",
+        "bytes": size_bytes,
+        "created_at": created_at,
+        "expires_at": expires_at,
+        "filename": filename,
+        "purpose": purpose,
+        "status": "processed",
+        "status_details": None,
+    }
+
+
+def file_deleted(file_id: str) -> dict[str, Any]:
+    """The answer to ``DELETE /v1/files/{id}``."""
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+def batch_response_line(
+    line_id: str, custom_id: str, status_code: int, request_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """A line of a batch output (2xx) or error (4xx/5xx) file: the request ran and got this answer."""
+    response = {"status_code": status_code, "request_id": request_id, "body": body}
+    return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
+
+
+def batch_unrun_line(line_id: str, custom_id: str, code: str, message: str) -> dict[str, Any]:
+    """A line of a batch error file for a request that never ran (``batch_expired``, ``batch_cancelled``)."""
+    return {
+        "id": line_id,
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": code, "message": message},
+    }
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    """JSON Lines: one compact object per line, each ending in a newline."""
+    return b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+
+def batch_usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """A batch's ``usage``: the tokens of the requests that succeeded so far."""
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }

@@ -1,0 +1,98 @@
+"""Inference answers as plain data: the whole JSON answer a completion or embeddings body gets.
+
+Pure functions of the body, the config, and the id bits and time they are handed. The real-time endpoints
+(``inference``) wrap them in the latency model and the slots; batch lines (``batch_job``) use them as they
+are, so a request gets the same body and usage either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from tokenyard.errors import ModelNotFound
+from tokenyard.simulator import wire
+from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.simulator.tokens import (
+    EmbeddingPlan,
+    GenerationPlan,
+    embedding_vector,
+    encode_base64_float32,
+    generate_pieces,
+    plan_chat,
+    plan_completion,
+    plan_embeddings,
+)
+
+Kind = Literal["chat", "completion"]
+
+ID_PREFIXES: dict[Kind, str] = {"chat": "chatcmpl-", "completion": "cmpl-"}
+ENDPOINT_KINDS: dict[str, Kind | Literal["embeddings"]] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+    "/v1/embeddings": "embeddings",
+}
+
+
+def plan_generation(kind: Kind, body: Mapping[str, Any], config: SimulatorConfig) -> GenerationPlan:
+    """Validate a chat or legacy completion body and decide what to generate."""
+    if kind == "chat":
+        return plan_chat(body, config.default_max_tokens)
+    return plan_completion(body, config.default_max_tokens)
+
+
+def completion_head(
+    kind: Kind, id_bits: int, created: int, model: str, config: SimulatorConfig
+) -> dict[str, Any]:
+    """The id, created, model and fingerprint every object and chunk of one completion share."""
+    return wire.response_head(f"{ID_PREFIXES[kind]}{id_bits:024x}", created, model, f"fp_{config.name}")
+
+
+def completion_answer(
+    kind: Kind, head: dict[str, Any], plan: GenerationPlan, pieces: list[list[str]]
+) -> dict[str, Any]:
+    """A non-streamed ``chat.completion`` or ``text_completion`` of the generated pieces."""
+    texts = ["".join(choice) for choice in pieces]
+    build = wire.chat_completion if kind == "chat" else wire.text_completion
+    return build(head, texts, plan.finish_reason, wire.usage(plan.prompt_tokens, plan.completion_tokens))
+
+
+def embedding_answer(plan: EmbeddingPlan, config: SimulatorConfig) -> dict[str, Any]:
+    """An embeddings ``list``: one vector per input, as floats or base64."""
+    vectors = [embedding_vector(config.seed, text, plan.dimensions) for text in plan.inputs]
+    data: list[list[float] | str] = (
+        [encode_base64_float32(vector) for vector in vectors] if plan.base64 else list(vectors)
+    )
+    return wire.embeddings_list(plan.model, data, plan.prompt_tokens)
+
+
+def answer(
+    endpoint: str,
+    body: Mapping[str, Any],
+    raw_body: bytes,
+    config: SimulatorConfig,
+    serves: Callable[[str], bool],
+    *,
+    id_bits: int,
+    created: int,
+) -> dict[str, Any]:
+    """The whole answer ``endpoint`` gives ``body`` (streaming is ignored: the answer is one object).
+
+    Raises the ``TokenyardError`` the real-time endpoint would answer with: a body it rejects, or a model
+    the simulator does not serve. ``raw_body`` keys the generated text, as the request's bytes do there.
+    """
+    kind = ENDPOINT_KINDS[endpoint]
+    if kind == "embeddings":
+        embedding_plan = plan_embeddings(body, config.embedding_dimensions)
+        _require_served(embedding_plan.model, serves)
+        return embedding_answer(embedding_plan, config)
+    plan = plan_generation(kind, body, config)
+    _require_served(plan.model, serves)
+    head = completion_head(kind, id_bits, created, plan.model, config)
+    pieces = generate_pieces(config.seed, raw_body, plan.choices, plan.completion_tokens_per_choice)
+    return completion_answer(kind, head, plan, pieces)
+
+
+def _require_served(model: str, serves: Callable[[str], bool]) -> None:
+    if not serves(model):
+        raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.")
