@@ -5,7 +5,19 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tokenyard.adapters.openai_batch import BatchLine, BatchState, LineResult, input_files, results
+from tests.harness import set_faults
+from tests.simulator.helpers import FakeClock
+from tokenyard.adapters.openai_batch import (
+    BatchLine,
+    BatchState,
+    LineResult,
+    OpenAIBatchUpstream,
+    input_files,
+    results,
+)
+from tokenyard.errors import UpstreamStatusError
+from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.simulator.server import SimulatorServer
 
 BODY = b'{"model":"m","messages":[{"role":"user","content":"caf\\u00e9 \xc3\xa9 \\"quoted\\""}]}'
 
@@ -82,3 +94,52 @@ def test_batch_state_reads_openai_batch_objects() -> None:
     assert state == BatchState("batch_1", "completed", "file-o", None, 3, 2, 1)
     assert state.terminal
     assert not BatchState.of({"id": "b", "status": "finalizing"}).terminal
+
+
+async def test_a_round_trip_through_the_simulators_batch_api_with_partial_failure() -> None:
+    clock = FakeClock()
+    config = SimulatorConfig(ttft_ms=0, ttft_jitter=0, batch_turnaround_s=10, seed=3)
+    async with SimulatorServer(config, clock=clock) as sim:
+        api = OpenAIBatchUpstream(sim.base_url, api_key="sk-sim")
+        try:
+            await set_faults(sim, batch_error_rate=0.5, error_status=500)
+            lines = [BatchLine(f"job_{n}", "/v1/chat/completions", BODY) for n in range(20)]
+            [(content, ids)] = list(input_files(lines))
+            file_id = await api.upload(content)
+            state = await api.create(file_id, "/v1/chat/completions", metadata={"source": "test"})
+            assert state.status == "validating"
+            assert not state.terminal
+            clock.now_s += 11
+            done = await api.retrieve(state.id)
+            assert done.status == "completed"
+            assert done.total == 20
+            assert 0 < done.failed < 20
+            assert done.completed + done.failed == 20
+            output = await api.content(done.output_file_id) if done.output_file_id else b""
+            errors = await api.content(done.error_file_id) if done.error_file_id else b""
+            got = results(output, errors)
+            assert set(got) == set(ids)
+            assert sum(r.status == 200 for r in got.values()) == done.completed
+            assert all(r.status == 500 for r in got.values() if r.status != 200)
+            ok = next(r for r in got.values() if r.status == 200)
+            assert orjson.loads(ok.body)["object"] == "chat.completion"
+        finally:
+            await api.aclose()
+
+
+async def test_cancel_and_unknown_ids_through_the_adapter() -> None:
+    clock = FakeClock()
+    async with SimulatorServer(SimulatorConfig(batch_turnaround_s=100), clock=clock) as sim:
+        api = OpenAIBatchUpstream(sim.base_url, api_key="sk-sim")
+        try:
+            file_id = await api.upload(BatchLine("a", "/v1/chat/completions", BODY).encode())
+            state = await api.create(file_id, "/v1/chat/completions")
+            cancelling = await api.cancel(state.id)
+            assert cancelling.status in ("cancelling", "cancelled")
+            clock.now_s += 1
+            assert (await api.retrieve(state.id)).status == "cancelled"
+            with pytest.raises(UpstreamStatusError) as missing:
+                await api.retrieve("batch_nope")
+            assert missing.value.status == 404
+        finally:
+            await api.aclose()
