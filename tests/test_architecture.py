@@ -36,6 +36,7 @@ def test_lower_rooms_know_nothing_of_the_router(package: str, forbidden: tuple[s
 PURE = (
     "routing.py",
     "classify.py",
+    "queue/paths.py",
     "breaker.py",
     "meter/pricing.py",
     "advisor/traffic.py",

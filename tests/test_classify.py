@@ -120,10 +120,12 @@ def test_the_key_deadline_beats_the_rule_deadline_and_flex_never_waits_longer_th
     assert classify(facts(service_tier="flex", key_deadline_s=7200)).deadline_s == FLEX
 
 
-def test_a_stream_is_served_in_real_time_unless_the_request_itself_asks() -> None:
+def test_a_stream_is_served_in_real_time_and_cannot_be_polled() -> None:
     by_policy = classify(facts(stream=True, key_mode="async", key_name="k"))
     assert by_policy == Decision("realtime", "respond", "key k: async, but streamed: served in real time")
-    assert classify(facts(stream=True, service_tier="flex")).delivery == "hold"
+    assert classify(facts(stream=True, service_tier="flex")) == Decision(
+        "realtime", "respond", "service_tier: flex, but streamed: served in real time"
+    )
     with pytest.raises(InvalidRequest, match="cannot be answered later") as caught:
         classify(facts(stream=True, prefer="respond-async"))
     assert caught.value.param == "stream"

@@ -167,7 +167,8 @@ def test_the_built_in_quick_start_config_is_valid_and_open_on_loopback_only() ->
     assert config.server.host == "127.0.0.1"
     assert not config.keys
     assert all(b.simulator is not None for b in config.backends.values())
-    assert {b.kind for b in config.backends.values()} == {"dedicated", "dedicated_serverless", "serverless"}
+    kinds = {b.kind for b in config.backends.values()}
+    assert kinds == {"dedicated", "dedicated_serverless", "serverless", "batch"}
 
 
 def test_the_example_configs_in_the_repo_are_valid() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,20 @@ async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_p
         await eventually(metered)
         async with httpx.AsyncClient(timeout=30) as http:  # the advisor works out of the box too
             advice = (await http.get(f"{proxy.url}/admin/advice", params={"fresh": "1"})).json()
+            # ... and the async track: a polled job and a flex request both finish in seconds.
+            chat = {"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "later"}]}
+            accepted = await http.post(
+                f"{proxy.base_url}/chat/completions", json=chat, headers={"Prefer": "respond-async"}
+            )
+            flex = await http.post(
+                f"{proxy.base_url}/chat/completions", json={**chat, "service_tier": "flex"}
+            )
+            polled = await http.get(proxy.url + accepted.headers["location"])
+            for _ in range(100):
+                if polled.status_code != 202:
+                    break
+                await asyncio.sleep(0.1)
+                polled = await http.get(proxy.url + accepted.headers["location"])
     finally:
         # uvicorn drains, then re-raises SIGTERM so a supervisor sees how the process ended.
         assert proxy.stop() in (0, -signal.SIGTERM)
@@ -47,6 +62,11 @@ async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_p
     assert chat["current"]["label"] == "current: 1 × 1×H100-80GB + dedicated serverless"
     assert chat["recommended"]["architecture"] == "serverless"  # one request does not pay for a GPU
     assert chat["confidence"] == "low"
+    assert accepted.status_code == 202
+    assert polled.status_code == 200
+    assert polled.json()["object"] == "chat.completion"
+    assert flex.status_code == 200
+    assert flex.headers["x-tokenyard-mode"] == "async"
     log = proxy.log()
     assert "no API keys configured: any bearer key is accepted" in log
     assert "127.0.0.1" in log

@@ -70,6 +70,12 @@ class RouteNotFound(ClientError):
     code = "unknown_url"
 
 
+class ObjectNotFound(ClientError):
+    """No job, file or batch with this id for this key (another tenant's is "not found" too)."""
+
+    status_code = 404
+
+
 class MethodNotAllowed(ClientError):
     """The path exists but not for this HTTP method."""
 

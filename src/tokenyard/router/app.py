@@ -27,8 +27,14 @@ from tokenyard.router.backends import Backend, open_backends
 from tokenyard.router.config import TokenyardConfig
 from tokenyard.router.meter.meter import Meter
 from tokenyard.router.meter.metrics import TokenyardCollector, exposition
+from tokenyard.router.meter.model import UsageRecord
+from tokenyard.router.meter.store import MeterStore
 from tokenyard.router.meter.stores import open_configured_store, redacted
 from tokenyard.router.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
+from tokenyard.router.queue.dispatcher import Dispatcher
+from tokenyard.router.queue.front import JOBS_PATH, AsyncFront
+from tokenyard.router.queue.model import Job, JobResult
+from tokenyard.router.queue.stores import open_job_store
 
 log = logging.getLogger("tokenyard")
 
@@ -60,6 +66,7 @@ class TokenyardApp:
         self.ready = False
         self.backends: dict[str, Backend] = {}
         self.proxy: Proxy | None = None
+        self.dispatcher: Dispatcher | None = None
         self.meter: Meter | None = None
         self.admin: AdminApi | None = None
         self.rejected: Counter[int] = Counter()
@@ -91,6 +98,8 @@ class TokenyardApp:
                 route = ("GET", self._retrieve_model)
             elif path.startswith("/admin/backends/") and path.endswith("/replicas"):
                 route = ("PUT", self._admin("replicas"))
+            elif path.startswith(JOBS_PATH):
+                route = ("GET", self._async_job)
             else:
                 raise RouteNotFound(f"Unknown request URL: {method} {path}.")
         if method != route[0]:
@@ -135,6 +144,13 @@ class TokenyardApp:
         name = scope["path"].removeprefix("/v1/models/")
         self.proxy.deployments(principal, name)  # raises ModelNotFound
         await wire.send_json(send, 200, _model_object(name))
+
+    async def _async_job(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        assert self.proxy is not None, "requests arrive only after start-up"
+        principal = self.proxy.authenticate(scope)
+        if self.proxy.front is None:
+            raise RouteNotFound("The async track is off: it needs a meter store (meter.store).")
+        await self.proxy.front.status(scope, send, principal)
 
     # -- telemetry and health -------------------------------------------------------------------------
 
@@ -187,6 +203,7 @@ class TokenyardApp:
         models = {
             name: [self.backends[b] for b in model.deployments] for name, model in self.config.models.items()
         }
+        track = self.config.async_track if store is not None and self.config.async_track.enabled else None
         self.proxy = Proxy(
             keys=self.keys,
             models=models,
@@ -195,9 +212,41 @@ class TokenyardApp:
             max_body_bytes=self.config.server.max_body_bytes,
             clock=self.clock,
             wall=self.wall,
+            async_track=track,
         )
+        if track is not None and store is not None:
+            await self._start_async_track(stack, store, meter)
         _settle_gc()
         self.ready = True
+
+    async def _start_async_track(
+        self, stack: contextlib.AsyncExitStack, locks: MeterStore, meter: Meter
+    ) -> None:
+        """The job queue (beside the meter's data), the door for async requests, and the dispatcher."""
+        proxy = self.proxy
+        assert proxy is not None
+        jobs = open_job_store(self.config.meter)
+        stack.push_async_callback(jobs.aclose)
+
+        async def run_now(job: Job) -> tuple[JobResult, UsageRecord]:
+            assert proxy is not None
+            return await proxy.execute(job, path="realtime")
+
+        proxy.front = front = AsyncFront(
+            jobs, self.config.async_track, wall=self.wall, run_now=run_now, record=meter.record
+        )
+        self.dispatcher = dispatcher = Dispatcher(
+            store=jobs,
+            locks=locks,
+            proxy=proxy,
+            front=front,
+            config=self.config,
+            backends=self.backends,
+            wall=self.wall,
+        )
+        front.wake = dispatcher.wake
+        # Pushed after the stores' callbacks, so it stops before they close.
+        stack.push_async_callback(_cancel, asyncio.create_task(dispatcher.run(), name="dispatcher"))
 
     async def shutdown(self) -> None:
         """Stop being ready, flush the meter, then close every backend."""

@@ -6,6 +6,7 @@ Upstream secrets never leave the proxy; a virtual key is never echoed back, not 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from tokenyard.errors import AuthenticationFailed
 from tokenyard.router.config import KeyConfig
@@ -19,6 +20,9 @@ class Principal:
 
     tenant: str
     models: frozenset[str] | None
+    key_name: str = ""
+    mode: Literal["realtime", "async"] | None = None  # the key's policy (classification)
+    deadline_s: float | None = None  # its async jobs' deadline
 
     def may_use(self, model: str) -> bool:
         """Whether this key may call ``model``."""
@@ -33,7 +37,11 @@ class KeyRing:
     def __init__(self, keys: dict[str, KeyConfig]) -> None:
         self._by_secret = {
             key.key.get_secret_value(): Principal(
-                key.tenant or name, frozenset(key.models) if key.models is not None else None
+                key.tenant or name,
+                frozenset(key.models) if key.models is not None else None,
+                name,
+                key.mode,
+                key.deadline_s,
             )
             for name, key in keys.items()
         }

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiolimiter import AsyncLimiter
 
 from tokenyard.adapters.base import Upstream
+from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
 from tokenyard.router.breaker import CircuitBreaker, Ticket
 from tokenyard.router.config import BackendConfig, TokenyardConfig
@@ -35,6 +36,7 @@ class Backend:
     replicas: int = 1  # dedicated: provisioned now (the admin API can change it)
     in_flight: int = 0
     failures: int = 0  # upstream failures seen (each one failed over or ended a request), for /metrics
+    batch_api: OpenAIBatchUpstream | None = None  # kind batch: the provider's files and batches endpoints
 
     @property
     def max_concurrency(self) -> int | None:
@@ -112,6 +114,12 @@ async def open_backends(config: TokenyardConfig) -> AsyncIterator[dict[str, Back
                 max_connections=bc.max_connections,
             )
             stack.push_async_callback(upstream.aclose)
+            batch_api = None
+            if bc.kind == "batch":
+                batch_api = OpenAIBatchUpstream(
+                    base_url, api_key=bc.api_key.get_secret_value() if bc.api_key else None
+                )
+                stack.push_async_callback(batch_api.aclose)
             backends[name] = Backend(
                 name=name,
                 config=bc,
@@ -123,5 +131,6 @@ async def open_backends(config: TokenyardConfig) -> AsyncIterator[dict[str, Back
                 tpm=AsyncLimiter(bc.tpm, 60) if bc.tpm else None,
                 prices=token_prices(bc),
                 replicas=bc.replicas or 1,
+                batch_api=batch_api,
             )
         yield backends

@@ -10,8 +10,8 @@ In this order, the first that speaks decides:
 
 An async request is delivered one of two ways: ``poll`` (it asked with ``Prefer: respond-async``) or
 ``hold`` (a plain client keeps its connection and gets the normal response when the job is done). A
-stream needs someone reading it, so a streaming request is async only if it says so itself, and then it
-cannot be polled.
+stream is read as it is produced, so a streaming request is always served in real time, and asking to
+poll one is an error.
 """
 
 from __future__ import annotations
@@ -117,6 +117,8 @@ def classify(
                     param="stream",
                 )
             return async_("poll", reason)
+        if facts.stream:  # the client reads a stream as it comes: serve it now (at its tier's price)
+            return Decision("realtime", "respond", f"{reason}, but streamed: served in real time")
         flex = facts.service_tier == "flex" and reason.startswith("service_tier")
         return async_("hold", reason, min(deadline_s, flex_deadline_s) if flex else deadline_s)
     decided = _policy(facts, rule)

@@ -28,6 +28,7 @@ from pydantic import (
 
 from tokenyard.errors import ConfigError
 from tokenyard.router.advisor.settings import AdvisorConfig
+from tokenyard.router.queue.settings import AsyncTrackConfig
 from tokenyard.simulator.config import SimulatorConfig
 
 BackendKind = Literal["serverless", "dedicated", "dedicated_serverless", "batch"]
@@ -114,6 +115,8 @@ class ModelConfig(_Strict):
     """A public model name and the backends that serve it, in order of preference."""
 
     deployments: list[str] = Field(min_length=1)
+    # A backend of kind batch (a provider's Batch API) that async jobs of this model may go to.
+    batch: str | None = None
 
     @field_validator("deployments")
     @classmethod
@@ -129,6 +132,9 @@ class KeyConfig(_Strict):
     key: SecretStr
     tenant: str | None = None  # default: the key's name in the file
     models: list[str] | None = None  # None: every model
+    # Its requests' mode unless a request says otherwise (async: held or polled), and their deadline.
+    mode: Literal["realtime", "async"] | None = None
+    deadline_s: PositiveFloat | None = None
 
     @field_validator("key")
     @classmethod
@@ -207,20 +213,13 @@ class TokenyardConfig(_Strict):
     models: dict[str, ModelConfig] = Field(min_length=1)
     keys: dict[str, KeyConfig] = {}
     advisor: AdvisorConfig = AdvisorConfig()
+    async_track: AsyncTrackConfig = AsyncTrackConfig()
 
     def cross_reference_problems(self) -> list[tuple[str, str]]:
         """Problems that span sections: names that point nowhere, duplicated secrets, unsafe listeners."""
         problems: list[tuple[str, str]] = []
         for model_name, model in self.models.items():
-            for i, backend_name in enumerate(model.deployments):
-                backend = self.backends.get(backend_name)
-                path = f"models.{model_name}.deployments.{i}"
-                if backend is None:
-                    problems.append((path, f"unknown backend {backend_name!r}"))
-                elif backend.kind not in REALTIME_KINDS:
-                    problems.append(
-                        (path, f"backend {backend_name!r} is kind {backend.kind}: it cannot serve real-time")
-                    )
+            problems += _model_problems(self.backends, model_name, model)
         seen: dict[str, str] = {}
         for key_name, key in self.keys.items():
             for i, model_name in enumerate(key.models or ()):
@@ -240,6 +239,30 @@ class TokenyardConfig(_Strict):
                 )
             )
         return problems
+
+
+def _model_problems(
+    backends: dict[str, BackendConfig], model_name: str, model: ModelConfig
+) -> list[tuple[str, str]]:
+    """A model's deployments must be real-time backends, and its batch backend one of kind batch."""
+    problems: list[tuple[str, str]] = []
+    for i, backend_name in enumerate(model.deployments):
+        backend = backends.get(backend_name)
+        path = f"models.{model_name}.deployments.{i}"
+        if backend is None:
+            problems.append((path, f"unknown backend {backend_name!r}"))
+        elif backend.kind not in REALTIME_KINDS:
+            problems.append(
+                (path, f"backend {backend_name!r} is kind {backend.kind}: it cannot serve real-time")
+            )
+    if model.batch is not None:
+        batch = backends.get(model.batch)
+        path = f"models.{model_name}.batch"
+        if batch is None:
+            problems.append((path, f"unknown backend {model.batch!r}"))
+        elif batch.kind != "batch":
+            problems.append((path, f"backend {model.batch!r} is kind {batch.kind}, not batch"))
+    return problems
 
 
 def _catalog_problems(config: TokenyardConfig) -> list[tuple[str, str]]:

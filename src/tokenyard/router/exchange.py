@@ -29,6 +29,7 @@ class Exchange:
     request: dict[str, Any]
     started_s: float  # monotonic
     mode: str = "realtime"
+    reason: str = "default"  # the classification's reason
     backend: Backend | None = None
     route: str = ""
     status: int = 0
@@ -85,4 +86,5 @@ class Exchange:
             ttfb_ms=round((self.ttfb_s if self.ttfb_s is not None else now_s - self.started_s) * 1000),
             latency_ms=round((now_s - self.started_s) * 1000),
             cost_pusd=cost,
+            reason=self.reason,
         )

@@ -33,9 +33,14 @@ from tokenyard.router import wire
 from tokenyard.router.auth import KeyRing, Principal
 from tokenyard.router.backends import Backend
 from tokenyard.router.breaker import Ticket
+from tokenyard.router.classify import Decision, RequestFacts, classify
 from tokenyard.router.exchange import CLIENT_CLOSED, Exchange
 from tokenyard.router.meter.meter import Meter
+from tokenyard.router.meter.model import UsageRecord
 from tokenyard.router.meter.usage import StreamTap
+from tokenyard.router.queue.front import AsyncFront
+from tokenyard.router.queue.model import Job, JobResult
+from tokenyard.router.queue.settings import AsyncTrackConfig
 from tokenyard.router.routing import Choice, choose_deployment
 
 
@@ -46,11 +51,18 @@ class Endpoint:
     upstream_path: str
     required_field: str
     streams: bool
+    name: str  # chat | completions | embeddings (classification rules match on it)
+
+    @property
+    def api_path(self) -> str:
+        """Its path on the OpenAI API (and on tokenyard): ``/v1/chat/completions``."""
+        return "/v1" + self.upstream_path
 
 
-CHAT = Endpoint("/chat/completions", "messages", streams=True)
-COMPLETIONS = Endpoint("/completions", "prompt", streams=True)
-EMBEDDINGS = Endpoint("/embeddings", "input", streams=False)
+CHAT = Endpoint("/chat/completions", "messages", streams=True, name="chat")
+COMPLETIONS = Endpoint("/completions", "prompt", streams=True, name="completions")
+EMBEDDINGS = Endpoint("/embeddings", "input", streams=False, name="embeddings")
+ENDPOINTS = {e.api_path: e for e in (CHAT, COMPLETIONS, EMBEDDINGS)}
 
 _LONG_NUMBER = re.compile(rb"\d{19,}")  # may exceed 64 bits
 
@@ -105,6 +117,7 @@ class Proxy:
         max_body_bytes: int,
         clock: Callable[[], float],
         wall: Callable[[], float],
+        async_track: AsyncTrackConfig | None = None,
     ) -> None:
         self.keys = keys
         self.models = models
@@ -113,6 +126,9 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         self.clock = clock
         self.wall = wall
+        self.async_track = async_track  # None: every request is real time, no signal is read
+        self.async_rules = async_track.classifier_rules() if async_track else ()
+        self.front: AsyncFront | None = None  # set at start-up with the job store
 
     def authenticate(self, scope: wire.Scope) -> Principal:
         """The caller behind the request's bearer key."""
@@ -139,6 +155,21 @@ class Proxy:
             body = await wire.read_body(scope, receive, self.max_body_bytes)
             obj, model, stream = parse_request(body, endpoint)
             backends = self.deployments(principal, model)
+            decision = self._classify(scope, principal, endpoint, model, obj, stream)
+            if decision is not None and decision.mode == "async" and self.front is not None:
+                submitted = self.front.submit(
+                    send,
+                    principal=principal,
+                    endpoint_path=endpoint.api_path,
+                    model=model,
+                    body=body,
+                    decision=decision,
+                    callback=self.front.callback(scope),
+                    id_header=id_header,
+                )
+                # A held client may leave: stop waiting for it (its job still runs, once).
+                await _until_client_leaves(receive, submitted)
+                return
         except TokenyardError as exc:
             # Counted by status only: client-chosen model names must not grow the store or the metrics.
             self.rejected[exc.status_code] += 1
@@ -147,6 +178,8 @@ class Proxy:
         except wire.ClientGone:
             return
         exchange = Exchange(request_id, principal.tenant, model, obj, started)
+        if decision is not None:
+            exchange.reason = decision.reason
         try:
             work = self._route(send, endpoint, backends, body, stream, exchange, id_header)
             if await _until_client_leaves(receive, work):
@@ -158,6 +191,58 @@ class Proxy:
             if exchange.status == 0:  # cancelled from outside (shutdown) before any answer
                 exchange.status = CLIENT_CLOSED
             self.meter.record(exchange.to_record(self.clock(), self.wall()))
+
+    def _classify(
+        self,
+        scope: wire.Scope,
+        principal: Principal,
+        endpoint: Endpoint,
+        model: str,
+        obj: dict[str, Any],
+        stream: bool,
+    ) -> Decision | None:
+        """Real time or async, and why (None when the async track is off: nothing to read)."""
+        track = self.async_track
+        if track is None:
+            return None
+        user, metadata = obj.get("user"), obj.get("metadata")
+        facts = RequestFacts(
+            model=model,
+            endpoint=endpoint.name,
+            tenant=principal.tenant,
+            stream=stream,
+            prefer=_text(wire.header(scope, b"prefer")),
+            mode_header=_text(wire.header(scope, wire.H_MODE)),
+            service_tier=obj.get("service_tier"),
+            user=user if isinstance(user, str) else None,
+            metadata=metadata if isinstance(metadata, dict) else {},
+            key_name=principal.key_name,
+            key_mode=principal.mode,
+            key_deadline_s=principal.deadline_s,
+        )
+        return classify(
+            facts,
+            self.async_rules,
+            default_deadline_s=track.default_deadline_s,
+            flex_deadline_s=track.flex_deadline_s,
+        )
+
+    async def execute(
+        self, job: Job, *, path: str, only: list[Backend] | None = None
+    ) -> tuple[JobResult, UsageRecord]:
+        """Run an async job now, on ``only`` these backends or the model's deployments; its answer and
+        usage (the caller meters it if the answer is the job's first)."""
+        endpoint = ENDPOINTS[job.endpoint]
+        backends = self.models[job.model] if only is None else only
+        exchange = Exchange(
+            "req_" + os.urandom(12).hex(), job.tenant, job.model, orjson.loads(job.body), self.clock()
+        )
+        exchange.mode, exchange.reason = "async", job.reason
+        captured = wire.Captured()
+        await self._route(captured, endpoint, backends, job.body, False, exchange, [])
+        exchange.route = path
+        answer = JobResult(job.id, captured.status, captured.body, path, self.wall())
+        return answer, exchange.to_record(self.clock(), self.wall())
 
     async def _route(
         self,
@@ -276,6 +361,10 @@ class Proxy:
             return
         backend.record_success(ticket)
         await send({"type": "http.response.body", "body": tap.rest()})
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def _asked_for_usage(request: dict[str, Any]) -> bool:

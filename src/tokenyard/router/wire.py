@@ -22,6 +22,8 @@ H_ROUTE = b"x-tokenyard-route"  # primary | spillover | fallback | failover
 H_ROUTE_DETAIL = b"x-tokenyard-route-detail"
 H_ATTEMPTS = b"x-tokenyard-attempts"
 H_MODE = b"x-tokenyard-mode"
+H_MODE_REASON = b"x-tokenyard-mode-reason"  # why a request was async (or real time against a policy)
+H_PATH = b"x-tokenyard-path"  # the path an async job took: idle_dedicated | provider_batch | realtime
 H_REQUEST_ID = b"x-request-id"
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -105,6 +107,24 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class Captured:
+    """An ASGI ``send`` that keeps a whole response instead of sending it (to run a request for a job)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", ()))
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
 
 
 class ClientGone(Exception):

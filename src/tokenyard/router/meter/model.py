@@ -77,6 +77,7 @@ class UsageRecord:
     ttfb_ms: int = 0
     latency_ms: int = 0
     cost_pusd: int = 0
+    reason: str = ""  # why this mode: "default", "Prefer: respond-async", "key batch: async", ...
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object (``cost_usd`` added for people; ``cost_pusd`` is exact)."""

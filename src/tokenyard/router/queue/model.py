@@ -26,6 +26,8 @@ class Job:
     created_at: float  # unix seconds
     deadline: float  # unix seconds: answered by then, by whichever path
     reason: str = ""  # why it is async (the classification's reason)
+    delivery: str = "poll"  # poll (the client polls, or a callback) | hold (a connection waits on it)
+    callback: str | None = None  # POST the result here when done (an allow-listed URL)
 
     def dumps(self) -> bytes:
         """The job as the stores keep it."""

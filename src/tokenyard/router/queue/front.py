@@ -1,0 +1,233 @@
+"""The async track's door: take async requests in, and hand their answers out.
+
+- ``Prefer: respond-async``: ``202 Accepted`` at once, ``Preference-Applied: respond-async`` and a
+  ``Location`` to poll; ``GET`` there answers ``202`` (with the job's status) until the job is done, then
+  exactly the OpenAI response, with its status.
+- a held connection (a plain client whose request is async by policy or ``service_tier: flex``): the
+  handler waits for the job's result and answers it as a real-time call would. If nobody answers by the
+  job's deadline (``async_track.max_hold_s`` at most) — no dispatcher running, the queue store down — it
+  runs the request in real time itself: a flex request never fails for lack of async capacity.
+
+A job is answered (and billed) once: whoever stores the first result meters it; a late duplicate is
+counted and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from tokenyard.errors import InvalidRequest, ObjectNotFound, StoreError
+from tokenyard.router import wire
+from tokenyard.router.auth import Principal
+from tokenyard.router.classify import Decision
+from tokenyard.router.meter.model import UsageRecord
+from tokenyard.router.queue.model import Job, JobResult, new_job_id
+from tokenyard.router.queue.settings import AsyncTrackConfig
+from tokenyard.router.queue.store import JobStore
+
+log = logging.getLogger("tokenyard.async")
+
+JOBS_PATH = "/v1/async/jobs/"
+H_CALLBACK = b"x-tokenyard-callback"
+POLL_S = 0.5  # a held connection looks at the store this often (a dispatcher in this process wakes it)
+GRACE_S = 5.0  # past the deadline, how long a held connection still waits for the dispatcher
+
+RunNow = Callable[[Job], Awaitable[tuple[JobResult, UsageRecord]]]
+
+
+def job_json(job: Job, status: str) -> dict[str, Any]:
+    """A job as the poll endpoint and the 202 describe it."""
+    return {
+        "id": job.id,
+        "object": "async.job",
+        "status": status,
+        "model": job.model,
+        "endpoint": job.endpoint,
+        "created_at": int(job.created_at),
+        "deadline_at": int(job.deadline),
+        "reason": job.reason,
+        "url": JOBS_PATH + job.id,
+    }
+
+
+def allowed_callback(url: str, allow_hosts: list[str]) -> str:
+    """``url`` if it is an http(s) URL on an allow-listed host; ``InvalidRequest`` otherwise (no SSRF)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host or host not in {h.lower() for h in allow_hosts}:
+        raise InvalidRequest(
+            f"The callback host {host or url!r} is not in async_track.callbacks.allow_hosts.",
+            param="callback",
+        )
+    return url
+
+
+class AsyncFront:
+    """Accepts async requests, answers polls and held connections, and meters what it answers itself."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        config: AsyncTrackConfig,
+        *,
+        wall: Callable[[], float],
+        run_now: RunNow,
+        record: Callable[[UsageRecord], None],
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.wall = wall
+        self.run_now = run_now  # serve a job in real time, now (the proxy's routing); returns its usage
+        self.record = record  # meter a usage record
+        self.wake = wake  # tell this process's dispatcher there is work
+        self.duplicates = 0  # answers that lost to an earlier one (run twice, billed once)
+        self._waiting: dict[str, asyncio.Event] = {}
+
+    def callback(self, scope: wire.Scope) -> str | None:
+        """The request's callback URL, checked against the allow-list."""
+        raw = wire.header(scope, H_CALLBACK)
+        if raw is None:
+            return None
+        return allowed_callback(raw.decode("latin-1"), self.config.callbacks.allow_hosts)
+
+    async def submit(
+        self,
+        send: wire.Send,
+        *,
+        principal: Principal,
+        endpoint_path: str,
+        model: str,
+        body: bytes,
+        decision: Decision,
+        callback: str | None,
+        id_header: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Queue an async request; answer 202 (poll) or wait for its result (hold)."""
+        now = self.wall()
+        deadline_s = decision.deadline_s or self.config.default_deadline_s
+        if decision.delivery == "hold":
+            deadline_s = min(deadline_s, self.config.max_hold_s)
+        job = Job(
+            id=new_job_id(),
+            tenant=principal.tenant,
+            model=model,
+            endpoint=endpoint_path,
+            body=body,
+            created_at=now,
+            deadline=now + deadline_s,
+            reason=decision.reason,
+            delivery=decision.delivery,
+            callback=callback,
+        )
+        headers = [
+            *id_header,
+            (wire.H_MODE, b"async"),
+            (wire.H_MODE_REASON, decision.reason.encode("latin-1", "replace")),
+        ]
+        try:
+            await self.store.enqueue(job)
+        except StoreError:
+            if decision.delivery != "hold":
+                raise
+            log.warning("async: the job queue is unavailable; serving %s in real time", job.id)
+            result = await self._answer_now(job)
+        else:
+            self.wake()
+            if decision.delivery == "poll":
+                location = (JOBS_PATH + job.id).encode()
+                await wire.send_bytes(
+                    send,
+                    202,
+                    orjson.dumps(job_json(job, "queued")),
+                    [
+                        *wire.JSON_HEADERS,
+                        *headers,
+                        (b"location", location),
+                        (b"preference-applied", b"respond-async"),
+                    ],
+                )
+                return
+            result = await self.wait(job)
+        await wire.send_bytes(
+            send,
+            result.status,
+            result.body,
+            [*wire.JSON_HEADERS, *headers, (wire.H_PATH, result.path.encode())],
+        )
+
+    async def wait(self, job: Job) -> JobResult:
+        """The job's result, once some dispatcher stored it; past the deadline, answered here in real time."""
+        event = self._waiting.setdefault(job.id, asyncio.Event())
+        try:
+            while True:
+                try:
+                    result = await self.store.result(job.id)
+                except StoreError:
+                    break  # the store is gone: nobody can hand us the result
+                if result is not None:
+                    return result
+                remaining_s = job.deadline + GRACE_S - self.wall()
+                if remaining_s <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(POLL_S, remaining_s)):
+                        await event.wait()
+        finally:
+            self._waiting.pop(job.id, None)
+        log.warning("async: job %s had no answer by its deadline; serving it in real time", job.id)
+        return await self._answer_now(job)
+
+    async def _answer_now(self, job: Job) -> JobResult:
+        result, usage = await self.run_now(job)
+        settled, _ = await self.settle(result, usage)
+        return settled
+
+    async def settle(self, result: JobResult, usage: UsageRecord) -> tuple[JobResult, bool]:
+        """Store a job's answer if it is the first, and meter it; the job's answer and whether it is this one.
+
+        A later answer (the job ran twice: a stale claim, a held connection's fallback) is counted and
+        dropped, so the job is billed once.
+        """
+        try:
+            first = await self.store.complete(result)
+        except StoreError:
+            first = True  # it cannot be stored, but it was served: bill what was served
+        if first:
+            self.record(usage)
+            self.notify(result.job_id)
+            return result, True
+        self.duplicates += 1
+        log.info("async: job %s was answered twice; the later answer is dropped", result.job_id)
+        return await self.store.result(result.job_id) or result, False
+
+    def notify(self, job_id: str) -> None:
+        """A job of this process has its result: wake the connection holding for it, if any."""
+        event = self._waiting.get(job_id)
+        if event is not None:
+            event.set()
+
+    async def status(self, scope: wire.Scope, send: wire.Send, principal: Principal) -> None:
+        """``GET /v1/async/jobs/{id}``: 202 and the job while it runs, then its answer."""
+        job_id = scope["path"].removeprefix(JOBS_PATH)
+        job = await self.store.get(job_id)
+        if job is None or job.tenant != principal.tenant:  # another tenant's job is not found either
+            raise ObjectNotFound(f"No async job found with id '{job_id}'.")
+        result = await self.store.result(job_id)
+        if result is None:
+            headers = [
+                *wire.JSON_HEADERS,
+                (b"retry-after", b"1"),
+                (b"location", (JOBS_PATH + job_id).encode()),
+            ]
+            await wire.send_bytes(send, 202, orjson.dumps(job_json(job, "queued")), headers)
+            return
+        headers = [*wire.JSON_HEADERS, (wire.H_MODE, b"async"), (wire.H_PATH, result.path.encode())]
+        await wire.send_bytes(send, result.status, result.body, headers)

@@ -1,0 +1,446 @@
+"""The async track end to end: real ``tokenyard serve``, the openai SDK, simulators as upstreams.
+
+Each delivery path (202 + poll, held connection), each classification signal through HTTP, the paths a
+job takes (idle dedicated capacity, a provider batch, real time near its deadline), provider partial
+failure and expiry, tenants kept apart, callbacks (signed, allow-listed), and a proxy killed with -9
+mid-batch whose jobs are resumed and answered — and billed — exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from tests.harness import (
+    CLIENT_KEY,
+    OTHER_KEY,
+    ProxyProcess,
+    backend,
+    eventually,
+    free_port,
+    set_faults,
+    simulators,
+    start_proxy,
+)
+from tests.meter.redis_util import REDIS_URL, delete_prefix
+from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.simulator.server import SimulatorServer
+
+ADMIN_KEY = "sk-admin-0123456789abcdef"
+MODEL = "llama"
+HELLO = [{"role": "user", "content": "count these five words please"}]
+FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
+
+
+def config_for(
+    sims: dict[str, SimulatorServer], *, store: str, prefix: str = "tokenyard", **track: Any
+) -> dict[str, Any]:
+    """A dedicated replica (cap 2), a serverless API, and (if simulated) a provider Batch API."""
+    backends: dict[str, Any] = {
+        "ded": backend("dedicated", sims["ded"].base_url, max_concurrency=2),
+        "api": backend(
+            "serverless", sims["api"].base_url, prices={"input_per_1m": 1.0, "output_per_1m": 2.0}
+        ),
+    }
+    model: dict[str, Any] = {"deployments": ["ded", "api"]}
+    if "batch" in sims:
+        backends["prov"] = backend(
+            "batch", sims["batch"].base_url, prices={"input_per_1m": 0.5, "output_per_1m": 1.0}
+        )
+        model["batch"] = "prov"
+    async_track: dict[str, Any] = {"batches": {"max_wait_s": 0.2, "poll_s": 0.2, "expected_turnaround_s": 1}}
+    async_track.update(track)
+    return {
+        "server": {"admin_key": ADMIN_KEY},
+        "meter": {"store": store, "redis_prefix": prefix, "flush_interval_s": 0.2},
+        "backends": backends,
+        "models": {MODEL: model},
+        "keys": {
+            "team-a": {"key": CLIENT_KEY},
+            "team-b": {"key": OTHER_KEY, "mode": "async", "deadline_s": 30},
+        },
+        "async_track": async_track,
+    }
+
+
+def sims(**extra: SimulatorConfig) -> Any:
+    return simulators(
+        ded=SimulatorConfig(mode="dedicated", max_concurrency=4, **FAST),
+        api=SimulatorConfig(**FAST),
+        **extra,
+    )
+
+
+async def post(
+    proxy: ProxyProcess, body: dict[str, Any], key: str = CLIENT_KEY, **headers: str
+) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=60) as http:
+        return await http.post(
+            f"{proxy.base_url}/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}", **headers},
+        )
+
+
+async def poll(
+    proxy: ProxyProcess, location: str, key: str = CLIENT_KEY, timeout_s: float = 20
+) -> httpx.Response:
+    """GET the job until it is no longer 202."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            got = await http.get(proxy.url + location, headers={"Authorization": f"Bearer {key}"})
+            if got.status_code != 202 or asyncio.get_running_loop().time() > deadline:
+                return got
+            assert got.json()["status"] == "queued"
+            await asyncio.sleep(0.1)
+
+
+async def usage(proxy: ProxyProcess, **params: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        got = await http.get(
+            f"{proxy.url}/admin/usage",
+            params={"start": "1h", "granularity": "total", **params},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        assert got.status_code == 200, got.text
+        result: dict[str, Any] = got.json()
+        return result
+
+
+# -- delivery -----------------------------------------------------------------------------------------
+
+
+async def test_prefer_respond_async_answers_202_then_the_openai_response_on_poll(tmp_path: Path) -> None:
+    async with sims() as s:
+        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
+        try:
+            accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async, wait=0")
+            assert accepted.status_code == 202
+            assert accepted.headers["preference-applied"] == "respond-async"
+            assert accepted.headers["x-tokenyard-mode"] == "async"
+            assert accepted.headers["x-tokenyard-mode-reason"] == "Prefer: respond-async"
+            job = accepted.json()
+            assert job["object"] == "async.job"
+            assert job["status"] == "queued"
+            assert accepted.headers["location"] == job["url"] == f"/v1/async/jobs/{job['id']}"
+            done = await poll(proxy, accepted.headers["location"])
+            assert done.status_code == 200
+            assert done.headers["x-tokenyard-path"] == "idle_dedicated"  # the replica was idle
+            completion = openai.types.chat.ChatCompletion.model_validate(done.json())
+            assert completion.object == "chat.completion"
+            assert completion.usage is not None
+            # Another tenant cannot see it; an unknown id is not found either.
+            assert (await poll(proxy, accepted.headers["location"], key=OTHER_KEY)).status_code == 404
+            missing = await poll(proxy, "/v1/async/jobs/job_nope")
+            assert missing.status_code == 404
+            assert missing.json()["error"]["type"] == "invalid_request_error"
+
+            async def metered_async() -> None:
+                rows = (await usage(proxy, group_by="mode,backend"))["data"]
+                assert [(r["mode"], r["backend"], r["requests"]) for r in rows] == [("async", "ded", 1)]
+
+            await eventually(metered_async)
+        finally:
+            proxy.stop()
+
+
+async def test_a_held_connection_gets_the_normal_response_through_the_sdk(tmp_path: Path) -> None:
+    async with sims() as s:
+        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
+        try:
+            async with proxy.client() as client:
+                flex = await client.chat.completions.with_raw_response.create(
+                    model=MODEL, messages=HELLO, service_tier="flex"
+                )
+                header = await client.chat.completions.with_raw_response.create(
+                    model=MODEL, messages=HELLO, extra_headers={"x-tokenyard-mode": "async"}
+                )
+            async with proxy.client(key=OTHER_KEY) as client:  # team-b's key makes everything async
+                by_key = await client.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
+                streamed = await client.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
+                chunks = [c async for c in streamed]
+            for raw, reason in (
+                (flex, "service_tier: flex"),
+                (header, "x-tokenyard-mode: async"),
+                (by_key, "key team-b: async"),
+            ):
+                assert raw.http_response.status_code == 200
+                assert raw.headers["x-tokenyard-mode"] == "async"
+                assert raw.headers["x-tokenyard-mode-reason"] == reason
+                assert raw.parse().choices[0].message.content
+            assert chunks, "a stream is served in real time even for an async key"
+        finally:
+            proxy.stop()
+
+
+async def test_signals_that_cannot_be_honoured_are_400s(tmp_path: Path) -> None:
+    async with sims() as s:
+        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
+        try:
+            streamed = await post(
+                proxy, {"model": MODEL, "messages": HELLO, "stream": True}, Prefer="respond-async"
+            )
+            assert streamed.status_code == 400
+            assert streamed.json()["error"]["param"] == "stream"
+            bad_mode = await post(proxy, {"model": MODEL, "messages": HELLO}, **{"x-tokenyard-mode": "soon"})
+            assert bad_mode.status_code == 400
+            callback = await post(
+                proxy,
+                {"model": MODEL, "messages": HELLO},
+                Prefer="respond-async",
+                **{"x-tokenyard-callback": "http://169.254.169.254/latest/meta-data"},
+            )
+            assert callback.status_code == 400
+            assert "not in async_track.callbacks.allow_hosts" in callback.json()["error"]["message"]
+        finally:
+            proxy.stop()
+
+
+# -- paths ----------------------------------------------------------------------------------------------
+
+
+async def test_async_work_yields_to_real_time_on_the_dedicated_replica(tmp_path: Path) -> None:
+    slow = SimulatorConfig(
+        mode="dedicated", max_concurrency=4, ttft_ms=1, tokens_per_s=20, default_max_tokens=40
+    )
+    async with simulators(ded=slow, api=SimulatorConfig(**FAST)) as s:
+        config = config_for(
+            s, store=f"sqlite:///{tmp_path}/m.sqlite3", realtime_margin_s=1, idle_fill_cap=0.5
+        )
+        proxy = await start_proxy(config, tmp_path)
+        try:
+            async with proxy.client() as client:
+                # One real-time request holds the replica's one async-fillable slot (cap 2 × 0.5) for ~2 s.
+                busy = asyncio.create_task(client.chat.completions.create(model=MODEL, messages=HELLO))
+                await asyncio.sleep(0.3)
+                accepted = await post(
+                    proxy, {"model": MODEL, "messages": HELLO, "max_tokens": 2}, Prefer="respond-async"
+                )
+                await asyncio.sleep(0.5)
+                still = await poll(proxy, accepted.headers["location"], timeout_s=0)
+                assert still.status_code == 202, "the job waits while real-time traffic uses the replica"
+                await busy
+            done = await poll(proxy, accepted.headers["location"])
+            assert done.status_code == 200
+            assert done.headers["x-tokenyard-path"] == "idle_dedicated"
+        finally:
+            proxy.stop()
+
+
+async def test_with_no_cheaper_capacity_a_job_runs_in_real_time_near_its_deadline(tmp_path: Path) -> None:
+    async with simulators(api=SimulatorConfig(**FAST)) as s:
+        config = {
+            "meter": {"store": f"sqlite:///{tmp_path}/m.sqlite3", "flush_interval_s": 0.2},
+            "backends": {"api": backend("serverless", s["api"].base_url)},
+            "models": {MODEL: {"deployments": ["api"]}},
+            "keys": {"team-a": {"key": CLIENT_KEY, "deadline_s": 3}},
+            "async_track": {"realtime_margin_s": 2},
+        }
+        proxy = await start_proxy(config, tmp_path)
+        try:
+            accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
+            started = asyncio.get_running_loop().time()
+            done = await poll(proxy, accepted.headers["location"])
+            assert done.status_code == 200
+            assert done.headers["x-tokenyard-path"] == "realtime"
+            assert 0.5 < asyncio.get_running_loop().time() - started < 3, "not before it had to, not after"
+        finally:
+            proxy.stop()
+
+
+def no_idle_dedicated(
+    tmp_path: Path, s: dict[str, SimulatorServer], store: str, prefix: str = "t"
+) -> dict[str, Any]:
+    """The async track with only a serverless API and a provider batch: jobs go to the batch."""
+    config = config_for(s, store=store, prefix=prefix, realtime_margin_s=2)
+    config["models"][MODEL]["deployments"] = ["api"]
+    del config["backends"]["ded"]
+    return config
+
+
+async def test_a_provider_batch_answers_jobs_at_the_batch_price(tmp_path: Path) -> None:
+    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
+        proxy = await start_proxy(no_idle_dedicated(tmp_path, s, f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
+        try:
+            accepted = [
+                await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
+                for _ in range(3)
+            ]
+            answers = [await poll(proxy, a.headers["location"]) for a in accepted]
+            assert [a.status_code for a in answers] == [200, 200, 200]
+            assert {a.headers["x-tokenyard-path"] for a in answers} == {"provider_batch"}
+
+            async def billed_once_at_batch_prices() -> None:
+                rows = (await usage(proxy, group_by="mode,backend"))["data"]
+                assert [(r["mode"], r["backend"], r["requests"]) for r in rows] == [("async", "prov", 3)]
+                row = rows[0]
+                expected = (row["prompt_tokens"] * 0.5 + row["completion_tokens"] * 1.0) / 1e6
+                assert row["token_cost_usd"] == pytest.approx(expected)
+
+            await eventually(billed_once_at_batch_prices)
+            saved = (await usage(proxy))["async_savings_usd"]
+            assert saved > 0  # against the serverless price
+        finally:
+            proxy.stop()
+
+
+async def test_failed_and_expired_batch_lines_are_answered_another_way(tmp_path: Path) -> None:
+    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
+        await set_faults(s["batch"], batch_error_rate=1.0, error_status=500)
+        config = no_idle_dedicated(tmp_path, s, f"sqlite:///{tmp_path}/m.sqlite3")
+        config["keys"]["team-a"]["deadline_s"] = 6  # batch turnaround 1 s + margin 2 s fits: batch first
+        proxy = await start_proxy(config, tmp_path)
+        try:
+            failed = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
+            answer = await poll(proxy, failed.headers["location"])
+            assert answer.status_code == 200
+            assert answer.headers["x-tokenyard-path"] == "realtime"
+            await set_faults(s["batch"], batch_expire_after_s=0.2)
+            expired = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
+            answer = await poll(proxy, expired.headers["location"])
+            assert answer.status_code == 200
+            assert answer.headers["x-tokenyard-path"] == "realtime"
+
+            async def only_the_real_time_answers_are_billed() -> None:
+                stats = (await usage(proxy, group_by="mode,backend"))["data"]
+                assert [(r["backend"], r["requests"]) for r in stats] == [("api", 2)]
+
+            await eventually(only_the_real_time_answers_are_billed)
+        finally:
+            proxy.stop()
+
+
+# -- kill -9 mid-batch -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_is_billed_twice(
+    tmp_path: Path, kind: str
+) -> None:
+    prefix = f"tytest-{uuid.uuid4().hex[:12]}"
+    store = f"sqlite:///{tmp_path}/m.sqlite3" if kind == "sqlite" else REDIS_URL
+    async with sims(batch=SimulatorConfig(batch_turnaround_s=3, **FAST)) as s:
+        config = no_idle_dedicated(tmp_path, s, store, prefix)
+        first = await start_proxy(config, tmp_path)
+        try:
+            accepted = [
+                await post(first, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
+                for _ in range(5)
+            ]
+
+            async def submitted() -> None:
+                async with httpx.AsyncClient() as http:
+                    batches = (await http.get(f"{s['batch'].base_url}/batches")).json()["data"]
+                assert [b["request_counts"]["total"] for b in batches] == [5]
+                assert batches[0]["status"] in ("validating", "in_progress")
+
+            await eventually(submitted)
+        finally:
+            first.stop(signal.SIGKILL)  # mid-batch: nothing flushed, no lock released
+        second = await start_proxy(config, tmp_path)
+        try:
+            answers = [await poll(second, a.headers["location"], timeout_s=30) for a in accepted]
+            assert [a.status_code for a in answers] == [200] * 5
+            assert {a.headers["x-tokenyard-path"] for a in answers} == {"provider_batch"}
+            async with httpx.AsyncClient() as http:
+                batches = (await http.get(f"{s['batch'].base_url}/batches")).json()["data"]
+            assert len(batches) == 1, "the batch was resumed, not submitted again"
+
+            async def billed_once() -> None:
+                rows = (await usage(second, group_by="mode,backend"))["data"]
+                assert [(r["mode"], r["backend"], r["requests"]) for r in rows] == [("async", "prov", 5)]
+
+            await eventually(billed_once)
+        finally:
+            second.stop()
+            if kind == "redis":
+                await delete_prefix(prefix)
+
+
+# -- callbacks -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[int, list[tuple[dict[str, str], bytes]]]]:
+    """An HTTP server on loopback that keeps every POST it gets."""
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        got.append(({k.decode(): v.decode() for k, v in scope["headers"]}, body))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> None:
+        assert server.started
+
+    await eventually(started)
+    try:
+        yield port, got
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_a_finished_job_is_posted_to_its_allow_listed_callback_signed(
+    tmp_path: Path, receiver: tuple[int, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    port, got = receiver
+    secret = "whsec-0123456789"
+    async with sims() as s:
+        config = config_for(
+            s,
+            store=f"sqlite:///{tmp_path}/m.sqlite3",
+            callbacks={"allow_hosts": ["127.0.0.1"], "secret": secret},
+        )
+        proxy = await start_proxy(config, tmp_path)
+        try:
+            url = f"http://127.0.0.1:{port}/hooks/done"
+            accepted = await post(
+                proxy,
+                {"model": MODEL, "messages": HELLO},
+                Prefer="respond-async",
+                **{"x-tokenyard-callback": url},
+            )
+            assert accepted.status_code == 202
+
+            async def called() -> None:
+                assert len(got) == 1
+
+            await eventually(called)
+            headers, body = got[0]
+            payload = json.loads(body)
+            assert payload["id"] == accepted.json()["id"]
+            assert payload["status_code"] == 200
+            assert payload["body"]["object"] == "chat.completion"
+            stamp, signature = (part.split("=", 1)[1] for part in headers["x-tokenyard-signature"].split(","))
+            expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+            assert hmac.compare_digest(signature, expected)
+        finally:
+            proxy.stop()
