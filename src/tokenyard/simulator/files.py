@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from tokenyard.errors import InvalidRequest
+from tokenyard.multipart import parse_form
 from tokenyard.simulator import wire
 from tokenyard.simulator.asgi import Request, Send, send_bytes, send_json
-from tokenyard.simulator.multipart import parse_form
 from tokenyard.simulator.resources import Query, page
 from tokenyard.simulator.state import SimulatorState
 
