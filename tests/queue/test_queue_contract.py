@@ -13,7 +13,7 @@ import pytest
 
 from tests.meter.conftest import FakeClock
 from tests.queue.conftest import T0, JobStores
-from tokenyard.router.queue.model import Job, JobResult, QueueStats, new_job_id
+from tokenyard.router.queue.model import Job, JobResult, QueueStats, StoredObject, new_job_id
 from tokenyard.router.queue.store import JobStore
 
 
@@ -137,3 +137,32 @@ async def test_stats_count_each_state_and_the_oldest_open_job(queue: JobStore) -
     stats = await queue.stats()
     assert (stats.waiting, stats.claimed, stats.in_batches) == (2, 1, 1)
     assert stats.oldest_created_at == pytest.approx(T0 + 20)
+
+
+# -- objects (the Batch API's files and batches) --------------------------------------------------------
+
+
+async def test_objects_round_trip_and_are_listed_per_tenant_newest_first(queue: JobStore) -> None:
+    for n in range(5):
+        await queue.put_object(
+            StoredObject("file", f"file-{n}", "acme", float(T0 + n), f"body {n} é".encode())
+        )
+    await queue.put_object(StoredObject("file", "file-other", "beta", float(T0 + 9), b"theirs"))
+    await queue.put_object(StoredObject("batch", "batch-0", "acme", float(T0), b"{}"))
+    assert await queue.get_object("file", "file-2") == StoredObject(
+        "file", "file-2", "acme", T0 + 2, "body 2 é".encode()
+    )
+    assert await queue.get_object("batch", "file-2") is None
+    page = await queue.list_objects("file", "acme", limit=2)
+    assert [o.id for o in page] == ["file-4", "file-3"]
+    page = await queue.list_objects("file", "acme", after="file-3", limit=10)
+    assert [o.id for o in page] == ["file-2", "file-1", "file-0"]
+    assert await queue.list_objects("file", "acme", after="file-0") == []
+    assert [o.id for o in await queue.list_objects("file", "beta")] == ["file-other"]
+    assert await queue.delete_object("file", "file-4")
+    assert not await queue.delete_object("file", "file-4")
+    assert await queue.get_object("file", "file-4") is None
+    assert [o.id for o in await queue.list_objects("file", "acme", limit=1)] == ["file-3"]
+    # Replacing keeps one object.
+    await queue.put_object(StoredObject("batch", "batch-0", "acme", float(T0), b'{"status": "completed"}'))
+    assert [o.body for o in await queue.list_objects("batch", "acme")] == [b'{"status": "completed"}']

@@ -75,3 +75,14 @@ class QueueStats:
     claimed: int  # a dispatcher holds them
     in_batches: int  # inside provider batches
     oldest_created_at: float | None  # of the jobs not yet answered
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """A tenant's object kept beside the jobs: a Batch API file, its content, or a batch's record."""
+
+    kind: str  # file | file_content | batch
+    id: str
+    tenant: str
+    created_at: float
+    body: bytes

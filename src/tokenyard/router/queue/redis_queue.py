@@ -22,7 +22,7 @@ from typing import Any, Final, Self, cast
 
 from redis import exceptions as rex
 
-from tokenyard.router.queue.model import Job, JobResult, QueueStats
+from tokenyard.router.queue.model import Job, JobResult, QueueStats, StoredObject
 from tokenyard.router.redis_client import connect, mapped_errors
 
 _STORE: Final = "job queue"
@@ -235,6 +235,63 @@ class RedisJobStore:
         with mapped_errors(_STORE):
             body = await self._redis.get(self._job(job_id))
         return None if body is None else Job.loads(body)
+
+    def _object(self, kind: str, obj_id: str) -> str:
+        return f"{self._base}:obj:{kind}:{obj_id}"
+
+    def _objects_of(self, kind: str, tenant: str) -> str:
+        return f"{self._base}:objs:{kind}:{tenant}"
+
+    async def put_object(self, obj: StoredObject) -> None:
+        """Keep an object (a hash), indexed per kind and tenant by creation time; kept retention_s."""
+        key, index = self._object(obj.kind, obj.id), self._objects_of(obj.kind, obj.tenant)
+        with mapped_errors(_STORE):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(
+                key, mapping={"tenant": obj.tenant, "created_at": repr(obj.created_at), "body": obj.body}
+            )
+            pipe.expire(key, self._retention_s)
+            pipe.zadd(index, {obj.id: obj.created_at})
+            pipe.expire(index, self._retention_s)
+            await pipe.execute()
+
+    async def get_object(self, kind: str, obj_id: str) -> StoredObject | None:
+        """An object by kind and id, or None."""
+        with mapped_errors(_STORE):
+            fields = cast("dict[str, str]", await self._redis.hgetall(self._object(kind, obj_id)))
+        if not fields:
+            return None
+        return StoredObject(
+            kind, obj_id, fields["tenant"], float(fields["created_at"]), fields["body"].encode()
+        )
+
+    async def list_objects(
+        self, kind: str, tenant: str, *, after: str | None = None, limit: int = 20
+    ) -> list[StoredObject]:
+        """A tenant's objects of a kind, newest first (ties: by id, descending), after the cursor object."""
+        index = self._objects_of(kind, tenant)
+        with mapped_errors(_STORE):
+            start = 0
+            if after is not None:
+                rank = await self._redis.zrevrank(index, after)
+                if rank is None:
+                    return []
+                start = cast("int", rank) + 1
+            ids = cast("list[str]", await self._redis.zrevrange(index, start, start + limit - 1))
+        found = [await self.get_object(kind, obj_id) for obj_id in ids]
+        return [obj for obj in found if obj is not None]
+
+    async def delete_object(self, kind: str, obj_id: str) -> bool:
+        """Forget an object; False if there was none."""
+        obj = await self.get_object(kind, obj_id)
+        if obj is None:
+            return False
+        with mapped_errors(_STORE):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.delete(self._object(kind, obj_id))
+            pipe.zrem(self._objects_of(kind, obj.tenant), obj_id)
+            await pipe.execute()
+        return True
 
     async def stats(self) -> QueueStats:
         """Waiting, claimed and batched jobs, and the oldest one still in the stream."""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from tokenyard.router.queue.model import Job, JobResult, QueueStats
+from tokenyard.router.queue.model import Job, JobResult, QueueStats, StoredObject
 from tokenyard.router.sqlite_worker import SqliteWorker, select
 
 _SCHEMA: Final = """
@@ -25,6 +25,11 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;
 CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, json TEXT NOT NULL, finished_at REAL NOT NULL)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL, id TEXT NOT NULL, tenant TEXT NOT NULL, created_at REAL NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_by_tenant ON objects (kind, tenant, created_at, id);
 """
 
 
@@ -148,6 +153,50 @@ class SqliteJobStore(SqliteWorker):
         rows = await self._run(select("SELECT json FROM jobs WHERE id = ?", job_id))
         return Job.loads(rows[0][0]) if rows else None
 
+    async def put_object(self, obj: StoredObject) -> None:
+        """Keep an object (replacing one of the same kind and id)."""
+        sql = "INSERT OR REPLACE INTO objects (kind, id, tenant, created_at, body) VALUES (?, ?, ?, ?, ?)"
+        await self._run(
+            lambda conn: conn.execute(sql, (obj.kind, obj.id, obj.tenant, obj.created_at, obj.body))
+        )
+
+    async def get_object(self, kind: str, obj_id: str) -> StoredObject | None:
+        """An object by kind and id, or None."""
+        sql = "SELECT kind, id, tenant, created_at, body FROM objects WHERE kind = ? AND id = ?"
+        rows = await self._run(select(sql, kind, obj_id))
+        return _object(rows[0]) if rows else None
+
+    async def list_objects(
+        self, kind: str, tenant: str, *, after: str | None = None, limit: int = 20
+    ) -> list[StoredObject]:
+        """A tenant's objects of a kind, newest first, after the cursor object."""
+
+        def page(conn: sqlite3.Connection) -> list[StoredObject]:
+            where, params = "kind = ? AND tenant = ?", [kind, tenant]
+            if after is not None:
+                cursor = conn.execute(
+                    "SELECT created_at FROM objects WHERE kind = ? AND id = ?", (kind, after)
+                )
+                found = cursor.fetchone()
+                if found is None:
+                    return []
+                where += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+                params += [found[0], found[0], after]
+            rows = conn.execute(
+                f"SELECT kind, id, tenant, created_at, body FROM objects WHERE {where}"
+                " ORDER BY created_at DESC, id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            return [_object(row) for row in rows]
+
+        return await self._run(page)
+
+    async def delete_object(self, kind: str, obj_id: str) -> bool:
+        """Forget an object; False if there was none."""
+        sql = "DELETE FROM objects WHERE kind = ? AND id = ?"
+        deleted = await self._run(lambda conn: conn.execute(sql, (kind, obj_id)).rowcount)
+        return bool(deleted)
+
     async def stats(self) -> QueueStats:
         """Waiting, claimed and batched jobs, and the oldest one waiting or claimed."""
         rows = await self._run(
@@ -164,3 +213,8 @@ class SqliteJobStore(SqliteWorker):
             in_batches=by_state.get("batch", (0, None))[0],
             oldest_created_at=min(open_ages) if open_ages else None,
         )
+
+
+def _object(row: tuple[str, str, str, float, bytes]) -> StoredObject:
+    kind, obj_id, tenant, created_at, body = row
+    return StoredObject(kind, obj_id, tenant, created_at, bytes(body))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from tokenyard.router.queue.model import Job, JobResult, QueueStats
+from tokenyard.router.queue.model import Job, JobResult, QueueStats, StoredObject
 
 
 class JobStore(Protocol):
@@ -54,6 +54,24 @@ class JobStore(Protocol):
 
     async def stats(self) -> QueueStats:
         """How many jobs wait, are claimed or sit in provider batches, and the oldest unanswered one."""
+        ...
+
+    async def put_object(self, obj: StoredObject) -> None:
+        """Keep an object (replacing one of the same kind and id)."""
+        ...
+
+    async def get_object(self, kind: str, obj_id: str) -> StoredObject | None:
+        """An object by kind and id, or None."""
+        ...
+
+    async def list_objects(
+        self, kind: str, tenant: str, *, after: str | None = None, limit: int = 20
+    ) -> list[StoredObject]:
+        """A tenant's objects of a kind, newest first; ``after``: the id of the last one already seen."""
+        ...
+
+    async def delete_object(self, kind: str, obj_id: str) -> bool:
+        """Forget an object; False if there was none."""
         ...
 
     async def aclose(self) -> None:
