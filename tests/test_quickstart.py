@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import signal
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from tests.harness import eventually, start_proxy
 
@@ -21,6 +23,20 @@ async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_p
                 model="llama-3.1-8b-instruct", messages=[{"role": "user", "content": "Hello!"}]
             )
             embedding = await client.embeddings.create(model="text-embedding-small", input="hello")
+            # A small Batch API job finishes within seconds on the quick start.
+            hi = {"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "hi"}]}
+            line = {"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions", "body": hi}
+            upload = await client.files.create(
+                file=("in.jsonl", io.BytesIO(orjson.dumps(line))), purpose="batch"
+            )
+            batch = await client.batches.create(
+                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            for _ in range(100):
+                batch = await client.batches.retrieve(batch.id)
+                if batch.status == "completed":
+                    break
+                await asyncio.sleep(0.1)
             models = sorted([m.id async for m in client.models.list()])
 
         async def metered() -> None:  # the embedded store, and the usage API open on loopback
@@ -28,7 +44,7 @@ async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_p
                 params = {"start": "10m", "granularity": "total"}
                 got = await http.get(f"{proxy.url}/admin/usage", params=params)
             usage.update(got.json())
-            assert usage["totals"]["requests"] == 2
+            assert usage["totals"]["requests"] == 3  # the chat, the embedding, the batch line
 
         await eventually(metered)
         async with httpx.AsyncClient(timeout=30) as http:  # the advisor works out of the box too
@@ -53,6 +69,7 @@ async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_p
     assert raw.parse().choices[0].message.content
     assert raw.headers["x-tokenyard-backend"] == "sim-dedicated"
     assert embedding.data[0].embedding
+    assert batch.status == "completed"
     assert models == ["llama-3.1-8b-instruct", "text-embedding-small"]
     assert [d["backend"] for d in usage["dedicated"]] == ["sim-dedicated"]
     assert (tmp_path / "tokenyard" / "meter.sqlite3").exists()

@@ -80,6 +80,19 @@ async def test_the_first_result_wins_and_the_job_leaves_the_queue(queue: JobStor
     assert await queue.result("job_unknown") is None
 
 
+async def test_results_of_many_jobs_at_once(queue: JobStore) -> None:
+    jobs = [job(n) for n in range(1203)]
+    for j in jobs[:3]:
+        await queue.enqueue(j)
+    await queue.complete(answer(jobs[1].id))
+    await queue.complete(answer(jobs[1202].id, content="never enqueued, still stored"))
+    got = await queue.results_of([j.id for j in jobs])
+    assert got == {
+        jobs[1].id: answer(jobs[1].id),
+        jobs[1202].id: answer(jobs[1202].id, content="never enqueued, still stored"),
+    }
+
+
 async def test_an_answered_job_is_not_handed_out_again_even_when_its_claim_goes_stale(
     queue: JobStore, clock: FakeClock
 ) -> None:

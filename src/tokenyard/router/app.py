@@ -31,6 +31,7 @@ from tokenyard.router.meter.model import UsageRecord
 from tokenyard.router.meter.store import MeterStore
 from tokenyard.router.meter.stores import open_configured_store, redacted
 from tokenyard.router.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
+from tokenyard.router.queue.batch_api import BatchApi
 from tokenyard.router.queue.dispatcher import Dispatcher
 from tokenyard.router.queue.front import JOBS_PATH, AsyncFront
 from tokenyard.router.queue.model import Job, JobResult
@@ -67,6 +68,7 @@ class TokenyardApp:
         self.backends: dict[str, Backend] = {}
         self.proxy: Proxy | None = None
         self.dispatcher: Dispatcher | None = None
+        self.batch_api: BatchApi | None = None
         self.meter: Meter | None = None
         self.admin: AdminApi | None = None
         self.rejected: Counter[int] = Counter()
@@ -100,6 +102,8 @@ class TokenyardApp:
                 route = ("PUT", self._admin("replicas"))
             elif path.startswith(JOBS_PATH):
                 route = ("GET", self._async_job)
+            elif path.startswith(("/v1/files", "/v1/batches")):
+                route = (method, self._batch_api_handler)  # it checks methods per sub-path itself
             else:
                 raise RouteNotFound(f"Unknown request URL: {method} {path}.")
         if method != route[0]:
@@ -144,6 +148,13 @@ class TokenyardApp:
         name = scope["path"].removeprefix("/v1/models/")
         self.proxy.deployments(principal, name)  # raises ModelNotFound
         await wire.send_json(send, 200, _model_object(name))
+
+    async def _batch_api_handler(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        assert self.proxy is not None, "requests arrive only after start-up"
+        principal = self.proxy.authenticate(scope)
+        if self.batch_api is None:
+            raise RouteNotFound("The Batch API needs the async track: a meter store (meter.store).")
+        await self.batch_api.handle(scope, receive, send, principal)
 
     async def _async_job(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         assert self.proxy is not None, "requests arrive only after start-up"
@@ -245,6 +256,13 @@ class TokenyardApp:
             wall=self.wall,
         )
         front.wake = dispatcher.wake
+        self.batch_api = BatchApi(
+            jobs,
+            may_use=lambda who, model: who.may_use(model) and model in proxy.models,
+            wake=dispatcher.wake,
+            max_body_bytes=self.config.server.max_body_bytes,
+            wall=self.wall,
+        )
         # Pushed after the stores' callbacks, so it stops before they close.
         stack.push_async_callback(_cancel, asyncio.create_task(dispatcher.run(), name="dispatcher"))
 

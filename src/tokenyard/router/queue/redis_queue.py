@@ -230,6 +230,19 @@ class RedisJobStore:
             body = await self._redis.get(self._result(job_id))
         return None if body is None else JobResult.loads(body)
 
+    async def results_of(self, job_ids: Sequence[str]) -> dict[str, JobResult]:
+        """The results of those jobs that have one (MGET in pages)."""
+        out: dict[str, JobResult] = {}
+        with mapped_errors(_STORE):
+            for start in range(0, len(job_ids), 1000):
+                chunk = list(job_ids[start : start + 1000])
+                for job_id, body in zip(
+                    chunk, await self._redis.mget([self._result(i) for i in chunk]), strict=True
+                ):
+                    if body is not None:
+                        out[job_id] = JobResult.loads(body)
+        return out
+
     async def get(self, job_id: str) -> Job | None:
         """A job by id, or None."""
         with mapped_errors(_STORE):

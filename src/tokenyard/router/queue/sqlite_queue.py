@@ -148,6 +148,22 @@ class SqliteJobStore(SqliteWorker):
         rows = await self._run(select("SELECT json FROM results WHERE id = ?", job_id))
         return JobResult.loads(rows[0][0]) if rows else None
 
+    async def results_of(self, job_ids: Sequence[str]) -> dict[str, JobResult]:
+        """The results of those jobs that have one."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, JobResult]:
+            out: dict[str, JobResult] = {}
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                for job_id, text in conn.execute(
+                    f"SELECT id, json FROM results WHERE id IN ({marks})", chunk
+                ):
+                    out[job_id] = JobResult.loads(text)
+            return out
+
+        return await self._run(read)
+
     async def get(self, job_id: str) -> Job | None:
         """A job by id, or None."""
         rows = await self._run(select("SELECT json FROM jobs WHERE id = ?", job_id))

@@ -48,6 +48,10 @@ class JobStore(Protocol):
         """A job's result, or None while it has none (or the job is unknown)."""
         ...
 
+    async def results_of(self, job_ids: Sequence[str]) -> dict[str, JobResult]:
+        """The results of those jobs that have one (for a Batch API batch's progress)."""
+        ...
+
     async def get(self, job_id: str) -> Job | None:
         """A job by id, or None."""
         ...
