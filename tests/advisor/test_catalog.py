@@ -103,7 +103,8 @@ def test_the_quick_start_workload_uses_its_own_prices_and_current_setup() -> Non
     assert workload.current.option is not None
     assert workload.current.option.gpu_hour_usd == 2.50  # what the config pays, not the catalog's price
     assert workload.current.per_token_kind == "dedicated_serverless"  # the next deployment in line
-    assert workload.batch is not None  # from the catalog
+    assert workload.batch is not None
+    assert workload.batch.source == "config: backends.sim-batch.prices"  # the batch backend it uses
     assert {o.label for o in workload.options} == {"1×H100-80GB", "1×H200"}
 
 

@@ -22,6 +22,7 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import (
     CLIENT_KEY,
@@ -153,6 +154,26 @@ async def test_prefer_respond_async_answers_202_then_the_openai_response_on_poll
                 assert [(r["mode"], r["backend"], r["requests"]) for r in rows] == [("async", "ded", 1)]
 
             await eventually(metered_async)
+
+            async def on_the_metrics() -> None:
+                async with httpx.AsyncClient() as http:
+                    text = (
+                        await http.get(
+                            f"{proxy.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+                        )
+                    ).text
+                samples = {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples
+                }
+                assert samples[("tokenyard_async_jobs_answered_total", (("path", "idle_dedicated"),))] == 1
+                assert samples[("tokenyard_async_job_wait_seconds_total", (("path", "idle_dedicated"),))] > 0
+                assert samples[("tokenyard_async_jobs", (("state", "waiting"),))] == 0
+                assert samples[("tokenyard_async_oldest_job_age_seconds", ())] == 0
+                assert samples[("tokenyard_async_duplicate_answers_total", ())] == 0
+
+            await eventually(on_the_metrics)
         finally:
             proxy.stop()
 

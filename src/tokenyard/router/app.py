@@ -210,7 +210,11 @@ class TokenyardApp:
             self.admin.advisor = advisor = AdvisorLoop(store, self.config, wall=self.wall)
             # Pushed after the meter's callbacks, so it stops before the meter closes the store.
             stack.push_async_callback(_cancel, asyncio.create_task(advisor.run(), name="advisor"))
-        self.registry.register(TokenyardCollector(meter, lambda: self.backends, self.rejected, self._advice))
+        self.registry.register(
+            TokenyardCollector(
+                meter, lambda: self.backends, self.rejected, self._advice, lambda: self.dispatcher
+            )
+        )
         models = {
             name: [self.backends[b] for b in model.deployments] for name, model in self.config.models.items()
         }

@@ -91,6 +91,10 @@ def build_workload(
         gpu_price[backend.gpu_type] = backend.gpu_hour_price
     options = [_option(c, c.gpus_per_replica, gpu_price[c.gpu_type]) for c in entry.dedicated]
     current, current_option = _current(deployed, entry, prices)
+    batch = entry.batch
+    model_config = config.models.get(model)
+    if model_config is not None and model_config.batch is not None:  # the provider batch it actually uses
+        batch = _config_prices(config.backends[model_config.batch].prices, model_config.batch, today)
     if current_option is not None and current_option not in options:
         options.append(current_option)
     return Workload(
@@ -99,7 +103,7 @@ def build_workload(
         needs=needs,
         serverless=prices["serverless"],
         dedicated_serverless=prices["dedicated_serverless"],
-        batch=entry.batch,
+        batch=batch,
         options=tuple(options),
         current=current,
         utilization_cap=config.advisor.utilization_cap,

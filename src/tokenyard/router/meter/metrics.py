@@ -8,8 +8,9 @@ provisioned time, so take one replica's, or read the usage API, which counts eac
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -19,6 +20,9 @@ from tokenyard.router.advisor.settings import DAYS_PER_MONTH
 from tokenyard.router.backends import Backend
 from tokenyard.router.meter.meter import Meter
 from tokenyard.router.meter.model import AGG_FIELDS, LATENCY_BUCKETS_MS, PUSD_PER_USD
+
+if TYPE_CHECKING:
+    from tokenyard.router.queue.dispatcher import Dispatcher
 
 _LABELS = ["tenant", "model", "backend", "kind", "mode"]
 _FIELD = {name: i for i, name in enumerate(AGG_FIELDS)}
@@ -34,17 +38,63 @@ class TokenyardCollector(Collector):
         backends: Callable[[], Mapping[str, Backend]],
         rejected: Mapping[int, int],
         advice: Callable[[], Mapping[str, Any] | None] = lambda: None,
+        dispatcher: Callable[[], Dispatcher | None] = lambda: None,
     ) -> None:
         self._meter = meter
         self._backends = backends
         self._rejected = rejected
         self._advice = advice
+        self._dispatcher = dispatcher
 
     def collect(self) -> Iterator[Metric]:
         yield from self._usage()
         yield from self._backend_state()
         yield from self._meter_health()
         yield from self._advisor()
+        yield from self._async_track()
+
+    def _async_track(self) -> Iterator[Metric]:
+        """The job queue (as last read, the same on every replica) and this replica's answered jobs."""
+        dispatcher = self._dispatcher()
+        if dispatcher is None:
+            return
+        stats = dispatcher.stats
+        if stats is not None:
+            jobs = GaugeMetricFamily(
+                "tokenyard_async_jobs", "Async jobs not yet answered, by state.", labels=["state"]
+            )
+            for state, count in (
+                ("waiting", stats.waiting),
+                ("claimed", stats.claimed),
+                ("in_provider_batch", stats.in_batches),
+            ):
+                jobs.add_metric([state], count)
+            yield jobs
+            oldest = GaugeMetricFamily(
+                "tokenyard_async_oldest_job_age_seconds",
+                "Age of the oldest job waiting or claimed (0: none).",
+            )
+            oldest.add_metric(
+                [], max(0.0, time.time() - stats.oldest_created_at) if stats.oldest_created_at else 0.0
+            )
+            yield oldest
+        answered = CounterMetricFamily(
+            "tokenyard_async_jobs_answered", "Jobs this replica answered, by path.", labels=["path"]
+        )
+        waited = CounterMetricFamily(
+            "tokenyard_async_job_wait_seconds",
+            "Time from accepting a job to its answer, summed, by path.",
+            labels=["path"],
+        )
+        for path, count in sorted(dispatcher.jobs_by_path.items()):
+            answered.add_metric([path], count)
+            waited.add_metric([path], dispatcher.wait_s_by_path.get(path, 0.0))
+        duplicates = CounterMetricFamily(
+            "tokenyard_async_duplicate_answers",
+            "Answers dropped because the job already had one (not billed).",
+        )
+        duplicates.add_metric([], dispatcher.front.duplicates)
+        yield from (answered, waited, duplicates)
 
     def _advisor(self) -> Iterator[Metric]:
         """The latest advice (the same on every replica: it is read from the store)."""

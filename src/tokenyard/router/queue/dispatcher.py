@@ -40,7 +40,7 @@ from tokenyard.router.exchange import Exchange
 from tokenyard.router.meter.model import UsageRecord
 from tokenyard.router.meter.store import MeterStore
 from tokenyard.router.queue.front import AsyncFront, allowed_callback
-from tokenyard.router.queue.model import Job, JobResult
+from tokenyard.router.queue.model import Job, JobResult, QueueStats
 from tokenyard.router.queue.paths import Capacity, choose_path
 from tokenyard.router.queue.store import JobStore
 
@@ -52,6 +52,7 @@ log = logging.getLogger("tokenyard.dispatcher")
 LOCK: Final = "dispatcher"
 LOCK_TTL_S: Final = 10.0  # a leader that stops renewing (killed) hands over after this long
 MAX_WAITING: Final = 2_000  # claimed jobs kept in memory while they wait for a path
+STATS_EVERY_S: Final = 2.0  # how fresh the queue gauges are
 RETRY_STATUSES: Final = frozenset({429, 503})  # no capacity right now: try again, not an answer
 
 
@@ -93,7 +94,11 @@ class Dispatcher:
         self.max_running = max_running
         self.replica = f"dispatcher-{uuid.uuid4().hex[:12]}"
         self.leader = False
-        self.jobs_by_path: dict[str, int] = {}  # answered jobs by the path that answered them (for /metrics)
+        # For /metrics (this replica's view): answered jobs and their total wait, by path; the queue's state.
+        self.jobs_by_path: dict[str, int] = {}
+        self.wait_s_by_path: dict[str, float] = {}
+        self.stats: QueueStats | None = None
+        self._stats_at = -math.inf
         self._wake = asyncio.Event()
         self._waiting: dict[str, Job] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -111,6 +116,9 @@ class Dispatcher:
         try:
             while True:
                 try:
+                    if self.clock() - self._stats_at >= STATS_EVERY_S:
+                        self._stats_at = self.clock()
+                        self.stats = await self.store.stats()
                     self.leader = await self.locks.try_lock(LOCK, self.replica, LOCK_TTL_S)
                     if self.leader:
                         await self.tick()
@@ -212,6 +220,8 @@ class Dispatcher:
         if not first:
             return
         self.jobs_by_path[result.path] = self.jobs_by_path.get(result.path, 0) + 1
+        waited = max(0.0, result.finished_at - job.created_at)
+        self.wait_s_by_path[result.path] = self.wait_s_by_path.get(result.path, 0.0) + waited
         if job.callback:
             await self._call_back(job, result)
 
