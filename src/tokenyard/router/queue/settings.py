@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from tokenyard.router.classify import Rule
 
@@ -70,8 +70,13 @@ class Callbacks(_Strict):
     """Where finished jobs may be POSTed (never anywhere else: no SSRF), and the HMAC key that signs them."""
 
     allow_hosts: list[str] = []
-    secret: SecretStr | None = None
+    secret: SecretStr | None = None  # unset (or empty): callbacks are sent unsigned
     timeout_s: PositiveFloat = 10.0
+
+    @field_validator("secret")
+    @classmethod
+    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
 
 
 class AsyncTrackConfig(_Strict):
