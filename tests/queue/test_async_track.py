@@ -261,15 +261,14 @@ async def test_async_work_yields_to_real_time_on_the_dedicated_replica(tmp_path:
             proxy.stop()
 
 
-async def test_with_no_cheaper_capacity_a_job_runs_in_real_time_near_its_deadline(tmp_path: Path) -> None:
-    async with simulators(api=SimulatorConfig(**FAST)) as s:
-        config = {
-            "meter": {"store": f"sqlite:///{tmp_path}/m.sqlite3", "flush_interval_s": 0.2},
-            "backends": {"api": backend("serverless", s["api"].base_url)},
-            "models": {MODEL: {"deployments": ["api"]}},
-            "keys": {"team-a": {"key": CLIENT_KEY, "deadline_s": 3}},
-            "async_track": {"realtime_margin_s": 2},
-        }
+async def test_a_job_waits_for_a_busy_replica_only_until_its_deadline_comes_close(tmp_path: Path) -> None:
+    async with sims() as s:
+        # One slot per replica and async may fill half of it: the replica is never idle for async work.
+        config = config_for(
+            s, store=f"sqlite:///{tmp_path}/m.sqlite3", realtime_margin_s=2, idle_fill_cap=0.5
+        )
+        config["backends"]["ded"]["max_concurrency"] = 1
+        config["keys"]["team-a"]["deadline_s"] = 3
         proxy = await start_proxy(config, tmp_path)
         try:
             accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
@@ -278,6 +277,25 @@ async def test_with_no_cheaper_capacity_a_job_runs_in_real_time_near_its_deadlin
             assert done.status_code == 200
             assert done.headers["x-tokenyard-path"] == "realtime"
             assert 0.5 < asyncio.get_running_loop().time() - started < 3, "not before it had to, not after"
+        finally:
+            proxy.stop()
+
+
+async def test_with_no_cheaper_path_at_all_a_job_runs_in_real_time_at_once(tmp_path: Path) -> None:
+    async with simulators(api=SimulatorConfig(**FAST)) as s:
+        config = {
+            "meter": {"store": f"sqlite:///{tmp_path}/m.sqlite3", "flush_interval_s": 0.2},
+            "backends": {"api": backend("serverless", s["api"].base_url)},
+            "models": {MODEL: {"deployments": ["api"]}},
+            "keys": {"team-a": {"key": CLIENT_KEY}},  # a 24 h deadline: waiting would gain nothing
+        }
+        proxy = await start_proxy(config, tmp_path)
+        try:
+            accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
+            started = asyncio.get_running_loop().time()
+            done = await poll(proxy, accepted.headers["location"])
+            assert done.headers["x-tokenyard-path"] == "realtime"
+            assert asyncio.get_running_loop().time() - started < 1.5
         finally:
             proxy.stop()
 

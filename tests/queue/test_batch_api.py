@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import CLIENT_KEY, OTHER_KEY, backend, eventually, simulators, start_proxy
+from tests.harness import OTHER_KEY, eventually, start_proxy
 from tests.queue.test_async_track import FAST, MODEL, config_for, no_idle_dedicated, sims, usage
 from tokenyard.simulator.config import SimulatorConfig
 
@@ -113,13 +113,10 @@ async def test_lists_page_newest_first_and_files_can_be_deleted(tmp_path: Path) 
 
 
 async def test_cancel_keeps_what_was_answered_and_closes_the_rest(tmp_path: Path) -> None:
-    async with simulators(api=SimulatorConfig(**FAST)) as s:
-        config = {
-            "meter": {"store": f"sqlite:///{tmp_path}/m.sqlite3", "flush_interval_s": 0.2},
-            "backends": {"api": backend("serverless", s["api"].base_url)},
-            "models": {MODEL: {"deployments": ["api"]}},  # no cheap path: lines wait for their deadline
-            "keys": {"team-a": {"key": CLIENT_KEY}},
-        }
+    async with sims() as s:
+        # The replica never has a slot for async work (1 × 0.5 rounds down), so the lines wait for it.
+        config = config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3", idle_fill_cap=0.5)
+        config["backends"]["ded"]["max_concurrency"] = 1
         proxy = await start_proxy(config, tmp_path)
         try:
             async with proxy.client() as client:

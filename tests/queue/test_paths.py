@@ -16,26 +16,30 @@ def job(deadline_in_s: float, delivery: str = "poll") -> Job:
 
 
 @pytest.mark.parametrize(
-    ("deadline_in_s", "idle", "batch", "delivery", "expected"),
+    ("deadline_in_s", "idle", "batch", "delivery", "expected", "has_dedicated"),
     [
-        (24 * HOUR, True, True, "poll", "idle_dedicated"),  # already paid for: always first
-        (24 * HOUR, False, True, "poll", "provider_batch"),
-        (2 * HOUR, False, True, "poll", "provider_batch"),  # 1 h turnaround + 60 s margin fits
-        (HOUR + 59, False, True, "poll", "wait"),  # it would not fit: wait for the deadline's margin
-        (24 * HOUR, False, True, "hold", "wait"),  # a waiting connection never goes to a provider batch
-        (24 * HOUR, False, False, "poll", "wait"),
-        (60, False, True, "poll", "realtime"),  # the deadline is here
-        (-5, False, False, "hold", "realtime"),  # past it: right now
-        (30, True, False, "hold", "idle_dedicated"),
+        (24 * HOUR, True, True, "poll", "idle_dedicated", True),  # already paid for: always first
+        (24 * HOUR, False, True, "poll", "provider_batch", True),
+        (2 * HOUR, False, True, "poll", "provider_batch", True),  # 1 h turnaround + 60 s margin fits
+        (HOUR + 59, False, True, "poll", "wait", True),  # it would not fit: wait for a replica, or the margin
+        (24 * HOUR, False, True, "hold", "wait", True),  # a waiting connection never goes to a provider batch
+        (24 * HOUR, False, False, "poll", "wait", True),  # a replica may free up
+        (60, False, True, "poll", "realtime", True),  # the deadline is here
+        (-5, False, False, "hold", "realtime", True),  # past it: right now
+        (30, True, False, "hold", "idle_dedicated", True),
+        # Nothing cheaper could ever take it: waiting would only make it later.
+        (24 * HOUR, False, False, "poll", "realtime", False),
+        (24 * HOUR, False, True, "hold", "realtime", False),
+        (HOUR + 59, False, True, "poll", "realtime", False),  # no batch fits later if none fits now
     ],
 )
 def test_the_cheapest_path_that_meets_the_deadline(
-    deadline_in_s: float, idle: bool, batch: bool, delivery: str, expected: str
+    deadline_in_s: float, idle: bool, batch: bool, delivery: str, expected: str, has_dedicated: bool
 ) -> None:
     path = choose_path(
         job(deadline_in_s, delivery),
         NOW,
-        Capacity(idle_dedicated=idle, provider_batch=batch),
+        Capacity(idle_dedicated=idle, provider_batch=batch, has_dedicated=has_dedicated),
         realtime_margin_s=60,
         expected_turnaround_s=HOUR,
     )

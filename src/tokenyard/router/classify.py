@@ -25,7 +25,7 @@ from tokenyard.errors import InvalidRequest
 Mode = Literal["realtime", "async"]
 Delivery = Literal["respond", "poll", "hold"]
 MODE_HEADER = "x-tokenyard-mode"
-_ASYNC_TIERS = ("flex", "batch")
+ASYNC_TIERS = ("flex", "batch")  # service_tier values that mean nobody waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +143,7 @@ def _explicit(facts: RequestFacts) -> tuple[Mode, str] | None:
                 f"The {MODE_HEADER} header must be 'realtime' or 'async', not {facts.mode_header!r}."
             )
         return ("async" if value == "async" else "realtime"), f"{MODE_HEADER}: {value}"
-    if facts.service_tier in _ASYNC_TIERS:
+    if facts.service_tier in ASYNC_TIERS:
         return "async", f"service_tier: {facts.service_tier}"
     return None
 

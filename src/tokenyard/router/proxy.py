@@ -33,7 +33,7 @@ from tokenyard.router import wire
 from tokenyard.router.auth import KeyRing, Principal
 from tokenyard.router.backends import Backend
 from tokenyard.router.breaker import Ticket
-from tokenyard.router.classify import Decision, RequestFacts, classify
+from tokenyard.router.classify import ASYNC_TIERS, Decision, RequestFacts, classify
 from tokenyard.router.exchange import CLIENT_CLOSED, Exchange
 from tokenyard.router.meter.meter import Meter
 from tokenyard.router.meter.model import UsageRecord
@@ -205,15 +205,27 @@ class Proxy:
         track = self.async_track
         if track is None:
             return None
+        prefer = mode = None
+        for key, value in scope["headers"]:  # one pass for both headers
+            if key == b"prefer":
+                prefer = value
+            elif key == wire.H_MODE:
+                mode = value
+        tier = obj.get("service_tier")
+        nothing_says_async = (
+            prefer is None and mode is None and tier not in ASYNC_TIERS and principal.mode is None
+        )
+        if nothing_says_async and not self.async_rules:
+            return None  # real time by default: the hot path, kept cheap (no facts built)
         user, metadata = obj.get("user"), obj.get("metadata")
         facts = RequestFacts(
             model=model,
             endpoint=endpoint.name,
             tenant=principal.tenant,
             stream=stream,
-            prefer=_text(wire.header(scope, b"prefer")),
-            mode_header=_text(wire.header(scope, wire.H_MODE)),
-            service_tier=obj.get("service_tier"),
+            prefer=_text(prefer),
+            mode_header=_text(mode),
+            service_tier=tier,
             user=user if isinstance(user, str) else None,
             metadata=metadata if isinstance(metadata, dict) else {},
             key_name=principal.key_name,

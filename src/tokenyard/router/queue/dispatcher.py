@@ -191,9 +191,11 @@ class Dispatcher:
         return backend
 
     def _capacity(self, job: Job) -> Capacity:
+        deployments = self.proxy.models.get(job.model, [])
         return Capacity(
             idle_dedicated=bool(self._idle_dedicated(job.model)),
             provider_batch=self._batch_backend(job.model) is not None,
+            has_dedicated=any(b.config.kind == "dedicated" for b in deployments),
         )
 
     # -- running now -----------------------------------------------------------------------------------

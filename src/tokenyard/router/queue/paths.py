@@ -6,7 +6,9 @@ Cheapest first, as long as the deadline still holds:
    backend's slots, always yielding to real-time traffic;
 2. **a provider batch** — about half the per-token price, but it may take the provider's whole completion
    window, so only for jobs whose deadline leaves that long, and never for a connection that is waiting;
-3. **real time** — when the deadline comes close (within ``realtime_margin_s``);
+3. **real time** — when the deadline comes close (within ``realtime_margin_s``), or at once when no
+   cheaper path could ever take the job (no dedicated backend that might free up, and no provider batch
+   that fits its deadline): waiting would only make it later;
 4. otherwise **wait** for one of the above.
 """
 
@@ -26,6 +28,7 @@ class Capacity:
 
     idle_dedicated: bool  # a dedicated backend has a slot below its async fill cap
     provider_batch: bool  # the model has a provider Batch API backend that is not failing
+    has_dedicated: bool = True  # the model has dedicated backends at all (busy or not)
 
 
 def choose_path(
@@ -35,12 +38,10 @@ def choose_path(
     remaining_s = job.deadline - now
     if capacity.idle_dedicated:
         return "idle_dedicated"
-    if (
-        capacity.provider_batch
-        and job.delivery != "hold"
-        and remaining_s >= expected_turnaround_s + realtime_margin_s
-    ):
+    batch_may_take_it = capacity.provider_batch and job.delivery != "hold"
+    if batch_may_take_it and remaining_s >= expected_turnaround_s + realtime_margin_s:
         return "provider_batch"
-    if remaining_s <= realtime_margin_s:
+    # Only a dedicated replica can free up: a batch that does not fit the deadline now never will.
+    if remaining_s <= realtime_margin_s or not capacity.has_dedicated:
         return "realtime"
     return "wait"
