@@ -36,6 +36,7 @@ from tests.harness import (
     start_proxy,
 )
 from tests.meter.redis_util import REDIS_URL, delete_prefix
+from tokenyard.router.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
@@ -481,5 +482,35 @@ async def test_a_finished_job_is_posted_to_its_allow_listed_callback_signed(
             stamp, signature = (part.split("=", 1)[1] for part in headers["x-tokenyard-signature"].split(","))
             expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
             assert hmac.compare_digest(signature, expected)
+        finally:
+            proxy.stop()
+
+
+async def test_a_held_request_is_served_in_real_time_when_no_dispatcher_answers_it(tmp_path: Path) -> None:
+    async with sims() as s:
+        store = f"sqlite:///{tmp_path}/m.sqlite3"
+        config = config_for(s, store=store, max_hold_s=0.5)
+        # Another "replica" holds the dispatcher's lead and never dispatches (as if hung).
+        squatter = SqliteMeterStore(f"{tmp_path}/m.sqlite3", retention_s=86400, records_max=10)
+        assert await squatter.try_lock("dispatcher", "hung-replica", 3600)
+        await squatter.aclose()
+        proxy = await start_proxy(config, tmp_path)
+        try:
+            async with proxy.client() as client:
+                started = asyncio.get_running_loop().time()
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=MODEL, messages=HELLO, service_tier="flex"
+                )
+                waited = asyncio.get_running_loop().time() - started
+            assert raw.http_response.status_code == 200
+            assert raw.headers["x-tokenyard-path"] == "realtime"
+            assert raw.parse().choices[0].message.content
+            assert 0.5 < waited < 10  # its deadline (max_hold_s) and the grace, then real time
+
+            async def billed_once() -> None:
+                rows = (await usage(proxy, group_by="mode"))["data"]
+                assert [(r["mode"], r["requests"]) for r in rows] == [("async", 1)]
+
+            await eventually(billed_once)
         finally:
             proxy.stop()

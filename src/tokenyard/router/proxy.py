@@ -245,13 +245,18 @@ class Proxy:
         """Run an async job now, on ``only`` these backends or the model's deployments; its answer and
         usage (the caller meters it if the answer is the job's first)."""
         endpoint = ENDPOINTS[job.endpoint]
-        backends = self.models[job.model] if only is None else only
+        backends = self.models.get(job.model, []) if only is None else only
         exchange = Exchange(
             "req_" + os.urandom(12).hex(), job.tenant, job.model, orjson.loads(job.body), self.clock()
         )
         exchange.mode, exchange.reason = "async", job.reason
         captured = wire.Captured()
-        await self._route(captured, endpoint, backends, job.body, False, exchange, [])
+        if not backends:  # the model left the config while the job waited: a final answer, not a retry
+            await wire.send_error(
+                captured, ModelNotFound(f"The model `{job.model}` does not exist.", param="model")
+            )
+        else:
+            await self._route(captured, endpoint, backends, job.body, False, exchange, [])
         exchange.route = path
         answer = JobResult(job.id, captured.status, captured.body, path, self.wall())
         return answer, exchange.to_record(self.clock(), self.wall())
