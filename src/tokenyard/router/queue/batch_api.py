@@ -88,7 +88,8 @@ class BatchApi:
         elif route == ("batches", 0, "", "GET"):
             await wire.send_json(send, 200, await self._list(BATCH, who, query, self._public))
         elif route == ("batches", 1, "", "GET"):
-            await wire.send_json(send, 200, self._public(await self.refresh(await self._batch(who, rest[0]))))
+            batch = await self.refresh(who.tenant, await self._batch(who, rest[0]))
+            await wire.send_json(send, 200, self._public(batch))
         elif route == ("batches", 2, "cancel", "POST"):
             await wire.send_json(send, 200, self._public(await self.cancel(who, rest[0])))
         elif route[:3] in {
@@ -124,12 +125,18 @@ class BatchApi:
         await self.store.put_object(StoredObject(CONTENT, meta["id"], tenant, now, content))
         await self.store.put_object(StoredObject(FILE, meta["id"], tenant, now, orjson.dumps(meta)))
 
-    async def _meta(self, who: Principal, file_id: str) -> dict[str, Any]:
-        found = await self.store.get_object(FILE, file_id)
+    async def _owned(self, kind: str, obj_id: str, who: Principal, missing: ObjectNotFound) -> dict[str, Any]:
+        """A file's or batch's JSON, if it exists and is the caller's tenant's; else ``missing`` is raised."""
+        found = await self.store.get_object(kind, obj_id)
         if found is None or found.tenant != who.tenant:
-            raise ObjectNotFound(f"No such File object: {file_id}", param="id")
-        meta: dict[str, Any] = orjson.loads(found.body)
-        return meta
+            raise missing
+        value: dict[str, Any] = orjson.loads(found.body)
+        return value
+
+    async def _meta(self, who: Principal, file_id: str) -> dict[str, Any]:
+        return await self._owned(
+            FILE, file_id, who, ObjectNotFound(f"No such File object: {file_id}", param="id")
+        )
 
     async def delete_file(self, who: Principal, file_id: str) -> dict[str, Any]:
         """``DELETE /v1/files/{id}``."""
@@ -155,7 +162,7 @@ class BatchApi:
         found = await self.store.list_objects(kind, who.tenant, after=query.get("after"), limit=limit + 1)
         items = [orjson.loads(obj.body) for obj in found[:limit]]
         if kind == BATCH:
-            items = [await self.refresh(item) for item in items]
+            items = [await self.refresh(who.tenant, item) for item in items]
         if kind == FILE and "purpose" in query:
             items = [item for item in items if item["purpose"] == query["purpose"]]
         data = [shape(item) for item in items]
@@ -248,18 +255,15 @@ class BatchApi:
         return lines, errors
 
     async def _batch(self, who: Principal, batch_id: str) -> dict[str, Any]:
-        found = await self.store.get_object(BATCH, batch_id)
-        if found is None or found.tenant != who.tenant:
-            raise ObjectNotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
-        batch: dict[str, Any] = orjson.loads(found.body)
-        return batch
+        missing = ObjectNotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+        return await self._owned(BATCH, batch_id, who, missing)
 
     async def _save(self, tenant: str, batch: dict[str, Any]) -> None:
         # Listed by the exact creation time: batches made within one second keep their order.
         created = float(batch["_created"])
         await self.store.put_object(StoredObject(BATCH, batch["id"], tenant, created, orjson.dumps(batch)))
 
-    async def refresh(self, batch: dict[str, Any]) -> dict[str, Any]:
+    async def refresh(self, tenant: str, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch with its progress read from its jobs; finalised once every line has an answer (or the
         window passed: the rest expire)."""
         if batch["status"] in FINAL:
@@ -275,7 +279,7 @@ class BatchApi:
         counts["completed"] = sum(1 for r in answered.values() if r.status == 200)
         counts["failed"] = len(answered) - counts["completed"]
         if len(answered) == len(job_ids):
-            await self._finalize(batch, answered, now)
+            await self._finalize(tenant, batch, answered, now)
         return batch
 
     async def _close_unanswered(
@@ -290,7 +294,9 @@ class BatchApi:
             if job_id not in answered:
                 await self.store.complete(JobResult(job_id, 499, body, why, now))
 
-    async def _finalize(self, batch: dict[str, Any], answered: dict[str, JobResult], now: float) -> None:
+    async def _finalize(
+        self, tenant: str, batch: dict[str, Any], answered: dict[str, JobResult], now: float
+    ) -> None:
         """Write the output and error files and make the batch final."""
         output: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
@@ -307,7 +313,6 @@ class BatchApi:
                 error=None,
             )
             (output if result.status == 200 else errors).append(line)
-        tenant = await self._tenant_of(batch)
         for name, lines in (("output_file_id", output), ("error_file_id", errors)):
             if lines:
                 content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
@@ -322,14 +327,9 @@ class BatchApi:
             batch["cancelled_at" if batch["status"] == "cancelled" else "completed_at"] = int(now)
         await self._save(tenant, batch)
 
-    async def _tenant_of(self, batch: dict[str, Any]) -> str:
-        found = await self.store.get_object(BATCH, batch["id"])
-        assert found is not None
-        return found.tenant
-
     async def cancel(self, who: Principal, batch_id: str) -> dict[str, Any]:
         """``POST /v1/batches/{id}/cancel``: lines not yet answered are not run; answered ones are kept."""
-        batch = await self.refresh(await self._batch(who, batch_id))
+        batch = await self.refresh(who.tenant, await self._batch(who, batch_id))
         if batch["status"] in FINAL:
             raise InvalidRequest(f"Cannot cancel a batch with status '{batch['status']}'.")
         now = self.wall()
