@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Final, Self
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
@@ -59,3 +59,20 @@ def mapped_errors(what: str) -> Iterator[None]:
         # as the send completes: the call returns as if nothing happened and a cancelled task runs on
         # forever. Deliver it here (the stores' writes are idempotent, so one that did land is safe).
         raise asyncio.CancelledError
+
+
+class RedisBacked:
+    """What every Redis-backed store shares: its client, closing it, and use as an async context manager."""
+
+    def __init__(self, url: str, *, socket_timeout_s: float) -> None:
+        self._redis = connect(url, socket_timeout_s=socket_timeout_s)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

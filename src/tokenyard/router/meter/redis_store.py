@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Final, Self, TypeVar, cast
+from typing import Final, TypeVar, cast
 
 import orjson
 
@@ -26,7 +26,7 @@ from tokenyard.router.meter.model import (
     GpuKey,
     UsageRecord,
 )
-from tokenyard.router.redis_client import connect, mapped_errors
+from tokenyard.router.redis_client import RedisBacked, mapped_errors
 
 T = TypeVar("T")
 
@@ -183,7 +183,7 @@ def _check_exact(accrual: GpuAccrual) -> None:
         raise ValueError(f"GPU accrual out of range for exact arithmetic: {accrual}")
 
 
-class RedisMeterStore:
+class RedisMeterStore(RedisBacked):
     """``MeterStore`` over ``redis.asyncio``, shared by every proxy replica pointed at the same Redis."""
 
     def __init__(
@@ -201,7 +201,7 @@ class RedisMeterStore:
         self._records_max = records_max
         self._clock = clock  # unix seconds; decides what is older than the retention
         # Fails fast, never resends on its own: the meter holds the batch and retries it later.
-        self._redis = connect(url, socket_timeout_s=socket_timeout_s)
+        super().__init__(url, socket_timeout_s=socket_timeout_s)
         self._write_script = self._redis.register_script(_WRITE_SCRIPT)
 
     async def write(self, batch: FlushBatch) -> None:
@@ -284,16 +284,6 @@ class RedisMeterStore:
         """Return if Redis answers; raise ``StoreUnavailable`` if not."""
         with mapped_errors(_STORE):
             await self._redis.ping()
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._redis.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def _script_call(self, batch: FlushBatch) -> tuple[list[str], list[str | int | bytes]]:
         """The write script's KEYS and ARGV for a batch (layout documented in the script)."""

@@ -9,6 +9,20 @@ from typing import Any
 import orjson
 
 
+def _dumps(record: Job | JobResult) -> bytes:
+    """A job or result as JSON; its body (JSON bytes) kept as a string."""
+    fields: dict[str, Any] = asdict(record)
+    fields["body"] = record.body.decode()
+    return orjson.dumps(fields)
+
+
+def _fields(data: bytes | str) -> dict[str, Any]:
+    """The fields of ``_dumps``'s JSON, the body as bytes again."""
+    fields: dict[str, Any] = orjson.loads(data)
+    fields["body"] = fields["body"].encode()
+    return fields
+
+
 def new_job_id() -> str:
     """A fresh job id."""
     return f"job_{uuid.uuid4().hex}"
@@ -31,16 +45,12 @@ class Job:
 
     def dumps(self) -> bytes:
         """The job as the stores keep it."""
-        fields: dict[str, Any] = asdict(self)
-        fields["body"] = self.body.decode()
-        return orjson.dumps(fields)
+        return _dumps(self)
 
     @classmethod
     def loads(cls, data: bytes | str) -> Job:
         """The inverse of ``dumps``."""
-        fields = orjson.loads(data)
-        fields["body"] = fields["body"].encode()
-        return cls(**fields)
+        return cls(**_fields(data))
 
 
 @dataclass(slots=True)
@@ -55,16 +65,12 @@ class JobResult:
 
     def dumps(self) -> bytes:
         """The result as the stores keep it."""
-        fields: dict[str, Any] = asdict(self)
-        fields["body"] = self.body.decode()
-        return orjson.dumps(fields)
+        return _dumps(self)
 
     @classmethod
     def loads(cls, data: bytes | str) -> JobResult:
         """The inverse of ``dumps``."""
-        fields = orjson.loads(data)
-        fields["body"] = fields["body"].encode()
-        return cls(**fields)
+        return cls(**_fields(data))
 
 
 @dataclass(frozen=True, slots=True)

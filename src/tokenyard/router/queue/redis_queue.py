@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Self, cast
+from typing import Any, Final, cast
 
 from redis import exceptions as rex
 
 from tokenyard.router.queue.model import Job, JobResult, QueueStats, StoredObject
-from tokenyard.router.redis_client import connect, mapped_errors
+from tokenyard.router.redis_client import RedisBacked, mapped_errors
 
 _STORE: Final = "job queue"
 GROUP: Final = "dispatchers"
@@ -87,7 +87,7 @@ return back
 """
 
 
-class RedisJobStore:
+class RedisJobStore(RedisBacked):
     """``JobStore`` on Redis Streams, shared by every proxy replica on the same Redis."""
 
     def __init__(
@@ -107,7 +107,7 @@ class RedisJobStore:
         self._batches = f"{self._base}:batches"
         self._retention_s = retention_s
         self._clock = clock
-        self._redis = connect(url, socket_timeout_s=socket_timeout_s)
+        super().__init__(url, socket_timeout_s=socket_timeout_s)
         self._enqueue = self._redis.register_script(_ENQUEUE)
         self._complete = self._redis.register_script(_COMPLETE)
         self._hold = self._redis.register_script(_HOLD)
@@ -325,13 +325,3 @@ class RedisJobStore:
                 oldest = Job.loads(body).created_at if body else None
         claimed = int(cast("dict[str, Any]", pending)["pending"])
         return QueueStats(int(length) - claimed, claimed, in_batches, oldest)
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._redis.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
