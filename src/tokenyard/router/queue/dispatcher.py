@@ -53,6 +53,7 @@ LOCK: Final = "dispatcher"
 LOCK_TTL_S: Final = 10.0  # a leader that stops renewing (killed) hands over after this long
 MAX_WAITING: Final = 2_000  # claimed jobs kept in memory while they wait for a path
 STATS_EVERY_S: Final = 2.0  # how fresh the queue gauges are
+OUTAGE_RETRY_S: Final = 2.0  # while the store is down, how often the dispatcher looks again
 RETRY_STATUSES: Final = frozenset({429, 503})  # no capacity right now: try again, not an answer
 
 
@@ -113,6 +114,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Tick until cancelled; on the way out, running jobs are dropped (their claims go stale)."""
+        failing = False
         try:
             while True:
                 try:
@@ -124,12 +126,17 @@ class Dispatcher:
                         await self.tick()
                     else:
                         self._waiting.clear()  # another replica leads: its claims, not ours
+                    if failing:
+                        log.info("dispatcher: the store answers again")
+                    failing = False
                 except StoreError as exc:
-                    log.warning("dispatcher: %s; trying again", exc)
+                    if not failing:  # once per outage, not four times a second
+                        log.warning("dispatcher: %s; retrying every %g s", exc, OUTAGE_RETRY_S)
+                    failing = True
                 except Exception:
                     log.exception("dispatcher: tick failed; trying again")
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.tick_s):
+                    async with asyncio.timeout(OUTAGE_RETRY_S if failing else self.tick_s):
                         await self._wake.wait()
                 self._wake.clear()
         finally:
