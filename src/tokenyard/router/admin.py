@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,9 @@ from tokenyard.router.backends import Backend
 from tokenyard.router.config import MAX_REPLICAS, TokenyardConfig
 from tokenyard.router.meter import report
 from tokenyard.router.meter.meter import Meter
+from tokenyard.router.queue.dispatcher import Dispatcher
+
+SESSION_COOKIE = b"tokenyard_admin"
 
 
 class AdminApi:
@@ -37,13 +41,28 @@ class AdminApi:
         self.backends = backends
         self.wall = wall
         self.advisor: AdvisorLoop | None = None  # set at start-up when the advisor runs
+        self.dispatcher: Dispatcher | None = None  # set at start-up when the async track runs
         admin_key = config.server.admin_key
         self._admin_key = admin_key.get_secret_value().encode() if admin_key else None
         self._open = keys.is_open  # open, loopback-only mode: nothing to protect it with
+        # The dashboard's session cookie: derived from the admin key, so it changes when the key does.
+        self.session_token = (
+            hmac.new(self._admin_key, b"tokenyard dashboard session", hashlib.sha256).hexdigest().encode()
+            if self._admin_key
+            else None
+        )
+
+    def signed_in(self, scope: wire.Scope) -> bool:
+        """Whether the request carries the dashboard's session cookie (or the proxy runs open)."""
+        if self._open:
+            return True
+        cookie = wire.cookie(scope, SESSION_COOKIE)
+        return bool(cookie and self.session_token and hmac.compare_digest(cookie, self.session_token))
 
     def authorize(self, scope: wire.Scope) -> None:
-        """Raise unless the request carries the admin key (or the proxy runs open on loopback)."""
-        if self._open:
+        """Raise unless the request carries the admin key or the dashboard's session cookie (or the proxy
+        runs open on loopback)."""
+        if self.signed_in(scope):
             return
         authorization = wire.header(scope, b"authorization") or b""
         scheme, _, secret = authorization.partition(b" ")
@@ -92,6 +111,8 @@ class AdminApi:
                 s.to_json() for s in report.dedicated_summaries(aggregates, gpu, self.config.backends)
             ],
             "async_savings_usd": report.async_savings_usd(aggregates, self.config),
+            # The busy share dedicated replicas are sized for (the SLA's headroom), to compare against.
+            "utilization_cap": self.config.advisor.utilization_cap,
         }
         await wire.send_json(send, 200, payload)
 
@@ -106,6 +127,32 @@ class AdminApi:
         if document is None or _query(scope).get("fresh", "").lower() in ("1", "true", "yes"):
             document = await self.advisor.evaluate(keep_state=False)
         await wire.send_json(send, 200, document)
+
+    async def queue(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``GET /admin/queue``: the async track's queue and what this replica answered, by path."""
+        self.authorize(scope)
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            await wire.send_json(send, 200, {"object": "queue", "enabled": False})
+            return
+        stats = dispatcher.stats
+        oldest = stats.oldest_created_at if stats else None
+        await wire.send_json(
+            send,
+            200,
+            {
+                "object": "queue",
+                "enabled": True,
+                "leader": dispatcher.leader,
+                "waiting": stats.waiting if stats else None,
+                "claimed": stats.claimed if stats else None,
+                "in_provider_batch": stats.in_batches if stats else None,
+                "oldest_age_s": max(0.0, self.wall() - oldest) if oldest else None,
+                "answered_by_path": dispatcher.jobs_by_path,
+                "wait_s_by_path": dispatcher.wait_s_by_path,
+                "duplicates": dispatcher.front.duplicates,
+            },
+        )
 
     async def backends_state(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         """``GET /admin/backends``: each backend's live state."""

@@ -25,6 +25,7 @@ from tokenyard.router.advisor.live import AdvisorLoop
 from tokenyard.router.auth import KeyRing
 from tokenyard.router.backends import Backend, open_backends
 from tokenyard.router.config import TokenyardConfig
+from tokenyard.router.dashboard import STATIC, Dashboard
 from tokenyard.router.meter.meter import Meter
 from tokenyard.router.meter.metrics import TokenyardCollector, exposition
 from tokenyard.router.meter.model import UsageRecord
@@ -69,6 +70,7 @@ class TokenyardApp:
         self.proxy: Proxy | None = None
         self.dispatcher: Dispatcher | None = None
         self.batch_api: BatchApi | None = None
+        self.dashboard: Dashboard | None = None
         self.meter: Meter | None = None
         self.admin: AdminApi | None = None
         self.rejected: Counter[int] = Counter()
@@ -83,6 +85,9 @@ class TokenyardApp:
             "/admin/usage": ("GET", self._admin("usage")),
             "/admin/backends": ("GET", self._admin("backends_state")),
             "/admin/advice": ("GET", self._admin("advice")),
+            "/admin/queue": ("GET", self._admin("queue")),
+            "/dashboard": ("GET", self._dashboard("page")),
+            "/dashboard/login": ("POST", self._dashboard("login")),
             "/health/live": ("GET", self._live),
             "/health/ready": ("GET", self._ready),
         }
@@ -100,6 +105,8 @@ class TokenyardApp:
                 route = ("GET", self._retrieve_model)
             elif path.startswith("/admin/backends/") and path.endswith("/replicas"):
                 route = ("PUT", self._admin("replicas"))
+            elif path.startswith(STATIC):
+                route = ("GET", self._dashboard("asset"))
             elif path.startswith(JOBS_PATH):
                 route = ("GET", self._async_job)
             elif path.startswith(("/v1/files", "/v1/batches")):
@@ -124,6 +131,14 @@ class TokenyardApp:
         async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
             assert self.proxy is not None, "requests arrive only after start-up"
             await self.proxy.handle(scope, receive, send, endpoint)
+
+        return handle
+
+    def _dashboard(self, name: str) -> Handler:
+        async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+            assert self.dashboard is not None, "requests arrive only after start-up"
+            handler: Handler = getattr(self.dashboard, name)
+            await handler(scope, receive, send)
 
         return handle
 
@@ -206,6 +221,8 @@ class TokenyardApp:
         flusher = asyncio.create_task(meter.run(), name="meter flush")
         stack.push_async_callback(_cancel, flusher)
         self.admin = AdminApi(self.config, meter, self.backends, self.keys, wall=self.wall)
+        admin_key = self.config.server.admin_key
+        self.dashboard = Dashboard(self.admin, admin_key.get_secret_value() if admin_key else None)
         if store is not None and self.config.advisor.enabled:
             self.admin.advisor = advisor = AdvisorLoop(store, self.config, wall=self.wall)
             # Pushed after the meter's callbacks, so it stops before the meter closes the store.
@@ -260,6 +277,8 @@ class TokenyardApp:
             wall=self.wall,
         )
         front.wake = dispatcher.wake
+        assert self.admin is not None
+        self.admin.dispatcher = dispatcher
         self.batch_api = BatchApi(
             jobs,
             may_use=lambda who, model: who.may_use(model) and model in proxy.models,

@@ -80,6 +80,18 @@ async def send_error(
     await send_bytes(send, status, body, [*headers, *extra_headers])
 
 
+def cookie(scope: Scope, name: bytes) -> bytes | None:
+    """A request cookie's value (``name=value`` in the ``Cookie`` header), or None."""
+    raw = header(scope, b"cookie")
+    if raw is None:
+        return None
+    for part in raw.split(b";"):
+        key, _, value = part.strip().partition(b"=")
+        if key == name:
+            return value
+    return None
+
+
 def header(scope: Scope, name: bytes) -> bytes | None:
     """The first value of a request header (``name`` lowercase)."""
     for key, value in scope["headers"]:

@@ -1,0 +1,147 @@
+// tokenyard's live cost dashboard: polls the admin JSON APIs (same origin, the session cookie) every 2 s.
+"use strict";
+
+const POLL_MS = 2000;
+const usd = (x) => x == null ? "–" : "$" + (Math.abs(x) >= 100 ? x.toLocaleString("en-US", {maximumFractionDigits: 0})
+  : Math.abs(x) >= 1 ? x.toFixed(2) : x.toPrecision(3));
+const num = (x) => x == null ? "–" : Number(x).toLocaleString("en-US");
+const pct = (x) => x == null ? "–" : (100 * x).toFixed(0) + "%";
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+const charts = {};
+
+async function getJSON(path) {
+  const response = await fetch(path, {credentials: "same-origin", cache: "no-store"});
+  if (response.status === 401 || response.status === 403) { location.reload(); throw new Error("signed out"); }
+  if (!response.ok) throw new Error(path + " answered " + response.status);
+  return response.json();
+}
+
+function table(el, headers, rows) {
+  const head = "<tr>" + headers.map((h) => `<th>${esc(h)}</th>`).join("") + "</tr>";
+  const body = rows.length ? rows.map((r) => "<tr>" + r.map((c) => `<td>${c}</td>`).join("") + "</tr>").join("")
+    : `<tr><td colspan="${headers.length}" class="muted">nothing yet</td></tr>`;
+  document.getElementById(el).innerHTML = `<table>${head}${body}</table>`;
+}
+
+function lineChart(id, series, xs, ys, extra = {}) {
+  const el = document.getElementById(id);
+  const width = Math.max(260, el.clientWidth || 600);
+  if (!charts[id]) {
+    charts[id] = new uPlot({
+      width, height: 220,
+      series: [{}, ...series],
+      axes: [{}, {size: 80, values: (u, ticks) => ticks.map((t) => usd(t))}],
+      ...extra,
+    }, [xs, ...ys], el);
+    new ResizeObserver(() => charts[id].setSize({width: Math.max(260, el.clientWidth), height: 220})).observe(el);
+  } else {
+    charts[id].setData([xs, ...ys]);
+  }
+}
+
+function spendChart(rows) {
+  // Every minute of the last hour, so an hour with one busy minute still reads as an hour.
+  const now = Math.floor(Date.now() / 60000) * 60;
+  const minutes = Array.from({length: 61}, (_, i) => now - (60 - i) * 60);
+  const of = (mode) => minutes.map((m) => rows.filter((r) => r.period_start === m && r.mode === mode)
+    .reduce((sum, r) => sum + r.cost_usd, 0));
+  lineChart("spend-chart", [
+    {label: "real time", stroke: "#0072B2", width: 2, value: (u, v) => usd(v)},
+    {label: "async", stroke: "#E69F00", width: 2, value: (u, v) => usd(v)},
+  ], minutes, [of("realtime"), of("async")]);
+}
+
+function byDimension(dim, usage) {
+  const rows = usage.data.map((r) => [esc(r[dim] || "(none)"), num(r.requests), num(r.prompt_tokens + r.completion_tokens),
+    usd(r.token_cost_usd), usd(r.gpu_cost_usd), `<b>${usd(r.cost_usd)}</b>`]);
+  table("by-" + dim, [dim, "requests", "tokens", "token $", "GPU $", "total $"], rows);
+}
+
+function dedicated(usage, cap) {
+  table("dedicated", ["backend", "GPU-h provisioned", "GPU-h busy", "utilization", "", "$ / 1M tokens", "idle $"],
+    usage.dedicated.map((d) => [esc(d.backend), d.gpu_hours.toFixed(3), (d.gpu_hours * d.utilization).toFixed(3),
+      pct(d.utilization), `<div class="bar" title="cap ${pct(cap)}"><span style="width:${pct(d.utilization)}"></span><i style="left:${pct(cap)}"></i></div>`,
+      d.effective_usd_per_1m_tokens == null ? "–" : usd(d.effective_usd_per_1m_tokens), usd(d.idle_cost_usd)]));
+}
+
+function queue(q) {
+  if (!q.enabled) { table("queue", ["async track"], [["off (it needs a meter store)"]]); return; }
+  const paths = Object.keys(q.answered_by_path).sort();
+  document.getElementById("queue-open").textContent = num((q.waiting || 0) + (q.claimed || 0) + (q.in_provider_batch || 0));
+  document.getElementById("queue-oldest").textContent = q.oldest_age_s == null ? "none waiting" : `oldest ${q.oldest_age_s.toFixed(0)} s`;
+  table("queue", ["", "jobs"], [
+    ["waiting", num(q.waiting)], ["claimed by the dispatcher", num(q.claimed)], ["in provider batches", num(q.in_provider_batch)],
+    ...paths.map((p) => [`answered via ${esc(p.replace("_", " "))}`, num(q.answered_by_path[p]) +
+      ` <span class="muted">(avg wait ${(q.wait_s_by_path[p] / q.answered_by_path[p]).toFixed(1)} s)</span>`]),
+  ]);
+}
+
+let adviceShown = null;  // generated_at of the advice on the page: redraw only when it changes
+
+function advice(doc) {
+  const root = document.getElementById("advice");
+  if (!doc || !doc.workloads || !doc.workloads.length) { root.innerHTML = '<p class="muted">no advice yet</p>'; return; }
+  if (doc.generated_at === adviceShown) return;
+  adviceShown = doc.generated_at;
+  root.innerHTML = doc.workloads.map((w, i) => `
+    <div class="workload" data-testid="advice-${esc(w.workload)}">
+      <h3>${esc(w.workload)} → <span class="pill">${esc(w.recommended.architecture)}</span>
+        <span class="pill ${w.confidence === "low" ? "low" : ""}">${esc(w.confidence)} confidence</span></h3>
+      <p>${esc(w.recommended.label)}: <b>${usd(w.recommended.cost_usd_per_month)}/month</b>${w.current ? ` against ${usd(w.current.cost_usd_per_month)}/month now,
+        saving <b class="saving">${usd(w.saving_usd_per_month)}</b>` : ""}${w.change_recommended ? " — <b>change recommended</b>" : ""}</p>
+      <ul class="reasons">${w.reasons.map((r) => `<li>${esc(r)}</li>`).join("")}</ul>
+      <div class="table">${candidates(w)}</div>
+      ${w.cost_curve ? `<div class="chart" id="curve-${i}"></div>` : ""}
+    </div>`).join("");
+  doc.workloads.forEach((w, i) => { if (w.cost_curve) curve(`curve-${i}`, w.cost_curve); });
+}
+
+function candidates(w) {
+  return "<table><tr><th>candidate</th><th>$/month</th><th>utilization</th></tr>" + w.candidates.map((c) =>
+    `<tr><td>${esc(c.label)}</td><td>${usd(c.cost_usd_per_month)}</td><td>${pct(c.utilization)}</td></tr>`).join("") + "</table>";
+}
+
+function curve(id, cc) {
+  delete charts[id];  // the advice section is redrawn: its charts are new elements
+  const xs = cc.points.map((p) => p.replicas), ys = cc.points.map((p) => p.cost_usd_per_month);
+  const mark = (u) => {
+    const ctx = u.ctx, top = u.bbox.top, height = u.bbox.height;
+    const line = (x, colour, dash) => { const px = u.valToPos(x, "x", true); ctx.save(); ctx.strokeStyle = colour;
+      ctx.setLineDash(dash); ctx.lineWidth = 2; ctx.beginPath(); ctx.moveTo(px, top); ctx.lineTo(px, top + height); ctx.stroke(); ctx.restore(); };
+    if (cc.breakeven_replicas != null) line(cc.breakeven_replicas, "#D55E00", [6, 4]);
+    line(cc.optimum_replicas, "#009E73", []);
+  };
+  lineChart(id, [{label: `$/month with N always-on ${cc.gpu} (cheapest N = ${cc.optimum_replicas}` +
+    (cc.breakeven_replicas != null ? `, breakeven ≈ ${cc.breakeven_replicas.toFixed(1)}` : "") + ")",
+    stroke: "#0072B2", width: 2, points: {show: true}, value: (u, v) => usd(v)}], xs, [ys],
+    {scales: {x: {time: false}}, hooks: {draw: [mark]}});
+}
+
+async function refresh() {
+  try {
+    const dims = ["mode", "kind", "backend", "model", "tenant"];
+    const [total, minute, q, doc, ...byDim] = await Promise.all([
+      getJSON("/admin/usage?start=24h&granularity=total&group_by="),
+      getJSON("/admin/usage?start=60m&granularity=minute&group_by=mode"),
+      getJSON("/admin/queue"),
+      getJSON("/admin/advice").catch(() => null),
+      ...dims.map((d) => getJSON(`/admin/usage?start=24h&granularity=total&group_by=${d}`)),
+    ]);
+    const t = total.totals;
+    document.getElementById("total-requests").textContent = num(t.requests);
+    document.getElementById("total-cost").textContent = usd(t.cost_usd);
+    document.getElementById("total-tokens").textContent = `${num(t.prompt_tokens)} / ${num(t.completion_tokens)}`;
+    document.getElementById("async-saved").textContent = usd(total.async_savings_usd);
+    spendChart(minute.data);
+    dims.forEach((d, i) => byDimension(d, byDim[i]));
+    dedicated(total, total.utilization_cap);
+    queue(q);
+    advice(doc);
+    document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (error) {
+    document.getElementById("updated").innerHTML = `<span class="error">${esc(error.message)}</span>`;
+  }
+}
+
+refresh();
+setInterval(refresh, POLL_MS);

@@ -1,0 +1,186 @@
+"""The live dashboard in real headless Chromium: sign in with the admin key, watch the numbers appear and
+change, and check they agree with the usage API. Screenshots go to ``test-artifacts/`` (or
+``$TOKENYARD_TEST_ARTIFACTS``).
+
+Chromium is Debian's (``.ci/run`` installs it); the test is skipped, saying so, only where it is absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness import CLIENT_KEY, ProxyProcess, backend, simulators, start_proxy
+from tokenyard.simulator.config import SimulatorConfig
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+CHROMIUM = CHROMIUM if Path(CHROMIUM).exists() else None
+ADMIN_KEY = "sk-admin-0123456789abcdef"
+MODEL = "llama-3.1-8b-instruct"  # in the catalog: the advisor can draw its cost against replicas
+FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
+ARTIFACTS = Path(os.environ.get("TOKENYARD_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+
+# Skipped, saying why, only where Chromium is absent and not required: .ci/run installs it and requires it.
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("TOKENYARD_REQUIRE_CHROMIUM"),
+    reason="no Chromium on this machine (apt-get install chromium; .ci/run does)",
+)
+
+
+@pytest.fixture
+async def proxy(tmp_path: Path) -> AsyncIterator[ProxyProcess]:
+    async with simulators(
+        ded=SimulatorConfig(mode="dedicated", max_concurrency=4, **FAST), api=SimulatorConfig(**FAST)
+    ) as sims:
+        config = {
+            "server": {"admin_key": ADMIN_KEY},
+            "meter": {"store": f"sqlite:///{tmp_path}/meter.sqlite3", "flush_interval_s": 0.2},
+            "backends": {
+                "ded": backend("dedicated", sims["ded"].base_url, max_concurrency=2),
+                "api": backend(
+                    "serverless", sims["api"].base_url, prices={"input_per_1m": 1.0, "output_per_1m": 2.0}
+                ),
+            },
+            "models": {MODEL: {"deployments": ["ded", "api"]}},
+            "keys": {"team-a": {"key": CLIENT_KEY}},
+        }
+        started = await start_proxy(config, tmp_path)
+        try:
+            yield started
+        finally:
+            started.stop()
+
+
+async def chat(proxy: ProxyProcess, n: int, **headers: str) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        for i in range(n):
+            got = await http.post(
+                f"{proxy.base_url}/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": f"hello {i}"}]},
+                headers={"Authorization": f"Bearer {CLIENT_KEY}", **headers},
+            )
+            assert got.status_code in (200, 202), got.text
+
+
+async def admin(proxy: ProxyProcess, path: str, **params: str) -> Any:
+    async with httpx.AsyncClient(timeout=30) as http:
+        got = await http.get(
+            proxy.url + path, params=params, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        )
+        assert got.status_code == 200, got.text
+        return got.json()
+
+
+async def total_requests(proxy: ProxyProcess) -> int:
+    usage = await admin(proxy, "/admin/usage", start="24h", granularity="total", group_by="")
+    return int(usage["totals"]["requests"])
+
+
+async def test_nothing_is_reachable_without_the_admin_key(proxy: ProxyProcess) -> None:
+    async with httpx.AsyncClient() as http:
+        page = await http.get(f"{proxy.url}/dashboard")
+        assert page.status_code == 200
+        assert "Admin key" in page.text
+        assert "total-requests" not in page.text  # the sign-in form, not the dashboard
+        assert (await http.get(f"{proxy.url}/dashboard/static/dashboard.js")).status_code == 401
+        assert (await http.get(f"{proxy.url}/admin/queue")).status_code == 401
+        client_key = {"Authorization": f"Bearer {CLIENT_KEY}"}
+        assert (await http.get(f"{proxy.url}/admin/queue", headers=client_key)).status_code == 403
+        wrong = await http.post(f"{proxy.url}/dashboard/login", data={"key": "sk-not-the-admin-key"})
+        assert wrong.status_code == 401
+        assert "not the admin key" in wrong.text
+        forged = {"Cookie": "tokenyard_admin=0123456789abcdef"}
+        assert (await http.get(f"{proxy.url}/admin/usage", headers=forged)).status_code == 401
+        signed = await http.post(f"{proxy.url}/dashboard/login", data={"key": ADMIN_KEY})
+        assert signed.status_code == 303
+        cookie = signed.headers["set-cookie"]
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+        session = {"Cookie": cookie.split(";")[0]}
+        assert (
+            await http.get(f"{proxy.url}/dashboard/static/uplot.iife.min.js", headers=session)
+        ).status_code == 200
+        assert (
+            await http.get(f"{proxy.url}/dashboard/static/../admin.py", headers=session)
+        ).status_code == 404
+
+
+async def test_the_dashboard_shows_live_numbers_that_agree_with_the_usage_api(proxy: ProxyProcess) -> None:
+    from playwright.async_api import async_playwright
+
+    await chat(proxy, 5)
+    await chat(proxy, 1, Prefer="respond-async")
+    await asyncio.to_thread(ARTIFACTS.mkdir, parents=True, exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 1600})
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(f"{proxy.url}/dashboard")
+            await page.fill("#key", ADMIN_KEY)
+            await page.click("button[type=submit]")
+            await page.wait_for_selector("#total-requests")
+
+            async def shows(expected: int) -> None:
+                await page.wait_for_function(
+                    "n => document.getElementById('total-requests').textContent === n",
+                    arg=f"{expected:,}",
+                    timeout=15_000,
+                )
+
+            before = await total_requests(proxy)
+            assert before == 6
+            await shows(before)
+            await chat(proxy, 3)
+            after = await total_requests(proxy)
+            while after < before + 3:  # the meter flushes every 0.2 s
+                after = await total_requests(proxy)
+            await shows(after)  # the page updated without a reload
+
+            # Tokens are exact like requests; spend grows every second (GPU time): it is only checked shown.
+            usage = await admin(proxy, "/admin/usage", start="24h", granularity="total", group_by="")
+            totals = usage["totals"]
+            await page.wait_for_function(
+                "t => document.getElementById('total-tokens').textContent === t",
+                arg=f"{totals['prompt_tokens']:,} / {totals['completion_tokens']:,}",
+            )
+            assert (await page.inner_text("#total-cost")).startswith("$")
+            assert (await page.inner_text("#async-saved")).startswith("$")
+            by_mode = await page.inner_text("#by-mode")
+            assert "async" in by_mode
+            assert "realtime" in by_mode
+            await page.wait_for_function(
+                "document.getElementById('queue').textContent.includes('answered via idle dedicated')"
+            )
+            assert "ded" in await page.inner_text("#dedicated")
+
+            advice = await admin(proxy, "/admin/advice", fresh="1")
+            [workload] = advice["workloads"]
+            card = page.locator(f'[data-testid="advice-{MODEL}"]')
+            await card.wait_for(timeout=15_000)
+            text = await card.inner_text()
+            assert workload["recommended"]["architecture"] in text
+            assert f"{workload['confidence']} confidence" in text
+            assert await card.locator("canvas").count() == 1, "the cost against replicas is drawn"
+            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+            await page.set_viewport_size({"width": 390, "height": 1600})  # a phone
+            await page.wait_for_timeout(500)
+            overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, "nothing sticks out of a narrow window"
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-narrow.png"), full_page=True)
+            assert errors == []
+        finally:
+            await browser.close()
