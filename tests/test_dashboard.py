@@ -174,6 +174,12 @@ async def test_the_dashboard_shows_live_numbers_that_agree_with_the_usage_api(pr
             assert workload["recommended"]["architecture"] in text
             assert f"{workload['confidence']} confidence" in text
             assert await card.locator("canvas").count() == 1, "the cost against replicas is drawn"
+            # The spend chart regroups on demand: by backend, per hour.
+            await page.select_option("#spend-by", "backend")
+            await page.select_option("#spend-period", "hour")
+            await page.wait_for_function(
+                "document.querySelector('[data-testid=spend-chart] .u-legend').textContent.includes('ded')"
+            )
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
             await page.set_viewport_size({"width": 390, "height": 1600})  # a phone

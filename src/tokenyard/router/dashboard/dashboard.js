@@ -8,6 +8,14 @@ const num = (x) => x == null ? "–" : Number(x).toLocaleString("en-US");
 const pct = (x) => x == null ? "–" : (100 * x).toFixed(0) + "%";
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 const charts = {};
+const observers = {};
+
+function forget(id) {  // drop a chart (and its resize watch) so the next draw starts afresh
+  if (observers[id]) observers[id].disconnect();
+  if (charts[id]) charts[id].destroy();
+  delete observers[id];
+  delete charts[id];
+}
 
 async function getJSON(path) {
   const response = await fetch(path, {credentials: "same-origin", cache: "no-store"});
@@ -33,23 +41,36 @@ function lineChart(id, series, xs, ys, extra = {}) {
       axes: [{}, {size: 80, values: (u, ticks) => ticks.map((t) => usd(t))}],
       ...extra,
     }, [xs, ...ys], el);
-    new ResizeObserver(() => charts[id].setSize({width: Math.max(260, el.clientWidth), height: 220})).observe(el);
+    observers[id] = new ResizeObserver(() => charts[id] && charts[id].setSize({width: Math.max(260, el.clientWidth), height: 220}));
+    observers[id].observe(el);
   } else {
     charts[id].setData([xs, ...ys]);
   }
 }
 
-function spendChart(rows) {
-  // Every minute of the last hour, so an hour with one busy minute still reads as an hour.
-  const now = Math.floor(Date.now() / 60000) * 60;
-  const minutes = Array.from({length: 61}, (_, i) => now - (60 - i) * 60);
-  const of = (mode) => minutes.map((m) => rows.filter((r) => r.period_start === m && r.mode === mode)
-    .reduce((sum, r) => sum + r.cost_usd, 0));
-  lineChart("spend-chart", [
-    {label: "real time", stroke: "#0072B2", width: 2, value: (u, v) => usd(v)},
-    {label: "async", stroke: "#E69F00", width: 2, value: (u, v) => usd(v)},
-  ], minutes, [of("realtime"), of("async")]);
+const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
+const SPAN = {minute: {step: 60, count: 60, start: "60m"}, hour: {step: 3600, count: 24, start: "24h"}};
+const spendBy = () => document.getElementById("spend-by").value;
+const spendPeriod = () => document.getElementById("spend-period").value;
+
+function spendChart(rows, dim, period) {
+  // Every period of the span, so a span with one busy minute still reads as the whole span.
+  const {step, count} = SPAN[period];
+  const now = Math.floor(Date.now() / 1000 / step) * step;
+  const xs = Array.from({length: count + 1}, (_, i) => now - (count - i) * step);
+  const groups = [...new Set(rows.map((r) => r[dim] || "(none)"))].sort().slice(0, PALETTE.length);
+  const ys = groups.map((g) => xs.map((x) => rows.filter((r) => r.period_start === x && (r[dim] || "(none)") === g)
+    .reduce((sum, r) => sum + r.cost_usd, 0)));
+  const key = [dim, period, ...groups].join("|");
+  if (key !== spendKey) {  // other series: draw the chart afresh
+    spendKey = key;
+    forget("spend-chart");
+  }
+  const series = groups.length ? groups.map((g, i) => ({label: g, stroke: PALETTE[i], width: 2, value: (u, v) => usd(v)}))
+    : [{label: "no traffic", stroke: "#bbb"}];
+  lineChart("spend-chart", series, xs, groups.length ? ys : [xs.map(() => 0)]);
 }
+let spendKey = "";
 
 function byDimension(dim, usage) {
   const rows = usage.data.map((r) => [esc(r[dim] || "(none)"), num(r.requests), num(r.prompt_tokens + r.completion_tokens),
@@ -102,7 +123,7 @@ function candidates(w) {
 }
 
 function curve(id, cc) {
-  delete charts[id];  // the advice section is redrawn: its charts are new elements
+  forget(id);  // the advice section is redrawn: its charts are new elements
   const xs = cc.points.map((p) => p.replicas), ys = cc.points.map((p) => p.cost_usd_per_month);
   const mark = (u) => {
     const ctx = u.ctx, top = u.bbox.top, height = u.bbox.height;
@@ -114,7 +135,9 @@ function curve(id, cc) {
   lineChart(id, [{label: `$/month with N always-on ${cc.gpu} (cheapest N = ${cc.optimum_replicas}` +
     (cc.breakeven_replicas != null ? `, breakeven ≈ ${cc.breakeven_replicas.toFixed(1)}` : "") + ")",
     stroke: "#0072B2", width: 2, points: {show: true}, value: (u, v) => usd(v)}], xs, [ys],
-    {scales: {x: {time: false}}, hooks: {draw: [mark]}});
+    {scales: {x: {time: false}}, hooks: {draw: [mark]},
+     axes: [{incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500], values: (u, ticks) => ticks.map((t) => String(t)),
+             label: "always-on replicas (N)"}, {size: 80, values: (u, ticks) => ticks.map((t) => usd(t))}]});
 }
 
 async function refresh() {
@@ -122,7 +145,7 @@ async function refresh() {
     const dims = ["mode", "kind", "backend", "model", "tenant"];
     const [total, minute, q, doc, ...byDim] = await Promise.all([
       getJSON("/admin/usage?start=24h&granularity=total&group_by="),
-      getJSON("/admin/usage?start=60m&granularity=minute&group_by=mode"),
+      getJSON(`/admin/usage?start=${SPAN[spendPeriod()].start}&granularity=${spendPeriod()}&group_by=${spendBy()}`),
       getJSON("/admin/queue"),
       getJSON("/admin/advice").catch(() => null),
       ...dims.map((d) => getJSON(`/admin/usage?start=24h&granularity=total&group_by=${d}`)),
@@ -132,7 +155,7 @@ async function refresh() {
     document.getElementById("total-cost").textContent = usd(t.cost_usd);
     document.getElementById("total-tokens").textContent = `${num(t.prompt_tokens)} / ${num(t.completion_tokens)}`;
     document.getElementById("async-saved").textContent = usd(total.async_savings_usd);
-    spendChart(minute.data);
+    spendChart(minute.data, spendBy(), spendPeriod());
     dims.forEach((d, i) => byDimension(d, byDim[i]));
     dedicated(total, total.utilization_cap);
     queue(q);
@@ -143,5 +166,7 @@ async function refresh() {
   }
 }
 
+document.getElementById("spend-by").addEventListener("change", refresh);
+document.getElementById("spend-period").addEventListener("change", refresh);
 refresh();
 setInterval(refresh, POLL_MS);
