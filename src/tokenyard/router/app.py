@@ -82,12 +82,12 @@ class TokenyardApp:
             "/v1/embeddings": ("POST", self._inference(EMBEDDINGS)),
             "/v1/models": ("GET", self._list_models),
             "/metrics": ("GET", self._metrics),
-            "/admin/usage": ("GET", self._admin("usage")),
-            "/admin/backends": ("GET", self._admin("backends_state")),
-            "/admin/advice": ("GET", self._admin("advice")),
-            "/admin/queue": ("GET", self._admin("queue")),
-            "/dashboard": ("GET", self._dashboard("page")),
-            "/dashboard/login": ("POST", self._dashboard("login")),
+            "/admin/usage": ("GET", self._on("admin", "usage")),
+            "/admin/backends": ("GET", self._on("admin", "backends_state")),
+            "/admin/advice": ("GET", self._on("admin", "advice")),
+            "/admin/queue": ("GET", self._on("admin", "queue")),
+            "/dashboard": ("GET", self._on("dashboard", "page")),
+            "/dashboard/login": ("POST", self._on("dashboard", "login")),
             "/health/live": ("GET", self._live),
             "/health/ready": ("GET", self._ready),
         }
@@ -104,9 +104,9 @@ class TokenyardApp:
             if path.startswith("/v1/models/"):
                 route = ("GET", self._retrieve_model)
             elif path.startswith("/admin/backends/") and path.endswith("/replicas"):
-                route = ("PUT", self._admin("replicas"))
+                route = ("PUT", self._on("admin", "replicas"))
             elif path.startswith(STATIC):
-                route = ("GET", self._dashboard("asset"))
+                route = ("GET", self._on("dashboard", "asset"))
             elif path.startswith(JOBS_PATH):
                 route = ("GET", self._async_job)
             elif path.startswith(("/v1/files", "/v1/batches")):
@@ -134,18 +134,13 @@ class TokenyardApp:
 
         return handle
 
-    def _dashboard(self, name: str) -> Handler:
-        async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
-            assert self.dashboard is not None, "requests arrive only after start-up"
-            handler: Handler = getattr(self.dashboard, name)
-            await handler(scope, receive, send)
+    def _on(self, part: str, name: str) -> Handler:
+        """A route to method ``name`` of a part built at start-up (``admin``, ``dashboard``)."""
 
-        return handle
-
-    def _admin(self, name: str) -> Handler:
         async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
-            assert self.admin is not None, "requests arrive only after start-up"
-            handler: Handler = getattr(self.admin, name)
+            owner = getattr(self, part)
+            assert owner is not None, "requests arrive only after start-up"
+            handler: Handler = getattr(owner, name)
             await handler(scope, receive, send)
 
         return handle
