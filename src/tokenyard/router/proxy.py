@@ -1,4 +1,6 @@
-"""The real-time request path: read, authenticate, choose a backend, forward, relay, fail over.
+"""The request path: read, authenticate, classify (async requests go to the async track's door), then in
+real time choose a backend, forward, relay, fail over. The async track's jobs run through the same
+routing (``Proxy.execute``).
 
 Hot path, lean on purpose: the body is parsed once for the few fields routing needs and forwarded as the
 client's raw bytes (re-serialised only when the upstream's model name differs); responses are relayed
