@@ -144,6 +144,9 @@ class Dispatcher:
                 task.cancel()
             if self._http is not None:
                 await self._http.close()
+            if self.leader:  # a graceful stop hands the lead over now, not when the lock runs out
+                with contextlib.suppress(StoreError):
+                    await self.locks.release_lock(LOCK, self.replica)
 
     async def tick(self) -> None:
         """One round: poll provider batches when due, claim jobs, place them, submit full gathers."""

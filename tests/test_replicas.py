@@ -1,0 +1,196 @@
+"""Several ``tokenyard serve`` replicas on one Redis — the docker-compose topology, on loopback.
+
+Meter totals stay exact under load spread over the replicas, a job is answered once whichever replica
+took it or is polled, and when the dispatcher's leader is killed with -9 mid-batch another replica takes
+the lead, resumes the provider batch and nothing is lost or billed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, simulators, start_proxy
+from tests.meter.redis_util import REDIS_URL, delete_prefix
+from tokenyard.router.config import load_config
+from tokenyard.simulator.config import SimulatorConfig
+
+ADMIN_KEY = "sk-admin-0123456789abcdef"
+MODEL = "llama"
+FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
+REPO = Path(__file__).parent.parent
+
+
+def config(sims: dict[str, Any], prefix: str, *, dedicated: bool = True) -> dict[str, Any]:
+    backends: dict[str, Any] = {
+        "api": backend(
+            "serverless", sims["api"].base_url, prices={"input_per_1m": 1.0, "output_per_1m": 2.0}
+        ),
+        "prov": backend("batch", sims["batch"].base_url, prices={"input_per_1m": 0.5, "output_per_1m": 1.0}),
+    }
+    deployments = ["api"]
+    if dedicated:
+        backends["ded"] = backend("dedicated", sims["ded"].base_url, max_concurrency=4)
+        deployments = ["ded", "api"]
+    return {
+        "server": {"admin_key": ADMIN_KEY},
+        "meter": {"store": REDIS_URL, "redis_prefix": prefix, "flush_interval_s": 0.2},
+        "backends": backends,
+        "models": {MODEL: {"deployments": deployments, "batch": "prov"}},
+        "keys": {"team-a": {"key": CLIENT_KEY}},
+        "async_track": {
+            "realtime_margin_s": 2,
+            "batches": {"max_wait_s": 0.2, "poll_s": 0.2, "expected_turnaround_s": 1},
+        },
+    }
+
+
+@pytest.fixture
+async def sims() -> AsyncIterator[dict[str, Any]]:
+    async with simulators(
+        ded=SimulatorConfig(mode="dedicated", max_concurrency=8, **FAST),
+        api=SimulatorConfig(**FAST),
+        batch=SimulatorConfig(batch_turnaround_s=3, **FAST),
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"tytest-{uuid.uuid4().hex[:12]}"
+
+
+async def replicas(cfg: dict[str, Any], tmp_path: Path, n: int = 3) -> list[ProxyProcess]:
+    return [await start_proxy(cfg, tmp_path) for _ in range(n)]
+
+
+async def chat(proxy: ProxyProcess, http: httpx.AsyncClient, **headers: str) -> httpx.Response:
+    return await http.post(
+        f"{proxy.base_url}/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "count these five words please"}]},
+        headers={"Authorization": f"Bearer {CLIENT_KEY}", **headers},
+    )
+
+
+async def usage(proxy: ProxyProcess, http: httpx.AsyncClient, **params: str) -> dict[str, Any]:
+    got = await http.get(
+        f"{proxy.url}/admin/usage",
+        params={"start": "1h", "granularity": "total", **params},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    result: dict[str, Any] = got.json()
+    return result
+
+
+async def test_totals_are_exact_and_jobs_answered_once_across_three_replicas(
+    sims: dict[str, Any], prefix: str, tmp_path: Path
+) -> None:
+    fleet = await replicas(config(sims, prefix), tmp_path)
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            answers = await asyncio.gather(*(chat(fleet[i % 3], http) for i in range(60)))
+            assert [a.status_code for a in answers] == [200] * 60
+            completion = sum(a.json()["usage"]["completion_tokens"] for a in answers)
+            accepted = [await chat(fleet[i % 3], http, Prefer="respond-async") for i in range(9)]
+
+            async def every_job_answered_polling_another_replica() -> None:
+                for i, a in enumerate(accepted):
+                    got = await http.get(
+                        fleet[(i + 1) % 3].url + a.headers["location"],
+                        headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                    )
+                    assert got.status_code == 200
+
+            await eventually(every_job_answered_polling_another_replica, timeout_s=20)
+
+            async def counted_once_on_every_replica() -> None:
+                for proxy in fleet:
+                    rows = {r["mode"]: r for r in (await usage(proxy, http, group_by="mode"))["data"]}
+                    assert rows["realtime"]["requests"] == 60
+                    assert rows["realtime"]["completion_tokens"] == completion
+                    assert rows["async"]["requests"] == 9
+
+            await eventually(counted_once_on_every_replica)
+    finally:
+        for proxy in fleet:
+            proxy.stop()
+        await delete_prefix(prefix)
+
+
+async def test_the_dispatcher_lead_moves_when_its_replica_is_killed_mid_batch(
+    sims: dict[str, Any], prefix: str, tmp_path: Path
+) -> None:
+    fleet = await replicas(config(sims, prefix, dedicated=False), tmp_path)
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def leader(among: list[ProxyProcess]) -> ProxyProcess:
+                for proxy in among:
+                    queue = (
+                        await http.get(
+                            f"{proxy.url}/admin/queue", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+                        )
+                    ).json()
+                    if queue.get("leader"):
+                        return proxy
+                raise AssertionError("no leader yet")
+
+            first: list[ProxyProcess] = []
+
+            async def found() -> None:
+                first[:] = [await leader(fleet)]
+
+            await eventually(found)
+            accepted = [await chat(fleet[i % 3], http, Prefer="respond-async") for i in range(5)]
+
+            async def in_a_provider_batch() -> None:
+                batches = (await http.get(f"{sims['batch'].base_url}/batches")).json()["data"]
+                assert [b["request_counts"]["total"] for b in batches] == [5]
+
+            await eventually(in_a_provider_batch)
+            first[0].stop(signal.SIGKILL)
+            survivors = [p for p in fleet if p is not first[0]]
+
+            async def all_answered() -> None:
+                for a in accepted:
+                    got = await http.get(
+                        survivors[0].url + a.headers["location"],
+                        headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                    )
+                    assert got.status_code == 200
+                    assert got.headers["x-tokenyard-path"] == "provider_batch"
+
+            await eventually(all_answered, timeout_s=30)  # the lock hands over within 10 s
+            assert await leader(survivors) in survivors  # the lead moved to a live replica
+            batches = (await http.get(f"{sims['batch'].base_url}/batches")).json()["data"]
+            assert len(batches) == 1, "resumed, not submitted again"
+
+            async def billed_once() -> None:
+                rows = (await usage(survivors[1], http, group_by="mode"))["data"]
+                assert [(r["mode"], r["requests"]) for r in rows] == [("async", 5)]
+
+            await eventually(billed_once)
+    finally:
+        for proxy in fleet:
+            proxy.stop()
+        await delete_prefix(prefix)
+
+
+def test_the_compose_files_describe_a_valid_topology() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert {"redis", "lb", "tokenyard-1", "tokenyard-2", "tokenyard-3"} <= set(compose["services"])
+    nginx = (REPO / "deploy" / "nginx.conf").read_text()
+    assert all(f"server tokenyard-{i}:8080" in nginx for i in (1, 2, 3))
+    cfg = load_config(
+        REPO / "deploy" / "compose.yaml",
+        env={"TOKENYARD_ADMIN_KEY": "sk-admin-1", "TEAM_A_KEY": "sk-team-a-1"},
+    )
+    assert cfg.meter.store.startswith("redis://")
