@@ -9,6 +9,7 @@ mid-batch whose jobs are resumed and answered — and billed — exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -75,6 +76,17 @@ def config_for(
         },
         "async_track": async_track,
     }
+
+
+@contextlib.asynccontextmanager
+async def sqlite_proxy(tmp_path: Path, **track: Any) -> AsyncIterator[ProxyProcess]:
+    """The usual proxy (``config_for`` the usual simulators) on an SQLite store, stopped afterwards."""
+    async with sims() as s:
+        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3", **track), tmp_path)
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
 
 
 def sims(**extra: SimulatorConfig) -> Any:
@@ -180,55 +192,47 @@ async def test_prefer_respond_async_answers_202_then_the_openai_response_on_poll
 
 
 async def test_a_held_connection_gets_the_normal_response_through_the_sdk(tmp_path: Path) -> None:
-    async with sims() as s:
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
-        try:
-            async with proxy.client() as client:
-                flex = await client.chat.completions.with_raw_response.create(
-                    model=MODEL, messages=HELLO, service_tier="flex"
-                )
-                header = await client.chat.completions.with_raw_response.create(
-                    model=MODEL, messages=HELLO, extra_headers={"x-tokenyard-mode": "async"}
-                )
-            async with proxy.client(key=OTHER_KEY) as client:  # team-b's key makes everything async
-                by_key = await client.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
-                streamed = await client.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
-                chunks = [c async for c in streamed]
-            for raw, reason in (
-                (flex, "service_tier: flex"),
-                (header, "x-tokenyard-mode: async"),
-                (by_key, "key team-b: async"),
-            ):
-                assert raw.http_response.status_code == 200
-                assert raw.headers["x-tokenyard-mode"] == "async"
-                assert raw.headers["x-tokenyard-mode-reason"] == reason
-                assert raw.parse().choices[0].message.content
-            assert chunks, "a stream is served in real time even for an async key"
-        finally:
-            proxy.stop()
+    async with sqlite_proxy(tmp_path) as proxy:
+        async with proxy.client() as client:
+            flex = await client.chat.completions.with_raw_response.create(
+                model=MODEL, messages=HELLO, service_tier="flex"
+            )
+            header = await client.chat.completions.with_raw_response.create(
+                model=MODEL, messages=HELLO, extra_headers={"x-tokenyard-mode": "async"}
+            )
+        async with proxy.client(key=OTHER_KEY) as client:  # team-b's key makes everything async
+            by_key = await client.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
+            streamed = await client.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
+            chunks = [c async for c in streamed]
+        for raw, reason in (
+            (flex, "service_tier: flex"),
+            (header, "x-tokenyard-mode: async"),
+            (by_key, "key team-b: async"),
+        ):
+            assert raw.http_response.status_code == 200
+            assert raw.headers["x-tokenyard-mode"] == "async"
+            assert raw.headers["x-tokenyard-mode-reason"] == reason
+            assert raw.parse().choices[0].message.content
+        assert chunks, "a stream is served in real time even for an async key"
 
 
 async def test_signals_that_cannot_be_honoured_are_400s(tmp_path: Path) -> None:
-    async with sims() as s:
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
-        try:
-            streamed = await post(
-                proxy, {"model": MODEL, "messages": HELLO, "stream": True}, Prefer="respond-async"
-            )
-            assert streamed.status_code == 400
-            assert streamed.json()["error"]["param"] == "stream"
-            bad_mode = await post(proxy, {"model": MODEL, "messages": HELLO}, **{"x-tokenyard-mode": "soon"})
-            assert bad_mode.status_code == 400
-            callback = await post(
-                proxy,
-                {"model": MODEL, "messages": HELLO},
-                Prefer="respond-async",
-                **{"x-tokenyard-callback": "http://169.254.169.254/latest/meta-data"},
-            )
-            assert callback.status_code == 400
-            assert "not in async_track.callbacks.allow_hosts" in callback.json()["error"]["message"]
-        finally:
-            proxy.stop()
+    async with sqlite_proxy(tmp_path) as proxy:
+        streamed = await post(
+            proxy, {"model": MODEL, "messages": HELLO, "stream": True}, Prefer="respond-async"
+        )
+        assert streamed.status_code == 400
+        assert streamed.json()["error"]["param"] == "stream"
+        bad_mode = await post(proxy, {"model": MODEL, "messages": HELLO}, **{"x-tokenyard-mode": "soon"})
+        assert bad_mode.status_code == 400
+        callback = await post(
+            proxy,
+            {"model": MODEL, "messages": HELLO},
+            Prefer="respond-async",
+            **{"x-tokenyard-callback": "http://169.254.169.254/latest/meta-data"},
+        )
+        assert callback.status_code == 400
+        assert "not in async_track.callbacks.allow_hosts" in callback.json()["error"]["message"]
 
 
 # -- paths ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.harness import OTHER_KEY, eventually, start_proxy
-from tests.queue.test_async_track import FAST, MODEL, config_for, no_idle_dedicated, sims, usage
+from tests.queue.test_async_track import FAST, MODEL, config_for, no_idle_dedicated, sims, sqlite_proxy, usage
 from tokenyard.simulator.config import SimulatorConfig
 
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -46,70 +46,61 @@ async def run_batch(client: openai.AsyncOpenAI, content: bytes, **create: Any) -
 
 
 async def test_a_batch_round_trip_with_the_sdk(tmp_path: Path) -> None:
-    async with sims() as s:
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
-        try:
-            async with proxy.client() as client:
-                upload = await client.files.create(file=("in.jsonl", io.BytesIO(jsonl(6))), purpose="batch")
-                assert upload.object == "file"
-                assert upload.purpose == "batch"
-                assert upload.bytes == len(jsonl(6))
-                assert (await client.files.content(upload.id)).content == jsonl(6)
-                created = await client.batches.create(
-                    input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
-                    metadata={"job": "nightly"},
-                )  # fmt: skip
-                assert created.status == "in_progress"
-                assert created.request_counts is not None
-                assert created.request_counts.total == 6
-                assert created.metadata == {"job": "nightly"}
-                done = await until_final(client, created.id)
-                assert done.status == "completed"
-                assert done.request_counts is not None
-                assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
-                assert done.error_file_id is None
-                assert done.output_file_id is not None
-                assert done.completed_at is not None
-                output = (await client.files.content(done.output_file_id)).text.splitlines()
-                by_id = {line["custom_id"]: line for line in map(json.loads, output)}
-                assert set(by_id) == {f"r{i}" for i in range(6)}
-                for line in by_id.values():
-                    assert line["id"].startswith("batch_req_")
-                    assert line["error"] is None
-                    assert line["response"]["status_code"] == 200
-                    openai.types.chat.ChatCompletion.model_validate(line["response"]["body"])
-                output_file = await client.files.retrieve(done.output_file_id)
-                assert output_file.purpose == "batch_output"
-                assert output_file.filename == f"{done.id}_output.jsonl"
+    async with sqlite_proxy(tmp_path) as proxy:
+        async with proxy.client() as client:
+            upload = await client.files.create(file=("in.jsonl", io.BytesIO(jsonl(6))), purpose="batch")
+            assert upload.object == "file"
+            assert upload.purpose == "batch"
+            assert upload.bytes == len(jsonl(6))
+            assert (await client.files.content(upload.id)).content == jsonl(6)
+            created = await client.batches.create(
+                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
+                metadata={"job": "nightly"},
+            )  # fmt: skip
+            assert created.status == "in_progress"
+            assert created.request_counts is not None
+            assert created.request_counts.total == 6
+            assert created.metadata == {"job": "nightly"}
+            done = await until_final(client, created.id)
+            assert done.status == "completed"
+            assert done.request_counts is not None
+            assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
+            assert done.error_file_id is None
+            assert done.output_file_id is not None
+            assert done.completed_at is not None
+            output = (await client.files.content(done.output_file_id)).text.splitlines()
+            by_id = {line["custom_id"]: line for line in map(json.loads, output)}
+            assert set(by_id) == {f"r{i}" for i in range(6)}
+            for line in by_id.values():
+                assert line["id"].startswith("batch_req_")
+                assert line["error"] is None
+                assert line["response"]["status_code"] == 200
+                openai.types.chat.ChatCompletion.model_validate(line["response"]["body"])
+            output_file = await client.files.retrieve(done.output_file_id)
+            assert output_file.purpose == "batch_output"
+            assert output_file.filename == f"{done.id}_output.jsonl"
 
-            async def each_line_billed_once_as_async() -> None:
-                rows = (await usage(proxy, group_by="mode"))["data"]
-                assert [(r["mode"], r["requests"]) for r in rows] == [("async", 6)]
+        async def each_line_billed_once_as_async() -> None:
+            rows = (await usage(proxy, group_by="mode"))["data"]
+            assert [(r["mode"], r["requests"]) for r in rows] == [("async", 6)]
 
-            await eventually(each_line_billed_once_as_async)
-        finally:
-            proxy.stop()
+        await eventually(each_line_billed_once_as_async)
 
 
 async def test_lists_page_newest_first_and_files_can_be_deleted(tmp_path: Path) -> None:
-    async with sims() as s:
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
-        try:
-            async with proxy.client() as client:
-                made = [await run_batch(client, jsonl(1, prefix=f"b{n}-")) for n in range(5)]
-                first = await client.batches.list(limit=2)
-                assert [b.id for b in first.data] == [made[4].id, made[3].id]
-                assert first.has_more
-                everything = [b.id async for b in client.batches.list(limit=2)]  # the SDK follows `after`
-                assert everything == [b.id for b in reversed(made)]
-                files = await client.files.list(purpose="batch")
-                assert len(files.data) == 5
-                gone = await client.files.delete(files.data[0].id)
-                assert gone.deleted
-                with pytest.raises(openai.NotFoundError):
-                    await client.files.retrieve(files.data[0].id)
-        finally:
-            proxy.stop()
+    async with sqlite_proxy(tmp_path) as proxy, proxy.client() as client:
+        made = [await run_batch(client, jsonl(1, prefix=f"b{n}-")) for n in range(5)]
+        first = await client.batches.list(limit=2)
+        assert [b.id for b in first.data] == [made[4].id, made[3].id]
+        assert first.has_more
+        everything = [b.id async for b in client.batches.list(limit=2)]  # the SDK follows `after`
+        assert everything == [b.id for b in reversed(made)]
+        files = await client.files.list(purpose="batch")
+        assert len(files.data) == 5
+        gone = await client.files.delete(files.data[0].id)
+        assert gone.deleted
+        with pytest.raises(openai.NotFoundError):
+            await client.files.retrieve(files.data[0].id)
 
 
 async def test_cancel_keeps_what_was_answered_and_closes_the_rest(tmp_path: Path) -> None:
@@ -141,45 +132,41 @@ async def test_cancel_keeps_what_was_answered_and_closes_the_rest(tmp_path: Path
 
 
 async def test_invalid_input_fails_the_batch_with_errors_by_line(tmp_path: Path) -> None:
-    async with sims() as s:
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
-        try:
-            bad = (
-                jsonl(1)
-                + b"{not json\n"
-                + jsonl(1)  # the same custom_id again
-                + jsonl(1, prefix="x", model="no-such-model")
-                + json.dumps(
-                    {"custom_id": "y", "method": "GET", "url": "/v1/chat/completions", "body": {}}
-                ).encode()
-            )
-            async with proxy.client() as client:
-                failed = await run_batch(client, bad)
-                assert failed.status == "failed"
-                assert failed.errors is not None
-                codes = [(e.line, e.code) for e in failed.errors.data or []]
-                assert codes == [
-                    (2, "invalid_json_line"),
-                    (3, "duplicate_custom_id"),
-                    (4, "model_not_found"),
-                    (5, "invalid_method"),
-                ]
-                upload = await client.files.create(file=("in.jsonl", io.BytesIO(jsonl(1))), purpose="batch")
-                with pytest.raises(openai.BadRequestError) as wrong_endpoint:
-                    await client.batches.create(
-                        input_file_id=upload.id,
-                        endpoint="/v1/responses",
-                        completion_window="24h",  # type: ignore[arg-type]
-                    )
-                assert wrong_endpoint.value.body["param"] == "endpoint"  # type: ignore[index]
-                with pytest.raises(openai.NotFoundError):
-                    await client.batches.create(
-                        input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h"
-                    )
-                with pytest.raises(openai.BadRequestError):
-                    await client.files.create(file=("x.jsonl", io.BytesIO(b"{}")), purpose="fine-tune")
-        finally:
-            proxy.stop()
+    async with sqlite_proxy(tmp_path) as proxy:
+        bad = (
+            jsonl(1)
+            + b"{not json\n"
+            + jsonl(1)  # the same custom_id again
+            + jsonl(1, prefix="x", model="no-such-model")
+            + json.dumps(
+                {"custom_id": "y", "method": "GET", "url": "/v1/chat/completions", "body": {}}
+            ).encode()
+        )
+        async with proxy.client() as client:
+            failed = await run_batch(client, bad)
+            assert failed.status == "failed"
+            assert failed.errors is not None
+            codes = [(e.line, e.code) for e in failed.errors.data or []]
+            assert codes == [
+                (2, "invalid_json_line"),
+                (3, "duplicate_custom_id"),
+                (4, "model_not_found"),
+                (5, "invalid_method"),
+            ]
+            upload = await client.files.create(file=("in.jsonl", io.BytesIO(jsonl(1))), purpose="batch")
+            with pytest.raises(openai.BadRequestError) as wrong_endpoint:
+                await client.batches.create(
+                    input_file_id=upload.id,
+                    endpoint="/v1/responses",
+                    completion_window="24h",  # type: ignore[arg-type]
+                )
+            assert wrong_endpoint.value.body["param"] == "endpoint"  # type: ignore[index]
+            with pytest.raises(openai.NotFoundError):
+                await client.batches.create(
+                    input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h"
+                )
+            with pytest.raises(openai.BadRequestError):
+                await client.files.create(file=("x.jsonl", io.BytesIO(b"{}")), purpose="fine-tune")
 
 
 async def test_tenants_can_neither_see_nor_use_each_others_files_and_batches(tmp_path: Path) -> None:
