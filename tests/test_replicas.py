@@ -184,6 +184,60 @@ async def test_the_dispatcher_lead_moves_when_its_replica_is_killed_mid_batch(
         await delete_prefix(prefix)
 
 
+async def test_a_dedicated_backends_cap_holds_across_the_replicas(
+    sims: dict[str, Any], prefix: str, tmp_path: Path
+) -> None:
+    slow = SimulatorConfig(
+        mode="dedicated", max_concurrency=16, ttft_ms=1, ttft_jitter=0, tokens_per_s=40, default_max_tokens=20
+    )
+    async with simulators(slow_ded=slow) as extra:
+        cfg = config(sims, prefix)
+        cfg["backends"]["ded"] = backend("dedicated", extra["slow_ded"].base_url, max_concurrency=3)
+        fleet = await replicas(cfg, tmp_path)
+        try:
+            async with httpx.AsyncClient(timeout=30) as http:
+
+                async def caps_shared() -> None:
+                    for proxy in fleet:
+                        state = (
+                            await http.get(
+                                f"{proxy.url}/admin/backends",
+                                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                            )
+                        ).json()
+                        ded = next(b for b in state["data"] if b["name"] == "ded")
+                        assert ded["max_concurrency"] == 1, "a cap of 3 split over 3 replicas"
+
+                await eventually(caps_shared)
+                answers = await asyncio.gather(*(chat(fleet[i % 3], http) for i in range(12)))
+                assert [a.status_code for a in answers] == [200] * 12
+                routes = [a.headers["x-tokenyard-backend"] for a in answers]
+                assert routes.count("ded") >= 3
+                assert "api" in routes  # the rest spilled over
+                stats = (await http.get(f"{extra['slow_ded'].base_url.removesuffix('/v1')}/sim/stats")).json()
+                assert stats["max_in_flight"] <= 3, "never more in flight on the backend than its cap"
+            fleet[0].stop()  # a graceful stop leaves at once: the others take the whole cap back
+
+            async def caps_regrown() -> None:
+                for proxy in fleet[1:]:
+                    async with httpx.AsyncClient() as http:
+                        state = (
+                            await http.get(
+                                f"{proxy.url}/admin/backends",
+                                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                            )
+                        ).json()
+                    assert (
+                        next(b for b in state["data"] if b["name"] == "ded")["max_concurrency"] == 1
+                    )  # 3 // 2
+
+            await eventually(caps_regrown)
+        finally:
+            for proxy in fleet:
+                proxy.stop()
+            await delete_prefix(prefix)
+
+
 def test_the_compose_files_describe_a_valid_topology() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     assert {"redis", "lb", "tokenyard-1", "tokenyard-2", "tokenyard-3"} <= set(compose["services"])

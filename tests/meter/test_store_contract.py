@@ -367,3 +367,16 @@ async def test_documents_are_kept_replaced_and_shared(stores: Stores) -> None:
     await b.put_document("advice", b'{"v": 2}')
     assert await a.get_document("advice") == b'{"v": 2}'
     assert await a.get_document("other") is None
+
+
+async def test_replicas_count_themselves_alive_until_they_stop_beating(
+    stores: Stores, clock: FakeClock
+) -> None:
+    a, b = stores.open(), stores.open()
+    assert await a.heartbeat("replica-a", 6) == 1
+    assert await b.heartbeat("replica-b", 6) == 2
+    assert await a.heartbeat("replica-a", 6) == 2, "a beat refreshes, it does not add"
+    clock.advance(7)  # b stopped beating (killed); a beats on
+    assert await a.heartbeat("replica-a", 6) == 1
+    assert await b.heartbeat("replica-b", 0) == 1  # leaving: gone at once
+    assert await a.heartbeat("replica-a", 6) == 1

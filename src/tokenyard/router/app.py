@@ -24,6 +24,7 @@ from tokenyard.router.admin import AdminApi
 from tokenyard.router.advisor.live import AdvisorLoop
 from tokenyard.router.auth import KeyRing
 from tokenyard.router.backends import Backend, open_backends
+from tokenyard.router.cluster import Membership
 from tokenyard.router.config import TokenyardConfig
 from tokenyard.router.dashboard import STATIC, Dashboard
 from tokenyard.router.meter.meter import Meter
@@ -215,6 +216,9 @@ class TokenyardApp:
         stack.push_async_callback(meter.close, _METER_CLOSE_TIMEOUT_S)
         flusher = asyncio.create_task(meter.run(), name="meter flush")
         stack.push_async_callback(_cancel, flusher)
+        if store is not None:
+            membership = Membership(store, lambda: self.backends)
+            stack.push_async_callback(_cancel, asyncio.create_task(membership.run(), name="membership"))
         self.admin = AdminApi(self.config, meter, self.backends, self.keys, wall=self.wall)
         admin_key = self.config.server.admin_key
         self.dashboard = Dashboard(self.admin, admin_key.get_secret_value() if admin_key else None)

@@ -37,14 +37,31 @@ class Backend:
     in_flight: int = 0
     failures: int = 0  # upstream failures seen (each one failed over or ended a request), for /metrics
     batch_api: OpenAIBatchUpstream | None = None  # kind batch: the provider's files and batches endpoints
+    cluster_size: int = 1  # proxy replicas alive on the shared store: each takes its share of the caps
 
     @property
     def max_concurrency(self) -> int | None:
-        """The in-flight cap now: a dedicated backend's per-replica cap times its replicas."""
+        """This replica's in-flight cap now: the backend's cap (a dedicated backend's per-replica cap times
+        its replicas) divided among the live proxy replicas, at least 1."""
         cap = self.config.max_concurrency
-        if cap is None or self.config.kind != "dedicated":
-            return cap
-        return cap * self.replicas
+        if cap is None:
+            return None
+        if self.config.kind == "dedicated":
+            cap *= self.replicas
+        return max(1, cap // self.cluster_size)
+
+    def set_cluster_size(self, live: int) -> None:
+        """``live`` proxy replicas share this backend now: caps and rate limits are split among them.
+
+        A share per replica keeps the request path free of Redis; the price is that a busy replica may spill
+        over while another has room (see README, "Several replicas")."""
+        live = max(1, live)
+        if live == self.cluster_size:
+            return
+        self.cluster_size = live
+        rpm, tpm = self.config.rpm, self.config.tpm
+        self.rpm = AsyncLimiter(max(1, rpm // live), 60) if rpm else None
+        self.tpm = AsyncLimiter(max(1, tpm // live), 60) if tpm else None
 
     def view(self, now: float, estimated_tokens: int, *, already_failed: bool) -> DeploymentView:
         """A snapshot of this backend for ``routing.choose_deployment``."""

@@ -18,6 +18,7 @@ Layout (TTLs: hashes retention + 60 s, watermarks max_gap_ms + a day, batch mark
     {p}:batch:<id>                                             string  "this batch was applied"
     {p}:lock:<name>                                            string  the holder of a lock (PX expiry)
     {p}:doc:<name>                                             string  a small document (latest advice)
+    {p}:members                                                zset    live replicas -> until when (unix s)
 
 The record log is a sorted set scored by the record's own ``ts`` (not a stream): records arrive out of order
 (replicas flush independently; a meter holds batches while the store is down), and a score gives exact
@@ -46,7 +47,7 @@ def _dim(value: str) -> str:
 class MeterKeys:
     """The meter's Redis key names for one prefix; parses index members back into bucket keys."""
 
-    __slots__ = ("agg_index", "base", "gpu_index", "record_seq", "records")
+    __slots__ = ("agg_index", "base", "gpu_index", "members", "record_seq", "records")
 
     def __init__(self, prefix: str) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
@@ -57,6 +58,7 @@ class MeterKeys:
         self.gpu_index = f"{self.base}:gpu:idx"
         self.records = f"{self.base}:records"
         self.record_seq = f"{self.base}:records:seq"
+        self.members = f"{self.base}:members"
 
     def agg(self, key: AggKey) -> str:
         """The hash of one aggregate bucket."""

@@ -269,6 +269,17 @@ class RedisMeterStore(RedisBacked):
         with mapped_errors(_STORE):
             await self._redis.eval(_UNLOCK_SCRIPT, 1, self.keys.lock(name), owner)
 
+    async def heartbeat(self, member: str, ttl_s: float) -> int:
+        """Refresh ``member`` in the live set (scored by expiry, on this replica's clock); count the live."""
+        now = self._clock()
+        with mapped_errors(_STORE):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.zadd(self.keys.members, {member: now + ttl_s})
+            pipe.zremrangebyscore(self.keys.members, "-inf", now)
+            pipe.zcard(self.keys.members)
+            *_, count = await pipe.execute()
+        return int(count)
+
     async def put_document(self, name: str, body: bytes) -> None:
         """Keep a small named document (no expiry: the latest advice outlives restarts)."""
         with mapped_errors(_STORE):

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS locks (
     name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (name TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
 """
 _AGG_UPSERT: Final = _upsert("agg", ("minute", *_DIMS), AGG_FIELDS)
 _GPU_UPSERT: Final = _upsert("gpu", ("minute", "backend"), GPU_FIELDS)
@@ -159,6 +160,22 @@ class SqliteMeterStore(SqliteWorker):
         await self._run(
             lambda conn: conn.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
         )
+
+    async def heartbeat(self, member: str, ttl_s: float) -> int:
+        """Refresh ``member`` in the live set; count the live."""
+
+        def beat(conn: sqlite3.Connection) -> int:
+            now = self._clock()
+            conn.execute(
+                "INSERT INTO members (name, expires) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET expires = excluded.expires",
+                (member, now + ttl_s),
+            )
+            conn.execute("DELETE FROM members WHERE expires <= ?", (now,))
+            count: int = conn.execute("SELECT COUNT(*) FROM members").fetchone()[0]
+            return count
+
+        return await self._run(beat)
 
     async def put_document(self, name: str, body: bytes) -> None:
         """Keep a small named document, replacing any before."""

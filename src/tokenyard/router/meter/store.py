@@ -53,6 +53,13 @@ class MeterStore(Protocol):
         """Give the lock up, if ``owner`` holds it (a lock that expired and moved on is left alone)."""
         ...
 
+    async def heartbeat(self, member: str, ttl_s: float) -> int:
+        """Say ``member`` (a proxy replica) is alive for ``ttl_s`` more; how many members are alive now.
+
+        A replica that stops beating drops out when its time runs out; ``ttl_s`` 0 leaves at once.
+        """
+        ...
+
     async def put_document(self, name: str, body: bytes) -> None:
         """Keep a small named document (the latest advice, the advisor's state), replacing any before."""
         ...
