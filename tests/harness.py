@@ -82,8 +82,10 @@ async def start_proxy(
     args = [sys.executable, "-m", "tokenyard", "serve", "--port", str(port), *extra_args]
     config_path = None
     if config is not None:
-        # Each proxy meters into its own store unless the test says where.
+        # Each proxy meters into its own store unless the test says where; it stops without the unready
+        # pause a load balancer needs (tests of that pause set it).
         config = {"meter": {"store": f"sqlite:///{tmp}/meter-{port}.sqlite3"}, **config}
+        config["server"] = {"unready_s": 0, **config.get("server", {})}
         config_path = tmp / f"config-{port}.yaml"
         config_path.write_text(yaml.safe_dump(config))
         args += ["--config", str(config_path)]

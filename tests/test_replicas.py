@@ -8,6 +8,7 @@ the lead, resumes the provider batch and nothing is lost or billed twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -236,6 +237,89 @@ async def test_a_dedicated_backends_cap_holds_across_the_replicas(
             for proxy in fleet:
                 proxy.stop()
             await delete_prefix(prefix)
+
+
+async def test_a_rolling_restart_under_load_fails_no_request(
+    sims: dict[str, Any], prefix: str, tmp_path: Path
+) -> None:
+    """An emulated load balancer sends only to replicas whose /health/ready is 200 (checked every 0.1 s);
+    each replica in turn gets SIGTERM — unready first, then a drain — and is replaced by a new process."""
+    cfg = config(sims, prefix)
+    cfg["server"]["unready_s"] = 1.0
+    fleet = await replicas(cfg, tmp_path)
+    ready: list[ProxyProcess] = list(fleet)
+    failures: list[str] = []
+    served = 0
+    done = asyncio.Event()
+
+    async def balancer() -> None:
+        async with httpx.AsyncClient(timeout=2) as http:
+            while not done.is_set():
+                alive = []
+                for proxy in list(fleet):
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await http.get(f"{proxy.url}/health/ready")).status_code == 200:
+                            alive.append(proxy)
+                ready[:] = alive
+                await asyncio.sleep(0.1)
+
+    async def client(n: int) -> None:
+        nonlocal served
+        async with httpx.AsyncClient(timeout=30) as http:
+            i = n
+            while not done.is_set():
+                if not ready:
+                    await asyncio.sleep(0.05)
+                    continue
+                proxy = ready[i % len(ready)]
+                i += 1
+                try:
+                    got = await chat(proxy, http)
+                    if got.status_code != 200:
+                        failures.append(f"{got.status_code} {got.text[:80]}")
+                    else:
+                        served += 1
+                except httpx.TransportError as exc:
+                    failures.append(type(exc).__name__)
+
+    watcher = asyncio.create_task(balancer())
+    clients = [asyncio.create_task(client(n)) for n in range(4)]
+    try:
+        await asyncio.sleep(1)
+        for old in list(fleet):
+            old.proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(old.proc.wait, 30)
+            fleet.remove(old)
+            fleet.append(await start_proxy(cfg, tmp_path))
+        await asyncio.sleep(1)
+    finally:
+        done.set()
+        await asyncio.gather(watcher, *clients)
+        for proxy in fleet:
+            proxy.stop()
+        await delete_prefix(prefix)
+    assert served > 50
+    assert failures == [], f"{len(failures)} failed of {served + len(failures)}: {failures[:3]}"
+
+
+async def test_sigterm_turns_readiness_off_before_the_listener_closes(
+    sims: dict[str, Any], prefix: str, tmp_path: Path
+) -> None:
+    cfg = config(sims, prefix)
+    cfg["server"]["unready_s"] = 1.5
+    [proxy] = await replicas(cfg, tmp_path, n=1)
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(f"{proxy.url}/health/ready")).status_code == 200
+            proxy.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            assert (await http.get(f"{proxy.url}/health/ready")).status_code == 503
+            assert (await http.get(f"{proxy.url}/health/live")).status_code == 200
+            assert (await chat(proxy, http)).status_code == 200, "still serving while unready"
+        assert await asyncio.to_thread(proxy.proc.wait, 30) in (0, -signal.SIGTERM)
+    finally:
+        proxy.stop()
+        await delete_prefix(prefix)
 
 
 def test_the_compose_files_describe_a_valid_topology() -> None:

@@ -159,6 +159,9 @@ class ServerConfig(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     drain_timeout_s: PositiveInt = 30
+    # On SIGTERM, /health/ready answers 503 this long while requests are still served, so a load balancer
+    # stops sending new ones before the listener closes; then the drain starts.
+    unready_s: Annotated[float, Field(ge=0, le=60)] = 2.0
     # The key for /admin/* (usage API, replica changes). With no keys configured (open, loopback-only
     # mode) the admin API is open too; with keys and no admin_key it is closed.
     admin_key: SecretStr | None = None

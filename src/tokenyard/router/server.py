@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+from types import FrameType
 
 import uvicorn
 
@@ -27,9 +29,31 @@ def uvicorn_config(app: TokenyardApp, config: TokenyardConfig, *, log_level: str
     )
 
 
+class _UnreadyFirst(uvicorn.Server):
+    """uvicorn's server, except that the first SIGTERM/SIGINT turns readiness off for ``unready_s`` before
+    the usual graceful shutdown: a load balancer sees 503 and moves new requests elsewhere while this
+    replica still serves, so nothing arrives at a closed listener."""
+
+    def __init__(self, config: uvicorn.Config, app: TokenyardApp, unready_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._unready_s = unready_s
+        self._stopping = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._stopping or self._unready_s <= 0 or not self.started:
+            super().handle_exit(sig, frame)  # a second signal (or no delay): stop now
+            return
+        self._stopping = True
+        self._app.ready = False
+        asyncio.get_running_loop().call_later(self._unready_s, super().handle_exit, sig, frame)
+
+
 def run_server(config: TokenyardConfig, *, log_level: str = "info") -> None:
-    """Serve until SIGINT/SIGTERM, then drain in-flight requests for at most ``server.drain_timeout_s``."""
-    server = uvicorn.Server(uvicorn_config(TokenyardApp(config), config, log_level=log_level))
+    """Serve until SIGINT/SIGTERM; then unready for ``server.unready_s``, then drain in-flight requests for
+    at most ``server.drain_timeout_s``."""
+    app = TokenyardApp(config)
+    server = _UnreadyFirst(uvicorn_config(app, config, log_level=log_level), app, config.server.unready_s)
     server.run()
     if not server.started:
         raise SystemExit(1)
