@@ -332,3 +332,65 @@ def test_the_compose_files_describe_a_valid_topology() -> None:
         env={"TOKENYARD_ADMIN_KEY": "sk-admin-1", "TEAM_A_KEY": "sk-team-a-1"},
     )
     assert cfg.meter.store.startswith("redis://")
+
+
+async def test_keys_reload_on_every_replica_without_a_restart(
+    sims: dict[str, Any], prefix: str, tmp_path: Path
+) -> None:
+    new_key = "sk-team-new-0123456789"
+    fleet = await replicas(config(sims, prefix), tmp_path, n=2)
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def answers(proxy: ProxyProcess, key: str) -> int:
+                got = await http.post(
+                    f"{proxy.base_url}/chat/completions",
+                    json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                return got.status_code
+
+            assert await answers(fleet[0], new_key) == 401
+            # Each replica's file gains the key; then one reload call, on one replica.
+            for proxy in fleet:
+                assert proxy.config_path is not None
+                text = yaml.safe_load(proxy.config_path.read_text())
+                text["keys"]["team-new"] = {"key": new_key, "mode": "async"}
+                text["backends"]["api"]["prices"]["input_per_1m"] = 9.0  # needs a restart: said, not applied
+                proxy.config_path.write_text(yaml.safe_dump(text))
+            reloaded = await http.post(
+                f"{fleet[0].url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            )
+            assert reloaded.json() == {"reloaded": True, "needs_restart": ["backends"]}
+            assert await answers(fleet[0], new_key) == 200
+
+            async def reached_the_other_replica() -> None:
+                assert await answers(fleet[1], new_key) == 200
+
+            await eventually(reached_the_other_replica, timeout_s=10)  # at its next beat (2 s)
+            assert await answers(fleet[1], CLIENT_KEY) == 200
+
+            # An invalid file is refused with its problems, and the running config stays.
+            assert fleet[1].config_path is not None
+            fleet[1].config_path.write_text("keys: [not, a, mapping]\n")
+            refused = await http.post(
+                f"{fleet[1].url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            )
+            assert refused.json()["reloaded"] is False
+            assert refused.json()["problems"]
+            assert await answers(fleet[1], new_key) == 200
+            # SIGHUP reloads one replica from its own file.
+            assert fleet[0].config_path is not None
+            text = yaml.safe_load(fleet[0].config_path.read_text())
+            del text["keys"]["team-new"]
+            fleet[0].config_path.write_text(yaml.safe_dump(text))
+            fleet[0].proc.send_signal(signal.SIGHUP)
+
+            async def key_gone() -> None:
+                assert await answers(fleet[0], new_key) == 401
+
+            await eventually(key_gone)
+    finally:
+        for proxy in fleet:
+            proxy.stop()
+        await delete_prefix(prefix)

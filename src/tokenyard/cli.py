@@ -153,7 +153,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tokenyard.router.server import run_server
 
     _announce(config, path)
-    run_server(config, log_level=args.log_level)
+    run_server(config, config_path=path, log_level=args.log_level)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -36,12 +36,17 @@ class AdminApi:
         *,
         wall: Callable[[], float],
     ) -> None:
-        self.config = config
         self.meter = meter
         self.backends = backends
         self.wall = wall
         self.advisor: AdvisorLoop | None = None  # set at start-up when the advisor runs
         self.dispatcher: Dispatcher | None = None  # set at start-up when the async track runs
+        self.reload: Callable[[], Awaitable[dict[str, Any]]] | None = None  # set at start-up
+        self.use(config, keys)
+
+    def use(self, config: TokenyardConfig, keys: KeyRing) -> None:
+        """Take a (re)loaded config's admin key and keys."""
+        self.config = config
         admin_key = config.server.admin_key
         self._admin_key = admin_key.get_secret_value().encode() if admin_key else None
         self._open = keys.is_open  # open, loopback-only mode: nothing to protect it with
@@ -153,6 +158,12 @@ class AdminApi:
                 "duplicates": dispatcher.front.duplicates,
             },
         )
+
+    async def reload_config(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``POST /admin/reload``: re-read the config file here and on every replica of the store."""
+        self.authorize(scope)
+        assert self.reload is not None, "set at start-up"
+        await wire.send_json(send, 200, await self.reload())
 
     async def backends_state(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         """``GET /admin/backends``: each backend's live state."""

@@ -12,20 +12,22 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from tokenyard.errors import MethodNotAllowed, RouteNotFound, TokenyardError
+from tokenyard.errors import ConfigError, MethodNotAllowed, RouteNotFound, TokenyardError
 from tokenyard.router import wire
 from tokenyard.router.admin import AdminApi
 from tokenyard.router.advisor.live import AdvisorLoop
 from tokenyard.router.auth import KeyRing
 from tokenyard.router.backends import Backend, open_backends
 from tokenyard.router.cluster import Membership
-from tokenyard.router.config import TokenyardConfig
+from tokenyard.router.config import TokenyardConfig, load_config
 from tokenyard.router.dashboard import STATIC, Dashboard
 from tokenyard.router.meter.meter import Meter
 from tokenyard.router.meter.metrics import TokenyardCollector, exposition
@@ -43,6 +45,9 @@ log = logging.getLogger("tokenyard")
 
 Handler = Callable[[wire.Scope, wire.Receive, wire.Send], Awaitable[None]]
 
+# Sections a running proxy cannot swap (its backends, their clients and state; its store): a reload that
+# changes them says so, and they wait for a restart.
+_RESTART_ONLY = ("backends", "models", "meter", "routing")
 _MODEL_CREATED = 1_700_000_000  # a fixed "created" for configured models: they have no creation time
 _METER_CLOSE_TIMEOUT_S = 10.0
 # CPython collects its young generation every 700 net new container objects. A busy proxy makes those
@@ -59,10 +64,12 @@ class TokenyardApp:
         self,
         config: TokenyardConfig,
         *,
+        config_path: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.config_path = config_path  # re-read on reload (None: the built-in quick start)
         self.clock = clock
         self.wall = wall
         self.keys = KeyRing(config.keys)
@@ -71,6 +78,7 @@ class TokenyardApp:
         self.proxy: Proxy | None = None
         self.dispatcher: Dispatcher | None = None
         self.batch_api: BatchApi | None = None
+        self.membership: Membership | None = None
         self.dashboard: Dashboard | None = None
         self.meter: Meter | None = None
         self.admin: AdminApi | None = None
@@ -87,6 +95,7 @@ class TokenyardApp:
             "/admin/backends": ("GET", self._on("admin", "backends_state")),
             "/admin/advice": ("GET", self._on("admin", "advice")),
             "/admin/queue": ("GET", self._on("admin", "queue")),
+            "/admin/reload": ("POST", self._on("admin", "reload_config")),
             "/dashboard": ("GET", self._on("dashboard", "page")),
             "/dashboard/login": ("POST", self._on("dashboard", "login")),
             "/health/live": ("GET", self._live),
@@ -217,9 +226,15 @@ class TokenyardApp:
         flusher = asyncio.create_task(meter.run(), name="meter flush")
         stack.push_async_callback(_cancel, flusher)
         if store is not None:
-            membership = Membership(store, lambda: self.backends)
+            membership = Membership(store, lambda: self.backends, on_reload=self._reload_here)
             stack.push_async_callback(_cancel, asyncio.create_task(membership.run(), name="membership"))
+            self.membership = membership
         self.admin = AdminApi(self.config, meter, self.backends, self.keys, wall=self.wall)
+        self.admin.reload = self.reload_everywhere
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_here())
+            )
         admin_key = self.config.server.admin_key
         self.dashboard = Dashboard(self.admin, admin_key.get_secret_value() if admin_key else None)
         if store is not None and self.config.advisor.enabled:
@@ -287,6 +302,48 @@ class TokenyardApp:
         )
         # Pushed after the stores' callbacks, so it stops before they close.
         stack.push_async_callback(_cancel, asyncio.create_task(dispatcher.run(), name="dispatcher"))
+
+    # -- reloading the config ---------------------------------------------------------------------------
+
+    async def reload_everywhere(self) -> dict[str, Any]:
+        """Re-read the config file here, and tell every replica on the store to do the same."""
+        result = await self._reload_here()
+        if result["reloaded"] and self.membership is not None:
+            await self.membership.announce_reload()
+        return result
+
+    async def _reload_here(self) -> dict[str, Any]:
+        """Re-read this replica's config file and apply what may change while running (SIGHUP does this)."""
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.warning("reload refused, the config is invalid:\n%s", exc)
+            return {"reloaded": False, "problems": [f"{p}: {m}" if p else m for p, m in exc.problems]}
+        needs_restart = self._apply(new)
+        log.info(
+            "config reloaded%s", f"; needs a restart for: {', '.join(needs_restart)}" if needs_restart else ""
+        )
+        return {"reloaded": True, "needs_restart": needs_restart}
+
+    def _apply(self, new: TokenyardConfig) -> list[str]:
+        """Take keys, the admin key, async_track and advisor settings; name what needs a restart instead."""
+        old = self.config
+        needs_restart = [name for name in _RESTART_ONLY if getattr(new, name) != getattr(old, name)]
+        # The listener stays where it is (the command line may have moved it from the file's).
+        kept = {name: getattr(old, name) for name in _RESTART_ONLY}
+        server = new.server.model_copy(update={"host": old.server.host, "port": old.server.port})
+        self.config = config = new.model_copy(update={**kept, "server": server})
+        self.keys = KeyRing(config.keys)
+        if self.proxy is not None:
+            self.proxy.keys = self.keys
+            self.proxy.use_async_track(config.async_track if self.proxy.front is not None else None)
+        if self.admin is not None:
+            self.admin.use(config, self.keys)
+            if self.admin.advisor is not None:
+                self.admin.advisor.config = config
+        if self.dispatcher is not None:
+            self.dispatcher.use(config)
+        return needs_restart
 
     async def shutdown(self) -> None:
         """Stop being ready, flush the meter, then close every backend."""

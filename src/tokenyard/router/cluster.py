@@ -2,7 +2,8 @@
 
 Every ``BEAT_S`` each replica says it is alive (for ``TTL_S``) in the meter store and learns how many are;
 every backend's concurrency cap and rate limits are then this replica's share. A replica killed with -9
-drops out when its time runs out; one that stops gracefully leaves at once.
+drops out when its time runs out; one that stops gracefully leaves at once. The beat also carries config
+reloads: ``POST /admin/reload`` on one replica leaves a note in the store that the others act on.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import orjson
 
 from tokenyard.errors import StoreError
 from tokenyard.router.backends import Backend
@@ -20,6 +24,7 @@ from tokenyard.router.meter.store import MeterStore
 
 log = logging.getLogger("tokenyard.cluster")
 
+RELOAD_DOC: Final = "cluster:reload"  # {"at": unix s, "by": member}: re-read your config files
 BEAT_S: Final = 2.0
 TTL_S: Final = 6.0
 
@@ -27,11 +32,35 @@ TTL_S: Final = 6.0
 class Membership:
     """This replica's heartbeat, and the share of every backend's caps it takes."""
 
-    def __init__(self, store: MeterStore, backends: Callable[[], Mapping[str, Backend]]) -> None:
+    def __init__(
+        self,
+        store: MeterStore,
+        backends: Callable[[], Mapping[str, Backend]],
+        *,
+        on_reload: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
         self.store = store
         self.backends = backends
+        self.on_reload = on_reload  # re-read this replica's config (another replica asked for a reload)
         self.member = f"replica-{uuid.uuid4().hex[:12]}"
         self.live = 1
+        self._reload_seen: float | None = None
+
+    async def announce_reload(self) -> None:
+        """Ask every replica (each at its next beat) to re-read its config."""
+        self._reload_seen = time.time()
+        await self.store.put_document(RELOAD_DOC, orjson.dumps({"at": self._reload_seen, "by": self.member}))
+
+    async def _check_reload(self) -> None:
+        raw = await self.store.get_document(RELOAD_DOC)
+        asked: dict[str, Any] = orjson.loads(raw) if raw is not None else {"at": 0.0, "by": ""}
+        at = float(asked["at"])
+        if self._reload_seen is None:  # at start-up the config was just read: only later asks count
+            self._reload_seen = at
+        elif at > self._reload_seen:
+            self._reload_seen = at
+            if asked["by"] != self.member and self.on_reload is not None:
+                await self.on_reload()
 
     async def beat(self) -> None:
         """One heartbeat; apply the live count to every backend."""
@@ -41,6 +70,7 @@ class Membership:
         self.live = live
         for backend in self.backends().values():
             backend.set_cluster_size(live)
+        await self._check_reload()
 
     async def run(self) -> None:
         """Beat until cancelled; then leave at once, so the others take the whole caps back."""

@@ -128,9 +128,15 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         self.clock = clock
         self.wall = wall
-        self.async_track = async_track  # None: every request is real time, no signal is read
-        self.async_rules = async_track.classifier_rules() if async_track else ()
         self.front: AsyncFront | None = None  # set at start-up with the job store
+        self.use_async_track(async_track)
+
+    def use_async_track(self, track: AsyncTrackConfig | None) -> None:
+        """Classify with these settings and rules (None: every request is real time, no signal is read)."""
+        self.async_track = track
+        self.async_rules = track.classifier_rules() if track else ()
+        if self.front is not None and track is not None:
+            self.front.config = track
 
     def authenticate(self, scope: wire.Scope) -> Principal:
         """The caller behind the request's bearer key."""

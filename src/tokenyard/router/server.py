@@ -49,10 +49,10 @@ class _UnreadyFirst(uvicorn.Server):
         asyncio.get_running_loop().call_later(self._unready_s, super().handle_exit, sig, frame)
 
 
-def run_server(config: TokenyardConfig, *, log_level: str = "info") -> None:
+def run_server(config: TokenyardConfig, *, config_path: str | None = None, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM; then unready for ``server.unready_s``, then drain in-flight requests for
     at most ``server.drain_timeout_s``."""
-    app = TokenyardApp(config)
+    app = TokenyardApp(config, config_path=config_path)
     server = _UnreadyFirst(uvicorn_config(app, config, log_level=log_level), app, config.server.unready_s)
     server.run()
     if not server.started:

@@ -108,6 +108,11 @@ class Dispatcher:
         self._batch_deadline: dict[str, float] = {}  # open batch → the earliest deadline of its jobs
         self._http: aiohttp.ClientSession | None = None
 
+    def use(self, config: TokenyardConfig) -> None:
+        """Take a reloaded config's async_track settings (its models and backends stay until a restart)."""
+        self.config = config
+        self.track = config.async_track
+
     def wake(self) -> None:
         """There is new work: tick now rather than at the next interval."""
         self._wake.set()
