@@ -383,6 +383,7 @@ async def test_keys_reload_on_every_replica_without_a_restart(
             assert fleet[0].config_path is not None
             text = yaml.safe_load(fleet[0].config_path.read_text())
             del text["keys"]["team-new"]
+            text["server"]["admin_key"] = new_admin = "sk-admin-rotated-0123456789"
             fleet[0].config_path.write_text(yaml.safe_dump(text))
             fleet[0].proc.send_signal(signal.SIGHUP)
 
@@ -390,6 +391,10 @@ async def test_keys_reload_on_every_replica_without_a_restart(
                 assert await answers(fleet[0], new_key) == 401
 
             await eventually(key_gone)
+            # The rotated admin key signs in to the dashboard; the old one no longer does.
+            for admin_key, status in ((ADMIN_KEY, 401), (new_admin, 303)):
+                login = await http.post(f"{fleet[0].url}/dashboard/login", data={"key": admin_key})
+                assert login.status_code == status
     finally:
         for proxy in fleet:
             proxy.stop()

@@ -57,6 +57,10 @@ class AdminApi:
             else None
         )
 
+    def is_admin_key(self, secret: bytes) -> bool:
+        """Whether ``secret`` is the admin key (compared in constant time)."""
+        return self._admin_key is not None and hmac.compare_digest(secret, self._admin_key)
+
     def signed_in(self, scope: wire.Scope) -> bool:
         """Whether the request carries the dashboard's session cookie (or the proxy runs open)."""
         if self._open:
@@ -75,7 +79,7 @@ class AdminApi:
             raise AuthenticationFailed("The admin API needs the admin key as a Bearer token.")
         if self._admin_key is None:
             raise Forbidden("The admin API is disabled: set server.admin_key in the config.")
-        if not hmac.compare_digest(secret.strip(), self._admin_key):
+        if not self.is_admin_key(secret.strip()):
             raise Forbidden("This key may not use the admin API.")
 
     async def usage(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:

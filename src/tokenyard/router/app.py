@@ -16,7 +16,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
@@ -28,18 +28,21 @@ from tokenyard.router.auth import KeyRing
 from tokenyard.router.backends import Backend, open_backends
 from tokenyard.router.cluster import Membership
 from tokenyard.router.config import TokenyardConfig, load_config
-from tokenyard.router.dashboard import STATIC, Dashboard
 from tokenyard.router.meter.meter import Meter
 from tokenyard.router.meter.metrics import TokenyardCollector, exposition
 from tokenyard.router.meter.model import UsageRecord
 from tokenyard.router.meter.store import MeterStore
 from tokenyard.router.meter.stores import open_configured_store, redacted
 from tokenyard.router.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
-from tokenyard.router.queue.batch_api import BatchApi
 from tokenyard.router.queue.dispatcher import Dispatcher
 from tokenyard.router.queue.front import JOBS_PATH, AsyncFront
 from tokenyard.router.queue.model import Job, JobResult
+from tokenyard.router.queue.store import JobStore
 from tokenyard.router.queue.stores import open_job_store
+
+if TYPE_CHECKING:  # built on first use: most deployments never serve either
+    from tokenyard.router.dashboard import Dashboard
+    from tokenyard.router.queue.batch_api import BatchApi
 
 log = logging.getLogger("tokenyard")
 
@@ -77,9 +80,10 @@ class TokenyardApp:
         self.backends: dict[str, Backend] = {}
         self.proxy: Proxy | None = None
         self.dispatcher: Dispatcher | None = None
-        self.batch_api: BatchApi | None = None
+        self.jobs: JobStore | None = None  # the async track's job store, when it runs
+        self.batch_api: BatchApi | None = None  # built at the first Batch API request (most never see one)
         self.membership: Membership | None = None
-        self.dashboard: Dashboard | None = None
+        self.dashboard: Dashboard | None = None  # built at the first /dashboard request
         self.meter: Meter | None = None
         self.admin: AdminApi | None = None
         self.rejected: Counter[int] = Counter()
@@ -115,7 +119,7 @@ class TokenyardApp:
                 route = ("GET", self._retrieve_model)
             elif path.startswith("/admin/backends/") and path.endswith("/replicas"):
                 route = ("PUT", self._on("admin", "replicas"))
-            elif path.startswith(STATIC):
+            elif path.startswith("/dashboard/static/"):
                 route = ("GET", self._on("dashboard", "asset"))
             elif path.startswith(JOBS_PATH):
                 route = ("GET", self._async_job)
@@ -145,9 +149,14 @@ class TokenyardApp:
         return handle
 
     def _on(self, part: str, name: str) -> Handler:
-        """A route to method ``name`` of a part built at start-up (``admin``, ``dashboard``)."""
+        """A route to method ``name`` of a part built at start-up (``admin``) or at its first request
+        (``dashboard``)."""
 
         async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+            if part == "dashboard" and self.dashboard is None and self.admin is not None:
+                from tokenyard.router.dashboard import Dashboard
+
+                self.dashboard = Dashboard(self.admin)
             owner = getattr(self, part)
             assert owner is not None, "requests arrive only after start-up"
             handler: Handler = getattr(owner, name)
@@ -173,7 +182,18 @@ class TokenyardApp:
         assert self.proxy is not None, "requests arrive only after start-up"
         principal = self.proxy.authenticate(scope)
         if self.batch_api is None:
-            raise RouteNotFound("The Batch API needs the async track: a meter store (meter.store).")
+            if self.jobs is None or self.dispatcher is None:
+                raise RouteNotFound("The Batch API needs the async track: a meter store (meter.store).")
+            from tokenyard.router.queue.batch_api import BatchApi
+
+            proxy = self.proxy
+            self.batch_api = BatchApi(
+                self.jobs,
+                may_use=lambda who, model: who.may_use(model) and model in proxy.models,
+                wake=self.dispatcher.wake,
+                max_body_bytes=self.config.server.max_body_bytes,
+                wall=self.wall,
+            )
         await self.batch_api.handle(scope, receive, send, principal)
 
     async def _async_job(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
@@ -235,8 +255,6 @@ class TokenyardApp:
             asyncio.get_running_loop().add_signal_handler(
                 signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_here())
             )
-        admin_key = self.config.server.admin_key
-        self.dashboard = Dashboard(self.admin, admin_key.get_secret_value() if admin_key else None)
         if store is not None and self.config.advisor.enabled:
             self.admin.advisor = advisor = AdvisorLoop(store, self.config, wall=self.wall)
             # Pushed after the meter's callbacks, so it stops before the meter closes the store.
@@ -271,7 +289,7 @@ class TokenyardApp:
         """The job queue (beside the meter's data), the door for async requests, and the dispatcher."""
         proxy = self.proxy
         assert proxy is not None
-        jobs = open_job_store(self.config.meter)
+        self.jobs = jobs = open_job_store(self.config.meter)
         stack.push_async_callback(jobs.aclose)
 
         async def run_now(job: Job) -> tuple[JobResult, UsageRecord]:
@@ -293,13 +311,6 @@ class TokenyardApp:
         front.wake = dispatcher.wake
         assert self.admin is not None
         self.admin.dispatcher = dispatcher
-        self.batch_api = BatchApi(
-            jobs,
-            may_use=lambda who, model: who.may_use(model) and model in proxy.models,
-            wake=dispatcher.wake,
-            max_body_bytes=self.config.server.max_body_bytes,
-            wall=self.wall,
-        )
         # Pushed after the stores' callbacks, so it stops before they close.
         stack.push_async_callback(_cancel, asyncio.create_task(dispatcher.run(), name="dispatcher"))
 

@@ -6,16 +6,19 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiolimiter import AsyncLimiter
 
 from tokenyard.adapters.base import Upstream
-from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
 from tokenyard.router.breaker import CircuitBreaker, Ticket
 from tokenyard.router.config import BackendConfig, TokenyardConfig
 from tokenyard.router.meter.pricing import FREE, TokenPrices, token_prices
 from tokenyard.router.routing import DeploymentView
+
+if TYPE_CHECKING:
+    from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 
 log = logging.getLogger("tokenyard.backends")
 
@@ -133,6 +136,8 @@ async def open_backends(config: TokenyardConfig) -> AsyncIterator[dict[str, Back
             stack.push_async_callback(upstream.aclose)
             batch_api = None
             if bc.kind == "batch":
+                from tokenyard.adapters.openai_batch import OpenAIBatchUpstream  # only configs with one
+
                 batch_api = OpenAIBatchUpstream(
                     base_url, api_key=bc.api_key.get_secret_value() if bc.api_key else None
                 )

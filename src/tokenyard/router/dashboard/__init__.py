@@ -8,7 +8,6 @@ reachable without the admin key. uPlot (MIT, ``uplot.LICENSE``) draws the charts
 
 from __future__ import annotations
 
-import hmac
 from importlib import resources
 from typing import Final
 from urllib.parse import parse_qs
@@ -34,9 +33,8 @@ def _read(name: str) -> bytes:
 class Dashboard:
     """``/dashboard``, ``/dashboard/login`` and ``/dashboard/static/*``."""
 
-    def __init__(self, admin: AdminApi, admin_key: str | None) -> None:
-        self.admin = admin
-        self._admin_key = admin_key.encode() if admin_key else None
+    def __init__(self, admin: AdminApi) -> None:
+        self.admin = admin  # it holds the admin key, which a config reload may change
 
     async def page(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         """The dashboard, or the sign-in form when the browser has no session."""
@@ -50,12 +48,12 @@ class Dashboard:
         body = await wire.read_body(scope, receive, 4096)
         key = parse_qs(body.decode("latin-1")).get("key", [""])[-1].encode("latin-1")
         token = self.admin.session_token
-        if self._admin_key is None or token is None:
+        if token is None:
             await wire.send_bytes(
                 send, 403, _login("The admin API is disabled: set server.admin_key."), _HTML
             )
             return
-        if not hmac.compare_digest(key, self._admin_key):
+        if not self.admin.is_admin_key(key):
             await wire.send_bytes(send, 401, _login("That is not the admin key."), _HTML)
             return
         cookie = SESSION_COOKIE + b"=" + token + b"; HttpOnly; SameSite=Strict; Path=/"

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 import orjson
 
-from tokenyard.adapters.openai_batch import BatchLine, input_files, results
 from tokenyard.errors import InvalidRequest, StoreError, UpstreamError
 from tokenyard.router.backends import Backend
 from tokenyard.router.config import TokenyardConfig
@@ -266,6 +265,8 @@ class Dispatcher:
     async def _submit(self, backend: Backend, endpoint: str, jobs: list[Job]) -> None:
         """Upload the jobs as JSONL files within the provider's limits and start a batch for each."""
         assert backend.batch_api is not None
+        from tokenyard.adapters.openai_batch import BatchLine, input_files  # only with a batch backend
+
         lines = [BatchLine(job.id, job.endpoint, _body_for_batch(job.body, backend)) for job in jobs]
         for content, ids in input_files(lines, max_requests=self.track.batches.max_requests):
             file_id = await backend.batch_api.upload(
@@ -299,6 +300,8 @@ class Dispatcher:
             except UpstreamError as exc:
                 log.warning("dispatcher: cannot read batch %s from %s: %s", batch_id, name, exc)
                 continue
+            from tokenyard.adapters.openai_batch import results  # only with a batch backend
+
             answers = results(output, errors)
             for job_id in job_ids:
                 line = answers.get(job_id)
