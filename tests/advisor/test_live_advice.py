@@ -22,15 +22,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, run_cli, simulators, start_proxy
 from tests.meter.redis_util import REDIS_URL, RedisServer, delete_prefix
+from tokenyard.router.advisor.live import LOCK, AdvisorLoop
+from tokenyard.router.config import TokenyardConfig
+from tokenyard.router.meter.stores import open_store
 from tokenyard.simulator.config import SimulatorConfig
-from tokenyard.simulator.server import SimulatorServer
 
 ADMIN_KEY = "sk-admin-0123456789abcdef"
 MODEL = "llama-3.1-8b-instruct"  # in the catalog: dedicated capacities on H100 and H200, batch prices
 REQUESTS = 12
 
 
-def config_for(sims: dict[str, SimulatorServer], store: str, prefix: str) -> dict[str, Any]:
+def config_for(sims: dict[str, Any], store: str, prefix: str) -> dict[str, Any]:
     return {
         "server": {"admin_key": ADMIN_KEY},
         "meter": {"store": store, "redis_prefix": prefix, "flush_interval_s": 0.2},
@@ -214,6 +216,32 @@ async def test_replicas_on_one_redis_evaluate_once_and_serve_the_same_advice(tmp
             for proxy in replicas:
                 proxy.stop()
             await delete_prefix(prefix)
+
+
+async def test_a_replica_stopped_mid_evaluation_hands_the_interval_to_another(tmp_path: Path) -> None:
+    store = open_store(
+        f"sqlite:///{tmp_path / 'meter.db'}", prefix="ty", retention_s=86400, records_max=10_000
+    )
+    settings = config_for({"ded": _Nowhere(), "svl": _Nowhere()}, "sqlite:///:memory:", "ty")
+    settings["advisor"]["interval_s"] = 600
+    loop = AdvisorLoop(store, TokenyardConfig.model_validate(settings), replica="replica-a")
+    try:
+        ticking = asyncio.create_task(loop.tick())
+
+        async def evaluating() -> None:
+            assert loop._evaluating.locked()  # it holds the interval's lock and its worker is starting
+
+        await eventually(evaluating, timeout_s=10)
+        ticking.cancel()  # as on SIGTERM
+        with pytest.raises(asyncio.CancelledError):
+            await ticking
+        assert await store.try_lock(LOCK, "replica-b", 600), "the unfinished interval is free at once"
+    finally:
+        await store.aclose()
+
+
+class _Nowhere:
+    base_url = "http://127.0.0.1:9/v1"  # never called: the advisor reads only the store
 
 
 async def test_with_the_store_down_the_advice_api_says_so_and_the_proxy_keeps_serving(tmp_path: Path) -> None:

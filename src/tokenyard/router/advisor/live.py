@@ -1,10 +1,11 @@
 """The advisor in the proxy: evaluate the meter store's traffic every few minutes, once across all replicas.
 
-Each tick, the replica that takes the ``advisor`` lock (held for one interval, never released early: it also
-marks the interval as done) starts a worker process (``worker.py``) that reads the window's aggregates,
-evaluates every workload, and stores the advice and the stability state as documents. Every other replica
-reads the stored advice, so the advice API and the gauges agree everywhere. A replica that dies
-mid-evaluation loses the lock when the interval ends and another one evaluates.
+Each tick, the replica that takes the ``advisor`` lock (held for one interval: it also marks the interval as
+done) starts a worker process (``worker.py``) that reads the window's aggregates, evaluates every workload,
+and stores the advice and the stability state as documents. Every other replica reads the stored advice, so
+the advice API and the gauges agree everywhere. A replica stopped mid-evaluation releases the lock, so the
+next replica to look evaluates; one killed loses it when the interval ends. A failed evaluation keeps it:
+retrying at once would only fail again on every replica.
 
 Why a process: replaying weeks of minutes is seconds of CPU. In the proxy's process it would compete for
 the GIL with the requests (the event loop stalled up to ~90 ms per evaluation, measured) and stay in its
@@ -15,6 +16,7 @@ therefore imports none of the cost model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -91,7 +93,12 @@ class AdvisorLoop:
     async def tick(self) -> None:
         """Evaluate if this replica takes the lock for the interval; otherwise read what the holder stored."""
         if await self.store.try_lock(LOCK, self.replica, self.config.advisor.interval_s):
-            await self.evaluate(keep_state=True)
+            try:
+                await self.evaluate(keep_state=True)
+            except asyncio.CancelledError:  # stopping: hand the unfinished interval to another replica
+                with contextlib.suppress(StoreError):
+                    await self.store.release_lock(LOCK, self.replica)
+                raise
         else:
             self.latest = await load_document(self.store, ADVICE_DOC) or self.latest
 
