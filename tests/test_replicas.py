@@ -30,7 +30,9 @@ FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_token
 REPO = Path(__file__).parent.parent
 
 
-def config(sims: dict[str, Any], prefix: str, *, dedicated: bool = True) -> dict[str, Any]:
+def config(
+    sims: dict[str, Any], prefix: str, *, dedicated: bool = True, store: str = REDIS_URL
+) -> dict[str, Any]:
     backends: dict[str, Any] = {
         "api": backend(
             "serverless", sims["api"].base_url, prices={"input_per_1m": 1.0, "output_per_1m": 2.0}
@@ -43,7 +45,7 @@ def config(sims: dict[str, Any], prefix: str, *, dedicated: bool = True) -> dict
         deployments = ["ded", "api"]
     return {
         "server": {"admin_key": ADMIN_KEY},
-        "meter": {"store": REDIS_URL, "redis_prefix": prefix, "flush_interval_s": 0.2},
+        "meter": {"store": store, "redis_prefix": prefix, "flush_interval_s": 0.2},
         "backends": backends,
         "models": {MODEL: {"deployments": deployments, "batch": "prov"}},
         "keys": {"team-a": {"key": CLIENT_KEY}},
@@ -91,10 +93,12 @@ async def usage(proxy: ProxyProcess, http: httpx.AsyncClient, **params: str) -> 
     return result
 
 
+@pytest.mark.parametrize("on", ["redis", "redis-cluster"])
 async def test_totals_are_exact_and_jobs_answered_once_across_three_replicas(
-    sims: dict[str, Any], prefix: str, tmp_path: Path
+    sims: dict[str, Any], prefix: str, tmp_path: Path, on: str, request: pytest.FixtureRequest
 ) -> None:
-    fleet = await replicas(config(sims, prefix), tmp_path)
+    store = request.getfixturevalue("redis_cluster") if on == "redis-cluster" else REDIS_URL
+    fleet = await replicas(config(sims, prefix, store=store), tmp_path)
     try:
         async with httpx.AsyncClient(timeout=30) as http:
             answers = await asyncio.gather(*(chat(fleet[i % 3], http) for i in range(60)))

@@ -67,8 +67,9 @@ def dedicated_config(
 class Stores:
     """Opens stores of one kind; every store opened on a namespace shares its data, like proxy replicas."""
 
-    def __init__(self, kind: str, folder: Path, clock: FakeClock) -> None:
+    def __init__(self, kind: str, folder: Path, clock: FakeClock, redis_url: str = TEST_REDIS_URL) -> None:
         self.kind = kind
+        self.redis_url = redis_url  # the machine's Redis, or a private Redis Cluster
         self.clock = clock
         self._folder = folder
         self._opened: list[MeterStore] = []
@@ -78,7 +79,7 @@ class Stores:
     def fresh_namespace(self) -> str:
         """A namespace no store has used yet: a Redis key prefix or an SQLite file."""
         name = f"tytest-{uuid.uuid4().hex[:12]}"
-        if self.kind == "redis":
+        if self.kind.startswith("redis"):
             self._prefixes.append(name)
             return name
         return str(self._folder / f"{name}.sqlite3")
@@ -89,9 +90,9 @@ class Stores:
         """A store on this test's namespace (or another one)."""
         where = namespace or self.namespace
         store: MeterStore
-        if self.kind == "redis":
+        if self.kind.startswith("redis"):
             store = RedisMeterStore(
-                TEST_REDIS_URL,
+                self.redis_url,
                 prefix=where,
                 retention_s=retention_s,
                 records_max=records_max,
@@ -107,8 +108,9 @@ class Stores:
     def open_unreachable(self) -> MeterStore:
         """A store that cannot be reached: a port nobody listens on, a file under a regular file."""
         store: MeterStore
-        if self.kind == "redis":
-            url = f"redis://127.0.0.1:{free_port()}/0"
+        if self.kind.startswith("redis"):
+            scheme = "redis+cluster" if self.kind == "redis-cluster" else "redis"
+            url = f"{scheme}://127.0.0.1:{free_port()}/0"
             store = RedisMeterStore(url, prefix="tytest-dead", retention_s=60, records_max=10)
         else:
             blocker = self._folder / f"regular-file-{uuid.uuid4().hex[:6]}"
@@ -121,7 +123,7 @@ class Stores:
         """Close every store opened here and delete every Redis key written under its prefixes."""
         for store in self._opened:
             await store.aclose()
-        if not self._prefixes:
+        if not self._prefixes or self.kind == "redis-cluster":  # a private cluster: it goes with the session
             return
         client = aioredis.Redis.from_url(TEST_REDIS_URL)
         try:
@@ -141,10 +143,13 @@ def clock() -> FakeClock:
     return FakeClock(T0)
 
 
-@pytest.fixture(params=["redis", "sqlite"])
+@pytest.fixture(params=["redis", "redis-cluster", "sqlite"])
 async def stores(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Stores]:
     """A factory of stores of each kind, cleaned up after the test."""
-    factory = Stores(request.param, tmp_path, clock)
+    if request.param == "redis-cluster":
+        factory = Stores(request.param, tmp_path, clock, request.getfixturevalue("redis_cluster"))
+    else:
+        factory = Stores(request.param, tmp_path, clock)
     try:
         yield factory
     finally:

@@ -60,18 +60,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        try:
-            while time.monotonic() < deadline:
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-        finally:
-            client.close()
-        raise RuntimeError("redis-server did not start")
+        _wait_for_ping(self.port)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM: it finishes its append-only file first)."""
@@ -79,3 +68,81 @@ class RedisServer:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(10)
         self.proc = None
+
+
+class RedisClusterServers:
+    """A private Redis Cluster: three ``redis-server`` masters on free ports, joined by ``redis-cli``."""
+
+    def __init__(self, folder: Path, masters: int = 3) -> None:
+        if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+            raise RuntimeError("redis-server and redis-cli are not installed (apt-get install redis-server)")
+        self.folder = folder
+        self.ports = [free_port() for _ in range(masters)]
+        self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}"  # any node: the client finds the rest
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        """Start the nodes, assign the slots, and wait until every node says the cluster is ok."""
+        for port in self.ports:
+            options = {
+                "port": port,
+                "bind": "127.0.0.1",
+                "cluster-enabled": "yes",
+                "cluster-port": free_port(),
+                "cluster-config-file": self.folder / f"nodes-{port}.conf",
+                "save": "",
+                "appendonly": "no",
+                "dir": self.folder,
+            }
+            argv = ["redis-server"] + [
+                part for name, value in options.items() for part in (f"--{name}", str(value))
+            ]
+            self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.ports:
+            _wait_for_ping(port)
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(_cluster_ok(port) for port in self.ports):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not become ok")
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)
+        self.procs = []
+
+
+def _wait_for_ping(port: int) -> None:
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+    raise RuntimeError(f"redis-server on port {port} did not start")
+
+
+def _cluster_ok(port: int) -> bool:
+    client = redis.Redis(port=port, socket_connect_timeout=0.5, decode_responses=True)
+    try:
+        return bool(client.cluster("info").get("cluster_state") == "ok")
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()

@@ -25,8 +25,9 @@ T0 = 1_800_000_000
 class JobStores:
     """Opens job stores of one kind on this test's namespace."""
 
-    def __init__(self, kind: str, folder: Path, clock: FakeClock) -> None:
+    def __init__(self, kind: str, folder: Path, clock: FakeClock, redis_url: str = REDIS_URL) -> None:
         self.kind = kind
+        self.redis_url = redis_url  # the machine's Redis, or a private Redis Cluster
         self.clock = clock
         self.prefix = f"tytest-{uuid.uuid4().hex[:12]}"
         self._path = folder / f"{self.prefix}.sqlite3"
@@ -35,8 +36,8 @@ class JobStores:
     def open(self) -> JobStore:
         """A store on the namespace (another replica, if one is open already)."""
         store: JobStore
-        if self.kind == "redis":
-            store = RedisJobStore(REDIS_URL, prefix=self.prefix, clock=self.clock)
+        if self.kind.startswith("redis"):
+            store = RedisJobStore(self.redis_url, prefix=self.prefix, clock=self.clock)
         else:
             store = SqliteJobStore(self._path, clock=self.clock)
         self._opened.append(store)
@@ -54,11 +55,14 @@ def clock() -> FakeClock:
     return FakeClock(float(T0))
 
 
-@pytest.fixture(params=["redis", "sqlite"])
+@pytest.fixture(params=["redis", "redis-cluster", "sqlite"])
 async def job_stores(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[JobStores]:
-    stores = JobStores(request.param, tmp_path, clock)
+    if request.param == "redis-cluster":
+        stores = JobStores(request.param, tmp_path, clock, request.getfixturevalue("redis_cluster"))
+    else:
+        stores = JobStores(request.param, tmp_path, clock)
     try:
         yield stores
     finally:

@@ -196,8 +196,11 @@ class MeterConfig(_Strict):
     @field_validator("store")
     @classmethod
     def _known_store(cls, value: str) -> str:
-        if value != "off" and not value.startswith(("redis://", "rediss://", "unix://", "sqlite:///")):
-            raise ValueError("must be redis://…, rediss://…, unix://…, sqlite:///PATH or off")
+        known = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://", "sqlite:///")
+        if value != "off" and not value.startswith(known):
+            raise ValueError(
+                "must be redis://…, rediss://…, unix://…, redis+cluster://…, sqlite:///PATH or off"
+            )
         return value
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final, Self
+from typing import Any, Final, Self
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
@@ -26,20 +26,32 @@ UNAVAILABLE: Final = (
     rex.ReadOnlyError,  # a replica promoted mid-failover
     rex.ClusterDownError,
     rex.TryAgainError,
+    rex.RedisClusterException,  # e.g. no node of the cluster reachable, or slots not covered
     OSError,
 )
 
 
-def connect(url: str, *, socket_timeout_s: float) -> aioredis.Redis:
+# ``redis+cluster://host:port`` names any node of a Redis (or Valkey) Cluster: the client learns the rest
+# of the topology from it and follows MOVED and ASK redirects.
+CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+Client = aioredis.Redis | aioredis.RedisCluster
+
+
+def connect(url: str, *, socket_timeout_s: float) -> Client:
     """A client for ``url`` (nothing connects until first used) that never retries on its own."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=socket_timeout_s,
-        health_check_interval=10,
-        decode_responses=True,
-        retry=Retry(NoBackoff(), 0),
-    )
+    scheme, _, rest = url.partition("://")
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": socket_timeout_s,
+        "health_check_interval": 10,
+        "decode_responses": True,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    if plain is not None:
+        return aioredis.RedisCluster.from_url(f"{plain}://{rest}", **options)
+    return aioredis.Redis.from_url(url, **options)
 
 
 @contextmanager

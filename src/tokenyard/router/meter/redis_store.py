@@ -55,6 +55,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+_HEARTBEAT_SCRIPT: Final = """
+-- Refresh a member of the live set and count the live. (A script, not MULTI: redis-py's Cluster client
+-- runs a MULTI on a thread's event loop of its own.)
+-- KEYS[1] - the live set, zset: member -> expiry; ARGV[1] - member; ARGV[2] - its expiry; ARGV[3] - now
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+return redis.call('ZCARD', KEYS[1])
+"""
+
 _WRITE_SCRIPT: Final = """
 -- Apply one flush batch atomically and exactly once. Returns 1 if applied, 0 if it had been already.
 -- KEYS[1] - the batch marker (present: the batch was applied, do nothing)
@@ -203,6 +212,7 @@ class RedisMeterStore(RedisBacked):
         # Fails fast, never resends on its own: the meter holds the batch and retries it later.
         super().__init__(url, socket_timeout_s=socket_timeout_s)
         self._write_script = self._redis.register_script(_WRITE_SCRIPT)
+        self._heartbeat_script = self._redis.register_script(_HEARTBEAT_SCRIPT)
 
     async def write(self, batch: FlushBatch) -> None:
         """Apply a batch atomically and exactly once (see ``MeterStore.write``)."""
@@ -273,11 +283,9 @@ class RedisMeterStore(RedisBacked):
         """Refresh ``member`` in the live set (scored by expiry, on this replica's clock); count the live."""
         now = self._clock()
         with mapped_errors(_STORE):
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.zadd(self.keys.members, {member: now + ttl_s})
-            pipe.zremrangebyscore(self.keys.members, "-inf", now)
-            pipe.zcard(self.keys.members)
-            *_, count = await pipe.execute()
+            count = await self._heartbeat_script(
+                keys=[self.keys.members], args=[member, repr(now + ttl_s), repr(now)]
+            )
         return int(count)
 
     async def put_document(self, name: str, body: bytes) -> None:

@@ -2,6 +2,8 @@
 
 - ``redis://[[user]:password@]host:port/db``, ``rediss://…`` (TLS) or
   ``unix://[[user]:password@]/path.sock?db=0``: ``RedisMeterStore``, shared by any number of replicas.
+- ``redis+cluster://[[user]:password@]host:port`` (or ``rediss+cluster://``): the same on a Redis Cluster,
+  any node of it named. Every key shares one hash tag, so one shard holds a deployment's data.
 - ``sqlite:///<path>``: ``SqliteMeterStore`` at ``<path>``, which is everything after the third slash, taken
   literally (as in SQLAlchemy): ``sqlite:///meter.db`` is relative to the working directory,
   ``sqlite:////var/lib/tokenyard/meter.db`` (four slashes) is absolute.
@@ -17,7 +19,7 @@ from tokenyard.router.config import MeterConfig
 from tokenyard.router.meter.keys import MeterKeys
 from tokenyard.router.meter.store import MeterStore
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 SQLITE_PREFIX = "sqlite:///"
 _HIDDEN = "***"
 
@@ -51,7 +53,7 @@ def open_store(url: str, *, prefix: str, retention_s: int, records_max: int) -> 
             (
                 "meter.store",
                 f"unknown store {redacted(url)!r}: use redis://host:port/db, rediss://…, unix:///path.sock, "
-                "sqlite:///path or off",
+                "redis+cluster://host:port, sqlite:///path or off",
             )
         ]
     )

@@ -71,6 +71,23 @@ return 1
 """
 )
 
+# Objects are written and forgotten by scripts, not MULTI: atomic on one server and on a Cluster slot alike
+# (redis-py's Cluster client runs a MULTI on a thread's event loop of its own).
+_PUT_OBJECT: Final = """
+-- KEYS[1] the object's hash, KEYS[2] its kind's index for the tenant; ARGV[1] tenant, ARGV[2] created_at,
+-- ARGV[3] body, ARGV[4] retention s, ARGV[5] id
+redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'created_at', ARGV[2], 'body', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+"""
+
+_DELETE_OBJECT: Final = """
+-- KEYS[1] the object's hash, KEYS[2] its index; ARGV[1] id
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+"""
+
 _RELEASE: Final = """
 -- KEYS[1] stream, KEYS[2] entry hash, KEYS[3] batch set, KEYS[4] open batches, KEYS[5...] each job's
 -- result key; ARGV[1] batch ref, ARGV[2...] the job ids (same order). Returns the jobs put back.
@@ -112,6 +129,8 @@ class RedisJobStore(RedisBacked):
         self._complete = self._redis.register_script(_COMPLETE)
         self._hold = self._redis.register_script(_HOLD)
         self._release = self._redis.register_script(_RELEASE)
+        self._put_object = self._redis.register_script(_PUT_OBJECT)
+        self._delete_object = self._redis.register_script(_DELETE_OBJECT)
         self._group_ready = False
 
     def _job(self, job_id: str) -> str:
@@ -259,14 +278,10 @@ class RedisJobStore(RedisBacked):
         """Keep an object (a hash), indexed per kind and tenant by creation time; kept retention_s."""
         key, index = self._object(obj.kind, obj.id), self._objects_of(obj.kind, obj.tenant)
         with mapped_errors(_STORE):
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.hset(
-                key, mapping={"tenant": obj.tenant, "created_at": repr(obj.created_at), "body": obj.body}
+            await self._put_object(
+                keys=[key, index],
+                args=[obj.tenant, repr(obj.created_at), obj.body, self._retention_s, obj.id],
             )
-            pipe.expire(key, self._retention_s)
-            pipe.zadd(index, {obj.id: obj.created_at})
-            pipe.expire(index, self._retention_s)
-            await pipe.execute()
 
     async def get_object(self, kind: str, obj_id: str) -> StoredObject | None:
         """An object by kind and id, or None."""
@@ -300,10 +315,9 @@ class RedisJobStore(RedisBacked):
         if obj is None:
             return False
         with mapped_errors(_STORE):
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.delete(self._object(kind, obj_id))
-            pipe.zrem(self._objects_of(kind, obj.tenant), obj_id)
-            await pipe.execute()
+            await self._delete_object(
+                keys=[self._object(kind, obj_id), self._objects_of(kind, obj.tenant)], args=[obj_id]
+            )
         return True
 
     async def stats(self) -> QueueStats:
