@@ -71,13 +71,17 @@ class RedisServer:
 
 
 class RedisClusterServers:
-    """A private Redis Cluster: three ``redis-server`` masters on free ports, joined by ``redis-cli``."""
+    """A private Redis Cluster: ``redis-server`` masters (and replicas) on free ports, joined by redis-cli.
 
-    def __init__(self, folder: Path, masters: int = 3) -> None:
+    A node that stops answering fails over after 1 s (``cluster-node-timeout``), so tests can watch it.
+    """
+
+    def __init__(self, folder: Path, masters: int = 3, replicas: int = 0) -> None:
         if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
             raise RuntimeError("redis-server and redis-cli are not installed (apt-get install redis-server)")
         self.folder = folder
-        self.ports = [free_port() for _ in range(masters)]
+        self.replicas = replicas  # per master
+        self.ports = [free_port() for _ in range(masters * (1 + replicas))]
         self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}"  # any node: the client finds the rest
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -90,6 +94,8 @@ class RedisClusterServers:
                 "cluster-enabled": "yes",
                 "cluster-port": free_port(),
                 "cluster-config-file": self.folder / f"nodes-{port}.conf",
+                "cluster-node-timeout": 1000,
+                "repl-diskless-sync-delay": 0,  # replicas sync at once, not after 5 s
                 "save": "",
                 "appendonly": "no",
                 "dir": self.folder,
@@ -102,22 +108,49 @@ class RedisClusterServers:
             _wait_for_ping(port)
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *nodes,
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
             check=True,
             capture_output=True,
             timeout=30,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if all(_cluster_ok(port) for port in self.ports):
+            if all(_node_ready(port) for port in self.ports):
                 return
             time.sleep(0.1)
         raise RuntimeError("the Redis Cluster did not become ok")
 
+    def master_of(self, key: str) -> int:
+        """The port of the master that serves ``key``'s slot now."""
+        client = redis.Redis(port=self.ports[0], decode_responses=True)
+        try:
+            slot = client.cluster("keyslot", key)
+            for first, last, master, *_ in client.cluster("slots"):
+                if first <= slot <= last:
+                    return int(master[1])
+        finally:
+            client.close()
+        raise RuntimeError(f"no master serves slot {slot}")
+
+    def kill(self, port: int) -> None:
+        """Kill one node with SIGKILL (its replica, if it has one, takes over about 2 s later)."""
+        proc = self.procs[self.ports.index(port)]
+        proc.kill()
+        proc.wait(10)
+
     def stop(self) -> None:
         """Stop every node."""
         for proc in self.procs:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.terminate()
         for proc in self.procs:
             proc.wait(10)
         self.procs = []
@@ -138,10 +171,14 @@ def _wait_for_ping(port: int) -> None:
     raise RuntimeError(f"redis-server on port {port} did not start")
 
 
-def _cluster_ok(port: int) -> bool:
+def _node_ready(port: int) -> bool:
+    """Whether a node sees the cluster ok and, if it is a replica, has synced with its master."""
     client = redis.Redis(port=port, socket_connect_timeout=0.5, decode_responses=True)
     try:
-        return bool(client.cluster("info").get("cluster_state") == "ok")
+        if client.cluster("info").get("cluster_state") != "ok":
+            return False
+        replication = client.info("replication")
+        return bool(replication["role"] == "master" or replication.get("master_link_status") == "up")
     except redis.RedisError:
         return False
     finally:
