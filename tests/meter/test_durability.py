@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import pytest_asyncio
 
@@ -133,6 +134,54 @@ async def test_sigterm_flushes_everything(
     try:
         assert code in (0, -signal.SIGTERM)
         assert await stored_totals(url, prefix) == (40, tokens, 40)
+    finally:
+        await delete_prefix(prefix)
+
+
+async def test_sigterm_finishes_streams_in_flight_and_cuts_them_at_the_drain_bound(
+    tmp_path: Path, store: tuple[str, str]
+) -> None:
+    """SIGTERM mid-stream: a stream that ends within ``drain_timeout_s`` is delivered whole; one that would
+    not is cut at the bound; both are metered by the shutdown flush; the process exits."""
+    url, prefix = store
+    async with simulators(slow=SimulatorConfig(ttft_ms=1, ttft_jitter=0, tokens_per_s=10)) as sims:
+        cfg = config(sims["slow"], url, prefix, 60)  # only the shutdown flush writes
+        cfg["server"].update(unready_s=0, drain_timeout_s=3)
+        proxy = await start_proxy(cfg, tmp_path)
+        try:
+            async with proxy.client() as client:
+
+                async def stream(max_tokens: int) -> AsyncIterator[Any]:
+                    chunks = await client.chat.completions.create(
+                        model="m",
+                        messages=MESSAGES,
+                        max_tokens=max_tokens,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                    )
+                    async for chunk in chunks:
+                        yield chunk
+
+                short, long = stream(12), stream(600)  # about 1.2 s and 60 s at 10 tokens/s
+                await anext(short)
+                await anext(long)
+                proxy.proc.send_signal(signal.SIGTERM)
+                stopped = time.monotonic()
+                rest = [chunk async for chunk in short]
+                assert rest[-1].usage is not None
+                assert rest[-1].usage.completion_tokens == 12
+                with pytest.raises(openai.APIConnectionError):  # cut: no clean end, the client knows
+                    async for _ in long:
+                        pass
+                code = await asyncio.to_thread(proxy.proc.wait, 30)
+                assert code in (0, -signal.SIGTERM)
+                assert time.monotonic() - stopped < 3 + 5, "the drain is bounded"
+        finally:
+            proxy.stop()
+    try:
+        requests, tokens, records = await stored_totals(url, prefix)
+        assert requests == records == 2  # the cut stream too, with the tokens it had sent
+        assert 12 + 1 < tokens < 12 + 600
     finally:
         await delete_prefix(prefix)
 
