@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
         help="run the proxy",
         description="Run the proxy. With no --config (and no TOKENYARD_CONFIG), a built-in quick-start "
         "config starts simulated backends in-process, so it works with no keys and no network.",
+        epilog="Signals: SIGTERM or SIGINT turns /health/ready to 503 for server.unready_s, then drains "
+        "in-flight requests and streams for at most server.drain_timeout_s, flushes the meter and exits. "
+        "SIGHUP re-reads the config file: keys, the admin key, async_track and advisor apply at once; "
+        "other sections wait for a restart (POST /admin/reload does the same on every replica).",
     )
     serve.add_argument(
         "--config", metavar="FILE", help="YAML config (default: $TOKENYARD_CONFIG, else built-in)"
