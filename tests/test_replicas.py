@@ -199,22 +199,30 @@ async def test_a_dedicated_backends_cap_holds_across_the_replicas(
     async with simulators(slow_ded=slow) as extra:
         cfg = config(sims, prefix)
         cfg["backends"]["ded"] = backend("dedicated", extra["slow_ded"].base_url, max_concurrency=3)
+        cfg["backends"]["api"]["rpm"] = 600
         fleet = await replicas(cfg, tmp_path)
         try:
             async with httpx.AsyncClient(timeout=30) as http:
 
-                async def caps_shared() -> None:
-                    for proxy in fleet:
-                        state = (
-                            await http.get(
-                                f"{proxy.url}/admin/backends",
-                                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                            )
-                        ).json()
-                        ded = next(b for b in state["data"] if b["name"] == "ded")
-                        assert ded["max_concurrency"] == 1, "a cap of 3 split over 3 replicas"
+                async def shares(proxy: ProxyProcess) -> dict[str, dict[str, Any]]:
+                    state = (
+                        await http.get(
+                            f"{proxy.url}/admin/backends", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+                        )
+                    ).json()
+                    return {b["name"]: b for b in state["data"]}
 
-                await eventually(caps_shared)
+                def shared_by(live: list[ProxyProcess], n: int) -> Callable[[], Awaitable[None]]:
+                    async def check() -> None:
+                        for proxy in live:
+                            state = await shares(proxy)
+                            assert state["ded"]["proxy_replicas"] == n
+                            assert state["ded"]["max_concurrency"] == max(1, 3 // n)
+                            assert state["api"]["rpm"] == 600 // n
+
+                    return check
+
+                await eventually(shared_by(fleet, 3))  # a cap of 3 split over 3 replicas: 1 each
                 answers = await asyncio.gather(*(chat(fleet[i % 3], http) for i in range(12)))
                 assert [a.status_code for a in answers] == [200] * 12
                 routes = [a.headers["x-tokenyard-backend"] for a in answers]
@@ -222,22 +230,11 @@ async def test_a_dedicated_backends_cap_holds_across_the_replicas(
                 assert "api" in routes  # the rest spilled over
                 stats = (await http.get(f"{extra['slow_ded'].base_url.removesuffix('/v1')}/sim/stats")).json()
                 assert stats["max_in_flight"] <= 3, "never more in flight on the backend than its cap"
-            fleet[0].stop()  # a graceful stop leaves at once: the others take the whole cap back
-
-            async def caps_regrown() -> None:
-                for proxy in fleet[1:]:
-                    async with httpx.AsyncClient() as http:
-                        state = (
-                            await http.get(
-                                f"{proxy.url}/admin/backends",
-                                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                            )
-                        ).json()
-                    assert (
-                        next(b for b in state["data"] if b["name"] == "ded")["max_concurrency"] == 1
-                    )  # 3 // 2
-
-            await eventually(caps_regrown)
+                # A graceful stop leaves the live set at once: the others take the caps back.
+                fleet[0].stop()
+                await eventually(shared_by(fleet[1:], 2))
+                fleet[1].stop()
+                await eventually(shared_by(fleet[2:], 1))
         finally:
             for proxy in fleet:
                 proxy.stop()

@@ -179,6 +179,10 @@ class AdminApi:
                 "kind": backend.config.kind,
                 "in_flight": backend.in_flight,
                 "max_concurrency": backend.max_concurrency,
+                # This replica's share of the caps: they are split among the live proxy replicas.
+                "rpm": int(backend.rpm.max_rate) if backend.rpm else None,
+                "tpm": int(backend.tpm.max_rate) if backend.tpm else None,
+                "proxy_replicas": backend.cluster_size,
                 "circuit": "open" if backend.breaker.tripped else "closed",
                 "failures": backend.failures,
             }
