@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -74,6 +75,7 @@ class RedisClusterServers:
     """A private Redis Cluster: ``redis-server`` masters (and replicas) on free ports, joined by redis-cli.
 
     A node that stops answering fails over after 1 s (``cluster-node-timeout``), so tests can watch it.
+    Needs Redis 7 or newer (``cluster-port``).
     """
 
     def __init__(self, folder: Path, masters: int = 3, replicas: int = 0) -> None:
@@ -81,18 +83,20 @@ class RedisClusterServers:
             raise RuntimeError("redis-server and redis-cli are not installed (apt-get install redis-server)")
         self.folder = folder
         self.replicas = replicas  # per master
-        self.ports = [free_port() for _ in range(masters * (1 + replicas))]
+        nodes = masters * (1 + replicas)
+        ports = _free_ports(2 * nodes)  # all at once, so no two are the same
+        self.ports, self._bus_ports = ports[:nodes], ports[nodes:]
         self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}"  # any node: the client finds the rest
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         """Start the nodes, assign the slots, and wait until every node says the cluster is ok."""
-        for port in self.ports:
+        for port, bus_port in zip(self.ports, self._bus_ports, strict=True):
             options = {
                 "port": port,
                 "bind": "127.0.0.1",
                 "cluster-enabled": "yes",
-                "cluster-port": free_port(),
+                "cluster-port": bus_port,
                 "cluster-config-file": self.folder / f"nodes-{port}.conf",
                 "cluster-node-timeout": 1000,
                 "repl-diskless-sync-delay": 0,  # replicas sync at once, not after 5 s
@@ -154,6 +158,17 @@ class RedisClusterServers:
         for proc in self.procs:
             proc.wait(10)
         self.procs = []
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _wait_for_ping(port: int) -> None:

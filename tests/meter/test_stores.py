@@ -16,7 +16,14 @@ def open_url(url: str) -> MeterStore:
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://127.0.0.1:6379/0", "rediss://:pw@cache.example:6380/1", "unix:///run/redis.sock?db=2"]
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://:pw@cache.example:6380/1",
+        "unix:///run/redis.sock?db=2",
+        "redis+cluster://node-1.example:6379",
+        "rediss+cluster://:pw@node-1.example:6380/0",
+    ],
 )
 async def test_redis_urls_open_the_redis_store(url: str) -> None:
     store = open_url(url)
@@ -48,6 +55,7 @@ async def test_sqlite_urls_name_a_path_after_the_third_slash(url: str, path: str
         ("sqlite:///", "tokenyard", "meter.store"),
         ("redis://localhost:port/0", "tokenyard", "meter.store"),
         ("redis://localhost:6379/0", "a}b", "meter.redis_prefix"),
+        ("redis+cluster://localhost:6379/1", "tokenyard", "meter.store"),  # a Cluster has db 0 only
     ],
 )
 def test_unusable_settings_are_config_errors_named_by_path(url: str, prefix: str, where: str) -> None:
@@ -72,6 +80,8 @@ def test_an_unknown_scheme_does_not_echo_a_password() -> None:
         ("redis://host:6379/0", "redis://host:6379/0"),
         ("sqlite:////var/lib/meter.sqlite3", "sqlite:////var/lib/meter.sqlite3"),
         ("redis://:s3cret@[::1", "redis://***"),
+        ("redis+cluster://carol:s3cret@node:6379", "redis+cluster://carol:***@node:6379"),
+        ("redis+cluster://u:s3/cr#et@node:6379", "redis+cluster://u:***@node:6379"),  # raw '/' and '#'
     ],
 )
 def test_redacted_hides_passwords_and_nothing_else(url: str, shown: str) -> None:

@@ -167,6 +167,9 @@ async def test_invalid_input_fails_the_batch_with_errors_by_line(tmp_path: Path)
                 )
             with pytest.raises(openai.BadRequestError):
                 await client.files.create(file=("x.jsonl", io.BytesIO(b"{}")), purpose="fine-tune")
+            with pytest.raises(openai.BadRequestError) as not_utf8:
+                await client.files.create(file=("x.jsonl", io.BytesIO(b'{"a": "\xff"}\n')), purpose="batch")
+            assert "byte 7 is not UTF-8" in not_utf8.value.message  # 0-based, as the offset in the file
 
 
 async def test_tenants_can_neither_see_nor_use_each_others_files_and_batches(tmp_path: Path) -> None:

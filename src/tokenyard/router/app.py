@@ -191,7 +191,7 @@ class TokenyardApp:
                 self.jobs,
                 may_use=lambda who, model: who.may_use(model) and model in proxy.models,
                 wake=self.dispatcher.wake,
-                max_body_bytes=self.config.server.max_body_bytes,
+                max_body_bytes=proxy.max_body_bytes,  # the start-up limit, as the proxy's own
                 wall=self.wall,
             )
         await self.batch_api.handle(scope, receive, send, principal)

@@ -179,7 +179,8 @@ def default_store_url() -> str:
 class MeterConfig(_Strict):
     """Where usage is kept and how often it is written there."""
 
-    # redis://host:6379/0 (shared by any number of replicas), sqlite:///path (embedded), or "off".
+    # redis://host:6379/0 or redis+cluster://node:6379 (shared by any number of replicas), sqlite:///path
+    # (embedded), or "off".
     store: str = Field(default_factory=default_store_url)
     redis_prefix: str = "tokenyard"
     flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
@@ -199,7 +200,8 @@ class MeterConfig(_Strict):
         known = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://", "sqlite:///")
         if value != "off" and not value.startswith(known):
             raise ValueError(
-                "must be redis://…, rediss://…, unix://…, redis+cluster://…, sqlite:///PATH or off"
+                "must be redis://…, rediss://…, unix://…, redis+cluster://…, rediss+cluster://…, "
+                "sqlite:///PATH or off"
             )
         return value
 

@@ -26,7 +26,7 @@ UNAVAILABLE: Final = (
     rex.ReadOnlyError,  # a replica promoted mid-failover
     rex.ClusterDownError,
     rex.TryAgainError,
-    rex.RedisClusterException,  # e.g. no node of the cluster reachable, or slots not covered
+    rex.SlotNotCoveredError,  # a Cluster mid-failover
     OSError,
 )
 
@@ -64,6 +64,10 @@ def mapped_errors(what: str) -> Iterator[None]:
         yield
     except UNAVAILABLE as exc:
         raise StoreUnavailable(f"the Redis {what} is unavailable: {exc}") from exc
+    except rex.RedisClusterException as exc:
+        if isinstance(exc.__cause__, UNAVAILABLE):  # no node of the Cluster could be reached
+            raise StoreUnavailable(f"the Redis {what} is unavailable: {exc}") from exc
+        raise StoreError(f"the Redis {what} failed: {exc}") from exc  # a bug (e.g. keys across slots)
     except rex.RedisError as exc:
         raise StoreError(f"the Redis {what} failed: {exc}") from exc
     if task is not None and task.cancelling() > cancels_before:

@@ -5,7 +5,9 @@ done) starts a worker process (``worker.py``) that reads the window's aggregates
 and stores the advice and the stability state as documents. Every other replica reads the stored advice, so
 the advice API and the gauges agree everywhere. A replica stopped mid-evaluation releases the lock, so the
 next replica to look evaluates; one killed loses it when the interval ends. A failed evaluation keeps it:
-retrying at once would only fail again on every replica.
+retrying at once would only fail again on every replica. (A worker stopped between storing the stability
+state and the advice lets that interval advance the state twice: at worst a recommendation turns stable one
+evaluation early.)
 
 Why a process: replaying weeks of minutes is seconds of CPU. In the proxy's process it would compete for
 the GIL with the requests (the event loop stalled up to ~90 ms per evaluation, measured) and stay in its

@@ -36,11 +36,13 @@ def open_store(url: str, *, prefix: str, retention_s: int, records_max: int) -> 
             MeterKeys(prefix)
         except ValueError as exc:
             raise ConfigError([("meter.redis_prefix", str(exc))]) from exc
+        from redis.exceptions import RedisClusterException
+
         from tokenyard.router.meter.redis_store import RedisMeterStore
 
         try:
             return RedisMeterStore(url, prefix=prefix, retention_s=retention_s, records_max=records_max)
-        except ValueError as exc:  # redis-py could not parse the URL
+        except (ValueError, RedisClusterException) as exc:  # redis-py refused the URL (a Cluster: db 0 only)
             raise ConfigError([("meter.store", f"{redacted(url)}: {exc}")]) from exc
     if scheme == "sqlite":
         if not url.startswith(SQLITE_PREFIX) or url == SQLITE_PREFIX:
@@ -53,7 +55,7 @@ def open_store(url: str, *, prefix: str, retention_s: int, records_max: int) -> 
             (
                 "meter.store",
                 f"unknown store {redacted(url)!r}: use redis://host:port/db, rediss://…, unix:///path.sock, "
-                "redis+cluster://host:port, sqlite:///path or off",
+                "redis+cluster://host:port, rediss+cluster://…, sqlite:///path or off",
             )
         ]
     )
@@ -71,11 +73,16 @@ def open_configured_store(meter: MeterConfig) -> MeterStore:
 
 def redacted(url: str) -> str:
     """``url`` with any password (``user:password@`` or ``?password=``) replaced by ``***``, for logs."""
+    scheme, _, rest = url.partition("://")
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
-        return url.partition("://")[0] + "://" + _HIDDEN  # unparseable: show nothing that could be secret
+        return scheme + "://" + _HIDDEN  # unparseable: show nothing that could be secret
+    if password is None and "@" in rest and scheme.lower() != "sqlite":
+        # A password with a raw '/', '?' or '#' hides its '@' from urlsplit: hide up to the last '@'.
+        userinfo, _, host = rest.rpartition("@")
+        return f"{scheme}://{userinfo.partition(':')[0]}:{_HIDDEN}@{host}"
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     in_query = any(name == "password" for name, _ in pairs)
     if password is None and not in_query:

@@ -115,6 +115,12 @@ class BatchApi:
         upload = form.get("file")
         if upload is None or upload.filename is None:
             raise InvalidRequest("Missing the file to upload.", param="file")
+        try:
+            upload.content.decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(
+                f"A batch input file must be UTF-8 JSONL: byte {exc.start} is not UTF-8.", param="file"
+            ) from exc
         now = self.wall()
         meta = {"id": _new_id("file-"), "bytes": len(upload.content), "created_at": int(now),
                 "filename": upload.filename, "purpose": purpose}  # fmt: skip
