@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, simulators, start_proxy
-from tests.meter.redis_util import REDIS_URL, RedisClusterServers, delete_prefix
+from tests.meter.redis_util import REDIS_URL, RedisClusterServers, delete_prefix, redis_url_for
 from tokenyard.router.config import load_config
 from tokenyard.simulator.config import SimulatorConfig
 
@@ -98,8 +98,7 @@ async def usage(proxy: ProxyProcess, http: httpx.AsyncClient, **params: str) -> 
 async def test_totals_are_exact_and_jobs_answered_once_across_three_replicas(
     sims: dict[str, Any], prefix: str, tmp_path: Path, on: str, request: pytest.FixtureRequest
 ) -> None:
-    store = request.getfixturevalue("redis_cluster") if on == "redis-cluster" else REDIS_URL
-    fleet = await replicas(config(sims, prefix, store=store), tmp_path)
+    fleet = await replicas(config(sims, prefix, store=redis_url_for(on, request)), tmp_path)
     try:
         async with httpx.AsyncClient(timeout=30) as http:
             answers = await asyncio.gather(*(chat(fleet[i % 3], http) for i in range(60)))

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.harness import free_port
-from tests.meter.redis_util import REDIS_URL
+from tests.meter.redis_util import REDIS_URL, redis_url_for
 from tokenyard.router.config import BackendConfig
 from tokenyard.router.meter.keys import MeterKeys
 from tokenyard.router.meter.redis_store import RedisMeterStore
@@ -146,10 +146,7 @@ def clock() -> FakeClock:
 @pytest.fixture(params=["redis", "redis-cluster", "sqlite"])
 async def stores(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Stores]:
     """A factory of stores of each kind, cleaned up after the test."""
-    if request.param == "redis-cluster":
-        factory = Stores(request.param, tmp_path, clock, request.getfixturevalue("redis_cluster"))
-    else:
-        factory = Stores(request.param, tmp_path, clock)
+    factory = Stores(request.param, tmp_path, clock, redis_url_for(request.param, request))
     try:
         yield factory
     finally:

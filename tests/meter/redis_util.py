@@ -11,12 +11,22 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 
 from tests.harness import free_port
 
 REDIS_URL = os.environ.get("TOKENYARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def redis_url_for(kind: str, request: pytest.FixtureRequest) -> str:
+    """The Redis a test parameter names: ``redis-cluster`` is the session's private Cluster (started at the
+    first test that asks for it), anything else the machine's Redis."""
+    if kind == "redis-cluster":
+        url: str = request.getfixturevalue("redis_cluster")
+        return url
+    return REDIS_URL
 
 
 async def delete_prefix(prefix: str, url: str = REDIS_URL) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.meter.conftest import FakeClock
-from tests.meter.redis_util import REDIS_URL, delete_prefix
+from tests.meter.redis_util import REDIS_URL, delete_prefix, redis_url_for
 from tokenyard.router.queue.redis_queue import RedisJobStore
 from tokenyard.router.queue.sqlite_queue import SqliteJobStore
 from tokenyard.router.queue.store import JobStore
@@ -59,10 +59,7 @@ def clock() -> FakeClock:
 async def job_stores(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[JobStores]:
-    if request.param == "redis-cluster":
-        stores = JobStores(request.param, tmp_path, clock, request.getfixturevalue("redis_cluster"))
-    else:
-        stores = JobStores(request.param, tmp_path, clock)
+    stores = JobStores(request.param, tmp_path, clock, redis_url_for(request.param, request))
     try:
         yield stores
     finally:
