@@ -72,8 +72,28 @@ def prefix() -> str:
     return f"tytest-{uuid.uuid4().hex[:12]}"
 
 
-async def replicas(cfg: dict[str, Any], tmp_path: Path, n: int = 3) -> list[ProxyProcess]:
-    return [await start_proxy(cfg, tmp_path) for _ in range(n)]
+Launch = Callable[..., Awaitable[list[ProxyProcess]]]
+
+
+@pytest.fixture
+async def launch(prefix: str, tmp_path: Path) -> AsyncIterator[Launch]:
+    """``await launch(cfg, n=3)`` starts n replicas of a config; at the end of the test every replica
+    launched is stopped and the prefix's keys on the machine's Redis are deleted."""
+    started: list[ProxyProcess] = []
+
+    async def start(cfg: dict[str, Any], n: int = 3) -> list[ProxyProcess]:
+        fleet = []
+        for _ in range(n):
+            fleet.append(await start_proxy(cfg, tmp_path))
+            started.append(fleet[-1])
+        return fleet
+
+    try:
+        yield start
+    finally:
+        for proxy in started:
+            proxy.stop()
+        await delete_prefix(prefix)
 
 
 async def chat(proxy: ProxyProcess, http: httpx.AsyncClient, **headers: str) -> httpx.Response:
@@ -96,101 +116,91 @@ async def usage(proxy: ProxyProcess, http: httpx.AsyncClient, **params: str) -> 
 
 @pytest.mark.parametrize("on", ["redis", "redis-cluster"])
 async def test_totals_are_exact_and_jobs_answered_once_across_three_replicas(
-    sims: dict[str, Any], prefix: str, tmp_path: Path, on: str, request: pytest.FixtureRequest
+    sims: dict[str, Any], prefix: str, launch: Launch, on: str, request: pytest.FixtureRequest
 ) -> None:
-    fleet = await replicas(config(sims, prefix, store=redis_url_for(on, request)), tmp_path)
-    try:
-        async with httpx.AsyncClient(timeout=30) as http:
-            answers = await asyncio.gather(*(chat(fleet[i % 3], http) for i in range(60)))
-            assert [a.status_code for a in answers] == [200] * 60
-            completion = sum(a.json()["usage"]["completion_tokens"] for a in answers)
-            accepted = [await chat(fleet[i % 3], http, Prefer="respond-async") for i in range(9)]
+    fleet = await launch(config(sims, prefix, store=redis_url_for(on, request)))
+    async with httpx.AsyncClient(timeout=30) as http:
+        answers = await asyncio.gather(*(chat(fleet[i % 3], http) for i in range(60)))
+        assert [a.status_code for a in answers] == [200] * 60
+        completion = sum(a.json()["usage"]["completion_tokens"] for a in answers)
+        accepted = [await chat(fleet[i % 3], http, Prefer="respond-async") for i in range(9)]
 
-            async def every_job_answered_polling_another_replica() -> None:
-                for i, a in enumerate(accepted):
-                    got = await http.get(
-                        fleet[(i + 1) % 3].url + a.headers["location"],
-                        headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-                    )
-                    assert got.status_code == 200
+        async def every_job_answered_polling_another_replica() -> None:
+            for i, a in enumerate(accepted):
+                got = await http.get(
+                    fleet[(i + 1) % 3].url + a.headers["location"],
+                    headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                )
+                assert got.status_code == 200
 
-            await eventually(every_job_answered_polling_another_replica, timeout_s=20)
+        await eventually(every_job_answered_polling_another_replica, timeout_s=20)
 
-            async def counted_once_on_every_replica() -> None:
-                for proxy in fleet:
-                    rows = {r["mode"]: r for r in (await usage(proxy, http, group_by="mode"))["data"]}
-                    assert rows["realtime"]["requests"] == 60
-                    assert rows["realtime"]["completion_tokens"] == completion
-                    assert rows["async"]["requests"] == 9
+        async def counted_once_on_every_replica() -> None:
+            for proxy in fleet:
+                rows = {r["mode"]: r for r in (await usage(proxy, http, group_by="mode"))["data"]}
+                assert rows["realtime"]["requests"] == 60
+                assert rows["realtime"]["completion_tokens"] == completion
+                assert rows["async"]["requests"] == 9
 
-            await eventually(counted_once_on_every_replica)
-    finally:
-        for proxy in fleet:
-            proxy.stop()
-        await delete_prefix(prefix)
+        await eventually(counted_once_on_every_replica)
 
 
 async def test_the_dispatcher_lead_moves_when_its_replica_is_killed_mid_batch(
-    sims: dict[str, Any], prefix: str, tmp_path: Path
+    sims: dict[str, Any], prefix: str, launch: Launch
 ) -> None:
-    fleet = await replicas(config(sims, prefix, dedicated=False), tmp_path)
-    try:
-        async with httpx.AsyncClient(timeout=30) as http:
+    fleet = await launch(config(sims, prefix, dedicated=False))
+    async with httpx.AsyncClient(timeout=30) as http:
 
-            async def leader(among: list[ProxyProcess]) -> ProxyProcess:
-                for proxy in among:
-                    queue = (
-                        await http.get(
-                            f"{proxy.url}/admin/queue", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-                        )
-                    ).json()
-                    if queue.get("leader"):
-                        return proxy
-                raise AssertionError("no leader yet")
-
-            first: list[ProxyProcess] = []
-
-            async def found() -> None:
-                first[:] = [await leader(fleet)]
-
-            await eventually(found)
-            accepted = [await chat(fleet[i % 3], http, Prefer="respond-async") for i in range(5)]
-
-            async def in_a_provider_batch() -> None:
-                batches = (await http.get(f"{sims['batch'].base_url}/batches")).json()["data"]
-                assert [b["request_counts"]["total"] for b in batches] == [5]
-
-            await eventually(in_a_provider_batch)
-            first[0].stop(signal.SIGKILL)
-            survivors = [p for p in fleet if p is not first[0]]
-
-            async def all_answered() -> None:
-                for a in accepted:
-                    got = await http.get(
-                        survivors[0].url + a.headers["location"],
-                        headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+        async def leader(among: list[ProxyProcess]) -> ProxyProcess:
+            for proxy in among:
+                queue = (
+                    await http.get(
+                        f"{proxy.url}/admin/queue", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
                     )
-                    assert got.status_code == 200
-                    assert got.headers["x-tokenyard-path"] == "provider_batch"
+                ).json()
+                if queue.get("leader"):
+                    return proxy
+            raise AssertionError("no leader yet")
 
-            await eventually(all_answered, timeout_s=30)  # the lock hands over within 10 s
-            assert await leader(survivors) in survivors  # the lead moved to a live replica
+        first: list[ProxyProcess] = []
+
+        async def found() -> None:
+            first[:] = [await leader(fleet)]
+
+        await eventually(found)
+        accepted = [await chat(fleet[i % 3], http, Prefer="respond-async") for i in range(5)]
+
+        async def in_a_provider_batch() -> None:
             batches = (await http.get(f"{sims['batch'].base_url}/batches")).json()["data"]
-            assert len(batches) == 1, "resumed, not submitted again"
+            assert [b["request_counts"]["total"] for b in batches] == [5]
 
-            async def billed_once() -> None:
-                rows = (await usage(survivors[1], http, group_by="mode"))["data"]
-                assert [(r["mode"], r["requests"]) for r in rows] == [("async", 5)]
+        await eventually(in_a_provider_batch)
+        first[0].stop(signal.SIGKILL)
+        survivors = [p for p in fleet if p is not first[0]]
 
-            await eventually(billed_once)
-    finally:
-        for proxy in fleet:
-            proxy.stop()
-        await delete_prefix(prefix)
+        async def all_answered() -> None:
+            for a in accepted:
+                got = await http.get(
+                    survivors[0].url + a.headers["location"],
+                    headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                )
+                assert got.status_code == 200
+                assert got.headers["x-tokenyard-path"] == "provider_batch"
+
+        await eventually(all_answered, timeout_s=30)  # the lock hands over within 10 s
+        assert await leader(survivors) in survivors  # the lead moved to a live replica
+        batches = (await http.get(f"{sims['batch'].base_url}/batches")).json()["data"]
+        assert len(batches) == 1, "resumed, not submitted again"
+
+        async def billed_once() -> None:
+            rows = (await usage(survivors[1], http, group_by="mode"))["data"]
+            assert [(r["mode"], r["requests"]) for r in rows] == [("async", 5)]
+
+        await eventually(billed_once)
 
 
 async def test_a_dedicated_backends_cap_holds_across_the_replicas(
-    sims: dict[str, Any], prefix: str, tmp_path: Path
+    sims: dict[str, Any], prefix: str, launch: Launch
 ) -> None:
     slow = SimulatorConfig(
         mode="dedicated", max_concurrency=16, ttft_ms=1, ttft_jitter=0, tokens_per_s=40, default_max_tokens=20
@@ -199,55 +209,50 @@ async def test_a_dedicated_backends_cap_holds_across_the_replicas(
         cfg = config(sims, prefix)
         cfg["backends"]["ded"] = backend("dedicated", extra["slow_ded"].base_url, max_concurrency=3)
         cfg["backends"]["api"]["rpm"] = 600
-        fleet = await replicas(cfg, tmp_path)
-        try:
-            async with httpx.AsyncClient(timeout=30) as http:
+        fleet = await launch(cfg)
+        async with httpx.AsyncClient(timeout=30) as http:
 
-                async def shares(proxy: ProxyProcess) -> dict[str, dict[str, Any]]:
-                    state = (
-                        await http.get(
-                            f"{proxy.url}/admin/backends", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-                        )
-                    ).json()
-                    return {b["name"]: b for b in state["data"]}
+            async def shares(proxy: ProxyProcess) -> dict[str, dict[str, Any]]:
+                state = (
+                    await http.get(
+                        f"{proxy.url}/admin/backends", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+                    )
+                ).json()
+                return {b["name"]: b for b in state["data"]}
 
-                def shared_by(live: list[ProxyProcess], n: int) -> Callable[[], Awaitable[None]]:
-                    async def check() -> None:
-                        for proxy in live:
-                            state = await shares(proxy)
-                            assert state["ded"]["proxy_replicas"] == n
-                            assert state["ded"]["max_concurrency"] == max(1, 3 // n)
-                            assert state["api"]["rpm"] == 600 // n
+            def shared_by(live: list[ProxyProcess], n: int) -> Callable[[], Awaitable[None]]:
+                async def check() -> None:
+                    for proxy in live:
+                        state = await shares(proxy)
+                        assert state["ded"]["proxy_replicas"] == n
+                        assert state["ded"]["max_concurrency"] == max(1, 3 // n)
+                        assert state["api"]["rpm"] == 600 // n
 
-                    return check
+                return check
 
-                await eventually(shared_by(fleet, 3))  # a cap of 3 split over 3 replicas: 1 each
-                answers = await asyncio.gather(*(chat(fleet[i % 3], http) for i in range(12)))
-                assert [a.status_code for a in answers] == [200] * 12
-                routes = [a.headers["x-tokenyard-backend"] for a in answers]
-                assert routes.count("ded") >= 3
-                assert "api" in routes  # the rest spilled over
-                stats = (await http.get(f"{extra['slow_ded'].base_url.removesuffix('/v1')}/sim/stats")).json()
-                assert stats["max_in_flight"] <= 3, "never more in flight on the backend than its cap"
-                # A graceful stop leaves the live set at once: the others take the caps back.
-                fleet[0].stop()
-                await eventually(shared_by(fleet[1:], 2))
-                fleet[1].stop()
-                await eventually(shared_by(fleet[2:], 1))
-        finally:
-            for proxy in fleet:
-                proxy.stop()
-            await delete_prefix(prefix)
+            await eventually(shared_by(fleet, 3))  # a cap of 3 split over 3 replicas: 1 each
+            answers = await asyncio.gather(*(chat(fleet[i % 3], http) for i in range(12)))
+            assert [a.status_code for a in answers] == [200] * 12
+            routes = [a.headers["x-tokenyard-backend"] for a in answers]
+            assert routes.count("ded") >= 3
+            assert "api" in routes  # the rest spilled over
+            stats = (await http.get(f"{extra['slow_ded'].base_url.removesuffix('/v1')}/sim/stats")).json()
+            assert stats["max_in_flight"] <= 3, "never more in flight on the backend than its cap"
+            # A graceful stop leaves the live set at once: the others take the caps back.
+            fleet[0].stop()
+            await eventually(shared_by(fleet[1:], 2))
+            fleet[1].stop()
+            await eventually(shared_by(fleet[2:], 1))
 
 
 async def test_a_rolling_restart_under_load_fails_no_request(
-    sims: dict[str, Any], prefix: str, tmp_path: Path
+    sims: dict[str, Any], prefix: str, launch: Launch
 ) -> None:
     """An emulated load balancer sends only to replicas whose /health/ready is 200 (checked every 0.1 s);
     each replica in turn gets SIGTERM — unready first, then a drain — and is replaced by a new process."""
     cfg = config(sims, prefix)
     cfg["server"]["unready_s"] = 1.0
-    fleet = await replicas(cfg, tmp_path)
+    fleet = await launch(cfg)
     ready: list[ProxyProcess] = list(fleet)
     failures: list[str] = []
     served = 0
@@ -291,36 +296,29 @@ async def test_a_rolling_restart_under_load_fails_no_request(
             old.proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(old.proc.wait, 30)
             fleet.remove(old)
-            fleet.append(await start_proxy(cfg, tmp_path))
+            fleet += await launch(cfg, n=1)
         await asyncio.sleep(1)
     finally:
         done.set()
         await asyncio.gather(watcher, *clients)
-        for proxy in fleet:
-            proxy.stop()
-        await delete_prefix(prefix)
     assert served > 50
     assert failures == [], f"{len(failures)} failed of {served + len(failures)}: {failures[:3]}"
 
 
 async def test_sigterm_turns_readiness_off_before_the_listener_closes(
-    sims: dict[str, Any], prefix: str, tmp_path: Path
+    sims: dict[str, Any], prefix: str, launch: Launch
 ) -> None:
     cfg = config(sims, prefix)
     cfg["server"]["unready_s"] = 1.5
-    [proxy] = await replicas(cfg, tmp_path, n=1)
-    try:
-        async with httpx.AsyncClient(timeout=10) as http:
-            assert (await http.get(f"{proxy.url}/health/ready")).status_code == 200
-            proxy.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
-            assert (await http.get(f"{proxy.url}/health/ready")).status_code == 503
-            assert (await http.get(f"{proxy.url}/health/live")).status_code == 200
-            assert (await chat(proxy, http)).status_code == 200, "still serving while unready"
-        assert await asyncio.to_thread(proxy.proc.wait, 30) in (0, -signal.SIGTERM)
-    finally:
-        proxy.stop()
-        await delete_prefix(prefix)
+    [proxy] = await launch(cfg, n=1)
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.get(f"{proxy.url}/health/ready")).status_code == 200
+        proxy.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert (await http.get(f"{proxy.url}/health/ready")).status_code == 503
+        assert (await http.get(f"{proxy.url}/health/live")).status_code == 200
+        assert (await chat(proxy, http)).status_code == 200, "still serving while unready"
+    assert await asyncio.to_thread(proxy.proc.wait, 30) in (0, -signal.SIGTERM)
 
 
 def test_the_compose_files_describe_a_valid_topology() -> None:
@@ -336,70 +334,65 @@ def test_the_compose_files_describe_a_valid_topology() -> None:
 
 
 async def test_keys_reload_on_every_replica_without_a_restart(
-    sims: dict[str, Any], prefix: str, tmp_path: Path
+    sims: dict[str, Any], prefix: str, launch: Launch
 ) -> None:
     new_key = "sk-team-new-0123456789"
-    fleet = await replicas(config(sims, prefix), tmp_path, n=2)
-    try:
-        async with httpx.AsyncClient(timeout=30) as http:
+    fleet = await launch(config(sims, prefix), n=2)
+    async with httpx.AsyncClient(timeout=30) as http:
 
-            async def answers(proxy: ProxyProcess, key: str) -> int:
-                got = await http.post(
-                    f"{proxy.base_url}/chat/completions",
-                    json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
-                    headers={"Authorization": f"Bearer {key}"},
-                )
-                return got.status_code
-
-            assert await answers(fleet[0], new_key) == 401
-            # Each replica's file gains the key; then one reload call, on one replica.
-            for proxy in fleet:
-                assert proxy.config_path is not None
-                text = yaml.safe_load(proxy.config_path.read_text())
-                text["keys"]["team-new"] = {"key": new_key, "mode": "async"}
-                text["backends"]["api"]["prices"]["input_per_1m"] = 9.0  # needs a restart: said, not applied
-                proxy.config_path.write_text(yaml.safe_dump(text))
-            reloaded = await http.post(
-                f"{fleet[0].url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        async def answers(proxy: ProxyProcess, key: str) -> int:
+            got = await http.post(
+                f"{proxy.base_url}/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                headers={"Authorization": f"Bearer {key}"},
             )
-            assert reloaded.json() == {"reloaded": True, "needs_restart": ["backends"]}
-            assert await answers(fleet[0], new_key) == 200
+            return got.status_code
 
-            async def reached_the_other_replica() -> None:
-                assert await answers(fleet[1], new_key) == 200
-
-            await eventually(reached_the_other_replica, timeout_s=10)  # at its next beat (2 s)
-            assert await answers(fleet[1], CLIENT_KEY) == 200
-
-            # An invalid file is refused with its problems, and the running config stays.
-            assert fleet[1].config_path is not None
-            fleet[1].config_path.write_text("keys: [not, a, mapping]\n")
-            refused = await http.post(
-                f"{fleet[1].url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-            )
-            assert refused.json()["reloaded"] is False
-            assert refused.json()["problems"]
-            assert await answers(fleet[1], new_key) == 200
-            # SIGHUP reloads one replica from its own file.
-            assert fleet[0].config_path is not None
-            text = yaml.safe_load(fleet[0].config_path.read_text())
-            del text["keys"]["team-new"]
-            text["server"]["admin_key"] = new_admin = "sk-admin-rotated-0123456789"
-            fleet[0].config_path.write_text(yaml.safe_dump(text))
-            fleet[0].proc.send_signal(signal.SIGHUP)
-
-            async def key_gone() -> None:
-                assert await answers(fleet[0], new_key) == 401
-
-            await eventually(key_gone)
-            # The rotated admin key signs in to the dashboard; the old one no longer does.
-            for admin_key, status in ((ADMIN_KEY, 401), (new_admin, 303)):
-                login = await http.post(f"{fleet[0].url}/dashboard/login", data={"key": admin_key})
-                assert login.status_code == status
-    finally:
+        assert await answers(fleet[0], new_key) == 401
+        # Each replica's file gains the key; then one reload call, on one replica.
         for proxy in fleet:
-            proxy.stop()
-        await delete_prefix(prefix)
+            assert proxy.config_path is not None
+            text = yaml.safe_load(proxy.config_path.read_text())
+            text["keys"]["team-new"] = {"key": new_key, "mode": "async"}
+            text["backends"]["api"]["prices"]["input_per_1m"] = 9.0  # needs a restart: said, not applied
+            proxy.config_path.write_text(yaml.safe_dump(text))
+        reloaded = await http.post(
+            f"{fleet[0].url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        )
+        assert reloaded.json() == {"reloaded": True, "needs_restart": ["backends"]}
+        assert await answers(fleet[0], new_key) == 200
+
+        async def reached_the_other_replica() -> None:
+            assert await answers(fleet[1], new_key) == 200
+
+        await eventually(reached_the_other_replica, timeout_s=10)  # at its next beat (2 s)
+        assert await answers(fleet[1], CLIENT_KEY) == 200
+
+        # An invalid file is refused with its problems, and the running config stays.
+        assert fleet[1].config_path is not None
+        fleet[1].config_path.write_text("keys: [not, a, mapping]\n")
+        refused = await http.post(
+            f"{fleet[1].url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        )
+        assert refused.json()["reloaded"] is False
+        assert refused.json()["problems"]
+        assert await answers(fleet[1], new_key) == 200
+        # SIGHUP reloads one replica from its own file.
+        assert fleet[0].config_path is not None
+        text = yaml.safe_load(fleet[0].config_path.read_text())
+        del text["keys"]["team-new"]
+        text["server"]["admin_key"] = new_admin = "sk-admin-rotated-0123456789"
+        fleet[0].config_path.write_text(yaml.safe_dump(text))
+        fleet[0].proc.send_signal(signal.SIGHUP)
+
+        async def key_gone() -> None:
+            assert await answers(fleet[0], new_key) == 401
+
+        await eventually(key_gone)
+        # The rotated admin key signs in to the dashboard; the old one no longer does.
+        for admin_key, status in ((ADMIN_KEY, 401), (new_admin, 303)):
+            login = await http.post(f"{fleet[0].url}/dashboard/login", data={"key": admin_key})
+            assert login.status_code == status
 
 
 async def test_a_redis_cluster_failover_loses_no_usage(
