@@ -200,12 +200,22 @@ async def test_a_held_connection_gets_the_normal_response_through_the_sdk(tmp_pa
             header = await client.chat.completions.with_raw_response.create(
                 model=MODEL, messages=HELLO, extra_headers={"x-tokenyard-mode": "async"}
             )
+            # "batch" is tokenyard's signal, no OpenAI tier: the upstream (which refuses it, as OpenAI
+            # does) never sees it, nor flex, served in real time when streamed.
+            batch_tier = await client.chat.completions.with_raw_response.create(
+                model=MODEL, messages=HELLO, extra_body={"service_tier": "batch"}
+            )
+            batch_streamed = await client.chat.completions.create(
+                model=MODEL, messages=HELLO, stream=True, extra_body={"service_tier": "batch"}
+            )
+            assert [c async for c in batch_streamed]
         async with proxy.client(key=OTHER_KEY) as client:  # team-b's key makes everything async
             by_key = await client.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
             streamed = await client.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
             chunks = [c async for c in streamed]
         for raw, reason in (
             (flex, "service_tier: flex"),
+            (batch_tier, "service_tier: batch"),
             (header, "x-tokenyard-mode: async"),
             (by_key, "key team-b: async"),
         ):

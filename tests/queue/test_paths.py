@@ -6,6 +6,7 @@ import pytest
 
 from tokenyard.router.queue.model import Job
 from tokenyard.router.queue.paths import Capacity, choose_path
+from tokenyard.router.queue.settings import AsyncTrackConfig
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0
@@ -44,3 +45,15 @@ def test_the_cheapest_path_that_meets_the_deadline(
         expected_turnaround_s=HOUR,
     )
     assert path == expected
+
+
+def test_with_the_default_settings_a_default_deadline_job_goes_to_a_provider_batch() -> None:
+    track = AsyncTrackConfig()
+    path = choose_path(
+        job(track.default_deadline_s - 5),  # it waited a few seconds to be gathered
+        NOW,
+        Capacity(idle_dedicated=False, provider_batch=True),
+        realtime_margin_s=track.realtime_margin_s,
+        expected_turnaround_s=track.batches.expected_turnaround_s,
+    )
+    assert path == "provider_batch"

@@ -164,6 +164,10 @@ class Proxy:
             obj, model, stream = parse_request(body, endpoint)
             backends = self.deployments(principal, model)
             decision = self._classify(scope, principal, endpoint, model, obj, stream)
+            if decision is not None and obj.get("service_tier") in ASYNC_TIERS:
+                # tokenyard's signal, not the upstream's ("batch" is no OpenAI tier): not forwarded.
+                del obj["service_tier"]
+                body = orjson.dumps(obj)
             if decision is not None and decision.mode == "async" and self.front is not None:
                 submitted = self.front.submit(
                     send,

@@ -42,6 +42,9 @@ VOCABULARY = (
 )  # fmt: skip
 
 
+SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")  # what OpenAI accepts
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationPlan:
     """What one chat or legacy completion request asks the simulated model to generate."""
@@ -125,6 +128,12 @@ def _generation_plan(
     choices: int,
 ) -> GenerationPlan:
     """What to generate, given the endpoint-specific parts; with no cap the model "stops" by itself."""
+    tier = body.get("service_tier")
+    if tier is not None and tier not in SERVICE_TIERS:  # as OpenAI: "batch" is a Batch API, not a tier
+        listed = ", ".join(f"'{option}'" for option in SERVICE_TIERS)
+        raise InvalidRequest(
+            f"Invalid value: '{tier}'. Supported values are: {listed}.", param="service_tier"
+        )
     stream = _stream_flag(body)
     return GenerationPlan(
         model=model,

@@ -62,8 +62,10 @@ class ProviderBatches(_Strict):
     max_requests: Annotated[int, Field(gt=0, le=50_000)] = 50_000
     poll_s: PositiveFloat = 10.0  # how often open batches are checked
     completion_window: str = "24h"
-    # A job goes to a provider batch only if its deadline leaves this long for the batch to finish.
-    expected_turnaround_s: PositiveFloat = 86_400.0
+    # A job goes to a provider batch only if its deadline leaves this long for the batch to finish. Not the
+    # whole 24 h window (then no default-deadline job ever would): providers usually finish within hours,
+    # and a batch still open when its jobs' deadline comes close is cancelled and the rest run real-time.
+    expected_turnaround_s: PositiveFloat = 6 * 3600.0
 
 
 class Callbacks(_Strict):
