@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class FaultConfig(BaseModel):
-    """Failures the simulator injects, so callers can test retries, fallbacks and broken streams."""
+    """Failures the simulator injects, so callers can test retries, fallbacks and broken streams, and habits
+    of real servers it can put on."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -33,6 +34,18 @@ class FaultConfig(BaseModel):
     stall_s: float = Field(default=3600.0, ge=0.0)
     ignore_stream: bool = False
     """Answer ``stream: true`` requests with one whole JSON answer, as some upstreams do."""
+    # Habits of real servers (see ``habits.py``): not failures, but what engines nobody here wrote do.
+    json_style: Literal["compact", "spaced"] = "compact"
+    """How chat and completion answers and chunks are written: ``compact`` as OpenAI does, or ``spaced``
+    (``", "`` and ``": "``) as Python's ``json.dumps`` does (llama-cpp-python's server)."""
+    usage_chunk_with_choice: bool = False
+    """Send a stream's usage chunk with ``"choices":[{"index":0,"delta":{}}]`` instead of no choices
+    (LiteLLM's proxy)."""
+    no_usage: bool = False
+    """Ignore ``stream_options.include_usage``: streams carry no usage at all (llama-cpp-python's server)."""
+    linger_after_done_s: float | None = Field(default=None, ge=0.0)
+    """Keep a stream's response open this long after ``data: [DONE]`` before ending its body, unless the
+    client leaves first (then the stream counts as cancelled)."""
     batch_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     """Fraction of batch lines answered with ``error_status`` (in the error file), drawn from an RNG seeded
     per batch. Batches take their faults when they are created."""

@@ -28,6 +28,7 @@ from tokenyard.simulator.asgi import (
     send_json,
 )
 from tokenyard.simulator.capacity import TokenPacer, sample_ttft_s, stream_rate_per_s
+from tokenyard.simulator.habits import with_habits
 from tokenyard.simulator.state import SimulatorState
 from tokenyard.simulator.tokens import EmbeddingPlan, GenerationPlan, generate_pieces, plan_embeddings
 
@@ -70,7 +71,7 @@ async def _generate(state: SimulatorState, request: Request, send: Send, kind: K
 
     async def answer() -> None:
         if isinstance(plan, GenerationPlan):
-            await _complete(state, plan, request.raw_body, send, kind)
+            await _complete(state, plan, request.raw_body, with_habits(send, state.faults, state.clock), kind)
 
     streaming = isinstance(plan, GenerationPlan) and plan.stream and not state.faults.ignore_stream
     await _respond(state, request, send, plan, answer, streaming=streaming)
