@@ -70,15 +70,23 @@ def _usage(n: int) -> dict[str, int]:
     return {"prompt_tokens": n, "completion_tokens": 1, "total_tokens": n + 1}
 
 
-# (event, is the usage-only chunk, prompt tokens it reports): decoys mention usage without carrying one.
-EVENTS = [
-    (b"data: " + orjson.dumps({"choices": [], "usage": _usage(11)}), True, 11),
-    (b"data: " + orjson.dumps({"choices": [{"delta": {"content": "x"}}], "usage": _usage(12)}), False, 12),
-    (b'data: {"choices": [], "usage": {"prompt_tokens": 13, "completion_tokens": 1}}', True, 13),
-    (b"data: " + orjson.dumps({"choices": [{"delta": {"content": 'say "usage":{ here'}}]}), False, None),
-    (b': a comment with "usage":{', False, None),
-    (b"event: other\ndata: " + orjson.dumps({"usage": _usage(14)}), False, None),
-    (b"data: [DONE]", False, None),
+_WITH_CHOICE = {"choices": [{"delta": {"content": "x"}}]}
+
+# (event, what a tap stripping usage sends instead (None: the event as it is, b"": nothing), prompt tokens
+# it reports): decoys mention usage without carrying one.
+EVENTS: list[tuple[bytes, bytes | None, int | None]] = [
+    (b"data: " + orjson.dumps({"choices": [], "usage": _usage(11)}), b"", 11),
+    (
+        b"data: " + orjson.dumps({**_WITH_CHOICE, "usage": _usage(12)}),
+        b"data: " + orjson.dumps(_WITH_CHOICE),
+        12,
+    ),
+    (b'data: {"choices": [], "usage": {"prompt_tokens": 13, "completion_tokens": 1}}', b"", 13),
+    (b'data: {"choices": [{"index": 0, "delta": {}}], "usage": {"prompt_tokens": 15}}', b"", 15),
+    (b"data: " + orjson.dumps({"choices": [{"delta": {"content": 'say "usage":{ here'}}]}), None, None),
+    (b': a comment with "usage":{', None, None),
+    (b"event: other\ndata: " + orjson.dumps({"usage": _usage(14)}), None, None),
+    (b"data: [DONE]", None, None),
 ]
 
 
@@ -89,12 +97,13 @@ EVENTS = [
     st.lists(st.integers(1, 80), min_size=1, max_size=10),
     st.booleans(),
 )
-def test_the_tap_cuts_exactly_the_usage_only_events_whatever_else_the_stream_holds(
-    events: list[tuple[tuple[bytes, bool, int | None], bytes]], cuts: list[int], strip: bool
+def test_the_tap_strips_exactly_the_usage_whatever_else_the_stream_holds(
+    events: list[tuple[tuple[bytes, bytes | None, int | None], bytes]], cuts: list[int], strip: bool
 ) -> None:
     stream = b"".join(event + separator for (event, _, _), separator in events)
     expected = b"".join(
-        event + separator for (event, usage_only, _), separator in events if not (strip and usage_only)
+        event + separator if not strip or instead is None else instead + separator if instead else b""
+        for (event, instead, _), separator in events
     )
     reported = [tokens for (_, _, tokens), _ in events if tokens is not None]
     tap, out, at = StreamTap(strip_usage=strip), b"", 0
