@@ -7,7 +7,7 @@ The router codes against these two protocols only, so the HTTP client underneath
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 
@@ -22,8 +22,8 @@ class UpstreamResponse(Protocol):
         """The whole body (raises ``UpstreamTimeout`` / ``UpstreamStreamBroken``)."""
         ...
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, chunk by chunk, never buffered whole."""
+    def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body as it arrives, chunk by chunk, never buffered whole (``aclose`` it to stop early)."""
         ...
 
     def close(self) -> None:

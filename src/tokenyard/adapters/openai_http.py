@@ -12,7 +12,7 @@ import asyncio
 import email.utils
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import aiohttp
 
@@ -88,7 +88,7 @@ class AiohttpResponse:
         finally:
             self._resp.release()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         content = self._resp.content
         loop = asyncio.get_running_loop()
         # The first chunk is still within the first-byte budget; every later one gets idle_s.

@@ -375,12 +375,18 @@ class Proxy:
         exchange.tap, exchange.status = tap, 200
         exchange.ttfb_s = self.clock() - exchange.started_s
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": first, "more_body": True})
+        last = first
         try:
-            async for chunk in chunks:
-                out = tap.feed(chunk)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            if not tap.done:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+                last = b""
+                async for chunk in chunks:
+                    out = tap.feed(chunk)
+                    if tap.done:
+                        last = out
+                        break
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
         except UpstreamError as exc:
             # Bytes went out: no retry. Say so inside the stream, where the openai SDK raises it.
             backend.record_failure(self.clock(), ticket, exc.message)
@@ -388,8 +394,15 @@ class Proxy:
             tap.rest()  # a partial event would corrupt the error event after it: drop it
             await send({"type": "http.response.body", "body": wire.sse_error_event(exc)})
             return
+        if tap.done:
+            # ``data: [DONE]``: the answer is whole, so end it now rather than at the upstream's end of body.
+            # Clients hang up right after [DONE]; an upstream that has not closed its side yet would have
+            # made that look like a client leaving mid-stream (499). Stopping the read here lets the
+            # caller's ``resp.close()`` drop the connection if its body is not finished (its end already
+            # seen, aiohttp has pooled it again): one reconnect, never a wait on the upstream.
+            await chunks.aclose()
         backend.record_success(ticket)
-        await send({"type": "http.response.body", "body": tap.rest()})
+        await send({"type": "http.response.body", "body": last + tap.rest()})
 
 
 def _text(value: bytes | None) -> str | None:
