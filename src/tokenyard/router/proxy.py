@@ -44,6 +44,7 @@ from tokenyard.router.queue.front import AsyncFront
 from tokenyard.router.queue.model import Job, JobResult
 from tokenyard.router.queue.settings import AsyncTrackConfig
 from tokenyard.router.routing import Choice, choose_deployment
+from tokenyard.router.whole_as_stream import whole_answer_as_stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,17 +338,31 @@ class Proxy:
         try:
             if resp.status >= 500 or resp.status in _FAILOVER_STATUSES:
                 raise _status_error(backend, resp)
-            headers = [(b"content-type", resp.content_type.encode("latin-1")), *headers]
-            # An upstream that ignored stream=true answered whole: relay that as it is.
             if stream and resp.status == 200 and resp.content_type.startswith("text/event-stream"):
-                await self._relay_stream(
-                    send, backend, ticket, resp, [*wire.STREAM_HEADERS, *headers], strip_usage, exchange
-                )
+                headers = [
+                    (b"content-type", resp.content_type.encode("latin-1")),
+                    *wire.STREAM_HEADERS,
+                    *headers,
+                ]
+                await self._relay_stream(send, backend, ticket, resp, headers, strip_usage, exchange)
                 return
             payload = await resp.read()
+            if stream and resp.status == 200:
+                # The upstream ignored stream=true and answered whole: give the client the stream it asked
+                # for (relayed as it is, the SDK would see an empty stream and no error).
+                events = whole_answer_as_stream(payload, chat=endpoint is CHAT, include_usage=not strip_usage)
+                if events is None:
+                    message = (
+                        f"backend {backend.name} answered a stream request whole, and not with a completion"
+                    )
+                    raise UpstreamStreamBroken(message)
+                exchange.answer = payload  # metered from its usage, exactly
+                payload, headers = events, [*wire.SSE_HEADERS, *wire.STREAM_HEADERS, *headers]
+            else:
+                if resp.status == 200:
+                    exchange.answer = payload
+                headers = [(b"content-type", resp.content_type.encode("latin-1")), *headers]
             exchange.status, exchange.ttfb_s = resp.status, self.clock() - exchange.started_s
-            if resp.status == 200:
-                exchange.answer = payload
             await wire.send_bytes(send, resp.status, payload, headers)
         finally:
             resp.close()

@@ -27,6 +27,7 @@ H_PATH = b"x-tokenyard-path"  # the path an async job took: idle_dedicated | pro
 H_REQUEST_ID = b"x-request-id"
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8")]
 STREAM_HEADERS = [  # added to the upstream's content-type on a relayed stream
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
@@ -45,6 +46,14 @@ def error_response_parts(exc: TokenyardError) -> tuple[int, list[tuple[bytes, by
         headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
     body = error_body(exc.message, exc.error_type, param=exc.param, code=exc.code)
     return exc.status_code, headers, body
+
+
+SSE_DONE = b"data: [DONE]\n\n"  # the last event of an OpenAI stream
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    """One server-sent event carrying a JSON payload."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def sse_error_event(exc: TokenyardError) -> bytes:
