@@ -225,6 +225,25 @@ async def test_a_stream_delivered_whole_is_a_success_though_the_upstream_lingers
         assert stats["streams_cancelled"] == 1  # tokenyard closed its side instead of waiting 600 s
 
     await eventually(upstream_released)
+
+
+async def test_an_upstream_ending_its_body_just_after_done_is_not_cut_off(
+    upstream: Upstream, sim: SimulatorServer
+) -> None:
+    # The end of the body comes in a write of its own, a moment after [DONE] (Starlette's StreamingResponse
+    # ends with an empty write): tokenyard leaves the upstream time to send it (1 s, 20 times this moment),
+    # so the connection goes back to the pool instead of being dropped.
+    await set_faults(sim, linger_after_done_s=0.05)
+    chunks = await stream_chat(upstream.proxy, include_usage=False)
+    assert len(chat_text(chunks).split()) == TOKENS
+    [record] = await upstream.records(1)
+    assert record.status == 200
+
+    async def upstream_finished() -> None:
+        stats = await sim_stats(sim)
+        assert (stats["streams_completed"], stats["streams_cancelled"]) == (1, 0)
+
+    await eventually(upstream_finished)
     # The connection tokenyard dropped is not missed: the next stream goes through as well.
     await set_faults(sim)
     assert len(chat_text(await stream_chat(upstream.proxy, include_usage=False)).split()) == TOKENS

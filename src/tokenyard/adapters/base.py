@@ -30,6 +30,11 @@ class UpstreamResponse(Protocol):
         """Drop the response; an unfinished body aborts the upstream connection (cancelling the work)."""
         ...
 
+    def release_when_done(self, grace_s: float) -> None:
+        """Stop reading a response that has said all it needed to (a stream after ``data: [DONE]``): its
+        connection goes back to the pool when its body ends, or is dropped if that takes over ``grace_s``."""
+        ...
+
 
 class Upstream(Protocol):
     """A pooled client for one upstream deployment."""

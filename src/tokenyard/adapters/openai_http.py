@@ -111,6 +111,12 @@ class AiohttpResponse:
         # close(), not release(): an unfinished body must drop the connection so the upstream stops work.
         self._resp.close()
 
+    def release_when_done(self, grace_s: float) -> None:
+        # aiohttp hands the connection back to its pool by itself when the body's end arrives, read or not
+        # (its end-of-payload callback); until then it holds a pool slot, so the wait is bounded.
+        if self._resp.connection is not None:
+            asyncio.get_running_loop().call_later(grace_s, self._resp.close)
+
 
 class OpenAIHttpUpstream:
     """A pooled client for one OpenAI-compatible base URL (``https://host/v1``)."""

@@ -69,6 +69,9 @@ ENDPOINTS = {e.api_path: e for e in (CHAT, COMPLETIONS, EMBEDDINGS)}
 
 _LONG_NUMBER = re.compile(rb"\d{19,}")  # may exceed 64 bits
 
+# How long an upstream may take to end its body after ``data: [DONE]`` and keep its connection pooled.
+_AFTER_DONE_GRACE_S = 1.0
+
 # Upstream statuses that say the backend, not the request, failed: try the next deployment.
 _FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
 
@@ -335,6 +338,7 @@ class Proxy:
     ) -> None:
         """Send to one backend and answer the client; ``UpstreamError`` before the first byte fails over."""
         resp = await backend.upstream.post(endpoint.upstream_path, body)
+        complete = False  # the whole answer was read, though the upstream may not have ended its body
         try:
             if resp.status >= 500 or resp.status in _FAILOVER_STATUSES:
                 raise _status_error(backend, resp)
@@ -344,7 +348,9 @@ class Proxy:
                     *wire.STREAM_HEADERS,
                     *headers,
                 ]
-                await self._relay_stream(send, backend, ticket, resp, headers, strip_usage, exchange)
+                complete = await self._relay_stream(
+                    send, backend, ticket, resp, headers, strip_usage, exchange
+                )
                 return
             payload = await resp.read()
             if stream and resp.status == 200:
@@ -365,7 +371,12 @@ class Proxy:
             exchange.status, exchange.ttfb_s = resp.status, self.clock() - exchange.started_s
             await wire.send_bytes(send, resp.status, payload, headers)
         finally:
-            resp.close()
+            if complete:
+                # Not closed: an upstream whose end of body is a moment behind its [DONE] keeps its
+                # connection pooled (closing would cost a reconnect, a TLS handshake to a remote one).
+                resp.release_when_done(_AFTER_DONE_GRACE_S)
+            else:
+                resp.close()
         backend.record_success(ticket)
 
     async def _relay_stream(
@@ -377,7 +388,8 @@ class Proxy:
         headers: list[tuple[bytes, bytes]],
         strip_usage: bool,
         exchange: Exchange,
-    ) -> None:
+    ) -> bool:
+        """Relay an upstream's stream to the client; True if it ended with ``data: [DONE]``."""
         chunks = resp.chunks()
         tap = StreamTap(strip_usage=strip_usage)
         # Wait for the first whole event before answering: until then a failure can still fail over.
@@ -408,16 +420,15 @@ class Proxy:
             exchange.status = exc.status_code
             tap.rest()  # a partial event would corrupt the error event after it: drop it
             await send({"type": "http.response.body", "body": wire.sse_error_event(exc)})
-            return
+            return False
         if tap.done:
             # ``data: [DONE]``: the answer is whole, so end it now rather than at the upstream's end of body.
-            # Clients hang up right after [DONE]; an upstream that has not closed its side yet would have
-            # made that look like a client leaving mid-stream (499). Stopping the read here lets the
-            # caller's ``resp.close()`` drop the connection if its body is not finished (its end already
-            # seen, aiohttp has pooled it again): one reconnect, never a wait on the upstream.
+            # Clients hang up right after [DONE]; an upstream that had not ended its body yet made that look
+            # like a client leaving mid-stream (499). The caller lets the upstream finish on its own.
             await chunks.aclose()
         backend.record_success(ticket)
         await send({"type": "http.response.body", "body": last + tap.rest()})
+        return tap.done
 
 
 def _text(value: bytes | None) -> str | None:
