@@ -38,6 +38,7 @@ PURE = (
     "classify.py",
     "queue/paths.py",
     "breaker.py",
+    "whole_as_stream.py",
     "meter/pricing.py",
     "advisor/traffic.py",
     "advisor/costs.py",
