@@ -149,6 +149,7 @@ async def test_spaced_json_without_usage_is_metered_for_every_output_chunk(
         (b'{"choices":[{"delta":{"content": ""}}]}', 0),
         (b'{"choices":[{"delta":{"content":null,"reasoning_content":"hmm"}}]}', 1),
         (b'{"choices":[{"delta":{"reasoning":"hmm"}}]}', 1),
+        (b'{"choices":[{"delta":{"reasoning":"hmm","reasoning_content":"hmm"}}]}', 1),
         (b'{"choices":[{"delta":{"refusal":"no"}}]}', 1),
         (b'{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\"a"}}]}}]}', 1),
         (b'{"choices":[{"delta":{"content":"say \\"content\\": \\"x\\" twice"}}]}', 1),
