@@ -45,25 +45,23 @@ class Upstream:
 
     def __init__(self, proxy: ProxyProcess, sim: SimulatorServer, store_url: str) -> None:
         self.proxy, self.sim, self.store_url = proxy, sim, store_url
-        self.seen = 0  # records already handed to earlier tests
 
-    async def records(self, count: int) -> list[UsageRecord]:
-        """The next ``count`` metered records, oldest first (tests in this module run one at a time)."""
+    async def record(self, request_id: str) -> UsageRecord:
+        """The metered record of one request (once the meter has flushed it)."""
         found: list[UsageRecord] = []
 
         async def stored() -> None:
             store = open_store(self.store_url, prefix="unused", retention_s=86400, records_max=10_000)
             try:
-                found[:] = sorted(
-                    await store.records(time.time() - 3600, time.time() + 60), key=lambda r: r.ts
-                )
+                records = await store.records(time.time() - 3600, time.time() + 60)
             finally:
                 await store.aclose()
-            assert len(found) >= self.seen + count
+            found[:] = [r for r in records if r.request_id == request_id]
+            assert found
 
         await eventually(stored, timeout_s=20)
-        new, self.seen = found[self.seen : self.seen + count], self.seen + count
-        return new
+        [record] = found
+        return record
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -91,24 +89,24 @@ async def sim(upstream: Upstream) -> AsyncIterator[SimulatorServer]:
     await reset(upstream.sim)
 
 
-async def stream_chat(proxy: ProxyProcess, *, include_usage: bool) -> list[Any]:
-    """Every chunk the SDK yields for a streamed chat completion of ``TOKENS`` tokens."""
+async def stream_chat(proxy: ProxyProcess, *, include_usage: bool) -> tuple[list[Any], str]:
+    """Every chunk the SDK yields for a streamed chat completion of ``TOKENS`` tokens, and its request id."""
     options: Any = {"stream_options": {"include_usage": True}} if include_usage else {}
     async with proxy.client() as client:
-        stream = await client.chat.completions.create(
+        raw = await client.chat.completions.with_raw_response.create(
             model="m", messages=MESSAGES, max_tokens=TOKENS, stream=True, **options
         )
-        return [chunk async for chunk in stream]
+        return [chunk async for chunk in raw.parse()], raw.headers["x-request-id"]
 
 
-async def stream_completion(proxy: ProxyProcess, *, include_usage: bool) -> list[Any]:
-    """Every chunk the SDK yields for a streamed legacy completion of ``TOKENS`` tokens."""
+async def stream_completion(proxy: ProxyProcess, *, include_usage: bool) -> tuple[list[Any], str]:
+    """Every chunk the SDK yields for a streamed legacy completion, and its request id."""
     options: Any = {"stream_options": {"include_usage": True}} if include_usage else {}
     async with proxy.client() as client:
-        stream = await client.completions.create(
+        raw = await client.completions.with_raw_response.create(
             model="m", prompt=PROMPT, max_tokens=TOKENS, stream=True, **options
         )
-        return [chunk async for chunk in stream]
+        return [chunk async for chunk in raw.parse()], raw.headers["x-request-id"]
 
 
 def chat_text(chunks: list[Any]) -> str:
@@ -129,14 +127,14 @@ async def test_spaced_json_without_usage_is_metered_for_every_output_chunk(
 ) -> None:
     await set_faults(sim, json_style="spaced", no_usage=True)  # llama-cpp-python's server
     if endpoint == "chat":
-        chunks = await stream_chat(upstream.proxy, include_usage=include_usage)
+        chunks, request_id = await stream_chat(upstream.proxy, include_usage=include_usage)
         text = chat_text(chunks)
     else:
-        chunks = await stream_completion(upstream.proxy, include_usage=include_usage)
+        chunks, request_id = await stream_completion(upstream.proxy, include_usage=include_usage)
         text = completion_text(chunks)
     assert len(text.split()) == TOKENS
     assert all(chunk.usage is None for chunk in chunks)  # the upstream sent none: nothing to relay
-    [record] = await upstream.records(1)
+    record = await upstream.record(request_id)
     assert (record.status, record.estimated, record.completion_tokens) == (200, True, TOKENS)
 
 
@@ -176,7 +174,7 @@ async def test_a_usage_chunk_carrying_a_choice_reaches_only_clients_that_asked(
     upstream: Upstream, sim: SimulatorServer, include_usage: bool, json_style: str
 ) -> None:
     await set_faults(sim, usage_chunk_with_choice=True, json_style=json_style)  # LiteLLM's proxy
-    chunks = await stream_chat(upstream.proxy, include_usage=include_usage)
+    chunks, request_id = await stream_chat(upstream.proxy, include_usage=include_usage)
     assert len(chat_text(chunks).split()) == TOKENS
     with_usage = [chunk for chunk in chunks if chunk.usage is not None]
     if include_usage:
@@ -188,7 +186,7 @@ async def test_a_usage_chunk_carrying_a_choice_reaches_only_clients_that_asked(
         # The emptied usage chunk is gone too: role, TOKENS contents, finish.
         assert len(chunks) == TOKENS + 2
         assert chunks[-1].choices[0].finish_reason == "length"
-    [record] = await upstream.records(1)
+    record = await upstream.record(request_id)
     assert (record.status, record.estimated) == (200, False)
     assert (record.prompt_tokens, record.completion_tokens) == (4, TOKENS)
 
@@ -214,10 +212,10 @@ async def test_a_stream_delivered_whole_is_a_success_though_the_upstream_lingers
 ) -> None:
     # The upstream keeps its response open long after [DONE]; the SDK hangs up once it has read [DONE].
     await set_faults(sim, linger_after_done_s=600)
-    chunks = await stream_chat(upstream.proxy, include_usage=include_usage)
+    chunks, request_id = await stream_chat(upstream.proxy, include_usage=include_usage)
     assert len(chat_text(chunks).split()) == TOKENS
     assert (chunks[-1].usage is not None) is include_usage
-    [record] = await upstream.records(1)
+    record = await upstream.record(request_id)
     assert record.status == 200  # not 499: the client left after the whole answer reached it
     assert (record.estimated, record.completion_tokens) == (False, TOKENS)
 
@@ -235,9 +233,9 @@ async def test_an_upstream_ending_its_body_just_after_done_is_not_cut_off(
     # ends with an empty write): tokenyard leaves the upstream time to send it (1 s, 20 times this moment),
     # so the connection goes back to the pool instead of being dropped.
     await set_faults(sim, linger_after_done_s=0.05)
-    chunks = await stream_chat(upstream.proxy, include_usage=False)
+    chunks, request_id = await stream_chat(upstream.proxy, include_usage=False)
     assert len(chat_text(chunks).split()) == TOKENS
-    [record] = await upstream.records(1)
+    record = await upstream.record(request_id)
     assert record.status == 200
 
     async def upstream_finished() -> None:
@@ -247,8 +245,9 @@ async def test_an_upstream_ending_its_body_just_after_done_is_not_cut_off(
     await eventually(upstream_finished)
     # The connection tokenyard dropped is not missed: the next stream goes through as well.
     await set_faults(sim)
-    assert len(chat_text(await stream_chat(upstream.proxy, include_usage=False)).split()) == TOKENS
-    [after] = await upstream.records(1)
+    chunks, request_id = await stream_chat(upstream.proxy, include_usage=False)
+    assert len(chat_text(chunks).split()) == TOKENS
+    after = await upstream.record(request_id)
     assert after.status == 200
 
 
@@ -262,12 +261,12 @@ async def test_a_whole_answer_to_a_stream_request_reaches_the_sdk_as_a_stream(
 ) -> None:
     await set_faults(sim, ignore_stream=True)
     if endpoint == "chat":
-        chunks = await stream_chat(upstream.proxy, include_usage=include_usage)
+        chunks, request_id = await stream_chat(upstream.proxy, include_usage=include_usage)
         text = chat_text(chunks)
         assert chunks[0].object == "chat.completion.chunk"
         assert chunks[0].choices[0].delta.role == "assistant"
     else:
-        chunks = await stream_completion(upstream.proxy, include_usage=include_usage)
+        chunks, request_id = await stream_completion(upstream.proxy, include_usage=include_usage)
         text = completion_text(chunks)
         assert chunks[0].object == "text_completion"
     assert len(text.split()) == TOKENS
@@ -279,7 +278,7 @@ async def test_a_whole_answer_to_a_stream_request_reaches_the_sdk_as_a_stream(
         assert chunks[-1].choices == []
     else:
         assert with_usage == []
-    [record] = await upstream.records(1)
+    record = await upstream.record(request_id)
     assert (record.status, record.estimated, record.completion_tokens) == (200, False, TOKENS)
 
 
