@@ -94,9 +94,11 @@ _MAX_HELD = 1 << 20
 _EVENT_SEPARATOR = re.compile(rb"(\r?\n\r?\n)")
 # An output chunk: a key that carries generated text, with a non-empty string value, however the upstream
 # spaces its JSON (llama-cpp-python writes ``"content": "…"``) and in whatever key order. JSON escapes every
-# quote inside a string, so ``"content"`` followed by a colon is always a key, never text. One C-level scan of
-# what is relayed anyway: about the cost of the exact-byte counts it replaces (measured in instructions:
-# +20 % a chunk), a third of parsing each event.
+# quote inside a string, so ``"content"`` followed by a colon is always a key, never text. One C-level scan,
+# no parse: for a one-event read ~9.3k instructions against ~7.7k for the four exact-byte counts it replaces
+# (callgrind), a quarter of the time of parsing the event. It costs more per byte than ``bytes.count`` on
+# big reads, yet a whole streamed request through the proxy (bench upstream, callgrind) measured 916k
+# instructions against 934k before this change (which also stops reading at [DONE]).
 _OUTPUT = re.compile(rb'"(content|text|reasoning_content|reasoning|refusal|arguments)"\s*:\s*"(?!")')
 _DONE_ENDINGS = (b"[DONE]\n\n", b"[DONE]\r\n\r\n")  # a read holding the last event ends so
 
