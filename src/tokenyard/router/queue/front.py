@@ -126,12 +126,8 @@ class AsyncFront:
             reason=decision.reason,
             delivery=decision.delivery,
             callback=callback,
+            request_id=dict(id_header).get(wire.H_REQUEST_ID, b"").decode(),
         )
-        headers = [
-            *id_header,
-            (wire.H_MODE, b"async"),
-            (wire.H_MODE_REASON, decision.reason.encode("latin-1", "replace")),
-        ]
         try:
             await self.store.enqueue(job)
         except StoreError:
@@ -149,19 +145,14 @@ class AsyncFront:
                     orjson.dumps(job_json(job, "queued")),
                     [
                         *wire.JSON_HEADERS,
-                        *headers,
+                        *_async_headers(job),
                         (b"location", location),
                         (b"preference-applied", b"respond-async"),
                     ],
                 )
                 return
             result = await self.wait(job)
-        await wire.send_bytes(
-            send,
-            result.status,
-            result.body,
-            [*wire.JSON_HEADERS, *headers, (wire.H_PATH, result.path.encode())],
-        )
+        await wire.send_bytes(send, result.status, result.body, answer_headers(job, result))
 
     async def wait(self, job: Job) -> JobResult:
         """The job's result, once some dispatcher stored it; past the deadline, answered here in real time."""
@@ -224,10 +215,31 @@ class AsyncFront:
         if result is None:
             headers = [
                 *wire.JSON_HEADERS,
+                *_async_headers(job),
                 (b"retry-after", b"1"),
                 (b"location", (JOBS_PATH + job_id).encode()),
             ]
             await wire.send_bytes(send, 202, orjson.dumps(job_json(job, "queued")), headers)
             return
-        headers = [*wire.JSON_HEADERS, (wire.H_MODE, b"async"), (wire.H_PATH, result.path.encode())]
-        await wire.send_bytes(send, result.status, result.body, headers)
+        await wire.send_bytes(send, result.status, result.body, answer_headers(job, result))
+
+
+def _async_headers(job: Job, request_id: str = "") -> list[tuple[bytes, bytes]]:
+    """What every answer about a job says: async, why, and the id of the request that made it (or, for a
+    Batch API line, that ran it)."""
+    headers = [(wire.H_MODE, b"async"), (wire.H_MODE_REASON, job.reason.encode("latin-1", "replace"))]
+    request_id = request_id or job.request_id
+    if request_id:
+        headers.append((wire.H_REQUEST_ID, request_id.encode()))
+    return headers
+
+
+def answer_headers(job: Job, result: JobResult) -> list[tuple[bytes, bytes]]:
+    """The headers of a job's answer: the upstream's content type, who served it (as a real-time answer
+    says) and the path it took."""
+    return [
+        (b"content-type", result.content_type.encode("latin-1", "replace")),
+        *((name.encode(), value.encode("latin-1", "replace")) for name, value in result.served_by),
+        *_async_headers(job, result.request_id),
+        (wire.H_PATH, result.path.encode()),
+    ]
