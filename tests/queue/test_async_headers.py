@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import CLIENT_KEY, start_proxy
+from tests.harness import CLIENT_KEY, eventually, start_proxy
 from tests.queue.test_async_track import (
     FAST,
     HELLO,
@@ -47,6 +47,16 @@ async def test_a_polled_answer_says_who_served_it_and_keeps_the_request_id_of_it
         assert done.headers["x-tokenyard-mode-reason"] == "Prefer: respond-async"
         assert done.headers["x-tokenyard-path"] == "idle_dedicated"
         assert done.headers["x-request-id"] == request_id
+
+        async def metered_under_that_id() -> None:
+            meter = SqliteMeterStore(f"{tmp_path}/m.sqlite3", retention_s=86400, records_max=10)
+            try:
+                records = await meter.records(0, 1e12)
+            finally:
+                await meter.aclose()
+            assert [(r.request_id, r.mode) for r in records] == [(request_id, "async")]
+
+        await eventually(metered_under_that_id)
 
 
 async def test_a_held_answer_says_who_served_it(tmp_path: Path) -> None:
