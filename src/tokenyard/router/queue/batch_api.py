@@ -311,9 +311,8 @@ class BatchApi:
         errors: list[dict[str, Any]] = []
         for custom_id, job_id in batch["lines"]:
             line = _output_line(custom_id, answered[job_id])
-            (output if line["error"] is None and line["response"]["status_code"] == 200 else errors).append(
-                line
-            )
+            succeeded = line["error"] is None and line["response"]["status_code"] == 200
+            (output if succeeded else errors).append(line)
         for name, lines in (("output_file_id", output), ("error_file_id", errors)):
             if lines:
                 content = b"".join(orjson.dumps(line) + b"\n" for line in lines)

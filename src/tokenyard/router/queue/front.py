@@ -38,7 +38,7 @@ log = logging.getLogger("tokenyard.async")
 
 JOBS_PATH = "/v1/async/jobs/"
 H_CALLBACK = b"x-tokenyard-callback"
-CALLBACK_PARAM = "x-tokenyard-callback"  # the ``param`` of errors about it: a header, not a body field
+CALLBACK_PARAM = H_CALLBACK.decode()  # the ``param`` of errors about it: a header, not a body field
 MAX_CALLBACK_CHARS = 2048
 # RFC 3986's characters (unreserved, reserved and '%'): no space, control, backslash or non-ASCII.
 _URL_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
@@ -223,7 +223,7 @@ class AsyncFront:
                 )
                 return
             result = await self.wait(job)
-        await wire.send_bytes(send, result.status, result.body, answer_headers(job, result))
+        await wire.send_bytes(send, result.status, result.body, _answer_headers(job, result))
 
     async def wait(self, job: Job) -> JobResult:
         """The job's result, once some dispatcher stored it; past the deadline, answered here in real time."""
@@ -292,7 +292,7 @@ class AsyncFront:
             ]
             await wire.send_bytes(send, 202, orjson.dumps(job_json(job, "queued")), headers)
             return
-        await wire.send_bytes(send, result.status, result.body, answer_headers(job, result))
+        await wire.send_bytes(send, result.status, result.body, _answer_headers(job, result))
 
 
 def _async_headers(job: Job, request_id: str = "") -> list[tuple[bytes, bytes]]:
@@ -305,7 +305,7 @@ def _async_headers(job: Job, request_id: str = "") -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def answer_headers(job: Job, result: JobResult) -> list[tuple[bytes, bytes]]:
+def _answer_headers(job: Job, result: JobResult) -> list[tuple[bytes, bytes]]:
     """The headers of a job's answer: the upstream's content type, who served it (as a real-time answer
     says) and the path it took."""
     return [
