@@ -21,6 +21,7 @@ from tests.harness import CLIENT_KEY, eventually, set_faults, start_proxy
 from tests.meter.redis_util import REDIS_URL, delete_prefix
 from tests.queue.test_async_track import HELLO, MODEL, config_for, poll, post, sims, sqlite_proxy
 from tests.queue.test_batch_api import jsonl, run_batch, until_final
+from tokenyard.router.queue.sqlite_queue import SqliteJobStore
 from tokenyard.simulator.server import SimulatorServer
 
 HTML_413 = {"error_rate": 1.0, "error_status": 413, "error_html": True}
@@ -162,6 +163,9 @@ async def check_legacy_results_are_served(proxy: Any) -> None:
 
 async def test_results_stored_by_the_previous_version_are_still_served_sqlite(tmp_path: Path) -> None:
     async with sqlite_proxy(tmp_path) as proxy:
+        store = SqliteJobStore(tmp_path / "m.sqlite3")  # its tables exist once a store has been used
+        await store.stats()
+        await store.aclose()
         with sqlite3.connect(tmp_path / "m.sqlite3") as db:
             for job_id in LEGACY_ANSWERS:
                 job, result = legacy_rows(job_id)
