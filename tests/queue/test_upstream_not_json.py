@@ -110,10 +110,16 @@ async def test_batch_lines_answered_in_html_are_error_lines_and_the_batch_api_ke
                     assert line["id"].startswith("batch_req_")
                     assert set(line) == {"id", "custom_id", "response", "error"}
                     assert line["response"]["status_code"] == 413
-                    assert line["response"]["body"] is None  # the SDK's type: a JSON object or nothing
                     assert line["error"]["code"] == "upstream_response_not_json"
                     assert "text/html" in line["error"]["message"]
                     assert "413 Request Entity Too Large" in line["error"]["message"]
+                    # The body is a JSON object, as the line format has it: an OpenAI error saying the same.
+                    error = line["response"]["body"]["error"]
+                    assert (error["code"], error["message"]) == (
+                        line["error"]["code"],
+                        line["error"]["message"],
+                    )
+                    assert error["type"] == "invalid_request_error"
                 # Every other Batch API call still answers.
                 listed = await client.batches.list()
                 assert [b.id for b in listed.data] == [created.id]

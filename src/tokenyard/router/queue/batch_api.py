@@ -350,9 +350,12 @@ class BatchApi:
 
 def _output_line(custom_id: str, result: JobResult) -> dict[str, Any]:
     """A line of the batch's output or error file, as OpenAI writes them: ``response`` with the answer's
-    status and JSON body, or ``error`` when there is no such answer. An answer that is not a JSON object (an
-    HTML page from a gateway in front of the upstream) keeps its status, with no body and an error saying
-    what it was: the SDK's type for a body is a JSON object."""
+    status and JSON body, or ``error`` when there is no such answer.
+
+    An answer that is not a JSON object (an HTML page from a gateway in front of the upstream) keeps its
+    status; its body — which OpenAI's line format types as a JSON object — becomes an OpenAI error saying
+    what it was, and ``error`` says the same, so a reader looking at either sees it.
+    """
     line: dict[str, Any] = {
         "id": _new_id("batch_req_"),
         "custom_id": custom_id,
@@ -363,10 +366,12 @@ def _output_line(custom_id: str, result: JobResult) -> dict[str, Any]:
     if result.path in ("expired", "cancelled"):  # closed by tokenyard: the body is its own error
         line["error"] = body["error"] if body is not None else {"code": f"batch_{result.path}", "message": ""}
         return line
-    line["response"] = {"status_code": result.status, "request_id": result.request_id or _new_id("req_"),
-                        "body": body}  # fmt: skip
     if body is None:
         line["error"] = {"code": "upstream_response_not_json", "message": result.describe()}
+        error_type = "server_error" if result.status >= 500 else "invalid_request_error"
+        body = {"error": {**line["error"], "type": error_type, "param": None}}
+    line["response"] = {"status_code": result.status, "request_id": result.request_id or _new_id("req_"),
+                        "body": body}  # fmt: skip
     return line
 
 
