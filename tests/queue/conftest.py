@@ -7,12 +7,16 @@ share its jobs, like proxy replicas sharing a store.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
 
+from tests.harness import eventually, free_port
 from tests.meter.conftest import FakeClock
 from tests.meter.redis_util import REDIS_URL, delete_prefix, redis_url_for
 from tokenyard.router.queue.redis_queue import RedisJobStore
@@ -69,3 +73,38 @@ async def job_stores(
 @pytest.fixture
 def queue(job_stores: JobStores) -> JobStore:
     return job_stores.open()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[int, list[tuple[dict[str, str], bytes]]]]:
+    """An HTTP server on loopback that keeps every POST it gets."""
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        got.append(({k.decode(): v.decode() for k, v in scope["headers"]}, body))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> None:
+        assert server.started
+
+    await eventually(started)
+    try:
+        yield port, got
+    finally:
+        server.should_exit = True
+        await task

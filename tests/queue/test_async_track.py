@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import (
@@ -31,7 +30,6 @@ from tests.harness import (
     ProxyProcess,
     backend,
     eventually,
-    free_port,
     set_faults,
     simulators,
     start_proxy,
@@ -425,41 +423,6 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
 
 
 # -- callbacks -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[int, list[tuple[dict[str, str], bytes]]]]:
-    """An HTTP server on loopback that keeps every POST it gets."""
-    got: list[tuple[dict[str, str], bytes]] = []
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        got.append(({k.decode(): v.decode() for k, v in scope["headers"]}, body))
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> None:
-        assert server.started
-
-    await eventually(started)
-    try:
-        yield port, got
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_a_finished_job_is_posted_to_its_allow_listed_callback_signed(

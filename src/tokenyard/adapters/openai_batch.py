@@ -72,22 +72,31 @@ def results(output: bytes, errors: bytes = b"") -> dict[str, LineResult]:
 
     An output line carries ``response: {status_code, body}``; an error line either a response with an
     error status or ``error: {code, message}`` and no response (then 500 with that error as the body).
+    A line that cannot be read (not JSON, no ``custom_id``, no status) is left out: its request has no
+    answer, as if the provider had dropped it.
     """
     out: dict[str, LineResult] = {}
     for raw in (*output.splitlines(), *errors.splitlines()):
         if not raw.strip():
             continue
-        line = orjson.loads(raw)
-        response = line.get("response")
-        if response is not None:
-            out[line["custom_id"]] = LineResult(
-                int(response["status_code"]), orjson.dumps(response.get("body"))
-            )
+        try:
+            line = orjson.loads(raw)
+            custom_id = line["custom_id"]
+            response = line.get("response")
+            status = None if response is None else int(response["status_code"])
+        except (KeyError, TypeError, ValueError, AttributeError):  # ValueError: not JSON, or no int
+            continue
+        if not isinstance(custom_id, str):
+            continue
+        if response is not None and status is not None:
+            out[custom_id] = LineResult(status, orjson.dumps(response.get("body")))
         else:
-            error = line.get("error") or {"message": "the provider returned no response for this request"}
+            error = line.get("error")
+            if not isinstance(error, dict):
+                error = {"message": "the provider returned no response for this request"}
             message, code = error.get("message"), error.get("code")
             body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
-            out[line["custom_id"]] = LineResult(500, orjson.dumps(body))
+            out[custom_id] = LineResult(500, orjson.dumps(body))
     return out
 
 
@@ -139,7 +148,10 @@ class OpenAIBatchUpstream:
         form = aiohttp.FormData()
         form.add_field("purpose", "batch")
         form.add_field("file", content, filename=filename, content_type="application/jsonl")
-        return str((await self._json("POST", "/files", data=form))["id"])
+        uploaded = await self._json("POST", "/files", data=form)
+        if not isinstance(uploaded.get("id"), str):
+            raise UpstreamError("the batch API answered an upload without the file's id")
+        return str(uploaded["id"])
 
     async def create(
         self,
@@ -157,31 +169,40 @@ class OpenAIBatchUpstream:
         }
         if metadata:
             body["metadata"] = dict(metadata)
-        return BatchState.of(await self._json("POST", "/batches", json=body))
+        return _state(await self._json("POST", "/batches", json=body))
 
     async def retrieve(self, batch_id: str) -> BatchState:
         """A batch's current state."""
-        return BatchState.of(await self._json("GET", f"/batches/{batch_id}"))
+        return _state(await self._json("GET", f"/batches/{batch_id}"))
 
     async def cancel(self, batch_id: str) -> BatchState:
         """Ask the provider to cancel a batch (it goes ``cancelling``, then ``cancelled``)."""
-        return BatchState.of(await self._json("POST", f"/batches/{batch_id}/cancel"))
+        return _state(await self._json("POST", f"/batches/{batch_id}/cancel"))
 
     async def content(self, file_id: str) -> bytes:
         """A file's bytes (a batch's output or error file)."""
-        return await self._request("GET", f"/files/{file_id}/content")
+        body, _ = await self._request("GET", f"/files/{file_id}/content")
+        return body
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
         await self._session.close()
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        value = orjson.loads(await self._request(method, path, **kwargs))
+        body, content_type = await self._request(method, path, **kwargs)
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            value = None
         if not isinstance(value, dict):
-            raise UpstreamError(f"the batch API answered {method} {path} with something not an object")
+            what = content_type or "a body"
+            raise UpstreamError(
+                f"the batch API answered {method} {path} with {what} that is not a JSON object"
+            )
         return value
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> bytes:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[bytes, str]:
+        """The body and content type of a successful answer; an ``Upstream*`` error saying what went wrong."""
         try:
             async with self._session.request(method, self._base_url + path, **kwargs) as resp:
                 body = await resp.read()
@@ -189,13 +210,50 @@ class OpenAIBatchUpstream:
                     raise UpstreamStatusError(
                         f"the batch API answered {method} {path} with {resp.status}", status=resp.status
                     )
-                return body
+                return body, resp.content_type
         except TimeoutError as exc:
             raise UpstreamTimeout(f"the batch API did not answer {method} {path} in time") from exc
         except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise UpstreamConnectError(f"cannot reach the batch API: {type(exc).__name__}") from exc
+            raise UpstreamConnectError(
+                f"cannot reach the batch API for {method} {path}: {_in_words(exc)}"
+            ) from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"batch API request failed: {type(exc).__name__}") from exc
+            raise UpstreamError(
+                f"the batch API's answer to {method} {path} failed: {_in_words(exc)}"
+            ) from exc
+
+
+def _state(value: dict[str, Any]) -> BatchState:
+    try:
+        return BatchState.of(value)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UpstreamError(
+            "the batch API answered with a batch object that has no valid id or status"
+        ) from exc
+
+
+def _in_words(exc: aiohttp.ClientError | OSError) -> str:
+    """What an aiohttp failure means, in words (its class names say nothing to whoever reads the error),
+    without the upstream's address."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "the TLS connection could not be set up (certificate or handshake)"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "the connection could not be opened (refused, unreachable or the name did not resolve)"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection before answering"
+    if isinstance(exc, aiohttp.ServerFingerprintMismatch):
+        return "the server's certificate does not match the pinned fingerprint"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer's body was cut off or malformed"
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return "it redirected too many times"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "its answer could not be read as HTTP"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "the URL is not valid"
+    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+        return "the connection failed"
+    return "the request failed"
 
 
 async def wait_until_terminal(

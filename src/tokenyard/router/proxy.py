@@ -262,9 +262,8 @@ class Proxy:
         usage (the caller meters it if the answer is the job's first)."""
         endpoint = ENDPOINTS[job.endpoint]
         backends = self.models.get(job.model, []) if only is None else only
-        exchange = Exchange(
-            "req_" + os.urandom(12).hex(), job.tenant, job.model, orjson.loads(job.body), self.clock()
-        )
+        request_id = job.request_id or "req_" + os.urandom(12).hex()
+        exchange = Exchange(request_id, job.tenant, job.model, orjson.loads(job.body), self.clock())
         exchange.mode, exchange.reason = "async", job.reason
         captured = wire.Captured()
         if not backends:  # the model left the config while the job waited: a final answer, not a retry
@@ -274,7 +273,11 @@ class Proxy:
         else:
             await self._route(captured, endpoint, backends, job.body, False, exchange, [])
         exchange.route = path
-        answer = JobResult(job.id, captured.status, captured.body, path, self.wall())
+        answer = JobResult(
+            job.id, captured.status, captured.body, path, self.wall(), captured.content_type,
+            [(k.decode(), v.decode("latin-1")) for k, v in captured.headers if k in wire.SERVED_BY],
+            request_id,
+        )  # fmt: skip
         return answer, exchange.to_record(self.clock(), self.wall())
 
     async def _route(

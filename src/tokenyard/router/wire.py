@@ -25,6 +25,8 @@ H_MODE = b"x-tokenyard-mode"
 H_MODE_REASON = b"x-tokenyard-mode-reason"  # why a request was async (or real time against a policy)
 H_PATH = b"x-tokenyard-path"  # the path an async job took: idle_dedicated | provider_batch | realtime
 H_REQUEST_ID = b"x-request-id"
+# The headers that say who served a request, kept with an async job's answer to be relayed with it.
+SERVED_BY = frozenset({H_BACKEND, H_BACKEND_KIND, H_ROUTE, H_ROUTE_DETAIL, H_ATTEMPTS})
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8")]
@@ -139,6 +141,14 @@ class Captured:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = b""
+
+    @property
+    def content_type(self) -> str:
+        """The response's content type (JSON when it named none)."""
+        for key, value in self.headers:
+            if key == b"content-type":
+                return value.decode("latin-1")
+        return "application/json"
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":

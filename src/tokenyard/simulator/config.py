@@ -21,6 +21,9 @@ class FaultConfig(BaseModel):
     """Fraction of inference requests answered with ``error_status`` (drawn from the seeded RNG)."""
     error_status: int = Field(default=500, ge=400, le=599)
     """HTTP status of injected errors; 429 answers carry a ``Retry-After`` header."""
+    error_html: bool = False
+    """Injected errors are an HTML page (``text/html``), as a load balancer or gateway in front of an engine
+    sends (an nginx 413, a 502), instead of OpenAI's JSON error."""
     fail_next: int = Field(default=0, ge=0)
     """The next N inference requests are answered with ``error_status`` (deterministic; counts down)."""
     retry_after_s: float = Field(default=1.0, ge=0.0)

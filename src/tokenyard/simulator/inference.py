@@ -94,10 +94,11 @@ async def _respond(
             await state.clock.sleep(faults.first_byte_delay_ms / 1000.0)
         status = state.take_fault()
         if status is not None:
-            headers = wire.JSON_HEADERS
+            headers = wire.HTML_HEADERS if faults.error_html else wire.JSON_HEADERS
             if status == 429:
                 headers = [*headers, (b"retry-after", wire.retry_after_value(state.faults.retry_after_s))]
-            await send_bytes(send, status, wire.injected_error(status), headers)
+            body = wire.injected_error_html(status) if faults.error_html else wire.injected_error(status)
+            await send_bytes(send, status, body, headers)
         elif isinstance(plan, TokenyardError):
             await send_error(send, plan)
         elif not state.serves(plan.model):

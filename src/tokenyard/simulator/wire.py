@@ -7,6 +7,7 @@ types (``ChatCompletion``, ``ChatCompletionChunk``, ``Completion``, ``CreateEmbe
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, Protocol
 
 import orjson
@@ -16,6 +17,7 @@ from tokenyard.errors import TokenyardError
 Headers = list[tuple[bytes, bytes]]
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+HTML_HEADERS: Headers = [(b"content-type", b"text/html")]
 BINARY_HEADERS: Headers = [(b"content-type", b"application/octet-stream")]
 SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -66,6 +68,18 @@ def injected_error_payload(status: int) -> dict[str, Any]:
 def injected_error(status: int) -> bytes:
     """The body of an injected fault, serialized."""
     return orjson.dumps(injected_error_payload(status))
+
+
+def injected_error_html(status: int) -> bytes:
+    """The body of an injected fault when a gateway answers it: a small HTML page, as nginx writes one."""
+    try:
+        title = f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        title = f"{status} Error"
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
+        "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    ).encode()
 
 
 def retry_after_value(seconds: float) -> bytes:

@@ -24,7 +24,7 @@ from tokenyard.errors import InvalidRequest, MethodNotAllowed, ObjectNotFound
 from tokenyard.multipart import parse_form
 from tokenyard.router import wire
 from tokenyard.router.auth import Principal
-from tokenyard.router.queue.model import Job, JobResult, StoredObject
+from tokenyard.router.queue.model import JSON_TYPE, Job, JobResult, StoredObject
 from tokenyard.router.queue.store import JobStore
 
 ENDPOINTS: Final = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -282,7 +282,10 @@ class BatchApi:
             answered = await self.store.results_of(job_ids)
             batch.update(status="expired", expired_at=int(now))
         counts = batch["request_counts"]
-        counts["completed"] = sum(1 for r in answered.values() if r.status == 200)
+        # By status and label only (not parsed on every read): _finalize's lines have the last word.
+        counts["completed"] = sum(
+            1 for r in answered.values() if r.status == 200 and r.content_type == JSON_TYPE
+        )
         counts["failed"] = len(answered) - counts["completed"]
         if len(answered) == len(job_ids):
             await self._finalize(tenant, batch, answered, now)
@@ -307,18 +310,9 @@ class BatchApi:
         output: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
         for custom_id, job_id in batch["lines"]:
-            result = answered[job_id]
-            line: dict[str, Any] = {"id": _new_id("batch_req_"), "custom_id": custom_id}
-            if result.path in ("expired", "cancelled"):
-                line.update(response=None, error=orjson.loads(result.body)["error"])
-                errors.append(line)
-                continue
-            body = orjson.loads(result.body) if result.body else None
-            line.update(
-                response={"status_code": result.status, "request_id": _new_id("req_"), "body": body},
-                error=None,
-            )
-            (output if result.status == 200 else errors).append(line)
+            line = _output_line(custom_id, answered[job_id])
+            succeeded = line["error"] is None and line["response"]["status_code"] == 200
+            (output if succeeded else errors).append(line)
         for name, lines in (("output_file_id", output), ("error_file_id", errors)):
             if lines:
                 content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
@@ -327,6 +321,7 @@ class BatchApi:
                         "filename": f"{batch['id']}_{suffix}.jsonl", "purpose": "batch_output"}  # fmt: skip
                 await self._put_file(tenant, now, meta, content)
                 batch[name] = meta["id"]
+        batch["request_counts"].update(completed=len(output), failed=len(errors))
         if batch["status"] not in FINAL:
             batch["status"] = "cancelled" if batch["cancelling_at"] else "completed"
             batch["finalizing_at"] = int(now)
@@ -351,6 +346,33 @@ class BatchApi:
     def _public(batch: dict[str, Any]) -> dict[str, Any]:
         """The Batch object as OpenAI shows it (without tokenyard's own bookkeeping)."""
         return {key: value for key, value in batch.items() if key != "lines" and not key.startswith("_")}
+
+
+def _output_line(custom_id: str, result: JobResult) -> dict[str, Any]:
+    """A line of the batch's output or error file, as OpenAI writes them: ``response`` with the answer's
+    status and JSON body, or ``error`` when there is no such answer.
+
+    An answer that is not a JSON object (an HTML page from a gateway in front of the upstream) keeps its
+    status; its body — which OpenAI's line format types as a JSON object — becomes an OpenAI error saying
+    what it was, and ``error`` says the same, so a reader looking at either sees it.
+    """
+    line: dict[str, Any] = {
+        "id": _new_id("batch_req_"),
+        "custom_id": custom_id,
+        "response": None,
+        "error": None,
+    }
+    body = result.json_object()
+    if result.path in ("expired", "cancelled"):  # closed by tokenyard: the body is its own error
+        line["error"] = body["error"] if body is not None else {"code": f"batch_{result.path}", "message": ""}
+        return line
+    if body is None:
+        line["error"] = {"code": "upstream_response_not_json", "message": result.describe()}
+        error_type = "server_error" if result.status >= 500 else "invalid_request_error"
+        body = {"error": {**line["error"], "type": error_type, "param": None}}
+    line["response"] = {"status_code": result.status, "request_id": result.request_id or _new_id("req_"),
+                        "body": body}  # fmt: skip
+    return line
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -39,9 +39,10 @@ from tokenyard.router.exchange import Exchange
 from tokenyard.router.meter.model import UsageRecord
 from tokenyard.router.meter.store import MeterStore
 from tokenyard.router.queue.front import AsyncFront, allowed_callback
-from tokenyard.router.queue.model import Job, JobResult, QueueStats
+from tokenyard.router.queue.model import JSON_TYPE, Job, JobResult, QueueStats
 from tokenyard.router.queue.paths import Capacity, choose_path
 from tokenyard.router.queue.store import JobStore
+from tokenyard.router.wire import H_BACKEND, H_BACKEND_KIND
 
 if TYPE_CHECKING:
     from tokenyard.router.proxy import Proxy
@@ -227,6 +228,8 @@ class Dispatcher:
             await self._answered(job, result, usage)
         except StoreError as exc:
             log.warning("dispatcher: job %s: %s (its claim will go stale and be retried)", job.id, exc)
+        except Exception:  # a task's last guard: nobody awaits it, so a failure must be said here
+            log.exception("dispatcher: job %s failed (its claim will go stale and be retried)", job.id)
         finally:
             self._running.pop(job.id, None)
 
@@ -239,7 +242,10 @@ class Dispatcher:
         waited = max(0.0, result.finished_at - job.created_at)
         self.wait_s_by_path[result.path] = self.wait_s_by_path.get(result.path, 0.0) + waited
         if job.callback:
-            await self._call_back(job, result)
+            try:
+                await self._call_back(job, result)
+            except Exception:  # the answer is stored and billed: a callback's failure must not undo that
+                log.exception("dispatcher: job %s: its callback failed", job.id)
 
     # -- provider batches ------------------------------------------------------------------------------
 
@@ -310,8 +316,23 @@ class Dispatcher:
                 job = await self.store.get(job_id)
                 if job is None:
                     continue
-                result = JobResult(job_id, line.status, line.body, "provider_batch", self.wall())
-                await self._answered(job, result, self._batch_usage(job, backend, line.status, line.body))
+                request_id = job.request_id or "req_" + uuid.uuid4().hex[:24]
+                served_by = [
+                    (H_BACKEND.decode(), backend.name),
+                    (H_BACKEND_KIND.decode(), backend.config.kind),
+                ]
+                result = JobResult(
+                    job_id,
+                    line.status,
+                    line.body,
+                    "provider_batch",
+                    self.wall(),
+                    JSON_TYPE,
+                    served_by,
+                    request_id,
+                )
+                usage = self._batch_usage(job, backend, request_id, line.status, line.body)
+                await self._answered(job, result, usage)
             back = await self.store.release_batch(ref)
             self._batch_deadline.pop(ref, None)
             log.info(
@@ -333,11 +354,11 @@ class Dispatcher:
         )
         await backend.batch_api.cancel(batch_id)
 
-    def _batch_usage(self, job: Job, backend: Backend, status: int, body: bytes) -> UsageRecord:
+    def _batch_usage(
+        self, job: Job, backend: Backend, request_id: str, status: int, body: bytes
+    ) -> UsageRecord:
         """The meter's record of a job a provider batch answered: at the batch backend's prices."""
-        exchange = Exchange(
-            "req_" + uuid.uuid4().hex[:24], job.tenant, job.model, orjson.loads(job.body), self.clock()
-        )
+        exchange = Exchange(request_id, job.tenant, job.model, orjson.loads(job.body), self.clock())
         exchange.mode, exchange.reason, exchange.route = "async", job.reason, "provider_batch"
         exchange.backend, exchange.status = backend, status
         if status == 200:
@@ -353,12 +374,12 @@ class Dispatcher:
         assert job.callback is not None
         try:
             url = allowed_callback(job.callback, callbacks.allow_hosts)  # the list may have changed
-        except InvalidRequest:
-            log.warning("dispatcher: job %s: callback host no longer allowed; not called", job.id)
+        except InvalidRequest as exc:
+            log.warning("dispatcher: job %s: callback not called: %s", job.id, exc.message)
             return
         payload = orjson.dumps(
             {"id": job.id, "object": "async.job.result", "status_code": result.status, "path": result.path,
-             "body": orjson.loads(result.body) if result.body else None}
+             "content_type": result.content_type, "body": _callback_body(result)}
         )  # fmt: skip
         headers = {"Content-Type": "application/json"}
         if callbacks.secret is not None:
@@ -371,8 +392,21 @@ class Dispatcher:
             async with self._http.post(url, data=payload, headers=headers, allow_redirects=False) as resp:
                 if resp.status >= 300:
                     log.warning("dispatcher: job %s: callback answered %d", job.id, resp.status)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("dispatcher: job %s: callback failed: %s", job.id, type(exc).__name__)
+        except TimeoutError:
+            log.warning("dispatcher: job %s: callback not answered within %g s", job.id, callbacks.timeout_s)
+        except (aiohttp.ClientError, OSError) as exc:
+            log.warning("dispatcher: job %s: callback failed: %s", job.id, exc)
+
+
+def _callback_body(result: JobResult) -> object:
+    """The answer's body in a callback: its JSON, or — when the upstream said something else (an HTML
+    error page) — its text, as ``content_type`` says."""
+    if not result.body:
+        return None
+    try:
+        return orjson.loads(result.body)
+    except orjson.JSONDecodeError:
+        return result.body.decode("utf-8", "replace")
 
 
 def sign(secret: str, payload: bytes, timestamp: int) -> str:
