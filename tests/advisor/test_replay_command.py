@@ -16,7 +16,9 @@ import pytest
 T0 = 1_795_132_800  # Monday 2026-11-23 00:00 UTC
 
 
-def tokenyard(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def tokenyard(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tokenyard", *args],
         capture_output=True,
@@ -24,6 +26,7 @@ def tokenyard(*args: str, stdin: str | None = None) -> subprocess.CompletedProce
         input=stdin,
         check=False,
         timeout=120,
+        env=env,
     )
 
 
@@ -223,7 +226,9 @@ def test_async_and_async_eligible_traffic_is_counted_as_deferrable(tmp_path: Pat
 )
 def test_a_bad_line_is_named_and_nothing_is_half_reported(tmp_path: Path, line: str, message: str) -> None:
     log = tmp_path / "bad.jsonl"
-    log.write_text('{"ts": 1795132800, "model": "m", "prompt_tokens": 1, "completion_tokens": 1}\n' + line + "\n")
+    log.write_text(
+        '{"ts": 1795132800, "model": "m", "prompt_tokens": 1, "completion_tokens": 1}\n' + line + "\n"
+    )
     result = tokenyard("replay", str(log))
     assert result.returncode == 2
     assert message in result.stderr
