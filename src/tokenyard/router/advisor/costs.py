@@ -218,13 +218,15 @@ def autoscaled(
     minutes far from any busy one run ``min_replicas``, so only the spans around busy minutes are replayed.
     """
     floor = scaling.min_replicas
-    # Replicas above the floor each busy minute needs: ceil(x / cap), a hair under so that 1.2 / 0.6 is 2,
-    # not 3; written with map to stay in C.
-    needed = map(math.ceil, map(float.__sub__, map((1 / cap).__mul__, load), repeat(1e-9)))
-    extra = list(map(max, map(int.__sub__, needed, repeat(floor)), repeat(0)))
+    # Replicas each busy minute needs: ceil(x / cap), a hair under so that 1.2 / 0.6 is 2, not 3, and at
+    # least the floor; written with map to stay in C.
+    needed = list(map(math.ceil, map(float.__sub__, map((1 / cap).__mul__, load), repeat(1e-9))))
+    if floor:
+        needed = list(map(max, needed, repeat(floor)))
     provisioned_extra, billed_extra = _extra_replica_minutes(
         index,
-        extra,
+        needed,
+        floor,
         minutes,
         behind=scaling.scale_in_delay_min,
         ahead=scaling.scale_out_lead_min,
@@ -248,33 +250,52 @@ def autoscaled(
 
 
 def _extra_replica_minutes(
-    index: Sequence[int], extra: Sequence[int], minutes: int, *, behind: int, ahead: int, block: int
+    index: Sequence[int],
+    needed: Sequence[int],
+    floor: int,
+    minutes: int,
+    *,
+    behind: int,
+    ahead: int,
+    block: int,
 ) -> tuple[int, int]:
     """(replica-minutes provisioned above the floor, replica-minutes billed above it) over the window.
 
-    A busy minute i keeps replicas from ``i - ahead`` to ``i + behind``; the window's billing blocks start at
-    its first minute. Busy minutes whose reach shares a block form one span, replayed minute by minute; the
-    blocks between spans bill only the floor, so they cost nothing here.
+    ``needed`` is the replicas each busy minute needs, at least ``floor``. A busy minute i keeps them from
+    ``i - ahead`` to ``i + behind``; the window's billing blocks start at its first minute. Busy minutes
+    whose reach shares a block form one span, replayed minute by minute; the blocks between spans bill
+    only the floor, so they add nothing here.
     """
+
+    def first_block(i: int) -> int:  # where minute i's reach starts, down to its billing block
+        return max(0, i - ahead) // block * block
+
+    def past_block(i: int) -> int:  # where it ends, up to its billing block (or the window's end)
+        return min(minutes, -(-(i + behind + 1) // block) * block)
+
+    busy = len(index)
+    if not busy:
+        return 0, 0
+    # Two busy minutes closer than the reach are always in one span: only wider gaps can split one, and
+    # finding them stays in C (30 busy days are 43,200 minutes of one span).
+    splits = []
+    if index[-1] - index[0] + 1 != busy:  # not one unbroken run of busy minutes
+        gaps = map(int.__sub__, index[1:], index)
+        wide = compress(range(1, busy), map(int.__lt__, repeat(ahead + behind), gaps))
+        splits = [k for k in wide if first_block(index[k]) >= past_block(index[k - 1])]
     provisioned = billed = 0
-    k, busy = 0, len(index)
-    while k < busy:
-        lo = max(0, index[k] - ahead) // block * block
-        j = k
-        hi = min(minutes, -(-(index[j] + behind + 1) // block) * block)
-        while j + 1 < busy and max(0, index[j + 1] - ahead) // block * block < hi:
-            j += 1
-            hi = min(minutes, -(-(index[j] + behind + 1) // block) * block)
-        if j - k + 1 == hi - lo:  # every minute of the span is busy (the usual case): no gaps to fill
-            values = list(extra[k : j + 1])
+    for k, end in zip([0, *splits], [*splits, busy], strict=True):
+        lo, hi = first_block(index[k]), past_block(index[end - 1])
+        if end - k == hi - lo:  # every minute of the span is busy (the usual case): no gaps to fill
+            values = list(needed[k:end])
         else:
-            at = dict(zip(index[k : j + 1], extra[k : j + 1], strict=True))
-            values = list(map(at.get, range(lo, hi), repeat(0)))
+            at = dict(zip(index[k:end], needed[k:end], strict=True))
+            values = list(map(at.get, range(lo, hi), repeat(floor)))
         kept = _window_max(values, behind=behind, ahead=ahead)
         in_span = sum(kept)
-        provisioned += in_span
-        billed += in_span if block == 1 else sum(_billed_blocks(kept, block))
-        k = j + 1
+        at_floor = floor * (hi - lo)
+        provisioned += in_span - at_floor
+        billed += (in_span if block == 1 else sum(_billed_blocks(kept, block))) - at_floor
     return provisioned, billed
 
 

@@ -45,8 +45,8 @@ def replay(args: argparse.Namespace) -> int:
         return 1
     config, catalog = configured
     try:
-        start = None if args.start is None else parse_time(args.start, "--start")
-        end = None if args.end is None else parse_time(args.end, "--end")
+        start = None if args.start is None else parse_time(_number_or_text(args.start), "--start")
+        end = None if args.end is None else parse_time(_number_or_text(args.end), "--end")
     except ValueError as exc:
         print(f"tokenyard: {exc}", file=sys.stderr)
         return 2
@@ -76,6 +76,14 @@ def replay(args: argparse.Namespace) -> int:
     if outside:
         source += f", {outside:,.0f} requests outside the window left out"
     return _print(advices, skipped, args, source=source)
+
+
+def _number_or_text(text: str) -> float | str:
+    """A command-line time: unix seconds are a number there too."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _read(log: TrafficLog, path: str, progress: bool | None) -> None:
