@@ -18,7 +18,7 @@ from tokenyard.router.advisor import costs
 from tokenyard.router.advisor.costs import Deferred, LoadProfile
 from tokenyard.router.advisor.decide import evaluate
 from tokenyard.router.advisor.settings import Autoscaling
-from tokenyard.router.advisor.traffic import Traffic, TrafficBuilder
+from tokenyard.router.advisor.traffic import TokenSeries, Traffic, TrafficBuilder
 
 DAY_S = 86400
 REPLICA_USD_PER_DAY = 48.0
@@ -146,3 +146,15 @@ def test_the_heat_map_averages_each_hour_of_the_week_over_its_occurrences() -> N
         week_and_a_day.realtime.add(i, 1, 100, 0, 0)
     by_hour = week_and_a_day.tokens_by_hour_of_week()
     assert by_hour == [6000.0] * 168
+
+
+def test_a_series_keeps_its_busy_minutes_in_order_whatever_order_they_come_in() -> None:
+    series = TokenSeries()
+    for minute in (50, 10, 30, 10, 50, 70):
+        series.add(minute, 1, 100, 10, 5)
+    assert list(series.index) == [10, 30, 50, 70]
+    assert list(series.requests) == [2, 1, 2, 1]
+    assert list(series.prompt) == [200, 100, 200, 100]
+    later = series.between(20, 60)
+    assert list(later.index) == [10, 30]  # minutes 30 and 50, counted from minute 20
+    assert series.plus(later).totals().requests == series.totals().requests + 3

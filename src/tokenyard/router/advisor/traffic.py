@@ -69,20 +69,23 @@ class TokenSeries:
         """Add usage to minute ``i`` (fastest in ascending order: then it only appends)."""
         self._totals = None
         index = self.index
-        values = (requests, prompt, cached, completion)
+        # Spelled out column by column: this runs once per stored row (a loop over the columns was 2× slower).
         if not index or i > index[-1]:
             index.append(i)
-            for column, value in zip(self.columns(), values, strict=True):
-                column.append(value)
+            self.requests.append(requests)
+            self.prompt.append(prompt)
+            self.cached.append(cached)
+            self.completion.append(completion)
             return
-        k = bisect_left(index, i)
-        if index[k] == i:
-            for column, value in zip(self.columns(), values, strict=True):
-                column[k] += value
-        else:
+        k = len(index) - 1 if i == index[-1] else bisect_left(index, i)
+        if index[k] != i:
             index.insert(k, i)
-            for column, value in zip(self.columns(), values, strict=True):
-                column.insert(k, value)
+            for column in self.columns():
+                column.insert(k, 0.0)
+        self.requests[k] += requests
+        self.prompt[k] += prompt
+        self.cached[k] += cached
+        self.completion[k] += completion
 
     def plus(self, other: TokenSeries) -> TokenSeries:
         """Both series, minute by minute."""
