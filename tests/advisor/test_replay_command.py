@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-T0 = 1_795_132_800  # Monday 2026-11-23 00:00 UTC
+T0 = 1_795_132_800  # Friday 2026-11-20 00:00 UTC
 
 
 def tokenyard(
