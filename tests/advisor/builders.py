@@ -12,7 +12,7 @@ from tokenyard.router.advisor.settings import Autoscaling, WorkloadNeeds
 from tokenyard.router.advisor.traffic import Traffic
 
 DAY = 1440
-T0 = 1_795_132_800  # a Monday 00:00 UTC, minute-aligned
+T0 = 1_795_132_800  # Friday 2026-11-20 00:00 UTC, minute-aligned
 # One replica: 1 GPU at $2/h, 1,000 output or 10,000 input tokens/s at full capacity. A minute of full
 # load is therefore 60,000 output tokens; at $2 per 1M tokens that costs $0.12 per token, against $2/60
 # for the replica.

@@ -20,7 +20,7 @@ NOTHING_DEFERRED = Deferred(0.0, 0.0)
 
 
 def test_load_adds_prefill_and_decode_and_discounts_prompt_cache_hits() -> None:
-    series = TokenSeries.zeros(1)
+    series = TokenSeries()
     series.add(0, 1, prompt=60_000, cached=30_000, completion=6_000)
     # 30,000 uncached input at 10,000/s = 3 s, 30,000 cached at a tenth of that = 0.3 s, 6,000 output at
     # 1,000/s = 6 s: 9.3 replica-seconds of a 60-second minute.
@@ -28,12 +28,12 @@ def test_load_adds_prefill_and_decode_and_discounts_prompt_cache_hits() -> None:
 
 
 def test_per_token_costs_price_cached_input_at_its_own_price() -> None:
-    series = TokenSeries.zeros(2)
+    series = TokenSeries()
     series.add(1, 1, prompt=1_000_000, cached=400_000, completion=100_000)
     prices = costs.TokenPrices(
         input_per_1m=1.0, cached_input_per_1m=0.5, output_per_1m=4.0, as_of="2026-11-29", source="t"
     )
-    assert costs.per_token_costs(prices, series) == [0.0, pytest.approx(0.6 + 0.2 + 0.4)]
+    assert costs.per_token_costs(prices, series) == [pytest.approx(0.6 + 0.2 + 0.4)]  # minute 1 only
     assert costs.total_cost(prices, series.totals()) == pytest.approx(1.2)
 
 
@@ -66,12 +66,11 @@ def test_the_window_maximum_matches_the_obvious_definition(
 
 
 def test_autoscaling_bills_whole_blocks_and_keeps_a_minimum() -> None:
-    load = [0.0] * 120
-    load[30] = 1.0  # one busy minute needs ceil(1.0 / 0.6) = 2 replicas
+    # Two hours, one busy minute (30), which needs ceil(1.0 / 0.6) = 2 replicas.
     scaling = Autoscaling(
         scale_out_lead_min=0, scale_in_delay_min=0, min_replicas=1, billing_granularity_min=60
     )
-    cost = costs.autoscaled(REPLICA, load, 0.6, scaling, NOTHING_DEFERRED)
+    cost = costs.autoscaled(REPLICA, [1.0], 0.6, scaling, NOTHING_DEFERRED, index=[30], minutes=120)
     # The first hour is billed at its largest count (2), the second at the minimum (1).
     assert cost.dedicated_usd == pytest.approx((2 + 1) * 2.0)
     assert cost.replicas == pytest.approx(1.5)
@@ -80,7 +79,7 @@ def test_autoscaling_bills_whole_blocks_and_keeps_a_minimum() -> None:
 def test_n_always_on_replicas_price_overflow_and_idle_exactly() -> None:
     load = [0.3, 0.9, 1.5, 0.0]
     overflow_usd = [x * 0.12 for x in load]  # per-token cost in proportion to load
-    profile = LoadProfile(load, overflow_usd, cap=0.6)
+    profile = LoadProfile(load, overflow_usd, cap=0.6, minutes=len(load))
     assert profile.peak_replicas() == 3
     for n in range(4):
         threshold = n * 0.6
@@ -125,7 +124,7 @@ def test_the_hybrid_optimum_never_costs_more_than_all_serverless_or_dedicated_fo
     advice = evaluate(workload(serverless=price), _traffic(values), now=T0 + 86400)
     by_kind = {c.architecture: c.cost.total_usd for c in advice.candidates}
     assert advice.curve is not None
-    optimum = advice.curve.points[advice.curve.optimum_n][1]
+    optimum = dict(advice.curve.points)[advice.curve.optimum_n]
     assert optimum <= by_kind["serverless"] + 1e-9
     assert optimum <= by_kind["dedicated"] + 1e-9
     assert advice.best.cost.total_usd <= min(by_kind.values()) + 1e-9
@@ -159,7 +158,7 @@ def test_costs_are_additive_over_time(first: list[float], second: list[float], p
         prices = whole.serverless
         assert prices is not None
         load = REPLICA.load(t.realtime)
-        profile = LoadProfile(load, costs.per_token_costs(prices, t.realtime), 0.6)
+        profile = LoadProfile(load, costs.per_token_costs(prices, t.realtime), 0.6, minutes=t.minutes)
         fixed = costs.always_on(REPLICA, profile, n, NOTHING_DEFERRED)
         return costs.total_cost(prices, t.realtime.totals()), fixed.total_usd
 

@@ -9,12 +9,17 @@ per-token work a minute for $0.0333: it pays when it is busy more than 46 % of t
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 
 import pytest
 
 from tests.advisor.builders import DAY, REPLICA, T0, prices, traffic, workload
+from tokenyard.errors import ConfigError
+from tokenyard.router.advisor.catalog import load_catalog
 from tokenyard.router.advisor.decide import CurrentSetup, confidence, evaluate, settle
 from tokenyard.router.advisor.settings import WorkloadNeeds
+from tokenyard.router.advisor.workloads import build_workload
+from tokenyard.router.config import parse_config
 
 REPLICA_USD_PER_DAY = 48.0
 USD_PER_LOAD_MINUTE = 0.12  # per-token cost of one replica-minute of load at $2 per 1M
@@ -181,3 +186,47 @@ def test_a_small_saving_is_not_material() -> None:
     assert advice.saving_usd_per_month == pytest.approx(0, abs=1e-6)
     assert not advice.material
     assert not advice.change_recommended
+
+
+def test_dedicated_serverless_is_a_candidate_wherever_it_has_a_price() -> None:
+    # Shared serverless is allowed, but a dedicated-serverless contract at $1 per 1M is half its price:
+    # 0.05 replica-minutes of business-hours load is $0.003 a minute there against $0.006.
+    advice = evaluate(
+        workload(serverless=2.0, dedicated_serverless=1.0),
+        traffic(14, business_hours(0.05)),
+        now=now_after(14),
+    )
+    by_kind = {c.architecture: c.cost.total_usd for c in advice.candidates}
+    assert by_kind["serverless"] == pytest.approx(0.05 * USD_PER_LOAD_MINUTE * 2 * 5 * 8 * 60)
+    assert by_kind["dedicated_serverless"] == pytest.approx(by_kind["serverless"] / 2)
+    assert advice.architecture == "dedicated_serverless"
+    assert "dedicated serverless costs 50% less than serverless" in advice.reasons
+
+
+def test_teams_without_an_autoscaler_can_switch_the_autoscaled_candidate_off() -> None:
+    config = parse_config(
+        """
+backends:
+  api: {kind: serverless, base_url: "http://127.0.0.1:9/v1", prices: {input_per_1m: 2, output_per_1m: 2}}
+models:
+  m: {deployments: [api]}
+advisor:
+  autoscaling: {enabled: false}
+  workloads:
+    m: {catalog_model: llama-3.1-8b-instruct}
+"""
+    )
+    assert config.advisor.autoscaling.enabled is False
+    built = build_workload("m", "m", config, load_catalog(), today=date(2026, 11, 29))
+    advice = evaluate(built, traffic(8, lambda i: 3.0), now=now_after(8))
+    architectures = {c.architecture for c in advice.candidates}
+    assert "dedicated" in architectures
+    assert "dedicated_autoscaled" not in architectures
+    assert "autoscaled dedicated was not priced: advisor.autoscaling.enabled is false" in advice.reasons
+    on = evaluate(workload(), traffic(8, lambda i: 3.0), now=now_after(8))
+    assert "dedicated_autoscaled" in {c.architecture for c in on.candidates}  # on by default
+
+
+def test_the_autoscaling_switch_is_validated_with_its_path() -> None:
+    with pytest.raises(ConfigError, match=r"advisor\.autoscaling\.enabled: must be true or false"):
+        parse_config("advisor:\n  autoscaling: {enabled: sometimes}\n")

@@ -13,10 +13,12 @@ from xml.etree import ElementTree
 
 import pytest
 
-T0 = 1_795_132_800  # Monday 2026-11-23 00:00 UTC
+T0 = 1_795_132_800  # Friday 2026-11-20 00:00 UTC
 
 
-def tokenyard(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def tokenyard(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tokenyard", *args],
         capture_output=True,
@@ -24,6 +26,7 @@ def tokenyard(*args: str, stdin: str | None = None) -> subprocess.CompletedProce
         input=stdin,
         check=False,
         timeout=120,
+        env=env,
     )
 
 
@@ -180,28 +183,56 @@ def test_async_and_async_eligible_traffic_is_counted_as_deferrable(tmp_path: Pat
     ("line", "message"),
     [
         ("{not json", "line 2: not JSON"),
-        ('{"ts": 1, "model": "m", "completion_tokens": 1}', "line 2: prompt_tokens is missing"),
+        ('{"ts": 1795132800, "model": "m", "completion_tokens": 1}', "line 2: prompt_tokens is missing"),
         (
             '{"ts": "yesterday", "model": "m", "prompt_tokens": 1, "completion_tokens": 1}',
             "line 2: ts must be",
         ),
         (
-            '{"ts": 1, "model": "m", "prompt_tokens": -5, "completion_tokens": 1}',
+            '{"ts": 1795132800, "model": "m", "prompt_tokens": -5, "completion_tokens": 1}',
             "line 2: prompt_tokens must be",
         ),
         (
-            '{"ts": 1, "model": "m", "prompt_tokens": 5, "completion_tokens": 1, "mode": "later"}',
+            '{"ts": 1795132800, "model": "m", "prompt_tokens": 5, "completion_tokens": 1, "mode": "later"}',
             "line 2: mode must",
         ),
         ("[1, 2]", "line 2: not a JSON object"),
+        # Out of range: each once made the replay's work unbounded, or ended in a traceback.
+        (
+            '{"ts": 0, "model": "m", "prompt_tokens": 1, "completion_tokens": 1}',
+            "line 2: ts must be between 2000-01-01 and 2100-01-01 UTC, not 0",
+        ),
+        (
+            '{"ts": 1e20, "model": "m", "prompt_tokens": 1, "completion_tokens": 1}',
+            "line 2: ts must be between 2000-01-01 and 2100-01-01 UTC",
+        ),
+        (
+            '{"ts": "0001-01-01T00:00:00Z", "model": "m", "prompt_tokens": 1, "completion_tokens": 1}',
+            "line 2: ts must be between 2000-01-01 and 2100-01-01 UTC",
+        ),
+        (
+            '{"ts": 1795132800, "model": "m", "prompt_tokens": 1e300, "completion_tokens": 1}',
+            "line 2: prompt_tokens must be a number from 0 to 10^12, not 1e+300",
+        ),
+        (
+            '{"ts": 1795132800, "model": "m", "prompt_tokens": 1, "completion_tokens": 1, "requests": 1e13}',
+            "line 2: requests must be a number from 0 to 10^12",
+        ),
+        (
+            '{"window": {"start": 1795132800, "end": 1795132800}}',
+            "line 2: window.end must be after window.start",
+        ),
     ],
 )
 def test_a_bad_line_is_named_and_nothing_is_half_reported(tmp_path: Path, line: str, message: str) -> None:
     log = tmp_path / "bad.jsonl"
-    log.write_text('{"ts": 1, "model": "m", "prompt_tokens": 1, "completion_tokens": 1}\n' + line + "\n")
+    log.write_text(
+        '{"ts": 1795132800, "model": "m", "prompt_tokens": 1, "completion_tokens": 1}\n' + line + "\n"
+    )
     result = tokenyard("replay", str(log))
     assert result.returncode == 2
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
     assert result.stdout == ""
 
 

@@ -24,6 +24,18 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--plot", metavar="DIR", help="also write SVG charts and an index.html to DIR")
     parser.add_argument(
+        "--start",
+        metavar="WHEN",
+        help="replay from WHEN (unix seconds or ISO 8601, UTC without a zone; default: the log's window "
+        "line, else 00:00 UTC of the first request's day)",
+    )
+    parser.add_argument(
+        "--end",
+        metavar="WHEN",
+        help="replay until WHEN, exclusive (default: the log's window line, else 00:00 UTC after the "
+        "last request's day)",
+    )
+    parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,

@@ -15,7 +15,7 @@ from tokenyard.router.advisor import costs
 from tokenyard.router.advisor.catalog import TokenPrices
 from tokenyard.router.advisor.costs import Cost, CostCurve, DedicatedOption, Deferred, LoadProfile
 from tokenyard.router.advisor.settings import Autoscaling, WorkloadNeeds
-from tokenyard.router.advisor.traffic import TokenSeries, Totals, Traffic
+from tokenyard.router.advisor.traffic import DAY_S, MINUTE_S, TokenSeries, Totals, Traffic
 
 LOW_CONFIDENCE_DAYS = 7.0  # less than one weekly cycle
 HIGH_CONFIDENCE_DAYS = 14.0  # two weekly cycles
@@ -55,7 +55,7 @@ class Workload:
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
 
     def per_token(self) -> tuple[str, TokenPrices] | None:
-        """The per-token architecture it may use: serverless where allowed, else dedicated-serverless."""
+        """The per-token deployment for overflow: serverless where allowed, else dedicated-serverless."""
         if self.serverless is not None and self.needs.serverless_allowed:
             return "serverless", self.serverless
         if self.dedicated_serverless is not None:
@@ -104,6 +104,7 @@ class Advice:
     model: str
     window_start: int
     window_minutes: int
+    window_basis: str  # how the window was chosen, in words
     history_days: float
     confidence: str  # low | medium | high
     requests: float
@@ -120,6 +121,11 @@ class Advice:
     change_recommended: bool = False  # ...and has held over enough evaluations (see ``settle``)
     stable_evaluations: int = 0
     traffic: Traffic | None = None  # what was replayed (for the pictures)
+
+    @property
+    def window_end(self) -> int:
+        """Where the replayed window ends (unix seconds, exclusive)."""
+        return self.window_start + MINUTE_S * self.window_minutes
 
     @property
     def per_month(self) -> float:
@@ -148,10 +154,11 @@ class _Minutes:
     candidates and the current setup ask for the same ones.
     """
 
-    __slots__ = ("_loads", "_profiles", "series")
+    __slots__ = ("_loads", "_profiles", "minutes", "series")
 
-    def __init__(self, series: TokenSeries) -> None:
+    def __init__(self, series: TokenSeries, minutes: int) -> None:
         self.series = series
+        self.minutes = minutes  # the window's length: the busy minutes are ``series.index``
         self._loads: dict[DedicatedOption, list[float]] = {}
         self._profiles: dict[tuple[DedicatedOption, TokenPrices | None, float], LoadProfile] = {}
 
@@ -166,7 +173,7 @@ class _Minutes:
         key = (option, overflow, cap)
         if key not in self._profiles:
             overflow_usd = costs.per_token_costs(overflow, self.series) if overflow else None
-            self._profiles[key] = LoadProfile(self.load(option), overflow_usd, cap)
+            self._profiles[key] = LoadProfile(self.load(option), overflow_usd, cap, minutes=self.minutes)
         return self._profiles[key]
 
 
@@ -187,15 +194,20 @@ def _deferred(workload: Workload, series: Totals, option: DedicatedOption | None
     return Deferred(_total_load(option, series), cost_usd)
 
 
-def _per_token_candidate(workload: Workload, rt: Totals, deferrable: Totals) -> Candidate | None:
-    chosen = workload.per_token()
-    if chosen is None:
-        return None
-    kind, prices = chosen
-    rt_usd = costs.total_cost(prices, rt)
+def _per_token_candidates(workload: Workload, rt: Totals, deferrable: Totals) -> list[Candidate]:
+    """All real-time traffic per token: on shared serverless where allowed, on dedicated serverless where
+    it has a price (a dedicated-serverless contract can be the cheaper of the two)."""
     batch_usd = _deferred(workload, deferrable, None).cost_usd
-    cost = Cost(total_usd=rt_usd + batch_usd, per_token_usd=rt_usd, deferred_usd=batch_usd)
-    return Candidate(kind, kind.replace("_", " "), cost)
+    out = []
+    for kind, prices in (
+        ("serverless", workload.serverless if workload.needs.serverless_allowed else None),
+        ("dedicated_serverless", workload.dedicated_serverless),
+    ):
+        if prices is not None:
+            rt_usd = costs.total_cost(prices, rt)
+            cost = Cost(total_usd=rt_usd + batch_usd, per_token_usd=rt_usd, deferred_usd=batch_usd)
+            out.append(Candidate(kind, kind.replace("_", " "), cost))
+    return out
 
 
 def _dedicated_candidates(
@@ -210,30 +222,29 @@ def _dedicated_candidates(
     peak_n = max(1, profile.peak_replicas())
     gpu = option.label
     peak = costs.always_on(option, profile, peak_n, deferred)
-    scaled = costs.autoscaled(option, load, cap, workload.autoscaling, deferred)
-    out = [
-        Candidate("dedicated", f"dedicated {peak_n} × {gpu}", peak, gpu),
-        Candidate(
-            "dedicated_autoscaled",
-            f"autoscaled ~{scaled.replicas:.1f} × {gpu}",
-            scaled,
-            gpu,
-        ),
-    ]
+    out = [Candidate("dedicated", f"dedicated {peak_n} × {gpu}", peak, gpu)]
+    if workload.autoscaling.enabled:
+        scaled = costs.autoscaled(
+            option,
+            load,
+            cap,
+            workload.autoscaling,
+            deferred,
+            index=rt.series.index,
+            minutes=rt.minutes,
+        )
+        out.append(
+            Candidate("dedicated_autoscaled", f"autoscaled ~{scaled.replicas:.1f} × {gpu}", scaled, gpu)
+        )
     if per_token is None:
         return out, None, profile
     # Enough always-on replicas for the peak, or to take all the work on average (deferrable included).
     most = max(peak_n, int((profile.total_load + deferred.load) / (cap * max(1, profile.minutes))) + 1)
-    curve, curve_costs = costs.hybrid_curve(option, profile, deferred, most=most)
+    curve, cheapest = costs.hybrid_curve(option, profile, deferred, most=most)
     n = curve.optimum_n
-    if n > 0 and curve_costs[n].per_token_usd > 0:
+    if n > 0 and cheapest.per_token_usd > 0:
         out.append(
-            Candidate(
-                "hybrid",
-                f"hybrid {n} × {gpu} + {per_token[0].replace('_', ' ')}",
-                curve_costs[n],
-                gpu,
-            )
+            Candidate("hybrid", f"hybrid {n} × {gpu} + {per_token[0].replace('_', ' ')}", cheapest, gpu)
         )
     return out, curve, profile
 
@@ -253,7 +264,7 @@ def _current_candidate(workload: Workload, traffic: Traffic, realtime: _Minutes)
         cost = Cost(rt_usd + deferred_usd, per_token_usd=rt_usd, deferred_usd=deferred_usd)
         return Candidate(current.per_token_kind or "serverless", "current: " + current.describe(), cost)
     both = traffic.must_wait_for()
-    rt = realtime if both is realtime.series else _Minutes(both)
+    rt = realtime if both is realtime.series else _Minutes(both, traffic.minutes)
     option = current.option
     profile = rt.profile(option, current.per_token, workload.utilization_cap)
     deferred = Deferred(_total_load(option, ran_async), deferred_usd)
@@ -271,15 +282,15 @@ def confidence(history_days: float) -> str:
 
 def evaluate(workload: Workload, traffic: Traffic, *, now: float) -> Advice:
     """Replay ``traffic`` against every candidate the workload allows; recommend by the decision tree."""
-    traffic = _from_first_request(traffic)
+    traffic = _from_first_day(traffic)
     rt, deferrable = traffic.realtime, traffic.deferrable()
-    minutes = _Minutes(rt)
+    minutes = _Minutes(rt, traffic.minutes)
     rt_totals = rt.totals()
-    candidates: list[Candidate] = []
     chosen_curve: CostCurve | None = None
-    per_token = _per_token_candidate(workload, rt_totals, deferrable)
-    if per_token:
-        candidates.append(per_token)
+    candidates = _per_token_candidates(workload, rt_totals, deferrable)
+    preferred = workload.per_token()
+    # The per-token deployment overflow goes to: what the breakeven and the reasons compare against.
+    per_token = next((c for c in candidates if preferred and c.architecture == preferred[0]), None)
     best_dedicated: tuple[float, CostCurve | None, LoadProfile, DedicatedOption] | None = None
     for option in workload.options:
         found, curve, profile = _dedicated_candidates(workload, option, minutes, deferrable)
@@ -308,6 +319,7 @@ def evaluate(workload: Workload, traffic: Traffic, *, now: float) -> Advice:
         model=workload.model,
         window_start=traffic.start_minute,
         window_minutes=traffic.minutes,
+        window_basis=traffic.basis,
         history_days=history,
         confidence=confidence(history),
         requests=rt_totals.requests + deferrable.requests,
@@ -326,12 +338,19 @@ def evaluate(workload: Workload, traffic: Traffic, *, now: float) -> Advice:
     return advice
 
 
-def _from_first_request(traffic: Traffic) -> Traffic:
-    """The window from the minute of the first request on: replicas are not billed for time before it."""
+def _from_first_day(traffic: Traffic) -> Traffic:
+    """The window from 00:00 UTC of the day of the first request: replicas are not billed for days before
+    the workload existed, and the quiet hours of its first day count (cutting at the first request
+    would drop them while every replica's cost stays, so per-token prices would look dearer)."""
     if traffic.first_seen is None:
         return traffic
-    skip = max(0, (int(traffic.first_seen) - traffic.start_minute) // 60)
-    return traffic.sliced(skip, traffic.minutes) if skip else traffic
+    first_day = int(traffic.first_seen) // DAY_S * DAY_S
+    skip = max(0, (first_day - traffic.start_minute) // MINUTE_S)
+    if not skip:
+        return traffic
+    cut = traffic.sliced(skip, traffic.minutes)
+    cut.basis = f"{traffic.basis}, from 00:00 UTC of the day of its first request".lstrip(", ")
+    return cut
 
 
 def settle(
@@ -398,6 +417,8 @@ def _reasons(workload: Workload, advice: Advice, per_token: Candidate | None) ->
         )
     if not workload.options:
         out.append("no replica capacity for this model in the catalog: dedicated was not priced")
+    elif not workload.autoscaling.enabled:
+        out.append("autoscaled dedicated was not priced: advisor.autoscaling.enabled is false")
     if per_token is not None and best is not per_token:
         out.append(f"{best.label} costs {_pct(best, per_token)} less than {per_token.label}")
     if advice.confidence == "low":

@@ -91,8 +91,8 @@ async def evaluate_store(
     rows = await store.aggregates(start, end)
     gpu = await store.gpu(start, end)
     previous = await load_document(store, STATE_DOC) or {}
-    # A young store holds less than the window: the series start at the first minute stored.
-    start = max(start, min((key.minute for key, _ in rows), default=start))
+    # A workload younger than the window is replayed from 00:00 UTC of its first request's day (decide.py),
+    # not from that request: its quiet first hours count, as its replicas' cost would.
     advices, states, skipped = _evaluate_rows(config, catalog, rows, gpu, previous, now, start, end)
     if keep_state:
         await store.put_document(STATE_DOC, orjson.dumps(states))
@@ -111,8 +111,10 @@ def _evaluate_rows(
 ) -> tuple[list[Advice], dict[str, dict[str, Any]], list[str]]:
     """The stored aggregates of ``[start, end)`` as per-workload traffic, evaluated."""
     workload_of, eligible = grouping(config)
-    builder = TrafficBuilder(start, end, workload_of, eligible)
-    for key, fields in rows:
+    days = config.advisor.window_days
+    basis = f"the last {days:g} days (advisor.window_days)"
+    builder = TrafficBuilder(start, end, workload_of, eligible, basis=basis)
+    for key, fields in sorted(rows, key=lambda row: row[0].minute):  # in time order: series append
         if fields["requests"] or fields["prompt_tokens"] or fields["completion_tokens"]:
             builder.add(
                 key.minute,

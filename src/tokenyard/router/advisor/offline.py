@@ -21,7 +21,7 @@ from tokenyard.errors import ConfigError, StoreError
 from tokenyard.router.advisor import evaluation, plot, report
 from tokenyard.router.advisor.catalog import Catalog, load_catalog
 from tokenyard.router.advisor.decide import Advice
-from tokenyard.router.advisor.replay import TrafficLog, TrafficLogError
+from tokenyard.router.advisor.replay import TrafficLog, TrafficLogError, parse_time
 from tokenyard.router.advisor.service import grouping, replay_evaluations
 from tokenyard.router.config import TokenyardConfig, load_config
 from tokenyard.router.meter.stores import open_configured_store, redacted
@@ -44,6 +44,12 @@ def replay(args: argparse.Namespace) -> int:
     if configured is None:
         return 1
     config, catalog = configured
+    try:
+        start = None if args.start is None else parse_time(_number_or_text(args.start), "--start")
+        end = None if args.end is None else parse_time(_number_or_text(args.end), "--end")
+    except ValueError as exc:
+        print(f"tokenyard: {exc}", file=sys.stderr)
+        return 2
     log = TrafficLog()
     try:
         _read(log, args.traffic, args.progress)
@@ -53,14 +59,31 @@ def replay(args: argparse.Namespace) -> int:
     except TrafficLogError as exc:
         print(f"tokenyard: {args.traffic}: {exc}", file=sys.stderr)
         return 2
-    if log.last_ts is None:
-        print(f"tokenyard: {args.traffic}: no requests in the log", file=sys.stderr)
+    try:
+        window = log.span(start, end)
+    except ValueError as exc:
+        print(f"tokenyard: {args.traffic}: {exc}", file=sys.stderr)
         return 2
     workload_of, eligible = grouping(config)
-    traffic = log.traffic(workload_of, eligible)
-    now = log.last_ts
+    traffic, outside = log.traffic(workload_of, eligible, window)
+    if not traffic:
+        print(f"tokenyard: {args.traffic}: no requests in the window", file=sys.stderr)
+        return 2
+    # Evaluated as at the window's end: what a proxy metering this traffic would have seen then.
+    now = window.end
     advices, skipped = replay_evaluations(traffic, config, catalog, now=now, today=_today(now))
-    return _print(advices, skipped, args, source=f"{args.traffic}: {log.lines:,} lines")
+    source = f"{args.traffic}: {log.lines:,} lines"
+    if outside:
+        source += f", {outside:,.0f} requests outside the window left out"
+    return _print(advices, skipped, args, source=source)
+
+
+def _number_or_text(text: str) -> float | str:
+    """A command-line time: unix seconds are a number there too."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _read(log: TrafficLog, path: str, progress: bool | None) -> None:
@@ -122,7 +145,7 @@ def write_plots(advices: list[Advice], directory: Path) -> int:
         }
         if advice.traffic is not None:
             charts["traffic"] = plot.traffic_heatmap_svg(
-                f"{advice.workload}: tokens by hour of the week (UTC)",
+                f"{advice.workload}: average tokens by hour of the week (UTC)",
                 advice.traffic.tokens_by_hour_of_week(),
             )
         if advice.curve is not None:

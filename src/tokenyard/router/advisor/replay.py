@@ -6,22 +6,32 @@ Accepted lines (extra keys are ignored):
   ``"cached_tokens"``, ``"tenant"``, ``"mode": "realtime"|"async"``, ``"async_eligible": bool``;
 - ``tokenyard export``: request records (the same fields, and more);
 - ``tokenyard export --aggregates``: per-minute buckets, which add ``"requests"`` (a line stands for that
-  many requests).
+  many requests);
+- and at most one ``{"window": {"start": …, "end": …}}`` line: the span the log covers (an export's
+  ``--since``/``--until``), quiet hours at its ends included.
 
-Lines are summed per minute while reading, so memory follows minutes × workloads, not requests.
+``ts`` is unix seconds or ISO 8601; ISO 8601 without a zone is UTC (never the machine's local time). Times
+must fall in 2000–2099 and counts in 0–10^12, so that a stray line cannot make the replay's work
+unbounded. Lines are summed per minute while reading, so memory follows busy minutes × workloads, not
+requests, nor the span between the first and the last line.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from tokenyard.router.advisor.traffic import MINUTE_S, Traffic, TrafficBuilder
+from tokenyard.router.advisor.traffic import DAY_S, MINUTE_S, Traffic, TrafficBuilder
+
+TS_MIN = 946_684_800  # 2000-01-01 00:00 UTC
+TS_MAX = 4_102_444_800  # 2100-01-01 00:00 UTC
+MAX_COUNT = 1e12  # tokens or requests on one line: far above any minute of any deployment
 
 
 class TrafficLogError(ValueError):
@@ -31,26 +41,46 @@ class TrafficLogError(ValueError):
 _Key = tuple[str, str, str, bool, int]  # model, tenant, mode, async_eligible, minute
 
 
-def _when(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("ts must be unix seconds or ISO 8601")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+def parse_time(value: Any, name: str = "ts") -> float:
+    """Unix seconds or ISO 8601 (UTC when it names no zone) in 2000–2099, as unix seconds."""
+    when: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        when = float(value)
+    elif isinstance(value, str):
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             pass
-    raise ValueError(f"ts must be unix seconds or ISO 8601, not {value!r}")
+        else:  # a time without a zone is UTC, whatever the machine's zone is
+            when = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if when is None:
+        raise ValueError(f"{name} must be unix seconds or ISO 8601, not {value!r}")
+    if not TS_MIN <= when < TS_MAX:  # NaN fails too
+        raise ValueError(f"{name} must be between 2000-01-01 and 2100-01-01 UTC, not {value!r}")
+    return when
 
 
 def _count(obj: dict[str, Any], name: str, *, default: int | None = None) -> float:
     value = obj.get(name, default)
     if value is None:
         raise ValueError(f"{name} is missing")
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{name} must be a number >= 0, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{name} must be a number from 0 to 10^12, not {value!r}")
     return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The span a replay covers, unix seconds, minute-aligned, ``end`` exclusive; ``basis`` says why."""
+
+    start: int
+    end: int
+    basis: str
+
+    @property
+    def minutes(self) -> int:
+        """Its length in minutes."""
+        return (self.end - self.start) // MINUTE_S
 
 
 @dataclass(slots=True)
@@ -61,6 +91,7 @@ class TrafficLog:
     lines: int = 0
     first_ts: float | None = None
     last_ts: float | None = None
+    window: tuple[float, float] | None = None  # from the log's own window line
 
     def add_line(self, line: bytes, number: int) -> None:
         """Parse and add one line (``number``, from 1, names it in errors); blank lines are skipped."""
@@ -77,7 +108,10 @@ class TrafficLog:
             raise TrafficLogError(f"line {number}: {exc}") from exc
 
     def _add(self, obj: dict[str, Any]) -> None:
-        ts = _when(obj.get("ts"))
+        if "window" in obj and "ts" not in obj:
+            self._window(obj["window"])
+            return
+        ts = parse_time(obj.get("ts"))
         model = obj.get("model")
         if not isinstance(model, str) or not model:
             raise ValueError("model must be a non-empty string")
@@ -100,6 +134,19 @@ class TrafficLog:
         self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
         self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
 
+    def _window(self, value: Any) -> None:
+        if self.window is not None:
+            raise ValueError("a second window line (a log has at most one)")
+        if not isinstance(value, dict):
+            raise ValueError('window must be {"start": …, "end": …}')
+        start, end = (
+            parse_time(value.get("start"), "window.start"),
+            parse_time(value.get("end"), "window.end"),
+        )
+        if end <= start:
+            raise ValueError("window.end must be after window.start")
+        self.window = (start, end)
+
     def read(self, chunks: Iterable[bytes], on_progress: Callable[[int], None] | None = None) -> None:
         """Add every line of a byte stream (e.g. a file opened in binary mode)."""
         done = 0
@@ -111,21 +158,42 @@ class TrafficLog:
         if on_progress is not None:
             on_progress(done)
 
-    def traffic(
-        self, workload_of: Callable[[str, str], str | None], eligible: Callable[[str, str], bool]
-    ) -> dict[str, Traffic]:
-        """Per-workload traffic over the log's whole span, minute by minute."""
+    def span(self, start: float | None = None, end: float | None = None) -> Window:
+        """The window to replay: ``start``/``end`` where given, else the log's window line, else the whole
+        UTC days from the first request's to the last's (so quiet hours at the ends count, as the
+        replicas' cost does). Raises ``ValueError`` when the window is empty."""
         if self.first_ts is None or self.last_ts is None:
-            return {}
-        start = int(self.first_ts) // MINUTE_S * MINUTE_S
-        end = (int(self.last_ts) // MINUTE_S + 1) * MINUTE_S
-        builder = TrafficBuilder(start, end, workload_of, eligible)
+            raise ValueError("no requests in the log")
+        if self.window is not None:
+            default_start, default_end = self.window
+            basis = "the log's window"
+        else:
+            default_start = self.first_ts // DAY_S * DAY_S
+            default_end = (self.last_ts // DAY_S + 1) * DAY_S
+            basis = "whole UTC days of the log"
+        if start is not None or end is not None:
+            basis = "--start/--end" if start is not None and end is not None else f"--start/--end and {basis}"
+        lo = int(default_start if start is None else start) // MINUTE_S * MINUTE_S
+        hi = -(-math.ceil(default_end if end is None else end) // MINUTE_S) * MINUTE_S
+        if hi <= lo:
+            raise ValueError(f"the window ends before it starts ({_iso(lo)} to {_iso(hi)})")
+        return Window(lo, hi, basis)
+
+    def traffic(
+        self,
+        workload_of: Callable[[str, str], str | None],
+        eligible: Callable[[str, str], bool],
+        window: Window,
+    ) -> tuple[dict[str, Traffic], float]:
+        """Per-workload traffic over ``window``, and how many requests fell outside it."""
+        builder = TrafficBuilder(window.start, window.end, workload_of, eligible, basis=window.basis)
+        # In time order, so that each series only appends.
         for (model, tenant, mode, is_eligible, minute), (
             requests,
             prompt,
             cached,
             completion,
-        ) in self.minutes.items():
+        ) in sorted(self.minutes.items(), key=lambda item: item[0][4]):
             builder.add(
                 minute,
                 model=model,
@@ -137,4 +205,8 @@ class TrafficLog:
                 completion=completion,
                 async_eligible=is_eligible,
             )
-        return builder.workloads
+        return builder.workloads, builder.skipped_requests
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from tokenyard.router.advisor.decide import Advice, Candidate
@@ -25,7 +26,9 @@ def advice_json(advice: Advice) -> dict[str, Any]:
         "model": advice.model,
         "window": {
             "start": advice.window_start,
+            "end": advice.window_end,
             "minutes": advice.window_minutes,
+            "basis": advice.window_basis,
             "history_days": round(advice.history_days, 3),
         },
         "confidence": advice.confidence,
@@ -52,6 +55,7 @@ def advice_json(advice: Advice) -> dict[str, Any]:
         if curve is None
         else {
             "gpu": curve.option.label,
+            "every_n": curve.every_n,
             "capacity_source": curve.option.capacity_source,
             "points": [
                 {"replicas": n, "cost_usd_per_month": _money(usd * per_month)} for n, usd in curve.points
@@ -65,6 +69,10 @@ def advice_json(advice: Advice) -> dict[str, Any]:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+def _when(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _usd(value: float | None) -> str:
@@ -112,6 +120,8 @@ def details(advice: Advice) -> str:
     lines = [
         f"{advice.workload}: {advice.requests:,.0f} requests, {advice.tokens:,.0f} tokens over "
         f"{advice.window_minutes / 1440:.1f} days (confidence {advice.confidence})",
+        f"  window: {_when(advice.window_start)} to {_when(advice.window_end)}"
+        + (f" ({advice.window_basis})" if advice.window_basis else ""),
         format_table(["candidate", "$/month", "utilization"], rows),
         *(f"  - {reason}" for reason in advice.reasons),
     ]

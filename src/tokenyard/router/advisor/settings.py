@@ -38,6 +38,8 @@ class WorkloadNeeds(_Strict):
 class Autoscaling(_Strict):
     """How an autoscaled dedicated deployment behaves (the 'dedicated, autoscaled' candidate)."""
 
+    # False: the team has no autoscaler, so the 'dedicated, autoscaled' candidate is not offered.
+    enabled: bool = True
     scale_out_lead_min: Annotated[int, Field(ge=0, le=240)] = (
         10  # a replica serves this long after it is asked for
     )

@@ -1,28 +1,34 @@
 """Per-minute traffic of a workload (pure): what the cost model replays against every architecture.
 
-Traffic is dense over a run of minutes (a minute with no requests is zeros), split three ways because the
-candidates and the current setup treat them differently:
+Traffic covers a window of minutes, but only the minutes that had requests are stored (a minute with none
+is zeros), so memory and work follow the busy minutes, not the window: two requests a year apart are two
+stored minutes. It is split three ways because the candidates and the current setup treat them
+differently:
 
 - ``realtime``: someone was waiting, and nothing says it could have waited;
 - ``eligible``: it ran real-time, but its workload or tenant is marked async-eligible;
 - ``ran_async``: it went down the async track.
 
-Series are ``array('d')``: 30 days × 20 models stays ~50 MB, and summing them stays in C.
+Series are ``array``s (minute indices and values side by side): 30 busy days × 20 models stays ~50 MB,
+and summing them stays in C.
 """
 
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 MINUTE_S = 60
-WEEK_MIN = 7 * 24 * 60
+HOUR_S = 3600
+DAY_S = 86400
+WEEK_H = 7 * 24
 
 
-def _zeros(n: int) -> array[float]:
-    return array("d", bytes(8 * n))
+def _floats() -> array[float]:
+    return array("d")
 
 
 class Totals(NamedTuple):
@@ -45,27 +51,41 @@ class Totals(NamedTuple):
 
 @dataclass(slots=True)
 class TokenSeries:
-    """Requests and tokens per minute; ``prompt`` includes the ``cached`` (prompt-cache hit) tokens."""
+    """Requests and tokens of the minutes that had any; ``prompt`` includes the ``cached`` tokens.
 
-    requests: array[float]
-    prompt: array[float]
-    cached: array[float]
-    completion: array[float]
+    ``index`` holds the minutes' indices in the window, ascending; the other columns their values, in the
+    same order. Every per-minute list the cost model derives from a series is aligned with ``index``.
+    """
+
+    index: array[int] = field(default_factory=lambda: array("q"))
+    requests: array[float] = field(default_factory=_floats)
+    prompt: array[float] = field(default_factory=_floats)
+    cached: array[float] = field(default_factory=_floats)
+    completion: array[float] = field(default_factory=_floats)
     # The sums, kept until the next add.
     _totals: Totals | None = field(default=None, repr=False, compare=False, kw_only=True)
 
-    @classmethod
-    def zeros(cls, n: int) -> TokenSeries:
-        """A series of ``n`` empty minutes."""
-        return cls(_zeros(n), _zeros(n), _zeros(n), _zeros(n))
-
     def add(self, i: int, requests: float, prompt: float, cached: float, completion: float) -> None:
-        """Add usage to minute ``i``."""
+        """Add usage to minute ``i`` (fastest in ascending order: then it only appends)."""
         self._totals = None
-        self.requests[i] += requests
-        self.prompt[i] += prompt
-        self.cached[i] += cached
-        self.completion[i] += completion
+        index = self.index
+        # Spelled out column by column: this runs once per stored row (a loop over the columns was 2× slower).
+        if not index or i > index[-1]:
+            index.append(i)
+            self.requests.append(requests)
+            self.prompt.append(prompt)
+            self.cached.append(cached)
+            self.completion.append(completion)
+            return
+        k = len(index) - 1 if i == index[-1] else bisect_left(index, i)
+        if index[k] != i:
+            index.insert(k, i)
+            for column in self.columns():
+                column.insert(k, 0.0)
+        self.requests[k] += requests
+        self.prompt[k] += prompt
+        self.cached[k] += cached
+        self.completion[k] += completion
 
     def plus(self, other: TokenSeries) -> TokenSeries:
         """Both series, minute by minute."""
@@ -73,12 +93,24 @@ class TokenSeries:
             return self
         if self.is_empty():
             return other
-        return TokenSeries(
-            *(
-                array("d", map(float.__add__, a, b))
-                for a, b in zip(self._columns(), other._columns(), strict=True)
+        if self.index == other.index:  # the same minutes (compared in C): add column by column
+            return TokenSeries(
+                array("q", self.index),  # a copy: adding to the sum must not move this series' minutes
+                *(
+                    array("d", map(float.__add__, a, b))
+                    for a, b in zip(self.columns(), other.columns(), strict=True)
+                ),
             )
-        )
+        merged = TokenSeries()
+        for i, *values in sorted(
+            [
+                *zip(self.index, *self.columns(), strict=True),
+                *zip(other.index, *other.columns(), strict=True),
+            ],
+            key=lambda row: row[0],
+        ):
+            merged.add(i, *values)
+        return merged
 
     def is_empty(self) -> bool:
         """Whether no minute has any request or token (``any`` on an array runs in C)."""
@@ -87,16 +119,25 @@ class TokenSeries:
     def totals(self) -> Totals:
         """Every column summed (once: the candidates all ask)."""
         if self._totals is None:
-            self._totals = Totals(*map(sum, self._columns()))
+            self._totals = Totals(*map(sum, self.columns()))
         return self._totals
 
-    def _columns(self) -> tuple[array[float], array[float], array[float], array[float]]:
+    def columns(self) -> tuple[array[float], array[float], array[float], array[float]]:
+        """Requests, prompt, cached and completion, aligned with ``index``."""
         return (self.requests, self.prompt, self.cached, self.completion)
+
+    def between(self, start: int, end: int) -> TokenSeries:
+        """Minutes ``start`` to ``end`` (indices, 0 <= start <= end), re-indexed from ``start``."""
+        a, b = bisect_left(self.index, start), bisect_left(self.index, end)
+        index = self.index[a:b]
+        if start:
+            index = array("q", [i - start for i in index])
+        return TokenSeries(index, *(column[a:b] for column in self.columns()))
 
 
 @dataclass(slots=True)
 class Traffic:
-    """One workload's traffic, minute by minute from ``start_minute`` (unix seconds, minute-aligned)."""
+    """One workload's traffic over ``minutes`` minutes from ``start_minute`` (unix s, minute-aligned)."""
 
     start_minute: int
     minutes: int
@@ -106,34 +147,37 @@ class Traffic:
     first_seen: float | None = None  # unix seconds of the first request seen (how much history there is)
     last_seen: float | None = None
     model: str = ""  # the model the workload's requests named
+    basis: str = ""  # how the window was chosen, in words (the advice says it)
 
     @classmethod
-    def empty(cls, start_minute: int, minutes: int) -> Traffic:
+    def empty(cls, start_minute: int, minutes: int, basis: str = "") -> Traffic:
         """No traffic over ``minutes`` minutes."""
-        return cls(
-            start_minute,
-            minutes,
-            TokenSeries.zeros(minutes),
-            TokenSeries.zeros(minutes),
-            TokenSeries.zeros(minutes),
-        )
+        return cls(start_minute, minutes, TokenSeries(), TokenSeries(), TokenSeries(), basis=basis)
+
+    @property
+    def end_minute(self) -> int:
+        """Where the window ends (unix seconds, exclusive)."""
+        return self.start_minute + MINUTE_S * self.minutes
 
     def sliced(self, start: int, end: int) -> Traffic:
-        """Minutes ``start`` to ``end`` (indices) of this traffic."""
-
-        def part(series: TokenSeries) -> TokenSeries:
-            return TokenSeries(*(column[start:end] for column in series._columns()))
-
+        """Minutes ``start`` to ``end`` (indices, as in a list slice) of this traffic."""
+        span = range(self.minutes)[start:end]
+        start, end = span.start, max(span.start, span.stop)
         return Traffic(
             self.start_minute + MINUTE_S * start,
-            len(range(self.minutes)[start:end]),
-            part(self.realtime),
-            part(self.eligible),
-            part(self.ran_async),
+            end - start,
+            self.realtime.between(start, end),
+            self.eligible.between(start, end),
+            self.ran_async.between(start, end),
             self.first_seen,
             self.last_seen,
             self.model,
+            self.basis,
         )
+
+    def stored_minutes(self) -> int:
+        """Minutes held in memory over the three series (the busy ones): what the work is proportional to."""
+        return len(self.realtime.index) + len(self.eligible.index) + len(self.ran_async.index)
 
     def deferrable(self) -> Totals:
         """What could have waited, summed: eligible plus what ran async (the batch candidate's share)."""
@@ -144,15 +188,25 @@ class Traffic:
         return self.realtime.plus(self.eligible)
 
     def tokens_by_hour_of_week(self) -> list[float]:
-        """Tokens per hour of the week (Monday 00:00 UTC first), for the traffic picture."""
-        out = [0.0] * 168
+        """Average tokens in each hour of the week (Monday 00:00 UTC first), for the traffic picture.
+
+        Each hour of the week is averaged over the times it occurs in the window (a window of eight days
+        from a Sunday holds two Sundays), so the picture shows a typical week, not the log's length.
+        """
+        out = [0.0] * WEEK_H
         # The unix epoch was a Thursday: day 3 with Monday = 0.
-        first_hour = (self.start_minute // 3600 + 3 * 24) % 168
+        first = self.start_minute // HOUR_S
         for series in (self.realtime, self.eligible, self.ran_async):
-            for i, (p, c) in enumerate(zip(series.prompt, series.completion, strict=True)):
+            start = self.start_minute
+            for i, p, c in zip(series.index, series.prompt, series.completion, strict=True):
                 if p or c:
-                    out[(first_hour + i // 60) % 168] += p + c
-        return out
+                    out[((start + MINUTE_S * i) // HOUR_S + 3 * 24) % WEEK_H] += p + c
+        hours = (self.end_minute - 1) // HOUR_S - first + 1 if self.minutes else 0
+        weeks, rest = divmod(hours, WEEK_H)
+        occurrences = [weeks] * WEEK_H
+        for k in range(rest):
+            occurrences[(first + 3 * 24 + k) % WEEK_H] += 1
+        return [total / n if n else 0.0 for total, n in zip(out, occurrences, strict=True)]
 
     def history_days(self, now: float) -> float:
         """Days from the first request seen to ``now``: how much of the weekly cycle was observed."""
@@ -171,8 +225,10 @@ class TrafficBuilder:
     end_minute: int
     workload_of: Callable[[str, str], str | None]
     eligible: Callable[[str, str], bool]
+    basis: str = ""  # how the window was chosen, in words
     workloads: dict[str, Traffic] = field(default_factory=dict)
     skipped_rows: int = 0  # outside the window, or of no workload
+    skipped_requests: float = 0.0  # ...and the requests they held
 
     @property
     def minutes(self) -> int:
@@ -197,10 +253,11 @@ class TrafficBuilder:
         name = self.workload_of(model, tenant)
         if name is None or not 0 <= i < self.minutes:
             self.skipped_rows += 1
+            self.skipped_requests += requests
             return
         traffic = self.workloads.get(name)
         if traffic is None:
-            traffic = self.workloads[name] = Traffic.empty(self.start_minute, self.minutes)
+            traffic = self.workloads[name] = Traffic.empty(self.start_minute, self.minutes, self.basis)
             traffic.model = model
         if mode == "async":
             series = traffic.ran_async
