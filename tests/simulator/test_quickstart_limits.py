@@ -103,7 +103,9 @@ async def test_the_largest_allowed_requests_in_flight_leave_room_for_a_small_one
     async with httpx.AsyncClient(timeout=None) as http:
         bigs = [asyncio.create_task(big_stream(http)), asyncio.create_task(big_whole(http))]
         try:
-            await first_chunk.wait()  # the big stream is under way
+            under_way = asyncio.create_task(first_chunk.wait())  # the big stream's first bytes arrived
+            await asyncio.wait([under_way, *bigs], return_when=asyncio.FIRST_COMPLETED)
+            assert under_way.done(), [task.exception() for task in bigs if task.done()]
             await small_chat(http, quickstart)
             events.append("small done")
             # Each big one takes 16k tokens at the quick start's decode rate: far from done yet.
