@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from tokenyard.errors import ModelNotFound
+from tokenyard.errors import ModelNotFound, TokenyardError
 from tokenyard.simulator import wire
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.tokens import (
@@ -92,6 +92,19 @@ def answer(
     head = completion_head(kind, id_bits, created, plan.model, config)
     texts = generate_texts(config.seed, raw_body, plan.choices, plan.completion_tokens_per_choice)
     return completion_answer(kind, head, plan, texts)
+
+
+def output_work(endpoint: str, body: Mapping[str, Any], config: SimulatorConfig) -> int:
+    """How much ``body`` asks ``endpoint`` to generate: completion tokens over all choices, or embedding
+    numbers (inputs times dimensions); 0 for a body that would be refused (it generates nothing)."""
+    kind = ENDPOINT_KINDS[endpoint]
+    try:
+        if kind == "embeddings":
+            embedding_plan = plan_embeddings(body, config.embedding_dimensions)
+            return len(embedding_plan.inputs) * embedding_plan.dimensions
+        return plan_generation(kind, body, config).completion_tokens
+    except TokenyardError:
+        return 0
 
 
 def _require_served(model: str, serves: Callable[[str], bool]) -> None:
