@@ -371,6 +371,18 @@ async def test_invalid_input_fails_the_batch_with_every_problem_and_its_line(bat
     [
         ({}, b"", "empty_file"),
         ({"batch_max_lines": 2}, jsonl([chat_line("a"), chat_line("b"), chat_line("c")]), "too_many_tasks"),
+        # 62 lines of 16,384 tokens ask for 1,015,808: past what one batch may enqueue. Answered at creation,
+        # inside the loop a quick-start proxy shares, unbounded batches could stall it for as long as asked.
+        (
+            {},
+            jsonl(
+                [
+                    {**chat_line(f"l{i}"), "body": {**chat_line("x")["body"], "max_tokens": 16_384}}
+                    for i in range(62)
+                ]
+            ),
+            "token_limit_exceeded",
+        ),
     ],
 )
 async def test_empty_and_oversized_inputs_fail(

@@ -33,9 +33,12 @@ def test_options_map_onto_the_config_and_unset_ones_keep_its_defaults() -> None:
             "3",
             "--error-status",
             "429",
+            "--max-output-tokens",
+            "64",
         ]
     )
     config = config_from_args(args)
+    assert config.max_output_tokens == 64
     assert (config.mode, config.models, config.max_concurrency) == ("dedicated", ["a", "b"], 3)
     assert (config.faults.error_status, config.faults.error_rate, config.ttft_ms) == (429, 0.0, 20.0)
     assert (args.host, args.port) == ("127.0.0.1", 8100)

@@ -11,10 +11,12 @@ import pytest
 
 from tokenyard.errors import InvalidRequest
 from tokenyard.simulator.tokens import (
+    GENERATION_BLOCK,
+    choice_words,
     count_message_tokens,
     embedding_vector,
     encode_base64_float32,
-    generate_pieces,
+    generate_texts,
     plan_chat,
     plan_completion,
     plan_embeddings,
@@ -120,12 +122,51 @@ def test_embeddings_plan_honours_dimensions_and_encoding() -> None:
 
 def test_generated_words_depend_only_on_seed_and_body() -> None:
     body = b'{"model":"m"}'
-    first = generate_pieces(1, body, choices=2, length=6)
-    assert first == generate_pieces(1, body, choices=2, length=6)
-    assert first != generate_pieces(2, body, choices=2, length=6)
-    assert first != generate_pieces(1, body + b" ", choices=2, length=6)
-    assert all(len(choice) == 6 and all(p.endswith(" ") for p in choice) for choice in first)
-    assert len("".join(first[0]).split()) == 6
+    first = generate_texts(1, body, choices=2, length=6)
+    assert first == generate_texts(1, body, choices=2, length=6)
+    assert first != generate_texts(2, body, choices=2, length=6)
+    assert first != generate_texts(1, body + b" ", choices=2, length=6)
+    assert first[0] != first[1]
+    assert all(len(text.split()) == 6 and text.endswith(" ") for text in first)
+
+
+def test_a_choice_has_the_same_words_however_they_are_drawn() -> None:
+    # Streams draw one word at a time (in blocks), whole answers draw larger blocks: same text.
+    length = 3 * GENERATION_BLOCK + 5
+    [whole] = generate_texts(4, b"body", choices=1, length=length)
+    [one_by_one] = choice_words(4, b"body", choices=1, length=length)
+    assert "".join(one_by_one.next() for _ in range(length)) == whole
+    [in_odd_blocks] = choice_words(4, b"body", choices=1, length=length)
+    assert "".join("".join(in_odd_blocks.take(7)) for _ in range(0, length, 7)) == whole
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_a_completion_cap_past_the_model_limit_is_refused_naming_the_field(field: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], field: 1001}
+    assert plan_chat({**body, field: 1000}, 16, max_output_tokens=1000).completion_tokens_per_choice == 1000
+    with pytest.raises(InvalidRequest, match=f"{field} is too large: 1001") as refused:
+        plan_chat(body, 16, max_output_tokens=1000)
+    assert refused.value.param == field
+    assert refused.value.status_code == 400
+
+
+def test_legacy_prompts_times_n_are_bounded_like_n() -> None:
+    plan = plan_completion({"model": "m", "prompt": ["a"] * 64, "n": 2}, 4)
+    assert plan.choices == 128
+    with pytest.raises(InvalidRequest, match="prompts times 'n'") as refused:
+        plan_completion({"model": "m", "prompt": ["a"] * 65, "n": 2}, 4)
+    assert refused.value.param == "n"
+    with pytest.raises(InvalidRequest, match="max_tokens is too large"):
+        plan_completion({"model": "m", "prompt": "a", "max_tokens": 10**9}, 4)
+
+
+def test_embedding_requests_are_bounded_in_inputs_and_dimensions() -> None:
+    with pytest.raises(InvalidRequest, match="'dimensions' is too large") as refused:
+        plan_embeddings({"model": "e", "input": "x", "dimensions": 10**9}, 8)
+    assert refused.value.param == "dimensions"
+    with pytest.raises(InvalidRequest, match="at most 2048 items") as refused:
+        plan_embeddings({"model": "e", "input": ["x"] * 2049}, 8)
+    assert refused.value.param == "input"
 
 
 def test_embedding_vectors_are_deterministic_unit_float32() -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -12,7 +12,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from tokenyard.errors import AuthenticationFailed, Forbidden, InvalidRequest, RouteNotFound
-from tokenyard.router import wire
+from tokenyard.router import sessions, wire
 from tokenyard.router.advisor.live import AdvisorLoop
 from tokenyard.router.auth import KeyRing
 from tokenyard.router.backends import Backend
@@ -42,6 +42,9 @@ class AdminApi:
         self.advisor: AdvisorLoop | None = None  # set at start-up when the advisor runs
         self.dispatcher: Dispatcher | None = None  # set at start-up when the async track runs
         self.reload: Callable[[], Awaitable[dict[str, Any]]] | None = None  # set at start-up
+        self._session_owner = secrets.token_hex(8)  # this replica, for the lock on the shared salt
+        self._session_key: bytes | None = None  # the admin key _session_secret belongs to
+        self._session_secret: bytes | None = None
         self.use(config, keys)
 
     def use(self, config: TokenyardConfig, keys: KeyRing) -> None:
@@ -50,12 +53,41 @@ class AdminApi:
         admin_key = config.server.admin_key
         self._admin_key = admin_key.get_secret_value().encode() if admin_key else None
         self._open = keys.is_open  # open, loopback-only mode: nothing to protect it with
-        # The dashboard's session cookie: derived from the admin key, so it changes when the key does.
-        self.session_token = (
-            hmac.new(self._admin_key, b"tokenyard dashboard session", hashlib.sha256).hexdigest().encode()
-            if self._admin_key
-            else None
+        if self._admin_key != self._session_key:
+            # Sessions signed under the key before end now, not when the new secret is agreed.
+            self._session_secret = self._session_key = None
+
+    @property
+    def admin_key_set(self) -> bool:
+        """Whether an admin key is configured (without one the admin API and dashboard are closed)."""
+        return self._admin_key is not None
+
+    @property
+    def session_ttl_s(self) -> int:
+        """How long a dashboard session lasts."""
+        return self.config.server.dashboard_session_ttl_s
+
+    async def agree_session_secret(self) -> None:
+        """Take the secret that signs dashboard sessions for the admin key in force: the one the replicas
+        sharing the store agreed on, drawn anew when the key changed (see ``sessions``). At start-up and
+        after every reload, so a replica that missed a rotation catches up."""
+        key = self._admin_key
+        if key is None:
+            self._session_secret = self._session_key = None
+            return
+        salt = await sessions.agreed_salt(
+            self.meter.store, sessions.key_fingerprint(key), self._session_owner
         )
+        if key == self._admin_key:  # unless another reload changed it meanwhile
+            self._session_secret, self._session_key = sessions.session_secret(key, salt), key
+
+    async def new_session(self) -> bytes | None:
+        """A new dashboard session's cookie value, or None without an admin key."""
+        if self._session_secret is None:
+            await self.agree_session_secret()
+        if self._session_secret is None:
+            return None
+        return sessions.session_value(self._session_secret, int(self.wall()))
 
     def is_admin_key(self, secret: bytes) -> bool:
         """Whether ``secret`` is the admin key (compared in constant time)."""
@@ -66,7 +98,9 @@ class AdminApi:
         if self._open:
             return True
         cookie = wire.cookie(scope, SESSION_COOKIE)
-        return bool(cookie and self.session_token and hmac.compare_digest(cookie, self.session_token))
+        return cookie is not None and sessions.session_valid(
+            self._session_secret, cookie, self.wall(), self.session_ttl_s
+        )
 
     def authorize(self, scope: wire.Scope) -> None:
         """Raise unless the request carries the admin key or the dashboard's session cookie (or the proxy

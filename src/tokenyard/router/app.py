@@ -251,6 +251,7 @@ class TokenyardApp:
             self.membership = membership
         self.admin = AdminApi(self.config, meter, self.backends, self.keys, wall=self.wall)
         self.admin.reload = self.reload_everywhere
+        await self.admin.agree_session_secret()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
             asyncio.get_running_loop().add_signal_handler(
                 signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_here())
@@ -331,6 +332,8 @@ class TokenyardApp:
             log.warning("reload refused, the config is invalid:\n%s", exc)
             return {"reloaded": False, "problems": [f"{p}: {m}" if p else m for p, m in exc.problems]}
         needs_restart = self._apply(new)
+        if self.admin is not None:  # a new admin key needs a new session secret, agreed with the replicas
+            await self.admin.agree_session_secret()
         log.info(
             "config reloaded%s", f"; needs a restart for: {', '.join(needs_restart)}" if needs_restart else ""
         )

@@ -165,6 +165,8 @@ class ServerConfig(_Strict):
     # The key for /admin/* (usage API, replica changes). With no keys configured (open, loopback-only
     # mode) the admin API is open too; with keys and no admin_key it is closed.
     admin_key: SecretStr | None = None
+    # A dashboard session lasts this long (then sign in again); it also ends when the admin key changes.
+    dashboard_session_ttl_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 12 * 3600
     # /metrics names tenants, models and spend: it needs the admin key too, unless made public here
     # (for a scraper on a private network that cannot send a bearer token).
     public_metrics: bool = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from tokenyard.errors import ModelNotFound
+from tokenyard.errors import ModelNotFound, TokenyardError
 from tokenyard.simulator import wire
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.tokens import (
@@ -18,7 +18,7 @@ from tokenyard.simulator.tokens import (
     GenerationPlan,
     embedding_vector,
     encode_base64_float32,
-    generate_pieces,
+    generate_texts,
     plan_chat,
     plan_completion,
     plan_embeddings,
@@ -37,8 +37,8 @@ ENDPOINT_KINDS: dict[str, Kind | Literal["embeddings"]] = {
 def plan_generation(kind: Kind, body: Mapping[str, Any], config: SimulatorConfig) -> GenerationPlan:
     """Validate a chat or legacy completion body and decide what to generate."""
     if kind == "chat":
-        return plan_chat(body, config.default_max_tokens)
-    return plan_completion(body, config.default_max_tokens)
+        return plan_chat(body, config.default_max_tokens, config.max_output_tokens)
+    return plan_completion(body, config.default_max_tokens, config.max_output_tokens)
 
 
 def completion_head(
@@ -49,17 +49,15 @@ def completion_head(
 
 
 def completion_answer(
-    kind: Kind, head: dict[str, Any], plan: GenerationPlan, pieces: list[list[str]]
+    kind: Kind, head: dict[str, Any], plan: GenerationPlan, texts: list[str]
 ) -> dict[str, Any]:
-    """A non-streamed ``chat.completion`` or ``text_completion`` of the generated pieces."""
-    texts = ["".join(choice) for choice in pieces]
+    """A non-streamed ``chat.completion`` or ``text_completion`` of each choice's generated text."""
     build = wire.chat_completion if kind == "chat" else wire.text_completion
     return build(head, texts, plan.finish_reason, wire.usage(plan.prompt_tokens, plan.completion_tokens))
 
 
-def embedding_answer(plan: EmbeddingPlan, config: SimulatorConfig) -> dict[str, Any]:
-    """An embeddings ``list``: one vector per input, as floats or base64."""
-    vectors = [embedding_vector(config.seed, text, plan.dimensions) for text in plan.inputs]
+def embedding_answer(plan: EmbeddingPlan, vectors: list[list[float]]) -> dict[str, Any]:
+    """An embeddings ``list`` of the vectors of ``plan``'s inputs, as floats or base64."""
     data: list[list[float] | str] = (
         [encode_base64_float32(vector) for vector in vectors] if plan.base64 else list(vectors)
     )
@@ -85,12 +83,28 @@ def answer(
     if kind == "embeddings":
         embedding_plan = plan_embeddings(body, config.embedding_dimensions)
         _require_served(embedding_plan.model, serves)
-        return embedding_answer(embedding_plan, config)
+        vectors = [
+            embedding_vector(config.seed, text, embedding_plan.dimensions) for text in embedding_plan.inputs
+        ]
+        return embedding_answer(embedding_plan, vectors)
     plan = plan_generation(kind, body, config)
     _require_served(plan.model, serves)
     head = completion_head(kind, id_bits, created, plan.model, config)
-    pieces = generate_pieces(config.seed, raw_body, plan.choices, plan.completion_tokens_per_choice)
-    return completion_answer(kind, head, plan, pieces)
+    texts = generate_texts(config.seed, raw_body, plan.choices, plan.completion_tokens_per_choice)
+    return completion_answer(kind, head, plan, texts)
+
+
+def output_work(endpoint: str, body: Mapping[str, Any], config: SimulatorConfig) -> int:
+    """How much ``body`` asks ``endpoint`` to generate: completion tokens over all choices, or embedding
+    numbers (inputs times dimensions); 0 for a body that would be refused (it generates nothing)."""
+    kind = ENDPOINT_KINDS[endpoint]
+    try:
+        if kind == "embeddings":
+            embedding_plan = plan_embeddings(body, config.embedding_dimensions)
+            return len(embedding_plan.inputs) * embedding_plan.dimensions
+        return plan_generation(kind, body, config).completion_tokens
+    except TokenyardError:
+        return 0
 
 
 def _require_served(model: str, serves: Callable[[str], bool]) -> None:

@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from tokenyard.errors import TokenyardError
 from tokenyard.simulator import wire
-from tokenyard.simulator.answers import answer
-from tokenyard.simulator.batch_input import BatchRequest, read_batch_input
+from tokenyard.simulator.answers import answer, output_work
+from tokenyard.simulator.batch_input import BatchInput, BatchRequest, read_batch_input
 from tokenyard.simulator.config import FaultConfig, SimulatorConfig
 from tokenyard.simulator.file_store import FileStore, StoredFile
 from tokenyard.simulator.resources import IdMaker, InvalidState, ObjectNotFound
@@ -36,6 +36,10 @@ Status = Literal[
 ]
 
 COMPLETION_WINDOWS_S = {"24h": 86_400.0}
+MAX_BATCH_OUTPUT = 1_000_000
+"""Tokens (and embedding numbers) one batch may ask for in all. Every line is answered when the batch is
+created, inside the event loop a quick-start proxy shares, so the total is bounded, as OpenAI bounds what a
+batch may enqueue (``token_limit_exceeded``)."""
 VALIDATING_SHARE = 0.1
 FINALIZING_SHARE = 0.1
 TERMINAL: frozenset[Status] = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -109,6 +113,18 @@ def run_lines(
         _run_line(request, endpoint, timeline.line_done_at(index, total), config, serves, faults, rng)
         for index, request in enumerate(requests)
     ]
+
+
+def _check_output_budget(checked: BatchInput, endpoint: str, config: SimulatorConfig) -> None:
+    """Fail a batch whose lines ask for more than ``MAX_BATCH_OUTPUT`` in all."""
+    asked = sum(output_work(endpoint, request.body, config) for request in checked.requests)
+    if asked > MAX_BATCH_OUTPUT:
+        checked.fail(
+            "token_limit_exceeded",
+            f"The batch's requests ask for {asked} output tokens in all; at most {MAX_BATCH_OUTPUT} may be "
+            "enqueued in one batch.",
+        )
+        checked.requests = []
 
 
 def _run_line(
@@ -306,6 +322,7 @@ class BatchStore:
             expires_after_s = COMPLETION_WINDOWS_S[order.completion_window]
         timeline = Timeline.plan(now, config.batch_turnaround_s, expires_after_s)
         checked = read_batch_input(order.input_file.content, order.endpoint, config.batch_max_lines)
+        _check_output_budget(checked, order.endpoint, config)
         # Seeded per batch, so a retried batch of the same lines gets fresh failures, deterministically.
         rng = random.Random(f"{config.seed}\x00{batch_id}")
         outcomes = run_lines(checked.requests, order.endpoint, timeline, config, serves, faults, rng)

@@ -25,6 +25,7 @@ _CONFIG_OPTIONS: tuple[_Option, ...] = (
     ("max_concurrency", int, "N", "dedicated: generation slots; further requests queue"),
     ("aggregate_tokens_per_s", float, "RATE", "dedicated: decode rate shared by the active streams"),
     ("default_max_tokens", int, "N", "completion length when the request sets no max_tokens"),
+    ("max_output_tokens", int, "N", "largest max_tokens a request may set (more: 400)"),
     ("embedding_dimensions", int, "N", "embedding length when the request sets no dimensions"),
     ("batch_turnaround_s", float, "SECONDS", "Batch API: seconds from creation to completed"),
     ("batch_cancelling_s", float, "SECONDS", "Batch API: seconds a cancelled batch stays cancelling"),

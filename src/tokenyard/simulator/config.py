@@ -79,6 +79,9 @@ class SimulatorConfig(BaseModel):
     """Dedicated only: total decode rate shared by the active streams."""
     default_max_tokens: int = Field(default=16, ge=1)
     """Completion length when the request sets neither ``max_tokens`` nor ``max_completion_tokens``."""
+    max_output_tokens: int = Field(default=16_384, ge=1)
+    """The most completion tokens one choice may ask for; a larger ``max_tokens`` or
+    ``max_completion_tokens`` is refused with 400, as OpenAI and vLLM refuse one past the model's limit."""
     embedding_dimensions: int = Field(default=8, ge=1)
     batch_turnaround_s: float = Field(default=2.0, ge=0.0)
     """Batch API: seconds from creation to ``completed`` — the first 10% validating, the next 80% running

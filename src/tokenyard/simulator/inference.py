@@ -30,7 +30,18 @@ from tokenyard.simulator.asgi import (
 from tokenyard.simulator.capacity import TokenPacer, sample_ttft_s, stream_rate_per_s
 from tokenyard.simulator.habits import with_habits
 from tokenyard.simulator.state import SimulatorState
-from tokenyard.simulator.tokens import EmbeddingPlan, GenerationPlan, generate_pieces, plan_embeddings
+from tokenyard.simulator.tokens import (
+    ChoiceWords,
+    EmbeddingPlan,
+    GenerationPlan,
+    choice_words,
+    embedding_vector,
+    plan_embeddings,
+)
+
+WORDS_PER_YIELD = 4096
+"""Words a non-streamed answer draws between two yields to the event loop (about a millisecond): the
+simulator runs inside the proxy's loop in the quick start, and must never hold it for long."""
 
 
 class StreamCut(Exception):
@@ -122,7 +133,8 @@ async def _complete(
     async with state.slots:
         ttft_s = sample_ttft_s(config, state.rng)
         head = completion_head(kind, state.rng.getrandbits(96), int(state.clock.time()), plan.model, config)
-        pieces = generate_pieces(config.seed, raw_body, plan.choices, plan.completion_tokens_per_choice)
+        # Drawn as they are sent (or, whole, a block at a time): never a whole answer held up front.
+        words = choice_words(config.seed, raw_body, plan.choices, plan.completion_tokens_per_choice)
         pacer_rate = _rate_source(state)
         if plan.stream and not state.faults.ignore_stream:
             await send({"type": "http.response.start", "status": 200, "headers": wire.SSE_HEADERS})
@@ -134,20 +146,35 @@ async def _complete(
                 else wire.CompletionChunks(head, plan.include_usage)
             )
             usage = wire.usage(plan.prompt_tokens, plan.completion_tokens)
-            await _stream(state, plan, pieces, chunks, pacer, usage, send)
+            await _stream(state, plan, words, chunks, pacer, usage, send)
             state.counters.streams_completed += 1
             return
         await state.clock.sleep(ttft_s)
         pacer = TokenPacer(state.clock, pacer_rate, fixed_rate=config.mode == "serverless")
-        await pacer.advance(plan.completion_tokens_per_choice - 1)
-        await send_json(send, completion_answer(kind, head, plan, pieces))
+        texts = await _decode_whole(words, plan.completion_tokens_per_choice, pacer)
+        await send_json(send, completion_answer(kind, head, plan, texts))
         state.counters.requests_completed += 1
+
+
+async def _decode_whole(words: list[ChoiceWords], length: int, pacer: TokenPacer) -> list[str]:
+    """Each choice's whole text, drawn block by block while its decode time passes, yielding in between."""
+    block = max(1, WORDS_PER_YIELD // len(words))
+    parts: list[list[str]] = [[] for _ in words]
+    done = 0
+    while done < length:
+        step = min(block, length - done)
+        for choice, source in zip(parts, words, strict=True):
+            choice.append("".join(source.take(step)))
+        # The first token came with the time to first token; the others at the decode rate.
+        await pacer.advance(step - 1 if done == 0 else step)
+        done += step
+    return ["".join(choice) for choice in parts]
 
 
 async def _stream(
     state: SimulatorState,
     plan: GenerationPlan,
-    pieces: list[list[str]],
+    words: list[ChoiceWords],
     chunks: wire.StreamChunks,
     pacer: TokenPacer,
     usage: dict[str, object],
@@ -164,12 +191,12 @@ async def _stream(
     for step in range(plan.completion_tokens_per_choice):
         if step:
             await pacer.next_token()
-        for index, choice in enumerate(pieces):
+        for index, choice in enumerate(words):
             if cut_after is not None and sent >= cut_after:
                 _cut(state)
             if sent == stall_after:
                 await state.clock.sleep(state.faults.stall_s)
-            await send_chunk(send, chunks.content(index, choice[step]))
+            await send_chunk(send, chunks.content(index, choice.next()))
             sent += 1
     if cut_after is not None and sent >= cut_after:
         _cut(state)
@@ -195,5 +222,9 @@ async def _embed(state: SimulatorState, plan: EmbeddingPlan, send: Send) -> None
     """Answer an embeddings request inside a slot after the time to first token."""
     async with state.slots:
         await state.clock.sleep(sample_ttft_s(state.config, state.rng))
-        await send_json(send, embedding_answer(plan, state.config))
+        vectors = []
+        for text in plan.inputs:  # up to a few milliseconds each: yield to the loop between them
+            vectors.append(embedding_vector(state.config.seed, text, plan.dimensions))
+            await state.clock.sleep(0.0)
+        await send_json(send, embedding_answer(plan, vectors))
         state.counters.requests_completed += 1

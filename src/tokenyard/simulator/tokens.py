@@ -7,19 +7,25 @@ The simulator has no tokenizer; it counts and generates like this:
   counts at least 1 token. A legacy prompt or embedding input counts the same way per string (at least 1
   each); one given as a token array counts its length.
 * The **completion length** is ``max_completion_tokens``, else ``max_tokens``, else the configured
-  ``default_max_tokens``; every choice generates exactly that many tokens. The finish reason is ``"length"``
+  ``default_max_tokens``; every choice generates exactly that many tokens. A cap above the configured
+  ``max_output_tokens`` is refused with 400, as OpenAI and vLLM refuse one above what the model can
+  generate, and a request has at most ``MAX_CHOICES`` choices in all, so the work one request can ask for
+  is bounded. The finish reason is ``"length"``
   when the request set the cap it stopped on, and ``"stop"`` when it ran to the default length (the simulated
   model's natural end).
 * A **completion token** is one generated word, sent as ``"word "`` (trailing space), so a choice's text
   splits back into exactly its token count. ``n`` choices (times the number of legacy prompts) each count.
-* Generated words come from an RNG keyed on (seed, raw request body): the same request to a simulator with
-  the same seed gets the same text; another seed gets other text.
-* Embedding vectors are unit length, rounded to float32, and keyed on (seed, input, dimensions).
+* Generated words come from one RNG per choice, keyed on (seed, raw request body, choice index): the same
+  request to a simulator with the same seed gets the same text, streamed or not; another seed gets other
+  text. They are drawn in blocks as they are needed (``ChoiceWords``), never a whole answer up front.
+* Embedding vectors are unit length, rounded to float32, and keyed on (seed, input, dimensions). A request
+  has at most ``MAX_EMBEDDING_INPUTS`` inputs and ``MAX_EMBEDDING_DIMENSIONS`` requested dimensions.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import random
 import struct
@@ -32,6 +38,13 @@ from tokenyard.errors import InvalidRequest
 FinishReason = Literal["stop", "length"]
 
 MAX_CHOICES = 128
+"""Choices one request may ask for in all (chat: ``n``; legacy completions: prompts times ``n``)."""
+MAX_EMBEDDING_INPUTS = 2048
+"""Inputs one embeddings request may hold (OpenAI's limit)."""
+MAX_EMBEDDING_DIMENSIONS = 3072
+"""The most ``dimensions`` a request may ask for (OpenAI's largest embedding model)."""
+GENERATION_BLOCK = 512
+"""Words drawn at a time: small enough that one block never holds the event loop for long."""
 
 VOCABULARY = (
     "the", "yard", "sorts", "every", "car", "by", "track", "and", "train", "moves", "on", "time", "a",
@@ -40,7 +53,11 @@ VOCABULARY = (
     "quietly", "while", "clock", "ticks", "onward", "batch", "waits", "for", "night", "dedicated", "lane",
     "serverless", "spill", "over", "meter", "counts", "cost",
 )  # fmt: skip
+_WORDS = tuple(word + " " for word in VOCABULARY)  # generated tokens, suffixed once rather than per token
 
+
+DEFAULT_MAX_OUTPUT_TOKENS = 16_384
+"""The most completion tokens a choice may ask for unless configured (OpenAI's gpt-4o limit)."""
 
 SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")  # what OpenAI accepts
 
@@ -96,26 +113,36 @@ def count_message_tokens(message: object) -> int:
     return max(1, words)
 
 
-def plan_chat(body: Mapping[str, Any], default_max_tokens: int) -> GenerationPlan:
+def plan_chat(
+    body: Mapping[str, Any], default_max_tokens: int, max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+) -> GenerationPlan:
     """Validate a ``/v1/chat/completions`` body and decide what to generate."""
     model = require_model(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
-    cap = _optional_positive_int(body, "max_completion_tokens")
+    cap = _output_cap(body, "max_completion_tokens", max_output_tokens)
     if cap is None:
-        cap = _optional_positive_int(body, "max_tokens")
+        cap = _output_cap(body, "max_tokens", max_output_tokens)
     prompt_tokens = sum(count_message_tokens(message) for message in messages)
     return _generation_plan(body, model, cap, default_max_tokens, prompt_tokens, _choice_count(body))
 
 
-def plan_completion(body: Mapping[str, Any], default_max_tokens: int) -> GenerationPlan:
+def plan_completion(
+    body: Mapping[str, Any], default_max_tokens: int, max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+) -> GenerationPlan:
     """Validate a legacy ``/v1/completions`` body and decide what to generate."""
     model = require_model(body)
     prompts = _text_inputs(body.get("prompt"), "prompt")
-    cap = _optional_positive_int(body, "max_tokens")
+    cap = _output_cap(body, "max_tokens", max_output_tokens)
     prompt_tokens = sum(tokens for _, tokens in prompts)
     choices = len(prompts) * _choice_count(body)
+    if choices > MAX_CHOICES:  # each prompt gets n choices: bound the product, not only n
+        raise InvalidRequest(
+            f"The number of prompts times 'n' must be at most {MAX_CHOICES}; this request asks for "
+            f"{choices} choices.",
+            param="n",
+        )
     return _generation_plan(body, model, cap, default_max_tokens, prompt_tokens, choices)
 
 
@@ -150,7 +177,18 @@ def plan_embeddings(body: Mapping[str, Any], default_dimensions: int) -> Embeddi
     """Validate a ``/v1/embeddings`` body and decide which vectors to return."""
     model = require_model(body)
     inputs = _text_inputs(body.get("input"), "input")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequest(
+            f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items; this request has {len(inputs)}.",
+            param="input",
+        )
     dimensions = _optional_positive_int(body, "dimensions")
+    if dimensions is not None and dimensions > MAX_EMBEDDING_DIMENSIONS:
+        raise InvalidRequest(
+            f"'dimensions' is too large: {dimensions}. This model supports at most "
+            f"{MAX_EMBEDDING_DIMENSIONS} dimensions.",
+            param="dimensions",
+        )
     encoding = body.get("encoding_format", "float")
     if encoding not in ("float", "base64", None):
         raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
@@ -171,11 +209,51 @@ def require_model(body: Mapping[str, Any]) -> str:
     return model
 
 
-def generate_pieces(seed: int, body: bytes, choices: int, length: int) -> list[list[str]]:
-    """The generated tokens of each choice, each one ``"word "``, keyed on (seed, raw body)."""
-    # random.Random hashes str/bytes seeds with SHA-512, so this is stable across processes and runs.
-    rng = random.Random(str(seed).encode() + b"\x00" + body)
-    return [[word + " " for word in rng.choices(VOCABULARY, k=length)] for _ in range(choices)]
+def generation_key(seed: int, body: bytes) -> bytes:
+    """What a request's generated words are keyed on: (seed, raw body), hashed once per request."""
+    return hashlib.sha512(str(seed).encode() + b"\x00" + body).digest()
+
+
+class ChoiceWords:
+    """One choice's generated tokens (each ``"word "``), drawn a block at a time as they are taken.
+
+    ``random.choices`` draws one number per word, so the words do not depend on how they are taken:
+    a stream taking one at a time and a whole answer taking blocks get the same text.
+    """
+
+    __slots__ = ("_block", "_left", "_next", "_rng")
+
+    def __init__(self, key: bytes, index: int, length: int) -> None:
+        # random.Random hashes bytes seeds with SHA-512, so this is stable across processes and runs.
+        self._rng = random.Random(key + index.to_bytes(4, "big"))
+        self._left = length
+        self._block: list[str] = []
+        self._next = 0
+
+    def take(self, count: int) -> list[str]:
+        """The next ``count`` tokens (fewer at the end); use either ``take`` or ``next`` on one choice."""
+        count = min(count, self._left)
+        self._left -= count
+        return self._rng.choices(_WORDS, k=count)
+
+    def next(self) -> str:
+        """The next token; the choice must have one left."""
+        if self._next == len(self._block):
+            self._block, self._next = self.take(GENERATION_BLOCK), 0
+        word = self._block[self._next]
+        self._next += 1
+        return word
+
+
+def choice_words(seed: int, body: bytes, choices: int, length: int) -> list[ChoiceWords]:
+    """The generated tokens of each of ``choices`` choices of ``length`` tokens, to be drawn on demand."""
+    key = generation_key(seed, body)
+    return [ChoiceWords(key, index, length) for index in range(choices)]
+
+
+def generate_texts(seed: int, body: bytes, choices: int, length: int) -> list[str]:
+    """Each choice's whole generated text at once (for batch lines; the real-time path draws in blocks)."""
+    return ["".join(words.take(length)) for words in choice_words(seed, body, choices, length)]
 
 
 def embedding_vector(seed: int, text: str, dimensions: int) -> list[float]:
@@ -214,6 +292,18 @@ def _is_token_array(value: list[Any]) -> bool:
 
 def _token_key(tokens: list[int]) -> str:
     return " ".join(map(str, tokens))
+
+
+def _output_cap(body: Mapping[str, Any], name: str, max_output_tokens: int) -> int | None:
+    """``max_tokens`` or ``max_completion_tokens``, refused as OpenAI refuses one the model cannot reach."""
+    cap = _optional_positive_int(body, name)
+    if cap is not None and cap > max_output_tokens:
+        raise InvalidRequest(
+            f"{name} is too large: {cap}. This model supports at most {max_output_tokens} completion "
+            f"tokens, whereas you provided {cap}.",
+            param=name,
+        )
+    return cap
 
 
 def _optional_positive_int(body: Mapping[str, Any], name: str) -> int | None:

@@ -1,9 +1,10 @@
 """The live cost dashboard: one page and its assets, all served by tokenyard (it works offline).
 
 ``GET /dashboard`` shows a sign-in form until the browser holds the session cookie that
-``POST /dashboard/login`` sets for the admin key (HttpOnly, SameSite=Strict); then the page, which polls
-the admin JSON APIs every two seconds. The page's assets and data need the session too: nothing on it is
-reachable without the admin key. uPlot (MIT, ``uplot.LICENSE``) draws the charts.
+``POST /dashboard/login`` sets for the admin key (HttpOnly, SameSite=Strict, Secure over TLS; it expires
+after ``server.dashboard_session_ttl_s`` and with the admin key: see ``router.sessions``); then the page,
+which polls the admin JSON APIs every two seconds. The page's assets and data need the session too: nothing
+on it is reachable without the admin key. uPlot (MIT, ``uplot.LICENSE``) draws the charts.
 """
 
 from __future__ import annotations
@@ -47,8 +48,7 @@ class Dashboard:
         """Check the admin key from the form; set the session cookie and go to the dashboard."""
         body = await wire.read_body(scope, receive, 4096)
         key = parse_qs(body.decode("latin-1")).get("key", [""])[-1].encode("latin-1")
-        token = self.admin.session_token
-        if token is None:
+        if not self.admin.admin_key_set:
             await wire.send_bytes(
                 send, 403, _login("The admin API is disabled: set server.admin_key."), _HTML
             )
@@ -56,7 +56,21 @@ class Dashboard:
         if not self.admin.is_admin_key(key):
             await wire.send_bytes(send, 401, _login("That is not the admin key."), _HTML)
             return
-        cookie = SESSION_COOKIE + b"=" + token + b"; HttpOnly; SameSite=Strict; Path=/"
+        token = await self.admin.new_session()
+        if token is None:  # the key was removed by a reload while this request waited
+            await wire.send_bytes(
+                send, 403, _login("The admin API is disabled: set server.admin_key."), _HTML
+            )
+            return
+        # The browser forgets it when the server would refuse it; over TLS it is never sent in clear.
+        # uvicorn sets the scheme from X-Forwarded-Proto only for proxies it trusts (forwarded_allow_ips).
+        secure = b"; Secure" if scope.get("scheme") == "https" else b""
+        cookie = b"%s=%s; Max-Age=%d; HttpOnly; SameSite=Strict; Path=/%s" % (
+            SESSION_COOKIE,
+            token,
+            self.admin.session_ttl_s,
+            secure,
+        )
         await wire.send_bytes(send, 303, b"", [(b"location", b"/dashboard"), (b"set-cookie", cookie)])
 
     async def asset(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
