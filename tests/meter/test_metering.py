@@ -271,7 +271,8 @@ async def test_report_and_export_read_the_store(metered: tuple[ProxyProcess, flo
     assert f"requests {totals['requests']:,}" in report.stdout
     export = await asyncio.to_thread(run_cli, "export", "--config", config, "--since", "1h")
     assert export.returncode == 0, export.stderr
-    records = [json.loads(line) for line in export.stdout.splitlines()]
+    window, *records = [json.loads(line) for line in export.stdout.splitlines()]
+    assert window["window"]["end"] - window["window"]["start"] == pytest.approx(3600, abs=5)
     assert len(records) == totals["requests"]
     assert sum(r["completion_tokens"] for r in records) == totals["completion_tokens"]
     first = records[0]
@@ -298,5 +299,6 @@ async def test_report_and_export_read_the_store(metered: tuple[ProxyProcess, flo
     aggregates = await asyncio.to_thread(
         run_cli, "export", "--config", config, "--since", "1h", "--aggregates"
     )
-    rows = [json.loads(line) for line in aggregates.stdout.splitlines()]
+    window, *rows = [json.loads(line) for line in aggregates.stdout.splitlines()]
+    assert set(window) == {"window"}
     assert sum(r["requests"] for r in rows) == totals["requests"]

@@ -157,6 +157,9 @@ async def _export(
 ) -> int:
     count = 0
     try:
+        # The span exported, so a replay costs the quiet hours at its ends too (the advisor reads this
+        # line; every other line is one request, or one minute bucket).
+        out.write(orjson.dumps({"window": {"start": since, "end": until}}).decode() + "\n")
         if args.aggregates:
             rows = await store.aggregates(int(since) // 60 * 60, (int(until) // 60 + 1) * 60)
             for key, fields in sorted(rows, key=lambda item: item[0]):
