@@ -302,3 +302,11 @@ async def test_report_and_export_read_the_store(metered: tuple[ProxyProcess, flo
     window, *rows = [json.loads(line) for line in aggregates.stdout.splitlines()]
     assert set(window) == {"window"}
     assert sum(r["requests"] for r in rows) == totals["requests"]
+    # The advisor's replay costs the export's own window, not the span from its first to last request.
+    log = proxy.config_path.parent / "exported.jsonl"
+    log.write_text(export.stdout)
+    replay = await asyncio.to_thread(run_cli, "replay", str(log), "--config", config, "--json")
+    assert replay.returncode == 0, replay.stderr
+    advice = json.loads(replay.stdout)["workloads"][0]
+    assert advice["window"]["basis"] == "the log's window"
+    assert advice["window"]["minutes"] == pytest.approx(60, abs=1)
