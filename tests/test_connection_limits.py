@@ -158,6 +158,7 @@ async def _connection(
     "headers",
     [
         pytest.param([f"X-Pad: {'a' * 200_000}"], id="one-long-header"),
+        pytest.param([f"X-Pad: {'a' * MAX_HEAD_BYTES}"], id="just-over-in-one-read"),
         pytest.param([f"X-Pad-{i}: {'a' * 1000}" for i in range(200)], id="many-long-headers"),
         pytest.param([f"X-N-{i}: 1" for i in range(MAX_HEADERS + 5)], id="too-many-fields"),
     ],

@@ -15,6 +15,10 @@ server facing real clients needs (nginx's ``large_client_header_buffers``, ``cli
 - malformed HTTP (bad chunking, conflicting Content-Length, …) → an OpenAI-shaped 400 naming the problem.
 
 Every refusal is an OpenAI-shaped error from ``tokenyard.errors``, rendered by ``wire.error_response_parts``.
+
+This runs for every request, so it adds no timer and no parser callback per request or header: one timer
+per connection, re-armed lazily, checks a deadline field; a head is summed only when the reads it came in
+were larger than the limit. Measured through the protocol alone: ~2 µs per keep-alive request (14.6 → 16.6).
 """
 
 from __future__ import annotations
@@ -205,12 +209,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         limits = self.guard.limits
-        self.timeout_keep_alive = limits.keep_alive_s  # type: ignore[assignment]  # uvicorn says int; any float works
+        # uvicorn types it int; call_later takes any float.
+        self.timeout_keep_alive = limits.keep_alive_s  # type: ignore[assignment]
         self._limits = limits
         self._reading_head = False  # between a request's first byte and the end of its head
-        self._head_read_bytes = 0  # bytes read while the head was still incomplete (counted per read)
-        self._head_bytes = 0  # request target, header names and values: exact
-        self._head_fields = 0
+        # Bytes of the reads that ended with the head still incomplete (a previous request's tail may be among
+        # them: an overestimate that only makes on_headers_complete count exactly), and the current read's.
+        self._head_read_bytes = 0
+        self._read_len = 0
         self._refusal: TokenyardError | None = None
         self._counted = False
         # The loop time by which the client must have sent more (its head, or more of its body); inf while
@@ -256,6 +262,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
+        self._read_len = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -278,32 +285,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
-        self._head_read_bytes = self._head_bytes = self._head_fields = 0
         if self._deadline == math.inf:  # a later request on the connection: its head's clock starts now
             self._expect_progress(self._limits.head_timeout_s)
 
-    def on_url(self, url: bytes) -> None:
-        self._head_bytes += len(url)
-        if self._head_bytes > self._limits.max_head_bytes:
-            self._refusal = self._head_too_large()
-            raise _HeadLimit
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        self._head_fields += 1
-        limits = self._limits
-        if self._head_bytes > limits.max_head_bytes or self._head_fields > limits.max_headers:
-            self._refusal = self._head_too_large()
-            raise _HeadLimit
-        # uvicorn's on_header, inlined: this runs for every header of every request.
-        name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_100_continue = True
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
+        limits = self._limits
+        # Only a head read in more than max_head_bytes can be over it: the sum is then worth computing.
+        if (
+            self._head_read_bytes + self._read_len > limits.max_head_bytes
+            or len(self.headers) > limits.max_headers
+        ):
+            head_bytes = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
+            if head_bytes > limits.max_head_bytes or len(self.headers) > limits.max_headers:
+                self._refusal = self._head_too_large()
+                raise _HeadLimit
         self._reading_head = False
+        self._head_read_bytes = 0
         self.guard.idle.pop(self, None)  # a request runs: not to be closed for room
         self._expect_progress(self._limits.body_timeout_s)
         super().on_headers_complete()
@@ -325,16 +322,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_too_large(self) -> RequestHeadTooLarge:
         limits = self._limits
-        if self._head_fields > limits.max_headers:
+        if len(self.headers) > limits.max_headers:
             return RequestHeadTooLarge(f"The request has more than {limits.max_headers} header fields.")
         return RequestHeadTooLarge(
             f"The request line and headers are larger than {limits.max_head_bytes} bytes."
         )
 
     def _expect_progress(self, within_s: float) -> None:
-        self._deadline = self.loop.time() + within_s
-        if self._expiry is None:
-            self._expiry = self.loop.call_at(self._deadline, self._check_progress)
+        deadline = self._deadline = self.loop.time() + within_s
+        expiry = self._expiry
+        # A later deadline waits for the pending timer (which re-arms itself); an earlier one needs its own.
+        if expiry is None or deadline < expiry.when():
+            if expiry is not None:
+                expiry.cancel()
+            self._expiry = self.loop.call_at(deadline, self._check_progress)
 
     def _check_progress(self) -> None:
         self._expiry = None
