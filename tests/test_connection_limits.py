@@ -27,6 +27,8 @@ from tests.harness import (
     simulators,
     start_proxy,
 )
+from tokenyard.adapters.openai_http import OpenAIHttpUpstream
+from tokenyard.errors import UpstreamError
 from tokenyard.router.connections import connection_cap
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
@@ -285,6 +287,68 @@ async def test_a_broken_upstream_stream_is_described_in_words(
     message = caught.value.message
     assert "closed the connection mid-body" in message
     assert "Error" not in message  # no aiohttp class names (ClientPayloadError, …)
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+            "the upstream closed the connection mid-body (before its Content-Length was reached)",
+            id="short-content-length",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+            "the upstream closed the connection mid-body (before the last chunk)",
+            id="cut-chunked",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nhello\r\n",
+            "the upstream's chunked encoding was malformed",
+            id="bad-chunk-size",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+            "the upstream's HTTP response was malformed",
+            id="bad-head",
+        ),
+        pytest.param(b"", "the upstream closed the connection unexpectedly", id="closed-without-answer"),
+    ],
+)
+async def test_a_broken_upstream_answer_is_described_in_words(answer: bytes, says: str) -> None:
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()  # ...and nothing more: the raw upstream misbehaves at the far edge
+
+    server = await asyncio.start_server(broken, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    upstream = OpenAIHttpUpstream(
+        f"http://127.0.0.1:{port}/v1",
+        api_key=None,
+        connect_s=5,
+        first_byte_s=20,
+        idle_s=20,
+        max_connections=2,
+    )
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await _post_and_read(upstream)
+    finally:
+        await upstream.aclose()
+        server.close()
+        await server.wait_closed()
+    assert says in caught.value.message
+    assert "Error" not in caught.value.message  # no aiohttp class names
+
+
+async def _post_and_read(upstream: OpenAIHttpUpstream) -> None:
+    resp = await upstream.post("/chat/completions", b"{}")
+    try:
+        await resp.read()
+    finally:
+        resp.close()
 
 
 # -- the file-descriptor limit -----------------------------------------------------------------------------

@@ -48,8 +48,8 @@ def describe(exc: aiohttp.ClientError) -> str:
         return _describe_body(exc.__cause__)
     if isinstance(exc, aiohttp.ClientResponseError):  # the response could not be parsed
         detail = exc.message.splitlines()[0].rstrip(": ") if exc.message else ""
-        what = "chunked encoding" if "chunk" in detail.lower() else "HTTP"
-        return f"the upstream sent malformed {what}" + (f" ({detail})" if detail else "")
+        what = "chunked encoding" if "chunk" in detail.lower() else "HTTP response"
+        return f"the upstream's {what} was malformed" + (f" ({detail})" if detail else "")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the upstream closed the connection unexpectedly"
     if isinstance(exc, aiohttp.ClientConnectionResetError):
