@@ -25,7 +25,8 @@ def uvicorn_config(
         port=config.server.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         # httptools (a dependency), never uvicorn's h11 fallback: the limits live in this protocol. (h11
-        # would bound an incomplete head to 16 KiB, answer it with a plain-text 400, and time out nothing.)
+        # would bound an incomplete head to 16 KiB, answer it with a plain-text 400, and time out no head or
+        # body.)
         http=protocol_class(ConnectionGuard(limits)),
         timeout_keep_alive=math.ceil(limits.keep_alive_s),  # the protocol uses the exact value
         ws="none",  # no WebSocket routes: an upgrade would hand the connection to a protocol without limits
