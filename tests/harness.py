@@ -74,12 +74,26 @@ class ProxyProcess:
         return self.proc.returncode
 
 
+# Runs the rest of argv with RLIMIT_NOFILE set (soft and hard) to argv[1]: the same pid, a small fd budget.
+_WITH_FD_LIMIT = (
+    "import os, resource, sys; n = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
 async def start_proxy(
-    config: dict[str, Any] | None, tmp: Path, *, extra_args: tuple[str, ...] = ()
+    config: dict[str, Any] | None,
+    tmp: Path,
+    *,
+    extra_args: tuple[str, ...] = (),
+    fd_limit: int | None = None,
 ) -> ProxyProcess:
-    """Write ``config`` to a file and start the proxy on it (``None``: the built-in quick start)."""
+    """Write ``config`` to a file and start the proxy on it (``None``: the built-in quick start), with at
+    most ``fd_limit`` file descriptors if given."""
     port = free_port()
     args = [sys.executable, "-m", "tokenyard", "serve", "--port", str(port), *extra_args]
+    if fd_limit is not None:
+        args = [sys.executable, "-c", _WITH_FD_LIMIT, str(fd_limit), *args]
     config_path = None
     if config is not None:
         # Each proxy meters into its own store unless the test says where; it stops without the unready

@@ -90,6 +90,27 @@ class BodyTooLarge(ClientError):
     code = "request_too_large"
 
 
+class RequestHeadTooLarge(ClientError):
+    """The request line and headers exceed ``server.max_head_bytes`` or ``server.max_headers``."""
+
+    status_code = 431
+    code = "request_header_fields_too_large"
+
+
+class RequestTimeout(ClientError):
+    """The client stopped sending: its head or body did not arrive within ``server.head_timeout_s`` /
+    ``server.body_timeout_s``."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class MalformedHttp(ClientError):
+    """The bytes on the connection are not valid HTTP/1.1 (bad chunking, conflicting Content-Length, …)."""
+
+    code = "invalid_http_request"
+
+
 class CapacityExhausted(ClientError):
     """Every deployment of the model is at its concurrency cap or rate limit; retry after a moment."""
 
@@ -144,6 +165,22 @@ class NoBackendAvailable(UpstreamError):
     code = "no_backend_available"
 
     def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+# -- tokenyard's own limits (5xx) --------------------------------------------------------------------
+
+
+class ProxyOverloaded(TokenyardError):
+    """tokenyard itself ran out of something local (file descriptors, sockets, memory, its connection cap).
+    No backend is to blame, so no circuit breaker counts it; retrying shortly may work."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "proxy_overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 

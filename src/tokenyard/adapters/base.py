@@ -2,7 +2,8 @@
 
 The router codes against these two protocols only, so the HTTP client underneath (aiohttp today, see
 ``openai_http.py``) can change without touching routing. Implementations raise only the
-``tokenyard.errors.Upstream*`` errors, mapping their client library's exceptions where they occur.
+``tokenyard.errors.Upstream*`` errors, mapping their client library's exceptions where they occur, and
+``ProxyOverloaded`` when this machine, not the upstream, ran out of something (file descriptors, ports).
 """
 
 from __future__ import annotations

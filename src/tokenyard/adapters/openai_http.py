@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import math
+import os
+import socket
 import time
 from collections.abc import AsyncGenerator
 
 import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError, ContentLengthError, TransferEncodingError
 
 from tokenyard import __version__
 from tokenyard.errors import (
+    ProxyOverloaded,
     UpstreamConnectError,
     UpstreamError,
     UpstreamStreamBroken,
@@ -28,6 +33,56 @@ _CHUNK_LIMIT = 64 * 1024
 
 
 _MAX_RETRY_AFTER_S = 86_400.0
+
+# Errors that say this machine ran out of something (descriptors, buffers, memory, local ports), not that
+# the upstream failed: every backend would fail the same way, so no circuit breaker may count them.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
+
+
+def describe(exc: aiohttp.ClientError) -> str:
+    """What went wrong with the upstream, in words: aiohttp's class names mean nothing to a client.
+
+    Most specific first; an aiohttp error a case below does not know keeps aiohttp's own sentence.
+    """
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return _describe_body(exc.__cause__)
+    if isinstance(exc, aiohttp.ClientResponseError):  # the response could not be parsed
+        detail = exc.message.splitlines()[0].rstrip(": ") if exc.message else ""
+        what = "chunked encoding" if "chunk" in detail.lower() else "HTTP response"
+        return f"the upstream's {what} was malformed" + (f" ({detail})" if detail else "")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the upstream closed the connection unexpectedly"
+    if isinstance(exc, aiohttp.ClientConnectionResetError):
+        return "the upstream reset the connection"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "the upstream's TLS certificate was rejected"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError):
+        return "the TLS handshake with the upstream failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, socket.gaierror):
+            return "the upstream's host name does not resolve"
+        return f"cannot connect to the upstream ({_strerror(exc)})"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return f"network error with the upstream ({_strerror(exc)})"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "the upstream URL is invalid"
+    return str(exc) or "the upstream request failed"
+
+
+def _describe_body(cause: BaseException | None) -> str:
+    if isinstance(cause, ContentLengthError):
+        return "the upstream closed the connection mid-body (before its Content-Length was reached)"
+    if isinstance(cause, TransferEncodingError):
+        if "not enough data" in str(cause).lower():
+            return "the upstream closed the connection mid-body (before the last chunk)"
+        return "the upstream's chunked encoding was malformed"
+    if isinstance(cause, ContentEncodingError):
+        return "the upstream's compressed body could not be decoded"
+    return "the upstream's body was incomplete or malformed"
+
+
+def _strerror(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else (exc.strerror or "connection failed")
 
 
 def parse_retry_after(
@@ -84,7 +139,7 @@ class AiohttpResponse:
         except TimeoutError as exc:
             raise UpstreamTimeout(f"no data from the upstream for {self._idle_s:g} s") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamStreamBroken(f"upstream body broken: {type(exc).__name__}") from exc
+            raise UpstreamStreamBroken(f"the upstream's answer broke off: {describe(exc)}") from exc
         finally:
             self._resp.release()
 
@@ -105,7 +160,7 @@ class AiohttpResponse:
                 yield chunk
                 deadline = loop.time() + self._idle_s
         except aiohttp.ClientError as exc:
-            raise UpstreamStreamBroken(f"upstream stream broken: {type(exc).__name__}") from exc
+            raise UpstreamStreamBroken(f"the upstream's stream broke off: {describe(exc)}") from exc
 
     def close(self) -> None:
         # close(), not release(): an unfinished body must drop the connection so the upstream stops work.
@@ -132,6 +187,7 @@ class OpenAIHttpUpstream:
         max_connections: int,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        self._connect_s = connect_s
         self._first_byte_s = first_byte_s
         self._idle_s = idle_s
         headers = {
@@ -155,12 +211,22 @@ class OpenAIHttpUpstream:
         try:
             async with asyncio.timeout_at(deadline):
                 resp = await self._session.post(self._base_url + path, data=body)
+        except aiohttp.ConnectionTimeoutError as exc:  # a TimeoutError too: before the next clause
+            raise UpstreamTimeout(f"cannot connect to the upstream within {self._connect_s:g} s") from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(f"no response head within {self._first_byte_s:g} s") from exc
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise UpstreamConnectError(f"cannot reach the upstream: {type(exc).__name__}") from exc
+        except OSError as exc:  # aiohttp's connection errors with an errno are OSErrors too
+            if exc.errno in _LOCAL_ERRNOS:
+                raise ProxyOverloaded(
+                    f"tokenyard cannot open a connection to the upstream: {os.strerror(exc.errno)} "
+                    "on the proxy's machine (the upstream is not at fault); retry shortly."
+                ) from exc
+            what = describe(exc) if isinstance(exc, aiohttp.ClientError) else _strerror(exc)
+            raise UpstreamConnectError(f"cannot reach the upstream: {what}") from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise UpstreamConnectError(f"cannot reach the upstream: {describe(exc)}") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream request failed: {type(exc).__name__}") from exc
+            raise UpstreamError(f"the upstream request failed: {describe(exc)}") from exc
         return AiohttpResponse(resp, deadline, self._idle_s)
 
     async def aclose(self) -> None:

@@ -170,6 +170,21 @@ class ServerConfig(_Strict):
     # /metrics names tenants, models and spend: it needs the admin key too, unless made public here
     # (for a scraper on a private network that cannot send a bearer token).
     public_metrics: bool = False
+    # Connection limits (see README, "Limits"). A request head (request line + headers) larger than this,
+    # or with more header fields, is refused with 431 (nginx allows 4 × 8 KiB, Node 16 KiB).
+    max_head_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
+    max_headers: Annotated[int, Field(ge=8, le=1000)] = 100
+    # A client must send its whole head this soon after connecting (or after a new request's first byte),
+    head_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # ...and may not pause longer than this in the middle of a body (both answered 408, then closed).
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    keep_alive_s: Annotated[float, Field(gt=0, le=3600)] = 5.0  # an idle connection between requests
+    # Client connections held at most; past it the oldest idle one (no request running) is closed. Default:
+    # what the file-descriptor limit leaves after fd_reserve. Above that it is obeyed, with a warning.
+    max_connections: PositiveInt | None = None
+    # Descriptors kept free of client connections, for upstream sockets, the store and files. Default: the
+    # backends' max_connections plus 64, at most half of what the limit leaves.
+    fd_reserve: Annotated[int, Field(ge=0)] | None = None
 
 
 def default_store_url() -> str:

@@ -26,6 +26,7 @@ from tokenyard.errors import (
     InvalidRequest,
     ModelNotFound,
     NoBackendAvailable,
+    ProxyOverloaded,
     TokenyardError,
     UpstreamError,
     UpstreamStatusError,
@@ -321,6 +322,12 @@ class Proxy:
                 exchange.last_error = exc
                 retry_after = exc.retry_after_s if isinstance(exc, UpstreamStatusError) else None
                 backend.record_failure(self.clock(), ticket, exc.message, retry_after)
+            except ProxyOverloaded as exc:  # this machine ran out (fds, ports): no backend is to blame,
+                backend.breaker.on_abandoned(ticket)  # and the next one would fail the same way
+                exchange.backend = None
+                exchange.status = exc.status_code
+                await wire.send_error(send, exc, id_header)
+                return
             except BaseException:  # cancelled, or a bug: no verdict on the backend either way
                 backend.breaker.on_abandoned(ticket)
                 raise

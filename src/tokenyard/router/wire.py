@@ -7,7 +7,13 @@ from typing import Any
 
 import orjson
 
-from tokenyard.errors import BodyTooLarge, CapacityExhausted, NoBackendAvailable, TokenyardError
+from tokenyard.errors import (
+    BodyTooLarge,
+    CapacityExhausted,
+    NoBackendAvailable,
+    ProxyOverloaded,
+    TokenyardError,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,7 +50,7 @@ def error_body(message: str, error_type: str, *, param: str | None = None, code:
 def error_response_parts(exc: TokenyardError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """The one place a tokenyard error becomes an HTTP status, headers and an OpenAI error body."""
     headers = list(JSON_HEADERS)
-    if isinstance(exc, CapacityExhausted | NoBackendAvailable):
+    if isinstance(exc, CapacityExhausted | NoBackendAvailable | ProxyOverloaded):
         headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
     body = error_body(exc.message, exc.error_type, param=exc.param, code=exc.code)
     return exc.status_code, headers, body
