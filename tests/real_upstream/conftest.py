@@ -78,10 +78,7 @@ class Upstream:
 
     async def start(self, timeout_s: float = 180) -> None:
         """Start the server and wait until ``ready_path`` answers 200 (a busy machine loads slowly)."""
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-            )
+        self.proc = self._spawn()
         deadline = time.monotonic() + timeout_s
         async with httpx.AsyncClient() as http:
             while time.monotonic() < deadline:
@@ -93,6 +90,13 @@ class Upstream:
                 await asyncio.sleep(0.2)
         self.kill()
         raise RuntimeError(f"{self.name} not ready in {timeout_s} s:\n{self.log()}")
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """The server's process, in a session of its own (killed with whatever it starts)."""
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
 
     def kill(self) -> None:
         """SIGKILL the server (and anything it started): no goodbye on any connection."""

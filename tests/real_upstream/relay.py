@@ -76,7 +76,7 @@ class Relayed:
         return usage if isinstance(usage, dict) else None
 
     def content_chunks(self) -> int:
-        """How many streamed events carried non-empty content (chat ``delta.content`` or completion ``text``)."""
+        """How many streamed events carried content (chat ``delta.content`` or completion ``text``)."""
         return sum(1 for event in self.events() for choice in _choices(event) if _content(choice))
 
     def text(self) -> str:
@@ -143,7 +143,8 @@ class _ResponseSide:
         self.current.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        assert self.current is not None and self.parser is not None
+        assert self.current is not None
+        assert self.parser is not None
         self.current.status = self.parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
