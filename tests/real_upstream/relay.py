@@ -6,8 +6,9 @@ response's status, headers and de-chunked body, and whether the response ended c
 tokenyard's meter with *this* record of what the upstream really said, not with what the upstream is
 documented to say.
 
-``after_forward`` lets a test act at an exact point of a stream (e.g. kill the upstream after its third
-content chunk) without timing anything.
+``after_forward`` lets a test act at an exact point of a stream without timing anything: while it is set,
+answers are forwarded event by event and it is called after each; returning True cuts the relay there, as
+if the upstream died right after that event (a test kills the real upstream in the same call).
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class Relay:
         self.upstream_host, self.upstream_port = upstream_host, upstream_port
         self.port = free_port()
         self.exchanges: list[Relayed] = []
-        self.after_forward: Callable[[Relayed], None] | None = None
+        self.after_forward: Callable[[Relayed], bool] | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -242,15 +243,34 @@ class Relay:
                 return
             if not data:
                 return
-            if parsing:
+            cutting = responses is not None and self.after_forward is not None
+            for piece in _events(data) if cutting else (data,):
+                if parsing:
+                    try:
+                        parser.feed_data(piece)
+                    except httptools.HttpParserError:
+                        parsing = False  # not HTTP as we know it: keep relaying, stop recording
                 try:
-                    parser.feed_data(data)
-                except httptools.HttpParserError:
-                    parsing = False  # not HTTP as we know it: keep relaying, stop recording
-            try:
-                writer.write(data)
-                await writer.drain()
-            except OSError:
-                return
-            if responses is not None and responses.current is not None and self.after_forward is not None:
-                self.after_forward(responses.current)
+                    writer.write(piece)
+                    await writer.drain()
+                except OSError:
+                    return
+                hook = self.after_forward
+                if (
+                    responses is not None
+                    and responses.current is not None
+                    and hook
+                    and hook(responses.current)
+                ):
+                    return  # cut here: the rest never reaches the client, and is not recorded
+
+
+def _events(data: bytes) -> list[bytes]:
+    """``data`` split just after each blank line (SSE event end), so each event can be forwarded alone."""
+    pieces, start = [], 0
+    while (end := data.find(b"\n\n", start)) >= 0:
+        pieces.append(data[start : end + 2])
+        start = end + 2
+    if start < len(data):
+        pieces.append(data[start:])
+    return pieces

@@ -1,7 +1,8 @@
 """A stream cut by killing the real upstream mid-stream: the client gets an error, the meter what was sent.
 
-llama-server generates token by token, so the relay can act at an exact point of the stream: after it has
-forwarded the third content chunk it SIGKILLs the server. Nothing is timed; the count is the relay's.
+The relay acts at an exact point of the stream: right after it has forwarded the third content chunk it
+SIGKILLs the server and relays nothing more (what the dying server still had in flight never arrives).
+Nothing is timed; the count is the relay's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from tests.real_upstream.conftest import llama_upstream, need_llama
+from tests.real_upstream.conftest import (
+    LITELLM,
+    LITELLM_KEY,
+    Upstream,
+    litellm_upstream,
+    llama_upstream,
+    need,
+    need_llama,
+)
 from tests.real_upstream.relay import Relayed
 from tests.real_upstream.yard import new_marker, open_yard
 
@@ -27,24 +36,29 @@ async def read_into(stream: AsyncIterator[ChatCompletionChunk], chunks: list[Cha
         chunks.append(chunk)
 
 
-@pytest.mark.parametrize("include_usage", [False, True])
-async def test_a_stream_cut_by_killing_the_upstream(tmp_path: Path, include_usage: bool) -> None:
-    need_llama()
-    upstream = llama_upstream(tmp_path)  # its own server: this test kills it
+def own_upstream(kind: str, folder: Path) -> tuple[Upstream, str | None, str]:
+    """A server of its own for this test (it gets killed): the upstream, its API key, its model's name."""
+    if kind == "llama":
+        need_llama()
+        return llama_upstream(folder), None, "smollm2"
+    need(LITELLM, "LiteLLM's proxy", "tests/real_upstream/setup_litellm.sh")
+    return litellm_upstream(folder), LITELLM_KEY, "mock-chat"
+
+
+@pytest.mark.parametrize(("kind", "include_usage"), [("llama", False), ("llama", True), ("litellm", False)])
+async def test_a_stream_cut_by_killing_the_upstream(tmp_path: Path, kind: str, include_usage: bool) -> None:
+    upstream, key, model = own_upstream(kind, tmp_path)
     await upstream.start()
     try:
         async with open_yard(
-            "cut",
-            tmp_path,
-            {"llama": (upstream.port, None)},
-            {"smollm2": "llama"},
-            chat_model="smollm2",
-            embed_model="smollm2",
+            "cut", tmp_path, {kind: (upstream.port, key)}, {model: kind}, chat_model=model, embed_model=model
         ) as yard:
 
-            def kill_mid_stream(exchange: Relayed) -> None:
-                if exchange.content_chunks() >= KILL_AFTER_CHUNKS:
-                    upstream.kill()
+            def kill_mid_stream(exchange: Relayed) -> bool:
+                if exchange.content_chunks() < KILL_AFTER_CHUNKS:
+                    return False
+                upstream.kill()
+                return True
 
             yard.chat_relay.after_forward = kill_mid_stream
             marker = new_marker()
@@ -52,7 +66,7 @@ async def test_a_stream_cut_by_killing_the_upstream(tmp_path: Path, include_usag
             received: list[ChatCompletionChunk] = []
             async with yard.proxy.client(timeout=120) as client:
                 raw = await client.chat.completions.with_raw_response.create(
-                    model="smollm2",
+                    model=model,
                     messages=[{"role": "user", "content": f"Tell a long story about {marker}."}],
                     max_tokens=400,
                     temperature=0,
