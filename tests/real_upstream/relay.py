@@ -9,6 +9,8 @@ documented to say.
 ``after_forward`` lets a test act at an exact point of a stream without timing anything: while it is set,
 answers are forwarded event by event and it is called after each; returning True cuts the relay there, as
 if the upstream died right after that event (a test kills the real upstream in the same call).
+``hold_after_done`` likewise holds whatever follows a ``data: [DONE]`` event (the end of the chunked body)
+until the test sets it: an upstream that has not closed its answer yet when the client has all it needs.
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ class Relay:
         self.port = free_port()
         self.exchanges: list[Relayed] = []
         self.after_forward: Callable[[Relayed], bool] | None = None
+        self.hold_after_done: asyncio.Event | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -243,8 +246,8 @@ class Relay:
                 return
             if not data:
                 return
-            cutting = responses is not None and self.after_forward is not None
-            for piece in _events(data) if cutting else (data,):
+            by_event = responses is not None and (self.after_forward or self.hold_after_done) is not None
+            for piece in _events(data) if by_event else (data,):
                 if parsing:
                     try:
                         parser.feed_data(piece)
@@ -263,6 +266,12 @@ class Relay:
                     and hook(responses.current)
                 ):
                     return  # cut here: the rest never reaches the client, and is not recorded
+                if (
+                    responses is not None
+                    and self.hold_after_done is not None
+                    and piece.endswith(b"[DONE]\n\n")
+                ):
+                    await self.hold_after_done.wait()
 
 
 def _events(data: bytes) -> list[bytes]:

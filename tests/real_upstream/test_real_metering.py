@@ -8,6 +8,7 @@ one completion token per content chunk the upstream really streamed.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -161,3 +162,27 @@ async def test_streams_delivered_in_full_are_successes(yard: Yard) -> None:
         record = await yard.record(request_id)
         assert record.status == 200, f"a stream delivered in full was recorded as {record.status}"
         assert_metered_as_reported(record, upstream)
+
+
+async def test_a_stream_whose_upstream_has_not_closed_after_done_is_a_success(yard: Yard) -> None:
+    """The client has ``[DONE]`` and hangs up before the upstream ends its answer: a success, not 499."""
+    marker = new_marker()
+    release = yard.chat_relay.hold_after_done = asyncio.Event()
+    try:
+        async with yard.proxy.client(timeout=120) as client:
+            raw = await client.chat.completions.with_raw_response.create(
+                model=yard.chat_model,
+                messages=[{"role": "user", "content": f"Hi {marker}"}],
+                max_tokens=4,
+                stream=True,
+            )
+            chunks = [chunk async for chunk in raw.parse()]  # type: ignore[union-attr]
+    finally:
+        release.set()  # the upstream's answer ends only now, after the client has gone
+        yard.chat_relay.hold_after_done = None
+    upstream = yard.chat_relay.find(marker)
+    assert upstream.saw_done()
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == upstream.text()
+    record = await yard.record(raw.headers["x-request-id"])
+    assert record.status == 200, f"a stream delivered in full was recorded as {record.status}"
+    assert_metered_as_reported(record, upstream)
