@@ -9,6 +9,7 @@ one completion token per content chunk the upstream really streamed.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -71,6 +72,10 @@ async def test_chat_is_metered_as_the_upstream_reported(yard: Yard, mode: str) -
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
             client_usage = [c.usage for c in chunks if c.usage is not None]
     upstream = yard.chat_relay.find(marker)
+    sent = upstream.request_json()
+    assert (sent["model"], sent["messages"]) == (yard.chat_model, messages)  # forwarded as the client sent it
+    if mode != "plain":
+        assert sent["stream_options"] == {"include_usage": True}  # tokenyard asks for usage on every stream
     assert text == upstream.text()  # relayed as sent
     record = await yard.record(raw.headers["x-request-id"])
     assert record.status == 200
@@ -132,7 +137,7 @@ async def test_embeddings_are_metered_as_the_upstream_reported(yard: Yard) -> No
     sent = upstream.request_json()
     assert sent["input"] == [f"first {marker}", "second text"]
     assert [d.embedding for d in answer.data] == [
-        pytest.approx(d["embedding"]) for d in __import__("json").loads(upstream.body)["data"]
+        pytest.approx(d["embedding"]) for d in json.loads(upstream.body)["data"]
     ]
     record = await yard.record(raw.headers["x-request-id"])
     assert record.status == 200
