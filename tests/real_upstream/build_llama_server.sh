@@ -48,8 +48,11 @@ if [[ ! -x $SERVER ]]; then
   # Static, CPU only, no downloads (CURL off: models are local files), only the server target.
   cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON >"$work/configure.log"
-  nice -n 10 cmake --build "$work/build" --target llama-server -j "$JOBS" >"$work/build.log"
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON >"$work/configure.log" 2>&1 ||
+    { tail -40 "$work/configure.log" >&2; exit 1; }
+  # nice: a shared 2-core machine stays usable while it compiles (about 28 minutes there).
+  nice -n 10 cmake --build "$work/build" --target llama-server -j "$JOBS" >"$work/build.log" 2>&1 ||
+    { tail -40 "$work/build.log" >&2; exit 1; }
   mkdir -p "$PREFIX/bin"
   cp "$work/build/bin/llama-server" "$SERVER.part" && mv "$SERVER.part" "$SERVER"
   echo "built llama-server in $(($(date +%s) - started)) s" >&2
