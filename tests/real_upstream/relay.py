@@ -6,11 +6,12 @@ response's status, headers and de-chunked body, and whether the response ended c
 tokenyard's meter with *this* record of what the upstream really said, not with what the upstream is
 documented to say.
 
-``after_forward`` lets a test act at an exact point of a stream without timing anything: while it is set,
-answers are forwarded event by event and it is called after each; returning True cuts the relay there, as
-if the upstream died right after that event (a test kills the real upstream in the same call).
-``hold_after_done`` likewise holds whatever follows a ``data: [DONE]`` event (the end of the chunked body)
-until the test sets it: an upstream that has not closed its answer yet when the client has all it needs.
+The relay runs in a thread of its own, so its hooks run there too. ``after_forward`` lets a test act at
+an exact point of a stream without timing anything: while it is set, answers are forwarded event by event
+and it is called after each; returning True cuts the relay there, as if the upstream died right after that
+event (a test kills the real upstream in the same call). ``hold_after_done`` (a ``threading.Event``) holds
+whatever follows a ``data: [DONE]`` event (the end of the chunked body) until the test sets it: an upstream
+that has not closed its answer yet when the client has all it needs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +83,11 @@ class Relayed:
     def content_chunks(self) -> int:
         """How many streamed events carried content (chat ``delta.content`` or completion ``text``)."""
         return sum(1 for event in self.events() for choice in _choices(event) if _content(choice))
+
+    def finish_reasons(self) -> list[str]:
+        """The ``finish_reason`` values a streamed answer carried (or a whole answer's), in order."""
+        events = self.events() if self.streamed else [json.loads(self.body)]
+        return [c["finish_reason"] for e in events for c in _choices(e) if c.get("finish_reason")]
 
     def text(self) -> str:
         """The content the upstream produced (streamed chunks joined, or the whole answer's first choice)."""
@@ -167,9 +174,11 @@ class Relay:
         self.port = free_port()
         self.exchanges: list[Relayed] = []
         self.after_forward: Callable[[Relayed], bool] | None = None
-        self.hold_after_done: asyncio.Event | None = None
+        self.hold_after_done: threading.Event | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -177,16 +186,41 @@ class Relay:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def __aenter__(self) -> Relay:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        # The relay runs its own event loop in a thread of its own: in the test's loop it would pass an
+        # upstream's close on only once the test's client code yields, milliseconds late, and tokenyard would
+        # reuse connections the upstream had already closed (llama-server closes after every stream).
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(started,), name=f"relay-{self.port}", daemon=True
+        )
+        self._thread.start()
+        await asyncio.to_thread(started.wait, 30)
+        assert self._server is not None, "the relay did not start"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
+        assert self._loop is not None
+        assert self._thread is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join, 30)
+
+    def _run(self, started: threading.Event) -> None:
+        """The relay thread: serve until stopped, then close every connection."""
+        assert self._loop is not None
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        self._server = loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        started.set()
+        try:
+            loop.run_forever()
+        finally:
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
+            loop.run_until_complete(self._server.wait_closed())
+            loop.close()
 
     def find(self, marker: str) -> Relayed:
         """The one exchange whose request carried ``marker`` (tests put a unique one in each request)."""

@@ -8,8 +8,8 @@ one completion token per content chunk the upstream really streamed.
 
 from __future__ import annotations
 
-import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -36,9 +36,15 @@ def assert_metered_as_reported(record: UsageRecord, upstream: Relayed) -> None:
     assert upstream.status == 200, upstream.body[:500]
     usage = upstream.usage()
     if usage is not None:
-        reported = (usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
-        assert (record.prompt_tokens, record.completion_tokens) == reported, (
-            f"metered {record.prompt_tokens}+{record.completion_tokens}, upstream reported {usage}"
+        details = usage.get("prompt_tokens_details") or {}
+        reported = (
+            usage.get("prompt_tokens") or 0,
+            details.get("cached_tokens") or 0,
+            usage.get("completion_tokens") or 0,
+        )
+        metered = (record.prompt_tokens, record.cached_tokens, record.completion_tokens)
+        assert metered == reported, (
+            f"metered {metered} (prompt, cached, completion); the upstream reported {usage}"
         )
         assert not record.estimated
     else:
@@ -71,7 +77,10 @@ async def test_chat_is_metered_as_the_upstream_reported(yard: Yard, mode: str) -
             chunks = [chunk async for chunk in raw.parse()]  # type: ignore[union-attr]
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
             client_usage = [c.usage for c in chunks if c.usage is not None]
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     upstream = yard.chat_relay.find(marker)
+    if mode != "plain":
+        assert finish == upstream.finish_reasons()  # stripping usage must not lose the chunk that ends it
     sent = upstream.request_json()
     assert (sent["model"], sent["messages"]) == (yard.chat_model, messages)  # forwarded as the client sent it
     if mode != "plain":
@@ -110,7 +119,10 @@ async def test_completions_are_metered_as_the_upstream_reported(yard: Yard, mode
             chunks = [chunk async for chunk in raw.parse()]  # type: ignore[union-attr]
             text = "".join(c.choices[0].text or "" for c in chunks if c.choices)
             client_usage = [c.usage for c in chunks if c.usage is not None]
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     upstream = yard.chat_relay.find(marker)
+    if mode != "plain":
+        assert finish == upstream.finish_reasons()  # stripping usage must not lose the chunk that ends it
     assert text == upstream.text()
     record = await yard.record(raw.headers["x-request-id"])
     assert record.status == 200
@@ -130,7 +142,7 @@ async def test_embeddings_are_metered_as_the_upstream_reported(yard: Yard) -> No
     marker = new_marker()
     async with yard.proxy.client(timeout=120) as client:
         raw = await client.embeddings.with_raw_response.create(
-            model=yard.embed_model, input=[f"first {marker}", "second text"]
+            model=yard.embed_model, input=[f"first {marker}", "second text"], encoding_format="float"
         )
         answer = raw.parse()
     upstream = yard.embed_relay.find(marker)
@@ -172,7 +184,7 @@ async def test_streams_delivered_in_full_are_successes(yard: Yard) -> None:
 async def test_a_stream_whose_upstream_has_not_closed_after_done_is_a_success(yard: Yard) -> None:
     """The client has ``[DONE]`` and hangs up before the upstream ends its answer: a success, not 499."""
     marker = new_marker()
-    release = yard.chat_relay.hold_after_done = asyncio.Event()
+    release = yard.chat_relay.hold_after_done = threading.Event()
     try:
         async with yard.proxy.client(timeout=120) as client:
             raw = await client.chat.completions.with_raw_response.create(
