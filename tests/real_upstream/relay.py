@@ -6,6 +6,23 @@ response's status, headers and de-chunked body, and whether the response ended c
 tokenyard's meter with *this* record of what the upstream really said, not with what the upstream is
 documented to say.
 
+The relay runs as a process of its own (``python -m tests.real_upstream.relay``), like a real load balancer:
+inside the test's process it would pass an upstream's close on only when the test's own code let it run,
+milliseconds late, and tokenyard would reuse connections the upstream had already closed (llama-server closes
+its connection after every stream). It appends each exchange to a JSON-lines file as soon as the upstream's
+answer is complete or cut, and takes commands on its standard input, one JSON object a line, answering
+``ok`` on its standard output once a command is in force:
+
+- ``{"kill_after_chunks": N, "kill_pgid": PGID}``: right after forwarding the event that carries the Nth
+  content chunk of an answer, SIGKILL the upstream's process group and relay nothing more of that answer (what
+  the dying server still had in flight never arrives), as if the upstream died right there;
+- ``{"hold_after_done": true}``: hold whatever follows a ``data: [DONE]`` event (the end of the chunked body)
+  until ``{"release": true}``: an upstream that has not closed its answer when the client has all it needs;
+- ``{"late_close": true}``: when the upstream closes its connection after a whole answer, pass the close on
+  only when the client sends its next request on it (which then gets no answer): a relay slow to notice.
+
+Nothing is timed: the points are counts and the test's own commands.
+
 The relay runs in a thread of its own, so its hooks run there too. ``after_forward`` lets a test act at
 an exact point of a stream without timing anything: while it is set, answers are forwarded event by event
 and it is called after each; returning True cuts the relay there, as if the upstream died right after that
@@ -17,16 +34,20 @@ that has not closed its answer yet when the client has all it needs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
-import threading
-from collections.abc import Callable
+import os
+import signal
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httptools
 
-from tests.harness import free_port
+from tests.harness import eventually, free_port
 
 
 @dataclass
@@ -41,6 +62,22 @@ class Relayed:
     body: bytes = b""  # de-chunked
     complete: bool = False  # the upstream finished the response message (not cut off)
     upstream_closed: bool = False  # the upstream's side of the connection ended (EOF or reset)
+
+    def to_line(self) -> bytes:
+        """The exchange as one JSON line (bodies in base64)."""
+        obj = {k: v for k, v in self.__dict__.items() if not isinstance(v, bytes)}
+        obj.update(
+            {k: base64.b64encode(v).decode() for k, v in self.__dict__.items() if isinstance(v, bytes)}
+        )
+        return json.dumps(obj).encode() + b"\n"
+
+    @classmethod
+    def from_line(cls, line: str) -> Relayed:
+        """The inverse of ``to_line``."""
+        obj = json.loads(line)
+        for name in ("request_body", "body"):
+            obj[name] = base64.b64decode(obj[name])
+        return cls(**obj)
 
     def request_json(self) -> dict[str, Any]:
         """The request body tokenyard forwarded, parsed."""
@@ -114,15 +151,16 @@ def _content(choice: dict[str, Any]) -> str:
 class _RequestSide:
     """httptools callbacks for the client → upstream direction: one ``Relayed`` per request."""
 
-    def __init__(self, relay: Relay, pending: list[Relayed]) -> None:
-        self.relay, self.pending = relay, pending
+    def __init__(self, pending: list[Relayed]) -> None:
+        self.pending = pending
         self.current: Relayed | None = None
         self.url = b""
+        self.began = asyncio.Event()  # set when a request starts
 
     def on_message_begin(self) -> None:
         self.current, self.url = Relayed(), b""
-        self.relay.exchanges.append(self.current)
         self.pending.append(self.current)
+        self.began.set()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -139,14 +177,15 @@ class _RequestSide:
 class _ResponseSide:
     """httptools callbacks for the upstream → client direction: fills the oldest unanswered ``Relayed``."""
 
-    def __init__(self, pending: list[Relayed]) -> None:
-        self.pending = pending
+    def __init__(self, pending: list[Relayed], server: RelayServer) -> None:
+        self.pending, self.server = pending, server
         self.current: Relayed | None = None
-        self.header = b""
         self.parser: httptools.HttpResponseParser | None = None
+        self.content_chunks = 0  # of the current answer: counted as it passes, for kill_after_chunks
 
     def on_message_begin(self) -> None:
         self.current = self.pending.pop(0) if self.pending else Relayed()
+        self.content_chunks = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.current is not None
@@ -164,105 +203,90 @@ class _ResponseSide:
     def on_message_complete(self) -> None:
         assert self.current is not None
         self.current.complete = True
+        self.server.record(self.current)
+
+    def finish(self, *, upstream_closed: bool) -> None:
+        """The connection ended: record an answer that was cut (a complete one is recorded already)."""
+        if self.current is not None and not self.current.complete:
+            self.current.upstream_closed = upstream_closed
+            self.server.record(self.current)
+            self.current = None
+        while self.pending:  # asked, never answered
+            unanswered = self.pending.pop(0)
+            unanswered.upstream_closed = upstream_closed
+            self.server.record(unanswered)
 
 
-class Relay:
-    """A loopback TCP relay to ``upstream_port`` that records every exchange passing through it."""
+class RelayServer:
+    """The relay itself (runs in the relay process): serves until its standard input closes."""
 
-    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
-        self.upstream_host, self.upstream_port = upstream_host, upstream_port
-        self.port = free_port()
-        self.exchanges: list[Relayed] = []
-        self.after_forward: Callable[[Relayed], bool] | None = None
-        self.hold_after_done: threading.Event | None = None
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+    def __init__(self, port: int, upstream_port: int, record_path: str) -> None:
+        self.port, self.upstream_port = port, upstream_port
+        self.records = open(record_path, "ab")  # noqa: SIM115 (open for the life of the process)
+        self.kill_after_chunks: int | None = None
+        self.kill_pgid: int | None = None
+        self.hold_after_done = False
+        self.released = asyncio.Event()
+        self.late_close = False
 
-    @property
-    def base_url(self) -> str:
-        """The OpenAI-style base URL of the upstream, through the relay."""
-        return f"http://127.0.0.1:{self.port}/v1"
+    def record(self, exchange: Relayed) -> None:
+        """Append one exchange to the record file (flushed: the test reads it while the relay runs)."""
+        self.records.write(exchange.to_line())
+        self.records.flush()
 
-    async def __aenter__(self) -> Relay:
-        # The relay runs its own event loop in a thread of its own: in the test's loop it would pass an
-        # upstream's close on only once the test's client code yields, milliseconds late, and tokenyard would
-        # reuse connections the upstream had already closed (llama-server closes after every stream).
-        self._loop = asyncio.new_event_loop()
-        started = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(started,), name=f"relay-{self.port}", daemon=True
-        )
-        self._thread.start()
-        await asyncio.to_thread(started.wait, 30)
-        assert self._server is not None, "the relay did not start"
-        return self
+    async def run(self) -> None:
+        """Serve, obeying commands from standard input, until it closes."""
+        server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        loop = asyncio.get_running_loop()
+        commands = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
+        print("ready", flush=True)
+        async with server:
+            while line := await commands.readline():
+                self._obey(json.loads(line))
+                print("ok", flush=True)
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._loop is not None
-        assert self._thread is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        await asyncio.to_thread(self._thread.join, 30)
-
-    def _run(self, started: threading.Event) -> None:
-        """The relay thread: serve until stopped, then close every connection."""
-        assert self._loop is not None
-        loop = self._loop
-        asyncio.set_event_loop(loop)
-        self._server = loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
-        started.set()
-        try:
-            loop.run_forever()
-        finally:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
-            loop.run_until_complete(self._server.wait_closed())
-            loop.close()
-
-    def find(self, marker: str) -> Relayed:
-        """The one exchange whose request carried ``marker`` (tests put a unique one in each request)."""
-        found = [x for x in self.exchanges if marker.encode() in x.request_body]
-        assert len(found) == 1, f"{len(found)} upstream requests carry {marker!r}"
-        return found[0]
+    def _obey(self, command: dict[str, Any]) -> None:
+        if "kill_after_chunks" in command:
+            self.kill_after_chunks, self.kill_pgid = command["kill_after_chunks"], command.get("kill_pgid")
+        if "hold_after_done" in command:
+            self.hold_after_done = bool(command["hold_after_done"])
+            self.released.clear()
+        if command.get("release"):
+            self.released.set()
+        if "late_close" in command:
+            self.late_close = bool(command["late_close"])
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         try:
-            await self._relay(client_r, client_w)
-        except asyncio.CancelledError:
-            pass  # the relay is closing; ending quietly keeps asyncio's stream callback from logging it
-        finally:
-            client_w.close()
-            self._tasks.discard(task)
-
-    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        """Relay one client connection to a new upstream connection until either side ends."""
-        try:
-            up_r, up_w = await asyncio.open_connection(self.upstream_host, self.upstream_port)
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
-            return  # the upstream is down: the client sees its connection closed, as it would directly
+            client_w.close()  # the upstream is down: the client sees its connection closed, as directly
+            return
         pending: list[Relayed] = []
-        request_side = _RequestSide(self, pending)
-        response_side = _ResponseSide(pending)
-        request_parser = httptools.HttpRequestParser(request_side)
-        response_parser = httptools.HttpResponseParser(response_side)
-        response_side.parser = response_parser
-        to_upstream = asyncio.create_task(self._pump(client_r, up_w, request_parser, None))
-        to_client = asyncio.create_task(self._pump(up_r, client_w, response_parser, response_side))
+        requests = _RequestSide(pending)
+        responses = _ResponseSide(pending, self)
+        responses.parser = httptools.HttpResponseParser(responses)
+        to_upstream = asyncio.create_task(
+            self._pump(client_r, up_w, httptools.HttpRequestParser(requests), None)
+        )
+        to_client = asyncio.create_task(self._pump(up_r, client_w, responses.parser, responses))
         try:
             done, _ = await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
-            if to_client in done and response_side.current is not None:
-                response_side.current.upstream_closed = True
+            if self.late_close and to_client in done and not pending:
+                # The upstream closed after a whole answer; pass the close on only once the client has sent
+                # its next request on this connection (a relay that is slow to notice, made certain).
+                requests.began.clear()
+                began = asyncio.ensure_future(requests.began.wait())
+                await asyncio.wait((to_upstream, began), return_when=asyncio.FIRST_COMPLETED)
+                began.cancel()
         finally:
             for pump in (to_upstream, to_client):
                 pump.cancel()
             await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+            responses.finish(upstream_closed=to_client in done)
             up_w.close()
+            client_w.close()
 
     async def _pump(
         self,
@@ -280,7 +304,7 @@ class Relay:
                 return
             if not data:
                 return
-            by_event = responses is not None and (self.after_forward or self.hold_after_done) is not None
+            by_event = responses is not None and (self.kill_after_chunks is not None or self.hold_after_done)
             for piece in _events(data) if by_event else (data,):
                 if parsing:
                     try:
@@ -292,20 +316,111 @@ class Relay:
                     await writer.drain()
                 except OSError:
                     return
-                hook = self.after_forward
-                if (
-                    responses is not None
-                    and responses.current is not None
-                    and hook
-                    and hook(responses.current)
-                ):
-                    return  # cut here: the rest never reaches the client, and is not recorded
-                if (
-                    responses is not None
-                    and self.hold_after_done is not None
-                    and piece.endswith(b"[DONE]\n\n")
-                ):
-                    await self.hold_after_done.wait()
+                if responses is not None and by_event and await self._after(piece, responses):
+                    return  # cut here: the rest never reaches the client
+
+    async def _after(self, piece: bytes, responses: _ResponseSide) -> bool:
+        """Act on what was just forwarded; True to cut the answer here."""
+        if self.kill_after_chunks is not None and responses.current is not None:
+            responses.content_chunks += sum(
+                1 for e in _piece_events(piece) for c in _choices(e) if _content(c)
+            )
+            if responses.content_chunks >= self.kill_after_chunks:
+                if self.kill_pgid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.kill_pgid, signal.SIGKILL)
+                return True
+        if self.hold_after_done and piece.endswith(b"[DONE]\n\n"):
+            await self.released.wait()
+        return False
+
+
+def _piece_events(piece: bytes) -> Iterator[dict[str, Any]]:
+    """The JSON events of one forwarded piece."""
+    for line in piece.decode("utf-8", "replace").splitlines():
+        if line.startswith("data:"):
+            with contextlib.suppress(ValueError):
+                obj = json.loads(line[5:])
+                if isinstance(obj, dict):
+                    yield obj
+
+
+class Relay:
+    """The test's handle on a relay process to ``upstream_port``: its address, its record, its commands."""
+
+    def __init__(self, upstream_port: int, folder: Path) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.record_path = folder / f"relay-{self.port}.jsonl"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL of the upstream, through the relay."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def __aenter__(self) -> Relay:
+        self.record_path.touch()
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.real_upstream.relay",
+            str(self.port),
+            str(self.upstream_port),
+            str(self.record_path),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=Path(__file__).parent.parent.parent,
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        assert line == b"ready\n", f"the relay did not start: {line!r}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # the relay ends when its commands end
+        try:
+            await asyncio.wait_for(self.proc.wait(), 30)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def command(self, **command: Any) -> None:
+        """Send the relay a command and wait until it is in force."""
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(command).encode() + b"\n")
+        await self.proc.stdin.drain()
+        assert await asyncio.wait_for(self.proc.stdout.readline(), 60) == b"ok\n"
+
+    def exchanges(self) -> list[Relayed]:
+        """Every exchange recorded so far."""
+        return [Relayed.from_line(line) for line in self.record_path.read_text().splitlines() if line]
+
+    async def find(self, marker: str, timeout_s: float = 20) -> Relayed:
+        """The one exchange whose request carried ``marker`` (tests put a unique one in each request).
+
+        Waits for it to be recorded: an answer is recorded when it is complete or cut, which the client may
+        learn of first.
+        """
+        found: list[Relayed] = []
+
+        async def recorded() -> None:
+            found[:] = [x for x in self.exchanges() if marker.encode() in x.request_body]
+            assert found, f"no upstream request carrying {marker!r} recorded yet"
+
+        await eventually(recorded, timeout_s=timeout_s)
+        assert len(found) == 1, f"{len(found)} upstream requests carry {marker!r}"
+        return found[0]
+
+
+def main() -> None:
+    """``python -m tests.real_upstream.relay PORT UPSTREAM_PORT RECORD_FILE``."""
+    port, upstream_port, record_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    asyncio.run(RelayServer(port, upstream_port, record_path).run())
 
 
 def _events(data: bytes) -> list[bytes]:
@@ -317,3 +432,7 @@ def _events(data: bytes) -> list[bytes]:
     if start < len(data):
         pieces.append(data[start:])
     return pieces
+
+
+if __name__ == "__main__":
+    main()

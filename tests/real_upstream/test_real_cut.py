@@ -24,7 +24,6 @@ from tests.real_upstream.conftest import (
     need,
     need_llama,
 )
-from tests.real_upstream.relay import Relayed
 from tests.real_upstream.yard import new_marker, open_yard
 
 KILL_AFTER_CHUNKS = 3
@@ -53,14 +52,8 @@ async def test_a_stream_cut_by_killing_the_upstream(tmp_path: Path, kind: str, i
         async with open_yard(
             "cut", tmp_path, {kind: (upstream.port, key)}, {model: kind}, chat_model=model, embed_model=model
         ) as yard:
-
-            def kill_mid_stream(exchange: Relayed) -> bool:
-                if exchange.content_chunks() < KILL_AFTER_CHUNKS:
-                    return False
-                upstream.kill()
-                return True
-
-            yard.chat_relay.after_forward = kill_mid_stream
+            assert upstream.proc is not None
+            await yard.chat_relay.command(kill_after_chunks=KILL_AFTER_CHUNKS, kill_pgid=upstream.proc.pid)
             marker = new_marker()
             extra = {"stream_options": {"include_usage": True}} if include_usage else {}
             received: list[ChatCompletionChunk] = []
@@ -75,7 +68,7 @@ async def test_a_stream_cut_by_killing_the_upstream(tmp_path: Path, kind: str, i
                 )
                 with pytest.raises((openai.APIError, httpx.TransportError)):  # an error, not a clean end
                     await read_into(raw.parse(), received)  # type: ignore[arg-type]
-            sent = yard.chat_relay.find(marker)
+            sent = await yard.chat_relay.find(marker)
             assert not sent.complete, "the upstream finished before it was killed: nothing was cut"
             assert sent.usage() is None
             assert sent.content_chunks() >= KILL_AFTER_CHUNKS

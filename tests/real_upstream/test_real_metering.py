@@ -8,8 +8,8 @@ one completion token per content chunk the upstream really streamed.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
 from typing import Any
 
 import pytest
@@ -78,7 +78,7 @@ async def test_chat_is_metered_as_the_upstream_reported(yard: Yard, mode: str) -
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
             client_usage = [c.usage for c in chunks if c.usage is not None]
             finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    upstream = yard.chat_relay.find(marker)
+    upstream = await yard.chat_relay.find(marker)
     if mode != "plain":
         assert finish == upstream.finish_reasons()  # stripping usage must not lose the chunk that ends it
     sent = upstream.request_json()
@@ -120,7 +120,7 @@ async def test_completions_are_metered_as_the_upstream_reported(yard: Yard, mode
             text = "".join(c.choices[0].text or "" for c in chunks if c.choices)
             client_usage = [c.usage for c in chunks if c.usage is not None]
             finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    upstream = yard.chat_relay.find(marker)
+    upstream = await yard.chat_relay.find(marker)
     if mode != "plain":
         assert finish == upstream.finish_reasons()  # stripping usage must not lose the chunk that ends it
     assert text == upstream.text()
@@ -145,7 +145,7 @@ async def test_embeddings_are_metered_as_the_upstream_reported(yard: Yard) -> No
             model=yard.embed_model, input=[f"first {marker}", "second text"], encoding_format="float"
         )
         answer = raw.parse()
-    upstream = yard.embed_relay.find(marker)
+    upstream = await yard.embed_relay.find(marker)
     sent = upstream.request_json()
     assert sent["input"] == [f"first {marker}", "second text"]
     assert [d.embedding for d in answer.data] == [
@@ -174,7 +174,7 @@ async def test_streams_delivered_in_full_are_successes(yard: Yard) -> None:
                 pass
             ids.append((marker, raw.headers["x-request-id"]))
     for marker, request_id in ids:
-        upstream = yard.chat_relay.find(marker)
+        upstream = await yard.chat_relay.find(marker)
         assert upstream.saw_done()
         record = await yard.record(request_id)
         assert record.status == 200, f"a stream delivered in full was recorded as {record.status}"
@@ -184,7 +184,7 @@ async def test_streams_delivered_in_full_are_successes(yard: Yard) -> None:
 async def test_a_stream_whose_upstream_has_not_closed_after_done_is_a_success(yard: Yard) -> None:
     """The client has ``[DONE]`` and hangs up before the upstream ends its answer: a success, not 499."""
     marker = new_marker()
-    release = yard.chat_relay.hold_after_done = threading.Event()
+    await yard.chat_relay.command(hold_after_done=True)
     try:
         async with yard.proxy.client(timeout=120) as client:
             raw = await client.chat.completions.with_raw_response.create(
@@ -195,9 +195,12 @@ async def test_a_stream_whose_upstream_has_not_closed_after_done_is_a_success(ya
             )
             chunks = [chunk async for chunk in raw.parse()]  # type: ignore[union-attr]
     finally:
-        release.set()  # the upstream's answer ends only now, after the client has gone
-        yard.chat_relay.hold_after_done = None
-    upstream = yard.chat_relay.find(marker)
+        # The upstream's answer ends only now, after the client has gone. The pause is only extra time for
+        # tokenyard to notice the client left (it must not matter whether it did).
+        await asyncio.sleep(0.5)
+        await yard.chat_relay.command(release=True)
+        await yard.chat_relay.command(hold_after_done=False)
+    upstream = await yard.chat_relay.find(marker)
     assert upstream.saw_done()
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == upstream.text()
     record = await yard.record(raw.headers["x-request-id"])

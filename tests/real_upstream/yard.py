@@ -66,7 +66,9 @@ async def open_yard(
 ) -> AsyncIterator[Yard]:
     """Relays to ``upstreams`` (name → (port, api key)), and a proxy serving ``models`` (model → upstream)."""
     async with AsyncExitStack() as stack:
-        relays = {up: await stack.enter_async_context(Relay(port)) for up, (port, _key) in upstreams.items()}
+        relays = {
+            up: await stack.enter_async_context(Relay(port, tmp)) for up, (port, _key) in upstreams.items()
+        }
         backends: dict[str, Any] = {}
         for up, (_port, key) in upstreams.items():
             section = backend("serverless", relays[up].base_url, prices=PRICES)
