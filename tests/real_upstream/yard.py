@@ -1,0 +1,95 @@
+"""tokenyard in front of real upstreams, each behind a recording relay, and what its meter recorded."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, start_proxy
+from tests.real_upstream.relay import Relay
+from tokenyard.router.meter.model import UsageRecord
+from tokenyard.router.meter.stores import open_store
+
+# Prices make the meter's cost checkable: cost_pusd = prompt × 1,000,000 + completion × 2,000,000.
+PRICES = {"input_per_1m": 1.0, "output_per_1m": 2.0}
+INPUT_PUSD, OUTPUT_PUSD = 1_000_000, 2_000_000
+
+
+def new_marker() -> str:
+    """A unique word to put in a request, to find it among what a relay recorded."""
+    return f"mk{os.urandom(6).hex()}"
+
+
+@dataclass
+class Yard:
+    """A tokenyard proxy whose backends are real upstreams reached through recording relays."""
+
+    name: str
+    proxy: ProxyProcess
+    store_url: str
+    chat_model: str  # a public model for chat and completions
+    embed_model: str
+    chat_relay: Relay
+    embed_relay: Relay
+
+    async def record(self, request_id: str, timeout_s: float = 20) -> UsageRecord:
+        """The meter's record of one request, once the proxy has flushed it."""
+        found: list[UsageRecord] = []
+
+        async def stored() -> None:
+            store = open_store(self.store_url, prefix="unused", retention_s=86400, records_max=100_000)
+            try:
+                records = await store.records(time.time() - 3600, time.time() + 60)
+            finally:
+                await store.aclose()
+            found[:] = [r for r in records if r.request_id == request_id]
+            assert found, f"no meter record of {request_id} yet"
+
+        await eventually(stored, timeout_s=timeout_s)
+        return found[0]
+
+
+@asynccontextmanager
+async def open_yard(
+    name: str,
+    tmp: Path,
+    upstreams: dict[str, tuple[int, str | None]],
+    models: dict[str, str],
+    *,
+    chat_model: str,
+    embed_model: str,
+) -> AsyncIterator[Yard]:
+    """Relays to ``upstreams`` (name → (port, api key)), and a proxy serving ``models`` (model → upstream)."""
+    async with AsyncExitStack() as stack:
+        relays = {
+            up: await stack.enter_async_context(Relay(port, tmp)) for up, (port, _key) in upstreams.items()
+        }
+        backends: dict[str, Any] = {}
+        for up, (_port, key) in upstreams.items():
+            section = backend("serverless", relays[up].base_url, prices=PRICES)
+            section["api_key"] = key or "sk-none"
+            section["timeouts"] = {"first_byte_s": 120}  # a busy 2-core machine: the model may start slowly
+            backends[up] = section
+        store_url = f"sqlite:///{tmp}/meter-{name}.sqlite3"
+        config = {
+            "meter": {"store": store_url, "flush_interval_s": 0.2},
+            "backends": backends,
+            "models": {model: {"deployments": [up]} for model, up in models.items()},
+            "keys": {"team-a": {"key": CLIENT_KEY}},
+        }
+        proxy = await start_proxy(config, tmp)
+        stack.callback(proxy.stop)
+        yield Yard(
+            name,
+            proxy,
+            store_url,
+            chat_model,
+            embed_model,
+            relays[models[chat_model]],
+            relays[models[embed_model]],
+        )
