@@ -401,7 +401,9 @@ class Relay:
         return [Relayed.from_line(line) for line in self.record_path.read_text().splitlines() if line]
 
     async def find(self, marker: str, timeout_s: float = 20) -> Relayed:
-        """The one exchange whose request carried ``marker`` (tests put a unique one in each request).
+        """The one exchange whose request carried ``marker`` (tests put a unique one in each request) and
+        that the upstream answered: a request tokenyard sent on a connection the upstream had already
+        closed is recorded too, unanswered (status 0), and sent again.
 
         Waits for it to be recorded: an answer is recorded when it is complete or cut, which the client may
         learn of first.
@@ -409,11 +411,11 @@ class Relay:
         found: list[Relayed] = []
 
         async def recorded() -> None:
-            found[:] = [x for x in self.exchanges() if marker.encode() in x.request_body]
-            assert found, f"no upstream request carrying {marker!r} recorded yet"
+            found[:] = [x for x in self.exchanges() if marker.encode() in x.request_body and x.status]
+            assert found, f"no answered upstream request carrying {marker!r} recorded yet"
 
         await eventually(recorded, timeout_s=timeout_s)
-        assert len(found) == 1, f"{len(found)} upstream requests carry {marker!r}"
+        assert len(found) == 1, f"{len(found)} answered upstream requests carry {marker!r}"
         return found[0]
 
 

@@ -30,5 +30,7 @@ async def test_a_pooled_connection_the_upstream_closed_does_not_fail_the_next_re
                 upstream = await yard.chat_relay.find(marker)
                 assert upstream.saw_done()
                 assert chunks
+                sent = [x for x in yard.chat_relay.exchanges() if marker.encode() in x.request_body]
+                assert len(sent) <= 3  # at most two resends, and only of requests nobody answered
     finally:
         await yard.chat_relay.command(late_close=False)

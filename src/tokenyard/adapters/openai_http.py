@@ -33,6 +33,7 @@ _CHUNK_LIMIT = 64 * 1024
 
 
 _MAX_RETRY_AFTER_S = 86_400.0
+_RESENDS_ON_CLOSED_CONNECTION = 2
 
 # Errors that say this machine ran out of something (descriptors, buffers, memory, local ports), not that
 # the upstream failed: every backend would fail the same way, so no circuit breaker may count them.
@@ -210,7 +211,7 @@ class OpenAIHttpUpstream:
         deadline = loop.time() + self._first_byte_s
         try:
             async with asyncio.timeout_at(deadline):
-                resp = await self._session.post(self._base_url + path, data=body)
+                resp = await self._post(self._base_url + path, body)
         except aiohttp.ConnectionTimeoutError as exc:  # a TimeoutError too: before the next clause
             raise UpstreamTimeout(f"cannot connect to the upstream within {self._connect_s:g} s") from exc
         except TimeoutError as exc:
@@ -229,5 +230,32 @@ class OpenAIHttpUpstream:
             raise UpstreamError(f"the upstream request failed: {describe(exc)}") from exc
         return AiohttpResponse(resp, deadline, self._idle_s)
 
+    async def _post(self, url: str, body: bytes) -> aiohttp.ClientResponse:
+        """POST, sent again when the connection it went out on was closed before any byte of an answer.
+
+        Upstreams close pooled connections under us: llama-server closes after every streamed answer while
+        saying keep-alive, and any server closes an idle one at its own keep-alive timeout. A close that
+        arrives as the connection is reused fails the request before the upstream read it; aiohttp sends
+        such a request again only for idempotent methods (RFC 9112 §9.3.1). An inference POST changes no
+        state upstream, and a connection closed with no answer means the request was not served, so it goes
+        again too, at most twice (the pool may hold more than one dead connection).
+        """
+        resends_left = _RESENDS_ON_CLOSED_CONNECTION
+        while True:
+            try:
+                return await self._session.post(url, data=body)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if not resends_left or not _closed_before_answer(exc):
+                    raise
+                resends_left -= 1
+
     async def aclose(self) -> None:
         await self._session.close()
+
+
+def _closed_before_answer(exc: aiohttp.ClientError) -> bool:
+    """Whether the upstream closed an open connection before answering (not: it could not be reached)."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    # ClientConnectorError is a ClientOSError too, and means no connection was made: nothing to resend on.
+    return type(exc) is aiohttp.ClientOSError and exc.errno in (errno.ECONNRESET, errno.EPIPE)
