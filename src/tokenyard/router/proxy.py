@@ -43,7 +43,7 @@ from tokenyard.router.meter.usage import StreamTap
 from tokenyard.router.queue.front import AsyncFront
 from tokenyard.router.queue.model import Job, JobResult
 from tokenyard.router.queue.settings import AsyncTrackConfig
-from tokenyard.router.routing import Choice, choose_deployment
+from tokenyard.router.routing import Choice, NoChoice, choose_deployment
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +292,7 @@ class Proxy:
                 [b.view(now, tokens, already_failed=b.name in exchange.tried) for b in backends]
             )
             if not isinstance(choice, Choice):
-                error = _give_up(exchange, choice.cooling, choice.retry_after_s)
+                error = _give_up(exchange, choice)
                 exchange.status = error.status_code
                 await wire.send_error(send, error, id_header)
                 return
@@ -312,8 +312,14 @@ class Proxy:
             except UpstreamError as exc:
                 exchange.backend = None
                 exchange.last_error = exc
-                retry_after = exc.retry_after_s if isinstance(exc, UpstreamStatusError) else None
-                backend.record_failure(self.clock(), ticket, exc.message, retry_after)
+                status = exc if isinstance(exc, UpstreamStatusError) else None
+                backend.record_failure(
+                    self.clock(),
+                    ticket,
+                    exc.message,
+                    status.retry_after_s if status else None,
+                    rate_limited=status is not None and status.status == 429,
+                )
             except BaseException:  # cancelled, or a bug: no verdict on the backend either way
                 backend.breaker.on_abandoned(ticket)
                 raise
@@ -409,13 +415,18 @@ def _status_error(backend: Backend, resp: UpstreamResponse) -> UpstreamStatusErr
     return UpstreamStatusError(message, status=resp.status, retry_after_s=resp.retry_after_s)
 
 
-def _give_up(exchange: Exchange, cooling: bool, retry_after_s: float) -> TokenyardError:
+def _give_up(exchange: Exchange, choice: NoChoice) -> TokenyardError:
     """The error for a request no deployment could serve: the last upstream failure, if there was one."""
     model, last = exchange.model, exchange.last_error
-    if isinstance(last, UpstreamStatusError) and last.status == 429:
+    upstream_429 = isinstance(last, UpstreamStatusError) and last.status == 429
+    if upstream_429 or (last is None and choice.rate_limited):
+        # Held out by their Retry-After (this request's 429s or earlier ones): the soonest one back.
+        waits = [choice.retry_after_s] if choice.rate_limited else []
+        if isinstance(last, UpstreamStatusError) and last.retry_after_s:
+            waits.append(last.retry_after_s)
         return CapacityExhausted(
             f"Every deployment of `{model}` is rate-limited upstream; retry shortly.",
-            retry_after_s=last.retry_after_s or retry_after_s,
+            retry_after_s=min(waits, default=choice.retry_after_s),
         )
     if isinstance(last, UpstreamStatusError):
         return UpstreamStatusError(
@@ -423,9 +434,10 @@ def _give_up(exchange: Exchange, cooling: bool, retry_after_s: float) -> Tokenya
         )
     if last is not None:
         return type(last)(f"No deployment of `{model}` could answer; last: {last.message}")
-    if cooling:
+    if choice.cooling:
         return NoBackendAvailable(
-            f"Every deployment of `{model}` is cooling down after failures.", retry_after_s=retry_after_s
+            f"Every deployment of `{model}` is cooling down after failures.",
+            retry_after_s=choice.retry_after_s,
         )
     return CapacityExhausted(
         f"Every deployment of `{model}` is at capacity; retry shortly.", retry_after_s=1.0
