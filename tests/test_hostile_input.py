@@ -9,29 +9,38 @@ for the requests that follow while the deployments are held out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import pytest_asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.harness import (
     CLIENT_KEY,
+    OTHER_KEY,
     ProxyProcess,
     backend,
     keys_section,
     reset,
     set_faults,
+    sim_requests,
     sim_stats,
     simulators,
     start_proxy,
 )
+from tokenyard.errors import InvalidRequest
+from tokenyard.router import request_body
 from tokenyard.router.breaker import CircuitBreaker
 from tokenyard.router.routing import DeploymentView, NoChoice, choose_deployment
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
+LIMIT = request_body.MAX_DEPTH
 UPSTREAM_NAME = "upstream-name"
 FAST: dict[str, Any] = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 3}
 # Retry-After far above any pause a busy machine can add between two requests of one test.
@@ -120,6 +129,104 @@ def assert_invalid_request(resp: httpx.Response, text: str, param: str | None = 
     assert error["param"] == param
 
 
+# -- nesting --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("levels", [300, 1000])  # orjson reads 1,024 levels and writes 254
+async def test_a_body_nested_past_the_limit_is_a_400_on_every_path(
+    proxy: ProxyProcess, up: SimulatorServer, path: str, levels: int
+) -> None:
+    resp = await post(proxy, (PATHS[path] % nested(levels)).encode())
+    assert_invalid_request(resp, f"more than {LIMIT} levels deep")
+    assert (await sim_stats(up))["requests_total"] == 0
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_the_limit_is_exactly_the_documented_depth(
+    proxy: ProxyProcess, up: SimulatorServer, path: str
+) -> None:
+    at_the_limit = await post(proxy, (PATHS[path] % nested(LIMIT - 1)).encode())
+    one_more = await post(proxy, (PATHS[path] % nested(LIMIT)).encode())
+    assert at_the_limit.status_code == 200, at_the_limit.text
+    assert_invalid_request(one_more, f"more than {LIMIT} levels deep")
+    [got] = await sim_requests(up)
+    assert got["body"]["deep"] == orjson.loads(nested(LIMIT - 1))
+
+
+# -- duplicate keys -------------------------------------------------------------------------------------
+
+
+async def test_a_second_model_key_is_refused_not_resolved(proxy: ProxyProcess, up: SimulatorServer) -> None:
+    # team-b may use `small` only: tokenyard would check the last `model`, an upstream may serve the first.
+    body = b'{"model":"big","messages":[{"role":"user","content":"hi"}],"model":"small"}'
+    resp = await post(proxy, body, key=OTHER_KEY)
+    assert_invalid_request(resp, "'model' more than once", param="model")
+    assert (await sim_stats(up))["requests_total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"model":"small","messages":[],"stream":false, "stream" : true}', "stream"),
+        (b'{"model":"small","messages":[],"max_tokens":1,"max_tokens":99999}', "max_tokens"),
+        (b'{"mod\\u0065l":"big","messages":[],"model":"small"}', "model"),  # one spelled with an escape
+        (b'{"model":"small","messages":[],"messages":[{"role":"user","content":"x"}]}', "messages"),
+    ],
+)
+async def test_any_field_tokenyard_reads_may_appear_once(
+    proxy: ProxyProcess, up: SimulatorServer, body: bytes, field: str
+) -> None:
+    resp = await post(proxy, body, key=OTHER_KEY)
+    assert_invalid_request(resp, f"'{field}' more than once", param=field)
+    assert (await sim_stats(up))["requests_total"] == 0
+
+
+# -- splicing, not re-encoding --------------------------------------------------------------------------
+
+# Spacing, a float's spelling, an integer past 64 bits, a nested `model` and `service_tier` before the real
+# ones, non-ASCII text: all must reach the upstream as the client wrote them.
+CLIENT_BODY = (
+    '{ "metadata": {"model": "renamed", "service_tier": "flex"},\n'
+    '  "messages": [{"role": "user", "content": "h\\u00e9llo \\"model\\": caf\u00e9"}],\n'
+    '  "model" : "%s", "temperature": 0.50, "seed": 123456789012345678901234567890,\n'
+    '  "stream": true%s }'
+)
+
+
+async def test_a_stream_without_include_usage_gets_only_that_option_spliced_in(
+    proxy: ProxyProcess, up: SimulatorServer
+) -> None:
+    sent = CLIENT_BODY % ("small", "")
+    resp = await post(proxy, sent.encode())
+    assert resp.status_code == 200, resp.text
+    [got] = await sim_requests(up)
+    assert got["raw"] == '{"stream_options":{"include_usage":true},' + sent[1:]
+    assert "usage" not in resp.text.replace('"usage":null', "")  # the client did not ask for it
+
+
+async def test_a_renamed_model_is_the_only_change_to_the_body(
+    proxy: ProxyProcess, up: SimulatorServer
+) -> None:
+    sent = CLIENT_BODY % ("renamed", ', "stream_options": {"include_usage": true}')
+    resp = await post(proxy, sent.encode())
+    assert resp.status_code == 200, resp.text
+    [got] = await sim_requests(up)
+    assert got["raw"] == CLIENT_BODY % (UPSTREAM_NAME, ', "stream_options": {"include_usage": true}')
+
+
+async def test_service_tier_flex_is_cut_out_and_nothing_else_changes(
+    proxy: ProxyProcess, up: SimulatorServer
+) -> None:
+    options = ', "stream_options": {"include_usage": false}'
+    sent = CLIENT_BODY % ("small", options + ', "service_tier": "flex"')
+    resp = await post(proxy, sent.encode())
+    assert resp.status_code == 200, resp.text
+    [got] = await sim_requests(up)
+    expected = CLIENT_BODY % ("small", ', "stream_options": {"include_usage": true}')
+    assert got["raw"] == expected
+
+
 # -- every deployment answers 429 -----------------------------------------------------------------------
 
 
@@ -173,3 +280,74 @@ def test_a_circuit_a_429_opened_is_held_by_a_rate_limit_until_it_closes() -> Non
     assert breaker.on_failure(90.0, breaker.on_dispatch(90.0), 5.0, rate_limited=True)
     assert breaker.on_success(breaker.on_dispatch(95.0))
     assert not breaker.rate_limited
+
+
+def depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    return 0
+
+
+# Keys and strings full of what confuses a byte scanner: quotes, backslashes, brackets, the names read.
+awkward = st.sampled_from(
+    ["model", "user", "stream_options", "service_tier", 'q"[', "\\]}", "{{", 'x\\"y', "é", '\\\\"']
+)
+scalars = st.one_of(awkward, st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False))
+values = st.recursive(
+    st.one_of(st.none(), st.booleans(), scalars),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(awkward, inner, max_size=3),
+    max_leaves=12,
+)
+objects = st.dictionaries(awkward, values, min_size=1, max_size=5)
+spacing = st.sampled_from([(",", ":"), (", ", ": "), (" ,\n ", "\t: ")])
+
+
+def encoded(obj: dict[str, Any], seps: tuple[str, str], ascii_only: bool) -> bytes:
+    return json.dumps(obj, separators=seps, ensure_ascii=ascii_only).encode()
+
+
+@settings(max_examples=300)
+@given(objects, spacing, st.booleans(), st.integers(1, 6))
+def test_too_deep_agrees_with_a_parser(
+    obj: dict[str, Any], seps: tuple[str, str], asc: bool, limit: int
+) -> None:
+    assert request_body.too_deep(encoded(obj, seps, asc), limit) == (depth(obj) > limit)
+
+
+@settings(max_examples=300)
+@given(objects, spacing, st.booleans(), st.sampled_from(["model", "service_tier", "stream_options", "new"]))
+def test_splicing_changes_exactly_one_member(
+    obj: dict[str, Any], seps: tuple[str, str], asc: bool, key: str
+) -> None:
+    body = encoded(obj, seps, asc)
+    parsed = json.loads(body)  # exact integers, as the upstream should read them
+    with_it = request_body.with_member(body, orjson.loads(body), key, {"include_usage": True})
+    assert json.loads(with_it) == {**parsed, key: {"include_usage": True}}
+    without = request_body.without_member(body, orjson.loads(body), key)
+    assert json.loads(without) == {k: v for k, v in parsed.items() if k != key}
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(awkward, values), min_size=1, max_size=6), spacing)
+def test_a_field_tokenyard_reads_is_refused_exactly_when_a_parser_sees_it_twice(
+    pairs: list[tuple[str, Any]], seps: tuple[str, str]
+) -> None:
+    sep, colon = seps
+    body = ("{" + sep.join(json.dumps(k) + colon + json.dumps(v) for k, v in pairs) + "}").encode()
+    assert request_body.top_level_keys(body) == len(pairs)
+    names = [k for k, _ in pairs if k in request_body.READ_FIELDS]
+    twice = {k for k in names if names.count(k) > 1}
+    if not twice:
+        request_body.refuse_ambiguous(body, orjson.loads(body))
+        return
+    with pytest.raises(InvalidRequest) as refused:
+        request_body.refuse_ambiguous(body, orjson.loads(body))
+    assert refused.value.param in twice
+
+
+def test_splicing_finds_a_key_spelled_with_escapes_by_re_encoding_exactly() -> None:
+    body = b'{"mod\\u0065l":"a","n":123456789012345678901234567890}'
+    spliced = request_body.with_member(body, orjson.loads(body), "model", "b")
+    assert json.loads(spliced) == {"model": "b", "n": 123456789012345678901234567890}

@@ -10,9 +10,7 @@ chunk by chunk. Failover happens only before the first byte reaches the client.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from tokenyard.errors import (
     UpstreamStatusError,
     UpstreamStreamBroken,
 )
-from tokenyard.router import wire
+from tokenyard.router import request_body, wire
 from tokenyard.router.auth import KeyRing, Principal
 from tokenyard.router.backends import Backend
 from tokenyard.router.breaker import Ticket
@@ -66,8 +64,6 @@ COMPLETIONS = Endpoint("/completions", "prompt", streams=True, name="completions
 EMBEDDINGS = Endpoint("/embeddings", "input", streams=False, name="embeddings")
 ENDPOINTS = {e.api_path: e for e in (CHAT, COMPLETIONS, EMBEDDINGS)}
 
-_LONG_NUMBER = re.compile(rb"\d{19,}")  # may exceed 64 bits
-
 # Upstream statuses that say the backend, not the request, failed: try the next deployment.
 _FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
 
@@ -83,6 +79,7 @@ def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], str,
         ) from exc
     if not isinstance(obj, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    request_body.refuse_ambiguous(body, obj)
     model = obj.get("model")
     if model is None:
         raise InvalidRequest("You must provide a model parameter.", param="model")
@@ -166,8 +163,8 @@ class Proxy:
             decision = self._classify(scope, principal, endpoint, model, obj, stream)
             if decision is not None and obj.get("service_tier") in ASYNC_TIERS:
                 # tokenyard's signal, not the upstream's ("batch" is no OpenAI tier): not forwarded.
+                body = request_body.without_member(body, obj, "service_tier")
                 del obj["service_tier"]
-                body = orjson.dumps(obj)
             if decision is not None and decision.mode == "async" and self.front is not None:
                 submitted = self.front.submit(
                     send,
@@ -445,24 +442,27 @@ def _give_up(exchange: Exchange, choice: NoChoice) -> TokenyardError:
 
 
 def _body_for(backend: Backend, body: bytes, exchange: Exchange, ask_for_usage: bool) -> bytes:
-    """The body for one backend: the client's own bytes unless the model name or usage option must change."""
+    """The body for one backend: the client's own bytes, with the model name or usage option spliced in
+    where they must change (never re-serialised whole: the rest stays byte for byte what the client sent)."""
     upstream_model = backend.config.model
     rename = upstream_model is not None and upstream_model != exchange.model
-    options = exchange.request.get("stream_options")
+    request = exchange.request
+    options = request.get("stream_options")
     ask_for_usage = ask_for_usage and (options is None or isinstance(options, dict))
-    if not rename and not ask_for_usage:
-        return body  # the client's bytes, untouched
-    changed = dict(exchange.request)
-    if rename:
-        changed["model"] = upstream_model
     if ask_for_usage:
-        changed["stream_options"] = {**(options or {}), "include_usage": True}
-    if _LONG_NUMBER.search(body):
-        # orjson reads integers past 64 bits as floats; only the json module writes them back exactly.
-        exact = json.loads(body)
-        exact.update({key: changed[key] for key in ("model", "stream_options") if key in changed})
-        return json.dumps(exact, ensure_ascii=False, separators=(",", ":")).encode()
-    return orjson.dumps(changed)
+        span = request_body.member_span(body, "stream_options") if options else None
+        if span is None:
+            body = request_body.with_member(
+                body, request, "stream_options", {**(options or {}), "include_usage": True}
+            )
+        else:  # set it inside the client's own options
+            _, start, end = span
+            assert isinstance(options, dict)
+            inner = request_body.with_member(body[start:end], options, "include_usage", True)
+            body = body[:start] + inner + body[end:]
+    if rename:
+        body = request_body.with_member(body, request, "model", upstream_model)
+    return body
 
 
 def _route_headers(backend: Backend, choice: Choice, attempts: int) -> list[tuple[bytes, bytes]]:
