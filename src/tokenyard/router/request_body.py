@@ -44,10 +44,11 @@ READ_FIELDS = (
     "prompt",
     "input",
 )
-_READ = frozenset(READ_FIELDS)
-# A read field's name as a key (at any depth; a quote before it may be escaped: such matches only over-count).
-_A_READ_KEY = re.compile(rb'"(' + "|".join(READ_FIELDS).encode() + rb')"[ \t\n\r]*:')
-_AS_BYTES = {name: name.encode() for name in READ_FIELDS}
+# Per field read: its name quoted, then quoted and followed by what only follows a value.
+_QUOTED = {
+    name: (quoted, quoted + b",", quoted + b"}", quoted + b"]")
+    for name, quoted in ((name, f'"{name}"'.encode()) for name in READ_FIELDS)
+}
 
 _STRUCTURE = b'"[]{}'
 _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(_STRUCTURE)))
@@ -65,11 +66,21 @@ _LONG_NUMBER = re.compile(rb"\d{19,}")  # may exceed 64 bits
 
 def refuse_ambiguous(body: bytes, obj: dict[str, Any]) -> None:
     """Raise ``InvalidRequest`` for a body (parsed: ``obj``) nested more than ``MAX_DEPTH`` levels, or with
-    a field tokenyard reads written more than once at its top level."""
-    # Hot path: each check starts with a C-level pass that clears ordinary bodies.
-    if too_deep(body, MAX_DEPTH):
+    a field tokenyard reads written more than once at its top level.
+
+    Hot path, kept to a few C-level counts for ordinary bodies (inlined: a call costs as much as a count)."""
+    count = body.count
+    if count(b"{") + count(b"[") > MAX_DEPTH and too_deep(body, MAX_DEPTH):
         raise InvalidRequest(f"The request body nests objects and arrays more than {MAX_DEPTH} levels deep.")
-    if _may_repeat_a_field(body, obj) and top_level_keys(body) != len(obj):
+    for key in obj:  # a key written twice is a key of ``obj``
+        quoted = _QUOTED.get(key)
+        if quoted is not None and count(quoted[0]) > 1 and _more_than_once_as_key(body, quoted):
+            break
+    else:
+        # A key spelled with escapes (``"mod\u0065l"``) is found by no count: names are [a-z_], 0x5f-0x7a.
+        if b"\\u00" not in body or _ESCAPED_NAME_CHAR.search(body) is None:
+            return
+    if top_level_keys(body) != len(obj):  # exact, and only now: some key may be there twice
         field = duplicated_field(body)
         if field is not None:
             # Refused, not resolved: an upstream may read the first value where tokenyard read the last.
@@ -80,12 +91,7 @@ def refuse_ambiguous(body: bytes, obj: dict[str, Any]) -> None:
 
 def too_deep(body: bytes, limit: int) -> bool:
     """Whether objects and arrays in ``body`` nest more than ``limit`` levels."""
-    kept = body.translate(_ONE_BRACKET_KIND, _NOT_STRUCTURE)  # quotes and brackets, as ``[]``: one C pass
-    if len(kept) - kept.count(b'"') <= limit:
-        return False  # the hot path: too few brackets to nest that deep, whatever they are
-    if b"\\" in body:  # escaped quotes must go before quotes can tell strings apart
-        kept = _unescaped(body).translate(_ONE_BRACKET_KIND, _NOT_STRUCTURE)
-    brackets = _outside_strings(kept)
+    brackets = _outside_strings(_unescaped(body).translate(_ONE_BRACKET_KIND, _NOT_STRUCTURE))
     # Each pass removes the innermost level everywhere (C-level: a few passes for ordinary bodies).
     for _ in range(limit):
         if not brackets:
@@ -109,21 +115,15 @@ def top_level_keys(body: bytes) -> int:
 def duplicated_field(body: bytes) -> str | None:
     """The first of ``READ_FIELDS`` that is more than once among the top-level keys of ``body``, if any."""
     pairs: list[tuple[str, Any]] = json.loads(body, object_pairs_hook=list)
-    counts = Counter(key for key, _ in pairs if key in _READ)
+    counts = Counter(key for key, _ in pairs if key in _QUOTED)
     return next((key for key, n in counts.items() if n > 1), None)
 
 
-def _may_repeat_a_field(body: bytes, obj: dict[str, Any]) -> bool:
-    """False when no field tokenyard reads can be at the top level twice (one C-level regex pass that counts
-    them as keys at any depth; never a false False)."""
-    as_keys = _A_READ_KEY.findall(body)
-    if len(as_keys) > len(_READ.intersection(obj)):
-        # Named more often than once each: suspect only a name that is also a top-level key.
-        named = Counter(as_keys)
-        if any(named[_AS_BYTES[key]] > 1 for key in _READ.intersection(obj)):
-            return True
-    # A key spelled with escapes (``"mod\u0065l"``) is found by no count: the names are [a-z_], 0x5f-0x7a.
-    return b"\\" in body and b"\\u00" in body and _ESCAPED_NAME_CHAR.search(body) is not None
+def _more_than_once_as_key(body: bytes, quoted: tuple[bytes, bytes, bytes, bytes]) -> bool:
+    """Whether a field's quoted name may be a key more than once in ``body`` (at any depth; never a false
+    False): an occurrence followed by , } or ] is a value (``"role":"user"``), not a key."""
+    count = body.count
+    return count(quoted[0]) - count(quoted[1]) - count(quoted[2]) - count(quoted[3]) > 1
 
 
 def with_member(body: bytes, obj: dict[str, Any], key: str, value: Any) -> bytes:
