@@ -23,10 +23,11 @@ MAX_DEPTH = 128
 """How deeply objects and arrays may nest in a request body (the top-level object is level 1).
 
 Why 128: real requests nest far less (an image part of a chat message is 6 levels deep, a tool whose JSON
-Schema nests ten objects about 25; OpenAI's structured outputs allow 10 levels of schema nesting), while
-orjson writes at most 254 levels (it reads 1,024) and a request is sometimes wrapped a level or two deeper
-(a provider batch line puts it under ``"body"``). 128 is far above the first and leaves the second half its
-room: a body within it can always be written again, and every upstream parser we know reads it.
+Schema nests ten objects about 25; OpenAI's structured outputs allow 10 levels of schema nesting). orjson
+writes at most 254 levels (it reads 1,024) and a request is sometimes wrapped a level or two deeper (a
+provider batch line puts it under ``"body"``): 128 is half that, so a body within it can always be written
+again. And it is serde_json's default limit ("nesting of JSON maps and arrays more than 128 layers deep"),
+which Rust upstreams parse with: a body tokenyard accepts is not one they refuse for its depth.
 """
 
 # Fields tokenyard reads to authorise, route, classify or meter a request. A duplicate of one of them would

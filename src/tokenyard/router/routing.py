@@ -14,6 +14,7 @@ is left, the one back soonest says what the client hears: an upstream's 429 hold
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ def choose_deployment(deployments: Sequence[DeploymentView]) -> Choice | NoChoic
     """Pick the first deployment, in preference order, that can take one more request now."""
     passed_over: list[str] = []
     full = cooling = failed = False
-    soonest_s, soonest_rate_limited = float("inf"), False  # over every deployment out, tried ones too
+    soonest_s, soonest_rate_limited = math.inf, False  # over every deployment out, tried ones too
     for index, d in enumerate(deployments):
         if 0 < d.cooling_for_s < soonest_s:
             soonest_s, soonest_rate_limited = d.cooling_for_s, d.held_by_rate_limit
@@ -77,7 +78,7 @@ def choose_deployment(deployments: Sequence[DeploymentView]) -> Choice | NoChoic
             # The most telling reason wins: a failure this request saw, then capacity, then cool-down.
             reason = "failover" if failed else "spillover" if full else "fallback"
             return Choice(index, reason, "; ".join(passed_over))
-    if full or soonest_s == float("inf"):
+    if full or soonest_s == math.inf:
         return NoChoice(cooling=False, retry_after_s=1.0, detail="; ".join(passed_over))
     return NoChoice(
         cooling=cooling,
