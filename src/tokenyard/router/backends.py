@@ -75,6 +75,7 @@ class Backend:
             rate_limited=not self._has_rate_room(estimated_tokens),
             cooling_for_s=0.0 if self.breaker.available(now) else max(self.breaker.cooling_for_s(now), 1e-3),
             already_failed=already_failed,
+            held_by_rate_limit=self.breaker.rate_limited,
         )
 
     def _has_rate_room(self, estimated_tokens: int) -> bool:
@@ -96,11 +97,18 @@ class Backend:
             await self.tpm.acquire(min(estimated_tokens, self.tpm.max_rate))
 
     def record_failure(
-        self, now: float, ticket: Ticket, reason: str, retry_after_s: float | None = None
+        self,
+        now: float,
+        ticket: Ticket,
+        reason: str,
+        retry_after_s: float | None = None,
+        *,
+        rate_limited: bool = False,
     ) -> None:
-        """Tell the circuit breaker the backend failed, and log when that takes it out."""
+        """Tell the circuit breaker the backend failed (``rate_limited``: it answered 429), and log when that
+        takes it out."""
         self.failures += 1
-        if self.breaker.on_failure(now, ticket, retry_after_s):
+        if self.breaker.on_failure(now, ticket, retry_after_s, rate_limited=rate_limited):
             log.warning(
                 "backend %s out for %.1f s after %s", self.name, self.breaker.cooling_for_s(now), reason
             )

@@ -5,7 +5,8 @@ instead of sleeping.
 
 States: *closed* (serving; counting consecutive failures) → *open* (cooling down until ``open_until``)
 → *half-open* (one probe request allowed) → closed on the probe's success, open again with a doubled
-cool-down on its failure. An upstream 429 with ``Retry-After`` opens the circuit for exactly that long.
+cool-down on its failure. An upstream 429 with ``Retry-After`` opens the circuit for exactly that long; a
+circuit a 429 opened is held by a rate limit (``rate_limited``), which routing answers with 429, not 503.
 
 Every dispatch gets a ``Ticket``: a verdict counts only for the circuit it was dispatched under (a slow
 request sent before the circuit opened cannot close it again), and only the probe settles half-open.
@@ -46,6 +47,7 @@ class CircuitBreaker:
     probing: bool = False
     tripped: bool = False
     generation: int = 0  # +1 every time the circuit opens
+    rate_limited: bool = False  # the failure that opened the circuit was the upstream's 429
 
     def state(self, now: float) -> BreakerState:
         """The state at ``now``."""
@@ -74,12 +76,14 @@ class CircuitBreaker:
             return False  # sent under an older circuit, or not the probe: no say over this one
         was_tripped = self.tripped
         self.failures = 0
-        self.tripped = self.probing = False
+        self.tripped = self.probing = self.rate_limited = False
         self.next_cooldown_s = 0.0
         return was_tripped
 
-    def on_failure(self, now: float, ticket: Ticket, retry_after_s: float | None = None) -> bool:
-        """The backend failed; returns True when this failure opened the circuit."""
+    def on_failure(
+        self, now: float, ticket: Ticket, retry_after_s: float | None = None, *, rate_limited: bool = False
+    ) -> bool:
+        """The backend failed (``rate_limited``: with a 429); returns True when this opened the circuit."""
         if ticket.generation != self.generation:
             return False  # the circuit already opened since this request was sent
         if ticket.probe:
@@ -88,11 +92,11 @@ class CircuitBreaker:
             return False  # only the probe settles a half-open circuit
         self.failures += 1
         if retry_after_s is not None and retry_after_s > 0:
-            self._open(now, min(retry_after_s, self.max_cooldown_s))
+            self._open(now, min(retry_after_s, self.max_cooldown_s), rate_limited)
             return True
         if ticket.probe or self.failures >= self.failure_threshold:
             cooldown = self.next_cooldown_s * 2 if ticket.probe and self.next_cooldown_s else self.cooldown_s
-            self._open(now, min(cooldown, self.max_cooldown_s))
+            self._open(now, min(cooldown, self.max_cooldown_s), rate_limited)
             return True
         return False
 
@@ -101,8 +105,9 @@ class CircuitBreaker:
         if ticket.probe and ticket.generation == self.generation:
             self.probing = False
 
-    def _open(self, now: float, cooldown_s: float) -> None:
+    def _open(self, now: float, cooldown_s: float, rate_limited: bool) -> None:
         self.tripped = True
+        self.rate_limited = rate_limited
         self.generation += 1
         self.open_until = now + cooldown_s
         self.next_cooldown_s = cooldown_s

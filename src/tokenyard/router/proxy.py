@@ -10,9 +10,7 @@ chunk by chunk. Failover happens only before the first byte reaches the client.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from tokenyard.errors import (
     UpstreamStatusError,
     UpstreamStreamBroken,
 )
-from tokenyard.router import wire
+from tokenyard.router import request_body, wire
 from tokenyard.router.auth import KeyRing, Principal
 from tokenyard.router.backends import Backend
 from tokenyard.router.breaker import Ticket
@@ -44,7 +42,7 @@ from tokenyard.router.meter.usage import StreamTap
 from tokenyard.router.queue.front import AsyncFront
 from tokenyard.router.queue.model import Job, JobResult
 from tokenyard.router.queue.settings import AsyncTrackConfig
-from tokenyard.router.routing import Choice, choose_deployment
+from tokenyard.router.routing import Choice, NoChoice, choose_deployment
 from tokenyard.router.whole_as_stream import whole_answer_as_stream
 
 
@@ -68,8 +66,6 @@ COMPLETIONS = Endpoint("/completions", "prompt", streams=True, name="completions
 EMBEDDINGS = Endpoint("/embeddings", "input", streams=False, name="embeddings")
 ENDPOINTS = {e.api_path: e for e in (CHAT, COMPLETIONS, EMBEDDINGS)}
 
-_LONG_NUMBER = re.compile(rb"\d{19,}")  # may exceed 64 bits
-
 # How long an upstream may take to end its body after ``data: [DONE]`` and keep its connection pooled.
 _AFTER_DONE_GRACE_S = 1.0
 
@@ -88,6 +84,7 @@ def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], str,
         ) from exc
     if not isinstance(obj, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    request_body.refuse_ambiguous(body, obj)
     model = obj.get("model")
     if model is None:
         raise InvalidRequest("You must provide a model parameter.", param="model")
@@ -171,8 +168,8 @@ class Proxy:
             decision = self._classify(scope, principal, endpoint, model, obj, stream)
             if decision is not None and obj.get("service_tier") in ASYNC_TIERS:
                 # tokenyard's signal, not the upstream's ("batch" is no OpenAI tier): not forwarded.
+                body = request_body.without_member(body, obj, "service_tier")
                 del obj["service_tier"]
-                body = orjson.dumps(obj)
             if decision is not None and decision.mode == "async" and self.front is not None:
                 submitted = self.front.submit(
                     send,
@@ -300,7 +297,7 @@ class Proxy:
                 [b.view(now, tokens, already_failed=b.name in exchange.tried) for b in backends]
             )
             if not isinstance(choice, Choice):
-                error = _give_up(exchange, choice.cooling, choice.retry_after_s)
+                error = _give_up(exchange, choice)
                 exchange.status = error.status_code
                 await wire.send_error(send, error, id_header)
                 return
@@ -320,8 +317,14 @@ class Proxy:
             except UpstreamError as exc:
                 exchange.backend = None
                 exchange.last_error = exc
-                retry_after = exc.retry_after_s if isinstance(exc, UpstreamStatusError) else None
-                backend.record_failure(self.clock(), ticket, exc.message, retry_after)
+                status = exc if isinstance(exc, UpstreamStatusError) else None
+                backend.record_failure(
+                    self.clock(),
+                    ticket,
+                    exc.message,
+                    status.retry_after_s if status else None,
+                    rate_limited=status is not None and status.status == 429,
+                )
             except ProxyOverloaded as exc:  # this machine ran out (fds, ports): no backend is to blame,
                 backend.breaker.on_abandoned(ticket)  # and the next one would fail the same way
                 exchange.backend = None
@@ -458,13 +461,18 @@ def _status_error(backend: Backend, resp: UpstreamResponse) -> UpstreamStatusErr
     return UpstreamStatusError(message, status=resp.status, retry_after_s=resp.retry_after_s)
 
 
-def _give_up(exchange: Exchange, cooling: bool, retry_after_s: float) -> TokenyardError:
+def _give_up(exchange: Exchange, choice: NoChoice) -> TokenyardError:
     """The error for a request no deployment could serve: the last upstream failure, if there was one."""
     model, last = exchange.model, exchange.last_error
-    if isinstance(last, UpstreamStatusError) and last.status == 429:
+    upstream_429 = isinstance(last, UpstreamStatusError) and last.status == 429
+    if upstream_429 or (last is None and choice.rate_limited):
+        # Held out by their Retry-After (this request's 429s or earlier ones): the soonest one back.
+        waits = [choice.retry_after_s] if choice.rate_limited else []
+        if isinstance(last, UpstreamStatusError) and last.retry_after_s:
+            waits.append(last.retry_after_s)
         return CapacityExhausted(
             f"Every deployment of `{model}` is rate-limited upstream; retry shortly.",
-            retry_after_s=last.retry_after_s or retry_after_s,
+            retry_after_s=min(waits, default=choice.retry_after_s),
         )
     if isinstance(last, UpstreamStatusError):
         return UpstreamStatusError(
@@ -472,9 +480,10 @@ def _give_up(exchange: Exchange, cooling: bool, retry_after_s: float) -> Tokenya
         )
     if last is not None:
         return type(last)(f"No deployment of `{model}` could answer; last: {last.message}")
-    if cooling:
+    if choice.cooling:
         return NoBackendAvailable(
-            f"Every deployment of `{model}` is cooling down after failures.", retry_after_s=retry_after_s
+            f"Every deployment of `{model}` is cooling down after failures.",
+            retry_after_s=choice.retry_after_s,
         )
     return CapacityExhausted(
         f"Every deployment of `{model}` is at capacity; retry shortly.", retry_after_s=1.0
@@ -482,24 +491,27 @@ def _give_up(exchange: Exchange, cooling: bool, retry_after_s: float) -> Tokenya
 
 
 def _body_for(backend: Backend, body: bytes, exchange: Exchange, ask_for_usage: bool) -> bytes:
-    """The body for one backend: the client's own bytes unless the model name or usage option must change."""
+    """The body for one backend: the client's own bytes, with the model name or usage option spliced in
+    where they must change (never re-serialised whole: the rest stays byte for byte what the client sent)."""
     upstream_model = backend.config.model
     rename = upstream_model is not None and upstream_model != exchange.model
-    options = exchange.request.get("stream_options")
+    request = exchange.request
+    options = request.get("stream_options")
     ask_for_usage = ask_for_usage and (options is None or isinstance(options, dict))
-    if not rename and not ask_for_usage:
-        return body  # the client's bytes, untouched
-    changed = dict(exchange.request)
-    if rename:
-        changed["model"] = upstream_model
     if ask_for_usage:
-        changed["stream_options"] = {**(options or {}), "include_usage": True}
-    if _LONG_NUMBER.search(body):
-        # orjson reads integers past 64 bits as floats; only the json module writes them back exactly.
-        exact = json.loads(body)
-        exact.update({key: changed[key] for key in ("model", "stream_options") if key in changed})
-        return json.dumps(exact, ensure_ascii=False, separators=(",", ":")).encode()
-    return orjson.dumps(changed)
+        span = request_body.member_span(body, "stream_options") if options else None
+        if span is None:
+            body = request_body.with_member(
+                body, request, "stream_options", {**(options or {}), "include_usage": True}
+            )
+        else:  # set it inside the client's own options
+            _, start, end = span
+            assert isinstance(options, dict)
+            inner = request_body.with_member(body[start:end], options, "include_usage", True)
+            body = body[:start] + inner + body[end:]
+    if rename:
+        body = request_body.with_member(body, request, "model", upstream_model)
+    return body
 
 
 def _route_headers(backend: Backend, choice: Choice, attempts: int) -> list[tuple[bytes, bytes]]:

@@ -7,11 +7,14 @@ serverless, as the config lists them). A deployment is passed over when
 - its rate limit (rpm / tpm) has no room right now → *spills over* as well;
 - its circuit is open after failures → *falls back* to the next one.
 
-The first deployment not passed over is chosen, and the reason says why it and not an earlier one.
+The first deployment not passed over is chosen, and the reason says why it and not an earlier one. When none
+is left, the one back soonest says what the client hears: an upstream's 429 holds its circuit open for its
+``Retry-After``, and that is a 429 with the wait, not a 503 (nothing is broken, the provider said "later").
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +29,7 @@ class DeploymentView:
     rate_limited: bool
     cooling_for_s: float  # 0 when its circuit lets a request through
     already_failed: bool = False  # tried for this request already
+    held_by_rate_limit: bool = False  # its cool-down follows the upstream's 429, not failures
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,25 +43,28 @@ class Choice:
 
 @dataclass(frozen=True, slots=True)
 class NoChoice:
-    """No deployment can take the request; ``cooling`` tells 503 (all cooling down) from 429 (all full)."""
+    """No deployment can take the request; ``cooling`` tells 503 (all cooling down) from 429 (all full), and
+    ``rate_limited`` says the one back soonest (in ``retry_after_s``) is held out by an upstream's 429."""
 
     cooling: bool
     retry_after_s: float
     detail: str
+    rate_limited: bool = False
 
 
 def choose_deployment(deployments: Sequence[DeploymentView]) -> Choice | NoChoice:
     """Pick the first deployment, in preference order, that can take one more request now."""
     passed_over: list[str] = []
     full = cooling = failed = False
-    shortest_cooldown_s = float("inf")
+    soonest_s, soonest_rate_limited = math.inf, False  # over every deployment out, tried ones too
     for index, d in enumerate(deployments):
+        if 0 < d.cooling_for_s < soonest_s:
+            soonest_s, soonest_rate_limited = d.cooling_for_s, d.held_by_rate_limit
         if d.already_failed:
             failed = True
             passed_over.append(f"{d.name} failed")
         elif d.cooling_for_s > 0:
             cooling = True
-            shortest_cooldown_s = min(shortest_cooldown_s, d.cooling_for_s)
             passed_over.append(f"{d.name} cooling down")
         elif d.max_concurrency is not None and d.in_flight >= d.max_concurrency:
             full = True
@@ -71,8 +78,11 @@ def choose_deployment(deployments: Sequence[DeploymentView]) -> Choice | NoChoic
             # The most telling reason wins: a failure this request saw, then capacity, then cool-down.
             reason = "failover" if failed else "spillover" if full else "fallback"
             return Choice(index, reason, "; ".join(passed_over))
-    if cooling and not full:
-        return NoChoice(
-            cooling=True, retry_after_s=max(1.0, shortest_cooldown_s), detail="; ".join(passed_over)
-        )
-    return NoChoice(cooling=False, retry_after_s=1.0, detail="; ".join(passed_over))
+    if full or soonest_s == math.inf:
+        return NoChoice(cooling=False, retry_after_s=1.0, detail="; ".join(passed_over))
+    return NoChoice(
+        cooling=cooling,
+        retry_after_s=max(1.0, soonest_s),
+        detail="; ".join(passed_over),
+        rate_limited=soonest_rate_limited,
+    )
