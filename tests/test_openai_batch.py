@@ -39,6 +39,13 @@ def test_a_line_embeds_the_client_body_byte_for_byte() -> None:
     assert BODY in encoded
 
 
+def test_a_pretty_printed_body_stays_on_its_one_line() -> None:
+    pretty = b'{\r\n  "model": "m",\n  "messages": [{"role": "user", "content": "two\\nlines"}]\n}'
+    encoded = line(1, pretty).encode()
+    assert encoded.count(b"\n") == 1 and encoded.endswith(b"\n")
+    assert orjson.loads(encoded)["body"] == orjson.loads(pretty)  # the escaped \n in the string is kept
+
+
 def test_input_files_split_at_the_request_limit_and_the_byte_limit_in_order() -> None:
     lines = [line(n) for n in range(7)]
     by_count = list(input_files(lines, max_requests=3))

@@ -33,6 +33,7 @@ import aiohttp
 import orjson
 
 from tokenyard.errors import InvalidRequest, StoreError, UpstreamError
+from tokenyard.router import request_body
 from tokenyard.router.backends import Backend
 from tokenyard.router.config import TokenyardConfig
 from tokenyard.router.exchange import Exchange
@@ -416,10 +417,9 @@ def sign(secret: str, payload: bytes, timestamp: int) -> str:
 
 
 def _body_for_batch(body: bytes, backend: Backend) -> bytes:
-    """The job's body for a batch backend: its model renamed when the provider names it differently."""
+    """The job's body for a batch backend: the client's bytes, with its model renamed (spliced in, as on
+    the real-time path: numbers and everything else stay exact) when the provider names it differently."""
     upstream_model = backend.config.model
     if upstream_model is None:
         return body
-    obj = orjson.loads(body)
-    obj["model"] = upstream_model
-    return orjson.dumps(obj)
+    return request_body.with_member(body, orjson.loads(body), "model", upstream_model)
