@@ -42,7 +42,8 @@ def test_a_line_embeds_the_client_body_byte_for_byte() -> None:
 def test_a_pretty_printed_body_stays_on_its_one_line() -> None:
     pretty = b'{\r\n  "model": "m",\n  "messages": [{"role": "user", "content": "two\\nlines"}]\n}'
     encoded = line(1, pretty).encode()
-    assert encoded.count(b"\n") == 1 and encoded.endswith(b"\n")
+    assert encoded.count(b"\n") == 1
+    assert encoded.endswith(b"\n")
     assert orjson.loads(encoded)["body"] == orjson.loads(pretty)  # the escaped \n in the string is kept
 
 

@@ -75,13 +75,7 @@ _FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
 
 def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], str, bool]:
     """The parsed body, its model and whether it streams; ``InvalidRequest`` for what no upstream accepts."""
-    try:
-        obj = orjson.loads(body)  # strict: invalid UTF-8, lone surrogates and >1024 levels are refused
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be valid JSON "
-            "(HINT: check for trailing commas and quotes)."
-        ) from exc
+    obj = request_body.loads(body)
     if not isinstance(obj, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     request_body.refuse_ambiguous(body, obj)
