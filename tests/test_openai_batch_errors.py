@@ -57,8 +57,8 @@ async def _serve(answer: Answer) -> AsyncIterator[str]:
 
 BROKEN = [
     (html_page, "with text/html that is not a JSON object"),
-    (cut_body, "the answer's body was cut off or malformed"),
-    (hang_up, "the server closed the connection before answering"),
+    (cut_body, "the upstream closed the connection mid-body"),
+    (hang_up, "the upstream closed the connection unexpectedly"),
 ]
 
 
@@ -90,7 +90,7 @@ async def test_a_provider_nobody_listens_on_is_a_connect_error_in_words() -> Non
             await api.retrieve("batch_1")
     finally:
         await api.aclose()
-    assert "the connection could not be opened" in failed.value.message
+    assert "cannot connect to the upstream (Connection refused)" in failed.value.message
     assert "Error" not in failed.value.message
 
 

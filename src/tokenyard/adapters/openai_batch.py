@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from tokenyard import __version__
+from tokenyard.adapters.openai_http import describe
 from tokenyard.errors import UpstreamConnectError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 
 # OpenAI's published limits for one batch input file.
@@ -220,12 +221,10 @@ class OpenAIBatchUpstream:
             raise UpstreamTimeout(f"the batch API did not answer {method} {path} in time") from exc
         except (aiohttp.ClientConnectionError, OSError) as exc:
             raise UpstreamConnectError(
-                f"cannot reach the batch API for {method} {path}: {_in_words(exc)}"
+                f"cannot reach the batch API for {method} {path}: {describe(exc)}"
             ) from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"the batch API's answer to {method} {path} failed: {_in_words(exc)}"
-            ) from exc
+            raise UpstreamError(f"the batch API's answer to {method} {path} failed: {describe(exc)}") from exc
 
 
 def _state(value: dict[str, Any]) -> BatchState:
@@ -235,30 +234,6 @@ def _state(value: dict[str, Any]) -> BatchState:
         raise UpstreamError(
             "the batch API answered with a batch object that has no valid id or status"
         ) from exc
-
-
-def _in_words(exc: aiohttp.ClientError | OSError) -> str:
-    """What an aiohttp failure means, in words (its class names say nothing to whoever reads the error),
-    without the upstream's address."""
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return "the TLS connection could not be set up (certificate or handshake)"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "the connection could not be opened (refused, unreachable or the name did not resolve)"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection before answering"
-    if isinstance(exc, aiohttp.ServerFingerprintMismatch):
-        return "the server's certificate does not match the pinned fingerprint"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the answer's body was cut off or malformed"
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return "it redirected too many times"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return "its answer could not be read as HTTP"
-    if isinstance(exc, aiohttp.InvalidURL):
-        return "the URL is not valid"
-    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
-        return "the connection failed"
-    return "the request failed"
 
 
 async def wait_until_terminal(

@@ -40,8 +40,9 @@ _RESENDS_ON_CLOSED_CONNECTION = 2
 _LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
 
 
-def describe(exc: aiohttp.ClientError) -> str:
-    """What went wrong with the upstream, in words: aiohttp's class names mean nothing to a client.
+def describe(exc: aiohttp.ClientError | OSError) -> str:
+    """What went wrong with the upstream, in words: aiohttp's class names mean nothing to a client (the one
+    map of aiohttp's errors, for every adapter over it).
 
     Most specific first; an aiohttp error a case below does not know keeps aiohttp's own sentence.
     """
@@ -63,7 +64,7 @@ def describe(exc: aiohttp.ClientError) -> str:
         if isinstance(exc.os_error, socket.gaierror):
             return "the upstream's host name does not resolve"
         return f"cannot connect to the upstream ({_strerror(exc)})"
-    if isinstance(exc, aiohttp.ClientOSError):
+    if isinstance(exc, aiohttp.ClientOSError | OSError):
         return f"network error with the upstream ({_strerror(exc)})"
     if isinstance(exc, aiohttp.InvalidURL):
         return "the upstream URL is invalid"
