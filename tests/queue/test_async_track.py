@@ -37,6 +37,7 @@ from tests.harness import (
     start_proxy,
 )
 from tests.meter.redis_util import REDIS_URL, delete_prefix
+from tests.simulator.helpers import FakeClock
 from tokenyard.router.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
@@ -386,8 +387,16 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
 ) -> None:
     prefix = f"tytest-{uuid.uuid4().hex[:12]}"
     store = f"sqlite:///{tmp_path}/m.sqlite3" if kind == "sqlite" else REDIS_URL
-    async with sims(batch=SimulatorConfig(batch_turnaround_s=3, **FAST)) as s:
-        config = no_idle_dedicated(tmp_path, s, store, prefix)
+    # The provider's batches move only when the test advances its clock: the batch is still open when the
+    # first proxy dies, however slow the machine.
+    provider_clock = FakeClock()
+    provider = SimulatorServer(
+        SimulatorConfig(name="batch", batch_turnaround_s=3, **FAST), clock=provider_clock
+    )
+    async with sims() as s, provider:
+        config = no_idle_dedicated(tmp_path, {**s, "batch": provider}, store, prefix)
+        # The gather is submitted when it holds the five jobs, not when a time window closes.
+        config["async_track"]["batches"].update(max_requests=5, max_wait_s=3600)
         first = await start_proxy(config, tmp_path)
         try:
             accepted = [
@@ -395,22 +404,31 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
                 for _ in range(5)
             ]
 
-            async def submitted() -> None:
+            async def batches() -> list[dict[str, Any]]:
                 async with httpx.AsyncClient() as http:
-                    batches = (await http.get(f"{s['batch'].base_url}/batches")).json()["data"]
-                assert [b["request_counts"]["total"] for b in batches] == [5]
-                assert batches[0]["status"] in ("validating", "in_progress")
+                    listed: list[dict[str, Any]] = (await http.get(f"{provider.base_url}/batches")).json()[
+                        "data"
+                    ]
+                    return listed
 
-            await eventually(submitted)
+            async def submitted() -> None:
+                assert len(await batches()) == 1
+
+            await eventually(submitted, timeout_s=30)
+            provider_clock.now_s += 1  # past validating (0.3 s), not done (3 s): its lines are counted
+            assert [(b["request_counts"]["total"], b["status"]) for b in await batches()] == [
+                (5, "in_progress")
+            ]
         finally:
             first.stop(signal.SIGKILL)  # mid-batch: nothing flushed, no lock released
+        provider_clock.now_s += 4  # past its 3 s turnaround: the batch completes
         second = await start_proxy(config, tmp_path)
         try:
             answers = [await poll(second, a.headers["location"], timeout_s=30) for a in accepted]
             assert [a.status_code for a in answers] == [200] * 5
             assert {a.headers["x-tokenyard-path"] for a in answers} == {"provider_batch"}
             async with httpx.AsyncClient() as http:
-                batches = (await http.get(f"{s['batch'].base_url}/batches")).json()["data"]
+                batches = (await http.get(f"{provider.base_url}/batches")).json()["data"]
             assert len(batches) == 1, "the batch was resumed, not submitted again"
 
             async def billed_once() -> None:
