@@ -324,13 +324,16 @@ async def test_sigterm_turns_readiness_off_before_the_listener_closes(
     sims: dict[str, Any], prefix: str, launch: Launch
 ) -> None:
     cfg = config(sims, prefix)
-    cfg["server"]["unready_s"] = 1.5
+    cfg["server"]["unready_s"] = 4  # far longer than it takes to see the 503 and send one request
     [proxy] = await launch(cfg, n=1)
     async with httpx.AsyncClient(timeout=10) as http:
         assert (await http.get(f"{proxy.url}/health/ready")).status_code == 200
         proxy.proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        assert (await http.get(f"{proxy.url}/health/ready")).status_code == 503
+
+        async def unready() -> None:
+            assert (await http.get(f"{proxy.url}/health/ready")).status_code == 503
+
+        await eventually(unready)
         assert (await http.get(f"{proxy.url}/health/live")).status_code == 200
         assert (await chat(proxy, http)).status_code == 200, "still serving while unready"
     assert await asyncio.to_thread(proxy.proc.wait, 30) in (0, -signal.SIGTERM)
@@ -432,8 +435,16 @@ async def test_a_redis_cluster_failover_loses_no_usage(
 
                 assert [(await chat(proxy, http)).status_code for _ in range(10)] == [200] * 10
                 await eventually(counted(10))
-                await asyncio.sleep(0.5)  # replication is asynchronous: let the replica have it
-                cluster.kill(cluster.master_of("{" + prefix + "}"))  # the master of the prefix's slot
+                master = cluster.master_of("{" + prefix + "}")  # the master of the prefix's slot
+                written, _ = cluster.replication_offsets(master)
+
+                async def replicated() -> None:  # replication is asynchronous: the replica has it all
+                    _, acked = cluster.replication_offsets(master)
+                    assert acked
+                    assert min(acked) >= written
+
+                await eventually(replicated)
+                cluster.kill(master)
                 # Served all along: the meter holds what it cannot write while the replica takes over.
                 assert [(await chat(proxy, http)).status_code for _ in range(10)] == [200] * 10
                 await eventually(counted(20), timeout_s=30)
