@@ -171,26 +171,28 @@ async def test_sigterm_finishes_streams_in_flight_and_cuts_them_at_the_drain_bou
                     async for chunk in chunks:
                         yield chunk
 
-                short, long = stream(12), stream(600)  # about 1.2 s and 60 s at 10 tokens/s
+                # About 0.4 s and 60 s at 10 tokens/s: the short one ends well inside the 3 s drain.
+                short, long = stream(4), stream(600)
                 await anext(short)
                 await anext(long)
                 proxy.proc.send_signal(signal.SIGTERM)
                 stopped = time.monotonic()
                 rest = [chunk async for chunk in short]
                 assert rest[-1].usage is not None
-                assert rest[-1].usage.completion_tokens == 12
+                assert rest[-1].usage.completion_tokens == 4
                 with pytest.raises(openai.APIConnectionError):  # cut: no clean end, the client knows
                     async for _ in long:
                         pass
                 code = await asyncio.to_thread(proxy.proc.wait, 30)
                 assert code in (0, -signal.SIGTERM)
-                assert time.monotonic() - stopped < 3 + 5, "the drain is bounded"
+                # The drain is bounded (3 s), not held open by the 60 s stream; 20 s tells them apart.
+                assert time.monotonic() - stopped < 20, "the drain is bounded"
         finally:
             proxy.stop()
     try:
         requests, tokens, records = await stored_totals(url, prefix)
         assert requests == records == 2  # the cut stream too, with the tokens it had sent
-        assert 12 + 1 < tokens < 12 + 600
+        assert 4 + 1 < tokens < 4 + 600
     finally:
         await delete_prefix(prefix)
 

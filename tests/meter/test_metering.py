@@ -208,8 +208,9 @@ async def test_dedicated_gpu_time_accrues_busy_or_idle(kind: str, tmp_path: Path
 
         async def dedicated_now() -> dict[str, Any]:
             resp = await admin_get(proxy, "/admin/usage", start="1h", granularity="total")
-            [row] = resp.json()["dedicated"]
-            result: dict[str, Any] = row
+            rows = resp.json()["dedicated"]
+            assert len(rows) == 1  # none before the first flush: checked, so eventually tries again
+            result: dict[str, Any] = rows[0]
             return result
 
         async def busy_time_flushed() -> None:
@@ -286,9 +287,20 @@ async def test_the_usage_api_needs_the_admin_key_and_sane_parameters(
 async def test_report_and_export_read_the_store(metered: tuple[ProxyProcess, float]) -> None:
     proxy, _ = metered
     assert proxy.config_path is not None
-    totals = (await admin_get(proxy, "/admin/usage", start="1h", granularity="total")).json()["totals"]
-    await asyncio.sleep(0.5)  # let the last records reach the store too
+    await run_load(proxy, 4, seed=3)  # traffic of its own, so it holds when run alone
     config = str(proxy.config_path)
+    totals: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
+
+    async def exported() -> None:  # every request is in the totals, and its record in the export
+        got = await admin_get(proxy, "/admin/usage", start="1h", granularity="total")
+        totals.update(got.json()["totals"])
+        export = await asyncio.to_thread(run_cli, "export", "--config", config, "--since", "1h")
+        assert export.returncode == 0, export.stderr
+        records[:] = [json.loads(line) for line in export.stdout.splitlines()]
+        assert len(records) == totals["requests"] >= 4
+
+    await eventually(exported, timeout_s=30)
     report = await asyncio.to_thread(run_cli, "report", "--config", config, "--since", "1h")
     assert report.returncode == 0, report.stderr
     for heading in (
@@ -302,10 +314,6 @@ async def test_report_and_export_read_the_store(metered: tuple[ProxyProcess, flo
     ):
         assert heading in report.stdout
     assert f"requests {totals['requests']:,}" in report.stdout
-    export = await asyncio.to_thread(run_cli, "export", "--config", config, "--since", "1h")
-    assert export.returncode == 0, export.stderr
-    records = [json.loads(line) for line in export.stdout.splitlines()]
-    assert len(records) == totals["requests"]
     assert sum(r["completion_tokens"] for r in records) == totals["completion_tokens"]
     first = records[0]
     for field in (
