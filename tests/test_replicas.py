@@ -266,7 +266,9 @@ async def test_a_rolling_restart_under_load_fails_no_request(
     """An emulated load balancer sends only to replicas whose /health/ready is 200 (checked every 0.1 s);
     each replica in turn gets SIGTERM — unready first, then a drain — and is replaced by a new process."""
     cfg = config(sims, prefix)
-    cfg["server"]["unready_s"] = 1.0
+    # Unready this long before the listener closes: many rounds of the balancer's checks (0.1 s apart),
+    # even when a loaded machine makes each round slow.
+    cfg["server"]["unready_s"] = 2.0
     fleet = await launch(cfg)
     ready: list[ProxyProcess] = list(fleet)
     failures: list[str] = []
