@@ -285,14 +285,18 @@ async def test_an_async_answer_the_store_refused_is_stored_later_and_never_run_t
                 got = await http.get(poll, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
                 assert got.status_code == 200
 
-            await eventually(answered, timeout_s=30)
-            # Stored as the job's answer, so the queue no longer holds it: it cannot be handed out again.
+            await eventually(answered, timeout_s=30)  # (served from the replica's memory, perhaps)
             jobs = open_job_store(MeterConfig(store=redis_server.url, redis_prefix="refused"))
-            try:
+
+            async def stored() -> None:  # as the job's answer: the queue no longer holds it to hand out
+                assert await jobs.result(accepted.json()["id"]) is not None
                 stats = await jobs.stats()
+                assert (stats.waiting, stats.claimed, stats.in_batches) == (0, 0, 0)
+
+            try:
+                await eventually(stored, timeout_s=30)
             finally:
                 await jobs.aclose()
-            assert (stats.waiting, stats.claimed, stats.in_batches) == (0, 0, 0)
             assert (await http.get(stats_url)).json()["requests_total"] == 1
 
             async def billed_once() -> None:
