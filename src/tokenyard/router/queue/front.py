@@ -236,6 +236,9 @@ class AsyncFront:
                 await self._try_storing()
             except StoreError:
                 delay_s = min(delay_s * 2, STORE_RETRY_MAX_S)
+            except Exception:  # guards the loop: an answer kept must not be dropped by a surprise
+                log.exception("async: storing kept answers failed; trying again")
+                delay_s = STORE_RETRY_MAX_S
 
     async def _try_storing(self) -> None:
         """One pass over the kept answers; raises StoreError at the first the store still refuses."""
