@@ -23,6 +23,7 @@ import httpx
 import openai
 import yaml
 
+from tokenyard.simulator.clock import SystemClock
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
@@ -142,6 +143,18 @@ async def simulators(**configs: SimulatorConfig) -> AsyncIterator[dict[str, Simu
             for name, config in configs.items()
         }
         yield servers
+
+
+class GatedClock(SystemClock):
+    """A simulator clock that keeps real time but holds every wait until the test opens its gate: requests
+    already at the upstream stay there, however slow the machine, until the test lets them go on."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.gate.wait()
+        await asyncio.sleep(seconds)
 
 
 def backend(kind: str, base_url: str, *, max_concurrency: int | None = None, **extra: Any) -> dict[str, Any]:

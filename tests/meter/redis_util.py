@@ -154,6 +154,16 @@ class RedisClusterServers:
             client.close()
         raise RuntimeError(f"no master serves slot {slot}")
 
+    def replication_offsets(self, port: int) -> tuple[int, list[int]]:
+        """A master's replication offset (how much it has written) and what each replica acknowledged."""
+        client = redis.Redis(port=port, decode_responses=True)
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        acked = [int(v["offset"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        return int(info["master_repl_offset"]), acked
+
     def kill(self, port: int) -> None:
         """Kill one node with SIGKILL (its replica, if it has one, takes over about 2 s later)."""
         proc = self.procs[self.ports.index(port)]

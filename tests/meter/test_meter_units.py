@@ -11,6 +11,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.harness import eventually
 from tests.meter.conftest import FakeClock, dedicated_config
 from tokenyard.router.config import BackendConfig, MeterConfig, Prices
 from tokenyard.router.meter.meter import Meter
@@ -285,11 +286,11 @@ async def test_a_busy_meter_flushes_before_its_interval(tmp_path: Path) -> None:
     try:
         for _ in range(5):
             meter.record(record(time.time(), "a", "sls", "serverless", 3))
-        for _ in range(200):  # well before the 60 s interval
-            if len(await store.records(0, 2e9)) == 5:
-                break
-            await asyncio.sleep(0.01)
-        assert len(await store.records(0, 2e9)) == 5
+
+        async def flushed() -> None:
+            assert len(await store.records(0, 2e9)) == 5
+
+        await eventually(flushed, timeout_s=30)  # well before the 60 s interval, however slow the machine
     finally:
         flusher.cancel()
         await meter.close(1.0)

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.harness import eventually
 from tests.meter.conftest import T0, FakeClock, Stores
 from tokenyard.errors import StoreUnavailable
 from tokenyard.router.meter.model import AGG_FIELDS, AggKey, FlushBatch, GpuAccrual, GpuKey, UsageRecord
@@ -350,12 +351,17 @@ async def test_a_lock_is_held_by_one_owner_at_a_time_and_renewed_by_it(stores: S
 
 async def test_a_lock_whose_holder_died_moves_on_when_it_expires(stores: Stores, clock: FakeClock) -> None:
     a, b = stores.open(), stores.open()
-    assert await a.try_lock("advisor", "replica-a", 0.2)
-    assert not await b.try_lock("advisor", "replica-b", 0.2)
-    # SQLite reads the fake clock; Redis expires the key on its own clock, so real time passes too.
-    clock.advance(0.3)
-    await asyncio.sleep(0.3)
-    assert await b.try_lock("advisor", "replica-b", 30)
+    assert await a.try_lock("advisor", "replica-a", 30)  # far longer than any round trip
+    assert not await b.try_lock("advisor", "replica-b", 30)
+    # The holder's last renewal runs out at once, then it dies. SQLite reads the fake clock; Redis expires
+    # the key on its own clock, so b tries until the server has seen the millisecond pass.
+    assert await a.try_lock("advisor", "replica-a", 0.001)
+    clock.advance(1)
+
+    async def b_takes_it() -> None:
+        assert await b.try_lock("advisor", "replica-b", 30)
+
+    await eventually(b_takes_it)
     assert not await a.try_lock("advisor", "replica-a", 30)
 
 

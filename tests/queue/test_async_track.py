@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,14 +28,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.harness import (
     CLIENT_KEY,
     OTHER_KEY,
+    GatedClock,
     ProxyProcess,
     backend,
     eventually,
     set_faults,
+    sim_stats,
     simulators,
     start_proxy,
 )
 from tests.meter.redis_util import REDIS_URL, delete_prefix
+from tests.simulator.helpers import FakeClock
 from tokenyard.router.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
@@ -247,25 +251,42 @@ async def test_signals_that_cannot_be_honoured_are_400s(tmp_path: Path) -> None:
 
 
 async def test_async_work_yields_to_real_time_on_the_dedicated_replica(tmp_path: Path) -> None:
-    slow = SimulatorConfig(
-        mode="dedicated", max_concurrency=4, ttft_ms=1, tokens_per_s=20, default_max_tokens=40
+    ded_clock = GatedClock()  # what reaches the replica stays there until the test opens the gate
+    ded = SimulatorServer(
+        SimulatorConfig(name="ded", mode="dedicated", max_concurrency=4, **FAST), clock=ded_clock
     )
-    async with simulators(ded=slow, api=SimulatorConfig(**FAST)) as s:
+    async with simulators(api=SimulatorConfig(**FAST)) as s, ded, httpx.AsyncClient(timeout=10) as http:
         config = config_for(
-            s, store=f"sqlite:///{tmp_path}/m.sqlite3", realtime_margin_s=1, idle_fill_cap=0.5
+            {**s, "ded": ded}, store=f"sqlite:///{tmp_path}/m.sqlite3", realtime_margin_s=1, idle_fill_cap=0.5
         )
         proxy = await start_proxy(config, tmp_path)
         try:
             async with proxy.client() as client:
-                # One real-time request holds the replica's one async-fillable slot (cap 2 × 0.5) for ~2 s.
+                # One real-time request holds the replica's one async-fillable slot (cap 2 × 0.5).
                 busy = asyncio.create_task(client.chat.completions.create(model=MODEL, messages=HELLO))
-                await asyncio.sleep(0.3)
+
+                async def at_the_replica() -> None:
+                    assert (await sim_stats(ded))["in_flight"] == 1
+
+                await eventually(at_the_replica, timeout_s=30)
                 accepted = await post(
                     proxy, {"model": MODEL, "messages": HELLO, "max_tokens": 2}, Prefer="respond-async"
                 )
-                await asyncio.sleep(0.5)
+
+                async def claimed_and_waiting() -> None:  # the dispatcher has it and placed it nowhere
+                    queue = (
+                        await http.get(
+                            f"{proxy.url}/admin/queue", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+                        )
+                    ).json()
+                    assert queue["claimed"] == 1
+
+                await eventually(claimed_and_waiting, timeout_s=30)
                 still = await poll(proxy, accepted.headers["location"], timeout_s=0)
                 assert still.status_code == 202, "the job waits while real-time traffic uses the replica"
+                assert (await sim_stats(ded))["requests_total"] == 1
+                assert (await sim_stats(s["api"]))["requests_total"] == 0
+                ded_clock.gate.set()
                 await busy
             done = await poll(proxy, accepted.headers["location"])
             assert done.status_code == 200
@@ -277,19 +298,22 @@ async def test_async_work_yields_to_real_time_on_the_dedicated_replica(tmp_path:
 async def test_a_job_waits_for_a_busy_replica_only_until_its_deadline_comes_close(tmp_path: Path) -> None:
     async with sims() as s:
         # One slot per replica and async may fill half of it: the replica is never idle for async work.
+        # It must go real time 1 s after it is queued (deadline 6 s, margin 5 s): the margin, far above a
+        # dispatcher tick, is what a slow machine may take to get it there by its deadline.
         config = config_for(
-            s, store=f"sqlite:///{tmp_path}/m.sqlite3", realtime_margin_s=2, idle_fill_cap=0.5
+            s, store=f"sqlite:///{tmp_path}/m.sqlite3", realtime_margin_s=5, idle_fill_cap=0.5
         )
         config["backends"]["ded"]["max_concurrency"] = 1
-        config["keys"]["team-a"]["deadline_s"] = 3
+        config["keys"]["team-a"]["deadline_s"] = 6
         proxy = await start_proxy(config, tmp_path)
         try:
+            sent_at = time.time()  # the proxy's wall clock too: it queues the job after this
             accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
-            started = asyncio.get_running_loop().time()
             done = await poll(proxy, accepted.headers["location"])
+            waited_s = time.time() - sent_at
             assert done.status_code == 200
             assert done.headers["x-tokenyard-path"] == "realtime"
-            assert 0.5 < asyncio.get_running_loop().time() - started < 3, "not before it had to, not after"
+            assert 1 <= waited_s < 6, "not before it had to, not after its deadline"
         finally:
             proxy.stop()
 
@@ -305,10 +329,10 @@ async def test_with_no_cheaper_path_at_all_a_job_runs_in_real_time_at_once(tmp_p
         proxy = await start_proxy(config, tmp_path)
         try:
             accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
-            started = asyncio.get_running_loop().time()
-            done = await poll(proxy, accepted.headers["location"])
+            # Waiting would last until its deadline came close, a day from now: 10 s tells them apart.
+            done = await poll(proxy, accepted.headers["location"], timeout_s=10)
+            assert done.status_code == 200
             assert done.headers["x-tokenyard-path"] == "realtime"
-            assert asyncio.get_running_loop().time() - started < 1.5
         finally:
             proxy.stop()
 
@@ -384,8 +408,16 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
 ) -> None:
     prefix = f"tytest-{uuid.uuid4().hex[:12]}"
     store = f"sqlite:///{tmp_path}/m.sqlite3" if kind == "sqlite" else REDIS_URL
-    async with sims(batch=SimulatorConfig(batch_turnaround_s=3, **FAST)) as s:
-        config = no_idle_dedicated(tmp_path, s, store, prefix)
+    # The provider's batches move only when the test advances its clock: the batch is still open when the
+    # first proxy dies, however slow the machine.
+    provider_clock = FakeClock()
+    provider = SimulatorServer(
+        SimulatorConfig(name="batch", batch_turnaround_s=3, **FAST), clock=provider_clock
+    )
+    async with sims() as s, provider:
+        config = no_idle_dedicated(tmp_path, {**s, "batch": provider}, store, prefix)
+        # The gather is submitted when it holds the five jobs, not when a time window closes.
+        config["async_track"]["batches"].update(max_requests=5, max_wait_s=3600)
         first = await start_proxy(config, tmp_path)
         try:
             accepted = [
@@ -393,22 +425,31 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
                 for _ in range(5)
             ]
 
-            async def submitted() -> None:
+            async def batches() -> list[dict[str, Any]]:
                 async with httpx.AsyncClient() as http:
-                    batches = (await http.get(f"{s['batch'].base_url}/batches")).json()["data"]
-                assert [b["request_counts"]["total"] for b in batches] == [5]
-                assert batches[0]["status"] in ("validating", "in_progress")
+                    listed: list[dict[str, Any]] = (await http.get(f"{provider.base_url}/batches")).json()[
+                        "data"
+                    ]
+                    return listed
 
-            await eventually(submitted)
+            async def submitted() -> None:
+                assert len(await batches()) == 1
+
+            await eventually(submitted, timeout_s=30)
+            provider_clock.now_s += 1  # past validating (0.3 s), not done (3 s): its lines are counted
+            assert [(b["request_counts"]["total"], b["status"]) for b in await batches()] == [
+                (5, "in_progress")
+            ]
         finally:
             first.stop(signal.SIGKILL)  # mid-batch: nothing flushed, no lock released
+        provider_clock.now_s += 4  # past its 3 s turnaround: the batch completes
         second = await start_proxy(config, tmp_path)
         try:
             answers = [await poll(second, a.headers["location"], timeout_s=30) for a in accepted]
             assert [a.status_code for a in answers] == [200] * 5
             assert {a.headers["x-tokenyard-path"] for a in answers} == {"provider_batch"}
             async with httpx.AsyncClient() as http:
-                batches = (await http.get(f"{s['batch'].base_url}/batches")).json()["data"]
+                batches = (await http.get(f"{provider.base_url}/batches")).json()["data"]
             assert len(batches) == 1, "the batch was resumed, not submitted again"
 
             async def billed_once() -> None:

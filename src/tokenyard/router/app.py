@@ -300,6 +300,7 @@ class TokenyardApp:
         proxy.front = front = AsyncFront(
             jobs, self.config.async_track, wall=self.wall, run_now=run_now, record=meter.record
         )
+        stack.push_async_callback(front.aclose)  # before the job store closes
         self.dispatcher = dispatcher = Dispatcher(
             store=jobs,
             locks=locks,

@@ -163,7 +163,8 @@ class Dispatcher:
         room = min(self.max_running - len(self._running), MAX_WAITING - len(self._waiting))
         if room > 0:
             for job in await self.store.claim(self.replica, room, stale_after_s=self.track.claim_stale_s):
-                if job.id not in self._running:
+                # A job answered here whose answer the store refused for a while is not run again.
+                if job.id not in self._running and job.id not in self.front.unstored:
                     self._waiting[job.id] = job
         for job in sorted(self._waiting.values(), key=lambda j: j.deadline):
             if len(self._running) >= self.max_running:

@@ -49,6 +49,10 @@ _HOST_NAME = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)
                         r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")  # fmt: skip
 POLL_S = 0.5  # a held connection looks at the store this often (a dispatcher in this process wakes it)
 GRACE_S = 5.0  # past the deadline, how long a held connection still waits for the dispatcher
+# Storing answers the store refused: the first retry, and the longest gap (no longer than the dispatcher's
+# own outage retry, so when the store is back the answer is stored before a stale claim is handed out).
+STORE_RETRY_S, STORE_RETRY_MAX_S = 0.25, 2.0
+LAST_TRY_S = 2.0  # at shutdown, how long the answers still unstored get for one last try
 
 RunNow = Callable[[Job], Awaitable[tuple[JobResult, UsageRecord]]]
 
@@ -161,6 +165,10 @@ class AsyncFront:
         self.wake = wake  # tell this process's dispatcher there is work
         self.duplicates = 0  # answers that lost to an earlier one (run twice, billed once)
         self._waiting: dict[str, asyncio.Event] = {}
+        # Answers served (and billed) that the store refused, by job id, until it takes them; and the task
+        # that retries them.
+        self.unstored: dict[str, JobResult] = {}
+        self._storing: asyncio.Task[None] | None = None
 
     def callback(self, scope: wire.Scope) -> str | None:
         """The request's callback URL, checked against the allow-list."""
@@ -205,7 +213,8 @@ class AsyncFront:
             if decision.delivery != "hold":
                 raise
             log.warning("async: the job queue is unavailable; serving %s in real time", job.id)
-            result = await self._answer_now(job)
+            result, usage = await self.run_now(job)
+            self.record(usage)  # never queued: nothing to store, nobody else will run it
         else:
             self.wake()
             if decision.delivery == "poll":
@@ -230,6 +239,9 @@ class AsyncFront:
         event = self._waiting.setdefault(job.id, asyncio.Event())
         try:
             while True:
+                kept = self.unstored.get(job.id)  # answered here, the store is not taking it yet
+                if kept is not None:
+                    return kept
                 try:
                     result = await self.store.result(job.id)
                 except StoreError:
@@ -260,8 +272,15 @@ class AsyncFront:
         """
         try:
             first = await self.store.complete(result)
-        except StoreError:
-            first = True  # it cannot be stored, but it was served: bill what was served
+        except StoreError as exc:
+            # Served, so billed; and kept, to be stored once the store is back: a job left unanswered in
+            # the queue would run (and be billed) again when its claim goes stale.
+            log.warning("async: job %s answered but not stored (%s); storing it when the store is back",
+                        result.job_id, exc)  # fmt: skip
+            self.unstored[result.job_id] = result
+            if self._storing is None or self._storing.done():
+                self._storing = asyncio.create_task(self._store_unstored(), name="store kept answers")
+            first = True
         if first:
             self.record(usage)
             self.notify(result.job_id)
@@ -269,6 +288,44 @@ class AsyncFront:
         self.duplicates += 1
         log.info("async: job %s was answered twice; the later answer is dropped", result.job_id)
         return await self.store.result(result.job_id) or result, False
+
+    async def _store_unstored(self) -> None:
+        """Retry storing the kept answers, backing off while the store is down, until it has them all."""
+        delay_s = STORE_RETRY_S
+        while self.unstored:
+            await asyncio.sleep(delay_s)
+            try:
+                await self._try_storing()
+            except StoreError:
+                delay_s = min(delay_s * 2, STORE_RETRY_MAX_S)
+            except Exception:  # guards the loop: an answer kept must not be dropped by a surprise
+                log.exception("async: storing kept answers failed; trying again")
+                delay_s = STORE_RETRY_MAX_S
+
+    async def _try_storing(self) -> None:
+        """One pass over the kept answers; raises StoreError at the first the store still refuses."""
+        for job_id, result in list(self.unstored.items()):
+            first = await self.store.complete(result)
+            self.unstored.pop(job_id, None)
+            if first:
+                log.info("async: job %s's answer is stored", job_id)
+            else:  # the job ran again elsewhere (its claim went stale) and that answer was stored first
+                self.duplicates += 1
+                log.warning("async: job %s was answered twice while the store was down", job_id)
+
+    async def aclose(self) -> None:
+        """Give the kept answers one last, short try; the jobs of any still unstored will run again."""
+        if self._storing is not None:
+            self._storing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._storing
+        if self.unstored:
+            with contextlib.suppress(StoreError, TimeoutError):
+                async with asyncio.timeout(LAST_TRY_S):
+                    await self._try_storing()
+        if self.unstored:
+            log.warning("async: %d answer(s) served but not stored; their jobs will run (and bill) again: %s",
+                        len(self.unstored), ", ".join(sorted(self.unstored)))  # fmt: skip
 
     def notify(self, job_id: str) -> None:
         """A job of this process has its result: wake the connection holding for it, if any."""
@@ -282,7 +339,7 @@ class AsyncFront:
         job = await self.store.get(job_id)
         if job is None or job.tenant != principal.tenant:  # another tenant's job is not found either
             raise ObjectNotFound(f"No async job found with id '{job_id}'.")
-        result = await self.store.result(job_id)
+        result = await self.store.result(job_id) or self.unstored.get(job_id)
         if result is None:
             headers = [
                 *wire.JSON_HEADERS,
