@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from tokenyard.router.wire import SSE_DONE, sse_event
+from tokenyard.sse import SSE_DONE, sse_event
 
 # Fields every chunk of a stream repeats from its response.
 _HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")

@@ -14,6 +14,7 @@ from tokenyard.errors import (
     ProxyOverloaded,
     TokenyardError,
 )
+from tokenyard.sse import sse_data
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -56,17 +57,9 @@ def error_response_parts(exc: TokenyardError) -> tuple[int, list[tuple[bytes, by
     return exc.status_code, headers, body
 
 
-SSE_DONE = b"data: [DONE]\n\n"  # the last event of an OpenAI stream
-
-
-def sse_event(payload: dict[str, Any]) -> bytes:
-    """One server-sent event carrying a JSON payload."""
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
 def sse_error_event(exc: TokenyardError) -> bytes:
     """An error reported inside an event stream that has already started (the openai SDK raises it)."""
-    return b"data: " + error_body(exc.message, exc.error_type, code=exc.code) + b"\n\n"
+    return sse_data(error_body(exc.message, exc.error_type, code=exc.code))
 
 
 async def send_bytes(

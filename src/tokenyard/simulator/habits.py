@@ -17,8 +17,7 @@ from tokenyard.simulator import wire
 from tokenyard.simulator.asgi import Message, Send
 from tokenyard.simulator.clock import Clock
 from tokenyard.simulator.config import FaultConfig
-
-_EVENT_END = b"\n\n"  # the simulator's own frames end so
+from tokenyard.sse import EVENT_END, SSE_DONE, sse_data
 
 
 def with_habits(send: Send, faults: FaultConfig, clock: Clock) -> Send:
@@ -56,7 +55,7 @@ class _HabitualSend:
         more_body: bool = message.get("more_body", False)
         body = self._stream_body(body) if self._stream else self._whole_body(body)
         linger_s = self._faults.linger_after_done_s
-        if self._stream and not more_body and linger_s is not None and body.endswith(wire.SSE_DONE):
+        if self._stream and not more_body and linger_s is not None and body.endswith(SSE_DONE):
             await self._send({"type": "http.response.body", "body": body, "more_body": True})
             await self._clock.sleep(linger_s)
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -70,10 +69,10 @@ class _HabitualSend:
 
     def _stream_body(self, body: bytes) -> bytes:
         frames: list[bytes] = []
-        for frame in body.split(_EVENT_END):
+        for frame in body.split(EVENT_END):
             if not frame.startswith(b"data: {"):
                 if frame:
-                    frames.append(frame + _EVENT_END)
+                    frames.append(frame + EVENT_END)
                 continue
             chunk = orjson.loads(frame[6:])
             if self._faults.no_usage:
@@ -81,7 +80,7 @@ class _HabitualSend:
                     continue  # the usage-only chunk: never sent
             elif self._faults.usage_chunk_with_choice and chunk.get("usage") and chunk.get("choices") == []:
                 chunk["choices"] = [{"index": 0, "delta": {}}]
-            frames.append(b"data: " + self._dumps(chunk) + _EVENT_END)
+            frames.append(sse_data(self._dumps(chunk)))
         return b"".join(frames)
 
     def _dumps(self, payload: Any) -> bytes:

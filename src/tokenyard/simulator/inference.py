@@ -38,6 +38,7 @@ from tokenyard.simulator.tokens import (
     embedding_vector,
     plan_embeddings,
 )
+from tokenyard.sse import SSE_DONE
 
 WORDS_PER_YIELD = 4096
 """Words a non-streamed answer draws between two yields to the event loop (about a millisecond): the
@@ -204,7 +205,7 @@ async def _stream(
         await send_chunk(send, chunks.finish(index, plan.finish_reason))
     if plan.include_usage:
         await send_chunk(send, chunks.usage(usage))
-    await send({"type": "http.response.body", "body": wire.SSE_DONE, "more_body": False})
+    await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
 
 
 def _cut(state: SimulatorState) -> None:

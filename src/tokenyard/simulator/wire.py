@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import orjson
 
 from tokenyard.errors import TokenyardError
+from tokenyard.sse import sse_event
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -23,13 +24,7 @@ SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
 ]
-SSE_DONE = b"data: [DONE]\n\n"
 OWNED_BY = "tokenyard-simulator"
-
-
-def sse_event(payload: dict[str, Any]) -> bytes:
-    """One server-sent event frame carrying a JSON payload."""
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def error_payload(
