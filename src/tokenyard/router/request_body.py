@@ -31,8 +31,6 @@ again. And it is serde_json's default limit ("nesting of JSON maps and arrays mo
 which Rust upstreams parse with: a body tokenyard accepts is not one they refuse for its depth.
 """
 
-_WRAP = _ORJSON_MAX_DEPTH - MAX_DEPTH
-_WRAP_OPEN, _WRAP_CLOSE = b"[" * _WRAP, b"]" * _WRAP
 
 # Fields tokenyard reads to authorise, route, classify or meter a request. A duplicate of one of them would
 # let tokenyard act on one value (orjson keeps the last) and an upstream on another (many keep the first).
@@ -58,7 +56,6 @@ _QUOTED = {
 _STRUCTURE = b'"[]{}'
 _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(_STRUCTURE)))
 _NOT_SKELETON = bytes(sorted(set(range(256)) - set(_STRUCTURE + b":")))
-_ONE_BRACKET_KIND = bytes.maketrans(b"{}", b"[]")
 _ESCAPED_NAME_CHAR = re.compile(rb"\\u00[5-7][0-9a-fA-F]")
 _INNERMOST = re.compile(rb"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")  # a container with none inside it
 _WS = re.compile(rb"[ \t\n\r]*")
@@ -72,13 +69,12 @@ _LONG_NUMBER = re.compile(rb"\d{19,}")  # may exceed 64 bits
 def loads(body: bytes) -> Any:
     """The parsed body; ``InvalidRequest`` when it is not JSON or nests more than ``MAX_DEPTH`` levels.
 
-    A body with more brackets than that is parsed wrapped in ``_ORJSON_MAX_DEPTH - MAX_DEPTH`` arrays, so that
-    orjson refuses it exactly when it nests too deep: no second pass, where a Python-level scan that knows
-    where strings are costs several parses on an agent's body full of escaped code."""
+    Only a body with more brackets than that can nest too deep: it is parsed by ``_loads_within``, one
+    C-level parse that refuses it exactly then (no second pass over the bytes)."""
     count = body.count
     wrapped = count(b"{") + count(b"[") > MAX_DEPTH
     try:
-        value = orjson.loads(_WRAP_OPEN + body + _WRAP_CLOSE if wrapped else body)
+        return _loads_within(body, MAX_DEPTH) if wrapped else orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         # strict: invalid UTF-8 and lone surrogates are refused too
         if wrapped and _parses(body):
@@ -89,9 +85,20 @@ def loads(body: bytes) -> Any:
             "We could not parse the JSON body of your request. The body must be valid JSON "
             "(HINT: check for trailing commas and quotes)."
         ) from exc
-    if wrapped:
-        for _ in range(_WRAP):
-            value = value[0]
+
+
+def _loads_within(body: bytes, limit: int) -> Any:
+    """``body`` parsed; ``orjson.JSONDecodeError`` if it is not JSON or nests more than ``limit`` levels.
+
+    orjson refuses to read past ``_ORJSON_MAX_DEPTH`` levels: wrapped in that many arrays less ``limit``, the
+    body parses exactly when it nests ``limit`` levels or fewer. Every Python-level scan that knows where
+    strings are costs several times a parse on an agent's body full of escaped code (46 kB: ~50 µs against
+    ~190 µs, measured).
+    """
+    wrap = _ORJSON_MAX_DEPTH - limit
+    value = orjson.loads(b"[" * wrap + body + b"]" * wrap)
+    for _ in range(wrap):
+        value = value[0]
     return value
 
 
@@ -130,16 +137,9 @@ def refuse_ambiguous(body: bytes, obj: dict[str, Any]) -> None:
 
 
 def too_deep(body: bytes, limit: int) -> bool:
-    """Whether objects and arrays in ``body`` (a JSON value) nest more than ``limit`` levels.
-
-    orjson refuses to read past ``_ORJSON_MAX_DEPTH`` levels: wrapped in that many arrays less ``limit``, the
-    body parses exactly when it nests ``limit`` levels or fewer. One more C-level parse; every Python-level
-    scan that knows where strings are costs several times as much on an agent's body full of escaped code
-    (46 kB: ~50 µs against ~190 µs, measured).
-    """
-    wrap = _ORJSON_MAX_DEPTH - limit
+    """Whether objects and arrays in ``body`` (a JSON value) nest more than ``limit`` levels."""
     try:
-        orjson.loads(b"[" * wrap + body + b"]" * wrap)
+        _loads_within(body, limit)
     except orjson.JSONDecodeError:
         return True
     return False
