@@ -57,6 +57,16 @@ def assert_metered_as_reported(record: UsageRecord, upstream: Relayed) -> None:
     assert record.cost_pusd == record.prompt_tokens * INPUT_PUSD + record.completion_tokens * OUTPUT_PUSD
 
 
+def assert_usage_reached_only_who_asked(mode: str, client_usage: list[Any], record: UsageRecord) -> None:
+    """A client that did not ask for usage got none; one that did (or did not stream) got what was metered."""
+    if mode == "stream":
+        assert client_usage == [], "the client did not ask for usage, yet got it"
+        return
+    [usage] = client_usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (record.prompt_tokens, record.completion_tokens)
+
+
 @pytest.mark.parametrize("mode", STREAM_MODES)
 async def test_chat_is_metered_as_the_upstream_reported(yard: Yard, mode: str) -> None:
     marker = new_marker()
@@ -89,15 +99,7 @@ async def test_chat_is_metered_as_the_upstream_reported(yard: Yard, mode: str) -
     record = await yard.record(raw.headers["x-request-id"])
     assert record.status == 200
     assert_metered_as_reported(record, upstream)
-    if mode == "stream":
-        assert client_usage == [], "the client did not ask for usage, yet got it"
-    else:
-        [usage] = client_usage
-        assert usage is not None
-        assert (usage.prompt_tokens, usage.completion_tokens) == (
-            record.prompt_tokens,
-            record.completion_tokens,
-        )
+    assert_usage_reached_only_who_asked(mode, client_usage, record)
 
 
 @pytest.mark.parametrize("mode", STREAM_MODES)
@@ -127,15 +129,7 @@ async def test_completions_are_metered_as_the_upstream_reported(yard: Yard, mode
     record = await yard.record(raw.headers["x-request-id"])
     assert record.status == 200
     assert_metered_as_reported(record, upstream)
-    if mode == "stream":
-        assert client_usage == [], "the client did not ask for usage, yet got it"
-    else:
-        [usage] = client_usage
-        assert usage is not None
-        assert (usage.prompt_tokens, usage.completion_tokens) == (
-            record.prompt_tokens,
-            record.completion_tokens,
-        )
+    assert_usage_reached_only_who_asked(mode, client_usage, record)
 
 
 async def test_embeddings_are_metered_as_the_upstream_reported(yard: Yard) -> None:
