@@ -245,8 +245,12 @@ class OpenAIHttpUpstream:
         while True:
             try:
                 return await self._session.post(url, data=body)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if not resends_left or not _closed_before_answer(exc):
+            except (
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError,
+                aiohttp.ClientConnectionResetError,
+            ) as exc:
+                if not resends_left or not closed_before_answer(exc):
                     raise
                 resends_left -= 1
 
@@ -254,9 +258,15 @@ class OpenAIHttpUpstream:
         await self._session.close()
 
 
-def _closed_before_answer(exc: aiohttp.ClientError) -> bool:
-    """Whether the upstream closed an open connection before answering (not: it could not be reached)."""
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
+def closed_before_answer(exc: aiohttp.ClientError) -> bool:
+    """Whether a request failed because its connection was closed under it before any answer (not: the
+    upstream could not be reached, or broke off an answer): what ``_post`` sends again."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
         return True
     # ClientConnectorError is a ClientOSError too, and means no connection was made: nothing to resend on.
-    return type(exc) is aiohttp.ClientOSError and exc.errno in (errno.ECONNRESET, errno.EPIPE)
+    if type(exc) is not aiohttp.ClientOSError:
+        return False
+    # aiohttp wraps a failed body write ("Can not write request body") around its cause, which says whether
+    # the pooled connection was already closing (a reset, a broken pipe) or something else went wrong.
+    reset = exc.errno in (errno.ECONNRESET, errno.EPIPE)
+    return reset or isinstance(exc.__cause__, ConnectionResetError | BrokenPipeError)
