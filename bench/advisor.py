@@ -21,10 +21,10 @@ from collections import Counter
 from datetime import date
 from pathlib import Path
 
-from tokenyard.router.advisor.catalog import load_catalog
-from tokenyard.router.advisor.service import evaluate_all
-from tokenyard.router.advisor.traffic import Traffic
-from tokenyard.router.config import TokenyardConfig, parse_config
+from tokenyard.advisor.catalog import load_catalog
+from tokenyard.advisor.service import evaluate_all
+from tokenyard.advisor.traffic import Traffic
+from tokenyard.config import TokenyardConfig, parse_config
 
 T0 = 1_792_713_600  # Monday 2026-10-26 00:00 UTC
 CATALOG_MODELS = ("llama-3.1-8b-instruct", "llama-3.3-70b-instruct", "llama-3.1-70b-instruct", "gpt-oss-120b")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tokenyard.errors import InvalidRequest
-from tokenyard.router.classify import Decision, RequestFacts, Rule, classify, prefers_async
+from tokenyard.proxy.classify import Decision, RequestFacts, Rule, classify, prefers_async
 
 DAY, FLEX = 86400.0, 600.0
 

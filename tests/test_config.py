@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.harness import free_port, run_cli
+from tokenyard.config import load_config, parse_config
 from tokenyard.errors import ConfigError
-from tokenyard.router.config import load_config, parse_config
 
 GOOD = """
 backends:

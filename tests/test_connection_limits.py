@@ -28,8 +28,8 @@ from tests.harness import (
     start_proxy,
 )
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
+from tokenyard.edge.connections import connection_cap
 from tokenyard.errors import UpstreamError
-from tokenyard.router.connections import connection_cap
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 

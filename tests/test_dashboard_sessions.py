@@ -19,15 +19,15 @@ import yaml
 
 from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, simulators, start_proxy
 from tests.meter.redis_util import REDIS_URL, delete_prefix
-from tokenyard.router.meter.stores import open_store
-from tokenyard.router.sessions import (
+from tokenyard.meter.stores import open_store
+from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.telemetry.sessions import (
     SALT_DOCUMENT,
     key_fingerprint,
     session_secret,
     session_valid,
     session_value,
 )
-from tokenyard.simulator.config import SimulatorConfig
 
 KEY_A = "sk-admin-A-0123456789abcdef"
 KEY_B = "sk-admin-B-0123456789abcdef"

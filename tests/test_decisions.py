@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenyard.router.breaker import BreakerState, CircuitBreaker
-from tokenyard.router.routing import Choice, DeploymentView, NoChoice, choose_deployment
+from tokenyard.proxy.breaker import BreakerState, CircuitBreaker
+from tokenyard.proxy.routing import Choice, DeploymentView, NoChoice, choose_deployment
 
 
 def view(

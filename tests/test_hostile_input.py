@@ -34,9 +34,9 @@ from tests.harness import (
     start_proxy,
 )
 from tokenyard.errors import InvalidRequest
-from tokenyard.router import request_body
-from tokenyard.router.breaker import CircuitBreaker
-from tokenyard.router.routing import DeploymentView, NoChoice, choose_deployment
+from tokenyard.proxy import request_body
+from tokenyard.proxy.breaker import CircuitBreaker
+from tokenyard.proxy.routing import DeploymentView, NoChoice, choose_deployment
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 

@@ -23,7 +23,7 @@ import yaml
 from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, simulators, start_proxy
 from tests.meter.redis_util import REDIS_URL, RedisClusterServers, delete_prefix, redis_url_for
 from tests.simulator.helpers import FakeClock
-from tokenyard.router.config import load_config
+from tokenyard.config import load_config
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 

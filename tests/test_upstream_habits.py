@@ -28,10 +28,10 @@ from tests.harness import (
     simulators,
     start_proxy,
 )
-from tokenyard.router.meter.model import UsageRecord
-from tokenyard.router.meter.stores import open_store
-from tokenyard.router.meter.usage import StreamTap
-from tokenyard.router.whole_as_stream import whole_answer_as_stream
+from tokenyard.meter.model import UsageRecord
+from tokenyard.meter.stores import open_store
+from tokenyard.meter.usage import StreamTap
+from tokenyard.proxy.whole_as_stream import whole_answer_as_stream
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 

@@ -9,11 +9,11 @@ import sys
 from collections.abc import Sequence
 
 from tokenyard import __version__
+from tokenyard.advisor import commands as advisor_commands
+from tokenyard.config import ServerConfig, TokenyardConfig, load_config
 from tokenyard.errors import ConfigError
-from tokenyard.router.advisor import commands as advisor_commands
-from tokenyard.router.config import ServerConfig, TokenyardConfig, load_config
-from tokenyard.router.meter import commands as meter_commands
 from tokenyard.simulator import cli as simulator_cli
+from tokenyard.telemetry import commands as meter_commands
 
 log = logging.getLogger("tokenyard")
 
@@ -154,7 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"tokenyard: refusing to start, the config is invalid.\n{exc}", file=sys.stderr)
         return 1
     # Imported here: `check-config` and `--help` should not pay for the server stack.
-    from tokenyard.router.server import run_server
+    from tokenyard.edge.server import run_server
 
     _announce(config, path)
     run_server(config, config_path=path, log_level=args.log_level)

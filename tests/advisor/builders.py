@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import date
 
-from tokenyard.router.advisor.catalog import TokenPrices
-from tokenyard.router.advisor.costs import DedicatedOption
-from tokenyard.router.advisor.decide import CurrentSetup, Workload
-from tokenyard.router.advisor.settings import Autoscaling, WorkloadNeeds
-from tokenyard.router.advisor.traffic import Traffic
+from tokenyard.advisor.catalog import TokenPrices
+from tokenyard.advisor.costs import DedicatedOption
+from tokenyard.advisor.decide import CurrentSetup, Workload
+from tokenyard.advisor.settings import Autoscaling, WorkloadNeeds
+from tokenyard.advisor.traffic import Traffic
 
 DAY = 1440
 T0 = 1_795_132_800  # Friday 2026-11-20 00:00 UTC, minute-aligned

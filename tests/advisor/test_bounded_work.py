@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.advisor.builders import DAY, REPLICA, T0, traffic, workload
-from tokenyard.router.advisor import costs
-from tokenyard.router.advisor.costs import Deferred, LoadProfile
-from tokenyard.router.advisor.decide import evaluate
-from tokenyard.router.advisor.settings import Autoscaling
-from tokenyard.router.advisor.traffic import TokenSeries, Traffic, TrafficBuilder
+from tokenyard.advisor import costs
+from tokenyard.advisor.costs import Deferred, LoadProfile
+from tokenyard.advisor.decide import evaluate
+from tokenyard.advisor.settings import Autoscaling
+from tokenyard.advisor.traffic import TokenSeries, Traffic, TrafficBuilder
 
 DAY_S = 86400
 REPLICA_USD_PER_DAY = 48.0

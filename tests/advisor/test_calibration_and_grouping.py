@@ -6,12 +6,12 @@ from datetime import date
 
 import pytest
 
-from tokenyard.router.advisor.catalog import load_catalog
-from tokenyard.router.advisor.evaluation import busy_minutes
-from tokenyard.router.advisor.service import evaluate_all, grouping
-from tokenyard.router.advisor.traffic import TrafficBuilder
-from tokenyard.router.config import parse_config
-from tokenyard.router.meter.model import AGG_FIELDS, AggKey, GpuKey
+from tokenyard.advisor.catalog import load_catalog
+from tokenyard.advisor.evaluation import busy_minutes
+from tokenyard.advisor.service import evaluate_all, grouping
+from tokenyard.advisor.traffic import TrafficBuilder
+from tokenyard.config import parse_config
+from tokenyard.meter.model import AGG_FIELDS, AggKey, GpuKey
 
 T0 = 1_795_132_800
 MODEL = "llama-3.1-8b-instruct"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.harness import run_cli
-from tokenyard.router.advisor.catalog import builtin_catalog_tree, load_catalog
-from tokenyard.router.advisor.workloads import build_workload
-from tokenyard.router.config import load_config, parse_config
+from tokenyard.advisor.catalog import builtin_catalog_tree, load_catalog
+from tokenyard.advisor.workloads import build_workload
+from tokenyard.config import load_config, parse_config
 
 TODAY = date(2026, 11, 29)
 REPO = Path(__file__).parent.parent.parent

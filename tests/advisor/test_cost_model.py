@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.advisor.builders import DAY, REPLICA, T0, traffic, workload
-from tokenyard.router.advisor import costs
-from tokenyard.router.advisor.costs import Deferred, LoadProfile
-from tokenyard.router.advisor.decide import Advice, evaluate
-from tokenyard.router.advisor.settings import Autoscaling
-from tokenyard.router.advisor.traffic import TokenSeries, Traffic
-from tokenyard.router.advisor.workloads import BusyMinute, calibrated
+from tokenyard.advisor import costs
+from tokenyard.advisor.costs import Deferred, LoadProfile
+from tokenyard.advisor.decide import Advice, evaluate
+from tokenyard.advisor.settings import Autoscaling
+from tokenyard.advisor.traffic import TokenSeries, Traffic
+from tokenyard.advisor.workloads import BusyMinute, calibrated
 
 NOTHING_DEFERRED = Deferred(0.0, 0.0)
 

@@ -14,12 +14,12 @@ from datetime import date
 import pytest
 
 from tests.advisor.builders import DAY, REPLICA, T0, prices, traffic, workload
+from tokenyard.advisor.catalog import load_catalog
+from tokenyard.advisor.decide import CurrentSetup, confidence, evaluate, settle
+from tokenyard.advisor.settings import WorkloadNeeds
+from tokenyard.advisor.workloads import build_workload
+from tokenyard.config import parse_config
 from tokenyard.errors import ConfigError
-from tokenyard.router.advisor.catalog import load_catalog
-from tokenyard.router.advisor.decide import CurrentSetup, confidence, evaluate, settle
-from tokenyard.router.advisor.settings import WorkloadNeeds
-from tokenyard.router.advisor.workloads import build_workload
-from tokenyard.router.config import parse_config
 
 REPLICA_USD_PER_DAY = 48.0
 USD_PER_LOAD_MINUTE = 0.12  # per-token cost of one replica-minute of load at $2 per 1M

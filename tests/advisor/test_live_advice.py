@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, run_cli, simulators, start_proxy
 from tests.meter.redis_util import REDIS_URL, RedisServer, delete_prefix
-from tokenyard.router.advisor.live import LOCK, AdvisorLoop
-from tokenyard.router.config import TokenyardConfig
-from tokenyard.router.meter.stores import open_store
+from tokenyard.advisor.live import LOCK, AdvisorLoop
+from tokenyard.config import TokenyardConfig
+from tokenyard.meter.stores import open_store
 from tokenyard.simulator.config import SimulatorConfig
 
 ADMIN_KEY = "sk-admin-0123456789abcdef"

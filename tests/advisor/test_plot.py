@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tokenyard.router.advisor.plot import candidate_costs_svg, cost_curve_svg, traffic_heatmap_svg
+from tokenyard.advisor.plot import candidate_costs_svg, cost_curve_svg, traffic_heatmap_svg
 
 NS = "{http://www.w3.org/2000/svg}"
 NASTY = "a&b <c> \"d\" 'e'"

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from tests.advisor.test_replay_command import T0, tokenyard, write_log
-from tokenyard.router.advisor.catalog import load_catalog
-from tokenyard.router.advisor.evaluation import evaluate_store
-from tokenyard.router.config import parse_config
-from tokenyard.router.meter.model import AGG_FIELDS, AggKey, FlushBatch
-from tokenyard.router.meter.sqlite_store import SqliteMeterStore
+from tokenyard.advisor.catalog import load_catalog
+from tokenyard.advisor.evaluation import evaluate_store
+from tokenyard.config import parse_config
+from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch
+from tokenyard.meter.sqlite_store import SqliteMeterStore
 
 DAY_S = 86400
 PER_MONTH_DAYS = 30.4375

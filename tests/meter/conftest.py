@@ -17,11 +17,11 @@ import redis.asyncio as aioredis
 
 from tests.harness import free_port
 from tests.meter.redis_util import REDIS_URL, redis_url_for
-from tokenyard.router.config import BackendConfig
-from tokenyard.router.meter.keys import MeterKeys
-from tokenyard.router.meter.redis_store import RedisMeterStore
-from tokenyard.router.meter.sqlite_store import SqliteMeterStore
-from tokenyard.router.meter.store import MeterStore
+from tokenyard.config import BackendConfig
+from tokenyard.meter.redis_store import RedisMeterStore
+from tokenyard.meter.sqlite_store import SqliteMeterStore
+from tokenyard.meter.store import MeterStore
+from tokenyard.stores.keys import MeterKeys
 
 TEST_REDIS_URL = REDIS_URL
 T0 = 1_800_000_000  # a minute-aligned "now" (unix s) for every test's clock

@@ -26,11 +26,11 @@ from tests.harness import (
 )
 from tests.meter.conftest import FakeClock, dedicated_config
 from tests.meter.redis_util import REDIS_URL, RedisServer, delete_prefix
-from tokenyard.router.config import MeterConfig
-from tokenyard.router.meter.meter import Meter
-from tokenyard.router.meter.redis_store import RedisMeterStore
-from tokenyard.router.meter.stores import open_store
-from tokenyard.router.queue.stores import open_job_store
+from tokenyard.config import MeterConfig
+from tokenyard.meter.meter import Meter
+from tokenyard.meter.redis_store import RedisMeterStore
+from tokenyard.meter.stores import open_store
+from tokenyard.queue.stores import open_job_store
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 

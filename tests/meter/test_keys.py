@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from tokenyard.router.meter.keys import RECORD_SEQ_DIGITS, MeterKeys, record_json
-from tokenyard.router.meter.model import AggKey, GpuKey
+from tokenyard.meter.model import AggKey, GpuKey
+from tokenyard.stores.keys import RECORD_SEQ_DIGITS, MeterKeys, record_json
 
 KEYS = MeterKeys("tokenyard")
 _minutes = st.integers(0, 2**40).map(lambda s: s * 60)

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 
 from tests.harness import eventually
 from tests.meter.conftest import FakeClock, dedicated_config
-from tokenyard.router.config import BackendConfig, MeterConfig, Prices
-from tokenyard.router.meter.meter import Meter
-from tokenyard.router.meter.model import AggKey, GpuKey, UsageRecord
-from tokenyard.router.meter.pricing import TokenPrices, token_prices, usd_per_1m_to_pusd
-from tokenyard.router.meter.report import dedicated_summaries, parse_when, summarize
-from tokenyard.router.meter.sqlite_store import SqliteMeterStore
-from tokenyard.router.meter.usage import StreamTap, usage_of_body
+from tokenyard.config import BackendConfig, MeterConfig, Prices
+from tokenyard.meter.meter import Meter
+from tokenyard.meter.model import AggKey, GpuKey, UsageRecord
+from tokenyard.meter.pricing import TokenPrices, token_prices, usd_per_1m_to_pusd
+from tokenyard.meter.sqlite_store import SqliteMeterStore
+from tokenyard.meter.usage import StreamTap, usage_of_body
+from tokenyard.telemetry.report import dedicated_summaries, parse_when, summarize
 
 
 def sse(*events: dict[str, object]) -> bytes:

@@ -19,8 +19,8 @@ from tests.harness import (
     simulators,
     start_proxy,
 )
-from tokenyard.router.meter.model import UsageRecord
-from tokenyard.router.meter.stores import open_store
+from tokenyard.meter.model import UsageRecord
+from tokenyard.meter.stores import open_store
 from tokenyard.simulator.config import SimulatorConfig
 
 MESSAGES: list[Any] = [{"role": "user", "content": "tell me a long story please"}]  # ~27 chars → 7 tokens

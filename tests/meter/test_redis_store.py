@@ -15,9 +15,9 @@ from redis.crc import key_slot
 from tests.meter.conftest import T0, TEST_REDIS_URL, FakeClock, Stores
 from tests.meter.test_store_contract import BASE_MS, GAP_MS, accrual, batch, key, record
 from tokenyard.errors import StoreError, StoreUnavailable
-from tokenyard.router.meter.keys import MeterKeys
-from tokenyard.router.meter.model import GpuKey
-from tokenyard.router.meter.redis_store import RedisMeterStore
+from tokenyard.meter.model import GpuKey
+from tokenyard.meter.redis_store import RedisMeterStore
+from tokenyard.stores.keys import MeterKeys
 
 
 @pytest.fixture

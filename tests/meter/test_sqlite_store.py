@@ -11,8 +11,8 @@ import pytest
 from tests.meter.conftest import T0
 from tests.meter.test_store_contract import batch, key, record
 from tokenyard.errors import StoreUnavailable
-from tokenyard.router.meter.model import AGG_FIELDS
-from tokenyard.router.meter.sqlite_store import SqliteMeterStore
+from tokenyard.meter.model import AGG_FIELDS
+from tokenyard.meter.sqlite_store import SqliteMeterStore
 
 
 async def test_the_folder_and_file_are_created_in_wal_mode(tmp_path: Path) -> None:

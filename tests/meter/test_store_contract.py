@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from tests.harness import eventually
 from tests.meter.conftest import T0, FakeClock, Stores
 from tokenyard.errors import StoreUnavailable
-from tokenyard.router.meter.model import AGG_FIELDS, AggKey, FlushBatch, GpuAccrual, GpuKey, UsageRecord
-from tokenyard.router.meter.store import MeterStore
+from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch, GpuAccrual, GpuKey, UsageRecord
+from tokenyard.meter.store import MeterStore
 
 BASE_MS = T0 * 1000
 GAP_MS = 900_000

@@ -19,9 +19,9 @@ import uvicorn
 from tests.harness import eventually, free_port
 from tests.meter.conftest import FakeClock
 from tests.meter.redis_util import REDIS_URL, delete_prefix, redis_url_for
-from tokenyard.router.queue.redis_queue import RedisJobStore
-from tokenyard.router.queue.sqlite_queue import SqliteJobStore
-from tokenyard.router.queue.store import JobStore
+from tokenyard.queue.redis_queue import RedisJobStore
+from tokenyard.queue.sqlite_queue import SqliteJobStore
+from tokenyard.queue.store import JobStore
 
 T0 = 1_800_000_000
 

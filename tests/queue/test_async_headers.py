@@ -24,7 +24,7 @@ from tests.queue.test_async_track import (
     sims,
     sqlite_proxy,
 )
-from tokenyard.router.meter.sqlite_store import SqliteMeterStore
+from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
 
 ROUTING = ("x-tokenyard-backend", "x-tokenyard-backend-kind", "x-tokenyard-route", "x-tokenyard-attempts")

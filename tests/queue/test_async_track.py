@@ -39,7 +39,7 @@ from tests.harness import (
 )
 from tests.meter.redis_util import REDIS_URL, delete_prefix
 from tests.simulator.helpers import FakeClock
-from tokenyard.router.meter.sqlite_store import SqliteMeterStore
+from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 

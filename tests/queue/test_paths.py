@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tokenyard.router.queue.model import Job
-from tokenyard.router.queue.paths import Capacity, choose_path
-from tokenyard.router.queue.settings import AsyncTrackConfig
+from tokenyard.queue.model import Job
+from tokenyard.queue.paths import Capacity, choose_path
+from tokenyard.queue.settings import AsyncTrackConfig
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0

@@ -13,8 +13,8 @@ import pytest
 
 from tests.meter.conftest import FakeClock
 from tests.queue.conftest import T0, JobStores
-from tokenyard.router.queue.model import Job, JobResult, QueueStats, StoredObject, new_job_id
-from tokenyard.router.queue.store import JobStore
+from tokenyard.queue.model import Job, JobResult, QueueStats, StoredObject, new_job_id
+from tokenyard.queue.store import JobStore
 
 
 def job(n: int = 0, **overrides: object) -> Job:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from tests.queue.conftest import T0
 from tests.queue.test_queue_contract import job
-from tokenyard.router.queue.model import JobResult
-from tokenyard.router.queue.store import JobStore
+from tokenyard.queue.model import JobResult
+from tokenyard.queue.store import JobStore
 
 SERVED_BY = [("x-tokenyard-backend", "ded"), ("x-tokenyard-backend-kind", "dedicated")]
 

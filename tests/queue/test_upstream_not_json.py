@@ -21,7 +21,7 @@ from tests.harness import CLIENT_KEY, eventually, set_faults, start_proxy
 from tests.meter.redis_util import REDIS_URL, delete_prefix
 from tests.queue.test_async_track import HELLO, MODEL, config_for, poll, post, sims, sqlite_proxy
 from tests.queue.test_batch_api import jsonl, run_batch, until_final
-from tokenyard.router.queue.sqlite_queue import SqliteJobStore
+from tokenyard.queue.sqlite_queue import SqliteJobStore
 from tokenyard.simulator.server import SimulatorServer
 
 HTML_413 = {"error_rate": 1.0, "error_status": 413, "error_html": True}

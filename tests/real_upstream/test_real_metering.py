@@ -16,7 +16,7 @@ import pytest
 
 from tests.real_upstream.relay import Relayed
 from tests.real_upstream.yard import INPUT_PUSD, OUTPUT_PUSD, Yard, new_marker
-from tokenyard.router.meter.model import UsageRecord
+from tokenyard.meter.model import UsageRecord
 
 MAX_TOKENS = 12  # SmolLM2 on one thread: a few tokens are enough to count, and quick
 STREAM_MODES = ["plain", "stream", "stream+usage"]

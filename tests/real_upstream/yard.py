@@ -12,8 +12,8 @@ from typing import Any
 
 from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, start_proxy
 from tests.real_upstream.relay import Relay
-from tokenyard.router.meter.model import UsageRecord
-from tokenyard.router.meter.stores import open_store
+from tokenyard.meter.model import UsageRecord
+from tokenyard.meter.stores import open_store
 
 # Prices make the meter's cost checkable: cost_pusd = prompt × 1,000,000 + completion × 2,000,000.
 PRICES = {"input_per_1m": 1.0, "output_per_1m": 2.0}

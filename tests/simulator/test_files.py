@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from tokenyard.errors import InvalidRequest
-from tokenyard.multipart import parse_form
+from tokenyard.wire.multipart import parse_form
 
 # Line endings, a blank line and non-ASCII text must all come back byte for byte.
 CONTENT = b'{"custom_id": "a"}\r\n{"custom_id": "\xc3\xa9"}\n\n'

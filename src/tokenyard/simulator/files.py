@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from tokenyard.errors import InvalidRequest
-from tokenyard.multipart import parse_form
 from tokenyard.simulator import wire
 from tokenyard.simulator.asgi import Request, Send, send_bytes, send_json
 from tokenyard.simulator.resources import Query, page
 from tokenyard.simulator.state import SimulatorState
+from tokenyard.wire.multipart import parse_form
 
 # What clients may upload with; ``batch_output`` files are written by the simulator's batches only.
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")

@@ -17,7 +17,7 @@ from tokenyard.simulator import wire
 from tokenyard.simulator.asgi import Message, Send
 from tokenyard.simulator.clock import Clock
 from tokenyard.simulator.config import FaultConfig
-from tokenyard.sse import EVENT_END, SSE_DONE, sse_data
+from tokenyard.wire.sse import EVENT_END, SSE_DONE, sse_data
 
 
 def with_habits(send: Send, faults: FaultConfig, clock: Clock) -> Send:

@@ -38,7 +38,7 @@ from tokenyard.simulator.tokens import (
     embedding_vector,
     plan_embeddings,
 )
-from tokenyard.sse import SSE_DONE
+from tokenyard.wire.sse import SSE_DONE
 
 WORDS_PER_YIELD = 4096
 """Words a non-streamed answer draws between two yields to the event loop (about a millisecond): the

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import orjson
 
 from tokenyard.errors import TokenyardError
-from tokenyard.sse import sse_event
+from tokenyard.wire.sse import sse_event
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -1,0 +1,137 @@
+"""One evaluation of the meter store's traffic: read the window's buckets, replay them, keep the state.
+
+Run by the advisor's worker process (``worker.py``) for the proxy, and in-process by ``tokenyard advise``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from tokenyard.advisor import report
+from tokenyard.advisor.catalog import Catalog
+from tokenyard.advisor.decide import Advice
+from tokenyard.advisor.live import STATE_DOC, load_document
+from tokenyard.advisor.service import evaluate_all, grouping
+from tokenyard.advisor.traffic import MINUTE_S, TrafficBuilder
+from tokenyard.advisor.workloads import BusyMinute
+from tokenyard.config import TokenyardConfig
+from tokenyard.meter.model import AggKey, GpuKey
+from tokenyard.meter.store import MeterStore
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """One evaluation of the store's traffic."""
+
+    advices: list[Advice]
+    states: dict[str, dict[str, Any]]
+    skipped: list[str]
+    generated_at: float
+    window_start: int
+    window_end: int
+
+    def document(self, replica: str) -> dict[str, Any]:
+        """The advice API's body (and what is stored for the other replicas)."""
+        return {
+            "object": "advice",
+            "format": report.FORMAT_VERSION,
+            "generated_at": round(self.generated_at, 3),
+            "generated_by": replica,
+            "window": {"start": self.window_start, "end": self.window_end},
+            "workloads": [report.advice_json(a) for a in self.advices],
+            "skipped": self.skipped,
+        }
+
+
+def busy_minutes(
+    config: TokenyardConfig,
+    rows: list[tuple[AggKey, dict[str, int]]],
+    gpu: list[tuple[GpuKey, dict[str, int]]],
+) -> dict[str, list[BusyMinute]]:
+    """Per model, what its dedicated backends served each minute and how busy their slots were."""
+    provisioned = {(key.minute, key.backend): fields for key, fields in gpu}
+    served: dict[tuple[str, int, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for key, fields in rows:
+        backend = config.backends.get(key.backend)
+        if backend is None or backend.kind != "dedicated":
+            continue
+        sums = served[(key.model, key.minute, key.backend)]
+        sums[0] += fields["prompt_tokens"]
+        sums[1] += fields["cached_tokens"]
+        sums[2] += fields["completion_tokens"]
+        sums[3] += fields["latency_ms"]
+    out: dict[str, list[BusyMinute]] = defaultdict(list)
+    for (model, minute, name), (prompt, cached, completion, busy_ms) in served.items():
+        backend = config.backends[name]
+        accrued = provisioned.get((minute, name))
+        if (
+            not accrued
+            or not accrued["gpu_ms"]
+            or not backend.gpus_per_replica
+            or not backend.max_concurrency
+        ):
+            continue
+        replica_s = accrued["gpu_ms"] / backend.gpus_per_replica / 1000
+        utilization = busy_ms / 1000 / (backend.max_concurrency * replica_s)
+        out[model].append(BusyMinute(prompt, cached, completion, utilization, replica_s))
+    return out
+
+
+async def evaluate_store(
+    store: MeterStore, config: TokenyardConfig, catalog: Catalog, *, now: float, keep_state: bool
+) -> Evaluation:
+    """Evaluate the configured window of the store's traffic (advancing the stability state if asked)."""
+    start = int(now - config.advisor.window_days * 86400) // MINUTE_S * MINUTE_S
+    end = (int(now) // MINUTE_S + 1) * MINUTE_S
+    rows = await store.aggregates(start, end)
+    gpu = await store.gpu(start, end)
+    previous = await load_document(store, STATE_DOC) or {}
+    # A workload younger than the window is replayed from 00:00 UTC of its first request's day (decide.py),
+    # not from that request: its quiet first hours count, as its replicas' cost would.
+    advices, states, skipped = _evaluate_rows(config, catalog, rows, gpu, previous, now, start, end)
+    if keep_state:
+        await store.put_document(STATE_DOC, orjson.dumps(states))
+    return Evaluation(advices, states, skipped, now, start, end)
+
+
+def _evaluate_rows(
+    config: TokenyardConfig,
+    catalog: Catalog,
+    rows: list[tuple[AggKey, dict[str, int]]],
+    gpu: list[tuple[GpuKey, dict[str, int]]],
+    previous: dict[str, Any],
+    now: float,
+    start: int,
+    end: int,
+) -> tuple[list[Advice], dict[str, dict[str, Any]], list[str]]:
+    """The stored aggregates of ``[start, end)`` as per-workload traffic, evaluated."""
+    workload_of, eligible = grouping(config)
+    days = config.advisor.window_days
+    basis = f"the last {days:g} days (advisor.window_days)"
+    builder = TrafficBuilder(start, end, workload_of, eligible, basis=basis)
+    for key, fields in sorted(rows, key=lambda row: row[0].minute):  # in time order: series append
+        if fields["requests"] or fields["prompt_tokens"] or fields["completion_tokens"]:
+            builder.add(
+                key.minute,
+                model=key.model,
+                tenant=key.tenant,
+                mode=key.mode,
+                requests=fields["requests"],
+                prompt=fields["prompt_tokens"],
+                cached=fields["cached_tokens"],
+                completion=fields["completion_tokens"],
+            )
+    return evaluate_all(
+        builder.workloads,
+        config,
+        catalog,
+        now=now,
+        today=datetime.fromtimestamp(now, UTC).date(),
+        previous=previous,
+        measured=busy_minutes(config, rows, gpu),
+    )

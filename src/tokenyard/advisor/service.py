@@ -1,0 +1,112 @@
+"""One evaluation of every workload: the config's workloads, their traffic, the decision, the stability.
+
+Shared by ``tokenyard replay`` (a traffic log), ``tokenyard advise`` and the proxy's background loop (the
+meter store). Pure apart from what it is handed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import date
+from typing import Any
+
+from tokenyard.advisor import decide
+from tokenyard.advisor.catalog import Catalog
+from tokenyard.advisor.costs import DedicatedOption
+from tokenyard.advisor.decide import Advice
+from tokenyard.advisor.traffic import Traffic
+from tokenyard.advisor.workloads import BusyMinute, build_workload, calibrated, workload_name
+from tokenyard.config import TokenyardConfig
+
+DAY_MIN = 1440
+
+
+def grouping(config: TokenyardConfig) -> tuple[Callable[[str, str], str | None], Callable[[str, str], bool]]:
+    """(the workload a model × tenant belongs to, whether its real-time traffic could have been async)."""
+    advisor = config.advisor
+    per_tenant = advisor.per_tenant
+
+    def workload_of(model: str, tenant: str) -> str | None:
+        return workload_name(model, tenant, per_tenant=per_tenant)
+
+    def eligible(model: str, tenant: str) -> bool:
+        needs = advisor.needs(model)
+        return needs.async_eligible or tenant in needs.async_eligible_tenants
+
+    return workload_of, eligible
+
+
+def evaluate_all(
+    traffic: Mapping[str, Traffic],
+    config: TokenyardConfig,
+    catalog: Catalog,
+    *,
+    now: float,
+    today: date,
+    previous: Mapping[str, dict[str, Any]] | None = None,
+    measured: Mapping[str, Sequence[BusyMinute]] | None = None,
+) -> tuple[list[Advice], dict[str, dict[str, Any]], list[str]]:
+    """Advice per workload (costliest first), the stability state to keep, and workloads that were skipped.
+
+    ``previous`` is the state the last evaluation returned; ``measured`` maps a model to busy minutes of
+    its dedicated backends (calibrating their capacity).
+    """
+    advisor = config.advisor
+    advices: list[Advice] = []
+    states: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
+    for name, workload_traffic in sorted(traffic.items()):
+        model = workload_traffic.model or name
+        workload = build_workload(name, model, config, catalog, today=today)
+        samples = (measured or {}).get(model)
+        if samples and workload.current and workload.current.option:
+            option = workload.current.option
+            better = calibrated(option, samples, advisor.utilization_cap)
+            if better is not option:
+                workload = _with_option(workload, option, better)
+        try:
+            advice = decide.evaluate(workload, workload_traffic, now=now)
+        except ValueError as exc:
+            skipped.append(str(exc))
+            continue
+        states[name] = decide.settle(
+            advice,
+            (previous or {}).get(name),
+            min_pct=advisor.min_saving_pct,
+            min_usd=advisor.min_saving_usd_per_month,
+            required=advisor.stable_evaluations,
+        )
+        advices.append(advice)
+    advices.sort(key=lambda a: -(a.current or a.best).cost.total_usd * a.per_month)
+    return advices, states, skipped
+
+
+def _with_option(workload: decide.Workload, old: DedicatedOption, new: DedicatedOption) -> decide.Workload:
+    """The workload with one replica shape replaced (by its calibrated self)."""
+    options = tuple(new if o == old else o for o in workload.options)
+    current = replace(workload.current, option=new) if workload.current else None
+    return replace(workload, options=options, current=current)
+
+
+def replay_evaluations(
+    traffic: Mapping[str, Traffic], config: TokenyardConfig, catalog: Catalog, *, now: float, today: date
+) -> tuple[list[Advice], list[str]]:
+    """Evaluate a log as the live loop would have: once a day for its last ``stable_evaluations`` days.
+
+    The stability rule then holds offline too: a change is recommended only if the last evaluations agree.
+    """
+    runs = config.advisor.stable_evaluations
+    state: dict[str, dict[str, Any]] = {}
+    advices: list[Advice] = []
+    skipped: list[str] = []
+    for days_back in range(runs - 1, -1, -1):
+        then = now - days_back * 86400
+        # Each workload as it stood then; one not seen yet is not evaluated (its streak starts later).
+        cut = {
+            name: t.sliced(0, t.minutes - days_back * DAY_MIN)
+            for name, t in traffic.items()
+            if t.first_seen is not None and t.first_seen <= then
+        }
+        advices, state, skipped = evaluate_all(cut, config, catalog, now=then, today=today, previous=state)
+    return advices, skipped

@@ -1,0 +1,85 @@
+"""Membership: the proxy replicas on one store count each other, and split the backends' caps.
+
+Every ``BEAT_S`` each replica says it is alive (for ``TTL_S``) in the meter store and learns how many are;
+every backend's concurrency cap and rate limits are then this replica's share. A replica killed with -9
+drops out when its time runs out; one that stops gracefully leaves at once. The beat also carries config
+reloads: ``POST /admin/reload`` on one replica leaves a note in the store that the others act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import orjson
+
+from tokenyard.errors import StoreError
+from tokenyard.meter.store import MeterStore
+from tokenyard.proxy.backends import Backend
+
+log = logging.getLogger("tokenyard.cluster")
+
+RELOAD_DOC: Final = "cluster:reload"  # {"at": unix s, "by": member}: re-read your config files
+BEAT_S: Final = 2.0
+TTL_S: Final = 6.0
+
+
+class Membership:
+    """This replica's heartbeat, and the share of every backend's caps it takes."""
+
+    def __init__(
+        self,
+        store: MeterStore,
+        backends: Callable[[], Mapping[str, Backend]],
+        *,
+        on_reload: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        self.store = store
+        self.backends = backends
+        self.on_reload = on_reload  # re-read this replica's config (another replica asked for a reload)
+        self.member = f"replica-{uuid.uuid4().hex[:12]}"
+        self.live = 1
+        self._reload_seen: float | None = None
+
+    async def announce_reload(self) -> None:
+        """Ask every replica (each at its next beat) to re-read its config."""
+        self._reload_seen = time.time()
+        await self.store.put_document(RELOAD_DOC, orjson.dumps({"at": self._reload_seen, "by": self.member}))
+
+    async def _check_reload(self) -> None:
+        raw = await self.store.get_document(RELOAD_DOC)
+        asked: dict[str, Any] = orjson.loads(raw) if raw is not None else {"at": 0.0, "by": ""}
+        at = float(asked["at"])
+        if self._reload_seen is None:  # at start-up the config was just read: only later asks count
+            self._reload_seen = at
+        elif at > self._reload_seen:
+            self._reload_seen = at
+            if asked["by"] != self.member and self.on_reload is not None:
+                await self.on_reload()
+
+    async def beat(self) -> None:
+        """One heartbeat; apply the live count to every backend."""
+        live = await self.store.heartbeat(self.member, TTL_S)
+        if live != self.live:
+            log.info("cluster: %d replica(s) share the backends' caps", live)
+        self.live = live
+        for backend in self.backends().values():
+            backend.set_cluster_size(live)
+        await self._check_reload()
+
+    async def run(self) -> None:
+        """Beat until cancelled; then leave at once, so the others take the whole caps back."""
+        try:
+            while True:
+                # The store down: keep the last share (the others may be cut off as well).
+                with contextlib.suppress(StoreError):
+                    await self.beat()
+                await asyncio.sleep(BEAT_S)
+        finally:
+            with contextlib.suppress(StoreError):
+                await self.store.heartbeat(self.member, 0)

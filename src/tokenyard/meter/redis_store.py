@@ -1,0 +1,372 @@
+"""The meter store over Redis: one atomic Lua script per flush batch, sorted-set indexes for range reads.
+
+Any number of proxy replicas share one Redis (or one Redis Cluster slot: every key shares a hash tag, see
+``keys.py``). A batch is applied by a single script, so it lands entirely or not at all as far as readers
+and other replicas can tell, and its marker makes a retried batch a no-op. The client never retries on
+its own: a failure surfaces at once as ``StoreUnavailable`` and the meter holds the batch and retries it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Final, TypeVar, cast
+
+import orjson
+
+from tokenyard.errors import StoreError
+from tokenyard.meter.model import (
+    AGG_FIELDS,
+    GPU_FIELDS,
+    AggKey,
+    FlushBatch,
+    GpuAccrual,
+    GpuKey,
+    UsageRecord,
+)
+from tokenyard.stores.keys import MeterKeys, record_json
+from tokenyard.stores.redis_client import RedisBacked, mapped_errors
+
+T = TypeVar("T")
+
+_STORE: Final = "meter store"  # how errors name it
+MINUTE_MS: Final = 60_000
+MS_PER_HOUR: Final = 3_600_000
+BATCH_MARKER_TTL_S: Final = 86_400
+WATERMARK_SLACK_MS: Final = 86_400_000  # a watermark outlives max_gap_ms by this (clock skew between hosts)
+PAGE: Final = 1000  # entries per round trip on reads
+EXACT_LIMIT: Final = 2**53  # Lua numbers are doubles: integers are exact below this
+
+_LOCK_SCRIPT: Final = """
+-- Take or renew a lock. Returns 1 if ARGV[1] holds it now, 0 if someone else does.
+-- KEYS[1] - the lock; ARGV[1] - owner; ARGV[2] - time to live, ms
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_UNLOCK_SCRIPT: Final = """
+-- Release a lock only if its holder asks. KEYS[1] - the lock; ARGV[1] - owner
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_HEARTBEAT_SCRIPT: Final = """
+-- Refresh a member of the live set and count the live. (A script, not MULTI: redis-py's Cluster client
+-- runs a MULTI on a thread's event loop of its own.)
+-- KEYS[1] - the live set, zset: member -> expiry; ARGV[1] - member; ARGV[2] - its expiry; ARGV[3] - now
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+_WRITE_SCRIPT: Final = """
+-- Apply one flush batch atomically and exactly once. Returns 1 if applied, 0 if it had been already.
+-- KEYS[1] - the batch marker (present: the batch was applied, do nothing)
+-- KEYS[2] - aggregate index, zset: hash key -> minute
+-- KEYS[3] - GPU index, zset: hash key -> minute
+-- KEYS[4] - record log, zset: <seq><json> -> ts
+-- KEYS[5] - record sequence counter
+-- KEYS[6...] - each aggregate bucket's hash; then per GPU accrual its watermark followed by the hash of
+--              every minute the accrual can reach (keys the script does not touch are harmless)
+-- ARGV[1] - now, unix s; buckets with minute < now - retention are dropped and pruned from the indexes
+-- ARGV[2] - retention, s
+-- ARGV[3] - records_max, the record log's cap
+-- ARGV[4] - batch marker TTL, s
+-- ARGV[5] - how long a watermark outlives its max_gap_ms, ms (slack for clock skew between hosts)
+-- ARGV[6] - the type each of KEYS must have if it exists, one letter per key: s(tring), h(ash), z(set)
+-- ARGV[7], ARGV[8], ARGV[9] - how many aggregate buckets, GPU accruals, records follow
+-- then per bucket: minute, n, and n (field, increment) pairs
+-- then per accrual: until_ms, max_gap_ms, gpus, price_q, price_r (price per GPU-hour in pico-USD is
+--   price_q * 3600000 + price_r), first minute (index, ms // 60000) of its hash keys, how many keys
+-- then every record in one argument, as orjson wrote the list: [{"ts":...,...},{"ts":...,...}]
+--   (one orjson call for the whole list is the cheapest serialisation for the proxy). "ts" is each
+--   record's first field, and a quote inside a string value is escaped, so the raw text },{"ts":
+--   occurs exactly between two records.
+
+-- Lua numbers are doubles and redis.call formats them with too few digits: pass integers as strings.
+local function int(n) return string.format('%d', n) end
+-- Floor division that stays exact while a and b * (a / b) are below 2^53.
+local function floordiv(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end
+  return q
+end
+
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+-- Redis does not roll back a script that fails halfway, so refuse foreign data before writing anything.
+local types = {s = 'string', h = 'hash', z = 'zset'}
+for i = 2, #KEYS do
+  local found, wanted = redis.call('TYPE', KEYS[i]).ok, types[string.sub(ARGV[6], i, i)]
+  if found ~= 'none' and found ~= wanted then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. found .. ', not a ' .. wanted)
+  end
+end
+local now, retention, records_max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cutoff = now - retention
+local ttl = int(retention + 60)
+local wm_slack = tonumber(ARGV[5])
+local n_agg, n_gpu, n_rec = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local a, k = 10, 6  -- cursors into ARGV and KEYS
+
+for _ = 1, n_agg do
+  local n = tonumber(ARGV[a + 1])
+  if tonumber(ARGV[a]) >= cutoff then  -- an older bucket would only be pruned again
+    for f = a + 2, a + 2 * n, 2 do redis.call('HINCRBY', KEYS[k], ARGV[f], ARGV[f + 1]) end
+    redis.call('EXPIRE', KEYS[k], ttl)
+    redis.call('ZADD', KEYS[2], ARGV[a], KEYS[k])
+  end
+  a, k = a + 2 + 2 * n, k + 1
+end
+
+for _ = 1, n_gpu do
+  local until_ms, max_gap, gpus = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local price_q, price_r, m0 = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local n_keys = tonumber(ARGV[a + 6])
+  local wm = tonumber(redis.call('GET', KEYS[k]))
+  -- Accrue (wm, until_ms] unless another replica got there first or nobody metered for too long.
+  if wm ~= nil and until_ms > wm and until_ms - wm <= max_gap then
+    local from = wm
+    while from < until_ms do
+      local m = math.floor(from / 60000)
+      local to = math.min(until_ms, (m + 1) * 60000)
+      if m * 60 >= cutoff then
+        local key = KEYS[k + 1 + m - m0]
+        local gpu_ms = (to - from) * gpus
+        redis.call('HINCRBY', key, 'wall_ms', int(to - from))
+        redis.call('HINCRBY', key, 'gpu_ms', int(gpu_ms))
+        -- floor(gpu_ms * price / 3600000), split so that no intermediate value reaches 2^53
+        redis.call('HINCRBY', key, 'cost_pusd', int(gpu_ms * price_q + floordiv(gpu_ms * price_r, 3600000)))
+        redis.call('EXPIRE', key, ttl)
+        redis.call('ZADD', KEYS[3], int(m * 60), key)
+      end
+      from = to
+    end
+  end
+  if wm == nil or until_ms > wm then
+    redis.call('SET', KEYS[k], int(until_ms), 'PX', int(max_gap + wm_slack))
+  end
+  a, k = a + 7, k + 1 + n_keys
+end
+
+if n_rec > 0 then
+  local seq = redis.call('INCRBY', KEYS[5], n_rec) - n_rec
+  local blob, at = ARGV[a], 2  -- past the '['
+  for _ = 1, n_rec do
+    local stop = string.find(blob, '},{"ts":', at, true)
+    local record = string.sub(blob, at, stop or (#blob - 1))  -- the last one ends before the ']'
+    local ts = string.sub(record, 7, string.find(record, ',', 7, true) - 1)  -- after '{"ts":'
+    seq = seq + 1
+    -- keys.RECORD_SEQ_DIGITS wide, so members sort by arrival among equal timestamps
+    redis.call('ZADD', KEYS[4], ts, string.format('%016d', seq) .. record)
+    if stop then at = stop + 2 end
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, int(-records_max - 1))  -- keep the newest records_max
+end
+
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. int(cutoff))
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. int(cutoff))
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[4])
+return 1
+"""
+
+
+def _increments(fields: dict[str, int]) -> list[tuple[str, int]]:
+    """The non-zero increments of known aggregate fields."""
+    return [(name, value) for name, value in fields.items() if value and name in AGG_FIELDS]
+
+
+def _check_exact(accrual: GpuAccrual) -> None:
+    """Refuse accruals whose cost arithmetic would not stay exact in the script's doubles."""
+    biggest_segment_gpu_ms = MINUTE_MS * accrual.gpus
+    if (
+        accrual.gpus < 0
+        or accrual.pusd_per_gpu_hour < 0
+        or biggest_segment_gpu_ms * MS_PER_HOUR >= EXACT_LIMIT
+        or biggest_segment_gpu_ms * accrual.pusd_per_gpu_hour // MS_PER_HOUR >= EXACT_LIMIT
+    ):
+        raise ValueError(f"GPU accrual out of range for exact arithmetic: {accrual}")
+
+
+class RedisMeterStore(RedisBacked):
+    """``MeterStore`` over ``redis.asyncio``, shared by every proxy replica pointed at the same Redis."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "tokenyard",
+        retention_s: int,
+        records_max: int,
+        socket_timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keys = MeterKeys(prefix)
+        self._retention_s = retention_s
+        self._records_max = records_max
+        self._clock = clock  # unix seconds; decides what is older than the retention
+        # Fails fast, never resends on its own: the meter holds the batch and retries it later.
+        super().__init__(url, socket_timeout_s=socket_timeout_s)
+        self._write_script = self._redis.register_script(_WRITE_SCRIPT)
+        self._heartbeat_script = self._redis.register_script(_HEARTBEAT_SCRIPT)
+
+    async def write(self, batch: FlushBatch) -> None:
+        """Apply a batch atomically and exactly once (see ``MeterStore.write``)."""
+        if batch.is_empty():
+            return
+        keys, args = self._script_call(batch)
+        with mapped_errors(_STORE):
+            await self._write_script(keys=keys, args=args)
+
+    async def aggregates(self, start_minute: int, end_minute: int) -> list[tuple[AggKey, dict[str, int]]]:
+        """Every aggregate bucket with ``start_minute <= minute < end_minute``."""
+
+        def parse(name: str, fields: dict[str, str]) -> tuple[AggKey, dict[str, int]]:
+            return self.keys.parse_agg(name), {f: int(fields.get(f, 0)) for f in AGG_FIELDS}
+
+        return await self._buckets(self.keys.agg_index, start_minute, end_minute, parse)
+
+    async def gpu(self, start_minute: int, end_minute: int) -> list[tuple[GpuKey, dict[str, int]]]:
+        """Every GPU accrual bucket with ``start_minute <= minute < end_minute``."""
+
+        def parse(name: str, fields: dict[str, str]) -> tuple[GpuKey, dict[str, int]]:
+            return self.keys.parse_gpu(name), {f: int(fields.get(f, 0)) for f in GPU_FIELDS}
+
+        return await self._buckets(self.keys.gpu_index, start_minute, end_minute, parse)
+
+    async def records(self, since: float, until: float, limit: int | None = None) -> Sequence[UsageRecord]:
+        """Request records with ``since <= ts < until``, oldest first, at most ``limit``."""
+        out: list[UsageRecord] = []
+        # Page by score rather than by a growing offset (which Redis walks on every call): resume at the
+        # last score seen, skipping the members with that score already read.
+        low, skip = float(since), 0
+        while limit is None or len(out) < limit:
+            want = PAGE if limit is None else min(PAGE, limit - len(out))
+            page = await self._record_page(low, float(until), skip, want)
+            out.extend(UsageRecord.from_json(orjson.loads(record_json(member))) for member, _ in page)
+            if len(page) < want:
+                break
+            last = page[-1][1]
+            if last == low:
+                skip += len(page)
+            else:
+                low, skip = last, sum(1 for _, score in page if score == last)
+        return out
+
+    async def _record_page(self, low: float, until: float, skip: int, count: int) -> list[tuple[str, float]]:
+        """Up to ``count`` (member, ts) of the record log with ``low <= ts < until``, after ``skip``."""
+        with mapped_errors(_STORE):
+            page = await self._redis.zrangebyscore(
+                self.keys.records, repr(low), f"({until!r}", start=skip, num=count, withscores=True
+            )
+        # repr() of a float is exact and so is Redis's reply, so scores compare exactly with ts.
+        return cast("list[tuple[str, float]]", page)  # decode_responses=True, withscores=True
+
+    async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the lock ``name`` for ``owner`` (see ``MeterStore.try_lock``)."""
+        with mapped_errors(_STORE):
+            taken = await self._redis.eval(
+                _LOCK_SCRIPT, 1, self.keys.lock(name), owner, max(1, int(ttl_s * 1000))
+            )
+        return bool(taken)
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        """Release the lock if ``owner`` holds it."""
+        with mapped_errors(_STORE):
+            await self._redis.eval(_UNLOCK_SCRIPT, 1, self.keys.lock(name), owner)
+
+    async def heartbeat(self, member: str, ttl_s: float) -> int:
+        """Refresh ``member`` in the live set (scored by expiry, on this replica's clock); count the live."""
+        now = self._clock()
+        with mapped_errors(_STORE):
+            count = await self._heartbeat_script(
+                keys=[self.keys.members], args=[member, repr(now + ttl_s), repr(now)]
+            )
+        return int(count)
+
+    async def put_document(self, name: str, body: bytes) -> None:
+        """Keep a small named document (no expiry: the latest advice outlives restarts)."""
+        with mapped_errors(_STORE):
+            await self._redis.set(self.keys.document(name), body)
+
+    async def get_document(self, name: str) -> bytes | None:
+        """A document kept by ``put_document``, or None."""
+        with mapped_errors(_STORE):
+            value = await self._redis.get(self.keys.document(name))
+        return None if value is None else value.encode() if isinstance(value, str) else bytes(value)
+
+    async def ping(self) -> None:
+        """Return if Redis answers; raise ``StoreUnavailable`` if not."""
+        with mapped_errors(_STORE):
+            await self._redis.ping()
+
+    def _script_call(self, batch: FlushBatch) -> tuple[list[str], list[str | int | bytes]]:
+        """The write script's KEYS and ARGV for a batch (layout documented in the script)."""
+        keys = [self.keys.batch(batch.id), self.keys.agg_index, self.keys.gpu_index, self.keys.records]
+        keys.append(self.keys.record_seq)
+        types = "szzzs"  # each key's Redis type, so the script can refuse foreign data up front
+        # Only known, non-zero fields travel (reads fill in the zeros), and only buckets that have some.
+        buckets = [(agg_key, _increments(fields)) for agg_key, fields in batch.aggregates.items()]
+        buckets = [(agg_key, present) for agg_key, present in buckets if present]
+        body: list[str | int | bytes] = []
+        for agg_key, present in buckets:
+            keys.append(self.keys.agg(agg_key))
+            types += "h"
+            body += [agg_key.minute, len(present)]
+            for name, value in present:
+                body += [name, value]
+        for accrual in batch.gpu:
+            _check_exact(accrual)
+            # The watermark is unknown until the script runs, so name every minute it may reach.
+            first = (accrual.until_ms - accrual.max_gap_ms) // MINUTE_MS
+            count = max(0, (accrual.until_ms - 1) // MINUTE_MS - first + 1)
+            keys.append(self.keys.gpu_watermark(accrual.backend))
+            keys += [self.keys.gpu(GpuKey(m * 60, accrual.backend)) for m in range(first, first + count)]
+            types += "s" + "h" * count
+            price_q, price_r = divmod(accrual.pusd_per_gpu_hour, MS_PER_HOUR)
+            body += [accrual.until_ms, accrual.max_gap_ms, accrual.gpus, price_q, price_r, first, count]
+        if batch.records:
+            body.append(orjson.dumps(batch.records))
+        head: list[str | int | bytes] = [
+            int(self._clock()),
+            self._retention_s,
+            self._records_max,
+            BATCH_MARKER_TTL_S,
+        ]
+        head += [WATERMARK_SLACK_MS, types, len(buckets), len(batch.gpu), len(batch.records)]
+        return keys, head + body
+
+    async def _buckets(
+        self, index: str, start_minute: int, end_minute: int, parse: Callable[[str, dict[str, str]], T]
+    ) -> list[T]:
+        """``parse(key, hash)`` of every live bucket in an index with ``start_minute <= minute < end_minute``.
+
+        Each page is parsed as it arrives, between round trips: weeks of buckets parsed in one go would
+        hold the event loop (and the proxy's requests) for a second.
+        """
+        out: list[T] = []
+        with mapped_errors(_STORE), _parse_errors():
+            found = await self._redis.zrangebyscore(index, start_minute, f"({end_minute}")
+            names = cast("list[str]", found)  # decode_responses=True
+            for offset in range(0, len(names), PAGE):
+                chunk = names[offset : offset + PAGE]
+                pipe = self._redis.pipeline(transaction=False)
+                for name in chunk:
+                    pipe.hgetall(name)
+                hashes: list[dict[str, str]] = await pipe.execute()
+                # An index member can outlive its hash by a moment (the hash's TTL ran out first).
+                out += [parse(name, fields) for name, fields in zip(chunk, hashes, strict=True) if fields]
+        return out
+
+
+@contextmanager
+def _parse_errors() -> Iterator[None]:
+    """A key or field that does not parse means something else wrote under our prefix."""
+    try:
+        yield
+    except ValueError as exc:
+        raise StoreError(f"unexpected data under the meter's Redis prefix: {exc}") from exc

@@ -1,0 +1,277 @@
+"""The embedded meter store: one SQLite file (WAL) for a single proxy, no server to run.
+
+Statements run on the store's own thread (``sqlite_worker.py``): the event loop never waits on the disk.
+A batch is one transaction. Pruning (buckets older than the retention, records beyond ``records_max``,
+batch ids older than a day) runs inside a write at most every ``prune_interval_s``, so between prunes a
+little more than ``records_max`` records may be kept.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Final
+
+import orjson
+
+from tokenyard.meter.model import (
+    AGG_FIELDS,
+    GPU_FIELDS,
+    AggKey,
+    FlushBatch,
+    GpuAccrual,
+    GpuKey,
+    UsageRecord,
+)
+from tokenyard.stores.sqlite_worker import SqliteWorker, select
+
+MINUTE_MS: Final = 60_000
+MS_PER_HOUR: Final = 3_600_000
+BATCH_MEMORY_S: Final = 86_400  # how long an applied batch id is remembered
+
+_DIMS: Final = ("tenant", "model", "backend", "kind", "mode")
+
+
+def _columns(fields: Sequence[str]) -> str:
+    return ", ".join(f'"{name}" INTEGER NOT NULL DEFAULT 0' for name in fields)
+
+
+def _upsert(table: str, key: Sequence[str], fields: Sequence[str]) -> str:
+    """INSERT … ON CONFLICT DO UPDATE that adds every field to the stored row."""
+    names = ", ".join([*key, *(f'"{f}"' for f in fields)])
+    marks = ", ".join("?" * (len(key) + len(fields)))
+    adds = ", ".join(f'"{f}" = "{f}" + excluded."{f}"' for f in fields)
+    conflict = ", ".join(key)
+    return f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({conflict}) DO UPDATE SET {adds}"
+
+
+_SCHEMA: Final = f"""
+CREATE TABLE IF NOT EXISTS agg (
+    minute INTEGER NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL, backend TEXT NOT NULL,
+    kind TEXT NOT NULL, mode TEXT NOT NULL, {_columns(AGG_FIELDS)},
+    PRIMARY KEY (minute, tenant, model, backend, kind, mode)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gpu (
+    minute INTEGER NOT NULL, backend TEXT NOT NULL, {_columns(GPU_FIELDS)},
+    PRIMARY KEY (minute, backend)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gpu_watermark (backend TEXT PRIMARY KEY, ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY, ts REAL NOT NULL, json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
+CREATE TABLE IF NOT EXISTS applied_batches (id TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS applied_batches_ts ON applied_batches (ts);
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (name TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
+"""
+_AGG_UPSERT: Final = _upsert("agg", ("minute", *_DIMS), AGG_FIELDS)
+_GPU_UPSERT: Final = _upsert("gpu", ("minute", "backend"), GPU_FIELDS)
+_AGG_SELECT: Final = "SELECT minute, {dims}, {fields} FROM agg WHERE minute >= ? AND minute < ?".format(
+    dims=", ".join(_DIMS), fields=", ".join(f'"{f}"' for f in AGG_FIELDS)
+)
+_GPU_SELECT: Final = "SELECT minute, backend, {fields} FROM gpu WHERE minute >= ? AND minute < ?".format(
+    fields=", ".join(f'"{f}"' for f in GPU_FIELDS)
+)
+
+
+def minute_segments(from_ms: int, until_ms: int) -> Iterator[tuple[int, int]]:
+    """``(minute, ms)`` pieces of the span from ``from_ms`` to ``until_ms``, split at minute boundaries."""
+    while from_ms < until_ms:
+        end = min(until_ms, (from_ms // MINUTE_MS + 1) * MINUTE_MS)
+        yield from_ms // MINUTE_MS * 60, end - from_ms
+        from_ms = end
+
+
+class SqliteMeterStore(SqliteWorker):
+    """``MeterStore`` in one SQLite file, for a single proxy (or ``:memory:`` for tests and trials)."""
+
+    schema = _SCHEMA
+    what = "meter store"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        retention_s: int,
+        records_max: int,
+        clock: Callable[[], float] = time.time,
+        prune_interval_s: float = 60.0,
+        busy_timeout_s: float = 2.0,
+    ) -> None:
+        super().__init__(path, busy_timeout_s=busy_timeout_s)
+        self._retention_s = retention_s
+        self._records_max = records_max
+        self._clock = clock  # unix seconds; decides what is older than the retention
+        self._prune_interval_s = prune_interval_s
+        self._pruned_at: float | None = None  # touched only on the worker thread
+
+    async def write(self, batch: FlushBatch) -> None:
+        """Apply a batch in one transaction, exactly once (see ``MeterStore.write``)."""
+        if not batch.is_empty():
+            await self._run(lambda conn: self._write(conn, batch))
+
+    async def aggregates(self, start_minute: int, end_minute: int) -> list[tuple[AggKey, dict[str, int]]]:
+        """Every aggregate bucket with ``start_minute <= minute < end_minute``."""
+        width = len(AggKey._fields)
+
+        def read(conn: sqlite3.Connection) -> list[tuple[AggKey, dict[str, int]]]:
+            # Built on the worker thread: weeks of rows turned into dicts would hold the event loop.
+            rows = conn.execute(_AGG_SELECT, (start_minute, end_minute))
+            return [(AggKey(*row[:width]), dict(zip(AGG_FIELDS, row[width:], strict=True))) for row in rows]
+
+        return await self._run(read)
+
+    async def gpu(self, start_minute: int, end_minute: int) -> list[tuple[GpuKey, dict[str, int]]]:
+        """Every GPU accrual bucket with ``start_minute <= minute < end_minute``."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[GpuKey, dict[str, int]]]:
+            rows = conn.execute(_GPU_SELECT, (start_minute, end_minute))
+            return [(GpuKey(*row[:2]), dict(zip(GPU_FIELDS, row[2:], strict=True))) for row in rows]
+
+        return await self._run(read)
+
+    async def records(self, since: float, until: float, limit: int | None = None) -> Sequence[UsageRecord]:
+        """Request records with ``since <= ts < until``, oldest first, at most ``limit``."""
+        sql = "SELECT json FROM records WHERE ts >= ? AND ts < ? ORDER BY ts, id LIMIT ?"
+        rows = await self._run(select(sql, since, until, -1 if limit is None else limit))
+        return [UsageRecord.from_json(orjson.loads(text)) for (text,) in rows]
+
+    async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the lock ``name`` for ``owner`` (see ``MeterStore.try_lock``)."""
+
+        def take(conn: sqlite3.Connection) -> bool:
+            now = self._clock()
+            taken = conn.execute(
+                "INSERT INTO locks (name, owner, expires) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET owner = excluded.owner, expires = excluded.expires"
+                " WHERE locks.owner = excluded.owner OR locks.expires <= ?",
+                (name, owner, now + ttl_s, now),
+            )
+            return taken.rowcount > 0
+
+        return await self._run(take)
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        """Release the lock if ``owner`` holds it."""
+        await self._run(
+            lambda conn: conn.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+        )
+
+    async def heartbeat(self, member: str, ttl_s: float) -> int:
+        """Refresh ``member`` in the live set; count the live."""
+
+        def beat(conn: sqlite3.Connection) -> int:
+            now = self._clock()
+            conn.execute(
+                "INSERT INTO members (name, expires) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET expires = excluded.expires",
+                (member, now + ttl_s),
+            )
+            conn.execute("DELETE FROM members WHERE expires <= ?", (now,))
+            count: int = conn.execute("SELECT COUNT(*) FROM members").fetchone()[0]
+            return count
+
+        return await self._run(beat)
+
+    async def put_document(self, name: str, body: bytes) -> None:
+        """Keep a small named document, replacing any before."""
+        sql = (
+            "INSERT INTO documents (name, body) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET body = excluded.body"
+        )
+        await self._run(lambda conn: conn.execute(sql, (name, body)))
+
+    async def get_document(self, name: str) -> bytes | None:
+        """A document kept by ``put_document``, or None."""
+        rows = await self._run(select("SELECT body FROM documents WHERE name = ?", name))
+        return bytes(rows[0][0]) if rows else None
+
+    async def ping(self) -> None:
+        """Return if the file can be opened and read; raise ``StoreUnavailable`` if not."""
+        await self._run(select("SELECT 1"))
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """A file written by an older tokenyard lacks the fields added since; they start at 0."""
+        for table, fields in (("agg", AGG_FIELDS), ("gpu", GPU_FIELDS)):
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name in fields:
+                if name not in present:
+                    conn.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" INTEGER NOT NULL DEFAULT 0')
+
+    def _write(self, conn: sqlite3.Connection, batch: FlushBatch) -> None:
+        now = self._clock()
+        cutoff = int(now) - self._retention_s
+        prune = self._pruned_at is None or now - self._pruned_at >= self._prune_interval_s
+        # IMMEDIATE takes the write lock up front, so a busy file fails here, before any work.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            marked = conn.execute(
+                "INSERT INTO applied_batches (id, ts) VALUES (?, ?) ON CONFLICT DO NOTHING", (batch.id, now)
+            )
+            if marked.rowcount:  # else: applied before, nothing to do
+                self._add_aggregates(conn, batch, cutoff)
+                for accrual in batch.gpu:
+                    self._accrue(conn, accrual, cutoff)
+                conn.executemany(
+                    "INSERT INTO records (ts, json) VALUES (?, ?)",
+                    [(record.ts, record.stored().decode()) for record in batch.records],
+                )
+            if prune:
+                self._prune(conn, now, cutoff)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # an I/O error may have rolled it back already
+                conn.execute("ROLLBACK")
+            raise
+        if prune:
+            self._pruned_at = now
+
+    @staticmethod
+    def _add_aggregates(conn: sqlite3.Connection, batch: FlushBatch, cutoff: int) -> None:
+        conn.executemany(
+            _AGG_UPSERT,
+            [
+                (*key, *(fields.get(name, 0) for name in AGG_FIELDS))
+                for key, fields in batch.aggregates.items()
+                # An older bucket would only be pruned again; one with nothing to add is not created.
+                if key.minute >= cutoff and any(fields.get(name) for name in AGG_FIELDS)
+            ],
+        )
+
+    @staticmethod
+    def _accrue(conn: sqlite3.Connection, accrual: GpuAccrual, cutoff: int) -> None:
+        """Advance the backend's watermark to ``until_ms``, accruing the span since (see ``GpuAccrual``)."""
+        row = conn.execute("SELECT ms FROM gpu_watermark WHERE backend = ?", (accrual.backend,)).fetchone()
+        wm: int | None = None if row is None else row[0]
+        if wm is not None and wm >= accrual.until_ms:
+            return  # another replica (or this batch, retried) got there first
+        if wm is not None and accrual.until_ms - wm <= accrual.max_gap_ms:
+            conn.executemany(
+                _GPU_UPSERT,
+                [
+                    (minute, accrual.backend, ms, gpu_ms, gpu_ms * accrual.pusd_per_gpu_hour // MS_PER_HOUR)
+                    for minute, ms in minute_segments(wm, accrual.until_ms)
+                    for gpu_ms in (ms * accrual.gpus,)
+                    if minute >= cutoff
+                ],
+            )
+        conn.execute(
+            "INSERT INTO gpu_watermark (backend, ms) VALUES (?, ?)"
+            " ON CONFLICT (backend) DO UPDATE SET ms = excluded.ms",
+            (accrual.backend, accrual.until_ms),
+        )
+
+    def _prune(self, conn: sqlite3.Connection, now: float, cutoff: int) -> None:
+        conn.execute("DELETE FROM agg WHERE minute < ?", (cutoff,))
+        conn.execute("DELETE FROM gpu WHERE minute < ?", (cutoff,))
+        conn.execute("DELETE FROM applied_batches WHERE ts < ?", (now - BATCH_MEMORY_S,))
+        # The newest records_max by ts stay (ties: the later written).
+        conn.execute(
+            "DELETE FROM records WHERE id IN"
+            " (SELECT id FROM records ORDER BY ts DESC, id DESC LIMIT -1 OFFSET ?)",
+            (self._records_max,),
+        )

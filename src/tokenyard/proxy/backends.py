@@ -1,0 +1,166 @@
+"""Backends at run time: an upstream client plus the live state routing reads (in-flight, circuit, limits)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiolimiter import AsyncLimiter
+
+from tokenyard.adapters.base import Upstream
+from tokenyard.adapters.openai_http import OpenAIHttpUpstream
+from tokenyard.config import BackendConfig, TokenyardConfig
+from tokenyard.meter.pricing import FREE, TokenPrices, token_prices
+from tokenyard.proxy.breaker import CircuitBreaker, Ticket
+from tokenyard.proxy.routing import DeploymentView
+
+if TYPE_CHECKING:
+    from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
+
+log = logging.getLogger("tokenyard.backends")
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class Backend:
+    """One configured upstream deployment and its live state."""
+
+    name: str
+    config: BackendConfig
+    upstream: Upstream
+    breaker: CircuitBreaker
+    rpm: AsyncLimiter | None = None
+    tpm: AsyncLimiter | None = None
+    prices: TokenPrices = FREE
+    replicas: int = 1  # dedicated: provisioned now (the admin API can change it)
+    in_flight: int = 0
+    failures: int = 0  # upstream failures seen (each one failed over or ended a request), for /metrics
+    batch_api: OpenAIBatchUpstream | None = None  # kind batch: the provider's files and batches endpoints
+    cluster_size: int = 1  # proxy replicas alive on the shared store: each takes its share of the caps
+
+    @property
+    def max_concurrency(self) -> int | None:
+        """This replica's in-flight cap now: the backend's cap (a dedicated backend's per-replica cap times
+        its replicas) divided among the live proxy replicas, at least 1."""
+        cap = self.config.max_concurrency
+        if cap is None:
+            return None
+        if self.config.kind == "dedicated":
+            cap *= self.replicas
+        return max(1, cap // self.cluster_size)
+
+    def set_cluster_size(self, live: int) -> None:
+        """``live`` proxy replicas share this backend now: caps and rate limits are split among them.
+
+        A share per replica keeps the request path free of Redis; the price is that a busy replica may spill
+        over while another has room (see README, "Several replicas")."""
+        live = max(1, live)
+        if live == self.cluster_size:
+            return
+        self.cluster_size = live
+        rpm, tpm = self.config.rpm, self.config.tpm
+        self.rpm = AsyncLimiter(max(1, rpm // live), 60) if rpm else None
+        self.tpm = AsyncLimiter(max(1, tpm // live), 60) if tpm else None
+
+    def view(self, now: float, estimated_tokens: int, *, already_failed: bool) -> DeploymentView:
+        """A snapshot of this backend for ``routing.choose_deployment``."""
+        return DeploymentView(
+            name=self.name,
+            in_flight=self.in_flight,
+            max_concurrency=self.max_concurrency,
+            rate_limited=not self._has_rate_room(estimated_tokens),
+            cooling_for_s=0.0 if self.breaker.available(now) else max(self.breaker.cooling_for_s(now), 1e-3),
+            already_failed=already_failed,
+            held_by_rate_limit=self.breaker.rate_limited,
+        )
+
+    def _has_rate_room(self, estimated_tokens: int) -> bool:
+        if self.rpm is not None and not self.rpm.has_capacity(1):
+            return False
+        return self.tpm is None or self.tpm.has_capacity(min(estimated_tokens, self.tpm.max_rate))
+
+    def admit(self, now: float) -> Ticket:
+        """Count a request in flight (the caller must count it out) and get its circuit ticket."""
+        self.in_flight += 1
+        return self.breaker.on_dispatch(now)
+
+    async def take_rate(self, estimated_tokens: int) -> None:
+        """Spend rate-limit room. Called right after routing saw room, with no await in between, so the
+        limiters never block here."""
+        if self.rpm is not None:
+            await self.rpm.acquire(1)
+        if self.tpm is not None:
+            await self.tpm.acquire(min(estimated_tokens, self.tpm.max_rate))
+
+    def record_failure(
+        self,
+        now: float,
+        ticket: Ticket,
+        reason: str,
+        retry_after_s: float | None = None,
+        *,
+        rate_limited: bool = False,
+    ) -> None:
+        """Tell the circuit breaker the backend failed (``rate_limited``: it answered 429), and log when that
+        takes it out."""
+        self.failures += 1
+        if self.breaker.on_failure(now, ticket, retry_after_s, rate_limited=rate_limited):
+            log.warning(
+                "backend %s out for %.1f s after %s", self.name, self.breaker.cooling_for_s(now), reason
+            )
+
+    def record_success(self, ticket: Ticket) -> None:
+        """Tell the circuit breaker the backend answered well."""
+        if self.breaker.on_success(ticket):
+            log.warning("backend %s is back in service", self.name)
+
+
+@contextlib.asynccontextmanager
+async def open_backends(config: TokenyardConfig) -> AsyncIterator[dict[str, Backend]]:
+    """Start every backend's upstream client (and the simulators the config asks for); close them after."""
+    async with contextlib.AsyncExitStack() as stack:
+        backends: dict[str, Backend] = {}
+        for name, bc in config.backends.items():
+            base_url = bc.base_url
+            if bc.simulator is not None:
+                from tokenyard.simulator.server import SimulatorServer  # only configs with simulators
+
+                sim = await stack.enter_async_context(SimulatorServer(bc.simulator))
+                base_url = sim.base_url
+                log.info("backend %s: simulator (%s) on %s", name, bc.simulator.mode, base_url)
+            assert base_url is not None  # config validation guarantees base_url or simulator
+            upstream = OpenAIHttpUpstream(
+                base_url,
+                api_key=bc.api_key.get_secret_value() if bc.api_key else None,
+                connect_s=bc.timeouts.connect_s,
+                first_byte_s=bc.timeouts.first_byte_s,
+                idle_s=bc.timeouts.idle_s,
+                max_connections=bc.max_connections,
+            )
+            stack.push_async_callback(upstream.aclose)
+            batch_api = None
+            if bc.kind == "batch":
+                from tokenyard.adapters.openai_batch import OpenAIBatchUpstream  # only configs with one
+
+                batch_api = OpenAIBatchUpstream(
+                    base_url, api_key=bc.api_key.get_secret_value() if bc.api_key else None
+                )
+                stack.push_async_callback(batch_api.aclose)
+            backends[name] = Backend(
+                name=name,
+                config=bc,
+                upstream=upstream,
+                breaker=CircuitBreaker(
+                    config.routing.failure_threshold, config.routing.cooldown_s, config.routing.max_cooldown_s
+                ),
+                rpm=AsyncLimiter(bc.rpm, 60) if bc.rpm else None,
+                tpm=AsyncLimiter(bc.tpm, 60) if bc.tpm else None,
+                prices=token_prices(bc),
+                replicas=bc.replicas or 1,
+                batch_api=batch_api,
+            )
+        yield backends

@@ -1,0 +1,559 @@
+"""The request path: read, authenticate, classify (async requests go to the async track's door), then in
+real time choose a backend, forward, relay, fail over. The async track's jobs run through the same
+routing (``Proxy.execute``).
+
+Hot path, lean on purpose: the body is parsed once for the few fields routing needs and forwarded as the
+client's raw bytes (re-serialised only when the upstream's model name differs); responses are relayed
+chunk by chunk. Failover happens only before the first byte reaches the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tokenyard.adapters.base import UpstreamResponse
+from tokenyard.errors import (
+    CapacityExhausted,
+    InvalidRequest,
+    ModelNotFound,
+    NoBackendAvailable,
+    ProxyOverloaded,
+    TokenyardError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamStreamBroken,
+)
+from tokenyard.meter.meter import Meter
+from tokenyard.meter.model import UsageRecord
+from tokenyard.meter.usage import StreamTap
+from tokenyard.proxy import request_body
+from tokenyard.proxy.auth import KeyRing, Principal
+from tokenyard.proxy.backends import Backend
+from tokenyard.proxy.breaker import Ticket
+from tokenyard.proxy.classify import ASYNC_TIERS, Decision, RequestFacts, classify
+from tokenyard.proxy.exchange import CLIENT_CLOSED, Exchange
+from tokenyard.proxy.routing import Choice, NoChoice, choose_deployment
+from tokenyard.proxy.whole_as_stream import whole_answer_as_stream
+from tokenyard.queue.front import AsyncFront
+from tokenyard.queue.model import Job, JobResult
+from tokenyard.queue.settings import AsyncTrackConfig
+from tokenyard.wire import asgi as wire
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An inference endpoint: its upstream path and the field a body must carry besides ``model``."""
+
+    upstream_path: str
+    required_field: str
+    streams: bool
+    name: str  # chat | completions | embeddings (classification rules match on it)
+
+    @property
+    def api_path(self) -> str:
+        """Its path on the OpenAI API (and on tokenyard): ``/v1/chat/completions``."""
+        return "/v1" + self.upstream_path
+
+
+CHAT = Endpoint("/chat/completions", "messages", streams=True, name="chat")
+COMPLETIONS = Endpoint("/completions", "prompt", streams=True, name="completions")
+EMBEDDINGS = Endpoint("/embeddings", "input", streams=False, name="embeddings")
+ENDPOINTS = {e.api_path: e for e in (CHAT, COMPLETIONS, EMBEDDINGS)}
+
+# How long an upstream may take to end its body after ``data: [DONE]`` and keep its connection pooled.
+_AFTER_DONE_GRACE_S = 1.0
+
+# Upstream statuses that say the backend, not the request, failed: try the next deployment.
+_FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
+
+
+def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], str, bool]:
+    """The parsed body, its model and whether it streams; ``InvalidRequest`` for what no upstream accepts."""
+    obj = request_body.loads(body)
+    if not isinstance(obj, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    request_body.refuse_ambiguous(body, obj)
+    model = obj.get("model")
+    if model is None:
+        raise InvalidRequest("You must provide a model parameter.", param="model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("Invalid type for 'model': expected a non-empty string.", param="model")
+    if endpoint.required_field not in obj:
+        raise InvalidRequest(
+            f"Missing required parameter: '{endpoint.required_field}'.", param=endpoint.required_field
+        )
+    if endpoint.required_field == "messages" and not isinstance(obj["messages"], list):
+        raise InvalidRequest("Invalid type for 'messages': expected an array.", param="messages")
+    stream = obj.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("Invalid type for 'stream': expected a boolean.", param="stream")
+    return obj, model, bool(stream) and endpoint.streams
+
+
+def estimate_tokens(body: bytes, obj: dict[str, Any]) -> int:
+    """A rough token count for tpm limits before the request runs: ~4 bytes a token, plus the output cap."""
+    cap = obj.get("max_completion_tokens") or obj.get("max_tokens") or 0
+    return len(body) // 4 + (cap if isinstance(cap, int) else 0)
+
+
+class Proxy:
+    """Serves the inference endpoints for a set of models and backends, metering every request."""
+
+    def __init__(
+        self,
+        *,
+        keys: KeyRing,
+        models: dict[str, list[Backend]],
+        meter: Meter,
+        rejected: Counter[int],
+        max_body_bytes: int,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        async_track: AsyncTrackConfig | None = None,
+    ) -> None:
+        self.keys = keys
+        self.models = models
+        self.meter = meter
+        self.rejected = rejected
+        self.max_body_bytes = max_body_bytes
+        self.clock = clock
+        self.wall = wall
+        self.front: AsyncFront | None = None  # set at start-up with the job store
+        self.use_async_track(async_track)
+
+    def use_async_track(self, track: AsyncTrackConfig | None) -> None:
+        """Classify with these settings and rules (None: every request is real time, no signal is read)."""
+        self.async_track = track
+        self.async_rules = track.classifier_rules() if track else ()
+        if self.front is not None and track is not None:
+            self.front.config = track
+
+    def authenticate(self, scope: wire.Scope) -> Principal:
+        """The caller behind the request's bearer key."""
+        return self.keys.authenticate(wire.header(scope, b"authorization"))
+
+    def deployments(self, principal: Principal, model: str) -> list[Backend]:
+        """The backends of ``model``, in preference order, if the caller may use it."""
+        backends = self.models.get(model)
+        if backends is None or not principal.may_use(model):
+            raise ModelNotFound(
+                f"The model `{model}` does not exist or you do not have access to it.", param="model"
+            )
+        return backends
+
+    async def handle(
+        self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, endpoint: Endpoint
+    ) -> None:
+        """Serve one inference request, end to end."""
+        started = self.clock()
+        request_id = "req_" + os.urandom(12).hex()
+        id_header = [(wire.H_REQUEST_ID, request_id.encode())]
+        try:
+            principal = self.authenticate(scope)
+            body = await wire.read_body(scope, receive, self.max_body_bytes)
+            obj, model, stream = parse_request(body, endpoint)
+            backends = self.deployments(principal, model)
+            decision = self._classify(scope, principal, endpoint, model, obj, stream)
+            if decision is not None and obj.get("service_tier") in ASYNC_TIERS:
+                # tokenyard's signal, not the upstream's ("batch" is no OpenAI tier): not forwarded.
+                body = request_body.without_member(body, obj, "service_tier")
+                del obj["service_tier"]
+            if decision is not None and decision.mode == "async" and self.front is not None:
+                submitted = self.front.submit(
+                    send,
+                    principal=principal,
+                    endpoint_path=endpoint.api_path,
+                    model=model,
+                    body=body,
+                    decision=decision,
+                    callback=self.front.callback(scope),
+                    id_header=id_header,
+                )
+                # A held client may leave: stop waiting for it (its job still runs, once).
+                await _until_client_leaves(receive, submitted)
+                return
+        except TokenyardError as exc:
+            # Counted by status only: client-chosen model names must not grow the store or the metrics.
+            self.rejected[exc.status_code] += 1
+            await wire.send_error(send, exc, id_header)
+            return
+        except wire.ClientGone:
+            return
+        exchange = Exchange(request_id, principal.tenant, model, obj, started)
+        if decision is not None:
+            exchange.reason = decision.reason
+        try:
+            work = self._route(send, endpoint, backends, body, stream, exchange, id_header)
+            if await _until_client_leaves(receive, work):
+                exchange.status = CLIENT_CLOSED
+        except Exception:
+            exchange.status = 500  # the app answers 500 (if it still can) and logs it
+            raise
+        finally:
+            if exchange.status == 0:  # cancelled from outside (shutdown) before any answer
+                exchange.status = CLIENT_CLOSED
+            self.meter.record(exchange.to_record(self.clock(), self.wall()))
+
+    def _classify(
+        self,
+        scope: wire.Scope,
+        principal: Principal,
+        endpoint: Endpoint,
+        model: str,
+        obj: dict[str, Any],
+        stream: bool,
+    ) -> Decision | None:
+        """Real time or async, and why (None when the async track is off: nothing to read)."""
+        track = self.async_track
+        if track is None:
+            return None
+        prefer = mode = None
+        for key, value in scope["headers"]:  # one pass for both headers
+            if key == b"prefer":
+                prefer = value
+            elif key == wire.H_MODE:
+                mode = value
+        tier = obj.get("service_tier")
+        nothing_says_async = (
+            prefer is None and mode is None and tier not in ASYNC_TIERS and principal.mode is None
+        )
+        if nothing_says_async and not self.async_rules:
+            return None  # real time by default: the hot path, kept cheap (no facts built)
+        user, metadata = obj.get("user"), obj.get("metadata")
+        facts = RequestFacts(
+            model=model,
+            endpoint=endpoint.name,
+            tenant=principal.tenant,
+            stream=stream,
+            prefer=_text(prefer),
+            mode_header=_text(mode),
+            service_tier=tier,
+            user=user if isinstance(user, str) else None,
+            metadata=metadata if isinstance(metadata, dict) else {},
+            key_name=principal.key_name,
+            key_mode=principal.mode,
+            key_deadline_s=principal.deadline_s,
+        )
+        return classify(
+            facts,
+            self.async_rules,
+            default_deadline_s=track.default_deadline_s,
+            flex_deadline_s=track.flex_deadline_s,
+        )
+
+    async def execute(
+        self, job: Job, *, path: str, only: list[Backend] | None = None
+    ) -> tuple[JobResult, UsageRecord]:
+        """Run an async job now, on ``only`` these backends or the model's deployments; its answer and
+        usage (the caller meters it if the answer is the job's first)."""
+        endpoint = ENDPOINTS[job.endpoint]
+        backends = self.models.get(job.model, []) if only is None else only
+        request_id = job.request_id or "req_" + os.urandom(12).hex()
+        exchange = Exchange(request_id, job.tenant, job.model, orjson.loads(job.body), self.clock())
+        exchange.mode, exchange.reason = "async", job.reason
+        captured = wire.Captured()
+        if not backends:  # the model left the config while the job waited: a final answer, not a retry
+            await wire.send_error(
+                captured, ModelNotFound(f"The model `{job.model}` does not exist.", param="model")
+            )
+        else:
+            await self._route(captured, endpoint, backends, job.body, False, exchange, [])
+        exchange.route = path
+        answer = JobResult(
+            job.id, captured.status, captured.body, path, self.wall(), captured.content_type,
+            [(k.decode(), v.decode("latin-1")) for k, v in captured.headers if k in wire.SERVED_BY],
+            request_id,
+        )  # fmt: skip
+        return answer, exchange.to_record(self.clock(), self.wall())
+
+    async def _route(
+        self,
+        send: wire.Send,
+        endpoint: Endpoint,
+        backends: list[Backend],
+        body: bytes,
+        stream: bool,
+        exchange: Exchange,
+        id_header: list[tuple[bytes, bytes]],
+    ) -> None:
+        tokens = estimate_tokens(body, exchange.request)
+        # Every stream asks the upstream for usage; if the client did not, the usage chunk is cut out again.
+        strip_usage = stream and endpoint.streams and not _asked_for_usage(exchange.request)
+        while True:
+            now = self.clock()
+            choice = choose_deployment(
+                [b.view(now, tokens, already_failed=b.name in exchange.tried) for b in backends]
+            )
+            if not isinstance(choice, Choice):
+                error = _give_up(exchange, choice)
+                exchange.status = error.status_code
+                await wire.send_error(send, error, id_header)
+                return
+            backend = backends[choice.index]
+            exchange.tried.add(backend.name)
+            exchange.attempts += 1
+            ticket = backend.admit(now)  # in flight from here: the finally below counts it out
+            try:
+                await backend.take_rate(tokens)
+                upstream_body = _body_for(backend, body, exchange, strip_usage)
+                headers = [*id_header, *_route_headers(backend, choice, exchange.attempts)]
+                exchange.backend, exchange.route = backend, choice.reason
+                await self._forward(
+                    send, endpoint, backend, ticket, upstream_body, stream, strip_usage, headers, exchange
+                )
+                return
+            except UpstreamError as exc:
+                exchange.backend = None
+                exchange.last_error = exc
+                status = exc if isinstance(exc, UpstreamStatusError) else None
+                backend.record_failure(
+                    self.clock(),
+                    ticket,
+                    exc.message,
+                    status.retry_after_s if status else None,
+                    rate_limited=status is not None and status.status == 429,
+                )
+            except ProxyOverloaded as exc:  # this machine ran out (fds, ports): no backend is to blame,
+                backend.breaker.on_abandoned(ticket)  # and the next one would fail the same way
+                exchange.backend = None
+                exchange.status = exc.status_code
+                await wire.send_error(send, exc, id_header)
+                return
+            except BaseException:  # cancelled, or a bug: no verdict on the backend either way
+                backend.breaker.on_abandoned(ticket)
+                raise
+            finally:
+                backend.in_flight -= 1
+
+    async def _forward(
+        self,
+        send: wire.Send,
+        endpoint: Endpoint,
+        backend: Backend,
+        ticket: Ticket,
+        body: bytes,
+        stream: bool,
+        strip_usage: bool,
+        headers: list[tuple[bytes, bytes]],
+        exchange: Exchange,
+    ) -> None:
+        """Send to one backend and answer the client; ``UpstreamError`` before the first byte fails over."""
+        resp = await backend.upstream.post(endpoint.upstream_path, body)
+        complete = False  # the whole answer was read, though the upstream may not have ended its body
+        try:
+            if resp.status >= 500 or resp.status in _FAILOVER_STATUSES:
+                raise _status_error(backend, resp)
+            if stream and resp.status == 200 and resp.content_type.startswith("text/event-stream"):
+                headers = [
+                    (b"content-type", resp.content_type.encode("latin-1")),
+                    *wire.STREAM_HEADERS,
+                    *headers,
+                ]
+                complete = await self._relay_stream(
+                    send, backend, ticket, resp, headers, strip_usage, exchange
+                )
+                return
+            payload = await resp.read()
+            if stream and resp.status == 200:
+                # The upstream ignored stream=true and answered whole: give the client the stream it asked
+                # for (relayed as it is, the SDK would see an empty stream and no error).
+                events = whole_answer_as_stream(payload, chat=endpoint is CHAT, include_usage=not strip_usage)
+                if events is None:
+                    message = (
+                        f"backend {backend.name} answered a stream request whole, and not with a completion"
+                    )
+                    raise UpstreamStreamBroken(message)
+                exchange.answer = payload  # metered from its usage, exactly
+                payload, headers = events, [*wire.SSE_HEADERS, *wire.STREAM_HEADERS, *headers]
+            else:
+                if resp.status == 200:
+                    exchange.answer = payload
+                headers = [(b"content-type", resp.content_type.encode("latin-1")), *headers]
+            exchange.status, exchange.ttfb_s = resp.status, self.clock() - exchange.started_s
+            await wire.send_bytes(send, resp.status, payload, headers)
+        finally:
+            if complete:
+                # Not closed: an upstream whose end of body is a moment behind its [DONE] keeps its
+                # connection pooled (closing would cost a reconnect, a TLS handshake to a remote one).
+                resp.release_when_done(_AFTER_DONE_GRACE_S)
+            else:
+                resp.close()
+        backend.record_success(ticket)
+
+    async def _relay_stream(
+        self,
+        send: wire.Send,
+        backend: Backend,
+        ticket: Ticket,
+        resp: UpstreamResponse,
+        headers: list[tuple[bytes, bytes]],
+        strip_usage: bool,
+        exchange: Exchange,
+    ) -> bool:
+        """Relay an upstream's stream to the client; True if it ended with ``data: [DONE]``."""
+        chunks = resp.chunks()
+        tap = StreamTap(strip_usage=strip_usage)
+        # Wait for the first whole event before answering: until then a failure can still fail over.
+        first = b""
+        while not first:
+            chunk = await anext(chunks, None)
+            if chunk is None:
+                raise UpstreamStreamBroken("the upstream closed the stream before sending anything")
+            first = tap.feed(chunk)
+        exchange.tap, exchange.status = tap, 200
+        exchange.ttfb_s = self.clock() - exchange.started_s
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        last = first
+        try:
+            if not tap.done:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+                last = b""
+                async for chunk in chunks:
+                    out = tap.feed(chunk)
+                    if tap.done:
+                        last = out
+                        break
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+        except UpstreamError as exc:
+            # Bytes went out: no retry. Say so inside the stream, where the openai SDK raises it.
+            backend.record_failure(self.clock(), ticket, exc.message)
+            exchange.status = exc.status_code
+            tap.rest()  # a partial event would corrupt the error event after it: drop it
+            await send({"type": "http.response.body", "body": wire.sse_error_event(exc)})
+            return False
+        if tap.done:
+            # ``data: [DONE]``: the answer is whole, so end it now rather than at the upstream's end of body.
+            # Clients hang up right after [DONE]; an upstream that had not ended its body yet made that look
+            # like a client leaving mid-stream (499). The caller lets the upstream finish on its own.
+            await chunks.aclose()
+        backend.record_success(ticket)
+        await send({"type": "http.response.body", "body": last + tap.rest()})
+        return tap.done
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def _asked_for_usage(request: dict[str, Any]) -> bool:
+    options = request.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _status_error(backend: Backend, resp: UpstreamResponse) -> UpstreamStatusError:
+    if resp.status in (401, 403):
+        message = f"backend {backend.name} refused tokenyard's credentials ({resp.status})"
+    else:
+        message = f"backend {backend.name} answered {resp.status}"
+    return UpstreamStatusError(message, status=resp.status, retry_after_s=resp.retry_after_s)
+
+
+def _give_up(exchange: Exchange, choice: NoChoice) -> TokenyardError:
+    """The error for a request no deployment could serve: the last upstream failure, if there was one."""
+    model, last = exchange.model, exchange.last_error
+    upstream_429 = isinstance(last, UpstreamStatusError) and last.status == 429
+    if upstream_429 or (last is None and choice.rate_limited):
+        # Held out by their Retry-After (this request's 429s or earlier ones): the soonest one back.
+        waits = [choice.retry_after_s] if choice.rate_limited else []
+        if isinstance(last, UpstreamStatusError) and last.retry_after_s:
+            waits.append(last.retry_after_s)
+        return CapacityExhausted(
+            f"Every deployment of `{model}` is rate-limited upstream; retry shortly.",
+            retry_after_s=min(waits, default=choice.retry_after_s),
+        )
+    if isinstance(last, UpstreamStatusError):
+        return UpstreamStatusError(
+            f"No deployment of `{model}` could answer; last: {last.message}", status=last.status
+        )
+    if last is not None:
+        return type(last)(f"No deployment of `{model}` could answer; last: {last.message}")
+    if choice.cooling:
+        return NoBackendAvailable(
+            f"Every deployment of `{model}` is cooling down after failures.",
+            retry_after_s=choice.retry_after_s,
+        )
+    return CapacityExhausted(
+        f"Every deployment of `{model}` is at capacity; retry shortly.", retry_after_s=1.0
+    )
+
+
+def _body_for(backend: Backend, body: bytes, exchange: Exchange, ask_for_usage: bool) -> bytes:
+    """The body for one backend: the client's own bytes, with the model name or usage option spliced in
+    where they must change (never re-serialised whole: the rest stays byte for byte what the client sent)."""
+    upstream_model = backend.config.model
+    rename = upstream_model is not None and upstream_model != exchange.model
+    request = exchange.request
+    options = request.get("stream_options")
+    ask_for_usage = ask_for_usage and (options is None or isinstance(options, dict))
+    if ask_for_usage:
+        span = request_body.member_span(body, "stream_options") if options else None
+        if span is None:
+            body = request_body.with_member(
+                body, request, "stream_options", {**(options or {}), "include_usage": True}
+            )
+        else:  # set it inside the client's own options
+            _, start, end = span
+            assert isinstance(options, dict)
+            inner = request_body.with_member(body[start:end], options, "include_usage", True)
+            body = body[:start] + inner + body[end:]
+    if rename:
+        body = request_body.with_member(body, request, "model", upstream_model)
+    return body
+
+
+def _route_headers(backend: Backend, choice: Choice, attempts: int) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (wire.H_BACKEND, backend.name.encode()),
+        (wire.H_BACKEND_KIND, backend.config.kind.encode()),
+        (wire.H_ROUTE, choice.reason.encode()),
+        (wire.H_ATTEMPTS, str(attempts).encode()),
+        (wire.H_MODE, b"realtime"),
+    ]
+    if choice.detail:
+        headers.append((wire.H_ROUTE_DETAIL, choice.detail.encode("latin-1", "replace")))
+    return headers
+
+
+async def _until_client_leaves(receive: wire.Receive, work: Coroutine[Any, Any, None]) -> bool:
+    """Run ``work``; if the client disconnects first, cancel it (which closes the upstream request).
+
+    Returns True if the client left before the work was done. The work runs in the caller's task and
+    only the disconnect watch gets one of its own: one task a request, not two, and no ``asyncio.wait``.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    left = finished = False
+
+    def on_disconnect(waiter: asyncio.Future[None]) -> None:
+        nonlocal left
+        # ``finished``: the callback may run after the work is done (it was already scheduled).
+        if not finished and not waiter.cancelled() and waiter.exception() is None:
+            left = True
+            task.cancel()
+
+    waiter = asyncio.ensure_future(_disconnected(receive))
+    waiter.add_done_callback(on_disconnect)
+    try:
+        await work
+    except asyncio.CancelledError:
+        # Ours only if the client left and nobody else (a shutdown) cancelled this task too.
+        if left and task.uncancel() == 0:
+            return True
+        raise
+    finally:
+        finished = True
+        waiter.cancel()
+    return False
+
+
+async def _disconnected(receive: wire.Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,118 @@
+"""Every Redis key of the meter, built (and parsed back) in this one place from a configurable prefix.
+
+``{p}`` below is the prefix in braces: a Redis Cluster hash tag, so every meter key hashes to one slot and
+the write script may touch them all in one call. Each dimension inside a key is percent-encoded
+(``quote(safe="")``), so ':' never appears inside one and names with ':', '%', spaces or any Unicode
+round-trip exactly. Minutes are unix seconds at the start of the minute.
+
+Layout (TTLs: hashes retention + 60 s, watermarks max_gap_ms + a day, batch markers a day)::
+
+    {p}:agg:<minute>:<tenant>:<model>:<backend>:<kind>:<mode>  hash    AGG_FIELDS -> int
+    {p}:agg:idx                                                zset    aggregate hash key -> its minute
+    {p}:gpu:<minute>:<backend>                                 hash    GPU_FIELDS -> int
+    {p}:gpu:idx                                                zset    GPU hash key -> its minute
+    {p}:gpu:wm:<backend>                                       string  GPU watermark, unix ms
+    {p}:records                                                zset    <seq, 16 digits><record JSON> -> ts,
+                                                                       capped at records_max
+    {p}:records:seq                                            string  the counter behind <seq>
+    {p}:batch:<id>                                             string  "this batch was applied"
+    {p}:lock:<name>                                            string  the holder of a lock (PX expiry)
+    {p}:doc:<name>                                             string  a small document (latest advice)
+    {p}:members                                                zset    live replicas -> until when (unix s)
+
+The record log is a sorted set scored by the record's own ``ts`` (not a stream): records arrive out of order
+(replicas flush independently; a meter holds batches while the store is down), and a score gives exact
+``since <= ts < until`` range reads, oldest first, and a cap that keeps the newest by ``ts``. The fixed-width
+sequence number in front of the JSON makes every member unique and orders equal timestamps by arrival.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+from tokenyard.meter.model import AggKey, GpuKey
+
+# Width of the zero-padded sequence number that prefixes each record-log member (the write script formats
+# it with the same width: "%016d").
+RECORD_SEQ_DIGITS = 16
+
+_AGG_DIMS = len(AggKey._fields) - 1  # every field but the minute
+_GLOB_SPECIAL = "\\*?[]"
+
+
+def _dim(value: str) -> str:
+    return quote(value, safe="")
+
+
+class MeterKeys:
+    """The meter's Redis key names for one prefix; parses index members back into bucket keys."""
+
+    __slots__ = ("agg_index", "base", "gpu_index", "members", "record_seq", "records")
+
+    def __init__(self, prefix: str) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            # A brace would end (or nest) the hash tag and scatter the keys over slots.
+            raise ValueError(f"the Redis key prefix must be non-empty and without braces, not {prefix!r}")
+        self.base = "{" + prefix + "}"
+        self.agg_index = f"{self.base}:agg:idx"
+        self.gpu_index = f"{self.base}:gpu:idx"
+        self.records = f"{self.base}:records"
+        self.record_seq = f"{self.base}:records:seq"
+        self.members = f"{self.base}:members"
+
+    def agg(self, key: AggKey) -> str:
+        """The hash of one aggregate bucket."""
+        dims = ":".join(_dim(dim) for dim in key[1:])
+        return f"{self.base}:agg:{key.minute}:{dims}"
+
+    def parse_agg(self, name: str) -> AggKey:
+        """The bucket an aggregate hash key belongs to (``ValueError`` if it is not one)."""
+        parts = self._strip(name, "agg").split(":")
+        if len(parts) != 1 + _AGG_DIMS:
+            raise ValueError(f"{name!r} is not an 'agg' key")
+        tenant, model, backend, kind, mode = (unquote(part) for part in parts[1:])
+        return AggKey(int(parts[0]), tenant, model, backend, kind, mode)
+
+    def gpu(self, key: GpuKey) -> str:
+        """The hash of one GPU accrual bucket."""
+        return f"{self.base}:gpu:{key.minute}:{_dim(key.backend)}"
+
+    def parse_gpu(self, name: str) -> GpuKey:
+        """The bucket a GPU hash key belongs to (``ValueError`` if it is not one)."""
+        minute, sep, backend = self._strip(name, "gpu").partition(":")
+        if not sep or ":" in backend:
+            raise ValueError(f"{name!r} is not a 'gpu' key")
+        return GpuKey(int(minute), unquote(backend))
+
+    def gpu_watermark(self, backend: str) -> str:
+        """Up to when (unix ms) a backend's provisioned time has been accrued."""
+        return f"{self.base}:gpu:wm:{_dim(backend)}"
+
+    def batch(self, batch_id: str) -> str:
+        """The marker that a flush batch was applied."""
+        return f"{self.base}:batch:{_dim(batch_id)}"
+
+    def lock(self, name: str) -> str:
+        """A named lock for singleton work (value: its holder)."""
+        return f"{self.base}:lock:{_dim(name)}"
+
+    def document(self, name: str) -> str:
+        """A small named document."""
+        return f"{self.base}:doc:{_dim(name)}"
+
+    def match_all(self) -> str:
+        """A ``SCAN MATCH`` pattern for every key of this prefix (tests, maintenance)."""
+        escaped = "".join("\\" + char if char in _GLOB_SPECIAL else char for char in self.base)
+        return escaped + "*"
+
+    def _strip(self, name: str, kind: str) -> str:
+        """What follows ``{p}:<kind>:`` in ``name``."""
+        head = f"{self.base}:{kind}:"
+        if not name.startswith(head):
+            raise ValueError(f"{name!r} is not a {kind!r} key of {self.base}")
+        return name[len(head) :]
+
+
+def record_json(member: str) -> str:
+    """The record JSON inside a record-log member (see the module docstring)."""
+    return member[RECORD_SEQ_DIGITS:]

@@ -1,0 +1,253 @@
+"""The admin API (``/admin/*``, admin key): usage with time range and group-by, backends, replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from tokenyard.advisor.live import AdvisorLoop
+from tokenyard.config import MAX_REPLICAS, TokenyardConfig
+from tokenyard.errors import AuthenticationFailed, Forbidden, InvalidRequest, RouteNotFound
+from tokenyard.meter.meter import Meter
+from tokenyard.proxy.auth import KeyRing
+from tokenyard.proxy.backends import Backend
+from tokenyard.queue.dispatcher import Dispatcher
+from tokenyard.telemetry import report, sessions
+from tokenyard.wire import asgi as wire
+
+SESSION_COOKIE = b"tokenyard_admin"
+
+
+class AdminApi:
+    """Handlers for ``/admin/*``; every one checks the admin key first."""
+
+    def __init__(
+        self,
+        config: TokenyardConfig,
+        meter: Meter,
+        backends: dict[str, Backend],
+        keys: KeyRing,
+        *,
+        wall: Callable[[], float],
+    ) -> None:
+        self.meter = meter
+        self.backends = backends
+        self.wall = wall
+        self.advisor: AdvisorLoop | None = None  # set at start-up when the advisor runs
+        self.dispatcher: Dispatcher | None = None  # set at start-up when the async track runs
+        self.reload: Callable[[], Awaitable[dict[str, Any]]] | None = None  # set at start-up
+        self._session_owner = secrets.token_hex(8)  # this replica, for the lock on the shared salt
+        self._session_key: bytes | None = None  # the admin key _session_secret belongs to
+        self._session_secret: bytes | None = None
+        self.use(config, keys)
+
+    def use(self, config: TokenyardConfig, keys: KeyRing) -> None:
+        """Take a (re)loaded config's admin key and keys."""
+        self.config = config
+        admin_key = config.server.admin_key
+        self._admin_key = admin_key.get_secret_value().encode() if admin_key else None
+        self._open = keys.is_open  # open, loopback-only mode: nothing to protect it with
+        if self._admin_key != self._session_key:
+            # Sessions signed under the key before end now, not when the new secret is agreed.
+            self._session_secret = self._session_key = None
+
+    @property
+    def admin_key_set(self) -> bool:
+        """Whether an admin key is configured (without one the admin API and dashboard are closed)."""
+        return self._admin_key is not None
+
+    @property
+    def session_ttl_s(self) -> int:
+        """How long a dashboard session lasts."""
+        return self.config.server.dashboard_session_ttl_s
+
+    async def agree_session_secret(self) -> None:
+        """Take the secret that signs dashboard sessions for the admin key in force: the one the replicas
+        sharing the store agreed on, drawn anew when the key changed (see ``sessions``). At start-up and
+        after every reload, so a replica that missed a rotation catches up."""
+        key = self._admin_key
+        if key is None:
+            self._session_secret = self._session_key = None
+            return
+        salt = await sessions.agreed_salt(
+            self.meter.store, sessions.key_fingerprint(key), self._session_owner
+        )
+        if key == self._admin_key:  # unless another reload changed it meanwhile
+            self._session_secret, self._session_key = sessions.session_secret(key, salt), key
+
+    async def new_session(self) -> bytes | None:
+        """A new dashboard session's cookie value, or None without an admin key."""
+        if self._session_secret is None:
+            await self.agree_session_secret()
+        if self._session_secret is None:
+            return None
+        return sessions.session_value(self._session_secret, int(self.wall()))
+
+    def is_admin_key(self, secret: bytes) -> bool:
+        """Whether ``secret`` is the admin key (compared in constant time)."""
+        return self._admin_key is not None and hmac.compare_digest(secret, self._admin_key)
+
+    def signed_in(self, scope: wire.Scope) -> bool:
+        """Whether the request carries the dashboard's session cookie (or the proxy runs open)."""
+        if self._open:
+            return True
+        cookie = wire.cookie(scope, SESSION_COOKIE)
+        return cookie is not None and sessions.session_valid(
+            self._session_secret, cookie, self.wall(), self.session_ttl_s
+        )
+
+    def authorize(self, scope: wire.Scope) -> None:
+        """Raise unless the request carries the admin key or the dashboard's session cookie (or the proxy
+        runs open on loopback)."""
+        if self.signed_in(scope):
+            return
+        authorization = wire.header(scope, b"authorization") or b""
+        scheme, _, secret = authorization.partition(b" ")
+        if scheme.lower() != b"bearer" or not secret:
+            raise AuthenticationFailed("The admin API needs the admin key as a Bearer token.")
+        if self._admin_key is None:
+            raise Forbidden("The admin API is disabled: set server.admin_key in the config.")
+        if not self.is_admin_key(secret.strip()):
+            raise Forbidden("This key may not use the admin API.")
+
+    async def usage(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``GET /admin/usage?start=24h&end=&group_by=model,tenant&granularity=hour``."""
+        self.authorize(scope)
+        query = _query(scope)
+        now = self.wall()
+        try:
+            start = report.parse_when(query.get("start", "24h"), now)
+            end = report.parse_when(query["end"], now) if query.get("end") else now
+            group_by = [g for g in query.get("group_by", "model").split(",") if g]
+            granularity = query.get("granularity", "hour")
+            retention_s = self.config.meter.retention_days * 86400
+            if not start < end:
+                raise ValueError("need start < end")
+            start = max(start, end - retention_s - 86400)  # nothing older is kept
+
+            if self.meter.store is None:
+                raise ValueError("metering is off (meter.store: off): there is no stored usage")
+            start_minute, end_minute = int(start) // 60 * 60, (int(end) // 60 + 1) * 60
+            aggregates = await self.meter.store.aggregates(start_minute, end_minute)
+            gpu = await self.meter.store.gpu(start_minute, end_minute)
+            # Weeks of per-minute buckets take a while to sum: not on the event loop serving requests.
+            rows = await asyncio.to_thread(
+                report.summarize, aggregates, gpu, group_by=group_by, granularity=granularity
+            )
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        payload: dict[str, Any] = {
+            "object": "usage",
+            "start": start_minute,
+            "end": end_minute,
+            "granularity": granularity,
+            "group_by": group_by,
+            "data": [row.to_json(group_by) for row in rows],
+            "totals": report.totals(rows),
+            "dedicated": [
+                s.to_json() for s in report.dedicated_summaries(aggregates, gpu, self.config.backends)
+            ],
+            "async_savings_usd": report.async_savings_usd(aggregates, self.config),
+            # The busy share dedicated replicas are sized for (the SLA's headroom), to compare against.
+            "utilization_cap": self.config.advisor.utilization_cap,
+        }
+        await wire.send_json(send, 200, payload)
+
+    async def advice(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``GET /admin/advice[?fresh=1]``: the latest advice per workload (``fresh``: evaluate now)."""
+        self.authorize(scope)
+        if self.advisor is None:
+            raise RouteNotFound(
+                "The advisor is off: it needs a meter store (meter.store) and advisor.enabled."
+            )
+        document = self.advisor.latest
+        if document is None or _query(scope).get("fresh", "").lower() in ("1", "true", "yes"):
+            document = await self.advisor.evaluate(keep_state=False)
+        await wire.send_json(send, 200, document)
+
+    async def queue(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``GET /admin/queue``: the async track's queue and what this replica answered, by path."""
+        self.authorize(scope)
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            await wire.send_json(send, 200, {"object": "queue", "enabled": False})
+            return
+        stats = dispatcher.stats
+        oldest = stats.oldest_created_at if stats else None
+        await wire.send_json(
+            send,
+            200,
+            {
+                "object": "queue",
+                "enabled": True,
+                "leader": dispatcher.leader,
+                "waiting": stats.waiting if stats else None,
+                "claimed": stats.claimed if stats else None,
+                "in_provider_batch": stats.in_batches if stats else None,
+                "oldest_age_s": max(0.0, self.wall() - oldest) if oldest else None,
+                "answered_by_path": dispatcher.jobs_by_path,
+                "wait_s_by_path": dispatcher.wait_s_by_path,
+                "duplicates": dispatcher.front.duplicates,
+            },
+        )
+
+    async def reload_config(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``POST /admin/reload``: re-read the config file here and on every replica of the store."""
+        self.authorize(scope)
+        assert self.reload is not None, "set at start-up"
+        await wire.send_json(send, 200, await self.reload())
+
+    async def backends_state(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``GET /admin/backends``: each backend's live state."""
+        self.authorize(scope)
+        data = []
+        for name, backend in self.backends.items():
+            item: dict[str, Any] = {
+                "name": name,
+                "kind": backend.config.kind,
+                "in_flight": backend.in_flight,
+                "max_concurrency": backend.max_concurrency,
+                # This replica's share of the caps: they are split among the live proxy replicas.
+                "rpm": int(backend.rpm.max_rate) if backend.rpm else None,
+                "tpm": int(backend.tpm.max_rate) if backend.tpm else None,
+                "proxy_replicas": backend.cluster_size,
+                "circuit": "open" if backend.breaker.tripped else "closed",
+                "failures": backend.failures,
+            }
+            if name in self.meter.dedicated:
+                item["replicas"] = self.meter.replicas(name)
+            data.append(item)
+        await wire.send_json(send, 200, {"object": "list", "data": data})
+
+    async def replicas(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``PUT /admin/backends/{name}/replicas`` with ``{"replicas": N}``: provisioned capacity changed."""
+        self.authorize(scope)
+        name = scope["path"].removeprefix("/admin/backends/").removesuffix("/replicas")
+        backend = self.backends.get(name)
+        if backend is None or name not in self.meter.dedicated:
+            raise RouteNotFound(f"No dedicated backend named {name!r}.")
+        body = await wire.read_body(scope, receive, 4096)
+        try:
+            replicas = orjson.loads(body).get("replicas")
+        except (orjson.JSONDecodeError, AttributeError):
+            replicas = None
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= MAX_REPLICAS:
+            raise InvalidRequest(
+                f'Body must be {{"replicas": N}} with 0 <= N <= {MAX_REPLICAS}.', param="replicas"
+            )
+        self.meter.set_replicas(name, replicas)
+        backend.replicas = replicas
+        await wire.send_json(
+            send, 200, {"name": name, "replicas": replicas, "max_concurrency": backend.max_concurrency}
+        )
+
+
+def _query(scope: wire.Scope) -> dict[str, str]:
+    raw = scope.get("query_string", b"").decode("latin-1")
+    return {key: values[-1] for key, values in parse_qs(raw).items()}

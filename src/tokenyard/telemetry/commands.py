@@ -1,0 +1,184 @@
+"""``tokenyard report`` and ``tokenyard export``: read the meter store directly, no proxy needed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any, TextIO
+
+import orjson
+
+from tokenyard.config import TokenyardConfig, load_config
+from tokenyard.errors import ConfigError, StoreError
+from tokenyard.meter.model import AggKey
+from tokenyard.meter.store import MeterStore
+from tokenyard.meter.stores import open_configured_store, redacted
+from tokenyard.telemetry import report
+from tokenyard.terminal import format_table
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``tokenyard report``."""
+    _add_window(parser, default_since="24h")
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``tokenyard export``."""
+    _add_window(parser, default_since="7d")
+    parser.add_argument(
+        "--aggregates", action="store_true", help="per-minute aggregates instead of request records"
+    )
+
+
+def _add_window(parser: argparse.ArgumentParser, default_since: str) -> None:
+    parser.add_argument("--config", metavar="FILE", help="the proxy's config (for its meter.store)")
+    parser.add_argument(
+        "--since",
+        default=default_since,
+        help=f"start: an age (90m, 24h, 7d), unix seconds or ISO 8601 (default {default_since})",
+    )
+    parser.add_argument("--until", default=None, help="end (default: now)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Print spend by mode, backend kind, backend, model and tenant; dedicated utilization; async savings."""
+    return _run(args, _report)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write request records (or per-minute aggregates) as JSON lines to stdout."""
+    return _run(args, _export)
+
+
+def _run(args: argparse.Namespace, command: Any) -> int:
+    try:
+        config = load_config(args.config)
+        now = time.time()
+        since = report.parse_when(args.since, now)
+        until = report.parse_when(args.until, now) if args.until else now
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"tokenyard: {exc}", file=sys.stderr)
+        return 2
+    if not config.meter.enabled:
+        print("tokenyard: metering is off in this config (meter.store: off)", file=sys.stderr)
+        return 1
+    store = open_configured_store(config.meter)
+    try:
+        code: int = asyncio.run(command(store, config, since, until, args, sys.stdout))
+        return code
+    except StoreError as exc:
+        print(
+            f"tokenyard: cannot read the meter store {redacted(config.meter.store)}: {exc}", file=sys.stderr
+        )
+        return 1
+
+
+async def _report(
+    store: MeterStore,
+    config: TokenyardConfig,
+    since: float,
+    until: float,
+    args: argparse.Namespace,
+    out: TextIO,
+) -> int:
+    try:
+        start, end = int(since) // 60 * 60, (int(until) // 60 + 1) * 60
+        aggregates = await store.aggregates(start, end)
+        gpu = await store.gpu(start, end)
+    finally:
+        await store.aclose()
+    when = f"{_iso(start)} → {_iso(end)}"
+    print(f"tokenyard usage {when}  (store: {redacted(config.meter.store)})\n", file=out)
+    total = report.totals(report.summarize(aggregates, gpu, group_by=[], granularity="total"))
+    print(
+        f"requests {total['requests']:,}  errors {total['errors']:,}  "
+        f"tokens in {total['prompt_tokens']:,} / out {total['completion_tokens']:,}  "
+        f"spend ${total['cost_usd']:,.4f} (tokens ${total['token_cost_usd']:,.4f}, "
+        f"GPU ${total['gpu_cost_usd']:,.4f})\n",
+        file=out,
+    )
+    for dimension in ("mode", "kind", "backend", "model", "tenant"):
+        rows = report.summarize(aggregates, gpu, group_by=[dimension], granularity="total")
+        table = [
+            [
+                row.group[0] or "(none)",
+                f"{row.counts['requests']:,}",
+                f"{row.counts['errors']:,}",
+                f"{row.counts['prompt_tokens']:,}",
+                f"{row.counts['completion_tokens']:,}",
+                f"{row.token_cost_pusd / 1e12:,.4f}",
+                f"{row.gpu_cost_usd:,.4f}",
+                f"{row.token_cost_pusd / 1e12 + row.gpu_cost_usd:,.4f}",
+            ]
+            for row in sorted(rows, key=lambda r: -(r.token_cost_pusd / 1e12 + r.gpu_cost_usd))
+        ]
+        headers = [dimension, "requests", "errors", "tokens in", "tokens out", "token $", "GPU $", "total $"]
+        print(f"spend by {dimension}", file=out)
+        print(format_table(headers, table) if table else "  (no traffic)", file=out)
+        print(file=out)
+    dedicated = report.dedicated_summaries(aggregates, gpu, config.backends)
+    print("dedicated backends", file=out)
+    if dedicated:
+        table = []
+        for s in dedicated:
+            d = s.to_json()
+            per_1m = d["effective_usd_per_1m_tokens"]
+            table.append(
+                [
+                    s.backend,
+                    f"{s.gpu_hours:,.3f}",
+                    f"{s.utilization:.1%}",
+                    f"{s.gpu_cost_usd:,.4f}",
+                    f"{d['idle_cost_usd']:,.4f}",
+                    f"{per_1m:,.4f}" if per_1m is not None else "-",
+                ]
+            )
+        headers = ["backend", "GPU-hours", "utilization", "GPU $", "idle GPU $", "$ / 1M tokens"]
+        print(format_table(headers, table), file=out)
+    else:
+        print("  (none metered)", file=out)
+    saved = report.async_savings_usd(aggregates, config)
+    print(f"\nasync track saved ${saved:,.4f} against real-time prices", file=out)
+    return 0
+
+
+async def _export(
+    store: MeterStore,
+    config: TokenyardConfig,
+    since: float,
+    until: float,
+    args: argparse.Namespace,
+    out: TextIO,
+) -> int:
+    count = 0
+    try:
+        # The span exported, so a replay costs the quiet hours at its ends too (the advisor reads this
+        # line; every other line is one request, or one minute bucket).
+        out.write(orjson.dumps({"window": {"start": since, "end": until}}).decode() + "\n")
+        if args.aggregates:
+            rows = await store.aggregates(int(since) // 60 * 60, (int(until) // 60 + 1) * 60)
+            for key, fields in sorted(rows, key=lambda item: item[0]):
+                out.write(orjson.dumps(_aggregate_json(key, fields)).decode() + "\n")
+                count += 1
+        else:
+            for record in await store.records(since, until):
+                out.write(orjson.dumps(record.to_json()).decode() + "\n")
+                count += 1
+    finally:
+        await store.aclose()
+    what = "per-minute aggregates" if args.aggregates else "request records"
+    print(f"exported {count:,} {what}", file=sys.stderr)
+    return 0
+
+
+def _aggregate_json(key: AggKey, fields: dict[str, int]) -> dict[str, Any]:
+    return {"ts": key.minute, **key._asdict(), **fields}
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))

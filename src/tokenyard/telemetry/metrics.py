@@ -1,0 +1,230 @@
+"""``GET /metrics``: Prometheus exposition built at scrape time from the meter's in-memory totals.
+
+Nothing is counted twice: the request path only feeds ``Meter.record``; this collector reads the meter's
+running totals, the backends' live state and the meter's own health when Prometheus asks. Counters are
+this process's since it started (with several replicas, sum them; GPU-seconds are this replica's view of
+provisioned time, so take one replica's, or read the usage API, which counts each second once).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tokenyard.advisor.settings import DAYS_PER_MONTH
+from tokenyard.meter.meter import Meter
+from tokenyard.meter.model import AGG_FIELDS, LATENCY_BUCKETS_MS, PUSD_PER_USD
+from tokenyard.proxy.backends import Backend
+
+if TYPE_CHECKING:
+    from tokenyard.queue.dispatcher import Dispatcher
+
+_LABELS = ["tenant", "model", "backend", "kind", "mode"]
+_FIELD = {name: i for i, name in enumerate(AGG_FIELDS)}
+_FIRST_BUCKET = _FIELD[f"le_{LATENCY_BUCKETS_MS[0]}"]
+
+
+class TokenyardCollector(Collector):
+    """Yields tokenyard's metric families from live state."""
+
+    def __init__(
+        self,
+        meter: Meter,
+        backends: Callable[[], Mapping[str, Backend]],
+        rejected: Mapping[int, int],
+        advice: Callable[[], Mapping[str, Any] | None] = lambda: None,
+        dispatcher: Callable[[], Dispatcher | None] = lambda: None,
+    ) -> None:
+        self._meter = meter
+        self._backends = backends
+        self._rejected = rejected
+        self._advice = advice
+        self._dispatcher = dispatcher
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._usage()
+        yield from self._backend_state()
+        yield from self._meter_health()
+        yield from self._advisor()
+        yield from self._async_track()
+
+    def _async_track(self) -> Iterator[Metric]:
+        """The job queue (as last read, the same on every replica) and this replica's answered jobs."""
+        dispatcher = self._dispatcher()
+        if dispatcher is None:
+            return
+        stats = dispatcher.stats
+        if stats is not None:
+            jobs = GaugeMetricFamily(
+                "tokenyard_async_jobs", "Async jobs not yet answered, by state.", labels=["state"]
+            )
+            for state, count in (
+                ("waiting", stats.waiting),
+                ("claimed", stats.claimed),
+                ("in_provider_batch", stats.in_batches),
+            ):
+                jobs.add_metric([state], count)
+            yield jobs
+            oldest = GaugeMetricFamily(
+                "tokenyard_async_oldest_job_age_seconds",
+                "Age of the oldest job waiting or claimed (0: none).",
+            )
+            oldest.add_metric(
+                [], max(0.0, time.time() - stats.oldest_created_at) if stats.oldest_created_at else 0.0
+            )
+            yield oldest
+        answered = CounterMetricFamily(
+            "tokenyard_async_jobs_answered", "Jobs this replica answered, by path.", labels=["path"]
+        )
+        waited = CounterMetricFamily(
+            "tokenyard_async_job_wait_seconds",
+            "Time from accepting a job to its answer, summed, by path.",
+            labels=["path"],
+        )
+        for path, count in sorted(dispatcher.jobs_by_path.items()):
+            answered.add_metric([path], count)
+            waited.add_metric([path], dispatcher.wait_s_by_path.get(path, 0.0))
+        duplicates = CounterMetricFamily(
+            "tokenyard_async_duplicate_answers",
+            "Answers dropped because the job already had one (not billed).",
+        )
+        duplicates.add_metric([], dispatcher.front.duplicates)
+        yield from (answered, waited, duplicates)
+
+    def _advisor(self) -> Iterator[Metric]:
+        """The latest advice (the same on every replica: it is read from the store)."""
+        document = self._advice()
+        if not document:
+            return
+        labels = ["workload"]
+        current = GaugeMetricFamily(
+            "tokenyard_advisor_current_usd_per_day", "What the current setup costs a day.", labels=labels
+        )
+        best = GaugeMetricFamily(
+            "tokenyard_advisor_best_usd_per_day",
+            "What the cheapest candidate would cost a day.",
+            labels=[*labels, "architecture"],
+        )
+        saving = GaugeMetricFamily(
+            "tokenyard_advisor_potential_saving_usd_per_day", "Current minus best, a day.", labels=labels
+        )
+        change = GaugeMetricFamily(
+            "tokenyard_advisor_change_recommended",
+            "1 if a material, stable change is recommended.",
+            labels=labels,
+        )
+        for workload in document.get("workloads", []):
+            name = [workload["workload"]]
+            recommended = workload["recommended"]
+            best.add_metric(
+                [*name, recommended["architecture"]], recommended["cost_usd_per_month"] / DAYS_PER_MONTH
+            )
+            if workload.get("current"):
+                current.add_metric(name, workload["current"]["cost_usd_per_month"] / DAYS_PER_MONTH)
+                saving.add_metric(name, (workload["saving_usd_per_month"] or 0.0) / DAYS_PER_MONTH)
+            change.add_metric(name, 1.0 if workload["change_recommended"] else 0.0)
+        generated = GaugeMetricFamily(
+            "tokenyard_advisor_last_evaluation_timestamp_seconds", "When the advice was computed (unix s)."
+        )
+        generated.add_metric([], document.get("generated_at") or 0.0)
+        yield from (current, best, saving, change, generated)
+
+    def _usage(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("tokenyard_requests", "Requests that reached routing.", labels=_LABELS)
+        errors = CounterMetricFamily("tokenyard_request_errors", "Requests answered 4xx/5xx.", labels=_LABELS)
+        tokens = CounterMetricFamily("tokenyard_tokens", "Tokens by type.", labels=[*_LABELS, "type"])
+        estimated = CounterMetricFamily(
+            "tokenyard_estimated_requests", "Requests whose tokens were counted locally.", labels=_LABELS
+        )
+        cost = CounterMetricFamily(
+            "tokenyard_token_cost_usd", "Per-token cost (dedicated backends cost GPU time).", labels=_LABELS
+        )
+        latency = HistogramMetricFamily(
+            "tokenyard_request_duration_seconds", "Time from request to last byte.", labels=_LABELS
+        )
+        for labels, row in self._meter.totals().items():
+            values = list(labels)
+            requests.add_metric(values, row[_FIELD["requests"]])
+            errors.add_metric(values, row[_FIELD["errors"]])
+            estimated.add_metric(values, row[_FIELD["estimated"]])
+            for kind in ("prompt", "cached", "completion"):
+                tokens.add_metric([*values, kind], row[_FIELD[f"{kind}_tokens"]])
+            cost.add_metric(values, row[_FIELD["cost_pusd"]] / PUSD_PER_USD)
+            buckets, running = [], 0
+            for i, bound in enumerate((*LATENCY_BUCKETS_MS, None)):
+                running += row[_FIRST_BUCKET + i]
+                buckets.append(("+Inf" if bound is None else str(bound / 1000), running))
+            latency.add_metric(values, buckets, row[_FIELD["latency_ms"]] / 1000)
+        rejected = CounterMetricFamily(
+            "tokenyard_rejected_requests",
+            "Requests refused before routing (bad key, body, model).",
+            labels=["status"],
+        )
+        for status, count in sorted(self._rejected.items()):
+            rejected.add_metric([str(status)], count)
+        yield from (requests, errors, tokens, estimated, cost, latency, rejected)
+
+    def _backend_state(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "tokenyard_backend_in_flight", "Requests in flight.", labels=["backend"]
+        )
+        cap = GaugeMetricFamily(
+            "tokenyard_backend_max_concurrency", "In-flight cap (its latency SLA).", labels=["backend"]
+        )
+        utilization = GaugeMetricFamily(
+            "tokenyard_backend_utilization", "In-flight / max_concurrency, now.", labels=["backend"]
+        )
+        up = GaugeMetricFamily("tokenyard_backend_up", "1 unless its circuit is open.", labels=["backend"])
+        failures = CounterMetricFamily("tokenyard_backend_failures", "Upstream failures.", labels=["backend"])
+        for name, backend in self._backends().items():
+            in_flight.add_metric([name], backend.in_flight)
+            up.add_metric([name], 0 if backend.breaker.tripped else 1)
+            failures.add_metric([name], backend.failures)
+            if backend.max_concurrency:
+                cap.add_metric([name], backend.max_concurrency)
+                utilization.add_metric([name], backend.in_flight / backend.max_concurrency)
+        replicas = GaugeMetricFamily(
+            "tokenyard_backend_replicas", "Provisioned replicas.", labels=["backend"]
+        )
+        gpu_seconds = CounterMetricFamily(
+            "tokenyard_gpu_seconds", "Provisioned GPU-seconds seen by this replica.", labels=["backend"]
+        )
+        gpu_cost = CounterMetricFamily(
+            "tokenyard_gpu_cost_usd", "Cost of provisioned GPU time seen by this replica.", labels=["backend"]
+        )
+        for name, dedicated in self._meter.dedicated.items():
+            replicas.add_metric([name], dedicated.replicas)
+            gpu_seconds.add_metric([name], dedicated.local_gpu_ms / 1000)
+            gpu_cost.add_metric(
+                [name], dedicated.local_gpu_ms / 3_600_000 * dedicated.pusd_per_gpu_hour / PUSD_PER_USD
+            )
+        yield from (in_flight, cap, utilization, up, failures, replicas, gpu_seconds, gpu_cost)
+
+    def _meter_health(self) -> Iterator[Metric]:
+        meter = self._meter
+        yield GaugeMetricFamily(
+            "tokenyard_meter_pending_records",
+            "Request records held in memory, not yet stored.",
+            value=meter.pending_records,
+        )
+        yield CounterMetricFamily(
+            "tokenyard_meter_dropped_records",
+            "Records dropped while the store was down too long.",
+            value=meter.dropped_records,
+        )
+        yield CounterMetricFamily(
+            "tokenyard_meter_failed_flushes", "Flushes the store did not take.", value=meter.failed_flushes
+        )
+        yield GaugeMetricFamily(
+            "tokenyard_meter_store_up", "1 if the last flush reached the store.", value=int(meter.store_up)
+        )
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text format of a registry."""
+    return generate_latest(registry)
