@@ -6,7 +6,7 @@ Round trips are counted at the far edge: every write redis-py makes to its socke
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ class RoundTrips:
 
 
 @pytest.fixture
-def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
     counter = RoundTrips()
     send = AbstractConnection.send_packed_command
 
@@ -46,7 +46,7 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
         await send(self, command, check_health)
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-    yield counter
+    return counter
 
 
 @pytest.fixture
@@ -91,7 +91,9 @@ async def test_listing_objects_takes_the_same_round_trips_however_many(
     for n in range(objects + 1):
         await store.put_object(StoredObject("file", f"file-{n:03}", "acme", float(T0 + n), b"x"))
     first = await round_trips.of(store.list_objects("file", "acme", limit=objects))
-    after = await round_trips.of(store.list_objects("file", "acme", after=f"file-{objects:03}", limit=objects))
+    after = await round_trips.of(
+        store.list_objects("file", "acme", after=f"file-{objects:03}", limit=objects)
+    )
     assert (first, after) == (2, 3)  # (range, objects) and (rank, range, objects)
     assert len(await store.list_objects("file", "acme", after=f"file-{objects:03}", limit=objects)) == objects
 
@@ -109,7 +111,9 @@ async def test_stats_take_the_same_round_trips_however_many_open_batches(
     claimed = await store.claim("d", batches, stale_after_s=60)
     for n, j in enumerate(claimed):
         await store.hold_in_batch(f"batch-{n}", [j.id])
-    assert await round_trips.of(store.stats()) == 2  # the counts and the batch refs; their sizes and the oldest
+    assert (
+        await round_trips.of(store.stats()) == 2
+    )  # the counts and the batch refs; their sizes and the oldest
     assert await store.stats() == QueueStats(1, 0, batches, float(T0 + batches))
 
 
@@ -141,7 +145,9 @@ async def test_jobs_results_and_objects_are_found_under_the_keys_they_always_had
     stored = job(7, id="job_layout")
     await raw.set(f"{base}:job:job_layout", stored.dumps())
     await raw.set(f"{base}:result:job_layout", answer("job_layout").dumps())
-    await raw.hset(f"{base}:obj:file:file-1", mapping={"tenant": "acme", "created_at": repr(T0 + 1.5), "body": "b"})
+    await raw.hset(
+        f"{base}:obj:file:file-1", mapping={"tenant": "acme", "created_at": repr(T0 + 1.5), "body": "b"}
+    )
     await raw.zadd(f"{base}:objs:file:acme", {"file-1": T0 + 1.5})
     await raw.sadd(f"{base}:batches", "ded/b1")
     await raw.sadd(f"{base}:batch:ded/b1", "job_layout")
@@ -149,7 +155,9 @@ async def test_jobs_results_and_objects_are_found_under_the_keys_they_always_had
     assert await store.result("job_layout") == answer("job_layout")
     assert await store.results_of(["job_layout"]) == {"job_layout": answer("job_layout")}
     assert await store.get_object("file", "file-1") == StoredObject("file", "file-1", "acme", T0 + 1.5, b"b")
-    assert await store.list_objects("file", "acme") == [StoredObject("file", "file-1", "acme", T0 + 1.5, b"b")]
+    assert await store.list_objects("file", "acme") == [
+        StoredObject("file", "file-1", "acme", T0 + 1.5, b"b")
+    ]
     assert await store.open_batches() == {"ded/b1": ["job_layout"]}
     assert (await store.stats()).in_batches == 1
     # And what the store writes lands there too.

@@ -87,7 +87,8 @@ def minute_segments(from_ms: int, until_ms: int) -> Iterator[tuple[int, int]]:
 
 
 class SqliteMeterStore(SqliteWorker):
-    """``MeterStore`` (usage, coordination, documents) in one SQLite file, for a single proxy (or ``:memory:`` for tests and trials)."""
+    """``MeterStore`` (usage, coordination, documents) in one SQLite file, for a single proxy (or
+    ``:memory:`` for tests and trials)."""
 
     schema = _SCHEMA
     what = "meter store"

@@ -45,9 +45,5 @@ class UsageStore(Protocol):
         ...
 
 
-class OwnedUsageStore(UsageStore, Lifecycle, Protocol):
-    """A usage store its user also closes (the meter owns its store and closes it at shutdown)."""
-
-
 class MeterStore(UsageStore, Coordination, DocumentStore, Lifecycle, Protocol):
     """Everything a meter store backend does: usage, coordination, documents, its lifecycle."""
