@@ -1,4 +1,4 @@
-"""The meter's Redis keys: one hash slot per prefix, and any names round-trip through them exactly."""
+"""Every Redis key, the meter's and the queue's: one hash slot per prefix, and names round-trip exactly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from tokenyard.meter.model import AggKey, GpuKey
-from tokenyard.stores.keys import RECORD_SEQ_DIGITS, MeterKeys, record_json
+from tokenyard.stores.keys import RECORD_SEQ_DIGITS, MeterKeys, QueueKeys, record_json
 
 KEYS = MeterKeys("tokenyard")
 _minutes = st.integers(0, 2**40).map(lambda s: s * 60)
@@ -66,3 +66,26 @@ def test_the_scan_pattern_matches_only_this_prefix_literally() -> None:
 
 def test_a_record_member_is_a_fixed_width_sequence_then_the_json() -> None:
     assert record_json("7".zfill(RECORD_SEQ_DIGITS) + '{"ts": 1}') == '{"ts": 1}'
+
+
+def test_the_queue_keys_share_the_meter_prefix_and_its_slot_and_keep_their_ids_as_they_are() -> None:
+    meter, queue = MeterKeys("ty:prod"), QueueKeys("ty:prod")
+    assert [queue.stream, queue.entries, queue.batches] == [
+        "{ty:prod}:q:stream",
+        "{ty:prod}:q:entry",
+        "{ty:prod}:q:batches",
+    ]
+    # Ids are tokenyard's own and were never encoded: encoding them now would orphan stored jobs.
+    assert queue.job("job_1") == "{ty:prod}:q:job:job_1"
+    assert queue.result("job_1") == "{ty:prod}:q:result:job_1"
+    assert queue.batch("ded/batch_1") == "{ty:prod}:q:batch:ded/batch_1"
+    assert queue.object("file", "file-1") == "{ty:prod}:q:obj:file:file-1"
+    assert queue.objects_of("file", "acme") == "{ty:prod}:q:objs:file:acme"
+    names = [queue.stream, queue.job("x"), queue.objects_of("batch", "t"), meter.records, meter.lock("l")]
+    assert len({key_slot(name.encode()) for name in names}) == 1
+
+
+@pytest.mark.parametrize("prefix", ["", "a{b", "a}b", "{tokenyard}"])
+def test_the_queue_refuses_the_prefixes_the_meter_refuses(prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        QueueKeys(prefix)

@@ -156,3 +156,36 @@ async def test_a_server_that_never_answers_times_out_as_unavailable() -> None:
         await store.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_data_under_the_keys_spelled_out_by_hand_reads_back(
+    stores: Stores, raw: aioredis.Redis
+) -> None:
+    """The layout is data that outlives a release: keys written by an earlier tokenyard (here by hand, from
+    the layout in ``keys.py``) read back through the store, and the store writes to those same names."""
+    p = "{" + stores.namespace + "}"
+    bucket = f"{p}:agg:{T0}:team%3Aa:llama:ded:dedicated:realtime"
+    await raw.hset(bucket, mapping={"requests": 3, "prompt_tokens": 40})
+    await raw.zadd(f"{p}:agg:idx", {bucket: T0})
+    await raw.hset(f"{p}:gpu:{T0}:ded", mapping={"wall_ms": 1000, "gpu_ms": 8000, "cost_pusd": 5})
+    await raw.zadd(f"{p}:gpu:idx", {f"{p}:gpu:{T0}:ded": T0})
+    kept = record(T0 + 0.5)
+    await raw.zadd(f"{p}:records", {"1".zfill(16) + kept.stored().decode(): kept.ts})
+    await raw.set(f"{p}:doc:advisor%3Aadvice", b'{"v": 1}')
+    await raw.set(f"{p}:lock:advisor", "replica-old", px=30_000)
+    store = stores.open()
+    [(agg_key, fields)] = await store.aggregates(0, 2**31)
+    assert agg_key == key(tenant="team:a")
+    assert (fields["requests"], fields["prompt_tokens"]) == (3, 40)
+    assert await store.gpu(0, 2**31) == [
+        (GpuKey(T0, "ded"), {"wall_ms": 1000, "gpu_ms": 8000, "cost_pusd": 5})
+    ]
+    assert await store.records(0, 2**31) == [kept]
+    assert await store.get_document("advisor:advice") == b'{"v": 1}'
+    assert not await store.try_lock("advisor", "replica-new", 30)
+    await store.write(batch({key(tenant="team:a"): {"requests": 1}}, [accrual(BASE_MS)], batch_id="b 1"))
+    assert await raw.hget(bucket, "requests") == "4"
+    assert await raw.get(f"{p}:gpu:wm:ded") == str(BASE_MS)
+    assert await raw.exists(f"{p}:batch:b%201", f"{p}:records:seq") == 1  # no record written: no counter
+    await store.heartbeat("replica-a", 6)
+    assert await raw.zscore(f"{p}:members", "replica-a") == T0 + 6

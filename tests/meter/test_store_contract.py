@@ -1,4 +1,6 @@
-"""The ``MeterStore`` contract, run against every implementation (Redis and SQLite) through the same tests.
+"""The meter store backends' contracts, one per protocol they implement (huey's idea): ``UsageStore``,
+``Coordination``, ``DocumentStore`` and ``Lifecycle``, each run against every backend (Redis, a Redis
+Cluster, SQLite) through the same tests. ``LifecycleContract`` runs on the job stores too.
 
 Each test gets a fresh namespace and a clock standing at ``T0``; nothing sleeps.
 """
@@ -20,7 +22,8 @@ from tests.harness import eventually
 from tests.meter.conftest import T0, FakeClock, Stores
 from tokenyard.errors import StoreUnavailable
 from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch, GpuAccrual, GpuKey, UsageRecord
-from tokenyard.meter.store import MeterStore
+from tokenyard.meter.store import MeterStore, UsageStore
+from tokenyard.stores.protocols import Lifecycle
 
 BASE_MS = T0 * 1000
 GAP_MS = 900_000
@@ -70,13 +73,13 @@ def gpu_row(*segments_ms: int, gpus: int = 8, price: int = PRICE) -> dict[str, i
     }
 
 
-async def read_aggregates(store: MeterStore, start: int = 0, end: int = 2**31) -> Aggregates:
+async def read_aggregates(store: UsageStore, start: int = 0, end: int = 2**31) -> Aggregates:
     rows = await store.aggregates(start, end)
     assert len(rows) == len(dict(rows)), "a bucket was returned twice"
     return dict(rows)
 
 
-async def read_gpu(store: MeterStore) -> dict[GpuKey, dict[str, int]]:
+async def read_gpu(store: UsageStore) -> dict[GpuKey, dict[str, int]]:
     return dict(await store.gpu(*ALL_TIME))
 
 
@@ -85,228 +88,7 @@ def only(fields: dict[str, int]) -> dict[str, int]:
     return {name: fields.get(name, 0) for name in AGG_FIELDS}
 
 
-# -- aggregates ---------------------------------------------------------------------------------------
-
-
-async def test_aggregates_add_up_per_key_across_batches(store: MeterStore) -> None:
-    a, b = key(), key(tenant="beta")
-    await store.write(batch({a: {"requests": 2, "prompt_tokens": 100, "cost_pusd": 7 * 10**15}}))
-    await store.write(batch({a: {"requests": 1, "prompt_tokens": 5}, b: {"requests": 4, "errors": 1}}))
-    assert await read_aggregates(store) == {
-        a: only({"requests": 3, "prompt_tokens": 105, "cost_pusd": 7 * 10**15}),
-        b: only({"requests": 4, "errors": 1}),
-    }
-
-
-async def test_absent_fields_read_as_zero_and_unknown_ones_are_not_kept(store: MeterStore) -> None:
-    await store.write(batch({key(): {"completion_tokens": 9, "no_such_field": 5}}))
-    [(_, fields)] = await store.aggregates(*ALL_TIME)
-    assert fields == only({"completion_tokens": 9})
-    assert list(fields) == list(AGG_FIELDS)
-
-
-async def test_aggregates_are_read_from_start_minute_inclusive_to_end_exclusive(store: MeterStore) -> None:
-    minutes = [T0 - 60, T0, T0 + 60, T0 + 120]
-    await store.write(batch({key(m): {"requests": 1} for m in minutes}))
-    assert {k.minute for k in await read_aggregates(store, T0, T0 + 120)} == {T0, T0 + 60}
-    assert await read_aggregates(store, T0 + 180, T0 + 600) == {}
-
-
-async def test_a_batch_written_twice_counts_once(store: MeterStore) -> None:
-    first = batch({key(): {"requests": 1}}, [accrual(BASE_MS)], [record(T0 + 1.5)], batch_id="flush-1")
-    await store.write(first)
-    await store.write(first)  # a retry after a lost reply
-    # Same id, other content: still the same batch as far as the store knows.
-    await store.write(batch({key(): {"requests": 10}}, records=[record(T0 + 2.5)], batch_id="flush-1"))
-    following = batch({key(): {"requests": 1}}, [accrual(BASE_MS + 1000)], batch_id="flush-2")
-    await store.write(following)
-    await store.write(following)
-    assert (await read_aggregates(store))[key()]["requests"] == 2
-    assert await store.records(*ALL_TIME) == [record(T0 + 1.5)]
-    assert await read_gpu(store) == {GpuKey(T0, "ded"): gpu_row(1000)}
-
-
-# -- GPU accrual --------------------------------------------------------------------------------------
-
-
-async def test_the_first_accrual_only_sets_the_watermark(store: MeterStore) -> None:
-    await store.write(batch(gpu=[accrual(BASE_MS + 20_000)]))
-    assert await read_gpu(store) == {}
-
-
-async def test_accruals_add_the_time_since_the_watermark_split_at_minutes(store: MeterStore) -> None:
-    await store.write(batch(gpu=[accrual(BASE_MS + 20_000)]))
-    await store.write(batch(gpu=[accrual(BASE_MS + 100_000)]))  # 40 s in T0's minute, 40 s in the next
-    # By hand: 40 s x 8 GPUs = 320,000 GPU-ms; x $2.50 per GPU-hour = 8e17 / 3.6e6 pico-USD, floored.
-    minute = {"wall_ms": 40_000, "gpu_ms": 320_000, "cost_pusd": 222_222_222_222}
-    assert await read_gpu(store) == {GpuKey(T0, "ded"): minute, GpuKey(T0 + 60, "ded"): minute}
-    await store.write(batch(gpu=[accrual(BASE_MS + 130_000, gpus=2)]))  # 20 s + 10 s, at 2 GPUs
-    rows = await read_gpu(store)
-    assert rows[GpuKey(T0 + 60, "ded")] == {
-        "wall_ms": 60_000,
-        "gpu_ms": 320_000 + 20_000 * 2,
-        "cost_pusd": 222_222_222_222 + 27_777_777_777,  # 40,000 GPU-ms x 2.5e12 / 3.6e6, floored
-    }
-    assert rows[GpuKey(T0 + 120, "ded")] == {"wall_ms": 10_000, "gpu_ms": 20_000, "cost_pusd": 13_888_888_888}
-
-
-async def test_an_older_or_equal_accrual_adds_nothing(store: MeterStore) -> None:
-    await store.write(batch(gpu=[accrual(BASE_MS)]))
-    await store.write(batch(gpu=[accrual(BASE_MS + 30_000)]))
-    await store.write(batch(gpu=[accrual(BASE_MS + 30_000), accrual(BASE_MS + 10_000)]))
-    await store.write(batch(gpu=[accrual(BASE_MS + 45_000)]))  # the watermark stayed at +30 s
-    assert await read_gpu(store) == {GpuKey(T0, "ded"): gpu_row(30_000, 15_000)}
-
-
-async def test_a_gap_longer_than_max_gap_restarts_without_accruing(store: MeterStore) -> None:
-    await store.write(batch(gpu=[accrual(BASE_MS)]))
-    await store.write(batch(gpu=[accrual(BASE_MS + GAP_MS)]))  # exactly max_gap: still accrued
-    restart = BASE_MS + 2 * GAP_MS + 1  # a millisecond more: nobody was metering, nothing is billed
-    await store.write(batch(gpu=[accrual(restart)]))
-    await store.write(batch(gpu=[accrual(restart + 1_000)]))
-    rows = await read_gpu(store)
-    assert sum(row["wall_ms"] for row in rows.values()) == GAP_MS + 1_000
-    assert rows[GpuKey(restart // 60_000 * 60, "ded")] == gpu_row(1_000)
-
-
-async def test_two_replicas_sending_overlapping_accruals_count_each_ms_once(stores: Stores) -> None:
-    replica_a, replica_b = stores.open(), stores.open()
-    timeline = [(replica_a, 10_000), (replica_b, 15_000), (replica_a, 30_000), (replica_b, 25_000)]
-    timeline += [(replica_b, 70_000), (replica_a, 70_000), (replica_a, 69_000)]
-    for replica, offset_ms in timeline:
-        await replica.write(batch(gpu=[accrual(BASE_MS + offset_ms)]))
-    await replica_a.write(batch(gpu=[accrual(BASE_MS + 80_000)] * 2))  # even twice in one batch
-    assert await read_gpu(replica_b) == {
-        GpuKey(T0, "ded"): gpu_row(5_000, 15_000, 30_000),
-        GpuKey(T0 + 60, "ded"): gpu_row(10_000, 10_000),
-    }
-
-
-async def test_backends_accrue_independently(store: MeterStore) -> None:
-    await store.write(batch(gpu=[accrual(BASE_MS, backend="a"), accrual(BASE_MS + 5_000, backend="b")]))
-    await store.write(batch(gpu=[accrual(BASE_MS + 10_000, backend=name) for name in ("a", "b")]))
-    assert await read_gpu(store) == {GpuKey(T0, "a"): gpu_row(10_000), GpuKey(T0, "b"): gpu_row(5_000)}
-
-
-async def test_gpu_cost_stays_exact_for_big_fleets_and_prices(store: MeterStore) -> None:
-    gpus, price = 999, 333_333_333_333_337  # ~$333 per GPU-hour: products far beyond 2**53
-    await store.write(batch(gpu=[accrual(BASE_MS + 1, gpus, price=price)]))
-    await store.write(batch(gpu=[accrual(BASE_MS + 119_999, gpus, price=price)]))
-    assert await read_gpu(store) == {
-        GpuKey(T0, "ded"): gpu_row(59_999, gpus=gpus, price=price),
-        GpuKey(T0 + 60, "ded"): gpu_row(59_999, gpus=gpus, price=price),
-    }
-
-
-# -- request records ----------------------------------------------------------------------------------
-
-
-async def test_records_round_trip(store: MeterStore) -> None:
-    full = record(
-        T0 + 0.123456789,
-        "req-1",
-        status=429,
-        prompt_tokens=1000,
-        cached_tokens=200,
-        completion_tokens=30,
-        estimated=True,
-        ttfb_ms=12,
-        latency_ms=340,
-        cost_pusd=123_456_789_012_345,
-    )
-    await store.write(batch(records=[full, record(T0 + 1)]))
-    got = await store.records(*ALL_TIME)
-    assert got == [full, record(T0 + 1)]
-    assert [UsageRecord.from_json(r.to_json()) for r in got] == got
-
-
-async def test_records_are_read_since_inclusive_until_exclusive_oldest_first(store: MeterStore) -> None:
-    times = [T0 + offset for offset in (0.0, 1.0, 1.5, 2.0, 3.0, 3.25)]
-    shuffled = random.Random(5).sample(times, len(times))  # replicas flush out of order
-    await store.write(batch(records=[record(ts) for ts in shuffled[:3]]))
-    await store.write(batch(records=[record(ts) for ts in shuffled[3:]]))
-    assert [r.ts for r in await store.records(T0 + 1.0, T0 + 3.0)] == [T0 + 1.0, T0 + 1.5, T0 + 2.0]
-    assert [r.ts for r in await store.records(T0 + 1.0, T0 + 3.0, limit=2)] == [T0 + 1.0, T0 + 1.5]
-    assert [r.ts for r in await store.records(*ALL_TIME, limit=0)] == []
-    assert [r.ts for r in await store.records(*ALL_TIME)] == times
-
-
-async def test_records_with_equal_timestamps_page_through_in_order(store: MeterStore) -> None:
-    # Enough to take several pages, with runs of equal ts that straddle page boundaries.
-    written = [record(T0 + i // 700, f"req-{i}") for i in range(2_500)]
-    await store.write(batch(records=written[:1_300]))
-    await store.write(batch(records=written[1_300:]))
-    assert await store.records(*ALL_TIME) == written
-    assert await store.records(*ALL_TIME, limit=1_500) == written[:1_500]
-    assert await store.records(T0 + 1, T0 + 3) == written[700:2_100]
-
-
-async def test_the_record_cap_keeps_the_newest(stores: Stores, clock: FakeClock) -> None:
-    store = stores.open(records_max=5)
-    await store.write(batch(records=[record(T0 + s) for s in (3, 1, 4, 2)]))
-    clock.advance(61)  # the cap may be applied up to a minute of writes late
-    await store.write(batch(records=[record(T0 + s) for s in (8, 5, 7, 6)]))
-    assert [r.ts for r in await store.records(*ALL_TIME)] == [T0 + s for s in (4, 5, 6, 7, 8)]
-
-
-# -- retention ----------------------------------------------------------------------------------------
-
-
-async def test_buckets_older_than_the_retention_are_dropped(stores: Stores, clock: FakeClock) -> None:
-    store = stores.open(retention_s=600)
-    await store.write(batch({key(T0 - 1200): {"requests": 1}, key(T0 - 300): {"requests": 1}}))
-    await store.write(batch(gpu=[accrual((T0 - 360) * 1000)]))
-    await store.write(batch(gpu=[accrual((T0 - 240) * 1000)]))
-    assert set(await read_aggregates(store)) == {key(T0 - 300)}
-    assert set(await read_gpu(store)) == {GpuKey(T0 - 360, "ded"), GpuKey(T0 - 300, "ded")}
-    clock.advance(400)  # T0 - 300 is now older than 600 s; the next write prunes it
-    await store.write(batch({key(T0 + 360): {"requests": 1}}))
-    assert set(await read_aggregates(store)) == {key(T0 + 360)}
-    assert await read_gpu(store) == {}
-
-
-# -- names --------------------------------------------------------------------------------------------
-
 AWKWARD = ["team:a%20b c", "llama/3.1:8b ü 模型", "ded:1%", "", "a:b:c:d:e:f", "%3A", " "]
-
-
-async def test_names_with_separators_percent_signs_spaces_and_unicode_round_trip(store: MeterStore) -> None:
-    rotations = [AWKWARD[i:] + AWKWARD[:i] for i in range(len(AWKWARD))]
-    keys = [AggKey(T0, *names[:4], "async") for names in rotations]
-    first = [accrual(BASE_MS, backend=name) for name in AWKWARD]
-    await store.write(batch({k: {"requests": 1} for k in keys}, gpu=first))
-    then = [accrual(BASE_MS + 1000, backend=name) for name in AWKWARD]
-    await store.write(batch(gpu=then, records=[record(T0, tenant=AWKWARD[0])]))
-    assert set(await read_aggregates(store)) == set(keys)
-    assert set(await read_gpu(store)) == {GpuKey(T0, name) for name in AWKWARD}
-    assert [r.tenant for r in await store.records(*ALL_TIME)] == [AWKWARD[0]]
-
-
-async def test_record_text_that_looks_like_a_record_boundary_round_trips(store: MeterStore) -> None:
-    # The Redis store splits one serialised list of records on the raw text },{"ts": between them.
-    tricky = ['},{"ts":1,"x":', "}, {", "]", "\\", "line\nbreak", '{"ts":2}']
-    records = [record(T0 + i, tenant=name, model=name, route=name) for i, name in enumerate(tricky)]
-    await store.write(batch(records=records))
-    assert list(await store.records(*ALL_TIME)) == records
-
-
-# -- reachability -------------------------------------------------------------------------------------
-
-
-async def test_ping_answers(store: MeterStore) -> None:
-    await store.ping()
-
-
-async def test_an_unreachable_store_raises_store_unavailable_quickly(stores: Stores) -> None:
-    store = stores.open_unreachable()
-    for attempt in (store.ping(), store.write(batch({key(): {"requests": 1}})), store.aggregates(*ALL_TIME)):
-        started = time.monotonic()
-        with pytest.raises(StoreUnavailable):
-            await asyncio.wait_for(attempt, timeout=5)
-        assert time.monotonic() - started < 2
-
-
-# -- the sums, for any sequence of batches ------------------------------------------------------------
 
 _keys = st.builds(
     AggKey,
@@ -321,68 +103,315 @@ _fields = st.dictionaries(st.sampled_from(AGG_FIELDS), st.integers(0, 10**15), m
 _batches = st.lists(st.dictionaries(_keys, _fields, min_size=1, max_size=5), min_size=1, max_size=6)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batches=_batches)
-async def test_any_sequence_of_batches_sums_like_a_dict(stores: Stores, batches: list[Aggregates]) -> None:
-    store = stores.open(namespace=stores.fresh_namespace())
-    expected: dict[AggKey, Counter[str]] = {}
-    for aggregates in batches:
-        await store.write(batch(aggregates))
-        for agg_key, fields in aggregates.items():
-            expected.setdefault(agg_key, Counter()).update(fields)
-    # A bucket that never got a non-zero increment does not exist.
-    assert await read_aggregates(store) == {k: only(f) for k, f in expected.items() if any(f.values())}
+class TestUsageStore:
+    """``UsageStore``: flush batches in exactly once; aggregates, GPU accruals and records out."""
+
+    # -- aggregates -------------------------------------------------------------------------------------
+
+    async def test_aggregates_add_up_per_key_across_batches(self, store: UsageStore) -> None:
+        a, b = key(), key(tenant="beta")
+        await store.write(batch({a: {"requests": 2, "prompt_tokens": 100, "cost_pusd": 7 * 10**15}}))
+        await store.write(batch({a: {"requests": 1, "prompt_tokens": 5}, b: {"requests": 4, "errors": 1}}))
+        assert await read_aggregates(store) == {
+            a: only({"requests": 3, "prompt_tokens": 105, "cost_pusd": 7 * 10**15}),
+            b: only({"requests": 4, "errors": 1}),
+        }
+
+    async def test_absent_fields_read_as_zero_and_unknown_ones_are_not_kept(self, store: UsageStore) -> None:
+        await store.write(batch({key(): {"completion_tokens": 9, "no_such_field": 5}}))
+        [(_, fields)] = await store.aggregates(*ALL_TIME)
+        assert fields == only({"completion_tokens": 9})
+        assert list(fields) == list(AGG_FIELDS)
+
+    async def test_aggregates_are_read_from_start_minute_inclusive_to_end_exclusive(
+        self, store: UsageStore
+    ) -> None:
+        minutes = [T0 - 60, T0, T0 + 60, T0 + 120]
+        await store.write(batch({key(m): {"requests": 1} for m in minutes}))
+        assert {k.minute for k in await read_aggregates(store, T0, T0 + 120)} == {T0, T0 + 60}
+        assert await read_aggregates(store, T0 + 180, T0 + 600) == {}
+
+    async def test_a_batch_written_twice_counts_once(self, store: UsageStore) -> None:
+        first = batch({key(): {"requests": 1}}, [accrual(BASE_MS)], [record(T0 + 1.5)], batch_id="flush-1")
+        await store.write(first)
+        await store.write(first)  # a retry after a lost reply
+        # Same id, other content: still the same batch as far as the store knows.
+        await store.write(batch({key(): {"requests": 10}}, records=[record(T0 + 2.5)], batch_id="flush-1"))
+        following = batch({key(): {"requests": 1}}, [accrual(BASE_MS + 1000)], batch_id="flush-2")
+        await store.write(following)
+        await store.write(following)
+        assert (await read_aggregates(store))[key()]["requests"] == 2
+        assert await store.records(*ALL_TIME) == [record(T0 + 1.5)]
+        assert await read_gpu(store) == {GpuKey(T0, "ded"): gpu_row(1000)}
+
+    # -- GPU accrual ------------------------------------------------------------------------------------
+
+    async def test_the_first_accrual_only_sets_the_watermark(self, store: UsageStore) -> None:
+        await store.write(batch(gpu=[accrual(BASE_MS + 20_000)]))
+        assert await read_gpu(store) == {}
+
+    async def test_accruals_add_the_time_since_the_watermark_split_at_minutes(
+        self, store: UsageStore
+    ) -> None:
+        await store.write(batch(gpu=[accrual(BASE_MS + 20_000)]))
+        await store.write(batch(gpu=[accrual(BASE_MS + 100_000)]))  # 40 s in T0's minute, 40 s in the next
+        # By hand: 40 s x 8 GPUs = 320,000 GPU-ms; x $2.50 per GPU-hour = 8e17 / 3.6e6 pico-USD, floored.
+        minute = {"wall_ms": 40_000, "gpu_ms": 320_000, "cost_pusd": 222_222_222_222}
+        assert await read_gpu(store) == {GpuKey(T0, "ded"): minute, GpuKey(T0 + 60, "ded"): minute}
+        await store.write(batch(gpu=[accrual(BASE_MS + 130_000, gpus=2)]))  # 20 s + 10 s, at 2 GPUs
+        rows = await read_gpu(store)
+        assert rows[GpuKey(T0 + 60, "ded")] == {
+            "wall_ms": 60_000,
+            "gpu_ms": 320_000 + 20_000 * 2,
+            "cost_pusd": 222_222_222_222 + 27_777_777_777,  # 40,000 GPU-ms x 2.5e12 / 3.6e6, floored
+        }
+        assert rows[GpuKey(T0 + 120, "ded")] == {
+            "wall_ms": 10_000,
+            "gpu_ms": 20_000,
+            "cost_pusd": 13_888_888_888,
+        }
+
+    async def test_an_older_or_equal_accrual_adds_nothing(self, store: UsageStore) -> None:
+        await store.write(batch(gpu=[accrual(BASE_MS)]))
+        await store.write(batch(gpu=[accrual(BASE_MS + 30_000)]))
+        await store.write(batch(gpu=[accrual(BASE_MS + 30_000), accrual(BASE_MS + 10_000)]))
+        await store.write(batch(gpu=[accrual(BASE_MS + 45_000)]))  # the watermark stayed at +30 s
+        assert await read_gpu(store) == {GpuKey(T0, "ded"): gpu_row(30_000, 15_000)}
+
+    async def test_a_gap_longer_than_max_gap_restarts_without_accruing(self, store: UsageStore) -> None:
+        await store.write(batch(gpu=[accrual(BASE_MS)]))
+        await store.write(batch(gpu=[accrual(BASE_MS + GAP_MS)]))  # exactly max_gap: still accrued
+        restart = BASE_MS + 2 * GAP_MS + 1  # a millisecond more: nobody was metering, nothing is billed
+        await store.write(batch(gpu=[accrual(restart)]))
+        await store.write(batch(gpu=[accrual(restart + 1_000)]))
+        rows = await read_gpu(store)
+        assert sum(row["wall_ms"] for row in rows.values()) == GAP_MS + 1_000
+        assert rows[GpuKey(restart // 60_000 * 60, "ded")] == gpu_row(1_000)
+
+    async def test_two_replicas_sending_overlapping_accruals_count_each_ms_once(self, stores: Stores) -> None:
+        replica_a, replica_b = stores.open(), stores.open()
+        timeline = [(replica_a, 10_000), (replica_b, 15_000), (replica_a, 30_000), (replica_b, 25_000)]
+        timeline += [(replica_b, 70_000), (replica_a, 70_000), (replica_a, 69_000)]
+        for replica, offset_ms in timeline:
+            await replica.write(batch(gpu=[accrual(BASE_MS + offset_ms)]))
+        await replica_a.write(batch(gpu=[accrual(BASE_MS + 80_000)] * 2))  # even twice in one batch
+        assert await read_gpu(replica_b) == {
+            GpuKey(T0, "ded"): gpu_row(5_000, 15_000, 30_000),
+            GpuKey(T0 + 60, "ded"): gpu_row(10_000, 10_000),
+        }
+
+    async def test_backends_accrue_independently(self, store: UsageStore) -> None:
+        await store.write(batch(gpu=[accrual(BASE_MS, backend="a"), accrual(BASE_MS + 5_000, backend="b")]))
+        await store.write(batch(gpu=[accrual(BASE_MS + 10_000, backend=name) for name in ("a", "b")]))
+        assert await read_gpu(store) == {GpuKey(T0, "a"): gpu_row(10_000), GpuKey(T0, "b"): gpu_row(5_000)}
+
+    async def test_gpu_cost_stays_exact_for_big_fleets_and_prices(self, store: UsageStore) -> None:
+        gpus, price = 999, 333_333_333_333_337  # ~$333 per GPU-hour: products far beyond 2**53
+        await store.write(batch(gpu=[accrual(BASE_MS + 1, gpus, price=price)]))
+        await store.write(batch(gpu=[accrual(BASE_MS + 119_999, gpus, price=price)]))
+        assert await read_gpu(store) == {
+            GpuKey(T0, "ded"): gpu_row(59_999, gpus=gpus, price=price),
+            GpuKey(T0 + 60, "ded"): gpu_row(59_999, gpus=gpus, price=price),
+        }
+
+    # -- request records --------------------------------------------------------------------------------
+
+    async def test_records_round_trip(self, store: UsageStore) -> None:
+        full = record(
+            T0 + 0.123456789,
+            "req-1",
+            status=429,
+            prompt_tokens=1000,
+            cached_tokens=200,
+            completion_tokens=30,
+            estimated=True,
+            ttfb_ms=12,
+            latency_ms=340,
+            cost_pusd=123_456_789_012_345,
+        )
+        await store.write(batch(records=[full, record(T0 + 1)]))
+        got = await store.records(*ALL_TIME)
+        assert got == [full, record(T0 + 1)]
+        assert [UsageRecord.from_json(r.to_json()) for r in got] == got
+
+    async def test_records_are_read_since_inclusive_until_exclusive_oldest_first(
+        self, store: UsageStore
+    ) -> None:
+        times = [T0 + offset for offset in (0.0, 1.0, 1.5, 2.0, 3.0, 3.25)]
+        shuffled = random.Random(5).sample(times, len(times))  # replicas flush out of order
+        await store.write(batch(records=[record(ts) for ts in shuffled[:3]]))
+        await store.write(batch(records=[record(ts) for ts in shuffled[3:]]))
+        assert [r.ts for r in await store.records(T0 + 1.0, T0 + 3.0)] == [T0 + 1.0, T0 + 1.5, T0 + 2.0]
+        assert [r.ts for r in await store.records(T0 + 1.0, T0 + 3.0, limit=2)] == [T0 + 1.0, T0 + 1.5]
+        assert [r.ts for r in await store.records(*ALL_TIME, limit=0)] == []
+        assert [r.ts for r in await store.records(*ALL_TIME)] == times
+
+    async def test_records_with_equal_timestamps_page_through_in_order(self, store: UsageStore) -> None:
+        # Enough to take several pages, with runs of equal ts that straddle page boundaries.
+        written = [record(T0 + i // 700, f"req-{i}") for i in range(2_500)]
+        await store.write(batch(records=written[:1_300]))
+        await store.write(batch(records=written[1_300:]))
+        assert await store.records(*ALL_TIME) == written
+        assert await store.records(*ALL_TIME, limit=1_500) == written[:1_500]
+        assert await store.records(T0 + 1, T0 + 3) == written[700:2_100]
+
+    async def test_the_record_cap_keeps_the_newest(self, stores: Stores, clock: FakeClock) -> None:
+        store = stores.open(records_max=5)
+        await store.write(batch(records=[record(T0 + s) for s in (3, 1, 4, 2)]))
+        clock.advance(61)  # the cap may be applied up to a minute of writes late
+        await store.write(batch(records=[record(T0 + s) for s in (8, 5, 7, 6)]))
+        assert [r.ts for r in await store.records(*ALL_TIME)] == [T0 + s for s in (4, 5, 6, 7, 8)]
+
+    # -- retention --------------------------------------------------------------------------------------
+
+    async def test_buckets_older_than_the_retention_are_dropped(
+        self, stores: Stores, clock: FakeClock
+    ) -> None:
+        store = stores.open(retention_s=600)
+        await store.write(batch({key(T0 - 1200): {"requests": 1}, key(T0 - 300): {"requests": 1}}))
+        await store.write(batch(gpu=[accrual((T0 - 360) * 1000)]))
+        await store.write(batch(gpu=[accrual((T0 - 240) * 1000)]))
+        assert set(await read_aggregates(store)) == {key(T0 - 300)}
+        assert set(await read_gpu(store)) == {GpuKey(T0 - 360, "ded"), GpuKey(T0 - 300, "ded")}
+        clock.advance(400)  # T0 - 300 is now older than 600 s; the next write prunes it
+        await store.write(batch({key(T0 + 360): {"requests": 1}}))
+        assert set(await read_aggregates(store)) == {key(T0 + 360)}
+        assert await read_gpu(store) == {}
+
+    # -- names ------------------------------------------------------------------------------------------
+
+    async def test_names_with_separators_percent_signs_spaces_and_unicode_round_trip(
+        self, store: UsageStore
+    ) -> None:
+        rotations = [AWKWARD[i:] + AWKWARD[:i] for i in range(len(AWKWARD))]
+        keys = [AggKey(T0, *names[:4], "async") for names in rotations]
+        first = [accrual(BASE_MS, backend=name) for name in AWKWARD]
+        await store.write(batch({k: {"requests": 1} for k in keys}, gpu=first))
+        then = [accrual(BASE_MS + 1000, backend=name) for name in AWKWARD]
+        await store.write(batch(gpu=then, records=[record(T0, tenant=AWKWARD[0])]))
+        assert set(await read_aggregates(store)) == set(keys)
+        assert set(await read_gpu(store)) == {GpuKey(T0, name) for name in AWKWARD}
+        assert [r.tenant for r in await store.records(*ALL_TIME)] == [AWKWARD[0]]
+
+    async def test_record_text_that_looks_like_a_record_boundary_round_trips(self, store: UsageStore) -> None:
+        # The Redis store splits one serialised list of records on the raw text },{"ts": between them.
+        tricky = ['},{"ts":1,"x":', "}, {", "]", "\\", "line\nbreak", '{"ts":2}']
+        records = [record(T0 + i, tenant=name, model=name, route=name) for i, name in enumerate(tricky)]
+        await store.write(batch(records=records))
+        assert list(await store.records(*ALL_TIME)) == records
+
+    # -- the sums, for any sequence of batches ----------------------------------------------------------
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(batches=_batches)
+    async def test_any_sequence_of_batches_sums_like_a_dict(
+        self, stores: Stores, batches: list[Aggregates]
+    ) -> None:
+        store = stores.open(namespace=stores.fresh_namespace())
+        expected: dict[AggKey, Counter[str]] = {}
+        for aggregates in batches:
+            await store.write(batch(aggregates))
+            for agg_key, fields in aggregates.items():
+                expected.setdefault(agg_key, Counter()).update(fields)
+        # A bucket that never got a non-zero increment does not exist.
+        assert await read_aggregates(store) == {k: only(f) for k, f in expected.items() if any(f.values())}
+
+    # -- reachability -----------------------------------------------------------------------------------
+
+    async def test_an_unreachable_store_fails_writes_and_reads_quickly(self, stores: Stores) -> None:
+        store: UsageStore = stores.open_unreachable()
+        for attempt in (store.write(batch({key(): {"requests": 1}})), store.aggregates(*ALL_TIME)):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(attempt, timeout=5)
+            assert time.monotonic() - started < 2
 
 
-# -- locks and documents (singleton work across replicas, the latest advice) ---------------------------
+class TestCoordination:
+    """``Coordination``: locks for singleton work across replicas, and who is alive."""
 
-
-async def test_a_lock_is_held_by_one_owner_at_a_time_and_renewed_by_it(stores: Stores) -> None:
-    a, b = stores.open(), stores.open()  # two replicas on one store
-    assert await a.try_lock("advisor", "replica-a", 30)
-    assert not await b.try_lock("advisor", "replica-b", 30)
-    assert await a.try_lock("advisor", "replica-a", 30), "the holder renews"
-    await b.release_lock("advisor", "replica-b")  # not the holder: ignored
-    assert not await b.try_lock("advisor", "replica-b", 30)
-    await a.release_lock("advisor", "replica-a")
-    assert await b.try_lock("advisor", "replica-b", 30)
-    assert await a.try_lock("other-work", "replica-a", 30), "locks are independent by name"
-
-
-async def test_a_lock_whose_holder_died_moves_on_when_it_expires(stores: Stores, clock: FakeClock) -> None:
-    a, b = stores.open(), stores.open()
-    assert await a.try_lock("advisor", "replica-a", 30)  # far longer than any round trip
-    assert not await b.try_lock("advisor", "replica-b", 30)
-    # The holder's last renewal runs out at once, then it dies. SQLite reads the fake clock; Redis expires
-    # the key on its own clock, so b tries until the server has seen the millisecond pass.
-    assert await a.try_lock("advisor", "replica-a", 0.001)
-    clock.advance(1)
-
-    async def b_takes_it() -> None:
+    async def test_a_lock_is_held_by_one_owner_at_a_time_and_renewed_by_it(self, stores: Stores) -> None:
+        a, b = stores.open(), stores.open()  # two replicas on one store
+        assert await a.try_lock("advisor", "replica-a", 30)
+        assert not await b.try_lock("advisor", "replica-b", 30)
+        assert await a.try_lock("advisor", "replica-a", 30), "the holder renews"
+        await b.release_lock("advisor", "replica-b")  # not the holder: ignored
+        assert not await b.try_lock("advisor", "replica-b", 30)
+        await a.release_lock("advisor", "replica-a")
         assert await b.try_lock("advisor", "replica-b", 30)
+        assert await a.try_lock("other-work", "replica-a", 30), "locks are independent by name"
 
-    await eventually(b_takes_it)
-    assert not await a.try_lock("advisor", "replica-a", 30)
+    async def test_a_lock_whose_holder_died_moves_on_when_it_expires(
+        self, stores: Stores, clock: FakeClock
+    ) -> None:
+        a, b = stores.open(), stores.open()
+        assert await a.try_lock("advisor", "replica-a", 30)  # far longer than any round trip
+        assert not await b.try_lock("advisor", "replica-b", 30)
+        # The holder's last renewal runs out at once, then it dies. SQLite reads the fake clock; Redis expires
+        # the key on its own clock, so b tries until the server has seen the millisecond pass.
+        assert await a.try_lock("advisor", "replica-a", 0.001)
+        clock.advance(1)
+
+        async def b_takes_it() -> None:
+            assert await b.try_lock("advisor", "replica-b", 30)
+
+        await eventually(b_takes_it)
+        assert not await a.try_lock("advisor", "replica-a", 30)
+
+    async def test_replicas_count_themselves_alive_until_they_stop_beating(
+        self, stores: Stores, clock: FakeClock
+    ) -> None:
+        a, b = stores.open(), stores.open()
+        assert await a.heartbeat("replica-a", 6) == 1
+        assert await b.heartbeat("replica-b", 6) == 2
+        assert await a.heartbeat("replica-a", 6) == 2, "a beat refreshes, it does not add"
+        clock.advance(7)  # b stopped beating (killed); a beats on
+        assert await a.heartbeat("replica-a", 6) == 1
+        assert await b.heartbeat("replica-b", 0) == 1  # leaving: gone at once
+        assert await a.heartbeat("replica-a", 6) == 1
 
 
-async def test_documents_are_kept_replaced_and_shared(stores: Stores) -> None:
-    a, b = stores.open(), stores.open()
-    assert await a.get_document("advice") is None
-    await a.put_document("advice", b'{"v": 1, "name": "caf\xc3\xa9"}')
-    assert await b.get_document("advice") == b'{"v": 1, "name": "caf\xc3\xa9"}'
-    await b.put_document("advice", b'{"v": 2}')
-    assert await a.get_document("advice") == b'{"v": 2}'
-    assert await a.get_document("other") is None
+class TestDocumentStore:
+    """``DocumentStore``: small named documents every replica reads (the latest advice)."""
+
+    async def test_documents_are_kept_replaced_and_shared(self, stores: Stores) -> None:
+        a, b = stores.open(), stores.open()
+        assert await a.get_document("advice") is None
+        await a.put_document("advice", b'{"v": 1, "name": "caf\xc3\xa9"}')
+        assert await b.get_document("advice") == b'{"v": 1, "name": "caf\xc3\xa9"}'
+        await b.put_document("advice", b'{"v": 2}')
+        assert await a.get_document("advice") == b'{"v": 2}'
+        assert await a.get_document("other") is None
 
 
-async def test_replicas_count_themselves_alive_until_they_stop_beating(
-    stores: Stores, clock: FakeClock
-) -> None:
-    a, b = stores.open(), stores.open()
-    assert await a.heartbeat("replica-a", 6) == 1
-    assert await b.heartbeat("replica-b", 6) == 2
-    assert await a.heartbeat("replica-a", 6) == 2, "a beat refreshes, it does not add"
-    clock.advance(7)  # b stopped beating (killed); a beats on
-    assert await a.heartbeat("replica-a", 6) == 1
-    assert await b.heartbeat("replica-b", 0) == 1  # leaving: gone at once
-    assert await a.heartbeat("replica-a", 6) == 1
+class LifecycleContract:
+    """``Lifecycle``, for every store: it answers a ping, and when it cannot be reached it says so quickly.
+
+    A mixin (huey's): a test module runs it against its stores by subclassing it and giving the fixtures
+    ``lifecycle`` (a store on a fresh namespace) and ``unreachable`` (one nobody answers for).
+    """
+
+    async def test_ping_answers(self, lifecycle: Lifecycle) -> None:
+        await lifecycle.ping()
+
+    async def test_an_unreachable_store_raises_store_unavailable_quickly(
+        self, unreachable: Lifecycle
+    ) -> None:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(unreachable.ping(), timeout=5)
+        assert time.monotonic() - started < 2
+
+
+@pytest.fixture
+def lifecycle(store: MeterStore) -> Lifecycle:
+    return store
+
+
+@pytest.fixture
+def unreachable(stores: Stores) -> Lifecycle:
+    return stores.open_unreachable()
+
+
+class TestMeterStoreLifecycle(LifecycleContract):
+    """The meter stores' lifecycle."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -21,7 +21,12 @@ from tokenyard.advisor.traffic import MINUTE_S, TrafficBuilder
 from tokenyard.advisor.workloads import BusyMinute
 from tokenyard.config import TokenyardConfig
 from tokenyard.meter.model import AggKey, GpuKey
-from tokenyard.meter.store import MeterStore
+from tokenyard.meter.store import UsageStore
+from tokenyard.stores.protocols import DocumentStore
+
+
+class EvaluationStore(UsageStore, DocumentStore, Protocol):
+    """What an evaluation asks of a store: the usage it replays, and the stability state it keeps."""
 
 
 @dataclass(slots=True)
@@ -83,7 +88,7 @@ def busy_minutes(
 
 
 async def evaluate_store(
-    store: MeterStore, config: TokenyardConfig, catalog: Catalog, *, now: float, keep_state: bool
+    store: EvaluationStore, config: TokenyardConfig, catalog: Catalog, *, now: float, keep_state: bool
 ) -> Evaluation:
     """Evaluate the configured window of the store's traffic (advancing the stability state if asked)."""
     start = int(now - config.advisor.window_days * 86400) // MINUTE_S * MINUTE_S

@@ -30,7 +30,7 @@ import orjson
 
 from tokenyard.config import TokenyardConfig
 from tokenyard.errors import StoreError
-from tokenyard.meter.store import MeterStore
+from tokenyard.stores.protocols import CoordinatedDocuments, DocumentStore
 
 log = logging.getLogger("tokenyard.advisor")
 
@@ -41,7 +41,7 @@ FIRST_TICK_S = 2.0  # after start-up: let the meter flush once first
 RETRY_S = 5.0
 
 
-async def load_document(store: MeterStore, name: str) -> dict[str, Any] | None:
+async def load_document(store: DocumentStore, name: str) -> dict[str, Any] | None:
     """A stored JSON document as a dict, or None (absent, or not JSON: a fresh start)."""
     body = await store.get_document(name)
     if body is None:
@@ -65,7 +65,7 @@ class AdvisorLoop:
 
     def __init__(
         self,
-        store: MeterStore,
+        store: CoordinatedDocuments,
         config: TokenyardConfig,
         *,
         wall: Callable[[], float] = time.time,

@@ -19,8 +19,8 @@ from typing import Any, Final
 import orjson
 
 from tokenyard.errors import StoreError
-from tokenyard.meter.store import MeterStore
 from tokenyard.proxy.backends import Backend
+from tokenyard.stores.protocols import CoordinatedDocuments
 
 log = logging.getLogger("tokenyard.cluster")
 
@@ -34,7 +34,7 @@ class Membership:
 
     def __init__(
         self,
-        store: MeterStore,
+        store: CoordinatedDocuments,
         backends: Callable[[], Mapping[str, Backend]],
         *,
         on_reload: Callable[[], Awaitable[Any]] | None = None,

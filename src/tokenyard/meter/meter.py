@@ -86,7 +86,7 @@ class _Dedicated:
 
 
 class Meter:
-    """Aggregates usage in memory and writes it to a ``MeterStore`` in exact, idempotent batches."""
+    """Aggregates usage in memory and writes it to a ``UsageStore`` in exact, idempotent batches."""
 
     def __init__(
         self,
@@ -97,6 +97,8 @@ class Meter:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        # The meter itself writes and closes (UsageStore, Lifecycle); it takes the whole MeterStore
+        # because telemetry reaches the store through the meter (usage reads, the dashboard's salt lock).
         self.store = store
         self._wall = wall
         self._batch_ids = (f"{os.urandom(6).hex()}-{n}" for n in itertools.count())

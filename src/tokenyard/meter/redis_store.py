@@ -66,24 +66,31 @@ return redis.call('ZCARD', KEYS[1])
 
 _WRITE_SCRIPT: Final = """
 -- Apply one flush batch atomically and exactly once. Returns 1 if applied, 0 if it had been already.
--- KEYS[1] - the batch marker (present: the batch was applied, do nothing)
--- KEYS[2] - aggregate index, zset: hash key -> minute
--- KEYS[3] - GPU index, zset: hash key -> minute
--- KEYS[4] - record log, zset: <seq><json> -> ts
--- KEYS[5] - record sequence counter
--- KEYS[6...] - each aggregate bucket's hash; then per GPU accrual its watermark followed by the hash of
---              every minute the accrual can reach (keys the script does not touch are harmless)
+-- One script (not several) because the batch marker, the watermarks and the sums must move together.
+--
+-- KEYS[1] - the batch marker, string (present: the batch was applied, do nothing)
+-- KEYS[2] - the aggregate index, zset: hash key -> minute
+-- KEYS[3] - the GPU index, zset: hash key -> minute
+-- KEYS[4] - the record log, zset: <seq><json> -> ts
+-- KEYS[5] - the record sequence counter, string
+-- KEYS[6 .. 5+A] - the hash of each of the A aggregate buckets, in the order of their ARGV below
+-- KEYS[6+A ..] - per GPU accrual, in the order of their ARGV: its watermark (string), then the hash of
+--   every minute the accrual can reach, oldest first (n_keys of them; keys left untouched are harmless)
+--
 -- ARGV[1] - now, unix s; buckets with minute < now - retention are dropped and pruned from the indexes
 -- ARGV[2] - retention, s
 -- ARGV[3] - records_max, the record log's cap
 -- ARGV[4] - batch marker TTL, s
 -- ARGV[5] - how long a watermark outlives its max_gap_ms, ms (slack for clock skew between hosts)
 -- ARGV[6] - the type each of KEYS must have if it exists, one letter per key: s(tring), h(ash), z(set)
--- ARGV[7], ARGV[8], ARGV[9] - how many aggregate buckets, GPU accruals, records follow
--- then per bucket: minute, n, and n (field, increment) pairs
--- then per accrual: until_ms, max_gap_ms, gpus, price_q, price_r (price per GPU-hour in pico-USD is
---   price_q * 3600000 + price_r), first minute (index, ms // 60000) of its hash keys, how many keys
--- then every record in one argument, as orjson wrote the list: [{"ts":...,...},{"ts":...,...}]
+-- ARGV[7] - A, how many aggregate buckets follow
+-- ARGV[8] - G, how many GPU accruals follow
+-- ARGV[9] - R, how many records follow
+-- ARGV[10 ..] - per aggregate bucket, 2 + 2n arguments: minute, n, then n pairs (field, increment)
+-- then per GPU accrual, 7 arguments: until_ms, max_gap_ms, gpus, price_q, price_r (the price per GPU-hour
+--   in pico-USD is price_q * 3600000 + price_r), m0 - the minute index (ms // 60000) of its first hash
+--   key, n_keys - how many hash keys follow its watermark
+-- then, if R > 0, one argument: every record as orjson wrote the list, [{"ts":...,...},{"ts":...,...}]
 --   (one orjson call for the whole list is the cheapest serialisation for the proxy). "ts" is each
 --   record's first field, and a quote inside a string value is escaped, so the raw text },{"ts":
 --   occurs exactly between two records.
@@ -193,7 +200,10 @@ def _check_exact(accrual: GpuAccrual) -> None:
 
 
 class RedisMeterStore(RedisBacked):
-    """``MeterStore`` over ``redis.asyncio``, shared by every proxy replica pointed at the same Redis."""
+    """``MeterStore`` over ``redis.asyncio`` (usage, coordination, documents), shared by every proxy replica
+    pointed at the same Redis."""
+
+    what = _STORE
 
     def __init__(
         self,
@@ -215,7 +225,7 @@ class RedisMeterStore(RedisBacked):
         self._heartbeat_script = self._redis.register_script(_HEARTBEAT_SCRIPT)
 
     async def write(self, batch: FlushBatch) -> None:
-        """Apply a batch atomically and exactly once (see ``MeterStore.write``)."""
+        """Apply a batch atomically and exactly once (see ``UsageStore.write``)."""
         if batch.is_empty():
             return
         keys, args = self._script_call(batch)
@@ -226,7 +236,7 @@ class RedisMeterStore(RedisBacked):
         """Every aggregate bucket with ``start_minute <= minute < end_minute``."""
 
         def parse(name: str, fields: dict[str, str]) -> tuple[AggKey, dict[str, int]]:
-            return self.keys.parse_agg(name), {f: int(fields.get(f, 0)) for f in AGG_FIELDS}
+            return AggKey(*self.keys.parse_agg(name)), {f: int(fields.get(f, 0)) for f in AGG_FIELDS}
 
         return await self._buckets(self.keys.agg_index, start_minute, end_minute, parse)
 
@@ -234,7 +244,7 @@ class RedisMeterStore(RedisBacked):
         """Every GPU accrual bucket with ``start_minute <= minute < end_minute``."""
 
         def parse(name: str, fields: dict[str, str]) -> tuple[GpuKey, dict[str, int]]:
-            return self.keys.parse_gpu(name), {f: int(fields.get(f, 0)) for f in GPU_FIELDS}
+            return GpuKey(*self.keys.parse_gpu(name)), {f: int(fields.get(f, 0)) for f in GPU_FIELDS}
 
         return await self._buckets(self.keys.gpu_index, start_minute, end_minute, parse)
 
@@ -267,7 +277,7 @@ class RedisMeterStore(RedisBacked):
         return cast("list[tuple[str, float]]", page)  # decode_responses=True, withscores=True
 
     async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
-        """Take or renew the lock ``name`` for ``owner`` (see ``MeterStore.try_lock``)."""
+        """Take or renew the lock ``name`` for ``owner`` (see ``Coordination.try_lock``)."""
         with mapped_errors(_STORE):
             taken = await self._redis.eval(
                 _LOCK_SCRIPT, 1, self.keys.lock(name), owner, max(1, int(ttl_s * 1000))
@@ -298,11 +308,6 @@ class RedisMeterStore(RedisBacked):
         with mapped_errors(_STORE):
             value = await self._redis.get(self.keys.document(name))
         return None if value is None else value.encode() if isinstance(value, str) else bytes(value)
-
-    async def ping(self) -> None:
-        """Return if Redis answers; raise ``StoreUnavailable`` if not."""
-        with mapped_errors(_STORE):
-            await self._redis.ping()
 
     def _script_call(self, batch: FlushBatch) -> tuple[list[str], list[str | int | bytes]]:
         """The write script's KEYS and ARGV for a batch (layout documented in the script)."""

@@ -87,7 +87,8 @@ def minute_segments(from_ms: int, until_ms: int) -> Iterator[tuple[int, int]]:
 
 
 class SqliteMeterStore(SqliteWorker):
-    """``MeterStore`` in one SQLite file, for a single proxy (or ``:memory:`` for tests and trials)."""
+    """``MeterStore`` (usage, coordination, documents) in one SQLite file, for a single proxy (or
+    ``:memory:`` for tests and trials)."""
 
     schema = _SCHEMA
     what = "meter store"
@@ -110,7 +111,7 @@ class SqliteMeterStore(SqliteWorker):
         self._pruned_at: float | None = None  # touched only on the worker thread
 
     async def write(self, batch: FlushBatch) -> None:
-        """Apply a batch in one transaction, exactly once (see ``MeterStore.write``)."""
+        """Apply a batch in one transaction, exactly once (see ``UsageStore.write``)."""
         if not batch.is_empty():
             await self._run(lambda conn: self._write(conn, batch))
 
@@ -141,7 +142,7 @@ class SqliteMeterStore(SqliteWorker):
         return [UsageRecord.from_json(orjson.loads(text)) for (text,) in rows]
 
     async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
-        """Take or renew the lock ``name`` for ``owner`` (see ``MeterStore.try_lock``)."""
+        """Take or renew the lock ``name`` for ``owner`` (see ``Coordination.try_lock``)."""
 
         def take(conn: sqlite3.Connection) -> bool:
             now = self._clock()
@@ -189,10 +190,6 @@ class SqliteMeterStore(SqliteWorker):
         """A document kept by ``put_document``, or None."""
         rows = await self._run(select("SELECT body FROM documents WHERE name = ?", name))
         return bytes(rows[0][0]) if rows else None
-
-    async def ping(self) -> None:
-        """Return if the file can be opened and read; raise ``StoreUnavailable`` if not."""
-        await self._run(select("SELECT 1"))
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """A file written by an older tokenyard lacks the fields added since; they start at 0."""

@@ -1,8 +1,10 @@
-"""The meter store contract: a small protocol with a Redis and an embedded (SQLite) implementation.
+"""The usage store protocol, and the meter store: everything one meter store backend (Redis, SQLite) does.
 
 The meter writes one ``FlushBatch`` at a time from a background task (never from the request path) and
-reads aggregates for the usage API, reports and the advisor. Every implementation passes the same
-contract tests (``tests/meter/test_store_contract.py``).
+reads aggregates for the usage API, reports and the advisor. The same backends also do coordination and
+documents (``stores/protocols.py``): ``MeterStore`` is all of it, for the code that opens a store and hands
+it on; consumers ask for the small protocols they use. Every implementation passes the contract tests of
+each (``tests/meter/test_store_contract.py``).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from tokenyard.meter.model import AggKey, FlushBatch, GpuKey, UsageRecord
+from tokenyard.stores.protocols import Coordination, DocumentStore, Lifecycle
 
 
-class MeterStore(Protocol):
-    """Where metered usage lives. Implementations raise ``StoreUnavailable`` when they cannot be reached."""
+class UsageStore(Protocol):
+    """Where metered usage lives: flush batches in, aggregates, GPU accruals and request records out."""
 
     async def write(self, batch: FlushBatch) -> None:
         """Apply a batch atomically and exactly once.
@@ -41,37 +44,6 @@ class MeterStore(Protocol):
         """Request records with ``since <= ts < until``, oldest first, at most ``limit`` (None: all kept)."""
         ...
 
-    async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
-        """Take the lock ``name`` for ``owner`` until ``ttl_s`` from now, or renew it if ``owner`` holds it.
 
-        Returns False while someone else holds it. A holder that dies loses it when the time runs out, so
-        singleton work (the advisor's evaluation) moves to another replica by itself.
-        """
-        ...
-
-    async def release_lock(self, name: str, owner: str) -> None:
-        """Give the lock up, if ``owner`` holds it (a lock that expired and moved on is left alone)."""
-        ...
-
-    async def heartbeat(self, member: str, ttl_s: float) -> int:
-        """Say ``member`` (a proxy replica) is alive for ``ttl_s`` more; how many members are alive now.
-
-        A replica that stops beating drops out when its time runs out; ``ttl_s`` 0 leaves at once.
-        """
-        ...
-
-    async def put_document(self, name: str, body: bytes) -> None:
-        """Keep a small named document (the latest advice, the advisor's state), replacing any before."""
-        ...
-
-    async def get_document(self, name: str) -> bytes | None:
-        """A document kept by ``put_document``, or None."""
-        ...
-
-    async def ping(self) -> None:
-        """Return if the store answers; raise ``StoreUnavailable`` if not."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release connections, threads and files."""
-        ...
+class MeterStore(UsageStore, Coordination, DocumentStore, Lifecycle, Protocol):
+    """Everything a meter store backend does: usage, coordination, documents, its lifecycle."""

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from tokenyard.config import MeterConfig
 from tokenyard.errors import ConfigError
 from tokenyard.meter.store import MeterStore
-from tokenyard.stores.keys import MeterKeys
+from tokenyard.stores.keys import hash_tag
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 SQLITE_PREFIX = "sqlite:///"
@@ -33,7 +33,7 @@ def open_store(url: str, *, prefix: str, retention_s: int, records_max: int) -> 
     scheme = url.partition("://")[0].lower()
     if scheme in REDIS_SCHEMES:
         try:
-            MeterKeys(prefix)
+            hash_tag(prefix)
         except ValueError as exc:
             raise ConfigError([("meter.redis_prefix", str(exc))]) from exc
         from redis.exceptions import RedisClusterException

@@ -23,7 +23,7 @@ import orjson
 from tokenyard.errors import InvalidRequest, MethodNotAllowed, ObjectNotFound
 from tokenyard.proxy.auth import Principal
 from tokenyard.queue.model import JSON_TYPE, Job, JobResult, StoredObject
-from tokenyard.queue.store import JobStore
+from tokenyard.queue.store import JobsAndObjects
 from tokenyard.wire import asgi as wire
 from tokenyard.wire.multipart import parse_form
 
@@ -47,7 +47,7 @@ class BatchApi:
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobsAndObjects,
         *,
         may_use: Callable[[Principal, str], bool],
         wake: Callable[[], None],

@@ -31,7 +31,7 @@ from tokenyard.proxy.auth import Principal
 from tokenyard.proxy.classify import Decision
 from tokenyard.queue.model import Job, JobResult, new_job_id
 from tokenyard.queue.settings import AsyncTrackConfig
-from tokenyard.queue.store import JobStore
+from tokenyard.queue.store import JobQueue
 from tokenyard.wire import asgi as wire
 
 log = logging.getLogger("tokenyard.async")
@@ -149,7 +149,7 @@ class AsyncFront:
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobQueue,
         config: AsyncTrackConfig,
         *,
         wall: Callable[[], float],

@@ -1,17 +1,10 @@
 """The job store over Redis Streams: a consumer group hands jobs out, pending entries that idle are reclaimed.
 
-Layout (``{p}`` is the prefix in braces, a Redis Cluster hash tag: every key shares one slot, so the small
-Lua scripts below may touch them together)::
-
-    {p}:q:job:<id>       string  the job (JSON), kept retention_s
-    {p}:q:result:<id>    string  its result (JSON), written once (SET NX), kept retention_s
-    {p}:q:stream         stream  one entry per claimable job: waiting, or claimed and not yet answered
-    {p}:q:entry          hash    job id -> its current stream entry id
-    {p}:q:batch:<ref>    set     the jobs inside provider batch <ref>
-    {p}:q:batches        set     the provider batches not released yet
-
-An answered job (or one sent into a provider batch) is acknowledged and deleted from the stream, so the
-stream's length is the number of jobs a dispatcher may still need to run, and ``XPENDING`` those claimed.
+Every key shares the meter's hash tag (its layout is in ``stores/keys.py``), so the small Lua scripts below
+may touch them together on one server or one Cluster slot. An answered job (or one sent into a provider
+batch) is acknowledged and deleted from the stream, so the stream's length is the number of jobs a
+dispatcher may still need to run, and ``XPENDING`` those claimed. Reads that concern many jobs or objects
+take one round trip for all of them (a pipeline or MGET), never one each.
 """
 
 from __future__ import annotations
@@ -23,19 +16,23 @@ from typing import Any, Final, cast
 from redis import exceptions as rex
 
 from tokenyard.queue.model import Job, JobResult, QueueStats, StoredObject
+from tokenyard.stores.keys import QueueKeys
 from tokenyard.stores.redis_client import RedisBacked, mapped_errors
 
 _STORE: Final = "job queue"
 GROUP: Final = "dispatchers"
 
 _ENQUEUE: Final = """
--- KEYS[1] job, KEYS[2] stream, KEYS[3] entry hash; ARGV[1] job JSON, ARGV[2] TTL s, ARGV[3] job id
+-- Keep a job once per id and put it in the stream. Returns 1 if it was new.
+-- KEYS[1] - the job; KEYS[2] - the stream; KEYS[3] - the entry hash (job id -> stream entry)
+-- ARGV[1] - the job JSON; ARGV[2] - TTL, s; ARGV[3] - the job id
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[3], ARGV[3], redis.call('XADD', KEYS[2], '*', 'job', ARGV[3]))
 return 1
 """
 
 _DONE_WITH_ENTRY: Final = """
+-- Acknowledge and delete a job's stream entry, if it has one.
 local function done_with_entry(stream, entries, group, job_id)
   local entry = redis.call('HGET', entries, job_id)
   if entry then
@@ -49,8 +46,9 @@ end
 _COMPLETE: Final = (
     _DONE_WITH_ENTRY
     + """
--- KEYS[1] result, KEYS[2] stream, KEYS[3] entry hash; ARGV[1] result JSON, ARGV[2] TTL s, ARGV[3] group,
--- ARGV[4] job id. Returns 1 if this was the job's first result.
+-- Store a job's first result and take the job out of the stream. Returns 1 if this was its first result.
+-- KEYS[1] - the result; KEYS[2] - the stream; KEYS[3] - the entry hash
+-- ARGV[1] - the result JSON; ARGV[2] - TTL, s; ARGV[3] - the consumer group; ARGV[4] - the job id
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 done_with_entry(KEYS[2], KEYS[3], ARGV[3], ARGV[4])
 return 1
@@ -60,8 +58,9 @@ return 1
 _HOLD: Final = (
     _DONE_WITH_ENTRY
     + """
--- KEYS[1] stream, KEYS[2] entry hash, KEYS[3] batch set, KEYS[4] open batches;
--- ARGV[1] group, ARGV[2] batch ref, ARGV[3...] job ids
+-- Take jobs out of the stream into a provider batch.
+-- KEYS[1] - the stream; KEYS[2] - the entry hash; KEYS[3] - the batch's job set; KEYS[4] - open batches
+-- ARGV[1] - the consumer group; ARGV[2] - the batch ref; ARGV[3...] - the job ids
 for i = 3, #ARGV do
   done_with_entry(KEYS[1], KEYS[2], ARGV[1], ARGV[i])
   redis.call('SADD', KEYS[3], ARGV[i])
@@ -74,8 +73,9 @@ return 1
 # Objects are written and forgotten by scripts, not MULTI: atomic on one server and on a Cluster slot alike
 # (redis-py's Cluster client runs a MULTI on a thread's event loop of its own).
 _PUT_OBJECT: Final = """
--- KEYS[1] the object's hash, KEYS[2] its kind's index for the tenant; ARGV[1] tenant, ARGV[2] created_at,
--- ARGV[3] body, ARGV[4] retention s, ARGV[5] id
+-- Keep an object and index it.
+-- KEYS[1] - the object's hash; KEYS[2] - its kind's index for the tenant
+-- ARGV[1] - tenant; ARGV[2] - created_at; ARGV[3] - body; ARGV[4] - retention, s; ARGV[5] - id
 redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'created_at', ARGV[2], 'body', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
@@ -83,14 +83,16 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 """
 
 _DELETE_OBJECT: Final = """
--- KEYS[1] the object's hash, KEYS[2] its index; ARGV[1] id
+-- Forget an object. KEYS[1] - the object's hash; KEYS[2] - its index; ARGV[1] - id
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 """
 
 _RELEASE: Final = """
--- KEYS[1] stream, KEYS[2] entry hash, KEYS[3] batch set, KEYS[4] open batches, KEYS[5...] each job's
--- result key; ARGV[1] batch ref, ARGV[2...] the job ids (same order). Returns the jobs put back.
+-- Close a provider batch: its jobs without a result go back into the stream. Returns the jobs put back.
+-- KEYS[1] - the stream; KEYS[2] - the entry hash; KEYS[3] - the batch's job set; KEYS[4] - open batches;
+-- KEYS[5...] - each job's result key
+-- ARGV[1] - the batch ref; ARGV[2...] - the job ids (in the order of their result keys)
 local back = {}
 for i = 2, #ARGV do
   if redis.call('EXISTS', KEYS[3 + i]) == 0 and redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 1 then
@@ -105,7 +107,10 @@ return back
 
 
 class RedisJobStore(RedisBacked):
-    """``JobStore`` on Redis Streams, shared by every proxy replica on the same Redis."""
+    """``JobStore`` (the job queue and stored objects) on Redis Streams, shared by every proxy replica on the
+    same Redis."""
+
+    what = _STORE
 
     def __init__(
         self,
@@ -116,12 +121,7 @@ class RedisJobStore(RedisBacked):
         socket_timeout_s: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"the Redis key prefix must be non-empty and without braces, not {prefix!r}")
-        self._base = "{" + prefix + "}:q"
-        self._stream = f"{self._base}:stream"
-        self._entries = f"{self._base}:entry"
-        self._batches = f"{self._base}:batches"
+        self.keys = QueueKeys(prefix)
         self._retention_s = retention_s
         self._clock = clock
         super().__init__(url, socket_timeout_s=socket_timeout_s)
@@ -133,21 +133,12 @@ class RedisJobStore(RedisBacked):
         self._delete_object = self._redis.register_script(_DELETE_OBJECT)
         self._group_ready = False
 
-    def _job(self, job_id: str) -> str:
-        return f"{self._base}:job:{job_id}"
-
-    def _result(self, job_id: str) -> str:
-        return f"{self._base}:result:{job_id}"
-
-    def _batch(self, ref: str) -> str:
-        return f"{self._base}:batch:{ref}"
-
     async def _ensure_group(self) -> None:
         """The consumer group (and its stream) exist; created once, by whoever comes first."""
         if self._group_ready:
             return
         try:
-            await self._redis.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
         except rex.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -158,7 +149,7 @@ class RedisJobStore(RedisBacked):
         with mapped_errors(_STORE):
             await self._ensure_group()
             added = await self._enqueue(
-                keys=[self._job(job.id), self._stream, self._entries],
+                keys=[self.keys.job(job.id), self.keys.stream, self.keys.entries],
                 args=[job.dumps(), self._retention_s, job.id],
             )
         return bool(added)
@@ -168,14 +159,14 @@ class RedisJobStore(RedisBacked):
         with mapped_errors(_STORE):
             await self._ensure_group()
             _, stale, _ = await self._redis.xautoclaim(
-                self._stream, GROUP, consumer, min_idle_time=int(stale_after_s * 1000), count=count
+                self.keys.stream, GROUP, consumer, min_idle_time=int(stale_after_s * 1000), count=count
             )
             entries: list[tuple[str, dict[str, str]]] = list(stale)
             if len(entries) < count:
                 fresh = cast(
                     "list[tuple[str, list[tuple[str, dict[str, str]]]]]",
                     await self._redis.xreadgroup(
-                        GROUP, consumer, {self._stream: ">"}, count=count - len(entries)
+                        GROUP, consumer, {self.keys.stream: ">"}, count=count - len(entries)
                     ),
                 )
                 for _, found in fresh or []:
@@ -188,17 +179,22 @@ class RedisJobStore(RedisBacked):
             return []
         pipe = self._redis.pipeline(transaction=False)
         for _, fields in entries:
-            pipe.get(self._job(fields["job"]))
-            pipe.exists(self._result(fields["job"]))
+            pipe.get(self.keys.job(fields["job"]))
+            pipe.exists(self.keys.result(fields["job"]))
         found = await pipe.execute()
         jobs: list[Job] = []
+        gone: list[str] = []
         for i, (entry, _) in enumerate(entries):
             body, answered = found[2 * i], found[2 * i + 1]
             if body is None or answered:  # a second delivery of an answered job, or one past retention
-                await self._redis.xack(self._stream, GROUP, entry)
-                await self._redis.xdel(self._stream, entry)
-                continue
-            jobs.append(Job.loads(body))
+                gone.append(entry)
+            else:
+                jobs.append(Job.loads(body))
+        if gone:  # one round trip for all of them
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xack(self.keys.stream, GROUP, *gone)
+            pipe.xdel(self.keys.stream, *gone)
+            await pipe.execute()
         return sorted(jobs, key=lambda j: j.created_at)
 
     async def hold_in_batch(self, batch_ref: str, job_ids: Sequence[str]) -> None:
@@ -208,27 +204,27 @@ class RedisJobStore(RedisBacked):
         with mapped_errors(_STORE):
             await self._ensure_group()
             await self._hold(
-                keys=[self._stream, self._entries, self._batch(batch_ref), self._batches],
+                keys=[self.keys.stream, self.keys.entries, self.keys.batch(batch_ref), self.keys.batches],
                 args=[GROUP, batch_ref, *job_ids],
             )
 
     async def open_batches(self) -> dict[str, list[str]]:
         """Every provider batch not released yet, with its jobs."""
         with mapped_errors(_STORE):
-            refs = sorted(cast("set[str]", await self._redis.smembers(self._batches)))
+            refs = sorted(cast("set[str]", await self._redis.smembers(self.keys.batches)))
             pipe = self._redis.pipeline(transaction=False)
             for ref in refs:
-                pipe.smembers(self._batch(ref))
+                pipe.smembers(self.keys.batch(ref))
             members: list[set[str]] = await pipe.execute()
         return {ref: sorted(ids) for ref, ids in zip(refs, members, strict=True)}
 
     async def release_batch(self, batch_ref: str) -> list[str]:
         """Close a provider batch; its unanswered jobs go back into the stream."""
         with mapped_errors(_STORE):
-            ids = sorted(cast("set[str]", await self._redis.smembers(self._batch(batch_ref))))
+            ids = sorted(cast("set[str]", await self._redis.smembers(self.keys.batch(batch_ref))))
             back = await self._release(
-                keys=[self._stream, self._entries, self._batch(batch_ref), self._batches]
-                + [self._result(i) for i in ids],
+                keys=[self.keys.stream, self.keys.entries, self.keys.batch(batch_ref), self.keys.batches]
+                + [self.keys.result(i) for i in ids],
                 args=[batch_ref, *ids],
             )
         return list(back)
@@ -238,7 +234,7 @@ class RedisJobStore(RedisBacked):
         with mapped_errors(_STORE):
             await self._ensure_group()
             first = await self._complete(
-                keys=[self._result(result.job_id), self._stream, self._entries],
+                keys=[self.keys.result(result.job_id), self.keys.stream, self.keys.entries],
                 args=[result.dumps(), self._retention_s, GROUP, result.job_id],
             )
         return bool(first)
@@ -246,7 +242,7 @@ class RedisJobStore(RedisBacked):
     async def result(self, job_id: str) -> JobResult | None:
         """A job's result, or None."""
         with mapped_errors(_STORE):
-            body = await self._redis.get(self._result(job_id))
+            body = await self._redis.get(self.keys.result(job_id))
         return None if body is None else JobResult.loads(body)
 
     async def results_of(self, job_ids: Sequence[str]) -> dict[str, JobResult]:
@@ -256,7 +252,7 @@ class RedisJobStore(RedisBacked):
             for start in range(0, len(job_ids), 1000):
                 chunk = list(job_ids[start : start + 1000])
                 for job_id, body in zip(
-                    chunk, await self._redis.mget([self._result(i) for i in chunk]), strict=True
+                    chunk, await self._redis.mget([self.keys.result(i) for i in chunk]), strict=True
                 ):
                     if body is not None:
                         out[job_id] = JobResult.loads(body)
@@ -265,18 +261,12 @@ class RedisJobStore(RedisBacked):
     async def get(self, job_id: str) -> Job | None:
         """A job by id, or None."""
         with mapped_errors(_STORE):
-            body = await self._redis.get(self._job(job_id))
+            body = await self._redis.get(self.keys.job(job_id))
         return None if body is None else Job.loads(body)
-
-    def _object(self, kind: str, obj_id: str) -> str:
-        return f"{self._base}:obj:{kind}:{obj_id}"
-
-    def _objects_of(self, kind: str, tenant: str) -> str:
-        return f"{self._base}:objs:{kind}:{tenant}"
 
     async def put_object(self, obj: StoredObject) -> None:
         """Keep an object (a hash), indexed per kind and tenant by creation time; kept retention_s."""
-        key, index = self._object(obj.kind, obj.id), self._objects_of(obj.kind, obj.tenant)
+        key, index = self.keys.object(obj.kind, obj.id), self.keys.objects_of(obj.kind, obj.tenant)
         with mapped_errors(_STORE):
             await self._put_object(
                 keys=[key, index],
@@ -286,18 +276,14 @@ class RedisJobStore(RedisBacked):
     async def get_object(self, kind: str, obj_id: str) -> StoredObject | None:
         """An object by kind and id, or None."""
         with mapped_errors(_STORE):
-            fields = cast("dict[str, str]", await self._redis.hgetall(self._object(kind, obj_id)))
-        if not fields:
-            return None
-        return StoredObject(
-            kind, obj_id, fields["tenant"], float(fields["created_at"]), fields["body"].encode()
-        )
+            fields = cast("dict[str, str]", await self._redis.hgetall(self.keys.object(kind, obj_id)))
+        return _object(kind, obj_id, fields) if fields else None
 
     async def list_objects(
         self, kind: str, tenant: str, *, after: str | None = None, limit: int = 20
     ) -> list[StoredObject]:
         """A tenant's objects of a kind, newest first (ties: by id, descending), after the cursor object."""
-        index = self._objects_of(kind, tenant)
+        index = self.keys.objects_of(kind, tenant)
         with mapped_errors(_STORE):
             start = 0
             if after is not None:
@@ -306,8 +292,14 @@ class RedisJobStore(RedisBacked):
                     return []
                 start = cast("int", rank) + 1
             ids = cast("list[str]", await self._redis.zrevrange(index, start, start + limit - 1))
-        found = [await self.get_object(kind, obj_id) for obj_id in ids]
-        return [obj for obj in found if obj is not None]
+            if not ids:
+                return []
+            pipe = self._redis.pipeline(transaction=False)
+            for obj_id in ids:
+                pipe.hgetall(self.keys.object(kind, obj_id))
+            found: list[dict[str, str]] = await pipe.execute()
+        # An index member can outlive its object by a moment (the hash's TTL ran out first).
+        return [_object(kind, obj_id, fields) for obj_id, fields in zip(ids, found, strict=True) if fields]
 
     async def delete_object(self, kind: str, obj_id: str) -> bool:
         """Forget an object; False if there was none."""
@@ -316,26 +308,32 @@ class RedisJobStore(RedisBacked):
             return False
         with mapped_errors(_STORE):
             await self._delete_object(
-                keys=[self._object(kind, obj_id), self._objects_of(kind, obj.tenant)], args=[obj_id]
+                keys=[self.keys.object(kind, obj_id), self.keys.objects_of(kind, obj.tenant)], args=[obj_id]
             )
         return True
 
     async def stats(self) -> QueueStats:
-        """Waiting, claimed and batched jobs, and the oldest one still in the stream."""
+        """Waiting, claimed and batched jobs, and the oldest one still in the stream (two round trips)."""
         with mapped_errors(_STORE):
             await self._ensure_group()
             pipe = self._redis.pipeline(transaction=False)
-            pipe.xlen(self._stream)
-            pipe.xpending(self._stream, GROUP)
-            pipe.xrange(self._stream, count=1)
-            pipe.smembers(self._batches)
+            pipe.xlen(self.keys.stream)
+            pipe.xpending(self.keys.stream, GROUP)
+            pipe.xrange(self.keys.stream, count=1)
+            pipe.smembers(self.keys.batches)
             length, pending, first, refs = await pipe.execute()
-            in_batches = 0
+            pipe = self._redis.pipeline(transaction=False)
             for ref in refs:
-                in_batches += await self._redis.scard(self._batch(ref))
-            oldest = None
+                pipe.scard(self.keys.batch(ref))
             if first:
-                body = await self._redis.get(self._job(first[0][1]["job"]))
-                oldest = Job.loads(body).created_at if body else None
+                pipe.get(self.keys.job(first[0][1]["job"]))
+            found = await pipe.execute() if refs or first else []
+        sizes, body = (found[:-1], found[-1]) if first else (found, None)
         claimed = int(cast("dict[str, Any]", pending)["pending"])
-        return QueueStats(int(length) - claimed, claimed, in_batches, oldest)
+        oldest = Job.loads(body).created_at if body else None
+        return QueueStats(int(length) - claimed, claimed, sum(sizes), oldest)
+
+
+def _object(kind: str, obj_id: str, fields: dict[str, str]) -> StoredObject:
+    """A stored object from its hash."""
+    return StoredObject(kind, obj_id, fields["tenant"], float(fields["created_at"]), fields["body"].encode())

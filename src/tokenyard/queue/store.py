@@ -1,10 +1,11 @@
-"""The job store contract: a small protocol with a Redis (Streams) and an embedded (SQLite) implementation.
+"""The job queue and stored-object protocols, with a Redis (Streams) and an embedded (SQLite) implementation.
 
 Delivery is at least once: a dispatcher *claims* jobs, and a claim that is not answered within
 ``stale_after_s`` (its dispatcher died, e.g. ``kill -9``) is handed out again. Results are written once
 (the first wins), so a job answered twice is stored — and billed — once. Jobs sent to a provider batch
 leave the claimable set until their batch is *released*; the open batches are kept in the store, so a
-restarted dispatcher resumes polling them. Every implementation passes the same contract tests
+restarted dispatcher resumes polling them. The Batch API keeps its files and batches as stored objects
+beside the jobs. Every implementation passes the contract tests of each protocol
 (``tests/queue/test_queue_contract.py``).
 """
 
@@ -14,9 +15,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from tokenyard.queue.model import Job, JobResult, QueueStats, StoredObject
+from tokenyard.stores.protocols import Lifecycle
 
 
-class JobStore(Protocol):
+class JobQueue(Protocol):
     """Where async jobs and their results live; raises ``StoreUnavailable`` when it cannot be reached."""
 
     async def enqueue(self, job: Job) -> bool:
@@ -60,6 +62,10 @@ class JobStore(Protocol):
         """How many jobs wait, are claimed or sit in provider batches, and the oldest unanswered one."""
         ...
 
+
+class ObjectStore(Protocol):
+    """Objects kept per kind, id and tenant (the Batch API's files, their contents and its batches)."""
+
     async def put_object(self, obj: StoredObject) -> None:
         """Keep an object (replacing one of the same kind and id)."""
         ...
@@ -78,6 +84,10 @@ class JobStore(Protocol):
         """Forget an object; False if there was none."""
         ...
 
-    async def aclose(self) -> None:
-        """Release connections, threads and files."""
-        ...
+
+class JobsAndObjects(JobQueue, ObjectStore, Protocol):
+    """Jobs and stored objects together (the Batch API keeps files and batches and enqueues their jobs)."""
+
+
+class JobStore(JobQueue, ObjectStore, Lifecycle, Protocol):
+    """Everything a job store backend does: the queue, stored objects, its lifecycle."""

@@ -1,11 +1,11 @@
-"""Every Redis key of the meter, built (and parsed back) in this one place from a configurable prefix.
+"""Every Redis key tokenyard writes, built (and parsed back) in this one place from a configurable prefix.
 
-``{p}`` below is the prefix in braces: a Redis Cluster hash tag, so every meter key hashes to one slot and
-the write script may touch them all in one call. Each dimension inside a key is percent-encoded
-(``quote(safe="")``), so ':' never appears inside one and names with ':', '%', spaces or any Unicode
-round-trip exactly. Minutes are unix seconds at the start of the minute.
+``{p}`` below is the prefix in braces: a Redis Cluster hash tag, so every key of a deployment (the meter's
+and the queue's) hashes to one slot and a Lua script may touch any of them in one call.
 
-Layout (TTLs: hashes retention + 60 s, watermarks max_gap_ms + a day, batch markers a day)::
+The meter's keys (``MeterKeys``) percent-encode each dimension (``quote(safe="")``), so ':' never appears
+inside one and names with ':', '%', spaces or any Unicode round-trip exactly. Minutes are unix seconds at the
+start of the minute. TTLs: hashes retention + 60 s, watermarks max_gap_ms + a day, batch markers a day::
 
     {p}:agg:<minute>:<tenant>:<model>:<backend>:<kind>:<mode>  hash    AGG_FIELDS -> int
     {p}:agg:idx                                                zset    aggregate hash key -> its minute
@@ -24,20 +24,51 @@ The record log is a sorted set scored by the record's own ``ts`` (not a stream):
 (replicas flush independently; a meter holds batches while the store is down), and a score gives exact
 ``since <= ts < until`` range reads, oldest first, and a cap that keeps the newest by ``ts``. The fixed-width
 sequence number in front of the JSON makes every member unique and orders equal timestamps by arrival.
+
+The job queue's keys (``QueueKeys``) live under ``{p}:q``. Their ids are tokenyard's own (job ids, provider
+batch refs, object ids) and are written as they are, *not* encoded: that is how stored jobs were always
+keyed, and encoding them now would orphan them. Kept ``retention_s`` unless said::
+
+    {p}:q:job:<id>              string  the job (JSON)
+    {p}:q:result:<id>           string  its result (JSON), written once (SET NX)
+    {p}:q:stream                stream  one entry per claimable job: waiting, or claimed and not yet answered
+    {p}:q:entry                 hash    job id -> its current stream entry id
+    {p}:q:batch:<ref>           set     the jobs inside provider batch <ref>
+    {p}:q:batches               set     the provider batches not released yet
+    {p}:q:obj:<kind>:<id>       hash    a stored object: tenant, created_at, body
+    {p}:q:objs:<kind>:<tenant>  zset    a tenant's objects of a kind: id -> created_at
 """
 
 from __future__ import annotations
 
+from typing import Final
 from urllib.parse import quote, unquote
-
-from tokenyard.meter.model import AggKey, GpuKey
 
 # Width of the zero-padded sequence number that prefixes each record-log member (the write script formats
 # it with the same width: "%016d").
-RECORD_SEQ_DIGITS = 16
+RECORD_SEQ_DIGITS: Final = 16
 
-_AGG_DIMS = len(AggKey._fields) - 1  # every field but the minute
-_GLOB_SPECIAL = "\\*?[]"
+_AGG_DIMS: Final = 5  # tenant, model, backend, kind, mode (every field of an AggKey but the minute)
+_GLOB_SPECIAL: Final = "\\*?[]"
+
+# What the builders take and the parsers return: the meter's AggKey and GpuKey are these tuples (named).
+AggParts = tuple[int, str, str, str, str, str]  # minute, tenant, model, backend, kind, mode
+GpuParts = tuple[int, str]  # minute, backend
+
+
+def hash_tag(prefix: str) -> str:
+    """``{prefix}``: the hash tag every key of a deployment starts with (``ValueError`` for a bad prefix)."""
+    if not prefix or "{" in prefix or "}" in prefix:
+        # A brace would end (or nest) the hash tag and scatter the keys over slots.
+        raise ValueError(f"the Redis key prefix must be non-empty and without braces, not {prefix!r}")
+    return "{" + prefix + "}"
+
+
+def match_all(prefix: str) -> str:
+    """A ``SCAN MATCH`` pattern for every key of this prefix, the meter's and the queue's (tests,
+    maintenance)."""
+    escaped = "".join("\\" + char if char in _GLOB_SPECIAL else char for char in hash_tag(prefix))
+    return escaped + "*"
 
 
 def _dim(value: str) -> str:
@@ -47,42 +78,40 @@ def _dim(value: str) -> str:
 class MeterKeys:
     """The meter's Redis key names for one prefix; parses index members back into bucket keys."""
 
-    __slots__ = ("agg_index", "base", "gpu_index", "members", "record_seq", "records")
+    __slots__ = ("agg_index", "base", "gpu_index", "members", "prefix", "record_seq", "records")
 
     def __init__(self, prefix: str) -> None:
-        if not prefix or "{" in prefix or "}" in prefix:
-            # A brace would end (or nest) the hash tag and scatter the keys over slots.
-            raise ValueError(f"the Redis key prefix must be non-empty and without braces, not {prefix!r}")
-        self.base = "{" + prefix + "}"
+        self.prefix = prefix
+        self.base = hash_tag(prefix)
         self.agg_index = f"{self.base}:agg:idx"
         self.gpu_index = f"{self.base}:gpu:idx"
         self.records = f"{self.base}:records"
         self.record_seq = f"{self.base}:records:seq"
         self.members = f"{self.base}:members"
 
-    def agg(self, key: AggKey) -> str:
+    def agg(self, key: AggParts) -> str:
         """The hash of one aggregate bucket."""
         dims = ":".join(_dim(dim) for dim in key[1:])
-        return f"{self.base}:agg:{key.minute}:{dims}"
+        return f"{self.base}:agg:{key[0]}:{dims}"
 
-    def parse_agg(self, name: str) -> AggKey:
+    def parse_agg(self, name: str) -> AggParts:
         """The bucket an aggregate hash key belongs to (``ValueError`` if it is not one)."""
         parts = self._strip(name, "agg").split(":")
         if len(parts) != 1 + _AGG_DIMS:
             raise ValueError(f"{name!r} is not an 'agg' key")
         tenant, model, backend, kind, mode = (unquote(part) for part in parts[1:])
-        return AggKey(int(parts[0]), tenant, model, backend, kind, mode)
+        return int(parts[0]), tenant, model, backend, kind, mode
 
-    def gpu(self, key: GpuKey) -> str:
+    def gpu(self, key: GpuParts) -> str:
         """The hash of one GPU accrual bucket."""
-        return f"{self.base}:gpu:{key.minute}:{_dim(key.backend)}"
+        return f"{self.base}:gpu:{key[0]}:{_dim(key[1])}"
 
-    def parse_gpu(self, name: str) -> GpuKey:
+    def parse_gpu(self, name: str) -> GpuParts:
         """The bucket a GPU hash key belongs to (``ValueError`` if it is not one)."""
         minute, sep, backend = self._strip(name, "gpu").partition(":")
         if not sep or ":" in backend:
             raise ValueError(f"{name!r} is not a 'gpu' key")
-        return GpuKey(int(minute), unquote(backend))
+        return int(minute), unquote(backend)
 
     def gpu_watermark(self, backend: str) -> str:
         """Up to when (unix ms) a backend's provisioned time has been accrued."""
@@ -102,8 +131,7 @@ class MeterKeys:
 
     def match_all(self) -> str:
         """A ``SCAN MATCH`` pattern for every key of this prefix (tests, maintenance)."""
-        escaped = "".join("\\" + char if char in _GLOB_SPECIAL else char for char in self.base)
-        return escaped + "*"
+        return match_all(self.prefix)
 
     def _strip(self, name: str, kind: str) -> str:
         """What follows ``{p}:<kind>:`` in ``name``."""
@@ -116,3 +144,35 @@ class MeterKeys:
 def record_json(member: str) -> str:
     """The record JSON inside a record-log member (see the module docstring)."""
     return member[RECORD_SEQ_DIGITS:]
+
+
+class QueueKeys:
+    """The job queue's Redis key names for one prefix (the meter's: jobs live in the meter's store)."""
+
+    __slots__ = ("base", "batches", "entries", "stream")
+
+    def __init__(self, prefix: str) -> None:
+        self.base = hash_tag(prefix) + ":q"
+        self.stream = f"{self.base}:stream"
+        self.entries = f"{self.base}:entry"
+        self.batches = f"{self.base}:batches"
+
+    def job(self, job_id: str) -> str:
+        """A job's JSON."""
+        return f"{self.base}:job:{job_id}"
+
+    def result(self, job_id: str) -> str:
+        """A job's result JSON."""
+        return f"{self.base}:result:{job_id}"
+
+    def batch(self, ref: str) -> str:
+        """The set of jobs inside one provider batch."""
+        return f"{self.base}:batch:{ref}"
+
+    def object(self, kind: str, obj_id: str) -> str:
+        """One stored object's hash."""
+        return f"{self.base}:obj:{kind}:{obj_id}"
+
+    def objects_of(self, kind: str, tenant: str) -> str:
+        """A tenant's objects of one kind, by creation time."""
+        return f"{self.base}:objs:{kind}:{tenant}"

@@ -78,10 +78,18 @@ def mapped_errors(what: str) -> Iterator[None]:
 
 
 class RedisBacked:
-    """What every Redis-backed store shares: its client, closing it, and use as an async context manager."""
+    """What every Redis-backed store shares: its client, its lifecycle (``ping``, ``aclose``) and use as an
+    async context manager. Subclasses give ``what``."""
+
+    what: str = "store"  # how errors name it: "meter store", "job queue"
 
     def __init__(self, url: str, *, socket_timeout_s: float) -> None:
         self._redis = connect(url, socket_timeout_s=socket_timeout_s)
+
+    async def ping(self) -> None:
+        """Return if Redis answers; raise ``StoreUnavailable`` if not."""
+        with mapped_errors(self.what):
+            await self._redis.ping()
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -38,7 +38,8 @@ def select(sql: str, *params: object) -> Callable[[sqlite3.Connection], list[Any
 
 
 class SqliteWorker:
-    """A SQLite file and the thread its statements run on. Subclasses give ``schema`` and ``what``."""
+    """A SQLite file and the thread its statements run on, and its lifecycle (``ping``, ``aclose``).
+    Subclasses give ``schema`` and ``what``."""
 
     schema: str = ""  # executed on open (CREATE … IF NOT EXISTS)
     what: str = "store"  # how errors name it: "meter store", "job queue"
@@ -55,6 +56,10 @@ class SqliteWorker:
         if self._closed:
             raise StoreUnavailable(f"the SQLite {self.what} is closed")
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._in_worker, job)
+
+    async def ping(self) -> None:
+        """Return if the file can be opened and read; raise ``StoreUnavailable`` if not."""
+        await self._run(select("SELECT 1"))
 
     async def aclose(self) -> None:
         """Close the connection and stop the worker thread."""

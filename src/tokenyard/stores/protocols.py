@@ -1,0 +1,64 @@
+"""The store protocols that speak no meter or queue types: a store's lifecycle, coordination, documents.
+
+One small protocol per responsibility (huey's storage sections): a consumer asks for the ones it uses and
+any backend that does them will do. The meter's usage protocol lives in ``meter/store.py``, the queue's in
+``queue/store.py``. Implementations raise ``StoreUnavailable`` when they cannot be reached and
+``StoreError`` when the store refuses what it is asked; each passes the contract tests of every protocol it
+implements (``tests/meter/test_store_contract.py``, ``tests/queue/test_queue_contract.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Lifecycle(Protocol):
+    """What every store does besides its job: answer, and let go of what it holds."""
+
+    async def ping(self) -> None:
+        """Return if the store answers; raise ``StoreUnavailable`` if not."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads and files."""
+        ...
+
+
+class Coordination(Protocol):
+    """Work shared between proxy replicas: locks for singleton work, and who is alive."""
+
+    async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take the lock ``name`` for ``owner`` until ``ttl_s`` from now, or renew it if ``owner`` holds it.
+
+        Returns False while someone else holds it. A holder that dies loses it when the time runs out, so
+        singleton work (the advisor's evaluation) moves to another replica by itself.
+        """
+        ...
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        """Give the lock up, if ``owner`` holds it (a lock that expired and moved on is left alone)."""
+        ...
+
+    async def heartbeat(self, member: str, ttl_s: float) -> int:
+        """Say ``member`` (a proxy replica) is alive for ``ttl_s`` more; how many members are alive now.
+
+        A replica that stops beating drops out when its time runs out; ``ttl_s`` 0 leaves at once.
+        """
+        ...
+
+
+class DocumentStore(Protocol):
+    """Small named documents every replica reads (the latest advice, the advisor's state, a reload note)."""
+
+    async def put_document(self, name: str, body: bytes) -> None:
+        """Keep a small named document, replacing any before."""
+        ...
+
+    async def get_document(self, name: str) -> bytes | None:
+        """A document kept by ``put_document``, or None."""
+        ...
+
+
+class CoordinatedDocuments(Coordination, DocumentStore, Protocol):
+    """Coordination and documents together: what cross-replica work asks of a store (the advisor's loop,
+    membership and its reload note, the dashboard's shared salt)."""
