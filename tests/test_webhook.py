@@ -19,15 +19,27 @@ HEADERS = {"Content-Type": "application/json", "X-Tokenyard-Signature": "t=1,v1=
 
 @contextlib.asynccontextmanager
 async def serving(answer: Answer) -> AsyncIterator[str]:
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    """A raw TCP server on loopback answering each connection with ``answer``; every connection it took is
+    closed and its handler finished before it goes."""
+    handlers: list[asyncio.Task[None]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        try:
+            await answer(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}/hooks/done"
     finally:
         server.close()
-        with contextlib.suppress(TimeoutError):  # a handler still hanging is dropped with the server
-            async with asyncio.timeout(1):
-                await server.wait_closed()
+        await asyncio.gather(*handlers)
+        await server.wait_closed()
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -93,15 +105,16 @@ async def test_a_receiver_that_hangs_up_is_an_upstream_connect_error(sender: Web
 
 
 async def test_a_receiver_that_never_answers_is_an_upstream_timeout(sender: WebhookSender) -> None:
-    never = asyncio.Event()
+    released = asyncio.Event()
 
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        await never.wait()  # never set: only the sender's timeout can end the wait
+        await released.wait()  # set only after the sender gave up: only its timeout can end the wait
 
     async with serving(hold) as url:
         with pytest.raises(UpstreamTimeout, match=r"not answered within 0\.05 s"):
             await sender.post(url, b"{}", HEADERS, timeout_s=0.05)
+        released.set()
 
 
 async def test_a_malformed_answer_is_an_upstream_error_in_words(sender: WebhookSender) -> None:
