@@ -26,7 +26,7 @@ from tokenyard.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from tokenyard.queue.model import Job, JobResult
 from tokenyard.queue.settings import Callbacks
 
-log = logging.getLogger("tokenyard.dispatcher")
+log = logging.getLogger("tokenyard.dispatcher")  # the dispatcher's work, under its logger as before
 
 H_CALLBACK: Final = b"x-tokenyard-callback"
 H_SIGNATURE: Final = "X-Tokenyard-Signature"

@@ -34,7 +34,7 @@ from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.queue.store import JobStore
 from tokenyard.wire.asgi import H_BACKEND, H_BACKEND_KIND
 
-log = logging.getLogger("tokenyard.dispatcher")
+log = logging.getLogger("tokenyard.dispatcher")  # the dispatcher's work, under its logger as before
 
 RETRY_STATUSES: Final = frozenset({429, 503})  # no capacity right now: try again, not an answer
 PATH: Final = "provider_batch"
