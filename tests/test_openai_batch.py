@@ -7,11 +7,11 @@ import pytest
 
 from tests.harness import set_faults
 from tests.simulator.helpers import FakeClock
+from tokenyard.adapters.base import BatchLine, BatchState, LineResult
 from tokenyard.adapters.openai_batch import (
-    BatchLine,
-    BatchState,
-    LineResult,
     OpenAIBatchUpstream,
+    batch_state,
+    encode_line,
     input_files,
     results,
 )
@@ -27,7 +27,7 @@ def line(n: int, body: bytes = BODY) -> BatchLine:
 
 
 def test_a_line_embeds_the_client_body_byte_for_byte() -> None:
-    encoded = line(1).encode()
+    encoded = encode_line(line(1))
     assert encoded.endswith(b"\n")
     parsed = orjson.loads(encoded)
     assert parsed == {
@@ -41,7 +41,7 @@ def test_a_line_embeds_the_client_body_byte_for_byte() -> None:
 
 def test_a_pretty_printed_body_stays_on_its_one_line() -> None:
     pretty = b'{\r\n  "model": "m",\n  "messages": [{"role": "user", "content": "two\\nlines"}]\n}'
-    encoded = line(1, pretty).encode()
+    encoded = encode_line(line(1, pretty))
     assert encoded.count(b"\n") == 1
     assert encoded.endswith(b"\n")
     assert orjson.loads(encoded)["body"] == orjson.loads(pretty)  # the escaped \n in the string is kept
@@ -55,8 +55,8 @@ def test_input_files_split_at_the_request_limit_and_the_byte_limit_in_order() ->
         ["job_3", "job_4", "job_5"],
         ["job_6"],
     ]
-    assert b"".join(content for content, _ in by_count) == b"".join(x.encode() for x in lines)
-    size = len(lines[0].encode())
+    assert b"".join(content for content, _ in by_count) == b"".join(encode_line(x) for x in lines)
+    size = len(encode_line(lines[0]))
     by_bytes = list(input_files(lines, max_bytes=2 * size + 1))
     assert [len(ids) for _, ids in by_bytes] == [2, 2, 2, 1]
     assert all(len(content) <= 2 * size + 1 for content, _ in by_bytes)
@@ -95,13 +95,13 @@ def test_results_map_output_and_error_lines_back_by_custom_id() -> None:
 
 
 def test_batch_state_reads_openai_batch_objects() -> None:
-    state = BatchState.of(
+    state = batch_state(
         {"id": "batch_1", "object": "batch", "status": "completed", "output_file_id": "file-o",
          "error_file_id": None, "request_counts": {"total": 3, "completed": 2, "failed": 1}}
     )  # fmt: skip
     assert state == BatchState("batch_1", "completed", "file-o", None, 3, 2, 1)
     assert state.terminal
-    assert not BatchState.of({"id": "b", "status": "finalizing"}).terminal
+    assert not batch_state({"id": "b", "status": "finalizing"}).terminal
 
 
 async def test_a_round_trip_through_the_simulators_batch_api_with_partial_failure() -> None:
@@ -140,7 +140,7 @@ async def test_cancel_and_unknown_ids_through_the_adapter() -> None:
     async with SimulatorServer(SimulatorConfig(batch_turnaround_s=100), clock=clock) as sim:
         api = OpenAIBatchUpstream(sim.base_url, api_key="sk-sim")
         try:
-            file_id = await api.upload(BatchLine("a", "/v1/chat/completions", BODY).encode())
+            file_id = await api.upload(encode_line(BatchLine("a", "/v1/chat/completions", BODY)))
             state = await api.create(file_id, "/v1/chat/completions")
             cancelling = await api.cancel(state.id)
             assert cancelling.status in ("cancelling", "cancelled")

@@ -2,46 +2,38 @@
 
 Speaks the protocol only (it knows nothing of jobs, tenants or prices): build input files within the
 provider's limits, upload them, create and poll batches, and read the output and error files back into
-one result per ``custom_id``. aiohttp, like the real-time adapter; these calls are few and large.
+one result per ``custom_id`` (``adapters.base.BatchUpstream``). aiohttp, like the real-time adapter;
+these calls are few and large.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
 import orjson
 
 from tokenyard import __version__
+from tokenyard.adapters.base import BatchLine, BatchState, BatchUpstream, LineResult
 from tokenyard.adapters.openai_http import describe
 from tokenyard.errors import UpstreamConnectError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 
 # OpenAI's published limits for one batch input file.
 MAX_REQUESTS: Final = 50_000
 MAX_BYTES: Final = 200 * 1024 * 1024
-TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
-@dataclass(frozen=True, slots=True)
-class BatchLine:
-    """One request of a batch: its ``custom_id`` (our job id), endpoint and JSON body."""
-
-    custom_id: str
-    url: str  # /v1/chat/completions | /v1/completions | /v1/embeddings
-    body: bytes
-
-    def encode(self) -> bytes:
-        """The line as the input file carries it (the body is embedded as JSON, not re-parsed)."""
-        head = orjson.dumps({"custom_id": self.custom_id, "method": "POST", "url": self.url})
-        body = self.body
-        if b"\n" in body or b"\r" in body:
-            # A client's pretty-printed JSON: a raw line break in JSON is whitespace between tokens (inside a
-            # string it must be escaped), so a space stands for it and the body stays on its one line.
-            body = body.replace(b"\r", b" ").replace(b"\n", b" ")
-        return head[:-1] + b',"body":' + body + b"}\n"
+def encode_line(line: BatchLine) -> bytes:
+    """The line as the input file carries it (the body is embedded as JSON, not re-parsed)."""
+    head = orjson.dumps({"custom_id": line.custom_id, "method": "POST", "url": line.url})
+    body = line.body
+    if b"\n" in body or b"\r" in body:
+        # A client's pretty-printed JSON: a raw line break in JSON is whitespace between tokens (inside a
+        # string it must be escaped), so a space stands for it and the body stays on its one line.
+        body = body.replace(b"\r", b" ").replace(b"\n", b" ")
+    return head[:-1] + b',"body":' + body + b"}\n"
 
 
 def input_files(
@@ -52,7 +44,7 @@ def input_files(
     ids: list[str] = []
     size = 0
     for line in lines:
-        encoded = line.encode()
+        encoded = encode_line(line)
         if len(encoded) > max_bytes:
             raise ValueError(f"request {line.custom_id} alone is larger than a batch file may be")
         if buffer and (len(buffer) >= max_requests or size + len(encoded) > max_bytes):
@@ -63,14 +55,6 @@ def input_files(
         size += len(encoded)
     if buffer:
         yield b"".join(buffer), ids
-
-
-@dataclass(frozen=True, slots=True)
-class LineResult:
-    """The provider's answer to one ``custom_id``: an HTTP status and body, as a real-time call gives."""
-
-    status: int
-    body: bytes
 
 
 def results(output: bytes, errors: bytes = b"") -> dict[str, LineResult]:
@@ -106,37 +90,18 @@ def results(output: bytes, errors: bytes = b"") -> dict[str, LineResult]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class BatchState:
-    """A provider batch as last seen."""
-
-    id: str
-    # validating | in_progress | finalizing | completed | failed | expired | cancelling | cancelled
-    status: str
-    output_file_id: str | None
-    error_file_id: str | None
-    total: int
-    completed: int
-    failed: int
-
-    @property
-    def terminal(self) -> bool:
-        """Whether the batch will not change any more (its files, if any, are final)."""
-        return self.status in TERMINAL
-
-    @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> BatchState:
-        """From OpenAI's Batch object."""
-        counts = obj.get("request_counts") or {}
-        return cls(
-            id=obj["id"],
-            status=obj["status"],
-            output_file_id=obj.get("output_file_id"),
-            error_file_id=obj.get("error_file_id"),
-            total=int(counts.get("total", 0)),
-            completed=int(counts.get("completed", 0)),
-            failed=int(counts.get("failed", 0)),
-        )
+def batch_state(obj: Mapping[str, Any]) -> BatchState:
+    """A ``BatchState`` from OpenAI's Batch object."""
+    counts = obj.get("request_counts") or {}
+    return BatchState(
+        id=obj["id"],
+        status=obj["status"],
+        output_file_id=obj.get("output_file_id"),
+        error_file_id=obj.get("error_file_id"),
+        total=int(counts.get("total", 0)),
+        completed=int(counts.get("completed", 0)),
+        failed=int(counts.get("failed", 0)),
+    )
 
 
 class OpenAIBatchUpstream:
@@ -148,6 +113,16 @@ class OpenAIBatchUpstream:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._session = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+    def input_files(
+        self, lines: Iterable[BatchLine], *, max_requests: int = MAX_REQUESTS
+    ) -> Iterator[tuple[bytes, list[str]]]:
+        """The lines as JSONL files within OpenAI's limits (``input_files``)."""
+        return input_files(lines, max_requests=max_requests)
+
+    def results(self, output: bytes, errors: bytes = b"") -> dict[str, LineResult]:
+        """A finished batch's lines by ``custom_id`` (``results``)."""
+        return results(output, errors)
 
     async def upload(self, content: bytes, filename: str = "batch.jsonl") -> str:
         """Upload a batch input file; its file id."""
@@ -229,7 +204,7 @@ class OpenAIBatchUpstream:
 
 def _state(value: dict[str, Any]) -> BatchState:
     try:
-        return BatchState.of(value)
+        return batch_state(value)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UpstreamError(
             "the batch API answered with a batch object that has no valid id or status"
@@ -237,7 +212,7 @@ def _state(value: dict[str, Any]) -> BatchState:
 
 
 async def wait_until_terminal(
-    upstream: OpenAIBatchUpstream, batch_id: str, *, poll_s: float = 5.0, timeout_s: float | None = None
+    upstream: BatchUpstream, batch_id: str, *, poll_s: float = 5.0, timeout_s: float | None = None
 ) -> BatchState:
     """Poll a batch until it is terminal (for tools and tests; the dispatcher polls on its own clock)."""
     async with asyncio.timeout(timeout_s):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
+from tokenyard.adapters.webhook import WebhookSender
 from tokenyard.advisor.live import AdvisorLoop
 from tokenyard.config import TokenyardConfig, load_config
 from tokenyard.edge.cluster import Membership
@@ -28,12 +29,16 @@ from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import UsageRecord
 from tokenyard.meter.store import MeterStore
 from tokenyard.meter.stores import open_configured_store, redacted
+from tokenyard.proxy import batch_jobs
 from tokenyard.proxy.auth import KeyRing
 from tokenyard.proxy.backends import Backend, open_backends
 from tokenyard.proxy.handler import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
+from tokenyard.queue.callbacks import CallbackSender
 from tokenyard.queue.dispatcher import Dispatcher
 from tokenyard.queue.front import JOBS_PATH, AsyncFront
 from tokenyard.queue.model import Job, JobResult
+from tokenyard.queue.provider_batches import ProviderBatches
+from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.queue.store import JobStore
 from tokenyard.queue.stores import open_job_store
 from tokenyard.telemetry.admin import AdminApi
@@ -290,27 +295,61 @@ class TokenyardApp:
         """The job queue (beside the meter's data), the door for async requests, and the dispatcher."""
         proxy = self.proxy
         assert proxy is not None
+        backends = self.backends
         self.jobs = jobs = open_job_store(self.config.meter)
         stack.push_async_callback(jobs.aclose)
 
+        def settings() -> AsyncTrackConfig:  # read live: a reload swaps them
+            return self.config.async_track
+
         async def run_now(job: Job) -> tuple[JobResult, UsageRecord]:
-            assert proxy is not None
             return await proxy.execute(job, path="realtime")
 
+        async def run(job: Job, path: str, only: list[str] | None) -> tuple[JobResult, UsageRecord]:
+            chosen = None if only is None else [backends[name] for name in only]
+            return await proxy.execute(job, path=path, only=chosen)
+
+        def usage(job: Job, backend: str, request_id: str, status: int, body: bytes) -> UsageRecord:
+            return batch_jobs.batch_usage(
+                job, backends[backend], request_id, status, body, clock=self.clock, wall=self.wall
+            )
+
+        new_work = asyncio.Event()  # the front and the Batch API set it; the dispatcher ticks at once
         proxy.front = front = AsyncFront(
-            jobs, self.config.async_track, wall=self.wall, run_now=run_now, record=meter.record
+            jobs,
+            self.config.async_track,
+            wall=self.wall,
+            run_now=run_now,
+            record=meter.record,
+            wake=new_work.set,
         )
         stack.push_async_callback(front.aclose)  # before the job store closes
+        webhook = WebhookSender()
+        stack.push_async_callback(webhook.aclose)
+        batches = ProviderBatches(
+            jobs,
+            backends,
+            {name: model.batch for name, model in self.config.models.items() if model.batch},
+            settings=settings,
+            body_for=lambda job, backend: batch_jobs.body_for_batch(job, backends[backend]),
+            usage=usage,
+            wall=self.wall,
+            clock=self.clock,
+        )
+        models = proxy.models
         self.dispatcher = dispatcher = Dispatcher(
             store=jobs,
             locks=locks,
-            proxy=proxy,
             front=front,
-            config=self.config,
-            backends=self.backends,
+            settings=settings,
+            run=run,
+            deployments=lambda model: models.get(model, []),
+            batches=batches,
+            callbacks=CallbackSender(webhook, lambda: settings().callbacks, wall=self.wall),
+            new_work=new_work,
+            clock=self.clock,
             wall=self.wall,
         )
-        front.wake = dispatcher.wake
         assert self.admin is not None
         self.admin.dispatcher = dispatcher
         # Pushed after the stores' callbacks, so it stops before they close.
@@ -356,8 +395,6 @@ class TokenyardApp:
             self.admin.use(config, self.keys)
             if self.admin.advisor is not None:
                 self.admin.advisor.config = config
-        if self.dispatcher is not None:
-            self.dispatcher.use(config)
         return needs_restart
 
     async def shutdown(self) -> None:

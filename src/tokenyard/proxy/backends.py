@@ -6,19 +6,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from aiolimiter import AsyncLimiter
 
-from tokenyard.adapters.base import Upstream
+from tokenyard.adapters.base import BatchUpstream, Upstream
+from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
 from tokenyard.config import BackendConfig, TokenyardConfig
 from tokenyard.meter.pricing import FREE, TokenPrices, token_prices
 from tokenyard.proxy.breaker import CircuitBreaker, Ticket
 from tokenyard.proxy.routing import DeploymentView
-
-if TYPE_CHECKING:
-    from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 
 log = logging.getLogger("tokenyard.backends")
 
@@ -39,7 +36,7 @@ class Backend:
     replicas: int = 1  # dedicated: provisioned now (the admin API can change it)
     in_flight: int = 0
     failures: int = 0  # upstream failures seen (each one failed over or ended a request), for /metrics
-    batch_api: OpenAIBatchUpstream | None = None  # kind batch: the provider's files and batches endpoints
+    batch_api: BatchUpstream | None = None  # kind batch: the provider's files and batches endpoints
     cluster_size: int = 1  # proxy replicas alive on the shared store: each takes its share of the caps
 
     @property
@@ -142,10 +139,8 @@ async def open_backends(config: TokenyardConfig) -> AsyncIterator[dict[str, Back
                 max_connections=bc.max_connections,
             )
             stack.push_async_callback(upstream.aclose)
-            batch_api = None
+            batch_api: BatchUpstream | None = None
             if bc.kind == "batch":
-                from tokenyard.adapters.openai_batch import OpenAIBatchUpstream  # only configs with one
-
                 batch_api = OpenAIBatchUpstream(
                     base_url, api_key=bc.api_key.get_secret_value() if bc.api_key else None
                 )

@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
-from tokenyard.errors import InvalidRequest, ObjectNotFound, StoreError
+from tokenyard.errors import ObjectNotFound, StoreError
 from tokenyard.meter.model import UsageRecord
 from tokenyard.proxy.auth import Principal
 from tokenyard.proxy.classify import Decision
+from tokenyard.queue.callbacks import H_CALLBACK, allowed_callback
 from tokenyard.queue.model import Job, JobResult, new_job_id
 from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.queue.store import JobQueue
@@ -37,16 +35,6 @@ from tokenyard.wire import asgi as wire
 log = logging.getLogger("tokenyard.async")
 
 JOBS_PATH = "/v1/async/jobs/"
-H_CALLBACK = b"x-tokenyard-callback"
-CALLBACK_PARAM = H_CALLBACK.decode()  # the ``param`` of errors about it: a header, not a body field
-MAX_CALLBACK_CHARS = 2048
-# RFC 3986's characters (unreserved, reserved and '%'): no space, control, backslash or non-ASCII.
-_URL_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
-_AUTHORITY_END = re.compile(r"[/?#]")
-# A host name (labels of letters, digits, '-' inside, '_' as some internal names have; one trailing dot)
-# or an IPv4 address (a name by this pattern too).
-_HOST_NAME = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
-                        r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")  # fmt: skip
 POLL_S = 0.5  # a held connection looks at the store this often (a dispatcher in this process wakes it)
 GRACE_S = 5.0  # past the deadline, how long a held connection still waits for the dispatcher
 # Storing answers the store refused: the first retry, and the longest gap (no longer than the dispatcher's
@@ -70,78 +58,6 @@ def job_json(job: Job, status: str) -> dict[str, Any]:
         "reason": job.reason,
         "url": JOBS_PATH + job.id,
     }
-
-
-def allowed_callback(url: str, allow_hosts: list[str]) -> str:
-    """``url`` if it is an http(s) URL that can be called as it is, on an allow-listed host (no SSRF);
-    ``InvalidRequest`` saying what is wrong otherwise."""
-    host = _callback_host(url)
-    if host not in {h.lower() for h in allow_hosts}:
-        raise InvalidRequest(
-            f"The callback host {host!r} is not in async_track.callbacks.allow_hosts.", param=CALLBACK_PARAM
-        )
-    return url
-
-
-def _callback_host(url: str) -> str:
-    """The host of a well-formed callback URL, lowercase (an IPv6 address without its brackets).
-
-    Stricter than ``urlsplit`` (which raises on some malformed URLs and lets others through to fail at
-    delivery): RFC 3986's characters only, an http(s) scheme, no user info, a valid host, a port in 1–65535.
-    """
-
-    def bad(why: str) -> InvalidRequest:
-        shown = url if len(url) <= 100 else url[:100] + "…"
-        return InvalidRequest(f"The callback URL {shown!r} {why}.", param=CALLBACK_PARAM)
-
-    if len(url) > MAX_CALLBACK_CHARS:
-        raise bad(f"is longer than {MAX_CALLBACK_CHARS} characters")
-    if not _URL_CHARACTERS.fullmatch(url):
-        raise bad("has a character a URL may not carry (whitespace, a control character, a backslash, or "
-                  "one that is not ASCII: percent-encode it)")  # fmt: skip
-    scheme, separator, rest = url.partition("://")
-    if not separator or scheme.lower() not in ("http", "https"):
-        raise bad("must start with http:// or https://")
-    authority = _AUTHORITY_END.split(rest, maxsplit=1)[0]
-    if "@" in authority:
-        raise bad("must not carry a user name or password")
-    host = _host_of(authority, bad)
-    # What the URL library sees must be what was checked: no parser disagreement to slip a host through.
-    try:
-        agreed = urlsplit(url).hostname == host
-    except ValueError:
-        agreed = False
-    if not agreed:
-        raise bad("is ambiguous")
-    return host
-
-
-def _host_of(authority: str, bad: Callable[[str], InvalidRequest]) -> str:
-    """The lowercase host of a URL's authority (``host[:port]`` or ``[v6][:port]``); its port checked."""
-    if authority.startswith("["):
-        end = authority.find("]")
-        host, after = authority[1:end], authority[end + 1 :]
-        if end < 0 or (after and not after.startswith(":")):
-            raise bad("has a malformed IPv6 address (it goes in [ ], then an optional :port)")
-        if "%" in host or not _is_ipv6(host):
-            raise bad(f"has {host!r} in [ ], which is not an IPv6 address (without a zone)")
-        port: str | None = after[1:] if after else None
-    else:
-        host, colon, port_text = authority.partition(":")
-        port = port_text if colon else None
-        if not _HOST_NAME.fullmatch(host):
-            raise bad("has no valid host name or address")
-    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
-        raise bad(f"has port {port!r}; a port is a number from 1 to 65535")
-    return host.lower()
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
 
 
 class AsyncFront:
