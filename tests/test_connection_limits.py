@@ -17,16 +17,10 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from tests.harness import (
-    CLIENT_KEY,
-    ProxyProcess,
-    backend,
-    eventually,
-    reset,
-    set_faults,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.simulators import reset, set_faults, simulators
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
 from tokenyard.edge.connections import connection_cap
 from tokenyard.errors import UpstreamError

@@ -17,7 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import CLIENT_KEY, ProxyProcess, backend, simulators, start_proxy
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.simulators import simulators
+from tests.support.stores import sqlite_url
 from tokenyard.simulator.config import SimulatorConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
@@ -41,7 +44,7 @@ async def proxy(tmp_path: Path) -> AsyncIterator[ProxyProcess]:
     ) as sims:
         config = {
             "server": {"admin_key": ADMIN_KEY},
-            "meter": {"store": f"sqlite:///{tmp_path}/meter.sqlite3", "flush_interval_s": 0.2},
+            "meter": {"store": sqlite_url(tmp_path / "meter.sqlite3"), "flush_interval_s": 0.2},
             "backends": {
                 "ded": backend("dedicated", sims["ded"].base_url, max_concurrency=2),
                 "api": backend(

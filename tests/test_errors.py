@@ -10,17 +10,10 @@ import openai
 import pytest
 import pytest_asyncio
 
-from tests.harness import (
-    CLIENT_KEY,
-    OTHER_KEY,
-    UPSTREAM_SECRET,
-    ProxyProcess,
-    backend,
-    free_port,
-    keys_section,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, OTHER_KEY, UPSTREAM_SECRET, backend, keys_section
+from tests.support.net import free_port
+from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.simulators import simulators
 from tokenyard.simulator.config import FaultConfig, SimulatorConfig
 
 MAX_BODY = 64 * 1024

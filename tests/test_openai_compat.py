@@ -10,19 +10,9 @@ import openai
 import pytest
 import pytest_asyncio
 
-from tests.harness import (
-    CLIENT_KEY,
-    UPSTREAM_SECRET,
-    ProxyProcess,
-    backend,
-    keys_section,
-    raw_stream,
-    reset,
-    set_faults,
-    sim_requests,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, UPSTREAM_SECRET, backend, keys_section
+from tests.support.proxy import ProxyProcess, raw_stream, start_proxy
+from tests.support.simulators import reset, set_faults, sim_requests, simulators
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 

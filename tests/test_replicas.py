@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,13 @@ import httpx
 import pytest
 import yaml
 
-from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, simulators, start_proxy
-from tests.meter.redis_util import REDIS_URL, RedisClusterServers, delete_prefix, redis_url_for
-from tests.simulator.helpers import FakeClock
+from tests.support.clocks import FakeClock
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.redis_servers import REDIS_URL, RedisClusterServers, delete_prefix, redis_url_for
+from tests.support.simulators import simulators
+from tests.support.stores import fresh_prefix
 from tokenyard.config import load_config
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
@@ -71,7 +74,7 @@ async def sims() -> AsyncIterator[dict[str, Any]]:
 
 @pytest.fixture
 def prefix() -> str:
-    return f"tytest-{uuid.uuid4().hex[:12]}"
+    return fresh_prefix()
 
 
 Launch = Callable[..., Awaitable[list[ProxyProcess]]]
@@ -188,10 +191,10 @@ async def test_the_dispatcher_lead_moves_when_its_replica_is_killed_mid_batch(
             assert len(await batches()) == 1
 
         await eventually(in_a_provider_batch, timeout_s=30)
-        provider_clock.now_s += 1  # past validating (0.3 s), not done (3 s): its lines are counted
+        provider_clock.elapsed_s += 1  # past validating (0.3 s), not done (3 s): its lines are counted
         assert [(b["request_counts"]["total"], b["status"]) for b in await batches()] == [(5, "in_progress")]
         first[0].stop(signal.SIGKILL)
-        provider_clock.now_s += 3  # past its turnaround: the batch completes
+        provider_clock.elapsed_s += 3  # past its turnaround: the batch completes
         survivors = [p for p in fleet if p is not first[0]]
 
         async def all_answered() -> None:

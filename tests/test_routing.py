@@ -12,19 +12,11 @@ import openai
 import pytest
 import pytest_asyncio
 
-from tests.harness import (
-    CLIENT_KEY,
-    ProxyProcess,
-    backend,
-    eventually,
-    free_port,
-    leave_after,
-    reset,
-    set_faults,
-    sim_stats,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.net import free_port
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, leave_after, start_proxy
+from tests.support.simulators import reset, set_faults, sim_stats, simulators
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 

@@ -17,17 +17,11 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from tests.harness import (
-    CLIENT_KEY,
-    ProxyProcess,
-    backend,
-    eventually,
-    reset,
-    set_faults,
-    sim_stats,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.simulators import reset, set_faults, sim_stats, simulators
+from tests.support.stores import sqlite_url
 from tokenyard.meter.model import UsageRecord
 from tokenyard.meter.stores import open_store
 from tokenyard.meter.usage import StreamTap
@@ -67,7 +61,7 @@ class Upstream:
 @pytest_asyncio.fixture(scope="module")
 async def upstream(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Upstream]:
     tmp = tmp_path_factory.mktemp("habits")
-    store_url = f"sqlite:///{tmp}/meter.sqlite3"
+    store_url = sqlite_url(tmp / "meter.sqlite3")
     async with simulators(sim=SimulatorConfig(ttft_ms=1, tokens_per_s=2000)) as sims:
         config = {
             "meter": {"store": store_url, "flush_interval_s": 0.2},

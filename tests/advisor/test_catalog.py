@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import run_cli
+from tests.support.proxy import run_cli
 from tokenyard.advisor.catalog import builtin_catalog_tree, load_catalog
 from tokenyard.advisor.workloads import build_workload
 from tokenyard.config import load_config, parse_config

@@ -9,16 +9,11 @@ from typing import Any
 import openai
 import pytest
 
-from tests.harness import (
-    CLIENT_KEY,
-    ProxyProcess,
-    backend,
-    eventually,
-    leave_after,
-    set_faults,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, leave_after, start_proxy
+from tests.support.simulators import set_faults, simulators
+from tests.support.stores import sqlite_url
 from tokenyard.meter.model import UsageRecord
 from tokenyard.meter.stores import open_store
 from tokenyard.simulator.config import SimulatorConfig
@@ -35,7 +30,7 @@ async def stored_records(store_url: str) -> list[UsageRecord]:
 
 
 async def test_streams_cut_short_are_metered_for_what_they_delivered(tmp_path: Path) -> None:
-    store_url = f"sqlite:///{tmp_path}/meter.sqlite3"
+    store_url = sqlite_url(tmp_path / "meter.sqlite3")
     async with simulators(slow=SimulatorConfig(ttft_ms=1, tokens_per_s=20)) as sims:
         config = {
             "meter": {"store": store_url, "flush_interval_s": 0.2},

@@ -9,14 +9,11 @@ mid-batch whose jobs are resumed and answered — and billed — exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import signal
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,123 +22,34 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import (
-    CLIENT_KEY,
-    OTHER_KEY,
-    GatedClock,
-    ProxyProcess,
-    backend,
-    eventually,
-    set_faults,
-    sim_stats,
-    simulators,
-    start_proxy,
+from tests.support.async_track import (
+    FAST,
+    HELLO,
+    MODEL,
+    config_for,
+    no_idle_dedicated,
+    poll,
+    post,
+    sims,
+    sqlite_proxy,
+    usage,
 )
-from tests.meter.redis_util import REDIS_URL, delete_prefix
-from tests.simulator.helpers import FakeClock
+from tests.support.clocks import FakeClock, GatedClock
+from tests.support.config import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import start_proxy
+from tests.support.simulators import set_faults, sim_stats, simulators
+from tests.support.stores import ProxyStore, sqlite_url
 from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
-
-ADMIN_KEY = "sk-admin-0123456789abcdef"
-MODEL = "llama"
-HELLO = [{"role": "user", "content": "count these five words please"}]
-FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
-
-
-def config_for(
-    sims: dict[str, SimulatorServer], *, store: str, prefix: str = "tokenyard", **track: Any
-) -> dict[str, Any]:
-    """A dedicated replica (cap 2), a serverless API, and (if simulated) a provider Batch API."""
-    backends: dict[str, Any] = {
-        "ded": backend("dedicated", sims["ded"].base_url, max_concurrency=2),
-        "api": backend(
-            "serverless", sims["api"].base_url, prices={"input_per_1m": 1.0, "output_per_1m": 2.0}
-        ),
-    }
-    model: dict[str, Any] = {"deployments": ["ded", "api"]}
-    if "batch" in sims:
-        backends["prov"] = backend(
-            "batch", sims["batch"].base_url, prices={"input_per_1m": 0.5, "output_per_1m": 1.0}
-        )
-        model["batch"] = "prov"
-    async_track: dict[str, Any] = {"batches": {"max_wait_s": 0.2, "poll_s": 0.2, "expected_turnaround_s": 1}}
-    async_track.update(track)
-    return {
-        "server": {"admin_key": ADMIN_KEY},
-        "meter": {"store": store, "redis_prefix": prefix, "flush_interval_s": 0.2},
-        "backends": backends,
-        "models": {MODEL: model},
-        "keys": {
-            "team-a": {"key": CLIENT_KEY},
-            "team-b": {"key": OTHER_KEY, "mode": "async", "deadline_s": 30},
-        },
-        "async_track": async_track,
-    }
-
-
-@contextlib.asynccontextmanager
-async def sqlite_proxy(tmp_path: Path, **track: Any) -> AsyncIterator[ProxyProcess]:
-    """The usual proxy (``config_for`` the usual simulators) on an SQLite store, stopped afterwards."""
-    async with sims() as s:
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3", **track), tmp_path)
-        try:
-            yield proxy
-        finally:
-            proxy.stop()
-
-
-def sims(**extra: SimulatorConfig) -> Any:
-    return simulators(
-        ded=SimulatorConfig(mode="dedicated", max_concurrency=4, **FAST),
-        api=SimulatorConfig(**FAST),
-        **extra,
-    )
-
-
-async def post(
-    proxy: ProxyProcess, body: dict[str, Any], key: str = CLIENT_KEY, **headers: str
-) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=60) as http:
-        return await http.post(
-            f"{proxy.base_url}/chat/completions",
-            json=body,
-            headers={"Authorization": f"Bearer {key}", **headers},
-        )
-
-
-async def poll(
-    proxy: ProxyProcess, location: str, key: str = CLIENT_KEY, timeout_s: float = 20
-) -> httpx.Response:
-    """GET the job until it is no longer 202."""
-    async with httpx.AsyncClient(timeout=10) as http:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            got = await http.get(proxy.url + location, headers={"Authorization": f"Bearer {key}"})
-            if got.status_code != 202 or asyncio.get_running_loop().time() > deadline:
-                return got
-            assert got.json()["status"] == "queued"
-            await asyncio.sleep(0.1)
-
-
-async def usage(proxy: ProxyProcess, **params: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=10) as http:
-        got = await http.get(
-            f"{proxy.url}/admin/usage",
-            params={"start": "1h", "granularity": "total", **params},
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        )
-        assert got.status_code == 200, got.text
-        result: dict[str, Any] = got.json()
-        return result
-
 
 # -- delivery -----------------------------------------------------------------------------------------
 
 
 async def test_prefer_respond_async_answers_202_then_the_openai_response_on_poll(tmp_path: Path) -> None:
     async with sims() as s:
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
+        proxy = await start_proxy(config_for(s, store=sqlite_url(tmp_path / "m.sqlite3")), tmp_path)
         try:
             accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async, wait=0")
             assert accepted.status_code == 202
@@ -257,7 +165,10 @@ async def test_async_work_yields_to_real_time_on_the_dedicated_replica(tmp_path:
     )
     async with simulators(api=SimulatorConfig(**FAST)) as s, ded, httpx.AsyncClient(timeout=10) as http:
         config = config_for(
-            {**s, "ded": ded}, store=f"sqlite:///{tmp_path}/m.sqlite3", realtime_margin_s=1, idle_fill_cap=0.5
+            {**s, "ded": ded},
+            store=sqlite_url(tmp_path / "m.sqlite3"),
+            realtime_margin_s=1,
+            idle_fill_cap=0.5,
         )
         proxy = await start_proxy(config, tmp_path)
         try:
@@ -301,7 +212,7 @@ async def test_a_job_waits_for_a_busy_replica_only_until_its_deadline_comes_clos
         # It must go real time 1 s after it is queued (deadline 6 s, margin 5 s): the margin, far above a
         # dispatcher tick, is what a slow machine may take to get it there by its deadline.
         config = config_for(
-            s, store=f"sqlite:///{tmp_path}/m.sqlite3", realtime_margin_s=5, idle_fill_cap=0.5
+            s, store=sqlite_url(tmp_path / "m.sqlite3"), realtime_margin_s=5, idle_fill_cap=0.5
         )
         config["backends"]["ded"]["max_concurrency"] = 1
         config["keys"]["team-a"]["deadline_s"] = 6
@@ -321,7 +232,7 @@ async def test_a_job_waits_for_a_busy_replica_only_until_its_deadline_comes_clos
 async def test_with_no_cheaper_path_at_all_a_job_runs_in_real_time_at_once(tmp_path: Path) -> None:
     async with simulators(api=SimulatorConfig(**FAST)) as s:
         config = {
-            "meter": {"store": f"sqlite:///{tmp_path}/m.sqlite3", "flush_interval_s": 0.2},
+            "meter": {"store": sqlite_url(tmp_path / "m.sqlite3"), "flush_interval_s": 0.2},
             "backends": {"api": backend("serverless", s["api"].base_url)},
             "models": {MODEL: {"deployments": ["api"]}},
             "keys": {"team-a": {"key": CLIENT_KEY}},  # a 24 h deadline: waiting would gain nothing
@@ -337,19 +248,11 @@ async def test_with_no_cheaper_path_at_all_a_job_runs_in_real_time_at_once(tmp_p
             proxy.stop()
 
 
-def no_idle_dedicated(
-    tmp_path: Path, s: dict[str, SimulatorServer], store: str, prefix: str = "t"
-) -> dict[str, Any]:
-    """The async track with only a serverless API and a provider batch: jobs go to the batch."""
-    config = config_for(s, store=store, prefix=prefix, realtime_margin_s=2)
-    config["models"][MODEL]["deployments"] = ["api"]
-    del config["backends"]["ded"]
-    return config
-
-
 async def test_a_provider_batch_answers_jobs_at_the_batch_price(tmp_path: Path) -> None:
     async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
-        proxy = await start_proxy(no_idle_dedicated(tmp_path, s, f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
+        proxy = await start_proxy(
+            no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3")), tmp_path
+        )
         try:
             accepted = [
                 await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
@@ -376,7 +279,7 @@ async def test_a_provider_batch_answers_jobs_at_the_batch_price(tmp_path: Path) 
 async def test_failed_and_expired_batch_lines_are_answered_another_way(tmp_path: Path) -> None:
     async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
         await set_faults(s["batch"], batch_error_rate=1.0, error_status=500)
-        config = no_idle_dedicated(tmp_path, s, f"sqlite:///{tmp_path}/m.sqlite3")
+        config = no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3"))
         config["keys"]["team-a"]["deadline_s"] = 6  # batch turnaround 1 s + margin 2 s fits: batch first
         proxy = await start_proxy(config, tmp_path)
         try:
@@ -402,12 +305,9 @@ async def test_failed_and_expired_batch_lines_are_answered_another_way(tmp_path:
 # -- kill -9 mid-batch -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
 async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_is_billed_twice(
-    tmp_path: Path, kind: str
+    tmp_path: Path, proxy_store: ProxyStore
 ) -> None:
-    prefix = f"tytest-{uuid.uuid4().hex[:12]}"
-    store = f"sqlite:///{tmp_path}/m.sqlite3" if kind == "sqlite" else REDIS_URL
     # The provider's batches move only when the test advances its clock: the batch is still open when the
     # first proxy dies, however slow the machine.
     provider_clock = FakeClock()
@@ -415,7 +315,7 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
         SimulatorConfig(name="batch", batch_turnaround_s=3, **FAST), clock=provider_clock
     )
     async with sims() as s, provider:
-        config = no_idle_dedicated(tmp_path, {**s, "batch": provider}, store, prefix)
+        config = no_idle_dedicated(tmp_path, {**s, "batch": provider}, proxy_store.url, proxy_store.prefix)
         # The gather is submitted when it holds the five jobs, not when a time window closes.
         config["async_track"]["batches"].update(max_requests=5, max_wait_s=3600)
         first = await start_proxy(config, tmp_path)
@@ -436,13 +336,13 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
                 assert len(await batches()) == 1
 
             await eventually(submitted, timeout_s=30)
-            provider_clock.now_s += 1  # past validating (0.3 s), not done (3 s): its lines are counted
+            provider_clock.elapsed_s += 1  # past validating (0.3 s), not done (3 s): its lines are counted
             assert [(b["request_counts"]["total"], b["status"]) for b in await batches()] == [
                 (5, "in_progress")
             ]
         finally:
             first.stop(signal.SIGKILL)  # mid-batch: nothing flushed, no lock released
-        provider_clock.now_s += 4  # past its 3 s turnaround: the batch completes
+        provider_clock.elapsed_s += 4  # past its 3 s turnaround: the batch completes
         second = await start_proxy(config, tmp_path)
         try:
             answers = [await poll(second, a.headers["location"], timeout_s=30) for a in accepted]
@@ -459,8 +359,6 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
             await eventually(billed_once)
         finally:
             second.stop()
-            if kind == "redis":
-                await delete_prefix(prefix)
 
 
 # -- callbacks -----------------------------------------------------------------------------------------
@@ -474,7 +372,7 @@ async def test_a_finished_job_is_posted_to_its_allow_listed_callback_signed(
     async with sims() as s:
         config = config_for(
             s,
-            store=f"sqlite:///{tmp_path}/m.sqlite3",
+            store=sqlite_url(tmp_path / "m.sqlite3"),
             callbacks={"allow_hosts": ["127.0.0.1"], "secret": secret},
         )
         proxy = await start_proxy(config, tmp_path)
@@ -506,7 +404,7 @@ async def test_a_finished_job_is_posted_to_its_allow_listed_callback_signed(
 
 async def test_a_held_request_is_served_in_real_time_when_no_dispatcher_answers_it(tmp_path: Path) -> None:
     async with sims() as s:
-        store = f"sqlite:///{tmp_path}/m.sqlite3"
+        store = sqlite_url(tmp_path / "m.sqlite3")
         config = config_for(s, store=store, max_hold_s=0.5)
         # Another "replica" holds the dispatcher's lead and never dispatches (as if hung).
         squatter = SqliteMeterStore(f"{tmp_path}/m.sqlite3", retention_s=86400, records_max=10)

@@ -11,8 +11,8 @@ import asyncio
 import orjson
 import pytest
 
-from tests.meter.conftest import FakeClock
-from tests.queue.conftest import T0, JobStores
+from tests.support.clocks import T0, FakeClock
+from tests.support.stores import JobStores
 from tokenyard.queue.model import Job, JobResult, QueueStats, StoredObject, new_job_id
 from tokenyard.queue.store import JobStore
 

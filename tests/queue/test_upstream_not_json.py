@@ -17,10 +17,24 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import CLIENT_KEY, eventually, set_faults, start_proxy
-from tests.meter.redis_util import REDIS_URL, delete_prefix
-from tests.queue.test_async_track import HELLO, MODEL, config_for, poll, post, sims, sqlite_proxy
-from tests.queue.test_batch_api import jsonl, run_batch, until_final
+from tests.support.async_track import (
+    HELLO,
+    MODEL,
+    config_for,
+    jsonl,
+    poll,
+    post,
+    run_batch,
+    sims,
+    sqlite_proxy,
+    until_final,
+)
+from tests.support.config import CLIENT_KEY
+from tests.support.polling import eventually
+from tests.support.proxy import start_proxy
+from tests.support.redis_servers import REDIS_URL
+from tests.support.simulators import set_faults
+from tests.support.stores import sqlite_url
 from tokenyard.queue.sqlite_queue import SqliteJobStore
 from tokenyard.simulator.server import SimulatorServer
 
@@ -40,7 +54,7 @@ async def test_a_polled_job_answered_in_html_is_relayed_as_html_and_called_back(
     async with sims() as s:
         await html_everywhere(s)
         config = config_for(
-            s, store=f"sqlite:///{tmp_path}/m.sqlite3", callbacks={"allow_hosts": ["127.0.0.1"]}
+            s, store=sqlite_url(tmp_path / "m.sqlite3"), callbacks={"allow_hosts": ["127.0.0.1"]}
         )
         proxy = await start_proxy(config, tmp_path)
         try:
@@ -76,7 +90,7 @@ async def test_a_polled_job_answered_in_html_is_relayed_as_html_and_called_back(
 async def test_a_held_request_answered_in_html_gets_it_with_its_content_type(tmp_path: Path) -> None:
     async with sims() as s:
         await html_everywhere(s)
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
+        proxy = await start_proxy(config_for(s, store=sqlite_url(tmp_path / "m.sqlite3")), tmp_path)
         try:
             held = await post(proxy, {"model": MODEL, "messages": HELLO, "service_tier": "flex"})
             assert held.status_code == 413
@@ -92,7 +106,7 @@ async def test_batch_lines_answered_in_html_are_error_lines_and_the_batch_api_ke
 ) -> None:
     async with sims() as s:
         await html_everywhere(s)
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
+        proxy = await start_proxy(config_for(s, store=sqlite_url(tmp_path / "m.sqlite3")), tmp_path)
         try:
             async with proxy.client() as client:
                 created = await run_batch(client, jsonl(2))
@@ -182,10 +196,12 @@ async def test_results_stored_by_the_previous_version_are_still_served_sqlite(tm
         await check_legacy_results_are_served(proxy)
 
 
-async def test_results_stored_by_the_previous_version_are_still_served_redis(tmp_path: Path) -> None:
+async def test_results_stored_by_the_previous_version_are_still_served_redis(
+    tmp_path: Path, redis_prefix: str
+) -> None:
     import redis.asyncio as aioredis
 
-    prefix = f"tytest-legacy-{tmp_path.name[-12:]}"
+    prefix = redis_prefix
     async with sims() as s:
         proxy = await start_proxy(config_for(s, store=REDIS_URL, prefix=prefix), tmp_path)
         redis = aioredis.from_url(REDIS_URL)
@@ -198,4 +214,3 @@ async def test_results_stored_by_the_previous_version_are_still_served_redis(tmp
         finally:
             proxy.stop()
             await redis.aclose()
-            await delete_prefix(prefix)

@@ -27,8 +27,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.harness import free_port
 from tests.real_upstream.yard import Yard, open_yard
+from tests.support.net import free_port
 
 HERE = Path(__file__).parent
 CACHE = Path(os.environ.get("TOKENYARD_CACHE_DIR") or Path.home() / ".cache" / "tokenyard")

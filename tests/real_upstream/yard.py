@@ -10,8 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, start_proxy
 from tests.real_upstream.relay import Relay
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.stores import sqlite_url
 from tokenyard.meter.model import UsageRecord
 from tokenyard.meter.stores import open_store
 
@@ -75,7 +78,7 @@ async def open_yard(
             section["api_key"] = key or "sk-none"
             section["timeouts"] = {"first_byte_s": 120}  # a busy 2-core machine: the model may start slowly
             backends[up] = section
-        store_url = f"sqlite:///{tmp}/meter-{name}.sqlite3"
+        store_url = sqlite_url(tmp / f"meter-{name}.sqlite3")
         config = {
             "meter": {"store": store_url, "flush_interval_s": 0.2},
             "backends": backends,

@@ -9,9 +9,8 @@ import httpx
 import openai
 import pytest
 
+from tests.support.simulators import USER_HELLO
 from tokenyard.simulator.server import SimulatorServer
-
-from .helpers import USER_HELLO
 
 CHAT = {"model": "m", "messages": USER_HELLO}
 

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.harness import ProxyProcess, start_proxy
+from tests.support.proxy import ProxyProcess, start_proxy
 
 MODEL = "llama-3.1-8b-instruct"
 HELLO = [{"role": "user", "content": "Hello!"}]
