@@ -32,7 +32,7 @@ def test_the_built_in_catalog_is_valid_and_every_figure_is_dated_and_sourced() -
 
 def test_the_repository_ships_the_same_catalog_in_config() -> None:
     assert (REPO / "config" / "catalog.yaml").read_text() == (
-        REPO / "src" / "tokenyard" / "router" / "advisor" / "catalog.yaml"
+        REPO / "src" / "tokenyard" / "advisor" / "catalog.yaml"
     ).read_text()
 
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 import openai
+
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, backend
 from tests.support.proxy import ProxyProcess, running_proxy
 from tests.support.simulators import simulators
 from tests.support.stores import sqlite_url
-
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 

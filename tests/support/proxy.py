@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import openai
 import yaml
+
 from tests.support.config import CLIENT_KEY
 from tests.support.net import free_port
 from tests.support.stores import sqlite_url
@@ -119,7 +120,7 @@ async def running_proxy(
 
 
 def run_cli(
-    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout_s: float = 60
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout_s: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """Run the ``tokenyard`` command to completion and capture what it printed."""
     return subprocess.run(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
+
 from tests.support.net import free_port, free_ports
 
 REDIS_URL = os.environ.get("TOKENYARD_TEST_REDIS", "redis://127.0.0.1:6379/0")

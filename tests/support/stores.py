@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+
 from tests.support.clocks import FakeClock
 from tests.support.net import free_port
 from tests.support.redis_servers import REDIS_URL, delete_prefix
-
 from tokenyard.meter.redis_store import RedisMeterStore
 from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.meter.store import MeterStore
