@@ -17,15 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.config import CLIENT_KEY, backend
-from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
+from tests.support.proxy import ProxyProcess, running_proxy
 from tests.support.simulators import simulators
 from tests.support.stores import sqlite_url
 from tokenyard.simulator.config import SimulatorConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 CHROMIUM = CHROMIUM if Path(CHROMIUM).exists() else None
-ADMIN_KEY = "sk-admin-0123456789abcdef"
 MODEL = "llama-3.1-8b-instruct"  # in the catalog: the advisor can draw its cost against replicas
 FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
 ARTIFACTS = Path(os.environ.get("TOKENYARD_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
@@ -54,11 +53,8 @@ async def proxy(tmp_path: Path) -> AsyncIterator[ProxyProcess]:
             "models": {MODEL: {"deployments": ["ded", "api"]}},
             "keys": {"team-a": {"key": CLIENT_KEY}},
         }
-        started = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as started:
             yield started
-        finally:
-            started.stop()
 
 
 async def chat(proxy: ProxyProcess, n: int, **headers: str) -> None:

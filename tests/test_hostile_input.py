@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.config import CLIENT_KEY, OTHER_KEY, backend, keys_section
-from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.proxy import ProxyProcess, running_proxy
 from tests.support.simulators import reset, set_faults, sim_requests, sim_stats, simulators
 from tests.support.stores import sqlite_url
 from tokenyard.errors import InvalidRequest
@@ -65,11 +65,8 @@ async def stack(
             "keys": keys_section(),  # team-b may use only `small`
             "async_track": {},  # service_tier flex is read (and not forwarded)
         }
-        proxy = await start_proxy(config, tmp)
-        try:
+        async with running_proxy(config, tmp) as proxy:
             yield proxy, sims
-        finally:
-            proxy.stop()
 
 
 @pytest_asyncio.fixture

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from tests.support.clocks import FakeClock
-from tests.support.config import CLIENT_KEY, backend
+from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
 from tests.support.polling import eventually
-from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.proxy import ProxyProcess, running_proxy, start_proxy
 from tests.support.redis_servers import REDIS_URL, RedisClusterServers, delete_prefix, redis_url_for
 from tests.support.simulators import simulators
 from tests.support.stores import fresh_prefix
@@ -30,7 +30,6 @@ from tokenyard.config import load_config
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
-ADMIN_KEY = "sk-admin-0123456789abcdef"
 MODEL = "llama"
 FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
 REPO = Path(__file__).parent.parent
@@ -426,37 +425,36 @@ async def test_a_redis_cluster_failover_loses_no_usage(
     cluster = RedisClusterServers(folder, masters=3, replicas=1)
     cluster.start()
     try:
-        proxy = await start_proxy(config(sims, prefix, store=cluster.url, dedicated=False), tmp_path)
-        try:
-            async with httpx.AsyncClient(timeout=30) as http:
+        async with (
+            running_proxy(config(sims, prefix, store=cluster.url, dedicated=False), tmp_path) as proxy,
+            httpx.AsyncClient(timeout=30) as http,
+        ):
 
-                def counted(n: int) -> Callable[[], Awaitable[None]]:
-                    async def check() -> None:
-                        got = await usage(proxy, http)
-                        assert "data" in got, got  # an error body while the store fails over
-                        assert sum(row["requests"] for row in got["data"]) == n
+            def counted(n: int) -> Callable[[], Awaitable[None]]:
+                async def check() -> None:
+                    got = await usage(proxy, http)
+                    assert "data" in got, got  # an error body while the store fails over
+                    assert sum(row["requests"] for row in got["data"]) == n
 
-                    return check
+                return check
 
-                assert [(await chat(proxy, http)).status_code for _ in range(10)] == [200] * 10
-                await eventually(counted(10))
-                master = cluster.master_of("{" + prefix + "}")  # the master of the prefix's slot
-                written, _ = cluster.replication_offsets(master)
+            assert [(await chat(proxy, http)).status_code for _ in range(10)] == [200] * 10
+            await eventually(counted(10))
+            master = cluster.master_of("{" + prefix + "}")  # the master of the prefix's slot
+            written, _ = cluster.replication_offsets(master)
 
-                async def replicated() -> None:  # replication is asynchronous: the replica has it all
-                    _, acked = cluster.replication_offsets(master)
-                    assert acked
-                    assert min(acked) >= written
+            async def replicated() -> None:  # replication is asynchronous: the replica has it all
+                _, acked = cluster.replication_offsets(master)
+                assert acked
+                assert min(acked) >= written
 
-                await eventually(replicated)
-                cluster.kill(master)
-                # Served all along: the meter holds what it cannot write while the replica takes over.
-                assert [(await chat(proxy, http)).status_code for _ in range(10)] == [200] * 10
-                await eventually(counted(20), timeout_s=30)
-                log = proxy.log()
-                assert "meter store unavailable, holding usage in memory" in log  # the kill was felt
-                assert "meter store is back: held usage written" in log
-        finally:
-            proxy.stop()
+            await eventually(replicated)
+            cluster.kill(master)
+            # Served all along: the meter holds what it cannot write while the replica takes over.
+            assert [(await chat(proxy, http)).status_code for _ in range(10)] == [200] * 10
+            await eventually(counted(20), timeout_s=30)
+            log = proxy.log()
+            assert "meter store unavailable, holding usage in memory" in log  # the kill was felt
+            assert "meter store is back: held usage written" in log
     finally:
         cluster.stop()

@@ -8,7 +8,6 @@ each test checks what the client received and what was metered.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,10 @@ import pytest_asyncio
 
 from tests.support.config import CLIENT_KEY, backend
 from tests.support.polling import eventually
-from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.proxy import ProxyProcess, running_proxy
 from tests.support.simulators import reset, set_faults, sim_stats, simulators
-from tests.support.stores import sqlite_url
+from tests.support.stores import metered_records, sqlite_url
 from tokenyard.meter.model import UsageRecord
-from tokenyard.meter.stores import open_store
 from tokenyard.meter.usage import StreamTap
 from tokenyard.proxy.whole_as_stream import whole_answer_as_stream
 from tokenyard.simulator.config import SimulatorConfig
@@ -42,19 +40,7 @@ class Upstream:
 
     async def record(self, request_id: str) -> UsageRecord:
         """The metered record of one request (once the meter has flushed it)."""
-        found: list[UsageRecord] = []
-
-        async def stored() -> None:
-            store = open_store(self.store_url, prefix="unused", retention_s=86400, records_max=10_000)
-            try:
-                records = await store.records(time.time() - 3600, time.time() + 60)
-            finally:
-                await store.aclose()
-            found[:] = [r for r in records if r.request_id == request_id]
-            assert found
-
-        await eventually(stored, timeout_s=20)
-        [record] = found
+        [record] = await metered_records(self.store_url, request_id)
         return record
 
 
@@ -69,11 +55,8 @@ async def upstream(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Up
             "models": {"m": {"deployments": ["sim"]}},
             "keys": {"team-a": {"key": CLIENT_KEY}},
         }
-        proxy = await start_proxy(config, Path(tmp))
-        try:
+        async with running_proxy(config, Path(tmp)) as proxy:
             yield Upstream(proxy, sims["sim"], store_url)
-        finally:
-            proxy.stop()
 
 
 @pytest_asyncio.fixture

@@ -178,13 +178,10 @@ async def test_with_metering_off_the_advisor_is_off(tmp_path: Path) -> None:
             "models": {MODEL: {"deployments": ["svl"]}},
             "keys": {"team-a": {"key": CLIENT_KEY}},
         }
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             response = await admin_get(proxy, "/admin/advice")
             assert response.status_code == 404
             assert "advisor is off" in response.json()["error"]["message"]
-        finally:
-            proxy.stop()
 
 
 async def test_replicas_on_one_redis_evaluate_once_and_serve_the_same_advice(

@@ -17,7 +17,7 @@ import pytest_asyncio
 from tests.support.clocks import FakeClock, GatedClock
 from tests.support.config import CLIENT_KEY, backend, dedicated_config
 from tests.support.polling import eventually
-from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.proxy import ProxyProcess, running_proxy, start_proxy
 from tests.support.redis_servers import RedisServer
 from tests.support.simulators import simulators
 from tests.support.stores import ProxyStore
@@ -141,39 +141,35 @@ async def test_sigterm_finishes_streams_in_flight_and_cuts_them_at_the_drain_bou
     async with simulators(slow=SimulatorConfig(ttft_ms=1, ttft_jitter=0, tokens_per_s=10)) as sims:
         cfg = config(sims["slow"], url, prefix, 60)  # only the shutdown flush writes
         cfg["server"].update(unready_s=0, drain_timeout_s=3)
-        proxy = await start_proxy(cfg, tmp_path)
-        try:
-            async with proxy.client() as client:
+        async with running_proxy(cfg, tmp_path) as proxy, proxy.client() as client:
 
-                async def stream(max_tokens: int) -> AsyncIterator[Any]:
-                    chunks = await client.chat.completions.create(
-                        model="m",
-                        messages=MESSAGES,
-                        max_tokens=max_tokens,
-                        stream=True,
-                        stream_options={"include_usage": True},
-                    )
-                    async for chunk in chunks:
-                        yield chunk
+            async def stream(max_tokens: int) -> AsyncIterator[Any]:
+                chunks = await client.chat.completions.create(
+                    model="m",
+                    messages=MESSAGES,
+                    max_tokens=max_tokens,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                async for chunk in chunks:
+                    yield chunk
 
-                # About 0.4 s and 60 s at 10 tokens/s: the short one ends well inside the 3 s drain.
-                short, long = stream(4), stream(600)
-                await anext(short)
-                await anext(long)
-                proxy.proc.send_signal(signal.SIGTERM)
-                stopped = time.monotonic()
-                rest = [chunk async for chunk in short]
-                assert rest[-1].usage is not None
-                assert rest[-1].usage.completion_tokens == 4
-                with pytest.raises(openai.APIConnectionError):  # cut: no clean end, the client knows
-                    async for _ in long:
-                        pass
-                code = await asyncio.to_thread(proxy.proc.wait, 30)
-                assert code in (0, -signal.SIGTERM)
-                # The drain is bounded (3 s), not held open by the 60 s stream; 20 s tells them apart.
-                assert time.monotonic() - stopped < 20, "the drain is bounded"
-        finally:
-            proxy.stop()
+            # About 0.4 s and 60 s at 10 tokens/s: the short one ends well inside the 3 s drain.
+            short, long = stream(4), stream(600)
+            await anext(short)
+            await anext(long)
+            proxy.proc.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            rest = [chunk async for chunk in short]
+            assert rest[-1].usage is not None
+            assert rest[-1].usage.completion_tokens == 4
+            with pytest.raises(openai.APIConnectionError):  # cut: no clean end, the client knows
+                async for _ in long:
+                    pass
+            code = await asyncio.to_thread(proxy.proc.wait, 30)
+            assert code in (0, -signal.SIGTERM)
+            # The drain is bounded (3 s), not held open by the 60 s stream; 20 s tells them apart.
+            assert time.monotonic() - stopped < 20, "the drain is bounded"
     requests, tokens, records = await stored_totals(url, prefix)
     assert requests == records == 2  # the cut stream too, with the tokens it had sent
     assert 4 + 1 < tokens < 4 + 600
@@ -192,11 +188,8 @@ async def test_kill_9_loses_at_most_the_last_flush_interval(
         proxy.stop(signal.SIGKILL)
     assert await stored_totals(url, prefix) == (30, tokens, 30)
     # A new process on the same store carries on from there.
-    again = await start_proxy(config(upstream, url, prefix, interval), tmp_path)
-    try:
+    async with running_proxy(config(upstream, url, prefix, interval), tmp_path) as again:
         more = await send(again, 10)
-    finally:
-        again.stop()
     assert await stored_totals(url, prefix) == (40, tokens + more, 40)
 
 

@@ -25,7 +25,7 @@ from tests.support.async_track import (
 )
 from tests.support.config import CLIENT_KEY
 from tests.support.polling import eventually
-from tests.support.proxy import start_proxy
+from tests.support.proxy import running_proxy, start_proxy
 from tests.support.stores import sqlite_url
 from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
@@ -84,8 +84,7 @@ async def test_a_poll_while_the_job_waits_says_async_why_and_its_request_id(tmp_
         squatter = SqliteMeterStore(f"{tmp_path}/m.sqlite3", retention_s=86400, records_max=10)
         assert await squatter.try_lock("dispatcher", "hung-replica", 3600)
         await squatter.aclose()
-        proxy = await start_proxy(config_for(s, store=sqlite_url(tmp_path / "m.sqlite3")), tmp_path)
-        try:
+        async with running_proxy(config_for(s, store=sqlite_url(tmp_path / "m.sqlite3")), tmp_path) as proxy:
             accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
             async with httpx.AsyncClient(timeout=10) as http:
                 waiting = await http.get(
@@ -96,8 +95,6 @@ async def test_a_poll_while_the_job_waits_says_async_why_and_its_request_id(tmp_
             assert waiting.headers["x-tokenyard-mode"] == "async"
             assert waiting.headers["x-tokenyard-mode-reason"] == "Prefer: respond-async"
             assert waiting.headers["x-request-id"] == accepted.headers["x-request-id"]
-        finally:
-            proxy.stop()
 
 
 async def test_a_provider_batch_answer_names_the_batch_backend(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from tests.support.async_track import (
 from tests.support.clocks import FakeClock, GatedClock
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, backend
 from tests.support.polling import eventually
-from tests.support.proxy import start_proxy
+from tests.support.proxy import running_proxy, start_proxy
 from tests.support.simulators import set_faults, sim_stats, simulators
 from tests.support.stores import ProxyStore, sqlite_url
 from tokenyard.meter.sqlite_store import SqliteMeterStore
@@ -48,57 +48,54 @@ from tokenyard.simulator.server import SimulatorServer
 
 
 async def test_prefer_respond_async_answers_202_then_the_openai_response_on_poll(tmp_path: Path) -> None:
-    async with sims() as s:
-        proxy = await start_proxy(config_for(s, store=sqlite_url(tmp_path / "m.sqlite3")), tmp_path)
-        try:
-            accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async, wait=0")
-            assert accepted.status_code == 202
-            assert accepted.headers["preference-applied"] == "respond-async"
-            assert accepted.headers["x-tokenyard-mode"] == "async"
-            assert accepted.headers["x-tokenyard-mode-reason"] == "Prefer: respond-async"
-            job = accepted.json()
-            assert job["object"] == "async.job"
-            assert job["status"] == "queued"
-            assert accepted.headers["location"] == job["url"] == f"/v1/async/jobs/{job['id']}"
-            done = await poll(proxy, accepted.headers["location"])
-            assert done.status_code == 200
-            assert done.headers["x-tokenyard-path"] == "idle_dedicated"  # the replica was idle
-            completion = openai.types.chat.ChatCompletion.model_validate(done.json())
-            assert completion.object == "chat.completion"
-            assert completion.usage is not None
-            # Another tenant cannot see it; an unknown id is not found either.
-            assert (await poll(proxy, accepted.headers["location"], key=OTHER_KEY)).status_code == 404
-            missing = await poll(proxy, "/v1/async/jobs/job_nope")
-            assert missing.status_code == 404
-            assert missing.json()["error"]["type"] == "invalid_request_error"
+    async with (
+        sims() as s,
+        running_proxy(config_for(s, store=sqlite_url(tmp_path / "m.sqlite3")), tmp_path) as proxy,
+    ):
+        accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async, wait=0")
+        assert accepted.status_code == 202
+        assert accepted.headers["preference-applied"] == "respond-async"
+        assert accepted.headers["x-tokenyard-mode"] == "async"
+        assert accepted.headers["x-tokenyard-mode-reason"] == "Prefer: respond-async"
+        job = accepted.json()
+        assert job["object"] == "async.job"
+        assert job["status"] == "queued"
+        assert accepted.headers["location"] == job["url"] == f"/v1/async/jobs/{job['id']}"
+        done = await poll(proxy, accepted.headers["location"])
+        assert done.status_code == 200
+        assert done.headers["x-tokenyard-path"] == "idle_dedicated"  # the replica was idle
+        completion = openai.types.chat.ChatCompletion.model_validate(done.json())
+        assert completion.object == "chat.completion"
+        assert completion.usage is not None
+        # Another tenant cannot see it; an unknown id is not found either.
+        assert (await poll(proxy, accepted.headers["location"], key=OTHER_KEY)).status_code == 404
+        missing = await poll(proxy, "/v1/async/jobs/job_nope")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["type"] == "invalid_request_error"
 
-            async def metered_async() -> None:
-                rows = (await usage(proxy, group_by="mode,backend"))["data"]
-                assert [(r["mode"], r["backend"], r["requests"]) for r in rows] == [("async", "ded", 1)]
+        async def metered_async() -> None:
+            rows = (await usage(proxy, group_by="mode,backend"))["data"]
+            assert [(r["mode"], r["backend"], r["requests"]) for r in rows] == [("async", "ded", 1)]
 
-            await eventually(metered_async)
+        await eventually(metered_async)
 
-            async def on_the_metrics() -> None:
-                async with httpx.AsyncClient() as http:
-                    text = (
-                        await http.get(
-                            f"{proxy.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-                        )
-                    ).text
-                samples = {
-                    (s.name, tuple(sorted(s.labels.items()))): s.value
-                    for family in text_string_to_metric_families(text)
-                    for s in family.samples
-                }
-                assert samples[("tokenyard_async_jobs_answered_total", (("path", "idle_dedicated"),))] == 1
-                assert samples[("tokenyard_async_job_wait_seconds_total", (("path", "idle_dedicated"),))] > 0
-                assert samples[("tokenyard_async_jobs", (("state", "waiting"),))] == 0
-                assert samples[("tokenyard_async_oldest_job_age_seconds", ())] == 0
-                assert samples[("tokenyard_async_duplicate_answers_total", ())] == 0
+        async def on_the_metrics() -> None:
+            async with httpx.AsyncClient() as http:
+                text = (
+                    await http.get(f"{proxy.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+                ).text
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+            assert samples[("tokenyard_async_jobs_answered_total", (("path", "idle_dedicated"),))] == 1
+            assert samples[("tokenyard_async_job_wait_seconds_total", (("path", "idle_dedicated"),))] > 0
+            assert samples[("tokenyard_async_jobs", (("state", "waiting"),))] == 0
+            assert samples[("tokenyard_async_oldest_job_age_seconds", ())] == 0
+            assert samples[("tokenyard_async_duplicate_answers_total", ())] == 0
 
-            await eventually(on_the_metrics)
-        finally:
-            proxy.stop()
+        await eventually(on_the_metrics)
 
 
 async def test_a_held_connection_gets_the_normal_response_through_the_sdk(tmp_path: Path) -> None:
@@ -170,8 +167,7 @@ async def test_async_work_yields_to_real_time_on_the_dedicated_replica(tmp_path:
             realtime_margin_s=1,
             idle_fill_cap=0.5,
         )
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             async with proxy.client() as client:
                 # One real-time request holds the replica's one async-fillable slot (cap 2 × 0.5).
                 busy = asyncio.create_task(client.chat.completions.create(model=MODEL, messages=HELLO))
@@ -202,8 +198,6 @@ async def test_async_work_yields_to_real_time_on_the_dedicated_replica(tmp_path:
             done = await poll(proxy, accepted.headers["location"])
             assert done.status_code == 200
             assert done.headers["x-tokenyard-path"] == "idle_dedicated"
-        finally:
-            proxy.stop()
 
 
 async def test_a_job_waits_for_a_busy_replica_only_until_its_deadline_comes_close(tmp_path: Path) -> None:
@@ -216,8 +210,7 @@ async def test_a_job_waits_for_a_busy_replica_only_until_its_deadline_comes_clos
         )
         config["backends"]["ded"]["max_concurrency"] = 1
         config["keys"]["team-a"]["deadline_s"] = 6
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             sent_at = time.time()  # the proxy's wall clock too: it queues the job after this
             accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
             done = await poll(proxy, accepted.headers["location"])
@@ -225,8 +218,6 @@ async def test_a_job_waits_for_a_busy_replica_only_until_its_deadline_comes_clos
             assert done.status_code == 200
             assert done.headers["x-tokenyard-path"] == "realtime"
             assert 1 <= waited_s < 6, "not before it had to, not after its deadline"
-        finally:
-            proxy.stop()
 
 
 async def test_with_no_cheaper_path_at_all_a_job_runs_in_real_time_at_once(tmp_path: Path) -> None:
@@ -237,15 +228,12 @@ async def test_with_no_cheaper_path_at_all_a_job_runs_in_real_time_at_once(tmp_p
             "models": {MODEL: {"deployments": ["api"]}},
             "keys": {"team-a": {"key": CLIENT_KEY}},  # a 24 h deadline: waiting would gain nothing
         }
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
             # Waiting would last until its deadline came close, a day from now: 10 s tells them apart.
             done = await poll(proxy, accepted.headers["location"], timeout_s=10)
             assert done.status_code == 200
             assert done.headers["x-tokenyard-path"] == "realtime"
-        finally:
-            proxy.stop()
 
 
 async def test_a_provider_batch_answers_jobs_at_the_batch_price(tmp_path: Path) -> None:
@@ -281,8 +269,7 @@ async def test_failed_and_expired_batch_lines_are_answered_another_way(tmp_path:
         await set_faults(s["batch"], batch_error_rate=1.0, error_status=500)
         config = no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3"))
         config["keys"]["team-a"]["deadline_s"] = 6  # batch turnaround 1 s + margin 2 s fits: batch first
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             failed = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
             answer = await poll(proxy, failed.headers["location"])
             assert answer.status_code == 200
@@ -298,8 +285,6 @@ async def test_failed_and_expired_batch_lines_are_answered_another_way(tmp_path:
                 assert [(r["backend"], r["requests"]) for r in stats] == [("api", 2)]
 
             await eventually(only_the_real_time_answers_are_billed)
-        finally:
-            proxy.stop()
 
 
 # -- kill -9 mid-batch -----------------------------------------------------------------------------------
@@ -343,8 +328,7 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
         finally:
             first.stop(signal.SIGKILL)  # mid-batch: nothing flushed, no lock released
         provider_clock.elapsed_s += 4  # past its 3 s turnaround: the batch completes
-        second = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as second:
             answers = [await poll(second, a.headers["location"], timeout_s=30) for a in accepted]
             assert [a.status_code for a in answers] == [200] * 5
             assert {a.headers["x-tokenyard-path"] for a in answers} == {"provider_batch"}
@@ -357,8 +341,6 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
                 assert [(r["mode"], r["backend"], r["requests"]) for r in rows] == [("async", "prov", 5)]
 
             await eventually(billed_once)
-        finally:
-            second.stop()
 
 
 # -- callbacks -----------------------------------------------------------------------------------------
@@ -375,8 +357,7 @@ async def test_a_finished_job_is_posted_to_its_allow_listed_callback_signed(
             store=sqlite_url(tmp_path / "m.sqlite3"),
             callbacks={"allow_hosts": ["127.0.0.1"], "secret": secret},
         )
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             url = f"http://127.0.0.1:{port}/hooks/done"
             accepted = await post(
                 proxy,
@@ -398,8 +379,6 @@ async def test_a_finished_job_is_posted_to_its_allow_listed_callback_signed(
             stamp, signature = (part.split("=", 1)[1] for part in headers["x-tokenyard-signature"].split(","))
             expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
             assert hmac.compare_digest(signature, expected)
-        finally:
-            proxy.stop()
 
 
 async def test_a_held_request_is_served_in_real_time_when_no_dispatcher_answers_it(tmp_path: Path) -> None:
@@ -410,8 +389,7 @@ async def test_a_held_request_is_served_in_real_time_when_no_dispatcher_answers_
         squatter = SqliteMeterStore(f"{tmp_path}/m.sqlite3", retention_s=86400, records_max=10)
         assert await squatter.try_lock("dispatcher", "hung-replica", 3600)
         await squatter.aclose()
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             async with proxy.client() as client:
                 started = asyncio.get_running_loop().time()
                 raw = await client.chat.completions.with_raw_response.create(
@@ -428,5 +406,3 @@ async def test_a_held_request_is_served_in_real_time_when_no_dispatcher_answers_
                 assert [(r["mode"], r["requests"]) for r in rows] == [("async", 1)]
 
             await eventually(billed_once)
-        finally:
-            proxy.stop()

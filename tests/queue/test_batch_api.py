@@ -23,7 +23,7 @@ from tests.support.async_track import (
 )
 from tests.support.config import OTHER_KEY
 from tests.support.polling import eventually
-from tests.support.proxy import start_proxy
+from tests.support.proxy import running_proxy
 from tests.support.stores import sqlite_url
 from tokenyard.simulator.config import SimulatorConfig
 
@@ -91,27 +91,23 @@ async def test_cancel_keeps_what_was_answered_and_closes_the_rest(tmp_path: Path
         # The replica never has a slot for async work (1 × 0.5 rounds down), so the lines wait for it.
         config = config_for(s, store=sqlite_url(tmp_path / "m.sqlite3"), idle_fill_cap=0.5)
         config["backends"]["ded"]["max_concurrency"] = 1
-        proxy = await start_proxy(config, tmp_path)
-        try:
-            async with proxy.client() as client:
-                created = await run_batch(client, jsonl(4))
-                cancelling = await client.batches.cancel(created.id)
-                assert cancelling.status == "cancelling"
-                done = await client.batches.retrieve(created.id)
-                assert done.status == "cancelled"
-                assert done.cancelled_at is not None
-                assert done.request_counts is not None
-                assert (done.request_counts.completed, done.request_counts.failed) == (0, 4)
-                assert done.error_file_id is not None
-                lines = [
-                    json.loads(x) for x in (await client.files.content(done.error_file_id)).text.splitlines()
-                ]
-                assert {x["error"]["code"] for x in lines} == {"batch_cancelled"}
-                assert all(x["response"] is None for x in lines)
-                with pytest.raises(openai.BadRequestError):
-                    await client.batches.cancel(created.id)
-        finally:
-            proxy.stop()
+        async with running_proxy(config, tmp_path) as proxy, proxy.client() as client:
+            created = await run_batch(client, jsonl(4))
+            cancelling = await client.batches.cancel(created.id)
+            assert cancelling.status == "cancelling"
+            done = await client.batches.retrieve(created.id)
+            assert done.status == "cancelled"
+            assert done.cancelled_at is not None
+            assert done.request_counts is not None
+            assert (done.request_counts.completed, done.request_counts.failed) == (0, 4)
+            assert done.error_file_id is not None
+            lines = [
+                json.loads(x) for x in (await client.files.content(done.error_file_id)).text.splitlines()
+            ]
+            assert {x["error"]["code"] for x in lines} == {"batch_cancelled"}
+            assert all(x["response"] is None for x in lines)
+            with pytest.raises(openai.BadRequestError):
+                await client.batches.cancel(created.id)
 
 
 async def test_invalid_input_fails_the_batch_with_errors_by_line(tmp_path: Path) -> None:
@@ -159,29 +155,29 @@ async def test_tenants_can_neither_see_nor_use_each_others_files_and_batches(tmp
     async with sims() as s:
         config = config_for(s, store=sqlite_url(tmp_path / "m.sqlite3"))
         config["keys"]["team-b"] = {"key": OTHER_KEY}
-        proxy = await start_proxy(config, tmp_path)
-        try:
-            async with proxy.client() as a, proxy.client(key=OTHER_KEY) as b:
-                mine = await run_batch(a, jsonl(2))
-                for attempt in (
-                    b.files.retrieve(mine.input_file_id),
-                    b.files.content(mine.input_file_id),
-                    b.files.delete(mine.input_file_id),
-                    b.batches.retrieve(mine.id),
-                    b.batches.cancel(mine.id),
-                    b.batches.create(
-                        input_file_id=mine.input_file_id,
-                        endpoint="/v1/chat/completions",
-                        completion_window="24h",
-                    ),
-                ):
-                    with pytest.raises(openai.NotFoundError):
-                        await attempt
-                assert (await b.batches.list()).data == []
-                assert (await b.files.list()).data == []
-                assert (await until_final(a, mine.id)).status == "completed"
-        finally:
-            proxy.stop()
+        async with (
+            running_proxy(config, tmp_path) as proxy,
+            proxy.client() as a,
+            proxy.client(key=OTHER_KEY) as b,
+        ):
+            mine = await run_batch(a, jsonl(2))
+            for attempt in (
+                b.files.retrieve(mine.input_file_id),
+                b.files.content(mine.input_file_id),
+                b.files.delete(mine.input_file_id),
+                b.batches.retrieve(mine.id),
+                b.batches.cancel(mine.id),
+                b.batches.create(
+                    input_file_id=mine.input_file_id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                ),
+            ):
+                with pytest.raises(openai.NotFoundError):
+                    await attempt
+            assert (await b.batches.list()).data == []
+            assert (await b.files.list()).data == []
+            assert (await until_final(a, mine.id)).status == "completed"
 
 
 async def test_tenants_lines_share_a_provider_batch_but_never_their_results(tmp_path: Path) -> None:
@@ -189,8 +185,7 @@ async def test_tenants_lines_share_a_provider_batch_but_never_their_results(tmp_
         config = no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3"))
         config["keys"]["team-b"] = {"key": OTHER_KEY}
         config["async_track"]["batches"]["max_wait_s"] = 1.0  # both tenants' lines make one gather
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             async with proxy.client() as a, proxy.client(key=OTHER_KEY) as b:
                 batch_a = await run_batch(a, jsonl(3, prefix="a"))
                 batch_b = await run_batch(b, jsonl(2, prefix="b"))
@@ -210,5 +205,3 @@ async def test_tenants_lines_share_a_provider_batch_but_never_their_results(tmp_
             assert [p["request_counts"]["total"] for p in provider] == [5], (
                 "one provider batch for both tenants"
             )
-        finally:
-            proxy.stop()

@@ -23,6 +23,7 @@ from tests.real_upstream.upstreams import (
     llama_upstream,
     need,
     need_llama,
+    running,
 )
 from tests.real_upstream.yard import Yard, open_yard
 
@@ -31,36 +32,24 @@ from tests.real_upstream.yard import Yard, open_yard
 async def litellm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Upstream]:
     """LiteLLM's proxy, started once for the session."""
     need(LITELLM, "LiteLLM's proxy", "tests/real_upstream/setup_litellm.sh")
-    upstream = litellm_upstream(tmp_path_factory.mktemp("litellm"))
-    try:
-        await upstream.start()
+    async with running(litellm_upstream(tmp_path_factory.mktemp("litellm"))) as upstream:
         yield upstream
-    finally:
-        upstream.stop()
 
 
 @pytest.fixture(scope="session")
 async def llama(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Upstream]:
     """llama-server for chat and completions, started once for the session."""
     need_llama()
-    upstream = llama_upstream(tmp_path_factory.mktemp("llama"))
-    try:
-        await upstream.start()
+    async with running(llama_upstream(tmp_path_factory.mktemp("llama"))) as upstream:
         yield upstream
-    finally:
-        upstream.stop()
 
 
 @pytest.fixture(scope="session")
 async def llama_embed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Upstream]:
     """llama-server for embeddings (``--embeddings --pooling mean``), started once for the session."""
     need_llama()
-    upstream = llama_upstream(tmp_path_factory.mktemp("llama-embed"), embeddings=True)
-    try:
-        await upstream.start()
+    async with running(llama_upstream(tmp_path_factory.mktemp("llama-embed"), embeddings=True)) as upstream:
         yield upstream
-    finally:
-        upstream.stop()
 
 
 @pytest.fixture(scope="session")

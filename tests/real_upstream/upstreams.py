@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,16 @@ class Upstream:
     def log(self) -> str:
         """What the server printed so far (its tail)."""
         return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@contextlib.asynccontextmanager
+async def running(upstream: Upstream) -> AsyncIterator[Upstream]:
+    """``upstream`` started and answering; stopped when the block ends."""
+    try:
+        await upstream.start()
+        yield upstream
+    finally:
+        upstream.stop()
 
 
 def litellm_upstream(folder: Path) -> Upstream:

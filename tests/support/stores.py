@@ -9,20 +9,23 @@ folder. Stores opened on one namespace share its data, like proxy replicas shari
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from tests.support.clocks import FakeClock
 from tests.support.net import free_port
+from tests.support.polling import eventually
 from tests.support.redis_servers import REDIS_URL, delete_prefix
+from tokenyard.meter.model import UsageRecord
 from tokenyard.meter.redis_store import RedisMeterStore
 from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.meter.store import MeterStore
+from tokenyard.meter.stores import open_store
 from tokenyard.queue.redis_queue import RedisJobStore
 from tokenyard.queue.sqlite_queue import SqliteJobStore
 from tokenyard.queue.store import JobStore
@@ -56,10 +59,6 @@ class ProxyStore:
     url: str
     prefix: str
 
-    def meter(self, **settings: Any) -> dict[str, Any]:
-        """The config's ``meter`` section for this store, with ``settings`` added."""
-        return {"store": self.url, "redis_prefix": self.prefix, **settings}
-
 
 @contextlib.asynccontextmanager
 async def open_proxy_store(
@@ -73,6 +72,27 @@ async def open_proxy_store(
     finally:
         if kind == "redis":
             await delete_prefix(prefix)
+
+
+async def stored_records(store_url: str, *, since_s: float = 3600) -> list[UsageRecord]:
+    """The request records a proxy's meter has flushed to ``store_url`` lately, read directly."""
+    store = open_store(store_url, prefix="unused", retention_s=86400, records_max=100_000)
+    try:
+        return list(await store.records(time.time() - since_s, time.time() + 60))
+    finally:
+        await store.aclose()
+
+
+async def metered_records(store_url: str, request_id: str, timeout_s: float = 20) -> list[UsageRecord]:
+    """The meter's records of one request, once the proxy has flushed them (at least one)."""
+    found: list[UsageRecord] = []
+
+    async def stored() -> None:
+        found[:] = [r for r in await stored_records(store_url) if r.request_id == request_id]
+        assert found, f"no meter record of {request_id} yet"
+
+    await eventually(stored, timeout_s=timeout_s)
+    return found
 
 
 class Stores:
