@@ -19,14 +19,13 @@ import pytest
 
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
 from tests.support.proxy import ProxyProcess, running_proxy
-from tests.support.simulators import simulators
+from tests.support.simulators import FAST_UPSTREAM, simulators
 from tests.support.stores import sqlite_url
 from tokenyard.simulator.config import SimulatorConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 CHROMIUM = CHROMIUM if Path(CHROMIUM).exists() else None
 MODEL = "llama-3.1-8b-instruct"  # in the catalog: the advisor can draw its cost against replicas
-FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
 ARTIFACTS = Path(os.environ.get("TOKENYARD_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 
 # Skipped, saying why, only where Chromium is absent and not required: .ci/run installs it and requires it.
@@ -39,7 +38,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture
 async def proxy(tmp_path: Path) -> AsyncIterator[ProxyProcess]:
     async with simulators(
-        ded=SimulatorConfig(mode="dedicated", max_concurrency=4, **FAST), api=SimulatorConfig(**FAST)
+        ded=SimulatorConfig(mode="dedicated", max_concurrency=4, **FAST_UPSTREAM),
+        api=SimulatorConfig(**FAST_UPSTREAM),
     ) as sims:
         config = {
             "server": {"admin_key": ADMIN_KEY},

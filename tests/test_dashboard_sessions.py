@@ -20,7 +20,7 @@ from tests.support.config import CLIENT_KEY, backend
 from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, start_proxy
 from tests.support.redis_servers import REDIS_URL
-from tests.support.simulators import simulators
+from tests.support.simulators import FAST_UPSTREAM, simulators
 from tokenyard.meter.stores import open_store
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.telemetry.sessions import (
@@ -34,7 +34,6 @@ from tokenyard.telemetry.sessions import (
 KEY_A = "sk-admin-A-0123456789abcdef"
 KEY_B = "sk-admin-B-0123456789abcdef"
 TTL_S = 3600
-FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
 
 # -- the rule, with a given clock ---------------------------------------------------------------------
 
@@ -67,7 +66,7 @@ def test_a_session_is_valid_only_with_its_own_secret_and_issue_time() -> None:
 
 @pytest.fixture
 async def sims() -> AsyncIterator[dict[str, Any]]:
-    async with simulators(api=SimulatorConfig(**FAST)) as running:
+    async with simulators(api=SimulatorConfig(**FAST_UPSTREAM)) as running:
         yield running
 
 

@@ -24,14 +24,13 @@ from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
 from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, running_proxy, start_proxy
 from tests.support.redis_servers import REDIS_URL, RedisClusterServers, delete_prefix, redis_url_for
-from tests.support.simulators import simulators
+from tests.support.simulators import FAST_UPSTREAM, simulators
 from tests.support.stores import fresh_prefix
 from tokenyard.config import load_config
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
 MODEL = "llama"
-FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
 REPO = Path(__file__).parent.parent
 
 
@@ -64,9 +63,9 @@ def config(
 @pytest.fixture
 async def sims() -> AsyncIterator[dict[str, Any]]:
     async with simulators(
-        ded=SimulatorConfig(mode="dedicated", max_concurrency=8, **FAST),
-        api=SimulatorConfig(**FAST),
-        batch=SimulatorConfig(batch_turnaround_s=3, **FAST),
+        ded=SimulatorConfig(mode="dedicated", max_concurrency=8, **FAST_UPSTREAM),
+        api=SimulatorConfig(**FAST_UPSTREAM),
+        batch=SimulatorConfig(batch_turnaround_s=3, **FAST_UPSTREAM),
     ) as running:
         yield running
 
@@ -155,7 +154,7 @@ async def test_the_dispatcher_lead_moves_when_its_replica_is_killed_mid_batch(
     # The provider's batches move only when the test advances its clock: still open when the leader dies.
     provider_clock = FakeClock()
     provider = SimulatorServer(
-        SimulatorConfig(name="batch", batch_turnaround_s=3, **FAST), clock=provider_clock
+        SimulatorConfig(name="batch", batch_turnaround_s=3, **FAST_UPSTREAM), clock=provider_clock
     )
     async with provider, httpx.AsyncClient(timeout=30) as http:
         cfg = config({**sims, "batch": provider}, prefix, dedicated=False)

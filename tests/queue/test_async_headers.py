@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 
 from tests.support.async_track import (
-    FAST,
     HELLO,
     MODEL,
     config_for,
@@ -26,6 +25,7 @@ from tests.support.async_track import (
 from tests.support.config import CLIENT_KEY
 from tests.support.polling import eventually
 from tests.support.proxy import running_proxy, start_proxy
+from tests.support.simulators import FAST_UPSTREAM
 from tests.support.stores import sqlite_url
 from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
@@ -98,7 +98,7 @@ async def test_a_poll_while_the_job_waits_says_async_why_and_its_request_id(tmp_
 
 
 async def test_a_provider_batch_answer_names_the_batch_backend(tmp_path: Path) -> None:
-    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
+    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST_UPSTREAM)) as s:
         proxy = await start_proxy(
             no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3")), tmp_path
         )

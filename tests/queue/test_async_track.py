@@ -23,7 +23,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.async_track import (
-    FAST,
     HELLO,
     MODEL,
     config_for,
@@ -38,7 +37,7 @@ from tests.support.clocks import FakeClock, GatedClock
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, backend
 from tests.support.polling import eventually
 from tests.support.proxy import running_proxy, start_proxy
-from tests.support.simulators import set_faults, sim_stats, simulators
+from tests.support.simulators import FAST_UPSTREAM, set_faults, sim_stats, simulators
 from tests.support.stores import ProxyStore, sqlite_url
 from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
@@ -158,9 +157,13 @@ async def test_signals_that_cannot_be_honoured_are_400s(tmp_path: Path) -> None:
 async def test_async_work_yields_to_real_time_on_the_dedicated_replica(tmp_path: Path) -> None:
     ded_clock = GatedClock()  # what reaches the replica stays there until the test opens the gate
     ded = SimulatorServer(
-        SimulatorConfig(name="ded", mode="dedicated", max_concurrency=4, **FAST), clock=ded_clock
+        SimulatorConfig(name="ded", mode="dedicated", max_concurrency=4, **FAST_UPSTREAM), clock=ded_clock
     )
-    async with simulators(api=SimulatorConfig(**FAST)) as s, ded, httpx.AsyncClient(timeout=10) as http:
+    async with (
+        simulators(api=SimulatorConfig(**FAST_UPSTREAM)) as s,
+        ded,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
         config = config_for(
             {**s, "ded": ded},
             store=sqlite_url(tmp_path / "m.sqlite3"),
@@ -221,7 +224,7 @@ async def test_a_job_waits_for_a_busy_replica_only_until_its_deadline_comes_clos
 
 
 async def test_with_no_cheaper_path_at_all_a_job_runs_in_real_time_at_once(tmp_path: Path) -> None:
-    async with simulators(api=SimulatorConfig(**FAST)) as s:
+    async with simulators(api=SimulatorConfig(**FAST_UPSTREAM)) as s:
         config = {
             "meter": {"store": sqlite_url(tmp_path / "m.sqlite3"), "flush_interval_s": 0.2},
             "backends": {"api": backend("serverless", s["api"].base_url)},
@@ -237,7 +240,7 @@ async def test_with_no_cheaper_path_at_all_a_job_runs_in_real_time_at_once(tmp_p
 
 
 async def test_a_provider_batch_answers_jobs_at_the_batch_price(tmp_path: Path) -> None:
-    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
+    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST_UPSTREAM)) as s:
         proxy = await start_proxy(
             no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3")), tmp_path
         )
@@ -265,7 +268,7 @@ async def test_a_provider_batch_answers_jobs_at_the_batch_price(tmp_path: Path) 
 
 
 async def test_failed_and_expired_batch_lines_are_answered_another_way(tmp_path: Path) -> None:
-    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
+    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST_UPSTREAM)) as s:
         await set_faults(s["batch"], batch_error_rate=1.0, error_status=500)
         config = no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3"))
         config["keys"]["team-a"]["deadline_s"] = 6  # batch turnaround 1 s + margin 2 s fits: batch first
@@ -297,7 +300,7 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
     # first proxy dies, however slow the machine.
     provider_clock = FakeClock()
     provider = SimulatorServer(
-        SimulatorConfig(name="batch", batch_turnaround_s=3, **FAST), clock=provider_clock
+        SimulatorConfig(name="batch", batch_turnaround_s=3, **FAST_UPSTREAM), clock=provider_clock
     )
     async with sims() as s, provider:
         config = no_idle_dedicated(tmp_path, {**s, "batch": provider}, proxy_store.url, proxy_store.prefix)

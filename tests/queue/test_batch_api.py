@@ -11,7 +11,6 @@ import openai
 import pytest
 
 from tests.support.async_track import (
-    FAST,
     config_for,
     jsonl,
     no_idle_dedicated,
@@ -24,6 +23,7 @@ from tests.support.async_track import (
 from tests.support.config import OTHER_KEY
 from tests.support.polling import eventually
 from tests.support.proxy import running_proxy
+from tests.support.simulators import FAST_UPSTREAM
 from tests.support.stores import sqlite_url
 from tokenyard.simulator.config import SimulatorConfig
 
@@ -181,7 +181,7 @@ async def test_tenants_can_neither_see_nor_use_each_others_files_and_batches(tmp
 
 
 async def test_tenants_lines_share_a_provider_batch_but_never_their_results(tmp_path: Path) -> None:
-    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
+    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST_UPSTREAM)) as s:
         config = no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3"))
         config["keys"]["team-b"] = {"key": OTHER_KEY}
         config["async_track"]["batches"]["max_wait_s"] = 1.0  # both tenants' lines make one gather

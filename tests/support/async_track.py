@@ -16,14 +16,13 @@ import openai
 
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, backend
 from tests.support.proxy import ProxyProcess, running_proxy
-from tests.support.simulators import simulators
+from tests.support.simulators import FAST_UPSTREAM, simulators
 from tests.support.stores import sqlite_url
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
 MODEL = "llama"
 HELLO = [{"role": "user", "content": "count these five words please"}]
-FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
 
 
 def config_for(
@@ -70,8 +69,8 @@ async def sqlite_proxy(tmp_path: Path, **track: Any) -> AsyncIterator[ProxyProce
 def sims(**extra: SimulatorConfig) -> Any:
     """The usual simulators: a dedicated replica ``ded`` and a serverless API ``api`` (and ``extra``)."""
     return simulators(
-        ded=SimulatorConfig(mode="dedicated", max_concurrency=4, **FAST),
-        api=SimulatorConfig(**FAST),
+        ded=SimulatorConfig(mode="dedicated", max_concurrency=4, **FAST_UPSTREAM),
+        api=SimulatorConfig(**FAST_UPSTREAM),
         **extra,
     )
 

@@ -12,8 +12,15 @@ import httpx
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
-# Small latencies and lengths keep every test well under a second.
+# Small latencies and lengths keep every test well under a second: FAST for the simulator's own tests,
+# FAST_UPSTREAM for simulators a proxy under test calls.
 FAST: dict[str, Any] = {"ttft_ms": 1.0, "ttft_jitter": 0.0, "tokens_per_s": 2000.0, "default_max_tokens": 4}
+FAST_UPSTREAM: dict[str, Any] = {
+    "ttft_ms": 1,
+    "ttft_jitter": 0,
+    "tokens_per_s": 5000,
+    "default_max_tokens": 4,
+}
 
 USER_HELLO = [{"role": "user", "content": "hello there simulator"}]
 
