@@ -1,12 +1,15 @@
-"""Fixtures every test folder may use."""
+"""Fixtures every test folder may use; their helpers live in ``tests.support``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.meter.redis_util import RedisClusterServers
+from tests.support.clocks import T0, FakeClock
+from tests.support.redis_servers import RedisClusterServers, delete_prefix
+from tests.support.stores import PROXY_STORES, ProxyStore, fresh_prefix, open_proxy_store
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +21,27 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield cluster.url
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The stores' clock, standing at ``T0``."""
+    return FakeClock(T0)
+
+
+@pytest.fixture(params=PROXY_STORES)
+async def proxy_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ProxyStore]:
+    """Where the proxy under test meters, once on SQLite (in ``tmp_path``) and once on the machine's Redis
+    (a fresh prefix, deleted afterwards)."""
+    async with open_proxy_store(request.param, tmp_path) as store:
+        yield store
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A fresh key prefix on the machine's Redis, its keys deleted after the test."""
+    prefix = fresh_prefix()
+    try:
+        yield prefix
+    finally:
+        await delete_prefix(prefix)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import free_port, run_cli
+from tests.support.net import free_port
+from tests.support.proxy import run_cli
 from tokenyard.config import load_config, parse_config
 from tokenyard.errors import ConfigError
 

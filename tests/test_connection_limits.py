@@ -17,16 +17,10 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from tests.harness import (
-    CLIENT_KEY,
-    ProxyProcess,
-    backend,
-    eventually,
-    reset,
-    set_faults,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, running_proxy, start_proxy
+from tests.support.simulators import reset, set_faults, simulators
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
 from tokenyard.edge.connections import connection_cap
 from tokenyard.errors import UpstreamError
@@ -65,11 +59,10 @@ async def stack(
             "body_timeout_s": SHORT_S,
             "keep_alive_s": SHORT_S,
         }
-        proxy = await start_proxy(_config(sims["up"], server=limits), tmp_path_factory.mktemp("limits"))
-        try:
+        async with running_proxy(
+            _config(sims["up"], server=limits), tmp_path_factory.mktemp("limits")
+        ) as proxy:
             yield proxy, sims["up"]
-        finally:
-            proxy.stop()
 
 
 @pytest_asyncio.fixture

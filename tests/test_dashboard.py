@@ -17,14 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import CLIENT_KEY, ProxyProcess, backend, simulators, start_proxy
+from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
+from tests.support.proxy import ProxyProcess, running_proxy
+from tests.support.simulators import FAST_UPSTREAM, simulators
+from tests.support.stores import sqlite_url
 from tokenyard.simulator.config import SimulatorConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 CHROMIUM = CHROMIUM if Path(CHROMIUM).exists() else None
-ADMIN_KEY = "sk-admin-0123456789abcdef"
 MODEL = "llama-3.1-8b-instruct"  # in the catalog: the advisor can draw its cost against replicas
-FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
 ARTIFACTS = Path(os.environ.get("TOKENYARD_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 
 # Skipped, saying why, only where Chromium is absent and not required: .ci/run installs it and requires it.
@@ -37,11 +38,12 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture
 async def proxy(tmp_path: Path) -> AsyncIterator[ProxyProcess]:
     async with simulators(
-        ded=SimulatorConfig(mode="dedicated", max_concurrency=4, **FAST), api=SimulatorConfig(**FAST)
+        ded=SimulatorConfig(mode="dedicated", max_concurrency=4, **FAST_UPSTREAM),
+        api=SimulatorConfig(**FAST_UPSTREAM),
     ) as sims:
         config = {
             "server": {"admin_key": ADMIN_KEY},
-            "meter": {"store": f"sqlite:///{tmp_path}/meter.sqlite3", "flush_interval_s": 0.2},
+            "meter": {"store": sqlite_url(tmp_path / "meter.sqlite3"), "flush_interval_s": 0.2},
             "backends": {
                 "ded": backend("dedicated", sims["ded"].base_url, max_concurrency=2),
                 "api": backend(
@@ -51,11 +53,8 @@ async def proxy(tmp_path: Path) -> AsyncIterator[ProxyProcess]:
             "models": {MODEL: {"deployments": ["ded", "api"]}},
             "keys": {"team-a": {"key": CLIENT_KEY}},
         }
-        started = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as started:
             yield started
-        finally:
-            started.stop()
 
 
 async def chat(proxy: ProxyProcess, n: int, **headers: str) -> None:

@@ -8,7 +8,6 @@ with a given clock, and end to end with a cookie whose signature is valid but wh
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,11 @@ import httpx
 import pytest
 import yaml
 
-from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, simulators, start_proxy
-from tests.meter.redis_util import REDIS_URL, delete_prefix
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.redis_servers import REDIS_URL
+from tests.support.simulators import FAST_UPSTREAM, simulators
 from tokenyard.meter.stores import open_store
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.telemetry.sessions import (
@@ -32,7 +34,6 @@ from tokenyard.telemetry.sessions import (
 KEY_A = "sk-admin-A-0123456789abcdef"
 KEY_B = "sk-admin-B-0123456789abcdef"
 TTL_S = 3600
-FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
 
 # -- the rule, with a given clock ---------------------------------------------------------------------
 
@@ -65,17 +66,8 @@ def test_a_session_is_valid_only_with_its_own_secret_and_issue_time() -> None:
 
 @pytest.fixture
 async def sims() -> AsyncIterator[dict[str, Any]]:
-    async with simulators(api=SimulatorConfig(**FAST)) as running:
+    async with simulators(api=SimulatorConfig(**FAST_UPSTREAM)) as running:
         yield running
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    name = f"tytest-{uuid.uuid4().hex[:12]}"
-    try:
-        yield name
-    finally:
-        await delete_prefix(name)
 
 
 def config(sims: dict[str, Any], prefix: str, admin_key: str) -> dict[str, Any]:
@@ -90,9 +82,9 @@ def config(sims: dict[str, Any], prefix: str, admin_key: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def fleet(sims: dict[str, Any], prefix: str, tmp_path: Path) -> AsyncIterator[list[ProxyProcess]]:
+async def fleet(sims: dict[str, Any], redis_prefix: str, tmp_path: Path) -> AsyncIterator[list[ProxyProcess]]:
     """Two replicas on one store, with admin key A."""
-    started = [await start_proxy(config(sims, prefix, KEY_A), tmp_path) for _ in range(2)]
+    started = [await start_proxy(config(sims, redis_prefix, KEY_A), tmp_path) for _ in range(2)]
     try:
         yield started
     finally:
@@ -152,10 +144,10 @@ async def test_a_session_says_its_lifetime_and_holds_on_every_replica(fleet: lis
 
 
 async def test_a_validly_signed_session_past_its_lifetime_is_refused(
-    fleet: list[ProxyProcess], prefix: str
+    fleet: list[ProxyProcess], redis_prefix: str
 ) -> None:
     # Sign as the proxy does, with the salt it shares in the store: only the issue time is old.
-    store = open_store(REDIS_URL, prefix=prefix, retention_s=86400, records_max=10)
+    store = open_store(REDIS_URL, prefix=redis_prefix, retention_s=86400, records_max=10)
     try:
         stored = await store.get_document(SALT_DOCUMENT)
     finally:

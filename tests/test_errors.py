@@ -10,17 +10,10 @@ import openai
 import pytest
 import pytest_asyncio
 
-from tests.harness import (
-    CLIENT_KEY,
-    OTHER_KEY,
-    UPSTREAM_SECRET,
-    ProxyProcess,
-    backend,
-    free_port,
-    keys_section,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, OTHER_KEY, UPSTREAM_SECRET, backend, keys_section
+from tests.support.net import free_port
+from tests.support.proxy import ProxyProcess, running_proxy
+from tests.support.simulators import simulators
 from tokenyard.simulator.config import FaultConfig, SimulatorConfig
 
 MAX_BODY = 64 * 1024
@@ -50,11 +43,8 @@ async def proxy(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Proxy
             },
             "keys": keys_section(),
         }
-        proxy = await start_proxy(config, tmp_path_factory.mktemp("errors"))
-        try:
+        async with running_proxy(config, tmp_path_factory.mktemp("errors")) as proxy:
             yield proxy
-        finally:
-            proxy.stop()
 
 
 async def post_raw(

@@ -20,19 +20,10 @@ import pytest_asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.harness import (
-    CLIENT_KEY,
-    OTHER_KEY,
-    ProxyProcess,
-    backend,
-    keys_section,
-    reset,
-    set_faults,
-    sim_requests,
-    sim_stats,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, OTHER_KEY, backend, keys_section
+from tests.support.proxy import ProxyProcess, running_proxy
+from tests.support.simulators import reset, set_faults, sim_requests, sim_stats, simulators
+from tests.support.stores import sqlite_url
 from tokenyard.errors import InvalidRequest
 from tokenyard.proxy import request_body
 from tokenyard.proxy.breaker import CircuitBreaker
@@ -57,7 +48,7 @@ async def stack(
         tmp = tmp_path_factory.mktemp("hostile")
         url = sims["up"].base_url
         config = {
-            "meter": {"store": f"sqlite:///{tmp}/meter.sqlite3"},
+            "meter": {"store": sqlite_url(tmp / "meter.sqlite3")},
             "routing": {"failure_threshold": 5, "cooldown_s": 1.0, "max_cooldown_s": 3600.0},
             "backends": {
                 "plain": backend("serverless", url),
@@ -74,11 +65,8 @@ async def stack(
             "keys": keys_section(),  # team-b may use only `small`
             "async_track": {},  # service_tier flex is read (and not forwarded)
         }
-        proxy = await start_proxy(config, tmp)
-        try:
+        async with running_proxy(config, tmp) as proxy:
             yield proxy, sims
-        finally:
-            proxy.stop()
 
 
 @pytest_asyncio.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.harness import set_faults
-from tests.simulator.helpers import FakeClock
+from tests.support.clocks import FakeClock
+from tests.support.simulators import set_faults
 from tokenyard.adapters.base import BatchLine, BatchState, LineResult
 from tokenyard.adapters.openai_batch import (
     OpenAIBatchUpstream,
@@ -117,7 +117,7 @@ async def test_a_round_trip_through_the_simulators_batch_api_with_partial_failur
             state = await api.create(file_id, "/v1/chat/completions", metadata={"source": "test"})
             assert state.status == "validating"
             assert not state.terminal
-            clock.now_s += 11
+            clock.elapsed_s += 11
             done = await api.retrieve(state.id)
             assert done.status == "completed"
             assert done.total == 20
@@ -144,7 +144,7 @@ async def test_cancel_and_unknown_ids_through_the_adapter() -> None:
             state = await api.create(file_id, "/v1/chat/completions")
             cancelling = await api.cancel(state.id)
             assert cancelling.status in ("cancelling", "cancelled")
-            clock.now_s += 1
+            clock.elapsed_s += 1
             assert (await api.retrieve(state.id)).status == "cancelled"
             with pytest.raises(UpstreamStatusError) as missing:
                 await api.retrieve("batch_nope")

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tests.harness import free_port
+from tests.support.net import free_port
 from tokenyard.adapters.openai_batch import OpenAIBatchUpstream, results
 from tokenyard.errors import UpstreamConnectError, UpstreamError
 

@@ -10,19 +10,9 @@ import openai
 import pytest
 import pytest_asyncio
 
-from tests.harness import (
-    CLIENT_KEY,
-    UPSTREAM_SECRET,
-    ProxyProcess,
-    backend,
-    keys_section,
-    raw_stream,
-    reset,
-    set_faults,
-    sim_requests,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, UPSTREAM_SECRET, backend, keys_section
+from tests.support.proxy import ProxyProcess, raw_stream, running_proxy
+from tests.support.simulators import reset, set_faults, sim_requests, simulators
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
@@ -43,11 +33,8 @@ async def stack(
             "models": {"small": {"deployments": ["serverless-a"]}, "big": {"deployments": ["renaming"]}},
             "keys": keys_section(),
         }
-        proxy = await start_proxy(config, tmp_path_factory.mktemp("compat"))
-        try:
+        async with running_proxy(config, tmp_path_factory.mktemp("compat")) as proxy:
             yield proxy, sims["upstream"]
-        finally:
-            proxy.stop()
 
 
 @pytest_asyncio.fixture

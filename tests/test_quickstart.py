@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import orjson
 
-from tests.harness import eventually, start_proxy
+from tests.support.polling import eventually
+from tests.support.proxy import start_proxy
 
 
 async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_path: Path) -> None:

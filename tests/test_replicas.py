@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,18 @@ import httpx
 import pytest
 import yaml
 
-from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, simulators, start_proxy
-from tests.meter.redis_util import REDIS_URL, RedisClusterServers, delete_prefix, redis_url_for
-from tests.simulator.helpers import FakeClock
+from tests.support.clocks import FakeClock
+from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, running_proxy, start_proxy
+from tests.support.redis_servers import REDIS_URL, RedisClusterServers, delete_prefix, redis_url_for
+from tests.support.simulators import FAST_UPSTREAM, simulators
+from tests.support.stores import fresh_prefix
 from tokenyard.config import load_config
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
-ADMIN_KEY = "sk-admin-0123456789abcdef"
 MODEL = "llama"
-FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
 REPO = Path(__file__).parent.parent
 
 
@@ -62,16 +63,16 @@ def config(
 @pytest.fixture
 async def sims() -> AsyncIterator[dict[str, Any]]:
     async with simulators(
-        ded=SimulatorConfig(mode="dedicated", max_concurrency=8, **FAST),
-        api=SimulatorConfig(**FAST),
-        batch=SimulatorConfig(batch_turnaround_s=3, **FAST),
+        ded=SimulatorConfig(mode="dedicated", max_concurrency=8, **FAST_UPSTREAM),
+        api=SimulatorConfig(**FAST_UPSTREAM),
+        batch=SimulatorConfig(batch_turnaround_s=3, **FAST_UPSTREAM),
     ) as running:
         yield running
 
 
 @pytest.fixture
 def prefix() -> str:
-    return f"tytest-{uuid.uuid4().hex[:12]}"
+    return fresh_prefix()
 
 
 Launch = Callable[..., Awaitable[list[ProxyProcess]]]
@@ -153,7 +154,7 @@ async def test_the_dispatcher_lead_moves_when_its_replica_is_killed_mid_batch(
     # The provider's batches move only when the test advances its clock: still open when the leader dies.
     provider_clock = FakeClock()
     provider = SimulatorServer(
-        SimulatorConfig(name="batch", batch_turnaround_s=3, **FAST), clock=provider_clock
+        SimulatorConfig(name="batch", batch_turnaround_s=3, **FAST_UPSTREAM), clock=provider_clock
     )
     async with provider, httpx.AsyncClient(timeout=30) as http:
         cfg = config({**sims, "batch": provider}, prefix, dedicated=False)
@@ -188,10 +189,10 @@ async def test_the_dispatcher_lead_moves_when_its_replica_is_killed_mid_batch(
             assert len(await batches()) == 1
 
         await eventually(in_a_provider_batch, timeout_s=30)
-        provider_clock.now_s += 1  # past validating (0.3 s), not done (3 s): its lines are counted
+        provider_clock.elapsed_s += 1  # past validating (0.3 s), not done (3 s): its lines are counted
         assert [(b["request_counts"]["total"], b["status"]) for b in await batches()] == [(5, "in_progress")]
         first[0].stop(signal.SIGKILL)
-        provider_clock.now_s += 3  # past its turnaround: the batch completes
+        provider_clock.elapsed_s += 3  # past its turnaround: the batch completes
         survivors = [p for p in fleet if p is not first[0]]
 
         async def all_answered() -> None:
@@ -423,37 +424,36 @@ async def test_a_redis_cluster_failover_loses_no_usage(
     cluster = RedisClusterServers(folder, masters=3, replicas=1)
     cluster.start()
     try:
-        proxy = await start_proxy(config(sims, prefix, store=cluster.url, dedicated=False), tmp_path)
-        try:
-            async with httpx.AsyncClient(timeout=30) as http:
+        async with (
+            running_proxy(config(sims, prefix, store=cluster.url, dedicated=False), tmp_path) as proxy,
+            httpx.AsyncClient(timeout=30) as http,
+        ):
 
-                def counted(n: int) -> Callable[[], Awaitable[None]]:
-                    async def check() -> None:
-                        got = await usage(proxy, http)
-                        assert "data" in got, got  # an error body while the store fails over
-                        assert sum(row["requests"] for row in got["data"]) == n
+            def counted(n: int) -> Callable[[], Awaitable[None]]:
+                async def check() -> None:
+                    got = await usage(proxy, http)
+                    assert "data" in got, got  # an error body while the store fails over
+                    assert sum(row["requests"] for row in got["data"]) == n
 
-                    return check
+                return check
 
-                assert [(await chat(proxy, http)).status_code for _ in range(10)] == [200] * 10
-                await eventually(counted(10))
-                master = cluster.master_of("{" + prefix + "}")  # the master of the prefix's slot
-                written, _ = cluster.replication_offsets(master)
+            assert [(await chat(proxy, http)).status_code for _ in range(10)] == [200] * 10
+            await eventually(counted(10))
+            master = cluster.master_of("{" + prefix + "}")  # the master of the prefix's slot
+            written, _ = cluster.replication_offsets(master)
 
-                async def replicated() -> None:  # replication is asynchronous: the replica has it all
-                    _, acked = cluster.replication_offsets(master)
-                    assert acked
-                    assert min(acked) >= written
+            async def replicated() -> None:  # replication is asynchronous: the replica has it all
+                _, acked = cluster.replication_offsets(master)
+                assert acked
+                assert min(acked) >= written
 
-                await eventually(replicated)
-                cluster.kill(master)
-                # Served all along: the meter holds what it cannot write while the replica takes over.
-                assert [(await chat(proxy, http)).status_code for _ in range(10)] == [200] * 10
-                await eventually(counted(20), timeout_s=30)
-                log = proxy.log()
-                assert "meter store unavailable, holding usage in memory" in log  # the kill was felt
-                assert "meter store is back: held usage written" in log
-        finally:
-            proxy.stop()
+            await eventually(replicated)
+            cluster.kill(master)
+            # Served all along: the meter holds what it cannot write while the replica takes over.
+            assert [(await chat(proxy, http)).status_code for _ in range(10)] == [200] * 10
+            await eventually(counted(20), timeout_s=30)
+            log = proxy.log()
+            assert "meter store unavailable, holding usage in memory" in log  # the kill was felt
+            assert "meter store is back: held usage written" in log
     finally:
         cluster.stop()

@@ -12,19 +12,11 @@ import openai
 import pytest
 import pytest_asyncio
 
-from tests.harness import (
-    CLIENT_KEY,
-    ProxyProcess,
-    backend,
-    eventually,
-    free_port,
-    leave_after,
-    reset,
-    set_faults,
-    sim_stats,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.net import free_port
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, leave_after, running_proxy
+from tests.support.simulators import reset, set_faults, sim_stats, simulators
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
@@ -77,19 +69,18 @@ async def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[ProxyProcess, dict[str, SimulatorServer]]]:
     slowish = {"ttft_ms": 5, "tokens_per_s": 40}
-    async with simulators(
-        ded=SimulatorConfig(mode="dedicated", max_concurrency=8, **slowish),
-        dser=SimulatorConfig(**slowish),
-        svl=SimulatorConfig(**slowish),
-        a=SimulatorConfig(ttft_ms=1, tokens_per_s=5000),
-        b=SimulatorConfig(ttft_ms=1, tokens_per_s=5000),
-        slow=SimulatorConfig(ttft_ms=1, tokens_per_s=20),
-    ) as sims:
-        proxy = await start_proxy(_config(sims), tmp_path_factory.mktemp("routing"))
-        try:
-            yield proxy, sims
-        finally:
-            proxy.stop()
+    async with (
+        simulators(
+            ded=SimulatorConfig(mode="dedicated", max_concurrency=8, **slowish),
+            dser=SimulatorConfig(**slowish),
+            svl=SimulatorConfig(**slowish),
+            a=SimulatorConfig(ttft_ms=1, tokens_per_s=5000),
+            b=SimulatorConfig(ttft_ms=1, tokens_per_s=5000),
+            slow=SimulatorConfig(ttft_ms=1, tokens_per_s=20),
+        ) as sims,
+        running_proxy(_config(sims), tmp_path_factory.mktemp("routing")) as proxy,
+    ):
+        yield proxy, sims
 
 
 @pytest_asyncio.fixture

@@ -8,7 +8,6 @@ each test checks what the client received and what was metered.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,12 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from tests.harness import (
-    CLIENT_KEY,
-    ProxyProcess,
-    backend,
-    eventually,
-    reset,
-    set_faults,
-    sim_stats,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, running_proxy
+from tests.support.simulators import reset, set_faults, sim_stats, simulators
+from tests.support.stores import metered_records, sqlite_url
 from tokenyard.meter.model import UsageRecord
-from tokenyard.meter.stores import open_store
 from tokenyard.meter.usage import StreamTap
 from tokenyard.proxy.whole_as_stream import whole_answer_as_stream
 from tokenyard.simulator.config import SimulatorConfig
@@ -48,26 +40,14 @@ class Upstream:
 
     async def record(self, request_id: str) -> UsageRecord:
         """The metered record of one request (once the meter has flushed it)."""
-        found: list[UsageRecord] = []
-
-        async def stored() -> None:
-            store = open_store(self.store_url, prefix="unused", retention_s=86400, records_max=10_000)
-            try:
-                records = await store.records(time.time() - 3600, time.time() + 60)
-            finally:
-                await store.aclose()
-            found[:] = [r for r in records if r.request_id == request_id]
-            assert found
-
-        await eventually(stored, timeout_s=20)
-        [record] = found
+        [record] = await metered_records(self.store_url, request_id)
         return record
 
 
 @pytest_asyncio.fixture(scope="module")
 async def upstream(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Upstream]:
     tmp = tmp_path_factory.mktemp("habits")
-    store_url = f"sqlite:///{tmp}/meter.sqlite3"
+    store_url = sqlite_url(tmp / "meter.sqlite3")
     async with simulators(sim=SimulatorConfig(ttft_ms=1, tokens_per_s=2000)) as sims:
         config = {
             "meter": {"store": store_url, "flush_interval_s": 0.2},
@@ -75,11 +55,8 @@ async def upstream(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Up
             "models": {"m": {"deployments": ["sim"]}},
             "keys": {"team-a": {"key": CLIENT_KEY}},
         }
-        proxy = await start_proxy(config, Path(tmp))
-        try:
+        async with running_proxy(config, Path(tmp)) as proxy:
             yield Upstream(proxy, sims["sim"], store_url)
-        finally:
-            proxy.stop()
 
 
 @pytest_asyncio.fixture

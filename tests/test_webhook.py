@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tests.harness import free_port
+from tests.support.net import free_port
 from tokenyard.adapters.webhook import WebhookSender
 from tokenyard.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 

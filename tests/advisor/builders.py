@@ -1,9 +1,12 @@
-"""Small builders for advisor tests: prices, replica shapes, workloads and traffic by the minute."""
+"""Small builders for advisor tests: prices, replica shapes, workloads, traffic by the minute, logs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
 from datetime import date
+from pathlib import Path
+from typing import Any
 
 from tokenyard.advisor.catalog import TokenPrices
 from tokenyard.advisor.costs import DedicatedOption
@@ -68,3 +71,9 @@ def traffic(days: float, load_at: Callable[[int], float], *, deferrable_share: f
                 out.ran_async.add(i, 1, 0, 0, tokens * deferrable_share)
     out.first_seen, out.last_seen = float(T0), float(T0 + minutes * 60)
     return out
+
+
+def write_log(path: Path, lines: Iterator[dict[str, Any]]) -> Path:
+    """A traffic log for ``tokenyard replay``: one JSON object a line."""
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import run_cli
+from tests.support.proxy import run_cli
 from tokenyard.advisor.catalog import builtin_catalog_tree, load_catalog
 from tokenyard.advisor.workloads import build_workload
 from tokenyard.config import load_config, parse_config
@@ -32,7 +32,7 @@ def test_the_built_in_catalog_is_valid_and_every_figure_is_dated_and_sourced() -
 
 def test_the_repository_ships_the_same_catalog_in_config() -> None:
     assert (REPO / "config" / "catalog.yaml").read_text() == (
-        REPO / "src" / "tokenyard" / "router" / "advisor" / "catalog.yaml"
+        REPO / "src" / "tokenyard" / "advisor" / "catalog.yaml"
     ).read_text()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,17 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, run_cli, simulators, start_proxy
-from tests.meter.redis_util import REDIS_URL, RedisServer, delete_prefix
+from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, run_cli, running_proxy, start_proxy
+from tests.support.redis_servers import REDIS_URL, RedisServer
+from tests.support.simulators import simulators
+from tests.support.stores import PROXY_STORES, open_proxy_store, sqlite_url
 from tokenyard.advisor.live import LOCK, AdvisorLoop
 from tokenyard.config import TokenyardConfig
 from tokenyard.meter.stores import open_store
 from tokenyard.simulator.config import SimulatorConfig
 
-ADMIN_KEY = "sk-admin-0123456789abcdef"
 MODEL = "llama-3.1-8b-instruct"  # in the catalog: dedicated capacities on H100 and H200, batch prices
 REQUESTS = 12
 
@@ -74,25 +76,21 @@ async def send_traffic(proxy: ProxyProcess) -> int:
     return sum(a.usage.completion_tokens for a in answers if a.usage)
 
 
-@pytest_asyncio.fixture(scope="module", params=["sqlite", "redis"])
+@pytest_asyncio.fixture(scope="module", params=PROXY_STORES)
 async def advised(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[ProxyProcess, Path, int]]:
     tmp = tmp_path_factory.mktemp(f"advice-{request.param}")
-    prefix = f"tytest-{uuid.uuid4().hex[:12]}"
-    store = f"sqlite:///{tmp}/meter.sqlite3" if request.param == "sqlite" else REDIS_URL
-    async with simulators(
-        ded=SimulatorConfig(mode="dedicated", ttft_ms=2, tokens_per_s=2000, max_concurrency=4),
-        svl=SimulatorConfig(ttft_ms=2, tokens_per_s=2000),
-    ) as sims:
-        proxy = await start_proxy(config_for(sims, store, prefix), tmp)
-        try:
-            completion_tokens = await send_traffic(proxy)
-            yield proxy, tmp, completion_tokens
-        finally:
-            proxy.stop()
-            if request.param == "redis":
-                await delete_prefix(prefix)
+    async with (
+        open_proxy_store(request.param, tmp) as store,
+        simulators(
+            ded=SimulatorConfig(mode="dedicated", ttft_ms=2, tokens_per_s=2000, max_concurrency=4),
+            svl=SimulatorConfig(ttft_ms=2, tokens_per_s=2000),
+        ) as sims,
+        running_proxy(config_for(sims, store.url, store.prefix), tmp) as proxy,
+    ):
+        completion_tokens = await send_traffic(proxy)
+        yield proxy, tmp, completion_tokens
 
 
 async def fresh_advice(proxy: ProxyProcess, expected_requests: int) -> dict[str, Any]:
@@ -180,17 +178,16 @@ async def test_with_metering_off_the_advisor_is_off(tmp_path: Path) -> None:
             "models": {MODEL: {"deployments": ["svl"]}},
             "keys": {"team-a": {"key": CLIENT_KEY}},
         }
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             response = await admin_get(proxy, "/admin/advice")
             assert response.status_code == 404
             assert "advisor is off" in response.json()["error"]["message"]
-        finally:
-            proxy.stop()
 
 
-async def test_replicas_on_one_redis_evaluate_once_and_serve_the_same_advice(tmp_path: Path) -> None:
-    prefix = f"tytest-{uuid.uuid4().hex[:12]}"
+async def test_replicas_on_one_redis_evaluate_once_and_serve_the_same_advice(
+    tmp_path: Path, redis_prefix: str
+) -> None:
+    prefix = redis_prefix
     async with simulators(
         ded=SimulatorConfig(mode="dedicated", ttft_ms=2, max_concurrency=4), svl=SimulatorConfig(ttft_ms=2)
     ) as sims:
@@ -215,13 +212,10 @@ async def test_replicas_on_one_redis_evaluate_once_and_serve_the_same_advice(tmp
         finally:
             for proxy in replicas:
                 proxy.stop()
-            await delete_prefix(prefix)
 
 
 async def test_a_replica_stopped_mid_evaluation_hands_the_interval_to_another(tmp_path: Path) -> None:
-    store = open_store(
-        f"sqlite:///{tmp_path / 'meter.db'}", prefix="ty", retention_s=86400, records_max=10_000
-    )
+    store = open_store(sqlite_url(tmp_path / "meter.db"), prefix="ty", retention_s=86400, records_max=10_000)
     settings = config_for({"ded": _Nowhere(), "svl": _Nowhere()}, "sqlite:///:memory:", "ty")
     settings["advisor"]["interval_s"] = 600
     loop = AdvisorLoop(store, TokenyardConfig.model_validate(settings), replica="replica-a")

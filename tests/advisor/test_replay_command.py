@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,21 +11,8 @@ from xml.etree import ElementTree
 
 import pytest
 
-T0 = 1_795_132_800  # Friday 2026-11-20 00:00 UTC
-
-
-def tokenyard(
-    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tokenyard", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        check=False,
-        timeout=120,
-        env=env,
-    )
+from tests.advisor.builders import T0, write_log
+from tests.support.proxy import run_cli
 
 
 def steady_minutes(days: int, requests: int, **fields: Any) -> Iterator[dict[str, Any]]:
@@ -47,11 +32,6 @@ def steady_requests(days: int, per_minute: int, **fields: Any) -> Iterator[dict[
     for minute in range(days * 1440):
         for k in range(per_minute):
             yield {"ts": T0 + minute * 60 + k, "prompt_tokens": 1000, "completion_tokens": 500, **fields}
-
-
-def write_log(path: Path, lines: Iterator[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
 
 
 @pytest.fixture
@@ -82,7 +62,7 @@ def test_json_advice_for_heavy_steady_traffic_says_dedicated_and_how_much_it_sav
     log = write_log(
         tmp_path / "t.jsonl", steady_minutes(8, 400, model="llama-3.3-70b-instruct", tenant="search")
     )
-    result = tokenyard("replay", str(log), "--config", str(config), "--json")
+    result = run_cli("replay", str(log), "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["format"] == 1
@@ -113,7 +93,7 @@ def test_json_advice_for_heavy_steady_traffic_says_dedicated_and_how_much_it_sav
 
 def test_text_advice_prints_a_summary_table_and_the_reasons(tmp_path: Path, config: Path) -> None:
     log = write_log(tmp_path / "t.jsonl", steady_requests(2, 1, model="small-model"))
-    result = tokenyard("replay", str(log), "--config", str(config))
+    result = run_cli("replay", str(log), "--config", str(config))
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.splitlines()[2].split() == [
@@ -157,7 +137,7 @@ def test_every_accepted_format_gives_the_same_traffic(tmp_path: Path, config: Pa
     )  # fmt: skip
     answers = []
     for log in (minimal, records, aggregates):
-        result = tokenyard("replay", str(log), "--config", str(config), "--json")
+        result = run_cli("replay", str(log), "--config", str(config), "--json")
         assert result.returncode == 0, result.stderr
         [advice] = json.loads(result.stdout)["workloads"]
         answers.append((advice["requests"], advice["tokens"], advice["current"]["cost_usd"]))
@@ -171,7 +151,7 @@ def test_async_and_async_eligible_traffic_is_counted_as_deferrable(tmp_path: Pat
             [{}, {"mode": "async"}, {"async_eligible": True}, {"async_eligible": False}]
         )
     ]
-    result = tokenyard(
+    result = run_cli(
         "replay", str(write_log(tmp_path / "t.jsonl", iter(lines))), "--config", str(config), "--json"
     )
     assert result.returncode == 0, result.stderr
@@ -229,7 +209,7 @@ def test_a_bad_line_is_named_and_nothing_is_half_reported(tmp_path: Path, line: 
     log.write_text(
         '{"ts": 1795132800, "model": "m", "prompt_tokens": 1, "completion_tokens": 1}\n' + line + "\n"
     )
-    result = tokenyard("replay", str(log))
+    result = run_cli("replay", str(log))
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -237,22 +217,22 @@ def test_a_bad_line_is_named_and_nothing_is_half_reported(tmp_path: Path, line: 
 
 
 def test_a_missing_or_empty_log_is_a_clear_error(tmp_path: Path) -> None:
-    result = tokenyard("replay", str(tmp_path / "absent.jsonl"))
+    result = run_cli("replay", str(tmp_path / "absent.jsonl"))
     assert result.returncode == 2
     assert "cannot read" in result.stderr
     (tmp_path / "empty.jsonl").write_text("\n")
-    result = tokenyard("replay", str(tmp_path / "empty.jsonl"))
+    result = run_cli("replay", str(tmp_path / "empty.jsonl"))
     assert result.returncode == 2
     assert "no requests in the log" in result.stderr
 
 
 def test_stdin_works_and_the_progress_bar_can_be_forced(tmp_path: Path, config: Path) -> None:
     text = "".join(json.dumps(line) + "\n" for line in steady_requests(1, 3, model="small-model"))
-    result = tokenyard("replay", "-", "--config", str(config), "--progress", stdin=text)
+    result = run_cli("replay", "-", "--config", str(config), "--progress", stdin=text)
     assert result.returncode == 0, result.stderr
     assert "reading stdin" in result.stderr
     log = write_log(tmp_path / "t.jsonl", steady_requests(1, 3, model="small-model"))
-    result = tokenyard("replay", str(log), "--config", str(config), "--progress")
+    result = run_cli("replay", str(log), "--config", str(config), "--progress")
     assert "reading t.jsonl  100% |████████████████████████|" in result.stderr
 
 
@@ -263,7 +243,7 @@ def test_plot_writes_three_pictures_per_workload_and_an_index(tmp_path: Path, co
     ]
     log = write_log(tmp_path / "t.jsonl", iter(lines))
     out = tmp_path / "plots"
-    result = tokenyard("replay", str(log), "--config", str(config), "--plot", str(out))
+    result = run_cli("replay", str(log), "--config", str(config), "--plot", str(out))
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
@@ -279,7 +259,7 @@ def test_plot_writes_three_pictures_per_workload_and_an_index(tmp_path: Path, co
 
 
 def test_help_explains_the_formats() -> None:
-    result = tokenyard("replay", "--help")
+    result = run_cli("replay", "--help")
     assert result.returncode == 0
     assert "prompt_tokens" in result.stdout
     assert "--plot DIR" in result.stdout
@@ -295,7 +275,7 @@ def test_a_workload_counts_only_the_daily_evaluations_after_its_first_request(
         if line["ts"] >= T0 + 2.5 * 86400
     )
     log = write_log(tmp_path / "t.jsonl", iter([*early, *late]))
-    result = tokenyard("replay", str(log), "--config", str(config), "--json")
+    result = run_cli("replay", str(log), "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr
     streaks = {w["workload"]: w["stable_evaluations"] for w in json.loads(result.stdout)["workloads"]}
     assert streaks == {"small-model": 3, "llama-3.3-70b-instruct": 1}

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.advisor.test_replay_command import T0, tokenyard, write_log
+from tests.advisor.builders import T0, write_log
+from tests.support.proxy import run_cli
 from tokenyard.advisor.catalog import load_catalog
 from tokenyard.advisor.evaluation import evaluate_store
 from tokenyard.config import parse_config
@@ -55,7 +56,7 @@ def two_requests(day: int = T0) -> list[dict[str, Any]]:
 
 
 def replay_json(log: Path, config: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = tokenyard("replay", str(log), "--config", str(config), "--json", *args, env=env)
+    result = run_cli("replay", str(log), "--config", str(config), "--json", *args, env=env)
     assert result.returncode == 0, result.stderr
     [advice] = json.loads(result.stdout)["workloads"]
     assert isinstance(advice, dict)
@@ -97,7 +98,7 @@ def test_start_and_end_choose_the_window_and_replicas_cost_the_same_a_month(
     assert two_days["current"]["cost_usd_per_month"] == pytest.approx(PER_MONTH_DAYS, abs=0.01)
     assert one_day["current"]["cost_usd_per_month"] == pytest.approx(2 * PER_MONTH_DAYS, abs=0.01)
     assert by_architecture(two_days)["dedicated"] == by_architecture(one_day)["dedicated"]
-    result = tokenyard("replay", str(log), "--config", str(config), "--end", str(T0 + DAY_S))
+    result = run_cli("replay", str(log), "--config", str(config), "--end", str(T0 + DAY_S))
     assert "2 requests outside the window left out" in result.stdout
     assert "window: 2026-11-20 00:00 UTC to 2026-11-21 00:00 UTC (--start/--end" in result.stdout
 
@@ -124,7 +125,7 @@ def test_a_bad_window_is_a_clear_error(
     tmp_path: Path, config: Path, args: tuple[str, ...], message: str
 ) -> None:
     log = write_log(tmp_path / "t.jsonl", iter(two_requests()))
-    result = tokenyard("replay", str(log), "--config", str(config), *args)
+    result = run_cli("replay", str(log), "--config", str(config), *args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,17 +14,13 @@ import openai
 import pytest
 import pytest_asyncio
 
-from tests.harness import (
-    CLIENT_KEY,
-    GatedClock,
-    ProxyProcess,
-    backend,
-    eventually,
-    simulators,
-    start_proxy,
-)
-from tests.meter.conftest import FakeClock, dedicated_config
-from tests.meter.redis_util import REDIS_URL, RedisServer, delete_prefix
+from tests.support.clocks import FakeClock, GatedClock
+from tests.support.config import CLIENT_KEY, backend, dedicated_config
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, running_proxy, start_proxy
+from tests.support.redis_servers import RedisServer
+from tests.support.simulators import simulators
+from tests.support.stores import ProxyStore
 from tokenyard.config import MeterConfig
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.redis_store import RedisMeterStore
@@ -122,17 +117,10 @@ async def metrics_text(proxy: ProxyProcess) -> str:
         return (await http.get(f"{proxy.url}/metrics")).text
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    prefix = f"tytest-{uuid.uuid4().hex[:12]}"
-    url = f"sqlite:///{tmp_path}/meter.sqlite3" if request.param == "sqlite" else REDIS_URL
-    return url, prefix
-
-
 async def test_sigterm_flushes_everything(
-    upstream: SimulatorServer, tmp_path: Path, store: tuple[str, str]
+    upstream: SimulatorServer, tmp_path: Path, proxy_store: ProxyStore
 ) -> None:
-    url, prefix = store
+    url, prefix = proxy_store.url, proxy_store.prefix
     # A flush interval longer than the test: only the shutdown flush can have written anything.
     proxy = await start_proxy(config(upstream, url, prefix, 60), tmp_path)
     try:
@@ -140,67 +128,57 @@ async def test_sigterm_flushes_everything(
         assert await stored_totals(url, prefix) == (0, 0, 0)
     finally:
         code = proxy.stop(signal.SIGTERM)
-    try:
-        assert code in (0, -signal.SIGTERM)
-        assert await stored_totals(url, prefix) == (40, tokens, 40)
-    finally:
-        await delete_prefix(prefix)
+    assert code in (0, -signal.SIGTERM)
+    assert await stored_totals(url, prefix) == (40, tokens, 40)
 
 
 async def test_sigterm_finishes_streams_in_flight_and_cuts_them_at_the_drain_bound(
-    tmp_path: Path, store: tuple[str, str]
+    tmp_path: Path, proxy_store: ProxyStore
 ) -> None:
     """SIGTERM mid-stream: a stream that ends within ``drain_timeout_s`` is delivered whole; one that would
     not is cut at the bound; both are metered by the shutdown flush; the process exits."""
-    url, prefix = store
+    url, prefix = proxy_store.url, proxy_store.prefix
     async with simulators(slow=SimulatorConfig(ttft_ms=1, ttft_jitter=0, tokens_per_s=10)) as sims:
         cfg = config(sims["slow"], url, prefix, 60)  # only the shutdown flush writes
         cfg["server"].update(unready_s=0, drain_timeout_s=3)
-        proxy = await start_proxy(cfg, tmp_path)
-        try:
-            async with proxy.client() as client:
+        async with running_proxy(cfg, tmp_path) as proxy, proxy.client() as client:
 
-                async def stream(max_tokens: int) -> AsyncIterator[Any]:
-                    chunks = await client.chat.completions.create(
-                        model="m",
-                        messages=MESSAGES,
-                        max_tokens=max_tokens,
-                        stream=True,
-                        stream_options={"include_usage": True},
-                    )
-                    async for chunk in chunks:
-                        yield chunk
+            async def stream(max_tokens: int) -> AsyncIterator[Any]:
+                chunks = await client.chat.completions.create(
+                    model="m",
+                    messages=MESSAGES,
+                    max_tokens=max_tokens,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                async for chunk in chunks:
+                    yield chunk
 
-                # About 0.4 s and 60 s at 10 tokens/s: the short one ends well inside the 3 s drain.
-                short, long = stream(4), stream(600)
-                await anext(short)
-                await anext(long)
-                proxy.proc.send_signal(signal.SIGTERM)
-                stopped = time.monotonic()
-                rest = [chunk async for chunk in short]
-                assert rest[-1].usage is not None
-                assert rest[-1].usage.completion_tokens == 4
-                with pytest.raises(openai.APIConnectionError):  # cut: no clean end, the client knows
-                    async for _ in long:
-                        pass
-                code = await asyncio.to_thread(proxy.proc.wait, 30)
-                assert code in (0, -signal.SIGTERM)
-                # The drain is bounded (3 s), not held open by the 60 s stream; 20 s tells them apart.
-                assert time.monotonic() - stopped < 20, "the drain is bounded"
-        finally:
-            proxy.stop()
-    try:
-        requests, tokens, records = await stored_totals(url, prefix)
-        assert requests == records == 2  # the cut stream too, with the tokens it had sent
-        assert 4 + 1 < tokens < 4 + 600
-    finally:
-        await delete_prefix(prefix)
+            # About 0.4 s and 60 s at 10 tokens/s: the short one ends well inside the 3 s drain.
+            short, long = stream(4), stream(600)
+            await anext(short)
+            await anext(long)
+            proxy.proc.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            rest = [chunk async for chunk in short]
+            assert rest[-1].usage is not None
+            assert rest[-1].usage.completion_tokens == 4
+            with pytest.raises(openai.APIConnectionError):  # cut: no clean end, the client knows
+                async for _ in long:
+                    pass
+            code = await asyncio.to_thread(proxy.proc.wait, 30)
+            assert code in (0, -signal.SIGTERM)
+            # The drain is bounded (3 s), not held open by the 60 s stream; 20 s tells them apart.
+            assert time.monotonic() - stopped < 20, "the drain is bounded"
+    requests, tokens, records = await stored_totals(url, prefix)
+    assert requests == records == 2  # the cut stream too, with the tokens it had sent
+    assert 4 + 1 < tokens < 4 + 600
 
 
 async def test_kill_9_loses_at_most_the_last_flush_interval(
-    upstream: SimulatorServer, tmp_path: Path, store: tuple[str, str]
+    upstream: SimulatorServer, tmp_path: Path, proxy_store: ProxyStore
 ) -> None:
-    url, prefix = store
+    url, prefix = proxy_store.url, proxy_store.prefix
     interval = 0.2
     proxy = await start_proxy(config(upstream, url, prefix, interval), tmp_path)
     try:
@@ -208,17 +186,11 @@ async def test_kill_9_loses_at_most_the_last_flush_interval(
         await asyncio.sleep(interval * 5)  # older than the last flush interval: must be stored
     finally:
         proxy.stop(signal.SIGKILL)
-    try:
-        assert await stored_totals(url, prefix) == (30, tokens, 30)
-        # A new process on the same store carries on from there.
-        again = await start_proxy(config(upstream, url, prefix, interval), tmp_path)
-        try:
-            more = await send(again, 10)
-        finally:
-            again.stop()
-        assert await stored_totals(url, prefix) == (40, tokens + more, 40)
-    finally:
-        await delete_prefix(prefix)
+    assert await stored_totals(url, prefix) == (30, tokens, 30)
+    # A new process on the same store carries on from there.
+    async with running_proxy(config(upstream, url, prefix, interval), tmp_path) as again:
+        more = await send(again, 10)
+    assert await stored_totals(url, prefix) == (40, tokens + more, 40)
 
 
 async def test_a_store_outage_longer_than_the_gpu_gap_is_still_accrued_in_full(tmp_path: Path) -> None:
@@ -234,13 +206,13 @@ async def test_a_store_outage_longer_than_the_gpu_gap_is_still_accrued_in_full(t
         assert await meter.flush()  # the watermark
         redis_server.stop()
         for _ in range(20):  # 20 minutes without a store, four times the gap
-            wall.now += 60
+            wall.advance(60)
             assert not await meter.flush()
         redis_server.start()
-        wall.now += 30
+        wall.advance(30)
         assert await meter.flush()
         assert await meter.flush()
-        rows = await store.gpu(int(wall.now) - 3600, int(wall.now) + 60)
+        rows = await store.gpu(int(wall()) - 3600, int(wall()) + 60)
         assert sum(fields["wall_ms"] for _, fields in rows) == (20 * 60 + 30) * 1000
     finally:
         await store.aclose()

@@ -11,8 +11,9 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.harness import eventually
-from tests.meter.conftest import FakeClock, dedicated_config
+from tests.support.clocks import FakeClock
+from tests.support.config import dedicated_config
+from tests.support.polling import eventually
 from tokenyard.config import BackendConfig, MeterConfig, Prices
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import AggKey, GpuKey, UsageRecord
@@ -224,10 +225,10 @@ async def test_gpu_accrual_follows_replica_changes_exactly(tmp_path: Path) -> No
     store = SqliteMeterStore(tmp_path / "m.sqlite3", retention_s=86400, records_max=1000)
     meter = Meter(MeterConfig(store="sqlite:///unused"), {"ded": ded}, store, wall=wall)
     assert await meter.flush()  # sets the watermark
-    wall.now += 30
+    wall.advance(30)
     assert await meter.flush()  # 30 s × 8 GPUs
     meter.set_replicas("ded", 1)
-    wall.now += 45
+    wall.advance(45)
     assert await meter.flush()  # 45 s × 4 GPUs, across the minute boundary
     rows = dict(await store.gpu(1_799_999_940, 1_800_000_180))
     await meter.close(1.0)
@@ -247,7 +248,7 @@ async def test_records_aggregate_and_flush_exactly_once(tmp_path: Path) -> None:
     for i in range(200):
         tokens = rng.randint(0, 50)
         expected += tokens
-        meter.record(record(wall.now + i % 90, "a", "sls", "serverless", tokens, cost=tokens * 7))
+        meter.record(record(wall() + i % 90, "a", "sls", "serverless", tokens, cost=tokens * 7))
         if i % 37 == 0:
             assert await meter.flush()
     await meter.close(1.0)
@@ -273,7 +274,7 @@ async def test_with_metering_off_the_gpu_time_view_still_advances() -> None:
     wall = FakeClock(1_800_000_000.0)
     ded = dedicated_config(gpus_per_replica=2, replicas=1, gpu_hour_price=2.0, max_concurrency=8)
     meter = Meter(MeterConfig(store="off"), {"ded": ded}, None, wall=wall)
-    wall.now += 60
+    wall.advance(60)
     assert await meter.flush()
     assert meter.dedicated["ded"].local_gpu_ms == 120_000
 

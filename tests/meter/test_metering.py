@@ -7,7 +7,6 @@ import contextlib
 import json
 import random
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,21 +18,14 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import (
-    CLIENT_KEY,
-    OTHER_KEY,
-    ProxyProcess,
-    backend,
-    eventually,
-    run_cli,
-    simulators,
-    start_proxy,
-)
-from tests.meter.redis_util import REDIS_URL, delete_prefix
+from tests.support.config import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, run_cli, running_proxy
+from tests.support.simulators import simulators
+from tests.support.stores import PROXY_STORES, ProxyStore, open_proxy_store
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
-ADMIN_KEY = "sk-admin-0123456789abcdef"
 PROMPT = "count these five words please"  # the simulator counts a prompt token per word: 5
 INPUT_PUSD, OUTPUT_PUSD = 150_000, 600_000  # $0.15 and $0.60 per 1M tokens, in pico-USD per token
 GPUS = 2 * 4  # replicas × GPUs per replica
@@ -55,29 +47,23 @@ def config_for(sims: dict[str, SimulatorServer], store: str, prefix: str) -> dic
 
 
 @contextlib.asynccontextmanager
-async def metered_proxy(kind: str, tmp: Path) -> AsyncIterator[tuple[ProxyProcess, float]]:
-    """A proxy metering into ``kind`` (sqlite or redis) and the wall time just before it was started."""
-    prefix = f"tytest-{uuid.uuid4().hex[:12]}"
-    store = f"sqlite:///{tmp}/meter.sqlite3" if kind == "sqlite" else REDIS_URL
+async def metered_proxy(store: ProxyStore, tmp: Path) -> AsyncIterator[tuple[ProxyProcess, float]]:
+    """A proxy metering into ``store`` and the wall time just before it was started."""
     async with simulators(
         ded=SimulatorConfig(mode="dedicated", ttft_ms=2, tokens_per_s=400, max_concurrency=4),
         svl=SimulatorConfig(ttft_ms=2, tokens_per_s=2000),
     ) as sims:
         started = time.time()
-        proxy = await start_proxy(config_for(sims, store, prefix), tmp)
-        try:
+        async with running_proxy(config_for(sims, store.url, store.prefix), tmp) as proxy:
             yield proxy, started
-        finally:
-            proxy.stop()
-            if kind == "redis":
-                await delete_prefix(prefix)
 
 
-@pytest_asyncio.fixture(scope="module", params=["sqlite", "redis"])
+@pytest_asyncio.fixture(scope="module", params=PROXY_STORES)
 async def metered(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[ProxyProcess, float]]:
-    async with metered_proxy(request.param, tmp_path_factory.mktemp(f"metering-{request.param}")) as running:
+    tmp = tmp_path_factory.mktemp(f"metering-{request.param}")
+    async with open_proxy_store(request.param, tmp) as store, metered_proxy(store, tmp) as running:
         yield running
 
 
@@ -195,10 +181,9 @@ async def test_metered_totals_equal_what_clients_received(metered: tuple[ProxyPr
     assert completion_tokens == sum(c["completion_tokens"] for c in seen.values())
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
-async def test_dedicated_gpu_time_accrues_busy_or_idle(kind: str, tmp_path: Path) -> None:
+async def test_dedicated_gpu_time_accrues_busy_or_idle(proxy_store: ProxyStore, tmp_path: Path) -> None:
     # A proxy of its own: no other test's traffic or replica changes, and no bound on how fast it starts.
-    async with metered_proxy(kind, tmp_path) as (proxy, started):
+    async with metered_proxy(proxy_store, tmp_path) as (proxy, started):
         async with proxy.client() as client:
             busy = await client.chat.completions.with_raw_response.create(
                 model="mixed", messages=[{"role": "user", "content": PROMPT}], max_tokens=8

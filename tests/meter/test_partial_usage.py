@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from tests.harness import (
-    CLIENT_KEY,
-    ProxyProcess,
-    backend,
-    eventually,
-    leave_after,
-    set_faults,
-    simulators,
-    start_proxy,
-)
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import ProxyProcess, leave_after, start_proxy
+from tests.support.simulators import set_faults, simulators
+from tests.support.stores import sqlite_url, stored_records
 from tokenyard.meter.model import UsageRecord
-from tokenyard.meter.stores import open_store
 from tokenyard.simulator.config import SimulatorConfig
 
 MESSAGES: list[Any] = [{"role": "user", "content": "tell me a long story please"}]  # ~27 chars → 7 tokens
 
 
-async def stored_records(store_url: str) -> list[UsageRecord]:
-    store = open_store(store_url, prefix="unused", retention_s=86400, records_max=1000)
-    try:
-        return list(await store.records(time.time() - 600, time.time() + 60))
-    finally:
-        await store.aclose()
-
-
 async def test_streams_cut_short_are_metered_for_what_they_delivered(tmp_path: Path) -> None:
-    store_url = f"sqlite:///{tmp_path}/meter.sqlite3"
+    store_url = sqlite_url(tmp_path / "meter.sqlite3")
     async with simulators(slow=SimulatorConfig(ttft_ms=1, tokens_per_s=20)) as sims:
         config = {
             "meter": {"store": store_url, "flush_interval_s": 0.2},
@@ -61,7 +46,7 @@ async def test_streams_cut_short_are_metered_for_what_they_delivered(tmp_path: P
             records: list[UsageRecord] = []
 
             async def both_stored() -> None:
-                records[:] = await stored_records(store_url)
+                records[:] = await stored_records(store_url, since_s=600)
                 assert len(records) == 2
 
             await eventually(both_stored, timeout_s=10)

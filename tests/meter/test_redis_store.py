@@ -12,8 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from tests.meter.conftest import T0, TEST_REDIS_URL, FakeClock, Stores
 from tests.meter.test_store_contract import BASE_MS, GAP_MS, accrual, batch, key, record
+from tests.support.clocks import T0, FakeClock
+from tests.support.redis_servers import REDIS_URL
+from tests.support.stores import Stores
 from tokenyard.errors import StoreError, StoreUnavailable
 from tokenyard.meter.model import GpuKey
 from tokenyard.meter.redis_store import RedisMeterStore
@@ -32,7 +34,7 @@ async def stores(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Stores]:
 
 @pytest.fixture
 async def raw() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         yield client
     finally:

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.harness import CLIENT_KEY, backend, eventually, simulators, start_proxy
-from tests.meter.redis_util import REDIS_URL, delete_prefix
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import start_proxy
+from tests.support.redis_servers import REDIS_URL
+from tests.support.simulators import simulators
 from tokenyard.simulator.config import SimulatorConfig
 
 MESSAGES: list[Any] = [{"role": "user", "content": "one two three four"}]
 
 
-async def test_two_proxies_on_one_redis_add_up_exactly(tmp_path: Path) -> None:
-    prefix = f"tytest-{uuid.uuid4().hex[:12]}"
+async def test_two_proxies_on_one_redis_add_up_exactly(tmp_path: Path, redis_prefix: str) -> None:
+    prefix = redis_prefix
     async with simulators(
         ded=SimulatorConfig(mode="dedicated", ttft_ms=1, tokens_per_s=2000), svl=SimulatorConfig(ttft_ms=1)
     ) as sims:
@@ -70,7 +72,6 @@ async def test_two_proxies_on_one_redis_add_up_exactly(tmp_path: Path) -> None:
         finally:
             for proxy in proxies:
                 proxy.stop()
-            await delete_prefix(prefix)
     totals = usage["totals"]
     assert totals["prompt_tokens"] == sum(p for p, _, _ in results)
     assert totals["completion_tokens"] == sum(c for _, c, _ in results)

@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import eventually
-from tests.meter.conftest import T0, FakeClock, Stores
+from tests.support.clocks import T0, FakeClock
+from tests.support.polling import eventually
+from tests.support.stores import Stores
 from tokenyard.errors import StoreUnavailable
 from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch, GpuAccrual, GpuKey, UsageRecord
 from tokenyard.meter.store import MeterStore, UsageStore

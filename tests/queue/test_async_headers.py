@@ -12,9 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import CLIENT_KEY, eventually, start_proxy
-from tests.queue.test_async_track import (
-    FAST,
+from tests.support.async_track import (
     HELLO,
     MODEL,
     config_for,
@@ -24,6 +22,11 @@ from tests.queue.test_async_track import (
     sims,
     sqlite_proxy,
 )
+from tests.support.config import CLIENT_KEY
+from tests.support.polling import eventually
+from tests.support.proxy import running_proxy, start_proxy
+from tests.support.simulators import FAST_UPSTREAM
+from tests.support.stores import sqlite_url
 from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
 
@@ -81,8 +84,7 @@ async def test_a_poll_while_the_job_waits_says_async_why_and_its_request_id(tmp_
         squatter = SqliteMeterStore(f"{tmp_path}/m.sqlite3", retention_s=86400, records_max=10)
         assert await squatter.try_lock("dispatcher", "hung-replica", 3600)
         await squatter.aclose()
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
-        try:
+        async with running_proxy(config_for(s, store=sqlite_url(tmp_path / "m.sqlite3")), tmp_path) as proxy:
             accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
             async with httpx.AsyncClient(timeout=10) as http:
                 waiting = await http.get(
@@ -93,13 +95,13 @@ async def test_a_poll_while_the_job_waits_says_async_why_and_its_request_id(tmp_
             assert waiting.headers["x-tokenyard-mode"] == "async"
             assert waiting.headers["x-tokenyard-mode-reason"] == "Prefer: respond-async"
             assert waiting.headers["x-request-id"] == accepted.headers["x-request-id"]
-        finally:
-            proxy.stop()
 
 
 async def test_a_provider_batch_answer_names_the_batch_backend(tmp_path: Path) -> None:
-    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
-        proxy = await start_proxy(no_idle_dedicated(tmp_path, s, f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
+    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST_UPSTREAM)) as s:
+        proxy = await start_proxy(
+            no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3")), tmp_path
+        )
         try:
             accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
             done = await poll(proxy, accepted.headers["location"])

@@ -9,14 +9,11 @@ mid-batch whose jobs are resumed and answered — and billed — exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import signal
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,172 +22,79 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import (
-    CLIENT_KEY,
-    OTHER_KEY,
-    GatedClock,
-    ProxyProcess,
-    backend,
-    eventually,
-    set_faults,
-    sim_stats,
-    simulators,
-    start_proxy,
+from tests.support.async_track import (
+    HELLO,
+    MODEL,
+    config_for,
+    no_idle_dedicated,
+    poll,
+    post,
+    sims,
+    sqlite_proxy,
+    usage,
 )
-from tests.meter.redis_util import REDIS_URL, delete_prefix
-from tests.simulator.helpers import FakeClock
+from tests.support.clocks import FakeClock, GatedClock
+from tests.support.config import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, backend
+from tests.support.polling import eventually
+from tests.support.proxy import running_proxy, start_proxy
+from tests.support.simulators import FAST_UPSTREAM, set_faults, sim_stats, simulators
+from tests.support.stores import ProxyStore, sqlite_url
 from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
-
-ADMIN_KEY = "sk-admin-0123456789abcdef"
-MODEL = "llama"
-HELLO = [{"role": "user", "content": "count these five words please"}]
-FAST = {"ttft_ms": 1, "ttft_jitter": 0, "tokens_per_s": 5000, "default_max_tokens": 4}
-
-
-def config_for(
-    sims: dict[str, SimulatorServer], *, store: str, prefix: str = "tokenyard", **track: Any
-) -> dict[str, Any]:
-    """A dedicated replica (cap 2), a serverless API, and (if simulated) a provider Batch API."""
-    backends: dict[str, Any] = {
-        "ded": backend("dedicated", sims["ded"].base_url, max_concurrency=2),
-        "api": backend(
-            "serverless", sims["api"].base_url, prices={"input_per_1m": 1.0, "output_per_1m": 2.0}
-        ),
-    }
-    model: dict[str, Any] = {"deployments": ["ded", "api"]}
-    if "batch" in sims:
-        backends["prov"] = backend(
-            "batch", sims["batch"].base_url, prices={"input_per_1m": 0.5, "output_per_1m": 1.0}
-        )
-        model["batch"] = "prov"
-    async_track: dict[str, Any] = {"batches": {"max_wait_s": 0.2, "poll_s": 0.2, "expected_turnaround_s": 1}}
-    async_track.update(track)
-    return {
-        "server": {"admin_key": ADMIN_KEY},
-        "meter": {"store": store, "redis_prefix": prefix, "flush_interval_s": 0.2},
-        "backends": backends,
-        "models": {MODEL: model},
-        "keys": {
-            "team-a": {"key": CLIENT_KEY},
-            "team-b": {"key": OTHER_KEY, "mode": "async", "deadline_s": 30},
-        },
-        "async_track": async_track,
-    }
-
-
-@contextlib.asynccontextmanager
-async def sqlite_proxy(tmp_path: Path, **track: Any) -> AsyncIterator[ProxyProcess]:
-    """The usual proxy (``config_for`` the usual simulators) on an SQLite store, stopped afterwards."""
-    async with sims() as s:
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3", **track), tmp_path)
-        try:
-            yield proxy
-        finally:
-            proxy.stop()
-
-
-def sims(**extra: SimulatorConfig) -> Any:
-    return simulators(
-        ded=SimulatorConfig(mode="dedicated", max_concurrency=4, **FAST),
-        api=SimulatorConfig(**FAST),
-        **extra,
-    )
-
-
-async def post(
-    proxy: ProxyProcess, body: dict[str, Any], key: str = CLIENT_KEY, **headers: str
-) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=60) as http:
-        return await http.post(
-            f"{proxy.base_url}/chat/completions",
-            json=body,
-            headers={"Authorization": f"Bearer {key}", **headers},
-        )
-
-
-async def poll(
-    proxy: ProxyProcess, location: str, key: str = CLIENT_KEY, timeout_s: float = 20
-) -> httpx.Response:
-    """GET the job until it is no longer 202."""
-    async with httpx.AsyncClient(timeout=10) as http:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            got = await http.get(proxy.url + location, headers={"Authorization": f"Bearer {key}"})
-            if got.status_code != 202 or asyncio.get_running_loop().time() > deadline:
-                return got
-            assert got.json()["status"] == "queued"
-            await asyncio.sleep(0.1)
-
-
-async def usage(proxy: ProxyProcess, **params: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=10) as http:
-        got = await http.get(
-            f"{proxy.url}/admin/usage",
-            params={"start": "1h", "granularity": "total", **params},
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        )
-        assert got.status_code == 200, got.text
-        result: dict[str, Any] = got.json()
-        return result
-
 
 # -- delivery -----------------------------------------------------------------------------------------
 
 
 async def test_prefer_respond_async_answers_202_then_the_openai_response_on_poll(tmp_path: Path) -> None:
-    async with sims() as s:
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
-        try:
-            accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async, wait=0")
-            assert accepted.status_code == 202
-            assert accepted.headers["preference-applied"] == "respond-async"
-            assert accepted.headers["x-tokenyard-mode"] == "async"
-            assert accepted.headers["x-tokenyard-mode-reason"] == "Prefer: respond-async"
-            job = accepted.json()
-            assert job["object"] == "async.job"
-            assert job["status"] == "queued"
-            assert accepted.headers["location"] == job["url"] == f"/v1/async/jobs/{job['id']}"
-            done = await poll(proxy, accepted.headers["location"])
-            assert done.status_code == 200
-            assert done.headers["x-tokenyard-path"] == "idle_dedicated"  # the replica was idle
-            completion = openai.types.chat.ChatCompletion.model_validate(done.json())
-            assert completion.object == "chat.completion"
-            assert completion.usage is not None
-            # Another tenant cannot see it; an unknown id is not found either.
-            assert (await poll(proxy, accepted.headers["location"], key=OTHER_KEY)).status_code == 404
-            missing = await poll(proxy, "/v1/async/jobs/job_nope")
-            assert missing.status_code == 404
-            assert missing.json()["error"]["type"] == "invalid_request_error"
+    async with (
+        sims() as s,
+        running_proxy(config_for(s, store=sqlite_url(tmp_path / "m.sqlite3")), tmp_path) as proxy,
+    ):
+        accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async, wait=0")
+        assert accepted.status_code == 202
+        assert accepted.headers["preference-applied"] == "respond-async"
+        assert accepted.headers["x-tokenyard-mode"] == "async"
+        assert accepted.headers["x-tokenyard-mode-reason"] == "Prefer: respond-async"
+        job = accepted.json()
+        assert job["object"] == "async.job"
+        assert job["status"] == "queued"
+        assert accepted.headers["location"] == job["url"] == f"/v1/async/jobs/{job['id']}"
+        done = await poll(proxy, accepted.headers["location"])
+        assert done.status_code == 200
+        assert done.headers["x-tokenyard-path"] == "idle_dedicated"  # the replica was idle
+        completion = openai.types.chat.ChatCompletion.model_validate(done.json())
+        assert completion.object == "chat.completion"
+        assert completion.usage is not None
+        # Another tenant cannot see it; an unknown id is not found either.
+        assert (await poll(proxy, accepted.headers["location"], key=OTHER_KEY)).status_code == 404
+        missing = await poll(proxy, "/v1/async/jobs/job_nope")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["type"] == "invalid_request_error"
 
-            async def metered_async() -> None:
-                rows = (await usage(proxy, group_by="mode,backend"))["data"]
-                assert [(r["mode"], r["backend"], r["requests"]) for r in rows] == [("async", "ded", 1)]
+        async def metered_async() -> None:
+            rows = (await usage(proxy, group_by="mode,backend"))["data"]
+            assert [(r["mode"], r["backend"], r["requests"]) for r in rows] == [("async", "ded", 1)]
 
-            await eventually(metered_async)
+        await eventually(metered_async)
 
-            async def on_the_metrics() -> None:
-                async with httpx.AsyncClient() as http:
-                    text = (
-                        await http.get(
-                            f"{proxy.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-                        )
-                    ).text
-                samples = {
-                    (s.name, tuple(sorted(s.labels.items()))): s.value
-                    for family in text_string_to_metric_families(text)
-                    for s in family.samples
-                }
-                assert samples[("tokenyard_async_jobs_answered_total", (("path", "idle_dedicated"),))] == 1
-                assert samples[("tokenyard_async_job_wait_seconds_total", (("path", "idle_dedicated"),))] > 0
-                assert samples[("tokenyard_async_jobs", (("state", "waiting"),))] == 0
-                assert samples[("tokenyard_async_oldest_job_age_seconds", ())] == 0
-                assert samples[("tokenyard_async_duplicate_answers_total", ())] == 0
+        async def on_the_metrics() -> None:
+            async with httpx.AsyncClient() as http:
+                text = (
+                    await http.get(f"{proxy.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+                ).text
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+            assert samples[("tokenyard_async_jobs_answered_total", (("path", "idle_dedicated"),))] == 1
+            assert samples[("tokenyard_async_job_wait_seconds_total", (("path", "idle_dedicated"),))] > 0
+            assert samples[("tokenyard_async_jobs", (("state", "waiting"),))] == 0
+            assert samples[("tokenyard_async_oldest_job_age_seconds", ())] == 0
+            assert samples[("tokenyard_async_duplicate_answers_total", ())] == 0
 
-            await eventually(on_the_metrics)
-        finally:
-            proxy.stop()
+        await eventually(on_the_metrics)
 
 
 async def test_a_held_connection_gets_the_normal_response_through_the_sdk(tmp_path: Path) -> None:
@@ -253,14 +157,20 @@ async def test_signals_that_cannot_be_honoured_are_400s(tmp_path: Path) -> None:
 async def test_async_work_yields_to_real_time_on_the_dedicated_replica(tmp_path: Path) -> None:
     ded_clock = GatedClock()  # what reaches the replica stays there until the test opens the gate
     ded = SimulatorServer(
-        SimulatorConfig(name="ded", mode="dedicated", max_concurrency=4, **FAST), clock=ded_clock
+        SimulatorConfig(name="ded", mode="dedicated", max_concurrency=4, **FAST_UPSTREAM), clock=ded_clock
     )
-    async with simulators(api=SimulatorConfig(**FAST)) as s, ded, httpx.AsyncClient(timeout=10) as http:
+    async with (
+        simulators(api=SimulatorConfig(**FAST_UPSTREAM)) as s,
+        ded,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
         config = config_for(
-            {**s, "ded": ded}, store=f"sqlite:///{tmp_path}/m.sqlite3", realtime_margin_s=1, idle_fill_cap=0.5
+            {**s, "ded": ded},
+            store=sqlite_url(tmp_path / "m.sqlite3"),
+            realtime_margin_s=1,
+            idle_fill_cap=0.5,
         )
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             async with proxy.client() as client:
                 # One real-time request holds the replica's one async-fillable slot (cap 2 × 0.5).
                 busy = asyncio.create_task(client.chat.completions.create(model=MODEL, messages=HELLO))
@@ -291,8 +201,6 @@ async def test_async_work_yields_to_real_time_on_the_dedicated_replica(tmp_path:
             done = await poll(proxy, accepted.headers["location"])
             assert done.status_code == 200
             assert done.headers["x-tokenyard-path"] == "idle_dedicated"
-        finally:
-            proxy.stop()
 
 
 async def test_a_job_waits_for_a_busy_replica_only_until_its_deadline_comes_close(tmp_path: Path) -> None:
@@ -301,12 +209,11 @@ async def test_a_job_waits_for_a_busy_replica_only_until_its_deadline_comes_clos
         # It must go real time 1 s after it is queued (deadline 6 s, margin 5 s): the margin, far above a
         # dispatcher tick, is what a slow machine may take to get it there by its deadline.
         config = config_for(
-            s, store=f"sqlite:///{tmp_path}/m.sqlite3", realtime_margin_s=5, idle_fill_cap=0.5
+            s, store=sqlite_url(tmp_path / "m.sqlite3"), realtime_margin_s=5, idle_fill_cap=0.5
         )
         config["backends"]["ded"]["max_concurrency"] = 1
         config["keys"]["team-a"]["deadline_s"] = 6
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             sent_at = time.time()  # the proxy's wall clock too: it queues the job after this
             accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
             done = await poll(proxy, accepted.headers["location"])
@@ -314,42 +221,29 @@ async def test_a_job_waits_for_a_busy_replica_only_until_its_deadline_comes_clos
             assert done.status_code == 200
             assert done.headers["x-tokenyard-path"] == "realtime"
             assert 1 <= waited_s < 6, "not before it had to, not after its deadline"
-        finally:
-            proxy.stop()
 
 
 async def test_with_no_cheaper_path_at_all_a_job_runs_in_real_time_at_once(tmp_path: Path) -> None:
-    async with simulators(api=SimulatorConfig(**FAST)) as s:
+    async with simulators(api=SimulatorConfig(**FAST_UPSTREAM)) as s:
         config = {
-            "meter": {"store": f"sqlite:///{tmp_path}/m.sqlite3", "flush_interval_s": 0.2},
+            "meter": {"store": sqlite_url(tmp_path / "m.sqlite3"), "flush_interval_s": 0.2},
             "backends": {"api": backend("serverless", s["api"].base_url)},
             "models": {MODEL: {"deployments": ["api"]}},
             "keys": {"team-a": {"key": CLIENT_KEY}},  # a 24 h deadline: waiting would gain nothing
         }
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             accepted = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
             # Waiting would last until its deadline came close, a day from now: 10 s tells them apart.
             done = await poll(proxy, accepted.headers["location"], timeout_s=10)
             assert done.status_code == 200
             assert done.headers["x-tokenyard-path"] == "realtime"
-        finally:
-            proxy.stop()
-
-
-def no_idle_dedicated(
-    tmp_path: Path, s: dict[str, SimulatorServer], store: str, prefix: str = "t"
-) -> dict[str, Any]:
-    """The async track with only a serverless API and a provider batch: jobs go to the batch."""
-    config = config_for(s, store=store, prefix=prefix, realtime_margin_s=2)
-    config["models"][MODEL]["deployments"] = ["api"]
-    del config["backends"]["ded"]
-    return config
 
 
 async def test_a_provider_batch_answers_jobs_at_the_batch_price(tmp_path: Path) -> None:
-    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
-        proxy = await start_proxy(no_idle_dedicated(tmp_path, s, f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
+    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST_UPSTREAM)) as s:
+        proxy = await start_proxy(
+            no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3")), tmp_path
+        )
         try:
             accepted = [
                 await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
@@ -374,12 +268,11 @@ async def test_a_provider_batch_answers_jobs_at_the_batch_price(tmp_path: Path) 
 
 
 async def test_failed_and_expired_batch_lines_are_answered_another_way(tmp_path: Path) -> None:
-    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
+    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST_UPSTREAM)) as s:
         await set_faults(s["batch"], batch_error_rate=1.0, error_status=500)
-        config = no_idle_dedicated(tmp_path, s, f"sqlite:///{tmp_path}/m.sqlite3")
+        config = no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3"))
         config["keys"]["team-a"]["deadline_s"] = 6  # batch turnaround 1 s + margin 2 s fits: batch first
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             failed = await post(proxy, {"model": MODEL, "messages": HELLO}, Prefer="respond-async")
             answer = await poll(proxy, failed.headers["location"])
             assert answer.status_code == 200
@@ -395,27 +288,22 @@ async def test_failed_and_expired_batch_lines_are_answered_another_way(tmp_path:
                 assert [(r["backend"], r["requests"]) for r in stats] == [("api", 2)]
 
             await eventually(only_the_real_time_answers_are_billed)
-        finally:
-            proxy.stop()
 
 
 # -- kill -9 mid-batch -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
 async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_is_billed_twice(
-    tmp_path: Path, kind: str
+    tmp_path: Path, proxy_store: ProxyStore
 ) -> None:
-    prefix = f"tytest-{uuid.uuid4().hex[:12]}"
-    store = f"sqlite:///{tmp_path}/m.sqlite3" if kind == "sqlite" else REDIS_URL
     # The provider's batches move only when the test advances its clock: the batch is still open when the
     # first proxy dies, however slow the machine.
     provider_clock = FakeClock()
     provider = SimulatorServer(
-        SimulatorConfig(name="batch", batch_turnaround_s=3, **FAST), clock=provider_clock
+        SimulatorConfig(name="batch", batch_turnaround_s=3, **FAST_UPSTREAM), clock=provider_clock
     )
     async with sims() as s, provider:
-        config = no_idle_dedicated(tmp_path, {**s, "batch": provider}, store, prefix)
+        config = no_idle_dedicated(tmp_path, {**s, "batch": provider}, proxy_store.url, proxy_store.prefix)
         # The gather is submitted when it holds the five jobs, not when a time window closes.
         config["async_track"]["batches"].update(max_requests=5, max_wait_s=3600)
         first = await start_proxy(config, tmp_path)
@@ -436,15 +324,14 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
                 assert len(await batches()) == 1
 
             await eventually(submitted, timeout_s=30)
-            provider_clock.now_s += 1  # past validating (0.3 s), not done (3 s): its lines are counted
+            provider_clock.elapsed_s += 1  # past validating (0.3 s), not done (3 s): its lines are counted
             assert [(b["request_counts"]["total"], b["status"]) for b in await batches()] == [
                 (5, "in_progress")
             ]
         finally:
             first.stop(signal.SIGKILL)  # mid-batch: nothing flushed, no lock released
-        provider_clock.now_s += 4  # past its 3 s turnaround: the batch completes
-        second = await start_proxy(config, tmp_path)
-        try:
+        provider_clock.elapsed_s += 4  # past its 3 s turnaround: the batch completes
+        async with running_proxy(config, tmp_path) as second:
             answers = [await poll(second, a.headers["location"], timeout_s=30) for a in accepted]
             assert [a.status_code for a in answers] == [200] * 5
             assert {a.headers["x-tokenyard-path"] for a in answers} == {"provider_batch"}
@@ -457,10 +344,6 @@ async def test_a_proxy_killed_mid_batch_is_resumed_by_the_next_one_and_nothing_i
                 assert [(r["mode"], r["backend"], r["requests"]) for r in rows] == [("async", "prov", 5)]
 
             await eventually(billed_once)
-        finally:
-            second.stop()
-            if kind == "redis":
-                await delete_prefix(prefix)
 
 
 # -- callbacks -----------------------------------------------------------------------------------------
@@ -474,11 +357,10 @@ async def test_a_finished_job_is_posted_to_its_allow_listed_callback_signed(
     async with sims() as s:
         config = config_for(
             s,
-            store=f"sqlite:///{tmp_path}/m.sqlite3",
+            store=sqlite_url(tmp_path / "m.sqlite3"),
             callbacks={"allow_hosts": ["127.0.0.1"], "secret": secret},
         )
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             url = f"http://127.0.0.1:{port}/hooks/done"
             accepted = await post(
                 proxy,
@@ -500,20 +382,17 @@ async def test_a_finished_job_is_posted_to_its_allow_listed_callback_signed(
             stamp, signature = (part.split("=", 1)[1] for part in headers["x-tokenyard-signature"].split(","))
             expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
             assert hmac.compare_digest(signature, expected)
-        finally:
-            proxy.stop()
 
 
 async def test_a_held_request_is_served_in_real_time_when_no_dispatcher_answers_it(tmp_path: Path) -> None:
     async with sims() as s:
-        store = f"sqlite:///{tmp_path}/m.sqlite3"
+        store = sqlite_url(tmp_path / "m.sqlite3")
         config = config_for(s, store=store, max_hold_s=0.5)
         # Another "replica" holds the dispatcher's lead and never dispatches (as if hung).
         squatter = SqliteMeterStore(f"{tmp_path}/m.sqlite3", retention_s=86400, records_max=10)
         assert await squatter.try_lock("dispatcher", "hung-replica", 3600)
         await squatter.aclose()
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             async with proxy.client() as client:
                 started = asyncio.get_running_loop().time()
                 raw = await client.chat.completions.with_raw_response.create(
@@ -530,5 +409,3 @@ async def test_a_held_request_is_served_in_real_time_when_no_dispatcher_answers_
                 assert [(r["mode"], r["requests"]) for r in rows] == [("async", 1)]
 
             await eventually(billed_once)
-        finally:
-            proxy.stop()

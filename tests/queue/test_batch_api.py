@@ -2,47 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.harness import OTHER_KEY, eventually, start_proxy
-from tests.queue.test_async_track import FAST, MODEL, config_for, no_idle_dedicated, sims, sqlite_proxy, usage
+from tests.support.async_track import (
+    config_for,
+    jsonl,
+    no_idle_dedicated,
+    run_batch,
+    sims,
+    sqlite_proxy,
+    until_final,
+    usage,
+)
+from tests.support.config import OTHER_KEY
+from tests.support.polling import eventually
+from tests.support.proxy import running_proxy
+from tests.support.simulators import FAST_UPSTREAM
+from tests.support.stores import sqlite_url
 from tokenyard.simulator.config import SimulatorConfig
-
-FINAL = ("completed", "failed", "expired", "cancelled")
-
-
-def jsonl(n: int, *, prefix: str = "r", model: str = MODEL, **body: Any) -> bytes:
-    return "".join(
-        json.dumps(
-            {"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"model": model, "messages": [{"role": "user", "content": f"line {i}"}], **body}}
-        ) + "\n"
-        for i in range(n)
-    ).encode()  # fmt: skip
-
-
-async def until_final(client: openai.AsyncOpenAI, batch_id: str, timeout_s: float = 30) -> Any:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            batch = await client.batches.retrieve(batch_id)
-            if batch.status in FINAL:
-                return batch
-            await asyncio.sleep(0.1)
-
-
-async def run_batch(client: openai.AsyncOpenAI, content: bytes, **create: Any) -> Any:
-    upload = await client.files.create(file=("in.jsonl", io.BytesIO(content)), purpose="batch")
-    return await client.batches.create(
-        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h", **create
-    )
 
 
 async def test_a_batch_round_trip_with_the_sdk(tmp_path: Path) -> None:
@@ -106,29 +89,25 @@ async def test_lists_page_newest_first_and_files_can_be_deleted(tmp_path: Path) 
 async def test_cancel_keeps_what_was_answered_and_closes_the_rest(tmp_path: Path) -> None:
     async with sims() as s:
         # The replica never has a slot for async work (1 × 0.5 rounds down), so the lines wait for it.
-        config = config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3", idle_fill_cap=0.5)
+        config = config_for(s, store=sqlite_url(tmp_path / "m.sqlite3"), idle_fill_cap=0.5)
         config["backends"]["ded"]["max_concurrency"] = 1
-        proxy = await start_proxy(config, tmp_path)
-        try:
-            async with proxy.client() as client:
-                created = await run_batch(client, jsonl(4))
-                cancelling = await client.batches.cancel(created.id)
-                assert cancelling.status == "cancelling"
-                done = await client.batches.retrieve(created.id)
-                assert done.status == "cancelled"
-                assert done.cancelled_at is not None
-                assert done.request_counts is not None
-                assert (done.request_counts.completed, done.request_counts.failed) == (0, 4)
-                assert done.error_file_id is not None
-                lines = [
-                    json.loads(x) for x in (await client.files.content(done.error_file_id)).text.splitlines()
-                ]
-                assert {x["error"]["code"] for x in lines} == {"batch_cancelled"}
-                assert all(x["response"] is None for x in lines)
-                with pytest.raises(openai.BadRequestError):
-                    await client.batches.cancel(created.id)
-        finally:
-            proxy.stop()
+        async with running_proxy(config, tmp_path) as proxy, proxy.client() as client:
+            created = await run_batch(client, jsonl(4))
+            cancelling = await client.batches.cancel(created.id)
+            assert cancelling.status == "cancelling"
+            done = await client.batches.retrieve(created.id)
+            assert done.status == "cancelled"
+            assert done.cancelled_at is not None
+            assert done.request_counts is not None
+            assert (done.request_counts.completed, done.request_counts.failed) == (0, 4)
+            assert done.error_file_id is not None
+            lines = [
+                json.loads(x) for x in (await client.files.content(done.error_file_id)).text.splitlines()
+            ]
+            assert {x["error"]["code"] for x in lines} == {"batch_cancelled"}
+            assert all(x["response"] is None for x in lines)
+            with pytest.raises(openai.BadRequestError):
+                await client.batches.cancel(created.id)
 
 
 async def test_invalid_input_fails_the_batch_with_errors_by_line(tmp_path: Path) -> None:
@@ -174,40 +153,39 @@ async def test_invalid_input_fails_the_batch_with_errors_by_line(tmp_path: Path)
 
 async def test_tenants_can_neither_see_nor_use_each_others_files_and_batches(tmp_path: Path) -> None:
     async with sims() as s:
-        config = config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3")
+        config = config_for(s, store=sqlite_url(tmp_path / "m.sqlite3"))
         config["keys"]["team-b"] = {"key": OTHER_KEY}
-        proxy = await start_proxy(config, tmp_path)
-        try:
-            async with proxy.client() as a, proxy.client(key=OTHER_KEY) as b:
-                mine = await run_batch(a, jsonl(2))
-                for attempt in (
-                    b.files.retrieve(mine.input_file_id),
-                    b.files.content(mine.input_file_id),
-                    b.files.delete(mine.input_file_id),
-                    b.batches.retrieve(mine.id),
-                    b.batches.cancel(mine.id),
-                    b.batches.create(
-                        input_file_id=mine.input_file_id,
-                        endpoint="/v1/chat/completions",
-                        completion_window="24h",
-                    ),
-                ):
-                    with pytest.raises(openai.NotFoundError):
-                        await attempt
-                assert (await b.batches.list()).data == []
-                assert (await b.files.list()).data == []
-                assert (await until_final(a, mine.id)).status == "completed"
-        finally:
-            proxy.stop()
+        async with (
+            running_proxy(config, tmp_path) as proxy,
+            proxy.client() as a,
+            proxy.client(key=OTHER_KEY) as b,
+        ):
+            mine = await run_batch(a, jsonl(2))
+            for attempt in (
+                b.files.retrieve(mine.input_file_id),
+                b.files.content(mine.input_file_id),
+                b.files.delete(mine.input_file_id),
+                b.batches.retrieve(mine.id),
+                b.batches.cancel(mine.id),
+                b.batches.create(
+                    input_file_id=mine.input_file_id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                ),
+            ):
+                with pytest.raises(openai.NotFoundError):
+                    await attempt
+            assert (await b.batches.list()).data == []
+            assert (await b.files.list()).data == []
+            assert (await until_final(a, mine.id)).status == "completed"
 
 
 async def test_tenants_lines_share_a_provider_batch_but_never_their_results(tmp_path: Path) -> None:
-    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
-        config = no_idle_dedicated(tmp_path, s, f"sqlite:///{tmp_path}/m.sqlite3")
+    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST_UPSTREAM)) as s:
+        config = no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3"))
         config["keys"]["team-b"] = {"key": OTHER_KEY}
         config["async_track"]["batches"]["max_wait_s"] = 1.0  # both tenants' lines make one gather
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             async with proxy.client() as a, proxy.client(key=OTHER_KEY) as b:
                 batch_a = await run_batch(a, jsonl(3, prefix="a"))
                 batch_b = await run_batch(b, jsonl(2, prefix="b"))
@@ -227,5 +205,3 @@ async def test_tenants_lines_share_a_provider_batch_but_never_their_results(tmp_
             assert [p["request_counts"]["total"] for p in provider] == [5], (
                 "one provider batch for both tenants"
             )
-        finally:
-            proxy.stop()

@@ -13,16 +13,19 @@ import httpx
 import openai
 import orjson
 
-from tests.harness import CLIENT_KEY, start_proxy
-from tests.queue.test_async_track import FAST, MODEL, no_idle_dedicated, poll, sims
+from tests.support.async_track import MODEL, no_idle_dedicated, poll, sims
+from tests.support.config import CLIENT_KEY
+from tests.support.proxy import start_proxy
+from tests.support.simulators import FAST_UPSTREAM
+from tests.support.stores import sqlite_url
 from tokenyard.simulator.config import SimulatorConfig
 
 LONG = "123456789012345678901234567"  # past 64 bits: a float would round it
 
 
 async def test_a_pretty_printed_job_body_goes_to_the_provider_as_one_exact_line(tmp_path: Path) -> None:
-    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST)) as s:
-        config = no_idle_dedicated(tmp_path, s, f"sqlite:///{tmp_path}/m.sqlite3")
+    async with sims(batch=SimulatorConfig(batch_turnaround_s=0.5, **FAST_UPSTREAM)) as s:
+        config = no_idle_dedicated(tmp_path, s, sqlite_url(tmp_path / "m.sqlite3"))
         config["backends"]["prov"]["model"] = "provider-llama"  # the provider names the model differently
         proxy = await start_proxy(config, tmp_path)
         body = b"\n".join(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import CLIENT_KEY
-from tests.queue.test_async_track import HELLO, MODEL, sqlite_proxy
+from tests.support.async_track import HELLO, MODEL, sqlite_proxy
+from tests.support.config import CLIENT_KEY
 
 ALLOWED = {"allow_hosts": ["127.0.0.1", "hooks.example.com", "::1"]}
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from tests.harness import free_port
+from tests.support.net import free_port
 from tokenyard.adapters.webhook import WebhookSender
 from tokenyard.queue.callbacks import CallbackSender, payload, sign
 from tokenyard.queue.model import Job, JobResult

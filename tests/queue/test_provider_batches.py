@@ -12,8 +12,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.harness import free_port, set_faults
-from tests.simulator.helpers import FakeClock as SimClock
+from tests.support.clocks import FakeClock
+from tests.support.net import free_port
+from tests.support.simulators import set_faults
 from tokenyard.adapters.base import BatchUpstream
 from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.config import BackendConfig
@@ -28,16 +29,6 @@ from tokenyard.simulator.server import SimulatorServer
 T0 = 1_800_000_000.0
 CHAT = "/v1/chat/completions"
 TRACK = AsyncTrackConfig(realtime_margin_s=60, batches={"max_wait_s": 30, "max_requests": 1000, "poll_s": 10})
-
-
-class Clock:
-    """Unix seconds that move only when the test says so (the lifecycle's wall and monotonic clock)."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Closed:
@@ -61,8 +52,8 @@ class BatchBackendHere:
 class Lifecycle:
     batches: ProviderBatches
     store: SqliteJobStore
-    clock: Clock
-    provider_clock: SimClock
+    clock: FakeClock  # the lifecycle's wall and monotonic clock
+    provider_clock: FakeClock
     provider: SimulatorServer
     answered: list[tuple[Job, JobResult, UsageRecord]]
     usage_asked: list[tuple[str, str, str, int]]
@@ -84,11 +75,11 @@ class Lifecycle:
 
 @pytest.fixture
 async def lifecycle(tmp_path: Path) -> AsyncIterator[Lifecycle]:
-    provider_clock = SimClock()
+    provider_clock = FakeClock()
     config = SimulatorConfig(ttft_ms=0, ttft_jitter=0, batch_turnaround_s=100, seed=3)
     async with SimulatorServer(config, clock=provider_clock) as provider:
         api = OpenAIBatchUpstream(provider.base_url, api_key="sk-sim")
-        clock = Clock()
+        clock = FakeClock(T0)
         store = SqliteJobStore(tmp_path / "q.sqlite3", clock=clock)
         backend = BatchBackendHere("prov", BackendConfig(kind="batch", base_url=provider.base_url), api)
         nowhere = f"http://127.0.0.1:{free_port()}/v1"  # nobody listens: every call is refused
@@ -157,10 +148,10 @@ async def test_answered_lines_are_reported_and_failed_ones_go_back_to_the_queue(
     await lifecycle.batches.submit_due(T0 + 30)
     await lifecycle.batches.poll_if_due(lifecycle.answer)
     assert lifecycle.answered == []  # the provider is not done yet
-    lifecycle.provider_clock.now_s += 101  # done at the provider
+    lifecycle.provider_clock.advance(101)  # done at the provider
     await lifecycle.batches.poll_if_due(lifecycle.answer)
     assert lifecycle.answered == [], "not polled again before batches.poll_s"
-    lifecycle.clock.now += 10
+    lifecycle.clock.advance(10)
     await lifecycle.batches.poll_if_due(lifecycle.answer)
 
     answered = {job.id for job, _, _ in lifecycle.answered}
@@ -187,17 +178,17 @@ async def test_a_batch_still_open_near_its_jobs_deadline_is_cancelled_and_its_jo
     for job in jobs:
         lifecycle.batches.gather(job, T0)
     await lifecycle.batches.submit_due(T0 + 30)
-    lifecycle.clock.now = T0 + 130  # the deadline is 70 s away: more than realtime_margin_s
+    lifecycle.clock.elapsed_s = 130  # the deadline is 70 s away: more than realtime_margin_s
     await lifecycle.batches.poll_if_due(lifecycle.answer)
     assert [b["status"] for b in await provider_batches(lifecycle.provider)] != ["cancelling"]
-    lifecycle.clock.now = T0 + 140  # within the margin: cancel it
+    lifecycle.clock.elapsed_s = 140  # within the margin: cancel it
     await lifecycle.batches.poll_if_due(lifecycle.answer)
     assert [b["status"] for b in await provider_batches(lifecycle.provider)] in (
         ["cancelling"],
         ["cancelled"],
     )
-    lifecycle.provider_clock.now_s += 1
-    lifecycle.clock.now += 10
+    lifecycle.provider_clock.advance(1)
+    lifecycle.clock.advance(10)
     await lifecycle.batches.poll_if_due(lifecycle.answer)
     assert lifecycle.answered == []
     back = await lifecycle.store.claim("dispatcher-test", 20, stale_after_s=300)

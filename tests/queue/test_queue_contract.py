@@ -15,10 +15,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.harness import free_port
-from tests.meter.conftest import FakeClock
 from tests.meter.test_store_contract import LifecycleContract
-from tests.queue.conftest import T0, JobStores
+from tests.support.clocks import T0, FakeClock
+from tests.support.net import free_port
+from tests.support.stores import JobStores
 from tokenyard.errors import StoreUnavailable
 from tokenyard.queue.model import Job, JobResult, QueueStats, StoredObject, new_job_id
 from tokenyard.queue.redis_queue import RedisJobStore

@@ -15,10 +15,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 
-from tests.meter.conftest import FakeClock
-from tests.meter.redis_util import REDIS_URL
-from tests.queue.conftest import T0, JobStores
 from tests.queue.test_queue_contract import answer, job
+from tests.support.clocks import T0, FakeClock
+from tests.support.redis_servers import REDIS_URL
+from tests.support.stores import JobStores
 from tokenyard.queue.model import Job, QueueStats, StoredObject
 from tokenyard.queue.redis_queue import RedisJobStore
 

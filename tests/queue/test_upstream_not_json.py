@@ -17,10 +17,24 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import CLIENT_KEY, eventually, set_faults, start_proxy
-from tests.meter.redis_util import REDIS_URL, delete_prefix
-from tests.queue.test_async_track import HELLO, MODEL, config_for, poll, post, sims, sqlite_proxy
-from tests.queue.test_batch_api import jsonl, run_batch, until_final
+from tests.support.async_track import (
+    HELLO,
+    MODEL,
+    config_for,
+    jsonl,
+    poll,
+    post,
+    run_batch,
+    sims,
+    sqlite_proxy,
+    until_final,
+)
+from tests.support.config import CLIENT_KEY
+from tests.support.polling import eventually
+from tests.support.proxy import running_proxy, start_proxy
+from tests.support.redis_servers import REDIS_URL
+from tests.support.simulators import set_faults
+from tests.support.stores import sqlite_url
 from tokenyard.queue.sqlite_queue import SqliteJobStore
 from tokenyard.simulator.server import SimulatorServer
 
@@ -40,10 +54,9 @@ async def test_a_polled_job_answered_in_html_is_relayed_as_html_and_called_back(
     async with sims() as s:
         await html_everywhere(s)
         config = config_for(
-            s, store=f"sqlite:///{tmp_path}/m.sqlite3", callbacks={"allow_hosts": ["127.0.0.1"]}
+            s, store=sqlite_url(tmp_path / "m.sqlite3"), callbacks={"allow_hosts": ["127.0.0.1"]}
         )
-        proxy = await start_proxy(config, tmp_path)
-        try:
+        async with running_proxy(config, tmp_path) as proxy:
             accepted = await post(
                 proxy,
                 {"model": MODEL, "messages": HELLO},
@@ -69,22 +82,17 @@ async def test_a_polled_job_answered_in_html_is_relayed_as_html_and_called_back(
             assert payload["content_type"] == "text/html"
             assert payload["body"] == done.text  # what the upstream said, as text
             assert "Task exception was never retrieved" not in proxy.log()
-        finally:
-            proxy.stop()
 
 
 async def test_a_held_request_answered_in_html_gets_it_with_its_content_type(tmp_path: Path) -> None:
     async with sims() as s:
         await html_everywhere(s)
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
-        try:
+        async with running_proxy(config_for(s, store=sqlite_url(tmp_path / "m.sqlite3")), tmp_path) as proxy:
             held = await post(proxy, {"model": MODEL, "messages": HELLO, "service_tier": "flex"})
             assert held.status_code == 413
             assert held.headers["content-type"] == "text/html"
             assert held.headers["x-tokenyard-mode"] == "async"
             assert "413 Request Entity Too Large" in held.text
-        finally:
-            proxy.stop()
 
 
 async def test_batch_lines_answered_in_html_are_error_lines_and_the_batch_api_keeps_working(
@@ -92,42 +100,41 @@ async def test_batch_lines_answered_in_html_are_error_lines_and_the_batch_api_ke
 ) -> None:
     async with sims() as s:
         await html_everywhere(s)
-        proxy = await start_proxy(config_for(s, store=f"sqlite:///{tmp_path}/m.sqlite3"), tmp_path)
-        try:
-            async with proxy.client() as client:
-                created = await run_batch(client, jsonl(2))
-                done = await until_final(client, created.id)
-                assert done.status == "completed"
-                assert done.request_counts is not None
-                assert (done.request_counts.completed, done.request_counts.failed) == (0, 2)
-                assert done.output_file_id is None
-                assert done.error_file_id is not None
-                lines = [
-                    json.loads(x) for x in (await client.files.content(done.error_file_id)).text.splitlines()
-                ]
-                assert sorted(line["custom_id"] for line in lines) == ["r0", "r1"]
-                for line in lines:
-                    assert line["id"].startswith("batch_req_")
-                    assert set(line) == {"id", "custom_id", "response", "error"}
-                    assert line["response"]["status_code"] == 413
-                    assert line["error"]["code"] == "upstream_response_not_json"
-                    assert "text/html" in line["error"]["message"]
-                    assert "413 Request Entity Too Large" in line["error"]["message"]
-                    # The body is a JSON object, as the line format has it: an OpenAI error saying the same.
-                    error = line["response"]["body"]["error"]
-                    assert (error["code"], error["message"]) == (
-                        line["error"]["code"],
-                        line["error"]["message"],
-                    )
-                    assert error["type"] == "invalid_request_error"
-                # Every other Batch API call still answers.
-                listed = await client.batches.list()
-                assert [b.id for b in listed.data] == [created.id]
-                assert (await client.batches.retrieve(created.id)).status == "completed"
-                with pytest.raises(openai.BadRequestError, match="Cannot cancel a batch with status"):
-                    await client.batches.cancel(created.id)
-        finally:
-            proxy.stop()
+        async with (
+            running_proxy(config_for(s, store=sqlite_url(tmp_path / "m.sqlite3")), tmp_path) as proxy,
+            proxy.client() as client,
+        ):
+            created = await run_batch(client, jsonl(2))
+            done = await until_final(client, created.id)
+            assert done.status == "completed"
+            assert done.request_counts is not None
+            assert (done.request_counts.completed, done.request_counts.failed) == (0, 2)
+            assert done.output_file_id is None
+            assert done.error_file_id is not None
+            lines = [
+                json.loads(x) for x in (await client.files.content(done.error_file_id)).text.splitlines()
+            ]
+            assert sorted(line["custom_id"] for line in lines) == ["r0", "r1"]
+            for line in lines:
+                assert line["id"].startswith("batch_req_")
+                assert set(line) == {"id", "custom_id", "response", "error"}
+                assert line["response"]["status_code"] == 413
+                assert line["error"]["code"] == "upstream_response_not_json"
+                assert "text/html" in line["error"]["message"]
+                assert "413 Request Entity Too Large" in line["error"]["message"]
+                # The body is a JSON object, as the line format has it: an OpenAI error saying the same.
+                error = line["response"]["body"]["error"]
+                assert (error["code"], error["message"]) == (
+                    line["error"]["code"],
+                    line["error"]["message"],
+                )
+                assert error["type"] == "invalid_request_error"
+            # Every other Batch API call still answers.
+            listed = await client.batches.list()
+            assert [b.id for b in listed.data] == [created.id]
+            assert (await client.batches.retrieve(created.id)).status == "completed"
+            with pytest.raises(openai.BadRequestError, match="Cannot cancel a batch with status"):
+                await client.batches.cancel(created.id)
 
 
 # -- results stored before the content type was kept ----------------------------------------------------
@@ -182,10 +189,12 @@ async def test_results_stored_by_the_previous_version_are_still_served_sqlite(tm
         await check_legacy_results_are_served(proxy)
 
 
-async def test_results_stored_by_the_previous_version_are_still_served_redis(tmp_path: Path) -> None:
+async def test_results_stored_by_the_previous_version_are_still_served_redis(
+    tmp_path: Path, redis_prefix: str
+) -> None:
     import redis.asyncio as aioredis
 
-    prefix = f"tytest-legacy-{tmp_path.name[-12:]}"
+    prefix = redis_prefix
     async with sims() as s:
         proxy = await start_proxy(config_for(s, store=REDIS_URL, prefix=prefix), tmp_path)
         redis = aioredis.from_url(REDIS_URL)
@@ -198,4 +207,3 @@ async def test_results_stored_by_the_previous_version_are_still_served_redis(tmp
         finally:
             proxy.stop()
             await redis.aclose()
-            await delete_prefix(prefix)

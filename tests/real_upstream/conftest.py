@@ -11,201 +11,45 @@ Both install outside the repo (``~/.cache/tokenyard`` or ``$TOKENYARD_CACHE_DIR`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import re
-import signal
-import subprocess
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-import yaml
 
-from tests.harness import free_port
-from tests.real_upstream.yard import Yard, open_yard
-
-HERE = Path(__file__).parent
-CACHE = Path(os.environ.get("TOKENYARD_CACHE_DIR") or Path.home() / ".cache" / "tokenyard")
-REQUIRED = os.environ.get("TOKENYARD_REQUIRE_REAL_UPSTREAMS") == "1" or os.environ.get("CI") == "true"
-LITELLM_KEY = "sk-litellm-master-0123456789"
-# What LiteLLM's mock models answer. Chat and completions share one text; embeddings one vector.
-MOCK_TEXT = "The quick brown fox jumps over the lazy dog near the river bank today."
-MOCK_VECTOR = [0.1, 0.2, 0.3, 0.4]
-
-
-def _pinned(script: str, name: str) -> str:
-    """A version pinned in one of the install scripts (one source of truth for the cached paths)."""
-    found = re.search(rf"^{name}=(\S+)", (HERE / script).read_text(), re.MULTILINE)
-    assert found, f"{name} not set in {script}"
-    return found.group(1)
-
-
-LLAMA_SERVER = Path(
-    os.environ.get("TOKENYARD_LLAMA_SERVER")
-    or CACHE / f"llama.cpp-{_pinned('build_llama_server.sh', 'LLAMA_CPP_PYTHON_VERSION')}/bin/llama-server"
+from tests.real_upstream.upstreams import (
+    LITELLM,
+    LITELLM_KEY,
+    Upstream,
+    litellm_upstream,
+    llama_upstream,
+    need,
+    need_llama,
+    running,
 )
-SMOLLM2 = Path(os.environ.get("TOKENYARD_SMOLLM2_GGUF") or CACHE / "models/SmolLM2-135M-Instruct.Q4_1.gguf")
-LITELLM = Path(os.environ.get("TOKENYARD_LITELLM") or CACHE / "litellm-venv/bin/litellm")
-
-
-def need(path: Path, what: str, how: str) -> None:
-    """Skip (or, where real upstreams are required, fail) unless ``path`` exists."""
-    if path.exists():
-        return
-    message = f"{what} not found at {path}: run {how} (.ci/run does)"
-    if REQUIRED:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@dataclass
-class Upstream:
-    """A real upstream server running as a subprocess on a loopback port."""
-
-    name: str
-    args: list[str]
-    port: int
-    log_path: Path
-    ready_path: str
-    env: dict[str, str] | None = None
-    proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self, timeout_s: float = 180) -> None:
-        """Start the server and wait until ``ready_path`` answers 200 (a busy machine loads slowly)."""
-        self.proc = self._spawn()
-        deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient() as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get(f"http://127.0.0.1:{self.port}{self.ready_path}")).status_code == 200:
-                        return
-                await asyncio.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"{self.name} not ready in {timeout_s} s:\n{self.log()}")
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        """The server's process, in a session of its own (killed with whatever it starts)."""
-        with self.log_path.open("ab") as log:
-            return subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-            )
-
-    def kill(self) -> None:
-        """SIGKILL the server (and anything it started): no goodbye on any connection."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        """Stop the server politely, then for sure."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        """What the server printed so far (its tail)."""
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-
-def litellm_upstream(folder: Path) -> Upstream:
-    """LiteLLM's proxy with mock chat/completions and embedding models."""
-    config: dict[str, Any] = {
-        "model_list": [
-            {
-                "model_name": "mock-chat",
-                "litellm_params": {
-                    "model": "openai/mock-chat",
-                    "api_key": "sk-unused",
-                    "mock_response": MOCK_TEXT,
-                },
-            },
-            {
-                "model_name": "mock-embed",
-                "litellm_params": {
-                    "model": "openai/text-embedding-3-small",
-                    "api_key": "sk-unused",
-                    "mock_response": MOCK_VECTOR,
-                },
-                "model_info": {"mode": "embedding"},
-            },
-        ],
-        "general_settings": {"master_key": LITELLM_KEY},
-        "litellm_settings": {"telemetry": False},
-    }
-    config_path = folder / "litellm.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LITELLM_"))}
-    # No network for LiteLLM: it would fetch its model price map from the internet at start-up.
-    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR", NO_DOCS="True")
-    args = [str(LITELLM), "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)]
-    return Upstream("litellm", args, port, folder / "litellm.log", "/health/liveliness", env)
-
-
-def llama_upstream(folder: Path, *, embeddings: bool = False) -> Upstream:
-    """llama.cpp's llama-server on SmolLM2-135M-Instruct: small context, one thread, one slot per request."""
-    port = free_port()
-    name = "llama-embed" if embeddings else "llama"
-    args = [str(LLAMA_SERVER), "-m", str(SMOLLM2), "--host", "127.0.0.1", "--port", str(port)]
-    args += ["-c", "2048", "-t", "1", "-np", "2", "--no-webui", "--log-disable"]
-    if embeddings:
-        args += ["--embeddings", "--pooling", "mean"]
-    return Upstream(name, args, port, folder / f"{name}-{port}.log", "/health")
+from tests.real_upstream.yard import Yard, open_yard
 
 
 @pytest.fixture(scope="session")
 async def litellm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Upstream]:
     """LiteLLM's proxy, started once for the session."""
     need(LITELLM, "LiteLLM's proxy", "tests/real_upstream/setup_litellm.sh")
-    upstream = litellm_upstream(tmp_path_factory.mktemp("litellm"))
-    try:
-        await upstream.start()
+    async with running(litellm_upstream(tmp_path_factory.mktemp("litellm"))) as upstream:
         yield upstream
-    finally:
-        upstream.stop()
-
-
-def need_llama() -> None:
-    """Skip (or fail where required) unless llama-server and the model are built/unpacked."""
-    for path, what in ((LLAMA_SERVER, "llama.cpp's llama-server"), (SMOLLM2, "SmolLM2-135M-Instruct's GGUF")):
-        need(path, what, "tests/real_upstream/build_llama_server.sh")
 
 
 @pytest.fixture(scope="session")
 async def llama(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Upstream]:
     """llama-server for chat and completions, started once for the session."""
     need_llama()
-    upstream = llama_upstream(tmp_path_factory.mktemp("llama"))
-    try:
-        await upstream.start()
+    async with running(llama_upstream(tmp_path_factory.mktemp("llama"))) as upstream:
         yield upstream
-    finally:
-        upstream.stop()
 
 
 @pytest.fixture(scope="session")
 async def llama_embed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Upstream]:
     """llama-server for embeddings (``--embeddings --pooling mean``), started once for the session."""
     need_llama()
-    upstream = llama_upstream(tmp_path_factory.mktemp("llama-embed"), embeddings=True)
-    try:
-        await upstream.start()
+    async with running(llama_upstream(tmp_path_factory.mktemp("llama-embed"), embeddings=True)) as upstream:
         yield upstream
-    finally:
-        upstream.stop()
 
 
 @pytest.fixture(scope="session")

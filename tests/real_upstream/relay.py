@@ -47,7 +47,8 @@ from typing import Any
 
 import httptools
 
-from tests.harness import eventually, free_port
+from tests.support.net import free_port
+from tests.support.polling import eventually
 
 
 @dataclass

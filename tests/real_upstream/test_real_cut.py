@@ -15,7 +15,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from tests.real_upstream.conftest import (
+from tests.real_upstream.upstreams import (
     LITELLM,
     LITELLM_KEY,
     Upstream,

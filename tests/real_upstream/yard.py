@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.harness import CLIENT_KEY, ProxyProcess, backend, eventually, start_proxy
 from tests.real_upstream.relay import Relay
+from tests.support.config import CLIENT_KEY, backend
+from tests.support.proxy import ProxyProcess, start_proxy
+from tests.support.stores import metered_records, sqlite_url
 from tokenyard.meter.model import UsageRecord
-from tokenyard.meter.stores import open_store
 
 # Prices make the meter's cost checkable: cost_pusd = prompt × 1,000,000 + completion × 2,000,000.
 PRICES = {"input_per_1m": 1.0, "output_per_1m": 2.0}
@@ -39,19 +39,7 @@ class Yard:
 
     async def record(self, request_id: str, timeout_s: float = 20) -> UsageRecord:
         """The meter's record of one request, once the proxy has flushed it."""
-        found: list[UsageRecord] = []
-
-        async def stored() -> None:
-            store = open_store(self.store_url, prefix="unused", retention_s=86400, records_max=100_000)
-            try:
-                records = await store.records(time.time() - 3600, time.time() + 60)
-            finally:
-                await store.aclose()
-            found[:] = [r for r in records if r.request_id == request_id]
-            assert found, f"no meter record of {request_id} yet"
-
-        await eventually(stored, timeout_s=timeout_s)
-        return found[0]
+        return (await metered_records(self.store_url, request_id, timeout_s))[0]
 
 
 @asynccontextmanager
@@ -75,7 +63,7 @@ async def open_yard(
             section["api_key"] = key or "sk-none"
             section["timeouts"] = {"first_byte_s": 120}  # a busy 2-core machine: the model may start slowly
             backends[up] = section
-        store_url = f"sqlite:///{tmp}/meter-{name}.sqlite3"
+        store_url = sqlite_url(tmp / f"meter-{name}.sqlite3")
         config = {
             "meter": {"store": store_url, "flush_interval_s": 0.2},
             "backends": backends,

@@ -8,9 +8,8 @@ import httpx
 import openai
 import pytest
 
+from tests.support.simulators import root_url, start_sim
 from tokenyard.simulator.server import SimulatorServer
-
-from .helpers import root_url, start_sim
 
 
 @pytest.fixture(scope="module")

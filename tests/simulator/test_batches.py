@@ -20,10 +20,10 @@ from openai.types import Batch, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 from openai.types.completion import Completion
 
+from tests.support.clocks import FakeClock
+from tests.support.simulators import fast_config
 from tokenyard.simulator.cli import add_arguments, config_from_args
 from tokenyard.simulator.server import SimulatorServer
-
-from .helpers import FakeClock, fast_config
 
 TURNAROUND_S = 100.0
 DAY_S = 86_400.0
@@ -56,7 +56,7 @@ def batch_sim(shared_batch_server: tuple[SimulatorServer, FakeClock]) -> OpenSim
                 server = await stack.enter_async_context(SimulatorServer(config, clock=clock))
             else:
                 server.app.state.reset()
-                clock.now_s = 0.0  # whole seconds, so the integer *_at stamps are exact
+                clock.elapsed_s = 0.0  # whole seconds, so the integer *_at stamps are exact
             client = openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0)
             yield await stack.enter_async_context(client), clock
 
@@ -97,7 +97,7 @@ async def start_batch(
 
 async def at(client: openai.AsyncOpenAI, clock: FakeClock, batch: Batch, elapsed_s: float) -> Batch:
     """The batch as seen when ``elapsed_s`` have passed since it was created."""
-    clock.now_s = batch.created_at - clock.time() + clock.now_s + elapsed_s
+    clock.elapsed_s = batch.created_at - clock.start + elapsed_s
     return await client.batches.retrieve(batch.id)
 
 

@@ -10,9 +10,8 @@ import httpx
 import openai
 import pytest
 
+from tests.support.simulators import USER_HELLO, root_url, start_sim
 from tokenyard.simulator.server import SimulatorServer
-
-from .helpers import USER_HELLO, root_url, start_sim
 
 
 async def wait_for_stats(server: SimulatorServer, **expected: int) -> dict[str, Any]:

@@ -6,9 +6,8 @@ import httpx
 import openai
 import pytest
 
+from tests.support.simulators import USER_HELLO, start_sim
 from tokenyard.simulator.server import SimulatorServer
-
-from .helpers import USER_HELLO, start_sim
 
 
 async def test_non_streamed_chat_completion(client: openai.AsyncOpenAI) -> None:

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from .helpers import start_sim
+from tests.support.simulators import start_sim
 
 
 async def test_legacy_completion_with_several_prompts_and_n(client: openai.AsyncOpenAI) -> None:

@@ -6,10 +6,10 @@ import httpx
 import openai
 import pytest
 
+from tests.support.clocks import FakeClock
+from tests.support.simulators import USER_HELLO, fast_config
 from tokenyard.simulator.app import build_app
 from tokenyard.simulator.server import SimulatorServer
-
-from .helpers import USER_HELLO, FakeClock, fast_config
 
 
 async def test_recent_requests_echo_what_was_forwarded(

@@ -9,24 +9,16 @@ import httpx
 import openai
 import pytest
 
+from tests.support.simulators import USER_HELLO, set_faults
 from tokenyard.simulator.server import SimulatorServer
-
-from .helpers import USER_HELLO
 
 CHAT = {"model": "m", "messages": USER_HELLO}
 
 
-async def set_faults(http: httpx.AsyncClient, **faults: Any) -> dict[str, Any]:
-    response = await http.post("/sim/faults", json=faults)
-    assert response.status_code == 200, response.text
-    result: dict[str, Any] = response.json()
-    return result
-
-
 async def test_fail_next_gives_n_errors_then_success(
-    http: httpx.AsyncClient, client: openai.AsyncOpenAI
+    sim: SimulatorServer, http: httpx.AsyncClient, client: openai.AsyncOpenAI
 ) -> None:
-    await set_faults(http, fail_next=2)
+    await set_faults(sim, fail_next=2)
 
     for _ in range(2):
         with pytest.raises(openai.InternalServerError):
@@ -37,22 +29,25 @@ async def test_fail_next_gives_n_errors_then_success(
     assert (await http.get("/sim/faults")).json()["fail_next"] == 0
 
 
-async def test_injected_429_carries_retry_after(http: httpx.AsyncClient, client: openai.AsyncOpenAI) -> None:
-    await set_faults(http, fail_next=2, error_status=429, retry_after_s=2.0)
+async def test_injected_429_carries_retry_after(
+    sim: SimulatorServer, http: httpx.AsyncClient, client: openai.AsyncOpenAI
+) -> None:
+    await set_faults(sim, fail_next=2, error_status=429, retry_after_s=2.0)
     with pytest.raises(openai.RateLimitError) as caught:
         await client.chat.completions.create(model="m", messages=USER_HELLO)
     assert caught.value.response.headers["retry-after"] == "2"
     assert caught.value.code == "rate_limit_exceeded"
 
-    await set_faults(http, fail_next=1, error_status=429, retry_after_s=0.5)
+    await set_faults(sim, fail_next=1, error_status=429, retry_after_s=0.5)
     response = await http.post("/v1/embeddings", json={"model": "e", "input": "x"})
     assert (response.status_code, response.headers["retry-after"]) == (429, "0.5")
 
 
 async def test_error_rate_one_fails_everything_and_other_statuses_have_no_retry_after(
+    sim: SimulatorServer,
     http: httpx.AsyncClient,
 ) -> None:
-    await set_faults(http, error_rate=1.0, error_status=503)
+    await set_faults(sim, error_rate=1.0, error_status=503)
     responses = [await http.post("/v1/completions", json={"model": "m", "prompt": "x"}) for _ in range(3)]
     assert [r.status_code for r in responses] == [503, 503, 503]
     assert all(
@@ -60,13 +55,15 @@ async def test_error_rate_one_fails_everything_and_other_statuses_have_no_retry_
     )
 
 
-async def test_faults_spare_the_model_catalog(http: httpx.AsyncClient) -> None:
-    await set_faults(http, error_rate=1.0)
+async def test_faults_spare_the_model_catalog(sim: SimulatorServer, http: httpx.AsyncClient) -> None:
+    await set_faults(sim, error_rate=1.0)
     assert (await http.get("/v1/models")).status_code == 200
 
 
-async def test_first_byte_delay_holds_back_the_response_headers(http: httpx.AsyncClient) -> None:
-    await set_faults(http, first_byte_delay_ms=100)
+async def test_first_byte_delay_holds_back_the_response_headers(
+    sim: SimulatorServer, http: httpx.AsyncClient
+) -> None:
+    await set_faults(sim, first_byte_delay_ms=100)
     started = time.monotonic()
     async with http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
         elapsed_s = time.monotonic() - started
@@ -77,7 +74,7 @@ async def test_first_byte_delay_holds_back_the_response_headers(http: httpx.Asyn
 async def test_cut_stream_drops_the_connection_mid_stream(
     http: httpx.AsyncClient, sim: SimulatorServer
 ) -> None:
-    await set_faults(http, cut_stream_after_chunks=2)
+    await set_faults(sim, cut_stream_after_chunks=2)
     events: list[str] = []
 
     async def read_stream() -> None:
@@ -96,8 +93,10 @@ async def test_cut_stream_drops_the_connection_mid_stream(
     assert (stats["streams_cut"], stats["streams_completed"], stats["in_flight"]) == (1, 0, 0)
 
 
-async def test_cut_stream_fault_lets_short_streams_finish(http: httpx.AsyncClient) -> None:
-    await set_faults(http, cut_stream_after_chunks=10)
+async def test_cut_stream_fault_lets_short_streams_finish(
+    sim: SimulatorServer, http: httpx.AsyncClient
+) -> None:
+    await set_faults(sim, cut_stream_after_chunks=10)
     async with http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
         events = [line async for line in response.aiter_lines() if line]
     assert events[-1] == "data: [DONE]"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import httpx
 
-from .test_faults import set_faults
+from tests.support.simulators import set_faults
+from tokenyard.simulator.server import SimulatorServer
 
 
-async def test_injected_errors_can_be_a_gateways_html_page(http: httpx.AsyncClient) -> None:
-    await set_faults(http, fail_next=1, error_status=413, error_html=True)
+async def test_injected_errors_can_be_a_gateways_html_page(
+    sim: SimulatorServer, http: httpx.AsyncClient
+) -> None:
+    await set_faults(sim, fail_next=1, error_status=413, error_html=True)
     page = await http.post("/v1/chat/completions", json={"model": "m", "messages": []})
     assert page.status_code == 413
     assert page.headers["content-type"] == "text/html"

@@ -7,12 +7,11 @@ import random
 
 import pytest
 
+from tests.support.clocks import FakeClock
 from tokenyard.simulator import wire
 from tokenyard.simulator.capacity import Slots, TokenPacer, sample_ttft_s, stream_rate_per_s
 from tokenyard.simulator.config import FaultConfig, SimulatorConfig
 from tokenyard.simulator.state import SimulatorState
-
-from .helpers import FakeClock
 
 
 def test_serverless_decodes_at_a_fixed_rate_whatever_the_load() -> None:
@@ -57,13 +56,13 @@ async def test_pacer_spaces_tokens_at_the_current_rate() -> None:
     pacer = TokenPacer(clock, lambda: next(rates), fixed_rate=False)
     for _ in range(3):
         await pacer.next_token()
-    assert clock.now_s == pytest.approx(0.1 + 0.1 + 0.2)
+    assert clock.elapsed_s == pytest.approx(0.1 + 0.1 + 0.2)
 
 
 async def test_pacer_does_not_burst_to_catch_up_after_a_stall() -> None:
     clock = FakeClock()
     pacer = TokenPacer(clock, lambda: 10.0, fixed_rate=True)
-    clock.now_s = 5.0  # the reader stalled for 5 s
+    clock.elapsed_s = 5.0  # the reader stalled for 5 s
     await pacer.next_token()
     await pacer.next_token()
     assert clock.slept_s == [0.0, pytest.approx(0.1)]

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.harness import ProxyProcess, start_proxy
+from tests.support.proxy import ProxyProcess, running_proxy
 
 MODEL = "llama-3.1-8b-instruct"
 HELLO = [{"role": "user", "content": "Hello!"}]
@@ -24,11 +24,8 @@ CAP = 16_384  # the simulators' default max_output_tokens: the quick start sets 
 
 @pytest.fixture(scope="module")
 async def quickstart(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProxyProcess]:
-    proxy = await start_proxy(None, tmp_path_factory.mktemp("quickstart"))
-    try:
+    async with running_proxy(None, tmp_path_factory.mktemp("quickstart")) as proxy:
         yield proxy
-    finally:
-        proxy.stop()
 
 
 async def small_chat(http: httpx.AsyncClient, proxy: ProxyProcess) -> dict[str, Any]:

@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 
+from tests.support.clocks import FakeClock
+from tests.support.simulators import USER_HELLO, fast_config
 from tokenyard.simulator.app import build_app
 from tokenyard.simulator.inference import WORDS_PER_YIELD
-
-from .helpers import USER_HELLO, FakeClock, fast_config
 
 
 async def turns_while_answering(path: str, body: dict[str, Any]) -> tuple[int, httpx.Response]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from tests.harness import free_port
+from tests.support.net import free_port, free_ports
 
 REDIS_URL = os.environ.get("TOKENYARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -94,7 +93,7 @@ class RedisClusterServers:
         self.folder = folder
         self.replicas = replicas  # per master
         nodes = masters * (1 + replicas)
-        ports = _free_ports(2 * nodes)  # all at once, so no two are the same
+        ports = free_ports(2 * nodes)  # all at once, so no two are the same
         self.ports, self._bus_ports = ports[:nodes], ports[nodes:]
         self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}"  # any node: the client finds the rest
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -178,17 +177,6 @@ class RedisClusterServers:
         for proc in self.procs:
             proc.wait(10)
         self.procs = []
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _wait_for_ping(port: int) -> None:

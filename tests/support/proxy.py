@@ -1,8 +1,6 @@
-"""Test harness: the real proxy as a subprocess on loopback, simulators as its upstreams.
+"""The real proxy as a subprocess on loopback: ``python -m tokenyard serve``, exactly as a user starts it.
 
-Simulators run in the test's own event loop (real HTTP servers on free loopback ports) so tests can read
-their stats and change their faults; the proxy runs as ``python -m tokenyard serve`` exactly as a user
-starts it.
+Its upstreams are simulators in the test's own event loop (``tests.support.simulators``).
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,21 +20,9 @@ import httpx
 import openai
 import yaml
 
-from tokenyard.simulator.clock import SystemClock
-from tokenyard.simulator.config import SimulatorConfig
-from tokenyard.simulator.server import SimulatorServer
-
-CLIENT_KEY = "sk-test-team-a-0123456789"
-OTHER_KEY = "sk-test-team-b-0123456789"
-UPSTREAM_SECRET = "sk-upstream-SECRET-do-not-leak-42"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.support.config import CLIENT_KEY
+from tests.support.net import free_port
+from tests.support.stores import sqlite_url
 
 
 class ProxyProcess:
@@ -99,7 +84,7 @@ async def start_proxy(
     if config is not None:
         # Each proxy meters into its own store unless the test says where; it stops without the unready
         # pause a load balancer needs (tests of that pause set it).
-        config = {"meter": {"store": f"sqlite:///{tmp}/meter-{port}.sqlite3"}, **config}
+        config = {"meter": {"store": sqlite_url(tmp / f"meter-{port}.sqlite3")}, **config}
         config["server"] = {"unready_s": 0, **config.get("server", {})}
         config_path = tmp / f"config-{port}.yaml"
         config_path.write_text(yaml.safe_dump(config))
@@ -122,63 +107,36 @@ async def start_proxy(
     raise RuntimeError(f"proxy not ready in 30 s:\n{proxy.log()}")
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+@contextlib.asynccontextmanager
+async def running_proxy(
+    config: dict[str, Any] | None, tmp: Path, **options: Any
+) -> AsyncIterator[ProxyProcess]:
+    """``start_proxy``, stopped (SIGTERM) when the block ends."""
+    proxy = await start_proxy(config, tmp, **options)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def run_cli(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run the ``tokenyard`` command to completion and capture what it printed."""
     return subprocess.run(
-        [sys.executable, "-m", "tokenyard", *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "tokenyard", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=env,
+        timeout=timeout_s,
+        check=False,
     )
 
 
 def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log_file:
         return subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-
-
-@contextlib.asynccontextmanager
-async def simulators(**configs: SimulatorConfig) -> AsyncIterator[dict[str, SimulatorServer]]:
-    """Start one in-process simulator per keyword, each on a free loopback port."""
-    async with contextlib.AsyncExitStack() as stack:
-        servers = {
-            name: await stack.enter_async_context(SimulatorServer(config.model_copy(update={"name": name})))
-            for name, config in configs.items()
-        }
-        yield servers
-
-
-class GatedClock(SystemClock):
-    """A simulator clock that keeps real time but holds every wait until the test opens its gate: requests
-    already at the upstream stay there, however slow the machine, until the test lets them go on."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-
-    async def sleep(self, seconds: float) -> None:
-        await self.gate.wait()
-        await asyncio.sleep(seconds)
-
-
-def backend(kind: str, base_url: str, *, max_concurrency: int | None = None, **extra: Any) -> dict[str, Any]:
-    """A backend section for a config dict (dedicated ones get GPU fields)."""
-    section: dict[str, Any] = {"kind": kind, "base_url": base_url, "api_key": UPSTREAM_SECRET, **extra}
-    if kind == "dedicated":
-        section.update(
-            gpu_type="H100-80GB",
-            gpus_per_replica=1,
-            replicas=1,
-            gpu_hour_price=2.5,
-            max_concurrency=max_concurrency or 4,
-        )
-    elif max_concurrency is not None:
-        section["max_concurrency"] = max_concurrency
-    return section
-
-
-def keys_section() -> dict[str, Any]:
-    """Two tenants: team-a may use every model, team-b only ``small``."""
-    return {
-        "team-a": {"key": CLIENT_KEY},
-        "team-b": {"key": OTHER_KEY, "models": ["small"]},
-    }
 
 
 @contextlib.asynccontextmanager
@@ -204,45 +162,3 @@ async def leave_after(proxy: ProxyProcess, body: dict[str, Any], chunks: int) ->
             got += 1
             if got == chunks:
                 return
-
-
-async def sim_stats(sim: SimulatorServer) -> dict[str, Any]:
-    """A simulator's live counters, over its control API."""
-    async with httpx.AsyncClient() as http:
-        stats: dict[str, Any] = (await http.get(f"http://127.0.0.1:{sim.port}/sim/stats")).json()
-        return stats
-
-
-async def sim_requests(sim: SimulatorServer, limit: int = 50) -> list[dict[str, Any]]:
-    """The last requests a simulator received (method, path, headers, body)."""
-    async with httpx.AsyncClient() as http:
-        got: list[dict[str, Any]] = (
-            await http.get(f"http://127.0.0.1:{sim.port}/sim/requests", params={"limit": limit})
-        ).json()
-        return got
-
-
-async def set_faults(sim: SimulatorServer, **faults: Any) -> None:
-    """Replace a simulator's live faults."""
-    async with httpx.AsyncClient() as http:
-        (await http.post(f"http://127.0.0.1:{sim.port}/sim/faults", json=faults)).raise_for_status()
-
-
-async def reset(*sims: SimulatorServer) -> None:
-    """Zero the simulators' counters and restore their configured faults."""
-    async with httpx.AsyncClient() as http:
-        for sim in sims:
-            (await http.post(f"http://127.0.0.1:{sim.port}/sim/reset")).raise_for_status()
-
-
-async def eventually(check: Any, timeout_s: float = 10.0) -> None:
-    """Poll an async ``check`` until it stops raising AssertionError (for effects that land a bit later)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            await check()
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
