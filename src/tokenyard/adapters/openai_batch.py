@@ -18,11 +18,11 @@ import orjson
 from tokenyard import __version__
 from tokenyard.adapters.openai_http import describe
 from tokenyard.errors import UpstreamConnectError, UpstreamError, UpstreamStatusError, UpstreamTimeout
+from tokenyard.wire import openai
 
 # OpenAI's published limits for one batch input file.
 MAX_REQUESTS: Final = 50_000
 MAX_BYTES: Final = 200 * 1024 * 1024
-TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,7 @@ class BatchLine:
     """One request of a batch: its ``custom_id`` (our job id), endpoint and JSON body."""
 
     custom_id: str
-    url: str  # /v1/chat/completions | /v1/completions | /v1/embeddings
+    url: str  # one of openai.INFERENCE_PATHS
     body: bytes
 
     def encode(self) -> bytes:
@@ -100,9 +100,10 @@ def results(output: bytes, errors: bytes = b"") -> dict[str, LineResult]:
             error = line.get("error")
             if not isinstance(error, dict):
                 error = {"message": "the provider returned no response for this request"}
-            message, code = error.get("message"), error.get("code")
-            body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
-            out[custom_id] = LineResult(500, orjson.dumps(body))
+            # As the provider wrote them (a line without a message keeps its null).
+            message: Any = error.get("message")
+            code: Any = error.get("code")
+            out[custom_id] = LineResult(500, openai.error_body(message, "server_error", code=code))
     return out
 
 
@@ -122,7 +123,7 @@ class BatchState:
     @property
     def terminal(self) -> bool:
         """Whether the batch will not change any more (its files, if any, are final)."""
-        return self.status in TERMINAL
+        return self.status in openai.BATCH_TERMINAL
 
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> BatchState:
