@@ -24,7 +24,6 @@ import hmac
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -44,6 +43,7 @@ from tokenyard.queue.model import JSON_TYPE, Job, JobResult, QueueStats
 from tokenyard.queue.paths import Capacity, choose_path
 from tokenyard.queue.store import JobStore
 from tokenyard.wire.asgi import H_BACKEND, H_BACKEND_KIND
+from tokenyard.wire.ids import new_object_id, new_request_id
 
 if TYPE_CHECKING:
     from tokenyard.proxy.handler import Proxy
@@ -78,6 +78,7 @@ class Dispatcher:
         front: AsyncFront,
         config: TokenyardConfig,
         backends: dict[str, Backend],
+        replica: str,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
         tick_s: float = 0.25,
@@ -94,7 +95,7 @@ class Dispatcher:
         self.clock = clock
         self.tick_s = tick_s
         self.max_running = max_running
-        self.replica = f"dispatcher-{uuid.uuid4().hex[:12]}"
+        self.replica = replica  # this replica's name: lock owner and queue consumer
         self.leader = False
         # For /metrics (this replica's view): answered jobs and their total wait, by path; the queue's state.
         self.jobs_by_path: dict[str, int] = {}
@@ -277,9 +278,7 @@ class Dispatcher:
 
         lines = [BatchLine(job.id, job.endpoint, _body_for_batch(job.body, backend)) for job in jobs]
         for content, ids in input_files(lines, max_requests=self.track.batches.max_requests):
-            file_id = await backend.batch_api.upload(
-                content, filename=f"tokenyard-{uuid.uuid4().hex[:8]}.jsonl"
-            )
+            file_id = await backend.batch_api.upload(content, filename=new_object_id("tokenyard-") + ".jsonl")
             state = await backend.batch_api.create(
                 file_id,
                 endpoint,
@@ -318,7 +317,7 @@ class Dispatcher:
                 job = await self.store.get(job_id)
                 if job is None:
                     continue
-                request_id = job.request_id or "req_" + uuid.uuid4().hex[:24]
+                request_id = job.request_id or new_request_id()
                 served_by = [
                     (H_BACKEND.decode(), backend.name),
                     (H_BACKEND_KIND.decode(), backend.config.kind),
