@@ -1,7 +1,8 @@
 """The one exception tree of tokenyard.
 
 Every failure tokenyard raises on purpose is a ``TokenyardError``. Each leaf carries the HTTP status and
-OpenAI error ``type``/``code`` it maps to, so the edge (``router/wire.py``) renders it in one place.
+OpenAI error ``type``/``code`` it maps to, so the edge renders it in one place
+(``wire.asgi.error_response_parts``).
 Foreign exceptions (aiohttp, pydantic, yaml) are mapped where they occur, ``raise ... from exc``.
 """
 
@@ -71,7 +72,8 @@ class RouteNotFound(ClientError):
 
 
 class ObjectNotFound(ClientError):
-    """No job, file or batch with this id for this key (another tenant's is "not found" too)."""
+    """No job, file or batch with this id for this key (another tenant's is "not found" too); OpenAI
+    answers it 404 with no error code, and so do tokenyard and the simulator."""
 
     status_code = 404
 

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from tests.support.clocks import FakeClock
-from tokenyard.simulator import wire
+from tokenyard.simulator import shapes
 from tokenyard.simulator.capacity import Slots, TokenPacer, sample_ttft_s, stream_rate_per_s
 from tokenyard.simulator.config import FaultConfig, SimulatorConfig
 from tokenyard.simulator.state import SimulatorState
@@ -98,4 +98,4 @@ def test_reset_restores_the_configured_faults_not_the_live_ones() -> None:
 
 @pytest.mark.parametrize(("seconds", "header"), [(1.0, b"1"), (2, b"2"), (0.5, b"0.5"), (1.25, b"1.25")])
 def test_retry_after_is_whole_seconds_when_it_can_be(seconds: float, header: bytes) -> None:
-    assert wire.retry_after_value(seconds) == header
+    assert shapes.retry_after_value(seconds) == header

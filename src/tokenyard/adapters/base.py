@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Protocol
+
+from tokenyard.wire import openai
 
 
 class UpstreamResponse(Protocol):
@@ -56,9 +58,6 @@ class Upstream(Protocol):
 
 # -- provider Batch APIs --------------------------------------------------------------------------------
 
-# A batch in one of these states will not change any more (its files, if any, are final).
-BATCH_TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
-
 
 @dataclass(frozen=True, slots=True)
 class BatchLine:
@@ -93,7 +92,7 @@ class BatchState:
     @property
     def terminal(self) -> bool:
         """Whether the batch will not change any more (its files, if any, are final)."""
-        return self.status in BATCH_TERMINAL
+        return self.status in openai.BATCH_TERMINAL
 
 
 class BatchUpstream(Protocol):

@@ -19,6 +19,7 @@ from tokenyard import __version__
 from tokenyard.adapters.base import BatchLine, BatchState, BatchUpstream, LineResult
 from tokenyard.adapters.openai_http import describe
 from tokenyard.errors import UpstreamConnectError, UpstreamError, UpstreamStatusError, UpstreamTimeout
+from tokenyard.wire import openai
 
 # OpenAI's published limits for one batch input file.
 MAX_REQUESTS: Final = 50_000
@@ -84,9 +85,10 @@ def results(output: bytes, errors: bytes = b"") -> dict[str, LineResult]:
             error = line.get("error")
             if not isinstance(error, dict):
                 error = {"message": "the provider returned no response for this request"}
-            message, code = error.get("message"), error.get("code")
-            body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
-            out[custom_id] = LineResult(500, orjson.dumps(body))
+            # As the provider wrote them (a line without a message keeps its null).
+            message: Any = error.get("message")
+            code: Any = error.get("code")
+            out[custom_id] = LineResult(500, openai.error_body(message, "server_error", code=code))
     return out
 
 

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -68,13 +67,13 @@ class AdvisorLoop:
         store: CoordinatedDocuments,
         config: TokenyardConfig,
         *,
+        replica: str,
         wall: Callable[[], float] = time.time,
-        replica: str | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.wall = wall
-        self.replica = replica or f"replica-{uuid.uuid4().hex[:12]}"
+        self.replica = replica  # this replica's name: the lock owner and the advice's author
         self.latest: dict[str, Any] | None = None  # the advice document, as the API serves it
         self._evaluating = asyncio.Lock()
 

@@ -44,6 +44,8 @@ from tokenyard.queue.stores import open_job_store
 from tokenyard.telemetry.admin import AdminApi
 from tokenyard.telemetry.metrics import TokenyardCollector, exposition
 from tokenyard.wire import asgi as wire
+from tokenyard.wire import openai
+from tokenyard.wire.ids import new_replica_id
 
 if TYPE_CHECKING:  # built on first use: most deployments never serve either
     from tokenyard.queue.batch_api import BatchApi
@@ -81,6 +83,7 @@ class TokenyardApp:
         self.clock = clock
         self.wall = wall
         self.keys = KeyRing(config.keys)
+        self.replica = new_replica_id()  # this replica's one name, for every part that needs one
         self.ready = False
         self.backends: dict[str, Backend] = {}
         self.proxy: Proxy | None = None
@@ -95,9 +98,9 @@ class TokenyardApp:
         self.registry = CollectorRegistry(auto_describe=False)
         self._stack: contextlib.AsyncExitStack | None = None
         self._routes: dict[str, tuple[str, Handler]] = {
-            "/v1/chat/completions": ("POST", self._inference(CHAT)),
-            "/v1/completions": ("POST", self._inference(COMPLETIONS)),
-            "/v1/embeddings": ("POST", self._inference(EMBEDDINGS)),
+            CHAT.api_path: ("POST", self._inference(CHAT)),
+            COMPLETIONS.api_path: ("POST", self._inference(COMPLETIONS)),
+            EMBEDDINGS.api_path: ("POST", self._inference(EMBEDDINGS)),
             "/v1/models": ("GET", self._list_models),
             "/metrics": ("GET", self._metrics),
             "/admin/usage": ("GET", self._on("admin", "usage")),
@@ -144,7 +147,7 @@ class TokenyardApp:
         except Exception:
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
             with contextlib.suppress(RuntimeError):  # the response may have started already
-                await wire.send_bytes(send, 500, wire.error_body("Internal server error.", "server_error"))
+                await wire.send_bytes(send, 500, openai.error_body("Internal server error.", "server_error"))
 
     def _inference(self, endpoint: Endpoint) -> Handler:
         async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
@@ -174,7 +177,7 @@ class TokenyardApp:
     async def _list_models(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         principal = self.keys.authenticate(wire.header(scope, b"authorization"))
         data = [_model_object(name) for name in self.config.models if principal.may_use(name)]
-        await wire.send_json(send, 200, {"object": "list", "data": data})
+        await wire.send_json(send, 200, openai.model_list(data))
 
     async def _retrieve_model(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         assert self.proxy is not None
@@ -236,6 +239,7 @@ class TokenyardApp:
     async def startup(self) -> None:
         """Open the backends and the meter, then accept traffic."""
         self._stack = stack = contextlib.AsyncExitStack()
+        replica = self.replica
         self.backends = await stack.enter_async_context(open_backends(self.config))
         meter_config = self.config.meter
         store = None
@@ -251,10 +255,10 @@ class TokenyardApp:
         flusher = asyncio.create_task(meter.run(), name="meter flush")
         stack.push_async_callback(_cancel, flusher)
         if store is not None:
-            membership = Membership(store, lambda: self.backends, on_reload=self._reload_here)
+            membership = Membership(store, lambda: self.backends, member=replica, on_reload=self._reload_here)
             stack.push_async_callback(_cancel, asyncio.create_task(membership.run(), name="membership"))
             self.membership = membership
-        self.admin = AdminApi(self.config, meter, self.backends, self.keys, wall=self.wall)
+        self.admin = AdminApi(self.config, meter, self.backends, self.keys, replica=replica, wall=self.wall)
         self.admin.reload = self.reload_everywhere
         await self.admin.agree_session_secret()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
@@ -262,7 +266,7 @@ class TokenyardApp:
                 signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_here())
             )
         if store is not None and self.config.advisor.enabled:
-            self.admin.advisor = advisor = AdvisorLoop(store, self.config, wall=self.wall)
+            self.admin.advisor = advisor = AdvisorLoop(store, self.config, replica=replica, wall=self.wall)
             # Pushed after the meter's callbacks, so it stops before the meter closes the store.
             stack.push_async_callback(_cancel, asyncio.create_task(advisor.run(), name="advisor"))
         self.registry.register(
@@ -348,6 +352,7 @@ class TokenyardApp:
             callbacks=CallbackSender(webhook, lambda: settings().callbacks, wall=self.wall),
             new_work=new_work,
             clock=self.clock,
+            replica=self.replica,
             wall=self.wall,
         )
         assert self.admin is not None
@@ -437,4 +442,4 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 def _model_object(name: str) -> dict[str, object]:
-    return {"id": name, "object": "model", "created": _MODEL_CREATED, "owned_by": "tokenyard"}
+    return openai.model_object(name, _MODEL_CREATED, "tokenyard")

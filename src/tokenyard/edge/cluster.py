@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -37,12 +36,13 @@ class Membership:
         store: CoordinatedDocuments,
         backends: Callable[[], Mapping[str, Backend]],
         *,
+        member: str,
         on_reload: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.store = store
         self.backends = backends
         self.on_reload = on_reload  # re-read this replica's config (another replica asked for a reload)
-        self.member = f"replica-{uuid.uuid4().hex[:12]}"
+        self.member = member  # this replica's name
         self.live = 1
         self._reload_seen: float | None = None
 

@@ -9,11 +9,9 @@ chunk by chunk. Failover happens only before the first byte reaches the client.
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections import Counter
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -45,26 +43,27 @@ from tokenyard.queue.front import AsyncFront
 from tokenyard.queue.model import Job, JobResult
 from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.wire import asgi as wire
+from tokenyard.wire import openai
+from tokenyard.wire.ids import new_request_id
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """An inference endpoint: its upstream path and the field a body must carry besides ``model``."""
+    """An inference endpoint: its path and the field a body must carry besides ``model``."""
 
-    upstream_path: str
+    api_path: str  # on the OpenAI API (and on tokenyard): /v1/chat/completions
     required_field: str
     streams: bool
     name: str  # chat | completions | embeddings (classification rules match on it)
+    upstream_path: str = field(init=False)  # relative to an upstream's base URL (…/v1): /chat/completions
 
-    @property
-    def api_path(self) -> str:
-        """Its path on the OpenAI API (and on tokenyard): ``/v1/chat/completions``."""
-        return "/v1" + self.upstream_path
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "upstream_path", self.api_path.removeprefix(openai.API_PREFIX))
 
 
-CHAT = Endpoint("/chat/completions", "messages", streams=True, name="chat")
-COMPLETIONS = Endpoint("/completions", "prompt", streams=True, name="completions")
-EMBEDDINGS = Endpoint("/embeddings", "input", streams=False, name="embeddings")
+CHAT = Endpoint(openai.CHAT_PATH, "messages", streams=True, name="chat")
+COMPLETIONS = Endpoint(openai.COMPLETIONS_PATH, "prompt", streams=True, name="completions")
+EMBEDDINGS = Endpoint(openai.EMBEDDINGS_PATH, "input", streams=False, name="embeddings")
 ENDPOINTS = {e.api_path: e for e in (CHAT, COMPLETIONS, EMBEDDINGS)}
 
 # How long an upstream may take to end its body after ``data: [DONE]`` and keep its connection pooled.
@@ -153,7 +152,7 @@ class Proxy:
     ) -> None:
         """Serve one inference request, end to end."""
         started = self.clock()
-        request_id = "req_" + os.urandom(12).hex()
+        request_id = new_request_id()
         id_header = [(wire.H_REQUEST_ID, request_id.encode())]
         try:
             principal = self.authenticate(scope)
@@ -177,7 +176,7 @@ class Proxy:
                     id_header=id_header,
                 )
                 # A held client may leave: stop waiting for it (its job still runs, once).
-                await _until_client_leaves(receive, submitted)
+                await wire.until_client_leaves(receive, submitted)
                 return
         except TokenyardError as exc:
             # Counted by status only: client-chosen model names must not grow the store or the metrics.
@@ -191,7 +190,7 @@ class Proxy:
             exchange.reason = decision.reason
         try:
             work = self._route(send, endpoint, backends, body, stream, exchange, id_header)
-            if await _until_client_leaves(receive, work):
+            if await wire.until_client_leaves(receive, work):
                 exchange.status = CLIENT_CLOSED
         except Exception:
             exchange.status = 500  # the app answers 500 (if it still can) and logs it
@@ -255,7 +254,7 @@ class Proxy:
         usage (the caller meters it if the answer is the job's first)."""
         endpoint = ENDPOINTS[job.endpoint]
         backends = self.models.get(job.model, []) if only is None else only
-        request_id = job.request_id or "req_" + os.urandom(12).hex()
+        request_id = job.request_id or new_request_id()
         exchange = Exchange(request_id, job.tenant, job.model, orjson.loads(job.body), self.clock())
         exchange.mode, exchange.reason = "async", job.reason
         captured = wire.Captured()
@@ -520,40 +519,3 @@ def _route_headers(backend: Backend, choice: Choice, attempts: int) -> list[tupl
     if choice.detail:
         headers.append((wire.H_ROUTE_DETAIL, choice.detail.encode("latin-1", "replace")))
     return headers
-
-
-async def _until_client_leaves(receive: wire.Receive, work: Coroutine[Any, Any, None]) -> bool:
-    """Run ``work``; if the client disconnects first, cancel it (which closes the upstream request).
-
-    Returns True if the client left before the work was done. The work runs in the caller's task and
-    only the disconnect watch gets one of its own: one task a request, not two, and no ``asyncio.wait``.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    left = finished = False
-
-    def on_disconnect(waiter: asyncio.Future[None]) -> None:
-        nonlocal left
-        # ``finished``: the callback may run after the work is done (it was already scheduled).
-        if not finished and not waiter.cancelled() and waiter.exception() is None:
-            left = True
-            task.cancel()
-
-    waiter = asyncio.ensure_future(_disconnected(receive))
-    waiter.add_done_callback(on_disconnect)
-    try:
-        await work
-    except asyncio.CancelledError:
-        # Ours only if the client left and nobody else (a shutdown) cancelled this task too.
-        if left and task.uncancel() == 0:
-            return True
-        raise
-    finally:
-        finished = True
-        waiter.cancel()
-    return False
-
-
-async def _disconnected(receive: wire.Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -12,7 +12,6 @@ Files and batches belong to the tenant whose key made them: another tenant's are
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -25,21 +24,19 @@ from tokenyard.proxy.auth import Principal
 from tokenyard.queue.model import JSON_TYPE, Job, JobResult, StoredObject
 from tokenyard.queue.store import JobsAndObjects
 from tokenyard.wire import asgi as wire
+from tokenyard.wire import openai
+from tokenyard.wire.ids import new_object_id, new_request_id
 from tokenyard.wire.multipart import parse_form
 
-ENDPOINTS: Final = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 WINDOW_S: Final = 86_400
 FILE, CONTENT, BATCH = "file", "file_content", "batch"
-FINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
-
-
-def _new_id(prefix: str) -> str:
-    return prefix + os.urandom(12).hex()
 
 
 def file_object(meta: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's FileObject."""
-    return {"object": "file", "status": "processed", "status_details": None, "expires_at": None, **meta}
+    """OpenAI's FileObject for a stored file's metadata (tokenyard's files do not expire)."""
+    return openai.file_object(
+        meta["id"], meta["bytes"], meta["created_at"], meta["filename"], meta["purpose"], None
+    )
 
 
 class BatchApi:
@@ -122,7 +119,7 @@ class BatchApi:
                 f"A batch input file must be UTF-8 JSONL: byte {exc.start} is not UTF-8.", param="file"
             ) from exc
         now = self.wall()
-        meta = {"id": _new_id("file-"), "bytes": len(upload.content), "created_at": int(now),
+        meta = {"id": new_object_id("file-"), "bytes": len(upload.content), "created_at": int(now),
                 "filename": upload.filename, "purpose": purpose}  # fmt: skip
         await self._put_file(who.tenant, now, meta, upload.content)
         return file_object(meta)
@@ -149,7 +146,7 @@ class BatchApi:
         await self._meta(who, file_id)
         await self.store.delete_object(FILE, file_id)
         await self.store.delete_object(CONTENT, file_id)
-        return {"id": file_id, "object": "file", "deleted": True}
+        return openai.file_deleted(file_id)
 
     async def _list(
         self,
@@ -171,17 +168,16 @@ class BatchApi:
             items = [await self.refresh(who.tenant, item) for item in items]
         if kind == FILE and "purpose" in query:
             items = [item for item in items if item["purpose"] == query["purpose"]]
-        data = [shape(item) for item in items]
-        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None, "has_more": len(found) > limit}  # fmt: skip
+        return openai.list_page([shape(item) for item in items], len(found) > limit)
 
     # -- batches ---------------------------------------------------------------------------------------
 
     async def create(self, who: Principal, request: dict[str, Any]) -> dict[str, Any]:
         """``POST /v1/batches``: validate the input file, queue a job per line."""
         endpoint, window = request.get("endpoint"), request.get("completion_window")
-        if endpoint not in ENDPOINTS:
-            raise InvalidRequest(f"endpoint must be one of {', '.join(ENDPOINTS)}.", param="endpoint")
+        if endpoint not in openai.INFERENCE_PATHS:
+            listed = ", ".join(openai.INFERENCE_PATHS)
+            raise InvalidRequest(f"endpoint must be one of {listed}.", param="endpoint")
         if window != "24h":
             raise InvalidRequest("completion_window must be '24h'.", param="completion_window")
         metadata = request.get("metadata")
@@ -196,7 +192,7 @@ class BatchApi:
         content = await self.store.get_object(CONTENT, file_id)
         now = self.wall()
         batch = {
-            "id": _new_id("batch_"), "object": "batch", "endpoint": endpoint, "errors": None,
+            "id": new_object_id("batch_"), "object": "batch", "endpoint": endpoint, "errors": None,
             "input_file_id": file_id, "completion_window": "24h", "status": "in_progress",
             "output_file_id": None, "error_file_id": None, "created_at": int(now), "in_progress_at": int(now),
             "expires_at": int(now) + WINDOW_S, "finalizing_at": None, "completed_at": None, "failed_at": None,
@@ -272,7 +268,7 @@ class BatchApi:
     async def refresh(self, tenant: str, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch with its progress read from its jobs; finalised once every line has an answer (or the
         window passed: the rest expire)."""
-        if batch["status"] in FINAL:
+        if batch["status"] in openai.BATCH_TERMINAL:
             return batch
         job_ids = [job_id for _, job_id in batch["lines"]]
         answered = await self.store.results_of(job_ids)
@@ -315,14 +311,14 @@ class BatchApi:
             (output if succeeded else errors).append(line)
         for name, lines in (("output_file_id", output), ("error_file_id", errors)):
             if lines:
-                content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+                content = openai.jsonl(lines)
                 suffix = "output" if name == "output_file_id" else "error"
-                meta = {"id": _new_id("file-"), "bytes": len(content), "created_at": int(now),
+                meta = {"id": new_object_id("file-"), "bytes": len(content), "created_at": int(now),
                         "filename": f"{batch['id']}_{suffix}.jsonl", "purpose": "batch_output"}  # fmt: skip
                 await self._put_file(tenant, now, meta, content)
                 batch[name] = meta["id"]
         batch["request_counts"].update(completed=len(output), failed=len(errors))
-        if batch["status"] not in FINAL:
+        if batch["status"] not in openai.BATCH_TERMINAL:
             batch["status"] = "cancelled" if batch["cancelling_at"] else "completed"
             batch["finalizing_at"] = int(now)
             batch["cancelled_at" if batch["status"] == "cancelled" else "completed_at"] = int(now)
@@ -331,7 +327,7 @@ class BatchApi:
     async def cancel(self, who: Principal, batch_id: str) -> dict[str, Any]:
         """``POST /v1/batches/{id}/cancel``: lines not yet answered are not run; answered ones are kept."""
         batch = await self.refresh(who.tenant, await self._batch(who, batch_id))
-        if batch["status"] in FINAL:
+        if batch["status"] in openai.BATCH_TERMINAL:
             raise InvalidRequest(f"Cannot cancel a batch with status '{batch['status']}'.")
         now = self.wall()
         batch["cancelling_at"] = int(now)
@@ -356,23 +352,20 @@ def _output_line(custom_id: str, result: JobResult) -> dict[str, Any]:
     status; its body — which OpenAI's line format types as a JSON object — becomes an OpenAI error saying
     what it was, and ``error`` says the same, so a reader looking at either sees it.
     """
-    line: dict[str, Any] = {
-        "id": _new_id("batch_req_"),
-        "custom_id": custom_id,
-        "response": None,
-        "error": None,
-    }
+    line_id = new_object_id("batch_req_")
     body = result.json_object()
     if result.path in ("expired", "cancelled"):  # closed by tokenyard: the body is its own error
-        line["error"] = body["error"] if body is not None else {"code": f"batch_{result.path}", "message": ""}
-        return line
+        error = body["error"] if body is not None else {"code": f"batch_{result.path}", "message": ""}
+        return openai.batch_error_line(line_id, custom_id, error)
+    request_id = result.request_id or new_request_id()
     if body is None:
-        line["error"] = {"code": "upstream_response_not_json", "message": result.describe()}
+        message = result.describe()
         error_type = "server_error" if result.status >= 500 else "invalid_request_error"
-        body = {"error": {**line["error"], "type": error_type, "param": None}}
-    line["response"] = {"status_code": result.status, "request_id": result.request_id or _new_id("req_"),
-                        "body": body}  # fmt: skip
-    return line
+        body = openai.error_payload(message, error_type, code="upstream_response_not_json")
+        line = openai.batch_response_line(line_id, custom_id, result.status, request_id, body)
+        line["error"] = {"code": "upstream_response_not_json", "message": message}
+        return line
+    return openai.batch_response_line(line_id, custom_id, result.status, request_id, body)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import math
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
@@ -93,6 +92,7 @@ class Dispatcher:
         deployments: Callable[[str], Sequence[Deployment]],
         batches: ProviderBatches,
         callbacks: CallbackSender,
+        replica: str,
         new_work: asyncio.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -111,7 +111,7 @@ class Dispatcher:
         self.clock = clock
         self.tick_s = tick_s
         self.max_running = max_running
-        self.replica = f"dispatcher-{uuid.uuid4().hex[:12]}"
+        self.replica = replica  # this replica's name: lock owner and queue consumer
         self.leader = False
         # For /metrics (this replica's view): answered jobs and their total wait, by path; the queue's state.
         self.jobs_by_path: dict[str, int] = {}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
-import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Final
 
 import orjson
+
+from tokenyard.wire.ids import new_object_id
 
 JSON_TYPE: Final = "application/json"
 # A result stored before results kept their content type, whose body is not JSON: it was UTF-8 text (the
@@ -37,7 +38,7 @@ def _fields(data: bytes | str, known: frozenset[str]) -> dict[str, Any]:
 
 def new_job_id() -> str:
     """A fresh job id."""
-    return f"job_{uuid.uuid4().hex}"
+    return new_object_id("job_")
 
 
 @dataclass(slots=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -33,6 +32,7 @@ from tokenyard.queue.model import JSON_TYPE, Job, JobResult
 from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.queue.store import JobStore
 from tokenyard.wire.asgi import H_BACKEND, H_BACKEND_KIND
+from tokenyard.wire.ids import new_object_id, new_request_id
 
 log = logging.getLogger("tokenyard.dispatcher")  # the dispatcher's work, under its logger as before
 
@@ -151,7 +151,7 @@ class ProviderBatches:
         batches = self.settings().batches
         lines = [BatchLine(job.id, job.endpoint, self.body_for(job, backend.name)) for job in jobs]
         for content, ids in api.input_files(lines, max_requests=batches.max_requests):
-            file_id = await api.upload(content, filename=f"tokenyard-{uuid.uuid4().hex[:8]}.jsonl")
+            file_id = await api.upload(content, filename=new_object_id("tokenyard-") + ".jsonl")
             state = await api.create(
                 file_id,
                 endpoint,
@@ -194,7 +194,7 @@ class ProviderBatches:
             job = await self.store.get(job_id)
             if job is None:
                 continue
-            request_id = job.request_id or "req_" + uuid.uuid4().hex[:24]
+            request_id = job.request_id or new_request_id()
             served_by = [(H_BACKEND.decode(), backend.name), (H_BACKEND_KIND.decode(), backend.config.kind)]
             result = JobResult(
                 job_id, line.status, line.body, PATH, self.wall(), JSON_TYPE, served_by, request_id

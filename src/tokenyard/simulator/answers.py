@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from tokenyard.errors import ModelNotFound, TokenyardError
-from tokenyard.simulator import wire
+from tokenyard.simulator import shapes
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.tokens import (
     EmbeddingPlan,
@@ -23,14 +23,15 @@ from tokenyard.simulator.tokens import (
     plan_completion,
     plan_embeddings,
 )
+from tokenyard.wire.openai import CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH
 
 Kind = Literal["chat", "completion"]
 
 ID_PREFIXES: dict[Kind, str] = {"chat": "chatcmpl-", "completion": "cmpl-"}
 ENDPOINT_KINDS: dict[str, Kind | Literal["embeddings"]] = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completion",
-    "/v1/embeddings": "embeddings",
+    CHAT_PATH: "chat",
+    COMPLETIONS_PATH: "completion",
+    EMBEDDINGS_PATH: "embeddings",
 }
 
 
@@ -45,15 +46,15 @@ def completion_head(
     kind: Kind, id_bits: int, created: int, model: str, config: SimulatorConfig
 ) -> dict[str, Any]:
     """The id, created, model and fingerprint every object and chunk of one completion share."""
-    return wire.response_head(f"{ID_PREFIXES[kind]}{id_bits:024x}", created, model, f"fp_{config.name}")
+    return shapes.response_head(f"{ID_PREFIXES[kind]}{id_bits:024x}", created, model, f"fp_{config.name}")
 
 
 def completion_answer(
     kind: Kind, head: dict[str, Any], plan: GenerationPlan, texts: list[str]
 ) -> dict[str, Any]:
     """A non-streamed ``chat.completion`` or ``text_completion`` of each choice's generated text."""
-    build = wire.chat_completion if kind == "chat" else wire.text_completion
-    return build(head, texts, plan.finish_reason, wire.usage(plan.prompt_tokens, plan.completion_tokens))
+    build = shapes.chat_completion if kind == "chat" else shapes.text_completion
+    return build(head, texts, plan.finish_reason, shapes.usage(plan.prompt_tokens, plan.completion_tokens))
 
 
 def embedding_answer(plan: EmbeddingPlan, vectors: list[list[float]]) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def embedding_answer(plan: EmbeddingPlan, vectors: list[list[float]]) -> dict[st
     data: list[list[float] | str] = (
         [encode_base64_float32(vector) for vector in vectors] if plan.base64 else list(vectors)
     )
-    return wire.embeddings_list(plan.model, data, plan.prompt_tokens)
+    return shapes.embeddings_list(plan.model, data, plan.prompt_tokens)
 
 
 def answer(

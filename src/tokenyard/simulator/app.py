@@ -6,31 +6,25 @@ counters, recent requests and faults to in-process users.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tokenyard.errors import MethodNotAllowed, RouteNotFound, TokenyardError
 from tokenyard.simulator import batches, catalog, control, files, inference
-from tokenyard.simulator.asgi import (
-    Receive,
-    Request,
-    Scope,
-    Send,
-    header_dict,
-    parse_json,
-    read_body,
-    send_error,
-)
 from tokenyard.simulator.clock import Clock, SystemClock
 from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.simulator.request import Request, header_dict, parse_json
 from tokenyard.simulator.state import RecordedRequest, SimulatorState
+from tokenyard.wire.asgi import ClientGone, Receive, Scope, Send, read_body, send_error
+from tokenyard.wire.openai import CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH
 
 Handler = Callable[[SimulatorState, Request, Send], Awaitable[None]]
 
 ROUTES: dict[str, dict[str, Handler]] = {
-    "/v1/chat/completions": {"POST": inference.chat_completions},
-    "/v1/completions": {"POST": inference.completions},
-    "/v1/embeddings": {"POST": inference.embeddings},
+    CHAT_PATH: {"POST": inference.chat_completions},
+    COMPLETIONS_PATH: {"POST": inference.completions},
+    EMBEDDINGS_PATH: {"POST": inference.embeddings},
     "/v1/models": {"GET": catalog.list_models},
     "/v1/files": {"GET": files.list_files, "POST": files.upload_file},
     "/v1/batches": {"GET": batches.list_batches, "POST": batches.create_batch},
@@ -49,6 +43,7 @@ PARAM_ROUTES: tuple[tuple[str, str, dict[str, Handler]], ...] = (
     ("/v1/batches/", "", {"GET": batches.retrieve_batch}),
 )
 RECORDED_PREFIX = "/v1/"
+_NO_BODY_LIMIT = sys.maxsize  # a stand-in upstream takes what it is sent; the proxy in front has limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +87,9 @@ class SimulatorApp:
             return
         if scope["type"] != "http":
             return
-        raw_body = await read_body(receive)
-        if raw_body is None:
+        try:
+            raw_body = await read_body(scope, receive, _NO_BODY_LIMIT)
+        except ClientGone:
             return  # the client left before sending its whole request; nobody to answer
         method, path = scope["method"], scope["path"]
         body, body_ok = parse_json(raw_body) if raw_body else (None, False)

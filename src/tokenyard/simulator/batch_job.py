@@ -21,19 +21,18 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from tokenyard.errors import TokenyardError
-from tokenyard.simulator import wire
+from tokenyard.errors import ObjectNotFound, TokenyardError
+from tokenyard.simulator import shapes
 from tokenyard.simulator.answers import answer, output_work
 from tokenyard.simulator.batch_input import BatchInput, BatchRequest, read_batch_input
 from tokenyard.simulator.config import FaultConfig, SimulatorConfig
 from tokenyard.simulator.file_store import FileStore, StoredFile
-from tokenyard.simulator.resources import IdMaker, InvalidState, ObjectNotFound
+from tokenyard.simulator.resources import IdMaker, InvalidState
+from tokenyard.wire import openai
 
-Status = Literal[
-    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
-]
+Status = openai.BatchStatus
 
 COMPLETION_WINDOWS_S = {"24h": 86_400.0}
 MAX_BATCH_OUTPUT = 1_000_000
@@ -42,14 +41,19 @@ created, inside the event loop a quick-start proxy shares, so the total is bound
 batch may enqueue (``token_limit_exceeded``)."""
 VALIDATING_SHARE = 0.1
 FINALIZING_SHARE = 0.1
-TERMINAL: frozenset[Status] = frozenset({"completed", "failed", "expired", "cancelled"})
 TIMESTAMPED: tuple[Status, ...] = (
     "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"
 )  # fmt: skip
 # The error-file entry of a line that never ran, by the status that stopped it.
-UNRUN_ERRORS: dict[Status, tuple[str, str]] = {
-    "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
-    "cancelled": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
+UNRUN_ERRORS: dict[Status, dict[str, str]] = {
+    "expired": {
+        "code": "batch_expired",
+        "message": "This request could not be executed before the completion window expired.",
+    },
+    "cancelled": {
+        "code": "batch_cancelled",
+        "message": "This request was not executed because the batch was cancelled.",
+    },
 }
 
 
@@ -140,7 +144,7 @@ def _run_line(
     request_id = f"req_{rng.getrandbits(128):032x}"
     # Draw only when a rate is set, as the real-time faults do.
     if faults.batch_error_rate > 0.0 and rng.random() < faults.batch_error_rate:
-        status, body = faults.error_status, wire.injected_error_payload(faults.error_status)
+        status, body = faults.error_status, shapes.injected_error_payload(faults.error_status)
     else:
         try:
             body = answer(
@@ -154,7 +158,7 @@ def _run_line(
             )
             status = 200
         except TokenyardError as exc:
-            status, body = exc.status_code, wire.error_payload_for(exc)
+            status, body = exc.status_code, openai.error_payload_for(exc)
     succeeded = 200 <= status < 300
     usage: dict[str, int] = body.get("usage", {}) if succeeded else {}
     return LineOutcome(
@@ -162,7 +166,7 @@ def _run_line(
         line_id,
         done_at,
         succeeded,
-        wire.batch_response_line(line_id, request.custom_id, status, request_id, body),
+        openai.batch_response_line(line_id, request.custom_id, status, request_id, body),
         usage.get("prompt_tokens", 0),
         usage.get("completion_tokens", 0),
     )
@@ -200,7 +204,7 @@ class BatchJob:
     def cancel(self, now: float, files: FileStore) -> None:
         """Start cancelling at ``now`` (again: no change); a batch that has ended cannot be cancelled."""
         self.advance(now, files)
-        if self.status in TERMINAL:
+        if self.status in openai.BATCH_TERMINAL:
             raise InvalidState(f"Cannot cancel a batch with status '{self.status}'.")
         if self.status != "cancelling":
             self.status = "cancelling"
@@ -225,7 +229,7 @@ class BatchJob:
             "expires_at": int(self.timeline.expires_at),
             **stamps,
             "request_counts": {"total": total, "completed": completed, "failed": failed},
-            "usage": wire.batch_usage(input_tokens, output_tokens),
+            "usage": shapes.batch_usage(input_tokens, output_tokens),
             "metadata": self.metadata,
         }
 
@@ -273,14 +277,14 @@ class BatchJob:
             if outcome.done_at <= ran_until:
                 (outputs if outcome.succeeded else errors).append(outcome.entry)
             elif unrun is not None:
-                errors.append(wire.batch_unrun_line(outcome.line_id, outcome.custom_id, *unrun))
+                errors.append(openai.batch_error_line(outcome.line_id, outcome.custom_id, dict(unrun)))
         # OpenAI leaves a file id null when the file would be empty.
         if outputs:
             name = f"{self.id}_output.jsonl"
-            self.output_file_id = files.add(name, "batch_output", wire.jsonl(outputs), int(at)).id
+            self.output_file_id = files.add(name, "batch_output", openai.jsonl(outputs), int(at)).id
         if errors:
             name = f"{self.id}_error.jsonl"
-            self.error_file_id = files.add(name, "batch_output", wire.jsonl(errors), int(at)).id
+            self.error_file_id = files.add(name, "batch_output", openai.jsonl(errors), int(at)).id
 
 
 def _stamp(at: float | None) -> int | None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from tokenyard.errors import InvalidRequest
-from tokenyard.simulator import wire
 from tokenyard.simulator.answers import ENDPOINT_KINDS
-from tokenyard.simulator.asgi import Request, Send, send_json
 from tokenyard.simulator.batch_job import COMPLETION_WINDOWS_S, BatchOrder
+from tokenyard.simulator.request import Request
 from tokenyard.simulator.resources import Query, page
 from tokenyard.simulator.state import SimulatorState
+from tokenyard.wire.asgi import Send, send_json
+from tokenyard.wire.openai import list_page
 
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
@@ -28,7 +29,7 @@ async def create_batch(state: SimulatorState, request: Request, send: Send) -> N
     now = state.clock.time()
     job = state.batches.create(order, now, state.config, state.faults, state.serves)
     job.advance(now, state.files)  # a zero turnaround is done at once
-    await send_json(send, job.as_object(now))
+    await send_json(send, 200, job.as_object(now))
 
 
 async def retrieve_batch(state: SimulatorState, request: Request, send: Send) -> None:
@@ -36,7 +37,7 @@ async def retrieve_batch(state: SimulatorState, request: Request, send: Send) ->
     job = state.batches.get(request.path_param)
     now = state.clock.time()
     job.advance(now, state.files)
-    await send_json(send, job.as_object(now))
+    await send_json(send, 200, job.as_object(now))
 
 
 async def list_batches(state: SimulatorState, request: Request, send: Send) -> None:
@@ -47,7 +48,7 @@ async def list_batches(state: SimulatorState, request: Request, send: Send) -> N
     now = state.clock.time()
     for job in chosen:
         job.advance(now, state.files)
-    await send_json(send, wire.list_page([job.as_object(now) for job in chosen], has_more))
+    await send_json(send, 200, list_page([job.as_object(now) for job in chosen], has_more))
 
 
 async def cancel_batch(state: SimulatorState, request: Request, send: Send) -> None:
@@ -55,7 +56,7 @@ async def cancel_batch(state: SimulatorState, request: Request, send: Send) -> N
     job = state.batches.get(request.path_param)
     now = state.clock.time()
     job.cancel(now, state.files)
-    await send_json(send, job.as_object(now))
+    await send_json(send, 200, job.as_object(now))
 
 
 def _read_order(state: SimulatorState, body: dict[str, Any]) -> BatchOrder:

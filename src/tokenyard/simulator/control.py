@@ -7,16 +7,17 @@ from urllib.parse import parse_qs
 from pydantic import ValidationError
 
 from tokenyard.errors import InvalidRequest
-from tokenyard.simulator.asgi import Request, Send, send_json
 from tokenyard.simulator.config import FaultConfig
+from tokenyard.simulator.request import Request
 from tokenyard.simulator.state import REQUEST_LOG_SIZE, SimulatorState
+from tokenyard.wire.asgi import Send, send_json
 
 DEFAULT_REQUEST_LIMIT = 50
 
 
 async def stats(state: SimulatorState, request: Request, send: Send) -> None:
     """``GET /sim/stats``: counters and gauges."""
-    await send_json(send, state.stats())
+    await send_json(send, 200, state.stats())
 
 
 async def recent_requests(state: SimulatorState, request: Request, send: Send) -> None:
@@ -28,12 +29,12 @@ async def recent_requests(state: SimulatorState, request: Request, send: Send) -
             limit = int(values[-1])
         except ValueError:
             raise InvalidRequest("'limit' must be an integer.", param="limit") from None
-    await send_json(send, state.recent(min(max(limit, 0), REQUEST_LOG_SIZE)))
+    await send_json(send, 200, state.recent(min(max(limit, 0), REQUEST_LOG_SIZE)))
 
 
 async def get_faults(state: SimulatorState, request: Request, send: Send) -> None:
     """``GET /sim/faults``: the live faults."""
-    await send_json(send, state.faults.model_dump())
+    await send_json(send, 200, state.faults.model_dump())
 
 
 async def set_faults(state: SimulatorState, request: Request, send: Send) -> None:
@@ -46,10 +47,10 @@ async def set_faults(state: SimulatorState, request: Request, send: Send) -> Non
         )
         raise InvalidRequest(f"Invalid faults: {problems}") from exc
     state.faults = faults
-    await send_json(send, faults.model_dump())
+    await send_json(send, 200, faults.model_dump())
 
 
 async def reset(state: SimulatorState, request: Request, send: Send) -> None:
     """``POST /sim/reset``: zero the stats, clear the request log, restore faults, reseed."""
     state.reset()
-    await send_json(send, state.stats())
+    await send_json(send, 200, state.stats())

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tokenyard.simulator import wire
-from tokenyard.simulator.resources import IdMaker, ObjectNotFound
+from tokenyard.errors import ObjectNotFound
+from tokenyard.simulator.resources import IdMaker
+from tokenyard.wire.openai import file_object
 
 # OpenAI keeps batch inputs and outputs for 30 days by default and other files until deleted. The simulator
 # reports that date but deletes nothing by itself.
@@ -27,7 +28,7 @@ class StoredFile:
         """The file's ``file`` object."""
         ttl_s = EXPIRING_PURPOSES_TTL_S.get(self.purpose)
         expires_at = None if ttl_s is None else self.created_at + ttl_s
-        return wire.file_object(
+        return file_object(
             self.id, len(self.content), self.created_at, self.filename, self.purpose, expires_at
         )
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from tokenyard.errors import InvalidRequest
-from tokenyard.simulator import wire
-from tokenyard.simulator.asgi import Request, Send, send_bytes, send_json
+from tokenyard.simulator.request import Request
 from tokenyard.simulator.resources import Query, page
+from tokenyard.simulator.shapes import BINARY_HEADERS
 from tokenyard.simulator.state import SimulatorState
+from tokenyard.wire.asgi import Send, send_bytes, send_json
 from tokenyard.wire.multipart import parse_form
+from tokenyard.wire.openai import file_deleted, list_page
 
 # What clients may upload with; ``batch_output`` files are written by the simulator's batches only.
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -27,7 +29,7 @@ async def upload_file(state: SimulatorState, request: Request, send: Send) -> No
         listed = ", ".join(f"'{option}'" for option in UPLOAD_PURPOSES)
         raise InvalidRequest(f"'{purpose}' is not one of [{listed}] - 'purpose'", param="purpose")
     stored = state.files.add(upload.filename, purpose, upload.content, int(state.clock.time()))
-    await send_json(send, stored.as_object())
+    await send_json(send, 200, stored.as_object())
 
 
 async def list_files(state: SimulatorState, request: Request, send: Send) -> None:
@@ -37,20 +39,20 @@ async def list_files(state: SimulatorState, request: Request, send: Send) -> Non
     newest_first = query.choice("order", "desc", ("asc", "desc")) == "desc"
     files = state.files.listing(query.text("purpose"), newest_first=newest_first)
     chosen, has_more = page(files, lambda stored: stored.id, query.text("after"), limit)
-    await send_json(send, wire.list_page([stored.as_object() for stored in chosen], has_more))
+    await send_json(send, 200, list_page([stored.as_object() for stored in chosen], has_more))
 
 
 async def retrieve_file(state: SimulatorState, request: Request, send: Send) -> None:
     """``GET /v1/files/{id}``."""
-    await send_json(send, state.files.get(request.path_param).as_object())
+    await send_json(send, 200, state.files.get(request.path_param).as_object())
 
 
 async def file_content(state: SimulatorState, request: Request, send: Send) -> None:
     """``GET /v1/files/{id}/content``: the file's exact bytes."""
-    await send_bytes(send, 200, state.files.get(request.path_param).content, wire.BINARY_HEADERS)
+    await send_bytes(send, 200, state.files.get(request.path_param).content, BINARY_HEADERS)
 
 
 async def delete_file(state: SimulatorState, request: Request, send: Send) -> None:
     """``DELETE /v1/files/{id}`` (batches that read it keep their own copy of its lines)."""
     state.files.delete(request.path_param)
-    await send_json(send, wire.file_deleted(request.path_param))
+    await send_json(send, 200, file_deleted(request.path_param))

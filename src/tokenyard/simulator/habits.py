@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from tokenyard.simulator import wire
-from tokenyard.simulator.asgi import Message, Send
 from tokenyard.simulator.clock import Clock
 from tokenyard.simulator.config import FaultConfig
+from tokenyard.simulator.shapes import SSE_HEADERS
+from tokenyard.wire.asgi import Message, Send
 from tokenyard.wire.sse import EVENT_END, SSE_DONE, sse_data
 
 
@@ -45,8 +45,11 @@ class _HabitualSend:
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            self._stream = (b"content-type", wire.SSE_HEADERS[0][1]) in message.get("headers", ())
-            await self._send(message)
+            headers = message.get("headers", ())
+            self._stream = (b"content-type", SSE_HEADERS[0][1]) in headers
+            # A body written in another style has another length: the server counts it (chunked) instead.
+            headers = [(name, value) for name, value in headers if name != b"content-length"]
+            await self._send({**message, "headers": headers})
             return
         if message["type"] != "http.response.body":
             await self._send(message)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from tokenyard.errors import ModelNotFound, TokenyardError
-from tokenyard.simulator import wire
+from tokenyard.simulator import shapes
 from tokenyard.simulator.answers import (
     Kind,
     completion_answer,
@@ -18,17 +18,9 @@ from tokenyard.simulator.answers import (
     embedding_answer,
     plan_generation,
 )
-from tokenyard.simulator.asgi import (
-    Request,
-    Send,
-    run_until_disconnect,
-    send_bytes,
-    send_chunk,
-    send_error,
-    send_json,
-)
 from tokenyard.simulator.capacity import TokenPacer, sample_ttft_s, stream_rate_per_s
 from tokenyard.simulator.habits import with_habits
+from tokenyard.simulator.request import Request
 from tokenyard.simulator.state import SimulatorState
 from tokenyard.simulator.tokens import (
     ChoiceWords,
@@ -37,6 +29,15 @@ from tokenyard.simulator.tokens import (
     choice_words,
     embedding_vector,
     plan_embeddings,
+)
+from tokenyard.wire.asgi import (
+    JSON_HEADERS,
+    Send,
+    send_bytes,
+    send_chunk,
+    send_error,
+    send_json,
+    until_client_leaves,
 )
 from tokenyard.wire.sse import SSE_DONE
 
@@ -106,10 +107,10 @@ async def _respond(
             await state.clock.sleep(faults.first_byte_delay_ms / 1000.0)
         status = state.take_fault()
         if status is not None:
-            headers = wire.HTML_HEADERS if faults.error_html else wire.JSON_HEADERS
+            headers = shapes.HTML_HEADERS if faults.error_html else JSON_HEADERS
             if status == 429:
-                headers = [*headers, (b"retry-after", wire.retry_after_value(state.faults.retry_after_s))]
-            body = wire.injected_error_html(status) if faults.error_html else wire.injected_error(status)
+                headers = [*headers, (b"retry-after", shapes.retry_after_value(state.faults.retry_after_s))]
+            body = shapes.injected_error_html(status) if faults.error_html else shapes.injected_error(status)
             await send_bytes(send, status, body, headers)
         elif isinstance(plan, TokenyardError):
             await send_error(send, plan)
@@ -119,7 +120,11 @@ async def _respond(
         else:
             await answer()
 
-    if not await run_until_disconnect(request.receive, work()):
+    try:
+        left = await until_client_leaves(request.receive, work())
+    except OSError:  # servers may raise it on a write to a closed connection: the client left too
+        left = True
+    if left:
         if streaming:
             state.counters.streams_cancelled += 1
         else:
@@ -138,22 +143,22 @@ async def _complete(
         words = choice_words(config.seed, raw_body, plan.choices, plan.completion_tokens_per_choice)
         pacer_rate = _rate_source(state)
         if plan.stream and not state.faults.ignore_stream:
-            await send({"type": "http.response.start", "status": 200, "headers": wire.SSE_HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": shapes.SSE_HEADERS})
             await state.clock.sleep(ttft_s)
             pacer = TokenPacer(state.clock, pacer_rate, fixed_rate=config.mode == "serverless")
             chunks = (
-                wire.ChatChunks(head, plan.include_usage)
+                shapes.ChatChunks(head, plan.include_usage)
                 if kind == "chat"
-                else wire.CompletionChunks(head, plan.include_usage)
+                else shapes.CompletionChunks(head, plan.include_usage)
             )
-            usage = wire.usage(plan.prompt_tokens, plan.completion_tokens)
+            usage = shapes.usage(plan.prompt_tokens, plan.completion_tokens)
             await _stream(state, plan, words, chunks, pacer, usage, send)
             state.counters.streams_completed += 1
             return
         await state.clock.sleep(ttft_s)
         pacer = TokenPacer(state.clock, pacer_rate, fixed_rate=config.mode == "serverless")
         texts = await _decode_whole(words, plan.completion_tokens_per_choice, pacer)
-        await send_json(send, completion_answer(kind, head, plan, texts))
+        await send_json(send, 200, completion_answer(kind, head, plan, texts))
         state.counters.requests_completed += 1
 
 
@@ -176,7 +181,7 @@ async def _stream(
     state: SimulatorState,
     plan: GenerationPlan,
     words: list[ChoiceWords],
-    chunks: wire.StreamChunks,
+    chunks: shapes.StreamChunks,
     pacer: TokenPacer,
     usage: dict[str, object],
     send: Send,
@@ -227,5 +232,5 @@ async def _embed(state: SimulatorState, plan: EmbeddingPlan, send: Send) -> None
         for text in plan.inputs:  # up to a few milliseconds each: yield to the loop between them
             vectors.append(embedding_vector(state.config.seed, text, plan.dimensions))
             await state.clock.sleep(0.0)
-        await send_json(send, embedding_answer(plan, vectors))
+        await send_json(send, 200, embedding_answer(plan, vectors))
         state.counters.requests_completed += 1

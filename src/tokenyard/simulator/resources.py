@@ -1,4 +1,6 @@
-"""What the Files and Batch APIs share: object ids, their two errors, cursor pages and query arguments."""
+"""What the Files and Batch APIs share: seeded object ids, the state error, cursor pages and query arguments.
+
+An unknown id is ``tokenyard.errors.ObjectNotFound`` (404 with no error code), as in the router."""
 
 from __future__ import annotations
 
@@ -13,12 +15,6 @@ from tokenyard.errors import ClientError, InvalidRequest
 T = TypeVar("T")
 
 _BASE62 = string.digits + string.ascii_letters
-
-
-class ObjectNotFound(ClientError):
-    """No file or batch has this id (OpenAI answers 404 with no error code)."""
-
-    status_code = 404
 
 
 class InvalidState(ClientError):

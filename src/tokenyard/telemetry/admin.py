@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -34,6 +33,7 @@ class AdminApi:
         backends: dict[str, Backend],
         keys: KeyRing,
         *,
+        replica: str,
         wall: Callable[[], float],
     ) -> None:
         self.meter = meter
@@ -42,7 +42,7 @@ class AdminApi:
         self.advisor: AdvisorLoop | None = None  # set at start-up when the advisor runs
         self.dispatcher: Dispatcher | None = None  # set at start-up when the async track runs
         self.reload: Callable[[], Awaitable[dict[str, Any]]] | None = None  # set at start-up
-        self._session_owner = secrets.token_hex(8)  # this replica, for the lock on the shared salt
+        self._session_owner = replica  # this replica, for the lock on the shared salt
         self._session_key: bytes | None = None  # the admin key _session_secret belongs to
         self._session_secret: bytes | None = None
         self.use(config, keys)

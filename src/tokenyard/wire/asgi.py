@@ -1,8 +1,11 @@
-"""Wire formats, defined once: ASGI types, tokenyard's response headers, OpenAI error bodies, body reading."""
+"""The ASGI side of the wire, defined once for the router and the simulator: types, tokenyard's response
+headers, the one map from a tokenyard error to a response, reading a body, sending a response, and watching
+for a client to leave."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from typing import Any
 
 import orjson
@@ -14,6 +17,7 @@ from tokenyard.errors import (
     ProxyOverloaded,
     TokenyardError,
 )
+from tokenyard.wire.openai import error_body
 from tokenyard.wire.sse import sse_data
 
 Scope = MutableMapping[str, Any]
@@ -21,6 +25,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
 
 # Response headers that say who served a request and why.
 H_BACKEND = b"x-tokenyard-backend"
@@ -43,11 +48,6 @@ STREAM_HEADERS = [  # added to the upstream's content-type on a relayed stream
 ]
 
 
-def error_body(message: str, error_type: str, *, param: str | None = None, code: str | None = None) -> bytes:
-    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    return orjson.dumps({"error": {"message": message, "type": error_type, "param": param, "code": code}})
-
-
 def error_response_parts(exc: TokenyardError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """The one place a tokenyard error becomes an HTTP status, headers and an OpenAI error body."""
     headers = list(JSON_HEADERS)
@@ -65,7 +65,7 @@ def sse_error_event(exc: TokenyardError) -> bytes:
 async def send_bytes(
     send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    """Send a whole response."""
+    """Send a whole response (JSON unless ``headers`` name a content type), with its content-length."""
     all_headers = JSON_HEADERS if headers is None else headers
     await send(
         {
@@ -88,6 +88,11 @@ async def send_error(
     """Send a tokenyard error as OpenAI does."""
     status, headers, body = error_response_parts(exc)
     await send_bytes(send, status, body, [*headers, *extra_headers])
+
+
+async def send_chunk(send: Send, body: bytes) -> None:
+    """Send one more piece of a streamed body, as its own ASGI message (the response has started)."""
+    await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 def cookie(scope: Scope, name: bytes) -> bytes | None:
@@ -159,3 +164,42 @@ class Captured:
 
 class ClientGone(Exception):
     """The client disconnected; there is nobody to answer."""
+
+
+async def until_client_leaves(receive: Receive, work: Coroutine[Any, Any, None]) -> bool:
+    """Run ``work``; if the client disconnects first, cancel it (which closes what it holds, such as an
+    upstream request). True if the client left before the work was done, False if the work finished.
+
+    The work runs in the caller's task and only the disconnect watch gets one of its own: one task a
+    request, not two, and no ``asyncio.wait`` (this is the proxy's hot path). Exceptions from ``work``
+    propagate; a cancellation from outside (shutdown) does too.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    left = finished = False
+
+    def on_disconnect(waiter: asyncio.Future[None]) -> None:
+        nonlocal left
+        # ``finished``: the callback may run after the work is done (it was already scheduled).
+        if not finished and not waiter.cancelled() and waiter.exception() is None:
+            left = True
+            task.cancel()
+
+    waiter = asyncio.ensure_future(_disconnected(receive))
+    waiter.add_done_callback(on_disconnect)
+    try:
+        await work
+    except asyncio.CancelledError:
+        # Ours only if the client left and nobody else (a shutdown) cancelled this task too.
+        if left and task.uncancel() == 0:
+            return True
+        raise
+    finally:
+        finished = True
+        waiter.cancel()
+    return False
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

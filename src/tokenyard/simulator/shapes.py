@@ -1,8 +1,8 @@
-"""OpenAI's wire format, defined once: response bodies, stream chunks, SSE framing and error bodies.
+"""The answers only the simulator writes: completions, stream chunks, embeddings, models, batch usage and
+injected faults. What tokenyard shares with it (errors, files, pages, batch lines) is in ``tokenyard.wire``.
 
 Everything here is pure: plain data in, ``dict`` or ``bytes`` out. Shapes follow the ``openai`` Python SDK's
-types (``ChatCompletion``, ``ChatCompletionChunk``, ``Completion``, ``CreateEmbeddingResponse``, ``Model``,
-``FileObject``, ``FileDeleted``) and the Batch guide's output and error file lines.
+types (``ChatCompletion``, ``ChatCompletionChunk``, ``Completion``, ``CreateEmbeddingResponse``, ``Model``).
 """
 
 from __future__ import annotations
@@ -12,41 +12,14 @@ from typing import Any, Protocol
 
 import orjson
 
-from tokenyard.errors import TokenyardError
+from tokenyard.wire import asgi
+from tokenyard.wire.openai import error_payload
 from tokenyard.wire.sse import sse_event
 
-Headers = list[tuple[bytes, bytes]]
-
-JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
-HTML_HEADERS: Headers = [(b"content-type", b"text/html")]
-BINARY_HEADERS: Headers = [(b"content-type", b"application/octet-stream")]
-SSE_HEADERS: Headers = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-]
+HTML_HEADERS: asgi.Headers = [(b"content-type", b"text/html")]
+BINARY_HEADERS: asgi.Headers = [(b"content-type", b"application/octet-stream")]
+SSE_HEADERS: asgi.Headers = [*asgi.SSE_HEADERS, (b"cache-control", b"no-cache")]
 OWNED_BY = "tokenyard-simulator"
-
-
-def error_payload(
-    message: str, error_type: str, *, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    """An OpenAI error object: ``{"error": {"message", "type", "param", "code"}}``."""
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-
-
-def error_body(message: str, error_type: str, *, param: str | None = None, code: str | None = None) -> bytes:
-    """An OpenAI error body, serialized."""
-    return orjson.dumps(error_payload(message, error_type, param=param, code=code))
-
-
-def error_payload_for(exc: TokenyardError) -> dict[str, Any]:
-    """The error object a tokenyard error maps to (its status is ``exc.status_code``)."""
-    return error_payload(exc.message, exc.error_type, param=exc.param, code=exc.code)
-
-
-def error_for(exc: TokenyardError) -> tuple[int, bytes]:
-    """The status and body that a tokenyard error maps to."""
-    return exc.status_code, orjson.dumps(error_payload_for(exc))
 
 
 def injected_error_payload(status: int) -> dict[str, Any]:
@@ -206,72 +179,6 @@ def embeddings_list(model: str, data: list[list[float] | str], prompt_tokens: in
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
-
-
-def model_object(model_id: str, created: int) -> dict[str, Any]:
-    """One entry of ``/v1/models``."""
-    return {"id": model_id, "object": "model", "created": created, "owned_by": OWNED_BY}
-
-
-def model_list(model_ids: list[str], created: int) -> dict[str, Any]:
-    """The ``/v1/models`` answer."""
-    return {"object": "list", "data": [model_object(model_id, created) for model_id in model_ids]}
-
-
-def list_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    """One page of a cursor-paged list (files, batches): the next page starts ``after`` ``last_id``."""
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
-
-
-def file_object(
-    file_id: str, size_bytes: int, created_at: int, filename: str, purpose: str, expires_at: int | None
-) -> dict[str, Any]:
-    """A ``file`` object, as upload, retrieve and list return it."""
-    return {
-        "id": file_id,
-        "object": "file",
-        "bytes": size_bytes,
-        "created_at": created_at,
-        "expires_at": expires_at,
-        "filename": filename,
-        "purpose": purpose,
-        "status": "processed",
-        "status_details": None,
-    }
-
-
-def file_deleted(file_id: str) -> dict[str, Any]:
-    """The answer to ``DELETE /v1/files/{id}``."""
-    return {"id": file_id, "object": "file", "deleted": True}
-
-
-def batch_response_line(
-    line_id: str, custom_id: str, status_code: int, request_id: str, body: dict[str, Any]
-) -> dict[str, Any]:
-    """A line of a batch output (2xx) or error (4xx/5xx) file: the request ran and got this answer."""
-    response = {"status_code": status_code, "request_id": request_id, "body": body}
-    return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
-
-
-def batch_unrun_line(line_id: str, custom_id: str, code: str, message: str) -> dict[str, Any]:
-    """A line of a batch error file for a request that never ran (``batch_expired``, ``batch_cancelled``)."""
-    return {
-        "id": line_id,
-        "custom_id": custom_id,
-        "response": None,
-        "error": {"code": code, "message": message},
-    }
-
-
-def jsonl(lines: list[dict[str, Any]]) -> bytes:
-    """JSON Lines: one compact object per line, each ending in a newline."""
-    return b"".join(orjson.dumps(line) + b"\n" for line in lines)
 
 
 def batch_usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:

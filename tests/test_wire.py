@@ -1,0 +1,128 @@
+"""The wire module's contracts: the disconnect watcher's one return convention, the one error map, the ids.
+
+The router and the simulator both rely on these; tests here drive them with ASGI ``receive`` callables made
+of events, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import orjson
+import pytest
+
+from tokenyard.errors import CapacityExhausted, ObjectNotFound
+from tokenyard.wire import asgi, ids, openai
+
+
+class Client:
+    """An ASGI ``receive`` whose client leaves when the test says so."""
+
+    def __init__(self) -> None:
+        self.gone = asyncio.Event()
+
+    async def receive(self) -> asgi.Message:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+
+async def test_the_watcher_says_false_when_the_work_finished() -> None:
+    client = Client()
+    done = []
+
+    async def work() -> None:
+        await asyncio.sleep(0)
+        done.append(True)
+
+    assert await asgi.until_client_leaves(client.receive, work()) is False
+    assert done == [True]
+
+
+async def test_the_watcher_says_true_and_cancels_the_work_when_the_client_left() -> None:
+    client = Client()
+    started, released = asyncio.Event(), []
+
+    async def work() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # never done by itself
+        finally:
+            released.append(True)  # what the work holds is let go
+
+    async def leave_when_started() -> None:
+        await started.wait()
+        client.gone.set()
+
+    leaving = asyncio.create_task(leave_when_started())
+    assert await asgi.until_client_leaves(client.receive, work()) is True
+    assert released == [True]
+    await leaving
+
+
+async def test_errors_from_the_work_reach_the_caller() -> None:
+    async def work() -> None:
+        raise OSError("write to a closed connection")
+
+    with pytest.raises(OSError, match="closed connection"):
+        await asgi.until_client_leaves(Client().receive, work())
+
+
+async def test_a_cancellation_from_outside_is_not_taken_for_a_client_leaving() -> None:
+    started = asyncio.Event()
+
+    async def work() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    watched = asyncio.create_task(asgi.until_client_leaves(Client().receive, work()))
+    await started.wait()
+    watched.cancel()  # a shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await watched
+
+
+def test_an_error_maps_to_one_status_headers_and_openai_body() -> None:
+    status, headers, body = asgi.error_response_parts(CapacityExhausted("full", retry_after_s=2.4))
+    assert status == 429
+    assert headers == [(b"content-type", b"application/json"), (b"retry-after", b"2")]
+    assert orjson.loads(body) == {
+        "error": {"message": "full", "type": "rate_limit_error", "param": None, "code": "capacity_exhausted"}
+    }
+    assert body == openai.error_body("full", "rate_limit_error", code="capacity_exhausted")
+    status, _, body = asgi.error_response_parts(ObjectNotFound("No such File object: f", param="id"))
+    assert (status, orjson.loads(body)["error"]["param"]) == (404, "id")
+
+
+async def test_a_whole_response_says_its_length() -> None:
+    sent: list[asgi.Message] = []
+
+    async def send(message: asgi.Message) -> None:
+        sent.append(message)
+
+    await asgi.send_json(send, 201, {"a": 1})
+    assert sent[0]["status"] == 201
+    assert sent[0]["headers"] == [(b"content-type", b"application/json"), (b"content-length", b"7")]
+    assert sent[1] == {"type": "http.response.body", "body": b'{"a":1}'}
+
+
+def test_a_file_page_is_a_cursor_page_of_file_objects() -> None:
+    files = [openai.file_object(f"file-{n}", 10, 1_700_000_000, "in.jsonl", "batch", None) for n in (1, 2)]
+    page = openai.list_page(files, has_more=True)
+    assert (page["object"], page["first_id"], page["last_id"], page["has_more"]) == (
+        "list", "file-1", "file-2", True,
+    )  # fmt: skip
+    assert openai.list_page([], has_more=False)["first_id"] is None
+    assert list(files[0]) == [
+        "id", "object", "bytes", "created_at", "expires_at", "filename", "purpose",
+        "status", "status_details",
+    ]  # fmt: skip
+
+
+def test_ids_have_openai_s_shapes_and_do_not_repeat() -> None:
+    request_ids = {ids.new_request_id() for _ in range(1000)}
+    assert len(request_ids) == 1000
+    assert all(re.fullmatch(r"req_[0-9a-f]{24}", rid) for rid in request_ids)
+    assert re.fullmatch(r"batch_req_[0-9a-f]{24}", ids.new_object_id("batch_req_"))
+    assert re.fullmatch(r"replica-[0-9a-f]{12}", ids.new_replica_id())
+    assert ids.new_replica_id() != ids.new_replica_id()
