@@ -112,11 +112,13 @@ async def test_invalid_faults_are_rejected_and_leave_the_live_ones(
     assert (await http.get("/sim/faults")).json()["error_rate"] == 0.0
 
 
-async def test_a_whole_answer_says_its_length_even_when_a_habit_rewrites_it(http: httpx.AsyncClient) -> None:
+async def test_a_whole_answer_says_its_length_even_when_a_habit_rewrites_it(
+    sim: SimulatorServer, http: httpx.AsyncClient
+) -> None:
     plain = await http.post("/v1/chat/completions", json=CHAT)
     assert plain.headers["content-length"] == str(len(plain.content))
 
-    await set_faults(http, json_style="spaced")  # llama-cpp-python's JSON: longer than the compact answer
+    await set_faults(sim, json_style="spaced")  # llama-cpp-python's JSON: longer than the compact answer
     spaced = await http.post("/v1/chat/completions", json=CHAT)
     assert spaced.status_code == 200
     assert b'"object": "chat.completion"' in spaced.content
