@@ -224,7 +224,8 @@ async def test_a_replica_stopped_mid_evaluation_hands_the_interval_to_another(tm
     )
     settings = config_for({"ded": _Nowhere(), "svl": _Nowhere()}, "sqlite:///:memory:", "ty")
     settings["advisor"]["interval_s"] = 600
-    loop = AdvisorLoop(store, TokenyardConfig.model_validate(settings), replica="replica-a")
+    config = TokenyardConfig.model_validate(settings)
+    loop = AdvisorLoop(store, lambda: config, replica="replica-a")
     try:
         ticking = asyncio.create_task(loop.tick())
 

@@ -66,17 +66,22 @@ class AdvisorLoop:
     def __init__(
         self,
         store: MeterStore,
-        config: TokenyardConfig,
+        config: Callable[[], TokenyardConfig],
         *,
         wall: Callable[[], float] = time.time,
         replica: str | None = None,
     ) -> None:
         self.store = store
-        self.config = config
+        self._config = config  # the config in force (a reload may change it)
         self.wall = wall
         self.replica = replica or f"replica-{uuid.uuid4().hex[:12]}"
         self.latest: dict[str, Any] | None = None  # the advice document, as the API serves it
         self._evaluating = asyncio.Lock()
+
+    @property
+    def config(self) -> TokenyardConfig:
+        """The config in force."""
+        return self._config()
 
     async def run(self) -> None:
         """Tick every ``advisor.interval_s`` until cancelled."""
