@@ -103,8 +103,7 @@ async def start_runtime(
     rejected: Counter[int] = Counter()
     models = {name: [backends[b] for b in model.deployments] for name, model in config.models.items()}
     track = None
-    if track_runs:
-        assert store is not None  # track_runs says so
+    if store is not None and track_runs:
         track, proxy = await _start_async_track(
             stack, live, store, meter, backends, models, rejected, clock, wall
         )
@@ -120,7 +119,6 @@ async def start_runtime(
         )
     dispatcher = track.dispatcher if track else None
     admin = AdminApi(live, meter, backends, advisor=advisor, dispatcher=dispatcher, wall=wall)
-    await admin.agree_session_secret()
     # The dispatcher takes a reloaded config by hand until it reads ``live`` (a callable) like the others.
     reloader = Reloader(
         config_path,
@@ -133,6 +131,7 @@ async def start_runtime(
         membership = Membership(store, lambda: backends, on_reload=reloader.here)
         stack.push_async_callback(_cancel, asyncio.create_task(membership.run(), name="membership"))
         announce = membership.announce_reload
+    await admin.agree_session_secret()
 
     async def reload_everywhere() -> dict[str, Any]:
         result = await reloader.here()
