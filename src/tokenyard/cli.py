@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from tokenyard import __version__
 from tokenyard.advisor import commands as advisor_commands
@@ -16,6 +17,7 @@ from tokenyard.simulator import cli as simulator_cli
 from tokenyard.telemetry import commands as meter_commands
 
 log = logging.getLogger("tokenyard")
+_backends_log = logging.getLogger("tokenyard.backends")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,8 +159,27 @@ def _serve(args: argparse.Namespace) -> int:
     from tokenyard.edge.server import run_server
 
     _announce(config, path)
-    run_server(config, config_path=path, log_level=args.log_level)
+    run_server(
+        config, config_path=path, upstreams=lambda: _simulated_backends(config), log_level=args.log_level
+    )
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _simulated_backends(config: TokenyardConfig) -> AsyncIterator[dict[str, str]]:
+    """Start a simulator for each backend the config gives ``simulator:`` (the quick start's), in the
+    server's event loop; yield their base URLs by backend name, and stop them after the backends close."""
+    from tokenyard.simulator.server import SimulatorServer  # with the server stack, not for `--help`
+
+    async with contextlib.AsyncExitStack() as stack:
+        base_urls: dict[str, str] = {}
+        for name, backend in config.backends.items():
+            if backend.simulator is None:
+                continue
+            sim = await stack.enter_async_context(SimulatorServer(backend.simulator))
+            base_urls[name] = sim.base_url
+            _backends_log.info("backend %s: simulator (%s) on %s", name, backend.simulator.mode, sim.base_url)
+        yield base_urls
 
 
 def _announce(config: TokenyardConfig, path: str | None) -> None:

@@ -218,7 +218,8 @@ async def test_a_replica_stopped_mid_evaluation_hands_the_interval_to_another(tm
     store = open_store(sqlite_url(tmp_path / "meter.db"), prefix="ty", retention_s=86400, records_max=10_000)
     settings = config_for({"ded": _Nowhere(), "svl": _Nowhere()}, "sqlite:///:memory:", "ty")
     settings["advisor"]["interval_s"] = 600
-    loop = AdvisorLoop(store, TokenyardConfig.model_validate(settings), replica="replica-a")
+    config = TokenyardConfig.model_validate(settings)
+    loop = AdvisorLoop(store, lambda: config, replica="replica-a")
     try:
         ticking = asyncio.create_task(loop.tick())
 

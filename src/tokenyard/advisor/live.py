@@ -65,17 +65,22 @@ class AdvisorLoop:
     def __init__(
         self,
         store: CoordinatedDocuments,
-        config: TokenyardConfig,
+        config: Callable[[], TokenyardConfig],
         *,
         replica: str,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.config = config
+        self._config = config  # the config in force (a reload may change it)
         self.wall = wall
         self.replica = replica  # this replica's name: the lock owner and the advice's author
         self.latest: dict[str, Any] | None = None  # the advice document, as the API serves it
         self._evaluating = asyncio.Lock()
+
+    @property
+    def config(self) -> TokenyardConfig:
+        """The config in force."""
+        return self._config()
 
     async def run(self) -> None:
         """Tick every ``advisor.interval_s`` until cancelled."""

@@ -11,7 +11,7 @@ from types import FrameType
 import uvicorn
 
 from tokenyard.config import TokenyardConfig
-from tokenyard.edge.app import TokenyardApp
+from tokenyard.edge.app import TokenyardApp, Upstreams, no_upstreams
 from tokenyard.edge.connections import ConnectionGuard, ConnectionLimits, plan_limits, protocol_class
 
 
@@ -59,11 +59,18 @@ class _UnreadyFirst(uvicorn.Server):
         asyncio.get_running_loop().call_later(self._unready_s, super().handle_exit, sig, frame)
 
 
-def run_server(config: TokenyardConfig, *, config_path: str | None = None, log_level: str = "info") -> None:
+def run_server(
+    config: TokenyardConfig,
+    *,
+    config_path: str | None = None,
+    upstreams: Upstreams = no_upstreams,
+    log_level: str = "info",
+) -> None:
     """Serve until SIGINT/SIGTERM; then unready for ``server.unready_s``, then drain in-flight requests for
-    at most ``server.drain_timeout_s``."""
+    at most ``server.drain_timeout_s``. ``upstreams`` is entered in the server's event loop at start-up
+    (before the backends open) and gives base URLs for the backends the config has none for."""
     limits = plan_limits(config)  # before the app opens anything: the descriptor limit is raised here
-    app = TokenyardApp(config, config_path=config_path)
+    app = TokenyardApp(config, config_path=config_path, upstreams=upstreams)
     server = _UnreadyFirst(
         uvicorn_config(app, config, limits, log_level=log_level), app, config.server.unready_s
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
@@ -13,6 +13,7 @@ from tokenyard.adapters.base import BatchUpstream, Upstream
 from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
 from tokenyard.config import BackendConfig, TokenyardConfig
+from tokenyard.errors import ConfigError
 from tokenyard.meter.pricing import FREE, TokenPrices, token_prices
 from tokenyard.proxy.breaker import CircuitBreaker, Ticket
 from tokenyard.proxy.routing import DeploymentView
@@ -20,6 +21,7 @@ from tokenyard.proxy.routing import DeploymentView
 log = logging.getLogger("tokenyard.backends")
 
 Clock = Callable[[], float]
+_NONE: Mapping[str, str] = {}
 
 
 @dataclass(slots=True)
@@ -117,19 +119,19 @@ class Backend:
 
 
 @contextlib.asynccontextmanager
-async def open_backends(config: TokenyardConfig) -> AsyncIterator[dict[str, Backend]]:
-    """Start every backend's upstream client (and the simulators the config asks for); close them after."""
+async def open_backends(
+    config: TokenyardConfig, base_urls: Mapping[str, str] = _NONE
+) -> AsyncIterator[dict[str, Backend]]:
+    """Start every backend's upstream client; close them after.
+
+    ``base_urls`` gives the address of backends the config has none for (``simulator:``: whoever started
+    the simulators — the CLI's quick start — says where they listen)."""
     async with contextlib.AsyncExitStack() as stack:
         backends: dict[str, Backend] = {}
         for name, bc in config.backends.items():
-            base_url = bc.base_url
-            if bc.simulator is not None:
-                from tokenyard.simulator.server import SimulatorServer  # only configs with simulators
-
-                sim = await stack.enter_async_context(SimulatorServer(bc.simulator))
-                base_url = sim.base_url
-                log.info("backend %s: simulator (%s) on %s", name, bc.simulator.mode, base_url)
-            assert base_url is not None  # config validation guarantees base_url or simulator
+            base_url = base_urls.get(name, bc.base_url)
+            if base_url is None:  # config validation gives it base_url or simulator
+                raise ConfigError([(f"backends.{name}", "its simulator was not started: no base_url")])
             upstream = OpenAIHttpUpstream(
                 base_url,
                 api_key=bc.api_key.get_secret_value() if bc.api_key else None,

@@ -32,16 +32,16 @@ from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import UsageRecord
 from tokenyard.meter.usage import StreamTap
 from tokenyard.proxy import request_body
-from tokenyard.proxy.auth import KeyRing, Principal
+from tokenyard.proxy.auth import Principal
 from tokenyard.proxy.backends import Backend
 from tokenyard.proxy.breaker import Ticket
 from tokenyard.proxy.classify import ASYNC_TIERS, Decision, RequestFacts, classify
 from tokenyard.proxy.exchange import CLIENT_CLOSED, Exchange
+from tokenyard.proxy.live import LiveConfig
 from tokenyard.proxy.routing import Choice, NoChoice, choose_deployment
 from tokenyard.proxy.whole_as_stream import whole_answer_as_stream
 from tokenyard.queue.front import AsyncFront
 from tokenyard.queue.model import Job, JobResult
-from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.wire import asgi as wire
 from tokenyard.wire import openai
 from tokenyard.wire.ids import new_request_id
@@ -108,35 +108,27 @@ class Proxy:
     def __init__(
         self,
         *,
-        keys: KeyRing,
+        live: LiveConfig,
         models: dict[str, list[Backend]],
         meter: Meter,
         rejected: Counter[int],
         max_body_bytes: int,
         clock: Callable[[], float],
         wall: Callable[[], float],
-        async_track: AsyncTrackConfig | None = None,
+        front: AsyncFront | None = None,
     ) -> None:
-        self.keys = keys
+        self.live = live  # keys, async-track settings and classifier rules in force (a reload swaps them)
         self.models = models
         self.meter = meter
         self.rejected = rejected
         self.max_body_bytes = max_body_bytes
         self.clock = clock
         self.wall = wall
-        self.front: AsyncFront | None = None  # set at start-up with the job store
-        self.use_async_track(async_track)
-
-    def use_async_track(self, track: AsyncTrackConfig | None) -> None:
-        """Classify with these settings and rules (None: every request is real time, no signal is read)."""
-        self.async_track = track
-        self.async_rules = track.classifier_rules() if track else ()
-        if self.front is not None and track is not None:
-            self.front.config = track
+        self.front = front  # the async track's door (None: no job store, every request is real time)
 
     def authenticate(self, scope: wire.Scope) -> Principal:
         """The caller behind the request's bearer key."""
-        return self.keys.authenticate(wire.header(scope, b"authorization"))
+        return self.live.current.keys.authenticate(wire.header(scope, b"authorization"))
 
     def deployments(self, principal: Principal, model: str) -> list[Backend]:
         """The backends of ``model``, in preference order, if the caller may use it."""
@@ -210,7 +202,8 @@ class Proxy:
         stream: bool,
     ) -> Decision | None:
         """Real time or async, and why (None when the async track is off: nothing to read)."""
-        track = self.async_track
+        settings = self.live.current
+        track = settings.async_track
         if track is None:
             return None
         prefer = mode = None
@@ -223,7 +216,7 @@ class Proxy:
         nothing_says_async = (
             prefer is None and mode is None and tier not in ASYNC_TIERS and principal.mode is None
         )
-        if nothing_says_async and not self.async_rules:
+        if nothing_says_async and not settings.async_rules:
             return None  # real time by default: the hot path, kept cheap (no facts built)
         user, metadata = obj.get("user"), obj.get("metadata")
         facts = RequestFacts(
@@ -242,7 +235,7 @@ class Proxy:
         )
         return classify(
             facts,
-            self.async_rules,
+            settings.async_rules,
             default_deadline_s=track.default_deadline_s,
             flex_deadline_s=track.flex_deadline_s,
         )

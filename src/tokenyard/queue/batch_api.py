@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from tokenyard.errors import InvalidRequest, MethodNotAllowed, ObjectNotFound
+from tokenyard.errors import InvalidRequest, ObjectNotFound
 from tokenyard.proxy.auth import Principal
 from tokenyard.queue.model import JSON_TYPE, Job, JobResult, StoredObject
 from tokenyard.queue.store import JobsAndObjects
@@ -57,47 +57,73 @@ class BatchApi:
         self.max_body_bytes = max_body_bytes
         self.wall = wall
 
-    async def handle(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal) -> None:
-        """Dispatch by method and path."""
-        method, parts = scope["method"], scope["path"].strip("/").split("/")[1:]  # drop "v1"
-        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
-        kind, rest = parts[0], parts[1:]
-        route = (kind, len(rest), rest[1] if len(rest) == 2 else "", method)
-        if route == ("files", 0, "", "POST"):
-            body = await wire.read_body(scope, receive, self.max_body_bytes)
-            content_type = (wire.header(scope, b"content-type") or b"").decode("latin-1")
-            await wire.send_json(send, 200, await self.upload(who, content_type, body))
-        elif route == ("files", 0, "", "GET"):
-            await wire.send_json(send, 200, await self._list(FILE, who, query, file_object))
-        elif route == ("files", 1, "", "GET"):
-            await wire.send_json(send, 200, file_object(await self._meta(who, rest[0])))
-        elif route == ("files", 1, "", "DELETE"):
-            await wire.send_json(send, 200, await self.delete_file(who, rest[0]))
-        elif route == ("files", 2, "content", "GET"):
-            await self._meta(who, rest[0])
-            content = await self.store.get_object(CONTENT, rest[0])
-            await wire.send_bytes(
-                send, 200, content.body if content else b"", [(b"content-type", b"application/jsonl")]
-            )
-        elif route == ("batches", 0, "", "POST"):
-            request = _json_object(await wire.read_body(scope, receive, 1 << 20))
-            await wire.send_json(send, 200, await self.create(who, request))
-        elif route == ("batches", 0, "", "GET"):
-            await wire.send_json(send, 200, await self._list(BATCH, who, query, self._public))
-        elif route == ("batches", 1, "", "GET"):
-            batch = await self.refresh(who.tenant, await self._batch(who, rest[0]))
-            await wire.send_json(send, 200, self._public(batch))
-        elif route == ("batches", 2, "cancel", "POST"):
-            await wire.send_json(send, 200, self._public(await self.cancel(who, rest[0])))
-        elif route[:3] in {
-            ("files", 0, ""),
-            ("files", 1, ""),
-            ("files", 2, "content"),
-            ("batches", 0, ""),
-        } | {("batches", 1, ""), ("batches", 2, "cancel")}:
-            raise MethodNotAllowed(f"{method} is not allowed on {scope['path']}.")
-        else:
-            raise ObjectNotFound(f"Unknown request URL: {method} {scope['path']}.")
+    # -- the HTTP handlers (the edge routes to them, authenticated: ``who``; path parameters in
+    # ``scope["path_params"]``) ---------------------------------------------------------------------------
+
+    async def files_create(
+        self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
+    ) -> None:
+        """``POST /v1/files``."""
+        body = await wire.read_body(scope, receive, self.max_body_bytes)
+        content_type = (wire.header(scope, b"content-type") or b"").decode("latin-1")
+        await wire.send_json(send, 200, await self.upload(who, content_type, body))
+
+    async def files_list(
+        self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
+    ) -> None:
+        """``GET /v1/files``."""
+        await wire.send_json(send, 200, await self._list(FILE, who, _query(scope), file_object))
+
+    async def files_retrieve(
+        self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
+    ) -> None:
+        """``GET /v1/files/{file_id}``."""
+        await wire.send_json(send, 200, file_object(await self._meta(who, scope["path_params"]["file_id"])))
+
+    async def files_delete(
+        self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
+    ) -> None:
+        """``DELETE /v1/files/{file_id}``."""
+        await wire.send_json(send, 200, await self.delete_file(who, scope["path_params"]["file_id"]))
+
+    async def files_content(
+        self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
+    ) -> None:
+        """``GET /v1/files/{file_id}/content``."""
+        file_id = scope["path_params"]["file_id"]
+        await self._meta(who, file_id)
+        content = await self.store.get_object(CONTENT, file_id)
+        await wire.send_bytes(
+            send, 200, content.body if content else b"", [(b"content-type", b"application/jsonl")]
+        )
+
+    async def batches_create(
+        self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
+    ) -> None:
+        """``POST /v1/batches``."""
+        request = _json_object(await wire.read_body(scope, receive, 1 << 20))
+        await wire.send_json(send, 200, await self.create(who, request))
+
+    async def batches_list(
+        self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
+    ) -> None:
+        """``GET /v1/batches``."""
+        await wire.send_json(send, 200, await self._list(BATCH, who, _query(scope), self._public))
+
+    async def batches_retrieve(
+        self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
+    ) -> None:
+        """``GET /v1/batches/{batch_id}``."""
+        batch = await self.refresh(who.tenant, await self._batch(who, scope["path_params"]["batch_id"]))
+        await wire.send_json(send, 200, self._public(batch))
+
+    async def batches_cancel(
+        self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
+    ) -> None:
+        """``POST /v1/batches/{batch_id}/cancel``."""
+        await wire.send_json(
+            send, 200, self._public(await self.cancel(who, scope["path_params"]["batch_id"]))
+        )
 
     # -- files -----------------------------------------------------------------------------------------
 
@@ -366,6 +392,10 @@ def _output_line(custom_id: str, result: JobResult) -> dict[str, Any]:
         line["error"] = {"code": "upstream_response_not_json", "message": message}
         return line
     return openai.batch_response_line(line_id, custom_id, result.status, request_id, body)
+
+
+def _query(scope: wire.Scope) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

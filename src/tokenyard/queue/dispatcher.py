@@ -27,14 +27,14 @@ from typing import Final, Protocol
 from tokenyard.config import BackendConfig
 from tokenyard.errors import StoreError
 from tokenyard.meter.model import UsageRecord
-from tokenyard.meter.store import MeterStore
 from tokenyard.queue.callbacks import CallbackSender
 from tokenyard.queue.front import AsyncFront
 from tokenyard.queue.model import Job, JobResult, QueueStats
 from tokenyard.queue.paths import Capacity, Path, choose_path
 from tokenyard.queue.provider_batches import RETRY_STATUSES, Breaker, ProviderBatches
 from tokenyard.queue.settings import AsyncTrackConfig
-from tokenyard.queue.store import JobStore
+from tokenyard.queue.store import JobQueue
+from tokenyard.stores.protocols import Coordination
 
 log = logging.getLogger("tokenyard.dispatcher")
 
@@ -84,8 +84,8 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        store: JobStore,
-        locks: MeterStore,
+        store: JobQueue,
+        locks: Coordination,
         front: AsyncFront,
         settings: Callable[[], AsyncTrackConfig],
         run: RunJob,

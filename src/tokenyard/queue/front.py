@@ -66,7 +66,7 @@ class AsyncFront:
     def __init__(
         self,
         store: JobQueue,
-        config: AsyncTrackConfig,
+        settings: Callable[[], AsyncTrackConfig],
         *,
         wall: Callable[[], float],
         run_now: RunNow,
@@ -74,7 +74,7 @@ class AsyncFront:
         wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
-        self.config = config
+        self._settings = settings  # the async_track settings in force (a reload may change them)
         self.wall = wall
         self.run_now = run_now  # serve a job in real time, now (the proxy's routing); returns its usage
         self.record = record  # meter a usage record
@@ -85,6 +85,11 @@ class AsyncFront:
         # that retries them.
         self.unstored: dict[str, JobResult] = {}
         self._storing: asyncio.Task[None] | None = None
+
+    @property
+    def config(self) -> AsyncTrackConfig:
+        """The async_track settings in force."""
+        return self._settings()
 
     def callback(self, scope: wire.Scope) -> str | None:
         """The request's callback URL, checked against the allow-list."""

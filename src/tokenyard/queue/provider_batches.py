@@ -30,7 +30,7 @@ from tokenyard.errors import UpstreamError
 from tokenyard.meter.model import UsageRecord
 from tokenyard.queue.model import JSON_TYPE, Job, JobResult
 from tokenyard.queue.settings import AsyncTrackConfig
-from tokenyard.queue.store import JobStore
+from tokenyard.queue.store import JobQueue
 from tokenyard.wire.asgi import H_BACKEND, H_BACKEND_KIND
 from tokenyard.wire.ids import new_object_id, new_request_id
 
@@ -91,7 +91,7 @@ class ProviderBatches:
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobQueue,
         backends: Mapping[str, BatchBackend],
         batch_of: Mapping[str, str],
         *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -14,8 +14,8 @@ from tokenyard.advisor.live import AdvisorLoop
 from tokenyard.config import MAX_REPLICAS, TokenyardConfig
 from tokenyard.errors import AuthenticationFailed, Forbidden, InvalidRequest, RouteNotFound
 from tokenyard.meter.meter import Meter
-from tokenyard.proxy.auth import KeyRing
 from tokenyard.proxy.backends import Backend
+from tokenyard.proxy.live import LiveConfig
 from tokenyard.queue.dispatcher import Dispatcher
 from tokenyard.telemetry import report, sessions
 from tokenyard.wire import asgi as wire
@@ -28,34 +28,40 @@ class AdminApi:
 
     def __init__(
         self,
-        config: TokenyardConfig,
+        live: LiveConfig,
         meter: Meter,
         backends: dict[str, Backend],
-        keys: KeyRing,
         *,
         replica: str,
+        advisor: AdvisorLoop | None,
+        dispatcher: Dispatcher | None,
         wall: Callable[[], float],
     ) -> None:
+        self.live = live  # the config in force: its admin key and keys (a reload may change them)
         self.meter = meter
         self.backends = backends
         self.wall = wall
-        self.advisor: AdvisorLoop | None = None  # set at start-up when the advisor runs
-        self.dispatcher: Dispatcher | None = None  # set at start-up when the async track runs
-        self.reload: Callable[[], Awaitable[dict[str, Any]]] | None = None  # set at start-up
+        self.advisor = advisor  # None: the advisor is off (no meter store, or advisor.enabled false)
+        self.dispatcher = dispatcher  # None: the async track is off
         self._session_owner = replica  # this replica, for the lock on the shared salt
         self._session_key: bytes | None = None  # the admin key _session_secret belongs to
         self._session_secret: bytes | None = None
-        self.use(config, keys)
 
-    def use(self, config: TokenyardConfig, keys: KeyRing) -> None:
-        """Take a (re)loaded config's admin key and keys."""
-        self.config = config
-        admin_key = config.server.admin_key
-        self._admin_key = admin_key.get_secret_value().encode() if admin_key else None
-        self._open = keys.is_open  # open, loopback-only mode: nothing to protect it with
-        if self._admin_key != self._session_key:
-            # Sessions signed under the key before end now, not when the new secret is agreed.
-            self._session_secret = self._session_key = None
+    @property
+    def config(self) -> TokenyardConfig:
+        """The config in force."""
+        return self.live.config
+
+    @property
+    def _admin_key(self) -> bytes | None:
+        admin_key = self.live.config.server.admin_key
+        return admin_key.get_secret_value().encode() if admin_key else None
+
+    @property
+    def _secret(self) -> bytes | None:
+        """The session secret, while it belongs to the admin key in force: sessions signed under a key a
+        reload replaced end at once, not when the new secret is agreed."""
+        return self._session_secret if self._session_key == self._admin_key else None
 
     @property
     def admin_key_set(self) -> bool:
@@ -83,11 +89,12 @@ class AdminApi:
 
     async def new_session(self) -> bytes | None:
         """A new dashboard session's cookie value, or None without an admin key."""
-        if self._session_secret is None:
+        if self._secret is None:
             await self.agree_session_secret()
-        if self._session_secret is None:
+        secret = self._secret
+        if secret is None:
             return None
-        return sessions.session_value(self._session_secret, int(self.wall()))
+        return sessions.session_value(secret, int(self.wall()))
 
     def is_admin_key(self, secret: bytes) -> bool:
         """Whether ``secret`` is the admin key (compared in constant time)."""
@@ -95,11 +102,11 @@ class AdminApi:
 
     def signed_in(self, scope: wire.Scope) -> bool:
         """Whether the request carries the dashboard's session cookie (or the proxy runs open)."""
-        if self._open:
+        if self.live.current.keys.is_open:  # open, loopback-only mode: nothing to protect it with
             return True
         cookie = wire.cookie(scope, SESSION_COOKIE)
         return cookie is not None and sessions.session_valid(
-            self._session_secret, cookie, self.wall(), self.session_ttl_s
+            self._secret, cookie, self.wall(), self.session_ttl_s
         )
 
     def authorize(self, scope: wire.Scope) -> None:
@@ -197,12 +204,6 @@ class AdminApi:
             },
         )
 
-    async def reload_config(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
-        """``POST /admin/reload``: re-read the config file here and on every replica of the store."""
-        self.authorize(scope)
-        assert self.reload is not None, "set at start-up"
-        await wire.send_json(send, 200, await self.reload())
-
     async def backends_state(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         """``GET /admin/backends``: each backend's live state."""
         self.authorize(scope)
@@ -228,7 +229,7 @@ class AdminApi:
     async def replicas(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         """``PUT /admin/backends/{name}/replicas`` with ``{"replicas": N}``: provisioned capacity changed."""
         self.authorize(scope)
-        name = scope["path"].removeprefix("/admin/backends/").removesuffix("/replicas")
+        name = scope["path_params"]["name"]
         backend = self.backends.get(name)
         if backend is None or name not in self.meter.dedicated:
             raise RouteNotFound(f"No dedicated backend named {name!r}.")

@@ -24,7 +24,7 @@ import secrets
 import orjson
 
 from tokenyard.errors import StoreUnavailable
-from tokenyard.meter.store import MeterStore
+from tokenyard.stores.protocols import CoordinatedDocuments
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def session_valid(secret: bytes | None, value: bytes, now_s: float, ttl_s: float
     return issued_at_s - FUTURE_SKEW_S <= now_s < issued_at_s + ttl_s
 
 
-async def agreed_salt(store: MeterStore | None, fingerprint: str, owner: str) -> bytes:
+async def agreed_salt(store: CoordinatedDocuments | None, fingerprint: str, owner: str) -> bytes:
     """The salt of the admin key with ``fingerprint``: the one the replicas share, or a new one.
 
     A new salt is drawn (and shared) when the store holds none for this key: the first start with it, or

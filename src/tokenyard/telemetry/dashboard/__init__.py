@@ -77,7 +77,7 @@ class Dashboard:
         """One of the page's own scripts or styles (never anything else)."""
         if not self.admin.signed_in(scope):
             raise AuthenticationFailed("Sign in to the dashboard first.")
-        name = scope["path"].removeprefix(STATIC)
+        name = scope["path_params"]["name"]
         content_type = ASSETS.get(name)
         if content_type is None:
             raise ObjectNotFound(f"No dashboard asset {name!r}.")

@@ -1,0 +1,199 @@
+"""tokenyard's route table: every endpoint, bound to the part of the runtime that serves it.
+
+The inference endpoints are the hot path: literal paths, so one dict lookup finds them. A part that cannot
+run (the async track and the Batch API without a meter store) still has its routes, answering why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Final
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from tokenyard.edge.routes import Group, Handler, Route, Router
+from tokenyard.edge.runtime import Runtime
+from tokenyard.errors import MethodNotAllowed, ObjectNotFound, RouteNotFound, TokenyardError
+from tokenyard.proxy.auth import Principal
+from tokenyard.proxy.handler import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
+from tokenyard.queue.batch_api import BatchApi
+from tokenyard.queue.front import JOBS_PATH
+from tokenyard.telemetry.metrics import exposition
+from tokenyard.wire import asgi as wire
+
+_MODEL_CREATED = 1_700_000_000  # a fixed "created" for configured models: they have no creation time
+_NO_ASYNC_TRACK: Final = "The async track is off: it needs a meter store (meter.store)."
+_NO_BATCH_API: Final = "The Batch API needs the async track: a meter store (meter.store)."
+
+BatchHandler = Callable[[BatchApi, wire.Scope, wire.Receive, wire.Send, Principal], Awaitable[None]]
+
+
+def router(runtime: Runtime, health: Iterable[Route]) -> Router:
+    """The route table of a started service (``health``: the probes, which the app itself answers)."""
+    proxy, admin, dashboard = runtime.proxy, runtime.admin, runtime.dashboard
+    routes = [
+        Route("/v1/chat/completions", ("POST",), _inference(proxy, CHAT)),
+        Route("/v1/completions", ("POST",), _inference(proxy, COMPLETIONS)),
+        Route("/v1/embeddings", ("POST",), _inference(proxy, EMBEDDINGS)),
+        Route("/v1/models", ("GET",), _list_models(runtime)),
+        Route("/v1/models/{model:path}", ("GET",), _retrieve_model(proxy)),
+        Route(JOBS_PATH + "{job_id:path}", ("GET",), _async_job(runtime)),
+        Route("/metrics", ("GET",), _metrics(runtime)),
+        Route("/admin/usage", ("GET",), admin.usage),
+        Route("/admin/backends", ("GET",), admin.backends_state),
+        Route("/admin/backends/{name:path}/replicas", ("PUT",), admin.replicas),
+        Route("/admin/advice", ("GET",), admin.advice),
+        Route("/admin/queue", ("GET",), admin.queue),
+        Route("/admin/reload", ("POST",), _reload(runtime)),
+        Route("/dashboard", ("GET",), dashboard.page),
+        Route("/dashboard/login", ("POST",), dashboard.login),
+        Route("/dashboard/static/{name:path}", ("GET",), dashboard.asset),
+        *health,
+        *_batch_routes(runtime),
+    ]
+    return Router(routes, groups=[_batch_group(runtime)])
+
+
+# -- the proxy -------------------------------------------------------------------------------------------
+
+
+def _inference(proxy: Proxy, endpoint: Endpoint) -> Handler:
+    async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        await proxy.handle(scope, receive, send, endpoint)
+
+    return handle
+
+
+def _list_models(runtime: Runtime) -> Handler:
+    live = runtime.live
+
+    async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        settings = live.current
+        principal = settings.keys.authenticate(wire.header(scope, b"authorization"))
+        data = [_model_object(name) for name in settings.config.models if principal.may_use(name)]
+        await wire.send_json(send, 200, {"object": "list", "data": data})
+
+    return handle
+
+
+def _retrieve_model(proxy: Proxy) -> Handler:
+    async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        principal = proxy.authenticate(scope)
+        name = scope["path_params"]["model"]
+        proxy.deployments(principal, name)  # raises ModelNotFound
+        await wire.send_json(send, 200, _model_object(name))
+
+    return handle
+
+
+def _model_object(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": _MODEL_CREATED, "owned_by": "tokenyard"}
+
+
+# -- the async track and the Batch API ---------------------------------------------------------------------
+
+
+def _async_job(runtime: Runtime) -> Handler:
+    proxy = runtime.proxy
+    if runtime.track is None:
+        return _refusing(proxy, _NO_ASYNC_TRACK)
+    front = runtime.track.front
+
+    async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        await front.status(scope, send, proxy.authenticate(scope))
+
+    return handle
+
+
+def _batch_routes(runtime: Runtime) -> list[Route]:
+    proxy, track = runtime.proxy, runtime.track
+    if track is None:
+        refuse = _refusing(proxy, _NO_BATCH_API)
+        table = [(path, method, refuse) for path, method, _ in _BATCH_PATHS]
+    else:
+        api = track.batch_api
+        table = [(path, method, _authenticated(proxy, api, serve)) for path, method, serve in _BATCH_PATHS]
+    return [Route(path, (method,), handler) for path, method, handler in table]
+
+
+# The Batch API's routes: path, method, and the ``BatchApi`` method serving it.
+_BATCH_PATHS: Final[tuple[tuple[str, str, BatchHandler], ...]] = (
+    ("/v1/files", "POST", BatchApi.files_create),
+    ("/v1/files", "GET", BatchApi.files_list),
+    ("/v1/files/{file_id}", "GET", BatchApi.files_retrieve),
+    ("/v1/files/{file_id}", "DELETE", BatchApi.files_delete),
+    ("/v1/files/{file_id}/content", "GET", BatchApi.files_content),
+    ("/v1/batches", "POST", BatchApi.batches_create),
+    ("/v1/batches", "GET", BatchApi.batches_list),
+    ("/v1/batches/{batch_id}", "GET", BatchApi.batches_retrieve),
+    ("/v1/batches/{batch_id}/cancel", "POST", BatchApi.batches_cancel),
+)
+
+
+def _batch_group(runtime: Runtime) -> Group:
+    """The Batch API's paths: it authenticates (and, without its store, says so) before it refuses a path
+    or method, with an object-not-found 404 and a 405 of its own wording."""
+    proxy = runtime.proxy
+
+    def check_first(scope: wire.Scope) -> None:
+        proxy.authenticate(scope)
+        if runtime.track is None:
+            raise RouteNotFound(_NO_BATCH_API)
+
+    return Group(
+        prefixes=("/v1/files", "/v1/batches"),
+        not_found=_batch_not_found,
+        not_allowed=_batch_not_allowed,
+        check_first=check_first,
+    )
+
+
+def _batch_not_found(method: str, path: str) -> TokenyardError:
+    return ObjectNotFound(f"Unknown request URL: {method} {path}.")
+
+
+def _batch_not_allowed(method: str, path: str, allowed: tuple[str, ...]) -> TokenyardError:
+    return MethodNotAllowed(f"{method} is not allowed on {path}.")
+
+
+def _authenticated(proxy: Proxy, api: BatchApi, serve: BatchHandler) -> Handler:
+    async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        await serve(api, scope, receive, send, proxy.authenticate(scope))
+
+    return handle
+
+
+def _refusing(proxy: Proxy, message: str) -> Handler:
+    """A route of a part that does not run: the caller is authenticated, then told why."""
+
+    async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        proxy.authenticate(scope)
+        raise RouteNotFound(message)
+
+    return handle
+
+
+# -- telemetry and admin ---------------------------------------------------------------------------------
+
+
+def _metrics(runtime: Runtime) -> Handler:
+    live, admin, registry = runtime.live, runtime.admin, runtime.registry
+    content_type = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+
+    async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        if not live.config.server.public_metrics:
+            admin.authorize(scope)
+        await wire.send_bytes(send, 200, exposition(registry), content_type)
+
+    return handle
+
+
+def _reload(runtime: Runtime) -> Handler:
+    admin, reload_everywhere = runtime.admin, runtime.reload_everywhere
+
+    async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``POST /admin/reload``: re-read the config file here and on every replica of the store."""
+        admin.authorize(scope)
+        await wire.send_json(send, 200, await reload_everywhere())
+
+    return handle

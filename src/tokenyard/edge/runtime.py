@@ -1,0 +1,264 @@
+"""The running service, built once at start-up from a validated config.
+
+``start_runtime`` opens the backends, the meter store and the meter's flush task, the advisor, the async
+track (job store, door and dispatcher) and the admin API, in that order, each handed the parts it needs as
+it is made; every background task and store is pushed on the caller's exit stack so shutdown undoes it in
+reverse: the dispatcher and the advisor stop before the stores close, the meter flushes before the backends
+close. What it returns is frozen: a request never finds a part missing or half wired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from tokenyard.adapters.webhook import WebhookSender
+from tokenyard.advisor.live import AdvisorLoop
+from tokenyard.config import TokenyardConfig
+from tokenyard.edge.cluster import Membership
+from tokenyard.edge.reload import Reloader
+from tokenyard.meter.meter import Meter
+from tokenyard.meter.model import UsageRecord
+from tokenyard.meter.stores import open_configured_store, redacted
+from tokenyard.proxy import batch_jobs
+from tokenyard.proxy.backends import Backend, open_backends
+from tokenyard.proxy.handler import Proxy
+from tokenyard.proxy.live import LiveConfig
+from tokenyard.queue.batch_api import BatchApi
+from tokenyard.queue.callbacks import CallbackSender
+from tokenyard.queue.dispatcher import Dispatcher
+from tokenyard.queue.front import AsyncFront
+from tokenyard.queue.model import Job, JobResult
+from tokenyard.queue.provider_batches import ProviderBatches
+from tokenyard.queue.store import JobStore
+from tokenyard.queue.stores import open_job_store
+from tokenyard.stores.protocols import Coordination
+from tokenyard.telemetry.admin import AdminApi
+from tokenyard.telemetry.dashboard import Dashboard
+from tokenyard.telemetry.metrics import TokenyardCollector
+from tokenyard.wire.ids import new_replica_id
+
+log = logging.getLogger("tokenyard")
+
+_METER_CLOSE_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncTrack:
+    """The async track's parts: they run together, or (without a meter store) not at all."""
+
+    jobs: JobStore
+    front: AsyncFront
+    dispatcher: Dispatcher
+    batch_api: BatchApi
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Every part of the running service, wired once."""
+
+    live: LiveConfig
+    backends: dict[str, Backend]
+    meter: Meter
+    proxy: Proxy
+    admin: AdminApi
+    dashboard: Dashboard
+    track: AsyncTrack | None  # None: no meter store or async_track.enabled false (its routes say so)
+    registry: CollectorRegistry
+    reload_here: Callable[[], Awaitable[dict[str, Any]]]
+    reload_everywhere: Callable[[], Awaitable[dict[str, Any]]]  # here, then every replica on the store
+
+
+async def start_runtime(
+    stack: contextlib.AsyncExitStack,
+    config: TokenyardConfig,
+    *,
+    config_path: str | None,
+    base_urls: Mapping[str, str],
+    clock: Callable[[], float],
+    wall: Callable[[], float],
+) -> Runtime:
+    """Open and start every part of the service; ``stack`` closes them (in reverse) at shutdown."""
+    replica = new_replica_id()  # this replica's one name: lock owner, queue consumer, member
+    backends = await stack.enter_async_context(open_backends(config, base_urls))
+    meter_config = config.meter
+    store = None
+    if meter_config.enabled:
+        store = open_configured_store(meter_config)
+        log.info("meter: %s, flushed every %g s", redacted(meter_config.store), meter_config.flush_interval_s)
+    else:
+        log.warning("meter: off (meter.store: off); usage is counted for /metrics only")
+    meter = Meter(meter_config, config.backends, store, wall=wall)
+    stack.push_async_callback(meter.close, _METER_CLOSE_TIMEOUT_S)
+    stack.push_async_callback(_cancel, asyncio.create_task(meter.run(), name="meter flush"))
+    track_runs = store is not None and config.async_track.enabled
+    live = LiveConfig(config, async_track_runs=track_runs)
+    advisor = None
+    if store is not None and config.advisor.enabled:
+        advisor = AdvisorLoop(store, lambda: live.config, replica=replica, wall=wall)
+        # Pushed after the meter's callbacks, so it stops before the meter closes the store.
+        stack.push_async_callback(_cancel, asyncio.create_task(advisor.run(), name="advisor"))
+    rejected: Counter[int] = Counter()
+    models = {name: [backends[b] for b in model.deployments] for name, model in config.models.items()}
+    track = None
+    if store is not None and track_runs:
+        track, proxy = await _start_async_track(
+            stack, live, store, meter, backends, models, rejected, replica, clock, wall
+        )
+    else:
+        proxy = Proxy(
+            live=live,
+            models=models,
+            meter=meter,
+            rejected=rejected,
+            max_body_bytes=config.server.max_body_bytes,
+            clock=clock,
+            wall=wall,
+        )
+    dispatcher = track.dispatcher if track else None
+    admin = AdminApi(
+        live, meter, backends, replica=replica, advisor=advisor, dispatcher=dispatcher, wall=wall
+    )
+    reloader = Reloader(config_path, live, agree_session_secret=admin.agree_session_secret)
+    announce = _nothing
+    if store is not None:
+        membership = Membership(store, lambda: backends, member=replica, on_reload=reloader.here)
+        stack.push_async_callback(_cancel, asyncio.create_task(membership.run(), name="membership"))
+        announce = membership.announce_reload
+    await admin.agree_session_secret()
+
+    async def reload_everywhere() -> dict[str, Any]:
+        result = await reloader.here()
+        if result["reloaded"]:
+            await announce()
+        return result
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: asyncio.ensure_future(reloader.here())
+        )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(
+        TokenyardCollector(
+            meter,
+            lambda: backends,
+            rejected,
+            lambda: advisor.latest if advisor else None,
+            lambda: dispatcher,
+        )
+    )
+    return Runtime(
+        live=live,
+        backends=backends,
+        meter=meter,
+        proxy=proxy,
+        admin=admin,
+        dashboard=Dashboard(admin),
+        track=track,
+        registry=registry,
+        reload_here=reloader.here,
+        reload_everywhere=reload_everywhere,
+    )
+
+
+async def _start_async_track(
+    stack: contextlib.AsyncExitStack,
+    live: LiveConfig,
+    locks: Coordination,
+    meter: Meter,
+    backends: dict[str, Backend],
+    models: dict[str, list[Backend]],
+    rejected: Counter[int],
+    replica: str,
+    clock: Callable[[], float],
+    wall: Callable[[], float],
+) -> tuple[AsyncTrack, Proxy]:
+    """The job queue (beside the meter's data), the door for async requests, the proxy that opens it,
+    the dispatcher with its provider batches and callbacks, and the Batch API."""
+    config = live.config
+    jobs = open_job_store(config.meter)
+    stack.push_async_callback(jobs.aclose)
+
+    # The door runs a job in real time through the proxy, which submits through the door: this closure is
+    # called only once requests flow, when both exist.
+    async def run_now(job: Job) -> tuple[JobResult, UsageRecord]:
+        return await proxy.execute(job, path="realtime")
+
+    async def run(job: Job, path: str, only: list[str] | None) -> tuple[JobResult, UsageRecord]:
+        chosen = None if only is None else [backends[name] for name in only]
+        return await proxy.execute(job, path=path, only=chosen)
+
+    def usage(job: Job, backend: str, request_id: str, status: int, body: bytes) -> UsageRecord:
+        return batch_jobs.batch_usage(
+            job, backends[backend], request_id, status, body, clock=clock, wall=wall
+        )
+
+    new_work = asyncio.Event()  # the front and the Batch API set it; the dispatcher ticks at once
+    front = AsyncFront(
+        jobs, live.async_track, wall=wall, run_now=run_now, record=meter.record, wake=new_work.set
+    )
+    stack.push_async_callback(front.aclose)  # before the job store closes
+    proxy = Proxy(
+        live=live,
+        models=models,
+        meter=meter,
+        rejected=rejected,
+        max_body_bytes=config.server.max_body_bytes,
+        clock=clock,
+        wall=wall,
+        front=front,
+    )
+    webhook = WebhookSender()
+    stack.push_async_callback(webhook.aclose)  # after the dispatcher stops (pushed before it)
+    batches = ProviderBatches(
+        jobs,
+        backends,
+        {name: model.batch for name, model in config.models.items() if model.batch},
+        settings=live.async_track,
+        body_for=lambda job, backend: batch_jobs.body_for_batch(job, backends[backend]),
+        usage=usage,
+        wall=wall,
+        clock=clock,
+    )
+    dispatcher = Dispatcher(
+        store=jobs,
+        locks=locks,
+        front=front,
+        settings=live.async_track,
+        run=run,
+        deployments=lambda model: models.get(model, []),
+        batches=batches,
+        callbacks=CallbackSender(webhook, lambda: live.async_track().callbacks, wall=wall),
+        replica=replica,
+        new_work=new_work,
+        clock=clock,
+        wall=wall,
+    )
+    # Pushed after the stores' callbacks, so it stops before they close.
+    stack.push_async_callback(_cancel, asyncio.create_task(dispatcher.run(), name="dispatcher"))
+    batch_api = BatchApi(
+        jobs,
+        may_use=lambda who, model: who.may_use(model) and model in models,
+        wake=new_work.set,
+        max_body_bytes=config.server.max_body_bytes,  # the start-up limit, as the proxy's own
+        wall=wall,
+    )
+    return AsyncTrack(jobs, front, dispatcher, batch_api), proxy
+
+
+async def _nothing() -> None:
+    """Announce a reload to nobody (no shared store: this replica is alone)."""
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
