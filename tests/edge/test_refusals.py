@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.stores import sqlite_url
 from tokenyard.config import TokenyardConfig
 from tokenyard.edge import app as app_module
 from tokenyard.edge.app import TokenyardApp
@@ -84,7 +85,7 @@ async def test_without_a_store_the_async_routes_say_why_after_authentication(
 async def test_the_batch_api_refuses_in_its_own_words(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with serving(f"sqlite:///{tmp_path}/meter.sqlite3", monkeypatch) as http:
+    async with serving(sqlite_url(tmp_path / "meter.sqlite3"), monkeypatch) as http:
         assert (await call(http, "PUT", "/v1/files", key=None)).status_code == 401  # authenticated first
         wrong = await call(http, "PUT", "/v1/files")
         assert wrong.status_code == 405

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.stores import sqlite_url
 from tokenyard.config import load_config
 from tokenyard.edge import app as app_module
 from tokenyard.edge.app import TokenyardApp
@@ -33,7 +34,7 @@ def settings(tmp: Path) -> dict[str, Any]:
         "backends": {"api": {"kind": "serverless", "base_url": "http://127.0.0.1:9/v1"}},
         "models": {"m": {"deployments": ["api"]}},
         "keys": {"team": {"key": OLD_KEY}},
-        "meter": {"store": f"sqlite:///{tmp}/meter.sqlite3"},
+        "meter": {"store": sqlite_url(tmp / "meter.sqlite3")},
         "async_track": {"default_deadline_s": 600, "callbacks": {"allow_hosts": ["old.example"]}},
         "advisor": {"interval_s": 600},
     }
@@ -96,7 +97,7 @@ async def test_a_reload_reaches_every_part(started: tuple[TokenyardApp, Path], t
     assert current.async_track.default_deadline_s == 900
     assert len(current.async_rules) == 1  # the classifier's rules, built once for the reload
     assert track.front.config.callbacks.allow_hosts == ["new.example"]
-    assert track.dispatcher.track.default_deadline_s == 900
+    assert track.dispatcher.settings().default_deadline_s == 900
     assert runtime.admin.advisor.config.advisor.interval_s == 900
     # Restart-only sections stay as started.
     assert runtime.live.config.backends["api"].prices == app.config.backends["api"].prices
