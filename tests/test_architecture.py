@@ -3,48 +3,130 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
+from graphlib import TopologicalSorter
 from pathlib import Path
 
 import pytest
 
 SRC = Path(__file__).parent.parent / "src" / "tokenyard"
 
-
-def imports_of(package: str) -> set[str]:
-    found: set[str] = set()
-    for path in (SRC / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                found.add(node.module)
-            elif isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-    return found
-
-
-SERVICE = tuple(
-    f"tokenyard.{room}"
-    for room in ("advisor", "config", "edge", "meter", "proxy", "queue", "stores", "telemetry")
+# The rooms of the service: each a package under tokenyard/, in the order the data flows through them.
+ROOMS = (
+    "edge",
+    "admission",
+    "proxy",
+    "queue",
+    "meter",
+    "advisor",
+    "telemetry",
+    "stores",
+    "adapters",
+    "simulator",
+    "wire",
 )
+
+
+def modules_imported(path: Path) -> Iterator[str]:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+
+
+def imports_of(room: str) -> dict[str, set[str]]:
+    """Each module of ``room`` (a package, or a module at the top of tokenyard/) and what it imports."""
+    paths = sorted((SRC / room).rglob("*.py")) if (SRC / room).is_dir() else [SRC / f"{room}.py"]
+    return {str(path.relative_to(SRC)): set(modules_imported(path)) for path in paths}
+
+
+def rooms_reached(room: str) -> set[str]:
+    """The other rooms (and top-level modules) ``room`` imports from."""
+    return {
+        name.split(".")[1]
+        for names in imports_of(room).values()
+        for name in names
+        if name.startswith("tokenyard.") and name.split(".")[1] != room
+    }
+
+
+TERMINAL = {"terminal"}  # tables and progress bars for the commands
 
 
 @pytest.mark.parametrize(
-    ("package", "forbidden"),
+    ("room", "may_import"),
     [
-        ("adapters", (*SERVICE, "tokenyard.simulator")),
-        ("simulator", (*SERVICE, "tokenyard.adapters")),
+        ("wire", {"errors"}),
+        ("adapters", {"errors", "wire"}),
+        ("simulator", {"errors", "wire"}),
+        ("stores", {"errors"}),
+        ("admission", {"errors", "config"}),
+        ("meter", {"errors", "config", "stores"}),
+        ("advisor", {"errors", "config", "meter", "stores"} | TERMINAL),
+        ("queue", {"errors", "config", "wire", "adapters", "admission", "meter", "stores"}),
+        ("proxy", {"errors", "config", "wire", "adapters", "admission", "meter", "queue"}),
+        (
+            "telemetry",
+            {
+                "errors",
+                "config",
+                "wire",
+                "admission",
+                "meter",
+                "stores",
+                "proxy",
+                "queue",
+                "advisor",
+                "terminal",
+            },
+        ),
     ],
 )
-def test_lower_rooms_know_nothing_of_the_router(package: str, forbidden: tuple[str, ...]) -> None:
-    crossing = {name for name in imports_of(package) if name.startswith(forbidden)}
-    assert not crossing
+def test_each_room_imports_only_the_rooms_below_it(room: str, may_import: set[str]) -> None:
+    assert rooms_reached(room) <= may_import
+
+
+def test_the_rooms_import_each_other_without_a_cycle() -> None:
+    """``config`` is left out: it gathers each room's settings section, which imports nothing of the room."""
+    graph = {room: rooms_reached(room) & set(ROOMS) for room in ROOMS}
+    TopologicalSorter(graph).prepare()  # raises CycleError
+
+
+def test_the_queue_is_handed_callables_not_the_proxy() -> None:
+    """The dispatcher runs a job through a callable; adapters reach it only through their protocols."""
+    for module, names in imports_of("queue").items():
+        assert not {n for n in names if n.startswith("tokenyard.proxy")}, module
+        assert {n for n in names if n.startswith("tokenyard.adapters")} <= {"tokenyard.adapters.base"}, module
+
+
+def test_only_adapters_speak_http_to_other_servers() -> None:
+    for room in ROOMS:
+        if room in ("adapters", "edge", "simulator"):  # edge and simulator serve HTTP (uvicorn), not call it
+            continue
+        for module, names in imports_of(room).items():
+            assert not {n for n in names if n.split(".")[0] in {"aiohttp", "httpx", "requests"}}, module
+
+
+def test_the_service_depends_on_no_test_double() -> None:
+    """Only the composition root (the CLI) starts simulators; the config only names their settings."""
+    for room in ROOMS:
+        if room == "simulator":
+            continue
+        for module, names in imports_of(room).items():
+            assert not {n for n in names if n.startswith("tokenyard.simulator")}, module
+    assert {n for n in imports_of("config")["config.py"] if n.startswith("tokenyard.simulator")} <= {
+        "tokenyard.simulator.config"
+    }
 
 
 PURE = (
     "proxy/routing.py",
-    "proxy/classify.py",
+    "admission/classify.py",
     "queue/paths.py",
     "proxy/breaker.py",
     "proxy/whole_as_stream.py",
+    "edge/routes.py",
     "meter/pricing.py",
     "advisor/traffic.py",
     "advisor/costs.py",
@@ -52,10 +134,13 @@ PURE = (
     "advisor/workloads.py",
     "advisor/service.py",
     "advisor/plot.py",
+    "wire/openai.py",
+    "wire/sse.py",
 )
 
 
-def test_pure_decisions_do_no_io() -> None:
+@pytest.mark.parametrize("module", PURE)
+def test_pure_decisions_do_no_io(module: str) -> None:
     io_modules = (
         "asyncio",
         "aiohttp",
@@ -65,10 +150,8 @@ def test_pure_decisions_do_no_io() -> None:
         "time",
         "tokenyard.adapters",
         "tokenyard.meter.store",
+        "tokenyard.stores",
         "uvicorn",
     )
-    for module in PURE:
-        tree = ast.parse((SRC / module).read_text())
-        names = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        assert not {n for n in names if n.startswith(io_modules)}, module
+    names = set(modules_imported(SRC / module))
+    assert not {n for n in names if n.startswith(io_modules)}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tokenyard.admission.classify import Decision, RequestFacts, Rule, classify, prefers_async
 from tokenyard.errors import InvalidRequest
-from tokenyard.proxy.classify import Decision, RequestFacts, Rule, classify, prefers_async
 
 DAY, FLEX = 86400.0, 600.0
 

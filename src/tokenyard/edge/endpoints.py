@@ -11,10 +11,10 @@ from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from tokenyard.admission.auth import Principal
 from tokenyard.edge.routes import Group, Handler, Route, Router
 from tokenyard.edge.runtime import Runtime
 from tokenyard.errors import MethodNotAllowed, ObjectNotFound, RouteNotFound, TokenyardError
-from tokenyard.proxy.auth import Principal
 from tokenyard.proxy.handler import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
 from tokenyard.queue.batch_api import BatchApi
 from tokenyard.queue.front import JOBS_PATH

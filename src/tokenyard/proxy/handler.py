@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 
 from tokenyard.adapters.base import UpstreamResponse
+from tokenyard.admission.auth import Principal
+from tokenyard.admission.classify import ASYNC_TIERS, Decision, RequestFacts, classify
 from tokenyard.errors import (
     CapacityExhausted,
     InvalidRequest,
@@ -32,10 +34,8 @@ from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import UsageRecord
 from tokenyard.meter.usage import StreamTap
 from tokenyard.proxy import request_body
-from tokenyard.proxy.auth import Principal
 from tokenyard.proxy.backends import Backend
 from tokenyard.proxy.breaker import Ticket
-from tokenyard.proxy.classify import ASYNC_TIERS, Decision, RequestFacts, classify
 from tokenyard.proxy.exchange import CLIENT_CLOSED, Exchange
 from tokenyard.proxy.live import LiveConfig
 from tokenyard.proxy.routing import Choice, NoChoice, choose_deployment

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokenyard.admission.auth import KeyRing
+from tokenyard.admission.classify import Rule
 from tokenyard.config import TokenyardConfig
-from tokenyard.proxy.auth import KeyRing
-from tokenyard.proxy.classify import Rule
 from tokenyard.queue.settings import AsyncTrackConfig
 
 

@@ -19,8 +19,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from tokenyard.admission.auth import Principal
 from tokenyard.errors import InvalidRequest, ObjectNotFound
-from tokenyard.proxy.auth import Principal
 from tokenyard.queue.model import JSON_TYPE, Job, JobResult, StoredObject
 from tokenyard.queue.store import JobsAndObjects
 from tokenyard.wire import asgi as wire

@@ -22,10 +22,10 @@ from typing import Any
 
 import orjson
 
+from tokenyard.admission.auth import Principal
+from tokenyard.admission.classify import Decision
 from tokenyard.errors import ObjectNotFound, StoreError
 from tokenyard.meter.model import UsageRecord
-from tokenyard.proxy.auth import Principal
-from tokenyard.proxy.classify import Decision
 from tokenyard.queue.callbacks import H_CALLBACK, allowed_callback
 from tokenyard.queue.model import Job, JobResult, new_job_id
 from tokenyard.queue.settings import AsyncTrackConfig

@@ -1,0 +1,1 @@
+"""Admission: who is calling (a virtual key → its tenant and policy) and which track a request takes."""
