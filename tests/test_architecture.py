@@ -65,12 +65,13 @@ TERMINAL = {"terminal"}  # tables and progress bars for the commands
         ("meter", {"errors", "config", "stores"}),
         ("advisor", {"errors", "config", "meter", "stores"} | TERMINAL),
         ("queue", {"errors", "config", "wire", "adapters", "admission", "meter", "stores"}),
-        ("proxy", {"errors", "config", "wire", "adapters", "admission", "meter", "queue"}),
+        ("proxy", {"errors", "config", "live", "wire", "adapters", "admission", "meter", "queue"}),
         (
             "telemetry",
             {
                 "errors",
                 "config",
+                "live",
                 "wire",
                 "admission",
                 "meter",

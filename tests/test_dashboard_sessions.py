@@ -21,7 +21,7 @@ from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, start_proxy
 from tests.support.redis_servers import REDIS_URL
 from tests.support.simulators import FAST_UPSTREAM, simulators
-from tokenyard.meter.stores import open_store
+from tokenyard.meter.open_store import open_store
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.telemetry.sessions import (
     SALT_DOCUMENT,

@@ -27,7 +27,7 @@ from tests.support.simulators import simulators
 from tests.support.stores import PROXY_STORES, open_proxy_store, sqlite_url
 from tokenyard.advisor.live import LOCK, AdvisorLoop
 from tokenyard.config import TokenyardConfig
-from tokenyard.meter.stores import open_store
+from tokenyard.meter.open_store import open_store
 from tokenyard.simulator.config import SimulatorConfig
 
 MODEL = "llama-3.1-8b-instruct"  # in the catalog: dedicated capacities on H100 and H200, batch prices

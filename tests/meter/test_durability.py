@@ -23,9 +23,9 @@ from tests.support.simulators import simulators
 from tests.support.stores import ProxyStore
 from tokenyard.config import MeterConfig
 from tokenyard.meter.meter import Meter
+from tokenyard.meter.open_store import open_store
 from tokenyard.meter.redis_store import RedisMeterStore
-from tokenyard.meter.stores import open_store
-from tokenyard.queue.stores import open_job_store
+from tokenyard.queue.open_store import open_job_store
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tokenyard.errors import ConfigError
+from tokenyard.meter.open_store import open_store, redacted
 from tokenyard.meter.redis_store import RedisMeterStore
 from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.meter.store import MeterStore
-from tokenyard.meter.stores import open_store, redacted
 
 
 def open_url(url: str) -> MeterStore:

@@ -22,10 +22,10 @@ from tests.support.net import free_port
 from tests.support.polling import eventually
 from tests.support.redis_servers import REDIS_URL, delete_prefix
 from tokenyard.meter.model import UsageRecord
+from tokenyard.meter.open_store import open_store
 from tokenyard.meter.redis_store import RedisMeterStore
 from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.meter.store import MeterStore
-from tokenyard.meter.stores import open_store
 from tokenyard.queue.redis_queue import RedisJobStore
 from tokenyard.queue.sqlite_queue import SqliteJobStore
 from tokenyard.queue.store import JobStore

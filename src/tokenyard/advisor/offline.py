@@ -24,7 +24,7 @@ from tokenyard.advisor.replay import TrafficLog, TrafficLogError, parse_time
 from tokenyard.advisor.service import grouping, replay_evaluations
 from tokenyard.config import TokenyardConfig, load_config
 from tokenyard.errors import ConfigError, StoreError
-from tokenyard.meter.stores import open_configured_store, redacted
+from tokenyard.meter.open_store import open_configured_store, redacted
 from tokenyard.terminal import Progress
 
 

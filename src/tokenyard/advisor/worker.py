@@ -18,7 +18,7 @@ from tokenyard.advisor.evaluation import evaluate_store
 from tokenyard.advisor.live import ADVICE_DOC
 from tokenyard.config import TokenyardConfig
 from tokenyard.errors import StoreError
-from tokenyard.meter.stores import open_configured_store
+from tokenyard.meter.open_store import open_configured_store
 
 
 async def _evaluate(request: dict[str, Any]) -> bytes:

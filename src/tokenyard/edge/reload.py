@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from tokenyard.config import TokenyardConfig, load_config
 from tokenyard.errors import ConfigError
-from tokenyard.proxy.live import LiveConfig
+from tokenyard.live import LiveConfig
 
 log = logging.getLogger("tokenyard")
 

@@ -25,21 +25,21 @@ from tokenyard.advisor.live import AdvisorLoop
 from tokenyard.config import TokenyardConfig
 from tokenyard.edge.cluster import Membership
 from tokenyard.edge.reload import Reloader
+from tokenyard.live import LiveConfig
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import UsageRecord
-from tokenyard.meter.stores import open_configured_store, redacted
+from tokenyard.meter.open_store import open_configured_store, redacted
 from tokenyard.proxy import batch_jobs
 from tokenyard.proxy.backends import Backend, open_backends
 from tokenyard.proxy.handler import Proxy
-from tokenyard.proxy.live import LiveConfig
 from tokenyard.queue.batch_api import BatchApi
 from tokenyard.queue.callbacks import CallbackSender
 from tokenyard.queue.dispatcher import Dispatcher
 from tokenyard.queue.front import AsyncFront
 from tokenyard.queue.model import Job, JobResult
+from tokenyard.queue.open_store import open_job_store
 from tokenyard.queue.provider_batches import ProviderBatches
 from tokenyard.queue.store import JobStore
-from tokenyard.queue.stores import open_job_store
 from tokenyard.stores.protocols import Coordination
 from tokenyard.telemetry.admin import AdminApi
 from tokenyard.telemetry.dashboard import Dashboard

@@ -30,6 +30,7 @@ from tokenyard.errors import (
     UpstreamStatusError,
     UpstreamStreamBroken,
 )
+from tokenyard.live import LiveConfig
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import UsageRecord
 from tokenyard.meter.usage import StreamTap
@@ -37,7 +38,6 @@ from tokenyard.proxy import request_body
 from tokenyard.proxy.backends import Backend
 from tokenyard.proxy.breaker import Ticket
 from tokenyard.proxy.exchange import CLIENT_CLOSED, Exchange
-from tokenyard.proxy.live import LiveConfig
 from tokenyard.proxy.routing import Choice, NoChoice, choose_deployment
 from tokenyard.proxy.whole_as_stream import whole_answer_as_stream
 from tokenyard.queue.front import AsyncFront

@@ -13,9 +13,9 @@ import orjson
 from tokenyard.advisor.live import AdvisorLoop
 from tokenyard.config import MAX_REPLICAS, TokenyardConfig
 from tokenyard.errors import AuthenticationFailed, Forbidden, InvalidRequest, RouteNotFound
+from tokenyard.live import LiveConfig
 from tokenyard.meter.meter import Meter
 from tokenyard.proxy.backends import Backend
-from tokenyard.proxy.live import LiveConfig
 from tokenyard.queue.dispatcher import Dispatcher
 from tokenyard.telemetry import report, sessions
 from tokenyard.wire import asgi as wire

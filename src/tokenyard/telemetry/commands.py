@@ -13,8 +13,8 @@ import orjson
 from tokenyard.config import TokenyardConfig, load_config
 from tokenyard.errors import ConfigError, StoreError
 from tokenyard.meter.model import AggKey
+from tokenyard.meter.open_store import open_configured_store, redacted
 from tokenyard.meter.store import MeterStore
-from tokenyard.meter.stores import open_configured_store, redacted
 from tokenyard.telemetry import report
 from tokenyard.terminal import format_table
 

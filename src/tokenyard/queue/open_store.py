@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tokenyard.config import MeterConfig
-from tokenyard.meter.stores import REDIS_SCHEMES, SQLITE_PREFIX
+from tokenyard.meter.open_store import REDIS_SCHEMES, SQLITE_PREFIX
 from tokenyard.queue.store import JobStore
 
 
