@@ -97,6 +97,10 @@ async def test_the_batch_api_refuses_in_its_own_words(
         missing = await call(http, "GET", "/v1/batches/batch_nope")
         assert missing.status_code == 404
         assert error(missing)["message"] == "No batch found with id 'batch_nope'."
+        for path in ("/v1/files/", "/v1/batches/"):  # as before routes became a table
+            assert (await call(http, "GET", path)).json()["object"] == "list"
+        slashed = await call(http, "GET", "/v1/batches/batch_nope/")
+        assert error(slashed)["message"] == "No batch found with id 'batch_nope'."
         listed = await call(http, "GET", "/v1/files?limit=2")
         assert listed.json() == {"object": "list", "data": [], "first_id": None, "last_id": None,
                                  "has_more": False}  # fmt: skip

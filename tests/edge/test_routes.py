@@ -63,7 +63,7 @@ def own_not_allowed(method: str, path: str, allowed: tuple[str, ...]) -> Tokenya
     return MethodNotAllowed(f"{method} is not allowed on {path}.")
 
 
-FILES = Group(("/v1/files",), own_not_found, own_not_allowed, check_first=authenticate)
+FILES = Group(("/v1/files",), own_not_found, own_not_allowed, check_first=authenticate, trailing_slash=True)
 ROUTER = Router(
     [
         Route("/v1/chat/completions", ("POST",), chat),
@@ -167,6 +167,34 @@ def test_a_group_refuses_in_its_own_words_after_its_check() -> None:
     assert isinstance(unknown.error, ObjectNotFound)
     assert unknown.error.message == "Unknown request URL: GET /v1/filesystem."
     assert unknown.check_first is authenticate
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "handler"),
+    [("GET", "/v1/files/", files), ("POST", "/v1/files//", upload), ("GET", "/v1/files/f-1/", file)],
+)
+def test_a_group_may_take_a_path_with_a_trailing_slash_as_the_path_without(
+    method: str, path: str, handler: object
+) -> None:
+    assert matched(method, path).handler is handler
+
+
+def test_a_trailing_slash_keeps_the_path_as_sent_in_refusals_and_elsewhere_is_a_404() -> None:
+    wrong = missed("PUT", "/v1/files/")
+    assert wrong.error.message == "PUT is not allowed on /v1/files/."
+    assert set(wrong.allowed) == {"GET", "POST"}
+    assert (
+        missed("GET", "/v1/files/f-1/other/").error.message
+        == "Unknown request URL: GET /v1/files/f-1/other/."
+    )
+    assert missed("POST", "/v1/chat/completions/").allowed == ()  # the API's own paths take no slash
+
+
+def test_the_literal_handlers_are_there_for_a_lookup_before_matching() -> None:
+    handlers = ROUTER.handlers()
+    assert handlers["/v1/chat/completions"] == {"POST": chat}
+    assert handlers["/v1/files"] == {"GET": files, "POST": upload}
+    assert "/v1/models/{model:path}" not in handlers
 
 
 def test_two_routes_for_one_method_and_path_are_refused() -> None:

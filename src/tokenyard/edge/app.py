@@ -18,13 +18,15 @@ from typing import Final
 
 from tokenyard.config import TokenyardConfig
 from tokenyard.edge import endpoints
-from tokenyard.edge.routes import Miss, Route, Router
+from tokenyard.edge.routes import Handler, Miss, Route, Router
 from tokenyard.edge.runtime import Runtime, start_runtime
 from tokenyard.errors import TokenyardError
 from tokenyard.wire import asgi as wire
 from tokenyard.wire import openai
 
 log = logging.getLogger("tokenyard")
+
+_NO_HANDLERS: Final[dict[str, Handler]] = {}
 
 # Base URLs by backend name for backends the config gives no ``base_url`` (``simulator:``), from whoever
 # started them (the CLI), for as long as the context is entered.
@@ -67,6 +69,7 @@ class TokenyardApp:
         )
         # Until start-up is done only the probes answer (uvicorn sends no request before it is).
         self._router = Router(self._health)
+        self._handlers = self._router.handlers()
         self._runtime: Runtime | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -85,20 +88,30 @@ class TokenyardApp:
 
     async def _http(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         try:
-            found = self._router.match(scope["method"], scope["path"])
-            if isinstance(found, Miss):
-                if found.check_first is not None:
-                    found.check_first(scope)
-                raise found.error
-            if found.params:
-                scope["path_params"] = found.params
-            await found.handler(scope, receive, send)
+            # The request path's routes are literal: two dict lookups, ~75 ns (``Router.match`` and its
+            # ``Match``, ~200 ns, serve the rest).
+            handler = self._handlers.get(scope["path"], _NO_HANDLERS).get(scope["method"])
+            if handler is None:
+                handler = self._match(scope)
+            await handler(scope, receive, send)
         except TokenyardError as exc:
             await wire.send_error(send, exc)
         except Exception:
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
             with contextlib.suppress(RuntimeError):  # the response may have started already
                 await wire.send_bytes(send, 500, openai.error_body("Internal server error.", "server_error"))
+
+    def _match(self, scope: wire.Scope) -> Handler:
+        """The handler of a route with parameters (which it finds in ``scope["path_params"]``); raises the
+        404 or 405 when no route takes the request."""
+        found = self._router.match(scope["method"], scope["path"])
+        if isinstance(found, Miss):
+            if found.check_first is not None:
+                found.check_first(scope)
+            raise found.error
+        if found.params:
+            scope["path_params"] = found.params
+        return found.handler
 
     async def _live(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         await wire.send_json(send, 200, {"status": "live"})
@@ -114,16 +127,24 @@ class TokenyardApp:
     async def startup(self) -> None:
         """Build the running service, then accept traffic."""
         self._stack = stack = contextlib.AsyncExitStack()
-        base_urls = await stack.enter_async_context(self.upstreams())
-        self._runtime = runtime = await start_runtime(
-            stack,
-            self.config,
-            config_path=self.config_path,
-            base_urls=base_urls,
-            clock=self.clock,
-            wall=self.wall,
-        )
+        try:
+            base_urls = await stack.enter_async_context(self.upstreams())
+            self._runtime = runtime = await start_runtime(
+                stack,
+                self.config,
+                config_path=self.config_path,
+                base_urls=base_urls,
+                clock=self.clock,
+                wall=self.wall,
+            )
+        except BaseException:
+            # What opened before the failure (simulators, backends, stores, background tasks) closes now:
+            # the process is about to exit, and must not hang on them or leave a half-started replica.
+            self._stack = None
+            await stack.aclose()
+            raise
         self._router = endpoints.router(runtime, self._health)
+        self._handlers = self._router.handlers()
         _settle_gc()
         self.ready = True
 

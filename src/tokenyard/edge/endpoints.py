@@ -145,6 +145,7 @@ def _batch_group(runtime: Runtime) -> Group:
         not_found=_batch_not_found,
         not_allowed=_batch_not_allowed,
         check_first=check_first,
+        trailing_slash=True,  # it always took /v1/files/ for /v1/files (its paths were split on "/")
     )
 
 

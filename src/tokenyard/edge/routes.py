@@ -50,6 +50,7 @@ class Group:
     not_found: Callable[[str, str], TokenyardError] = _not_found  # (method, path)
     not_allowed: Callable[[str, str, tuple[str, ...]], TokenyardError] = _not_allowed  # (…, allowed)
     check_first: Check | None = None  # runs before the refusal is answered (and may raise instead)
+    trailing_slash: bool = False  # a path no route takes is tried again without its trailing slashes
 
 
 API: Final = Group(prefixes=("",))  # everything no other group claims
@@ -118,8 +119,26 @@ class Router:
             else:
                 self._patterns.append((_compile(route.path), route))
 
+    def handlers(self) -> dict[str, dict[str, Handler]]:
+        """The literal paths' handlers by path and method: for a caller that looks them up before ``match``
+        (two dict lookups, no ``Match`` to unpack: the request path's routes are all literal)."""
+        return {
+            path: {method: found.handler for method, found in by_method.items()}
+            for path, by_method in self._literal.items()
+        }
+
     def match(self, method: str, path: str) -> Match | Miss:
         """The route taking ``method`` on ``path``, or the 404/405 to answer."""
+        found = self._match(method, path)
+        if isinstance(found, Miss) and found.allowed == () and path.endswith("/") and path.strip("/"):
+            group = self._group(path)
+            if group.trailing_slash:
+                again = self._match(method, path.rstrip("/"))
+                if isinstance(again, Match) or again.allowed:
+                    return again if isinstance(again, Match) else self._refuse(method, path, again.allowed)
+        return found
+
+    def _match(self, method: str, path: str) -> Match | Miss:
         by_method = self._literal.get(path)
         if by_method is not None:
             found = by_method.get(method)
@@ -136,8 +155,11 @@ class Router:
             allowed.extend(m for m in route.methods if m not in allowed)
         return self._refuse(method, path, tuple(allowed))
 
+    def _group(self, path: str) -> Group:
+        return next(g for g in self._groups if path.startswith(g.prefixes))
+
     def _refuse(self, method: str, path: str, allowed: tuple[str, ...]) -> Miss:
-        group = next(g for g in self._groups if path.startswith(g.prefixes))
+        group = self._group(path)
         if allowed:
             return Miss(group.not_allowed(method, path, allowed), allowed, group.check_first)
         return Miss(group.not_found(method, path), (), group.check_first)

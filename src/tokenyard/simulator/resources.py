@@ -1,6 +1,7 @@
 """What the Files and Batch APIs share: seeded object ids, the state error, cursor pages and query arguments.
 
-An unknown id is ``tokenyard.errors.ObjectNotFound`` (404 with no error code), as in the router."""
+An unknown id is ``tokenyard.errors.ObjectNotFound`` (404 with no error code), as in tokenyard's own
+Batch API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ASGI side of the wire, defined once for the router and the simulator: types, tokenyard's response
+"""The ASGI side of the wire, defined once for the service and the simulator: types, tokenyard's response
 headers, the one map from a tokenyard error to a response, reading a body, sending a response, and watching
 for a client to leave."""
 

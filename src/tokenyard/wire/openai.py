@@ -1,6 +1,6 @@
 """OpenAI's API shapes that tokenyard serves, relays and imitates, defined once (pure).
 
-The router, the simulator and the adapters all speak them: the inference paths, the error object, the
+The service, the simulator and the adapters all speak them: the inference paths, the error object, the
 Files and Batch objects (``FileObject``, ``FileDeleted``, a cursor page, a batch's status and the lines of
 its output and error files) and ``Model``. Plain data in, ``dict`` or ``bytes`` out; shapes and key order
 follow the ``openai`` Python SDK's types and the Batch guide.

@@ -1,4 +1,4 @@
-"""Server-sent events as OpenAI streams frame them, defined once for the router and the simulator (pure).
+"""Server-sent events as OpenAI streams frame them, defined once for the service and the simulator (pure).
 
 An OpenAI stream is ``data: <JSON>`` events separated by a blank line, ending with ``data: [DONE]``.
 """

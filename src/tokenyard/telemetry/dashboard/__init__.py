@@ -2,7 +2,7 @@
 
 ``GET /dashboard`` shows a sign-in form until the browser holds the session cookie that
 ``POST /dashboard/login`` sets for the admin key (HttpOnly, SameSite=Strict, Secure over TLS; it expires
-after ``server.dashboard_session_ttl_s`` and with the admin key: see ``router.sessions``); then the page,
+after ``server.dashboard_session_ttl_s`` and with the admin key: see ``telemetry.sessions``); then the page,
 which polls the admin JSON APIs every two seconds. The page's assets and data need the session too: nothing
 on it is reachable without the admin key. uPlot (MIT, ``uplot.LICENSE``) draws the charts.
 """
