@@ -88,8 +88,9 @@ class TokenyardApp:
 
     async def _http(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         try:
-            # The request path's routes are literal: two dict lookups, ~75 ns (``Router.match`` and its
-            # ``Match``, ~200 ns, serve the rest).
+            # The request path's routes are literal: two dict lookups (66 ns in a timeit loop, against 86 for
+            # the dict and method check before routes were a table, and 249 through ``Router.match``, which
+            # serves the rest).
             handler = self._handlers.get(scope["path"], _NO_HANDLERS).get(scope["method"])
             if handler is None:
                 handler = self._match(scope)
