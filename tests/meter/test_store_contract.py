@@ -1,7 +1,7 @@
 """The meter store backends' contracts, one per protocol they implement (huey's idea): ``UsageStore``,
 ``Coordination``, ``DocumentStore`` and ``Lifecycle``, each run against every backend (Redis, a Redis
-Cluster, SQLite) through the same tests. ``LifecycleContract`` runs on the job stores too;
-the batches written are built with ``tests.support.usage_records``.
+Cluster, SQLite) through the same tests. The ``Lifecycle`` suite is a mixin the job stores run too
+(``tests.support.contracts``); the batches written are built with ``tests.support.usage_records``.
 
 Each test gets a fresh namespace and a clock standing at ``T0``; nothing sleeps.
 """
@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.clocks import T0, FakeClock
+from tests.support.contracts import LifecycleContract
 from tests.support.polling import eventually
 from tests.support.stores import Stores
 from tests.support.usage_records import BASE_MS, GAP_MS, PRICE, Aggregates, accrual, batch, key, record
@@ -347,25 +348,6 @@ class TestDocumentStore:
         await b.put_document("advice", b'{"v": 2}')
         assert await a.get_document("advice") == b'{"v": 2}'
         assert await a.get_document("other") is None
-
-
-class LifecycleContract:
-    """``Lifecycle``, for every store: it answers a ping, and when it cannot be reached it says so quickly.
-
-    A mixin (huey's): a test module runs it against its stores by subclassing it and giving the fixtures
-    ``lifecycle`` (a store on a fresh namespace) and ``unreachable`` (one nobody answers for).
-    """
-
-    async def test_ping_answers(self, lifecycle: Lifecycle) -> None:
-        await lifecycle.ping()
-
-    async def test_an_unreachable_store_raises_store_unavailable_quickly(
-        self, unreachable: Lifecycle
-    ) -> None:
-        started = time.monotonic()
-        with pytest.raises(StoreUnavailable):
-            await asyncio.wait_for(unreachable.ping(), timeout=5)
-        assert time.monotonic() - started < 2
 
 
 @pytest.fixture

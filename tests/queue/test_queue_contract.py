@@ -1,5 +1,6 @@
 """The job store backends' contracts, one per protocol they implement: ``JobQueue``, ``ObjectStore`` and
-``Lifecycle`` (the meter stores' mixin), each run against Redis (Streams), a Redis Cluster and SQLite.
+``Lifecycle`` (a mixin the meter stores run too), each run against Redis (Streams), a Redis Cluster and
+SQLite.
 
 At least once: a claim that is not answered in time is handed out again. Exactly one result: the first
 answer wins. Provider batches keep their jobs out of reach until released, and survive a restart.
@@ -15,8 +16,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.meter.test_store_contract import LifecycleContract
 from tests.support.clocks import T0, FakeClock
+from tests.support.contracts import LifecycleContract
 from tests.support.net import free_port
 from tests.support.stores import JobStores
 from tokenyard.errors import StoreUnavailable
