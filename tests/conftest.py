@@ -11,6 +11,10 @@ from tests.support.clocks import T0, FakeClock
 from tests.support.redis_servers import RedisClusterServers, delete_prefix
 from tests.support.stores import PROXY_STORES, ProxyStore, fresh_prefix, open_proxy_store
 
+# The contract mixins hold test bodies, so their asserts should explain a failure as a test module's do.
+# Nothing imported above imports them; the test modules that do are collected after this conftest.
+pytest.register_assert_rewrite("tests.support.contracts")
+
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

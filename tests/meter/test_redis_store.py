@@ -12,10 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from tests.meter.test_store_contract import BASE_MS, GAP_MS, accrual, batch, key, record
 from tests.support.clocks import T0, FakeClock
 from tests.support.redis_servers import REDIS_URL
 from tests.support.stores import Stores
+from tests.support.usage_records import BASE_MS, GAP_MS, accrual, batch, key, record
 from tokenyard.errors import StoreError, StoreUnavailable
 from tokenyard.meter.model import GpuKey
 from tokenyard.meter.redis_store import RedisMeterStore

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.meter.test_store_contract import batch, key, record
 from tests.support.clocks import T0
+from tests.support.usage_records import batch, key, record
 from tokenyard.errors import StoreUnavailable
 from tokenyard.meter.model import AGG_FIELDS
 from tokenyard.meter.sqlite_store import SqliteMeterStore

@@ -1,6 +1,7 @@
 """The meter store backends' contracts, one per protocol they implement (huey's idea): ``UsageStore``,
 ``Coordination``, ``DocumentStore`` and ``Lifecycle``, each run against every backend (Redis, a Redis
-Cluster, SQLite) through the same tests. ``LifecycleContract`` runs on the job stores too.
+Cluster, SQLite) through the same tests. The ``Lifecycle`` suite is a mixin the job stores run too
+(``tests.support.contracts``); the batches written are built with ``tests.support.usage_records``.
 
 Each test gets a fresh namespace and a clock standing at ``T0``; nothing sleeps.
 """
@@ -10,59 +11,23 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from collections import Counter
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.clocks import T0, FakeClock
+from tests.support.contracts import LifecycleContract
 from tests.support.polling import eventually
 from tests.support.stores import Stores
+from tests.support.usage_records import BASE_MS, GAP_MS, PRICE, Aggregates, accrual, batch, key, record
 from tokenyard.errors import StoreUnavailable
-from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch, GpuAccrual, GpuKey, UsageRecord
+from tokenyard.meter.model import AGG_FIELDS, AggKey, GpuKey, UsageRecord
 from tokenyard.meter.store import MeterStore, UsageStore
 from tokenyard.stores.protocols import Lifecycle
 
-BASE_MS = T0 * 1000
-GAP_MS = 900_000
-PRICE = 2_500_000_000_000  # $2.50 per GPU-hour in pico-USD
 ALL_TIME = (0, 2**31)
-Aggregates = dict[AggKey, dict[str, int]]
-
-
-def key(minute: int = T0, tenant: str = "acme", model: str = "llama", mode: str = "realtime") -> AggKey:
-    return AggKey(minute, tenant, model, "ded", "dedicated", mode)
-
-
-def batch(
-    aggregates: Aggregates | None = None,
-    gpu: list[GpuAccrual] | None = None,
-    records: list[UsageRecord] | None = None,
-    batch_id: str | None = None,
-) -> FlushBatch:
-    return FlushBatch(batch_id or uuid.uuid4().hex, aggregates or {}, gpu or [], records or [])
-
-
-def accrual(until_ms: int, gpus: int = 8, backend: str = "ded", price: int = PRICE) -> GpuAccrual:
-    return GpuAccrual(backend, until_ms, gpus, price, GAP_MS)
-
-
-def record(ts: float, request_id: str = "", **overrides: Any) -> UsageRecord:
-    fields: dict[str, Any] = {
-        "ts": ts,
-        "request_id": request_id or f"req-{ts}",
-        "tenant": "acme",
-        "model": "llama",
-        "backend": "ded",
-        "backend_kind": "dedicated",
-        "mode": "realtime",
-        "route": "primary",
-        "status": 200,
-    }
-    return UsageRecord(**(fields | overrides))
 
 
 def gpu_row(*segments_ms: int, gpus: int = 8, price: int = PRICE) -> dict[str, int]:
@@ -383,25 +348,6 @@ class TestDocumentStore:
         await b.put_document("advice", b'{"v": 2}')
         assert await a.get_document("advice") == b'{"v": 2}'
         assert await a.get_document("other") is None
-
-
-class LifecycleContract:
-    """``Lifecycle``, for every store: it answers a ping, and when it cannot be reached it says so quickly.
-
-    A mixin (huey's): a test module runs it against its stores by subclassing it and giving the fixtures
-    ``lifecycle`` (a store on a fresh namespace) and ``unreachable`` (one nobody answers for).
-    """
-
-    async def test_ping_answers(self, lifecycle: Lifecycle) -> None:
-        await lifecycle.ping()
-
-    async def test_an_unreachable_store_raises_store_unavailable_quickly(
-        self, unreachable: Lifecycle
-    ) -> None:
-        started = time.monotonic()
-        with pytest.raises(StoreUnavailable):
-            await asyncio.wait_for(unreachable.ping(), timeout=5)
-        assert time.monotonic() - started < 2
 
 
 @pytest.fixture

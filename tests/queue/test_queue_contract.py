@@ -1,5 +1,6 @@
 """The job store backends' contracts, one per protocol they implement: ``JobQueue``, ``ObjectStore`` and
-``Lifecycle`` (the meter stores' mixin), each run against Redis (Streams), a Redis Cluster and SQLite.
+``Lifecycle`` (a mixin the meter stores run too), each run against Redis (Streams), a Redis Cluster and
+SQLite.
 
 At least once: a claim that is not answered in time is handed out again. Exactly one result: the first
 answer wins. Provider batches keep their jobs out of reach until released, and survive a restart.
@@ -12,38 +13,19 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import orjson
 import pytest
 
-from tests.meter.test_store_contract import LifecycleContract
 from tests.support.clocks import T0, FakeClock
+from tests.support.contracts import LifecycleContract
+from tests.support.jobs import answer, job
 from tests.support.net import free_port
 from tests.support.stores import JobStores
 from tokenyard.errors import StoreUnavailable
-from tokenyard.queue.model import Job, JobResult, QueueStats, StoredObject, new_job_id
+from tokenyard.queue.model import QueueStats, StoredObject
 from tokenyard.queue.redis_queue import RedisJobStore
 from tokenyard.queue.sqlite_queue import SqliteJobStore
 from tokenyard.queue.store import JobQueue, JobStore, ObjectStore
 from tokenyard.stores.protocols import Lifecycle
-
-
-def job(n: int = 0, **overrides: object) -> Job:
-    fields: dict[str, object] = {
-        "id": new_job_id(),
-        "tenant": "acme",
-        "model": "llama",
-        "endpoint": "/v1/chat/completions",
-        "body": b'{"model": "llama", "messages": [{"role": "user", "content": "caf\\u00e9 \xc3\xa9"}]}',
-        "created_at": float(T0 + n),
-        "deadline": float(T0 + 86400),
-        "reason": "Prefer: respond-async",
-    }
-    return Job(**(fields | overrides))  # type: ignore[arg-type]
-
-
-def answer(job_id: str, path: str = "realtime", content: str = "hi") -> JobResult:
-    body = orjson.dumps({"object": "chat.completion", "choices": [{"message": {"content": content}}]})
-    return JobResult(job_id, 200, body, path, float(T0 + 60))
 
 
 class TestJobQueue:

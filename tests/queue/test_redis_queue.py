@@ -15,8 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 
-from tests.queue.test_queue_contract import answer, job
 from tests.support.clocks import T0, FakeClock
+from tests.support.jobs import answer, job
 from tests.support.redis_servers import REDIS_URL
 from tests.support.stores import JobStores
 from tokenyard.queue.model import Job, QueueStats, StoredObject

@@ -3,8 +3,8 @@ back exactly, with who served it and its request id (the ``JobStore`` contract, 
 
 from __future__ import annotations
 
-from tests.queue.test_queue_contract import job
 from tests.support.clocks import T0
+from tests.support.jobs import job
 from tokenyard.queue.model import JobResult
 from tokenyard.queue.store import JobStore
 

@@ -7,6 +7,9 @@
   factories the store contract suites open stores with.
 - ``redis_servers``: the machine's Redis, and private ``redis-server``/Cluster processes to stop and start.
 - ``clocks``: the one ``FakeClock``, and the simulator's ``GatedClock``.
+- ``usage_records``: what the meter writes to its store (aggregate keys, flush batches, accruals, records).
+- ``jobs``: async-track jobs and their answers, as the job stores take them.
+- ``contracts``: contract mixins run by more than one store family (``LifecycleContract``).
 - ``async_track``: the queue tests' usual proxy, posting and polling jobs, the Batch API through the SDK.
 - ``receiver``: a loopback HTTP server that keeps the POSTs it gets (callbacks).
 - ``polling``, ``net``: ``eventually``; free loopback ports.
