@@ -17,7 +17,6 @@ from redis.asyncio.connection import AbstractConnection
 
 from tests.queue.test_queue_contract import answer, job
 from tests.support.clocks import T0, FakeClock
-from tests.support.redis_servers import REDIS_URL
 from tests.support.stores import JobStores
 from tokenyard.queue.model import Job, QueueStats, StoredObject
 from tokenyard.queue.redis_queue import RedisJobStore
@@ -57,15 +56,6 @@ async def job_stores(tmp_path: Path, clock: FakeClock) -> AsyncIterator[JobStore
         yield stores
     finally:
         await stores.close()
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def warm(store: RedisJobStore) -> None:
