@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.support.clocks import T0, FakeClock
-from tests.support.redis_servers import RedisClusterServers, delete_prefix
+from tests.support.redis_servers import RedisClusterServers, delete_prefix, raw_client
 from tests.support.stores import PROXY_STORES, ProxyStore, fresh_prefix, open_proxy_store
 
 # The contract mixins hold test bodies, so their asserts should explain a failure as a test module's do.
@@ -49,3 +50,10 @@ async def redis_prefix() -> AsyncIterator[str]:
         yield prefix
     finally:
         await delete_prefix(prefix)
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[aioredis.Redis]:
+    """A plain client of the machine's Redis, to look at (or plant) a store's keys directly."""
+    async with raw_client() as client:
+        yield client

@@ -13,7 +13,6 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from tests.support.clocks import T0, FakeClock
-from tests.support.redis_servers import REDIS_URL
 from tests.support.stores import Stores
 from tests.support.usage_records import BASE_MS, GAP_MS, accrual, batch, key, record
 from tokenyard.errors import StoreError, StoreUnavailable
@@ -30,15 +29,6 @@ async def stores(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Stores]:
         yield factory
     finally:
         await factory.close()
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def written_keys(raw: aioredis.Redis, keys: MeterKeys) -> list[str]:

@@ -38,6 +38,17 @@ class TestJobQueue:
         assert await queue.get(original.id) == original
         assert await queue.get("job_unknown") is None
 
+    async def test_many_jobs_read_at_once_leave_out_the_unknown(self, queue: JobQueue) -> None:
+        asked = [job(n) for n in range(1203)]
+        known = [asked[1202], asked[700], asked[0]]  # in different pages where a backend reads in pages
+        for j in known:
+            await queue.enqueue(j)
+        got = await queue.get_many([j.id for j in asked])
+        assert got == {j.id: j for j in (asked[0], asked[700], asked[1202])}
+        assert list(got) == [asked[0].id, asked[700].id, asked[1202].id], "in the order asked"
+        assert await queue.get_many([]) == {}
+        assert await queue.get_many(["job_unknown"]) == {}
+
     async def test_claims_hand_each_job_out_once_oldest_first(self, queue: JobQueue) -> None:
         jobs = [job(n) for n in range(5)]
         for j in jobs:

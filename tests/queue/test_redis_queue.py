@@ -17,7 +17,6 @@ from redis.asyncio.connection import AbstractConnection
 
 from tests.support.clocks import T0, FakeClock
 from tests.support.jobs import answer, job
-from tests.support.redis_servers import REDIS_URL
 from tests.support.stores import JobStores
 from tokenyard.queue.model import Job, QueueStats, StoredObject
 from tokenyard.queue.redis_queue import RedisJobStore
@@ -57,15 +56,6 @@ async def job_stores(tmp_path: Path, clock: FakeClock) -> AsyncIterator[JobStore
         yield stores
     finally:
         await stores.close()
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def warm(store: RedisJobStore) -> None:
@@ -134,6 +124,21 @@ async def test_claiming_cleans_up_entries_of_gone_jobs_in_one_round_trip(
     assert await round_trips.of(claiming) == 4
     assert await raw.xlen(store.keys.stream) == 1
     assert [j.id for j in await store.claim("d2", 10, stale_after_s=0)] == [jobs[-1].id]
+
+
+@pytest.mark.parametrize("jobs", [1, 50])
+async def test_reading_many_jobs_takes_one_round_trip_however_many(
+    job_stores: JobStores, round_trips: RoundTrips, jobs: int
+) -> None:
+    store = job_stores.open()
+    assert isinstance(store, RedisJobStore)
+    await warm(store)
+    stored = [job(n) for n in range(jobs)]
+    for j in stored:
+        await store.enqueue(j)
+    ids = [j.id for j in stored] + ["job_unknown"]
+    assert await round_trips.of(store.get_many(ids)) == 1  # a pipeline, not a GET each
+    assert await store.get_many(ids) == {j.id: j for j in stored}
 
 
 async def test_jobs_results_and_objects_are_found_under_the_keys_they_always_had(

@@ -3,11 +3,13 @@ a private ``redis-server`` on a free port for tests that stop or restart it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,16 @@ async def delete_prefix(prefix: str, url: str = REDIS_URL) -> None:
     try:
         async for key in client.scan_iter(match=f"{{{prefix}}}*", count=1000):
             await client.delete(key)
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def raw_client(url: str = REDIS_URL) -> AsyncIterator[aioredis.Redis]:
+    """A plain client (strings in, strings out) for reading and writing keys behind a store's back."""
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        yield client
     finally:
         await client.aclose()
 

@@ -187,13 +187,17 @@ class ProviderBatches:
             log.warning("dispatcher: cannot read batch %s from %s: %s", batch_id, name, exc)
             return
         answers = api.results(output, errors)
-        for job_id in job_ids:
-            line = answers.get(job_id)
-            if line is None or line.status >= 500 or line.status in RETRY_STATUSES:
-                continue  # expired or failed on the provider's side: it goes back to the queue
-            job = await self.store.get(job_id)
-            if job is None:
-                continue
+        # A line missing (expired) or failed on the provider's side: its job goes back to the queue.
+        lines = {
+            job_id: line
+            for job_id in job_ids
+            if (line := answers.get(job_id)) is not None
+            and line.status < 500
+            and line.status not in RETRY_STATUSES
+        }
+        # One round trip for the whole batch; a job past retention is left out.
+        for job_id, job in (await self.store.get_many(list(lines))).items():
+            line = lines[job_id]
             request_id = job.request_id or new_request_id()
             served_by = [(H_BACKEND.decode(), backend.name), (H_BACKEND_KIND.decode(), backend.config.kind)]
             result = JobResult(
@@ -209,8 +213,8 @@ class ProviderBatches:
     ) -> None:
         """Cancel a batch whose jobs cannot wait longer: finished lines count, the rest go real time."""
         if ref not in self._batch_deadline:  # after a restart, read the jobs once
-            jobs = [await self.store.get(job_id) for job_id in job_ids]
-            self._batch_deadline[ref] = min((j.deadline for j in jobs if j is not None), default=math.inf)
+            jobs = (await self.store.get_many(job_ids)).values()
+            self._batch_deadline[ref] = min((j.deadline for j in jobs), default=math.inf)
         margin_s = self.settings().realtime_margin_s
         if status == "cancelling" or self.wall() < self._batch_deadline[ref] - margin_s:
             return

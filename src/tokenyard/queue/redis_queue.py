@@ -264,6 +264,17 @@ class RedisJobStore(RedisBacked):
             body = await self._redis.get(self.keys.job(job_id))
         return None if body is None else Job.loads(body)
 
+    async def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """The known jobs among ``job_ids``: one pipeline of GETs (a Cluster pipeline refuses MGET)."""
+        if not job_ids:
+            return {}
+        with mapped_errors(_STORE):
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.get(self.keys.job(job_id))
+            bodies: list[str | None] = await pipe.execute()
+        return {i: Job.loads(body) for i, body in zip(job_ids, bodies, strict=True) if body is not None}
+
     async def put_object(self, obj: StoredObject) -> None:
         """Keep an object (a hash), indexed per kind and tenant by creation time; kept retention_s."""
         key, index = self.keys.object(obj.kind, obj.id), self.keys.objects_of(obj.kind, obj.tenant)

@@ -169,6 +169,21 @@ class SqliteJobStore(SqliteWorker):
         rows = await self._run(select("SELECT json FROM jobs WHERE id = ?", job_id))
         return Job.loads(rows[0][0]) if rows else None
 
+    async def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """The known jobs among ``job_ids``, in the order asked; one trip to the worker thread, a query
+        per 500 ids (SQLite caps a statement's parameters)."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, Job]:
+            found: dict[str, Job] = {}
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                for job_id, text in conn.execute(f"SELECT id, json FROM jobs WHERE id IN ({marks})", chunk):
+                    found[job_id] = Job.loads(text)
+            return {i: found[i] for i in job_ids if i in found}
+
+        return await self._run(read) if job_ids else {}
+
     async def put_object(self, obj: StoredObject) -> None:
         """Keep an object (replacing one of the same kind and id)."""
         sql = "INSERT OR REPLACE INTO objects (kind, id, tenant, created_at, body) VALUES (?, ?, ?, ?, ?)"

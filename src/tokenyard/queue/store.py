@@ -58,6 +58,11 @@ class JobQueue(Protocol):
         """A job by id, or None."""
         ...
 
+    async def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """The jobs of those ids that are known, by id in the order asked, read in one round trip however
+        many (a provider batch's jobs); unknown ids (never enqueued, or past retention) are left out."""
+        ...
+
     async def stats(self) -> QueueStats:
         """How many jobs wait, are claimed or sit in provider batches, and the oldest unanswered one."""
         ...
