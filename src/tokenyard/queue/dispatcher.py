@@ -24,14 +24,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
-from tokenyard.config import BackendConfig
 from tokenyard.errors import StoreError
 from tokenyard.meter.model import UsageRecord
 from tokenyard.queue.callbacks import CallbackSender
+from tokenyard.queue.deployments import Deployed
 from tokenyard.queue.front import AsyncFront
 from tokenyard.queue.model import Job, JobResult, QueueStats
 from tokenyard.queue.paths import Capacity, Path, choose_path
-from tokenyard.queue.provider_batches import RETRY_STATUSES, Breaker, ProviderBatches
+from tokenyard.queue.provider_batches import RETRY_STATUSES, ProviderBatches
 from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.queue.store import JobQueue
 from tokenyard.stores.protocols import Coordination
@@ -49,18 +49,9 @@ RunJob = Callable[[Job, Path, list[str] | None], Awaitable[tuple[JobResult, Usag
 model's deployments; its answer and usage record (not metered yet: the dispatcher settles it)."""
 
 
-class Deployment(Protocol):
-    """What placement reads of one of a model's backends (``proxy.backends.Backend`` is one)."""
-
-    @property
-    def name(self) -> str:
-        """The backend's name in the config."""
-        ...
-
-    @property
-    def config(self) -> BackendConfig:
-        """Its configuration (its kind)."""
-        ...
+class Deployment(Deployed, Protocol):
+    """What placement reads of one of a model's backends (``proxy.backends.Backend`` is one): its name,
+    kind and breaker, and how busy it is."""
 
     @property
     def max_concurrency(self) -> int | None:
@@ -70,11 +61,6 @@ class Deployment(Protocol):
     @property
     def in_flight(self) -> int:
         """Requests it serves now."""
-        ...
-
-    @property
-    def breaker(self) -> Breaker:
-        """Its circuit breaker."""
         ...
 
 
