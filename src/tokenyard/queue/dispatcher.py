@@ -79,7 +79,7 @@ class Dispatcher:
         batches: ProviderBatches,
         callbacks: CallbackSender,
         replica: str,
-        new_work: asyncio.Event | None = None,
+        new_work: asyncio.Event,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         tick_s: float = 0.25,
@@ -105,13 +105,9 @@ class Dispatcher:
         self.stats: QueueStats | None = None
         self._stats_at = -math.inf
         # Set by whoever has new work for it (the async front, the Batch API): it ticks now, not later.
-        self._wake = new_work if new_work is not None else asyncio.Event()
+        self._wake = new_work
         self._waiting: dict[str, Job] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
-
-    def wake(self) -> None:
-        """There is new work: tick now rather than at the next interval."""
-        self._wake.set()
 
     async def run(self) -> None:
         """Tick until cancelled; on the way out, running jobs are dropped (their claims go stale)."""
