@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +93,39 @@ async def test_the_built_in_config_serves_chat_and_embeddings_with_any_key(tmp_p
     assert "no API keys configured: any bearer key is accepted" in log
     assert "127.0.0.1" in log
     assert "stopped: meter flushed, every backend closed" in log
+
+
+# `tokenyard serve` with its server replaced by one that enters the upstreams it is given: what they yield,
+# and whether the simulator's server module was loaded.
+_SERVE_AND_ENTER = """
+import asyncio, sys
+from tokenyard import cli
+from tokenyard.edge import server
+
+given = {}
+server.run_server = lambda config, **options: given.update(options)
+cli.main(["serve", "--config", sys.argv[1]])
+
+async def enter():
+    async with given["upstreams"]() as base_urls:
+        return sorted(base_urls)
+
+print(asyncio.run(enter()), "tokenyard.simulator.server" in sys.modules)
+"""
+
+
+def serve_and_enter(config: str, tmp_path: Path) -> str:
+    path = tmp_path / "tokenyard.yaml"
+    path.write_text(config)
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_AND_ENTER, str(path)], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_only_a_config_with_simulated_backends_loads_the_simulator(tmp_path: Path) -> None:
+    models = "models:\n  m:\n    deployments: [api]\n"
+    real = "backends:\n  api:\n    kind: serverless\n    base_url: http://127.0.0.1:9/v1\n" + models
+    assert serve_and_enter(real, tmp_path) == "[] False"
+    simulated = "backends:\n  api:\n    kind: serverless\n    simulator: {}\n" + models
+    assert serve_and_enter(simulated, tmp_path) == "['api'] True"

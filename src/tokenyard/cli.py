@@ -156,11 +156,17 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"tokenyard: refusing to start, the config is invalid.\n{exc}", file=sys.stderr)
         return 1
     # Imported here: `check-config` and `--help` should not pay for the server stack.
+    from tokenyard.edge.app import no_upstreams
     from tokenyard.edge.server import run_server
 
     _announce(config, path)
+    simulated = any(backend.simulator is not None for backend in config.backends.values())
     run_server(
-        config, config_path=path, upstreams=lambda: _simulated_backends(config), log_level=args.log_level
+        config,
+        config_path=path,
+        # Only a config with ``simulator:`` backends (the quick start's) loads and starts the simulator.
+        upstreams=(lambda: _simulated_backends(config)) if simulated else no_upstreams,
+        log_level=args.log_level,
     )
     return 0
 
@@ -169,7 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
 async def _simulated_backends(config: TokenyardConfig) -> AsyncIterator[dict[str, str]]:
     """Start a simulator for each backend the config gives ``simulator:`` (the quick start's), in the
     server's event loop; yield their base URLs by backend name, and stop them after the backends close."""
-    from tokenyard.simulator.server import SimulatorServer  # with the server stack, not for `--help`
+    from tokenyard.simulator.server import SimulatorServer  # only when a backend is simulated
 
     async with contextlib.AsyncExitStack() as stack:
         base_urls: dict[str, str] = {}

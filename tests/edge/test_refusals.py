@@ -70,7 +70,13 @@ async def test_without_a_store_the_async_routes_say_why_after_authentication(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async with serving("off", monkeypatch) as http:
-        for method, path in (("GET", "/v1/files"), ("PUT", "/v1/batches"), ("GET", "/v1/files/x/y/z")):
+        for method, path in (
+            ("GET", "/v1/files"),
+            ("PUT", "/v1/batches"),
+            ("GET", "/v1/files/x/y/z"),
+            ("DELETE", "/v1/files/file_1"),
+            ("POST", "/v1/batches/batch_1/cancel"),
+        ):
             assert (await call(http, method, path, key=None)).status_code == 401
             refused = await call(http, method, path)
             assert refused.status_code == 404

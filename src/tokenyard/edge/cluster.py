@@ -34,13 +34,13 @@ class Membership:
     def __init__(
         self,
         store: CoordinatedDocuments,
-        backends: Callable[[], Mapping[str, Backend]],
+        backends: Mapping[str, Backend],
         *,
         member: str,
-        on_reload: Callable[[], Awaitable[Any]] | None = None,
+        on_reload: Callable[[], Awaitable[Any]],
     ) -> None:
         self.store = store
-        self.backends = backends
+        self.backends = backends  # by name, fixed until a restart
         self.on_reload = on_reload  # re-read this replica's config (another replica asked for a reload)
         self.member = member  # this replica's name
         self.live = 1
@@ -59,7 +59,7 @@ class Membership:
             self._reload_seen = at
         elif at > self._reload_seen:
             self._reload_seen = at
-            if asked["by"] != self.member and self.on_reload is not None:
+            if asked["by"] != self.member:
                 await self.on_reload()
 
     async def beat(self) -> None:
@@ -68,7 +68,7 @@ class Membership:
         if live != self.live:
             log.info("cluster: %d replica(s) share the backends' caps", live)
         self.live = live
-        for backend in self.backends().values():
+        for backend in self.backends.values():
             backend.set_cluster_size(live)
         await self._check_reload()
 

@@ -1,7 +1,8 @@
 """tokenyard's route table: every endpoint, bound to the part of the runtime that serves it.
 
 The inference endpoints are the hot path: literal paths, so one dict lookup finds them. A part that cannot
-run (the async track and the Batch API without a meter store) still has its routes, answering why.
+run without a meter store says why: the async jobs route answers so itself; the Batch API registers no
+routes then, and its group refuses every path of it (after authenticating) with the reason.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tokenyard.admission.auth import Principal
 from tokenyard.edge.routes import Group, Handler, Route, Router
 from tokenyard.edge.runtime import Runtime
 from tokenyard.errors import MethodNotAllowed, ObjectNotFound, RouteNotFound, TokenyardError
-from tokenyard.proxy.handler import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
+from tokenyard.proxy.handler import ENDPOINTS, Endpoint, Proxy
 from tokenyard.queue.batch_api import BatchApi
 from tokenyard.queue.front import JOBS_PATH
 from tokenyard.telemetry.metrics import exposition
@@ -32,9 +33,7 @@ def router(runtime: Runtime, health: Iterable[Route]) -> Router:
     """The route table of a started service (``health``: the probes, which the app itself answers)."""
     proxy, admin, dashboard = runtime.proxy, runtime.admin, runtime.dashboard
     routes = [
-        Route("/v1/chat/completions", ("POST",), _inference(proxy, CHAT)),
-        Route("/v1/completions", ("POST",), _inference(proxy, COMPLETIONS)),
-        Route("/v1/embeddings", ("POST",), _inference(proxy, EMBEDDINGS)),
+        *(Route(path, ("POST",), _inference(proxy, endpoint)) for path, endpoint in ENDPOINTS.items()),
         Route("/v1/models", ("GET",), _list_models(runtime)),
         Route("/v1/models/{model:path}", ("GET",), _retrieve_model(proxy)),
         Route(JOBS_PATH + "{job_id:path}", ("GET",), _async_job(runtime)),
@@ -106,14 +105,12 @@ def _async_job(runtime: Runtime) -> Handler:
 
 
 def _batch_routes(runtime: Runtime) -> list[Route]:
+    """The Batch API's routes; none without the async track (its group then refuses every path)."""
     proxy, track = runtime.proxy, runtime.track
     if track is None:
-        refuse = _refusing(proxy, _NO_BATCH_API)
-        table = [(path, method, refuse) for path, method, _ in _BATCH_PATHS]
-    else:
-        api = track.batch_api
-        table = [(path, method, _authenticated(proxy, api, serve)) for path, method, serve in _BATCH_PATHS]
-    return [Route(path, (method,), handler) for path, method, handler in table]
+        return []
+    api = track.batch_api
+    return [Route(path, (method,), _authenticated(proxy, api, serve)) for path, method, serve in _BATCH_PATHS]
 
 
 # The Batch API's routes: path, method, and the ``BatchApi`` method serving it.
@@ -133,11 +130,11 @@ _BATCH_PATHS: Final[tuple[tuple[str, str, BatchHandler], ...]] = (
 def _batch_group(runtime: Runtime) -> Group:
     """The Batch API's paths: it authenticates (and, without its store, says so) before it refuses a path
     or method, with an object-not-found 404 and a 405 of its own wording."""
-    proxy = runtime.proxy
+    proxy, runs = runtime.proxy, runtime.track is not None
 
     def check_first(scope: wire.Scope) -> None:
         proxy.authenticate(scope)
-        if runtime.track is None:
+        if not runs:
             raise RouteNotFound(_NO_BATCH_API)
 
     return Group(
@@ -165,7 +162,7 @@ def _authenticated(proxy: Proxy, api: BatchApi, serve: BatchHandler) -> Handler:
 
 
 def _refusing(proxy: Proxy, message: str) -> Handler:
-    """A route of a part that does not run: the caller is authenticated, then told why."""
+    """The route of a part that does not run (the async jobs'): the caller is authenticated, then told why."""
 
     async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         proxy.authenticate(scope)

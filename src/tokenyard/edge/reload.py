@@ -1,14 +1,13 @@
 """Reloading the config while running: re-read the file, keep what needs a restart, swap the rest in whole.
 
-Every part that follows reloads reads the one ``LiveConfig``; nothing is handed the new config by hand
-except what ``follow`` names (parts that still take it as a value), and the admin API's session secret,
-which is agreed anew with the other replicas through the store.
+Every part that follows reloads reads the one ``LiveConfig``; nothing is handed the new config by hand. Only
+the admin API's session secret is redone: it is agreed anew with the other replicas through the store.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from tokenyard.config import TokenyardConfig, load_config
@@ -41,12 +40,10 @@ class Reloader:
         live: LiveConfig,
         *,
         agree_session_secret: Callable[[], Awaitable[None]],
-        follow: Sequence[Callable[[TokenyardConfig], None]] = (),
     ) -> None:
         self.path = path
         self.live = live
         self.agree_session_secret = agree_session_secret
-        self.follow = follow  # parts that take a reloaded config as a value rather than reading ``live``
 
     async def here(self) -> dict[str, Any]:
         """Re-read the file and apply what may change while running (SIGHUP does this)."""
@@ -57,8 +54,6 @@ class Reloader:
             return {"reloaded": False, "problems": [f"{p}: {m}" if p else m for p, m in exc.problems]}
         config, needs_restart = merged(self.live.config, new)
         self.live.swap(config)
-        for part in self.follow:
-            part(config)
         # A new admin key needs a new session secret, agreed with the replicas.
         await self.agree_session_secret()
         log.info(

@@ -1,10 +1,19 @@
 """The running service, built once at start-up from a validated config.
 
 ``start_runtime`` opens the backends, the meter store and the meter's flush task, the advisor, the async
-track (job store, door and dispatcher) and the admin API, in that order, each handed the parts it needs as
-it is made; every background task and store is pushed on the caller's exit stack so shutdown undoes it in
-reverse: the dispatcher and the advisor stop before the stores close, the meter flushes before the backends
-close. What it returns is frozen: a request never finds a part missing or half wired.
+track's door (job store and front), the one proxy, the rest of the async track (dispatcher, with provider
+batches and callbacks, and the Batch API), the admin API and the membership, in that order, each handed the
+parts it needs as it is made. Every background task and store is pushed on the caller's exit stack, so
+shutdown undoes them in reverse:
+
+1. the membership beat stops (this replica leaves the store's count);
+2. the dispatcher stops, then the webhook client closes (the dispatcher's callbacks use it);
+3. the front gives its unstored answers a last try, then the job store closes;
+4. the advisor stops;
+5. the meter's flush task stops, then the meter flushes what it holds and closes its store;
+6. the backends close (and then the app's upstreams: the quick start's simulators).
+
+What it returns is frozen: a request never finds a part missing or half wired.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from tokenyard.proxy.handler import Proxy
 from tokenyard.queue.batch_api import BatchApi
 from tokenyard.queue.callbacks import CallbackSender
 from tokenyard.queue.dispatcher import Dispatcher
-from tokenyard.queue.front import AsyncFront
+from tokenyard.queue.front import AsyncFront, RunNow
 from tokenyard.queue.model import Job, JobResult
 from tokenyard.queue.open_store import open_job_store
 from tokenyard.queue.provider_batches import ProviderBatches
@@ -52,28 +61,35 @@ _METER_CLOSE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
-class AsyncTrack:
-    """The async track's parts: they run together, or (without a meter store) not at all."""
+class _Door:
+    """How async work comes in: the job store, the front that queues it, and the event that wakes the
+    dispatcher when the front or the Batch API has put some there."""
 
     jobs: JobStore
     front: AsyncFront
-    dispatcher: Dispatcher
+    new_work: asyncio.Event
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncTrack:
+    """The async track's parts the routes serve: they run together, or (without a meter store) not at all."""
+
+    front: AsyncFront
+    dispatcher: Dispatcher  # the routes do not read it: tests/edge/test_reload.py checks a reload reaches it
     batch_api: BatchApi
 
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """Every part of the running service, wired once."""
+    """Every part the routes serve, wired once."""
 
     live: LiveConfig
-    backends: dict[str, Backend]
-    meter: Meter
     proxy: Proxy
     admin: AdminApi
     dashboard: Dashboard
     track: AsyncTrack | None  # None: no meter store or async_track.enabled false (its routes say so)
     registry: CollectorRegistry
-    reload_here: Callable[[], Awaitable[dict[str, Any]]]
+    reload_here: Callable[[], Awaitable[dict[str, Any]]]  # SIGHUP's; tests reload through it
     reload_everywhere: Callable[[], Awaitable[dict[str, Any]]]  # here, then every replica on the store
 
 
@@ -106,23 +122,30 @@ async def start_runtime(
         advisor = AdvisorLoop(store, lambda: live.config, replica=replica, wall=wall)
         # Pushed after the meter's callbacks, so it stops before the meter closes the store.
         stack.push_async_callback(_cancel, asyncio.create_task(advisor.run(), name="advisor"))
+
+    # The front runs a job in real time through the proxy, which submits through the front: this closure
+    # reads ``proxy`` only once requests flow, when both exist.
+    async def run_now(job: Job) -> tuple[JobResult, UsageRecord]:
+        return await proxy.execute(job, path="realtime")
+
+    door = None
+    if store is not None and track_runs:
+        door = _open_door(stack, live, meter, run_now, wall)
     rejected: Counter[int] = Counter()
     models = {name: [backends[b] for b in model.deployments] for name, model in config.models.items()}
+    proxy = Proxy(
+        live=live,
+        models=models,
+        meter=meter,
+        rejected=rejected,
+        max_body_bytes=config.server.max_body_bytes,
+        clock=clock,
+        wall=wall,
+        front=door.front if door else None,
+    )
     track = None
-    if store is not None and track_runs:
-        track, proxy = await _start_async_track(
-            stack, live, store, meter, backends, models, rejected, replica, clock, wall
-        )
-    else:
-        proxy = Proxy(
-            live=live,
-            models=models,
-            meter=meter,
-            rejected=rejected,
-            max_body_bytes=config.server.max_body_bytes,
-            clock=clock,
-            wall=wall,
-        )
+    if store is not None and door is not None:
+        track = _start_async_track(stack, door, proxy, live, store, backends, models, replica, clock, wall)
     dispatcher = track.dispatcher if track else None
     admin = AdminApi(
         live, meter, backends, replica=replica, advisor=advisor, dispatcher=dispatcher, wall=wall
@@ -130,7 +153,7 @@ async def start_runtime(
     reloader = Reloader(config_path, live, agree_session_secret=admin.agree_session_secret)
     announce = _nothing
     if store is not None:
-        membership = Membership(store, lambda: backends, member=replica, on_reload=reloader.here)
+        membership = Membership(store, backends, member=replica, on_reload=reloader.here)
         stack.push_async_callback(_cancel, asyncio.create_task(membership.run(), name="membership"))
         announce = membership.announce_reload
     await admin.agree_session_secret()
@@ -146,19 +169,9 @@ async def start_runtime(
             signal.SIGHUP, lambda: asyncio.ensure_future(reloader.here())
         )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(
-        TokenyardCollector(
-            meter,
-            lambda: backends,
-            rejected,
-            lambda: advisor.latest if advisor else None,
-            lambda: dispatcher,
-        )
-    )
+    registry.register(TokenyardCollector(meter, backends, rejected, advisor=advisor, dispatcher=dispatcher))
     return Runtime(
         live=live,
-        backends=backends,
-        meter=meter,
         proxy=proxy,
         admin=admin,
         dashboard=Dashboard(admin),
@@ -169,28 +182,39 @@ async def start_runtime(
     )
 
 
-async def _start_async_track(
+def _open_door(
     stack: contextlib.AsyncExitStack,
     live: LiveConfig,
-    locks: Coordination,
     meter: Meter,
+    run_now: RunNow,
+    wall: Callable[[], float],
+) -> _Door:
+    """The job queue (beside the meter's data) and the front that takes async requests into it."""
+    jobs = open_job_store(live.config.meter)
+    stack.push_async_callback(jobs.aclose)
+    new_work = asyncio.Event()  # the front and the Batch API set it; the dispatcher ticks at once
+    front = AsyncFront(
+        jobs, live.async_track, wall=wall, run_now=run_now, record=meter.record, wake=new_work.set
+    )
+    stack.push_async_callback(front.aclose)  # before the job store closes
+    return _Door(jobs, front, new_work)
+
+
+def _start_async_track(
+    stack: contextlib.AsyncExitStack,
+    door: _Door,
+    proxy: Proxy,
+    live: LiveConfig,
+    locks: Coordination,
     backends: dict[str, Backend],
     models: dict[str, list[Backend]],
-    rejected: Counter[int],
     replica: str,
     clock: Callable[[], float],
     wall: Callable[[], float],
-) -> tuple[AsyncTrack, Proxy]:
-    """The job queue (beside the meter's data), the door for async requests, the proxy that opens it,
-    the dispatcher with its provider batches and callbacks, and the Batch API."""
+) -> AsyncTrack:
+    """The dispatcher, with its provider batches and callbacks, running jobs through ``proxy``; and the
+    Batch API."""
     config = live.config
-    jobs = open_job_store(config.meter)
-    stack.push_async_callback(jobs.aclose)
-
-    # The door runs a job in real time through the proxy, which submits through the door: this closure is
-    # called only once requests flow, when both exist.
-    async def run_now(job: Job) -> tuple[JobResult, UsageRecord]:
-        return await proxy.execute(job, path="realtime")
 
     async def run(job: Job, path: str, only: list[str] | None) -> tuple[JobResult, UsageRecord]:
         chosen = None if only is None else [backends[name] for name in only]
@@ -201,25 +225,10 @@ async def _start_async_track(
             job, backends[backend], request_id, status, body, clock=clock, wall=wall
         )
 
-    new_work = asyncio.Event()  # the front and the Batch API set it; the dispatcher ticks at once
-    front = AsyncFront(
-        jobs, live.async_track, wall=wall, run_now=run_now, record=meter.record, wake=new_work.set
-    )
-    stack.push_async_callback(front.aclose)  # before the job store closes
-    proxy = Proxy(
-        live=live,
-        models=models,
-        meter=meter,
-        rejected=rejected,
-        max_body_bytes=config.server.max_body_bytes,
-        clock=clock,
-        wall=wall,
-        front=front,
-    )
     webhook = WebhookSender()
     stack.push_async_callback(webhook.aclose)  # after the dispatcher stops (pushed before it)
     batches = ProviderBatches(
-        jobs,
+        door.jobs,
         backends,
         {name: model.batch for name, model in config.models.items() if model.batch},
         settings=live.async_track,
@@ -229,29 +238,29 @@ async def _start_async_track(
         clock=clock,
     )
     dispatcher = Dispatcher(
-        store=jobs,
+        store=door.jobs,
         locks=locks,
-        front=front,
+        front=door.front,
         settings=live.async_track,
         run=run,
         deployments=lambda model: models.get(model, []),
         batches=batches,
         callbacks=CallbackSender(webhook, lambda: live.async_track().callbacks, wall=wall),
         replica=replica,
-        new_work=new_work,
+        new_work=door.new_work,
         clock=clock,
         wall=wall,
     )
     # Pushed after the stores' callbacks, so it stops before they close.
     stack.push_async_callback(_cancel, asyncio.create_task(dispatcher.run(), name="dispatcher"))
     batch_api = BatchApi(
-        jobs,
+        door.jobs,
         may_use=lambda who, model: who.may_use(model) and model in models,
-        wake=new_work.set,
+        wake=door.new_work.set,
         max_body_bytes=config.server.max_body_bytes,  # the start-up limit, as the proxy's own
         wall=wall,
     )
-    return AsyncTrack(jobs, front, dispatcher, batch_api), proxy
+    return AsyncTrack(door.front, dispatcher, batch_api)
 
 
 async def _nothing() -> None:

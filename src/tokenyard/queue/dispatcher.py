@@ -24,14 +24,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
-from tokenyard.config import BackendConfig
 from tokenyard.errors import StoreError
 from tokenyard.meter.model import UsageRecord
 from tokenyard.queue.callbacks import CallbackSender
+from tokenyard.queue.deployments import Deployed
 from tokenyard.queue.front import AsyncFront
 from tokenyard.queue.model import Job, JobResult, QueueStats
 from tokenyard.queue.paths import Capacity, Path, choose_path
-from tokenyard.queue.provider_batches import RETRY_STATUSES, Breaker, ProviderBatches
+from tokenyard.queue.provider_batches import RETRY_STATUSES, ProviderBatches
 from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.queue.store import JobQueue
 from tokenyard.stores.protocols import Coordination
@@ -49,18 +49,9 @@ RunJob = Callable[[Job, Path, list[str] | None], Awaitable[tuple[JobResult, Usag
 model's deployments; its answer and usage record (not metered yet: the dispatcher settles it)."""
 
 
-class Deployment(Protocol):
-    """What placement reads of one of a model's backends (``proxy.backends.Backend`` is one)."""
-
-    @property
-    def name(self) -> str:
-        """The backend's name in the config."""
-        ...
-
-    @property
-    def config(self) -> BackendConfig:
-        """Its configuration (its kind)."""
-        ...
+class Deployment(Deployed, Protocol):
+    """What placement reads of one of a model's backends (``proxy.backends.Backend`` is one): its name,
+    kind and breaker, and how busy it is."""
 
     @property
     def max_concurrency(self) -> int | None:
@@ -70,11 +61,6 @@ class Deployment(Protocol):
     @property
     def in_flight(self) -> int:
         """Requests it serves now."""
-        ...
-
-    @property
-    def breaker(self) -> Breaker:
-        """Its circuit breaker."""
         ...
 
 
@@ -93,7 +79,7 @@ class Dispatcher:
         batches: ProviderBatches,
         callbacks: CallbackSender,
         replica: str,
-        new_work: asyncio.Event | None = None,
+        new_work: asyncio.Event,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         tick_s: float = 0.25,
@@ -119,13 +105,9 @@ class Dispatcher:
         self.stats: QueueStats | None = None
         self._stats_at = -math.inf
         # Set by whoever has new work for it (the async front, the Batch API): it ticks now, not later.
-        self._wake = new_work if new_work is not None else asyncio.Event()
+        self._wake = new_work
         self._waiting: dict[str, Job] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
-
-    def wake(self) -> None:
-        """There is new work: tick now rather than at the next interval."""
-        self._wake.set()
 
     async def run(self) -> None:
         """Tick until cancelled; on the way out, running jobs are dropped (their claims go stale)."""

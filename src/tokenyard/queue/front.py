@@ -71,7 +71,7 @@ class AsyncFront:
         wall: Callable[[], float],
         run_now: RunNow,
         record: Callable[[UsageRecord], None],
-        wake: Callable[[], None] = lambda: None,
+        wake: Callable[[], None],
     ) -> None:
         self.store = store
         self._settings = settings  # the async_track settings in force (a reload may change them)

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from tokenyard.adapters.base import BatchLine, BatchUpstream
-from tokenyard.config import BackendConfig
 from tokenyard.errors import UpstreamError
 from tokenyard.meter.model import UsageRecord
+from tokenyard.queue.deployments import Deployed
 from tokenyard.queue.model import JSON_TYPE, Job, JobResult
 from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.queue.store import JobQueue
@@ -46,35 +46,13 @@ BatchUsage = Callable[[Job, str, str, int, bytes], UsageRecord]
 """The usage record of a job the named batch backend answered: (job, backend, request_id, status, body)."""
 
 
-class Breaker(Protocol):
-    """Whether a backend may be sent work now (``proxy.breaker.CircuitBreaker`` is one)."""
-
-    def available(self, now: float) -> bool:
-        """Whether a request may be sent now."""
-        ...
-
-
-class BatchBackend(Protocol):
-    """What the lifecycle reads of a backend (``proxy.backends.Backend`` is one)."""
-
-    @property
-    def name(self) -> str:
-        """The backend's name in the config."""
-        ...
-
-    @property
-    def config(self) -> BackendConfig:
-        """Its configuration (its kind, for the answer's headers)."""
-        ...
+class BatchBackend(Deployed, Protocol):
+    """What the lifecycle reads of a backend (``proxy.backends.Backend`` is one): its name and kind (for the
+    answer's headers), its breaker, and its provider's Batch API."""
 
     @property
     def batch_api(self) -> BatchUpstream | None:
         """Its provider's Batch API, if it has one."""
-        ...
-
-    @property
-    def breaker(self) -> Breaker:
-        """Its circuit breaker."""
         ...
 
 

@@ -9,20 +9,18 @@ provisioned time, so take one replica's, or read the usage API, which counts eac
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tokenyard.advisor.live import AdvisorLoop
 from tokenyard.advisor.settings import DAYS_PER_MONTH
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import AGG_FIELDS, LATENCY_BUCKETS_MS, PUSD_PER_USD
 from tokenyard.proxy.backends import Backend
-
-if TYPE_CHECKING:
-    from tokenyard.queue.dispatcher import Dispatcher
+from tokenyard.queue.dispatcher import Dispatcher
 
 _LABELS = ["tenant", "model", "backend", "kind", "mode"]
 _FIELD = {name: i for i, name in enumerate(AGG_FIELDS)}
@@ -35,27 +33,28 @@ class TokenyardCollector(Collector):
     def __init__(
         self,
         meter: Meter,
-        backends: Callable[[], Mapping[str, Backend]],
+        backends: Mapping[str, Backend],
         rejected: Mapping[int, int],
-        advice: Callable[[], Mapping[str, Any] | None] = lambda: None,
-        dispatcher: Callable[[], Dispatcher | None] = lambda: None,
+        *,
+        advisor: AdvisorLoop | None,  # None: the advisor is off
+        dispatcher: Dispatcher | None,  # None: the async track is off
     ) -> None:
         self._meter = meter
         self._backends = backends
         self._rejected = rejected
-        self._advice = advice
+        self._advisor = advisor
         self._dispatcher = dispatcher
 
     def collect(self) -> Iterator[Metric]:
         yield from self._usage()
         yield from self._backend_state()
         yield from self._meter_health()
-        yield from self._advisor()
+        yield from self._advice()
         yield from self._async_track()
 
     def _async_track(self) -> Iterator[Metric]:
         """The job queue (as last read, the same on every replica) and this replica's answered jobs."""
-        dispatcher = self._dispatcher()
+        dispatcher = self._dispatcher
         if dispatcher is None:
             return
         stats = dispatcher.stats
@@ -96,9 +95,9 @@ class TokenyardCollector(Collector):
         duplicates.add_metric([], dispatcher.front.duplicates)
         yield from (answered, waited, duplicates)
 
-    def _advisor(self) -> Iterator[Metric]:
+    def _advice(self) -> Iterator[Metric]:
         """The latest advice (the same on every replica: it is read from the store)."""
-        document = self._advice()
+        document = self._advisor.latest if self._advisor is not None else None
         if not document:
             return
         labels = ["workload"]
@@ -181,7 +180,7 @@ class TokenyardCollector(Collector):
         )
         up = GaugeMetricFamily("tokenyard_backend_up", "1 unless its circuit is open.", labels=["backend"])
         failures = CounterMetricFamily("tokenyard_backend_failures", "Upstream failures.", labels=["backend"])
-        for name, backend in self._backends().items():
+        for name, backend in self._backends.items():
             in_flight.add_metric([name], backend.in_flight)
             up.add_metric([name], 0 if backend.breaker.tripped else 1)
             failures.add_metric([name], backend.failures)
