@@ -21,6 +21,7 @@ from tokenyard.queue.batch_api import BatchApi
 from tokenyard.queue.front import JOBS_PATH
 from tokenyard.telemetry.metrics import exposition
 from tokenyard.wire import asgi as wire
+from tokenyard.wire import openai
 
 _MODEL_CREATED = 1_700_000_000  # a fixed "created" for configured models: they have no creation time
 _NO_ASYNC_TRACK: Final = "The async track is off: it needs a meter store (meter.store)."
@@ -70,7 +71,7 @@ def _list_models(runtime: Runtime) -> Handler:
         settings = live.current
         principal = settings.keys.authenticate(wire.header(scope, b"authorization"))
         data = [_model_object(name) for name in settings.config.models if principal.may_use(name)]
-        await wire.send_json(send, 200, {"object": "list", "data": data})
+        await wire.send_json(send, 200, openai.model_list(data))
 
     return handle
 
@@ -86,7 +87,7 @@ def _retrieve_model(proxy: Proxy) -> Handler:
 
 
 def _model_object(name: str) -> dict[str, object]:
-    return {"id": name, "object": "model", "created": _MODEL_CREATED, "owned_by": "tokenyard"}
+    return openai.model_object(name, _MODEL_CREATED, "tokenyard")
 
 
 # -- the async track and the Batch API ---------------------------------------------------------------------
