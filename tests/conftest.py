@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from tests.support.clocks import T0, FakeClock
 from tests.support.redis_servers import RedisClusterServers, delete_prefix, raw_client
 from tests.support.stores import PROXY_STORES, ProxyStore, fresh_prefix, open_proxy_store
+from tokenyard.adapters.webhook import WebhookSender
 
 # The contract mixins hold test bodies, so their asserts should explain a failure as a test module's do.
 # Nothing imported above imports them; the test modules that do are collected after this conftest.
@@ -57,3 +58,13 @@ async def raw() -> AsyncIterator[aioredis.Redis]:
     """A plain client of the machine's Redis, to look at (or plant) a store's keys directly."""
     async with raw_client() as client:
         yield client
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[WebhookSender]:
+    """The adapter that POSTs a job's callback, closed after the test."""
+    sender = WebhookSender()
+    try:
+        yield sender
+    finally:
+        await sender.aclose()

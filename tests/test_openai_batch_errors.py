@@ -8,15 +8,14 @@ file with a line that is not JSON.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.support.net import free_port
+from tests.support.raw_server import serving
 from tokenyard.adapters.openai_batch import OpenAIBatchUpstream, results
 from tokenyard.errors import UpstreamConnectError, UpstreamError
-
-Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 async def _read_head(reader: asyncio.StreamReader) -> None:
@@ -45,16 +44,6 @@ async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     writer.close()
 
 
-async def _serve(answer: Answer) -> AsyncIterator[str]:
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
 BROKEN = [
     (html_page, "with text/html that is not a JSON object"),
     (cut_body, "the upstream closed the connection mid-body"),
@@ -65,8 +54,8 @@ BROKEN = [
 @pytest.fixture(params=BROKEN, ids=["html", "cut", "hang-up"])
 async def broken(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, str]]:
     answer, expected = request.param
-    async for url in _serve(answer):
-        yield expected, url
+    async with serving(answer) as root:
+        yield expected, root + "/v1"
 
 
 async def test_a_misbehaving_provider_is_described_in_words(broken: tuple[str, str]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -62,15 +61,6 @@ def test_the_payload_carries_the_answer_as_json_or_as_text_when_it_is_not() -> N
     page = JobResult("job_1", 502, b"<html>bad gateway</html>", "realtime", NOW, "text/html")
     assert orjson.loads(payload(job(None), page))["body"] == "<html>bad gateway</html>"
     assert orjson.loads(payload(job(None), JobResult("job_1", 204, b"", "realtime", NOW)))["body"] is None
-
-
-@pytest.fixture
-async def webhook() -> AsyncIterator[WebhookSender]:
-    sender = WebhookSender()
-    try:
-        yield sender
-    finally:
-        await sender.aclose()
 
 
 async def test_a_callback_is_posted_signed_with_the_secret_of_the_moment(
