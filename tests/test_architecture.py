@@ -17,6 +17,7 @@ ROOMS = (
     "admission",
     "proxy",
     "queue",
+    "capacity",
     "meter",
     "advisor",
     "telemetry",
@@ -63,9 +64,13 @@ TERMINAL = {"terminal"}  # tables and progress bars for the commands
         ("stores", {"errors"}),
         ("admission", {"errors", "config"}),
         ("meter", {"errors", "config", "stores"}),
-        ("advisor", {"errors", "config", "meter", "stores"} | TERMINAL),
+        ("capacity", {"errors", "config", "wire", "adapters", "meter", "stores"}),
+        ("advisor", {"errors", "config", "capacity", "meter", "stores"} | TERMINAL),
         ("queue", {"errors", "config", "wire", "adapters", "admission", "meter", "stores"}),
-        ("proxy", {"errors", "config", "live", "wire", "adapters", "admission", "meter", "queue"}),
+        (
+            "proxy",
+            {"errors", "config", "live", "wire", "adapters", "admission", "capacity", "meter", "queue"},
+        ),
         (
             "telemetry",
             {
@@ -79,6 +84,7 @@ TERMINAL = {"terminal"}  # tables and progress bars for the commands
                 "proxy",
                 "queue",
                 "advisor",
+                "capacity",
                 "terminal",
             },
         ),

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from tokenyard.advisor.settings import AdvisorConfig
+from tokenyard.capacity.settings import CapacityConfig, EngineMetrics, Sla
 from tokenyard.errors import ConfigError
 from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.simulator.config import SimulatorConfig
@@ -85,6 +86,12 @@ class BackendConfig(_Strict):
     tpm: PositiveInt | None = None
     max_connections: PositiveInt = 512
     timeouts: Timeouts = Timeouts()
+    # The latency targets its in-flight limit is learned from (dedicated and dedicated-serverless only);
+    # max_concurrency stays the ceiling and the starting point.
+    sla: Sla | None = None
+    # The engine's Prometheus metrics: a URL, or "auto" for the base URL's host + /metrics; unset: none.
+    metrics_url: str | None = None
+    engine: EngineMetrics = EngineMetrics()
 
     @field_validator("base_url")
     @classmethod
@@ -106,6 +113,12 @@ class BackendConfig(_Strict):
             given = [name for name in _DEDICATED_ONLY if getattr(self, name) is not None]
             if given:
                 problems.append(f"{', '.join(given)} only apply to dedicated backends")
+        if self.sla is not None and self.kind not in ("dedicated", "dedicated_serverless"):
+            problems.append("sla applies to dedicated and dedicated_serverless backends")
+        if self.sla is not None and self.max_concurrency is None:
+            problems.append("a backend with an sla needs max_concurrency (its ceiling and starting point)")
+        if self.metrics_url not in (None, "auto") and not re.match(r"^https?://[^/\s]+", self.metrics_url):
+            problems.append("metrics_url must be an http:// or https:// URL, or auto")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -239,6 +252,7 @@ class TokenyardConfig(_Strict):
     keys: dict[str, KeyConfig] = {}
     advisor: AdvisorConfig = AdvisorConfig()
     async_track: AsyncTrackConfig = AsyncTrackConfig()
+    capacity: CapacityConfig = CapacityConfig()
 
     def cross_reference_problems(self) -> list[tuple[str, str]]:
         """Problems that span sections: names that point nowhere, duplicated secrets, unsafe listeners."""

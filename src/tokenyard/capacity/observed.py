@@ -1,0 +1,37 @@
+"""What the proxy observes of each backend, and the per-backend capacity state it feeds.
+
+The proxy hands every answered request to ``BackendCapacity.observe`` as one ``LatencySample`` (no I/O, no
+clock read: the sample carries its times). The limiter, the envelope and the engine's last scrape live here,
+so routing reads one object per backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySample:
+    """One request a backend answered, as tokenyard measured it."""
+
+    ttft_s: float  # to the first token (a stream's first event; a whole answer's head)
+    latency_s: float  # to the end of the answer
+    prompt_tokens: int
+    completion_tokens: int
+    streamed: bool
+    # Requests in flight on the backend when this one was admitted, itself included, across every proxy
+    # replica (this replica's count × the live replicas, or the engine's own count when it is fresh).
+    concurrency: int
+
+    @property
+    def stream_tokens_per_s(self) -> float | None:
+        """Per-stream decode rate: tokens after the first over the time after the first; a whole answer's
+        completion tokens over its whole latency (it hides its first token). None: too few tokens."""
+        if self.streamed:
+            decode_s = self.latency_s - self.ttft_s
+            if self.completion_tokens < 2 or decode_s <= 0:
+                return None
+            return (self.completion_tokens - 1) / decode_s
+        if self.completion_tokens < 1 or self.latency_s <= 0:
+            return None
+        return self.completion_tokens / self.latency_s
