@@ -14,9 +14,10 @@ from pydantic import SecretStr
 
 from tests.support.net import free_port
 from tokenyard.adapters.webhook import WebhookSender
-from tokenyard.queue.callbacks import CallbackSender, payload, sign
+from tokenyard.queue.callbacks import CallbackSender, payload
 from tokenyard.queue.model import Job, JobResult
 from tokenyard.queue.settings import Callbacks
+from tokenyard.wire.signatures import sign
 
 NOW = 1_800_000_000
 Received = tuple[int, list[tuple[dict[str, str], bytes]]]

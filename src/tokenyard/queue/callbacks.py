@@ -3,15 +3,11 @@
 A callback URL is checked twice against ``async_track.callbacks.allow_hosts`` (no SSRF): when the job is
 submitted (a URL that could not be called is a 400 naming the header) and again when it is called (the
 list may have changed). The POST goes through an ``adapters.base.Webhook``; this module never touches the
-network itself. The signature, when a secret is set::
-
-    X-Tokenyard-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>
+network itself. It is signed as ``wire.signatures`` says, when a secret is set.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import logging
 import re
@@ -25,11 +21,11 @@ from tokenyard.adapters.base import Webhook
 from tokenyard.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from tokenyard.queue.model import Job, JobResult
 from tokenyard.queue.settings import Callbacks
+from tokenyard.wire.signatures import H_SIGNATURE, sign
 
 log = logging.getLogger("tokenyard.dispatcher")  # the dispatcher's work, under its logger as before
 
 H_CALLBACK: Final = b"x-tokenyard-callback"
-H_SIGNATURE: Final = "X-Tokenyard-Signature"
 CALLBACK_PARAM: Final = H_CALLBACK.decode()  # the ``param`` of errors about it: a header, not a body field
 MAX_CALLBACK_CHARS: Final = 2048
 # RFC 3986's characters (unreserved, reserved and '%'): no space, control, backslash or non-ASCII.
@@ -111,12 +107,6 @@ def _is_ipv6(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def sign(secret: str, payload: bytes, timestamp: int) -> str:
-    """The callback signature header's value for ``payload`` sent at ``timestamp``."""
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
 
 
 def payload(job: Job, result: JobResult) -> bytes:
