@@ -15,6 +15,7 @@ from datetime import date
 from tokenyard.advisor.catalog import Catalog, ModelEntry, ReplicaCapacity, TokenPrices
 from tokenyard.advisor.costs import DedicatedOption
 from tokenyard.advisor.decide import CurrentSetup, Workload
+from tokenyard.capacity.desired import CapacityEstimate
 from tokenyard.config import BackendConfig, Prices, TokenyardConfig
 
 MIN_CALIBRATION_MINUTES = 10
@@ -168,3 +169,28 @@ def calibrated(
         output_tokens_per_s=option.output_tokens_per_s * factor,
         capacity_source=f"measured: {factor:.2f} × {option.capacity_source} ({len(factors)} busy minutes)",
     )
+
+
+def catalog_capacity(config: TokenyardConfig, catalog: Catalog) -> dict[str, CapacityEstimate]:
+    """Per dedicated backend, the catalog's capacity for its model on its GPU (scaled to its GPUs) at the
+    utilization cap: the figure desired replicas fall back to before anything was measured."""
+    cap = config.advisor.utilization_cap
+    out: dict[str, CapacityEstimate] = {}
+    for name, backend in config.backends.items():
+        if backend.kind != "dedicated" or backend.gpus_per_replica is None or backend.gpu_hour_price is None:
+            continue
+        model = next((m for m, section in config.models.items() if name in section.deployments), None)
+        if model is None:
+            continue
+        entry = catalog.model(config.advisor.needs(model).catalog_model or model)
+        same_gpu = [c for c in entry.dedicated if c.gpu_type == backend.gpu_type] if entry else []
+        if not same_gpu:
+            continue
+        option = _option(same_gpu[0], backend.gpus_per_replica, backend.gpu_hour_price)
+        out[name] = CapacityEstimate(
+            output_tokens_per_s=option.output_tokens_per_s * cap,
+            input_tokens_per_s=option.input_tokens_per_s * cap,
+            cached_input_work=option.cached_input_work,
+            source=f"{option.capacity_source} figure for {option.label} × utilization cap {cap:g}",
+        )
+    return out

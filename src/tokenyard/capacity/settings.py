@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -84,6 +85,12 @@ class Actuator(_Strict):
     def _consistent(self) -> Actuator:
         if self.kind == "webhook" and not self.url:
             raise ValueError("a webhook actuator needs url")
+        if self.kind == "webhook" and self.url:
+            if not re.match(r"^https?://[^/\s]+", self.url):
+                raise ValueError("url must be an http:// or https:// URL")
+            host = (urlsplit(self.url).hostname or "").lower()
+            if host not in {h.lower() for h in self.allow_hosts}:
+                raise ValueError(f"the url's host {host!r} must be in allow_hosts")
         if self.kind == "command" and not self.command:
             raise ValueError("a command actuator needs command (an argv list)")
         if self.min_replicas > self.max_replicas:
