@@ -3,7 +3,9 @@
 Every ``BEAT_S`` each replica says it is alive (for ``TTL_S``) in the meter store and learns how many are;
 every backend's concurrency cap and rate limits are then this replica's share. A replica killed with -9
 drops out when its time runs out; one that stops gracefully leaves at once. The beat also carries config
-reloads: ``POST /admin/reload`` on one replica leaves a note in the store that the others act on.
+reloads: ``POST /admin/reload`` on one replica leaves a note in the store that the others act on, and
+replica counts: a dedicated backend's replicas set on one replica (the admin API, the actuator) are in the
+``capacity:replicas`` document, which every replica applies to its routing caps and GPU accrual.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Final
 
 import orjson
 
+from tokenyard.capacity.shared_replicas import published_replicas
 from tokenyard.errors import StoreError
 from tokenyard.proxy.backends import Backend
 from tokenyard.stores.protocols import CoordinatedDocuments
@@ -38,10 +41,12 @@ class Membership:
         *,
         member: str,
         on_reload: Callable[[], Awaitable[Any]],
+        apply_replicas: Callable[[str, int], None] | None = None,
     ) -> None:
         self.store = store
         self.backends = backends  # by name, fixed until a restart
         self.on_reload = on_reload  # re-read this replica's config (another replica asked for a reload)
+        self.apply_replicas = apply_replicas  # count a backend's replicas here (cap, GPU accrual)
         self.member = member  # this replica's name
         self.live = 1
         self._reload_seen: float | None = None
@@ -71,6 +76,9 @@ class Membership:
         for backend in self.backends.values():
             backend.set_cluster_size(live)
         await self._check_reload()
+        if self.apply_replicas is not None:
+            for name, replicas in (await published_replicas(self.store)).items():
+                self.apply_replicas(name, replicas)
 
     async def run(self) -> None:
         """Beat until cancelled; then leave at once, so the others take the whole caps back."""

@@ -19,6 +19,7 @@ from tokenyard.errors import MethodNotAllowed, ObjectNotFound, RouteNotFound, To
 from tokenyard.proxy.handler import ENDPOINTS, Endpoint, Proxy
 from tokenyard.queue.batch_api import BatchApi
 from tokenyard.queue.front import JOBS_PATH
+from tokenyard.telemetry.capacity import CapacityApi
 from tokenyard.telemetry.metrics import exposition
 from tokenyard.wire import asgi as wire
 from tokenyard.wire import openai
@@ -44,6 +45,7 @@ def router(runtime: Runtime, health: Iterable[Route]) -> Router:
         Route("/admin/backends/{name:path}/replicas", ("PUT",), admin.replicas),
         Route("/admin/advice", ("GET",), admin.advice),
         Route("/admin/queue", ("GET",), admin.queue),
+        Route("/admin/capacity", ("GET",), CapacityApi(admin, runtime.capacity, admin.backends).handle),
         Route("/admin/reload", ("POST",), _reload(runtime)),
         Route("/dashboard", ("GET",), dashboard.page),
         Route("/dashboard/login", ("POST",), dashboard.login),

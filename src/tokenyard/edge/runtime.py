@@ -31,7 +31,9 @@ from prometheus_client import CollectorRegistry
 
 from tokenyard.adapters.webhook import WebhookSender
 from tokenyard.advisor.live import AdvisorLoop
+from tokenyard.capacity.planner import CapacityPlanner
 from tokenyard.config import TokenyardConfig
+from tokenyard.edge.capacity import replicas_applier, start_capacity
 from tokenyard.edge.cluster import Membership
 from tokenyard.edge.reload import Reloader
 from tokenyard.live import LiveConfig
@@ -89,6 +91,7 @@ class Runtime:
     dashboard: Dashboard
     track: AsyncTrack | None  # None: no meter store or async_track.enabled false (its routes say so)
     registry: CollectorRegistry
+    capacity: CapacityPlanner | None  # None: no meter store (desired replicas read its aggregates)
     reload_here: Callable[[], Awaitable[dict[str, Any]]]  # SIGHUP's; tests reload through it
     reload_everywhere: Callable[[], Awaitable[dict[str, Any]]]  # here, then every replica on the store
 
@@ -147,13 +150,22 @@ async def start_runtime(
     if store is not None and door is not None:
         track = _start_async_track(stack, door, proxy, live, store, backends, models, replica, clock, wall)
     dispatcher = track.dispatcher if track else None
+    planner = None
+    if store is not None:
+        planner = start_capacity(stack, live, store, backends, meter, advisor, replica=replica, wall=wall)
     admin = AdminApi(
         live, meter, backends, replica=replica, advisor=advisor, dispatcher=dispatcher, wall=wall
     )
     reloader = Reloader(config_path, live, agree_session_secret=admin.agree_session_secret)
     announce = _nothing
     if store is not None:
-        membership = Membership(store, backends, member=replica, on_reload=reloader.here)
+        membership = Membership(
+            store,
+            backends,
+            member=replica,
+            on_reload=reloader.here,
+            apply_replicas=replicas_applier(backends, meter),
+        )
         stack.push_async_callback(_cancel, asyncio.create_task(membership.run(), name="membership"))
         announce = membership.announce_reload
     await admin.agree_session_secret()
@@ -169,7 +181,11 @@ async def start_runtime(
             signal.SIGHUP, lambda: asyncio.ensure_future(reloader.here())
         )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TokenyardCollector(meter, backends, rejected, advisor=advisor, dispatcher=dispatcher))
+    registry.register(
+        TokenyardCollector(
+            meter, backends, rejected, advisor=advisor, dispatcher=dispatcher, capacity=planner
+        )
+    )
     return Runtime(
         live=live,
         proxy=proxy,
@@ -177,6 +193,7 @@ async def start_runtime(
         dashboard=Dashboard(admin),
         track=track,
         registry=registry,
+        capacity=planner,
         reload_here=reloader.here,
         reload_everywhere=reload_everywhere,
     )

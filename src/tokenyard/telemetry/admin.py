@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -11,14 +12,17 @@ from urllib.parse import parse_qs
 import orjson
 
 from tokenyard.advisor.live import AdvisorLoop
+from tokenyard.capacity.shared_replicas import publish_replicas
 from tokenyard.config import MAX_REPLICAS, TokenyardConfig
-from tokenyard.errors import AuthenticationFailed, Forbidden, InvalidRequest, RouteNotFound
+from tokenyard.errors import AuthenticationFailed, Forbidden, InvalidRequest, RouteNotFound, StoreError
 from tokenyard.live import LiveConfig
 from tokenyard.meter.meter import Meter
 from tokenyard.proxy.backends import Backend
 from tokenyard.queue.dispatcher import Dispatcher
 from tokenyard.telemetry import report, sessions
 from tokenyard.wire import asgi as wire
+
+log = logging.getLogger("tokenyard.admin")
 
 SESSION_COOKIE = b"tokenyard_admin"
 
@@ -43,6 +47,7 @@ class AdminApi:
         self.wall = wall
         self.advisor = advisor  # None: the advisor is off (no meter store, or advisor.enabled false)
         self.dispatcher = dispatcher  # None: the async track is off
+        self.replica = replica  # this replica's name: who set a replica count
         self._session_owner = replica  # this replica, for the lock on the shared salt
         self._session_key: bytes | None = None  # the admin key _session_secret belongs to
         self._session_secret: bytes | None = None
@@ -227,7 +232,8 @@ class AdminApi:
         await wire.send_json(send, 200, {"object": "list", "data": data})
 
     async def replicas(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
-        """``PUT /admin/backends/{name}/replicas`` with ``{"replicas": N}``: provisioned capacity changed."""
+        """``PUT /admin/backends/{name}/replicas`` with ``{"replicas": N}``: provisioned capacity changed, on
+        every replica sharing the store."""
         self.authorize(scope)
         name = scope["path_params"]["name"]
         backend = self.backends.get(name)
@@ -244,8 +250,25 @@ class AdminApi:
             )
         self.meter.set_replicas(name, replicas)
         backend.replicas = replicas
+        # Every replica counts it from its next membership beat (it used to change this replica only).
+        shared = False
+        if self.meter.store is not None:
+            try:
+                await publish_replicas(
+                    self.meter.store, name, replicas, by=self.replica, source="admin", at=self.wall()
+                )
+                shared = True
+            except StoreError as exc:
+                log.warning("admin: %s replicas set here only: %s", name, exc)
         await wire.send_json(
-            send, 200, {"name": name, "replicas": replicas, "max_concurrency": backend.max_concurrency}
+            send,
+            200,
+            {
+                "name": name,
+                "replicas": replicas,
+                "max_concurrency": backend.max_concurrency,
+                "shared": shared,  # False: the store is off or away; this replica only
+            },
         )
 
 

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from tokenyard.advisor.live import AdvisorLoop
 from tokenyard.advisor.settings import DAYS_PER_MONTH
+from tokenyard.capacity.planner import CapacityPlanner
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import AGG_FIELDS, LATENCY_BUCKETS_MS, PUSD_PER_USD
 from tokenyard.proxy.backends import Backend
@@ -38,12 +39,14 @@ class TokenyardCollector(Collector):
         *,
         advisor: AdvisorLoop | None,  # None: the advisor is off
         dispatcher: Dispatcher | None,  # None: the async track is off
+        capacity: CapacityPlanner | None = None,  # None: no meter store, no desired replicas
     ) -> None:
         self._meter = meter
         self._backends = backends
         self._rejected = rejected
         self._advisor = advisor
         self._dispatcher = dispatcher
+        self._capacity = capacity
 
     def collect(self) -> Iterator[Metric]:
         yield from self._usage()
@@ -51,6 +54,25 @@ class TokenyardCollector(Collector):
         yield from self._meter_health()
         yield from self._advice()
         yield from self._async_track()
+        yield from self._desired_replicas()
+
+    def _desired_replicas(self) -> Iterator[Metric]:
+        """The replicas each dedicated backend should run (the same on every replica: the leader decides),
+        for a scaler: KEDA or an HPA on an external metric (see deploy/)."""
+        document = self._capacity.latest if self._capacity is not None else None
+        if not document:
+            return
+        desired = GaugeMetricFamily(
+            "tokenyard_desired_replicas",
+            "Replicas a dedicated backend should run: now, and for the next interval (time-of-week profile).",
+            labels=["backend", "horizon"],
+        )
+        for item in document.get("backends", []):
+            for horizon in ("now", "next"):
+                value = item["desired"][horizon]
+                if value is not None:
+                    desired.add_metric([item["backend"], horizon], value)
+        yield desired
 
     def _async_track(self) -> Iterator[Metric]:
         """The job queue (as last read, the same on every replica) and this replica's answered jobs."""

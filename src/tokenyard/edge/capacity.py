@@ -1,0 +1,117 @@
+"""Assembly of the capacity planner: its capacity sources, in order, and how a replica count is applied.
+
+Capacity per replica comes from the first source with a figure for the backend (best first):
+
+1. (the measured envelope, and the learned limit × the SLA's per-stream rate: added where they are built);
+2. the catalog's figure for the model on the backend's GPU × ``advisor.utilization_cap``;
+3. the configured ``max_concurrency`` × the SLA's ``min_stream_tokens_per_s`` (the SLA's promise at the
+   configured cap), for a model the catalog does not know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tokenyard.adapters.webhook import WebhookSender
+from tokenyard.advisor.catalog import load_catalog
+from tokenyard.advisor.live import AdvisorLoop
+from tokenyard.advisor.workloads import catalog_capacity
+from tokenyard.capacity.desired import (
+    CapacityEstimate,
+    CapacitySource,
+    first_answer,
+    fixed_source,
+    limit_source,
+)
+from tokenyard.capacity.planner import CapacityPlanner, PlannerStore
+from tokenyard.config import TokenyardConfig
+from tokenyard.live import LiveConfig
+from tokenyard.meter.meter import Meter
+from tokenyard.proxy.backends import Backend
+
+
+def replicas_applier(backends: Mapping[str, Backend], meter: Meter) -> Callable[[str, int], None]:
+    """Count a dedicated backend's new replicas on this proxy replica: its routing cap and GPU accrual."""
+
+    def apply(name: str, replicas: int) -> None:
+        backend = backends.get(name)
+        if backend is None or name not in meter.dedicated or backend.replicas == replicas:
+            return
+        meter.set_replicas(name, replicas)
+        backend.replicas = replicas
+
+    return apply
+
+
+def _catalog_figures(config: Callable[[], TokenyardConfig]) -> Callable[[], Mapping[str, CapacityEstimate]]:
+    """The catalog's capacities for the config in force, computed once per (re)load."""
+    cache: dict[int, Mapping[str, CapacityEstimate]] = {}
+
+    def figures() -> Mapping[str, CapacityEstimate]:
+        current = config()
+        key = id(current)
+        if key not in cache:
+            cache.clear()
+            cache[key] = catalog_capacity(current, load_catalog(current.advisor.catalog))
+        return cache[key]
+
+    return figures
+
+
+def capacity_sources(live: LiveConfig, backends: Mapping[str, Backend]) -> CapacitySource:
+    """The chain of capacity sources (see the module's docstring)."""
+
+    def config() -> TokenyardConfig:
+        return live.config
+
+    def configured_cap(name: str) -> int | None:
+        backend = backends.get(name)
+        return backend.config.max_concurrency if backend else None
+
+    return first_answer(
+        fixed_source(_catalog_figures(config)),
+        limit_source(config, configured_cap, "max_concurrency (configured)"),
+    )
+
+
+def start_capacity(
+    stack: contextlib.AsyncExitStack,
+    live: LiveConfig,
+    store: PlannerStore,
+    backends: Mapping[str, Backend],
+    meter: Meter,
+    advisor: AdvisorLoop | None,
+    *,
+    replica: str,
+    wall: Callable[[], float],
+) -> CapacityPlanner:
+    """The planner, running until the stack closes."""
+    webhook = WebhookSender()
+    stack.push_async_callback(webhook.aclose)  # after the planner stops (pushed before it)
+
+    def advice() -> Mapping[str, Any] | None:
+        return advisor.latest if advisor is not None else None
+
+    planner = CapacityPlanner(
+        store,
+        lambda: live.config,
+        replica=replica,
+        capacity=capacity_sources(live, backends),
+        provisioned=lambda name: backends[name].replicas,
+        apply=replicas_applier(backends, meter),
+        advice=advice,
+        webhook=webhook,
+        wall=wall,
+    )
+    task = asyncio.create_task(planner.run(), name="capacity")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+    return planner

@@ -1,0 +1,54 @@
+"""``GET /admin/capacity``: the desired replicas of every dedicated backend, why, and what the actuator did.
+
+The document is the capacity planner's (the same on every replica: the leader stores it, the others read
+it), with this replica's own view added: the replicas it counts for each backend and its in-flight cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tokenyard.capacity.planner import CapacityPlanner
+from tokenyard.proxy.backends import Backend
+from tokenyard.telemetry.admin import AdminApi
+from tokenyard.wire import asgi as wire
+
+
+class CapacityApi:
+    """The handler of ``GET /admin/capacity`` (admin key)."""
+
+    def __init__(
+        self, admin: AdminApi, planner: CapacityPlanner | None, backends: Mapping[str, Backend]
+    ) -> None:
+        self.admin = admin  # authorizes, as for every /admin/* route
+        self.planner = planner  # None: no meter store, so no demand to decide from
+        self.backends = backends
+
+    def document(self) -> dict[str, Any]:
+        """What the route answers."""
+        planner = self.planner
+        if planner is None:
+            return {
+                "object": "capacity",
+                "enabled": False,
+                "why": "desired replicas are decided from the metered demand: they need a meter store",
+            }
+        stored = planner.latest or {"object": "capacity", "backends": [], "decisions": []}
+        here = {
+            name: {"replicas": b.replicas, "max_concurrency": b.max_concurrency}
+            for name, b in self.backends.items()
+            if b.config.kind == "dedicated"
+        }
+        return {
+            **stored,
+            "enabled": True,
+            "pending": planner.latest is None,  # nothing decided yet (the first tick is still running)
+            "leader": planner.leader,  # whether this replica decides
+            "here": here,  # this replica's counts (they follow capacity:replicas at each beat)
+        }
+
+    async def handle(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        """``GET /admin/capacity``."""
+        self.admin.authorize(scope)
+        await wire.send_json(send, 200, self.document())
