@@ -173,3 +173,21 @@ async def test_replicas_set_through_the_admin_api_reach_every_replica(
                 assert (state["replicas"], state["max_concurrency"]) == (4, 4 * 4 // 2)
 
         await eventually(four_everywhere, timeout_s=20)
+
+
+async def test_without_a_meter_store_the_capacity_api_says_why_and_needs_the_admin_key(
+    fleet: list[ProxyProcess], prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        simulators(
+            ded=SimulatorConfig(mode="dedicated", **FAST_UPSTREAM), api=SimulatorConfig(**FAST_UPSTREAM)
+        ) as sims,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        cfg = config(sims, prefix, None) | {"meter": {"store": "off"}}
+        fleet.append(await start_proxy(cfg, tmp_path))
+        assert (await http.get(f"{fleet[0].url}/admin/capacity")).status_code == 401
+        document = await admin_get(http, fleet[0], "/admin/capacity")
+        assert document["enabled"] is False
+        assert "meter store" in document["why"]
+        assert "tokenyard_desired_replicas" not in await admin_get(http, fleet[0], "/metrics")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,28 +22,31 @@ from tokenyard.capacity.desired import (
     limit_source,
 )
 from tokenyard.capacity.settings import Actuator
-from tokenyard.config import TokenyardConfig
+from tokenyard.config import TokenyardConfig, parse_config
+from tokenyard.errors import ConfigError
 from tokenyard.meter.model import AggKey
 
 T = 1_800_000_000
 
 
 def config(**capacity: Any) -> TokenyardConfig:
-    return TokenyardConfig.model_validate(
-        {
-            "backends": {
-                "ded-a": backend("dedicated", "http://127.0.0.1:9/v1", sla={"min_stream_tokens_per_s": 30}),
-                "ded-b": backend("dedicated", "http://127.0.0.1:9/v1"),
-                "api": backend("serverless", "http://127.0.0.1:9/v1"),
-            },
-            "models": {
-                "big": {"deployments": ["ded-a", "ded-b", "api"]},
-                "small": {"deployments": ["ded-a", "api"]},
-                "other": {"deployments": ["api"]},
-            },
-            "capacity": capacity,
-        }
-    )
+    return TokenyardConfig.model_validate(config_tree(**capacity))
+
+
+def config_tree(**capacity: Any) -> dict[str, Any]:
+    return {
+        "backends": {
+            "ded-a": backend("dedicated", "http://127.0.0.1:9/v1", sla={"min_stream_tokens_per_s": 30}),
+            "ded-b": backend("dedicated", "http://127.0.0.1:9/v1"),
+            "api": backend("serverless", "http://127.0.0.1:9/v1"),
+        },
+        "models": {
+            "big": {"deployments": ["ded-a", "ded-b", "api"]},
+            "small": {"deployments": ["ded-a", "api"]},
+            "other": {"deployments": ["api"]},
+        },
+        "capacity": capacity,
+    }
 
 
 def row(minute: int, model: str, *, completion: int, prompt: int = 0, mode: str = "realtime") -> Any:
@@ -232,3 +236,35 @@ def test_a_step_moves_toward_the_bounded_goal_by_at_most_max_step(
         assert step.target is not None
         assert 1 <= abs(step.target - provisioned) <= max_step
         assert abs(goal - step.target) < abs(goal - provisioned)
+
+
+@pytest.mark.parametrize(
+    ("actuator", "problem"),
+    [
+        ({"kind": "webhook"}, "a webhook actuator needs url"),
+        (
+            {"kind": "webhook", "url": "https://scaler.internal/hook", "allow_hosts": ["other.internal"]},
+            "the url's host 'scaler.internal' must be in allow_hosts",
+        ),
+        ({"kind": "webhook", "url": "ftp://scaler.internal/", "allow_hosts": ["scaler.internal"]}, "http://"),
+        ({"kind": "command"}, "a command actuator needs command"),
+        ({"kind": "command", "command": ["true"], "min_replicas": 5, "max_replicas": 2}, "min_replicas"),
+    ],
+)
+def test_an_actuator_that_could_not_act_safely_is_refused_at_start_up(
+    actuator: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"capacity\.actuator: ") as raised:
+        parse_config(yaml.safe_dump(config_tree(actuator=actuator)), env={})
+    assert problem in str(raised.value)
+
+
+def test_an_allow_listed_webhook_is_accepted_and_dry_run_is_the_default() -> None:
+    actuator = {
+        "kind": "webhook",
+        "url": "https://Scaler.internal:8443/hook",
+        "allow_hosts": ["scaler.internal"],
+    }
+    parsed = parse_config(yaml.safe_dump(config_tree(actuator=actuator)), env={}).capacity.actuator
+    assert parsed is not None
+    assert parsed.dry_run is True

@@ -238,7 +238,8 @@ async def test_replicas_can_change_while_running(metered: tuple[ProxyProcess, fl
         metrics = (
             await http.get(f"{proxy.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         ).text
-    assert changed.json() == {"name": "dedicated", "replicas": 1, "max_concurrency": 2}
+    # Shared through the store: every replica on it counts 1 from its next beat.
+    assert changed.json() == {"name": "dedicated", "replicas": 1, "max_concurrency": 2, "shared": True}
     assert refused.status_code == 400
     assert 'tokenyard_backend_replicas{backend="dedicated"} 1.0' in metrics
     state = (await admin_get(proxy, "/admin/backends")).json()["data"]
