@@ -84,6 +84,31 @@ async def plant_demand(prefix: str, tokens_per_s: float) -> None:
         await store.aclose()
 
 
+async def gpu_totals(prefix: str) -> tuple[int, int]:
+    """The dedicated backend's provisioned wall-ms and GPU-ms so far, as the shared store accrued them."""
+    store = RedisMeterStore(REDIS_URL, prefix=prefix, retention_s=86400, records_max=1000)
+    try:
+        rows = await store.gpu(int(time.time()) // 60 * 60 - 3600, int(time.time()) // 60 * 60 + 120)
+    finally:
+        await store.aclose()
+    return sum(f["wall_ms"] for _, f in rows), sum(f["gpu_ms"] for _, f in rows)
+
+
+async def gpus_accrued_from_now(prefix: str) -> float:
+    """GPUs the store accrues per provisioned second from here on: the GPU-ms over the wall-ms that accrue
+    while at least one more second is provisioned (counted, not slept: polled until it has)."""
+    start = await gpu_totals(prefix)
+    end = start
+
+    async def a_second_more() -> None:
+        nonlocal end
+        end = await gpu_totals(prefix)
+        assert end[0] - start[0] >= 1000
+
+    await eventually(a_second_more, timeout_s=20)
+    return (end[1] - start[1]) / (end[0] - start[0])
+
+
 async def admin_get(http: httpx.AsyncClient, proxy: ProxyProcess, path: str) -> Any:
     got = await http.get(proxy.url + path, headers=ADMIN)
     assert got.status_code == 200, got.text
@@ -128,6 +153,8 @@ async def test_a_successful_actuation_moves_routing_and_gpu_accrual_on_both_repl
                 assert state["max_concurrency"] == 4 * 3 // 2  # the routing cap: 3 replicas, half each
 
         await eventually(scaled_to_three_everywhere, timeout_s=30)
+        await gpus_accrued_from_now(prefix)  # what either replica accrued before it applied the count
+        assert await gpus_accrued_from_now(prefix) == 3.0  # 3 replicas × 1 GPU, whichever replica sent it
         assert ran.read_text().splitlines() == ["ded 2", "ded 3"]  # one replica at a time (max_step 1)
 
         documents = [await admin_get(http, proxy, "/admin/capacity") for proxy in fleet]
