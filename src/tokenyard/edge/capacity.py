@@ -2,9 +2,11 @@
 
 Capacity per replica comes from the first source with a figure for the backend (best first):
 
-1. (the measured envelope, and the learned limit × the SLA's per-stream rate: added where they are built);
-2. the catalog's figure for the model on the backend's GPU × ``advisor.utilization_cap``;
-3. the configured ``max_concurrency`` × the SLA's ``min_stream_tokens_per_s`` (the SLA's promise at the
+1. ``measured``: the measured envelope's capacity at the SLA, where it has enough data;
+2. ``learned_limit`` (a backend's learned concurrency limit per replica) × the SLA's
+   ``min_stream_tokens_per_s``;
+3. the catalog's figure for the model on the backend's GPU × ``advisor.utilization_cap``;
+4. the configured ``max_concurrency`` × the SLA's ``min_stream_tokens_per_s`` (the SLA's promise at the
    configured cap), for a model the catalog does not know.
 """
 
@@ -61,8 +63,15 @@ def _catalog_figures(config: Callable[[], TokenyardConfig]) -> Callable[[], Mapp
     return figures
 
 
-def capacity_sources(live: LiveConfig, backends: Mapping[str, Backend]) -> CapacitySource:
-    """The chain of capacity sources (see the module's docstring)."""
+def capacity_sources(
+    live: LiveConfig,
+    backends: Mapping[str, Backend],
+    *,
+    measured: CapacitySource | None = None,
+    learned_limit: Callable[[str], int | None] | None = None,
+) -> CapacitySource:
+    """The chain of capacity sources (see the module's docstring); ``measured`` and ``learned_limit`` are
+    left out when not given."""
 
     def config() -> TokenyardConfig:
         return live.config
@@ -71,10 +80,14 @@ def capacity_sources(live: LiveConfig, backends: Mapping[str, Backend]) -> Capac
         backend = backends.get(name)
         return backend.config.max_concurrency if backend else None
 
-    return first_answer(
-        fixed_source(_catalog_figures(config)),
-        limit_source(config, configured_cap, "max_concurrency (configured)"),
-    )
+    sources: list[CapacitySource] = []
+    if measured is not None:
+        sources.append(measured)
+    if learned_limit is not None:
+        sources.append(limit_source(config, learned_limit, "learned limit"))
+    sources.append(fixed_source(_catalog_figures(config)))
+    sources.append(limit_source(config, configured_cap, "max_concurrency (configured)"))
+    return first_answer(*sources)
 
 
 def start_capacity(

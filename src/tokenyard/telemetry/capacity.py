@@ -6,7 +6,7 @@ it), with this replica's own view added: the replicas it counts for each backend
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tokenyard.capacity.planner import CapacityPlanner
@@ -19,20 +19,28 @@ class CapacityApi:
     """The handler of ``GET /admin/capacity`` (admin key)."""
 
     def __init__(
-        self, admin: AdminApi, planner: CapacityPlanner | None, backends: Mapping[str, Backend]
+        self,
+        admin: AdminApi,
+        planner: CapacityPlanner | None,
+        backends: Mapping[str, Backend],
+        sections: Mapping[str, Callable[[], Any]] | None = None,
     ) -> None:
         self.admin = admin  # authorizes, as for every /admin/* route
         self.planner = planner  # None: no meter store, so no demand to decide from
         self.backends = backends
+        # More of the capacity picture, each under its own key (e.g. "envelope": the measured curves).
+        self.sections = sections or {}
 
     def document(self) -> dict[str, Any]:
         """What the route answers."""
         planner = self.planner
+        extra = {name: section() for name, section in self.sections.items()}
         if planner is None:
             return {
                 "object": "capacity",
                 "enabled": False,
                 "why": "desired replicas are decided from the metered demand: they need a meter store",
+                **extra,
             }
         stored = planner.latest or {"object": "capacity", "backends": [], "decisions": []}
         here = {
@@ -46,6 +54,7 @@ class CapacityApi:
             "pending": planner.latest is None,  # nothing decided yet (the first tick is still running)
             "leader": planner.leader,  # whether this replica decides
             "here": here,  # this replica's counts (they follow capacity:replicas at each beat)
+            **extra,
         }
 
     async def handle(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
