@@ -100,8 +100,11 @@ def start_capacity(
     *,
     replica: str,
     wall: Callable[[], float],
+    measured: CapacitySource | None = None,
+    learned_limit: Callable[[str], int | None] | None = None,
 ) -> CapacityPlanner:
-    """The planner, running until the stack closes."""
+    """The planner, running until the stack closes (``measured``, ``learned_limit``: see
+    ``capacity_sources``)."""
     webhook = WebhookSender()
     stack.push_async_callback(webhook.aclose)  # after the planner stops (pushed before it)
 
@@ -112,7 +115,7 @@ def start_capacity(
         store,
         lambda: live.config,
         replica=replica,
-        capacity=capacity_sources(live, backends),
+        capacity=capacity_sources(live, backends, measured=measured, learned_limit=learned_limit),
         provisioned=lambda name: backends[name].replicas,
         apply=replicas_applier(backends, meter),
         advice=advice,
