@@ -38,6 +38,7 @@ from tokenyard.capacity.desired import (
     dedicated_backends,
     demand_by_backend,
 )
+from tokenyard.capacity.settings import Actuator
 from tokenyard.capacity.shared_replicas import publish_replicas
 from tokenyard.config import MAX_REPLICAS, TokenyardConfig
 from tokenyard.errors import StoreError
@@ -218,14 +219,13 @@ class CapacityPlanner:
             next(self._ids), name, provisioned, step.target, desired.now, desired.next, desired.reasons, now
         )
         self._last_action_at[name] = now
-        entry = await self._apply(action, step, dry_run=settings.dry_run)
+        entry = await self._apply(action, step, settings)
         self._decisions.append(entry)
         return {"step": step.reason, "target": step.target}
 
-    async def _apply(self, action: Action, step: Step, *, dry_run: bool) -> dict[str, Any]:
+    async def _apply(self, action: Action, step: Step, settings: Actuator) -> dict[str, Any]:
         """Apply one action (or not, in a dry run); its entry in the decision log."""
-        settings = self.config.capacity.actuator
-        assert settings is not None
+        dry_run = settings.dry_run
         entry: dict[str, Any] = {
             "id": action.id,
             "at": round(action.at, 3),
