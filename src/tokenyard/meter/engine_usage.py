@@ -171,3 +171,19 @@ def engine_periods(minutes: Iterable[EngineUsage], step: int) -> list[EngineUsag
             total = periods[(period, usage.backend)] = EngineUsage(usage.backend, period)
         total.add(usage)
     return sorted(periods.values(), key=lambda u: (u.period, u.backend))
+
+
+def engine_window(
+    rows: Iterable[tuple[EngineKey, Mapping[str, int]]],
+    start_minute: int,
+    end_minute: int,
+    *,
+    max_gap_s: int = ENGINE_MAX_GAP_S,
+) -> list[EngineUsage]:
+    """The minutes of ``[start_minute, end_minute)`` whose work lies wholly inside it, from buckets read
+    from ``start_minute - max_gap_s`` (its first minutes are taken from the readings before it)."""
+    return [
+        usage
+        for usage in engine_minutes(rows, max_gap_s=max_gap_s)
+        if start_minute <= min(usage.covered) and usage.period < end_minute
+    ]
