@@ -4,12 +4,14 @@ summary's engine-versus-tokenyard figures, worked by hand. Clocks are fake; noth
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.clocks import T0, FakeClock
 from tests.support.config import dedicated_config
+from tests.support.redis_servers import RedisServer
 from tests.support.stores import Stores
 from tokenyard.capacity.engine import EngineSnapshot
 from tokenyard.capacity.truth import engine_metering, engine_reading, meter_engine
@@ -17,6 +19,7 @@ from tokenyard.config import MeterConfig
 from tokenyard.meter.engine_usage import ENGINE_MAX_GAP_S, EngineUsage, engine_window
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import AggKey, EngineKey, EngineReading, GpuKey, merge_engine_fields
+from tokenyard.meter.redis_store import RedisMeterStore
 from tokenyard.meter.store import MeterStore
 from tokenyard.telemetry import report
 
@@ -109,6 +112,30 @@ async def test_two_replicas_metering_the_same_engine_count_its_tokens_once(
     assert tokens_by_minute(minutes) == {0: 470 - 20, 60: 1_070 - 470}
     assert sum(u.scrapes for u in minutes) == 9  # every scrape counts: the gauges' means stay means
     assert {u.mean("running") for u in minutes} == {3.0}
+
+
+async def test_readings_taken_while_the_store_is_down_are_written_once_it_is_back(tmp_path: Path) -> None:
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    wall = FakeClock(T0)
+    store = RedisMeterStore(
+        redis_server.url, prefix="eng", retention_s=86_400, records_max=100, socket_timeout_s=0.5, clock=wall
+    )
+    meter = Meter(MeterConfig(store=redis_server.url), {}, store, wall=wall)
+    try:
+        redis_server.stop()
+        for minute in range(5):
+            meter_engine(
+                meter, "ded", snapshot(generation_tokens_total=1_000 + 100 * minute), T0 + 60 * minute
+            )
+            assert not await meter.flush()
+        redis_server.start()
+        assert await meter.flush()  # the batch held since the first failure, as it was
+        assert await meter.flush()  # what came after
+        assert tokens_by_minute(await engine_usage(store)) == {0: 0, 60: 100, 120: 100, 180: 100, 240: 100}
+    finally:
+        await store.aclose()
+        redis_server.stop()
 
 
 async def test_a_meter_without_a_store_keeps_nothing(clock: FakeClock) -> None:
