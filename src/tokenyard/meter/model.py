@@ -56,13 +56,9 @@ ENGINE_COUNTERS: tuple[str, ...] = ("prompt_tokens", "generation_tokens", "cache
 ENGINE_GAUGES: tuple[str, ...] = ("running_milli", "waiting_milli", "kv_cache_usage_ppm")
 ENGINE_FIELDS: dict[str, EngineMerge] = {"scrapes": "sum"}
 for _name in ENGINE_COUNTERS:
-    ENGINE_FIELDS[f"{_name}_max"], ENGINE_FIELDS[f"{_name}_min"] = "max", "min"
+    ENGINE_FIELDS.update({f"{_name}_max": "max", f"{_name}_min": "min"})
 for _name in ENGINE_GAUGES:
-    ENGINE_FIELDS[f"{_name}_n"], ENGINE_FIELDS[f"{_name}_sum"], ENGINE_FIELDS[f"{_name}_max"] = (
-        "sum",
-        "sum",
-        "max",
-    )
+    ENGINE_FIELDS.update({f"{_name}_n": "sum", f"{_name}_sum": "sum", f"{_name}_max": "max"})
 _EXACT = 2**53  # every store keeps these as integers a Lua double holds exactly
 
 

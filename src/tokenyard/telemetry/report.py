@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from tokenyard.config import BackendConfig, TokenyardConfig
 from tokenyard.meter.engine_usage import EngineUsage, engine_periods
@@ -93,7 +93,7 @@ class Row:
         return out
 
 
-Source = str  # "engine" | "tokenyard"
+Source = Literal["engine", "tokenyard"]  # whose figure: the engine's own metrics, or tokenyard's count
 
 
 @dataclass(slots=True)
