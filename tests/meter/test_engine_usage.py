@@ -94,6 +94,18 @@ def test_each_counter_and_busy_time_is_taken_on_its_own_and_gauges_give_means_an
     assert (first.scrapes, second.scrapes) == (2, 1)
 
 
+def test_the_prefix_cache_hit_ratio_is_cached_over_prompt_tokens_where_both_are_counted() -> None:
+    rows = buckets(
+        (0, scrape(prompt_tokens_total=1_000, cached_tokens_total=100)),
+        (30, scrape(prompt_tokens_total=1_800, cached_tokens_total=700)),
+        (60, scrape(generation_tokens_total=5)),
+    )
+    first, second = engine_minutes(rows.items())
+    assert first.prefix_cache_hit_ratio == 0.75
+    assert first.to_json()["prefix_cache_hit_ratio"] == 0.75
+    assert second.prefix_cache_hit_ratio is None
+
+
 def test_an_engine_without_token_counters_has_no_tokens() -> None:
     [usage] = engine_minutes(buckets((0, scrape(running=1, busy_seconds_total=3))).items())
     assert (usage.tokens, usage.busy_s) == (None, 0.0)

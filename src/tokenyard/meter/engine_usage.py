@@ -61,6 +61,12 @@ class EngineUsage:
         busy_ms = self.counts.get("busy_ms")
         return None if busy_ms is None else busy_ms / 1000
 
+    @property
+    def prefix_cache_hit_ratio(self) -> float | None:
+        """The share of prompt tokens served from the prefix cache, where the engine counts both."""
+        prompt, cached = self.counts.get("prompt_tokens"), self.counts.get("cached_tokens")
+        return None if not prompt or cached is None else min(1.0, cached / prompt)
+
     def mean(self, gauge: str) -> float | None:
         """A gauge's mean over the scrapes (``running``, ``waiting``, ``kv_cache_usage``), or None."""
         stored, scale = _GAUGES[gauge]
@@ -91,6 +97,7 @@ class EngineUsage:
         for name in ("prompt_tokens", "generation_tokens", "cached_tokens"):
             out[name] = self.counts.get(name)
         out["tokens"] = self.tokens
+        out["prefix_cache_hit_ratio"] = self.prefix_cache_hit_ratio
         out["busy_s"] = self.busy_s
         out["restarts"] = self.restarts
         out["scrapes"] = self.scrapes
