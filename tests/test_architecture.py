@@ -135,6 +135,8 @@ PURE = (
     "proxy/whole_as_stream.py",
     "edge/routes.py",
     "meter/pricing.py",
+    "meter/engine_usage.py",
+    "capacity/truth.py",
     "advisor/traffic.py",
     "advisor/costs.py",
     "advisor/decide.py",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
 from tests.support.proxy import ProxyProcess, running_proxy
 from tests.support.simulators import FAST_UPSTREAM, simulators
 from tests.support.stores import sqlite_url
+from tokenyard.capacity.engine import EngineSnapshot
+from tokenyard.capacity.truth import meter_engine
+from tokenyard.config import MeterConfig
+from tokenyard.meter.meter import Meter
+from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
@@ -187,5 +193,48 @@ async def test_the_dashboard_shows_live_numbers_that_agree_with_the_usage_api(pr
             assert overflow <= 1, "nothing sticks out of a narrow window"
             await page.screenshot(path=str(ARTIFACTS / "dashboard-narrow.png"), full_page=True)
             assert errors == []
+        finally:
+            await browser.close()
+
+
+async def test_the_dedicated_table_shows_the_engines_own_figures_and_says_so(
+    proxy: ProxyProcess, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    await chat(proxy, 2)
+    # The engine behind "ded" reports on itself (as its scraper would meter it): 5,000 tokens more than
+    # tokenyard sent it, from a minute before until now.
+    store = SqliteMeterStore(tmp_path / "meter.sqlite3", retention_s=86_400, records_max=1_000)
+    meter = Meter(MeterConfig(store=sqlite_url(tmp_path / "meter.sqlite3")), {}, store)
+    sent = (await admin(proxy, "/admin/usage", start="1h", granularity="total", group_by=""))["totals"]
+    tokens = sent["prompt_tokens"] + sent["completion_tokens"]
+    for wall, total in ((time.time() - 60, 10_000), (time.time(), 10_000 + tokens + 5_000)):
+        snapshot = EngineSnapshot(
+            "vllm", 0.0, frozenset({"generation_tokens_total"}), generation_tokens_total=total
+        )
+        meter_engine(meter, "ded", snapshot, wall)
+    assert await meter.flush()
+    await store.aclose()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 1200})
+            await page.goto(f"{proxy.url}/dashboard")
+            await page.fill("#key", ADMIN_KEY)
+            await page.click("button[type=submit]")
+            await page.wait_for_function(
+                "document.getElementById('dedicated').textContent.includes('not via tokenyard')"
+            )
+            await page.wait_for_function(
+                "n => document.getElementById('dedicated').textContent.includes(n)", arg="5,000"
+            )
+            text = await page.inner_text("#dedicated")
+            assert f"{tokens + 5_000:,}" in text
+            # $/1M tokens is from the engine's count; utilization from tokenyard's slot-time (no busy time).
+            assert await page.locator("#dedicated .pill:not(.own)").all_inner_texts() == ["engine"]
+            assert await page.locator("#dedicated .pill.own").all_inner_texts() == ["tokenyard"]
         finally:
             await browser.close()

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from tokenyard.meter.model import AggKey, GpuKey
+from tokenyard.meter.model import AggKey, EngineKey, GpuKey
 from tokenyard.stores.keys import RECORD_SEQ_DIGITS, MeterKeys, QueueKeys, record_json
 
 KEYS = MeterKeys("tokenyard")
@@ -24,6 +24,11 @@ def test_any_gpu_key_round_trips(gpu_key: GpuKey) -> None:
     assert KEYS.parse_gpu(KEYS.gpu(gpu_key)) == gpu_key
 
 
+@given(st.builds(EngineKey, _minutes, st.text()))
+def test_any_engine_key_round_trips(engine_key: EngineKey) -> None:
+    assert KEYS.parse_engine(KEYS.engine(engine_key)) == engine_key
+
+
 def test_names_that_look_like_separators_stay_inside_their_dimension() -> None:
     name = KEYS.agg(AggKey(60, "a:b", "%3A", "", "x y", "ü"))
     assert name == "{tokenyard}:agg:60:a%3Ab:%253A::x%20y:%C3%BC"
@@ -37,6 +42,8 @@ def test_every_key_of_a_prefix_hashes_to_one_cluster_slot() -> None:
         keys.gpu(GpuKey(60, "b")),
         keys.gpu_index,
         keys.gpu_watermark("b"),
+        keys.engine(EngineKey(60, "b")),
+        keys.engine_index,
         keys.records,
         keys.record_seq,
         keys.batch("some-batch"),

@@ -14,9 +14,9 @@ from redis.crc import key_slot
 
 from tests.support.clocks import T0, FakeClock
 from tests.support.stores import Stores
-from tests.support.usage_records import BASE_MS, GAP_MS, accrual, batch, key, record
+from tests.support.usage_records import BASE_MS, GAP_MS, accrual, batch, key, record, scrape
 from tokenyard.errors import StoreError, StoreUnavailable
-from tokenyard.meter.model import GpuKey
+from tokenyard.meter.model import EngineKey, GpuKey
 from tokenyard.meter.redis_store import RedisMeterStore
 from tokenyard.stores.keys import MeterKeys
 
@@ -41,7 +41,7 @@ async def test_every_key_expires_or_is_bounded_and_all_share_one_hash_slot(
     keys = MeterKeys(stores.namespace)
     store = stores.open(retention_s=600)
     await store.write(batch({key(): {"requests": 1}}, [accrual(BASE_MS)], [record(T0)]))
-    await store.write(batch(gpu=[accrual(BASE_MS + 5_000)]))
+    await store.write(batch(gpu=[accrual(BASE_MS + 5_000)], engine={EngineKey(T0, "ded"): scrape(running=1)}))
     names = await written_keys(raw, keys)
     assert len({key_slot(name.encode()) for name in names}) == 1
     ttl_s = {name: await raw.ttl(name) for name in names}
@@ -49,11 +49,13 @@ async def test_every_key_expires_or_is_bounded_and_all_share_one_hash_slot(
     assert {name for name, ttl in ttl_s.items() if ttl == -1} == {
         keys.agg_index,
         keys.gpu_index,
+        keys.engine_index,
         keys.records,
         keys.record_seq,
     }
     assert 0 < ttl_s[keys.agg(key())] <= 660
     assert 0 < ttl_s[keys.gpu(GpuKey(T0, "ded"))] <= 660
+    assert 0 < ttl_s[keys.engine((T0, "ded"))] <= 660
     assert 0 < await raw.pttl(keys.gpu_watermark("ded")) <= GAP_MS + 86_400_000
     assert 86_000 < max(ttl for name, ttl in ttl_s.items() if ":batch:" in name) <= 86_400
 

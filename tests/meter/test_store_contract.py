@@ -1,4 +1,5 @@
-"""The meter store backends' contracts, one per protocol they implement (huey's idea): ``UsageStore``,
+"""The meter store backends' contracts, one per protocol they implement (huey's idea): ``UsageStore`` (with
+its engine buckets),
 ``Coordination``, ``DocumentStore`` and ``Lifecycle``, each run against every backend (Redis, a Redis
 Cluster, SQLite) through the same tests. The ``Lifecycle`` suite is a mixin the job stores run too
 (``tests.support.contracts``); the batches written are built with ``tests.support.usage_records``.
@@ -21,9 +22,28 @@ from tests.support.clocks import T0, FakeClock
 from tests.support.contracts import LifecycleContract
 from tests.support.polling import eventually
 from tests.support.stores import Stores
-from tests.support.usage_records import BASE_MS, GAP_MS, PRICE, Aggregates, accrual, batch, key, record
+from tests.support.usage_records import (
+    BASE_MS,
+    GAP_MS,
+    PRICE,
+    Aggregates,
+    accrual,
+    batch,
+    key,
+    record,
+    scrape,
+)
 from tokenyard.errors import StoreUnavailable
-from tokenyard.meter.model import AGG_FIELDS, AggKey, GpuKey, UsageRecord
+from tokenyard.meter.model import (
+    AGG_FIELDS,
+    ENGINE_FIELDS,
+    AggKey,
+    EngineKey,
+    GpuKey,
+    UsageRecord,
+    engine_row,
+    merge_engine_fields,
+)
 from tokenyard.meter.store import MeterStore, UsageStore
 from tokenyard.stores.protocols import Lifecycle
 
@@ -362,3 +382,103 @@ def unreachable(stores: Stores) -> Lifecycle:
 
 class TestMeterStoreLifecycle(LifecycleContract):
     """The meter stores' lifecycle."""
+
+
+_engine_keys = st.builds(
+    EngineKey, minute=st.sampled_from([T0, T0 + 60, T0 + 3600]), backend=st.sampled_from(["ded", "b:ü %"])
+)
+_engine_fields = st.dictionaries(st.sampled_from(list(ENGINE_FIELDS)), st.integers(0, 10**15), max_size=5)
+_engine_batches = st.lists(
+    st.dictionaries(_engine_keys, _engine_fields, min_size=1, max_size=4), min_size=1, max_size=6
+)
+
+
+class TestUsageStoreEngine:
+    """``UsageStore``'s engine buckets: each field merged by its rule, so that every replica scraping the
+    same engine may write what it saw."""
+
+    async def test_counters_keep_the_minutes_highest_and_lowest_and_gauges_add_up(
+        self, store: UsageStore
+    ) -> None:
+        first = scrape(prompt_tokens_total=1_000, running=2, kv_cache_usage=0.5)
+        await store.write(batch(engine={EngineKey(T0, "ded"): first}))
+        later = scrape(prompt_tokens_total=1_250, running=4, kv_cache_usage=0.25, waiting=1)
+        await store.write(batch(engine={EngineKey(T0, "ded"): later}))
+        [(key_read, fields)] = await store.engine(*ALL_TIME)
+        assert key_read == EngineKey(T0, "ded")
+        assert fields == engine_row(
+            {
+                "scrapes": 2,
+                "prompt_tokens_max": 1_250,
+                "prompt_tokens_min": 1_000,
+                "running_milli_n": 2,
+                "running_milli_sum": 6_000,
+                "running_milli_max": 4_000,
+                "waiting_milli_n": 1,
+                "waiting_milli_sum": 1_000,
+                "waiting_milli_max": 1_000,
+                "kv_cache_usage_ppm_n": 2,
+                "kv_cache_usage_ppm_sum": 750_000,
+                "kv_cache_usage_ppm_max": 500_000,
+            }
+        )
+        # Figures the engine never gave are absent, not 0 (a counter at 0 is a figure like any other).
+        assert not {"busy_ms_max", "generation_tokens_min"} & set(fields)
+
+    async def test_a_counter_at_zero_is_kept(self, store: UsageStore) -> None:
+        await store.write(batch(engine={EngineKey(T0, "ded"): scrape(busy_seconds_total=0)}))
+        [(_, fields)] = await store.engine(*ALL_TIME)
+        assert (fields["busy_ms_min"], fields["busy_ms_max"]) == (0, 0)
+
+    async def test_two_replicas_writing_the_same_scrapes_keep_the_same_counters(self, stores: Stores) -> None:
+        replica_a, replica_b = stores.open(), stores.open()
+        scrapes = [scrape(generation_tokens_total=n, busy_seconds_total=n / 100) for n in (500, 900, 700)]
+        for replica in (replica_a, replica_b, replica_a):
+            for fields in scrapes:
+                await replica.write(batch(engine={EngineKey(T0, "ded"): fields}))
+        [(_, fields)] = await replica_b.engine(*ALL_TIME)
+        assert (fields["generation_tokens_min"], fields["generation_tokens_max"]) == (500, 900)
+        assert (fields["busy_ms_min"], fields["busy_ms_max"]) == (5_000, 9_000)
+        assert fields["scrapes"] == 9  # every scrape counts: gauge means stay means
+
+    async def test_a_batch_written_twice_merges_once(self, store: UsageStore) -> None:
+        once = batch(engine={EngineKey(T0, "ded"): scrape(running=3)}, batch_id="flush-e")
+        await store.write(once)
+        await store.write(once)
+        [(_, fields)] = await store.engine(*ALL_TIME)
+        assert (fields["scrapes"], fields["running_milli_sum"]) == (1, 3_000)
+
+    async def test_engine_buckets_are_read_by_minute_and_kept_apart_by_backend(
+        self, store: UsageStore
+    ) -> None:
+        buckets = {EngineKey(m, b): scrape(running=1) for m in (T0 - 60, T0, T0 + 60) for b in AWKWARD[:3]}
+        await store.write(batch(engine=buckets))
+        assert {k for k, _ in await store.engine(T0, T0 + 60)} == {EngineKey(T0, b) for b in AWKWARD[:3]}
+        assert len(await store.engine(*ALL_TIME)) == 9
+
+    async def test_engine_buckets_older_than_the_retention_are_dropped(
+        self, stores: Stores, clock: FakeClock
+    ) -> None:
+        store = stores.open(retention_s=600)
+        await store.write(batch(engine={EngineKey(T0 - 1200, "ded"): scrape(running=1)}))
+        await store.write(batch(engine={EngineKey(T0 - 300, "ded"): scrape(running=1)}))
+        assert [k.minute for k, _ in await store.engine(*ALL_TIME)] == [T0 - 300]
+        clock.advance(400)
+        await store.write(batch(engine={EngineKey(T0 + 360, "ded"): scrape(running=1)}))
+        assert [k.minute for k, _ in await store.engine(*ALL_TIME)] == [T0 + 360]
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(batches=_engine_batches)
+    async def test_any_sequence_of_batches_merges_like_the_rules_say(
+        self, stores: Stores, batches: list[dict[EngineKey, dict[str, int]]]
+    ) -> None:
+        store = stores.open(namespace=stores.fresh_namespace())
+        expected: dict[EngineKey, dict[str, int]] = {}
+        for buckets in batches:
+            await store.write(batch(engine=buckets))
+            for engine_key, fields in buckets.items():
+                kept = {n: v for n, v in fields.items() if v or ENGINE_FIELDS[n] != "sum"}
+                if kept:
+                    merge_engine_fields(expected.setdefault(engine_key, {}), kept)
+        got = dict(await store.engine(*ALL_TIME))
+        assert got == {k: engine_row(f) for k, f in expected.items()}

@@ -11,12 +11,13 @@ import uuid
 from typing import Any
 
 from tests.support.clocks import T0
-from tokenyard.meter.model import AggKey, FlushBatch, GpuAccrual, UsageRecord
+from tokenyard.meter.model import AggKey, EngineKey, EngineReading, FlushBatch, GpuAccrual, UsageRecord
 
 BASE_MS = T0 * 1000
 GAP_MS = 900_000
 PRICE = 2_500_000_000_000  # $2.50 per GPU-hour in pico-USD
 Aggregates = dict[AggKey, dict[str, int]]
+EngineBuckets = dict[EngineKey, dict[str, int]]
 
 
 def key(minute: int = T0, tenant: str = "acme", model: str = "llama", mode: str = "realtime") -> AggKey:
@@ -29,9 +30,15 @@ def batch(
     gpu: list[GpuAccrual] | None = None,
     records: list[UsageRecord] | None = None,
     batch_id: str | None = None,
+    engine: EngineBuckets | None = None,
 ) -> FlushBatch:
     """A flush batch with a fresh id unless given one (a retry reuses its batch's id)."""
-    return FlushBatch(batch_id or uuid.uuid4().hex, aggregates or {}, gpu or [], records or [])
+    return FlushBatch(batch_id or uuid.uuid4().hex, aggregates or {}, gpu or [], records or [], engine or {})
+
+
+def scrape(**figures: float) -> dict[str, int]:
+    """One engine scrape's stored fields (``EngineReading`` figures: running=3, prompt_tokens_total=100…)."""
+    return EngineReading(**figures).fields()
 
 
 def accrual(until_ms: int, gpus: int = 8, backend: str = "ded", price: int = PRICE) -> GpuAccrual:

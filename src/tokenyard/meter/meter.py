@@ -6,6 +6,10 @@ kept and retried *with the same id* (the store applies an id once, so a write wh
 counts twice); new usage keeps aggregating in memory meanwhile (request records up to
 ``max_pending_records``, then the oldest are dropped and counted). Shutdown flushes everything it can.
 
+Engines report on themselves too: ``record_engine()`` takes one scrape of a backend's engine (from the
+capacity room's scraper, every few seconds, never from the request path) and merges it into the minute's
+engine bucket by each field's rule (``ENGINE_FIELDS``), flushed with the same batch.
+
 Dedicated backends accrue GPU time for every second they are provisioned, busy or idle: each flush sends
 "provisioned with G GPUs until now" and the store's per-backend watermark turns that into GPU-ms exactly
 once, however many proxy replicas send it.
@@ -30,9 +34,12 @@ from tokenyard.meter.model import (
     AGG_FIELDS,
     LATENCY_BUCKETS_MS,
     AggKey,
+    EngineKey,
+    EngineReading,
     FlushBatch,
     GpuAccrual,
     UsageRecord,
+    merge_engine_fields,
 )
 from tokenyard.meter.pricing import gpu_hour_pusd
 from tokenyard.meter.store import MeterStore
@@ -105,6 +112,7 @@ class Meter:
         self._aggregates: dict[tuple[int, str, str, str, str, str], list[int]] = {}
         self._records: deque[UsageRecord] = deque()
         self._accruals: list[GpuAccrual] = []
+        self._engine: dict[EngineKey, dict[str, int]] = {}
         self._unsent: FlushBatch | None = None
         self._flushing = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -152,6 +160,19 @@ class Meter:
         _fold_into(out, self._aggregates)
         return out
 
+    # -- engines' own figures -------------------------------------------------------------------------
+
+    def record_engine(self, backend: str, reading: EngineReading, wall: float) -> None:
+        """Keep one scrape of ``backend``'s engine, taken at ``wall`` (unix s). Never awaits; dropped when
+        nothing is stored (there is nowhere to read it back from)."""
+        if self.store is None:
+            return
+        key = EngineKey(int(wall) // 60 * 60, backend)
+        row = self._engine.get(key)
+        if row is None:
+            row = self._engine[key] = {}
+        merge_engine_fields(row, reading.fields())
+
     # -- dedicated capacity --------------------------------------------------------------------------
 
     def set_replicas(self, backend: str, replicas: int) -> None:
@@ -193,9 +214,10 @@ class Meter:
             },
             self._accruals,
             list(self._records),
+            self._engine,
         )
         _fold_into(self._folded, self._aggregates)
-        self._aggregates, self._accruals = {}, []
+        self._aggregates, self._accruals, self._engine = {}, [], {}
         self._records.clear()
         return batch
 
@@ -225,7 +247,7 @@ class Meter:
             return True
 
     def _has_pending(self) -> bool:
-        return bool(self._unsent or self._aggregates or self._records or self._accruals)
+        return bool(self._unsent or self._aggregates or self._records or self._accruals or self._engine)
 
     async def _write(self, batch: FlushBatch) -> bool:
         assert self.store is not None

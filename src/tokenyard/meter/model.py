@@ -1,4 +1,5 @@
-"""The meter's data, defined once: a request's usage record, aggregate keys and fields, a flush batch.
+"""The meter's data, defined once: a request's usage record, aggregate keys and fields, an engine's reading,
+a flush batch.
 
 Money is integer **pico-USD** (1e-12 USD) everywhere it is stored or summed, so totals are exact: a price of
 $0.075 per 1M tokens is 75,000 pico-USD a token. Durations are integer milliseconds.
@@ -6,8 +7,9 @@ $0.075 per 1M tokens is 75,000 pico-USD a token. Durations are integer milliseco
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -39,6 +41,54 @@ GPU_FIELDS: tuple[str, ...] = (
 )
 
 
+# What an engine said about itself (its /metrics), per minute x backend. Each field is merged by its own
+# rule, so that any number of proxy replicas scraping the same engine store the same thing:
+#   max / min - a counter's highest and lowest running total seen in the minute. Idempotent: two replicas
+#               sending the same scrape, or a retried batch, change nothing. Tokens processed are the
+#               differences between consecutive minutes, taken when read (``engine_usage.py``), where a
+#               drop shows that the engine restarted.
+#   sum       - gauges (requests running and waiting, KV-cache use) as sums and sample counts, for a mean,
+#               and the scrapes behind them (every replica's scrapes count: the mean stays unbiased).
+# A max/min field is absent until some scrape carried that figure (0 is a running total like any other).
+EngineMerge = Literal["sum", "max", "min"]
+ENGINE_COUNTERS: tuple[str, ...] = ("prompt_tokens", "generation_tokens", "cached_tokens", "busy_ms")
+# Gauges as integers: requests in thousandths, KV-cache use in millionths of the cache.
+ENGINE_GAUGES: tuple[str, ...] = ("running_milli", "waiting_milli", "kv_cache_usage_ppm")
+ENGINE_FIELDS: dict[str, EngineMerge] = {"scrapes": "sum"}
+for _name in ENGINE_COUNTERS:
+    ENGINE_FIELDS.update({f"{_name}_max": "max", f"{_name}_min": "min"})
+for _name in ENGINE_GAUGES:
+    ENGINE_FIELDS.update({f"{_name}_n": "sum", f"{_name}_sum": "sum", f"{_name}_max": "max"})
+_EXACT = 2**53  # every store keeps these as integers a Lua double holds exactly
+
+
+def engine_row(stored: Mapping[str, int]) -> dict[str, int]:
+    """A stored engine bucket as the stores return it: every sum (0 if absent), and the max/min fields some
+    scrape carried."""
+    return {
+        name: stored.get(name, 0) if rule == "sum" else stored[name]
+        for name, rule in ENGINE_FIELDS.items()
+        if rule == "sum" or stored.get(name) is not None
+    }
+
+
+def merge_engine_fields(row: dict[str, int], fields: Mapping[str, int]) -> None:
+    """Merge one scrape's (or another row's) engine fields into ``row`` by each field's rule."""
+    for name, value in fields.items():
+        rule = ENGINE_FIELDS.get(name)
+        if rule is None:
+            continue
+        held = row.get(name)
+        if held is None:
+            row[name] = value
+        elif rule == "sum":
+            row[name] = held + value
+        elif rule == "max":
+            row[name] = max(held, value)
+        else:
+            row[name] = min(held, value)
+
+
 class AggKey(NamedTuple):
     """One aggregate bucket: a minute (unix seconds at its start) and the dimensions usage is grouped by."""
 
@@ -55,6 +105,57 @@ class GpuKey(NamedTuple):
 
     minute: int
     backend: str
+
+
+class EngineKey(NamedTuple):
+    """One engine bucket: a minute and the backend whose engine was scraped."""
+
+    minute: int
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineReading:
+    """One scrape of a backend's engine, as the meter keeps it (the capacity room converts its snapshot to
+    this). A figure the engine does not expose is None. Counters are running totals since the engine
+    started."""
+
+    running: float | None = None  # requests being generated
+    waiting: float | None = None  # requests queued in the engine
+    kv_cache_usage: float | None = None  # 0..1
+    prompt_tokens_total: float | None = None
+    generation_tokens_total: float | None = None
+    cached_tokens_total: float | None = None  # prompt tokens served from the prefix cache
+    busy_seconds_total: float | None = None  # time the engine was executing (SGLang, TGI)
+
+    def fields(self) -> dict[str, int]:
+        """The reading as one scrape's ``ENGINE_FIELDS``."""
+        out = {"scrapes": 1}
+        counters = (
+            ("prompt_tokens", self.prompt_tokens_total, 1),
+            ("generation_tokens", self.generation_tokens_total, 1),
+            ("cached_tokens", self.cached_tokens_total, 1),
+            ("busy_ms", self.busy_seconds_total, 1000),
+        )
+        for name, total, scale in counters:
+            if (scaled := _scaled(total, scale)) is not None:
+                out[f"{name}_max"] = out[f"{name}_min"] = scaled
+        gauges = (
+            ("running_milli", self.running, 1000),
+            ("waiting_milli", self.waiting, 1000),
+            ("kv_cache_usage_ppm", self.kv_cache_usage, 1_000_000),
+        )
+        for name, value, scale in gauges:
+            if (scaled := _scaled(value, scale)) is not None:
+                out[f"{name}_n"], out[f"{name}_sum"], out[f"{name}_max"] = 1, scaled, scaled
+        return out
+
+
+def _scaled(value: float | None, scale: int) -> int | None:
+    """``value`` in integer units of 1/``scale``; None if absent, negative, NaN or too big to keep exactly."""
+    if value is None or not 0 <= value < _EXACT / scale:  # False for NaN too
+        return None
+    return round(value * scale)
 
 
 @dataclass(slots=True)
@@ -114,7 +215,8 @@ class GpuAccrual:
 
 @dataclass(slots=True)
 class FlushBatch:
-    """One flush: aggregate increments, GPU accruals and request records, applied atomically, exactly once.
+    """One flush: aggregate increments, GPU accruals, request records and engine readings (merged per minute
+    by ``ENGINE_FIELDS``), applied atomically, exactly once.
 
     ``id`` is unique per batch; a store that already applied a batch with this id ignores it, so a flush
     retried after an ambiguous failure (the reply was lost) never counts twice.
@@ -124,7 +226,8 @@ class FlushBatch:
     aggregates: dict[AggKey, dict[str, int]] = field(default_factory=dict)
     gpu: list[GpuAccrual] = field(default_factory=list)
     records: list[UsageRecord] = field(default_factory=list)
+    engine: dict[EngineKey, dict[str, int]] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         """Whether there is nothing to write."""
-        return not (self.aggregates or self.gpu or self.records)
+        return not (self.aggregates or self.gpu or self.records or self.engine)

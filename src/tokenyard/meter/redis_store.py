@@ -18,12 +18,15 @@ import orjson
 from tokenyard.errors import StoreError
 from tokenyard.meter.model import (
     AGG_FIELDS,
+    ENGINE_FIELDS,
     GPU_FIELDS,
     AggKey,
+    EngineKey,
     FlushBatch,
     GpuAccrual,
     GpuKey,
     UsageRecord,
+    engine_row,
 )
 from tokenyard.stores.keys import MeterKeys, record_json
 from tokenyard.stores.redis_client import RedisBacked, mapped_errors
@@ -73,8 +76,10 @@ _WRITE_SCRIPT: Final = """
 -- KEYS[3] - the GPU index, zset: hash key -> minute
 -- KEYS[4] - the record log, zset: <seq><json> -> ts
 -- KEYS[5] - the record sequence counter, string
--- KEYS[6 .. 5+A] - the hash of each of the A aggregate buckets, in the order of their ARGV below
--- KEYS[6+A ..] - per GPU accrual, in the order of their ARGV: its watermark (string), then the hash of
+-- KEYS[6] - the engine index, zset: hash key -> minute
+-- KEYS[7 .. 6+A] - the hash of each of the A aggregate buckets, in the order of their ARGV below
+-- KEYS[7+A .. 6+A+E] - the hash of each of the E engine buckets, likewise
+-- KEYS[7+A+E ..] - per GPU accrual, in the order of their ARGV: its watermark (string), then the hash of
 --   every minute the accrual can reach, oldest first (n_keys of them; keys left untouched are harmless)
 --
 -- ARGV[1] - now, unix s; buckets with minute < now - retention are dropped and pruned from the indexes
@@ -84,9 +89,12 @@ _WRITE_SCRIPT: Final = """
 -- ARGV[5] - how long a watermark outlives its max_gap_ms, ms (slack for clock skew between hosts)
 -- ARGV[6] - the type each of KEYS must have if it exists, one letter per key: s(tring), h(ash), z(set)
 -- ARGV[7] - A, how many aggregate buckets follow
--- ARGV[8] - G, how many GPU accruals follow
--- ARGV[9] - R, how many records follow
--- ARGV[10 ..] - per aggregate bucket, 2 + 2n arguments: minute, n, then n pairs (field, increment)
+-- ARGV[8] - E, how many engine buckets follow
+-- ARGV[9] - G, how many GPU accruals follow
+-- ARGV[10] - R, how many records follow
+-- ARGV[11 ..] - per aggregate bucket, 2 + 2n arguments: minute, n, then n pairs (field, increment)
+-- then per engine bucket, 2 + 3n arguments: minute, n, then n triples (field, rule, value); rule s adds
+--   the value, x keeps the larger, n the smaller (model.ENGINE_FIELDS)
 -- then per GPU accrual, 7 arguments: until_ms, max_gap_ms, gpus, price_q, price_r (the price per GPU-hour
 --   in pico-USD is price_q * 3600000 + price_r), m0 - the minute index (ms // 60000) of its first hash
 --   key, n_keys - how many hash keys follow its watermark
@@ -117,8 +125,9 @@ local now, retention, records_max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumb
 local cutoff = now - retention
 local ttl = int(retention + 60)
 local wm_slack = tonumber(ARGV[5])
-local n_agg, n_gpu, n_rec = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local a, k = 10, 6  -- cursors into ARGV and KEYS
+local n_agg, n_eng = tonumber(ARGV[7]), tonumber(ARGV[8])
+local n_gpu, n_rec = tonumber(ARGV[9]), tonumber(ARGV[10])
+local a, k = 11, 7  -- cursors into ARGV and KEYS
 
 for _ = 1, n_agg do
   local n = tonumber(ARGV[a + 1])
@@ -128,6 +137,27 @@ for _ = 1, n_agg do
     redis.call('ZADD', KEYS[2], ARGV[a], KEYS[k])
   end
   a, k = a + 2 + 2 * n, k + 1
+end
+
+for _ = 1, n_eng do
+  local n = tonumber(ARGV[a + 1])
+  if tonumber(ARGV[a]) >= cutoff then
+    for f = a + 2, a - 1 + 3 * n, 3 do
+      local field, rule, value = ARGV[f], ARGV[f + 1], ARGV[f + 2]
+      if rule == 's' then
+        redis.call('HINCRBY', KEYS[k], field, value)
+      else
+        local held = tonumber(redis.call('HGET', KEYS[k], field))
+        local v = tonumber(value)
+        if held == nil or (rule == 'x' and v > held) or (rule == 'n' and v < held) then
+          redis.call('HSET', KEYS[k], field, value)
+        end
+      end
+    end
+    redis.call('EXPIRE', KEYS[k], ttl)
+    redis.call('ZADD', KEYS[6], ARGV[a], KEYS[k])
+  end
+  a, k = a + 2 + 3 * n, k + 1
 end
 
 for _ = 1, n_gpu do
@@ -177,6 +207,7 @@ end
 
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. int(cutoff))
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. int(cutoff))
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. int(cutoff))
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[4])
 return 1
 """
@@ -185,6 +216,19 @@ return 1
 def _increments(fields: dict[str, int]) -> list[tuple[str, int]]:
     """The non-zero increments of known aggregate fields."""
     return [(name, value) for name, value in fields.items() if value and name in AGG_FIELDS]
+
+
+_RULE_LETTER: Final = {"sum": "s", "max": "x", "min": "n"}
+
+
+def _engine_args(fields: dict[str, int]) -> list[str | int]:
+    """An engine bucket's (field, rule, value) triples, known fields only, sums only when non-zero."""
+    args: list[str | int] = []
+    for name, value in fields.items():
+        rule = ENGINE_FIELDS.get(name)
+        if rule is not None and (value or rule != "sum"):
+            args += [name, _RULE_LETTER[rule], value]
+    return args
 
 
 def _check_exact(accrual: GpuAccrual) -> None:
@@ -247,6 +291,16 @@ class RedisMeterStore(RedisBacked):
             return GpuKey(*self.keys.parse_gpu(name)), {f: int(fields.get(f, 0)) for f in GPU_FIELDS}
 
         return await self._buckets(self.keys.gpu_index, start_minute, end_minute, parse)
+
+    async def engine(self, start_minute: int, end_minute: int) -> list[tuple[EngineKey, dict[str, int]]]:
+        """Every engine bucket with ``start_minute <= minute < end_minute`` (see ``UsageStore.engine``)."""
+
+        def parse(name: str, fields: dict[str, str]) -> tuple[EngineKey, dict[str, int]]:
+            return EngineKey(*self.keys.parse_engine(name)), engine_row(
+                {f: int(v) for f, v in fields.items()}
+            )
+
+        return await self._buckets(self.keys.engine_index, start_minute, end_minute, parse)
 
     async def records(self, since: float, until: float, limit: int | None = None) -> Sequence[UsageRecord]:
         """Request records with ``since <= ts < until``, oldest first, at most ``limit``."""
@@ -312,8 +366,8 @@ class RedisMeterStore(RedisBacked):
     def _script_call(self, batch: FlushBatch) -> tuple[list[str], list[str | int | bytes]]:
         """The write script's KEYS and ARGV for a batch (layout documented in the script)."""
         keys = [self.keys.batch(batch.id), self.keys.agg_index, self.keys.gpu_index, self.keys.records]
-        keys.append(self.keys.record_seq)
-        types = "szzzs"  # each key's Redis type, so the script can refuse foreign data up front
+        keys += [self.keys.record_seq, self.keys.engine_index]
+        types = "szzzsz"  # each key's Redis type, so the script can refuse foreign data up front
         # Only known, non-zero fields travel (reads fill in the zeros), and only buckets that have some.
         buckets = [(agg_key, _increments(fields)) for agg_key, fields in batch.aggregates.items()]
         buckets = [(agg_key, present) for agg_key, present in buckets if present]
@@ -324,6 +378,12 @@ class RedisMeterStore(RedisBacked):
             body += [agg_key.minute, len(present)]
             for name, value in present:
                 body += [name, value]
+        engine = [(engine_key, _engine_args(fields)) for engine_key, fields in batch.engine.items()]
+        engine = [(engine_key, args) for engine_key, args in engine if args]
+        for engine_key, args in engine:
+            keys.append(self.keys.engine(engine_key))
+            types += "h"
+            body += [engine_key.minute, len(args) // 3, *args]
         for accrual in batch.gpu:
             _check_exact(accrual)
             # The watermark is unknown until the script runs, so name every minute it may reach.
@@ -342,7 +402,7 @@ class RedisMeterStore(RedisBacked):
             self._records_max,
             BATCH_MARKER_TTL_S,
         ]
-        head += [WATERMARK_SLACK_MS, types, len(buckets), len(batch.gpu), len(batch.records)]
+        head += [WATERMARK_SLACK_MS, types, len(buckets), len(engine), len(batch.gpu), len(batch.records)]
         return keys, head + body
 
     async def _buckets(

@@ -18,12 +18,15 @@ import orjson
 
 from tokenyard.meter.model import (
     AGG_FIELDS,
+    ENGINE_FIELDS,
     GPU_FIELDS,
     AggKey,
+    EngineKey,
     FlushBatch,
     GpuAccrual,
     GpuKey,
     UsageRecord,
+    engine_row,
 )
 from tokenyard.stores.sqlite_worker import SqliteWorker, select
 
@@ -47,6 +50,28 @@ def _upsert(table: str, key: Sequence[str], fields: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({conflict}) DO UPDATE SET {adds}"
 
 
+def _engine_column(name: str) -> str:
+    """An engine field's column: a sum starts at 0; a max/min is NULL until some reading carries it."""
+    return f'"{name}" INTEGER NOT NULL DEFAULT 0' if ENGINE_FIELDS[name] == "sum" else f'"{name}" INTEGER'
+
+
+def _engine_upsert() -> str:
+    """INSERT … ON CONFLICT DO UPDATE that merges every engine field by its rule (NULL: not carried)."""
+    names = ", ".join(["minute", "backend", *(f'"{f}"' for f in ENGINE_FIELDS)])
+    marks = ", ".join("?" * (2 + len(ENGINE_FIELDS)))
+    merges = []
+    for name, rule in ENGINE_FIELDS.items():
+        old, new = f'"{name}"', f'excluded."{name}"'
+        if rule == "sum":
+            merges.append(f"{old} = {old} + {new}")
+        else:  # SQLite's max()/min() of several arguments is NULL if any is: coalesce first
+            merges.append(f"{old} = {rule}(coalesce({old}, {new}), coalesce({new}, {old}))")
+    return (
+        f"INSERT INTO engine ({names}) VALUES ({marks})"
+        f" ON CONFLICT (minute, backend) DO UPDATE SET {', '.join(merges)}"
+    )
+
+
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS agg (
     minute INTEGER NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL, backend TEXT NOT NULL,
@@ -55,6 +80,10 @@ CREATE TABLE IF NOT EXISTS agg (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gpu (
     minute INTEGER NOT NULL, backend TEXT NOT NULL, {_columns(GPU_FIELDS)},
+    PRIMARY KEY (minute, backend)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS engine (
+    minute INTEGER NOT NULL, backend TEXT NOT NULL, {", ".join(map(_engine_column, ENGINE_FIELDS))},
     PRIMARY KEY (minute, backend)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gpu_watermark (backend TEXT PRIMARY KEY, ms INTEGER NOT NULL) WITHOUT ROWID;
@@ -70,6 +99,12 @@ CREATE TABLE IF NOT EXISTS members (name TEXT PRIMARY KEY, expires REAL NOT NULL
 """
 _AGG_UPSERT: Final = _upsert("agg", ("minute", *_DIMS), AGG_FIELDS)
 _GPU_UPSERT: Final = _upsert("gpu", ("minute", "backend"), GPU_FIELDS)
+_ENGINE_UPSERT: Final = _engine_upsert()
+_ENGINE_SELECT: Final = (
+    "SELECT minute, backend, {fields} FROM engine WHERE minute >= ? AND minute < ?".format(
+        fields=", ".join(f'"{f}"' for f in ENGINE_FIELDS)
+    )
+)
 _AGG_SELECT: Final = "SELECT minute, {dims}, {fields} FROM agg WHERE minute >= ? AND minute < ?".format(
     dims=", ".join(_DIMS), fields=", ".join(f'"{f}"' for f in AGG_FIELDS)
 )
@@ -135,6 +170,18 @@ class SqliteMeterStore(SqliteWorker):
 
         return await self._run(read)
 
+    async def engine(self, start_minute: int, end_minute: int) -> list[tuple[EngineKey, dict[str, int]]]:
+        """Every engine bucket with ``start_minute <= minute < end_minute`` (see ``UsageStore.engine``)."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[EngineKey, dict[str, int]]]:
+            rows = conn.execute(_ENGINE_SELECT, (start_minute, end_minute))
+            return [
+                (EngineKey(*row[:2]), engine_row(dict(zip(ENGINE_FIELDS, row[2:], strict=True))))
+                for row in rows
+            ]
+
+        return await self._run(read)
+
     async def records(self, since: float, until: float, limit: int | None = None) -> Sequence[UsageRecord]:
         """Request records with ``since <= ts < until``, oldest first, at most ``limit``."""
         sql = "SELECT json FROM records WHERE ts >= ? AND ts < ? ORDER BY ts, id LIMIT ?"
@@ -193,11 +240,14 @@ class SqliteMeterStore(SqliteWorker):
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """A file written by an older tokenyard lacks the fields added since; they start at 0."""
-        for table, fields in (("agg", AGG_FIELDS), ("gpu", GPU_FIELDS)):
+        for table, fields in (("agg", AGG_FIELDS), ("gpu", GPU_FIELDS), ("engine", tuple(ENGINE_FIELDS))):
             present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             for name in fields:
                 if name not in present:
-                    conn.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" INTEGER NOT NULL DEFAULT 0')
+                    column = (
+                        _engine_column(name) if table == "engine" else f'"{name}" INTEGER NOT NULL DEFAULT 0'
+                    )
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def _write(self, conn: sqlite3.Connection, batch: FlushBatch) -> None:
         now = self._clock()
@@ -211,6 +261,7 @@ class SqliteMeterStore(SqliteWorker):
             )
             if marked.rowcount:  # else: applied before, nothing to do
                 self._add_aggregates(conn, batch, cutoff)
+                self._merge_engine(conn, batch, cutoff)
                 for accrual in batch.gpu:
                     self._accrue(conn, accrual, cutoff)
                 conn.executemany(
@@ -240,6 +291,26 @@ class SqliteMeterStore(SqliteWorker):
         )
 
     @staticmethod
+    def _merge_engine(conn: sqlite3.Connection, batch: FlushBatch, cutoff: int) -> None:
+        conn.executemany(
+            _ENGINE_UPSERT,
+            [
+                (
+                    *key,
+                    *(fields.get(name, 0 if rule == "sum" else None) for name, rule in ENGINE_FIELDS.items()),
+                )
+                for key, fields in batch.engine.items()
+                # As in Redis, a bucket is made only by something to keep: a sum above 0, a max or a min.
+                if key.minute >= cutoff
+                and any(
+                    value or rule != "sum"
+                    for name, value in fields.items()
+                    if (rule := ENGINE_FIELDS.get(name))
+                )
+            ],
+        )
+
+    @staticmethod
     def _accrue(conn: sqlite3.Connection, accrual: GpuAccrual, cutoff: int) -> None:
         """Advance the backend's watermark to ``until_ms``, accruing the span since (see ``GpuAccrual``)."""
         row = conn.execute("SELECT ms FROM gpu_watermark WHERE backend = ?", (accrual.backend,)).fetchone()
@@ -265,6 +336,7 @@ class SqliteMeterStore(SqliteWorker):
     def _prune(self, conn: sqlite3.Connection, now: float, cutoff: int) -> None:
         conn.execute("DELETE FROM agg WHERE minute < ?", (cutoff,))
         conn.execute("DELETE FROM gpu WHERE minute < ?", (cutoff,))
+        conn.execute("DELETE FROM engine WHERE minute < ?", (cutoff,))
         conn.execute("DELETE FROM applied_batches WHERE ts < ?", (now - BATCH_MEMORY_S,))
         # The newest records_max by ts stay (ties: the later written).
         conn.execute(

@@ -12,20 +12,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from tokenyard.meter.model import AggKey, FlushBatch, GpuKey, UsageRecord
+from tokenyard.meter.model import AggKey, EngineKey, FlushBatch, GpuKey, UsageRecord
 from tokenyard.stores.protocols import Coordination, DocumentStore, Lifecycle
 
 
 class UsageStore(Protocol):
-    """Where metered usage lives: flush batches in, aggregates, GPU accruals and request records out."""
+    """Where metered usage lives: flush batches in; aggregates, GPU accruals, request records and engine
+    readings out."""
 
     async def write(self, batch: FlushBatch) -> None:
         """Apply a batch atomically and exactly once.
 
         Aggregate fields are added to what is stored (creating buckets as needed, with the retention TTL);
         GPU accruals advance each backend's watermark (see ``GpuAccrual``); records are appended to the
-        capped record log. A batch whose ``id`` was already applied is ignored, so retrying a write whose
-        outcome is unknown is always safe.
+        capped record log; engine fields are merged into their bucket by each field's rule
+        (``ENGINE_FIELDS``: summed, or the larger or the smaller kept), with the retention TTL. A batch
+        whose ``id`` was already applied is ignored, so retrying a write whose outcome is unknown is always
+        safe.
         """
         ...
 
@@ -38,6 +41,11 @@ class UsageStore(Protocol):
 
     async def gpu(self, start_minute: int, end_minute: int) -> list[tuple[GpuKey, dict[str, int]]]:
         """Every GPU accrual bucket with ``start_minute <= minute < end_minute`` (``GPU_FIELDS``)."""
+        ...
+
+    async def engine(self, start_minute: int, end_minute: int) -> list[tuple[EngineKey, dict[str, int]]]:
+        """Every engine bucket with ``start_minute <= minute < end_minute``: every sum field of
+        ``ENGINE_FIELDS`` (0 if absent) and the max/min fields some reading carried (``engine_row``)."""
         ...
 
     async def records(self, since: float, until: float, limit: int | None = None) -> Sequence[UsageRecord]:

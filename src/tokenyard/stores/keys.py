@@ -12,6 +12,9 @@ start of the minute. TTLs: hashes retention + 60 s, watermarks max_gap_ms + a da
     {p}:gpu:<minute>:<backend>                                 hash    GPU_FIELDS -> int
     {p}:gpu:idx                                                zset    GPU hash key -> its minute
     {p}:gpu:wm:<backend>                                       string  GPU watermark, unix ms
+    {p}:eng:<minute>:<backend>                                 hash    ENGINE_FIELDS -> int (an engine's
+                                                                       own figures, merged per field)
+    {p}:eng:idx                                                zset    engine hash key -> its minute
     {p}:records                                                zset    <seq, 16 digits><record JSON> -> ts,
                                                                        capped at records_max
     {p}:records:seq                                            string  the counter behind <seq>
@@ -54,6 +57,7 @@ _GLOB_SPECIAL: Final = "\\*?[]"
 # What the builders take and the parsers return: the meter's AggKey and GpuKey are these tuples (named).
 AggParts = tuple[int, str, str, str, str, str]  # minute, tenant, model, backend, kind, mode
 GpuParts = tuple[int, str]  # minute, backend
+EngineParts = tuple[int, str]  # minute, backend
 
 
 def hash_tag(prefix: str) -> str:
@@ -78,13 +82,23 @@ def _dim(value: str) -> str:
 class MeterKeys:
     """The meter's Redis key names for one prefix; parses index members back into bucket keys."""
 
-    __slots__ = ("agg_index", "base", "gpu_index", "members", "prefix", "record_seq", "records")
+    __slots__ = (
+        "agg_index",
+        "base",
+        "engine_index",
+        "gpu_index",
+        "members",
+        "prefix",
+        "record_seq",
+        "records",
+    )
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.base = hash_tag(prefix)
         self.agg_index = f"{self.base}:agg:idx"
         self.gpu_index = f"{self.base}:gpu:idx"
+        self.engine_index = f"{self.base}:eng:idx"
         self.records = f"{self.base}:records"
         self.record_seq = f"{self.base}:records:seq"
         self.members = f"{self.base}:members"
@@ -111,6 +125,17 @@ class MeterKeys:
         minute, sep, backend = self._strip(name, "gpu").partition(":")
         if not sep or ":" in backend:
             raise ValueError(f"{name!r} is not a 'gpu' key")
+        return int(minute), unquote(backend)
+
+    def engine(self, key: EngineParts) -> str:
+        """The hash of one engine bucket (a minute and a backend, like a GPU bucket)."""
+        return f"{self.base}:eng:{key[0]}:{_dim(key[1])}"
+
+    def parse_engine(self, name: str) -> EngineParts:
+        """The bucket an engine hash key belongs to (``ValueError`` if it is not one)."""
+        minute, sep, backend = self._strip(name, "eng").partition(":")
+        if not sep or ":" in backend:
+            raise ValueError(f"{name!r} is not an 'eng' key")
         return int(minute), unquote(backend)
 
     def gpu_watermark(self, backend: str) -> str:

@@ -16,6 +16,7 @@ from tokenyard.capacity.shared_replicas import publish_replicas
 from tokenyard.config import MAX_REPLICAS, TokenyardConfig
 from tokenyard.errors import AuthenticationFailed, Forbidden, InvalidRequest, RouteNotFound, StoreError
 from tokenyard.live import LiveConfig
+from tokenyard.meter.engine_usage import ENGINE_MAX_GAP_S, engine_window
 from tokenyard.meter.meter import Meter
 from tokenyard.proxy.backends import Backend
 from tokenyard.queue.dispatcher import Dispatcher
@@ -148,10 +149,14 @@ class AdminApi:
             start_minute, end_minute = int(start) // 60 * 60, (int(end) // 60 + 1) * 60
             aggregates = await self.meter.store.aggregates(start_minute, end_minute)
             gpu = await self.meter.store.gpu(start_minute, end_minute)
+            # The readings before the window are what the engines' first minutes in it are taken from.
+            engine = await self.meter.store.engine(start_minute - ENGINE_MAX_GAP_S, end_minute)
             # Weeks of per-minute buckets take a while to sum: not on the event loop serving requests.
             rows = await asyncio.to_thread(
                 report.summarize, aggregates, gpu, group_by=group_by, granularity=granularity
             )
+            engine_minutes = await asyncio.to_thread(engine_window, engine, start_minute, end_minute)
+            engine_rows = report.engine_rows(engine_minutes, aggregates, granularity)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
         payload: dict[str, Any] = {
@@ -163,8 +168,11 @@ class AdminApi:
             "data": [row.to_json(group_by) for row in rows],
             "totals": report.totals(rows),
             "dedicated": [
-                s.to_json() for s in report.dedicated_summaries(aggregates, gpu, self.config.backends)
+                s.to_json()
+                for s in report.dedicated_summaries(aggregates, gpu, self.config.backends, engine_minutes)
             ],
+            # What each engine said it did (metrics_url), per period and backend, beside tokenyard's count.
+            "engine": engine_rows,
             "async_savings_usd": report.async_savings_usd(aggregates, self.config),
             # The busy share dedicated replicas are sized for (the SLA's headroom), to compare against.
             "utilization_cap": self.config.advisor.utilization_cap,

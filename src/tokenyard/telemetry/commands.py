@@ -12,6 +12,7 @@ import orjson
 
 from tokenyard.config import TokenyardConfig, load_config
 from tokenyard.errors import ConfigError, StoreError
+from tokenyard.meter.engine_usage import ENGINE_MAX_GAP_S, EngineUsage, engine_window
 from tokenyard.meter.model import AggKey
 from tokenyard.meter.open_store import open_configured_store, redacted
 from tokenyard.meter.store import MeterStore
@@ -90,6 +91,7 @@ async def _report(
         start, end = int(since) // 60 * 60, (int(until) // 60 + 1) * 60
         aggregates = await store.aggregates(start, end)
         gpu = await store.gpu(start, end)
+        engine = engine_window(await store.engine(start - ENGINE_MAX_GAP_S, end), start, end)
     finally:
         await store.aclose()
     when = f"{_iso(start)} → {_iso(end)}"
@@ -121,30 +123,71 @@ async def _report(
         print(f"spend by {dimension}", file=out)
         print(format_table(headers, table) if table else "  (no traffic)", file=out)
         print(file=out)
-    dedicated = report.dedicated_summaries(aggregates, gpu, config.backends)
+    dedicated = report.dedicated_summaries(aggregates, gpu, config.backends, engine)
     print("dedicated backends", file=out)
     if dedicated:
-        table = []
-        for s in dedicated:
-            d = s.to_json()
-            per_1m = d["effective_usd_per_1m_tokens"]
-            table.append(
-                [
-                    s.backend,
-                    f"{s.gpu_hours:,.3f}",
-                    f"{s.utilization:.1%}",
-                    f"{s.gpu_cost_usd:,.4f}",
-                    f"{d['idle_cost_usd']:,.4f}",
-                    f"{per_1m:,.4f}" if per_1m is not None else "-",
-                ]
-            )
-        headers = ["backend", "GPU-hours", "utilization", "GPU $", "idle GPU $", "$ / 1M tokens"]
-        print(format_table(headers, table), file=out)
+        print(format_table(*_dedicated_table(dedicated)), file=out)
+        engines = [s for s in dedicated if s.engine is not None]
+        if engines:
+            print("\nengines' own figures (metrics_url)", file=out)
+            print(format_table(*_engine_table(engines)), file=out)
     else:
         print("  (none metered)", file=out)
     saved = report.async_savings_usd(aggregates, config)
     print(f"\nasync track saved ${saved:,.4f} against real-time prices", file=out)
     return 0
+
+
+def _dedicated_table(dedicated: list[report.DedicatedSummary]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the dedicated backends' table; each figure's source where it may be the
+    engine's."""
+    table = []
+    for s in dedicated:
+        d = s.to_json()
+        per_1m = d["effective_usd_per_1m_tokens"]
+        table.append(
+            [
+                s.backend,
+                f"{s.gpu_hours:,.3f}",
+                f"{s.utilization:.1%} ({s.utilization_source})",
+                f"{s.gpu_cost_usd:,.4f}",
+                f"{d['idle_cost_usd']:,.4f}",
+                f"{per_1m:,.4f} ({s.tokens_source})" if per_1m is not None else "-",
+            ]
+        )
+    headers = ["backend", "GPU-hours", "utilization", "GPU $", "idle GPU $", "$ / 1M tokens"]
+    return headers, table
+
+
+def _engine_table(dedicated: list[report.DedicatedSummary]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of what the engines said they did, beside what tokenyard metered."""
+
+    def figure(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    def mean_max(usage: EngineUsage, gauge: str, spec: str) -> str:
+        return f"{figure(usage.mean(gauge), spec)} / {figure(usage.peak(gauge), spec)}"
+
+    table = []
+    for s in dedicated:
+        assert s.engine is not None
+        usage = s.engine.usage
+
+        table.append(
+            [
+                s.backend,
+                figure(s.engine.tokens, ",d"),
+                f"{s.engine.tokenyard_tokens:,d}",
+                figure(s.engine.unseen_tokens, ",d"),
+                figure(usage.busy_s, ",.1f"),
+                mean_max(usage, "waiting", ".1f"),
+                mean_max(usage, "kv_cache_usage", ".0%"),
+                f"{usage.scrapes:,d}",
+                f"{usage.restarts:,d}",
+            ]
+        )
+    headers = ["backend", "engine tokens", "via tokenyard", "unseen", "busy s", "queue mean/max"]
+    return [*headers, "KV mean/max", "scrapes", "restarts"], table
 
 
 async def _export(

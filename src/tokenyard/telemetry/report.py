@@ -3,6 +3,12 @@
 Used by the JSON usage API and ``tokenyard report``. A dedicated backend's GPU cost is attributed to the
 rows that used it in each period by their share of its tokens; a period in which it served nothing leaves
 its cost unattributed (idle, shown under tenant/model ``(idle)``).
+
+Where a backend's engine reports on itself (``metrics_url``), its own figures win: utilization from the
+engine's busy time where it has one (SGLang, TGI), else tokenyard's busy slot-time; $/1M tokens from the
+tokens the engine processed, which include traffic that never came through tokenyard (a shared engine), the
+difference shown as ``unseen_tokens``. Each figure says which source it used. Engine figures are compared
+with tokenyard's over the same minutes: those the engine's readings cover.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from tokenyard.config import BackendConfig, TokenyardConfig
+from tokenyard.meter.engine_usage import EngineUsage, engine_periods
 from tokenyard.meter.model import PUSD_PER_USD, AggKey, GpuKey
 from tokenyard.meter.pricing import token_prices
 
@@ -86,6 +93,47 @@ class Row:
         return out
 
 
+Source = Literal["engine", "tokenyard"]  # whose figure: the engine's own metrics, or tokenyard's count
+
+
+@dataclass(slots=True)
+class EngineTruth:
+    """A dedicated backend's engine over the window, and tokenyard's figures over the minutes it covers."""
+
+    usage: EngineUsage  # what the engine did, its minutes added up
+    tokenyard_tokens: int = 0  # tokens metered through tokenyard in the minutes the engine's tokens cover
+    token_gpu_cost_usd: float = 0.0  # GPU cost of those minutes
+    busy_replica_hours: float = 0.0  # replica-hours provisioned in the minutes its busy time covers
+
+    @property
+    def tokens(self) -> int | None:
+        """Tokens the engine processed, or None if it does not count them."""
+        return self.usage.tokens
+
+    @property
+    def unseen_tokens(self) -> int | None:
+        """Tokens the engine processed that tokenyard did not meter (traffic to a shared engine)."""
+        return None if self.usage.tokens is None else self.usage.tokens - self.tokenyard_tokens
+
+    @property
+    def utilization(self) -> float | None:
+        """Busy time over replica time, where the engine measures busy time."""
+        busy_s = self.usage.busy_s
+        if busy_s is None or not self.busy_replica_hours:
+            return None
+        return min(1.0, busy_s / 3600 / self.busy_replica_hours)
+
+    def to_json(self) -> dict[str, Any]:
+        """The engine's own figures, as the usage API returns them."""
+        out = self.usage.to_json()
+        del out["period_start"], out["backend"]
+        out["minutes"] = len(self.usage.covered)
+        out["tokenyard_tokens"] = self.tokenyard_tokens
+        out["unseen_tokens"] = self.unseen_tokens
+        out["utilization"] = self.utilization
+        return out
+
+
 @dataclass(slots=True)
 class DedicatedSummary:
     """A dedicated backend over the window: what was provisioned, what was used, what a token cost."""
@@ -96,14 +144,45 @@ class DedicatedSummary:
     busy_slot_hours: float = 0.0
     max_concurrency: int = 0  # per replica
     gpus_per_replica: int = 1
-    tokens: int = 0
+    tokens: int = 0  # metered through tokenyard
     gpu_cost_usd: float = 0.0
+    engine: EngineTruth | None = None  # the engine's own figures, where it reports them
 
     @property
-    def utilization(self) -> float:
+    def slot_utilization(self) -> float:
         """Busy slot-time over capacity slot-time: max_concurrency x replica-hours provisioned."""
         capacity = self.max_concurrency * self.gpu_hours / self.gpus_per_replica
         return min(1.0, self.busy_slot_hours / capacity) if capacity else 0.0
+
+    @property
+    def utilization_source(self) -> Source:
+        """Where ``utilization`` comes from: the engine's busy time, or tokenyard's slot-time."""
+        return "engine" if self.engine is not None and self.engine.utilization is not None else "tokenyard"
+
+    @property
+    def utilization(self) -> float:
+        """The engine's busy share where it measures one, else busy slot-time over capacity slot-time."""
+        engine = self.engine.utilization if self.engine is not None else None
+        return self.slot_utilization if engine is None else engine
+
+    @property
+    def tokens_source(self) -> Source:
+        """Whose token count $/1M tokens is taken from."""
+        return "engine" if self.engine is not None and self.engine.tokens else "tokenyard"
+
+    @property
+    def usd_per_1m_tokens(self) -> float | None:
+        """GPU cost per million tokens: those the engine processed (in the minutes it covers), else those
+        metered through tokenyard."""
+        if self.engine is not None and self.engine.tokens:
+            return self.engine.token_gpu_cost_usd / self.engine.tokens * 1e6
+        return self.gpu_cost_usd / self.tokens * 1e6 if self.tokens else None
+
+    @property
+    def source(self) -> Source:
+        """``engine`` if any figure here is the engine's own, else ``tokenyard``."""
+        engine_used = "engine" in (self.utilization_source, self.tokens_source)
+        return "engine" if engine_used else "tokenyard"
 
     def to_json(self) -> dict[str, Any]:
         """The summary as the usage API returns it."""
@@ -116,7 +195,14 @@ class DedicatedSummary:
             "tokens": self.tokens,
             "gpu_cost_usd": self.gpu_cost_usd,
             "idle_cost_usd": self.gpu_cost_usd * (1 - self.utilization),
-            "effective_usd_per_1m_tokens": self.gpu_cost_usd / self.tokens * 1e6 if self.tokens else None,
+            "effective_usd_per_1m_tokens": self.usd_per_1m_tokens,
+            "source": self.source,
+            "utilization_source": self.utilization_source,
+            "tokens_source": self.tokens_source,
+            "slot_utilization": self.slot_utilization,
+            "engine_tokens": self.engine.tokens if self.engine else None,
+            "unseen_tokens": self.engine.unseen_tokens if self.engine else None,
+            "engine": self.engine.to_json() if self.engine else None,
         }
 
 
@@ -180,8 +266,11 @@ def dedicated_summaries(
     aggregates: Iterable[tuple[AggKey, Mapping[str, int]]],
     gpu: Iterable[tuple[GpuKey, Mapping[str, int]]],
     backends: Mapping[str, BackendConfig],
+    engine: Iterable[EngineUsage] = (),
 ) -> list[DedicatedSummary]:
-    """Per dedicated backend: provisioned vs busy time, utilization, cost, effective $/1M tokens."""
+    """Per dedicated backend: provisioned vs busy time, utilization, cost, effective $/1M tokens, from the
+    engine's own figures (``engine``: its minutes in the window, ``engine_window``) where it has them."""
+    aggregates, gpu = list(aggregates), list(gpu)
     out: dict[str, DedicatedSummary] = {}
 
     def summary(name: str) -> DedicatedSummary:
@@ -204,7 +293,66 @@ def dedicated_summaries(
             s = summary(key.backend)
             s.busy_slot_hours += fields.get("latency_ms", 0) / 3_600_000
             s.tokens += fields.get("prompt_tokens", 0) + fields.get("completion_tokens", 0)
+    engine_by_backend: dict[str, list[EngineUsage]] = defaultdict(list)
+    for usage in engine:
+        if usage.backend in out:
+            engine_by_backend[usage.backend].append(usage)
+    tokens = _tokenyard_tokens(aggregates)
+    for name, minutes in engine_by_backend.items():
+        out[name].engine = _engine_truth(minutes, tokens, gpu, out[name].gpus_per_replica)
     return sorted(out.values(), key=lambda s: s.backend)
+
+
+def _tokenyard_tokens(aggregates: Iterable[tuple[AggKey, Mapping[str, int]]]) -> dict[tuple[str, int], int]:
+    """Tokens metered through tokenyard per (backend, minute)."""
+    tokens: dict[tuple[str, int], int] = defaultdict(int)
+    for key, fields in aggregates:
+        tokens[(key.backend, key.minute)] += fields.get("prompt_tokens", 0) + fields.get(
+            "completion_tokens", 0
+        )
+    return tokens
+
+
+def _engine_truth(
+    minutes: Sequence[EngineUsage],
+    tokens: Mapping[tuple[str, int], int],
+    gpu: Iterable[tuple[GpuKey, Mapping[str, int]]],
+    gpus_per_replica: int,
+) -> EngineTruth:
+    """A backend's engine minutes added up, with tokenyard's tokens and GPU figures over the same minutes."""
+    [usage] = engine_periods(minutes, 0)
+    backend = usage.backend
+    token_minutes = {m for u in minutes if u.tokens is not None for m in u.covered}
+    busy_minutes = {m for u in minutes if u.busy_s is not None for m in u.covered}
+    truth = EngineTruth(usage, sum(tokens.get((backend, m), 0) for m in token_minutes))
+    for gkey, fields in gpu:
+        if gkey.backend != backend:
+            continue
+        if gkey.minute in token_minutes:
+            truth.token_gpu_cost_usd += fields.get("cost_pusd", 0) / PUSD_PER_USD
+        if gkey.minute in busy_minutes:
+            truth.busy_replica_hours += fields.get("gpu_ms", 0) / gpus_per_replica / 3_600_000
+    return truth
+
+
+def engine_rows(
+    minutes: Iterable[EngineUsage],
+    aggregates: Iterable[tuple[AggKey, Mapping[str, int]]],
+    granularity: str,
+) -> list[dict[str, Any]]:
+    """What each engine did per period (the usage API's ``engine``), beside the tokens tokenyard metered
+    for that backend in the minutes the engine's figures cover."""
+    if granularity not in GRANULARITY_S:
+        raise ValueError(f"granularity must be one of {', '.join(GRANULARITY_S)}")
+    tokens = _tokenyard_tokens(aggregates)
+    out = []
+    for usage in engine_periods(minutes, GRANULARITY_S[granularity]):
+        row = usage.to_json()
+        seen = sum(tokens.get((usage.backend, m), 0) for m in usage.covered)
+        row["tokenyard_tokens"] = seen
+        row["unseen_tokens"] = None if usage.tokens is None else usage.tokens - seen
+        out.append(row)
+    return out
 
 
 def async_savings_usd(

@@ -78,11 +78,19 @@ function byDimension(dim, usage) {
   table("by-" + dim, [dim, "requests", "tokens", "token $", "GPU $", "total $"], rows);
 }
 
+// Which figures are the engine's own (its /metrics) rather than tokenyard's count.
+const source = (s) => `<span class="pill${s === "engine" ? "" : " own"}" title="from ${s === "engine" ? "the engine's metrics" : "tokenyard's own count"}">${esc(s)}</span>`;
+
 function dedicated(usage, cap) {
-  table("dedicated", ["backend", "GPU-h provisioned", "GPU-h busy", "utilization", "", "$ / 1M tokens", "idle $"],
+  table("dedicated", ["backend", "GPU-h provisioned", "GPU-h busy", "utilization", "", "$ / 1M tokens", "idle $",
+    "engine tokens", "not via tokenyard", "queue / KV (mean)"],
     usage.dedicated.map((d) => [esc(d.backend), d.gpu_hours.toFixed(3), (d.gpu_hours * d.utilization).toFixed(3),
-      pct(d.utilization), `<div class="bar" title="cap ${pct(cap)}"><span style="width:${pct(d.utilization)}"></span><i style="left:${pct(cap)}"></i></div>`,
-      d.effective_usd_per_1m_tokens == null ? "–" : usd(d.effective_usd_per_1m_tokens), usd(d.idle_cost_usd)]));
+      `${pct(d.utilization)} ${source(d.utilization_source)}`,
+      `<div class="bar" title="cap ${pct(cap)}"><span style="width:${pct(d.utilization)}"></span><i style="left:${pct(cap)}"></i></div>`,
+      d.effective_usd_per_1m_tokens == null ? "–" : `${usd(d.effective_usd_per_1m_tokens)} ${source(d.tokens_source)}`,
+      usd(d.idle_cost_usd), num(d.engine_tokens),
+      d.unseen_tokens == null ? "–" : `<span title="tokens the engine processed that did not come through tokenyard (a shared engine)">${num(d.unseen_tokens)}</span>`,
+      d.engine == null ? "–" : `${d.engine.waiting_mean == null ? "–" : d.engine.waiting_mean.toFixed(1)} / ${pct(d.engine.kv_cache_usage_mean)}`]));
 }
 
 function queue(q) {
