@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from tokenyard.adapters.webhook import WebhookSender
 from tokenyard.advisor.live import AdvisorLoop
+from tokenyard.capacity.envelope_keeper import EnvelopeKeeper
 from tokenyard.config import TokenyardConfig
 from tokenyard.edge.cluster import Membership
 from tokenyard.edge.reload import Reloader
@@ -122,6 +123,14 @@ async def start_runtime(
         advisor = AdvisorLoop(store, lambda: live.config, replica=replica, wall=wall)
         # Pushed after the meter's callbacks, so it stops before the meter closes the store.
         stack.push_async_callback(_cancel, asyncio.create_task(advisor.run(), name="advisor"))
+    envelope = None
+    recorders = {name: b.envelope for name, b in backends.items() if b.envelope is not None}
+    if store is not None and recorders:
+        # The measured envelope, merged across replicas; stops (merging once more) before the store closes.
+        envelope = EnvelopeKeeper(
+            store, recorders, lambda: live.config.capacity.envelope, replica=replica, wall=wall
+        )
+        stack.push_async_callback(_cancel, asyncio.create_task(envelope.run(), name="envelope"))
 
     # The front runs a job in real time through the proxy, which submits through the front: this closure
     # reads ``proxy`` only once requests flow, when both exist.
@@ -148,7 +157,14 @@ async def start_runtime(
         track = _start_async_track(stack, door, proxy, live, store, backends, models, replica, clock, wall)
     dispatcher = track.dispatcher if track else None
     admin = AdminApi(
-        live, meter, backends, replica=replica, advisor=advisor, dispatcher=dispatcher, wall=wall
+        live,
+        meter,
+        backends,
+        replica=replica,
+        advisor=advisor,
+        dispatcher=dispatcher,
+        wall=wall,
+        envelope=envelope,
     )
     reloader = Reloader(config_path, live, agree_session_secret=admin.agree_session_secret)
     announce = _nothing
