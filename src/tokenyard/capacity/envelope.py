@@ -160,13 +160,13 @@ def add_cells(into: Cells, cells: Mapping[tuple[Shape, int], list[float]]) -> No
 
 def decay(cells: Cells, keep_samples: float = KEEP_SAMPLES) -> bool:
     """Halve every sum while the backend holds more than ``keep_samples`` samples (means are kept, new
-    data weighs more); cells left with under half a sample go. True if it decayed."""
+    data weighs more); cells left with under one sample go. True if it decayed."""
     decayed = False
     while sum(sums[N] for sums in cells.values()) > keep_samples:
         decayed = True
         for key in list(cells):
             sums = cells[key] = [value / 2 for value in cells[key]]
-            if sums[N] < 0.5:
+            if sums[N] < 1:
                 del cells[key]
     return decayed
 
