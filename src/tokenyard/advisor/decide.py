@@ -214,7 +214,7 @@ def _dedicated_candidates(
     workload: Workload, option: DedicatedOption, rt: _Minutes, deferrable: Totals
 ) -> tuple[list[Candidate], CostCurve | None, LoadProfile]:
     """Sized for peak, autoscaled and (with a per-token overflow) hybrid, on one replica shape."""
-    cap = workload.utilization_cap
+    cap = option.cap(workload.utilization_cap)
     load = rt.load(option)
     per_token = workload.per_token()
     profile = rt.profile(option, per_token[1] if per_token else None, cap)
@@ -266,7 +266,7 @@ def _current_candidate(workload: Workload, traffic: Traffic, realtime: _Minutes)
     both = traffic.must_wait_for()
     rt = realtime if both is realtime.series else _Minutes(both, traffic.minutes)
     option = current.option
-    profile = rt.profile(option, current.per_token, workload.utilization_cap)
+    profile = rt.profile(option, current.per_token, option.cap(workload.utilization_cap))
     deferred = Deferred(_total_load(option, ran_async), deferred_usd)
     cost = costs.always_on(option, profile, current.replicas, deferred)
     architecture = "hybrid" if current.per_token else "dedicated"
