@@ -254,7 +254,7 @@ class Capacity:
     def describe(self) -> str:
         """The advice's ``capacity_source``."""
         return (
-            f"measured envelope ({self.samples:.0f} samples, c={self.concurrency} per replica at "
+            f"measured envelope ({self.samples:,.0f} samples, c={self.concurrency} per replica at "
             f"{self.stream_tokens_per_s:.0f} tok/s per stream)"
         )
 
