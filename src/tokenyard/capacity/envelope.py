@@ -97,14 +97,16 @@ def level_of(concurrency_per_replica: float) -> int:
 
 def meets(sample: LatencySample, sla: Sla | None) -> bool:
     """Whether one request met the SLA's targets (no SLA: every request does)."""
+    return _meets(sample.ttft_s, sample.stream_tokens_per_s, sla)
+
+
+def _meets(ttft_s: float, rate: float | None, sla: Sla | None) -> bool:
     if sla is None:
         return True
-    if sla.ttft_p95_ms is not None and sample.ttft_s * 1000 > sla.ttft_p95_ms:
+    if sla.ttft_p95_ms is not None and ttft_s * 1000 > sla.ttft_p95_ms:
         return False
-    if sla.min_stream_tokens_per_s is not None:
-        rate = sample.stream_tokens_per_s
-        return rate is None or rate >= sla.min_stream_tokens_per_s
-    return True
+    # Too few tokens to have a rate: only its TTFT can breach.
+    return sla.min_stream_tokens_per_s is None or rate is None or rate >= sla.min_stream_tokens_per_s
 
 
 class Recorder:
@@ -124,10 +126,10 @@ class Recorder:
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = [0.0] * _WIDTH
-        cell[N] += 1
-        cell[MET] += meets(sample, self.sla)
-        cell[TTFT_SUM_S] += sample.ttft_s
         rate = sample.stream_tokens_per_s
+        cell[N] += 1
+        cell[MET] += _meets(sample.ttft_s, rate, self.sla)
+        cell[TTFT_SUM_S] += sample.ttft_s
         if rate is not None:
             cell[RATE_N] += 1
             cell[RATE_SUM] += rate

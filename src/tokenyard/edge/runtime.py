@@ -1,15 +1,15 @@
 """The running service, built once at start-up from a validated config.
 
-``start_runtime`` opens the backends, the meter store and the meter's flush task, the advisor, the async
-track's door (job store and front), the one proxy, the rest of the async track (dispatcher, with provider
-batches and callbacks, and the Batch API), the admin API and the membership, in that order, each handed the
-parts it needs as it is made. Every background task and store is pushed on the caller's exit stack, so
-shutdown undoes them in reverse:
+``start_runtime`` opens the backends, the meter store and the meter's flush task, the advisor, the
+measured envelope's keeper, the async track's door (job store and front), the one proxy, the rest of the
+async track (dispatcher, with provider batches and callbacks, and the Batch API), the admin API and the
+membership, in that order, each handed the parts it needs as it is made. Every background task and store
+is pushed on the caller's exit stack, so shutdown undoes them in reverse:
 
 1. the membership beat stops (this replica leaves the store's count);
 2. the dispatcher stops, then the webhook client closes (the dispatcher's callbacks use it);
 3. the front gives its unstored answers a last try, then the job store closes;
-4. the advisor stops;
+4. the envelope keeper merges once more and stops, then the advisor stops;
 5. the meter's flush task stops, then the meter flushes what it holds and closes its store;
 6. the backends close (and then the app's upstreams: the quick start's simulators).
 
