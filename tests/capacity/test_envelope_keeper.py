@@ -78,3 +78,17 @@ async def test_a_store_that_is_away_loses_nothing() -> None:
         assert samples(k.recorders["ded"].peek()) == 4
     finally:
         await away.aclose()
+
+
+async def test_the_cluster_capacity_is_read_off_the_merged_curve(store: MeterStore) -> None:
+    one, two = keeper(store, "r1"), keeper(store, "r2")
+    for k, share in ((one, 30), (two, 20)):  # 50 per level, split between the replicas
+        for concurrency in (5, 10, 20):
+            answer(k, share, concurrency=concurrency)  # 60 tok/s per stream: within 30 at every level
+        assert await k.tick()
+    assert await one.tick()
+    cap = one.capacity("ded", SLA, ceiling=20)
+    assert cap is not None
+    assert cap.enough
+    assert (cap.concurrency, cap.aggregate_tokens_per_s) == (20, pytest.approx(20 * 60))
+    assert one.capacity("ded", None, ceiling=20) is None

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from tokenyard.capacity import envelope
-from tokenyard.capacity.settings import EnvelopeSettings
+from tokenyard.capacity.settings import EnvelopeSettings, Sla
 from tokenyard.errors import StoreError
 from tokenyard.stores.protocols import CoordinatedDocuments
 
@@ -111,3 +111,11 @@ class EnvelopeKeeper:
         if recorder is not None:
             envelope.add_cells(cells, recorder.peek())
         return cells
+
+    def capacity(self, name: str, sla: Sla | None, ceiling: int | None) -> envelope.Capacity | None:
+        """A backend's capacity per replica as the cluster measured it (None: no SLA, or no measured level
+        meets it); only a ``Capacity`` with ``enough`` set should replace a catalog figure. For the desired
+        replicas: the measured tokens/s per replica at the SLA is its ``aggregate_tokens_per_s``."""
+        if sla is None:
+            return None
+        return envelope.capacity(envelope.curve(self.cells(name).items(), sla.percentile), ceiling)
