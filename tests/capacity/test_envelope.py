@@ -61,8 +61,20 @@ def test_a_sample_meets_the_sla_by_its_rate_and_ttft() -> None:
     assert not envelope.meets(streamed(1, 29.0), both)
     assert not envelope.meets(streamed(1, 100.0, ttft_s=0.6), both)
     assert envelope.meets(streamed(1, 1.0), None)  # no SLA: every request meets it
-    whole = LatencySample(0.5, 2.0, 100, 100, streamed=False, concurrency=1)
+    whole = LatencySample(2.0, 2.0, 100, 100, streamed=False, concurrency=1)
     assert whole.stream_tokens_per_s == 50.0  # a whole answer: completion tokens over its latency
+    assert envelope.meets(whole, both)  # its head comes after its generation: no TTFT to judge
+
+
+def test_whole_answers_count_for_the_rate_but_not_the_ttft() -> None:
+    recorder = Recorder(SLA)
+    recorder.observe(streamed(1, 60.0, ttft_s=0.2), 1)
+    recorder.observe(LatencySample(3.0, 3.0, 100, 60, streamed=False, concurrency=1), 1)  # 20 tok/s
+    (point,) = envelope.curve(recorder.peek().items())
+    assert point.samples == 2
+    assert point.ttft_ms == pytest.approx(200)
+    assert point.stream_tokens_per_s == pytest.approx(40)
+    assert point.met_share == 0.5
 
 
 def test_the_curve_trades_per_stream_for_aggregate_throughput() -> None:

@@ -79,6 +79,6 @@ async def test_a_real_engines_envelope_fills_with_its_token_counts(llama: Upstre
         assert levels[0] == 1
         assert max(levels) >= 2
         for point in envelope["curve"]:
-            assert point["ttft_ms"] > 0
+            assert point["ttft_ms"] > 0  # every answer streamed
             if point["stream_tokens_per_s"] is not None:  # answers of one token have no decode rate
                 assert point["stream_tokens_per_s"] > 0

@@ -13,8 +13,8 @@ the means stay, old data weighs less).
   (``level_of``; a band is named by its top).
 - **The curve**: per level, over every shape, the mean per-stream tokens/s, the aggregate tokens/s (the
   level's mean concurrency × that mean rate: the seed's per-stream vs aggregate trade-off, measured), the
-  mean TTFT, and whether the level meets the SLA: at least the SLA's percentile of its samples met both
-  targets.
+  mean TTFT of its streamed answers, and whether the level meets the SLA: at least the SLA's percentile
+  of its samples met the targets (a whole answer, which has no first-token time, by its rate alone).
 - **Capacity per replica**: the aggregate tokens/s at the largest measured level below the *knee* (the
   lowest level that breaches) that meets the SLA. It counts as *enough data* when that level has at least
   ``MIN_LEVEL_SAMPLES`` samples, at least ``MIN_LEVELS`` levels do, and the curve reached the knee (a
@@ -25,7 +25,8 @@ the means stay, old data weighs less).
 The document every replica merges into (``capacity:envelope``, JSON)::
 
     {"format": 1, "updated_at": unix_s,
-     "backends": {name: {shape_label: {level: [n, met, ttft_sum_s, rate_n, rate_sum, concurrency_sum]}}}}
+     "backends": {name: {shape_label: {level: [n, met, ttft_n, ttft_sum_s, rate_n, rate_sum,
+                                                concurrency_sum]}}}}
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 from tokenyard.capacity.observed import LatencySample
 from tokenyard.capacity.settings import Sla
 
-FORMAT = 1
+FORMAT = 2  # 1: cells had no TTFT count (never released)
 DOCUMENT = "capacity:envelope"  # the store document every replica merges into (and its lock's name)
 INPUT_EDGES = (128, 512, 2048, 8192)  # prompt tokens: <128, 128-511, 512-2047, 2048-8191, 8192+
 OUTPUT_EDGES = (64, 256, 1024)  # completion tokens: <64, 64-255, 256-1023, 1024+
@@ -50,8 +51,8 @@ MIN_KNEE_SAMPLES = 20  # a level breaching the SLA with this many samples is the
 KEEP_SAMPLES = 20_000.0  # per backend: past this, every sum is halved (old data fades)
 
 # A cell's sums, by position (the document stores them as a list).
-N, MET, TTFT_SUM_S, RATE_N, RATE_SUM, CONCURRENCY_SUM = range(6)
-_WIDTH = 6
+N, MET, TTFT_N, TTFT_SUM_S, RATE_N, RATE_SUM, CONCURRENCY_SUM = range(7)
+_WIDTH = 7
 
 Shape = tuple[int, int]  # (input bucket, output bucket)
 Cells = dict[tuple[Shape, int], list[float]]  # (shape, level) → sums
@@ -96,14 +97,16 @@ def level_of(concurrency_per_replica: float) -> int:
 
 
 def meets(sample: LatencySample, sla: Sla | None) -> bool:
-    """Whether one request met the SLA's targets (no SLA: every request does)."""
-    return _meets(sample.ttft_s, sample.stream_tokens_per_s, sla)
+    """Whether one request met the SLA's targets (no SLA: every request does). A whole (non-streamed)
+    answer is judged by its rate alone: its head arrives after the whole generation, so it has no time to
+    first token (its rate, completion tokens over latency, includes the prefill)."""
+    return _meets(sample.ttft_s if sample.streamed else None, sample.stream_tokens_per_s, sla)
 
 
-def _meets(ttft_s: float, rate: float | None, sla: Sla | None) -> bool:
+def _meets(ttft_s: float | None, rate: float | None, sla: Sla | None) -> bool:
     if sla is None:
         return True
-    if sla.ttft_p95_ms is not None and ttft_s * 1000 > sla.ttft_p95_ms:
+    if sla.ttft_p95_ms is not None and ttft_s is not None and ttft_s * 1000 > sla.ttft_p95_ms:
         return False
     # Too few tokens to have a rate: only its TTFT can breach.
     return sla.min_stream_tokens_per_s is None or rate is None or rate >= sla.min_stream_tokens_per_s
@@ -127,9 +130,12 @@ class Recorder:
         if cell is None:
             cell = self._cells[key] = [0.0] * _WIDTH
         rate = sample.stream_tokens_per_s
+        streamed = sample.streamed
         cell[N] += 1
-        cell[MET] += _meets(sample.ttft_s, rate, self.sla)
-        cell[TTFT_SUM_S] += sample.ttft_s
+        cell[MET] += _meets(sample.ttft_s if streamed else None, rate, self.sla)
+        if streamed:  # a whole answer's head comes after its whole generation: no first-token time
+            cell[TTFT_N] += 1
+            cell[TTFT_SUM_S] += sample.ttft_s
         if rate is not None:
             cell[RATE_N] += 1
             cell[RATE_SUM] += rate
@@ -225,7 +231,7 @@ class Point:
     concurrency: float  # mean per replica in the level
     stream_tokens_per_s: float | None  # mean per-stream rate
     aggregate_tokens_per_s: float | None  # concurrency × per-stream rate
-    ttft_ms: float  # mean
+    ttft_ms: float | None  # mean, over the streamed answers (None: none streamed)
     met_share: float  # of samples meeting the SLA
     meets_sla: bool
 
@@ -236,7 +242,7 @@ class Point:
             "samples": round(self.samples, 1),
             "stream_tokens_per_s": _round(self.stream_tokens_per_s),
             "aggregate_tokens_per_s": _round(self.aggregate_tokens_per_s),
-            "ttft_ms": round(self.ttft_ms, 1),
+            "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 1),
             "met_share": round(self.met_share, 4),
             "meets_sla": self.meets_sla,
         }
@@ -293,7 +299,7 @@ def curve(cells: Iterable[tuple[tuple[Shape, int], list[float]]], percentile: fl
                 concurrency=concurrency,
                 stream_tokens_per_s=rate,
                 aggregate_tokens_per_s=None if rate is None else concurrency * rate,
-                ttft_ms=s[TTFT_SUM_S] / s[N] * 1000,
+                ttft_ms=s[TTFT_SUM_S] / s[TTFT_N] * 1000 if s[TTFT_N] > 0 else None,
                 met_share=met_share,
                 # A hair of slack: 19 of 20 is 95 % even when the halved sums are not whole.
                 meets_sla=met_share >= percentile / 100 - 1e-9,
