@@ -15,6 +15,7 @@ import pytest_asyncio
 from tests.support.clocks import T0
 from tests.support.stores import PROXY_STORES, open_proxy_store
 from tokenyard.advisor.catalog import load_catalog
+from tokenyard.advisor.costs import DedicatedOption
 from tokenyard.advisor.evaluation import evaluate_store
 from tokenyard.capacity import envelope
 from tokenyard.capacity.observed import LatencySample
@@ -74,15 +75,15 @@ def measured_cells() -> envelope.Cells:
     return recorder.take()
 
 
-async def advise(store: MeterStore) -> tuple[str, float, str, float | None]:
-    """(the sized-for-peak candidate's label, its option's output capacity, capacity source, cap)."""
+async def advise(store: MeterStore) -> tuple[str, DedicatedOption, list[str]]:
+    """(the sized-for-peak candidate's label, the replica shape it was priced on, the reasons)."""
     result = await evaluate_store(store, CONFIG, load_catalog({}), now=T0 + 3600, keep_state=False)
     (advice,) = result.advices
     assert advice.curve is not None
     peak = next(c for c in advice.candidates if c.architecture == "dedicated")
     option = advice.curve.option
     assert result.document("r")["workloads"][0]["cost_curve"]["capacity_source"] == option.capacity_source
-    return peak.label, option.output_tokens_per_s, option.capacity_source, option.utilization_cap
+    return peak.label, option, advice.reasons
 
 
 async def test_the_measured_envelope_is_the_replica_capacity(store: MeterStore) -> None:
@@ -90,14 +91,19 @@ async def test_the_measured_envelope_is_the_replica_capacity(store: MeterStore) 
     document = envelope.merge_document(None, {"ded": measured_cells()}, now_wall=T0)
     await store.put_document(envelope.DOCUMENT, orjson.dumps(document))
 
-    label, output_tokens_per_s, source, cap = await advise(store)
+    label, option, reasons = await advise(store)
 
-    assert output_tokens_per_s == pytest.approx(600)
-    assert source == "measured envelope (170 samples, c=20 per replica at 30 tok/s per stream)"
+    source = "measured envelope (170 samples, c=20 per replica at 30 tok/s per stream)"
+    assert option.output_tokens_per_s == pytest.approx(600)
+    assert option.capacity_source == source
     # The SLA is in the measurement: no utilization cap on top. 1,200 tok/s at 600 per replica: 2 replicas
     # (at the catalog's 24,461 tok/s and a 60 % cap it would have been 1).
-    assert cap == 1.0
+    assert option.utilization_cap == 1.0
     assert label == "dedicated 2 × 1×H100-80GB"
+    assert (
+        f"1×H100-80GB capacity is the {source}: the SLA is in the measurement, so it runs up to 100%, not 60%"
+        in (reasons)
+    )
 
 
 async def test_without_enough_envelope_data_the_catalog_stays(store: MeterStore) -> None:
@@ -106,7 +112,12 @@ async def test_without_enough_envelope_data_the_catalog_stays(store: MeterStore)
     document = envelope.merge_document(None, {"ded": cells}, now_wall=T0)
     await store.put_document(envelope.DOCUMENT, orjson.dumps(document))
 
-    label, output_tokens_per_s, source, cap = await advise(store)
+    label, option, reasons = await advise(store)
 
-    assert (output_tokens_per_s, source, cap) == (24461, "catalog", None)
+    assert (option.output_tokens_per_s, option.capacity_source, option.utilization_cap) == (
+        24461,
+        "catalog",
+        None,
+    )
     assert label == "dedicated 1 × 1×H100-80GB"
+    assert not any("measured envelope" in reason for reason in reasons)

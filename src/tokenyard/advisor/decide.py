@@ -415,6 +415,12 @@ def _reasons(workload: Workload, advice: Advice, per_token: Candidate | None) ->
             f"dedicated pays off above {advice.breakeven_utilization:.0%} average utilization, capped at "
             f"{workload.utilization_cap:.0%} for the SLA: the real-time volume does not clear it"
         )
+    for option in workload.options:
+        if option.utilization_cap is not None:  # measured at the SLA (the envelope): say so, it changes N
+            out.append(
+                f"{option.label} capacity is the {option.capacity_source}: the SLA is in the measurement, "
+                f"so it runs up to {option.utilization_cap:.0%}, not {workload.utilization_cap:.0%}"
+            )
     if not workload.options:
         out.append("no replica capacity for this model in the catalog: dedicated was not priced")
     elif not workload.autoscaling.enabled:
