@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tokenyard.capacity import envelope
 from tokenyard.capacity.envelope import Recorder
@@ -201,6 +204,8 @@ def test_a_document_of_another_format_or_garbage_is_started_afresh() -> None:
     doc = envelope.merge_document({"format": 99, "backends": {"x": {}}}, {"a": recorder.take()}, now_wall=0)
     assert set(doc["backends"]) == {"a"}
     assert envelope.cells_from_json({"in0-127/out0-63": {"x": [1], "3": "no"}, "bad": {}}) == {}
+    stored = {"in0-127/out0-63": {"3": [None] * 7, "4": [-1] * 7, "5": [True] * 7, "6": [1] * 7}}
+    assert envelope.cells_from_json(stored) == {((0, 0), 6): [1.0] * 7}  # one bad write stops nobody
 
 
 def test_the_summary_has_the_whole_curve_its_capacity_and_each_shape() -> None:
@@ -227,3 +232,37 @@ def test_backend_capacity_reads_the_stored_document() -> None:
     assert envelope.backend_capacity(doc, "b", SLA, 64) is None
     assert envelope.backend_capacity(doc, "a", None, 64) is None
     assert envelope.backend_capacity(None, "a", SLA, 64) is None
+
+
+samples_strategy = st.lists(
+    st.builds(
+        LatencySample,
+        ttft_s=st.floats(0, 5),
+        latency_s=st.floats(0, 60),
+        prompt_tokens=st.integers(0, 20_000),
+        completion_tokens=st.integers(0, 5_000),
+        streamed=st.booleans(),
+        concurrency=st.integers(1, 600),
+    ),
+    max_size=60,
+)
+
+
+@given(samples=samples_strategy, cut=st.integers(0, 60), replicas=st.integers(1, 4))
+def test_any_split_across_replicas_merges_to_the_same_envelope(
+    samples: list[LatencySample], cut: int, replicas: int
+) -> None:
+    whole, first, second = Recorder(SLA), Recorder(SLA), Recorder(SLA)
+    for i, sample in enumerate(samples):
+        whole.observe(sample, replicas)
+        (first if i < cut else second).observe(sample, replicas)
+    doc = envelope.merge_document(None, {"a": first.take()}, now_wall=0)
+    doc = envelope.merge_document(orjson.loads(orjson.dumps(doc)), {"a": second.take()}, now_wall=0)
+    merged = envelope.cells_from_json(doc["backends"].get("a", {}))
+    expected = whole.peek()
+    assert merged.keys() == expected.keys()
+    for key, sums in expected.items():
+        assert merged[key] == pytest.approx(sums, rel=1e-6, abs=1e-5)
+    points = envelope.curve(merged.items())
+    assert sum(p.samples for p in points) == len(samples)
+    assert all(0 <= p.met_share <= 1 for p in points)

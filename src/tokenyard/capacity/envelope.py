@@ -130,6 +130,8 @@ class Recorder:
         if cell is None:
             cell = self._cells[key] = [0.0] * _WIDTH
         rate = sample.stream_tokens_per_s
+        if rate is not None and not rate < math.inf:  # a clock's rounding gave ~0 s: no rate to keep
+            rate = None
         streamed = sample.streamed
         cell[N] += 1
         cell[MET] += _meets(sample.ttft_s if streamed else None, rate, self.sla)
@@ -189,9 +191,19 @@ def cells_from_json(tree: Any) -> Cells:
         if shape is None or not isinstance(levels, dict):
             continue
         for level, sums in levels.items():
-            if isinstance(sums, list) and len(sums) == _WIDTH and str(level).isdigit():
+            if _valid_sums(sums) and str(level).isdigit():
                 cells[(shape, int(level))] = [float(v) for v in sums]
     return cells
+
+
+def _valid_sums(sums: Any) -> bool:
+    """A cell as stored: ``_WIDTH`` finite, non-negative numbers (anything else is skipped, not fatal: one
+    replica's bad write must not stop every replica's merging)."""
+    return (
+        isinstance(sums, list)
+        and len(sums) == _WIDTH
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf for v in sums)
+    )
 
 
 def cells_to_json(cells: Cells) -> dict[str, dict[str, list[float]]]:

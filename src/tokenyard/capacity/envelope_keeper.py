@@ -51,7 +51,10 @@ class EnvelopeKeeper:
         try:
             while True:
                 await asyncio.sleep(self._settings().merge_interval_s)
-                await self.tick()
+                try:
+                    await self.tick()
+                except Exception:  # a bug must not end the envelope for the process's life
+                    log.exception("capacity: merging the envelope failed; trying again next round")
         finally:
             with contextlib.suppress(StoreError, asyncio.CancelledError):
                 await asyncio.shield(self.tick())
