@@ -143,6 +143,7 @@ PURE = (
     "advisor/workloads.py",
     "advisor/service.py",
     "advisor/plot.py",
+    "capacity/envelope.py",
     "wire/openai.py",
     "wire/sse.py",
     "capacity/desired.py",

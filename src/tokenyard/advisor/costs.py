@@ -47,6 +47,13 @@ class DedicatedOption:
     output_tokens_per_s: float
     cached_input_work: float = 0.1
     capacity_source: str = "catalog"
+    # The share of its capacity a replica may be run at; None: the advisor's utilization_cap. A capacity
+    # measured at the SLA (the envelope) already has the SLA's headroom in it: 1.0.
+    utilization_cap: float | None = None
+
+    def cap(self, default: float) -> float:
+        """The utilization this replica may be run at: its own, or ``default`` (the advisor's)."""
+        return default if self.utilization_cap is None else self.utilization_cap
 
     @property
     def label(self) -> str:

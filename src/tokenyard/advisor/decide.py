@@ -214,7 +214,7 @@ def _dedicated_candidates(
     workload: Workload, option: DedicatedOption, rt: _Minutes, deferrable: Totals
 ) -> tuple[list[Candidate], CostCurve | None, LoadProfile]:
     """Sized for peak, autoscaled and (with a per-token overflow) hybrid, on one replica shape."""
-    cap = workload.utilization_cap
+    cap = option.cap(workload.utilization_cap)
     load = rt.load(option)
     per_token = workload.per_token()
     profile = rt.profile(option, per_token[1] if per_token else None, cap)
@@ -266,7 +266,7 @@ def _current_candidate(workload: Workload, traffic: Traffic, realtime: _Minutes)
     both = traffic.must_wait_for()
     rt = realtime if both is realtime.series else _Minutes(both, traffic.minutes)
     option = current.option
-    profile = rt.profile(option, current.per_token, workload.utilization_cap)
+    profile = rt.profile(option, current.per_token, option.cap(workload.utilization_cap))
     deferred = Deferred(_total_load(option, ran_async), deferred_usd)
     cost = costs.always_on(option, profile, current.replicas, deferred)
     architecture = "hybrid" if current.per_token else "dedicated"
@@ -415,6 +415,12 @@ def _reasons(workload: Workload, advice: Advice, per_token: Candidate | None) ->
             f"dedicated pays off above {advice.breakeven_utilization:.0%} average utilization, capped at "
             f"{workload.utilization_cap:.0%} for the SLA: the real-time volume does not clear it"
         )
+    for option in workload.options:
+        if option.utilization_cap is not None:  # measured at the SLA (the envelope): say so, it changes N
+            out.append(
+                f"{option.label} capacity is the {option.capacity_source}: the SLA is in the measurement, "
+                f"so it runs up to {option.utilization_cap:.0%}, not {workload.utilization_cap:.0%}"
+            )
     if not workload.options:
         out.append("no replica capacity for this model in the catalog: dedicated was not priced")
     elif not workload.autoscaling.enabled:

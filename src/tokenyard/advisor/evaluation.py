@@ -18,7 +18,9 @@ from tokenyard.advisor.decide import Advice
 from tokenyard.advisor.live import STATE_DOC, load_document
 from tokenyard.advisor.service import evaluate_all, grouping
 from tokenyard.advisor.traffic import MINUTE_S, TrafficBuilder
-from tokenyard.advisor.workloads import BusyMinute
+from tokenyard.advisor.workloads import BusyMinute, first_dedicated
+from tokenyard.capacity import envelope
+from tokenyard.capacity.envelope import Capacity
 from tokenyard.config import TokenyardConfig
 from tokenyard.meter.model import AggKey, GpuKey
 from tokenyard.meter.store import UsageStore
@@ -87,6 +89,21 @@ def busy_minutes(
     return out
 
 
+def measured_envelopes(config: TokenyardConfig, document: dict[str, Any] | None) -> dict[str, Capacity]:
+    """Per model, the capacity per replica its current dedicated backend's measured envelope shows
+    (``capacity:envelope``), where that backend has an SLA and a measured level."""
+    out: dict[str, Capacity] = {}
+    for model in config.models:
+        name = first_dedicated(config, model)
+        if name is None:
+            continue
+        backend = config.backends[name]
+        measured = envelope.backend_capacity(document, name, backend.sla, backend.max_concurrency)
+        if measured is not None:
+            out[model] = measured
+    return out
+
+
 async def evaluate_store(
     store: EvaluationStore, config: TokenyardConfig, catalog: Catalog, *, now: float, keep_state: bool
 ) -> Evaluation:
@@ -96,9 +113,12 @@ async def evaluate_store(
     rows = await store.aggregates(start, end)
     gpu = await store.gpu(start, end)
     previous = await load_document(store, STATE_DOC) or {}
+    envelopes = measured_envelopes(config, await load_document(store, envelope.DOCUMENT))
     # A workload younger than the window is replayed from 00:00 UTC of its first request's day (decide.py),
     # not from that request: its quiet first hours count, as its replicas' cost would.
-    advices, states, skipped = _evaluate_rows(config, catalog, rows, gpu, previous, now, start, end)
+    advices, states, skipped = _evaluate_rows(
+        config, catalog, rows, gpu, previous, now, start, end, envelopes
+    )
     if keep_state:
         await store.put_document(STATE_DOC, orjson.dumps(states))
     return Evaluation(advices, states, skipped, now, start, end)
@@ -113,6 +133,7 @@ def _evaluate_rows(
     now: float,
     start: int,
     end: int,
+    envelopes: dict[str, Capacity],
 ) -> tuple[list[Advice], dict[str, dict[str, Any]], list[str]]:
     """The stored aggregates of ``[start, end)`` as per-workload traffic, evaluated."""
     workload_of, eligible = grouping(config)
@@ -139,4 +160,5 @@ def _evaluate_rows(
         today=datetime.fromtimestamp(now, UTC).date(),
         previous=previous,
         measured=busy_minutes(config, rows, gpu),
+        envelopes=envelopes,
     )

@@ -12,16 +12,20 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from tokenyard.advisor import evaluation, plot, report
 from tokenyard.advisor.catalog import Catalog, load_catalog
 from tokenyard.advisor.decide import Advice
+from tokenyard.advisor.live import load_document
 from tokenyard.advisor.replay import TrafficLog, TrafficLogError, parse_time
 from tokenyard.advisor.service import grouping, replay_evaluations
+from tokenyard.capacity import envelope
 from tokenyard.config import TokenyardConfig, load_config
 from tokenyard.errors import ConfigError, StoreError
 from tokenyard.meter.open_store import open_configured_store, redacted
@@ -100,7 +104,14 @@ def _today(now: float) -> date:
     return datetime.fromtimestamp(now, UTC).date()
 
 
-def _print(advices: list[Advice], skipped: list[str], args: argparse.Namespace, *, source: str) -> int:
+def _print(
+    advices: list[Advice],
+    skipped: list[str],
+    args: argparse.Namespace,
+    *,
+    source: str,
+    envelopes: Sequence[EnvelopeChart] = (),
+) -> int:
     if args.json:
         document = {
             "format": report.FORMAT_VERSION,
@@ -118,15 +129,50 @@ def _print(advices: list[Advice], skipped: list[str], args: argparse.Namespace, 
         for problem in skipped:
             print(f"\nskipped: {problem}")
     if args.plot:
-        written = write_plots(advices, Path(args.plot))
+        written = write_plots(advices, Path(args.plot), envelopes)
         print(f"wrote {written} charts to {args.plot}/index.html", file=sys.stderr)
     return 0
 
 
-def write_plots(advices: list[Advice], directory: Path) -> int:
-    """Per workload: traffic by hour of the week, cost against replicas, cost per candidate; and an index."""
+EnvelopeChart = tuple[str, str]  # (file slug, SVG)
+
+
+def envelope_charts(config: TokenyardConfig, document: dict[str, Any] | None) -> list[EnvelopeChart]:
+    """Per dedicated backend in the stored ``capacity:envelope``: its measured curve, the SLA's per-stream
+    floor and the capacity level marked."""
+    stored = (document or {}).get("backends") if (document or {}).get("format") == envelope.FORMAT else None
+    charts = []
+    for name, backend in config.backends.items():
+        cells = envelope.cells_from_json(stored.get(name)) if isinstance(stored, dict) else {}
+        sla = backend.sla
+        points = envelope.curve(cells.items(), sla.percentile if sla else 95.0)
+        drawn = [
+            (p.level, p.stream_tokens_per_s, p.aggregate_tokens_per_s)
+            for p in points
+            if p.stream_tokens_per_s is not None and p.aggregate_tokens_per_s is not None
+        ]
+        if not drawn:
+            continue
+        capacity = envelope.capacity(points, backend.max_concurrency) if sla else None
+        title = f"{name}: measured envelope ({sum(p.samples for p in points):,.0f} samples)"
+        svg = plot.envelope_svg(
+            title,
+            drawn,
+            sla_tokens_per_s=sla.min_stream_tokens_per_s if sla else None,
+            capacity_at=capacity.concurrency if capacity else None,
+        )
+        charts.append((re.sub(r"[^A-Za-z0-9._-]+", "_", name), svg))
+    return charts
+
+
+def write_plots(advices: list[Advice], directory: Path, envelopes: Sequence[EnvelopeChart] = ()) -> int:
+    """Per workload: traffic by hour of the week, cost against replicas, cost per candidate; per dedicated
+    backend with a measured envelope, its curve; and an index."""
     directory.mkdir(parents=True, exist_ok=True)
     figures: list[str] = []
+    for slug, svg in envelopes:
+        (directory / f"{slug}-envelope.svg").write_text(svg)
+        figures.append(f'<figure><img src="{slug}-envelope.svg" alt="measured envelope of {slug}"></figure>')
     for advice in advices:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", advice.workload)
         per_month = advice.per_month
@@ -185,20 +231,21 @@ def advise(args: argparse.Namespace) -> int:
         return 1
     store = open_configured_store(config.meter)
 
-    async def evaluate() -> list[Advice]:
+    async def evaluate() -> tuple[list[Advice], dict[str, Any] | None]:
         try:
             result = await evaluation.evaluate_store(
                 store, config, catalog, now=time.time(), keep_state=False
             )
-            return result.advices
+            return result.advices, await load_document(store, envelope.DOCUMENT)
         finally:
             await store.aclose()
 
     try:
-        advices = asyncio.run(evaluate())
+        advices, measured = asyncio.run(evaluate())
     except StoreError as exc:
         print(
             f"tokenyard: cannot read the meter store {redacted(config.meter.store)}: {exc}", file=sys.stderr
         )
         return 1
-    return _print(advices, [], args, source=f"meter store {redacted(config.meter.store)}")
+    source = f"meter store {redacted(config.meter.store)}"
+    return _print(advices, [], args, source=source, envelopes=envelope_charts(config, measured))

@@ -1,4 +1,5 @@
-"""SVG charts of the advisor's findings: traffic by hour of week, cost against replicas, candidate costs.
+"""SVG charts of the advisor's findings: traffic by hour of week, cost against replicas, candidate costs,
+and a backend's measured envelope (throughput against concurrency).
 
 Pure string building with the standard library and no I/O: ``tokenyard replay --plot DIR`` writes the
 strings to files, and a dashboard may inline them. Every chart has a viewBox (so it scales), a white
@@ -134,6 +135,71 @@ def candidate_costs_svg(
     body.append(_line(x(0), top, x(0), bottom, class_="axis", stroke=_AXIS))
     body.append(_text((left + right) / 2, bottom + 42, "USD / month", text_anchor="middle"))
     return _document(right + note_w, bottom + 56, title, body)
+
+
+def envelope_svg(
+    title: str,
+    points: Sequence[tuple[int, float, float]],
+    *,
+    sla_tokens_per_s: float | None = None,
+    capacity_at: int | None = None,
+) -> str:
+    """A measured envelope: aggregate and per-stream tokens/s against requests in flight per replica (the
+    seed's per-stream vs aggregate trade-off), the SLA's per-stream floor and the capacity level marked.
+
+    ``points`` are (concurrency, per-stream tokens/s, aggregate tokens/s), in ascending concurrency."""
+    if not points:
+        raise ValueError("envelope_svg needs at least one (concurrency, per-stream, aggregate) point")
+    _check_finite([v for _, a, b in points for v in (a, b)], "throughputs")
+    if any(b <= a for (a, _, _), (b, _, _) in pairwise(points)):
+        raise ValueError("points must be in strictly ascending concurrency")
+    if capacity_at is not None and capacity_at not in {c for c, _, _ in points}:
+        raise ValueError(f"capacity_at={capacity_at} is not one of the points")
+    left, right = 84.0, 696.0
+    items: list[tuple[str, _Attrs]] = [
+        ("aggregate tokens/s", {"stroke": _BLUE}),
+        ("per-stream tokens/s", {"stroke": _VERMILLION}),
+    ]
+    if sla_tokens_per_s is not None:
+        items.append((f"SLA: {_number(sla_tokens_per_s)} tok/s per stream", _reference_style(0)))
+    legend, legend_h = _legend(items, left, 52, right - left)
+    top = 60 + legend_h
+    bottom = top + 300
+    levels = [float(c) for c, _, _ in points]
+    rates = [v for _, a, b in points for v in (a, b)] + ([sla_tokens_per_s] if sla_tokens_per_s else [])
+    x_ticks = _nice_ticks(0.0, max(levels), integer=True)
+    y_ticks = _nice_ticks(0.0, max(rates))
+    x, y = _Scale(x_ticks[0], x_ticks[-1], left, right), _Scale(y_ticks[0], y_ticks[-1], bottom, top)
+    body = (
+        legend + _y_grid(y, y_ticks, left, right, money=False) + _x_grid(x, x_ticks, top, bottom, money=False)
+    )
+    body.append(_el("path", d=f"M{left},{top:.1f} V{bottom:.1f} H{right}", fill="none", stroke=_AXIS))
+    if sla_tokens_per_s is not None:
+        tip = _tip(f"SLA: {_number(sla_tokens_per_s)} tok/s per stream")
+        sla_y = y(sla_tokens_per_s)
+        body.append(
+            _line(left, sla_y, right, sla_y, tip, class_="reference", stroke_width=1.5, **items[2][1])
+        )
+    for index, colour, what in ((2, _BLUE, "aggregate"), (1, _VERMILLION, "per stream")):
+        path = " ".join(f"{'L' if i else 'M'}{x(p[0]):.1f},{y(p[index]):.1f}" for i, p in enumerate(points))
+        body.append(_el("path", class_="curve", d=path, fill="none", stroke=colour, stroke_width=2))
+        for p in points:
+            tip = _tip(f"c = {p[0]}: {_number(p[index])} tok/s {what}")
+            body.append(_el("circle", tip, cx=x(p[0]), cy=y(p[index]), r=3.5, fill=colour))
+    if capacity_at is not None:
+        aggregate = next(a for c, _, a in points if c == capacity_at)
+        label = f"capacity: {_number(aggregate)} tok/s at c = {capacity_at}"
+        px = x(capacity_at)
+        body.append(_line(px, top, px, bottom, class_="capacity", stroke=_INK, stroke_dasharray="5 4"))
+        half = _text_width(label) / 2
+        anchor = "start" if px - half < left else "end" if px + half > right else "middle"
+        style: _Attrs = {"class_": "capacity", "fill": _INK, "font_weight": 600, **_HALO}
+        body.append(_text(px, top + 12, label, text_anchor=anchor, **style))
+    mid = (top + bottom) / 2
+    x_title = "requests in flight per replica (concurrency)"
+    body.append(_text((left + right) / 2, bottom + 42, x_title, text_anchor="middle"))
+    body.append(_text(22, mid, "tokens / s", text_anchor="middle", transform=f"rotate(-90 22 {mid:.1f})"))
+    return _document(720, bottom + 56, title, body)
 
 
 @dataclass(frozen=True, slots=True)

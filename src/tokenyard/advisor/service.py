@@ -16,7 +16,14 @@ from tokenyard.advisor.catalog import Catalog
 from tokenyard.advisor.costs import DedicatedOption
 from tokenyard.advisor.decide import Advice
 from tokenyard.advisor.traffic import Traffic
-from tokenyard.advisor.workloads import BusyMinute, build_workload, calibrated, workload_name
+from tokenyard.advisor.workloads import (
+    BusyMinute,
+    build_workload,
+    calibrated,
+    from_envelope,
+    workload_name,
+)
+from tokenyard.capacity.envelope import Capacity
 from tokenyard.config import TokenyardConfig
 
 DAY_MIN = 1440
@@ -46,11 +53,13 @@ def evaluate_all(
     today: date,
     previous: Mapping[str, dict[str, Any]] | None = None,
     measured: Mapping[str, Sequence[BusyMinute]] | None = None,
+    envelopes: Mapping[str, Capacity] | None = None,
 ) -> tuple[list[Advice], dict[str, dict[str, Any]], list[str]]:
     """Advice per workload (costliest first), the stability state to keep, and workloads that were skipped.
 
     ``previous`` is the state the last evaluation returned; ``measured`` maps a model to busy minutes of
-    its dedicated backends (calibrating their capacity).
+    its dedicated backends (calibrating their capacity); ``envelopes`` maps a model to the capacity its
+    dedicated backend's measured envelope shows, which wins over the calibration when it has enough data.
     """
     advisor = config.advisor
     advices: list[Advice] = []
@@ -60,9 +69,15 @@ def evaluate_all(
         model = workload_traffic.model or name
         workload = build_workload(name, model, config, catalog, today=today)
         samples = (measured or {}).get(model)
-        if samples and workload.current and workload.current.option:
+        envelope = (envelopes or {}).get(model)
+        if workload.current and workload.current.option:
             option = workload.current.option
-            better = calibrated(option, samples, advisor.utilization_cap)
+            if envelope is not None and envelope.enough:
+                better = from_envelope(option, envelope)
+            elif samples:
+                better = calibrated(option, samples, advisor.utilization_cap)
+            else:
+                better = option
             if better is not option:
                 workload = _with_option(workload, option, better)
         try:

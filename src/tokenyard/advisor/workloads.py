@@ -2,7 +2,8 @@
 
 Prices the config names for a model's own deployments are what the team pays, so they win over the
 catalog's; a configured dedicated backend's $/GPU-hour likewise. Capacity comes from the catalog (scaled
-when the configured replica has a different number of GPUs), or from measurement (``calibrated``).
+when the configured replica has a different number of GPUs), or from measurement: the measured envelope
+where it has enough data (``from_envelope``), else busy minutes (``calibrated``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tokenyard.advisor.catalog import Catalog, ModelEntry, ReplicaCapacity, Toke
 from tokenyard.advisor.costs import DedicatedOption
 from tokenyard.advisor.decide import CurrentSetup, Workload
 from tokenyard.capacity.desired import CapacityEstimate
+from tokenyard.capacity.envelope import Capacity
 from tokenyard.config import BackendConfig, Prices, TokenyardConfig
 
 MIN_CALIBRATION_MINUTES = 10
@@ -194,3 +196,27 @@ def catalog_capacity(config: TokenyardConfig, catalog: Catalog) -> dict[str, Cap
             source=f"{option.capacity_source} figure for {option.label} × utilization cap {cap:g}",
         )
     return out
+
+
+def first_dedicated(config: TokenyardConfig, model: str) -> str | None:
+    """The name of the dedicated backend whose replicas are the model's current setup (``_current``)."""
+    dedicated = _deployments(config, model).dedicated
+    return dedicated[0][0] if dedicated else None
+
+
+def from_envelope(option: DedicatedOption, capacity: Capacity) -> DedicatedOption:
+    """The option with the capacity its measured envelope shows at the SLA.
+
+    The envelope measures output (decode) tokens/s per replica at the largest concurrency that meets the
+    SLA, under the backend's real mix of prompts: that is the replica's output capacity, and its input
+    capacity keeps the catalog's input:output ratio. The SLA is in the measurement, so no utilization cap
+    is applied on top (``utilization_cap`` 1.0).
+    """
+    factor = capacity.aggregate_tokens_per_s / option.output_tokens_per_s
+    return replace(
+        option,
+        input_tokens_per_s=option.input_tokens_per_s * factor,
+        output_tokens_per_s=capacity.aggregate_tokens_per_s,
+        capacity_source=capacity.describe(),
+        utilization_cap=1.0,
+    )

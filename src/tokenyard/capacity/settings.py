@@ -98,6 +98,15 @@ class Actuator(_Strict):
         return self
 
 
+class EnvelopeSettings(_Strict):
+    """How the measured envelope (concurrency → throughput per backend) is kept across proxy replicas."""
+
+    # Each replica merges what it measured into the shared document this often.
+    merge_interval_s: Annotated[float, Field(ge=1, le=3600)] = 10.0
+    # Samples kept per backend; past this every sum is halved, so the envelope follows a changed engine.
+    keep_samples: Annotated[int, Field(ge=100)] = 20_000
+
+
 class CapacityConfig(_Strict):
     """The replicas each dedicated backend should run, how often that is decided, and who applies it."""
 
@@ -105,3 +114,4 @@ class CapacityConfig(_Strict):
     # Demand is read over this many recent minutes (the busiest counts) and the same minutes a week ago.
     window_minutes: Annotated[int, Field(ge=1, le=60)] = 5
     actuator: Actuator | None = None
+    envelope: EnvelopeSettings = EnvelopeSettings()

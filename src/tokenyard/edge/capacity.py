@@ -28,6 +28,7 @@ from tokenyard.capacity.desired import (
     fixed_source,
     limit_source,
 )
+from tokenyard.capacity.envelope_keeper import EnvelopeKeeper
 from tokenyard.capacity.planner import CapacityPlanner, PlannerStore
 from tokenyard.config import TokenyardConfig
 from tokenyard.live import LiveConfig
@@ -61,6 +62,24 @@ def _catalog_figures(config: Callable[[], TokenyardConfig]) -> Callable[[], Mapp
         return cache[key]
 
     return figures
+
+
+def envelope_source(keeper: EnvelopeKeeper, backends: Mapping[str, Backend]) -> CapacitySource:
+    """The measured envelope's capacity per replica at the SLA, once it has enough data (its figure already
+    pays for the backend's real prompts: no input rate of its own)."""
+
+    def measured(backend: str) -> CapacityEstimate | None:
+        running = backends.get(backend)
+        if running is None:
+            return None
+        capacity = keeper.capacity(backend, running.config.sla, running.config.max_concurrency)
+        if capacity is None or not capacity.enough:
+            return None
+        return CapacityEstimate(
+            output_tokens_per_s=capacity.aggregate_tokens_per_s, source=capacity.describe()
+        )
+
+    return measured
 
 
 def capacity_sources(

@@ -45,7 +45,11 @@ def router(runtime: Runtime, health: Iterable[Route]) -> Router:
         Route("/admin/backends/{name:path}/replicas", ("PUT",), admin.replicas),
         Route("/admin/advice", ("GET",), admin.advice),
         Route("/admin/queue", ("GET",), admin.queue),
-        Route("/admin/capacity", ("GET",), CapacityApi(admin, runtime.capacity, admin.backends).handle),
+        Route(
+            "/admin/capacity",
+            ("GET",),
+            CapacityApi(admin, runtime.capacity, admin.backends, {"envelopes": admin.envelopes}).handle,
+        ),
         Route("/admin/reload", ("POST",), _reload(runtime)),
         Route("/dashboard", ("GET",), dashboard.page),
         Route("/dashboard/login", ("POST",), dashboard.login),

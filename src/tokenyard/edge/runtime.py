@@ -1,16 +1,17 @@
 """The running service, built once at start-up from a validated config.
 
-``start_runtime`` opens the backends, the meter store and the meter's flush task, the advisor, the async
-track's door (job store and front), the one proxy, the rest of the async track (dispatcher, with provider
-batches and callbacks, and the Batch API), the capacity planner (desired replicas, the actuator), the admin
-API and the membership, in that order, each handed the parts it needs as it is made. Every background task
-and store is pushed on the caller's exit stack, so shutdown undoes them in reverse:
+``start_runtime`` opens the backends, the meter store and the meter's flush task, the advisor, the
+measured envelope's keeper, the async track's door (job store and front), the one proxy, the rest of the
+async track (dispatcher, with provider batches and callbacks, and the Batch API), the capacity planner
+(desired replicas, the actuator), the admin API and the membership, in that order, each handed the parts it
+needs as it is made. Every background task and store is pushed on the caller's exit stack, so shutdown
+undoes them in reverse:
 
 1. the membership beat stops (this replica leaves the store's count);
 2. the capacity planner stops (handing its lead on), then its webhook client closes;
 3. the dispatcher stops, then the webhook client closes (the dispatcher's callbacks use it);
 4. the front gives its unstored answers a last try, then the job store closes;
-5. the advisor stops;
+5. the envelope keeper merges once more and stops, then the advisor stops;
 6. the meter's flush task stops, then the meter flushes what it holds and closes its store;
 7. the backends close (and then the app's upstreams: the quick start's simulators).
 
@@ -32,9 +33,10 @@ from prometheus_client import CollectorRegistry
 
 from tokenyard.adapters.webhook import WebhookSender
 from tokenyard.advisor.live import AdvisorLoop
+from tokenyard.capacity.envelope_keeper import EnvelopeKeeper
 from tokenyard.capacity.planner import CapacityPlanner
 from tokenyard.config import TokenyardConfig
-from tokenyard.edge.capacity import replicas_applier, start_capacity
+from tokenyard.edge.capacity import envelope_source, replicas_applier, start_capacity
 from tokenyard.edge.cluster import Membership
 from tokenyard.edge.reload import Reloader
 from tokenyard.live import LiveConfig
@@ -126,6 +128,14 @@ async def start_runtime(
         advisor = AdvisorLoop(store, lambda: live.config, replica=replica, wall=wall)
         # Pushed after the meter's callbacks, so it stops before the meter closes the store.
         stack.push_async_callback(_cancel, asyncio.create_task(advisor.run(), name="advisor"))
+    envelope = None
+    recorders = {name: b.envelope for name, b in backends.items() if b.envelope is not None}
+    if store is not None and recorders:
+        # The measured envelope, merged across replicas; stops (merging once more) before the store closes.
+        envelope = EnvelopeKeeper(
+            store, recorders, lambda: live.config.capacity.envelope, replica=replica, wall=wall
+        )
+        stack.push_async_callback(_cancel, asyncio.create_task(envelope.run(), name="envelope"))
 
     # The front runs a job in real time through the proxy, which submits through the front: this closure
     # reads ``proxy`` only once requests flow, when both exist.
@@ -153,9 +163,26 @@ async def start_runtime(
     dispatcher = track.dispatcher if track else None
     planner = None
     if store is not None:
-        planner = start_capacity(stack, live, store, backends, meter, advisor, replica=replica, wall=wall)
+        planner = start_capacity(
+            stack,
+            live,
+            store,
+            backends,
+            meter,
+            advisor,
+            replica=replica,
+            wall=wall,
+            measured=envelope_source(envelope, backends) if envelope is not None else None,
+        )
     admin = AdminApi(
-        live, meter, backends, replica=replica, advisor=advisor, dispatcher=dispatcher, wall=wall
+        live,
+        meter,
+        backends,
+        replica=replica,
+        advisor=advisor,
+        dispatcher=dispatcher,
+        wall=wall,
+        envelope=envelope,
     )
     reloader = Reloader(config_path, live, agree_session_secret=admin.agree_session_secret)
     announce = _nothing

@@ -12,6 +12,8 @@ from aiolimiter import AsyncLimiter
 from tokenyard.adapters.base import BatchUpstream, Upstream
 from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
+from tokenyard.capacity.envelope import Recorder
+from tokenyard.capacity.observed import LatencySample
 from tokenyard.config import BackendConfig, TokenyardConfig
 from tokenyard.errors import ConfigError
 from tokenyard.meter.pricing import FREE, TokenPrices, token_prices
@@ -40,6 +42,7 @@ class Backend:
     failures: int = 0  # upstream failures seen (each one failed over or ended a request), for /metrics
     batch_api: BatchUpstream | None = None  # kind batch: the provider's files and batches endpoints
     cluster_size: int = 1  # proxy replicas alive on the shared store: each takes its share of the caps
+    envelope: Recorder | None = None  # dedicated kinds: the measured envelope's counts (capacity/envelope.py)
 
     @property
     def max_concurrency(self) -> int | None:
@@ -112,6 +115,11 @@ class Backend:
                 "backend %s out for %.1f s after %s", self.name, self.breaker.cooling_for_s(now), reason
             )
 
+    def observe(self, sample: LatencySample) -> None:
+        """One request this backend answered, as measured: it feeds the capacity state (no I/O)."""
+        if self.envelope is not None:
+            self.envelope.observe(sample, self.replicas if self.config.kind == "dedicated" else 1)
+
     def record_success(self, ticket: Ticket) -> None:
         """Tell the circuit breaker the backend answered well."""
         if self.breaker.on_success(ticket):
@@ -159,5 +167,6 @@ async def open_backends(
                 prices=token_prices(bc),
                 replicas=bc.replicas or 1,
                 batch_api=batch_api,
+                envelope=Recorder(bc.sla) if bc.kind in ("dedicated", "dedicated_serverless") else None,
             )
         yield backends

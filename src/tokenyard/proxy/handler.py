@@ -19,6 +19,7 @@ import orjson
 from tokenyard.adapters.base import UpstreamResponse
 from tokenyard.admission.auth import Principal
 from tokenyard.admission.classify import ASYNC_TIERS, Decision, RequestFacts, classify
+from tokenyard.capacity.observed import LatencySample
 from tokenyard.errors import (
     CapacityExhausted,
     InvalidRequest,
@@ -292,14 +293,23 @@ class Proxy:
             exchange.tried.add(backend.name)
             exchange.attempts += 1
             ticket = backend.admit(now)  # in flight from here: the finally below counts it out
+            admitted_with = backend.in_flight  # ENVELOPE (minimal sample; reconcile with LIMITER's)
             try:
                 await backend.take_rate(tokens)
                 upstream_body = _body_for(backend, body, exchange, strip_usage)
                 headers = [*id_header, *_route_headers(backend, choice, exchange.attempts)]
                 exchange.backend, exchange.route = backend, choice.reason
+                sent_s = self.clock()  # ENVELOPE: TTFT counts from here, not from the client's arrival
                 await self._forward(
                     send, endpoint, backend, ticket, upstream_body, stream, strip_usage, headers, exchange
                 )
+                # ENVELOPE (minimal; LIMITER builds the shared sample): only backends with a consumer pay.
+                if backend.envelope is not None and exchange.status == 200:
+                    sample = _latency_sample(
+                        exchange, sent_s, self.clock(), admitted_with * backend.cluster_size
+                    )
+                    if sample is not None:
+                        backend.observe(sample)
                 return
             except UpstreamError as exc:
                 exchange.backend = None
@@ -429,6 +439,24 @@ class Proxy:
         backend.record_success(ticket)
         await send({"type": "http.response.body", "body": last + tap.rest()})
         return tap.done
+
+
+def _latency_sample(
+    exchange: Exchange, sent_s: float, now_s: float, concurrency: int
+) -> LatencySample | None:
+    """ENVELOPE (minimal, to reconcile with LIMITER's): the answered request as the capacity room sees it,
+    timed from when it was sent to the backend that answered (failed attempts before do not count)."""
+    if exchange.ttfb_s is None:
+        return None
+    usage = exchange.usage()
+    return LatencySample(
+        ttft_s=max(0.0, exchange.started_s + exchange.ttfb_s - sent_s),
+        latency_s=max(0.0, now_s - sent_s),
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        streamed=exchange.tap is not None,
+        concurrency=concurrency,
+    )
 
 
 def _text(value: bytes | None) -> str | None:

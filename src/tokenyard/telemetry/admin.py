@@ -12,6 +12,8 @@ from urllib.parse import parse_qs
 import orjson
 
 from tokenyard.advisor.live import AdvisorLoop
+from tokenyard.capacity import envelope as capacity_envelope
+from tokenyard.capacity.envelope_keeper import EnvelopeKeeper
 from tokenyard.capacity.shared_replicas import publish_replicas
 from tokenyard.config import MAX_REPLICAS, TokenyardConfig
 from tokenyard.errors import AuthenticationFailed, Forbidden, InvalidRequest, RouteNotFound, StoreError
@@ -41,6 +43,7 @@ class AdminApi:
         advisor: AdvisorLoop | None,
         dispatcher: Dispatcher | None,
         wall: Callable[[], float],
+        envelope: EnvelopeKeeper | None = None,
     ) -> None:
         self.live = live  # the config in force: its admin key and keys (a reload may change them)
         self.meter = meter
@@ -49,6 +52,7 @@ class AdminApi:
         self.advisor = advisor  # None: the advisor is off (no meter store, or advisor.enabled false)
         self.dispatcher = dispatcher  # None: the async track is off
         self.replica = replica  # this replica's name: who set a replica count
+        self.envelope = envelope  # None: no store (each backend shows this replica's counts) or none kept
         self._session_owner = replica  # this replica, for the lock on the shared salt
         self._session_key: bytes | None = None  # the admin key _session_secret belongs to
         self._session_secret: bytes | None = None
@@ -236,8 +240,25 @@ class AdminApi:
             }
             if name in self.meter.dedicated:
                 item["replicas"] = self.meter.replicas(name)
+            if backend.envelope is not None:
+                capacity = item.setdefault("capacity", {})
+                capacity["envelope"] = self.envelope_of(name, backend)
             data.append(item)
         await wire.send_json(send, 200, {"object": "list", "data": data})
+
+    def envelopes(self) -> dict[str, dict[str, Any]]:
+        """Every measured envelope by backend (``GET /admin/capacity`` shows them beside the replicas)."""
+        return {
+            name: self.envelope_of(name, backend)
+            for name, backend in self.backends.items()
+            if backend.envelope is not None
+        }
+
+    def envelope_of(self, name: str, backend: Backend) -> dict[str, Any]:
+        """The backend's measured envelope across the cluster (as last merged, plus this replica's news)."""
+        assert backend.envelope is not None
+        cells = self.envelope.cells(name) if self.envelope else dict(backend.envelope.peek())
+        return capacity_envelope.summary(cells, backend.config.sla, backend.config.max_concurrency)
 
     async def replicas(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         """``PUT /admin/backends/{name}/replicas`` with ``{"replicas": N}``: provisioned capacity changed, on

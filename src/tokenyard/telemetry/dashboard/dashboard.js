@@ -105,6 +105,52 @@ function queue(q) {
   ]);
 }
 
+let capacityShown = null;  // what the capacity panel shows (backends, samples, limits): redraw when it changes
+
+function capacity(backends) {
+  const root = document.getElementById("capacity");
+  const measured = backends.data.filter((b) => b.capacity && b.capacity.envelope && b.capacity.envelope.curve.length);
+  const limitOf = (b) => (b.capacity.limit && b.capacity.limit.current != null ? b.capacity.limit.current : null);
+  const key = measured.map((b) => `${b.name}:${b.capacity.envelope.samples}:${limitOf(b)}`).join("|");
+  if (key === capacityShown) return;
+  capacityShown = key;
+  if (!measured.length) {
+    root.innerHTML = '<p class="muted">no measured envelope yet: dedicated backends fill it as they answer</p>';
+    return;
+  }
+  root.innerHTML = measured.map((b, i) => {
+    const e = b.capacity.envelope, c = e.capacity, limit = limitOf(b);
+    const what = c ? `capacity <b>${num(Math.round(c.aggregate_tokens_per_s))} tok/s</b> per replica at c = ${c.concurrency}
+      (${num(Math.round(c.stream_tokens_per_s))} tok/s per stream)` +
+      (c.enough_data ? "" : ` <span class="pill low">not yet used: ${esc(c.why)}</span>`)
+      : e.sla ? "no capacity yet: no level has 50 samples within the SLA" : "no SLA: the curve only";
+    return `<div class="workload" data-testid="capacity-${esc(b.name)}"><h3>${esc(b.name)}</h3>
+      <p>${num(Math.round(e.samples))} samples · ${what}${limit != null ? ` · learned limit <b>${num(limit)}</b>` : ""}</p>
+      <div class="chart" id="envelope-${i}"></div></div>`;
+  }).join("");
+  measured.forEach((b, i) => envelopeChart(`envelope-${i}`, b, limitOf(b)));
+}
+
+function envelopeChart(id, b, limit) {
+  forget(id);  // the panel is redrawn: its charts are new elements
+  const e = b.capacity.envelope, points = e.curve.filter((p) => p.stream_tokens_per_s != null);
+  const mark = (u) => {
+    const ctx = u.ctx, top = u.bbox.top, height = u.bbox.height;
+    const line = (x, colour, dash) => { const px = u.valToPos(x, "x", true); ctx.save(); ctx.strokeStyle = colour;
+      ctx.setLineDash(dash); ctx.lineWidth = 2; ctx.beginPath(); ctx.moveTo(px, top); ctx.lineTo(px, top + height); ctx.stroke(); ctx.restore(); };
+    if (e.capacity) line(e.capacity.concurrency, "#009E73", []);
+    if (limit != null) line(limit / Math.max(1, b.replicas || 1), "#D55E00", [6, 4]);  // the limit is per backend
+  };
+  lineChart(id, [
+    {label: "aggregate tok/s", stroke: "#0072B2", width: 2, points: {show: true}, value: (u, v) => num(v)},
+    {label: "per-stream tok/s", stroke: "#D55E00", width: 2, points: {show: true}, value: (u, v) => num(v)},
+  ], points.map((p) => p.concurrency), [points.map((p) => p.aggregate_tokens_per_s), points.map((p) => p.stream_tokens_per_s)],
+  {scales: {x: {time: false}}, hooks: {draw: [mark]},
+   axes: [{incrs: [1, 2, 5, 10, 20, 50, 100], values: (u, ticks) => ticks.map((t) => String(t)),
+           label: "requests in flight per replica"},
+          {size: 70, values: (u, ticks) => ticks.map((t) => num(t))}]});
+}
+
 let adviceShown = null;  // generated_at of the advice on the page: redraw only when it changes
 
 function advice(doc) {
@@ -151,11 +197,12 @@ function curve(id, cc) {
 async function refresh() {
   try {
     const dims = ["mode", "kind", "backend", "model", "tenant"];
-    const [total, minute, q, doc, ...byDim] = await Promise.all([
+    const [total, minute, q, doc, backends, ...byDim] = await Promise.all([
       getJSON("/admin/usage?start=24h&granularity=total&group_by="),
       getJSON(`/admin/usage?start=${SPAN[spendPeriod()].start}&granularity=${spendPeriod()}&group_by=${spendBy()}`),
       getJSON("/admin/queue"),
       getJSON("/admin/advice").catch(() => null),
+      getJSON("/admin/backends"),
       ...dims.map((d) => getJSON(`/admin/usage?start=24h&granularity=total&group_by=${d}`)),
     ]);
     const t = total.totals;
@@ -167,6 +214,7 @@ async function refresh() {
     dims.forEach((d, i) => byDimension(d, byDim[i]));
     dedicated(total, total.utilization_cap);
     queue(q);
+    capacity(backends);
     advice(doc);
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (error) {

@@ -1,0 +1,396 @@
+"""The measured envelope (pure): what a backend served at each concurrency, per request shape, and the
+capacity per replica that still meets its SLA.
+
+Every answered request (a ``LatencySample``) lands in one *cell*: (request shape, concurrency level). A
+cell keeps sums only — samples, samples meeting the SLA, TTFT, per-stream tokens/s, concurrency — so the
+cells of any number of proxy replicas add up exactly (``merge``), and decay is halving every sum (``decay``:
+the means stay, old data weighs less).
+
+- **Shape**: prompt tokens × completion tokens, in log-spaced buckets (×4 each step, ``INPUT_EDGES`` and
+  ``OUTPUT_EDGES``): capacity at an SLO differs by shape far more than a two-figure model allows.
+- **Concurrency level**: requests in flight *per replica* when the sample was admitted (the backend's
+  concurrency ÷ its replicas), rounded up; exact up to 64, then bands of 8 up to 256 and of 32 beyond
+  (``level_of``; a band is named by its top).
+- **The curve**: per level, over every shape, the mean per-stream tokens/s, the aggregate tokens/s (the
+  level's mean concurrency × that mean rate: the seed's per-stream vs aggregate trade-off, measured), the
+  mean TTFT of its streamed answers, and whether the level meets the SLA: at least the SLA's percentile
+  of its samples met the targets (a whole answer, which has no first-token time, by its rate alone).
+- **Capacity per replica**: the aggregate tokens/s at the largest measured level below the *knee* (the
+  lowest level that breaches) that meets the SLA. It counts as *enough data* when that level has at least
+  ``MIN_LEVEL_SAMPLES`` samples, at least ``MIN_LEVELS`` levels do, and the curve reached the knee (a
+  level with ``MIN_KNEE_SAMPLES`` or more samples breaches) or the ceiling (``max_concurrency`` per
+  replica: the backend is never run harder). Short of that, the figure is a lower bound and the advisor
+  keeps its catalog (or calibrated) capacity.
+
+The document every replica merges into (``capacity:envelope``, JSON)::
+
+    {"format": 1, "updated_at": unix_s,
+     "backends": {name: {shape_label: {level: [n, met, ttft_n, ttft_sum_s, rate_n, rate_sum,
+                                                concurrency_sum]}}}}
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tokenyard.capacity.observed import LatencySample
+from tokenyard.capacity.settings import Sla
+
+FORMAT = 2  # 1: cells had no TTFT count (never released)
+DOCUMENT = "capacity:envelope"  # the store document every replica merges into (and its lock's name)
+INPUT_EDGES = (128, 512, 2048, 8192)  # prompt tokens: <128, 128-511, 512-2047, 2048-8191, 8192+
+OUTPUT_EDGES = (64, 256, 1024)  # completion tokens: <64, 64-255, 256-1023, 1024+
+EXACT_LEVELS = 64  # concurrency levels kept one by one up to here
+MIN_LEVEL_SAMPLES = 50  # a level with this many samples is measured
+MIN_LEVELS = 3  # measured levels a curve needs before its capacity counts
+MIN_KNEE_SAMPLES = 20  # a level breaching the SLA with this many samples is the knee
+KEEP_SAMPLES = 20_000.0  # per backend: past this, every sum is halved (old data fades)
+
+# A cell's sums, by position (the document stores them as a list).
+N, MET, TTFT_N, TTFT_SUM_S, RATE_N, RATE_SUM, CONCURRENCY_SUM = range(7)
+_WIDTH = 7
+
+Shape = tuple[int, int]  # (input bucket, output bucket)
+Cells = dict[tuple[Shape, int], list[float]]  # (shape, level) → sums
+
+
+def _bucket_labels(edges: tuple[int, ...]) -> list[str]:
+    bounds = [0, *edges]
+    return [f"{lo}-{hi - 1}" for lo, hi in zip(bounds, edges, strict=False)] + [f"{edges[-1]}+"]
+
+
+_INPUT_LABELS = _bucket_labels(INPUT_EDGES)
+_OUTPUT_LABELS = _bucket_labels(OUTPUT_EDGES)
+
+
+def shape_of(prompt_tokens: int, completion_tokens: int) -> Shape:
+    """The request-shape bucket of a request's token counts."""
+    return bisect_right(INPUT_EDGES, prompt_tokens), bisect_right(OUTPUT_EDGES, completion_tokens)
+
+
+def shape_label(shape: Shape) -> str:
+    """How a shape is named in the document and on the API: ``in128-511/out64-255``."""
+    return f"in{_INPUT_LABELS[shape[0]]}/out{_OUTPUT_LABELS[shape[1]]}"
+
+
+def shape_from_label(label: str) -> Shape | None:
+    """The shape a label names, or None (a label from another version of the buckets: ignored)."""
+    inp, _, out = label.partition("/")
+    try:
+        return _INPUT_LABELS.index(inp.removeprefix("in")), _OUTPUT_LABELS.index(out.removeprefix("out"))
+    except ValueError:
+        return None
+
+
+def level_of(concurrency_per_replica: float) -> int:
+    """The concurrency level a sample counts at: exact up to 64, then the top of its band (8 wide up to
+    256, 32 wide beyond), at least 1."""
+    c = max(1, math.ceil(concurrency_per_replica - 1e-9))
+    if c <= EXACT_LEVELS:
+        return c
+    band = 8 if c <= 256 else 32
+    return -(-c // band) * band
+
+
+def meets(sample: LatencySample, sla: Sla | None) -> bool:
+    """Whether one request met the SLA's targets (no SLA: every request does). A whole (non-streamed)
+    answer is judged by its rate alone: its head arrives after the whole generation, so it has no time to
+    first token (its rate, completion tokens over latency, includes the prefill)."""
+    return _meets(sample.ttft_s if sample.streamed else None, sample.stream_tokens_per_s, sla)
+
+
+def _meets(ttft_s: float | None, rate: float | None, sla: Sla | None) -> bool:
+    if sla is None:
+        return True
+    if sla.ttft_p95_ms is not None and ttft_s is not None and ttft_s * 1000 > sla.ttft_p95_ms:
+        return False
+    # Too few tokens to have a rate: only its TTFT can breach.
+    return sla.min_stream_tokens_per_s is None or rate is None or rate >= sla.min_stream_tokens_per_s
+
+
+class Recorder:
+    """One backend's new cells on this proxy replica since they were last taken (``take``); fed from the
+    request path, so each ``observe`` is a few dict and float operations."""
+
+    __slots__ = ("_cells", "sla")
+
+    def __init__(self, sla: Sla | None) -> None:
+        self.sla = sla
+        self._cells: Cells = {}
+
+    def observe(self, sample: LatencySample, replicas: int) -> None:
+        """Count one answered request; ``replicas``: the backend's replicas when it was admitted."""
+        per_replica = sample.concurrency / max(1, replicas)
+        key = (shape_of(sample.prompt_tokens, sample.completion_tokens), level_of(per_replica))
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = [0.0] * _WIDTH
+        rate = sample.stream_tokens_per_s
+        if rate is not None and not rate < math.inf:  # a clock's rounding gave ~0 s: no rate to keep
+            rate = None
+        streamed = sample.streamed
+        cell[N] += 1
+        cell[MET] += _meets(sample.ttft_s if streamed else None, rate, self.sla)
+        if streamed:  # a whole answer's head comes after its whole generation: no first-token time
+            cell[TTFT_N] += 1
+            cell[TTFT_SUM_S] += sample.ttft_s
+        if rate is not None:
+            cell[RATE_N] += 1
+            cell[RATE_SUM] += rate
+        cell[CONCURRENCY_SUM] += per_replica
+
+    def take(self) -> Cells:
+        """The cells counted since the last take (and start afresh)."""
+        cells, self._cells = self._cells, {}
+        return cells
+
+    def peek(self) -> Cells:
+        """The cells counted since the last take, left in place."""
+        return self._cells
+
+    def give_back(self, cells: Cells) -> None:
+        """Cells that could not be stored: counted again with the next take."""
+        add_cells(self._cells, cells)
+
+
+def add_cells(into: Cells, cells: Mapping[tuple[Shape, int], list[float]]) -> None:
+    """Add ``cells`` to ``into``, sum by sum (sums are additive, so merging is exact)."""
+    for key, sums in cells.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = list(sums)
+        else:
+            for i in range(_WIDTH):
+                mine[i] += sums[i]
+
+
+def decay(cells: Cells, keep_samples: float = KEEP_SAMPLES) -> bool:
+    """Halve every sum while the backend holds more than ``keep_samples`` samples (means are kept, new
+    data weighs more); cells left with under one sample go. True if it decayed."""
+    decayed = False
+    while sum(sums[N] for sums in cells.values()) > keep_samples:
+        decayed = True
+        for key in list(cells):
+            sums = cells[key] = [value / 2 for value in cells[key]]
+            if sums[N] < 1:
+                del cells[key]
+    return decayed
+
+
+def cells_from_json(tree: Any) -> Cells:
+    """One backend's cells from the document (shapes or levels it does not know are skipped)."""
+    cells: Cells = {}
+    if not isinstance(tree, dict):
+        return cells
+    for label, levels in tree.items():
+        shape = shape_from_label(label)
+        if shape is None or not isinstance(levels, dict):
+            continue
+        for level, sums in levels.items():
+            if _valid_sums(sums) and str(level).isdigit():
+                cells[(shape, int(level))] = [float(v) for v in sums]
+    return cells
+
+
+def _valid_sums(sums: Any) -> bool:
+    """A cell as stored: ``_WIDTH`` finite, non-negative numbers (anything else is skipped, not fatal: one
+    replica's bad write must not stop every replica's merging)."""
+    return (
+        isinstance(sums, list)
+        and len(sums) == _WIDTH
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf for v in sums)
+    )
+
+
+def cells_to_json(cells: Cells) -> dict[str, dict[str, list[float]]]:
+    """One backend's cells as the document keeps them."""
+    tree: dict[str, dict[str, list[float]]] = {}
+    for (shape, level), sums in sorted(cells.items()):
+        tree.setdefault(shape_label(shape), {})[str(level)] = [round(v, 6) for v in sums]
+    return tree
+
+
+def merge_document(
+    document: Mapping[str, Any] | None,
+    deltas: Mapping[str, Cells],
+    *,
+    now_wall: float,
+    keep_samples: float = KEEP_SAMPLES,
+) -> dict[str, Any]:
+    """The stored document with each backend's new cells added and old data decayed."""
+    stored = document.get("backends") if document and document.get("format") == FORMAT else None
+    backends: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
+    for name, cells in deltas.items():
+        if not cells:
+            continue
+        merged = cells_from_json(backends.get(name))
+        add_cells(merged, cells)
+        decay(merged, keep_samples)
+        backends[name] = cells_to_json(merged)
+    return {"format": FORMAT, "updated_at": round(now_wall, 3), "backends": backends}
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One concurrency level of a curve."""
+
+    level: int  # requests in flight per replica (a band's top above 64)
+    samples: float
+    concurrency: float  # mean per replica in the level
+    stream_tokens_per_s: float | None  # mean per-stream rate
+    aggregate_tokens_per_s: float | None  # concurrency × per-stream rate
+    ttft_ms: float | None  # mean, over the streamed answers (None: none streamed)
+    met_share: float  # of samples meeting the SLA
+    meets_sla: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The point for the API and the plot."""
+        return {
+            "concurrency": self.level,
+            "samples": round(self.samples, 1),
+            "stream_tokens_per_s": _round(self.stream_tokens_per_s),
+            "aggregate_tokens_per_s": _round(self.aggregate_tokens_per_s),
+            "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 1),
+            "met_share": round(self.met_share, 4),
+            "meets_sla": self.meets_sla,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What one replica serves within the SLA, read off a curve."""
+
+    concurrency: int  # the level it was read at
+    aggregate_tokens_per_s: float
+    stream_tokens_per_s: float
+    samples: float  # in the whole curve
+    enough: bool  # enough data to replace the catalog figure (see the module's docstring)
+    why: str  # what is missing, or what it is based on
+
+    def describe(self) -> str:
+        """The advice's ``capacity_source``."""
+        return (
+            f"measured envelope ({self.samples:,.0f} samples, c={self.concurrency} per replica at "
+            f"{self.stream_tokens_per_s:.0f} tok/s per stream)"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The capacity for the API."""
+        return {
+            "concurrency": self.concurrency,
+            "aggregate_tokens_per_s": round(self.aggregate_tokens_per_s, 2),
+            "stream_tokens_per_s": round(self.stream_tokens_per_s, 2),
+            "samples": round(self.samples, 1),
+            "enough_data": self.enough,
+            "why": self.why,
+        }
+
+
+def curve(cells: Iterable[tuple[tuple[Shape, int], list[float]]], percentile: float = 95.0) -> list[Point]:
+    """Per concurrency level, over the shapes given: the curve, lowest level first. A level meets the SLA
+    when at least ``percentile`` % of its samples met the targets."""
+    levels: dict[int, list[float]] = {}
+    for (_, level), sums in cells:
+        add_cells_row(levels.setdefault(level, [0.0] * _WIDTH), sums)
+    points = []
+    for level in sorted(levels):
+        s = levels[level]
+        if s[N] <= 0:
+            continue
+        concurrency = s[CONCURRENCY_SUM] / s[N]
+        rate = s[RATE_SUM] / s[RATE_N] if s[RATE_N] > 0 else None
+        met_share = s[MET] / s[N]
+        points.append(
+            Point(
+                level=level,
+                samples=s[N],
+                concurrency=concurrency,
+                stream_tokens_per_s=rate,
+                aggregate_tokens_per_s=None if rate is None else concurrency * rate,
+                ttft_ms=s[TTFT_SUM_S] / s[TTFT_N] * 1000 if s[TTFT_N] > 0 else None,
+                met_share=met_share,
+                # A hair of slack: 19 of 20 is 95 % even when the halved sums are not whole.
+                meets_sla=met_share >= percentile / 100 - 1e-9,
+            )
+        )
+    return points
+
+
+def add_cells_row(into: list[float], sums: list[float]) -> None:
+    """Add one cell's sums to another's."""
+    for i in range(_WIDTH):
+        into[i] += sums[i]
+
+
+def capacity(points: list[Point], ceiling: int | None) -> Capacity | None:
+    """The capacity per replica a curve shows (None: no measured level meets the SLA); ``ceiling``: the
+    backend's ``max_concurrency`` per replica, the most it is ever run at."""
+    measured = [p for p in points if p.samples >= MIN_LEVEL_SAMPLES and p.stream_tokens_per_s is not None]
+    knee = next((p.level for p in points if p.samples >= MIN_KNEE_SAMPLES and not p.meets_sla), None)
+    below = [p for p in measured if p.meets_sla and (knee is None or p.level < knee)]
+    if not below:
+        return None
+    best = below[-1]
+    rate = best.stream_tokens_per_s
+    assert rate is not None  # measured levels have a rate
+    total = sum(p.samples for p in points)
+    at_ceiling = ceiling is not None and best.level >= ceiling
+    if len(measured) < MIN_LEVELS:
+        enough, why = False, f"{len(measured)} of {MIN_LEVELS} levels with {MIN_LEVEL_SAMPLES}+ samples"
+    elif knee is None and not at_ceiling:
+        enough, why = False, "the SLA held at every level seen: the knee was not reached (a lower bound)"
+    else:
+        enough = True
+        why = f"knee at c={knee}" if knee is not None else f"ceiling c={ceiling} reached within the SLA"
+    return Capacity(best.level, best.concurrency * rate, rate, total, enough, why)
+
+
+def summary(cells: Cells, sla: Sla | None, ceiling: int | None) -> dict[str, Any]:
+    """One backend's envelope for ``/admin/backends`` ``capacity.envelope``: the curve over all shapes,
+    its capacity per replica, and each shape's curve and capacity."""
+    percentile = sla.percentile if sla is not None else 95.0
+    points = curve(cells.items(), percentile)
+    cap = capacity(points, ceiling) if sla is not None else None
+    shapes: dict[Shape, list[tuple[tuple[Shape, int], list[float]]]] = {}
+    for key, sums in cells.items():
+        shapes.setdefault(key[0], []).append((key, sums))
+    per_shape = []
+    for shape in sorted(shapes):
+        shape_points = curve(shapes[shape], percentile)
+        shape_cap = capacity(shape_points, ceiling) if sla is not None else None
+        per_shape.append(
+            {
+                "shape": shape_label(shape),
+                "samples": round(sum(p.samples for p in shape_points), 1),
+                "capacity": shape_cap.to_json() if shape_cap else None,
+                "curve": [p.to_json() for p in shape_points],
+            }
+        )
+    return {
+        "samples": round(sum(p.samples for p in points), 1),
+        "sla": sla is not None,
+        "capacity": cap.to_json() if cap else None,
+        "curve": [p.to_json() for p in points],
+        "shapes": per_shape,
+    }
+
+
+def backend_capacity(
+    document: Mapping[str, Any] | None, name: str, sla: Sla | None, ceiling: int | None
+) -> Capacity | None:
+    """A backend's capacity per replica from the stored document, if it has an SLA and a measured level."""
+    if sla is None or not document or document.get("format") != FORMAT:
+        return None
+    backends = document.get("backends")
+    if not isinstance(backends, dict):
+        return None
+    cells = cells_from_json(backends.get(name))
+    return capacity(curve(cells.items(), sla.percentile), ceiling) if cells else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)

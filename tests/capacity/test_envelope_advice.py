@@ -1,0 +1,123 @@
+"""The advisor's capacity for a dedicated backend with a measured envelope is the envelope's: hand-worked,
+through a real store (SQLite and Redis) holding both the metered traffic and the ``capacity:envelope``
+document, as the advisor's worker reads them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+import pytest_asyncio
+
+from tests.support.clocks import T0
+from tests.support.stores import PROXY_STORES, open_proxy_store
+from tokenyard.advisor.catalog import load_catalog
+from tokenyard.advisor.costs import DedicatedOption
+from tokenyard.advisor.evaluation import evaluate_store
+from tokenyard.capacity import envelope
+from tokenyard.capacity.observed import LatencySample
+from tokenyard.config import parse_config
+from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch
+from tokenyard.meter.open_store import open_store
+from tokenyard.meter.store import MeterStore
+
+MODEL = "llama-3.1-8b-instruct"  # the catalog's 1×H100-80GB: 24,461 output tok/s, run at 60 % at most
+CONFIG = parse_config(
+    f"""
+backends:
+  ded:
+    kind: dedicated
+    base_url: http://127.0.0.1:9/v1
+    gpu_type: H100-80GB
+    gpus_per_replica: 1
+    replicas: 1
+    gpu_hour_price: 2.0
+    max_concurrency: 64
+    sla: {{min_stream_tokens_per_s: 30}}
+  api:
+    kind: serverless
+    base_url: http://127.0.0.1:9/v1
+    prices: {{input_per_1m: 0.2, output_per_1m: 0.2}}
+models:
+  {MODEL}: {{deployments: [ded, api]}}
+"""
+)
+
+
+@pytest_asyncio.fixture(params=PROXY_STORES)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MeterStore]:
+    async with open_proxy_store(request.param, tmp_path) as where:
+        opened = open_store(where.url, prefix=where.prefix, retention_s=40 * 86400, records_max=1000)
+        try:
+            yield opened
+        finally:
+            await opened.aclose()
+
+
+async def meter_one_busy_minute(store: MeterStore) -> None:
+    """72,000 completion tokens in one minute on ``ded``: 1,200 tok/s."""
+    fields = dict.fromkeys(AGG_FIELDS, 0) | {"requests": 600, "completion_tokens": 72_000}
+    key = AggKey(T0, "acme", MODEL, "ded", "dedicated", "realtime")
+    await store.write(FlushBatch(uuid.uuid4().hex, {key: fields}, [], []))
+
+
+def measured_cells() -> envelope.Cells:
+    """The simulator's engine: 600 tok/s shared among the streams. Levels 5, 10 and 20 meet 30 tok/s per
+    stream (120, 60, 30), level 25 breaches (24): capacity 20 × 30 = 600 tok/s per replica."""
+    recorder = envelope.Recorder(CONFIG.backends["ded"].sla)
+    for concurrency, count in {5: 50, 10: 50, 20: 50, 25: 20}.items():
+        rate = 600 / concurrency
+        for _ in range(count):
+            recorder.observe(LatencySample(0.1, 0.1 + 60 / rate, 300, 61, True, concurrency), 1)
+    return recorder.take()
+
+
+async def advise(store: MeterStore) -> tuple[str, DedicatedOption, list[str]]:
+    """(the sized-for-peak candidate's label, the replica shape it was priced on, the reasons)."""
+    result = await evaluate_store(store, CONFIG, load_catalog({}), now=T0 + 3600, keep_state=False)
+    (advice,) = result.advices
+    assert advice.curve is not None
+    peak = next(c for c in advice.candidates if c.architecture == "dedicated")
+    option = advice.curve.option
+    assert result.document("r")["workloads"][0]["cost_curve"]["capacity_source"] == option.capacity_source
+    return peak.label, option, advice.reasons
+
+
+async def test_the_measured_envelope_is_the_replica_capacity(store: MeterStore) -> None:
+    await meter_one_busy_minute(store)
+    document = envelope.merge_document(None, {"ded": measured_cells()}, now_wall=T0)
+    await store.put_document(envelope.DOCUMENT, orjson.dumps(document))
+
+    label, option, reasons = await advise(store)
+
+    source = "measured envelope (170 samples, c=20 per replica at 30 tok/s per stream)"
+    assert option.output_tokens_per_s == pytest.approx(600)
+    assert option.capacity_source == source
+    # The SLA is in the measurement: no utilization cap on top. 1,200 tok/s at 600 per replica: 2 replicas
+    # (at the catalog's 24,461 tok/s and a 60 % cap it would have been 1).
+    assert option.utilization_cap == 1.0
+    assert label == "dedicated 2 × 1×H100-80GB"
+    assert (
+        f"1×H100-80GB capacity is the {source}: the SLA is in the measurement, so it runs up to 100%, not 60%"
+        in (reasons)
+    )
+
+
+async def test_without_enough_envelope_data_the_catalog_stays(store: MeterStore) -> None:
+    await meter_one_busy_minute(store)
+    cells = {key: sums for key, sums in measured_cells().items() if key[1] != 25}  # no knee reached
+    document = envelope.merge_document(None, {"ded": cells}, now_wall=T0)
+    await store.put_document(envelope.DOCUMENT, orjson.dumps(document))
+
+    label, option, reasons = await advise(store)
+
+    assert (option.output_tokens_per_s, option.capacity_source, option.utilization_cap) == (
+        24461,
+        "catalog",
+        None,
+    )
+    assert label == "dedicated 1 × 1×H100-80GB"
+    assert not any("measured envelope" in reason for reason in reasons)
