@@ -143,6 +143,7 @@ PURE = (
     "advisor/plot.py",
     "wire/openai.py",
     "wire/sse.py",
+    "capacity/engine.py",
 )
 
 
