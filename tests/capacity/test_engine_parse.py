@@ -146,28 +146,39 @@ def test_a_queue_allowance() -> None:
 
 def test_the_state_says_nothing_once_its_figures_are_stale() -> None:
     state = EngineState("http://e/metrics", SETTINGS)
-    assert state.saturated(0.0) is None and not state.fresh(0.0)
+    assert state.saturated(0.0) is None
+    assert not state.fresh(0.0)
     state.record(snapshot(100.0, waiting=3.0))
-    assert state.fresh(105.0) and state.saturated(105.0) == "queue 3"
+    assert state.fresh(105.0)
+    assert state.saturated(105.0) == "queue 3"
     assert state.saturated(110.0) == "queue 3"
-    assert state.saturated(110.5) is None and not state.fresh(110.5)  # stale: tokenyard's count decides
+    assert state.saturated(110.5) is None
+    assert not state.fresh(110.5)
     state.record_failure("unreachable", "cannot reach it")
     state.record_failure("unreachable", "cannot reach it")
     assert (state.failures, state.last_error) == (2, "cannot reach it")
     assert state.latest is not None  # kept, to age out
     state.record(snapshot(120.0, waiting=0.0))
-    assert state.failures == 0 and state.last_error is None
+    assert state.failures == 0
+    assert state.last_error is None
     assert dict(state.scrapes) == {"ok": 2, "unreachable": 2}
 
 
 def test_the_admin_view() -> None:
     state = EngineState("http://e/metrics", SETTINGS)
     empty = state.to_json(0.0)
-    assert empty["profile"] == "auto" and empty["signals"] == [] and empty["fresh"] is False
-    assert empty["saturated"] is False and empty["why"] is None and empty["age_s"] is None
+    assert empty["profile"] == "auto"
+    assert empty["signals"] == []
+    assert empty["fresh"] is False
+    assert empty["saturated"] is False
+    assert empty["why"] is None
+    assert empty["age_s"] is None
     state.record(parse("vllm.txt", scraped_at=50.0))
     view = state.to_json(52.0)
-    assert view["profile"] == "vllm" and view["fresh"] is True and view["age_s"] == 2.0
-    assert view["saturated"] is True and view["why"] == "queue 3"
+    assert view["profile"] == "vllm"
+    assert view["fresh"] is True
+    assert view["age_s"] == 2.0
+    assert view["saturated"] is True
+    assert view["why"] == "queue 3"
     assert (view["running"], view["waiting"]) == (21.0, 3.0)
     assert "kv_cache_usage" in view["signals"]

@@ -52,7 +52,8 @@ async def test_first_reads_are_staggered_then_each_comes_every_interval() -> Non
     assert len(source.reads) == 2
     clock.advance(0.1)
     await scraper.scrape_due()
-    assert source.reads[-1] == "http://a/metrics" and len(source.reads) == 3
+    assert source.reads[-1] == "http://a/metrics"
+    assert len(source.reads) == 3
 
 
 async def test_run_sleeps_until_the_next_read_is_due() -> None:
@@ -86,8 +87,10 @@ async def test_outcomes_leave_their_mark_and_good_snapshots_are_handed_on() -> N
     )
     state = states["a"]
     await scraper.scrape("a")
-    assert state.latest is not None and state.profile == "vllm"
-    assert [name for name, _ in seen] == ["a"] and seen[0][1] is state.latest
+    assert state.latest is not None
+    assert state.profile == "vllm"
+    assert [name for name, _ in seen] == ["a"]
+    assert seen[0][1] is state.latest
     assert state.saturated(clock.monotonic()) == "queue 3"
 
     source.pages["http://a/metrics"] = UpstreamStatusError("http://a/metrics answered 404", status=404)
@@ -97,7 +100,8 @@ async def test_outcomes_leave_their_mark_and_good_snapshots_are_handed_on() -> N
     await scraper.scrape("a")
     source.pages["http://a/metrics"] = "<html>oops</html>"
     await scraper.scrape("a")
-    assert state.failures == 3 and state.last_error == "the metrics text has none of vllm's metrics"
+    assert state.failures == 3
+    assert state.last_error == "the metrics text has none of vllm's metrics"
     assert state.profile is None  # auto: detected afresh at the next good read
     assert dict(state.scrapes) == {"ok": 1, "http_error": 1, "unreachable": 1, "invalid": 1}
     assert len(seen) == 1
@@ -107,7 +111,9 @@ async def test_outcomes_leave_their_mark_and_good_snapshots_are_handed_on() -> N
 
     source.pages["http://a/metrics"] = SGLANG  # another engine behind the same URL
     await scraper.scrape("a")
-    assert state.profile == "sglang" and state.failures == 0 and state.saturated(clock.monotonic()) is None
+    assert state.profile == "sglang"
+    assert state.failures == 0
+    assert state.saturated(clock.monotonic()) is None
 
 
 async def test_a_failing_consumer_does_not_stop_scraping() -> None:

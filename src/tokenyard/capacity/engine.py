@@ -86,7 +86,10 @@ PROFILES: Final = {
                     "vllm:prefix_cache_queries_total",
                     "vllm:gpu_prefix_cache_queries_total",
                 ),
-                "prefix_cache_hits_total": ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total"),
+                "prefix_cache_hits_total": (
+                    "vllm:prefix_cache_hits_total",
+                    "vllm:gpu_prefix_cache_hits_total",
+                ),
             },
         ),
         Profile(
