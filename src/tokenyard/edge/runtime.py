@@ -11,7 +11,8 @@ shutdown undoes them in reverse:
 3. the front gives its unstored answers a last try, then the job store closes;
 4. the advisor stops;
 5. the meter's flush task stops, then the meter flushes what it holds and closes its store;
-6. the backends close (and then the app's upstreams: the quick start's simulators).
+6. the engine-metrics scraper stops, then its client closes;
+7. the backends close (and then the app's upstreams: the quick start's simulators).
 
 What it returns is frozen: a request never finds a part missing or half wired.
 """
@@ -29,8 +30,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from tokenyard.adapters.engine_metrics import EngineMetricsClient
 from tokenyard.adapters.webhook import WebhookSender
 from tokenyard.advisor.live import AdvisorLoop
+from tokenyard.capacity.scraper import EngineScraper
 from tokenyard.config import TokenyardConfig
 from tokenyard.edge.cluster import Membership
 from tokenyard.edge.reload import Reloader
@@ -105,6 +108,7 @@ async def start_runtime(
     """Open and start every part of the service; ``stack`` closes them (in reverse) at shutdown."""
     replica = new_replica_id()  # this replica's one name: lock owner, queue consumer, member
     backends = await stack.enter_async_context(open_backends(config, base_urls))
+    _start_engine_scraper(stack, backends, clock, wall)
     meter_config = config.meter
     store = None
     if meter_config.enabled:
@@ -148,7 +152,7 @@ async def start_runtime(
         track = _start_async_track(stack, door, proxy, live, store, backends, models, replica, clock, wall)
     dispatcher = track.dispatcher if track else None
     admin = AdminApi(
-        live, meter, backends, replica=replica, advisor=advisor, dispatcher=dispatcher, wall=wall
+        live, meter, backends, replica=replica, advisor=advisor, dispatcher=dispatcher, wall=wall, clock=clock
     )
     reloader = Reloader(config_path, live, agree_session_secret=admin.agree_session_secret)
     announce = _nothing
@@ -169,7 +173,9 @@ async def start_runtime(
             signal.SIGHUP, lambda: asyncio.ensure_future(reloader.here())
         )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TokenyardCollector(meter, backends, rejected, advisor=advisor, dispatcher=dispatcher))
+    registry.register(
+        TokenyardCollector(meter, backends, rejected, advisor=advisor, dispatcher=dispatcher, clock=clock)
+    )
     return Runtime(
         live=live,
         proxy=proxy,
@@ -261,6 +267,23 @@ def _start_async_track(
         wall=wall,
     )
     return AsyncTrack(door.front, dispatcher, batch_api)
+
+
+def _start_engine_scraper(
+    stack: contextlib.AsyncExitStack,
+    backends: dict[str, Backend],
+    clock: Callable[[], float],
+    wall: Callable[[], float],
+) -> None:
+    """Scrape the engines' /metrics of the backends that have a metrics_url, off the request path."""
+    engines = {name: b.engine for name, b in backends.items() if b.engine is not None}
+    if not engines:
+        return
+    client = EngineMetricsClient()
+    stack.push_async_callback(client.aclose)  # after the scraper stops (pushed before it)
+    scraper = EngineScraper(engines, client, clock=clock, wall=wall)
+    stack.push_async_callback(_cancel, asyncio.create_task(scraper.run(), name="engine metrics"))
+    log.info("engine metrics: scraping %d backend(s): %s", len(engines), ", ".join(engines))
 
 
 async def _nothing() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -36,11 +37,13 @@ class AdminApi:
         advisor: AdvisorLoop | None,
         dispatcher: Dispatcher | None,
         wall: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.live = live  # the config in force: its admin key and keys (a reload may change them)
         self.meter = meter
         self.backends = backends
         self.wall = wall
+        self.clock = clock  # the request path's: engine snapshots are dated by it
         self.advisor = advisor  # None: the advisor is off (no meter store, or advisor.enabled false)
         self.dispatcher = dispatcher  # None: the async track is off
         self._session_owner = replica  # this replica, for the lock on the shared salt
@@ -223,6 +226,8 @@ class AdminApi:
             }
             if name in self.meter.dedicated:
                 item["replicas"] = self.meter.replicas(name)
+            if backend.engine is not None:
+                item.setdefault("capacity", {})["engine"] = backend.engine.to_json(self.clock())
             data.append(item)
         await wire.send_json(send, 200, {"object": "list", "data": data})
 
