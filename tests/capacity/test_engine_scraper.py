@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.clocks import FakeClock
 from tokenyard.capacity.engine import EngineSnapshot, EngineState
-from tokenyard.capacity.scraper import EngineScraper
+from tokenyard.capacity.scraper import GROUP, EngineScraper
 from tokenyard.capacity.settings import EngineMetrics
 from tokenyard.errors import UpstreamConnectError, UpstreamError, UpstreamStatusError
 
@@ -37,23 +37,23 @@ def engines(*names: str, interval_s: float = 5.0) -> dict[str, EngineState]:
     return {name: EngineState(f"http://{name}/metrics", settings) for name in names}
 
 
-async def test_first_reads_are_staggered_then_each_comes_every_interval() -> None:
+async def test_reads_come_in_groups_staggered_over_the_interval_then_every_interval() -> None:
     clock = FakeClock()
-    states = engines("a", "b")
-    source = Source({"http://a/metrics": VLLM, "http://b/metrics": VLLM})
+    names = [f"e{i}" for i in range(GROUP + 1)]
+    states = engines(*names)
+    source = Source({f"http://{name}/metrics": VLLM for name in names})
     scraper = EngineScraper(states, source, clock=clock.monotonic, wall=clock)
     await scraper.scrape_due()
-    assert source.reads == ["http://a/metrics"]  # b's first read is half an interval later
+    assert len(source.reads) == GROUP  # the first group now; the last one half an interval later
     clock.advance(2.5)
     await scraper.scrape_due()
-    assert source.reads == ["http://a/metrics", "http://b/metrics"]
+    assert source.reads[GROUP:] == [f"http://e{GROUP}/metrics"]
     clock.advance(2.4)
     await scraper.scrape_due()
-    assert len(source.reads) == 2
+    assert len(source.reads) == GROUP + 1
     clock.advance(0.1)
     await scraper.scrape_due()
-    assert source.reads[-1] == "http://a/metrics"
-    assert len(source.reads) == 3
+    assert len(source.reads) == 2 * GROUP + 1
 
 
 async def test_run_sleeps_until_the_next_read_is_due() -> None:

@@ -28,6 +28,7 @@ class EngineMetricsClient:
             self._session = aiohttp.ClientSession(
                 headers={"Accept": "text/plain", "User-Agent": f"tokenyard/{__version__}"},
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                cookie_jar=aiohttp.DummyCookieJar(),  # an engine sets none; skip the jar's work per GET
             )
         try:
             async with self._session.get(
@@ -35,10 +36,15 @@ class EngineMetricsClient:
             ) as resp:
                 if resp.status != 200:
                     raise UpstreamStatusError(f"{url} answered {resp.status}", status=resp.status)
-                body = await resp.content.read(_MAX_BYTES + 1)
-                if len(body) > _MAX_BYTES:
-                    raise UpstreamError(f"{url} sent more than {_MAX_BYTES} bytes")
-                return body.decode("utf-8", "replace")
+                if (resp.content_length or 0) > _MAX_BYTES:
+                    raise UpstreamError(f"{url} would send more than {_MAX_BYTES} bytes")
+                chunks, size = [], 0
+                async for chunk in resp.content.iter_any():
+                    size += len(chunk)
+                    if size > _MAX_BYTES:
+                        raise UpstreamError(f"{url} sent more than {_MAX_BYTES} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks).decode("utf-8", "replace")
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{url} did not answer within {timeout_s:g} s") from exc
         except (aiohttp.ClientConnectionError, OSError) as exc:
