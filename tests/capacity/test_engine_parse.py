@@ -65,11 +65,21 @@ def test_tgi_reads_queue_batch_and_forward_time() -> None:
     assert (snap.prompt_tokens_total, snap.generation_tokens_total) == (700_000.0, 280_000.0)
 
 
-def test_llamacpp() -> None:
+def test_llamacpp_with_a_kv_cache_gauge() -> None:
     snap = parse("llamacpp.txt")
     assert snap.profile == "llamacpp"
     assert (snap.running, snap.waiting, snap.kv_cache_usage) == (1.0, 0.0, 0.12)
     assert (snap.prompt_tokens_total, snap.generation_tokens_total) == (4821.0, 2087.0)
+
+
+def test_llamacpp_today_counts_cached_prompt_tokens_apart() -> None:
+    snap = parse("llamacpp_b6000.txt")
+    assert snap.profile == "llamacpp"
+    assert (snap.running, snap.waiting) == (1.0, 2.0)
+    assert snap.kv_cache_usage is None  # no longer exposed
+    assert "kv_cache_usage" not in snap.signals
+    assert snap.prompt_tokens_total == 31 + 9  # every prompt token it took in, as usage reports them
+    assert (snap.cached_tokens_total, snap.generation_tokens_total) == (9.0, 5.0)
 
 
 @pytest.mark.parametrize("fixture", ["vllm.txt", "sglang.txt", "tgi.txt", "llamacpp.txt"])

@@ -58,15 +58,17 @@ _RATIOS: Final = frozenset({"kv_cache_usage"})  # averaged over label sets; ever
 @dataclass(frozen=True, slots=True)
 class Profile:
     """One engine's metric names: per figure of ``EngineSnapshot``, the sample names that carry it, the
-    first one present winning."""
+    first one present winning; ``adds``: samples added to a figure found (a total the engine splits)."""
 
     name: str
     samples: dict[str, tuple[str, ...]]
+    adds: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def sample_names(self) -> frozenset[str]:
         """Every sample name this profile reads."""
-        return frozenset(name for names in self.samples.values() for name in names)
+        every = (*self.samples.values(), *self.adds.values())
+        return frozenset(name for names in every for name in names)
 
 
 PROFILES: Final = {
@@ -124,7 +126,11 @@ PROFILES: Final = {
                 "kv_cache_usage": ("llamacpp:kv_cache_usage_ratio",),
                 "prompt_tokens_total": ("llamacpp:prompt_tokens_total",),
                 "generation_tokens_total": ("llamacpp:tokens_predicted_total",),
+                "cached_tokens_total": ("llamacpp:prompt_tokens_cached_total",),
             },
+            # Its prompt_tokens_total leaves out the tokens reused from the cache: every prompt token the
+            # engine took in is both (as vLLM's and SGLang's totals count them).
+            adds={"prompt_tokens_total": ("llamacpp:prompt_tokens_cached_total",)},
         ),
     )
 }
@@ -186,6 +192,9 @@ def _figures(profile: Profile, values: dict[str, list[float]]) -> dict[str, floa
             if found:
                 figures[figure] = sum(found) / len(found) if figure in _RATIOS else sum(found)
                 break
+    for figure, names in profile.adds.items():
+        if figure in figures:
+            figures[figure] += sum(sum(values.get(name, ())) for name in names)
     return figures
 
 
