@@ -51,14 +51,14 @@ class EngineScraper:
         *,
         clock: Callable[[], float],
         wall: Callable[[], float],
-        on_snapshot: OnSnapshot = _ignore,
+        on_snapshot: OnSnapshot | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.engines = engines
         self.source = source
         self.clock = clock
         self.wall = wall
-        self.on_snapshot = on_snapshot
+        self.on_snapshot = on_snapshot or _ignore
         self.sleep = sleep
         now, groups = clock(), max(1, math.ceil(len(engines) / GROUP))
         self._due = {

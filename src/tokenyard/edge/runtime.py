@@ -10,9 +10,9 @@ shutdown undoes them in reverse:
 2. the dispatcher stops, then the webhook client closes (the dispatcher's callbacks use it);
 3. the front gives its unstored answers a last try, then the job store closes;
 4. the advisor stops;
-5. the meter's flush task stops, then the meter flushes what it holds and closes its store;
-6. the engine-metrics scraper stops, then its client closes;
-7. the backends close (and then the app's upstreams: the quick start's simulators).
+5. the engine-metrics scraper stops and its client closes; the meter's flush task stops, then the meter
+   flushes what it holds and closes its store;
+6. the backends close (and then the app's upstreams: the quick start's simulators).
 
 What it returns is frozen: a request never finds a part missing or half wired.
 """
@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 from tokenyard.adapters.engine_metrics import EngineMetricsClient
 from tokenyard.adapters.webhook import WebhookSender
 from tokenyard.advisor.live import AdvisorLoop
-from tokenyard.capacity.scraper import EngineScraper
+from tokenyard.capacity.scraper import EngineScraper, OnSnapshot
 from tokenyard.config import TokenyardConfig
 from tokenyard.edge.cluster import Membership
 from tokenyard.edge.reload import Reloader
@@ -108,7 +108,6 @@ async def start_runtime(
     """Open and start every part of the service; ``stack`` closes them (in reverse) at shutdown."""
     replica = new_replica_id()  # this replica's one name: lock owner, queue consumer, member
     backends = await stack.enter_async_context(open_backends(config, base_urls))
-    _start_engine_scraper(stack, backends, clock, wall)
     meter_config = config.meter
     store = None
     if meter_config.enabled:
@@ -119,6 +118,8 @@ async def start_runtime(
     meter = Meter(meter_config, config.backends, store, wall=wall)
     stack.push_async_callback(meter.close, _METER_CLOSE_TIMEOUT_S)
     stack.push_async_callback(_cancel, asyncio.create_task(meter.run(), name="meter flush"))
+    # Pushed after the meter's callbacks: it stops before the meter closes. TRUTH wires on_snapshot here.
+    _start_engine_scraper(stack, backends, clock, wall)
     track_runs = store is not None and config.async_track.enabled
     live = LiveConfig(config, async_track_runs=track_runs)
     advisor = None
@@ -274,14 +275,16 @@ def _start_engine_scraper(
     backends: dict[str, Backend],
     clock: Callable[[], float],
     wall: Callable[[], float],
+    on_snapshot: OnSnapshot | None = None,
 ) -> None:
-    """Scrape the engines' /metrics of the backends that have a metrics_url, off the request path."""
+    """Scrape the engines' /metrics of the backends that have a metrics_url, off the request path, handing
+    every good snapshot to ``on_snapshot``."""
     engines = {name: b.engine for name, b in backends.items() if b.engine is not None}
     if not engines:
         return
     client = EngineMetricsClient()
     stack.push_async_callback(client.aclose)  # after the scraper stops (pushed before it)
-    scraper = EngineScraper(engines, client, clock=clock, wall=wall)
+    scraper = EngineScraper(engines, client, clock=clock, wall=wall, on_snapshot=on_snapshot)
     stack.push_async_callback(_cancel, asyncio.create_task(scraper.run(), name="engine metrics"))
     log.info("engine metrics: scraping %d backend(s): %s", len(engines), ", ".join(engines))
 
