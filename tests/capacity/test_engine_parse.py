@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tokenyard.capacity.engine import EngineSnapshot, EngineState, parse_metrics, saturation
 from tokenyard.capacity.settings import EngineMetrics
@@ -192,3 +194,33 @@ def test_the_admin_view() -> None:
     assert view["why"] == "queue 3"
     assert (view["running"], view["waiting"]) == (21.0, 3.0)
     assert "kv_cache_usage" in view["signals"]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text("abcxyz/-_.", min_size=1, max_size=8),
+            st.integers(0, 500),
+            st.integers(0, 64),
+            st.floats(0, 1, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=6,
+        unique_by=lambda row: row[0],
+    )
+)
+def test_counts_are_summed_and_usage_averaged_over_any_label_sets(
+    rows: list[tuple[str, int, int, float]],
+) -> None:
+    lines = []
+    for model, running, waiting, usage in rows:
+        labels = f'{{engine="0",model_name="{model}"}}'
+        lines += [
+            f"vllm:num_requests_running{labels} {running}",
+            f"vllm:num_requests_waiting{labels} {waiting}",
+            f"vllm:kv_cache_usage_perc{labels} {usage!r}",
+        ]
+    snap = parse_metrics("\n".join(lines) + "\n", "auto", scraped_at=0.0, wall_at=0.0)
+    assert snap.running == sum(r[1] for r in rows)
+    assert snap.waiting == sum(r[2] for r in rows)
+    assert snap.kv_cache_usage == pytest.approx(sum(r[3] for r in rows) / len(rows))
