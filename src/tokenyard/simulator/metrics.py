@@ -160,8 +160,9 @@ async def metrics(state: SimulatorState, request: Request, send: Send) -> None:
         raise RouteNotFound("Unknown request URL: GET /metrics.")
     if faults.metrics_wrong:
         text = WRONG_TEXT
-    elif faults.metrics_stale and state.metrics_frozen is not None:
-        text = state.metrics_frozen
+    elif faults.metrics_stale:
+        freeze(state)  # set from the start (the config's faults, a reset): frozen at the first read
+        text = state.metrics_frozen or render(state)
     else:
         text = render(state)
     await send_bytes(send, 200, text.encode(), [(b"content-type", CONTENT_TYPE)])
