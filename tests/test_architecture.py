@@ -147,6 +147,7 @@ PURE = (
     "wire/openai.py",
     "wire/sse.py",
     "capacity/desired.py",
+    "capacity/engine.py",
 )
 
 

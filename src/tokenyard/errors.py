@@ -160,6 +160,10 @@ class UpstreamStreamBroken(UpstreamError):
     """The backend's stream ended before it was complete."""
 
 
+class EngineMetricsInvalid(UpstreamError):
+    """An engine's ``/metrics`` answered, but not with Prometheus text carrying the engine's metrics."""
+
+
 class NoBackendAvailable(UpstreamError):
     """Every deployment of the model is cooling down after failures."""
 

@@ -78,6 +78,7 @@ async def llama_yard(
         {"smollm2": "llama", "smollm2-embed": "llama-embed"},
         chat_model="smollm2",
         embed_model="smollm2-embed",
+        metrics_urls={"llama": f"http://127.0.0.1:{llama.port}/metrics"},
     ) as yard:
         yield yard
 

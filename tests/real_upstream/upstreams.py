@@ -159,13 +159,16 @@ def litellm_upstream(folder: Path) -> Upstream:
 
 
 def llama_upstream(folder: Path, *, embeddings: bool = False) -> Upstream:
-    """llama.cpp's llama-server on SmolLM2-135M-Instruct: small context, one thread, one slot per request."""
+    """llama.cpp's llama-server on SmolLM2-135M-Instruct: small context, one thread, one slot per request;
+    the chat one serves its Prometheus ``/metrics``."""
     port = free_port()
     name = "llama-embed" if embeddings else "llama"
     args = [str(LLAMA_SERVER), "-m", str(SMOLLM2), "--host", "127.0.0.1", "--port", str(port)]
     args += ["-c", "2048", "-t", "1", "-np", "2", "--no-webui", "--log-disable"]
     if embeddings:
         args += ["--embeddings", "--pooling", "mean"]
+    else:
+        args += ["--metrics"]  # its Prometheus /metrics, which tokenyard scrapes
     return Upstream(name, args, port, folder / f"{name}-{port}.log", "/health")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.real_upstream.relay import Relay
-from tests.support.config import CLIENT_KEY, backend
+from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
 from tests.support.proxy import ProxyProcess, start_proxy
 from tests.support.stores import metered_records, sqlite_url
 from tokenyard.meter.model import UsageRecord
@@ -51,8 +51,10 @@ async def open_yard(
     *,
     chat_model: str,
     embed_model: str,
+    metrics_urls: dict[str, str] | None = None,
 ) -> AsyncIterator[Yard]:
-    """Relays to ``upstreams`` (name → (port, api key)), and a proxy serving ``models`` (model → upstream)."""
+    """Relays to ``upstreams`` (name → (port, api key)), and a proxy serving ``models`` (model → upstream)
+    that scrapes the engines' own ``metrics_urls`` (upstream → URL, straight at the engine)."""
     async with AsyncExitStack() as stack:
         relays = {
             up: await stack.enter_async_context(Relay(port, tmp)) for up, (port, _key) in upstreams.items()
@@ -62,9 +64,12 @@ async def open_yard(
             section = backend("serverless", relays[up].base_url, prices=PRICES)
             section["api_key"] = key or "sk-none"
             section["timeouts"] = {"first_byte_s": 120}  # a busy 2-core machine: the model may start slowly
+            if metrics_urls and up in metrics_urls:
+                section.update(metrics_url=metrics_urls[up], engine={"interval_s": 1})
             backends[up] = section
         store_url = sqlite_url(tmp / f"meter-{name}.sqlite3")
         config = {
+            "server": {"admin_key": ADMIN_KEY},
             "meter": {"store": store_url, "flush_interval_s": 0.2},
             "backends": backends,
             "models": {model: {"deployments": [up]} for model, up in models.items()},

@@ -12,7 +12,8 @@ undoes them in reverse:
 3. the dispatcher stops, then the webhook client closes (the dispatcher's callbacks use it);
 4. the front gives its unstored answers a last try, then the job store closes;
 5. the envelope keeper merges once more and stops, then the advisor stops;
-6. the meter's flush task stops, then the meter flushes what it holds and closes its store;
+6. the engine-metrics scraper stops and its client closes; the meter's flush task stops, then the meter
+   flushes what it holds and closes its store;
 7. the backends close (and then the app's upstreams: the quick start's simulators).
 
 What it returns is frozen: a request never finds a part missing or half wired.
@@ -31,10 +32,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from tokenyard.adapters.engine_metrics import EngineMetricsClient
 from tokenyard.adapters.webhook import WebhookSender
 from tokenyard.advisor.live import AdvisorLoop
 from tokenyard.capacity.envelope_keeper import EnvelopeKeeper
 from tokenyard.capacity.planner import CapacityPlanner
+from tokenyard.capacity.scraper import EngineScraper, OnSnapshot
+from tokenyard.capacity.truth import engine_metering
 from tokenyard.config import TokenyardConfig
 from tokenyard.edge.capacity import envelope_source, replicas_applier, start_capacity
 from tokenyard.edge.cluster import Membership
@@ -121,6 +125,9 @@ async def start_runtime(
     meter = Meter(meter_config, config.backends, store, wall=wall)
     stack.push_async_callback(meter.close, _METER_CLOSE_TIMEOUT_S)
     stack.push_async_callback(_cancel, asyncio.create_task(meter.run(), name="meter flush"))
+    # Pushed after the meter's callbacks: it stops before the meter closes. TRUTH wires on_snapshot here.
+    # Every good scrape is metered too: what the engine did per minute, beside what came through here.
+    _start_engine_scraper(stack, backends, clock, wall, on_snapshot=engine_metering(meter, wall))
     track_runs = store is not None and config.async_track.enabled
     live = LiveConfig(config, async_track_runs=track_runs)
     advisor = None
@@ -183,6 +190,7 @@ async def start_runtime(
         dispatcher=dispatcher,
         wall=wall,
         envelope=envelope,
+        clock=clock,
     )
     reloader = Reloader(config_path, live, agree_session_secret=admin.agree_session_secret)
     announce = _nothing
@@ -211,7 +219,7 @@ async def start_runtime(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         TokenyardCollector(
-            meter, backends, rejected, advisor=advisor, dispatcher=dispatcher, capacity=planner
+            meter, backends, rejected, advisor=advisor, dispatcher=dispatcher, capacity=planner, clock=clock
         )
     )
     return Runtime(
@@ -306,6 +314,25 @@ def _start_async_track(
         wall=wall,
     )
     return AsyncTrack(door.front, dispatcher, batch_api)
+
+
+def _start_engine_scraper(
+    stack: contextlib.AsyncExitStack,
+    backends: dict[str, Backend],
+    clock: Callable[[], float],
+    wall: Callable[[], float],
+    on_snapshot: OnSnapshot | None = None,
+) -> None:
+    """Scrape the engines' /metrics of the backends that have a metrics_url, off the request path, handing
+    every good snapshot to ``on_snapshot``."""
+    engines = {name: b.engine for name, b in backends.items() if b.engine is not None}
+    if not engines:
+        return
+    client = EngineMetricsClient()
+    stack.push_async_callback(client.aclose)  # after the scraper stops (pushed before it)
+    scraper = EngineScraper(engines, client, clock=clock, wall=wall, on_snapshot=on_snapshot)
+    stack.push_async_callback(_cancel, asyncio.create_task(scraper.run(), name="engine metrics"))
+    log.info("engine metrics: scraping %d backend(s): %s", len(engines), ", ".join(engines))
 
 
 async def _nothing() -> None:

@@ -12,8 +12,10 @@ from aiolimiter import AsyncLimiter
 from tokenyard.adapters.base import BatchUpstream, Upstream
 from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
+from tokenyard.capacity.engine import EngineState
 from tokenyard.capacity.envelope import Recorder
 from tokenyard.capacity.observed import LatencySample
+from tokenyard.capacity.settings import metrics_url_for
 from tokenyard.config import BackendConfig, TokenyardConfig
 from tokenyard.errors import ConfigError
 from tokenyard.meter.pricing import FREE, TokenPrices, token_prices
@@ -43,6 +45,7 @@ class Backend:
     batch_api: BatchUpstream | None = None  # kind batch: the provider's files and batches endpoints
     cluster_size: int = 1  # proxy replicas alive on the shared store: each takes its share of the caps
     envelope: Recorder | None = None  # dedicated kinds: the measured envelope's counts (capacity/envelope.py)
+    engine: EngineState | None = None  # its engine's own metrics, when it has a metrics_url
 
     @property
     def max_concurrency(self) -> int | None:
@@ -78,7 +81,12 @@ class Backend:
             cooling_for_s=0.0 if self.breaker.available(now) else max(self.breaker.cooling_for_s(now), 1e-3),
             already_failed=already_failed,
             held_by_rate_limit=self.breaker.rate_limited,
+            saturated=self.engine.saturated(now) if self.engine is not None else None,
         )
+
+    def saturated(self, now: float) -> str | None:
+        """Why its engine says it is full (``queue 3``), while the engine's figures are fresh; else None."""
+        return self.engine.saturated(now) if self.engine is not None else None
 
     def _has_rate_room(self, estimated_tokens: int) -> bool:
         if self.rpm is not None and not self.rpm.has_capacity(1):
@@ -168,5 +176,11 @@ async def open_backends(
                 replicas=bc.replicas or 1,
                 batch_api=batch_api,
                 envelope=Recorder(bc.sla) if bc.kind in ("dedicated", "dedicated_serverless") else None,
+                engine=_engine_state(bc, base_url),
             )
         yield backends
+
+
+def _engine_state(config: BackendConfig, base_url: str) -> EngineState | None:
+    url = metrics_url_for(config.metrics_url, base_url)
+    return EngineState(url, config.engine) if url is not None else None

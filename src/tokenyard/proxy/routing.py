@@ -5,6 +5,9 @@ serverless, as the config lists them). A deployment is passed over when
 
 - it is at its concurrency cap (the in-flight count its latency SLA allows) → the request *spills over*;
 - its rate limit (rpm / tpm) has no room right now → *spills over* as well;
+- its engine says it is saturated (a queue, a KV cache nearly full: ``capacity.engine``) → *spills over*,
+  whatever the in-flight count says; but only if a later deployment can take the request: with nowhere else
+  to go, the engine's own queue beats a 429 (it serves the request, later);
 - its circuit is open after failures → *falls back* to the next one.
 
 The first deployment not passed over is chosen, and the reason says why it and not an earlier one. When none
@@ -30,6 +33,7 @@ class DeploymentView:
     cooling_for_s: float  # 0 when its circuit lets a request through
     already_failed: bool = False  # tried for this request already
     held_by_rate_limit: bool = False  # its cool-down follows the upstream's 429, not failures
+    saturated: str | None = None  # why its engine says it is full (``queue 3``), from fresh figures
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,9 @@ def choose_deployment(deployments: Sequence[DeploymentView]) -> Choice | NoChoic
     """Pick the first deployment, in preference order, that can take one more request now."""
     passed_over: list[str] = []
     full = cooling = failed = False
+    # The first saturated one and the reason it would have had: taken when nothing else can be (its engine
+    # queues the request, where the alternative is a 429).
+    first_saturated: tuple[int, str] | None = None
     soonest_s, soonest_rate_limited = math.inf, False  # over every deployment out, tried ones too
     for index, d in enumerate(deployments):
         if 0 < d.cooling_for_s < soonest_s:
@@ -72,12 +79,16 @@ def choose_deployment(deployments: Sequence[DeploymentView]) -> Choice | NoChoic
         elif d.rate_limited:
             full = True
             passed_over.append(f"{d.name} rate-limited")
+        elif d.saturated is not None:
+            if first_saturated is None:
+                first_saturated = (index, _reason(passed_over, failed=failed, full=full))
+            full = True
+            passed_over.append(f"{d.name} saturated ({d.saturated})")
         else:
-            if not passed_over:
-                return Choice(index, "primary", "")
-            # The most telling reason wins: a failure this request saw, then capacity, then cool-down.
-            reason = "failover" if failed else "spillover" if full else "fallback"
-            return Choice(index, reason, "; ".join(passed_over))
+            return Choice(index, _reason(passed_over, failed=failed, full=full), "; ".join(passed_over))
+    if first_saturated is not None:
+        index, reason = first_saturated
+        return Choice(index, reason, "; ".join(passed_over))
     if full or soonest_s == math.inf:
         return NoChoice(cooling=False, retry_after_s=1.0, detail="; ".join(passed_over))
     return NoChoice(
@@ -86,3 +97,11 @@ def choose_deployment(deployments: Sequence[DeploymentView]) -> Choice | NoChoic
         detail="; ".join(passed_over),
         rate_limited=soonest_rate_limited,
     )
+
+
+def _reason(passed_over: list[str], *, failed: bool, full: bool) -> str:
+    """Why the deployment after ``passed_over`` is the one: the most telling reason wins (a failure this
+    request saw, then capacity, then cool-down)."""
+    if not passed_over:
+        return "primary"
+    return "failover" if failed else "spillover" if full else "fallback"

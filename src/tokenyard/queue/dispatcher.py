@@ -63,6 +63,10 @@ class Deployment(Deployed, Protocol):
         """Requests it serves now."""
         ...
 
+    def saturated(self, now: float) -> str | None:
+        """Why its engine's own metrics say it is full (``queue 3``), while they are fresh; else None."""
+        ...
+
 
 class Dispatcher:
     """Carries async jobs to their answers; one instance per replica, one leader at a time."""
@@ -178,14 +182,14 @@ class Dispatcher:
 
     def _idle_dedicated(self, model: str, track: AsyncTrackConfig) -> list[str]:
         """The names of the model's dedicated backends with a slot below their async fill cap, in
-        preference order."""
+        preference order. An engine that says it is saturated has none, whatever the in-flight count."""
         now = self.clock()
         idle = []
         for backend in self.deployments(model):
             cap = backend.max_concurrency
             if backend.config.kind != "dedicated" or cap is None or not backend.breaker.available(now):
                 continue
-            if backend.in_flight < math.floor(cap * track.idle_fill_cap):
+            if backend.in_flight < math.floor(cap * track.idle_fill_cap) and backend.saturated(now) is None:
                 idle.append(backend.name)
         return idle
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tokenyard.errors import MethodNotAllowed, RouteNotFound, TokenyardError
-from tokenyard.simulator import batches, catalog, control, files, inference
+from tokenyard.simulator import batches, catalog, control, files, inference, metrics
 from tokenyard.simulator.clock import Clock, SystemClock
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.request import Request, header_dict, parse_json
@@ -28,6 +28,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/v1/models": {"GET": catalog.list_models},
     "/v1/files": {"GET": files.list_files, "POST": files.upload_file},
     "/v1/batches": {"GET": batches.list_batches, "POST": batches.create_batch},
+    "/metrics": {"GET": metrics.metrics},
     "/sim/stats": {"GET": control.stats},
     "/sim/requests": {"GET": control.recent_requests},
     "/sim/faults": {"GET": control.get_faults, "POST": control.set_faults},

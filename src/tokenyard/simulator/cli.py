@@ -30,6 +30,8 @@ _CONFIG_OPTIONS: tuple[_Option, ...] = (
     ("batch_turnaround_s", float, "SECONDS", "Batch API: seconds from creation to completed"),
     ("batch_cancelling_s", float, "SECONDS", "Batch API: seconds a cancelled batch stays cancelling"),
     ("batch_max_lines", int, "N", "Batch API: most requests in one input file"),
+    ("metrics_profile", str, "vllm|sglang", "whose metric names GET /metrics speaks"),
+    ("kv_cache_tokens", int, "N", "KV-cache size in tokens, for /metrics' KV-cache usage"),
 )
 _FAULT_OPTIONS: tuple[_Option, ...] = (
     ("error_rate", float, "FRACTION", "fraction of inference requests answered with --error-status"),

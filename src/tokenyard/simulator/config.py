@@ -55,6 +55,19 @@ class FaultConfig(BaseModel):
     batch_expire_after_s: float | None = Field(default=None, ge=0.0)
     """Batches created while this is set expire this long after creation, if they would not have completed
     by then, instead of at the end of their 24 h completion window (0: before any of their lines runs)."""
+    # The engine's /metrics (``metrics.py``).
+    metrics_missing: bool = False
+    """``GET /metrics`` answers 404, as an engine started without metrics does."""
+    metrics_wrong: bool = False
+    """``GET /metrics`` answers 200 with text no Prometheus parser takes."""
+    metrics_stale: bool = False
+    """``GET /metrics`` answers the page as it was when this was set, its samples stamped with that moment."""
+    metrics_running: int | None = Field(default=None, ge=0)
+    """Report this many requests running instead of the slots in use."""
+    metrics_waiting: int | None = Field(default=None, ge=0)
+    """Report this many requests waiting instead of the slots' queue."""
+    metrics_kv_cache_usage: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Report this KV-cache usage (0..1) instead of the model's."""
 
 
 class SimulatorConfig(BaseModel):
@@ -91,4 +104,8 @@ class SimulatorConfig(BaseModel):
     """Batch API: how long a cancelled batch stays ``cancelling`` before it is ``cancelled``."""
     batch_max_lines: int = Field(default=50_000, ge=1)
     """Batch API: requests one input file may hold; more fail validation with ``too_many_tasks``."""
+    metrics_profile: Literal["vllm", "sglang"] = "vllm"
+    """Whose metric names ``GET /metrics`` speaks."""
+    kv_cache_tokens: int = Field(default=262_144, ge=1)
+    """The KV cache's size in tokens: running requests hold their prompt and completion budget of it."""
     faults: FaultConfig = Field(default_factory=FaultConfig)

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs
 from pydantic import ValidationError
 
 from tokenyard.errors import InvalidRequest
+from tokenyard.simulator import metrics
 from tokenyard.simulator.config import FaultConfig
 from tokenyard.simulator.request import Request
 from tokenyard.simulator.state import REQUEST_LOG_SIZE, SimulatorState
@@ -47,6 +48,7 @@ async def set_faults(state: SimulatorState, request: Request, send: Send) -> Non
         )
         raise InvalidRequest(f"Invalid faults: {problems}") from exc
     state.faults = faults
+    metrics.freeze(state)  # metrics_stale keeps the page as it is at this moment
     await send_json(send, 200, faults.model_dump())
 
 

@@ -135,8 +135,11 @@ async def _complete(
     state: SimulatorState, plan: GenerationPlan, raw_body: bytes, send: Send, kind: Kind
 ) -> None:
     """Generate a chat or legacy completion inside a slot, streamed or whole."""
-    config = state.config
-    async with state.slots:
+    config, engine = state.config, state.engine
+    async with (
+        state.slots,
+        engine.holding(plan.prompt_tokens + plan.completion_tokens, state.clock.monotonic),
+    ):
         ttft_s = sample_ttft_s(config, state.rng)
         head = completion_head(kind, state.rng.getrandbits(96), int(state.clock.time()), plan.model, config)
         # Drawn as they are sent (or, whole, a block at a time): never a whole answer held up front.
@@ -145,6 +148,7 @@ async def _complete(
         if plan.stream and not state.faults.ignore_stream:
             await send({"type": "http.response.start", "status": 200, "headers": shapes.SSE_HEADERS})
             await state.clock.sleep(ttft_s)
+            engine.prompt_tokens += plan.prompt_tokens  # prefill done
             pacer = TokenPacer(state.clock, pacer_rate, fixed_rate=config.mode == "serverless")
             chunks = (
                 shapes.ChatChunks(head, plan.include_usage)
@@ -156,8 +160,10 @@ async def _complete(
             state.counters.streams_completed += 1
             return
         await state.clock.sleep(ttft_s)
+        engine.prompt_tokens += plan.prompt_tokens
         pacer = TokenPacer(state.clock, pacer_rate, fixed_rate=config.mode == "serverless")
         texts = await _decode_whole(words, plan.completion_tokens_per_choice, pacer)
+        engine.generation_tokens += plan.completion_tokens
         await send_json(send, 200, completion_answer(kind, head, plan, texts))
         state.counters.requests_completed += 1
 
@@ -204,6 +210,7 @@ async def _stream(
                 await state.clock.sleep(state.faults.stall_s)
             await send_chunk(send, chunks.content(index, choice.next()))
             sent += 1
+        state.engine.generation_tokens += plan.choices
     if cut_after is not None and sent >= cut_after:
         _cut(state)
     for index in range(plan.choices):
@@ -226,7 +233,7 @@ def _rate_source(state: SimulatorState) -> Callable[[], float]:
 
 async def _embed(state: SimulatorState, plan: EmbeddingPlan, send: Send) -> None:
     """Answer an embeddings request inside a slot after the time to first token."""
-    async with state.slots:
+    async with state.slots, state.engine.holding(0, state.clock.monotonic):
         await state.clock.sleep(sample_ttft_s(state.config, state.rng))
         vectors = []
         for text in plan.inputs:  # up to a few milliseconds each: yield to the loop between them

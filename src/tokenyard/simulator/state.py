@@ -15,6 +15,7 @@ from tokenyard.simulator.capacity import Slots
 from tokenyard.simulator.clock import Clock
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.file_store import FileStore
+from tokenyard.simulator.metrics import EngineMeter
 
 REQUEST_LOG_SIZE = 200
 
@@ -60,8 +61,10 @@ class SimulatorState:
         "clock",
         "config",
         "counters",
+        "engine",
         "faults",
         "files",
+        "metrics_frozen",
         "recent_requests",
         "rng",
         "slots",
@@ -77,6 +80,8 @@ class SimulatorState:
         self.rng = random.Random(config.seed)
         self.files = FileStore(config.seed)
         self.batches = BatchStore(config.seed)
+        self.engine = EngineMeter()  # the figures /metrics reports beside the slots
+        self.metrics_frozen: str | None = None  # the page metrics_stale serves
 
     def reset(self) -> None:
         """Zero the counters, forget recent requests, files and batches, restore the configured faults and
@@ -91,6 +96,8 @@ class SimulatorState:
         self.slots.reset_peak()
         self.files.clear()
         self.batches.clear()
+        self.engine.reset(self.clock.monotonic())
+        self.metrics_frozen = None
 
     def record(self, request: RecordedRequest) -> None:
         """Count a ``/v1/`` request and remember it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -44,11 +45,13 @@ class AdminApi:
         dispatcher: Dispatcher | None,
         wall: Callable[[], float],
         envelope: EnvelopeKeeper | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.live = live  # the config in force: its admin key and keys (a reload may change them)
         self.meter = meter
         self.backends = backends
         self.wall = wall
+        self.clock = clock  # the request path's: engine snapshots are dated by it
         self.advisor = advisor  # None: the advisor is off (no meter store, or advisor.enabled false)
         self.dispatcher = dispatcher  # None: the async track is off
         self.replica = replica  # this replica's name: who set a replica count
@@ -243,6 +246,8 @@ class AdminApi:
             if backend.envelope is not None:
                 capacity = item.setdefault("capacity", {})
                 capacity["envelope"] = self.envelope_of(name, backend)
+            if backend.engine is not None:
+                item.setdefault("capacity", {})["engine"] = backend.engine.to_json(self.clock())
             data.append(item)
         await wire.send_json(send, 200, {"object": "list", "data": data})
 

@@ -9,7 +9,7 @@ provisioned time, so take one replica's, or read the usage API, which counts eac
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -40,6 +40,7 @@ class TokenyardCollector(Collector):
         advisor: AdvisorLoop | None,  # None: the advisor is off
         dispatcher: Dispatcher | None,  # None: the async track is off
         capacity: CapacityPlanner | None = None,  # None: no meter store, no desired replicas
+        clock: Callable[[], float] = time.monotonic,  # the request path's: engine snapshots are dated by it
     ) -> None:
         self._meter = meter
         self._backends = backends
@@ -47,6 +48,7 @@ class TokenyardCollector(Collector):
         self._advisor = advisor
         self._dispatcher = dispatcher
         self._capacity = capacity
+        self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
         yield from self._usage()
@@ -55,6 +57,7 @@ class TokenyardCollector(Collector):
         yield from self._advice()
         yield from self._async_track()
         yield from self._desired_replicas()
+        yield from self._engines()
 
     def _desired_replicas(self) -> Iterator[Metric]:
         """The replicas each dedicated backend should run (the same on every replica: the leader decides),
@@ -73,6 +76,54 @@ class TokenyardCollector(Collector):
                 if value is not None:
                     desired.add_metric([item["backend"], horizon], value)
         yield desired
+
+    def _engines(self) -> Iterator[Metric]:
+        """What each backend's engine said at its last scrape (its gauges only while fresh)."""
+        engines = [(name, b.engine) for name, b in self._backends.items() if b.engine is not None]
+        if not engines:
+            return
+        labels = ["backend"]
+        running = GaugeMetricFamily(
+            "tokenyard_engine_requests_running", "Requests the engine is generating.", labels=labels
+        )
+        waiting = GaugeMetricFamily(
+            "tokenyard_engine_requests_waiting", "Requests queued in the engine.", labels=labels
+        )
+        kv = GaugeMetricFamily(
+            "tokenyard_engine_kv_cache_usage_ratio", "The engine's KV-cache usage (0..1).", labels=labels
+        )
+        saturated = GaugeMetricFamily(
+            "tokenyard_engine_saturated",
+            "1 while the engine's fresh figures say it is full (queue or KV cache).",
+            labels=labels,
+        )
+        age = GaugeMetricFamily(
+            "tokenyard_engine_metrics_age_seconds", "Age of the engine's last good scrape.", labels=labels
+        )
+        scrapes = CounterMetricFamily(
+            "tokenyard_engine_scrapes",
+            "Scrapes of the engine's /metrics, by outcome.",
+            labels=[*labels, "outcome"],
+        )
+        now = self._clock()
+        for name, engine in engines:
+            for outcome, count in sorted(engine.scrapes.items()):
+                scrapes.add_metric([name, outcome], count)
+            latest = engine.latest
+            if latest is None:
+                continue
+            age.add_metric([name], max(0.0, now - latest.scraped_at))
+            saturated.add_metric([name], 1.0 if engine.saturated(now) is not None else 0.0)
+            if not engine.fresh(now):
+                continue
+            for family, value in (
+                (running, latest.running),
+                (waiting, latest.waiting),
+                (kv, latest.kv_cache_usage),
+            ):
+                if value is not None:
+                    family.add_metric([name], value)
+        yield from (running, waiting, kv, saturated, age, scrapes)
 
     def _async_track(self) -> Iterator[Metric]:
         """The job queue (as last read, the same on every replica) and this replica's answered jobs."""
