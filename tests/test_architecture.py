@@ -141,6 +141,7 @@ PURE = (
     "advisor/workloads.py",
     "advisor/service.py",
     "advisor/plot.py",
+    "capacity/limiter.py",
     "wire/openai.py",
     "wire/sse.py",
 )

@@ -22,6 +22,9 @@ class LatencySample:
     # Requests in flight on the backend when this one was admitted, itself included, across every proxy
     # replica (this replica's count × the live replicas, or the engine's own count when it is fresh).
     concurrency: int
+    ended_at: float = (
+        0.0  # wall clock (unix s) when the answer ended: when the limit changed, for its history
+    )
 
     @property
     def stream_tokens_per_s(self) -> float | None:
