@@ -170,12 +170,6 @@ class AdaptiveLimit:
             return None
         return self._close_window(sample.ended_at, max(1, replicas))
 
-    def set_ceiling(self, ceiling: int) -> None:
-        """A new hard ceiling per replica (the config's ``max_concurrency`` changed)."""
-        self.ceiling = max(1, ceiling)
-        self.limit = min(self.limit, self.ceiling)
-        self.current = max(1, math.floor(self.limit))
-
     def _close_window(self, at: float, replicas: int) -> LimitChange | None:
         stats = self._window_stats()
         self._count = self._breached = 0

@@ -12,6 +12,8 @@ from aiolimiter import AsyncLimiter
 from tokenyard.adapters.base import BatchUpstream, Upstream
 from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
+from tokenyard.capacity.limiter import AdaptiveLimit
+from tokenyard.capacity.observed import LatencySample
 from tokenyard.config import BackendConfig, TokenyardConfig
 from tokenyard.errors import ConfigError
 from tokenyard.meter.pricing import FREE, TokenPrices, token_prices
@@ -40,17 +42,38 @@ class Backend:
     failures: int = 0  # upstream failures seen (each one failed over or ended a request), for /metrics
     batch_api: BatchUpstream | None = None  # kind batch: the provider's files and batches endpoints
     cluster_size: int = 1  # proxy replicas alive on the shared store: each takes its share of the caps
+    # With an ``sla``: the concurrency per replica that meets it, learned from answers (else a fixed cap).
+    limit: AdaptiveLimit | None = None
 
     @property
     def max_concurrency(self) -> int | None:
-        """This replica's in-flight cap now: the backend's cap (a dedicated backend's per-replica cap times
-        its replicas) divided among the live proxy replicas, at least 1."""
+        """This replica's in-flight cap now: the backend's cap (a dedicated backend's per-replica cap, or the
+        limit learned from its SLA, times its replicas) divided among the live proxy replicas, at least 1."""
         cap = self.config.max_concurrency
         if cap is None:
             return None
+        if self.limit is not None:
+            cap = self.limit.current
         if self.config.kind == "dedicated":
             cap *= self.replicas
         return max(1, cap // self.cluster_size)
+
+    @property
+    def observed(self) -> bool:
+        """Whether anything reads this backend's answered requests (the proxy builds no sample otherwise)."""
+        return self.limit is not None
+
+    @property
+    def engine_replicas(self) -> int:
+        """Engine replicas behind the backend: a dedicated one's provisioned replicas, else one endpoint."""
+        return self.replicas if self.config.kind == "dedicated" else 1
+
+    def observe(self, sample: LatencySample) -> None:
+        """One request this backend answered: feeds its SLA limit (and whatever learns from latencies)."""
+        if self.limit is not None:
+            change = self.limit.observe(sample, self.engine_replicas)
+            if change is not None:
+                log.info("backend %s: concurrency limit %d (%s)", self.name, change.limit, change.reason)
 
     def set_cluster_size(self, live: int) -> None:
         """``live`` proxy replicas share this backend now: caps and rate limits are split among them.
@@ -159,5 +182,6 @@ async def open_backends(
                 prices=token_prices(bc),
                 replicas=bc.replicas or 1,
                 batch_api=batch_api,
+                limit=AdaptiveLimit(bc.sla, bc.max_concurrency) if bc.sla and bc.max_concurrency else None,
             )
         yield backends

@@ -19,6 +19,7 @@ import orjson
 from tokenyard.adapters.base import UpstreamResponse
 from tokenyard.admission.auth import Principal
 from tokenyard.admission.classify import ASYNC_TIERS, Decision, RequestFacts, classify
+from tokenyard.capacity.observed import LatencySample
 from tokenyard.errors import (
     CapacityExhausted,
     InvalidRequest,
@@ -292,14 +293,20 @@ class Proxy:
             exchange.tried.add(backend.name)
             exchange.attempts += 1
             ticket = backend.admit(now)  # in flight from here: the finally below counts it out
+            in_flight = backend.in_flight  # this request included: the concurrency it runs at
             try:
                 await backend.take_rate(tokens)
                 upstream_body = _body_for(backend, body, exchange, strip_usage)
                 headers = [*id_header, *_route_headers(backend, choice, exchange.attempts)]
                 exchange.backend, exchange.route = backend, choice.reason
+                # Only a backend something learns from pays for the clock reads and the sample.
+                observed = backend.observed
+                sent_s = self.clock() if observed else 0.0
                 await self._forward(
                     send, endpoint, backend, ticket, upstream_body, stream, strip_usage, headers, exchange
                 )
+                if observed:
+                    self._observe(backend, exchange, sent_s, in_flight)
                 return
             except UpstreamError as exc:
                 exchange.backend = None
@@ -323,6 +330,27 @@ class Proxy:
                 raise
             finally:
                 backend.in_flight -= 1
+
+    def _observe(self, backend: Backend, exchange: Exchange, sent_s: float, in_flight: int) -> None:
+        """Hand the backend what its whole answer measured, timed from when the request went to *it* (an
+        earlier attempt that failed over is not this backend's latency)."""
+        tap = exchange.tap
+        if exchange.status != 200 or exchange.ttfb_s is None or (tap is not None and not tap.done):
+            return  # failed or cut short: no whole answer to measure
+        end_s = self.clock()
+        usage = exchange.usage()
+        backend.observe(
+            LatencySample(
+                ttft_s=max(0.0, exchange.started_s + exchange.ttfb_s - sent_s),
+                latency_s=max(0.0, end_s - sent_s),
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                streamed=tap is not None,
+                # Each proxy replica carries its share: the backend as a whole runs about this many.
+                concurrency=in_flight * backend.cluster_size,
+                ended_at=self.wall(),
+            )
+        )
 
     async def _forward(
         self,
