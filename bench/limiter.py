@@ -94,7 +94,7 @@ def run(scenario: Scenario, seed: int) -> list[dict[str, float]]:
                 prompt_tokens=100,
                 completion_tokens=engine.tokens,
                 streamed=True,
-                concurrency=done.concurrency,
+                concurrency=max(done.concurrency, len(running) + 1),  # as the proxy counts it
                 ended_at=now,
             )
             limiter.observe(sample)

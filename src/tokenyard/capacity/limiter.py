@@ -61,7 +61,11 @@ class LimiterTuning:
     smoothing: float = 0.5
     max_growth: float = 0.25  # a window raises the limit by at most this share of it (at least 1)
     max_shrink: float = 0.5  # and lowers it by at most this share
-    pressed: float = 0.8  # grow only when the window's mean concurrency reached this share of the limit
+    pressed: float = 0.9  # grow only when a window's concurrency reached this share of the limit
+    # Streams that ran at under this share of the limit are left out of the aggregate estimate (unless too
+    # few ran above it): below the knee a stream runs at the engine's per-stream maximum, and rate ×
+    # concurrency says less about the aggregate the lower the concurrency.
+    near_limit: float = 0.5
     history_size: int = 50  # limit changes kept for /admin/backends
 
 
@@ -81,11 +85,12 @@ class WindowStats:
     samples: int
     breached: int  # answers that missed a target
     mean_concurrency: float  # per engine replica
+    max_concurrency: float
     ttft_ms: float | None  # the high tail (p95 for a p95 SLA) of streamed answers' time to first token
     stream_tokens_per_s_low: float | None  # the low tail (p5) of per-stream rates
     stream_tokens_per_s_median: float | None
-    # The low tail of concurrency × per-stream rate: the aggregate tokens/s per replica the window's slowest
-    # streams imply (past the knee, the engine's decode capacity).
+    # Mean concurrency × the low tail of per-stream rates: the aggregate tokens/s per replica the window's
+    # slowest streams imply (past the knee, the engine's decode capacity).
     aggregate_tokens_per_s_low: float | None
 
 
@@ -112,10 +117,10 @@ class AdaptiveLimit:
 
     __slots__ = (
         "_breached",
-        "_capacities",
+        "_concurrency_max",
         "_concurrency_sum",
         "_count",
-        "_rates",
+        "_rated",
         "_ttfts_ms",
         "breached_total",
         "ceiling",
@@ -141,8 +146,8 @@ class AdaptiveLimit:
         self._count = 0
         self._breached = 0
         self._concurrency_sum = 0.0
-        self._capacities: list[float] = []  # per sample: concurrency × per-stream rate
-        self._rates: list[float] = []
+        self._concurrency_max = 0.0
+        self._rated: list[tuple[float, float]] = []  # per sample with a rate: (concurrency, per-stream rate)
         self._ttfts_ms: list[float] = []
 
     def observe(self, sample: LatencySample, replicas: int = 1) -> LimitChange | None:
@@ -153,8 +158,7 @@ class AdaptiveLimit:
         breached = False
         rate = sample.stream_tokens_per_s
         if rate is not None:
-            self._rates.append(rate)
-            self._capacities.append(concurrency * rate)
+            self._rated.append((concurrency, rate))
             breached = sla.min_stream_tokens_per_s is not None and rate < sla.min_stream_tokens_per_s
         if sample.streamed:  # a whole answer's head comes with its last token: no time to first token
             ttft_ms = sample.ttft_s * 1000.0
@@ -162,6 +166,7 @@ class AdaptiveLimit:
             breached = breached or (sla.ttft_p95_ms is not None and ttft_ms > sla.ttft_p95_ms)
         self._count += 1
         self._concurrency_sum += concurrency
+        self._concurrency_max = max(self._concurrency_max, concurrency)
         self.samples_total += 1
         if breached:
             self._breached += 1
@@ -173,8 +178,8 @@ class AdaptiveLimit:
     def _close_window(self, at: float, replicas: int) -> LimitChange | None:
         stats = self._window_stats()
         self._count = self._breached = 0
-        self._concurrency_sum = 0.0
-        self._capacities, self._rates, self._ttfts_ms = [], [], []
+        self._concurrency_sum = self._concurrency_max = 0.0
+        self._rated, self._ttfts_ms = [], []
         self.last_window = stats
         estimate, why = self._estimate(stats)
         if estimate is None:
@@ -185,7 +190,7 @@ class AdaptiveLimit:
             estimate = limit + tuning.smoothing * (estimate - limit)
         if estimate < limit:
             new = max(estimate, limit * (1.0 - tuning.max_shrink))
-        elif stats.mean_concurrency >= tuning.pressed * limit:
+        elif stats.max_concurrency >= tuning.pressed * self.current:  # routing holds it to the whole limit
             new = min(estimate, limit + max(1.0, limit * tuning.max_growth))
         else:
             return None  # not pressed: what lies above the limit is unknown
@@ -200,15 +205,26 @@ class AdaptiveLimit:
 
     def _window_stats(self) -> WindowStats:
         high = self.sla.percentile / 100.0
-        rates = self._rates
+        rated = self._rated
+        rates = [rate for _, rate in rated]
+        near = [(c, rate) for c, rate in rated if c >= self.tuning.near_limit * self.current]
+        basis = near if len(near) * 3 >= len(rated) else rated
+        # The low tail of rates at the mean concurrency they ran at: steadier than each stream's own product
+        # (a stream's count is taken at its two ends and misses the load between).
+        aggregate = (
+            sum(c for c, _ in basis) / len(basis) * quantile([rate for _, rate in basis], 1.0 - high)
+            if basis
+            else None
+        )
         return WindowStats(
             samples=self._count,
             breached=self._breached,
             mean_concurrency=self._concurrency_sum / self._count,
+            max_concurrency=self._concurrency_max,
             ttft_ms=quantile(self._ttfts_ms, high) if self._ttfts_ms else None,
             stream_tokens_per_s_low=quantile(rates, 1.0 - high) if rates else None,
             stream_tokens_per_s_median=quantile(rates, 0.5) if rates else None,
-            aggregate_tokens_per_s_low=quantile(self._capacities, 1.0 - high) if rates else None,
+            aggregate_tokens_per_s_low=aggregate,
         )
 
     def _estimate(self, stats: WindowStats) -> tuple[float | None, str]:

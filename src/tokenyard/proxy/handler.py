@@ -333,7 +333,8 @@ class Proxy:
 
     def _observe(self, backend: Backend, exchange: Exchange, sent_s: float, in_flight: int) -> None:
         """Hand the backend what its whole answer measured, timed from when the request went to *it* (an
-        earlier attempt that failed over is not this backend's latency)."""
+        earlier attempt that failed over is not this backend's latency); ``in_flight``: at its admission
+        (it is still counted in now)."""
         tap = exchange.tap
         if exchange.status != 200 or exchange.ttfb_s is None or (tap is not None and not tap.done):
             return  # failed or cut short: no whole answer to measure
@@ -347,7 +348,7 @@ class Proxy:
                 completion_tokens=usage.completion_tokens,
                 streamed=tap is not None,
                 # Each proxy replica carries its share: the backend as a whole runs about this many.
-                concurrency=in_flight * backend.cluster_size,
+                concurrency=max(in_flight, backend.in_flight) * backend.cluster_size,
                 ended_at=self.wall(),
             )
         )

@@ -223,6 +223,7 @@ class AdminApi:
             }
             if name in self.meter.dedicated:
                 item["replicas"] = self.meter.replicas(name)
+            item["capacity"] = _capacity(backend)
             data.append(item)
         await wire.send_json(send, 200, {"object": "list", "data": data})
 
@@ -247,6 +248,16 @@ class AdminApi:
         await wire.send_json(
             send, 200, {"name": name, "replicas": replicas, "max_concurrency": backend.max_concurrency}
         )
+
+
+def _capacity(backend: Backend) -> dict[str, Any]:
+    """What tokenyard learned of a backend's capacity: its SLA and the limit learned from it."""
+    capacity: dict[str, Any] = {}
+    sla, limit = backend.config.sla, backend.limit
+    if sla is not None and limit is not None:
+        capacity["sla"] = sla.model_dump(exclude_none=True)
+        capacity["limit"] = limit.to_json(backend.engine_replicas, backend.cluster_size)
+    return capacity
 
 
 def _query(scope: wire.Scope) -> dict[str, str]:
