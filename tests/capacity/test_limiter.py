@@ -198,7 +198,9 @@ def test_what_admin_shows() -> None:
     for _ in range(WINDOW):
         limit.observe(stream(20, 40, at=5.0))
     shown = limit.to_json(replicas=1, proxy_replicas=2)
-    assert shown["history"] == [{"at": 5.0, "limit": 32, "reason": shown["history"][0]["reason"]}]
+    assert shown["history"] == [
+        {"at": 5.0, "samples": WINDOW, "limit": 32, "reason": shown["history"][0]["reason"]}
+    ]
     assert shown["share"] == 16
     assert shown["latencies"] == {
         "samples": WINDOW,

@@ -71,9 +71,11 @@ class LimiterTuning:
 
 @dataclass(frozen=True, slots=True)
 class LimitChange:
-    """One change of the limit: when (unix s), to what (the whole backend's limit) and why."""
+    """One change of the limit: when (unix s; and after how many answers), to what (the whole backend's
+    limit) and why."""
 
     at: float
+    samples: int
     limit: int
     reason: str
 
@@ -199,7 +201,7 @@ class AdaptiveLimit:
         if current == self.current:
             return None
         self.current = current
-        change = LimitChange(at, current * replicas, why)
+        change = LimitChange(at, self.samples_total, current * replicas, why)
         self.history.append(change)
         return change
 
@@ -281,7 +283,9 @@ class AdaptiveLimit:
             "ceiling": self.ceiling * replicas,
             "per_replica": self.current,
             "share": max(1, whole // max(1, proxy_replicas)),
-            "history": [{"at": c.at, "limit": c.limit, "reason": c.reason} for c in self.history],
+            "history": [
+                {"at": c.at, "samples": c.samples, "limit": c.limit, "reason": c.reason} for c in self.history
+            ],
             "latencies": latencies,
         }
 
