@@ -4,8 +4,8 @@ learned from the latencies tokenyard measures on every answer.
 Why this shape, after reading the field's limiters:
 
 - Netflix's ``Gradient2Limit`` and ``VegasLimit`` and Envoy's adaptive concurrency filter infer congestion
-  from latency *relative to a no-load baseline* (``gradient = rtt_noload / rtt``; Envoy re-measures the
-  baseline by pinning concurrency to a handful of requests every few minutes). Their goal is "no queue".
+  from latency *relative to a no-load baseline* (``gradient = rtt_noload / rtt``; Envoy re-measures its
+  minRTT periodically by letting only a very low number of requests through). Their goal is "no queue".
   Ours is different: the SLA states absolute targets, and a GPU is cheapest run as full as the SLA allows.
   A baseline probe that drains a GPU to 3 streams costs real money, and "latency rose" says nothing about
   whether 30 tokens/s per stream still holds.
@@ -15,24 +15,23 @@ Why this shape, after reading the field's limiters:
 
 So this is a gradient limiter whose reference is the SLA target instead of a measured baseline. The model
 it leans on is how engines batch: past the knee, continuous batching shares an aggregate decode rate among
-the running streams, so a stream's rate × the concurrency it ran at estimates the aggregate, and the
+the running streams, so the concurrency streams ran at × their rate estimates the aggregate, and the
 concurrency at which the SLA's low tail still meets the target is that aggregate ÷ the target. Per window
 of ``window_samples`` answers (count-based: no clock), for each target the SLA gives:
 
-- per-stream rate: ``estimate = P_low(concurrency_i × rate_i) / (target × (1 + margin))``, ``P_low`` the
-  SLA percentile's low tail (p5 for a p95 SLA) — exactly the concurrency at which that share of the window's
-  streams would have run below the target;
+- per-stream rate: ``estimate = mean concurrency × P_low(rate) / (target × (1 + margin))``, ``P_low`` the
+  SLA percentile's low tail (p5 for a p95 SLA), over the streams that ran near the limit (below the knee a
+  stream runs at the engine's per-stream maximum and rate × concurrency underestimates the aggregate);
 - time to first token (no such law; queueing and prefill grow it): ``estimate = mean concurrency ×
   (target ÷ (1 + margin)) / P_high(ttft)`` (Envoy's ``limit × target / sample``); for ttft = floor + slope ×
   concurrency its fixed point is exactly where ttft meets the target, reached monotonically.
 
-The limit moves to the lowest estimate with Gradient2's guards: a window may cut it by at most
-``max_shrink`` (an outlier window must not shed half the traffic twice over), it grows by at most
-``max_growth`` a window and only when the limit was pressed (the window's mean concurrency near it: a limit
-nobody reaches says nothing about what lies above it, Gradient2's "app limited" check), and an estimate only
-shrinks the limit when its own target is at risk (below the knee, a stream runs at the engine's per-stream
-maximum and rate × concurrency underestimates the aggregate). The margin puts the steady state just under
-the SLA; floor 1, ceiling ``max_concurrency``.
+The limit moves to the lowest estimate with Gradient2's guards: half way (its smoothing: one window's
+percentile is noisy) unless the window breached twice the SLA's allowance; at most ``max_shrink`` down in
+one window (an outlier window must not shed half the traffic twice over); up by at most ``max_growth`` and
+only after a window in which routing held the whole limit (a limit nobody reaches says nothing about what
+lies above it: Gradient2's "app limited" check); and an estimate only lowers the limit when its own target
+is at risk. The margin puts the steady state just under the SLA; floor 1, ceiling ``max_concurrency``.
 
 Everything is per engine replica (a sample's concurrency ÷ the backend's replicas): the whole backend's limit
 follows its replicas when they change, as ``max_concurrency`` does. Pure: times come in the samples.
