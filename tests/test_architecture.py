@@ -144,6 +144,7 @@ PURE = (
     "advisor/service.py",
     "advisor/plot.py",
     "capacity/envelope.py",
+    "capacity/limiter.py",
     "wire/openai.py",
     "wire/sse.py",
     "capacity/desired.py",

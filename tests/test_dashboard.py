@@ -51,7 +51,9 @@ async def proxy(tmp_path: Path) -> AsyncIterator[ProxyProcess]:
             "server": {"admin_key": ADMIN_KEY},
             "meter": {"store": sqlite_url(tmp_path / "meter.sqlite3"), "flush_interval_s": 0.2},
             "backends": {
-                "ded": backend("dedicated", sims["ded"].base_url, max_concurrency=2),
+                "ded": backend(
+                    "dedicated", sims["ded"].base_url, max_concurrency=2, sla={"min_stream_tokens_per_s": 30}
+                ),
                 "api": backend(
                     "serverless", sims["api"].base_url, prices={"input_per_1m": 1.0, "output_per_1m": 2.0}
                 ),
@@ -170,6 +172,10 @@ async def test_the_dashboard_shows_live_numbers_that_agree_with_the_usage_api(pr
                 "document.getElementById('queue').textContent.includes('answered via idle dedicated')"
             )
             assert "ded" in await page.inner_text("#dedicated")
+            limits = await page.inner_text("#limits")  # too few answers for a window: still at its ceiling
+            assert "ded" in limits
+            assert "≥ 30 tok/s at p95" in limits
+            assert "none yet: at its ceiling" in limits
 
             advice = await admin(proxy, "/admin/advice", fresh="1")
             [workload] = advice["workloads"]

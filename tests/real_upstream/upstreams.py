@@ -158,13 +158,14 @@ def litellm_upstream(folder: Path) -> Upstream:
     return Upstream("litellm", args, port, folder / "litellm.log", "/health/liveliness", env)
 
 
-def llama_upstream(folder: Path, *, embeddings: bool = False) -> Upstream:
-    """llama.cpp's llama-server on SmolLM2-135M-Instruct: small context, one thread, one slot per request;
-    the chat one serves its Prometheus ``/metrics``."""
+def llama_upstream(folder: Path, *, embeddings: bool = False, parallel: int = 2) -> Upstream:
+    """llama.cpp's llama-server on SmolLM2-135M-Instruct: small context, one thread, ``parallel`` slots (the
+    requests it decodes as one batch; the context is split among them); the chat one serves its Prometheus
+    ``/metrics``."""
     port = free_port()
     name = "llama-embed" if embeddings else "llama"
     args = [str(LLAMA_SERVER), "-m", str(SMOLLM2), "--host", "127.0.0.1", "--port", str(port)]
-    args += ["-c", "2048", "-t", "1", "-np", "2", "--no-webui", "--log-disable"]
+    args += ["-c", str(1024 * parallel), "-t", "1", "-np", str(parallel), "--no-webui", "--log-disable"]
     if embeddings:
         args += ["--embeddings", "--pooling", "mean"]
     else:

@@ -24,6 +24,13 @@ def test_dedicated_streams_share_the_aggregate_up_to_the_per_stream_cap() -> Non
     assert [stream_rate_per_s(config, n) for n in (0, 1, 4, 8)] == [100, 100, 100, 50]
 
 
+def test_capacity_scale_multiplies_the_shared_aggregate_not_the_per_stream_cap() -> None:
+    config = SimulatorConfig(mode="dedicated", tokens_per_s=100, aggregate_tokens_per_s=400)
+    assert [stream_rate_per_s(config, n, 0.5) for n in (1, 2, 4, 8)] == [100, 100, 50, 25]
+    assert stream_rate_per_s(config, 1, 3.0) == 100
+    assert stream_rate_per_s(SimulatorConfig(tokens_per_s=50), 8, 0.5) == 50  # serverless: no shared pool
+
+
 def test_ttft_is_fixed_when_dedicated_and_jittered_around_the_mean_when_serverless() -> None:
     rng = random.Random(0)
     assert sample_ttft_s(SimulatorConfig(mode="dedicated", ttft_ms=30), rng) == 0.03

@@ -3,8 +3,13 @@ their stats and change their faults over the control API (``/sim/*``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -51,6 +56,36 @@ async def simulators(**configs: SimulatorConfig) -> AsyncIterator[dict[str, Simu
         yield servers
 
 
+@dataclass(frozen=True)
+class SimulatorProcess:
+    """A simulator in a process of its own (``python -m tokenyard.simulator``)."""
+
+    base_url: str
+    port: int
+
+
+@contextlib.asynccontextmanager
+async def simulator_process(*options: str) -> AsyncIterator[SimulatorProcess]:
+    """A simulator in its own process, started with these command-line options (``--mode dedicated`` …).
+
+    For tests whose verdict rests on the simulator's pacing (tokens/s per stream): in the test's loop, the
+    clients' own work delays its timers and the engine looks slower than its model."""
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tokenyard.simulator", "--port", "0", *options),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
+        match = re.search(r"listening on (http://127\.0\.0\.1:(\d+)/v1)", line)
+        assert match, line
+        yield SimulatorProcess(match[1], int(match[2]))
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.communicate(), timeout=15)
+
+
 async def sim_stats(sim: SimulatorServer) -> dict[str, Any]:
     """A simulator's live counters, over its control API."""
     async with httpx.AsyncClient() as http:
@@ -67,7 +102,7 @@ async def sim_requests(sim: SimulatorServer, limit: int = 50) -> list[dict[str, 
         return got
 
 
-async def set_faults(sim: SimulatorServer, **faults: Any) -> None:
+async def set_faults(sim: SimulatorServer | SimulatorProcess, **faults: Any) -> None:
     """Replace a simulator's live faults."""
     async with httpx.AsyncClient() as http:
         (await http.post(f"http://127.0.0.1:{sim.port}/sim/faults", json=faults)).raise_for_status()

@@ -19,9 +19,11 @@ class LatencySample:
     prompt_tokens: int
     completion_tokens: int
     streamed: bool
-    # Requests in flight on the backend when this one was admitted, itself included, across every proxy
-    # replica (this replica's count × the live replicas, or the engine's own count when it is fresh).
+    # Requests in flight on the backend while this one ran, itself included, across every proxy replica
+    # (this replica's count × the live replicas, or the engine's own count when it is fresh): the larger of
+    # the counts at its admission and at its end (a stream admitted as load ramps up counts the load it met).
     concurrency: int
+    ended_at: float = 0.0  # wall clock (unix s) at the answer's end: dates the limit's changes
 
     @property
     def stream_tokens_per_s(self) -> float | None:

@@ -14,6 +14,7 @@ from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
 from tokenyard.capacity.engine import EngineState
 from tokenyard.capacity.envelope import Recorder
+from tokenyard.capacity.limiter import AdaptiveLimit
 from tokenyard.capacity.observed import LatencySample
 from tokenyard.capacity.settings import metrics_url_for
 from tokenyard.config import BackendConfig, TokenyardConfig
@@ -46,17 +47,40 @@ class Backend:
     cluster_size: int = 1  # proxy replicas alive on the shared store: each takes its share of the caps
     envelope: Recorder | None = None  # dedicated kinds: the measured envelope's counts (capacity/envelope.py)
     engine: EngineState | None = None  # its engine's own metrics, when it has a metrics_url
+    # With an ``sla``: the concurrency per replica that meets it, learned from answers (else a fixed cap).
+    limit: AdaptiveLimit | None = None
 
     @property
     def max_concurrency(self) -> int | None:
-        """This replica's in-flight cap now: the backend's cap (a dedicated backend's per-replica cap times
-        its replicas) divided among the live proxy replicas, at least 1."""
+        """This replica's in-flight cap now: the backend's cap (a dedicated backend's per-replica cap, or the
+        limit learned from its SLA, times its replicas) divided among the live proxy replicas, at least 1."""
         cap = self.config.max_concurrency
         if cap is None:
             return None
+        if self.limit is not None:
+            cap = self.limit.current
         if self.config.kind == "dedicated":
             cap *= self.replicas
         return max(1, cap // self.cluster_size)
+
+    @property
+    def observed(self) -> bool:
+        """Whether anything reads this backend's answered requests (the proxy builds no sample otherwise)."""
+        return self.limit is not None or self.envelope is not None
+
+    @property
+    def engine_replicas(self) -> int:
+        """Engine replicas behind the backend: a dedicated one's provisioned replicas, else one endpoint."""
+        return self.replicas if self.config.kind == "dedicated" else 1
+
+    def observe(self, sample: LatencySample) -> None:
+        """One request this backend answered: feeds its SLA limit and its measured envelope (no I/O)."""
+        if self.envelope is not None:
+            self.envelope.observe(sample, self.engine_replicas)
+        if self.limit is not None:
+            change = self.limit.observe(sample, self.engine_replicas)
+            if change is not None:
+                log.info("backend %s: concurrency limit %d (%s)", self.name, change.limit, change.reason)
 
     def set_cluster_size(self, live: int) -> None:
         """``live`` proxy replicas share this backend now: caps and rate limits are split among them.
@@ -123,11 +147,6 @@ class Backend:
                 "backend %s out for %.1f s after %s", self.name, self.breaker.cooling_for_s(now), reason
             )
 
-    def observe(self, sample: LatencySample) -> None:
-        """One request this backend answered, as measured: it feeds the capacity state (no I/O)."""
-        if self.envelope is not None:
-            self.envelope.observe(sample, self.replicas if self.config.kind == "dedicated" else 1)
-
     def record_success(self, ticket: Ticket) -> None:
         """Tell the circuit breaker the backend answered well."""
         if self.breaker.on_success(ticket):
@@ -177,6 +196,7 @@ async def open_backends(
                 batch_api=batch_api,
                 envelope=Recorder(bc.sla) if bc.kind in ("dedicated", "dedicated_serverless") else None,
                 engine=_engine_state(bc, base_url),
+                limit=AdaptiveLimit(bc.sla, bc.max_concurrency) if bc.sla and bc.max_concurrency else None,
             )
         yield backends
 

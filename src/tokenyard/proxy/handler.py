@@ -293,23 +293,20 @@ class Proxy:
             exchange.tried.add(backend.name)
             exchange.attempts += 1
             ticket = backend.admit(now)  # in flight from here: the finally below counts it out
-            admitted_with = backend.in_flight  # ENVELOPE (minimal sample; reconcile with LIMITER's)
+            in_flight = backend.in_flight  # this request included: the concurrency it runs at
             try:
                 await backend.take_rate(tokens)
                 upstream_body = _body_for(backend, body, exchange, strip_usage)
                 headers = [*id_header, *_route_headers(backend, choice, exchange.attempts)]
                 exchange.backend, exchange.route = backend, choice.reason
-                sent_s = self.clock()  # ENVELOPE: TTFT counts from here, not from the client's arrival
+                # Only a backend something learns from pays for the clock reads and the sample.
+                observed = backend.observed
+                sent_s = self.clock() if observed else 0.0
                 await self._forward(
                     send, endpoint, backend, ticket, upstream_body, stream, strip_usage, headers, exchange
                 )
-                # ENVELOPE (minimal; LIMITER builds the shared sample): only backends with a consumer pay.
-                if backend.envelope is not None and exchange.status == 200:
-                    sample = _latency_sample(
-                        exchange, sent_s, self.clock(), admitted_with * backend.cluster_size
-                    )
-                    if sample is not None:
-                        backend.observe(sample)
+                if observed:
+                    self._observe(backend, exchange, sent_s, in_flight)
                 return
             except UpstreamError as exc:
                 exchange.backend = None
@@ -333,6 +330,28 @@ class Proxy:
                 raise
             finally:
                 backend.in_flight -= 1
+
+    def _observe(self, backend: Backend, exchange: Exchange, sent_s: float, in_flight: int) -> None:
+        """Hand the backend what its whole answer measured, timed from when the request went to *it* (an
+        earlier attempt that failed over is not this backend's latency); ``in_flight``: at its admission
+        (it is still counted in now)."""
+        tap = exchange.tap
+        if exchange.status != 200 or exchange.ttfb_s is None or (tap is not None and not tap.done):
+            return  # failed or cut short: no whole answer to measure
+        end_s = self.clock()
+        usage = exchange.usage()
+        backend.observe(
+            LatencySample(
+                ttft_s=max(0.0, exchange.started_s + exchange.ttfb_s - sent_s),
+                latency_s=max(0.0, end_s - sent_s),
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                streamed=tap is not None,
+                # Each proxy replica carries its share: the backend as a whole runs about this many.
+                concurrency=max(in_flight, backend.in_flight) * backend.cluster_size,
+                ended_at=self.wall(),
+            )
+        )
 
     async def _forward(
         self,
@@ -439,24 +458,6 @@ class Proxy:
         backend.record_success(ticket)
         await send({"type": "http.response.body", "body": last + tap.rest()})
         return tap.done
-
-
-def _latency_sample(
-    exchange: Exchange, sent_s: float, now_s: float, concurrency: int
-) -> LatencySample | None:
-    """ENVELOPE (minimal, to reconcile with LIMITER's): the answered request as the capacity room sees it,
-    timed from when it was sent to the backend that answered (failed attempts before do not count)."""
-    if exchange.ttfb_s is None:
-        return None
-    usage = exchange.usage()
-    return LatencySample(
-        ttft_s=max(0.0, exchange.started_s + exchange.ttfb_s - sent_s),
-        latency_s=max(0.0, now_s - sent_s),
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        streamed=exchange.tap is not None,
-        concurrency=concurrency,
-    )
 
 
 def _text(value: bytes | None) -> str | None:

@@ -28,11 +28,13 @@ def sample_ttft_s(config: SimulatorConfig, rng: random.Random) -> float:
     return base_s * math.exp(sigma * rng.gauss(0.0, 1.0) - sigma * sigma / 2.0)
 
 
-def stream_rate_per_s(config: SimulatorConfig, active_streams: int) -> float:
-    """Tokens per second one stream decodes at while ``active_streams`` generate at once."""
+def stream_rate_per_s(config: SimulatorConfig, active_streams: int, capacity_scale: float = 1.0) -> float:
+    """Tokens per second one stream decodes at while ``active_streams`` generate at once, with the aggregate
+    scaled by ``capacity_scale`` (the live fault)."""
     if config.mode == "serverless":
         return config.tokens_per_s
-    return min(config.tokens_per_s, config.aggregate_tokens_per_s / max(1, active_streams))
+    aggregate = config.aggregate_tokens_per_s * capacity_scale
+    return min(config.tokens_per_s, aggregate / max(1, active_streams))
 
 
 class Slots:

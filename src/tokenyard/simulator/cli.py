@@ -40,6 +40,7 @@ _FAULT_OPTIONS: tuple[_Option, ...] = (
     ("retry_after_s", float, "SECONDS", "Retry-After of injected 429s"),
     ("first_byte_delay_ms", float, "MS", "extra delay before response headers"),
     ("cut_stream_after_chunks", int, "N", "drop streams after N content chunks (default: never)"),
+    ("capacity_scale", float, "FACTOR", "dedicated: multiply the aggregate decode rate (0.5 halves it)"),
     ("batch_error_rate", float, "FRACTION", "fraction of batch lines answered with --error-status"),
     ("batch_expire_after_s", float, "SECONDS", "expire batches this long after creation (default: 24h)"),
 )

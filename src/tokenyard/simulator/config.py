@@ -49,6 +49,9 @@ class FaultConfig(BaseModel):
     linger_after_done_s: float | None = Field(default=None, ge=0.0)
     """Keep a stream's response open this long after ``data: [DONE]`` before ending its body, unless the
     client leaves first (then the stream counts as cancelled)."""
+    capacity_scale: float = Field(default=1.0, gt=0.0, le=100.0)
+    """Dedicated only: multiplies ``aggregate_tokens_per_s`` from now on, streams already running included (a
+    GPU throttling, a noisy neighbour on a shared engine): 0.5 halves what the active streams share."""
     batch_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     """Fraction of batch lines answered with ``error_status`` (in the error file), drawn from an RNG seeded
     per batch. Batches take their faults when they are created."""

@@ -228,7 +228,8 @@ def _cut(state: SimulatorState) -> None:
 def _rate_source(state: SimulatorState) -> Callable[[], float]:
     """The current per-stream decode rate, read afresh at every token."""
     config, slots = state.config, state.slots
-    return lambda: stream_rate_per_s(config, slots.in_flight)
+    # state.faults is read at every token: a new capacity_scale reaches the streams already running.
+    return lambda: stream_rate_per_s(config, slots.in_flight, state.faults.capacity_scale)
 
 
 async def _embed(state: SimulatorState, plan: EmbeddingPlan, send: Send) -> None:

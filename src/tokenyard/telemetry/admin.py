@@ -243,11 +243,11 @@ class AdminApi:
             }
             if name in self.meter.dedicated:
                 item["replicas"] = self.meter.replicas(name)
+            capacity = item["capacity"] = _capacity(backend)
             if backend.envelope is not None:
-                capacity = item.setdefault("capacity", {})
                 capacity["envelope"] = self.envelope_of(name, backend)
             if backend.engine is not None:
-                item.setdefault("capacity", {})["engine"] = backend.engine.to_json(self.clock())
+                capacity["engine"] = backend.engine.to_json(self.clock())
             data.append(item)
         await wire.send_json(send, 200, {"object": "list", "data": data})
 
@@ -304,6 +304,16 @@ class AdminApi:
                 "shared": shared,  # False: the store is off or away; this replica only
             },
         )
+
+
+def _capacity(backend: Backend) -> dict[str, Any]:
+    """What tokenyard learned of a backend's capacity: its SLA and the limit learned from it."""
+    capacity: dict[str, Any] = {}
+    sla, limit = backend.config.sla, backend.limit
+    if sla is not None and limit is not None:
+        capacity["sla"] = sla.model_dump(exclude_none=True)
+        capacity["limit"] = limit.to_json(backend.engine_replicas, backend.cluster_size)
+    return capacity
 
 
 def _query(scope: wire.Scope) -> dict[str, str]:

@@ -53,6 +53,7 @@ class TokenyardCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._usage()
         yield from self._backend_state()
+        yield from self._sla_limits()
         yield from self._meter_health()
         yield from self._advice()
         yield from self._async_track()
@@ -276,6 +277,42 @@ class TokenyardCollector(Collector):
                 [name], dedicated.local_gpu_ms / 3_600_000 * dedicated.pusd_per_gpu_hour / PUSD_PER_USD
             )
         yield from (in_flight, cap, utilization, up, failures, replicas, gpu_seconds, gpu_cost)
+
+    def _sla_limits(self) -> Iterator[Metric]:
+        """The concurrency limits learned from the backends' SLAs, and the latencies of their last window."""
+        limit = GaugeMetricFamily(
+            "tokenyard_backend_concurrency_limit",
+            "In-flight limit learned from the SLA, whole backend (every proxy replica together).",
+            labels=["backend"],
+        )
+        ttft = GaugeMetricFamily(
+            "tokenyard_backend_ttft_p95_seconds",
+            "Time to first token at the SLA's percentile, over the limiter's last window.",
+            labels=["backend"],
+        )
+        rate = GaugeMetricFamily(
+            "tokenyard_backend_stream_tokens_per_second",
+            "Per-stream decode rate in the limiter's last window: the SLA percentile's low tail, the median.",
+            labels=["backend", "quantile"],
+        )
+        for name, backend in self._backends.items():
+            learned = backend.limit
+            if learned is None:
+                continue
+            limit.add_metric([name], learned.current * backend.engine_replicas)
+            window = learned.last_window
+            if window is None:
+                continue
+            if window.ttft_ms is not None:
+                ttft.add_metric([name], window.ttft_ms / 1000)
+            low_tail = f"{round(1 - learned.sla.percentile / 100, 4):g}"
+            for quantile, value in (
+                (low_tail, window.stream_tokens_per_s_low),
+                ("0.5", window.stream_tokens_per_s_median),
+            ):
+                if value is not None:
+                    rate.add_metric([name, quantile], value)
+        yield from (limit, ttft, rate)
 
     def _meter_health(self) -> Iterator[Metric]:
         meter = self._meter

@@ -93,6 +93,20 @@ function dedicated(usage, cap) {
       d.engine == null ? "–" : `${d.engine.waiting_mean == null ? "–" : d.engine.waiting_mean.toFixed(1)} / ${pct(d.engine.kv_cache_usage_mean)}`]));
 }
 
+function limits(backends) {  // the backends with an sla: the limit learned from it and the latencies behind it
+  const sla = (s) => [s.ttft_p95_ms && `TTFT ≤ ${num(s.ttft_p95_ms)} ms`,
+    s.min_stream_tokens_per_s && `≥ ${num(s.min_stream_tokens_per_s)} tok/s`].filter(Boolean).join(", ") + ` at p${s.percentile}`;
+  const fixed = (x, digits, unit) => x == null ? "–" : x.toFixed(digits) + unit;
+  table("limits", ["backend", "SLA", "limit / ceiling", "in flight", "TTFT (SLA percentile)", "tok/s per stream (low tail)", "breached", "last change"],
+    backends.data.filter((b) => b.capacity && b.capacity.limit).map((b) => {
+      const l = b.capacity.limit, w = l.latencies, last = l.history[l.history.length - 1];
+      return [esc(b.name), esc(sla(b.capacity.sla)), `<b>${num(l.current)}</b> / ${num(l.ceiling)}`, num(b.in_flight),
+        fixed(w.ttft_p95_ms, 0, " ms"), fixed(w.stream_tokens_per_s_p5, 1, ""), w.breached_share == null ? "–" : pct(w.breached_share),
+        last ? `${esc(last.reason)} <span class="muted">(${new Date(last.at * 1000).toLocaleTimeString()})</span>`
+          : '<span class="muted">none yet: at its ceiling</span>'];
+    }));
+}
+
 function queue(q) {
   if (!q.enabled) { table("queue", ["async track"], [["off (it needs a meter store)"]]); return; }
   const paths = Object.keys(q.answered_by_path).sort();
@@ -213,6 +227,7 @@ async function refresh() {
     spendChart(minute.data, spendBy(), spendPeriod());
     dims.forEach((d, i) => byDimension(d, byDim[i]));
     dedicated(total, total.utilization_cap);
+    limits(backends);
     queue(q);
     capacity(backends);
     advice(doc);
