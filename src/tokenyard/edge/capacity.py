@@ -82,6 +82,18 @@ def envelope_source(keeper: EnvelopeKeeper, backends: Mapping[str, Backend]) -> 
     return measured
 
 
+def learned_limit(backends: Mapping[str, Backend]) -> Callable[[str], int | None]:
+    """A backend's concurrency limit per replica as learned from its SLA (None: it has no SLA, or its limit
+    has not moved from the configured ceiling yet, which is the starting point, not a measurement)."""
+
+    def per_replica(name: str) -> int | None:
+        backend = backends.get(name)
+        limit = backend.limit if backend is not None else None
+        return limit.current if limit is not None and limit.history else None
+
+    return per_replica
+
+
 def capacity_sources(
     live: LiveConfig,
     backends: Mapping[str, Backend],

@@ -40,7 +40,7 @@ from tokenyard.capacity.planner import CapacityPlanner
 from tokenyard.capacity.scraper import EngineScraper, OnSnapshot
 from tokenyard.capacity.truth import engine_metering
 from tokenyard.config import TokenyardConfig
-from tokenyard.edge.capacity import envelope_source, replicas_applier, start_capacity
+from tokenyard.edge.capacity import envelope_source, learned_limit, replicas_applier, start_capacity
 from tokenyard.edge.cluster import Membership
 from tokenyard.edge.reload import Reloader
 from tokenyard.live import LiveConfig
@@ -180,6 +180,7 @@ async def start_runtime(
             replica=replica,
             wall=wall,
             measured=envelope_source(envelope, backends) if envelope is not None else None,
+            learned_limit=learned_limit(backends),
         )
     admin = AdminApi(
         live,
