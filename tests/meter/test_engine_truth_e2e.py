@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -30,7 +30,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 MODEL = "llama"
 
 
-def engine_sim(profile: str = "vllm") -> SimulatorConfig:
+def engine_sim(profile: Literal["vllm", "sglang"] = "vllm") -> SimulatorConfig:
     """A dedicated engine serving ``/metrics`` in vLLM's (or SGLang's) names."""
     return SimulatorConfig(mode="dedicated", max_concurrency=8, metrics_profile=profile, **FAST_UPSTREAM)
 
@@ -85,11 +85,11 @@ async def through_tokenyard(proxy: ProxyProcess, requests: int) -> int:
     tokens = 0
     async with proxy.client() as sdk:
         for i in range(requests):
-            messages = [{"role": "user", "content": f"through tokenyard, request {i} of {requests}"}]
+            messages: Any = [{"role": "user", "content": f"through tokenyard, request {i} of {requests}"}]
             if i % 2:
                 stream = await sdk.chat.completions.create(
                     model=MODEL,
-                    messages=messages,  # type: ignore[arg-type]
+                    messages=messages,
                     max_tokens=3 + i,
                     stream=True,
                     stream_options={"include_usage": True},
@@ -98,11 +98,7 @@ async def through_tokenyard(proxy: ProxyProcess, requests: int) -> int:
                     if chunk.usage is not None:
                         tokens += chunk.usage.total_tokens
             else:
-                answer = await sdk.chat.completions.create(
-                    model=MODEL,
-                    messages=messages,  # type: ignore[arg-type]
-                    max_tokens=3 + i,
-                )
+                answer = await sdk.chat.completions.create(model=MODEL, messages=messages, max_tokens=3 + i)
                 assert answer.usage is not None
                 tokens += answer.usage.total_tokens
     return tokens
