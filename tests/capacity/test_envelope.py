@@ -222,16 +222,90 @@ def test_the_summary_has_the_whole_curve_its_capacity_and_each_shape() -> None:
     assert envelope.summary(recorder.peek(), None, 64)["capacity"] is None  # no SLA: a curve, no capacity
 
 
-def test_backend_capacity_reads_the_stored_document() -> None:
+def test_the_stored_document_is_read_once_for_curve_capacity_and_learned_limit() -> None:
     recorder = Recorder(SLA)
     record(recorder, {5: 50, 10: 50, 20: 50, 25: 20})
     doc = envelope.merge_document(None, {"a": recorder.take()}, now_wall=0)
-    cap = envelope.backend_capacity(doc, "a", SLA, 64)
+    stored = envelope.backend_envelope(doc, "a", SLA, 64)
+    assert [p.level for p in stored.points] == [5, 10, 20, 25]
+    assert stored.capacity is not None
+    assert stored.capacity.aggregate_tokens_per_s == pytest.approx(600)
+    assert stored.learned_limit is None
+    assert envelope.backend_envelope(doc, "b", SLA, 64) == envelope.Stored([], None, None)
+    no_sla = envelope.backend_envelope(doc, "a", None, 64)
+    assert (len(no_sla.points), no_sla.capacity) == (4, None)  # a curve to draw, no capacity
+    assert envelope.backend_envelope(None, "a", SLA, 64) == envelope.Stored([], None, None)
+    assert envelope.backend_envelope({"format": 1, "backends": doc["backends"]}, "a", SLA, 64).points == []
+
+
+def test_each_merge_records_the_learned_limits_dated_and_keeps_the_others() -> None:
+    recorder = Recorder(SLA)
+    record(recorder, {5: 2})
+    doc = envelope.merge_document(None, {"a": recorder.take()}, now_wall=10.0, limits={"a": 18, "b": 7})
+    record(recorder, {5: 1})
+    doc = envelope.merge_document(doc, {"a": recorder.take()}, now_wall=20.0, limits={"a": 17})
+    assert doc["limits"] == {"a": {"per_replica": 17, "at": 20.0}, "b": {"per_replica": 7, "at": 10.0}}
+    assert (envelope.stored_limit(doc, "a"), envelope.stored_limit(doc, "b")) == (17, 7)
+    assert envelope.stored_limit(doc, "c") is None
+    assert envelope.backend_envelope(doc, "a", SLA, 64).learned_limit == 17
+    for garbage in ({"a": {"per_replica": "17"}}, {"a": {"per_replica": True}}, {"a": 17}, [17]):
+        assert envelope.stored_limit({"format": envelope.FORMAT, "limits": garbage}, "a") is None
+    assert "limits" not in envelope.merge_document(None, {"a": {}}, now_wall=0)
+
+
+def test_a_learned_limit_below_the_ceiling_is_the_knee() -> None:
+    # 600 tok/s shared: every level up to 20 meets 30 tok/s per stream, and no level above was seen (the
+    # limiter kept the load off it). Alone the curve is a lower bound; the limiter, holding 15 per replica
+    # because c=16 breached, puts the knee at 16: capacity at c=15, 15 × 40 = 600 tok/s.
+    recorder = Recorder(SLA)
+    record(recorder, {5: 50, 10: 50, 15: 50, 20: 50})
+    points = envelope.curve(recorder.peek().items())
+    alone = envelope.capacity(points, ceiling=64)
+    assert alone is not None
+    assert (alone.concurrency, alone.enough) == (20, False)
+    held = envelope.capacity(points, ceiling=64, learned_limit=15)
+    assert held is not None
+    assert (held.concurrency, held.aggregate_tokens_per_s, held.stream_tokens_per_s) == (15, 600, 40)
+    assert held.enough is True
+    assert held.why == "knee at c=16: the SLA limiter holds 15 per replica (ceiling 64)"
+    # A limit back at its ceiling is no evidence; a breaching level below the limit is the lower knee.
+    assert envelope.capacity(points, ceiling=20, learned_limit=20) == envelope.capacity(points, ceiling=20)
+    for _ in range(20):
+        recorder.observe(streamed(12, 10.0), 1)
+    lower = envelope.capacity(envelope.curve(recorder.peek().items()), ceiling=64, learned_limit=15)
+    assert lower is not None
+    assert (lower.concurrency, lower.why) == (10, "knee at c=12")
+
+
+def test_a_constant_load_held_at_the_limit_without_a_breach_is_enough() -> None:
+    # The reviewer's scenario: 600 tok/s, SLA 30 tok/s per stream; more clients than the limit, so the
+    # limiter holds every replica at 18 (just under 20, its margin) and nothing breaches. The answers land
+    # at c=18 (a few at 19: a stream counts the larger of its admission's and its end's in-flight count).
+    # One level, no breaching level: before, never enough. Now the learned limit 18 is the knee's evidence:
+    # capacity at c=18, 18 × 600/18 = 600 tok/s, enough once c=18 alone holds 3 × 50 = 150 samples.
+    recorder = Recorder(SLA)
+    record(recorder, {18: 149, 19: 30})
+    short = envelope.capacity(envelope.curve(recorder.peek().items()), ceiling=64, learned_limit=18)
+    assert short is not None
+    assert (short.concurrency, short.enough, short.why) == (18, False, "1 of 3 levels with 50+ samples")
+    record(recorder, {18: 1})
+    cap = envelope.capacity(envelope.curve(recorder.peek().items()), ceiling=64, learned_limit=18)
     assert cap is not None
-    assert cap.aggregate_tokens_per_s == pytest.approx(600)
-    assert envelope.backend_capacity(doc, "b", SLA, 64) is None
-    assert envelope.backend_capacity(doc, "a", None, 64) is None
-    assert envelope.backend_capacity(None, "a", SLA, 64) is None
+    assert (cap.concurrency, cap.aggregate_tokens_per_s, cap.enough) == (18, pytest.approx(600), True)
+    assert cap.why == "knee at c=19: the SLA limiter holds 18 per replica (ceiling 64)"
+
+
+def test_held_at_the_limit_it_stays_enough_however_long_it_runs() -> None:
+    # Merged every 1,000 answers and decayed past 20,000 samples (halving every sum), for 60,000 answers:
+    # the level at the limit keeps thousands of samples, so decay never takes "enough" away.
+    doc = None
+    for _ in range(60):
+        recorder = Recorder(SLA)
+        record(recorder, {18: 990, 19: 10})
+        doc = envelope.merge_document(doc, {"a": recorder.take()}, now_wall=0, limits={"a": 18})
+        cap = envelope.backend_envelope(doc, "a", SLA, 64).capacity
+        assert cap is not None
+        assert (cap.concurrency, cap.enough) == (18, True)
 
 
 samples_strategy = st.lists(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -18,8 +19,12 @@ from tokenyard.advisor.catalog import load_catalog
 from tokenyard.advisor.costs import DedicatedOption
 from tokenyard.advisor.evaluation import evaluate_store
 from tokenyard.capacity import envelope
+from tokenyard.capacity.desired import decide, demand_by_backend
+from tokenyard.capacity.envelope_keeper import EnvelopeKeeper
 from tokenyard.capacity.observed import LatencySample
+from tokenyard.capacity.settings import EnvelopeSettings
 from tokenyard.config import parse_config
+from tokenyard.edge.capacity import envelope_source
 from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch
 from tokenyard.meter.open_store import open_store
 from tokenyard.meter.store import MeterStore
@@ -57,9 +62,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             await opened.aclose()
 
 
-async def meter_one_busy_minute(store: MeterStore) -> None:
-    """72,000 completion tokens in one minute on ``ded``: 1,200 tok/s."""
-    fields = dict.fromkeys(AGG_FIELDS, 0) | {"requests": 600, "completion_tokens": 72_000}
+async def meter_one_busy_minute(store: MeterStore, prompt_tokens: int = 0) -> None:
+    """72,000 completion tokens in one minute on ``ded``: 1,200 tok/s (and ``prompt_tokens``)."""
+    fields = dict.fromkeys(AGG_FIELDS, 0) | {
+        "requests": 600,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": 72_000,
+    }
     key = AggKey(T0, "acme", MODEL, "ded", "dedicated", "realtime")
     await store.write(FlushBatch(uuid.uuid4().hex, {key: fields}, [], []))
 
@@ -121,3 +130,36 @@ async def test_without_enough_envelope_data_the_catalog_stays(store: MeterStore)
     )
     assert label == "dedicated 1 × 1×H100-80GB"
     assert not any("measured envelope" in reason for reason in reasons)
+
+
+async def test_prompts_add_no_load_to_a_capacity_measured_under_them(store: MeterStore) -> None:
+    # A prompt-heavy minute: 5 prompt tokens per completion token (360,000 and 72,000: 6,000 and 1,200
+    # tok/s). The envelope's 600 output tok/s per replica were measured under the real prompts, so their
+    # prefill is already paid for: 1,200 / 600 = 2 replicas, in the advice and in the desired replicas
+    # alike. (The catalog's prefill figure scaled by 600/24,461, 988 tok/s, on top: 6,000 / 988 + 2 = 8.07,
+    # so 9 replicas in the advice against 2 desired.)
+    await meter_one_busy_minute(store, prompt_tokens=360_000)
+    document = envelope.merge_document(None, {"ded": measured_cells()}, now_wall=T0)
+    await store.put_document(envelope.DOCUMENT, orjson.dumps(document))
+
+    label, option, reasons = await advise(store)
+
+    assert option.prompts_included is True
+    assert option.load_of(360_000, 0, 72_000) == pytest.approx(120)  # replica-seconds: completion only
+    assert label == "dedicated 2 × 1×H100-80GB"
+    assert (
+        "1×H100-80GB load counts completion tokens only: its 600 output tok/s per replica were measured "
+        "under the real prompts, whose prefill they pay for"
+    ) in reasons
+
+    keeper = EnvelopeKeeper(store, {}, EnvelopeSettings, replica="r1", wall=lambda: T0)
+    assert await keeper.tick()  # reads the cluster's document
+    backends = {name: SimpleNamespace(config=section) for name, section in CONFIG.backends.items()}
+    estimate = envelope_source(keeper, backends)("ded")  # type: ignore[arg-type]
+    assert estimate is not None
+    assert (estimate.output_tokens_per_s, estimate.input_tokens_per_s) == (pytest.approx(600), None)
+    demand = demand_by_backend(CONFIG, await store.aggregates(T0, T0 + 60))["ded"]
+    desired = decide(
+        "ded", recent=demand, week_ago=[], capacity=estimate, floor=None, bounds=(1, 100), provisioned=1
+    )
+    assert (desired.now, desired.next) == (2, 2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import pytest
 import pytest_asyncio
 
@@ -92,3 +93,35 @@ async def test_the_cluster_capacity_is_read_off_the_merged_curve(store: MeterSto
     assert cap.enough
     assert (cap.concurrency, cap.aggregate_tokens_per_s) == (20, pytest.approx(20 * 60))
     assert one.capacity("ded", None, ceiling=20) is None
+
+
+async def test_each_merge_records_the_learned_limits_for_every_replica_and_the_advisor(
+    store: MeterStore,
+) -> None:
+    limits: dict[str, int] = {}
+    one = EnvelopeKeeper(
+        store,
+        {"ded": envelope.Recorder(SLA)},
+        EnvelopeSettings,
+        replica="r1",
+        wall=lambda: T0,
+        learned_limits=lambda: limits,
+    )
+    two = keeper(store, "r2")  # a replica whose own limit has not moved
+    answer(one, 150, concurrency=4)  # every stream at 60 tok/s (SLA 30): c=4 makes 240 tok/s
+    answer(one, 50, concurrency=3)
+    answer(one, 50, concurrency=2)
+    limits["ded"] = 4  # the limiter holds 4 per replica (of 64): the level above breached
+    assert two.capacity("ded", SLA, 64) is None  # nothing merged yet
+
+    assert await one.tick()
+    stored = orjson.loads(await store.get_document(envelope.DOCUMENT) or b"")
+    assert stored["limits"] == {"ded": {"per_replica": 4, "at": T0}}
+    assert await two.tick()
+    for k in (one, two):
+        cap = k.capacity("ded", SLA, 64)
+        assert cap is not None
+        assert (cap.concurrency, cap.aggregate_tokens_per_s, cap.enough) == (4, pytest.approx(240), True)
+        assert cap.why == "knee at c=5: the SLA limiter holds 4 per replica (ceiling 64)"
+    measured = envelope.backend_envelope(stored, "ded", SLA, 64)  # what the advisor reads
+    assert measured.capacity == one.capacity("ded", SLA, 64)

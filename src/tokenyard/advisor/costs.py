@@ -13,9 +13,11 @@ with a series' ``index``: the work follows the busy minutes, never the window's 
 
 A replica's work in a minute is its *load*: the fraction of one replica-minute at full capacity the tokens
 take (prefill and decode share the GPU, so input and output loads add; a prompt-cache hit costs
-``cached_input_work`` of an uncached token). A replica is usable up to ``utilization_cap`` (the SLA's
-headroom). Work that could wait (the deferrable share) fills idle dedicated capacity up to the same cap for
-free, the rest goes to the batch price — or to the real-time per-token price when there is no batch API.
+``cached_input_work`` of an uncached token), or, for a capacity measured under the real prompts (the
+measured envelope: ``prompts_included``), its completion tokens alone. A replica is usable up to
+``utilization_cap`` (the SLA's headroom). Work that could wait (the deferrable share) fills idle dedicated
+capacity up to the same cap for free, the rest goes to the batch price — or to the real-time per-token
+price when there is no batch API.
 Idle filling is counted over the whole window, which assumes deadlines (24 h by default) long enough to
 move work into the idle hours.
 """
@@ -50,6 +52,10 @@ class DedicatedOption:
     # The share of its capacity a replica may be run at; None: the advisor's utilization_cap. A capacity
     # measured at the SLA (the envelope) already has the SLA's headroom in it: 1.0.
     utilization_cap: float | None = None
+    # True: ``output_tokens_per_s`` was measured under the real mix of prompts (the envelope), so it already
+    # pays for their prefill: a minute's load is its completion tokens alone, and ``input_tokens_per_s``
+    # is not used. False: the catalog's two-figure model, prompts adding load of their own.
+    prompts_included: bool = False
 
     def cap(self, default: float) -> float:
         """The utilization this replica may be run at: its own, or ``default`` (the advisor's)."""
@@ -67,6 +73,8 @@ class DedicatedOption:
 
     def load_of(self, prompt: float, cached: float, completion: float) -> float:
         """Replica-seconds at full capacity these tokens take."""
+        if self.prompts_included:
+            return completion / self.output_tokens_per_s
         per_input = 1 / self.input_tokens_per_s
         return (
             (prompt - cached) + cached * self.cached_input_work
@@ -74,6 +82,9 @@ class DedicatedOption:
 
     def load(self, series: TokenSeries) -> list[float]:
         """Per stored minute: the fraction of one replica-minute at full capacity that the tokens take."""
+        if self.prompts_included:
+            per_minute = 1 / (self.output_tokens_per_s * 60)
+            return [o * per_minute for o in series.completion]
         per_input = 1 / (self.input_tokens_per_s * 60)
         per_cached = self.cached_input_work * per_input
         per_output = 1 / (self.output_tokens_per_s * 60)

@@ -416,11 +416,7 @@ def _reasons(workload: Workload, advice: Advice, per_token: Candidate | None) ->
             f"{workload.utilization_cap:.0%} for the SLA: the real-time volume does not clear it"
         )
     for option in workload.options:
-        if option.utilization_cap is not None:  # measured at the SLA (the envelope): say so, it changes N
-            out.append(
-                f"{option.label} capacity is the {option.capacity_source}: the SLA is in the measurement, "
-                f"so it runs up to {option.utilization_cap:.0%}, not {workload.utilization_cap:.0%}"
-            )
+        out.extend(_measured_reasons(option, workload.utilization_cap))
     if not workload.options:
         out.append("no replica capacity for this model in the catalog: dedicated was not priced")
     elif not workload.autoscaling.enabled:
@@ -429,6 +425,22 @@ def _reasons(workload: Workload, advice: Advice, per_token: Candidate | None) ->
         out.append(f"{best.label} costs {_pct(best, per_token)} less than {per_token.label}")
     if advice.confidence == "low":
         out.append(f"only {advice.history_days:.1f} days of history: observe a full week before acting")
+    return out
+
+
+def _measured_reasons(option: DedicatedOption, default_cap: float) -> list[str]:
+    """What a capacity measured at the SLA (the envelope) changes, said: it changes N."""
+    out = []
+    if option.utilization_cap is not None:
+        out.append(
+            f"{option.label} capacity is the {option.capacity_source}: the SLA is in the measurement, "
+            f"so it runs up to {option.utilization_cap:.0%}, not {default_cap:.0%}"
+        )
+    if option.prompts_included:  # the figure already pays for the prompts: say why they add nothing
+        out.append(
+            f"{option.label} load counts completion tokens only: its {option.output_tokens_per_s:,.0f} "
+            "output tok/s per replica were measured under the real prompts, whose prefill they pay for"
+        )
     return out
 
 

@@ -98,7 +98,7 @@ def measured_envelopes(config: TokenyardConfig, document: dict[str, Any] | None)
         if name is None:
             continue
         backend = config.backends[name]
-        measured = envelope.backend_capacity(document, name, backend.sla, backend.max_concurrency)
+        measured = envelope.backend_envelope(document, name, backend.sla, backend.max_concurrency).capacity
         if measured is not None:
             out[model] = measured
     return out

@@ -140,12 +140,11 @@ EnvelopeChart = tuple[str, str]  # (file slug, SVG)
 def envelope_charts(config: TokenyardConfig, document: dict[str, Any] | None) -> list[EnvelopeChart]:
     """Per dedicated backend in the stored ``capacity:envelope``: its measured curve, the SLA's per-stream
     floor and the capacity level marked."""
-    stored = (document or {}).get("backends") if (document or {}).get("format") == envelope.FORMAT else None
     charts = []
     for name, backend in config.backends.items():
-        cells = envelope.cells_from_json(stored.get(name)) if isinstance(stored, dict) else {}
         sla = backend.sla
-        points = envelope.curve(cells.items(), sla.percentile if sla else 95.0)
+        stored = envelope.backend_envelope(document, name, sla, backend.max_concurrency)
+        points, capacity = stored.points, stored.capacity
         drawn = [
             (p.level, p.stream_tokens_per_s, p.aggregate_tokens_per_s)
             for p in points
@@ -153,7 +152,6 @@ def envelope_charts(config: TokenyardConfig, document: dict[str, Any] | None) ->
         ]
         if not drawn:
             continue
-        capacity = envelope.capacity(points, backend.max_concurrency) if sla else None
         title = f"{name}: measured envelope ({sum(p.samples for p in points):,.0f} samples)"
         svg = plot.envelope_svg(
             title,

@@ -208,15 +208,15 @@ def from_envelope(option: DedicatedOption, capacity: Capacity) -> DedicatedOptio
     """The option with the capacity its measured envelope shows at the SLA.
 
     The envelope measures output (decode) tokens/s per replica at the largest concurrency that meets the
-    SLA, under the backend's real mix of prompts: that is the replica's output capacity, and its input
-    capacity keeps the catalog's input:output ratio. The SLA is in the measurement, so no utilization cap
-    is applied on top (``utilization_cap`` 1.0).
+    SLA, under the backend's real mix of prompts: their prefill is already in that figure, so the option
+    counts completion tokens alone (``prompts_included``; adding the catalog's prefill load on top would
+    pay for the prompts twice), as the desired replicas do. The SLA is in the measurement, so no
+    utilization cap is applied on top (``utilization_cap`` 1.0).
     """
-    factor = capacity.aggregate_tokens_per_s / option.output_tokens_per_s
     return replace(
         option,
-        input_tokens_per_s=option.input_tokens_per_s * factor,
         output_tokens_per_s=capacity.aggregate_tokens_per_s,
         capacity_source=capacity.describe(),
         utilization_cap=1.0,
+        prompts_included=True,
     )

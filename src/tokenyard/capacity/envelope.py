@@ -1,5 +1,5 @@
 """The measured envelope (pure): what a backend served at each concurrency, per request shape, and the
-capacity per replica that still meets its SLA.
+capacity per engine replica that still meets its SLA.
 
 Every answered request (a ``LatencySample``) lands in one *cell*: (request shape, concurrency level). A
 cell keeps sums only — samples, samples meeting the SLA, TTFT, per-stream tokens/s, concurrency — so the
@@ -8,25 +8,34 @@ the means stay, old data weighs less).
 
 - **Shape**: prompt tokens × completion tokens, in log-spaced buckets (×4 each step, ``INPUT_EDGES`` and
   ``OUTPUT_EDGES``): capacity at an SLO differs by shape far more than a two-figure model allows.
-- **Concurrency level**: requests in flight *per replica* when the sample was admitted (the backend's
-  concurrency ÷ its replicas), rounded up; exact up to 64, then bands of 8 up to 256 and of 32 beyond
-  (``level_of``; a band is named by its top).
+- **Concurrency level**: requests in flight *per engine replica* while the request ran — the sample's
+  concurrency (the larger of the counts at its admission and at its end) ÷ the backend's replicas —
+  rounded up; exact up to 64, then bands of 8 up to 256 and of 32 beyond (``level_of``; a band is named by
+  its top).
 - **The curve**: per level, over every shape, the mean per-stream tokens/s, the aggregate tokens/s (the
   level's mean concurrency × that mean rate: the seed's per-stream vs aggregate trade-off, measured), the
   mean TTFT of its streamed answers, and whether the level meets the SLA: at least the SLA's percentile
   of its samples met the targets (a whole answer, which has no first-token time, by its rate alone).
-- **Capacity per replica**: the aggregate tokens/s at the largest measured level below the *knee* (the
-  lowest level that breaches) that meets the SLA. It counts as *enough data* when that level has at least
-  ``MIN_LEVEL_SAMPLES`` samples, at least ``MIN_LEVELS`` levels do, and the curve reached the knee (a
-  level with ``MIN_KNEE_SAMPLES`` or more samples breaches) or the ceiling (``max_concurrency`` per
-  replica: the backend is never run harder). Short of that, the figure is a lower bound and the advisor
-  keeps its catalog (or calibrated) capacity.
+- **The knee**: the lowest level known to breach the SLA. Two kinds of evidence: a level with
+  ``MIN_KNEE_SAMPLES`` or more samples that breaches; or the SLA limiter's *learned limit* per engine
+  replica (``capacity.limiter``), when it has moved below the ceiling: the limiter lowered it because the
+  level above it breached, and holds the load there, so the curve itself rarely shows a breaching level
+  for long (the limiter prevents it, and decay fades the start-up's). The knee is the lower of the two.
+- **Capacity per replica**: the aggregate tokens/s at the largest measured level below the knee (at most
+  the learned limit) that meets the SLA. It counts as *enough data* when that level has at least
+  ``MIN_LEVEL_SAMPLES`` samples, at least ``MIN_LEVELS`` levels do (it and two more), and the knee is known
+  or the curve reached the ceiling (``max_concurrency`` per replica: the backend is never run harder).
+  With the learned limit as the knee, that level alone with ``MIN_LEVELS × MIN_LEVEL_SAMPLES`` samples is
+  enough too: a steady load the limiter holds at its limit fills that one level and hardly any other.
+  Short of that, the figure is a lower bound and the advisor keeps its catalog (or calibrated) capacity.
 
-The document every replica merges into (``capacity:envelope``, JSON)::
+The document every replica merges into (``capacity:envelope``, JSON); ``limits`` holds each backend's
+learned limit per engine replica as the last replica to merge knew it (only limits that moved)::
 
-    {"format": 1, "updated_at": unix_s,
+    {"format": 2, "updated_at": unix_s,
      "backends": {name: {shape_label: {level: [n, met, ttft_n, ttft_sum_s, rate_n, rate_sum,
-                                                concurrency_sum]}}}}
+                                                concurrency_sum]}}},
+     "limits": {name: {"per_replica": int, "at": unix_s}}}
 """
 
 from __future__ import annotations
@@ -123,7 +132,9 @@ class Recorder:
         self._cells: Cells = {}
 
     def observe(self, sample: LatencySample, replicas: int) -> None:
-        """Count one answered request; ``replicas``: the backend's replicas when it was admitted."""
+        """Count one answered request at its concurrency per engine replica (the sample's concurrency is
+        the larger of the counts at its admission and at its end); ``replicas``: the backend's replicas
+        when it was admitted."""
         per_replica = sample.concurrency / max(1, replicas)
         key = (shape_of(sample.prompt_tokens, sample.completion_tokens), level_of(per_replica))
         cell = self._cells.get(key)
@@ -220,9 +231,12 @@ def merge_document(
     *,
     now_wall: float,
     keep_samples: float = KEEP_SAMPLES,
+    limits: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The stored document with each backend's new cells added and old data decayed."""
-    stored = document.get("backends") if document and document.get("format") == FORMAT else None
+    """The stored document with each backend's new cells added and old data decayed, and the learned
+    limits per engine replica in ``limits`` recorded (dated ``now_wall``; other backends' are kept)."""
+    ours = document is not None and document.get("format") == FORMAT
+    stored = document.get("backends") if ours and document else None
     backends: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
     for name, cells in deltas.items():
         if not cells:
@@ -231,7 +245,24 @@ def merge_document(
         add_cells(merged, cells)
         decay(merged, keep_samples)
         backends[name] = cells_to_json(merged)
-    return {"format": FORMAT, "updated_at": round(now_wall, 3), "backends": backends}
+    kept = document.get("limits") if ours and document else None
+    stored_limits: dict[str, Any] = dict(kept) if isinstance(kept, dict) else {}
+    for name, limit in (limits or {}).items():
+        stored_limits[name] = {"per_replica": int(limit), "at": round(now_wall, 3)}
+    out: dict[str, Any] = {"format": FORMAT, "updated_at": round(now_wall, 3), "backends": backends}
+    if stored_limits:
+        out["limits"] = stored_limits
+    return out
+
+
+def stored_limit(document: Mapping[str, Any] | None, name: str) -> int | None:
+    """A backend's learned limit per engine replica as the document records it (None: none recorded)."""
+    if not document or document.get("format") != FORMAT:
+        return None
+    limits = document.get("limits")
+    entry = limits.get(name) if isinstance(limits, dict) else None
+    value = entry.get("per_replica") if isinstance(entry, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,11 +357,14 @@ def add_cells_row(into: list[float], sums: list[float]) -> None:
         into[i] += sums[i]
 
 
-def capacity(points: list[Point], ceiling: int | None) -> Capacity | None:
+def capacity(points: list[Point], ceiling: int | None, learned_limit: int | None = None) -> Capacity | None:
     """The capacity per replica a curve shows (None: no measured level meets the SLA); ``ceiling``: the
-    backend's ``max_concurrency`` per replica, the most it is ever run at."""
+    backend's ``max_concurrency`` per replica, the most it is ever run at; ``learned_limit``: the SLA
+    limiter's limit per engine replica, if it moved (below the ceiling, the level above it breached)."""
     measured = [p for p in points if p.samples >= MIN_LEVEL_SAMPLES and p.stream_tokens_per_s is not None]
-    knee = next((p.level for p in points if p.samples >= MIN_KNEE_SAMPLES and not p.meets_sla), None)
+    seen = next((p.level for p in points if p.samples >= MIN_KNEE_SAMPLES and not p.meets_sla), None)
+    held = learned_limit + 1 if learned_limit and (ceiling is None or learned_limit < ceiling) else None
+    knee = min((k for k in (seen, held) if k is not None), default=None)
     below = [p for p in measured if p.meets_sla and (knee is None or p.level < knee)]
     if not below:
         return None
@@ -339,29 +373,39 @@ def capacity(points: list[Point], ceiling: int | None) -> Capacity | None:
     assert rate is not None  # measured levels have a rate
     total = sum(p.samples for p in points)
     at_ceiling = ceiling is not None and best.level >= ceiling
-    if len(measured) < MIN_LEVELS:
+    # Held at the limit, a steady load fills that one level: the limiter's own windows are the curve's
+    # corroboration there, so the level alone counts once it holds as many samples as three would.
+    held_level = held is not None and knee == held and best.samples >= MIN_LEVELS * MIN_LEVEL_SAMPLES
+    if len(measured) < MIN_LEVELS and not held_level:
         enough, why = False, f"{len(measured)} of {MIN_LEVELS} levels with {MIN_LEVEL_SAMPLES}+ samples"
     elif knee is None and not at_ceiling:
         enough, why = False, "the SLA held at every level seen: the knee was not reached (a lower bound)"
     else:
         enough = True
-        why = f"knee at c={knee}" if knee is not None else f"ceiling c={ceiling} reached within the SLA"
+        if knee is not None and knee == seen:
+            why = f"knee at c={knee}"
+        elif knee is not None:
+            why = f"knee at c={knee}: the SLA limiter holds {learned_limit} per replica (ceiling {ceiling})"
+        else:
+            why = f"ceiling c={ceiling} reached within the SLA"
     return Capacity(best.level, best.concurrency * rate, rate, total, enough, why)
 
 
-def summary(cells: Cells, sla: Sla | None, ceiling: int | None) -> dict[str, Any]:
+def summary(
+    cells: Cells, sla: Sla | None, ceiling: int | None, learned_limit: int | None = None
+) -> dict[str, Any]:
     """One backend's envelope for ``/admin/backends`` ``capacity.envelope``: the curve over all shapes,
-    its capacity per replica, and each shape's curve and capacity."""
+    its capacity per replica, and each shape's curve and capacity (``learned_limit``: see ``capacity``)."""
     percentile = sla.percentile if sla is not None else 95.0
     points = curve(cells.items(), percentile)
-    cap = capacity(points, ceiling) if sla is not None else None
+    cap = capacity(points, ceiling, learned_limit) if sla is not None else None
     shapes: dict[Shape, list[tuple[tuple[Shape, int], list[float]]]] = {}
     for key, sums in cells.items():
         shapes.setdefault(key[0], []).append((key, sums))
     per_shape = []
     for shape in sorted(shapes):
         shape_points = curve(shapes[shape], percentile)
-        shape_cap = capacity(shape_points, ceiling) if sla is not None else None
+        shape_cap = capacity(shape_points, ceiling, learned_limit) if sla is not None else None
         per_shape.append(
             {
                 "shape": shape_label(shape),
@@ -379,17 +423,25 @@ def summary(cells: Cells, sla: Sla | None, ceiling: int | None) -> dict[str, Any
     }
 
 
-def backend_capacity(
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One backend's envelope as the stored document has it."""
+
+    points: list[Point]  # its curve over every shape, lowest level first
+    capacity: Capacity | None  # None: no SLA, or no measured level meets it
+    learned_limit: int | None  # per engine replica, as recorded (``stored_limit``)
+
+
+def backend_envelope(
     document: Mapping[str, Any] | None, name: str, sla: Sla | None, ceiling: int | None
-) -> Capacity | None:
-    """A backend's capacity per replica from the stored document, if it has an SLA and a measured level."""
-    if sla is None or not document or document.get("format") != FORMAT:
-        return None
-    backends = document.get("backends")
-    if not isinstance(backends, dict):
-        return None
-    cells = cells_from_json(backends.get(name))
-    return capacity(curve(cells.items(), sla.percentile), ceiling) if cells else None
+) -> Stored:
+    """A backend's curve and capacity per replica from the stored document (the one reading of it that
+    the advisor, its plots and the planner share); ``ceiling``: its ``max_concurrency`` per replica."""
+    stored = document.get("backends") if document and document.get("format") == FORMAT else None
+    cells = cells_from_json(stored.get(name)) if isinstance(stored, dict) else {}
+    points = curve(cells.items(), sla.percentile if sla is not None else 95.0)
+    limit = stored_limit(document, name)
+    return Stored(points, capacity(points, ceiling, limit) if sla is not None else None, limit)
 
 
 def _round(value: float | None) -> float | None:

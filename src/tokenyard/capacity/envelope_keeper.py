@@ -5,6 +5,11 @@ Off the request path: the request path only counts into each backend's ``envelop
 takes those counts every ``capacity.envelope.merge_interval_s``. The sums are additive, so merging under
 the lock is exact however many replicas write; a replica that cannot take the lock, or reach the store,
 keeps its counts for the next round.
+
+At each merge it also records each backend's learned SLA limit per engine replica (``learned_limits``:
+the limits that moved from their ceiling) in the document: the SLA limiter holds the load below the knee,
+so the limit is the envelope's evidence of where the knee is (see ``envelope``'s docstring), for every
+replica and for the advisor, which reads only the document.
 """
 
 from __future__ import annotations
@@ -38,12 +43,15 @@ class EnvelopeKeeper:
         *,
         replica: str,
         wall: Callable[[], float],
+        learned_limits: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self.store = store
         self.recorders = recorders  # backend name → its recorder (dedicated kinds only)
         self._settings = settings  # the settings in force (a reload may change them)
         self.replica = replica  # the lock's owner
         self.wall = wall
+        # Backend name → its learned limit per engine replica, for the backends whose limit moved.
+        self.learned_limits = learned_limits
         self.latest: dict[str, Any] | None = None  # the stored document as last read or written
 
     async def run(self) -> None:
@@ -76,6 +84,7 @@ class EnvelopeKeeper:
                     deltas,
                     now_wall=self.wall(),
                     keep_samples=self._settings().keep_samples,
+                    limits=self.learned_limits(),
                 )
                 await self.store.put_document(envelope.DOCUMENT, orjson.dumps(merged))
             finally:
@@ -117,8 +126,15 @@ class EnvelopeKeeper:
 
     def capacity(self, name: str, sla: Sla | None, ceiling: int | None) -> envelope.Capacity | None:
         """A backend's capacity per replica as the cluster measured it (None: no SLA, or no measured level
-        meets it); only a ``Capacity`` with ``enough`` set should replace a catalog figure. For the desired
+        meets it), its knee read off the curve or off the learned limit (this replica's, else the last one
+        stored); only a ``Capacity`` with ``enough`` set should replace a catalog figure. For the desired
         replicas: the measured tokens/s per replica at the SLA is its ``aggregate_tokens_per_s``."""
         if sla is None:
             return None
-        return envelope.capacity(envelope.curve(self.cells(name).items(), sla.percentile), ceiling)
+        points = envelope.curve(self.cells(name).items(), sla.percentile)
+        return envelope.capacity(points, ceiling, self.learned_limit(name))
+
+    def learned_limit(self, name: str) -> int | None:
+        """A backend's learned limit per engine replica: this replica's if it moved, else the last one
+        stored (None: none moved). ``envelope.summary`` takes it to agree with ``capacity``."""
+        return self.learned_limits().get(name) or envelope.stored_limit(self.latest, name)

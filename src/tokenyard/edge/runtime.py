@@ -139,8 +139,19 @@ async def start_runtime(
     recorders = {name: b.envelope for name, b in backends.items() if b.envelope is not None}
     if store is not None and recorders:
         # The measured envelope, merged across replicas; stops (merging once more) before the store closes.
+        # Each merge records the SLA limits that moved: the knee's evidence while the limiter holds the
+        # load below it (capacity/envelope.py).
         envelope = EnvelopeKeeper(
-            store, recorders, lambda: live.config.capacity.envelope, replica=replica, wall=wall
+            store,
+            recorders,
+            lambda: live.config.capacity.envelope,
+            replica=replica,
+            wall=wall,
+            learned_limits=lambda: {
+                name: b.limit.current
+                for name, b in backends.items()
+                if b.limit is not None and b.limit.history
+            },
         )
         stack.push_async_callback(_cancel, asyncio.create_task(envelope.run(), name="envelope"))
 
