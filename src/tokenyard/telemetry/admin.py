@@ -263,7 +263,8 @@ class AdminApi:
         """The backend's measured envelope across the cluster (as last merged, plus this replica's news)."""
         assert backend.envelope is not None
         cells = self.envelope.cells(name) if self.envelope else dict(backend.envelope.peek())
-        return capacity_envelope.summary(cells, backend.config.sla, backend.config.max_concurrency)
+        learned = self.envelope.learned_limit(name) if self.envelope else None
+        return capacity_envelope.summary(cells, backend.config.sla, backend.config.max_concurrency, learned)
 
     async def replicas(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         """``PUT /admin/backends/{name}/replicas`` with ``{"replicas": N}``: provisioned capacity changed, on
