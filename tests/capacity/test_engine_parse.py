@@ -160,7 +160,8 @@ def test_the_state_says_nothing_once_its_figures_are_stale() -> None:
     state = EngineState("http://e/metrics", SETTINGS)
     assert state.saturated(0.0) is None
     assert not state.fresh(0.0)
-    state.record(snapshot(100.0, waiting=3.0))
+    state.record(snapshot(95.0, waiting=3.0), 95.0)
+    state.record(snapshot(100.0, waiting=3.0), 100.0)
     assert state.fresh(105.0)
     assert state.saturated(105.0) == "queue 3"
     assert state.saturated(110.0) == "queue 3"
@@ -170,10 +171,42 @@ def test_the_state_says_nothing_once_its_figures_are_stale() -> None:
     state.record_failure("unreachable", "cannot reach it")
     assert (state.failures, state.last_error) == (2, "cannot reach it")
     assert state.latest is not None  # kept, to age out
-    state.record(snapshot(120.0, waiting=0.0))
+    state.record(snapshot(120.0, waiting=0.0), 120.0)
     assert state.failures == 0
     assert state.last_error is None
-    assert dict(state.scrapes) == {"ok": 2, "unreachable": 2}
+    assert dict(state.scrapes) == {"ok": 3, "unreachable": 2}
+
+
+def test_saturated_only_after_two_saturated_scrapes_in_a_row_and_clear_after_one_that_is_not() -> None:
+    state = EngineState("http://e/metrics", SETTINGS)
+    state.record(snapshot(0.0, waiting=1.0), 0.0)  # one scrape catching a request between two steps
+    assert state.saturated(1.0) is None
+    state.record(snapshot(5.0, waiting=0.0), 5.0)
+    state.record(snapshot(10.0, waiting=1.0), 10.0)
+    assert state.saturated(11.0) is None  # not in a row
+    state.record(snapshot(15.0, kv_cache_usage=0.95), 15.0)  # saturated for another reason: still in a row
+    assert state.saturated(16.0) == "KV cache 95%"
+    assert state.to_json(16.0)["saturated_scrapes"] == 2
+    state.record_failure("unreachable", "cannot reach it")  # says nothing either way
+    state.record(snapshot(25.0, waiting=2.0), 25.0)
+    assert state.saturated(26.0) == "queue 2"
+    state.record(snapshot(30.0, waiting=0.0, kv_cache_usage=0.5), 30.0)
+    assert state.saturated(31.0) is None  # one scrape saying not clears it
+    assert state.to_json(31.0)["saturated_scrapes"] == 0
+
+
+def test_a_snapshot_already_stale_when_read_ends_the_streak() -> None:
+    state = EngineState("http://e/metrics", SETTINGS)
+    state.record(snapshot(100.0, waiting=3.0), 100.0)
+    state.record(snapshot(100.0, waiting=3.0), 111.0)  # a caching exporter's figures, 11 s old
+    state.record(snapshot(112.0, waiting=3.0), 112.0)
+    assert state.saturated(112.0) is None  # one fresh saturated scrape so far
+
+
+def test_saturated_after_one_scrape_when_configured() -> None:
+    state = EngineState("http://e/metrics", EngineMetrics(saturated_after=1))
+    state.record(snapshot(0.0, waiting=1.0), 0.0)
+    assert state.saturated(1.0) == "queue 1"
 
 
 def test_the_admin_view() -> None:
@@ -185,7 +218,9 @@ def test_the_admin_view() -> None:
     assert empty["saturated"] is False
     assert empty["why"] is None
     assert empty["age_s"] is None
-    state.record(parse("vllm.txt", scraped_at=50.0))
+    state.record(parse("vllm.txt", scraped_at=45.0), 45.0)
+    assert state.to_json(46.0)["saturated"] is False  # one scrape: not yet
+    state.record(parse("vllm.txt", scraped_at=50.0), 50.0)
     view = state.to_json(52.0)
     assert view["profile"] == "vllm"
     assert view["fresh"] is True

@@ -1,6 +1,7 @@
 """Saturation from the engine's own metrics, end to end: the real proxy scrapes a simulator's /metrics; when
-the engine says "queue" or "KV cache full", real-time traffic spills over and async idle-filling stops with
-in-flight counts far below the cap; stale or missing metrics fall back to tokenyard's own count."""
+the engine says "queue" or "KV cache full" (two scrapes in a row), real-time traffic spills over and async
+idle-filling stops with in-flight counts far below the cap; stale or missing metrics fall back to
+tokenyard's own count."""
 
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ async def test_a_queue_or_a_full_kv_cache_moves_real_time_traffic(tmp_path: Path
             await set_faults(s["ded"], metrics_waiting=3)
             view = await until_engine(proxy, saturated=True, why="queue 3")
             assert view["waiting"] == 3
+            assert view["saturated_scrapes"] >= 2  # two scrapes in a row said so, not one
             got = await chat(proxy)
             assert (got.headers["x-tokenyard-backend"], got.headers["x-tokenyard-route"]) == (
                 "api",
@@ -88,7 +90,8 @@ async def test_a_queue_or_a_full_kv_cache_moves_real_time_traffic(tmp_path: Path
             assert got.headers["x-tokenyard-route-detail"] == "ded saturated (KV cache 95%)"
 
             await set_faults(s["ded"])
-            await until_engine(proxy, saturated=False, fresh=True)
+            view = await until_engine(proxy, saturated=False, fresh=True)
+            assert view["saturated_scrapes"] == 0  # one scrape saying not cleared it
             assert (await chat(proxy)).headers["x-tokenyard-backend"] == "ded"
         assert (await sim_stats(s["api"]))["requests_total"] == 2
 

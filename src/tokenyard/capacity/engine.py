@@ -12,13 +12,20 @@ not 1.8.
 
 ``EngineState`` is what a backend keeps of its engine: the latest snapshot, the last error and the counts
 ``/metrics`` shows; ``saturated(now)`` says whether the engine, while its figures are fresh, is full.
+
+Saturation has hysteresis: a backend is saturated only once ``engine.saturated_after`` (2) fresh scrapes in a
+row said so, and clears at the first fresh scrape that says not. vLLM's waiting queue is briefly non-zero in
+normal continuous batching (a request arriving between two scheduler steps waits one step), so one scrape
+catching ``waiting 1`` would otherwise spill all real-time traffic for a whole interval. llm-d's saturation
+detector tolerates the same noise with a queue-depth threshold (5 by default); a threshold is
+``engine.queue_saturated`` here, the streak a second, independent guard that also covers the KV cache.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,9 +56,6 @@ class EngineSnapshot:
     prefix_cache_hits_total: float | None = None
 
 
-FIGURES: Final = tuple(
-    f.name for f in fields(EngineSnapshot) if f.name not in ("profile", "scraped_at", "signals")
-)
 _RATIOS: Final = frozenset({"kv_cache_usage"})  # averaged over label sets; everything else is summed
 
 
@@ -212,7 +216,9 @@ class EngineState:
     """What a backend knows of its engine: the latest good snapshot and how scraping goes.
 
     Stale (older than ``stale_after_s``) or missing figures say nothing: tokenyard's own in-flight count
-    decides then (engines' ``/metrics`` lag by seconds; the fast signal is tokenyard's own)."""
+    decides then (engines' ``/metrics`` lag by seconds; the fast signal is tokenyard's own). Saturated only
+    after ``saturated_after`` fresh saturated scrapes in a row (``streak``); a failed scrape neither adds to
+    the streak nor ends it (the latest snapshot stays, to age out), a stale or unsaturated one ends it."""
 
     url: str
     settings: EngineMetrics
@@ -221,6 +227,7 @@ class EngineState:
     failures: int = 0  # consecutive failed scrapes
     profile: str | None = None  # detected or configured, once a scrape succeeded
     scrapes: Counter[str] = field(default_factory=Counter)  # by outcome, for /metrics
+    streak: int = 0  # good, fresh scrapes in a row whose figures say saturated
 
     def fresh(self, now: float) -> bool:
         """Whether the latest snapshot is recent enough to act on."""
@@ -232,10 +239,17 @@ class EngineState:
         latest = self.latest
         if latest is None or now - latest.scraped_at > self.settings.stale_after_s:
             return None
+        if self.streak < self.settings.saturated_after:
+            return None
         return saturation(latest, self.settings)
 
-    def record(self, snapshot: EngineSnapshot) -> None:
-        """A good scrape."""
+    def record(self, snapshot: EngineSnapshot, now: float | None = None) -> None:
+        """A good scrape, read at ``now`` (monotonic; None: when the snapshot is dated). A snapshot already
+        stale when read (a caching exporter's old figures) says nothing, and ends a saturated streak."""
+        read_at = snapshot.scraped_at if now is None else now
+        fresh = read_at - snapshot.scraped_at <= self.settings.stale_after_s
+        full = fresh and saturation(snapshot, self.settings) is not None
+        self.streak = self.streak + 1 if full else 0
         self.latest, self.profile = snapshot, snapshot.profile
         self.last_error, self.failures = None, 0
         self.scrapes["ok"] += 1
@@ -264,4 +278,5 @@ class EngineState:
             "kv_cache_usage": latest.kv_cache_usage if latest else None,
             "last_error": self.last_error,
             "consecutive_failures": self.failures,
+            "saturated_scrapes": self.streak,
         }

@@ -7,6 +7,11 @@ each; ``bench/scrape.py``). Each good read replaces the backend's
 ``EngineState.latest`` and is handed to ``on_snapshot`` (the meter's engine truth). A failed read keeps the
 last snapshot, which ages out after ``stale_after_s``: routing then goes by tokenyard's own count.
 
+One engine that never answers cannot hold the others up: every read has its own deadline
+(``engine.timeout_s``, enforced here whatever the source does), its peers' figures are recorded as they
+come, and a group lasts at most its slowest timeout. Whatever goes wrong unexpectedly is logged (once per
+run of failures) and the loop goes on: scraping never ends silently.
+
 The request path never waits for any of this: routing reads ``EngineState.saturated(now)``, a comparison.
 """
 
@@ -19,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Protocol
 
 from tokenyard.capacity.engine import EngineSnapshot, EngineState, parse_metrics
-from tokenyard.errors import EngineMetricsInvalid, UpstreamError, UpstreamStatusError
+from tokenyard.errors import EngineMetricsInvalid, UpstreamError, UpstreamStatusError, UpstreamTimeout
 
 log = logging.getLogger("tokenyard.capacity")
 
@@ -67,26 +72,43 @@ class EngineScraper:
         }
 
     async def run(self) -> None:
-        """Scrape what is due, sleep until the next one is, forever."""
+        """Scrape what is due, sleep until the next one is, forever (until cancelled)."""
+        failing = False
         while True:
-            await self.scrape_due()
+            try:
+                await self.scrape_due()
+                failing = False
+            except Exception:  # a bug must not end the scraping routing relies on, silently or at all
+                if not failing:  # once per run of failures, not every interval
+                    log.exception("engine metrics: scraping failed; trying again when the next read is due")
+                failing = True
             await self.sleep(max(0.0, min(self._due.values(), default=self.clock() + 60) - self.clock()))
 
     async def scrape_due(self) -> None:
-        """Scrape every engine whose time has come (at once), and schedule each one's next read."""
+        """Scrape every engine whose time has come (at once), and schedule each one's next read. Raises the
+        first unexpected error of any read, once every read has ended."""
         now = self.clock()
         due = [name for name, at in self._due.items() if at <= now]
         for name in due:
             # From when it was due, not when it ended: no drift, and a slow engine does not slow the rest.
             self._due[name] = max(self._due[name] + self.engines[name].settings.interval_s, now)
         if due:
-            await asyncio.gather(*(self.scrape(name) for name in due))
+            ended = await asyncio.gather(*(self.scrape(name) for name in due), return_exceptions=True)
+            for outcome in ended:
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
     async def scrape(self, name: str) -> None:
-        """Read one engine's metrics now and record what came of it."""
+        """Read one engine's metrics now and record what came of it; never longer than its timeout."""
         state = self.engines[name]
+        timeout_s = state.settings.timeout_s
         try:
-            text = await self.source.get_text(state.url, state.settings.timeout_s)
+            try:
+                # The source has the timeout too; this deadline holds even when it does not keep it.
+                async with asyncio.timeout(timeout_s):
+                    text = await self.source.get_text(state.url, timeout_s)
+            except TimeoutError as exc:
+                raise UpstreamTimeout(f"{state.url} did not answer within {timeout_s:g} s") from exc
             snapshot = parse_metrics(
                 text, state.profile or state.settings.profile, scraped_at=self.clock(), wall_at=self.wall()
             )
@@ -103,7 +125,7 @@ class EngineScraper:
             return
         if state.failures:
             log.info("engine metrics of %s: read again (%s)", name, snapshot.profile)
-        state.record(snapshot)
+        state.record(snapshot, self.clock())
         try:
             self.on_snapshot(name, snapshot)
         except Exception:  # a consumer's bug must not stop the scraping routing relies on

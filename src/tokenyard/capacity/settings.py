@@ -44,6 +44,9 @@ class EngineMetrics(_Strict):
     stale_after_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
     kv_cache_saturated: Share = 0.8  # KV-cache usage above this is saturation (llm-d's default)
     queue_saturated: Annotated[int, Field(ge=0)] = 0  # more requests waiting than this is saturation
+    # Saturated only after this many fresh scrapes in a row say so (cleared by one that says not): vLLM's
+    # waiting queue is briefly non-zero in normal batching; one scrape catching it must not spill traffic.
+    saturated_after: Annotated[int, Field(ge=1, le=10)] = 2
     timeout_s: PositiveFloat = 2.0
 
 
