@@ -244,3 +244,36 @@ async def test_the_dedicated_table_shows_the_engines_own_figures_and_says_so(
             assert await page.locator("#dedicated .pill.own").all_inner_texts() == ["tokenyard"]
         finally:
             await browser.close()
+
+
+async def test_a_failing_backends_read_blanks_only_its_panels(proxy: ProxyProcess) -> None:
+    from playwright.async_api import Route, async_playwright
+
+    await chat(proxy, 2)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 1200})
+
+            async def broken(route: Route) -> None:
+                await route.fulfill(status=500, body="down")
+
+            await page.route("**/admin/backends", broken)
+            await page.goto(f"{proxy.url}/dashboard")
+            await page.fill("#key", ADMIN_KEY)
+            await page.click("button[type=submit]")
+            await page.wait_for_function(
+                "document.getElementById('limits').textContent.includes('backends unavailable')"
+            )
+            # The rest of the refresh went on: the totals are drawn, the page says it updated, no error.
+            await page.wait_for_function("document.getElementById('total-requests').textContent === '2'")
+            assert "backends unavailable" in await page.inner_text("#capacity")
+            assert (await page.inner_text("#updated")).startswith("updated")
+            await page.unroute("**/admin/backends")
+            await page.wait_for_function(  # and the next refresh draws them again
+                "document.getElementById('limits').textContent.includes('≥ 30 tok/s at p95')"
+            )
+        finally:
+            await browser.close()

@@ -7,6 +7,7 @@ limit allows.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 
@@ -15,10 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.config import dedicated_config
-from tokenyard.capacity.limiter import AdaptiveLimit, LimiterTuning, quantile
+from tokenyard.capacity.limiter import AdaptiveLimit, LimiterTuning, overloaded, quantile
 from tokenyard.capacity.observed import LatencySample
 from tokenyard.capacity.settings import Sla
 from tokenyard.config import BackendConfig, TokenyardConfig
+from tokenyard.errors import (
+    UpstreamConnectError,
+    UpstreamStatusError,
+    UpstreamStreamBroken,
+    UpstreamTimeout,
+)
 from tokenyard.proxy.backends import open_backends
 
 RATE_SLA = Sla(min_stream_tokens_per_s=30)
@@ -43,17 +50,18 @@ def run_engine(
     ttft_floor_s: float = 0.02,
     ttft_per_stream_s: float = 0.0,
     replicas: int = 1,
+    cluster_size: int = 1,
 ) -> list[int]:
-    """Feed ``answers`` answers of an engine that always runs as many streams as the limit allows; the
-    limit after each one."""
+    """Feed ``answers`` answers of an engine that always runs as many streams as routing allows (each of
+    ``cluster_size`` proxy replicas its share of the limit, rounded down); the limit after each one."""
     rng = random.Random(seed)
     seen = []
     for _ in range(answers):
-        running = limit.current * replicas
+        running = max(1, limit.current * replicas // cluster_size) * cluster_size
         per_replica = running / replicas
         rate = min(per_stream_max, aggregate / per_replica) * math.exp(rng.gauss(0, noise))
         ttft_s = ttft_floor_s + ttft_per_stream_s * per_replica
-        limit.observe(stream(rate, running, ttft_s=ttft_s), replicas)
+        limit.observe(stream(rate, running, ttft_s=ttft_s), replicas, cluster_size)
         seen.append(limit.current)
     return seen
 
@@ -270,9 +278,9 @@ async def test_a_backend_routes_at_its_learned_limit_only_with_an_sla() -> None:
     async with open_backends(config) as backends:
         fixed, learned, dser = backends["fixed"], backends["sla"], backends["dser"]
         assert fixed.limit is None
-        assert fixed.observed  # its measured envelope still draws the curve, without an SLA
+        assert fixed.wants_samples  # its measured envelope still draws the curve, without an SLA
         assert fixed.max_concurrency == 128  # today's cap, unchanged
-        assert learned.observed
+        assert learned.wants_samples
         assert learned.max_concurrency == 128
         for _ in range(WINDOW):
             learned.observe(stream(15, 80))  # 40 per replica, each stream at 15 tokens/s: 600 per replica
@@ -283,3 +291,75 @@ async def test_a_backend_routes_at_its_learned_limit_only_with_an_sla() -> None:
         assert learned.max_concurrency == 21  # the whole backend's 64 shared by three proxy replicas
         assert dser.engine_replicas == 1
         assert dser.max_concurrency == 10
+
+
+def test_with_three_proxy_replicas_a_limit_under_the_truth_grows_back() -> None:
+    # Three proxies each route 11 // 3 = 3: the backend never runs 11, only 9. Judged against 11 the limit
+    # never looked pressed and stayed at 11 for good; judged against the 9 routing can reach, it grows.
+    limit = AdaptiveLimit(RATE_SLA, ceiling=64)
+    low = run_engine(limit, 1500, aggregate=360, cluster_size=3)  # the true limit is 12: it settles at 11
+    assert set(low[-300:]) == {11}
+    assert limit.reachable(replicas=1, cluster_size=3) == 9
+    high = run_engine(limit, 1500, aggregate=600, cluster_size=3)  # capacity back: the true limit is 20
+    assert all(17 <= current <= 20 for current in high[-300:]), sorted(set(high[-300:]))
+
+
+def test_what_counts_as_the_engines_overload() -> None:
+    assert overloaded(UpstreamTimeout("no response head within 30 s"), dedicated=True)
+    assert overloaded(UpstreamStatusError("503", status=503), dedicated=False)
+    assert overloaded(UpstreamStatusError("429", status=429), dedicated=True)
+    assert not overloaded(UpstreamStatusError("429", status=429), dedicated=False)  # a provider's quota
+    assert not overloaded(UpstreamStatusError("401", status=401), dedicated=True)
+    assert not overloaded(UpstreamConnectError("refused"), dedicated=True)
+    assert not overloaded(UpstreamStreamBroken("cut"), dedicated=True)
+
+
+def test_an_engine_that_fails_instead_of_slowing_down_shrinks_the_limit() -> None:
+    limit = AdaptiveLimit(Sla(ttft_p95_ms=500, min_stream_tokens_per_s=30), ceiling=64)
+    for _ in range(WINDOW // 2):  # the answers that came meet the SLA; the rest timed out or 503'd
+        limit.observe(stream(50, 64))
+    for index in range(WINDOW // 2):
+        change = limit.observe_overload(64, at=100.0 + index)
+    assert change is not None
+    assert change.limit == 32  # at most halved in one window
+    assert limit.breached_total == WINDOW // 2
+    assert limit.last_window is not None
+    assert limit.last_window.stream_tokens_per_s_low == 0  # a failure delivered nothing
+    assert limit.last_window.ttft_ms == 1000  # and its first token counts twice the target late
+
+
+def test_failures_under_the_allowance_do_not_move_it() -> None:
+    limit = AdaptiveLimit(RATE_SLA, ceiling=64)
+    for _ in range(WINDOW - 1):
+        limit.observe(stream(50, 40))
+    assert limit.observe_overload(40, at=1.0) is None  # one in 30: under the 5 % a p95 SLA allows
+    assert limit.current == 64
+
+
+async def test_a_backend_feeds_its_limit_overload_failures_only(caplog: pytest.LogCaptureFixture) -> None:
+    config = TokenyardConfig.model_validate(
+        {
+            "backends": {"sla": dedicated_config(max_concurrency=64, sla=RATE_SLA)},
+            "models": {"m": {"deployments": ["sla"]}},
+        }
+    )
+    async with open_backends(config) as backends:
+        backend = backends["sla"]
+        assert backend.limit is not None
+        for _ in range(WINDOW):
+            backend.observe_failure(UpstreamConnectError("refused"), 64, 1.0)
+        assert backend.limit.samples_total == 0  # not the engine's load: the circuit breaker's business
+        assert backend.envelope is not None
+        with caplog.at_level(logging.DEBUG, logger="tokenyard.backends"):
+            for _ in range(WINDOW):
+                backend.observe_failure(UpstreamStatusError("503", status=503), 64, 1.0)
+            assert backend.limit.current == 32
+            for _ in range(WINDOW):  # answers at 25 tok/s: a small step down
+                backend.observe(stream(25, 32))
+        assert 16 < backend.limit.current < 32
+        levels = [(r.levelno, r.getMessage().split(" (")[0]) for r in caplog.records]
+        # A halving is news; a small step is for debugging.
+        assert levels == [
+            (logging.INFO, "backend sla: concurrency limit 32"),
+            (logging.DEBUG, f"backend sla: concurrency limit {backend.limit.current}"),
+        ]

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
 from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, running_proxy
-from tests.support.simulators import USER_HELLO, set_faults, simulator_process, simulators
+from tests.support.simulators import FAST_UPSTREAM, USER_HELLO, set_faults, simulator_process, simulators
 from tokenyard.simulator.config import SimulatorConfig
 
 MODEL = "llama"
@@ -161,3 +161,37 @@ async def test_the_limit_learns_the_sla_concurrency_and_follows_a_capacity_drop(
     low_tail = samples["tokenyard_backend_stream_tokens_per_second", (*gpu, ("quantile", "0.05"))]
     assert low_tail == pytest.approx(latencies["stream_tokens_per_s_p5"], abs=0.01)
     assert ("tokenyard_backend_concurrency_limit", (("backend", "api"),)) not in samples  # no sla: no limit
+
+
+async def test_chats_and_overload_failures_are_measured_embeddings_are_not(tmp_path: Path) -> None:
+    async with (
+        simulators(
+            ded=SimulatorConfig(mode="dedicated", max_concurrency=8, **FAST_UPSTREAM),
+            svl=SimulatorConfig(**FAST_UPSTREAM),
+        ) as sims,
+        running_proxy(
+            {**_config(sims["ded"].base_url, sims["svl"].base_url), "routing": {"failure_threshold": 100}},
+            tmp_path,
+        ) as proxy,
+        httpx.AsyncClient() as http,
+    ):
+        client = proxy.client(max_retries=0)
+        # The engine sheds three requests with a 503 (each fails over to the serverless backend): its SLA
+        # limit counts them as breached answers.
+        await set_faults(sims["ded"], fail_next=3, error_status=503)
+        for _ in range(3):
+            raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=USER_HELLO)
+            assert raw.headers["x-tokenyard-backend"] == "api"
+        await client.chat.completions.create(model=MODEL, messages=USER_HELLO)
+        stream = await client.chat.completions.create(model=MODEL, messages=USER_HELLO, stream=True)
+        async for _ in stream:
+            pass
+        for _ in range(3):  # an embedding's latency says nothing of decode capacity: not a sample
+            raw_embedding = await client.embeddings.with_raw_response.create(model=MODEL, input="hello")
+            assert raw_embedding.headers["x-tokenyard-backend"] == "gpu"
+        await client.close()
+        limit = await _limit(proxy, http)
+        assert (limit["latencies"]["samples"], limit["latencies"]["breached"]) == (5, 3)
+        got = await http.get(f"{proxy.url}/admin/backends", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        (gpu,) = [item for item in got.json()["data"] if item["name"] == "gpu"]
+        assert round(gpu["capacity"]["envelope"]["samples"]) == 2  # the envelope's rates: answers only

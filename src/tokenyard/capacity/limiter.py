@@ -29,12 +29,15 @@ of ``window_samples`` answers (count-based: no clock), for each target the SLA g
 The limit moves to the lowest estimate with Gradient2's guards: half way (its smoothing: one window's
 percentile is noisy) unless the window breached twice the SLA's allowance; at most ``max_shrink`` down in
 one window (an outlier window must not shed half the traffic twice over); up by at most ``max_growth`` and
-only after a window in which routing held the whole limit (a limit nobody reaches says nothing about what
-lies above it: Gradient2's "app limited" check); and an estimate only lowers the limit when its own target
-is at risk. The margin puts the steady state just under the SLA; floor 1, ceiling ``max_concurrency``.
+only after a window in which routing held the whole limit it can reach (a limit nobody reaches says nothing
+about what lies above it: Gradient2's "app limited" check; with N proxy replicas each routes its share rounded
+down, so the reachable limit is judged, not the limit); and an estimate only lowers the limit when its own
+target is at risk. The margin puts the steady state just under the SLA; floor 1, ceiling ``max_concurrency``.
 
 Everything is per engine replica (a sample's concurrency ÷ the backend's replicas): the whole backend's limit
-follows its replicas when they change, as ``max_concurrency`` does. Pure: times come in the samples.
+follows its replicas when they change, as ``max_concurrency`` does. A request the engine failed for overload
+(``overloaded``: a timeout, a 5xx, a dedicated engine's 429) counts as a breached answer at its worst, so an
+engine that sheds load instead of slowing down still shrinks the limit. Pure: times come in the samples.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from typing import Any
 
 from tokenyard.capacity.observed import LatencySample
 from tokenyard.capacity.settings import Sla
+from tokenyard.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,19 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def overloaded(error: UpstreamError, *, dedicated: bool) -> bool:
+    """Whether a backend's failure says its engine is past its capacity, so the limit must count it as a
+    breached answer: no response head in time (a queue too long to reach the front), a 5xx (an engine
+    shedding load or out of memory), or a 429 from a ``dedicated`` engine (its own admission control; a
+    provider's 429 is a quota, not capacity). A refused connection or a broken stream says nothing of load.
+    """
+    if isinstance(error, UpstreamTimeout):
+        return True
+    if isinstance(error, UpstreamStatusError):
+        return error.status >= 500 or (dedicated and error.status == 429)
+    return False
+
+
 class AdaptiveLimit:
     """One backend's learned concurrency limit, per engine replica, between 1 and ``ceiling``.
 
@@ -126,9 +143,9 @@ class AdaptiveLimit:
         "breached_total",
         "ceiling",
         "current",
+        "estimate",
         "history",
         "last_window",
-        "limit",
         "samples_total",
         "sla",
         "tuning",
@@ -138,7 +155,7 @@ class AdaptiveLimit:
         self.sla = sla
         self.tuning = tuning or LimiterTuning()
         self.ceiling = max(1, ceiling)
-        self.limit = float(self.ceiling)  # the estimate, kept fractional so small steps add up
+        self.estimate = float(self.ceiling)  # kept fractional so small steps add up
         self.current = self.ceiling  # what routing uses: the estimate, whole
         self.history: deque[LimitChange] = deque(maxlen=self.tuning.history_size)
         self.last_window: WindowStats | None = None
@@ -151,9 +168,10 @@ class AdaptiveLimit:
         self._rated: list[tuple[float, float]] = []  # per sample with a rate: (concurrency, per-stream rate)
         self._ttfts_ms: list[float] = []
 
-    def observe(self, sample: LatencySample, replicas: int = 1) -> LimitChange | None:
-        """Count one answer (``replicas``: the backend's engine replicas now); at the end of a window, decide.
-        The change, if the whole limit moved."""
+    def observe(self, sample: LatencySample, replicas: int = 1, cluster_size: int = 1) -> LimitChange | None:
+        """Count one answer (``replicas``: the backend's engine replicas now; ``cluster_size``: the proxy
+        replicas sharing it, which decides what routing can reach); at the end of a window, decide. The
+        change, if the whole limit moved."""
         concurrency = sample.concurrency / max(1, replicas)
         sla = self.sla
         breached = False
@@ -165,6 +183,26 @@ class AdaptiveLimit:
             ttft_ms = sample.ttft_s * 1000.0
             self._ttfts_ms.append(ttft_ms)
             breached = breached or (sla.ttft_p95_ms is not None and ttft_ms > sla.ttft_p95_ms)
+        return self._count_one(concurrency, breached, sample.ended_at, replicas, cluster_size)
+
+    def observe_overload(
+        self, concurrency: int, at: float, replicas: int = 1, cluster_size: int = 1
+    ) -> LimitChange | None:
+        """Count one request the engine failed for overload (see ``overloaded``) as a breached answer at its
+        worst: a stream that delivered nothing (rate 0) and a first token twice the target late. An engine
+        that times out or sheds load past its knee must shrink the limit, not be invisible to it.
+        ``concurrency`` as in ``LatencySample``; ``at`` (unix s) dates a change."""
+        per_replica = concurrency / max(1, replicas)
+        sla = self.sla
+        if sla.min_stream_tokens_per_s is not None:
+            self._rated.append((per_replica, 0.0))
+        if sla.ttft_p95_ms is not None:
+            self._ttfts_ms.append(2.0 * sla.ttft_p95_ms)
+        return self._count_one(per_replica, True, at, replicas, cluster_size)
+
+    def _count_one(
+        self, concurrency: float, breached: bool, at: float, replicas: int, cluster_size: int
+    ) -> LimitChange | None:
         self._count += 1
         self._concurrency_sum += concurrency
         self._concurrency_max = max(self._concurrency_max, concurrency)
@@ -174,9 +212,16 @@ class AdaptiveLimit:
             self.breached_total += 1
         if self._count < self.tuning.window_samples:
             return None
-        return self._close_window(sample.ended_at, max(1, replicas))
+        return self._close_window(at, max(1, replicas), max(1, cluster_size))
 
-    def _close_window(self, at: float, replicas: int) -> LimitChange | None:
+    def reachable(self, replicas: int, cluster_size: int) -> float:
+        """The concurrency per engine replica routing can reach at the current limit: each of the
+        ``cluster_size`` proxy replicas takes the whole limit's share rounded down (at least 1), so with 3
+        proxies a limit of 11 on one replica reaches 9, never 11."""
+        share = max(1, self.current * replicas // cluster_size)
+        return share * cluster_size / replicas
+
+    def _close_window(self, at: float, replicas: int, cluster_size: int) -> LimitChange | None:
         stats = self._window_stats()
         self._count = self._breached = 0
         self._concurrency_sum = self._concurrency_max = 0.0
@@ -185,18 +230,21 @@ class AdaptiveLimit:
         estimate, why = self._estimate(stats)
         if estimate is None:
             return None
-        tuning, limit = self.tuning, self.limit
+        tuning, limit = self.tuning, self.estimate
         allowance = 1.0 - self.sla.percentile / 100.0
         if stats.breached <= 2 * allowance * stats.samples:
             estimate = limit + tuning.smoothing * (estimate - limit)
         if estimate < limit:
             new = max(estimate, limit * (1.0 - tuning.max_shrink))
-        elif stats.max_concurrency >= tuning.pressed * self.current:  # routing holds it to the whole limit
+        elif stats.max_concurrency >= tuning.pressed * min(
+            self.current, self.reachable(replicas, cluster_size)
+        ):
+            # routing held it to the whole limit it can reach
             new = min(estimate, limit + max(1.0, limit * tuning.max_growth))
         else:
             return None  # not pressed: what lies above the limit is unknown
-        self.limit = min(float(self.ceiling), max(1.0, new))
-        current = max(1, math.floor(self.limit))
+        self.estimate = min(float(self.ceiling), max(1.0, new))
+        current = max(1, math.floor(self.estimate))
         if current == self.current:
             return None
         self.current = current
@@ -230,7 +278,7 @@ class AdaptiveLimit:
 
     def _estimate(self, stats: WindowStats) -> tuple[float | None, str]:
         """The lowest limit the window's targets call for, and why (None: no target had data)."""
-        sla, margin, limit = self.sla, 1.0 + self.tuning.margin, self.limit
+        sla, margin, limit = self.sla, 1.0 + self.tuning.margin, self.estimate
         estimates: list[tuple[float, str]] = []
         target_rate, low = sla.min_stream_tokens_per_s, stats.stream_tokens_per_s_low
         capacity = stats.aggregate_tokens_per_s_low
@@ -295,7 +343,3 @@ def _pct(share: float) -> str:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
-
-
-def _times(value: float | None, factor: int) -> float | None:
-    return None if value is None else value * factor

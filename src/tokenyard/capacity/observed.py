@@ -1,8 +1,8 @@
-"""What the proxy observes of each backend, and the per-backend capacity state it feeds.
+"""What the proxy observes of each answered request: one ``LatencySample``.
 
-The proxy hands every answered request to ``BackendCapacity.observe`` as one ``LatencySample`` (no I/O, no
-clock read: the sample carries its times). The limiter, the envelope and the engine's last scrape live here,
-so routing reads one object per backend.
+The proxy builds one for each chat or completion a backend answered whole (no I/O, no clock read here: the
+sample carries its times) and hands it to ``Backend.observe`` (proxy/backends.py), which feeds the backend's
+SLA limit (capacity/limiter.py) and its measured envelope (capacity/envelope.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ class LatencySample:
     completion_tokens: int
     streamed: bool
     # Requests in flight on the backend while this one ran, itself included, across every proxy replica
-    # (this replica's count × the live replicas, or the engine's own count when it is fresh): the larger of
-    # the counts at its admission and at its end (a stream admitted as load ramps up counts the load it met).
+    # (this replica's count × the live proxy replicas: each carries about its share): the larger of the
+    # counts at its admission and at its end (a stream admitted as load ramps up counts the load it met).
     concurrency: int
     ended_at: float = 0.0  # wall clock (unix s) at the answer's end: dates the limit's changes
 

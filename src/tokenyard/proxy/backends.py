@@ -14,11 +14,11 @@ from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
 from tokenyard.capacity.engine import EngineState
 from tokenyard.capacity.envelope import Recorder
-from tokenyard.capacity.limiter import AdaptiveLimit
+from tokenyard.capacity.limiter import AdaptiveLimit, LimitChange, overloaded
 from tokenyard.capacity.observed import LatencySample
 from tokenyard.capacity.settings import metrics_url_for
 from tokenyard.config import BackendConfig, TokenyardConfig
-from tokenyard.errors import ConfigError
+from tokenyard.errors import ConfigError, UpstreamError
 from tokenyard.meter.pricing import FREE, TokenPrices, token_prices
 from tokenyard.proxy.breaker import CircuitBreaker, Ticket
 from tokenyard.proxy.routing import DeploymentView
@@ -27,6 +27,7 @@ log = logging.getLogger("tokenyard.backends")
 
 Clock = Callable[[], float]
 _NONE: Mapping[str, str] = {}
+_DEDICATED = ("dedicated", "dedicated_serverless")
 
 
 @dataclass(slots=True)
@@ -64,7 +65,7 @@ class Backend:
         return max(1, cap // self.cluster_size)
 
     @property
-    def observed(self) -> bool:
+    def wants_samples(self) -> bool:
         """Whether anything reads this backend's answered requests (the proxy builds no sample otherwise)."""
         return self.limit is not None or self.envelope is not None
 
@@ -78,9 +79,25 @@ class Backend:
         if self.envelope is not None:
             self.envelope.observe(sample, self.engine_replicas)
         if self.limit is not None:
-            change = self.limit.observe(sample, self.engine_replicas)
-            if change is not None:
-                log.info("backend %s: concurrency limit %d (%s)", self.name, change.limit, change.reason)
+            before = self.limit.current
+            self._log_change(before, self.limit.observe(sample, self.engine_replicas, self.cluster_size))
+
+    def observe_failure(self, error: UpstreamError, concurrency: int, at: float) -> None:
+        """A request this backend failed: its SLA limit counts it as breached when the failure is the
+        engine's overload (``limiter.overloaded``); the envelope's rates count answers only."""
+        limit = self.limit
+        if limit is None or not overloaded(error, dedicated=self.config.kind in _DEDICATED):
+            return
+        before = limit.current
+        self._log_change(
+            before, limit.observe_overload(concurrency, at, self.engine_replicas, self.cluster_size)
+        )
+
+    def _log_change(self, before: int, change: LimitChange | None) -> None:
+        # Each window may move the limit by one: only a cut to half or less is news at INFO.
+        if change is not None and self.limit is not None:
+            level = logging.INFO if 2 * self.limit.current <= before else logging.DEBUG
+            log.log(level, "backend %s: concurrency limit %d (%s)", self.name, change.limit, change.reason)
 
     def set_cluster_size(self, live: int) -> None:
         """``live`` proxy replicas share this backend now: caps and rate limits are split among them.
@@ -194,7 +211,7 @@ async def open_backends(
                 prices=token_prices(bc),
                 replicas=bc.replicas or 1,
                 batch_api=batch_api,
-                envelope=Recorder(bc.sla) if bc.kind in ("dedicated", "dedicated_serverless") else None,
+                envelope=Recorder(bc.sla) if bc.kind in _DEDICATED else None,
                 engine=_engine_state(bc, base_url),
                 limit=AdaptiveLimit(bc.sla, bc.max_concurrency) if bc.sla and bc.max_concurrency else None,
             )

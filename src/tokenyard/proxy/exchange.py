@@ -39,13 +39,22 @@ class Exchange:
     attempts: int = 0
     tried: set[str] = field(default_factory=set)
     last_error: UpstreamError | None = None
+    # The usage once worked out: the latency sample and the meter's record share it (a whole answer's body
+    # is parsed once, however large).
+    _usage: Usage | None = field(default=None, init=False, repr=False)
 
     def usage(self) -> Usage:
-        """The tokens used: the upstream's own count, or a local estimate when it sent none.
+        """The tokens used: the upstream's own count, or a local estimate when it sent none. Call it once the
+        answer is over: the first call's figure is kept.
 
         Only what reached tokenyard counts: a stream cut short (by the client or the upstream) is metered
         for the chunks it delivered; a non-streaming request that got no answer used nothing we can see.
         """
+        if self._usage is None:
+            self._usage = self._count_usage()
+        return self._usage
+
+    def _count_usage(self) -> Usage:
         if self.backend is None:
             return Usage()
         if self.tap is not None:

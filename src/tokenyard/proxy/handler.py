@@ -294,13 +294,14 @@ class Proxy:
             exchange.attempts += 1
             ticket = backend.admit(now)  # in flight from here: the finally below counts it out
             in_flight = backend.in_flight  # this request included: the concurrency it runs at
+            # Only a chat or completion on a backend something learns from pays for the clock reads and the
+            # sample (an embedding's latency says nothing of decode capacity).
+            observed = endpoint.streams and backend.wants_samples
             try:
                 await backend.take_rate(tokens)
                 upstream_body = _body_for(backend, body, exchange, strip_usage)
                 headers = [*id_header, *_route_headers(backend, choice, exchange.attempts)]
                 exchange.backend, exchange.route = backend, choice.reason
-                # Only a backend something learns from pays for the clock reads and the sample.
-                observed = backend.observed
                 sent_s = self.clock() if observed else 0.0
                 await self._forward(
                     send, endpoint, backend, ticket, upstream_body, stream, strip_usage, headers, exchange
@@ -311,6 +312,8 @@ class Proxy:
             except UpstreamError as exc:
                 exchange.backend = None
                 exchange.last_error = exc
+                if observed:  # an engine that fails for overload breaches its SLA too
+                    backend.observe_failure(exc, in_flight * backend.cluster_size, self.wall())
                 status = exc if isinstance(exc, UpstreamStatusError) else None
                 backend.record_failure(
                     self.clock(),

@@ -94,6 +94,7 @@ function dedicated(usage, cap) {
 }
 
 function limits(backends) {  // the backends with an sla: the limit learned from it and the latencies behind it
+  if (backends.failed) { table("limits", ["SLA limits"], [[`<span class="error">${esc(backends.failed)}</span>`]]); return; }
   const sla = (s) => [s.ttft_p95_ms && `TTFT ≤ ${num(s.ttft_p95_ms)} ms`,
     s.min_stream_tokens_per_s && `≥ ${num(s.min_stream_tokens_per_s)} tok/s`].filter(Boolean).join(", ") + ` at p${s.percentile}`;
   const fixed = (x, digits, unit) => x == null ? "–" : x.toFixed(digits) + unit;
@@ -123,6 +124,11 @@ let capacityShown = null;  // what the capacity panel shows (backends, samples, 
 
 function capacity(backends) {
   const root = document.getElementById("capacity");
+  if (backends.failed) {
+    capacityShown = null;
+    root.innerHTML = `<p class="error">${esc(backends.failed)}</p>`;
+    return;
+  }
   const measured = backends.data.filter((b) => b.capacity && b.capacity.envelope && b.capacity.envelope.curve.length);
   const limitOf = (b) => (b.capacity.limit && b.capacity.limit.current != null ? b.capacity.limit.current : null);
   const key = measured.map((b) => `${b.name}:${b.capacity.envelope.samples}:${limitOf(b)}`).join("|");
@@ -142,7 +148,8 @@ function capacity(backends) {
       <p>${num(Math.round(e.samples))} samples · ${what}${limit != null ? ` · learned limit <b>${num(limit)}</b>` : ""}</p>
       <div class="chart" id="envelope-${i}"></div></div>`;
   }).join("");
-  measured.forEach((b, i) => envelopeChart(`envelope-${i}`, b, limitOf(b)));
+  // The line is per engine replica, as the curve's axis: the API says what that is.
+  measured.forEach((b, i) => envelopeChart(`envelope-${i}`, b, b.capacity.limit ? b.capacity.limit.per_replica : null));
 }
 
 function envelopeChart(id, b, limit) {
@@ -153,7 +160,7 @@ function envelopeChart(id, b, limit) {
     const line = (x, colour, dash) => { const px = u.valToPos(x, "x", true); ctx.save(); ctx.strokeStyle = colour;
       ctx.setLineDash(dash); ctx.lineWidth = 2; ctx.beginPath(); ctx.moveTo(px, top); ctx.lineTo(px, top + height); ctx.stroke(); ctx.restore(); };
     if (e.capacity) line(e.capacity.concurrency, "#009E73", []);
-    if (limit != null) line(limit / Math.max(1, b.replicas || 1), "#D55E00", [6, 4]);  // the limit is per backend
+    if (limit != null) line(limit, "#D55E00", [6, 4]);  // the learned limit per replica
   };
   lineChart(id, [
     {label: "aggregate tok/s", stroke: "#0072B2", width: 2, points: {show: true}, value: (u, v) => num(v)},
@@ -216,7 +223,8 @@ async function refresh() {
       getJSON(`/admin/usage?start=${SPAN[spendPeriod()].start}&granularity=${spendPeriod()}&group_by=${spendBy()}`),
       getJSON("/admin/queue"),
       getJSON("/admin/advice").catch(() => null),
-      getJSON("/admin/backends"),
+      // One failed read of the backends blanks only the panels drawn from it, not the whole refresh.
+      getJSON("/admin/backends").catch((error) => ({data: [], failed: `backends unavailable: ${error.message}`})),
       ...dims.map((d) => getJSON(`/admin/usage?start=24h&granularity=total&group_by=${d}`)),
     ]);
     const t = total.totals;
