@@ -132,6 +132,7 @@ async def test_a_successful_actuation_moves_routing_and_gpu_accrual_on_both_repl
         "max_step": 1,
         "cooldown_s": 0,
         "max_replicas": 5,
+        "timeout_s": 2,  # under the planner's lead: interval_s 1 x 3
     }
     await plant_demand(prefix, 600)  # 3 replicas at 200 tok/s each
     async with (
