@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
@@ -258,3 +259,28 @@ async def test_a_count_the_store_cannot_share_changes_nothing_and_zero_replicas_
                 assert answer.choices[0].message.content
         assert [r for r in await sim_requests(sims["ded"]) if "chat" in r["path"]] == []  # scaled to zero
         assert len([r for r in await sim_requests(sims["api"]) if "chat" in r["path"]]) == 3
+
+
+async def test_a_malformed_capacity_document_in_the_store_does_not_break_metrics(
+    fleet: list[ProxyProcess], prefix: str, tmp_path: Path
+) -> None:
+    store = RedisMeterStore(REDIS_URL, prefix=prefix, retention_s=86400, records_max=1000)
+    try:  # another replica leads, and what it stored is not what this version writes
+        assert await store.try_lock("capacity", "another-replica", 600)
+        broken = {"object": "capacity", "backends": [{"backend": "ded"}, "junk", {"desired": None}]}
+        await store.put_document("capacity:decisions", orjson.dumps(broken))
+    finally:
+        await store.aclose()
+    async with (
+        simulators(ded=SimulatorConfig(**FAST_UPSTREAM), api=SimulatorConfig(**FAST_UPSTREAM)) as sims,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        fleet.append(await start_proxy(config(sims, prefix, None), tmp_path))
+
+        async def read_the_leaders_document() -> None:
+            assert (await admin_get(http, fleet[0], "/admin/capacity"))["pending"] is False
+
+        await eventually(read_the_leaders_document, timeout_s=20)
+        metrics = await admin_get(http, fleet[0], "/metrics")
+        assert "tokenyard_backend_replicas" in metrics
+        assert 'tokenyard_desired_replicas{backend="ded"' not in metrics

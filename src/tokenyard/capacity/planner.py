@@ -236,7 +236,11 @@ class CapacityPlanner:
         self._last_action_at[name] = now
         entry = self._entry(action, step, settings)
         self._decisions.append(entry)
-        await self.store.put_document(DECISIONS_DOC, orjson.dumps(self._document(now, decided)))
+        try:
+            await self.store.put_document(DECISIONS_DOC, orjson.dumps(self._document(now, decided)))
+        except StoreError as exc:  # unrecorded, it could be repeated by the next leader: not applied
+            entry.update(ok=False, outcome=f"failed: not applied, the decision could not be stored: {exc}")
+            raise
         entry.update(await self._apply(action, step, settings))
         return {"step": step.reason, "target": step.target}
 
