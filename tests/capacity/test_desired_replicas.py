@@ -7,6 +7,7 @@ receiver, the command actuator runs a real script. On SQLite and on Redis.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import itertools
@@ -26,7 +27,7 @@ from tokenyard.adapters.base import Webhook
 from tokenyard.adapters.webhook import WebhookSender
 from tokenyard.capacity.desired import CapacityEstimate
 from tokenyard.capacity.planner import DECISIONS_DOC, CapacityPlanner
-from tokenyard.capacity.shared_replicas import published_replicas
+from tokenyard.capacity.shared_replicas import publish_replicas, published_replicas
 from tokenyard.config import TokenyardConfig
 from tokenyard.errors import StoreUnavailable
 from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch
@@ -467,3 +468,18 @@ async def test_a_command_actuator_shows_its_program_only_and_no_flag_values(
     assert p.latest["actuator"]["command"] == [sys.executable]
     assert p.latest["decisions"][-1]["outcome"] == "failed: exit 1: denied: --token=… 3"
     assert b"s3cr3t" not in orjson.dumps(p.latest)
+
+
+async def test_two_counts_set_at_once_on_one_replica_both_land(store: MeterStore) -> None:
+    # An admin PUT and an actuation on the same proxy replica: each holds the lock on its own.
+    await asyncio.gather(
+        *(
+            publish_replicas(store, name, n, config_replicas=1, by="replica-a", source="admin", at=T0)
+            for name, n in (("ded", 3), ("ded2", 5), ("ded3", 7))
+        )
+    )
+    assert await published_replicas(store, {"ded": 1, "ded2": 1, "ded3": 1}) == {
+        "ded": 3,
+        "ded2": 5,
+        "ded3": 7,
+    }
