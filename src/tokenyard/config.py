@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from tokenyard.advisor.settings import AdvisorConfig
-from tokenyard.capacity.settings import CapacityConfig, EngineMetrics, Sla
+from tokenyard.capacity.settings import CapacityConfig, EngineMetrics, Sla, actuator_problems
 from tokenyard.errors import ConfigError
 from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.simulator.config import SimulatorConfig
@@ -269,6 +269,7 @@ class TokenyardConfig(_Strict):
                 problems.append((f"keys.{key_name}.key", f"same key as keys.{seen[secret]}"))
             seen.setdefault(secret, key_name)
         problems += _catalog_problems(self)
+        problems += actuator_problems(self.capacity, {name: b.kind for name, b in self.backends.items()})
         if not self.keys and not is_loopback(self.server.host):
             problems.append(
                 (

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
 from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, start_proxy
 from tests.support.redis_servers import REDIS_URL, delete_prefix
-from tests.support.simulators import FAST_UPSTREAM, simulators
+from tests.support.simulators import FAST_UPSTREAM, sim_requests, simulators
 from tests.support.stores import fresh_prefix
 from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch
 from tokenyard.meter.redis_store import RedisMeterStore
@@ -132,6 +133,7 @@ async def test_a_successful_actuation_moves_routing_and_gpu_accrual_on_both_repl
         "max_step": 1,
         "cooldown_s": 0,
         "max_replicas": 5,
+        "timeout_s": 2,  # under the planner's lead: interval_s 1 x 3
     }
     await plant_demand(prefix, 600)  # 3 replicas at 200 tok/s each
     async with (
@@ -218,3 +220,67 @@ async def test_without_a_meter_store_the_capacity_api_says_why_and_needs_the_adm
         assert document["enabled"] is False
         assert "meter store" in document["why"]
         assert "tokenyard_desired_replicas" not in await admin_get(http, fleet[0], "/metrics")
+
+
+async def test_a_count_the_store_cannot_share_changes_nothing_and_zero_replicas_take_no_requests(
+    fleet: list[ProxyProcess], prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        simulators(
+            ded=SimulatorConfig(mode="dedicated", max_concurrency=32, **FAST_UPSTREAM),
+            api=SimulatorConfig(**FAST_UPSTREAM),
+        ) as sims,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        fleet.append(await start_proxy(config(sims, prefix, None), tmp_path))
+        proxy = fleet[0]
+        store = RedisMeterStore(REDIS_URL, prefix=prefix, retention_s=86400, records_max=1000)
+        try:
+            # Someone else holds the shared count's lock past the proxy's wait: the count cannot be shared.
+            assert await store.try_lock("capacity:replicas", "someone-else", 60)
+            put = await http.put(
+                f"{proxy.url}/admin/backends/ded/replicas", json={"replicas": 3}, headers=ADMIN
+            )
+            assert put.status_code == 503, put.text
+            assert put.json()["error"]["code"] == "store_unavailable"
+            assert (await dedicated_state(http, proxy))["replicas"] == 1  # nothing changed here either
+            await store.release_lock("capacity:replicas", "someone-else")
+        finally:
+            await store.aclose()
+
+        put = await http.put(f"{proxy.url}/admin/backends/ded/replicas", json={"replicas": 0}, headers=ADMIN)
+        assert put.status_code == 200, put.text
+        assert (put.json()["shared"], put.json()["max_concurrency"]) == (True, 0)
+        async with proxy.client() as client:
+            for _ in range(3):
+                answer = await client.chat.completions.create(
+                    model="llama", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+                )
+                assert answer.choices[0].message.content
+        assert [r for r in await sim_requests(sims["ded"]) if "chat" in r["path"]] == []  # scaled to zero
+        assert len([r for r in await sim_requests(sims["api"]) if "chat" in r["path"]]) == 3
+
+
+async def test_a_malformed_capacity_document_in_the_store_does_not_break_metrics(
+    fleet: list[ProxyProcess], prefix: str, tmp_path: Path
+) -> None:
+    store = RedisMeterStore(REDIS_URL, prefix=prefix, retention_s=86400, records_max=1000)
+    try:  # another replica leads, and what it stored is not what this version writes
+        assert await store.try_lock("capacity", "another-replica", 600)
+        broken = {"object": "capacity", "backends": [{"backend": "ded"}, "junk", {"desired": None}]}
+        await store.put_document("capacity:decisions", orjson.dumps(broken))
+    finally:
+        await store.aclose()
+    async with (
+        simulators(ded=SimulatorConfig(**FAST_UPSTREAM), api=SimulatorConfig(**FAST_UPSTREAM)) as sims,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        fleet.append(await start_proxy(config(sims, prefix, None), tmp_path))
+
+        async def read_the_leaders_document() -> None:
+            assert (await admin_get(http, fleet[0], "/admin/capacity"))["pending"] is False
+
+        await eventually(read_the_leaders_document, timeout_s=20)
+        metrics = await admin_get(http, fleet[0], "/metrics")
+        assert "tokenyard_backend_replicas" in metrics
+        assert 'tokenyard_desired_replicas{backend="ded"' not in metrics

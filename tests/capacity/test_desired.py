@@ -268,3 +268,30 @@ def test_an_allow_listed_webhook_is_accepted_and_dry_run_is_the_default() -> Non
     parsed = parse_config(yaml.safe_dump(config_tree(actuator=actuator)), env={}).capacity.actuator
     assert parsed is not None
     assert parsed.dry_run is True
+
+
+@pytest.mark.parametrize(
+    ("actuator", "problem"),
+    [
+        ({"backends": ["ded-c"]}, "capacity.actuator.backends.0: unknown backend 'ded-c'"),
+        ({"backends": ["ded-a", "api"]}, "capacity.actuator.backends.1: backend 'api' is kind serverless"),
+        # Two dedicated backends acted on one after the other, 45 s each, reach the lead (30 s x 3).
+        ({"timeout_s": 45}, "capacity.actuator.timeout_s: 45 s x 2 backend(s) must stay under"),
+        ({"timeout_s": 10, "backends": ["ded-a"]}, None),  # interval_s 3: a lead of 9 s
+    ],
+)
+def test_an_actuator_naming_no_dedicated_backend_or_outlasting_the_lead_is_refused(
+    actuator: dict[str, Any], problem: str | None
+) -> None:
+    settings = {"kind": "command", "command": ["true"], **actuator}
+    capacity = {"actuator": settings} | ({"interval_s": 3} if problem is None else {})
+    tree = config_tree(**capacity)
+    if problem is None:
+        with pytest.raises(ConfigError, match=r"capacity\.actuator\.timeout_s: 10 s x 1 backend"):
+            parse_config(yaml.safe_dump(tree), env={})
+        tree["capacity"]["interval_s"] = 4  # a lead of 12 s: 10 s fits
+        assert parse_config(yaml.safe_dump(tree), env={}).capacity.actuator is not None
+        return
+    with pytest.raises(ConfigError) as raised:
+        parse_config(yaml.safe_dump(tree), env={})
+    assert problem in str(raised.value)

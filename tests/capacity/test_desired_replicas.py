@@ -7,11 +7,12 @@ receiver, the command actuator runs a real script. On SQLite and on Redis.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import itertools
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,16 @@ from tests.support.clocks import T0, FakeClock
 from tests.support.config import backend
 from tests.support.receiver import receiving
 from tests.support.stores import Stores
+from tokenyard.adapters.base import Webhook
 from tokenyard.adapters.webhook import WebhookSender
 from tokenyard.capacity.desired import CapacityEstimate
-from tokenyard.capacity.planner import CapacityPlanner
-from tokenyard.capacity.shared_replicas import published_replicas
+from tokenyard.capacity.planner import DECISIONS_DOC, CapacityPlanner
+from tokenyard.capacity.shared_replicas import publish_replicas, published_replicas
 from tokenyard.config import TokenyardConfig
+from tokenyard.errors import StoreUnavailable
 from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch
 from tokenyard.meter.store import MeterStore
+from tokenyard.stores.documents import read_json_dict
 
 WEEK_S = 7 * 86400
 SECRET = "whsec-capacity-0123"
@@ -61,6 +65,11 @@ def config(actuator: dict[str, Any] | None = None, **capacity: Any) -> Tokenyard
     )
 
 
+def configured() -> dict[str, int | None]:
+    """The config file's replicas per backend (a published count stands while the file says the same)."""
+    return {name: b.replicas for name, b in config().backends.items()}
+
+
 async def demand(store: MeterStore, minute: int, tokens_per_s: float, *, backend_name: str = "api") -> None:
     """One minute of real-time demand for llama, as the meter flushes it (spillover to ``api`` counts)."""
     fields = dict.fromkeys(AGG_FIELDS, 0) | {"requests": 10, "completion_tokens": round(tokens_per_s * 60)}
@@ -86,7 +95,7 @@ def planner(
     cfg: list[TokenyardConfig],
     wall: FakeClock,
     fleet: Fleet,
-    webhook: WebhookSender,
+    webhook: Webhook,
     *,
     replica: str = "replica-a",
 ) -> CapacityPlanner:
@@ -185,7 +194,9 @@ async def test_the_webhook_actuator_posts_signed_steps_within_max_step_and_cool_
         assert (sent["backend"], sent["from"], sent["replicas"]) == ("ded", 1, 2)  # one step at most
         assert sent["desired"] == {"now": 3, "next": 3}
         assert fleet.replicas["ded"] == 2  # this replica counts it at once...
-        assert await published_replicas(store) == {"ded": 2}  # ...and every other one from the store
+        assert await published_replicas(store, configured()) == {
+            "ded": 2
+        }  # ...and every other one from the store
 
         wall.advance(60)
         await p.tick()  # within the cool-down: nothing sent
@@ -213,7 +224,7 @@ async def test_a_dry_run_decides_and_logs_but_applies_nothing(
         await p.tick()
         assert got == []
         assert fleet.replicas["ded"] == 1
-        assert await published_replicas(store) == {}
+        assert await published_replicas(store, configured()) == {}
         assert p.latest is not None
         [entry] = p.latest["decisions"]
         assert (entry["from"], entry["to"], entry["dry_run"], entry["outcome"]) == (
@@ -264,7 +275,7 @@ async def test_the_command_actuator_runs_the_argv_and_a_failure_changes_nothing(
     failed = p.latest["decisions"][-1]
     assert failed["ok"] is False
     assert failed["outcome"] == "failed: exit 3: quota exceeded for 13 replicas"
-    assert await published_replicas(store) == {"ded": 4}
+    assert await published_replicas(store, configured()) == {"ded": 4}
 
 
 async def test_one_replica_leads_and_the_lead_moves_with_its_log_and_cool_downs(
@@ -289,3 +300,186 @@ async def test_one_replica_leads_and_the_lead_moves_with_its_log_and_cool_downs(
     assert b.latest is not None
     assert len(b.latest["decisions"]) == 1  # the log came along
     assert b.latest["backends"][0]["actuator"]["step"].startswith("cool-down: 240 s")  # and the cool-down
+
+
+class Scaler:
+    """A webhook scaler in the test's loop: answers 204, and runs ``during`` while it is being called."""
+
+    def __init__(self, during: Callable[[], Awaitable[None]]) -> None:
+        self.during = during
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+
+    async def post(self, url: str, payload: bytes, headers: Mapping[str, str], timeout_s: float) -> int:
+        self.posts.append((url, orjson.loads(payload)))
+        await self.during()
+        return 204
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def nothing() -> None:
+    return None
+
+
+TOKEN_URL = "https://user:pw@scaler.internal:8443/hooks/s3cr3t?token=s3cr3t"
+
+
+def webhook_actuator(**settings: Any) -> dict[str, Any]:
+    return {
+        "kind": "webhook",
+        "url": TOKEN_URL,
+        "allow_hosts": ["scaler.internal"],
+        "dry_run": False,
+        "max_step": 1,
+        "cooldown_s": 120,
+    } | settings
+
+
+async def test_each_decision_and_its_cool_down_are_stored_before_it_is_applied_and_show_no_secrets(
+    store: MeterStore,
+) -> None:
+    stored_while_applying: list[dict[str, Any] | None] = []
+
+    async def read_the_document() -> None:
+        stored_while_applying.append(await read_json_dict(store, DECISIONS_DOC))
+
+    scaler, wall, fleet = Scaler(read_the_document), FakeClock(T0 + 30), Fleet()
+    p = planner(store, [config(webhook_actuator())], wall, fleet, scaler)
+    await demand(store, T0, 1500)
+    await p.tick()
+    [(url, sent)] = scaler.posts
+    assert (url, sent["replicas"]) == (TOKEN_URL, 2)  # the scaler gets the real URL
+    [during] = stored_while_applying
+    assert during is not None
+    assert during["last_action_at"] == {"ded": T0 + 30}  # a replica taking the lead now would wait
+    assert [(d["to"], d["outcome"]) for d in during["decisions"]] == [(2, "pending: being applied")]
+    assert p.latest is not None
+    assert p.latest["decisions"][-1]["outcome"] == "webhook answered 204"
+    for document in (during, p.latest, await read_json_dict(store, DECISIONS_DOC)):
+        assert document is not None
+        assert document["actuator"]["url"] == "https://scaler.internal:8443"
+        assert b"s3cr3t" not in orjson.dumps(document)
+        assert b"user:pw" not in orjson.dumps(document)
+
+
+async def test_a_leader_that_lost_the_lock_while_acting_stops_acting(store: MeterStore) -> None:
+    async def another_replica_takes_the_lead() -> None:
+        await store.release_lock("capacity", "replica-a")
+        assert await store.try_lock("capacity", "replica-b", 90)
+
+    cfg = TokenyardConfig.model_validate(
+        {
+            "backends": {
+                "ded": backend("dedicated", "http://127.0.0.1:9/v1"),
+                "ded2": backend("dedicated", "http://127.0.0.1:9/v1"),
+                "api": backend("serverless", "http://127.0.0.1:9/v1"),
+            },
+            "models": {"llama": {"deployments": ["ded", "ded2", "api"]}},
+            "capacity": {"window_minutes": 3, "actuator": webhook_actuator()},
+        }
+    )
+    scaler, wall, fleet = Scaler(another_replica_takes_the_lead), FakeClock(T0 + 30), Fleet()
+    fleet.replicas["ded2"] = 1
+    p = planner(store, [cfg], wall, fleet, scaler)
+    await demand(store, T0, 3000)  # 3 replicas wanted on each
+    await p.tick()
+    assert [sent["backend"] for _, sent in scaler.posts] == ["ded"]  # ded2 was left to the new leader
+    assert fleet.replicas == {"ded": 2, "ded2": 1}
+    assert not p.leader
+    stored = await read_json_dict(store, DECISIONS_DOC)
+    assert stored is not None
+    assert stored["last_action_at"] == {"ded": T0 + 30}  # the new leader keeps ded's cool-down
+
+
+class SharedCountLost:
+    """The store, but the shared replica count's lock cannot be taken (the store went away for it)."""
+
+    def __init__(self, store: MeterStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        if name == "capacity:replicas":
+            raise StoreUnavailable("the store went away")
+        return await self._store.try_lock(name, owner, ttl_s)
+
+
+async def test_an_actuation_the_store_cannot_share_counts_as_failed_and_changes_nothing(
+    store: MeterStore,
+) -> None:
+    wall, fleet = FakeClock(T0 + 30), Fleet()
+    p = CapacityPlanner(
+        SharedCountLost(store),  # type: ignore[arg-type]  # a PlannerStore by delegation
+        lambda: config(webhook_actuator()),
+        replica="replica-a",
+        capacity=lambda name: PER_REPLICA,
+        provisioned=fleet.provisioned,
+        apply=fleet.apply,
+        advice=lambda: None,
+        webhook=Scaler(nothing),
+        wall=wall,
+    )
+    await demand(store, T0, 1500)
+    await p.tick()
+    assert fleet.replicas["ded"] == 1  # not counted here: the next beat would have reverted it
+    assert p.latest is not None
+    [entry] = p.latest["decisions"]
+    assert entry["ok"] is False
+    assert entry["outcome"].startswith("failed: webhook answered 204, but not counted")
+    assert await published_replicas(store, configured()) == {}
+
+
+async def test_a_changed_replicas_in_the_config_file_wins_over_an_older_published_count(
+    store: MeterStore,
+) -> None:
+    wall, fleet = FakeClock(T0 + 30), Fleet()
+    p = planner(store, [config(webhook_actuator())], wall, fleet, Scaler(nothing))
+    await demand(store, T0, 1500)
+    await p.tick()
+    assert await published_replicas(store, configured()) == {"ded": 2}  # the file still says 1: it stands
+    redeployed = configured() | {"ded": 4}  # the file now says 4: the older count gives way
+    assert await published_replicas(store, redeployed) == {}
+
+
+SECRET_SCRIPT = """\
+import sys
+sys.stderr.write("denied: " + " ".join(sys.argv[1:]))
+sys.exit(1)
+"""
+
+
+async def test_a_command_actuator_shows_its_program_only_and_no_flag_values(
+    store: MeterStore, webhook: WebhookSender, tmp_path: Path
+) -> None:
+    script = tmp_path / "scale.py"
+    script.write_text(SECRET_SCRIPT)
+    actuator = {
+        "kind": "command",
+        "command": [sys.executable, str(script), "--token=s3cr3t", "{replicas}"],
+        "dry_run": False,
+    }
+    p = planner(store, [config(actuator)], FakeClock(T0 + 30), Fleet(), webhook)
+    await demand(store, T0, 1500)
+    await p.tick()
+    assert p.latest is not None
+    assert p.latest["actuator"]["command"] == [sys.executable]
+    assert p.latest["decisions"][-1]["outcome"] == "failed: exit 1: denied: --token=… 3"
+    assert b"s3cr3t" not in orjson.dumps(p.latest)
+
+
+async def test_two_counts_set_at_once_on_one_replica_both_land(store: MeterStore) -> None:
+    # An admin PUT and an actuation on the same proxy replica: each holds the lock on its own.
+    await asyncio.gather(
+        *(
+            publish_replicas(store, name, n, config_replicas=1, by="replica-a", source="admin", at=T0)
+            for name, n in (("ded", 3), ("ded2", 5), ("ded3", 7))
+        )
+    )
+    assert await published_replicas(store, {"ded": 1, "ded2": 1, "ded3": 1}) == {
+        "ded": 3,
+        "ded2": 5,
+        "ded3": 7,
+    }

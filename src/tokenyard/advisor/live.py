@@ -29,6 +29,7 @@ import orjson
 
 from tokenyard.config import TokenyardConfig
 from tokenyard.errors import StoreError
+from tokenyard.stores.documents import read_json_dict
 from tokenyard.stores.protocols import CoordinatedDocuments, DocumentStore
 
 log = logging.getLogger("tokenyard.advisor")
@@ -42,15 +43,7 @@ RETRY_S = 5.0
 
 async def load_document(store: DocumentStore, name: str) -> dict[str, Any] | None:
     """A stored JSON document as a dict, or None (absent, or not JSON: a fresh start)."""
-    body = await store.get_document(name)
-    if body is None:
-        return None
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        log.warning("advisor: the stored %s is not JSON; starting afresh", name)
-        return None
-    return value if isinstance(value, dict) else None
+    return await read_json_dict(store, name)
 
 
 def worker_request(config: TokenyardConfig, *, now: float, replica: str, keep_state: bool) -> bytes:

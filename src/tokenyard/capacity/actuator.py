@@ -13,15 +13,20 @@ Two kinds apply a step:
 - ``command``: runs ``command`` (an argv, no shell) with ``{backend}`` and ``{replicas}`` replaced, e.g.
   ``["kubectl", "scale", "deployment/{backend}", "--replicas={replicas}"]``; exit 0 within ``timeout_s``
   is success.
+
+What is shown of the actuator (``GET /admin/capacity``, the stored decisions) is redacted: webhook URLs
+carry tokens in their path or query, commands carry them in ``--flag=value`` arguments. ``public_settings``
+keeps the URL's scheme, host and port and the command's program name; outcomes keep no ``=value``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import orjson
@@ -32,6 +37,35 @@ from tokenyard.errors import UpstreamError
 from tokenyard.wire.signatures import H_SIGNATURE, sign
 
 _STDERR_TAIL_CHARS = 300
+_FLAG_VALUE = re.compile(r"(\S*?=)\S+")  # --token=abc, TOKEN=abc: the value goes
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` without its user info, path, query and fragment: scheme://host[:port] only."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(unparseable url)"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def scrub(text: str) -> str:
+    """``text`` (a command's stderr, an error) without the value of any ``name=value`` token."""
+    return _FLAG_VALUE.sub(r"\1…", text)
+
+
+def public_settings(settings: Actuator) -> dict[str, Any]:
+    """The actuator's settings as shown and stored: no secret, the URL and command redacted."""
+    shown = settings.model_dump(mode="json", exclude={"secret"})
+    shown["url"] = redact_url(settings.url)
+    shown["command"] = settings.command[:1] if settings.command else settings.command
+    return shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +158,7 @@ class WebhookActuation:
         """POST the action; success is a 2xx answer."""
         url = self.settings.url or ""
         if not allowed_host(url, self.settings.allow_hosts):
-            return Outcome(False, f"failed: the host of {url!r} is not in actuator.allow_hosts")
+            return Outcome(False, f"failed: the host of {redact_url(url)!r} is not in actuator.allow_hosts")
         body = action.payload()
         headers = {"Content-Type": "application/json"}
         if self.settings.secret is not None:
@@ -132,7 +166,7 @@ class WebhookActuation:
         try:
             status = await self.webhook.post(url, body, headers, self.settings.timeout_s)
         except UpstreamError as exc:
-            return Outcome(False, f"failed: {exc.message}")
+            return Outcome(False, f"failed: {scrub(exc.message.replace(url, redact_url(url) or ''))}")
         if 200 <= status < 300:
             return Outcome(True, f"webhook answered {status}")
         return Outcome(False, f"failed: webhook answered {status}")
@@ -177,7 +211,7 @@ class CommandActuation:
             raise
         if proc.returncode == 0:
             return Outcome(True, "exit 0")
-        tail = err.decode(errors="replace").strip()[-_STDERR_TAIL_CHARS:]
+        tail = scrub(err.decode(errors="replace").strip())[-_STDERR_TAIL_CHARS:]
         return Outcome(False, f"failed: exit {proc.returncode}" + (f": {tail}" if tail else ""))
 
 

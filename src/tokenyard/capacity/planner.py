@@ -7,10 +7,14 @@ whole picture â€” desired counts, reasons, inputs and the bounded decision log â
 ``capacity:decisions`` document. Every other replica reads that document, so ``GET /admin/capacity`` and
 ``tokenyard_desired_replicas`` agree everywhere. The lock is held for three intervals and renewed each
 tick: the lead stays put while its replica lives, and moves (taking the log and the cool-downs with it,
-from the document) when it stops.
+from the document) when it stops. The leader renews the lock before each action and stops acting when it
+lost it, and stores each decision (and the cool-down it starts) before applying it: a replica that takes
+the lead meanwhile sees the action and its cool-down, and does not act again. The config refuses an
+actuator whose ``timeout_s`` times the backends it acts on reaches the lock's lead.
 
 A successful actuation writes the new count to ``capacity:replicas`` (``shared_replicas.py``): every
-replica applies it at its next membership beat, this one at once.
+replica applies it at its next membership beat, this one at once. Until it is written nothing counts it:
+an actuation the store could not share is logged as failed.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any, Final, Protocol
 import orjson
 
 from tokenyard.adapters.base import Webhook
-from tokenyard.capacity.actuator import Action, Step, actuation_for, plan_step
+from tokenyard.capacity.actuator import Action, Step, actuation_for, plan_step, public_settings
 from tokenyard.capacity.desired import (
     MINUTE_S,
     WEEK_S,
@@ -38,11 +42,12 @@ from tokenyard.capacity.desired import (
     dedicated_backends,
     demand_by_backend,
 )
-from tokenyard.capacity.settings import Actuator
+from tokenyard.capacity.settings import LEAD_INTERVALS, Actuator
 from tokenyard.capacity.shared_replicas import publish_replicas
 from tokenyard.config import MAX_REPLICAS, TokenyardConfig
 from tokenyard.errors import StoreError
 from tokenyard.meter.store import UsageStore
+from tokenyard.stores.documents import read_json_dict
 from tokenyard.stores.protocols import CoordinatedDocuments
 
 log = logging.getLogger("tokenyard.capacity")
@@ -50,7 +55,6 @@ log = logging.getLogger("tokenyard.capacity")
 LOCK: Final = "capacity"
 DECISIONS_DOC: Final = "capacity:decisions"
 MAX_DECISIONS: Final = 100  # the decision log keeps this many, newest last
-LEAD_INTERVALS: Final = 3  # the lock outlives a tick by this many intervals
 
 
 class PlannerStore(UsageStore, CoordinatedDocuments, Protocol):
@@ -111,8 +115,7 @@ class CapacityPlanner:
 
     async def tick(self) -> None:
         """Decide and act if this replica leads; otherwise read what the leader stored."""
-        ttl_s = self.config.capacity.interval_s * LEAD_INTERVALS
-        if not await self.store.try_lock(LOCK, self.replica, ttl_s):
+        if not await self._hold_lead():
             self.leader = False
             self.latest = await self._stored() or self.latest
             return
@@ -121,18 +124,17 @@ class CapacityPlanner:
             self.leader = True
             log.info("capacity: this replica decides the desired replicas")
         document = await self.plan()
+        if not self.leader:  # lost the lead while acting: the new leader's document stands
+            return
         await self.store.put_document(DECISIONS_DOC, orjson.dumps(document))
         self.latest = document
 
+    async def _hold_lead(self) -> bool:
+        """Take or renew the lead for the next ``LEAD_INTERVALS`` intervals."""
+        return await self.store.try_lock(LOCK, self.replica, self.config.capacity.interval_s * LEAD_INTERVALS)
+
     async def _stored(self) -> dict[str, Any] | None:
-        body = await self.store.get_document(DECISIONS_DOC)
-        if body is None:
-            return None
-        try:
-            value = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        return value if isinstance(value, dict) else None
+        return await read_json_dict(self.store, DECISIONS_DOC)
 
     def _resume(self, document: dict[str, Any] | None) -> None:
         if not document:
@@ -175,11 +177,14 @@ class CapacityPlanner:
     async def plan(self) -> dict[str, Any]:
         """Decide, act, and return the document every replica serves."""
         now = self.wall()
-        backends = []
+        backends: list[dict[str, Any]] = []
         for desired in await self.desired(now):
             item = desired.to_json() | {"provisioned": self.provisioned(desired.backend)}
-            item["actuator"] = await self._act(desired, now)
             backends.append(item)
+            item["actuator"] = await self._act(desired, now, backends)
+        return self._document(now, backends)
+
+    def _document(self, now: float, backends: list[dict[str, Any]]) -> dict[str, Any]:
         config = self.config
         actuator = config.capacity.actuator
         return {
@@ -188,21 +193,25 @@ class CapacityPlanner:
             "generated_by": self.replica,
             "interval_s": config.capacity.interval_s,
             "window_minutes": config.capacity.window_minutes,
-            "actuator": None if actuator is None else actuator.model_dump(mode="json", exclude={"secret"}),
+            "actuator": None if actuator is None else public_settings(actuator),
             "backends": backends,
             "decisions": list(self._decisions),
-            "last_action_at": self._last_action_at,
+            "last_action_at": dict(self._last_action_at),
         }
 
-    async def _act(self, desired: Desired, now: float) -> dict[str, Any] | None:
+    async def _act(
+        self, desired: Desired, now: float, decided: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
         """Let the actuator take its guarded step toward the desired count; what it did (None: no actuator
-        for this backend, or no desired count)."""
+        for this backend, or no desired count). ``decided``: the document's backends so far."""
         settings = self.config.capacity.actuator
         name = desired.backend
         if settings is None or (settings.backends is not None and name not in settings.backends):
             return None
         if desired.next is None:
             return {"step": "holds: the desired replicas are unknown", "target": None}
+        if not self.leader:
+            return {"step": "holds: another proxy replica took the lead", "target": None}
         provisioned = self.provisioned(name)
         # A replica asked for now serves after the lead time: act on the next interval's count.
         step = plan_step(
@@ -215,18 +224,30 @@ class CapacityPlanner:
         if step.target is None:
             log.debug("capacity: %s %s", name, step.reason)
             return {"step": step.reason, "target": None}
+        # Still the leader? (The previous actions took time.) Then store the decision and its cool-down
+        # before acting, so a replica that takes the lead after this sees both.
+        if not await self._hold_lead():
+            self.leader = False
+            log.warning("capacity: the lead moved to another replica; %s not acted on here", name)
+            return {"step": "holds: another proxy replica took the lead", "target": None}
         action = Action(
             next(self._ids), name, provisioned, step.target, desired.now, desired.next, desired.reasons, now
         )
         self._last_action_at[name] = now
-        entry = await self._apply(action, step, settings)
+        entry = self._entry(action, step, settings)
         self._decisions.append(entry)
+        try:
+            await self.store.put_document(DECISIONS_DOC, orjson.dumps(self._document(now, decided)))
+        except StoreError as exc:  # unrecorded, it could be repeated by the next leader: not applied
+            entry.update(ok=False, outcome=f"failed: not applied, the decision could not be stored: {exc}")
+            raise
+        entry.update(await self._apply(action, step, settings))
         return {"step": step.reason, "target": step.target}
 
-    async def _apply(self, action: Action, step: Step, settings: Actuator) -> dict[str, Any]:
-        """Apply one action (or not, in a dry run); its entry in the decision log."""
-        dry_run = settings.dry_run
-        entry: dict[str, Any] = {
+    @staticmethod
+    def _entry(action: Action, step: Step, settings: Actuator) -> dict[str, Any]:
+        """The action's entry in the decision log, before it is applied."""
+        return {
             "id": action.id,
             "at": round(action.at, 3),
             "backend": action.backend,
@@ -235,28 +256,35 @@ class CapacityPlanner:
             "desired": {"now": action.desired_now, "next": action.desired_next},
             "reason": step.reason,
             "kind": settings.kind,
-            "dry_run": dry_run,
+            "dry_run": settings.dry_run,
+            "ok": None,
+            "outcome": "pending: being applied",
         }
-        if dry_run:
+
+    async def _apply(self, action: Action, step: Step, settings: Actuator) -> dict[str, Any]:
+        """Apply one action (or not, in a dry run); how it went, for its entry in the decision log."""
+        if settings.dry_run:
             log.info("capacity: %s would %s [dry run]", action.backend, step.reason)
-            return entry | {"ok": None, "outcome": "dry run: not applied"}
+            return {"ok": None, "outcome": "dry run: not applied"}
         outcome = await actuation_for(settings, self.webhook, wall=self.wall).apply(action)
-        if outcome.ok:
-            self.apply(action.backend, action.target)
-            try:
-                await publish_replicas(
-                    self.store,
-                    action.backend,
-                    action.target,
-                    by=self.replica,
-                    source="actuator",
-                    at=action.at,
-                )
-            except StoreError as exc:
-                log.warning(
-                    "capacity: %s: applied, but not shared with the other replicas: %s", action.backend, exc
-                )
-            log.info("capacity: %s: %s (%s)", action.backend, step.reason, outcome.detail)
-        else:
+        if not outcome.ok:
             log.warning("capacity: %s: %s %s", action.backend, step.reason, outcome.detail)
-        return entry | {"ok": outcome.ok, "outcome": outcome.detail}
+            return {"ok": False, "outcome": outcome.detail}
+        backend = self.config.backends.get(action.backend)
+        try:
+            await publish_replicas(
+                self.store,
+                action.backend,
+                action.target,
+                config_replicas=backend.replicas if backend is not None else None,
+                by=self.replica,
+                source="actuator",
+                at=action.at,
+            )
+        except StoreError as exc:
+            # Counted nowhere: a count this replica alone held would be reverted at its next beat.
+            log.warning("capacity: %s: applied, but the count could not be shared: %s", action.backend, exc)
+            return {"ok": False, "outcome": f"failed: {outcome.detail}, but not counted: {exc.message}"}
+        self.apply(action.backend, action.target)
+        log.info("capacity: %s: %s (%s)", action.backend, step.reason, outcome.detail)
+        return {"ok": True, "outcome": outcome.detail}

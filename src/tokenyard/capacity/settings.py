@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 PositiveFloat = Annotated[float, Field(gt=0)]
 Share = Annotated[float, Field(gt=0, le=1)]
 EngineProfile = Literal["auto", "vllm", "sglang", "tgi", "llamacpp"]
+LEAD_INTERVALS: Final = 3  # the capacity planner's lock outlives a tick by this many intervals
 
 
 class _Strict(BaseModel):
@@ -118,3 +120,36 @@ class CapacityConfig(_Strict):
     window_minutes: Annotated[int, Field(ge=1, le=60)] = 5
     actuator: Actuator | None = None
     envelope: EnvelopeSettings = EnvelopeSettings()
+
+
+def actuator_problems(capacity: CapacityConfig, kinds: Mapping[str, str]) -> list[tuple[str, str]]:
+    """What the actuator section gets wrong against the backends (``kinds``: each backend's kind): names
+    that point nowhere or at a backend without replicas, and a timeout that would outlast the planner's
+    lead (the lock would move while it still acts, and a second replica would act too)."""
+    actuator = capacity.actuator
+    if actuator is None:
+        return []
+    problems: list[tuple[str, str]] = []
+    for i, name in enumerate(actuator.backends or ()):
+        kind = kinds.get(name)
+        if kind is None:
+            problems.append((f"capacity.actuator.backends.{i}", f"unknown backend {name!r}"))
+        elif kind != "dedicated":
+            problems.append(
+                (f"capacity.actuator.backends.{i}", f"backend {name!r} is kind {kind}, not dedicated")
+            )
+    acting = (
+        len(actuator.backends)
+        if actuator.backends is not None
+        else sum(1 for kind in kinds.values() if kind == "dedicated")
+    )
+    lead_s = capacity.interval_s * LEAD_INTERVALS
+    if acting and actuator.timeout_s * acting >= lead_s:
+        problems.append(
+            (
+                "capacity.actuator.timeout_s",
+                f"{actuator.timeout_s:g} s x {acting} backend(s) must stay under the planner's lead of "
+                f"{lead_s:g} s (capacity.interval_s x {LEAD_INTERVALS}): lower timeout_s or raise interval_s",
+            )
+        )
+    return problems

@@ -51,15 +51,14 @@ def replicas_applier(backends: Mapping[str, Backend], meter: Meter) -> Callable[
 
 def _catalog_figures(config: Callable[[], TokenyardConfig]) -> Callable[[], Mapping[str, CapacityEstimate]]:
     """The catalog's capacities for the config in force, computed once per (re)load."""
-    cache: dict[int, Mapping[str, CapacityEstimate]] = {}
+    # The config object itself is kept (not its id: a reloaded config may reuse a freed object's id).
+    cached: list[tuple[TokenyardConfig, Mapping[str, CapacityEstimate]]] = []
 
     def figures() -> Mapping[str, CapacityEstimate]:
         current = config()
-        key = id(current)
-        if key not in cache:
-            cache.clear()
-            cache[key] = catalog_capacity(current, load_catalog(current.advisor.catalog))
-        return cache[key]
+        if not cached or cached[0][0] is not current:
+            cached[:] = [(current, catalog_capacity(current, load_catalog(current.advisor.catalog)))]
+        return cached[0][1]
 
     return figures
 

@@ -77,7 +77,8 @@ class Membership:
             backend.set_cluster_size(live)
         await self._check_reload()
         if self.apply_replicas is not None:
-            for name, replicas in (await published_replicas(self.store)).items():
+            configured = {name: backend.config.replicas for name, backend in self.backends.items()}
+            for name, replicas in (await published_replicas(self.store, configured)).items():
                 self.apply_replicas(name, replicas)
 
     async def run(self) -> None:

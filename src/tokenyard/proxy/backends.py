@@ -62,7 +62,7 @@ class Backend:
             cap = self.limit.current
         if self.config.kind == "dedicated":
             cap *= self.replicas
-        return max(1, cap // self.cluster_size)
+        return max(1 if self.replicas else 0, cap // self.cluster_size)  # 0 replicas: nothing to route to
 
     @property
     def wants_samples(self) -> bool:

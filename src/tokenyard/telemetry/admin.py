@@ -283,18 +283,29 @@ class AdminApi:
             raise InvalidRequest(
                 f'Body must be {{"replicas": N}} with 0 <= N <= {MAX_REPLICAS}.', param="replicas"
             )
-        self.meter.set_replicas(name, replicas)
-        backend.replicas = replicas
-        # Every replica counts it from its next membership beat (it used to change this replica only).
+        # Published first, for every replica (each counts it from its next membership beat), and only
+        # then counted here: a count this replica alone held would be reverted at its next beat.
         shared = False
         if self.meter.store is not None:
             try:
                 await publish_replicas(
-                    self.meter.store, name, replicas, by=self.replica, source="admin", at=self.wall()
+                    self.meter.store,
+                    name,
+                    replicas,
+                    config_replicas=backend.config.replicas,
+                    by=self.replica,
+                    source="admin",
+                    at=self.wall(),
                 )
-                shared = True
             except StoreError as exc:
-                log.warning("admin: %s replicas set here only: %s", name, exc)
+                log.warning("admin: %s replicas not changed: %s", name, exc)
+                raise StoreError(
+                    f"The replica count could not be shared with the other proxy replicas ({exc.message}); "
+                    "nothing changed. Retry when the store is back."
+                ) from exc
+            shared = True
+        self.meter.set_replicas(name, replicas)
+        backend.replicas = replicas
         await wire.send_json(
             send,
             200,
@@ -302,7 +313,7 @@ class AdminApi:
                 "name": name,
                 "replicas": replicas,
                 "max_concurrency": backend.max_concurrency,
-                "shared": shared,  # False: the store is off or away; this replica only
+                "shared": shared,  # False: no meter store (one replica only)
             },
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tokenyard.capacity.actuator import public_settings
 from tokenyard.capacity.planner import CapacityPlanner
 from tokenyard.proxy.backends import Backend
 from tokenyard.telemetry.admin import AdminApi
@@ -43,6 +44,9 @@ class CapacityApi:
                 **extra,
             }
         stored = planner.latest or {"object": "capacity", "backends": [], "decisions": []}
+        actuator = planner.config.capacity.actuator
+        # Shown redacted whoever wrote the document (an older leader may have stored more of it).
+        stored = stored | {"actuator": None if actuator is None else public_settings(actuator)}
         here = {
             name: {"replicas": b.replicas, "max_concurrency": b.max_concurrency}
             for name, b in self.backends.items()

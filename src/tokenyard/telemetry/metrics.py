@@ -71,10 +71,13 @@ class TokenyardCollector(Collector):
             "Replicas a dedicated backend should run: now, and for the next interval (time-of-week profile).",
             labels=["backend", "horizon"],
         )
-        for item in document.get("backends", []):
+        for item in document.get("backends") or []:  # a store document: never trust its shape
+            counts = item.get("desired") if isinstance(item, dict) else None
+            if not isinstance(counts, dict) or not isinstance(item.get("backend"), str):
+                continue
             for horizon in ("now", "next"):
-                value = item["desired"][horizon]
-                if value is not None:
+                value = counts.get(horizon)
+                if isinstance(value, int | float) and not isinstance(value, bool):
                     desired.add_metric([item["backend"], horizon], value)
         yield desired
 
