@@ -54,7 +54,8 @@ class Backend:
     @property
     def max_concurrency(self) -> int | None:
         """This replica's in-flight cap now: the backend's cap (a dedicated backend's per-replica cap, or the
-        limit learned from its SLA, times its replicas) divided among the live proxy replicas, at least 1."""
+        limit learned from its SLA, times its replicas) divided among the live proxy replicas, at least 1 —
+        or 0 for a dedicated backend scaled to no replicas (nothing to route to)."""
         cap = self.config.max_concurrency
         if cap is None:
             return None
@@ -62,7 +63,7 @@ class Backend:
             cap = self.limit.current
         if self.config.kind == "dedicated":
             cap *= self.replicas
-        return max(1 if self.replicas else 0, cap // self.cluster_size)  # 0 replicas: nothing to route to
+        return max(1 if self.replicas else 0, cap // self.cluster_size)
 
     @property
     def wants_samples(self) -> bool:
