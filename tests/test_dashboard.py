@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
+from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, running_proxy
 from tests.support.simulators import FAST_UPSTREAM, simulators
 from tests.support.stores import sqlite_url
@@ -213,7 +214,15 @@ async def test_the_dedicated_table_shows_the_engines_own_figures_and_says_so(
     # tokenyard sent it, from a minute before until now.
     store = SqliteMeterStore(tmp_path / "meter.sqlite3", retention_s=86_400, records_max=1_000)
     meter = Meter(MeterConfig(store=sqlite_url(tmp_path / "meter.sqlite3")), {}, store)
-    sent = (await admin(proxy, "/admin/usage", start="1h", granularity="total", group_by=""))["totals"]
+    sent: dict[str, Any] = {}
+
+    async def both_metered() -> None:  # the meter flushes a moment after the answers
+        sent.update(
+            (await admin(proxy, "/admin/usage", start="1h", granularity="total", group_by=""))["totals"]
+        )
+        assert sent["requests"] == 2
+
+    await eventually(both_metered)
     tokens = sent["prompt_tokens"] + sent["completion_tokens"]
     for wall, total in ((time.time() - 60, 10_000), (time.time(), 10_000 + tokens + 5_000)):
         snapshot = EngineSnapshot(

@@ -11,7 +11,6 @@ stream whole (the proxy turns it into a short stream), so spilled traffic costs 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections import Counter
@@ -25,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
+from tests.support.load import pressing
 from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, running_proxy
 from tests.support.simulators import FAST_UPSTREAM, USER_HELLO, set_faults, simulator_process, simulators
@@ -87,26 +87,16 @@ async def _load(proxy: ProxyProcess, routes: list[str]) -> AsyncIterator[None]:
     """CLIENTS streaming clients, each asking again as soon as it is answered; ``routes`` gets the route
     header of every answer, in order."""
 
-    async def client_loop(client: openai.AsyncOpenAI) -> None:
-        while True:
-            raw = await client.chat.completions.with_raw_response.create(
-                model=MODEL, messages=USER_HELLO, max_tokens=12, stream=True
-            )
-            async for _ in raw.parse():
-                pass
-            routes.append(f"{raw.headers['x-tokenyard-backend']}:{raw.headers['x-tokenyard-route']}")
+    async def one_request(client: openai.AsyncOpenAI) -> None:
+        raw = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=USER_HELLO, max_tokens=12, stream=True
+        )
+        async for _ in raw.parse():
+            pass
+        routes.append(f"{raw.headers['x-tokenyard-backend']}:{raw.headers['x-tokenyard-route']}")
 
-    client = proxy.client(max_retries=0, timeout=60)
-    tasks = [asyncio.create_task(client_loop(client)) for _ in range(CLIENTS)]
-    try:
+    async with pressing(proxy.client(max_retries=0, timeout=60), CLIENTS, one_request):
         yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        await client.close()
-        failures = [r for r in results if not isinstance(r, asyncio.CancelledError)]
-        assert not failures, failures
 
 
 async def test_the_limit_learns_the_sla_concurrency_and_follows_a_capacity_drop(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from tests.support.stores import ProxyStore, open_proxy_store
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 MODEL = "llama"
 
 
@@ -52,12 +51,7 @@ def proxy_config(sim: SimulatorServer, store: ProxyStore) -> dict[str, Any]:
 
 async def usage(proxy: ProxyProcess) -> dict[str, Any]:
     """The last hour's usage, one period, no grouping."""
-    async with httpx.AsyncClient(timeout=10, headers=ADMIN) as http:
-        got = await http.get(
-            f"{proxy.url}/admin/usage", params={"start": "1h", "granularity": "total", "group_by": ""}
-        )
-    assert got.status_code == 200, got.text
-    body: dict[str, Any] = got.json()
+    body: dict[str, Any] = await proxy.admin("/admin/usage", start="1h", granularity="total", group_by="")
     return body
 
 
@@ -202,8 +196,7 @@ async def scraping(proxy: ProxyProcess) -> None:
     """Poll until the replica has read the engine itself (its own scraper, fresh)."""
 
     async def fresh() -> None:
-        async with httpx.AsyncClient(timeout=10, headers=ADMIN) as http:
-            items = (await http.get(f"{proxy.url}/admin/backends")).json()["data"]
+        items = (await proxy.admin("/admin/backends"))["data"]
         [ded] = [item for item in items if item["name"] == "ded"]
         assert ded["capacity"]["engine"]["fresh"] is True
 

@@ -23,7 +23,6 @@ from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, running_proxy
 from tests.support.stores import sqlite_url
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 MODEL = "smollm2"
 # What llama-server counts of the tokens it took in and put out.
 PROMPT, CACHED, PREDICTED = (
@@ -90,12 +89,7 @@ async def proxy(llama: Upstream, tmp_path: Path) -> AsyncIterator[ProxyProcess]:
 
 async def usage(proxy: ProxyProcess) -> dict[str, Any]:
     """The last hour's usage, one period, no grouping."""
-    async with httpx.AsyncClient(timeout=30, headers=ADMIN) as http:
-        got = await http.get(
-            f"{proxy.url}/admin/usage", params={"start": "1h", "granularity": "total", "group_by": ""}
-        )
-    assert got.status_code == 200, got.text
-    body: dict[str, Any] = got.json()
+    body: dict[str, Any] = await proxy.admin("/admin/usage", start="1h", granularity="total", group_by="")
     return body
 
 

@@ -8,7 +8,6 @@ which most streams meet it; what does not fit spills over to a serverless simula
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ import pytest
 
 from tests.real_upstream.upstreams import llama_upstream, need_llama, running
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
+from tests.support.load import pressing
 from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, running_proxy
 from tests.support.simulators import USER_HELLO, simulators
@@ -61,29 +61,19 @@ async def proxy(tmp_path: Path) -> AsyncIterator[ProxyProcess]:
 async def load(proxy: ProxyProcess) -> AsyncIterator[None]:
     """CLIENTS streaming clients asking again as soon as they are answered (12 tokens each, to the end)."""
 
-    async def client_loop(client: openai.AsyncOpenAI) -> None:
-        while True:
-            stream = await client.chat.completions.create(
-                model="smollm2",
-                messages=USER_HELLO,
-                max_tokens=12,
-                stream=True,
-                extra_body={"ignore_eos": True},  # llama-server: every answer is 12 tokens long
-            )
-            async for _ in stream:
-                pass
+    async def one_request(client: openai.AsyncOpenAI) -> None:
+        stream = await client.chat.completions.create(
+            model="smollm2",
+            messages=USER_HELLO,
+            max_tokens=12,
+            stream=True,
+            extra_body={"ignore_eos": True},  # llama-server: every answer is 12 tokens long
+        )
+        async for _ in stream:
+            pass
 
-    client = proxy.client(timeout=120)
-    tasks = [asyncio.create_task(client_loop(client)) for _ in range(CLIENTS)]
-    try:
+    async with pressing(proxy.client(timeout=120), CLIENTS, one_request):
         yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        await client.close()
-        failures = [r for r in results if not isinstance(r, asyncio.CancelledError)]
-        assert not failures, failures
 
 
 async def limit_after(proxy: ProxyProcess, http: httpx.AsyncClient, samples: int) -> dict[str, Any]:

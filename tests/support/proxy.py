@@ -20,7 +20,7 @@ import httpx
 import openai
 import yaml
 
-from tests.support.config import CLIENT_KEY
+from tests.support.config import ADMIN_KEY, CLIENT_KEY
 from tests.support.net import free_port
 from tests.support.stores import sqlite_url
 
@@ -47,6 +47,13 @@ class ProxyProcess:
         kwargs.setdefault("max_retries", 0)
         kwargs.setdefault("timeout", 30)
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=key, **kwargs)
+
+    async def admin(self, path: str, **params: str) -> Any:
+        """``GET`` an admin route with the admin key: its JSON (it must answer 200)."""
+        async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+            got = await http.get(f"{self.url}{path}", params=params)
+        assert got.status_code == 200, got.text
+        return got.json()
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """Stop the process and return its exit code."""
