@@ -81,14 +81,26 @@ def envelope_source(keeper: EnvelopeKeeper, backends: Mapping[str, Backend]) -> 
     return measured
 
 
+def learned_limits(backends: Mapping[str, Backend]) -> Callable[[], dict[str, int]]:
+    """Every backend's concurrency limit per engine replica as learned from its SLA, for those whose limit
+    has moved (one still at its configured ceiling is the starting point, not a measurement)."""
+
+    def moved() -> dict[str, int]:
+        return {
+            name: backend.limit.current
+            for name, backend in backends.items()
+            if backend.limit is not None and backend.limit.history
+        }
+
+    return moved
+
+
 def learned_limit(backends: Mapping[str, Backend]) -> Callable[[str], int | None]:
-    """A backend's concurrency limit per replica as learned from its SLA (None: it has no SLA, or its limit
-    has not moved from the configured ceiling yet, which is the starting point, not a measurement)."""
+    """One backend's learned limit per engine replica (None: no SLA, or it has not moved yet)."""
+    moved = learned_limits(backends)
 
     def per_replica(name: str) -> int | None:
-        backend = backends.get(name)
-        limit = backend.limit if backend is not None else None
-        return limit.current if limit is not None and limit.history else None
+        return moved().get(name)
 
     return per_replica
 

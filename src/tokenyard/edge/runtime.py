@@ -40,7 +40,13 @@ from tokenyard.capacity.planner import CapacityPlanner
 from tokenyard.capacity.scraper import EngineScraper, OnSnapshot
 from tokenyard.capacity.truth import engine_metering
 from tokenyard.config import TokenyardConfig
-from tokenyard.edge.capacity import envelope_source, learned_limit, replicas_applier, start_capacity
+from tokenyard.edge.capacity import (
+    envelope_source,
+    learned_limit,
+    learned_limits,
+    replicas_applier,
+    start_capacity,
+)
 from tokenyard.edge.cluster import Membership
 from tokenyard.edge.reload import Reloader
 from tokenyard.live import LiveConfig
@@ -125,8 +131,8 @@ async def start_runtime(
     meter = Meter(meter_config, config.backends, store, wall=wall)
     stack.push_async_callback(meter.close, _METER_CLOSE_TIMEOUT_S)
     stack.push_async_callback(_cancel, asyncio.create_task(meter.run(), name="meter flush"))
-    # Pushed after the meter's callbacks: it stops before the meter closes. TRUTH wires on_snapshot here.
-    # Every good scrape is metered too: what the engine did per minute, beside what came through here.
+    # Pushed after the meter's callbacks: it stops before the meter closes. Every good scrape is metered
+    # too: what the engine did per minute, beside what came through here.
     _start_engine_scraper(stack, backends, clock, wall, on_snapshot=engine_metering(meter, wall))
     track_runs = store is not None and config.async_track.enabled
     live = LiveConfig(config, async_track_runs=track_runs)
@@ -147,11 +153,7 @@ async def start_runtime(
             lambda: live.config.capacity.envelope,
             replica=replica,
             wall=wall,
-            learned_limits=lambda: {
-                name: b.limit.current
-                for name, b in backends.items()
-                if b.limit is not None and b.limit.history
-            },
+            learned_limits=learned_limits(backends),
         )
         stack.push_async_callback(_cancel, asyncio.create_task(envelope.run(), name="envelope"))
 
