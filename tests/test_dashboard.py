@@ -8,8 +8,6 @@ Chromium is Debian's (``.ci/run`` installs it); the test is skipped, saying so, 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +17,7 @@ import httpx
 import pytest
 
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
+from tests.support.dashboard import ARTIFACTS, browser_page, needs_chromium, sign_in
 from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, running_proxy
 from tests.support.simulators import FAST_UPSTREAM, simulators
@@ -30,16 +29,9 @@ from tokenyard.meter.meter import Meter
 from tokenyard.meter.sqlite_store import SqliteMeterStore
 from tokenyard.simulator.config import SimulatorConfig
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-CHROMIUM = CHROMIUM if Path(CHROMIUM).exists() else None
 MODEL = "llama-3.1-8b-instruct"  # in the catalog: the advisor can draw its cost against replicas
-ARTIFACTS = Path(os.environ.get("TOKENYARD_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 
-# Skipped, saying why, only where Chromium is absent and not required: .ci/run installs it and requires it.
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("TOKENYARD_REQUIRE_CHROMIUM"),
-    reason="no Chromium on this machine (apt-get install chromium; .ci/run does)",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -121,94 +113,77 @@ async def test_nothing_is_reachable_without_the_admin_key(proxy: ProxyProcess) -
 
 
 async def test_the_dashboard_shows_live_numbers_that_agree_with_the_usage_api(proxy: ProxyProcess) -> None:
-    from playwright.async_api import async_playwright
-
     await chat(proxy, 5)
     await chat(proxy, 1, Prefer="respond-async")
     await asyncio.to_thread(ARTIFACTS.mkdir, parents=True, exist_ok=True)
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 1600})
-            errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            await page.goto(f"{proxy.url}/dashboard")
-            await page.fill("#key", ADMIN_KEY)
-            await page.click("button[type=submit]")
-            await page.wait_for_selector("#total-requests")
+    async with browser_page(1600) as (page, errors):
+        await sign_in(page, proxy)
+        await page.wait_for_selector("#total-requests")
 
-            async def shows(expected: int) -> None:
-                await page.wait_for_function(
-                    "n => document.getElementById('total-requests').textContent === n",
-                    arg=f"{expected:,}",
-                    timeout=15_000,
-                )
+        async def shows(expected: int) -> None:
+            await page.wait_for_function(
+                "n => document.getElementById('total-requests').textContent === n",
+                arg=f"{expected:,}",
+                timeout=15_000,
+            )
 
-            before = await total_requests(proxy)
-            assert before == 6
-            await shows(before)
-            await chat(proxy, 3)
+        before = await total_requests(proxy)
+        assert before == 6
+        await shows(before)
+        await chat(proxy, 3)
+        after = await total_requests(proxy)
+        while after < before + 3:  # the meter flushes every 0.2 s
             after = await total_requests(proxy)
-            while after < before + 3:  # the meter flushes every 0.2 s
-                after = await total_requests(proxy)
-            await shows(after)  # the page updated without a reload
+        await shows(after)  # the page updated without a reload
 
-            # Tokens are exact like requests; spend grows every second (GPU time): it is only checked shown.
-            usage = await admin(proxy, "/admin/usage", start="24h", granularity="total", group_by="")
-            totals = usage["totals"]
-            await page.wait_for_function(
-                "t => document.getElementById('total-tokens').textContent === t",
-                arg=f"{totals['prompt_tokens']:,} / {totals['completion_tokens']:,}",
-            )
-            assert (await page.inner_text("#total-cost")).startswith("$")
-            assert (await page.inner_text("#async-saved")).startswith("$")
-            by_mode = await page.inner_text("#by-mode")
-            assert "async" in by_mode
-            assert "realtime" in by_mode
-            await page.wait_for_function(
-                "document.getElementById('queue').textContent.includes('answered via idle dedicated')"
-            )
-            assert "ded" in await page.inner_text("#dedicated")
-            limits = await page.inner_text("#limits")  # too few answers for a window: still at its ceiling
-            assert "ded" in limits
-            assert "≥ 30 tok/s at p95" in limits
-            assert "none yet: at its ceiling" in limits
+        # Tokens are exact like requests; spend grows every second (GPU time): it is only checked shown.
+        usage = await admin(proxy, "/admin/usage", start="24h", granularity="total", group_by="")
+        totals = usage["totals"]
+        await page.wait_for_function(
+            "t => document.getElementById('total-tokens').textContent === t",
+            arg=f"{totals['prompt_tokens']:,} / {totals['completion_tokens']:,}",
+        )
+        assert (await page.inner_text("#total-cost")).startswith("$")
+        assert (await page.inner_text("#async-saved")).startswith("$")
+        by_mode = await page.inner_text("#by-mode")
+        assert "async" in by_mode
+        assert "realtime" in by_mode
+        await page.wait_for_function(
+            "document.getElementById('queue').textContent.includes('answered via idle dedicated')"
+        )
+        assert "ded" in await page.inner_text("#dedicated")
+        limits = await page.inner_text("#limits")  # too few answers for a window: still at its ceiling
+        assert "ded" in limits
+        assert "≥ 30 tok/s at p95" in limits
+        assert "none yet: at its ceiling" in limits
 
-            advice = await admin(proxy, "/admin/advice", fresh="1")
-            [workload] = advice["workloads"]
-            card = page.locator(f'[data-testid="advice-{MODEL}"]')
-            await card.wait_for(timeout=15_000)
-            text = await card.inner_text()
-            assert workload["recommended"]["architecture"] in text
-            assert f"{workload['confidence']} confidence" in text
-            assert await card.locator("canvas").count() == 1, "the cost against replicas is drawn"
-            # The spend chart regroups on demand: by backend, per hour.
-            await page.select_option("#spend-by", "backend")
-            await page.select_option("#spend-period", "hour")
-            await page.wait_for_function(
-                "document.querySelector('[data-testid=spend-chart] .u-legend').textContent.includes('ded')"
-            )
-            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        advice = await admin(proxy, "/admin/advice", fresh="1")
+        [workload] = advice["workloads"]
+        card = page.locator(f'[data-testid="advice-{MODEL}"]')
+        await card.wait_for(timeout=15_000)
+        text = await card.inner_text()
+        assert workload["recommended"]["architecture"] in text
+        assert f"{workload['confidence']} confidence" in text
+        assert await card.locator("canvas").count() == 1, "the cost against replicas is drawn"
+        # The spend chart regroups on demand: by backend, per hour.
+        await page.select_option("#spend-by", "backend")
+        await page.select_option("#spend-period", "hour")
+        await page.wait_for_function(
+            "document.querySelector('[data-testid=spend-chart] .u-legend').textContent.includes('ded')"
+        )
+        await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
-            await page.set_viewport_size({"width": 390, "height": 1600})  # a phone
-            await page.wait_for_timeout(500)
-            overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-            assert overflow <= 1, "nothing sticks out of a narrow window"
-            await page.screenshot(path=str(ARTIFACTS / "dashboard-narrow.png"), full_page=True)
-            assert errors == []
-        finally:
-            await browser.close()
+        await page.set_viewport_size({"width": 390, "height": 1600})  # a phone
+        await page.wait_for_timeout(500)
+        overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, "nothing sticks out of a narrow window"
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-narrow.png"), full_page=True)
+        assert errors == []
 
 
 async def test_the_dedicated_table_shows_the_engines_own_figures_and_says_so(
     proxy: ProxyProcess, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright
-
     await chat(proxy, 2)
     # The engine behind "ded" reports on itself (as its scraper would meter it): 5,000 tokens more than
     # tokenyard sent it, from a minute before until now.
@@ -231,58 +206,40 @@ async def test_the_dedicated_table_shows_the_engines_own_figures_and_says_so(
         meter_engine(meter, "ded", snapshot, wall)
     assert await meter.flush()
     await store.aclose()
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+    async with browser_page(1200) as (page, _errors):
+        await sign_in(page, proxy)
+        await page.wait_for_function(
+            "document.getElementById('dedicated').textContent.includes('not via tokenyard')"
         )
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 1200})
-            await page.goto(f"{proxy.url}/dashboard")
-            await page.fill("#key", ADMIN_KEY)
-            await page.click("button[type=submit]")
-            await page.wait_for_function(
-                "document.getElementById('dedicated').textContent.includes('not via tokenyard')"
-            )
-            await page.wait_for_function(
-                "n => document.getElementById('dedicated').textContent.includes(n)", arg="5,000"
-            )
-            text = await page.inner_text("#dedicated")
-            assert f"{tokens + 5_000:,}" in text
-            # $/1M tokens is from the engine's count; utilization from tokenyard's slot-time (no busy time).
-            assert await page.locator("#dedicated .pill:not(.own)").all_inner_texts() == ["engine"]
-            assert await page.locator("#dedicated .pill.own").all_inner_texts() == ["tokenyard"]
-        finally:
-            await browser.close()
+        await page.wait_for_function(
+            "n => document.getElementById('dedicated').textContent.includes(n)", arg="5,000"
+        )
+        text = await page.inner_text("#dedicated")
+        assert f"{tokens + 5_000:,}" in text
+        # $/1M tokens is from the engine's count; utilization from tokenyard's slot-time (no busy time).
+        assert await page.locator("#dedicated .pill:not(.own)").all_inner_texts() == ["engine"]
+        assert await page.locator("#dedicated .pill.own").all_inner_texts() == ["tokenyard"]
 
 
 async def test_a_failing_backends_read_blanks_only_its_panels(proxy: ProxyProcess) -> None:
-    from playwright.async_api import Route, async_playwright
+    from playwright.async_api import Route
 
     await chat(proxy, 2)
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+    async with browser_page(1200) as (page, _errors):
+
+        async def broken(route: Route) -> None:
+            await route.fulfill(status=500, body="down")
+
+        await page.route("**/admin/backends", broken)
+        await sign_in(page, proxy)
+        await page.wait_for_function(
+            "document.getElementById('limits').textContent.includes('backends unavailable')"
         )
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 1200})
-
-            async def broken(route: Route) -> None:
-                await route.fulfill(status=500, body="down")
-
-            await page.route("**/admin/backends", broken)
-            await page.goto(f"{proxy.url}/dashboard")
-            await page.fill("#key", ADMIN_KEY)
-            await page.click("button[type=submit]")
-            await page.wait_for_function(
-                "document.getElementById('limits').textContent.includes('backends unavailable')"
-            )
-            # The rest of the refresh went on: the totals are drawn, the page says it updated, no error.
-            await page.wait_for_function("document.getElementById('total-requests').textContent === '2'")
-            assert "backends unavailable" in await page.inner_text("#capacity")
-            assert (await page.inner_text("#updated")).startswith("updated")
-            await page.unroute("**/admin/backends")
-            await page.wait_for_function(  # and the next refresh draws them again
-                "document.getElementById('limits').textContent.includes('≥ 30 tok/s at p95')"
-            )
-        finally:
-            await browser.close()
+        # The rest of the refresh went on: the totals are drawn, the page says it updated, no error.
+        await page.wait_for_function("document.getElementById('total-requests').textContent === '2'")
+        assert "backends unavailable" in await page.inner_text("#capacity")
+        assert (await page.inner_text("#updated")).startswith("updated")
+        await page.unroute("**/admin/backends")
+        await page.wait_for_function(  # and the next refresh draws them again
+            "document.getElementById('limits').textContent.includes('≥ 30 tok/s at p95')"
+        )
