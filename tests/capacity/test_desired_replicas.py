@@ -112,15 +112,6 @@ def planner(
     )
 
 
-@pytest.fixture
-async def webhook() -> AsyncIterator[WebhookSender]:
-    sender = WebhookSender()
-    try:
-        yield sender
-    finally:
-        await sender.aclose()
-
-
 def desired(p: CapacityPlanner) -> tuple[int | None, int | None]:
     assert p.latest is not None
     item = p.latest["backends"][0]
