@@ -123,7 +123,7 @@ class Backend:
             cooling_for_s=0.0 if self.breaker.available(now) else max(self.breaker.cooling_for_s(now), 1e-3),
             already_failed=already_failed,
             held_by_rate_limit=self.breaker.rate_limited,
-            saturated=self.engine.saturated(now) if self.engine is not None else None,
+            saturated=self.saturated(now),
         )
 
     def saturated(self, now: float) -> str | None:
