@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -50,6 +50,40 @@ class Totals(NamedTuple):
 
 
 @dataclass(slots=True)
+class ShapeCounts:
+    """A series' requests per request shape (``meter/shapes.py``), minute by minute, and each shape's totals.
+
+    Sparse: per shape, only the minutes that had requests of it. Every minute of a series is shaped: rows
+    stored before the meter counted shapes (or a log without them) put all their requests in the shape of
+    the minute's mean lengths (``TrafficBuilder.add``).
+    """
+
+    def add(self, i: int, shape: int, requests: float, prompt: float, completion: float) -> None:
+        """Add ``requests`` of shape ``shape`` (and their tokens) to minute ``i``."""
+        raise NotImplementedError
+
+    def columns(self, index: Sequence[int]) -> list[array[float]]:
+        """Per shape index, its requests at each minute of ``index`` (ascending), 0 where it had none."""
+        raise NotImplementedError
+
+    def weighted(self, index: Sequence[int], weights: Sequence[float]) -> list[float]:
+        """At each minute of ``index``: ``Σ_shape requests × weights[shape]`` (a minute's load on a table)."""
+        raise NotImplementedError
+
+    def totals(self) -> list[tuple[float, float, float]]:
+        """Per shape index: (requests, prompt tokens, completion tokens) over the series."""
+        raise NotImplementedError
+
+    def plus(self, other: ShapeCounts) -> ShapeCounts:
+        """Both, minute by minute."""
+        raise NotImplementedError
+
+    def between(self, start: int, end: int) -> ShapeCounts:
+        """Minutes ``start`` to ``end``, re-indexed from ``start`` (as ``TokenSeries.between``)."""
+        raise NotImplementedError
+
+
+@dataclass(slots=True)
 class TokenSeries:
     """Requests and tokens of the minutes that had any; ``prompt`` includes the ``cached`` tokens.
 
@@ -62,6 +96,7 @@ class TokenSeries:
     prompt: array[float] = field(default_factory=_floats)
     cached: array[float] = field(default_factory=_floats)
     completion: array[float] = field(default_factory=_floats)
+    shapes: ShapeCounts = field(default_factory=ShapeCounts)  # the same requests, by request shape
     # The sums, kept until the next add.
     _totals: Totals | None = field(default=None, repr=False, compare=False, kw_only=True)
 

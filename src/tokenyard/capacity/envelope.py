@@ -6,8 +6,8 @@ cell keeps sums only — samples, samples meeting the SLA, TTFT, per-stream toke
 cells of any number of proxy replicas add up exactly (``merge``), and decay is halving every sum (``decay``:
 the means stay, old data weighs less).
 
-- **Shape**: prompt tokens × completion tokens, in log-spaced buckets (×4 each step, ``INPUT_EDGES`` and
-  ``OUTPUT_EDGES``): capacity at an SLO differs by shape far more than a two-figure model allows.
+- **Shape**: prompt tokens × completion tokens, in log-spaced buckets (×4 each step, the meter's
+  ``meter/shapes.py``): capacity at an SLO differs by shape far more than a two-figure model allows.
 - **Concurrency level**: requests in flight *per engine replica* while the request ran — the sample's
   concurrency (the larger of the counts at its admission and at its end) ÷ the backend's replicas —
   rounded up; exact up to 64, then bands of 8 up to 256 and of 32 beyond (``level_of``; a band is named by
@@ -41,7 +41,6 @@ learned limit per engine replica as the last replica to merge knew it (only limi
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,10 +48,14 @@ from typing import Any
 from tokenyard.capacity.observed import LatencySample
 from tokenyard.capacity.settings import Sla
 
+# The shape buckets are the meter's (one definition); re-exported for the envelope's readers.
+from tokenyard.meter.shapes import Shape as Shape
+from tokenyard.meter.shapes import shape_from_label as shape_from_label
+from tokenyard.meter.shapes import shape_label as shape_label
+from tokenyard.meter.shapes import shape_of as shape_of
+
 FORMAT = 2  # 1: cells had no TTFT count (never released)
 DOCUMENT = "capacity:envelope"  # the store document every replica merges into (and its lock's name)
-INPUT_EDGES = (128, 512, 2048, 8192)  # prompt tokens: <128, 128-511, 512-2047, 2048-8191, 8192+
-OUTPUT_EDGES = (64, 256, 1024)  # completion tokens: <64, 64-255, 256-1023, 1024+
 EXACT_LEVELS = 64  # concurrency levels kept one by one up to here
 MIN_LEVEL_SAMPLES = 50  # a level with this many samples is measured
 MIN_LEVELS = 3  # measured levels a curve needs before its capacity counts
@@ -63,36 +66,7 @@ KEEP_SAMPLES = 20_000.0  # per backend: past this, every sum is halved (old data
 N, MET, TTFT_N, TTFT_SUM_S, RATE_N, RATE_SUM, CONCURRENCY_SUM = range(7)
 _WIDTH = 7
 
-Shape = tuple[int, int]  # (input bucket, output bucket)
 Cells = dict[tuple[Shape, int], list[float]]  # (shape, level) → sums
-
-
-def _bucket_labels(edges: tuple[int, ...]) -> list[str]:
-    bounds = [0, *edges]
-    return [f"{lo}-{hi - 1}" for lo, hi in zip(bounds, edges, strict=False)] + [f"{edges[-1]}+"]
-
-
-_INPUT_LABELS = _bucket_labels(INPUT_EDGES)
-_OUTPUT_LABELS = _bucket_labels(OUTPUT_EDGES)
-
-
-def shape_of(prompt_tokens: int, completion_tokens: int) -> Shape:
-    """The request-shape bucket of a request's token counts."""
-    return bisect_right(INPUT_EDGES, prompt_tokens), bisect_right(OUTPUT_EDGES, completion_tokens)
-
-
-def shape_label(shape: Shape) -> str:
-    """How a shape is named in the document and on the API: ``in128-511/out64-255``."""
-    return f"in{_INPUT_LABELS[shape[0]]}/out{_OUTPUT_LABELS[shape[1]]}"
-
-
-def shape_from_label(label: str) -> Shape | None:
-    """The shape a label names, or None (a label from another version of the buckets: ignored)."""
-    inp, _, out = label.partition("/")
-    try:
-        return _INPUT_LABELS.index(inp.removeprefix("in")), _OUTPUT_LABELS.index(out.removeprefix("out"))
-    except ValueError:
-        return None
 
 
 def level_of(concurrency_per_replica: float) -> int:
