@@ -96,7 +96,7 @@ class TokenSeries:
     prompt: array[float] = field(default_factory=_floats)
     cached: array[float] = field(default_factory=_floats)
     completion: array[float] = field(default_factory=_floats)
-    shapes: ShapeCounts = field(default_factory=ShapeCounts, kw_only=True)  # the same requests, by request shape
+    shapes: ShapeCounts = field(default_factory=ShapeCounts, kw_only=True)  # the requests by shape
     # The sums, kept until the next add.
     _totals: Totals | None = field(default=None, repr=False, compare=False, kw_only=True)
 
