@@ -178,7 +178,7 @@ def _highs() -> highspy.Highs:
     import highspy
 
     _banner_shown()
-    highs = highspy.Highs()
+    highs = highspy.Highs()  # type: ignore[no-untyped-call]
     highs.setOptionValue("output_flag", False)
     highs.setOptionValue("mip_rel_gap", 0.0)
     highs.setOptionValue("time_limit", SOLVE_TIME_LIMIT_S)
@@ -210,7 +210,7 @@ def _banner_shown() -> None:
     saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     try:
-        highspy.Highs()
+        highspy.Highs()  # type: ignore[no-untyped-call]
     finally:
         os.dup2(saved, 1)
         os.close(saved)
