@@ -23,6 +23,7 @@ from tokenyard.capacity import envelope
 from tokenyard.capacity.envelope import Capacity
 from tokenyard.config import TokenyardConfig
 from tokenyard.meter.model import AggKey, GpuKey
+from tokenyard.meter.shapes import SHAPE_COUNT
 from tokenyard.meter.store import UsageStore
 from tokenyard.stores.protocols import DocumentStore
 
@@ -89,6 +90,16 @@ def busy_minutes(
     return out
 
 
+def shapes_of(fields: dict[str, int]) -> list[tuple[int, float, float, float]]:
+    """A stored bucket's requests by shape: (shape index, requests, prompt, completion) of those it saw."""
+    out: list[tuple[int, float, float, float]] = []
+    for k in range(SHAPE_COUNT):
+        requests = fields.get(f"s{k}_requests", 0)
+        if requests:
+            out.append((k, requests, fields.get(f"s{k}_prompt", 0), fields.get(f"s{k}_completion", 0)))
+    return out
+
+
 def measured_envelopes(config: TokenyardConfig, document: dict[str, Any] | None) -> dict[str, Capacity]:
     """Per model, the capacity per replica its current dedicated backend's measured envelope shows
     (``capacity:envelope``), where that backend has an SLA and a measured level."""
@@ -151,6 +162,7 @@ def _evaluate_rows(
                 prompt=fields["prompt_tokens"],
                 cached=fields["cached_tokens"],
                 completion=fields["completion_tokens"],
+                shapes=shapes_of(fields),
             )
     return evaluate_all(
         builder.workloads,

@@ -181,6 +181,10 @@ def _highs() -> highspy.Highs:
     highs = highspy.Highs()  # type: ignore[no-untyped-call]
     highs.setOptionValue("output_flag", False)
     highs.setOptionValue("mip_rel_gap", 0.0)
+    # Its default tolerances (1e-6) accept a load of 1.000001 in one replica; the replicas are recounted
+    # from the assignment with ``_EPS``, so the solver must be as strict, or its optimum is not one.
+    highs.setOptionValue("mip_feasibility_tolerance", _EPS)
+    highs.setOptionValue("primal_feasibility_tolerance", _EPS)
     highs.setOptionValue("time_limit", SOLVE_TIME_LIMIT_S)
     highs.setOptionValue("threads", 1)
     return highs

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from tokenyard.advisor.traffic import DAY_S, MINUTE_S, Traffic, TrafficBuilder
+from tokenyard.meter.shapes import SHAPE_COUNT, shape_index
 
 TS_MIN = 946_684_800  # 2000-01-01 00:00 UTC
 TS_MAX = 4_102_444_800  # 2100-01-01 00:00 UTC
@@ -88,6 +89,8 @@ class TrafficLog:
     """Per-minute sums of a traffic log, by model × tenant × mode × async-eligible."""
 
     minutes: dict[_Key, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0] * 4))
+    # The same requests by shape: shape index → [requests, prompt, completion].
+    shapes: dict[_Key, dict[int, list[float]]] = field(default_factory=lambda: defaultdict(dict))
     lines: int = 0
     first_ts: float | None = None
     last_ts: float | None = None
@@ -127,9 +130,16 @@ class TrafficLog:
             raise ValueError("cached_tokens is more than prompt_tokens")
         counts = (_count(obj, "requests", default=1), prompt, cached, _count(obj, "completion_tokens"))
         minute = int(ts) // MINUTE_S * MINUTE_S
-        sums = self.minutes[(model, str(obj.get("tenant") or ""), mode, eligible, minute)]
+        key = (model, str(obj.get("tenant") or ""), mode, eligible, minute)
+        sums = self.minutes[key]
         for i, value in enumerate(counts):
             sums[i] += value
+        by_shape = self.shapes[key]
+        for shape, requests, shape_prompt, shape_completion in _shapes(obj, counts):
+            held = by_shape.setdefault(shape, [0.0, 0.0, 0.0])
+            held[0] += requests
+            held[1] += shape_prompt
+            held[2] += shape_completion
         self.lines += 1
         self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
         self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
@@ -194,6 +204,7 @@ class TrafficLog:
             cached,
             completion,
         ) in sorted(self.minutes.items(), key=lambda item: item[0][4]):
+            shapes = self.shapes.get((model, tenant, mode, is_eligible, minute), {})
             builder.add(
                 minute,
                 model=model,
@@ -204,8 +215,25 @@ class TrafficLog:
                 cached=cached,
                 completion=completion,
                 async_eligible=is_eligible,
+                shapes=[(k, n, p, c) for k, (n, p, c) in shapes.items()],
             )
         return builder.workloads, builder.skipped_requests
+
+
+def _shapes(obj: dict[str, Any], counts: tuple[float, ...]) -> list[tuple[int, float, float, float]]:
+    """A line's requests by shape: a request's own, or the per-shape fields of an exported minute (what they
+    leave out counts in the shape of its mean lengths, as the traffic builder does)."""
+    requests, prompt, _, completion = counts
+    if requests == 1:
+        return [(shape_index(round(prompt), round(completion)), 1.0, prompt, completion)]
+    out = []
+    for k in range(SHAPE_COUNT):
+        n = obj.get(f"s{k}_requests")
+        if isinstance(n, int | float) and not isinstance(n, bool) and n > 0:
+            out.append(
+                (k, float(n), float(obj.get(f"s{k}_prompt") or 0), float(obj.get(f"s{k}_completion") or 0))
+            )
+    return out
 
 
 def _iso(ts: float) -> str:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from tokenyard.meter.shapes import SHAPE_COUNT, shape_index
 
 MINUTE_S = 60
 HOUR_S = 3600
@@ -53,34 +55,103 @@ class Totals(NamedTuple):
 class ShapeCounts:
     """A series' requests per request shape (``meter/shapes.py``), minute by minute, and each shape's totals.
 
-    Sparse: per shape, only the minutes that had requests of it. Every minute of a series is shaped: rows
-    stored before the meter counted shapes (or a log without them) put all their requests in the shape of
-    the minute's mean lengths (``TrafficBuilder.add``).
+    Sparse: per shape, only the minutes that had requests of it (a minute sees a few shapes, not twenty).
+    Every request of a series is in some shape: rows stored before the meter counted shapes (or a log
+    without them) put their requests in the shape of their mean lengths (``TrafficBuilder.add``).
     """
+
+    # Per shape: the minutes (ascending) and their requests, side by side.
+    minutes: list[array[int]] = field(default_factory=lambda: [array("q") for _ in range(SHAPE_COUNT)])
+    requests: list[array[float]] = field(default_factory=lambda: [_floats() for _ in range(SHAPE_COUNT)])
+    # Per shape: requests, prompt tokens and completion tokens over the series.
+    sums: list[list[float]] = field(default_factory=lambda: [[0.0, 0.0, 0.0] for _ in range(SHAPE_COUNT)])
 
     def add(self, i: int, shape: int, requests: float, prompt: float, completion: float) -> None:
         """Add ``requests`` of shape ``shape`` (and their tokens) to minute ``i``."""
-        raise NotImplementedError
+        minutes, counts = self.minutes[shape], self.requests[shape]
+        if not minutes or i > minutes[-1]:
+            minutes.append(i)
+            counts.append(requests)
+        else:
+            k = bisect_left(minutes, i)
+            if k == len(minutes) or minutes[k] != i:
+                minutes.insert(k, i)
+                counts.insert(k, 0.0)
+            counts[k] += requests
+        sums = self.sums[shape]
+        sums[0] += requests
+        sums[1] += prompt
+        sums[2] += completion
 
     def columns(self, index: Sequence[int]) -> list[array[float]]:
-        """Per shape index, its requests at each minute of ``index`` (ascending), 0 where it had none."""
-        raise NotImplementedError
+        """Per shape, its requests at each minute of ``index`` (ascending), 0 where it had none."""
+        where = {minute: k for k, minute in enumerate(index)}
+        out = []
+        for minutes, counts in zip(self.minutes, self.requests, strict=True):
+            column = array("d", bytes(8 * len(index)))
+            for minute, count in zip(minutes, counts, strict=True):
+                k = where.get(minute)
+                if k is not None:
+                    column[k] += count
+            out.append(column)
+        return out
 
     def weighted(self, index: Sequence[int], weights: Sequence[float]) -> list[float]:
         """At each minute of ``index``: ``Σ_shape requests × weights[shape]`` (a minute's load on a table)."""
-        raise NotImplementedError
+        out = [0.0] * len(index)
+        where: dict[int, int] | None = None
+        for minutes, counts, weight in zip(self.minutes, self.requests, weights, strict=True):
+            if not minutes:
+                continue
+            if minutes == index:  # the shape is in every minute (compared in C): no look-ups
+                out = list(map(float.__add__, out, map(weight.__mul__, counts)))
+                continue
+            if where is None:
+                where = {minute: k for k, minute in enumerate(index)}
+            for minute, count in zip(minutes, counts, strict=True):
+                k = where.get(minute)
+                if k is not None:
+                    out[k] += count * weight
+        return out
 
     def totals(self) -> list[tuple[float, float, float]]:
-        """Per shape index: (requests, prompt tokens, completion tokens) over the series."""
-        raise NotImplementedError
+        """Per shape: (requests, prompt tokens, completion tokens) over the series."""
+        return [(r, p, c) for r, p, c in self.sums]
 
     def plus(self, other: ShapeCounts) -> ShapeCounts:
         """Both, minute by minute."""
-        raise NotImplementedError
+        out = ShapeCounts()
+        for shape in range(SHAPE_COUNT):
+            merged: dict[int, float] = {}
+            for source in (self, other):
+                for minute, count in zip(source.minutes[shape], source.requests[shape], strict=True):
+                    merged[minute] = merged.get(minute, 0.0) + count
+            ordered = sorted(merged)
+            out.minutes[shape] = array("q", ordered)
+            out.requests[shape] = array("d", map(merged.__getitem__, ordered))
+            out.sums[shape] = [a + b for a, b in zip(self.sums[shape], other.sums[shape], strict=True)]
+        return out
 
     def between(self, start: int, end: int) -> ShapeCounts:
-        """Minutes ``start`` to ``end``, re-indexed from ``start`` (as ``TokenSeries.between``)."""
-        raise NotImplementedError
+        """Minutes ``start`` to ``end``, re-indexed from ``start`` (as ``TokenSeries.between``).
+
+        The per-shape token sums are scaled by the share of the shape's requests kept (the series keeps
+        tokens per minute, not per shape and minute)."""
+        out = ShapeCounts()
+        for shape in range(SHAPE_COUNT):
+            minutes, counts = self.minutes[shape], self.requests[shape]
+            a, b = bisect_left(minutes, start), bisect_left(minutes, end)
+            kept = counts[a:b]
+            out.minutes[shape] = array("q", [m - start for m in minutes[a:b]]) if start else minutes[a:b]
+            out.requests[shape] = kept
+            requests, prompt, completion = self.sums[shape]
+            share = sum(kept) / requests if requests else 0.0
+            out.sums[shape] = [sum(kept), prompt * share, completion * share]
+        return out
+
+    def is_empty(self) -> bool:
+        """Whether no shape has a request."""
+        return not any(sums[0] for sums in self.sums)
 
 
 @dataclass(slots=True)
@@ -100,8 +171,31 @@ class TokenSeries:
     # The sums, kept until the next add.
     _totals: Totals | None = field(default=None, repr=False, compare=False, kw_only=True)
 
-    def add(self, i: int, requests: float, prompt: float, cached: float, completion: float) -> None:
-        """Add usage to minute ``i`` (fastest in ascending order: then it only appends)."""
+    def add(
+        self,
+        i: int,
+        requests: float,
+        prompt: float,
+        cached: float,
+        completion: float,
+        shapes: Iterable[tuple[int, float, float, float]] = (),
+    ) -> None:
+        """Add usage to minute ``i`` (fastest in ascending order: then it only appends), and its requests by
+        shape: ``shapes`` holds (shape index, requests, prompt, completion) as the meter counted them; the
+        requests they leave out (a row stored before the meter counted shapes, a log without them) count in
+        the shape of their mean lengths."""
+        self.add_minute(i, requests, prompt, cached, completion)
+        by_shape = self.shapes
+        for shape, n, p, c in shapes:
+            if n > 0:
+                by_shape.add(i, shape, n, p, c)
+                requests, prompt, completion = requests - n, prompt - p, completion - c
+        if requests >= 0.5:
+            rest = shape_index(round(max(0.0, prompt) / requests), round(max(0.0, completion) / requests))
+            by_shape.add(i, rest, requests, max(0.0, prompt), max(0.0, completion))
+
+    def add_minute(self, i: int, requests: float, prompt: float, cached: float, completion: float) -> None:
+        """Add usage to minute ``i``'s columns only (its shapes are the caller's)."""
         self._totals = None
         index = self.index
         # Spelled out column by column: this runs once per stored row (a loop over the columns was 2× slower).
@@ -135,8 +229,9 @@ class TokenSeries:
                     array("d", map(float.__add__, a, b))
                     for a, b in zip(self.columns(), other.columns(), strict=True)
                 ),
+                shapes=self.shapes.plus(other.shapes),
             )
-        merged = TokenSeries()
+        merged = TokenSeries(shapes=self.shapes.plus(other.shapes))
         for i, *values in sorted(
             [
                 *zip(self.index, *self.columns(), strict=True),
@@ -144,7 +239,7 @@ class TokenSeries:
             ],
             key=lambda row: row[0],
         ):
-            merged.add(i, *values)
+            merged.add_minute(i, *values)
         return merged
 
     def is_empty(self) -> bool:
@@ -167,7 +262,9 @@ class TokenSeries:
         index = self.index[a:b]
         if start:
             index = array("q", [i - start for i in index])
-        return TokenSeries(index, *(column[a:b] for column in self.columns()))
+        return TokenSeries(
+            index, *(column[a:b] for column in self.columns()), shapes=self.shapes.between(start, end)
+        )
 
 
 @dataclass(slots=True)
@@ -282,8 +379,10 @@ class TrafficBuilder:
         cached: float,
         completion: float,
         async_eligible: bool = False,
+        shapes: Iterable[tuple[int, float, float, float]] = (),
     ) -> None:
-        """Add one request (or a minute's aggregate) finished at ``ts``."""
+        """Add one request (or a minute's aggregate) finished at ``ts``; ``shapes``: its requests by shape
+        (``TokenSeries.add``)."""
         i = (int(ts) - self.start_minute) // MINUTE_S
         name = self.workload_of(model, tenant)
         if name is None or not 0 <= i < self.minutes:
@@ -300,7 +399,7 @@ class TrafficBuilder:
             series = traffic.eligible
         else:
             series = traffic.realtime
-        series.add(i, requests, prompt, cached, completion)
+        series.add(i, requests, prompt, cached, completion, shapes)
         if traffic.first_seen is None or ts < traffic.first_seen:
             traffic.first_seen = ts
         if traffic.last_seen is None or ts > traffic.last_seen:

@@ -42,6 +42,7 @@ from tokenyard.meter.model import (
     merge_engine_fields,
 )
 from tokenyard.meter.pricing import gpu_hour_pusd
+from tokenyard.meter.shapes import INPUT_EDGES, OUTPUT_EDGES, SHAPE_FIELDS
 from tokenyard.meter.store import MeterStore
 
 log = logging.getLogger("tokenyard.meter")
@@ -50,6 +51,8 @@ log = logging.getLogger("tokenyard.meter")
 _REQUESTS, _ERRORS, _ESTIMATED, _PROMPT, _CACHED, _COMPLETION, _COST, _LATENCY, _TTFB = range(9)
 _FIRST_BUCKET = 9
 _ROW_WIDTH = len(AGG_FIELDS)
+_FIRST_SHAPE = _ROW_WIDTH - len(SHAPE_FIELDS)  # each shape: requests, prompt, completion
+_OUTPUT_BUCKETS = len(OUTPUT_EDGES) + 1
 
 TotalsKey = tuple[str, str, str, str, str]  # tenant, model, backend, kind, mode
 
@@ -68,6 +71,14 @@ def add_record(row: list[int], record: UsageRecord) -> None:
     row[_LATENCY] += record.latency_ms
     row[_TTFB] += record.ttfb_ms
     row[_FIRST_BUCKET + bisect.bisect_left(LATENCY_BUCKETS_MS, record.latency_ms)] += 1
+    # shapes.shape_index, spelled out: this runs for every request.
+    at = _FIRST_SHAPE + 3 * (
+        bisect.bisect_right(INPUT_EDGES, record.prompt_tokens) * _OUTPUT_BUCKETS
+        + bisect.bisect_right(OUTPUT_EDGES, record.completion_tokens)
+    )
+    row[at] += 1
+    row[at + 1] += record.prompt_tokens
+    row[at + 2] += record.completion_tokens
 
 
 def _fold_into(

@@ -13,6 +13,8 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
+from tokenyard.meter.shapes import SHAPE_FIELDS
+
 PUSD_PER_USD = 10**12
 
 # Upper bounds (ms) of the latency histogram buckets; the last bucket is +Inf.
@@ -31,6 +33,9 @@ AGG_FIELDS: tuple[str, ...] = (
     "ttfb_ms",  # sum of time to first byte
     *(f"le_{bound}" for bound in LATENCY_BUCKETS_MS),
     "le_inf",
+    # Last: requests, prompt and completion tokens per request shape (meter/shapes.py), so the advisor can
+    # price each minute by its own mix of shapes. A bucket stores only the shapes it saw.
+    *SHAPE_FIELDS,
 )
 
 # GPU accrual fields per minute × dedicated backend, summed.

@@ -15,9 +15,12 @@ from tokenyard.errors import ConfigError, StoreError
 from tokenyard.meter.engine_usage import ENGINE_MAX_GAP_S, EngineUsage, engine_window
 from tokenyard.meter.model import AggKey
 from tokenyard.meter.open_store import open_configured_store, redacted
+from tokenyard.meter.shapes import SHAPE_FIELDS
 from tokenyard.meter.store import MeterStore
 from tokenyard.telemetry import report
 from tokenyard.terminal import format_table
+
+_SHAPE_FIELDS = frozenset(SHAPE_FIELDS)
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -220,7 +223,9 @@ async def _export(
 
 
 def _aggregate_json(key: AggKey, fields: dict[str, int]) -> dict[str, Any]:
-    return {"ts": key.minute, **key._asdict(), **fields}
+    # The per-shape fields a bucket did not see are left out: sixty zeros a line say nothing.
+    kept = {name: value for name, value in fields.items() if value or name not in _SHAPE_FIELDS}
+    return {"ts": key.minute, **key._asdict(), **kept}
 
 
 def _iso(ts: float) -> str:
