@@ -109,6 +109,24 @@ class TestUsageStore:
         assert fields == only({"completion_tokens": 9})
         assert list(fields) == list(AGG_FIELDS)
 
+    async def test_per_shape_fields_add_up_and_read_back(self, store: UsageStore) -> None:
+        # The shapes a minute saw are written; the rest read as zero (a bucket carries only its own).
+        await store.write(
+            batch({key(): {"requests": 2, "s0_requests": 2, "s0_prompt": 40, "s0_completion": 9}})
+        )
+        await store.write(batch({key(): {"requests": 1, "s19_requests": 1, "s19_prompt": 9000}}))
+        [(_, fields)] = await store.aggregates(*ALL_TIME)
+        assert fields == only(
+            {
+                "requests": 3,
+                "s0_requests": 2,
+                "s0_prompt": 40,
+                "s0_completion": 9,
+                "s19_requests": 1,
+                "s19_prompt": 9000,
+            }
+        )
+
     async def test_aggregates_are_read_from_start_minute_inclusive_to_end_exclusive(
         self, store: UsageStore
     ) -> None:
