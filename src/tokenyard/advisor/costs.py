@@ -33,6 +33,7 @@ from operator import truediv
 
 from tokenyard.advisor.catalog import TokenPrices
 from tokenyard.advisor.settings import DAYS_PER_MONTH, Autoscaling
+from tokenyard.advisor.shapes import ShapeTable
 from tokenyard.advisor.traffic import TokenSeries, Totals
 
 MINUTES_PER_MONTH = DAYS_PER_MONTH * 24 * 60
@@ -56,6 +57,9 @@ class DedicatedOption:
     # pays for their prefill: a minute's load is its completion tokens alone, and ``input_tokens_per_s``
     # is not used. False: the catalog's two-figure model, prompts adding load of their own.
     prompts_included: bool = False
+    # Capacity at the SLO per request shape (``shapes.py``): when set, a minute's load is its requests per
+    # shape times the table's weights, and the SLO is in every cell (``utilization_cap`` 1.0).
+    table: ShapeTable | None = None
 
     def cap(self, default: float) -> float:
         """The utilization this replica may be run at: its own, or ``default`` (the advisor's)."""
@@ -71,6 +75,15 @@ class DedicatedOption:
         """What one replica costs per minute, busy or idle."""
         return self.gpus_per_replica * self.gpu_hour_usd / 60
 
+    def load_of_shapes(self, totals: Sequence[tuple[float, float, float]]) -> float:
+        """Replica-minutes the requests of these per-shape totals take (a table's option; else their tokens
+        on the two-figure model)."""
+        if self.table is not None:
+            return math.fsum(n * w for (n, _, _), w in zip(totals, self.table.weights(), strict=True))
+        prompt = math.fsum(p for _, p, _ in totals)
+        completion = math.fsum(c for _, _, c in totals)
+        return self.load_of(prompt, 0.0, completion) / 60
+
     def load_of(self, prompt: float, cached: float, completion: float) -> float:
         """Replica-seconds at full capacity these tokens take."""
         if self.prompts_included:
@@ -81,7 +94,10 @@ class DedicatedOption:
         ) * per_input + completion / self.output_tokens_per_s
 
     def load(self, series: TokenSeries) -> list[float]:
-        """Per stored minute: the fraction of one replica-minute at full capacity that the tokens take."""
+        """Per stored minute: the fraction of one replica-minute at full capacity that the tokens take (with
+        a table: that its requests take, shape by shape)."""
+        if self.table is not None:
+            return series.shapes.weighted(series.index, self.table.weights())
         if self.prompts_included:
             per_minute = 1 / (self.output_tokens_per_s * 60)
             return [o * per_minute for o in series.completion]

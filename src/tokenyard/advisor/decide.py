@@ -8,6 +8,7 @@ replayed cost of the dedicated candidates against the per-token one, on the traf
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,21 +178,37 @@ class _Minutes:
         return self._profiles[key]
 
 
-def _total_load(option: DedicatedOption | None, totals: Totals) -> float:
-    """The whole load of these tokens on ``option`` in replica-minutes (load is linear in tokens)."""
+ShapeTotals = Sequence[tuple[float, float, float]]  # per shape: requests, prompt, completion
+
+
+def _total_load(option: DedicatedOption | None, totals: Totals, shapes: ShapeTotals) -> float:
+    """The whole load of these tokens on ``option`` in replica-minutes (load is linear in tokens, and in
+    requests per shape for an option with a table)."""
     if option is None:
         return 0.0
+    if option.table is not None:
+        return option.load_of_shapes(shapes)
     return option.load_of(totals.prompt, totals.cached, totals.completion) / 60
 
 
-def _deferred(workload: Workload, series: Totals, option: DedicatedOption | None) -> Deferred:
+def _shape_sum(*parts: ShapeTotals) -> list[tuple[float, float, float]]:
+    """Per-shape totals added shape by shape."""
+    return [
+        (sum(p[0] for p in row), sum(p[1] for p in row), sum(p[2] for p in row))
+        for row in zip(*parts, strict=True)
+    ]
+
+
+def _deferred(
+    workload: Workload, series: Totals, option: DedicatedOption | None, shapes: ShapeTotals = ()
+) -> Deferred:
     """The deferrable work: priced at batch, else at the per-token real-time price; its load on ``option``."""
     prices = workload.batch
     if prices is None:
         fallback = workload.per_token()
         prices = fallback[1] if fallback else None
     cost_usd = costs.total_cost(prices, series) if prices else 0.0
-    return Deferred(_total_load(option, series), cost_usd)
+    return Deferred(_total_load(option, series, shapes), cost_usd)
 
 
 def _per_token_candidates(workload: Workload, rt: Totals, deferrable: Totals) -> list[Candidate]:
@@ -211,14 +228,14 @@ def _per_token_candidates(workload: Workload, rt: Totals, deferrable: Totals) ->
 
 
 def _dedicated_candidates(
-    workload: Workload, option: DedicatedOption, rt: _Minutes, deferrable: Totals
+    workload: Workload, option: DedicatedOption, rt: _Minutes, deferrable: Totals, shapes: ShapeTotals
 ) -> tuple[list[Candidate], CostCurve | None, LoadProfile]:
     """Sized for peak, autoscaled and (with a per-token overflow) hybrid, on one replica shape."""
     cap = option.cap(workload.utilization_cap)
     load = rt.load(option)
     per_token = workload.per_token()
     profile = rt.profile(option, per_token[1] if per_token else None, cap)
-    deferred = _deferred(workload, deferrable, option)
+    deferred = _deferred(workload, deferrable, option, shapes)
     peak_n = max(1, profile.peak_replicas())
     gpu = option.label
     peak = costs.always_on(option, profile, peak_n, deferred)
@@ -267,7 +284,7 @@ def _current_candidate(workload: Workload, traffic: Traffic, realtime: _Minutes)
     rt = realtime if both is realtime.series else _Minutes(both, traffic.minutes)
     option = current.option
     profile = rt.profile(option, current.per_token, option.cap(workload.utilization_cap))
-    deferred = Deferred(_total_load(option, ran_async), deferred_usd)
+    deferred = Deferred(_total_load(option, ran_async, traffic.ran_async.shapes.totals()), deferred_usd)
     cost = costs.always_on(option, profile, current.replicas, deferred)
     architecture = "hybrid" if current.per_token else "dedicated"
     return Candidate(architecture, "current: " + current.describe(), cost, option.label)
@@ -284,6 +301,7 @@ def evaluate(workload: Workload, traffic: Traffic, *, now: float) -> Advice:
     """Replay ``traffic`` against every candidate the workload allows; recommend by the decision tree."""
     traffic = _from_first_day(traffic)
     rt, deferrable = traffic.realtime, traffic.deferrable()
+    deferrable_shapes = _shape_sum(traffic.eligible.shapes.totals(), traffic.ran_async.shapes.totals())
     minutes = _Minutes(rt, traffic.minutes)
     rt_totals = rt.totals()
     chosen_curve: CostCurve | None = None
@@ -293,7 +311,9 @@ def evaluate(workload: Workload, traffic: Traffic, *, now: float) -> Advice:
     per_token = next((c for c in candidates if preferred and c.architecture == preferred[0]), None)
     best_dedicated: tuple[float, CostCurve | None, LoadProfile, DedicatedOption] | None = None
     for option in workload.options:
-        found, curve, profile = _dedicated_candidates(workload, option, minutes, deferrable)
+        found, curve, profile = _dedicated_candidates(
+            workload, option, minutes, deferrable, deferrable_shapes
+        )
         candidates += found
         cheapest = min(c.cost.total_usd for c in found)
         if best_dedicated is None or cheapest < best_dedicated[0]:

@@ -21,11 +21,13 @@ its own shape mix. The SLO is in every cell (a catalog cell has the cap in it), 
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenyard.meter.shapes import SHAPE_COUNT
+from tokenyard.meter.shapes import SHAPE_COUNT, SHAPES, representative, shape_label
 
 MEASURED = "measured"
 IMPORTED = "imported"
@@ -49,15 +51,24 @@ class ShapeTable:
     def weights(self) -> list[float]:
         """Per shape: replica-minutes one request takes (``1 / (60 × requests_per_s)``): a minute's load is
         its requests per shape times these."""
-        raise NotImplementedError
+        return [1 / (60 * rate) for rate in self.requests_per_s]
 
     def describe(self) -> str:
         """Where the cells came from, for the advice: ``per shape: 6 measured, 14 catalog × cap``."""
-        raise NotImplementedError
+        counts = Counter(self.sources)
+        return "per shape: " + ", ".join(f"{counts[s]} {s}" for s in SOURCES if counts[s])
+
+    @property
+    def measured_or_imported(self) -> bool:
+        """Whether any cell is more than the catalog's guess."""
+        return any(s in (MEASURED, IMPORTED, MEASURED_ALL) for s in self.sources)
 
     def to_json(self) -> list[dict[str, Any]]:
         """The table for the advice API: per shape its label, requests/s and source."""
-        raise NotImplementedError
+        return [
+            {"shape": shape_label(shape), "requests_per_s": round(rate, 4), "source": source}
+            for shape, rate, source in zip(SHAPES, self.requests_per_s, self.sources, strict=True)
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +79,20 @@ class ShapeMeans:
     prompt: tuple[float | None, ...]
     completion: tuple[float | None, ...]
 
+    @classmethod
+    def of(cls, totals: Sequence[tuple[float, float, float]]) -> ShapeMeans:
+        """From per-shape (requests, prompt, completion) totals (``ShapeCounts.totals``)."""
+        return cls(
+            tuple(p / n if n > 0 else None for n, p, _ in totals),
+            tuple(c / n if n > 0 else None for n, _, c in totals),
+        )
+
     def lengths(self, index: int) -> tuple[float, float]:
         """(prompt, completion) tokens standing for shape ``index``."""
-        raise NotImplementedError
+        prompt, completion = self.prompt[index], self.completion[index]
+        if prompt is None or completion is None:
+            return representative(SHAPES[index])
+        return prompt, completion
 
 
 def catalog_cell(
@@ -78,7 +100,18 @@ def catalog_cell(
 ) -> float:
     """Requests/s of one shape from the catalog's two-figure model at the utilization cap: a request of
     ``prompt`` and ``completion`` tokens takes ``prompt / input + completion / output`` replica-seconds."""
-    raise NotImplementedError
+    seconds = prompt / input_tokens_per_s + max(completion, 1.0) / output_tokens_per_s
+    return cap / seconds
+
+
+def catalog_cells(
+    input_tokens_per_s: float, output_tokens_per_s: float, cap: float, means: ShapeMeans
+) -> dict[int, float]:
+    """Every shape from the catalog's two-figure model at the traffic's mean lengths (the last resort)."""
+    return {
+        k: catalog_cell(input_tokens_per_s, output_tokens_per_s, cap, *means.lengths(k))
+        for k in range(SHAPE_COUNT)
+    }
 
 
 def build_table(layers: Sequence[tuple[str, Mapping[int, float]]]) -> ShapeTable | None:
@@ -86,10 +119,33 @@ def build_table(layers: Sequence[tuple[str, Mapping[int, float]]]) -> ShapeTable
     the first layer with a figure (> 0) for it. Cells no layer fills take the nearest filled cell (fewest
     bucket steps; on a tie the larger shape, the lower capacity), marked ``NEAREST``. None when no layer has
     any figure."""
-    raise NotImplementedError
+    rates: list[float | None] = [None] * SHAPE_COUNT
+    sources = [NEAREST] * SHAPE_COUNT
+    for source, cells in layers:
+        for k, rate in cells.items():
+            if 0 <= k < SHAPE_COUNT and rates[k] is None and rate > 0 and math.isfinite(rate):
+                rates[k], sources[k] = rate, source
+    filled = [k for k, rate in enumerate(rates) if rate is not None]
+    if not filled:
+        return None
+    out: list[float] = []
+    for k, own in enumerate(rates):
+        nearest = (
+            own if own is not None else rates[min(filled, key=lambda j: (_steps(SHAPES[k], SHAPES[j]), -j))]
+        )
+        assert nearest is not None
+        out.append(nearest)
+    return ShapeTable(tuple(out), tuple(sources))
+
+
+def _steps(a: tuple[int, int], b: tuple[int, int]) -> int:
+    return abs(a[0] - b[0]) + abs(a[1] - b[1])
 
 
 def measured_cells(per_shape_output_tokens_per_s: Mapping[int, float], means: ShapeMeans) -> dict[int, float]:
     """Requests/s per shape from the envelope's per-shape capacity (output tokens/s per replica at the SLA,
     prompts' prefill included): divided by the shape's mean completion length."""
-    raise NotImplementedError
+    return {
+        k: tokens_per_s / max(1.0, means.lengths(k)[1])
+        for k, tokens_per_s in per_shape_output_tokens_per_s.items()
+    }
