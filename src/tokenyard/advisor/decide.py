@@ -9,18 +9,30 @@ replayed cost of the dedicated candidates against the per-token one, on the traf
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tokenyard.advisor import costs
+from tokenyard.advisor import costs, fleet
 from tokenyard.advisor.catalog import TokenPrices
 from tokenyard.advisor.costs import Cost, CostCurve, DedicatedOption, Deferred, LoadProfile
-from tokenyard.advisor.settings import Autoscaling, WorkloadNeeds
+from tokenyard.advisor.fleet import Demand, FleetResult
+from tokenyard.advisor.mix import GpuType
+from tokenyard.advisor.settings import Autoscaling, MixSettings, WorkloadNeeds
+from tokenyard.advisor.shapes import CATALOG, MEASURED_ALL, ShapeMeans, build_table, catalog_cells
 from tokenyard.advisor.traffic import DAY_S, MINUTE_S, TokenSeries, Totals, Traffic
+from tokenyard.meter.shapes import SHAPE_COUNT
 
 LOW_CONFIDENCE_DAYS = 7.0  # less than one weekly cycle
 HIGH_CONFIDENCE_DAYS = 14.0  # two weekly cycles
-_SIMPLER_FIRST = ("serverless", "dedicated_serverless", "dedicated", "hybrid", "dedicated_autoscaled")
+_SIMPLER_FIRST = (
+    "serverless",
+    "dedicated_serverless",
+    "dedicated",
+    "hybrid",
+    "dedicated_autoscaled",
+    "mix",
+    "mix_per_period",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +66,7 @@ class Workload:
     current: CurrentSetup | None
     utilization_cap: float = 0.6
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
+    mix: MixSettings = field(default_factory=MixSettings)
 
     def per_token(self) -> tuple[str, TokenPrices] | None:
         """The per-token deployment for overflow: serverless where allowed, else dedicated-serverless."""
@@ -68,14 +81,19 @@ class Workload:
 class Candidate:
     """One architecture the traffic was replayed against."""
 
-    architecture: str  # serverless | dedicated_serverless | dedicated | dedicated_autoscaled | hybrid
+    # serverless | dedicated_serverless | dedicated | dedicated_autoscaled | hybrid | mix | mix_per_period
+    architecture: str
     label: str
     cost: Cost
     gpu: str | None = None
+    fleet: FleetResult | None = None  # a GPU mix: the mix, and the best single type beside it
 
     @property
     def key(self) -> str:
         """What must stay the same between evaluations for a recommendation to count as stable."""
+        if self.fleet is not None:  # a mix is the same when the same replicas of the same types run
+            fixed_mix = self.architecture == "mix"
+            return f"{self.architecture}:{self.fleet.mix.describe() if fixed_mix else ''}"
         fixed = self.architecture in ("dedicated", "hybrid")  # an autoscaled count moves with demand
         return f"{self.architecture}:{self.gpu or ''}:{round(self.cost.replicas) if fixed else ''}"
 
@@ -94,7 +112,22 @@ class Candidate:
             "deferrable_on_idle_dedicated": round(c.deferred_on_idle, 4),
             "replicas": round(c.replicas, 3),
             "utilization": None if c.utilization is None else round(c.utilization, 4),
+            "mix": None if self.fleet is None else _fleet_json(self.fleet, per_month),
         }
+
+
+def _fleet_json(fleet: FleetResult, per_month: float) -> dict[str, Any]:
+    """A mix candidate's mix, and the best single type sized the same way beside it."""
+    single = fleet.single_cost
+    return {
+        **fleet.mix.to_json(),
+        "periods": fleet.periods or None,
+        "best_single": {
+            **fleet.single.to_json(),
+            "cost_usd_per_month": round(single.total_usd * per_month, 2),
+            "utilization": None if single.utilization is None else round(single.utilization, 4),
+        },
+    }
 
 
 @dataclass(slots=True)
@@ -290,6 +323,60 @@ def _current_candidate(workload: Workload, traffic: Traffic, realtime: _Minutes)
     return Candidate(architecture, "current: " + current.describe(), cost, option.label)
 
 
+def gpu_types(workload: Workload, means: ShapeMeans, cached_share: float) -> list[GpuType]:
+    """Every replica shape of the workload as a GPU type with a table: its own (measured or imported), the
+    measured envelope's capacity over all shapes, or the catalog's two figures at the cap."""
+    out = []
+    for option in workload.options:
+        table = option.table
+        if table is None and option.prompts_included:  # the envelope over all shapes: tokens/s per replica
+            cells = {
+                k: option.output_tokens_per_s / max(1.0, means.lengths(k)[1]) for k in range(SHAPE_COUNT)
+            }
+            table = build_table([(MEASURED_ALL, cells)])
+        elif table is None:
+            cap = option.cap(workload.utilization_cap)
+            # The catalog's input figure is for uncached tokens: a prompt-cache hit costs a tenth as much.
+            per_input = option.input_tokens_per_s / (1 - cached_share * (1 - option.cached_input_work))
+            table = build_table([(CATALOG, catalog_cells(per_input, option.output_tokens_per_s, cap, means))])
+        assert table is not None
+        out.append(GpuType(option.label, option.replica_usd_per_min * 60, table.requests_per_s))
+    return out
+
+
+def _mix_candidates(
+    workload: Workload, traffic: Traffic, deferrable: Totals, deferrable_shapes: ShapeTotals
+) -> list[Candidate]:
+    """GPU mixes where the workload can run on two or more GPU types (``fleet.py``); the work that could
+    wait is priced at the batch price beside them (a mix does not fill its idle time with it)."""
+    if not workload.mix.enabled or len(workload.options) < 2:
+        return []
+    rt = traffic.realtime
+    totals = rt.totals()
+    means = ShapeMeans.of(rt.shapes.totals())
+    cached_share = totals.cached / totals.prompt if totals.prompt else 0.0
+    per_token = workload.per_token()
+    overflow = None
+    if per_token is not None:
+        prices = per_token[1]
+        overflow = [
+            prices.cost_usd(p, p * cached_share, c) for p, c in map(means.lengths, range(SHAPE_COUNT))
+        ]
+    demand = Demand(rt.index, rt.shapes.columns(rt.index), traffic.minutes, traffic.start_minute, overflow)
+    results = fleet.mix_candidates(
+        gpu_types(workload, means, cached_share),
+        demand,
+        slices=workload.mix.slices,
+        period_min=workload.mix.period_min,
+    )
+    deferred_usd = _deferred(workload, deferrable, None, deferrable_shapes).cost_usd
+    out = []
+    for result in results:
+        cost = replace(result.cost, total_usd=result.cost.total_usd + deferred_usd, deferred_usd=deferred_usd)
+        out.append(Candidate(result.architecture, result.label, cost, None, result))
+    return out
+
+
 def confidence(history_days: float) -> str:
     """How much to trust a recommendation from this much history: a weekly cycle is the least to see."""
     if history_days < LOW_CONFIDENCE_DAYS:
@@ -318,6 +405,7 @@ def evaluate(workload: Workload, traffic: Traffic, *, now: float) -> Advice:
         cheapest = min(c.cost.total_usd for c in found)
         if best_dedicated is None or cheapest < best_dedicated[0]:
             best_dedicated = (cheapest, curve, profile, option)
+    candidates += _mix_candidates(workload, traffic, deferrable, deferrable_shapes)
     if not candidates:
         raise ValueError(f"workload {workload.name!r}: no price for any candidate (add it to the catalog)")
     candidates.sort(key=lambda c: (round(c.cost.total_usd, 6), _SIMPLER_FIRST.index(c.architecture)))

@@ -50,6 +50,16 @@ class Autoscaling(_Strict):
     )
 
 
+class MixSettings(_Strict):
+    """GPU mixes (``mix.py``, ``fleet.py``): where a model can run on several GPU types, the cheapest mix."""
+
+    enabled: bool = True
+    # A shape's demand is cut into this many slices, each served by one type (Mélange's default: 8).
+    slices: Annotated[int, Field(ge=1, le=32)] = 8
+    # The 'mix per period' candidate changes its mix at these boundaries of the week.
+    period_min: Annotated[int, Field(ge=60, le=10080)] = 240
+
+
 class AdvisorConfig(_Strict):
     """When and how the advisor re-evaluates the cheapest architecture from metered traffic."""
 
@@ -60,6 +70,7 @@ class AdvisorConfig(_Strict):
     # Dedicated replicas are sized to run at most this busy: the headroom a latency SLA needs.
     utilization_cap: Share = 0.6
     autoscaling: Autoscaling = Autoscaling()
+    mix: MixSettings = MixSettings()
     # A change is recommended only when it saves at least this much, at least this often in a row.
     min_saving_pct: Annotated[float, Field(ge=0, le=100)] = 10.0
     min_saving_usd_per_month: Annotated[float, Field(ge=0)] = 50.0

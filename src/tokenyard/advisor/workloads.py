@@ -111,6 +111,7 @@ def build_workload(
         current=current,
         utilization_cap=config.advisor.utilization_cap,
         autoscaling=config.advisor.autoscaling,
+        mix=config.advisor.mix,
     )
 
 
