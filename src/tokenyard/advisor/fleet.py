@@ -22,10 +22,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tokenyard.advisor.costs import Cost
 from tokenyard.advisor.mix import GpuType, Mix, best_single, solve
-from tokenyard.advisor.traffic import HOUR_S, MINUTE_S
+from tokenyard.advisor.traffic import MINUTE_S
 
 SIZING_QUANTILES = (0.5, 0.75, 0.9, 0.99, 1.0)
 WEEK_MIN = 7 * 24 * 60
@@ -70,15 +71,26 @@ def mix_candidates(
 
 def always_on_mix(types: Sequence[GpuType], demand: Demand, *, slices: int) -> FleetResult:
     """One always-on mix plus per-token overflow, at the cheapest of the sizings tried."""
+    import numpy as np
+
     quantiles = SIZING_QUANTILES if demand.overflow_usd_per_request is not None else (1.0,)
+    matrix = np.asarray(demand.columns, dtype=float)  # shapes × busy minutes
+    ordered = np.sort(matrix, axis=1)
+    busy = matrix.shape[1]
     best: tuple[Cost, Mix, Cost, Mix] | None = None
     tried: dict[tuple[float, ...], tuple[Cost, Mix, Cost, Mix]] = {}
     for q in quantiles:
-        sizing = tuple(_quantile(column, q) / MINUTE_S for column in demand.columns)
+        rank = min(busy - 1, max(0, math.ceil(q * busy) - 1))  # nearest rank; 1.0: the busiest minute
+        sizing = tuple(float(v) / MINUTE_S for v in ordered[:, rank])
         if sizing not in tried:
             mix = solve(types, sizing, slices=slices)
             single = best_single(types, sizing)
-            tried[sizing] = (_replay(types, mix, demand), mix, _replay(types, single, demand), single)
+            tried[sizing] = (
+                _replay(types, mix, demand, matrix),
+                mix,
+                _replay(types, single, demand, matrix),
+                single,
+            )
         if best is None or tried[sizing][0].total_usd < best[0].total_usd:
             best = tried[sizing]
     assert best is not None
@@ -87,36 +99,23 @@ def always_on_mix(types: Sequence[GpuType], demand: Demand, *, slices: int) -> F
     return FleetResult("mix", f"mix {mix.describe()}{overflow}", cost, mix, single, single_cost)
 
 
-def _quantile(column: Sequence[float], q: float) -> float:
-    """The ``q`` quantile of a column's busy minutes (nearest rank; 1.0: the largest)."""
-    ordered = sorted(column)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-def _replay(types: Sequence[GpuType], mix: Mix, demand: Demand) -> Cost:
+def _replay(types: Sequence[GpuType], mix: Mix, demand: Demand, matrix: Any) -> Cost:
     """``mix`` always on over the window; per busy minute, what a type cannot take goes per token."""
-    busy = len(demand.index)
+    import numpy as np
+
     overflow_usd = served = 0.0
     prices = demand.overflow_usd_per_request
     for gpu in types:
         replicas = mix.replicas.get(gpu.name, 0)
-        work = [0.0] * busy  # replica-minutes assigned to this type, per busy minute
-        usd = [0.0] * busy  # what those requests would cost per token
-        for k, column in enumerate(demand.columns):
-            share = mix.assignment[k].get(gpu.name, 0.0)
-            if share <= 0:
-                continue
-            per_request = share / (MINUTE_S * gpu.requests_per_s[k])
-            work = list(map(float.__add__, work, map(per_request.__mul__, column)))
-            if prices is not None:
-                price = share * prices[k]
-                usd = list(map(float.__add__, usd, map(price.__mul__, column)))
-        for w, u in zip(work, usd, strict=True):
-            if w > replicas:
-                overflow_usd += u * (1 - replicas / w)
-                served += replicas
-            else:
-                served += w
+        shares = np.array([mix.assignment[k].get(gpu.name, 0.0) for k in range(len(demand.columns))])
+        if not shares.any():
+            continue
+        work = (shares / (MINUTE_S * np.asarray(gpu.requests_per_s[: len(shares)]))) @ matrix
+        over = work > replicas
+        served += float(np.minimum(work, replicas).sum())
+        if prices is not None and over.any():
+            usd = (shares * np.asarray(prices)) @ matrix[:, over]
+            overflow_usd += float((usd * (1 - replicas / work[over])).sum())
     provisioned = mix.replica_count * demand.minutes
     dedicated_usd = mix.usd_per_h * demand.minutes / 60
     return Cost(
@@ -130,28 +129,24 @@ def _replay(types: Sequence[GpuType], mix: Mix, demand: Demand) -> Cost:
 
 def per_period_mix(types: Sequence[GpuType], demand: Demand, *, slices: int, period_min: int) -> FleetResult:
     """A mix per period of the week, sized for its busiest minute of every shape, run where it had traffic."""
-    # Per period of the week: the busiest minute of every shape, and which occurrences (window periods) ran.
+    import numpy as np
+
     week_periods = max(1, WEEK_MIN // period_min)
-    peaks: dict[int, list[float]] = {}
-    occurrences: dict[int, set[int]] = {}
     first = demand.start_minute // MINUTE_S + _MONDAY_OFFSET_MIN
-    for j, i in enumerate(demand.index):
-        absolute = (first + i) // period_min
-        period = absolute % week_periods
-        occurrences.setdefault(period, set()).add(absolute)
-        peak = peaks.setdefault(period, [0.0] * len(demand.columns))
-        for k, column in enumerate(demand.columns):
-            if column[j] > peak[k]:
-                peak[k] = column[j]
+    absolute = (first + np.asarray(demand.index, dtype=np.int64)) // period_min  # each busy minute's period
+    matrix = np.asarray(demand.columns, dtype=float)
     solved: dict[tuple[float, ...], tuple[Mix, Mix]] = {}
     mix_usd = single_usd = replica_min = single_replica_min = 0.0
     busiest: tuple[Mix, Mix] | None = None
-    for period, peak in peaks.items():
-        sizing = tuple(value / MINUTE_S for value in peak)
+    periods = absolute % week_periods
+    for period in np.unique(periods):
+        inside = periods == period
+        # Every occurrence of this period of the week in the window that had traffic runs its mix.
+        hours = len(np.unique(absolute[inside])) * period_min / 60
+        sizing = tuple(float(v) / MINUTE_S for v in matrix[:, inside].max(axis=1))
         if sizing not in solved:
             solved[sizing] = (solve(types, sizing, slices=slices), best_single(types, sizing))
         mix, single = solved[sizing]
-        hours = len(occurrences[period]) * period_min * MINUTE_S / HOUR_S
         mix_usd += mix.usd_per_h * hours
         single_usd += single.usd_per_h * hours
         replica_min += mix.replica_count * hours * 60
@@ -164,11 +159,14 @@ def per_period_mix(types: Sequence[GpuType], demand: Demand, *, slices: int, per
         mix_usd,
         dedicated_usd=mix_usd,
         replicas=replica_min / demand.minutes,
+        # Approximate: the window's requests placed as the busiest period's mix places them.
         utilization=work / replica_min if replica_min else None,
     )
     single_cost = Cost(single_usd, dedicated_usd=single_usd, replicas=single_replica_min / demand.minutes)
     label = f"mix per {period_min // 60} h of the week, up to {busiest[0].describe()}"
-    return FleetResult("mix_per_period", label, cost, busiest[0], busiest[1], single_cost, len(peaks))
+    return FleetResult(
+        "mix_per_period", label, cost, busiest[0], busiest[1], single_cost, len(np.unique(periods))
+    )
 
 
 def _work(types: Sequence[GpuType], mix: Mix, demand: Demand) -> float:

@@ -123,8 +123,12 @@ def solve(types: Sequence[GpuType], demand_per_s: Sequence[float], *, slices: in
         raise ValueError("slices must be at least 1")
     fallback = best_single(types, demand_per_s)
     shapes = [k for k, rate in enumerate(demand_per_s) if rate > 0]
-    if len(types) == 1 or not shapes:
-        return fallback
+    if (
+        len(types) == 1
+        or not shapes
+        or fallback.usd_per_h <= _lower_bound(types, demand_per_s, shapes) + 1e-9
+    ):
+        return fallback  # nothing to choose, or no mix can be cheaper: no need to ask the solver
     counts = _solve_counts(types, demand_per_s, shapes, slices)
     if counts is None:
         return fallback
@@ -133,6 +137,13 @@ def solve(types: Sequence[GpuType], demand_per_s: Sequence[float], *, slices: in
         taken[k] = [c / slices for c in row]
     found = _mix(types, demand_per_s, taken)
     return found if found.usd_per_h <= fallback.usd_per_h + 1e-9 else fallback
+
+
+def _lower_bound(types: Sequence[GpuType], demand: Sequence[float], shapes: Sequence[int]) -> float:
+    """What any mix costs at least: every request on the type that serves it most cheaply, in fractional
+    replicas — and at least one replica of the cheapest type."""
+    cheapest = sum(demand[k] * min(gpu.usd_per_h / gpu.requests_per_s[k] for gpu in types) for k in shapes)
+    return max(cheapest, min(gpu.usd_per_h for gpu in types))
 
 
 def _solve_counts(
