@@ -40,10 +40,27 @@ class TokenPrices(_Dated):
         ) / 1e6
 
 
-class GpuPrice(_Dated):
-    """What one GPU of a type costs per hour, on demand."""
+class CommittedTerm(_Dated):
+    """A committed-use (reserved) price: paid for every hour of the term, busy or idle."""
+
+    term_days: Annotated[float, Field(gt=0, le=3 * 366)]
+    gpu_hour_usd: PositiveFloat
+
+
+class SpotTerms(_Dated):
+    """A spot price, and how often spot capacity is taken back."""
 
     gpu_hour_usd: PositiveFloat
+    interruptions_per_day: Annotated[float, Field(ge=0, le=100)]  # per replica
+    recovery_min: Annotated[float, Field(gt=0, le=1440)]  # until a replacement replica serves
+
+
+class GpuPrice(_Dated):
+    """What one GPU of a type costs per hour, on demand — and, where public, committed and on spot."""
+
+    gpu_hour_usd: PositiveFloat
+    committed: list[CommittedTerm] = []
+    spot: SpotTerms | None = None
 
 
 class ReplicaCapacity(_Dated):
@@ -130,9 +147,11 @@ def load_catalog(overrides: dict[str, Any] | None = None) -> Catalog:
 
 __all__ = [
     "Catalog",
+    "CommittedTerm",
     "GpuPrice",
     "ModelEntry",
     "ReplicaCapacity",
+    "SpotTerms",
     "TokenPrices",
     "ValidationError",
     "load_catalog",

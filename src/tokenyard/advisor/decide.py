@@ -8,11 +8,12 @@ replayed cost of the dedicated candidates against the per-token one, on the traf
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tokenyard.advisor import costs, fleet
+from tokenyard.advisor import buying, costs, fleet
 from tokenyard.advisor.catalog import TokenPrices
 from tokenyard.advisor.costs import Cost, CostCurve, DedicatedOption, Deferred, LoadProfile
 from tokenyard.advisor.fleet import Demand, FleetResult
@@ -67,6 +68,10 @@ class Workload:
     utilization_cap: float = 0.6
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
     mix: MixSettings = field(default_factory=MixSettings)
+    # Per GPU type: committed terms and a spot price where the catalog has public ones.
+    purchases: dict[str, tuple[tuple[buying.CommittedPrice, ...], buying.SpotPrice | None]] = field(
+        default_factory=dict
+    )
 
     def per_token(self) -> tuple[str, TokenPrices] | None:
         """The per-token deployment for overflow: serverless where allowed, else dedicated-serverless."""
@@ -87,6 +92,7 @@ class Candidate:
     cost: Cost
     gpu: str | None = None
     fleet: FleetResult | None = None  # a GPU mix: the mix, and the best single type beside it
+    purchase: buying.Purchase | None = None  # committed or spot (None: on demand)
 
     @property
     def key(self) -> str:
@@ -95,7 +101,8 @@ class Candidate:
             fixed_mix = self.architecture == "mix"
             return f"{self.architecture}:{self.fleet.mix.describe() if fixed_mix else ''}"
         fixed = self.architecture in ("dedicated", "hybrid")  # an autoscaled count moves with demand
-        return f"{self.architecture}:{self.gpu or ''}:{round(self.cost.replicas) if fixed else ''}"
+        bought = f":{self.purchase.kind}" if self.purchase is not None else ""
+        return f"{self.architecture}:{self.gpu or ''}:{round(self.cost.replicas) if fixed else ''}{bought}"
 
     def to_json(self, per_month: float) -> dict[str, Any]:
         """The candidate for the advice API."""
@@ -113,6 +120,7 @@ class Candidate:
             "replicas": round(c.replicas, 3),
             "utilization": None if c.utilization is None else round(c.utilization, 4),
             "mix": None if self.fleet is None else _fleet_json(self.fleet, per_month),
+            "purchase": None if self.purchase is None else self.purchase.to_json(),
         }
 
 
@@ -198,13 +206,14 @@ class _Minutes:
 
     def load(self, option: DedicatedOption) -> list[float]:
         """The series' load on ``option``, minute by minute."""
-        if option not in self._loads:
-            self._loads[option] = option.load(self.series)
-        return self._loads[option]
+        key = replace(option, gpu_hour_usd=0.0)  # the price does not change the load: bought otherwise, same
+        if key not in self._loads:
+            self._loads[key] = option.load(self.series)
+        return self._loads[key]
 
     def profile(self, option: DedicatedOption, overflow: TokenPrices | None, cap: float) -> LoadProfile:
         """The sorted load profile on ``option`` with overflow at ``overflow`` prices."""
-        key = (option, overflow, cap)
+        key = (replace(option, gpu_hour_usd=0.0), overflow, cap)
         if key not in self._profiles:
             overflow_usd = costs.per_token_costs(overflow, self.series) if overflow else None
             self._profiles[key] = LoadProfile(self.load(option), overflow_usd, cap, minutes=self.minutes)
@@ -287,6 +296,7 @@ def _dedicated_candidates(
             Candidate("dedicated_autoscaled", f"autoscaled ~{scaled.replicas:.1f} × {gpu}", scaled, gpu)
         )
     if per_token is None:
+        out += _purchases(workload, option, rt, None, deferred, peak_n)
         return out, None, profile
     # Enough always-on replicas for the peak, or to take all the work on average (deferrable included).
     most = max(peak_n, int((profile.total_load + deferred.load) / (cap * max(1, profile.minutes))) + 1)
@@ -296,7 +306,127 @@ def _dedicated_candidates(
         out.append(
             Candidate("hybrid", f"hybrid {n} × {gpu} + {per_token[0].replace('_', ' ')}", cheapest, gpu)
         )
+    out += _purchases(workload, option, rt, per_token, deferred, most)
     return out, curve, profile
+
+
+def _purchases(
+    workload: Workload,
+    option: DedicatedOption,
+    rt: _Minutes,
+    per_token: tuple[str, TokenPrices] | None,
+    deferred: Deferred,
+    most: int,
+) -> list[Candidate]:
+    """The always-on base bought committed or on spot where the catalog has public terms for the GPU
+    (``buying.py``): the replicas cheapest at that price, with a per-token overflow where there is one."""
+    committed, spot = workload.purchases.get(option.gpu_type, ((), None))
+    out = []
+    suffix = f" + {per_token[0].replace('_', ' ')}" if per_token else ""
+    for term in committed:
+        cost, counts = _committed(workload, option, rt, per_token, deferred, most, term)
+        purchase = buying.Purchase(
+            "committed",
+            f"committed {term.term_days:g} days",
+            cost.replicas,
+            0.0,
+            buying.committed_risk(term, counts),
+            term.source,
+        )
+        architecture = "hybrid" if cost.per_token_usd > 0 else "dedicated"
+        tail = suffix if cost.per_token_usd > 0 else ""
+        label = f"{architecture} {max(counts)} × {option.label} committed {term.term_days:g} d{tail}"
+        out.append(Candidate(architecture, label, cost, option.label, purchase=purchase))
+    if spot is not None:
+        out.append(_spot(workload, option, rt, per_token, deferred, most, spot))
+    return out
+
+
+def _base(
+    workload: Workload,
+    option: DedicatedOption,
+    series: _Minutes,
+    per_token: tuple[str, TokenPrices] | None,
+    deferred: Deferred,
+    most: int,
+) -> Cost:
+    """The cheapest always-on count for ``option`` over ``series`` (with overflow, or sized for the peak)."""
+    cap = option.cap(workload.utilization_cap)
+    profile = series.profile(option, per_token[1] if per_token else None, cap)
+    if per_token is None:
+        return costs.always_on(option, profile, max(1, profile.peak_replicas()), deferred)
+    return costs.hybrid_curve(option, profile, deferred, most=max(most, profile.peak_replicas()))[1]
+
+
+def _committed(
+    workload: Workload,
+    option: DedicatedOption,
+    rt: _Minutes,
+    per_token: tuple[str, TokenPrices] | None,
+    deferred: Deferred,
+    most: int,
+    term: buying.CommittedPrice,
+) -> tuple[Cost, list[int]]:
+    """Committed term block by term block, each with the replicas cheapest for its own minutes."""
+    committed = replace(option, gpu_hour_usd=term.gpu_hour_usd)
+    blocks = buying.term_blocks(rt.minutes, term.term_days)
+    parts: list[Cost] = []
+    for start, end in blocks:
+        share = (end - start) / rt.minutes if rt.minutes else 0.0
+        series = rt if len(blocks) == 1 else _Minutes(rt.series.between(start, end), end - start)
+        block_deferred = Deferred(deferred.load * share, deferred.cost_usd * share)
+        parts.append(_base(workload, committed, series, per_token, block_deferred, most))
+    counts = [round(part.replicas) for part in parts]
+    total = Cost(
+        total_usd=math.fsum(p.total_usd for p in parts),
+        dedicated_usd=math.fsum(p.dedicated_usd for p in parts),
+        per_token_usd=math.fsum(p.per_token_usd for p in parts),
+        deferred_usd=math.fsum(p.deferred_usd for p in parts),
+        deferred_on_idle=parts[0].deferred_on_idle if len(parts) == 1 else 0.0,
+        replicas=math.fsum(p.replicas * (e - s) for p, (s, e) in zip(parts, blocks, strict=True))
+        / max(1, rt.minutes),
+        utilization=parts[0].utilization if len(parts) == 1 else None,
+    )
+    return total, counts
+
+
+def _spot(
+    workload: Workload,
+    option: DedicatedOption,
+    rt: _Minutes,
+    per_token: tuple[str, TokenPrices] | None,
+    deferred: Deferred,
+    most: int,
+    spot: buying.SpotPrice,
+) -> Candidate:
+    """The base on spot: sized at the spot price, over-provisioned for interruptions, the expected shortfall
+    served by on-demand replicas."""
+    on_spot = replace(option, gpu_hour_usd=spot.gpu_hour_usd)
+    base = _base(workload, on_spot, rt, per_token, deferred, most)
+    needed = round(base.replicas)
+    bought, shortfall = buying.spot_replicas(
+        needed, spot.down_share, on_spot.replica_usd_per_min, option.replica_usd_per_min
+    )
+    extra_usd = (bought - needed) * on_spot.replica_usd_per_min * rt.minutes
+    fallback_usd = shortfall * option.replica_usd_per_min * rt.minutes
+    cost = replace(
+        base,
+        total_usd=base.total_usd + extra_usd + fallback_usd,
+        dedicated_usd=base.dedicated_usd + extra_usd + fallback_usd,
+        replicas=bought,
+    )
+    purchase = buying.Purchase(
+        "spot",
+        "spot, on-demand fallback",
+        bought,
+        fallback_usd,
+        buying.spot_risk(spot, needed, bought, shortfall, rt.minutes),
+        spot.source,
+    )
+    architecture = "hybrid" if base.per_token_usd > 0 else "dedicated"
+    tail = f" + {per_token[0].replace('_', ' ')}" if per_token and base.per_token_usd > 0 else ""
+    label = f"{architecture} {bought} × {option.label} on spot{tail}"
+    return Candidate(architecture, label, cost, option.label, purchase=purchase)
 
 
 def _current_candidate(workload: Workload, traffic: Traffic, realtime: _Minutes) -> Candidate | None:

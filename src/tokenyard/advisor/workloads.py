@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 
+from tokenyard.advisor import buying
 from tokenyard.advisor.catalog import Catalog, ModelEntry, ReplicaCapacity, TokenPrices
 from tokenyard.advisor.costs import DedicatedOption
 from tokenyard.advisor.decide import CurrentSetup, Workload
@@ -112,7 +113,34 @@ def build_workload(
         utilization_cap=config.advisor.utilization_cap,
         autoscaling=config.advisor.autoscaling,
         mix=config.advisor.mix,
+        purchases=_purchases(catalog),
     )
+
+
+def _purchases(
+    catalog: Catalog,
+) -> dict[str, tuple[tuple[buying.CommittedPrice, ...], buying.SpotPrice | None]]:
+    """Per GPU type, the catalog's committed terms and spot price (where public, dated and sourced)."""
+    out = {}
+    for gpu, price in catalog.gpus.items():
+        committed = tuple(
+            buying.CommittedPrice(t.term_days, t.gpu_hour_usd, f"{t.source} (as of {t.as_of})")
+            for t in price.committed
+        )
+        spot = price.spot
+        on_spot = (
+            buying.SpotPrice(
+                spot.gpu_hour_usd,
+                spot.interruptions_per_day,
+                spot.recovery_min,
+                f"{spot.source} (as of {spot.as_of})",
+            )
+            if spot
+            else None
+        )
+        if committed or on_spot:
+            out[gpu] = (committed, on_spot)
+    return out
 
 
 def _current(
