@@ -27,6 +27,7 @@ from tokenyard.config import parse_config
 from tokenyard.edge.capacity import envelope_source
 from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch
 from tokenyard.meter.open_store import open_store
+from tokenyard.meter.shapes import SHAPE_COUNT, shape_index
 from tokenyard.meter.store import MeterStore
 
 MODEL = "llama-3.1-8b-instruct"  # the catalog's 1×H100-80GB: 24,461 output tok/s, run at 60 % at most
@@ -102,16 +103,26 @@ async def test_the_measured_envelope_is_the_replica_capacity(store: MeterStore) 
 
     label, option, reasons = await advise(store)
 
-    source = "measured envelope (170 samples, c=20 per replica at 30 tok/s per stream)"
-    assert option.output_tokens_per_s == pytest.approx(600)
-    assert option.capacity_source == source
-    # The SLA is in the measurement: no utilization cap on top. 1,200 tok/s at 600 per replica: 2 replicas
-    # (at the catalog's 24,461 tok/s and a 60 % cap it would have been 1).
+    # The samples (300 prompt, 61 completion tokens) are all of one shape, with enough data of their own:
+    # that shape's cell is measured, 600 tok/s ÷ 61 tokens a request. The metered minute is of another
+    # shape (120 completion tokens a request, no prompt): the envelope over all shapes gives it 600 ÷ 120
+    # = 5 requests/s per replica. The SLA is in the measurement: no utilization cap on top. 10 requests/s
+    # at 5 per replica: 2 replicas (at the catalog's 24,461 tok/s and a 60 % cap it would have been 1).
+    assert option.table is not None
+    measured, traffic_shape = shape_index(300, 61), shape_index(0, 120)
+    assert option.table.sources[measured] == "measured"
+    # (no request of that shape was metered: its representative 32 completion tokens stand in)
+    assert option.table.requests_per_s[measured] == pytest.approx(600 / 32)
+    assert option.table.sources[traffic_shape] == "measured (all shapes)"
+    assert option.table.requests_per_s[traffic_shape] == pytest.approx(5)
+    assert option.capacity_source.startswith(
+        "measured envelope, per shape: 1 measured, 19 measured (all shapes)"
+    )
     assert option.utilization_cap == 1.0
     assert label == "dedicated 2 × 1×H100-80GB"
-    assert (
-        f"1×H100-80GB capacity is the {source}: the SLA is in the measurement, so it runs up to 100%, not 60%"
-        in (reasons)
+    assert any(
+        r.startswith("1×H100-80GB capacity at the SLO by request shape: per shape: 1 measured")
+        for r in reasons
     )
 
 
@@ -142,15 +153,16 @@ async def test_prompts_add_no_load_to_a_capacity_measured_under_them(store: Mete
     document = envelope.merge_document(None, {"ded": measured_cells()}, now_wall=T0)
     await store.put_document(envelope.DOCUMENT, orjson.dumps(document))
 
-    label, option, reasons = await advise(store)
+    label, option, _ = await advise(store)
 
-    assert option.prompts_included is True
-    assert option.load_of(360_000, 0, 72_000) == pytest.approx(120)  # replica-seconds: completion only
+    # The minute's requests are all of one shape (600 prompt, 120 completion tokens), priced by the
+    # envelope over all shapes: 600 tok/s ÷ 120 = 5 requests/s per replica, the prompts' prefill inside
+    # the measurement. 600 requests take 2 replica-minutes: the prompts add nothing.
+    assert option.table is not None
+    totals = [(0.0, 0.0, 0.0)] * SHAPE_COUNT
+    totals[shape_index(600, 120)] = (600, 360_000, 72_000)
+    assert option.load_of_shapes(totals) == pytest.approx(2)
     assert label == "dedicated 2 × 1×H100-80GB"
-    assert (
-        "1×H100-80GB load counts completion tokens only: its 600 output tok/s per replica were measured "
-        "under the real prompts, whose prefill they pay for"
-    ) in reasons
 
     keeper = EnvelopeKeeper(store, {}, EnvelopeSettings, replica="r1", wall=lambda: T0)
     assert await keeper.tick()  # reads the cluster's document

@@ -659,6 +659,18 @@ def _reasons(workload: Workload, advice: Advice, per_token: Candidate | None) ->
         out.append("no replica capacity for this model in the catalog: dedicated was not priced")
     elif not workload.autoscaling.enabled:
         out.append("autoscaled dedicated was not priced: advisor.autoscaling.enabled is false")
+    out.extend(_mix_reasons(advice))
+    if best.purchase is not None:
+        on_demand = next(
+            (
+                c
+                for c in advice.candidates
+                if c.purchase is None and c.gpu == best.gpu and c.architecture == best.architecture
+            ),
+            None,
+        )
+        versus = f", {_pct(best, on_demand)} less than on demand ({on_demand.label})" if on_demand else ""
+        out.append(f"{best.purchase.label}{versus}. Risk — {best.purchase.risk}")
     if per_token is not None and best is not per_token:
         out.append(f"{best.label} costs {_pct(best, per_token)} less than {per_token.label}")
     if advice.confidence == "low":
@@ -666,9 +678,27 @@ def _reasons(workload: Workload, advice: Advice, per_token: Candidate | None) ->
     return out
 
 
+def _mix_reasons(advice: Advice) -> list[str]:
+    """The GPU mixes beside the best single type, with their numbers."""
+    out = []
+    per_month = advice.per_month
+    for c in advice.candidates:
+        if c.fleet is None:
+            continue
+        single = c.fleet.single_cost.total_usd + c.cost.deferred_usd
+        saving = 1 - c.cost.total_usd / single if single > 0 else 0.0
+        out.append(
+            f"{c.label}: ${c.cost.total_usd * per_month:,.0f}/month, {saving:.0%} less than the best single "
+            f"type sized the same way ({c.fleet.single.describe()}, ${single * per_month:,.0f}/month)"
+        )
+    return out
+
+
 def _measured_reasons(option: DedicatedOption, default_cap: float) -> list[str]:
     """What a capacity measured at the SLA (the envelope) changes, said: it changes N."""
     out = []
+    if option.table is not None:
+        out.append(f"{option.label} capacity at the SLO by request shape: {option.table.describe()}")
     if option.utilization_cap is not None:
         out.append(
             f"{option.label} capacity is the {option.capacity_source}: the SLA is in the measurement, "

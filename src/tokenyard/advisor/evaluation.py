@@ -23,7 +23,7 @@ from tokenyard.capacity import envelope
 from tokenyard.capacity.envelope import Capacity
 from tokenyard.config import TokenyardConfig
 from tokenyard.meter.model import AggKey, GpuKey
-from tokenyard.meter.shapes import SHAPE_COUNT
+from tokenyard.meter.shapes import OUTPUT_LABELS, SHAPE_COUNT
 from tokenyard.meter.store import UsageStore
 from tokenyard.stores.protocols import DocumentStore
 
@@ -100,6 +100,21 @@ def shapes_of(fields: dict[str, int]) -> list[tuple[int, float, float, float]]:
     return out
 
 
+def measured_shapes(config: TokenyardConfig, document: dict[str, Any] | None) -> dict[str, dict[int, float]]:
+    """Per model, the output tokens/s per replica its current dedicated backend's envelope shows for each
+    request shape with enough data of its own (shape index → tokens/s)."""
+    out: dict[str, dict[int, float]] = {}
+    for model in config.models:
+        name = first_dedicated(config, model)
+        if name is None:
+            continue
+        backend = config.backends[name]
+        found = envelope.shape_capacities(document, name, backend.sla, backend.max_concurrency)
+        if found:
+            out[model] = {shape[0] * len(OUTPUT_LABELS) + shape[1]: rate for shape, rate in found.items()}
+    return out
+
+
 def measured_envelopes(config: TokenyardConfig, document: dict[str, Any] | None) -> dict[str, Capacity]:
     """Per model, the capacity per replica its current dedicated backend's measured envelope shows
     (``capacity:envelope``), where that backend has an SLA and a measured level."""
@@ -124,11 +139,13 @@ async def evaluate_store(
     rows = await store.aggregates(start, end)
     gpu = await store.gpu(start, end)
     previous = await load_document(store, STATE_DOC) or {}
-    envelopes = measured_envelopes(config, await load_document(store, envelope.DOCUMENT))
+    stored_envelope = await load_document(store, envelope.DOCUMENT)
+    envelopes = measured_envelopes(config, stored_envelope)
+    shapes = measured_shapes(config, stored_envelope)
     # A workload younger than the window is replayed from 00:00 UTC of its first request's day (decide.py),
     # not from that request: its quiet first hours count, as its replicas' cost would.
     advices, states, skipped = _evaluate_rows(
-        config, catalog, rows, gpu, previous, now, start, end, envelopes
+        config, catalog, rows, gpu, previous, now, start, end, envelopes, shapes
     )
     if keep_state:
         await store.put_document(STATE_DOC, orjson.dumps(states))
@@ -145,6 +162,7 @@ def _evaluate_rows(
     start: int,
     end: int,
     envelopes: dict[str, Capacity],
+    shapes: dict[str, dict[int, float]] | None = None,
 ) -> tuple[list[Advice], dict[str, dict[str, Any]], list[str]]:
     """The stored aggregates of ``[start, end)`` as per-workload traffic, evaluated."""
     workload_of, eligible = grouping(config)
@@ -173,4 +191,5 @@ def _evaluate_rows(
         previous=previous,
         measured=busy_minutes(config, rows, gpu),
         envelopes=envelopes,
+        shapes=shapes,
     )

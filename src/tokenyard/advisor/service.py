@@ -15,6 +15,15 @@ from tokenyard.advisor import decide
 from tokenyard.advisor.catalog import Catalog
 from tokenyard.advisor.costs import DedicatedOption
 from tokenyard.advisor.decide import Advice
+from tokenyard.advisor.shapes import (
+    CATALOG,
+    MEASURED,
+    MEASURED_ALL,
+    ShapeMeans,
+    build_table,
+    catalog_cells,
+    measured_cells,
+)
 from tokenyard.advisor.traffic import Traffic
 from tokenyard.advisor.workloads import (
     BusyMinute,
@@ -25,6 +34,7 @@ from tokenyard.advisor.workloads import (
 )
 from tokenyard.capacity.envelope import Capacity
 from tokenyard.config import TokenyardConfig
+from tokenyard.meter.shapes import SHAPE_COUNT
 
 DAY_MIN = 1440
 
@@ -54,12 +64,15 @@ def evaluate_all(
     previous: Mapping[str, dict[str, Any]] | None = None,
     measured: Mapping[str, Sequence[BusyMinute]] | None = None,
     envelopes: Mapping[str, Capacity] | None = None,
+    shapes: Mapping[str, Mapping[int, float]] | None = None,
 ) -> tuple[list[Advice], dict[str, dict[str, Any]], list[str]]:
     """Advice per workload (costliest first), the stability state to keep, and workloads that were skipped.
 
     ``previous`` is the state the last evaluation returned; ``measured`` maps a model to busy minutes of
     its dedicated backends (calibrating their capacity); ``envelopes`` maps a model to the capacity its
-    dedicated backend's measured envelope shows, which wins over the calibration when it has enough data.
+    dedicated backend's measured envelope shows, which wins over the calibration when it has enough data;
+    ``shapes`` maps a model to that envelope's output tokens/s per request shape (the shapes with enough
+    data of their own), which win over both: the option gets a table of capacity by shape.
     """
     advisor = config.advisor
     advices: list[Advice] = []
@@ -72,7 +85,12 @@ def evaluate_all(
         envelope = (envelopes or {}).get(model)
         if workload.current and workload.current.option:
             option = workload.current.option
-            if envelope is not None and envelope.enough:
+            measured_shapes = (shapes or {}).get(model)
+            if measured_shapes:
+                better = with_shape_table(
+                    option, measured_shapes, envelope, workload_traffic, advisor.utilization_cap
+                )
+            elif envelope is not None and envelope.enough:
                 better = from_envelope(option, envelope)
             elif samples:
                 better = calibrated(option, samples, advisor.utilization_cap)
@@ -95,6 +113,39 @@ def evaluate_all(
         advices.append(advice)
     advices.sort(key=lambda a: -(a.current or a.best).cost.total_usd * a.per_month)
     return advices, states, skipped
+
+
+def with_shape_table(
+    option: DedicatedOption,
+    measured: Mapping[int, float],
+    envelope: Capacity | None,
+    traffic: Traffic,
+    utilization_cap: float,
+) -> DedicatedOption:
+    """The option with a table of capacity by shape: the shapes measured on their own, then the envelope
+    over all shapes (when it has enough data), then the catalog's figures at the cap — each shape at the
+    traffic's own mean lengths."""
+    ran = traffic.must_wait_for()
+    means = ShapeMeans.of(ran.shapes.totals())
+    layers: list[tuple[str, Mapping[int, float]]] = [(MEASURED, measured_cells(measured, means))]
+    if envelope is not None and envelope.enough:
+        layers.append(
+            (
+                MEASURED_ALL,
+                measured_cells(dict.fromkeys(range(SHAPE_COUNT), envelope.aggregate_tokens_per_s), means),
+            )
+        )
+    layers.append(
+        (
+            CATALOG,
+            catalog_cells(option.input_tokens_per_s, option.output_tokens_per_s, utilization_cap, means),
+        )
+    )
+    table = build_table(layers)
+    assert table is not None  # the catalog layer fills every shape
+    return replace(
+        option, table=table, utilization_cap=1.0, capacity_source=f"measured envelope, {table.describe()}"
+    )
 
 
 def _with_option(workload: decide.Workload, old: DedicatedOption, new: DedicatedOption) -> decide.Workload:

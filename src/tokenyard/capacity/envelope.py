@@ -420,3 +420,24 @@ def backend_envelope(
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
+
+
+def shape_capacities(
+    document: Mapping[str, Any] | None, name: str, sla: Sla | None, ceiling: int | None
+) -> dict[Shape, float]:
+    """Per request shape, the output tokens/s one replica serves within the SLA, for the shapes whose own
+    curve has enough data (``Capacity.enough``): the advisor's measured cells."""
+    stored = document.get("backends") if document and document.get("format") == FORMAT else None
+    cells = cells_from_json(stored.get(name)) if isinstance(stored, dict) else {}
+    if sla is None or not cells:
+        return {}
+    limit = stored_limit(document, name)
+    by_shape: dict[Shape, list[tuple[tuple[Shape, int], list[float]]]] = {}
+    for key, sums in cells.items():
+        by_shape.setdefault(key[0], []).append((key, sums))
+    out = {}
+    for shape, shape_cells in by_shape.items():
+        found = capacity(curve(shape_cells, sla.percentile), ceiling, limit)
+        if found is not None and found.enough:
+            out[shape] = found.aggregate_tokens_per_s
+    return out
