@@ -130,6 +130,9 @@ class ModelConfig(_Strict):
     deployments: list[str] = Field(min_length=1)
     # A backend of kind batch (a provider's Batch API) that async jobs of this model may go to.
     batch: str | None = None
+    # preference: always the deployments' order above; plan: each request's shape picks which dedicated GPU
+    # type is tried first, as the advisor's GPU plan assigns it (proxy/plan_order.py).
+    routing: Literal["preference", "plan"] = "preference"
 
     @field_validator("deployments")
     @classmethod

@@ -16,9 +16,12 @@ Document (JSON)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from tokenyard.meter.shapes import SHAPE_COUNT, SHAPES, shape_from_label, shape_label
 
 FORMAT = 1
 DOCUMENT = "advisor:plan"
@@ -34,14 +37,72 @@ class ModelPlan:
 
     def to_json(self) -> dict[str, Any]:
         """The model's entry in the document."""
-        raise NotImplementedError
+        return {
+            "shapes": {
+                shape_label(shape): gpu
+                for shape, gpu in zip(SHAPES, self.gpu_of_shape, strict=False)
+                if gpu is not None
+            },
+            "replicas": dict(self.replicas),
+            "usd_per_h": self.usd_per_h,
+        }
 
 
 def plan_document(plans: Mapping[str, ModelPlan], *, now_wall: float) -> dict[str, Any]:
     """The document for ``plans`` (model → plan)."""
-    raise NotImplementedError
+    return {
+        "format": FORMAT,
+        "generated_at": now_wall,
+        "models": {model: plan.to_json() for model, plan in plans.items()},
+    }
 
 
 def read_plans(document: Mapping[str, Any] | None) -> dict[str, ModelPlan]:
     """The plans in a stored document (another format, or a bad entry: skipped, never fatal)."""
-    raise NotImplementedError
+    if not isinstance(document, Mapping) or document.get("format") != FORMAT:
+        return {}
+    models = document.get("models")
+    if not isinstance(models, Mapping):
+        return {}
+    plans = {}
+    for model, entry in models.items():
+        plan = _read_plan(entry)
+        if isinstance(model, str) and plan is not None:
+            plans[model] = plan
+    return plans
+
+
+def generated_at(document: Mapping[str, Any] | None) -> float | None:
+    """When the advisor wrote the document (unix s), or None (absent, another format, not a number)."""
+    if not isinstance(document, Mapping) or document.get("format") != FORMAT:
+        return None
+    return _number(document.get("generated_at"))
+
+
+def _read_plan(entry: Any) -> ModelPlan | None:
+    """One model's entry, its bad parts left out; None when nothing of it is usable (no shape assigned)."""
+    if not isinstance(entry, Mapping):
+        return None
+    gpu_of_shape: list[str | None] = [None] * SHAPE_COUNT
+    shapes = entry.get("shapes")
+    for label, gpu in shapes.items() if isinstance(shapes, Mapping) else ():
+        shape = shape_from_label(label) if isinstance(label, str) else None
+        if shape is not None and isinstance(gpu, str) and gpu:
+            gpu_of_shape[SHAPES.index(shape)] = gpu
+    if all(gpu is None for gpu in gpu_of_shape):
+        return None
+    replicas_in = entry.get("replicas")
+    replicas = {
+        gpu: count
+        for gpu, count in (replicas_in.items() if isinstance(replicas_in, Mapping) else ())
+        # bool is an int to Python, never a replica count
+        if isinstance(gpu, str) and isinstance(count, int) and not isinstance(count, bool) and count >= 0
+    }
+    return ModelPlan(tuple(gpu_of_shape), replicas, _number(entry.get("usd_per_h")) or 0.0)
+
+
+def _number(value: Any) -> float | None:
+    """A finite JSON number as a float, else None (a bool is no number here)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None

@@ -8,7 +8,7 @@ routes then, and its group refuses every path of it (after authenticating) with 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -19,7 +19,7 @@ from tokenyard.errors import MethodNotAllowed, ObjectNotFound, RouteNotFound, To
 from tokenyard.proxy.handler import ENDPOINTS, Endpoint, Proxy
 from tokenyard.queue.batch_api import BatchApi
 from tokenyard.queue.front import JOBS_PATH
-from tokenyard.telemetry.capacity import CapacityApi
+from tokenyard.telemetry.capacity import CapacityApi, plan_utilization
 from tokenyard.telemetry.metrics import exposition
 from tokenyard.wire import asgi as wire
 from tokenyard.wire import openai
@@ -48,7 +48,7 @@ def router(runtime: Runtime, health: Iterable[Route]) -> Router:
         Route(
             "/admin/capacity",
             ("GET",),
-            CapacityApi(admin, runtime.capacity, admin.backends, {"envelopes": admin.envelopes}).handle,
+            CapacityApi(admin, runtime.capacity, admin.backends, _capacity_sections(runtime)).handle,
         ),
         Route("/admin/reload", ("POST",), _reload(runtime)),
         Route("/dashboard", ("GET",), dashboard.page),
@@ -191,6 +191,17 @@ def _metrics(runtime: Runtime) -> Handler:
         await wire.send_bytes(send, 200, exposition(registry), content_type)
 
     return handle
+
+
+def _capacity_sections(runtime: Runtime) -> dict[str, Callable[[], Any]]:
+    """What ``GET /admin/capacity`` shows beside the planner's document: the measured envelopes, and the
+    GPU plan against what runs (when a store holds one)."""
+    sections: dict[str, Callable[[], Any]] = {"envelopes": runtime.admin.envelopes}
+    plan, models = runtime.plan, runtime.proxy.models
+    if plan is not None:
+        sections["plan"] = lambda: plan_utilization(plan.plans, models)
+        sections["plan_generated_at"] = lambda: plan.generated_at
+    return sections
 
 
 def _reload(runtime: Runtime) -> Handler:

@@ -48,6 +48,7 @@ from tokenyard.edge.capacity import (
     start_capacity,
 )
 from tokenyard.edge.cluster import Membership
+from tokenyard.edge.plan import PlanReader, routed_by_plan
 from tokenyard.edge.reload import Reloader
 from tokenyard.live import LiveConfig
 from tokenyard.meter.meter import Meter
@@ -107,6 +108,7 @@ class Runtime:
     capacity: CapacityPlanner | None  # None: no meter store (desired replicas read its aggregates)
     reload_here: Callable[[], Awaitable[dict[str, Any]]]  # SIGHUP's; tests reload through it
     reload_everywhere: Callable[[], Awaitable[dict[str, Any]]]  # here, then every replica on the store
+    plan: PlanReader | None = None  # the GPU plan followed here (None: no meter store, so no plan to read)
 
 
 async def start_runtime(
@@ -177,6 +179,10 @@ async def start_runtime(
         wall=wall,
         front=door.front if door else None,
     )
+    plan = None
+    if store is not None:
+        plan = PlanReader(store, proxy, models, routed_by_plan(config))
+        stack.push_async_callback(_cancel, asyncio.create_task(plan.run(), name="gpu plan"))
     track = None
     if store is not None and door is not None:
         track = _start_async_track(stack, door, proxy, live, store, backends, models, replica, clock, wall)
@@ -207,13 +213,15 @@ async def start_runtime(
         clock=clock,
     )
     reloader = Reloader(config_path, live, agree_session_secret=admin.agree_session_secret)
+    reload_here = reloader.here if plan is None else plan.after(reloader.here)
+
     announce = _nothing
     if store is not None:
         membership = Membership(
             store,
             backends,
             member=replica,
-            on_reload=reloader.here,
+            on_reload=reload_here,
             apply_replicas=replicas_applier(backends, meter),
         )
         stack.push_async_callback(_cancel, asyncio.create_task(membership.run(), name="membership"))
@@ -221,19 +229,26 @@ async def start_runtime(
     await admin.agree_session_secret()
 
     async def reload_everywhere() -> dict[str, Any]:
-        result = await reloader.here()
+        result = await reload_here()
         if result["reloaded"]:
             await announce()
         return result
 
     with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
         asyncio.get_running_loop().add_signal_handler(
-            signal.SIGHUP, lambda: asyncio.ensure_future(reloader.here())
+            signal.SIGHUP, lambda: asyncio.ensure_future(reload_here())
         )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         TokenyardCollector(
-            meter, backends, rejected, advisor=advisor, dispatcher=dispatcher, capacity=planner, clock=clock
+            meter,
+            backends,
+            rejected,
+            advisor=advisor,
+            dispatcher=dispatcher,
+            capacity=planner,
+            clock=clock,
+            plans=plan.in_force if plan is not None else None,
         )
     )
     return Runtime(
@@ -244,8 +259,9 @@ async def start_runtime(
         track=track,
         registry=registry,
         capacity=planner,
-        reload_here=reloader.here,
+        reload_here=reload_here,
         reload_everywhere=reload_everywhere,
+        plan=plan,
     )
 
 

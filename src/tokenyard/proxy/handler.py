@@ -39,6 +39,7 @@ from tokenyard.proxy import request_body
 from tokenyard.proxy.backends import Backend
 from tokenyard.proxy.breaker import Ticket
 from tokenyard.proxy.exchange import CLIENT_CLOSED, Exchange
+from tokenyard.proxy.plan_order import request_shape
 from tokenyard.proxy.routing import Choice, NoChoice, choose_deployment
 from tokenyard.proxy.whole_as_stream import whole_answer_as_stream
 from tokenyard.queue.front import AsyncFront
@@ -126,6 +127,9 @@ class Proxy:
         self.clock = clock
         self.wall = wall
         self.front = front  # the async track's door (None: no job store, every request is real time)
+        # Models routed by the GPU plan in force: per shape index, their deployments in the plan's order
+        # (``edge/plan.py`` replaces it whole; empty: every model in its configured order).
+        self.planned: dict[str, tuple[list[Backend], ...]] = {}
 
     def authenticate(self, scope: wire.Scope) -> Principal:
         """The caller behind the request's bearer key."""
@@ -181,6 +185,9 @@ class Proxy:
         exchange = Exchange(request_id, principal.tenant, model, obj, started)
         if decision is not None:
             exchange.reason = decision.reason
+        planned = self.planned.get(model)
+        if planned is not None:  # the plan's order for this request's shape, built when the plan came
+            backends = planned[request_shape(len(body), obj)]
         try:
             work = self._route(send, endpoint, backends, body, stream, exchange, id_header)
             if await wire.until_client_leaves(receive, work):
@@ -250,6 +257,9 @@ class Proxy:
         backends = self.models.get(job.model, []) if only is None else only
         request_id = job.request_id or new_request_id()
         exchange = Exchange(request_id, job.tenant, job.model, orjson.loads(job.body), self.clock())
+        planned = self.planned.get(job.model) if only is None else None
+        if planned is not None:
+            backends = planned[request_shape(len(job.body), exchange.request)]
         exchange.mode, exchange.reason = "async", job.reason
         captured = wire.Captured()
         if not backends:  # the model left the config while the job waited: a final answer, not a retry

@@ -2,14 +2,16 @@
 
 The document is the capacity planner's (the same on every replica: the leader stores it, the others read
 it), with this replica's own view added: the replicas it counts for each backend and its in-flight cap.
+Beside it, the GPU plan against what runs (``plan_utilization``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tokenyard.capacity.actuator import public_settings
+from tokenyard.capacity.gpu_plan import ModelPlan
 from tokenyard.capacity.planner import CapacityPlanner
 from tokenyard.proxy.backends import Backend
 from tokenyard.telemetry.admin import AdminApi
@@ -65,3 +67,30 @@ class CapacityApi:
         """``GET /admin/capacity``."""
         self.admin.authorize(scope)
         await wire.send_json(send, 200, self.document())
+
+
+def plan_utilization(
+    plans: Mapping[str, ModelPlan], models: Mapping[str, Sequence[Backend]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per model the plan names and per GPU type (planned or deployed): the replicas the plan wants, those
+    its dedicated deployments of that type run now, and this replica's in-flight count against its cap
+    over them (``utilization``: in flight ÷ limit; None when nothing of that type can take a request)."""
+    answer: dict[str, dict[str, dict[str, Any]]] = {}
+    for model, plan in plans.items():
+        dedicated = [b for b in models.get(model, ()) if b.config.kind == "dedicated"]
+        types = [*plan.replicas, *(gpu for gpu in plan.gpu_of_shape if gpu is not None)]
+        types += [b.config.gpu_type for b in dedicated if b.config.gpu_type is not None]
+        per_type = {}
+        for gpu_type in dict.fromkeys(types):  # first-seen order, once each
+            of_type = [b for b in dedicated if b.config.gpu_type == gpu_type]
+            in_flight = sum(b.in_flight for b in of_type)
+            limit = sum(b.max_concurrency or 0 for b in of_type)
+            per_type[gpu_type] = {
+                "planned_replicas": plan.replicas.get(gpu_type, 0),
+                "configured_replicas": sum(b.replicas for b in of_type),
+                "in_flight": in_flight,
+                "limit": limit,
+                "utilization": in_flight / limit if limit else None,
+            }
+        answer[model] = per_type
+    return answer

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from tokenyard.advisor.live import AdvisorLoop
 from tokenyard.advisor.settings import DAYS_PER_MONTH
+from tokenyard.capacity.gpu_plan import ModelPlan
 from tokenyard.capacity.planner import CapacityPlanner
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import AGG_FIELDS, LATENCY_BUCKETS_MS, PUSD_PER_USD
@@ -41,6 +42,7 @@ class TokenyardCollector(Collector):
         dispatcher: Dispatcher | None,  # None: the async track is off
         capacity: CapacityPlanner | None = None,  # None: no meter store, no desired replicas
         clock: Callable[[], float] = time.monotonic,  # the request path's: engine snapshots are dated by it
+        plans: Callable[[], Mapping[str, ModelPlan]] | None = None,  # the GPU plan in force (None: none read)
     ) -> None:
         self._meter = meter
         self._backends = backends
@@ -49,6 +51,7 @@ class TokenyardCollector(Collector):
         self._dispatcher = dispatcher
         self._capacity = capacity
         self._clock = clock
+        self._plans = plans
 
     def collect(self) -> Iterator[Metric]:
         yield from self._usage()
@@ -58,7 +61,23 @@ class TokenyardCollector(Collector):
         yield from self._advice()
         yield from self._async_track()
         yield from self._desired_replicas()
+        yield from self._plan_replicas()
         yield from self._engines()
+
+    def _plan_replicas(self) -> Iterator[Metric]:
+        """The replicas of each GPU type the advisor's plan wants per model (beside
+        ``tokenyard_backend_replicas``, what runs)."""
+        plans = self._plans() if self._plans is not None else None
+        if not plans:
+            return
+        planned = GaugeMetricFamily(
+            "tokenyard_plan_replicas", "Replicas of a GPU type the GPU plan wants for a model.",
+            labels=["model", "gpu_type"],
+        )  # fmt: skip
+        for model, plan in plans.items():
+            for gpu_type, replicas in plan.replicas.items():
+                planned.add_metric([model, gpu_type], replicas)
+        yield planned
 
     def _desired_replicas(self) -> Iterator[Metric]:
         """The replicas each dedicated backend should run (the same on every replica: the leader decides),
