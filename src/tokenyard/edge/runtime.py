@@ -1,7 +1,8 @@
 """The running service, built once at start-up from a validated config.
 
 ``start_runtime`` opens the backends, the meter store and the meter's flush task, the advisor, the
-measured envelope's keeper, the async track's door (job store and front), the one proxy, the rest of the
+measured envelope's keeper, the async track's door (job store and front), the one proxy (and the GPU plan's
+reader, which orders its deployments per request shape), the rest of the
 async track (dispatcher, with provider batches and callbacks, and the Batch API), the capacity planner
 (desired replicas, the actuator), the admin API and the membership, in that order, each handed the parts it
 needs as it is made. Every background task and store is pushed on the caller's exit stack, so shutdown
