@@ -16,10 +16,11 @@ from tokenyard.advisor import report
 from tokenyard.advisor.catalog import Catalog
 from tokenyard.advisor.decide import Advice
 from tokenyard.advisor.live import STATE_DOC, load_document
+from tokenyard.advisor.plan import gpu_plans
 from tokenyard.advisor.service import evaluate_all, grouping
 from tokenyard.advisor.traffic import MINUTE_S, TrafficBuilder
 from tokenyard.advisor.workloads import BusyMinute, first_dedicated
-from tokenyard.capacity import envelope
+from tokenyard.capacity import envelope, gpu_plan
 from tokenyard.capacity.envelope import Capacity
 from tokenyard.config import TokenyardConfig
 from tokenyard.meter.model import AggKey, GpuKey
@@ -149,6 +150,10 @@ async def evaluate_store(
     )
     if keep_state:
         await store.put_document(STATE_DOC, orjson.dumps(states))
+        # Every replica's router follows it (models with ``routing: plan``); written even when empty, so a
+        # model that lost its second GPU type loses its plan.
+        document = gpu_plan.plan_document(gpu_plans(config, catalog, advices), now_wall=now)
+        await store.put_document(gpu_plan.DOCUMENT, orjson.dumps(document))
     return Evaluation(advices, states, skipped, now, start, end)
 
 

@@ -227,6 +227,22 @@ def catalog_capacity(config: TokenyardConfig, catalog: Catalog) -> dict[str, Cap
     return out
 
 
+def deployed_options(config: TokenyardConfig, catalog: Catalog, model: str) -> list[DedicatedOption]:
+    """One replica shape per GPU type the model's dedicated backends run on, where the catalog has a
+    capacity for the model on it (in the config's order; the backend's GPUs and price)."""
+    entry = catalog.model(config.advisor.needs(model).catalog_model or model)
+    out: list[DedicatedOption] = []
+    seen: set[str] = set()
+    for _, backend in _deployments(config, model).dedicated:
+        if backend.gpu_type is None or backend.gpu_type in seen or entry is None:
+            continue
+        same_gpu = [c for c in entry.dedicated if c.gpu_type == backend.gpu_type]
+        if same_gpu and backend.gpus_per_replica and backend.gpu_hour_price:
+            seen.add(backend.gpu_type)
+            out.append(_option(same_gpu[0], backend.gpus_per_replica, backend.gpu_hour_price))
+    return out
+
+
 def first_dedicated(config: TokenyardConfig, model: str) -> str | None:
     """The name of the dedicated backend whose replicas are the model's current setup (``_current``)."""
     dedicated = _deployments(config, model).dedicated
