@@ -21,11 +21,12 @@ its own shape mix. The SLO is in every cell (a catalog cell has the cap in it), 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenyard.meter.shapes import SHAPE_COUNT
+from tokenyard.meter.shapes import SHAPE_COUNT, SHAPES, representative, shape_label
 
 MEASURED = "measured"
 IMPORTED = "imported"
@@ -49,15 +50,19 @@ class ShapeTable:
     def weights(self) -> list[float]:
         """Per shape: replica-minutes one request takes (``1 / (60 × requests_per_s)``): a minute's load is
         its requests per shape times these."""
-        raise NotImplementedError
+        return [1 / (60 * rate) for rate in self.requests_per_s]
 
     def describe(self) -> str:
         """Where the cells came from, for the advice: ``per shape: 6 measured, 14 catalog × cap``."""
-        raise NotImplementedError
+        counts = [f"{self.sources.count(source)} {source}" for source in SOURCES if source in self.sources]
+        return "per shape: " + ", ".join(counts)
 
     def to_json(self) -> list[dict[str, Any]]:
         """The table for the advice API: per shape its label, requests/s and source."""
-        raise NotImplementedError
+        return [
+            {"shape": shape_label(shape), "requests_per_s": round(rate, 4), "source": source}
+            for shape, rate, source in zip(SHAPES, self.requests_per_s, self.sources, strict=True)
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +75,12 @@ class ShapeMeans:
 
     def lengths(self, index: int) -> tuple[float, float]:
         """(prompt, completion) tokens standing for shape ``index``."""
-        raise NotImplementedError
+        middle_prompt, middle_completion = representative(SHAPES[index])
+        prompt, completion = self.prompt[index], self.completion[index]
+        return (
+            middle_prompt if prompt is None else prompt,
+            middle_completion if completion is None else completion,
+        )
 
 
 def catalog_cell(
@@ -78,7 +88,8 @@ def catalog_cell(
 ) -> float:
     """Requests/s of one shape from the catalog's two-figure model at the utilization cap: a request of
     ``prompt`` and ``completion`` tokens takes ``prompt / input + completion / output`` replica-seconds."""
-    raise NotImplementedError
+    seconds = prompt / input_tokens_per_s + completion / output_tokens_per_s
+    return cap / seconds if seconds > 0 else 0.0
 
 
 def build_table(layers: Sequence[tuple[str, Mapping[int, float]]]) -> ShapeTable | None:
@@ -86,10 +97,41 @@ def build_table(layers: Sequence[tuple[str, Mapping[int, float]]]) -> ShapeTable
     the first layer with a figure (> 0) for it. Cells no layer fills take the nearest filled cell (fewest
     bucket steps; on a tie the larger shape, the lower capacity), marked ``NEAREST``. None when no layer has
     any figure."""
-    raise NotImplementedError
+    rates: list[float] = [0.0] * SHAPE_COUNT
+    sources: list[str] = [NEAREST] * SHAPE_COUNT
+    for source, figures in layers:
+        for index, rate in figures.items():
+            if 0 <= index < SHAPE_COUNT and rates[index] <= 0 < rate and rate < math.inf:
+                rates[index], sources[index] = rate, source
+    filled = [index for index in range(SHAPE_COUNT) if rates[index] > 0]
+    if not filled:
+        return None
+    for index in range(SHAPE_COUNT):
+        if rates[index] <= 0:
+            rates[index] = rates[_nearest(index, filled, rates)]
+    return ShapeTable(tuple(rates), tuple(sources))
+
+
+def _nearest(index: int, filled: list[int], rates: list[float]) -> int:
+    """The filled cell nearest shape ``index`` in bucket steps; on a tie the larger shape (more tokens per
+    request), then the lower capacity: a guess should err towards more GPUs, not fewer."""
+    (i, o) = SHAPES[index]
+
+    def key(other: int) -> tuple[int, int, float]:
+        (oi, oo) = SHAPES[other]
+        return abs(oi - i) + abs(oo - o), -(oi + oo), rates[other]
+
+    return min(filled, key=key)
 
 
 def measured_cells(per_shape_output_tokens_per_s: Mapping[int, float], means: ShapeMeans) -> dict[int, float]:
     """Requests/s per shape from the envelope's per-shape capacity (output tokens/s per replica at the SLA,
     prompts' prefill included): divided by the shape's mean completion length."""
-    raise NotImplementedError
+    out: dict[int, float] = {}
+    for index, tokens_per_s in per_shape_output_tokens_per_s.items():
+        if not 0 <= index < SHAPE_COUNT:
+            continue
+        completion = means.lengths(index)[1]
+        if tokens_per_s > 0 and completion > 0:
+            out[index] = tokens_per_s / completion
+    return out
