@@ -88,7 +88,7 @@ def parse_profile(
     return points
 
 
-def detect(text: str, name: str) -> str:
+def detect(text: str, name: str) -> Format:
     """The format a file's content is in: a JSON report with ``benchmarks`` is GuideLLM's, one with
     ``request_throughput`` vLLM's; a CSV with silybench's ``workload`` column silybench's."""
     stripped = text.lstrip()
