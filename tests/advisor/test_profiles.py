@@ -5,9 +5,12 @@ Fixtures in ``profiles/`` follow the upstream schemas:
 - ``vllm_*.json``: the result ``vllm bench serve --save-result`` writes (vllm-project/vllm
   ``vllm/benchmarks/serve.py``, ``benchmark()``'s ``result`` dict plus the run's ``request_rate``,
   ``max_concurrency``; ``request_goodput`` is None without ``--goodput``); per-request lists cut short.
-- ``guidellm_sweep.json``: GuideLLM's report (vllm-project/guidellm ``src/guidellm/benchmark/benchmark.py``:
-  ``GenerativeBenchmark.metrics``, each a ``StatusDistributionSummary`` with ``successful`` mean, median and
-  ``percentiles.p99``); numbers made up.
+- ``guidellm_sweep.json``: GuideLLM's report (vllm-project/guidellm
+  ``src/guidellm/benchmark/schemas/generative/metrics.py`` at 06cef2910dc1517f863ce09ff118af07d463d055,
+  ``GenerativeMetrics``: ``requests_per_second``, ``prompt_token_count``, ``output_token_count``,
+  ``time_to_first_token_ms``, ``inter_token_latency_ms``, each a ``StatusDistributionSummary`` with
+  ``successful`` mean, median and ``percentiles.p99``; older reports, ``benchmark/benchmark.py``, the same
+  with the strategy under ``args``); numbers made up.
 - ``silybench_capacity.csv``: the real ``derived/csv/capacity.csv`` of tgarg01/silybench-data at commit
   93e4887353137e64bd5605fa3d1f4529da0a1dc5 (data CC BY 4.0, silybench); ``silybench_capacity_bf16.csv`` its
   bf16 rows; ``silybench_perf_points_decode.csv`` three rows of ``derived/csv/perf_points.csv`` there.
