@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 from tokenyard import __version__
 from tokenyard.advisor import commands as advisor_commands
@@ -108,6 +109,22 @@ def _parser() -> argparse.ArgumentParser:
     advisor_commands.add_advise_arguments(advise)
     advise.set_defaults(run=advisor_commands.run_advise)
 
+    profile = commands.add_parser(
+        "profile",
+        help="read a capacity profile measured elsewhere",
+        description="Capacity profiles from vLLM bench serve (--save-result), GuideLLM or silybench, as "
+        "advisor.profiles imports them.",
+    )
+    profile_commands = profile.add_subparsers(title="commands", metavar="COMMAND")
+    show = profile_commands.add_parser(
+        "show",
+        help="print a profile's points and its requests/s per shape",
+        description="Print the operating points a profile file holds and, per request shape, the best "
+        "requests/s one replica sustained within the SLO.",
+    )
+    advisor_commands.add_profile_show_arguments(show)
+    show.set_defaults(run=advisor_commands.run_profile_show)
+
     simulate = commands.add_parser(
         "simulate",
         help="run a simulated OpenAI-compatible upstream",
@@ -154,6 +171,13 @@ def _serve(args: argparse.Namespace) -> int:
         config = _load(path, args.host, args.port)
     except ConfigError as exc:
         print(f"tokenyard: refusing to start, the config is invalid.\n{exc}", file=sys.stderr)
+        return 1
+    from tokenyard.advisor.profiles import ProfileError, load_profiles
+
+    try:  # the imported capacity profiles: files the config names, read once here to fail fast
+        load_profiles(config.advisor, base=Path(path).parent if path else None)
+    except ProfileError as exc:
+        print(f"tokenyard: refusing to start, a capacity profile is unusable.\n{exc}", file=sys.stderr)
         return 1
     # Imported here: `check-config` and `--help` should not pay for the server stack.
     from tokenyard.edge.app import no_upstreams

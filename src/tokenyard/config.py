@@ -443,4 +443,19 @@ def load_config(path: str | Path | None, *, env: dict[str, str] | None = None) -
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError([("", f"cannot read the file: {exc.strerror}")], source=str(path)) from exc
-    return parse_config(text, source=str(path), env=env)
+    return _files_beside(parse_config(text, source=str(path), env=env), Path(path).parent)
+
+
+def _files_beside(config: TokenyardConfig, folder: Path) -> TokenyardConfig:
+    """The config with the files it names by relative path (``advisor.profiles``) found beside it, so the
+    advisor's worker reads the same files wherever it runs from."""
+    profiles = config.advisor.profiles
+    if not any(not Path(entry.path).is_absolute() for entry in profiles):
+        return config
+    moved = [
+        entry
+        if Path(entry.path).is_absolute()
+        else entry.model_copy(update={"path": str(folder.absolute() / entry.path)})
+        for entry in profiles
+    ]
+    return config.model_copy(update={"advisor": config.advisor.model_copy(update={"profiles": moved})})

@@ -17,7 +17,7 @@ from tests.support.stores import PROXY_STORES, open_proxy_store
 from tokenyard.advisor.catalog import load_catalog
 from tokenyard.advisor.evaluation import evaluate_store
 from tokenyard.capacity import gpu_plan
-from tokenyard.config import parse_config
+from tokenyard.config import TokenyardConfig, load_config, parse_config
 from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch
 from tokenyard.meter.open_store import open_store
 from tokenyard.meter.shapes import SHAPE_COUNT, shape_index
@@ -150,3 +150,27 @@ async def test_the_plan_is_written_for_a_model_on_two_gpu_types(store: MeterStor
     await store.put_document(gpu_plan.DOCUMENT, b"{}")
     await evaluate_store(store, CONFIG, load_catalog({}), now=T0, keep_state=False)
     assert await store.get_document(gpu_plan.DOCUMENT) == b"{}"
+
+
+async def test_an_imported_profile_is_the_capacity_of_its_gpu_type(store: MeterStore) -> None:
+    await meter_a_day(store)
+    profile = Path(__file__).parent / "profiles" / "vllm_goodput.json"
+    tree = CONFIG.model_dump()
+    tree["advisor"]["profiles"] = [{"model": MIXED, "gpu_type": "H200", "path": str(profile)}]
+    config = TokenyardConfig.model_validate(tree)
+    result = await evaluate_store(store, config, load_catalog({}), now=T0, keep_state=False)
+    (advice,) = [a for a in result.advices if a.model == MIXED]
+    # The vLLM run (goodput 8.5 requests/s at its lengths) fills one shape; the others stay the catalog's.
+    reasons = " | ".join(advice.reasons)
+    assert "1×H200 capacity at the SLO by request shape: per shape: 1 imported, 19 catalog × cap" in reasons
+
+
+def test_a_profile_named_by_a_relative_path_is_found_beside_the_config(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    config_file = tmp_path / "conf" / "tokenyard.yaml"
+    config_file.write_text(
+        "advisor:\n  profiles:\n    - {model: m, gpu_type: H200, path: bench/h200.json}\n"
+        "    - {model: m, gpu_type: H100-80GB, path: /srv/h100.json}\n"
+    )
+    profiles = load_config(config_file).advisor.profiles
+    assert [p.path for p in profiles] == [str(tmp_path / "conf" / "bench" / "h200.json"), "/srv/h100.json"]

@@ -11,6 +11,7 @@ from tokenyard.capacity import envelope
 from tokenyard.capacity.envelope import Recorder
 from tokenyard.capacity.observed import LatencySample
 from tokenyard.capacity.settings import Sla
+from tokenyard.meter.shapes import shape_index as envelope_index
 
 SLA = Sla(min_stream_tokens_per_s=30)
 
@@ -340,3 +341,16 @@ def test_any_split_across_replicas_merges_to_the_same_envelope(
     points = envelope.curve(merged.items())
     assert sum(p.samples for p in points) == len(samples)
     assert all(0 <= p.met_share <= 1 for p in points)
+
+
+def test_the_capacity_per_shape_counts_only_shapes_with_enough_data() -> None:
+    recorder = Recorder(SLA)
+    record(recorder, {5: 50, 10: 50, 20: 50, 25: 20})  # prompt 200, completion 61: in128-511/out0-63
+    for _ in range(50):  # another shape, one level only: not enough
+        recorder.observe(streamed(5, engine_rate(5), prompt=3000, completion=300), 1)
+    doc = envelope.merge_document(None, {"a": recorder.take()}, now_wall=0)
+    per_shape = envelope.envelope_shape_capacity(doc, "a", SLA, ceiling=64)
+    assert per_shape == {envelope_index(200, 61): pytest.approx(600)}
+    assert envelope.envelope_shape_capacity(doc, "a", None, ceiling=64) == {}
+    assert envelope.envelope_shape_capacity(doc, "b", SLA, ceiling=64) == {}
+    assert envelope.envelope_shape_capacity(None, "a", SLA, ceiling=64) == {}

@@ -6,6 +6,7 @@ Run by the advisor's worker process (``worker.py``) for the proxy, and in-proces
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from tokenyard.advisor.catalog import Catalog
 from tokenyard.advisor.decide import Advice
 from tokenyard.advisor.live import STATE_DOC, load_document
 from tokenyard.advisor.plan import gpu_plans
+from tokenyard.advisor.profiles import ProfileError, ProfileKey, load_profiles
 from tokenyard.advisor.service import evaluate_all, grouping
 from tokenyard.advisor.traffic import MINUTE_S, TrafficBuilder
 from tokenyard.advisor.workloads import BusyMinute, first_dedicated
@@ -24,7 +26,7 @@ from tokenyard.capacity import envelope, gpu_plan
 from tokenyard.capacity.envelope import Capacity
 from tokenyard.config import TokenyardConfig
 from tokenyard.meter.model import AggKey, GpuKey
-from tokenyard.meter.shapes import OUTPUT_LABELS, SHAPE_COUNT
+from tokenyard.meter.shapes import SHAPE_COUNT
 from tokenyard.meter.store import UsageStore
 from tokenyard.stores.protocols import DocumentStore
 
@@ -110,9 +112,9 @@ def measured_shapes(config: TokenyardConfig, document: dict[str, Any] | None) ->
         if name is None:
             continue
         backend = config.backends[name]
-        found = envelope.shape_capacities(document, name, backend.sla, backend.max_concurrency)
+        found = envelope.envelope_shape_capacity(document, name, backend.sla, backend.max_concurrency)
         if found:
-            out[model] = {shape[0] * len(OUTPUT_LABELS) + shape[1]: rate for shape, rate in found.items()}
+            out[model] = found
     return out
 
 
@@ -143,11 +145,17 @@ async def evaluate_store(
     stored_envelope = await load_document(store, envelope.DOCUMENT)
     envelopes = measured_envelopes(config, stored_envelope)
     shapes = measured_shapes(config, stored_envelope)
+    try:  # checked when the proxy started; a file that went away since costs its profile, not the advice
+        imported = load_profiles(config.advisor)
+        unreadable = []
+    except ProfileError as exc:
+        imported, unreadable = {}, [f"imported capacity profiles not used: {exc}"]
     # A workload younger than the window is replayed from 00:00 UTC of its first request's day (decide.py),
     # not from that request: its quiet first hours count, as its replicas' cost would.
     advices, states, skipped = _evaluate_rows(
-        config, catalog, rows, gpu, previous, now, start, end, envelopes, shapes
+        config, catalog, rows, gpu, previous, now, start, end, envelopes, shapes, imported
     )
+    skipped += unreadable
     if keep_state:
         await store.put_document(STATE_DOC, orjson.dumps(states))
         # Every replica's router follows it (models with ``routing: plan``); written even when empty, so a
@@ -168,6 +176,7 @@ def _evaluate_rows(
     end: int,
     envelopes: dict[str, Capacity],
     shapes: dict[str, dict[int, float]] | None = None,
+    imported: Mapping[ProfileKey, Mapping[int, float]] | None = None,
 ) -> tuple[list[Advice], dict[str, dict[str, Any]], list[str]]:
     """The stored aggregates of ``[start, end)`` as per-workload traffic, evaluated."""
     workload_of, eligible = grouping(config)
@@ -197,4 +206,5 @@ def _evaluate_rows(
         measured=busy_minutes(config, rows, gpu),
         envelopes=envelopes,
         shapes=shapes,
+        imported=imported,
     )

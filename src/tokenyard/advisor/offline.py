@@ -23,6 +23,7 @@ from tokenyard.advisor import evaluation, plot, report
 from tokenyard.advisor.catalog import Catalog, load_catalog
 from tokenyard.advisor.decide import Advice
 from tokenyard.advisor.live import load_document
+from tokenyard.advisor.profiles import ProfileError, load_profiles
 from tokenyard.advisor.replay import TrafficLog, TrafficLogError, parse_time
 from tokenyard.advisor.service import grouping, replay_evaluations
 from tokenyard.capacity import envelope
@@ -36,8 +37,10 @@ def _configured(path: str | None) -> tuple[TokenyardConfig, Catalog] | None:
     """The config and its catalog, or None after saying what is wrong with them."""
     try:
         config = load_config(path)
+        # The imported capacity profiles are files: read here so a bad one stops the command at once.
+        load_profiles(config.advisor, base=Path(path).parent if path else None)
         return config, load_catalog(config.advisor.catalog)
-    except ConfigError as exc:
+    except (ConfigError, ProfileError) as exc:
         print(exc, file=sys.stderr)
         return None
 

@@ -15,8 +15,10 @@ from tokenyard.advisor import decide
 from tokenyard.advisor.catalog import Catalog
 from tokenyard.advisor.costs import DedicatedOption
 from tokenyard.advisor.decide import Advice
+from tokenyard.advisor.profiles import ProfileKey
 from tokenyard.advisor.shapes import (
     CATALOG,
+    IMPORTED,
     MEASURED,
     MEASURED_ALL,
     ShapeMeans,
@@ -65,6 +67,7 @@ def evaluate_all(
     measured: Mapping[str, Sequence[BusyMinute]] | None = None,
     envelopes: Mapping[str, Capacity] | None = None,
     shapes: Mapping[str, Mapping[int, float]] | None = None,
+    imported: Mapping[ProfileKey, Mapping[int, float]] | None = None,
 ) -> tuple[list[Advice], dict[str, dict[str, Any]], list[str]]:
     """Advice per workload (costliest first), the stability state to keep, and workloads that were skipped.
 
@@ -72,7 +75,9 @@ def evaluate_all(
     its dedicated backends (calibrating their capacity); ``envelopes`` maps a model to the capacity its
     dedicated backend's measured envelope shows, which wins over the calibration when it has enough data;
     ``shapes`` maps a model to that envelope's output tokens/s per request shape (the shapes with enough
-    data of their own), which win over both: the option gets a table of capacity by shape.
+    data of their own), which win over both: the option gets a table of capacity by shape; ``imported``
+    maps (model, GPU type, GPUs per replica) to an imported profile's requests/s per shape, a table for
+    every option it matches.
     """
     advisor = config.advisor
     advices: list[Advice] = []
@@ -83,12 +88,19 @@ def evaluate_all(
         workload = build_workload(name, model, config, catalog, today=today)
         samples = (measured or {}).get(model)
         envelope = (envelopes or {}).get(model)
+        workload = _with_profiled_types(workload, config, catalog, imported or {})
+        for option in workload.options:  # imported profiles for the GPU types no backend measured
+            found = (imported or {}).get((model, option.gpu_type, option.gpus_per_replica))
+            if found and not (workload.current and option == workload.current.option):
+                better = with_shape_table(option, {}, found, None, workload_traffic, advisor.utilization_cap)
+                workload = _with_option(workload, option, better)
         if workload.current and workload.current.option:
             option = workload.current.option
-            measured_shapes = (shapes or {}).get(model)
-            if measured_shapes:
+            measured_shapes = (shapes or {}).get(model) or {}
+            profile = (imported or {}).get((model, option.gpu_type, option.gpus_per_replica)) or {}
+            if measured_shapes or profile:
                 better = with_shape_table(
-                    option, measured_shapes, envelope, workload_traffic, advisor.utilization_cap
+                    option, measured_shapes, profile, envelope, workload_traffic, advisor.utilization_cap
                 )
             elif envelope is not None and envelope.enough:
                 better = from_envelope(option, envelope)
@@ -118,16 +130,20 @@ def evaluate_all(
 def with_shape_table(
     option: DedicatedOption,
     measured: Mapping[int, float],
+    imported: Mapping[int, float],
     envelope: Capacity | None,
     traffic: Traffic,
     utilization_cap: float,
 ) -> DedicatedOption:
-    """The option with a table of capacity by shape: the shapes measured on their own, then the envelope
-    over all shapes (when it has enough data), then the catalog's figures at the cap — each shape at the
-    traffic's own mean lengths."""
+    """The option with a table of capacity by shape: the shapes measured on their own (output tokens/s),
+    then an imported profile (requests/s), then the envelope over all shapes (when it has enough data),
+    then the catalog's figures at the cap — each shape at the traffic's own mean lengths."""
     ran = traffic.must_wait_for()
     means = ShapeMeans.of(ran.shapes.totals())
-    layers: list[tuple[str, Mapping[int, float]]] = [(MEASURED, measured_cells(measured, means))]
+    layers: list[tuple[str, Mapping[int, float]]] = [
+        (MEASURED, measured_cells(measured, means)),
+        (IMPORTED, imported),
+    ]
     if envelope is not None and envelope.enough:
         layers.append(
             (
@@ -143,9 +159,42 @@ def with_shape_table(
     )
     table = build_table(layers)
     assert table is not None  # the catalog layer fills every shape
-    return replace(
-        option, table=table, utilization_cap=1.0, capacity_source=f"measured envelope, {table.describe()}"
+    where = "measured envelope" if measured else "imported profile"
+    return replace(option, table=table, utilization_cap=1.0, capacity_source=f"{where}, {table.describe()}")
+
+
+def _with_profiled_types(
+    workload: decide.Workload,
+    config: TokenyardConfig,
+    catalog: Catalog,
+    imported: Mapping[ProfileKey, Mapping[int, float]],
+) -> decide.Workload:
+    """The workload with a replica shape for every imported profile of its model whose GPU type it has no
+    shape for (a GPU the catalog has no capacity for, e.g. one the team benchmarked itself), priced at the
+    catalog's or a configured backend's $/GPU-hour; a profile of a GPU with no known price is left out."""
+    known = {(o.gpu_type, o.gpus_per_replica) for o in workload.options}
+    prices = {gpu: price.gpu_hour_usd for gpu, price in catalog.gpus.items()}
+    prices.update(
+        {b.gpu_type: b.gpu_hour_price for b in config.backends.values() if b.gpu_type and b.gpu_hour_price}
     )
+    added = []
+    for (model, gpu_type, gpus), cells in sorted(imported.items()):
+        table = build_table([(IMPORTED, cells)])
+        if model != workload.model or (gpu_type, gpus) in known or gpu_type not in prices or table is None:
+            continue
+        added.append(
+            DedicatedOption(
+                gpu_type,
+                gpus,
+                prices[gpu_type],
+                input_tokens_per_s=1.0,  # unused: the table prices every shape
+                output_tokens_per_s=1.0,
+                capacity_source=f"imported profile, {table.describe()}",
+                utilization_cap=1.0,
+                table=table,
+            )
+        )
+    return replace(workload, options=(*workload.options, *added)) if added else workload
 
 
 def _with_option(workload: decide.Workload, old: DedicatedOption, new: DedicatedOption) -> decide.Workload:

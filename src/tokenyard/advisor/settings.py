@@ -6,7 +6,7 @@ Validated with the rest of the config at start-up. The price and capacity catalo
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +60,25 @@ class MixSettings(_Strict):
     period_min: Annotated[int, Field(ge=60, le=10080)] = 240
 
 
+class ProfileSlo(_Strict):
+    """The SLO an imported profile's points are checked against (when the file has no goodput)."""
+
+    ttft_p99_ms: Annotated[float, Field(gt=0)] | None = None
+    itl_median_ms: Annotated[float, Field(gt=0)] | None = None
+
+
+class ProfileImport(_Strict):
+    """A capacity profile measured elsewhere (vLLM bench serve, GuideLLM, silybench) for one model on one
+    replica of a GPU type: the shape table's ``imported`` cells. The file is read by ``load_profiles``."""
+
+    model: str
+    gpu_type: str
+    gpus_per_replica: Annotated[int, Field(ge=1, le=64)] = 1
+    path: str
+    format: Literal["auto", "vllm", "guidellm", "silybench"] = "auto"
+    slo: ProfileSlo = ProfileSlo()
+
+
 class AdvisorConfig(_Strict):
     """When and how the advisor re-evaluates the cheapest architecture from metered traffic."""
 
@@ -79,6 +98,8 @@ class AdvisorConfig(_Strict):
     workloads: dict[str, WorkloadNeeds] = {}
     # Entries merged over the built-in catalog (same shape as config/catalog.yaml): your own prices.
     catalog: dict[str, Any] = {}
+    # Capacity profiles measured elsewhere, per model × GPU type (``profiles.load_profiles`` reads them).
+    profiles: list[ProfileImport] = []
 
     def needs(self, model: str) -> WorkloadNeeds:
         """The configured needs of a public model name (defaults when not configured)."""

@@ -22,7 +22,6 @@ its own shape mix. The SLO is in every cell (a catalog cell has the cap in it), 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,13 +54,8 @@ class ShapeTable:
 
     def describe(self) -> str:
         """Where the cells came from, for the advice: ``per shape: 6 measured, 14 catalog × cap``."""
-        counts = Counter(self.sources)
-        return "per shape: " + ", ".join(f"{counts[s]} {s}" for s in SOURCES if counts[s])
-
-    @property
-    def measured_or_imported(self) -> bool:
-        """Whether any cell is more than the catalog's guess."""
-        return any(s in (MEASURED, IMPORTED, MEASURED_ALL) for s in self.sources)
+        counts = [f"{self.sources.count(source)} {source}" for source in SOURCES if source in self.sources]
+        return "per shape: " + ", ".join(counts)
 
     def to_json(self) -> list[dict[str, Any]]:
         """The table for the advice API: per shape its label, requests/s and source."""
@@ -89,10 +83,12 @@ class ShapeMeans:
 
     def lengths(self, index: int) -> tuple[float, float]:
         """(prompt, completion) tokens standing for shape ``index``."""
+        middle_prompt, middle_completion = representative(SHAPES[index])
         prompt, completion = self.prompt[index], self.completion[index]
-        if prompt is None or completion is None:
-            return representative(SHAPES[index])
-        return prompt, completion
+        return (
+            middle_prompt if prompt is None else prompt,
+            middle_completion if completion is None else completion,
+        )
 
 
 def catalog_cell(
@@ -100,8 +96,8 @@ def catalog_cell(
 ) -> float:
     """Requests/s of one shape from the catalog's two-figure model at the utilization cap: a request of
     ``prompt`` and ``completion`` tokens takes ``prompt / input + completion / output`` replica-seconds."""
-    seconds = prompt / input_tokens_per_s + max(completion, 1.0) / output_tokens_per_s
-    return cap / seconds
+    seconds = prompt / input_tokens_per_s + completion / output_tokens_per_s
+    return cap / seconds if seconds > 0 else 0.0
 
 
 def catalog_cells(
@@ -119,33 +115,41 @@ def build_table(layers: Sequence[tuple[str, Mapping[int, float]]]) -> ShapeTable
     the first layer with a figure (> 0) for it. Cells no layer fills take the nearest filled cell (fewest
     bucket steps; on a tie the larger shape, the lower capacity), marked ``NEAREST``. None when no layer has
     any figure."""
-    rates: list[float | None] = [None] * SHAPE_COUNT
-    sources = [NEAREST] * SHAPE_COUNT
-    for source, cells in layers:
-        for k, rate in cells.items():
-            if 0 <= k < SHAPE_COUNT and rates[k] is None and rate > 0 and math.isfinite(rate):
-                rates[k], sources[k] = rate, source
-    filled = [k for k, rate in enumerate(rates) if rate is not None]
+    rates: list[float] = [0.0] * SHAPE_COUNT
+    sources: list[str] = [NEAREST] * SHAPE_COUNT
+    for source, figures in layers:
+        for index, rate in figures.items():
+            if 0 <= index < SHAPE_COUNT and rates[index] <= 0 < rate and rate < math.inf:
+                rates[index], sources[index] = rate, source
+    filled = [index for index in range(SHAPE_COUNT) if rates[index] > 0]
     if not filled:
         return None
-    out: list[float] = []
-    for k, own in enumerate(rates):
-        nearest = (
-            own if own is not None else rates[min(filled, key=lambda j: (_steps(SHAPES[k], SHAPES[j]), -j))]
-        )
-        assert nearest is not None
-        out.append(nearest)
-    return ShapeTable(tuple(out), tuple(sources))
+    for index in range(SHAPE_COUNT):
+        if rates[index] <= 0:
+            rates[index] = rates[_nearest(index, filled, rates)]
+    return ShapeTable(tuple(rates), tuple(sources))
 
 
-def _steps(a: tuple[int, int], b: tuple[int, int]) -> int:
-    return abs(a[0] - b[0]) + abs(a[1] - b[1])
+def _nearest(index: int, filled: list[int], rates: list[float]) -> int:
+    """The filled cell nearest shape ``index`` in bucket steps; on a tie the larger shape (more tokens per
+    request), then the lower capacity: a guess should err towards more GPUs, not fewer."""
+    (i, o) = SHAPES[index]
+
+    def key(other: int) -> tuple[int, int, float]:
+        (oi, oo) = SHAPES[other]
+        return abs(oi - i) + abs(oo - o), -(oi + oo), rates[other]
+
+    return min(filled, key=key)
 
 
 def measured_cells(per_shape_output_tokens_per_s: Mapping[int, float], means: ShapeMeans) -> dict[int, float]:
     """Requests/s per shape from the envelope's per-shape capacity (output tokens/s per replica at the SLA,
     prompts' prefill included): divided by the shape's mean completion length."""
-    return {
-        k: tokens_per_s / max(1.0, means.lengths(k)[1])
-        for k, tokens_per_s in per_shape_output_tokens_per_s.items()
-    }
+    out: dict[int, float] = {}
+    for index, tokens_per_s in per_shape_output_tokens_per_s.items():
+        if not 0 <= index < SHAPE_COUNT:
+            continue
+        completion = means.lengths(index)[1]
+        if tokens_per_s > 0 and completion > 0:
+            out[index] = tokens_per_s / completion
+    return out

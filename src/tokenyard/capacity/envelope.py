@@ -49,6 +49,7 @@ from tokenyard.capacity.observed import LatencySample
 from tokenyard.capacity.settings import Sla
 
 # The shape buckets are the meter's (one definition); re-exported for the envelope's readers.
+from tokenyard.meter.shapes import OUTPUT_LABELS
 from tokenyard.meter.shapes import Shape as Shape
 from tokenyard.meter.shapes import shape_from_label as shape_from_label
 from tokenyard.meter.shapes import shape_label as shape_label
@@ -418,26 +419,26 @@ def backend_envelope(
     return Stored(points, capacity(points, ceiling, limit) if sla is not None else None, limit)
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
-def shape_capacities(
+def envelope_shape_capacity(
     document: Mapping[str, Any] | None, name: str, sla: Sla | None, ceiling: int | None
-) -> dict[Shape, float]:
-    """Per request shape, the output tokens/s one replica serves within the SLA, for the shapes whose own
-    curve has enough data (``Capacity.enough``): the advisor's measured cells."""
+) -> dict[int, float]:
+    """A backend's measured output tokens/s per replica at the SLA, per shape index, from the stored
+    document: only shapes whose own curve has enough data (the advisor's ``measured`` cells)."""
     stored = document.get("backends") if document and document.get("format") == FORMAT else None
     cells = cells_from_json(stored.get(name)) if isinstance(stored, dict) else {}
     if sla is None or not cells:
         return {}
     limit = stored_limit(document, name)
-    by_shape: dict[Shape, list[tuple[tuple[Shape, int], list[float]]]] = {}
+    shapes: dict[Shape, list[tuple[tuple[Shape, int], list[float]]]] = {}
     for key, sums in cells.items():
-        by_shape.setdefault(key[0], []).append((key, sums))
-    out = {}
-    for shape, shape_cells in by_shape.items():
+        shapes.setdefault(key[0], []).append((key, sums))
+    out: dict[int, float] = {}
+    for (inp, outp), shape_cells in shapes.items():
         found = capacity(curve(shape_cells, sla.percentile), ceiling, limit)
         if found is not None and found.enough:
-            out[shape] = found.aggregate_tokens_per_s
+            out[inp * len(OUTPUT_LABELS) + outp] = found.aggregate_tokens_per_s
     return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
