@@ -169,6 +169,8 @@ def test_a_profile_named_by_a_relative_path_is_found_beside_the_config(tmp_path:
     (tmp_path / "conf").mkdir()
     config_file = tmp_path / "conf" / "tokenyard.yaml"
     config_file.write_text(
+        "backends:\n  api: {kind: serverless, base_url: 'http://127.0.0.1:9/v1'}\n"
+        "models:\n  m: {deployments: [api]}\n"
         "advisor:\n  profiles:\n    - {model: m, gpu_type: H200, path: bench/h200.json}\n"
         "    - {model: m, gpu_type: H100-80GB, path: /srv/h100.json}\n"
     )
