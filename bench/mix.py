@@ -142,7 +142,8 @@ def compare_solvers(types: list[GpuType], demands: list[Demand]) -> list[str]:
         worst = max(worst, abs(ours - theirs))
     return [
         f"- solver, {len(sizings)} instances: HiGHS (highspy, in process) "
-        f"{highs_s / len(sizings) * 1000:.1f} ms each, PuLP/CBC (a subprocess per solve) {cbc_s / len(sizings) * 1000:.1f} ms each "
+        f"{highs_s / len(sizings) * 1000:.1f} ms each, PuLP/CBC (a subprocess per solve) "
+        f"{cbc_s / len(sizings) * 1000:.1f} ms each "
         f"(×{cbc_s / highs_s:.1f}); largest difference in the optimum ${worst:.6f}/h",
     ]
 
