@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate, compress, repeat
 from operator import truediv
 
@@ -213,6 +213,37 @@ class LoadProfile:
         """Replica counts (fractional) where the overflow and the idle capacity change slope: a busy minute's
         load over the cap. Between two of them both are straight lines in N."""
         return [load / self.cap for load in set(self._sorted)]
+
+
+class Minutes:
+    """One series' per-minute loads, per-token costs and load profiles, each computed once per evaluation.
+
+    They are the per-minute passes over weeks of minutes that the evaluation's time goes into; the
+    candidates and the current setup ask for the same ones.
+    """
+
+    __slots__ = ("_loads", "_profiles", "minutes", "series")
+
+    def __init__(self, series: TokenSeries, minutes: int) -> None:
+        self.series = series
+        self.minutes = minutes  # the window's length: the busy minutes are ``series.index``
+        self._loads: dict[DedicatedOption, list[float]] = {}
+        self._profiles: dict[tuple[DedicatedOption, TokenPrices | None, float], LoadProfile] = {}
+
+    def load(self, option: DedicatedOption) -> list[float]:
+        """The series' load on ``option``, minute by minute."""
+        key = replace(option, gpu_hour_usd=0.0)  # the price does not change the load: bought otherwise, same
+        if key not in self._loads:
+            self._loads[key] = option.load(self.series)
+        return self._loads[key]
+
+    def profile(self, option: DedicatedOption, overflow: TokenPrices | None, cap: float) -> LoadProfile:
+        """The sorted load profile on ``option`` with overflow at ``overflow`` prices."""
+        key = (replace(option, gpu_hour_usd=0.0), overflow, cap)
+        if key not in self._profiles:
+            overflow_usd = per_token_costs(overflow, self.series) if overflow else None
+            self._profiles[key] = LoadProfile(self.load(option), overflow_usd, cap, minutes=self.minutes)
+        return self._profiles[key]
 
 
 def always_on(option: DedicatedOption, profile: LoadProfile, n: int, deferred: Deferred) -> Cost:

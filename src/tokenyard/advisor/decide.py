@@ -8,19 +8,18 @@ replayed cost of the dedicated candidates against the per-token one, on the traf
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tokenyard.advisor import buying, costs, fleet
+from tokenyard.advisor import buying, costs, fleet, purchases
 from tokenyard.advisor.catalog import TokenPrices
-from tokenyard.advisor.costs import Cost, CostCurve, DedicatedOption, Deferred, LoadProfile
+from tokenyard.advisor.costs import Cost, CostCurve, DedicatedOption, Deferred, LoadProfile, Minutes
 from tokenyard.advisor.fleet import Demand, FleetResult
 from tokenyard.advisor.mix import GpuType
 from tokenyard.advisor.settings import Autoscaling, MixSettings, WorkloadNeeds
 from tokenyard.advisor.shapes import CATALOG, MEASURED_ALL, ShapeMeans, build_table, catalog_cells
-from tokenyard.advisor.traffic import DAY_S, MINUTE_S, TokenSeries, Totals, Traffic
+from tokenyard.advisor.traffic import DAY_S, MINUTE_S, Totals, Traffic
 from tokenyard.meter.shapes import SHAPE_COUNT
 
 LOW_CONFIDENCE_DAYS = 7.0  # less than one weekly cycle
@@ -189,37 +188,6 @@ class Advice:
         return 100 * (1 - self.best.cost.total_usd / self.current.cost.total_usd)
 
 
-class _Minutes:
-    """One series' per-minute loads, per-token costs and load profiles, each computed once per evaluation.
-
-    They are the per-minute passes over weeks of minutes that the evaluation's time goes into; the
-    candidates and the current setup ask for the same ones.
-    """
-
-    __slots__ = ("_loads", "_profiles", "minutes", "series")
-
-    def __init__(self, series: TokenSeries, minutes: int) -> None:
-        self.series = series
-        self.minutes = minutes  # the window's length: the busy minutes are ``series.index``
-        self._loads: dict[DedicatedOption, list[float]] = {}
-        self._profiles: dict[tuple[DedicatedOption, TokenPrices | None, float], LoadProfile] = {}
-
-    def load(self, option: DedicatedOption) -> list[float]:
-        """The series' load on ``option``, minute by minute."""
-        key = replace(option, gpu_hour_usd=0.0)  # the price does not change the load: bought otherwise, same
-        if key not in self._loads:
-            self._loads[key] = option.load(self.series)
-        return self._loads[key]
-
-    def profile(self, option: DedicatedOption, overflow: TokenPrices | None, cap: float) -> LoadProfile:
-        """The sorted load profile on ``option`` with overflow at ``overflow`` prices."""
-        key = (replace(option, gpu_hour_usd=0.0), overflow, cap)
-        if key not in self._profiles:
-            overflow_usd = costs.per_token_costs(overflow, self.series) if overflow else None
-            self._profiles[key] = LoadProfile(self.load(option), overflow_usd, cap, minutes=self.minutes)
-        return self._profiles[key]
-
-
 ShapeTotals = Sequence[tuple[float, float, float]]  # per shape: requests, prompt, completion
 
 
@@ -270,7 +238,7 @@ def _per_token_candidates(workload: Workload, rt: Totals, deferrable: Totals) ->
 
 
 def _dedicated_candidates(
-    workload: Workload, option: DedicatedOption, rt: _Minutes, deferrable: Totals, shapes: ShapeTotals
+    workload: Workload, option: DedicatedOption, rt: Minutes, deferrable: Totals, shapes: ShapeTotals
 ) -> tuple[list[Candidate], CostCurve | None, LoadProfile]:
     """Sized for peak, autoscaled and (with a per-token overflow) hybrid, on one replica shape."""
     cap = option.cap(workload.utilization_cap)
@@ -313,123 +281,21 @@ def _dedicated_candidates(
 def _purchases(
     workload: Workload,
     option: DedicatedOption,
-    rt: _Minutes,
+    rt: Minutes,
     per_token: tuple[str, TokenPrices] | None,
     deferred: Deferred,
     most: int,
 ) -> list[Candidate]:
-    """The always-on base bought committed or on spot where the catalog has public terms for the GPU
-    (``buying.py``): the replicas cheapest at that price, with a per-token overflow where there is one."""
+    """The always-on base bought committed or on spot where the catalog has public terms for the GPU."""
     committed, spot = workload.purchases.get(option.gpu_type, ((), None))
-    out = []
-    suffix = f" + {per_token[0].replace('_', ' ')}" if per_token else ""
-    for term in committed:
-        cost, counts = _committed(workload, option, rt, per_token, deferred, most, term)
-        purchase = buying.Purchase(
-            "committed",
-            f"committed {term.term_days:g} days",
-            cost.replicas,
-            0.0,
-            buying.committed_risk(term, counts),
-            term.source,
-        )
-        architecture = "hybrid" if cost.per_token_usd > 0 else "dedicated"
-        tail = suffix if cost.per_token_usd > 0 else ""
-        label = f"{architecture} {max(counts)} × {option.label} committed {term.term_days:g} d{tail}"
-        out.append(Candidate(architecture, label, cost, option.label, purchase=purchase))
-    if spot is not None:
-        out.append(_spot(workload, option, rt, per_token, deferred, most, spot))
-    return out
+    base = purchases.Base(option, rt, per_token, deferred, most, workload.utilization_cap)
+    return [
+        Candidate(architecture, label, cost, option.label, purchase=purchase)
+        for architecture, label, cost, purchase in purchases.priced(base, committed, spot)
+    ]
 
 
-def _base(
-    workload: Workload,
-    option: DedicatedOption,
-    series: _Minutes,
-    per_token: tuple[str, TokenPrices] | None,
-    deferred: Deferred,
-    most: int,
-) -> Cost:
-    """The cheapest always-on count for ``option`` over ``series`` (with overflow, or sized for the peak)."""
-    cap = option.cap(workload.utilization_cap)
-    profile = series.profile(option, per_token[1] if per_token else None, cap)
-    if per_token is None:
-        return costs.always_on(option, profile, max(1, profile.peak_replicas()), deferred)
-    return costs.hybrid_curve(option, profile, deferred, most=max(most, profile.peak_replicas()))[1]
-
-
-def _committed(
-    workload: Workload,
-    option: DedicatedOption,
-    rt: _Minutes,
-    per_token: tuple[str, TokenPrices] | None,
-    deferred: Deferred,
-    most: int,
-    term: buying.CommittedPrice,
-) -> tuple[Cost, list[int]]:
-    """Committed term block by term block, each with the replicas cheapest for its own minutes."""
-    committed = replace(option, gpu_hour_usd=term.gpu_hour_usd)
-    blocks = buying.term_blocks(rt.minutes, term.term_days)
-    parts: list[Cost] = []
-    for start, end in blocks:
-        share = (end - start) / rt.minutes if rt.minutes else 0.0
-        series = rt if len(blocks) == 1 else _Minutes(rt.series.between(start, end), end - start)
-        block_deferred = Deferred(deferred.load * share, deferred.cost_usd * share)
-        parts.append(_base(workload, committed, series, per_token, block_deferred, most))
-    counts = [round(part.replicas) for part in parts]
-    total = Cost(
-        total_usd=math.fsum(p.total_usd for p in parts),
-        dedicated_usd=math.fsum(p.dedicated_usd for p in parts),
-        per_token_usd=math.fsum(p.per_token_usd for p in parts),
-        deferred_usd=math.fsum(p.deferred_usd for p in parts),
-        deferred_on_idle=parts[0].deferred_on_idle if len(parts) == 1 else 0.0,
-        replicas=math.fsum(p.replicas * (e - s) for p, (s, e) in zip(parts, blocks, strict=True))
-        / max(1, rt.minutes),
-        utilization=parts[0].utilization if len(parts) == 1 else None,
-    )
-    return total, counts
-
-
-def _spot(
-    workload: Workload,
-    option: DedicatedOption,
-    rt: _Minutes,
-    per_token: tuple[str, TokenPrices] | None,
-    deferred: Deferred,
-    most: int,
-    spot: buying.SpotPrice,
-) -> Candidate:
-    """The base on spot: sized at the spot price, over-provisioned for interruptions, the expected shortfall
-    served by on-demand replicas."""
-    on_spot = replace(option, gpu_hour_usd=spot.gpu_hour_usd)
-    base = _base(workload, on_spot, rt, per_token, deferred, most)
-    needed = round(base.replicas)
-    bought, shortfall = buying.spot_replicas(
-        needed, spot.down_share, on_spot.replica_usd_per_min, option.replica_usd_per_min
-    )
-    extra_usd = (bought - needed) * on_spot.replica_usd_per_min * rt.minutes
-    fallback_usd = shortfall * option.replica_usd_per_min * rt.minutes
-    cost = replace(
-        base,
-        total_usd=base.total_usd + extra_usd + fallback_usd,
-        dedicated_usd=base.dedicated_usd + extra_usd + fallback_usd,
-        replicas=bought,
-    )
-    purchase = buying.Purchase(
-        "spot",
-        "spot, on-demand fallback",
-        bought,
-        fallback_usd,
-        buying.spot_risk(spot, needed, bought, shortfall, rt.minutes),
-        spot.source,
-    )
-    architecture = "hybrid" if base.per_token_usd > 0 else "dedicated"
-    tail = f" + {per_token[0].replace('_', ' ')}" if per_token and base.per_token_usd > 0 else ""
-    label = f"{architecture} {bought} × {option.label} on spot{tail}"
-    return Candidate(architecture, label, cost, option.label, purchase=purchase)
-
-
-def _current_candidate(workload: Workload, traffic: Traffic, realtime: _Minutes) -> Candidate | None:
+def _current_candidate(workload: Workload, traffic: Traffic, realtime: Minutes) -> Candidate | None:
     """What the configured setup cost: everything that ran real-time on it, what ran async at batch."""
     current = workload.current
     if current is None:
@@ -444,7 +310,7 @@ def _current_candidate(workload: Workload, traffic: Traffic, realtime: _Minutes)
         cost = Cost(rt_usd + deferred_usd, per_token_usd=rt_usd, deferred_usd=deferred_usd)
         return Candidate(current.per_token_kind or "serverless", "current: " + current.describe(), cost)
     both = traffic.must_wait_for()
-    rt = realtime if both is realtime.series else _Minutes(both, traffic.minutes)
+    rt = realtime if both is realtime.series else Minutes(both, traffic.minutes)
     option = current.option
     profile = rt.profile(option, current.per_token, option.cap(workload.utilization_cap))
     deferred = Deferred(_total_load(option, ran_async, traffic.ran_async.shapes.totals()), deferred_usd)
@@ -519,7 +385,7 @@ def evaluate(workload: Workload, traffic: Traffic, *, now: float) -> Advice:
     traffic = _from_first_day(traffic)
     rt, deferrable = traffic.realtime, traffic.deferrable()
     deferrable_shapes = _shape_sum(traffic.eligible.shapes.totals(), traffic.ran_async.shapes.totals())
-    minutes = _Minutes(rt, traffic.minutes)
+    minutes = Minutes(rt, traffic.minutes)
     rt_totals = rt.totals()
     chosen_curve: CostCurve | None = None
     candidates = _per_token_candidates(workload, rt_totals, deferrable)
