@@ -13,13 +13,12 @@ import pytest
 import pytest_asyncio
 
 from tests.support.clocks import T0
-from tests.support.stores import PROXY_STORES, open_proxy_store
+from tests.support.stores import PROXY_STORES, opened_meter_store
 from tokenyard.advisor.catalog import load_catalog
 from tokenyard.advisor.evaluation import evaluate_store
 from tokenyard.capacity import gpu_plan
 from tokenyard.config import TokenyardConfig, load_config, parse_config
 from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch
-from tokenyard.meter.open_store import open_store
 from tokenyard.meter.shapes import SHAPE_COUNT, shape_index
 from tokenyard.meter.store import MeterStore
 
@@ -66,12 +65,8 @@ SHORT, LONG = shape_index(100, 100), shape_index(9000, 300)
 
 @pytest_asyncio.fixture(params=PROXY_STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MeterStore]:
-    async with open_proxy_store(request.param, tmp_path) as where:
-        opened = open_store(where.url, prefix=where.prefix, retention_s=40 * 86400, records_max=1000)
-        try:
-            yield opened
-        finally:
-            await opened.aclose()
+    async with opened_meter_store(request.param, tmp_path) as opened:
+        yield opened
 
 
 def bucket(requests: int, prompt: int, completion: int) -> dict[str, int]:

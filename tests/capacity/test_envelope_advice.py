@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support.clocks import T0
-from tests.support.stores import PROXY_STORES, open_proxy_store
+from tests.support.stores import PROXY_STORES, opened_meter_store
 from tokenyard.advisor.catalog import load_catalog
 from tokenyard.advisor.costs import DedicatedOption
 from tokenyard.advisor.evaluation import evaluate_store
@@ -26,7 +26,6 @@ from tokenyard.capacity.settings import EnvelopeSettings
 from tokenyard.config import parse_config
 from tokenyard.edge.capacity import envelope_source
 from tokenyard.meter.model import AGG_FIELDS, AggKey, FlushBatch
-from tokenyard.meter.open_store import open_store
 from tokenyard.meter.shapes import SHAPE_COUNT, shape_index
 from tokenyard.meter.store import MeterStore
 
@@ -55,12 +54,8 @@ models:
 
 @pytest_asyncio.fixture(params=PROXY_STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MeterStore]:
-    async with open_proxy_store(request.param, tmp_path) as where:
-        opened = open_store(where.url, prefix=where.prefix, retention_s=40 * 86400, records_max=1000)
-        try:
-            yield opened
-        finally:
-            await opened.aclose()
+    async with opened_meter_store(request.param, tmp_path) as opened:
+        yield opened
 
 
 async def meter_one_busy_minute(store: MeterStore, prompt_tokens: int = 0) -> None:

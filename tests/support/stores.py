@@ -74,6 +74,19 @@ async def open_proxy_store(
             await delete_prefix(prefix)
 
 
+@contextlib.asynccontextmanager
+async def opened_meter_store(
+    kind: str, folder: Path, *, retention_s: int = 40 * 86400
+) -> AsyncIterator[MeterStore]:
+    """A meter store of ``kind`` opened in process (the advisor's tests read and write it directly)."""
+    async with open_proxy_store(kind, folder) as where:
+        opened = open_store(where.url, prefix=where.prefix, retention_s=retention_s, records_max=1000)
+        try:
+            yield opened
+        finally:
+            await opened.aclose()
+
+
 async def stored_records(store_url: str, *, since_s: float = 3600) -> list[UsageRecord]:
     """The request records a proxy's meter has flushed to ``store_url`` lately, read directly."""
     store = open_store(store_url, prefix="unused", retention_s=86400, records_max=100_000)
