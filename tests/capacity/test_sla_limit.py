@@ -133,9 +133,20 @@ async def test_the_limit_learns_the_sla_concurrency_and_follows_a_capacity_drop(
         assert share_after > share_before, (before, after)
         assert set(after) == {"gpu:primary", "api:spillover"}
 
-        # The load has stopped: /metrics shows what /admin/backends shows.
-        shown = await _limit(proxy, http)
-        text = (await http.get(f"{proxy.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})).text
+        # The load has stopped: /metrics shows what /admin/backends shows. The streams still in flight when
+        # the clients stopped go on being answered and counted for a moment, so the two are compared once
+        # no answer came in between them (the same sample count on either side of the /metrics read).
+        read: dict[str, Any] = {}
+
+        async def quiet_reading() -> None:
+            read["shown"] = await _limit(proxy, http)
+            metrics = await http.get(f"{proxy.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            read["text"] = metrics.text
+            again = await _limit(proxy, http)
+            assert again["latencies"]["samples"] == read["shown"]["latencies"]["samples"]
+
+        await eventually(quiet_reading)
+        shown, text = read["shown"], read["text"]
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
