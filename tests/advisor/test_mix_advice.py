@@ -171,3 +171,18 @@ def test_a_profile_named_by_a_relative_path_is_found_beside_the_config(tmp_path:
     )
     profiles = load_config(config_file).advisor.profiles
     assert [p.path for p in profiles] == [str(tmp_path / "conf" / "bench" / "h200.json"), "/srv/h100.json"]
+
+
+async def test_with_a_workload_per_tenant_the_plan_covers_every_tenant(store: MeterStore) -> None:
+    # The short requests are acme's and the long ones beta's: one router serves both, so the plan's mix is
+    # solved over both tenants' traffic and assigns both shapes.
+    await meter_a_day(store)
+    tree = CONFIG.model_dump()
+    tree["advisor"]["per_tenant"] = True
+    config = TokenyardConfig.model_validate(tree)
+    await evaluate_store(store, config, load_catalog({}), now=T0, keep_state=True)
+    raw = await store.get_document(gpu_plan.DOCUMENT)
+    assert raw is not None
+    plan = gpu_plan.read_plans(orjson.loads(raw))[MIXED]
+    assert plan.gpu_of_shape[SHORT] is not None
+    assert plan.gpu_of_shape[LONG] is not None

@@ -17,6 +17,7 @@ from tokenyard.advisor.catalog import Catalog
 from tokenyard.advisor.decide import Advice
 from tokenyard.advisor.fleet import Demand
 from tokenyard.advisor.shapes import ShapeMeans
+from tokenyard.advisor.traffic import TokenSeries
 from tokenyard.advisor.workloads import deployed_options
 from tokenyard.capacity.gpu_plan import ModelPlan
 from tokenyard.config import TokenyardConfig
@@ -26,10 +27,21 @@ from tokenyard.meter.shapes import SHAPE_COUNT
 def gpu_plans(config: TokenyardConfig, catalog: Catalog, advices: Iterable[Advice]) -> dict[str, ModelPlan]:
     """Per model deployed on two or more GPU types (with a capacity for each), its plan."""
     plans: dict[str, ModelPlan] = {}
+    if not config.advisor.mix.enabled:
+        return plans
+    # One router serves every tenant of a model: with ``per_tenant`` workloads, their traffic adds up.
+    by_model: dict[str, Advice] = {}
+    realtime: dict[str, TokenSeries] = {}
     for advice in advices:
+        if advice.traffic is not None:
+            by_model.setdefault(advice.model, advice)
+            held = realtime.get(advice.model)
+            realtime[advice.model] = (
+                advice.traffic.realtime if held is None else held.plus(advice.traffic.realtime)
+            )
+    for advice in by_model.values():
         traffic = advice.traffic
-        if traffic is None or advice.model in plans or not config.advisor.mix.enabled:
-            continue
+        assert traffic is not None
         options = deployed_options(config, catalog, advice.model)
         if len({option.gpu_type for option in options}) < 2:
             continue
@@ -44,7 +56,7 @@ def gpu_plans(config: TokenyardConfig, catalog: Catalog, advices: Iterable[Advic
             current=None,
             utilization_cap=config.advisor.utilization_cap,
         )
-        rt = traffic.realtime
+        rt = realtime[advice.model]
         totals = rt.totals()
         means = ShapeMeans.of(rt.shapes.totals())
         cached_share = totals.cached / totals.prompt if totals.prompt else 0.0
