@@ -17,6 +17,7 @@ ROOMS = (
     "admission",
     "proxy",
     "queue",
+    "tracing",
     "capacity",
     "meter",
     "advisor",
@@ -67,9 +68,21 @@ TERMINAL = {"terminal"}  # tables and progress bars for the commands
         ("capacity", {"errors", "config", "wire", "adapters", "meter", "stores"}),
         ("advisor", {"errors", "config", "capacity", "meter", "stores"} | TERMINAL),
         ("queue", {"errors", "config", "wire", "adapters", "admission", "meter", "stores"}),
+        ("tracing", {"meter", "queue"}),  # spans of requests and jobs, from what the meter and queue hold
         (
             "proxy",
-            {"errors", "config", "live", "wire", "adapters", "admission", "capacity", "meter", "queue"},
+            {
+                "errors",
+                "config",
+                "live",
+                "wire",
+                "adapters",
+                "admission",
+                "capacity",
+                "meter",
+                "queue",
+                "tracing",
+            },
         ),
         (
             "telemetry",
@@ -113,6 +126,15 @@ def test_only_adapters_speak_http_to_other_servers() -> None:
             continue
         for module, names in imports_of(room).items():
             assert not {n for n in names if n.split(".")[0] in {"aiohttp", "httpx", "requests"}}, module
+
+
+def test_only_the_tracing_rooms_exporting_half_imports_opentelemetry() -> None:
+    """OpenTelemetry is an extra: the request path holds a ``tracing.trace.Tracer`` and imports none of it."""
+    for room in ROOMS:
+        for module, names in imports_of(room).items():
+            if module in ("tracing/spans.py", "tracing/export.py"):
+                continue
+            assert not {n for n in names if n.startswith("opentelemetry")}, module
 
 
 def test_the_service_depends_on_no_test_double() -> None:

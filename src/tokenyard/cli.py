@@ -16,6 +16,7 @@ from tokenyard.config import ServerConfig, TokenyardConfig, load_config
 from tokenyard.errors import ConfigError
 from tokenyard.simulator import cli as simulator_cli
 from tokenyard.telemetry import commands as meter_commands
+from tokenyard.tracing.settings import missing_packages
 
 log = logging.getLogger("tokenyard")
 _backends_log = logging.getLogger("tokenyard.backends")
@@ -149,9 +150,17 @@ def _load(path: str | None, host: str | None = None, port: int | None = None) ->
     return config
 
 
+def _usable(config: TokenyardConfig) -> TokenyardConfig:
+    """``config``, if what it asks for is installed."""
+    problems = missing_packages(config.telemetry)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
 def _check_config(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.file)
+        config = _usable(load_config(args.file))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -168,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     path = args.config or os.environ.get("TOKENYARD_CONFIG") or None
     try:
-        config = _load(path, args.host, args.port)
+        config = _usable(_load(path, args.host, args.port))
     except ConfigError as exc:
         print(f"tokenyard: refusing to start, the config is invalid.\n{exc}", file=sys.stderr)
         return 1

@@ -31,6 +31,7 @@ from tokenyard.capacity.settings import CapacityConfig, EngineMetrics, Sla, actu
 from tokenyard.errors import ConfigError
 from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.tracing.settings import TelemetryConfig
 
 BackendKind = Literal["serverless", "dedicated", "dedicated_serverless", "batch"]
 REALTIME_KINDS: frozenset[str] = frozenset({"serverless", "dedicated", "dedicated_serverless"})
@@ -92,6 +93,9 @@ class BackendConfig(_Strict):
     # The engine's Prometheus metrics: a URL, or "auto" for the base URL's host + /metrics; unset: none.
     metrics_url: str | None = None
     engine: EngineMetrics = EngineMetrics()
+    # Send the caller's tenant and key id (never its secret) upstream, under telemetry.identity_headers'
+    # names, so an engine-side scheduler or cost tool can attribute per tenant without trusting clients.
+    forward_identity: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -256,6 +260,7 @@ class TokenyardConfig(_Strict):
     advisor: AdvisorConfig = AdvisorConfig()
     async_track: AsyncTrackConfig = AsyncTrackConfig()
     capacity: CapacityConfig = CapacityConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     def cross_reference_problems(self) -> list[tuple[str, str]]:
         """Problems that span sections: names that point nowhere, duplicated secrets, unsafe listeners."""

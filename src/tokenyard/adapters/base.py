@@ -9,7 +9,7 @@ The rest of tokenyard codes against these protocols only, so the HTTP client und
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,8 +44,9 @@ class UpstreamResponse(Protocol):
 class Upstream(Protocol):
     """A pooled client for one upstream deployment."""
 
-    async def post(self, path: str, body: bytes) -> UpstreamResponse:
-        """POST a JSON ``body`` to ``path`` (relative to the base URL, e.g. ``/chat/completions``).
+    async def post(self, path: str, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> UpstreamResponse:
+        """POST a JSON ``body`` to ``path`` (relative to the base URL, e.g. ``/chat/completions``), with
+        ``headers`` besides the client's own (trace context, the caller's identity).
 
         Returns once the response head has arrived, whatever its status.
         """

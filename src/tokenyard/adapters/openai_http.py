@@ -15,7 +15,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 import aiohttp
 from aiohttp.http_exceptions import ContentEncodingError, ContentLengthError, TransferEncodingError
@@ -207,12 +207,12 @@ class OpenAIHttpUpstream:
             read_bufsize=_CHUNK_LIMIT,
         )
 
-    async def post(self, path: str, body: bytes) -> AiohttpResponse:
+    async def post(self, path: str, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> AiohttpResponse:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._first_byte_s
         try:
             async with asyncio.timeout_at(deadline):
-                resp = await self._post(self._base_url + path, body)
+                resp = await self._post(self._base_url + path, body, headers)
         except aiohttp.ConnectionTimeoutError as exc:  # a TimeoutError too: before the next clause
             raise UpstreamTimeout(f"cannot connect to the upstream within {self._connect_s:g} s") from exc
         except TimeoutError as exc:
@@ -231,7 +231,9 @@ class OpenAIHttpUpstream:
             raise UpstreamError(f"the upstream request failed: {describe(exc)}") from exc
         return AiohttpResponse(resp, deadline, self._idle_s)
 
-    async def _post(self, url: str, body: bytes) -> aiohttp.ClientResponse:
+    async def _post(
+        self, url: str, body: bytes, headers: Sequence[tuple[str, str]]
+    ) -> aiohttp.ClientResponse:
         """POST, sent again when the connection it went out on was closed before any byte of an answer.
 
         Upstreams close pooled connections under us: llama-server closes after every streamed answer while
@@ -244,7 +246,8 @@ class OpenAIHttpUpstream:
         resends_left = _RESENDS_ON_CLOSED_CONNECTION
         while True:
             try:
-                return await self._session.post(url, data=body)
+                # No headers (most requests): aiohttp merges none with the session's.
+                return await self._session.post(url, data=body, headers=headers or None)
             except (
                 aiohttp.ServerDisconnectedError,
                 aiohttp.ClientOSError,

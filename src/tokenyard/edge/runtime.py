@@ -51,6 +51,7 @@ from tokenyard.edge.capacity import (
 from tokenyard.edge.cluster import Membership
 from tokenyard.edge.plan import PlanReader, routed_by_plan
 from tokenyard.edge.reload import Reloader
+from tokenyard.errors import ConfigError
 from tokenyard.live import LiveConfig
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import UsageRecord
@@ -60,7 +61,7 @@ from tokenyard.proxy.backends import Backend, open_backends
 from tokenyard.proxy.handler import Proxy
 from tokenyard.queue.batch_api import BatchApi
 from tokenyard.queue.callbacks import CallbackSender
-from tokenyard.queue.dispatcher import Dispatcher
+from tokenyard.queue.dispatcher import Dispatcher, TraceJob
 from tokenyard.queue.front import AsyncFront, RunNow
 from tokenyard.queue.model import Job, JobResult
 from tokenyard.queue.open_store import open_job_store
@@ -70,6 +71,7 @@ from tokenyard.stores.protocols import Coordination
 from tokenyard.telemetry.admin import AdminApi
 from tokenyard.telemetry.dashboard import Dashboard
 from tokenyard.telemetry.metrics import TokenyardCollector
+from tokenyard.tracing.trace import Tracer
 from tokenyard.wire.ids import new_replica_id
 
 log = logging.getLogger("tokenyard")
@@ -124,6 +126,7 @@ async def start_runtime(
     """Open and start every part of the service; ``stack`` closes them (in reverse) at shutdown."""
     replica = new_replica_id()  # this replica's one name: lock owner, queue consumer, member
     backends = await stack.enter_async_context(open_backends(config, base_urls))
+    tracing = _open_tracing(stack, config, wall)  # closed after everything that makes spans has stopped
     meter_config = config.meter
     store = None
     if meter_config.enabled:
@@ -179,6 +182,7 @@ async def start_runtime(
         clock=clock,
         wall=wall,
         front=door.front if door else None,
+        tracer=tracing.tracer if tracing else None,
     )
     plan = None
     if store is not None:
@@ -186,7 +190,10 @@ async def start_runtime(
         stack.push_async_callback(_cancel, asyncio.create_task(plan.run(), name="gpu plan"))
     track = None
     if store is not None and door is not None:
-        track = _start_async_track(stack, door, proxy, live, store, backends, models, replica, clock, wall)
+        track = _start_async_track(
+            stack, door, proxy, live, store, backends, models, replica, clock, wall,
+            trace_job=tracing.job_answered if tracing else None,
+        )  # fmt: skip
     dispatcher = track.dispatcher if track else None
     planner = None
     if store is not None:
@@ -250,6 +257,7 @@ async def start_runtime(
             capacity=planner,
             clock=clock,
             plans=plan.in_force if plan is not None else None,
+            spans=tracing.spans if tracing else None,
         )
     )
     return Runtime(
@@ -295,6 +303,7 @@ def _start_async_track(
     replica: str,
     clock: Callable[[], float],
     wall: Callable[[], float],
+    trace_job: TraceJob | None = None,
 ) -> AsyncTrack:
     """The dispatcher, with its provider batches and callbacks, running jobs through ``proxy``; and the
     Batch API."""
@@ -334,6 +343,7 @@ def _start_async_track(
         new_work=door.new_work,
         clock=clock,
         wall=wall,
+        trace_job=trace_job,
     )
     # Pushed after the stores' callbacks, so it stops before they close.
     stack.push_async_callback(_cancel, asyncio.create_task(dispatcher.run(), name="dispatcher"))
@@ -345,6 +355,44 @@ def _start_async_track(
         wall=wall,
     )
     return AsyncTrack(door.front, dispatcher, batch_api)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tracing:
+    """What the service uses of tracing: the request path's tracer, the dispatcher's job spans, and the
+    span counts /metrics reports."""
+
+    tracer: Tracer
+    job_answered: TraceJob
+    spans: Mapping[str, int]
+
+
+def _open_tracing(
+    stack: contextlib.AsyncExitStack, config: TokenyardConfig, wall: Callable[[], float]
+) -> _Tracing | None:
+    """Traces to ``telemetry.otlp``'s collector, shipped by a background task (None: no telemetry.otlp)."""
+    otlp = config.telemetry.otlp
+    if otlp is None:
+        return None
+    try:  # OpenTelemetry is an extra: imported only when traces are configured
+        from tokenyard.tracing.export import open_tracing
+    except ImportError as exc:
+        raise ConfigError(
+            [
+                (
+                    "telemetry.otlp",
+                    f"needs OpenTelemetry ({exc.name} is missing): pip install 'tokenyard[otel]'",
+                )
+            ]
+        ) from exc
+    tracing, shipper = open_tracing(otlp, wall=wall)
+    stack.push_async_callback(shipper.aclose)  # ships what is left, after the task below stops
+    stack.push_async_callback(_cancel, asyncio.create_task(shipper.run(), name="span shipper"))
+    log.info(
+        "traces: OTLP %s to %s, %g%% of requests sampled",
+        otlp.protocol, otlp.traces_url(), otlp.sample_ratio * 100,
+    )  # fmt: skip
+    return _Tracing(tracing, tracing.job_answered, shipper.buffer.counts)
 
 
 def _start_engine_scraper(

@@ -50,6 +50,8 @@ class Backend:
     engine: EngineState | None = None  # its engine's own metrics, when it has a metrics_url
     # With an ``sla``: the concurrency per replica that meets it, learned from answers (else a fixed cap).
     limit: AdaptiveLimit | None = None
+    # With forward_identity: the names of the headers that carry the caller's tenant and key id upstream.
+    identity: tuple[str, str] | None = None
 
     @property
     def max_concurrency(self) -> int | None:
@@ -213,6 +215,7 @@ async def open_backends(
                 replicas=bc.replicas or 1,
                 batch_api=batch_api,
                 envelope=Recorder(bc.sla) if bc.kind in _DEDICATED else None,
+                identity=_identity_headers(config) if bc.forward_identity else None,
                 engine=_engine_state(bc, base_url),
                 limit=AdaptiveLimit(bc.sla, bc.max_concurrency) if bc.sla and bc.max_concurrency else None,
             )
@@ -222,3 +225,8 @@ async def open_backends(
 def _engine_state(config: BackendConfig, base_url: str) -> EngineState | None:
     url = metrics_url_for(config.metrics_url, base_url)
     return EngineState(url, config.engine) if url is not None else None
+
+
+def _identity_headers(config: TokenyardConfig) -> tuple[str, str]:
+    names = config.telemetry.identity_headers
+    return names.tenant, names.key_id

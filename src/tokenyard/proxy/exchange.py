@@ -15,6 +15,7 @@ from tokenyard.meter.usage import (
     usage_of_body,
 )
 from tokenyard.proxy.backends import Backend
+from tokenyard.tracing.trace import Trace
 
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the request": no error of ours or the upstream's
 
@@ -39,6 +40,8 @@ class Exchange:
     attempts: int = 0
     tried: set[str] = field(default_factory=set)
     last_error: UpstreamError | None = None
+    key_id: str = ""  # the caller's key name (never its secret): spans, and upstreams that take identity
+    trace: Trace | None = None  # None: not traced
     # The usage once worked out: the latency sample and the meter's record share it (a whole answer's body
     # is parsed once, however large).
     _usage: Usage | None = field(default=None, init=False, repr=False)

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -43,7 +44,8 @@ from tokenyard.proxy.plan_order import request_shape
 from tokenyard.proxy.routing import Choice, NoChoice, choose_deployment
 from tokenyard.proxy.whole_as_stream import whole_answer_as_stream
 from tokenyard.queue.front import AsyncFront
-from tokenyard.queue.model import Job, JobResult
+from tokenyard.queue.model import Job, JobResult, new_job_id
+from tokenyard.tracing.trace import TRACEPARENT, Attempt, Trace, Tracer
 from tokenyard.wire import asgi as wire
 from tokenyard.wire import openai
 from tokenyard.wire.ids import new_request_id
@@ -118,6 +120,7 @@ class Proxy:
         clock: Callable[[], float],
         wall: Callable[[], float],
         front: AsyncFront | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.live = live  # keys, async-track settings and classifier rules in force (a reload swaps them)
         self.models = models
@@ -127,6 +130,7 @@ class Proxy:
         self.clock = clock
         self.wall = wall
         self.front = front  # the async track's door (None: no job store, every request is real time)
+        self.tracer = tracer  # None: no telemetry.otlp (the request path pays nothing for tracing)
         # Models routed by the GPU plan in force: per shape index, their deployments in the plan's order
         # (``edge/plan.py`` replaces it whole; empty: every model in its configured order).
         self.planned: dict[str, tuple[list[Backend], ...]] = {}
@@ -151,6 +155,7 @@ class Proxy:
         started = self.clock()
         request_id = new_request_id()
         id_header = [(wire.H_REQUEST_ID, request_id.encode())]
+        trace = self._begin_trace(scope, endpoint)
         try:
             principal = self.authenticate(scope)
             body = await wire.read_body(scope, receive, self.max_body_bytes)
@@ -162,27 +167,20 @@ class Proxy:
                 body = request_body.without_member(body, obj, "service_tier")
                 del obj["service_tier"]
             if decision is not None and decision.mode == "async" and self.front is not None:
-                submitted = self.front.submit(
-                    send,
-                    principal=principal,
-                    endpoint_path=endpoint.api_path,
-                    model=model,
-                    body=body,
-                    decision=decision,
-                    callback=self.front.callback(scope),
-                    id_header=id_header,
-                )
-                # A held client may leave: stop waiting for it (its job still runs, once).
-                await wire.until_client_leaves(receive, submitted)
+                await self._queue(self.front, scope, receive, send, principal, endpoint, model, body,
+                                  decision, id_header, trace)  # fmt: skip
                 return
         except TokenyardError as exc:
             # Counted by status only: client-chosen model names must not grow the store or the metrics.
             self.rejected[exc.status_code] += 1
+            _refused(trace, exc.status_code, exc.message)
             await wire.send_error(send, exc, id_header)
             return
         except wire.ClientGone:
+            _refused(trace, CLIENT_CLOSED, "the client left before its request was read")
             return
-        exchange = Exchange(request_id, principal.tenant, model, obj, started)
+        exchange = Exchange(request_id, principal.tenant, model, obj, started, key_id=principal.key_name)
+        exchange.trace = trace
         if decision is not None:
             exchange.reason = decision.reason
         planned = self.planned.get(model)
@@ -198,7 +196,47 @@ class Proxy:
         finally:
             if exchange.status == 0:  # cancelled from outside (shutdown) before any answer
                 exchange.status = CLIENT_CLOSED
-            self.meter.record(exchange.to_record(self.clock(), self.wall()))
+            record = exchange.to_record(self.clock(), self.wall())
+            self.meter.record(record)
+            _finish(trace, exchange, record)
+
+    def _begin_trace(self, scope: wire.Scope, endpoint: Endpoint) -> Trace | None:
+        if self.tracer is None:
+            return None
+        return self.tracer.begin(wire.header(scope, TRACEPARENT), endpoint.name, self.wall())
+
+    async def _queue(
+        self,
+        front: AsyncFront,
+        scope: wire.Scope,
+        receive: wire.Receive,
+        send: wire.Send,
+        principal: Principal,
+        endpoint: Endpoint,
+        model: str,
+        body: bytes,
+        decision: Decision,
+        id_header: list[tuple[bytes, bytes]],
+        trace: Trace | None,
+    ) -> None:
+        """Hand an async request to the async track's door (which answers it)."""
+        job_id = new_job_id()
+        submitted = front.submit(
+            send,
+            principal=principal,
+            endpoint_path=endpoint.api_path,
+            model=model,
+            body=body,
+            decision=decision,
+            callback=front.callback(scope),
+            id_header=id_header,
+            job_id=job_id,
+            traceparent=trace.traceparent if trace is not None else "",
+        )
+        # A held client may leave: stop waiting for it (its job still runs, once).
+        await wire.until_client_leaves(receive, submitted)
+        if trace is not None:  # a held answer's status is the job's: the job's spans say it
+            trace.queued(job_id, decision.reason, 202 if decision.delivery == "poll" else 0)
 
     def _classify(
         self,
@@ -256,7 +294,11 @@ class Proxy:
         endpoint = ENDPOINTS[job.endpoint]
         backends = self.models.get(job.model, []) if only is None else only
         request_id = job.request_id or new_request_id()
-        exchange = Exchange(request_id, job.tenant, job.model, orjson.loads(job.body), self.clock())
+        exchange = Exchange(
+            request_id, job.tenant, job.model, orjson.loads(job.body), self.clock(), key_id=job.key_id
+        )
+        if self.tracer is not None and job.traceparent:  # in the trace of the request that queued it
+            exchange.trace = self.tracer.resume(job.traceparent, path, self.wall(), endpoint.name)
         planned = self.planned.get(job.model) if only is None else None
         if planned is not None:
             backends = planned[request_shape(len(job.body), exchange.request)]
@@ -274,7 +316,9 @@ class Proxy:
             [(k.decode(), v.decode("latin-1")) for k, v in captured.headers if k in wire.SERVED_BY],
             request_id,
         )  # fmt: skip
-        return answer, exchange.to_record(self.clock(), self.wall())
+        record = exchange.to_record(self.clock(), self.wall())
+        _finish(exchange.trace, exchange, record)
+        return answer, record
 
     async def _route(
         self,
@@ -307,6 +351,7 @@ class Proxy:
             # Only a chat or completion on a backend something learns from pays for the clock reads and the
             # sample (an embedding's latency says nothing of decode capacity).
             observed = endpoint.streams and backend.wants_samples
+            attempt = _attempt(exchange, backend)
             try:
                 await backend.take_rate(tokens)
                 upstream_body = _body_for(backend, body, exchange, strip_usage)
@@ -314,12 +359,24 @@ class Proxy:
                 exchange.backend, exchange.route = backend, choice.reason
                 sent_s = self.clock() if observed else 0.0
                 await self._forward(
-                    send, endpoint, backend, ticket, upstream_body, stream, strip_usage, headers, exchange
+                    send,
+                    endpoint,
+                    backend,
+                    ticket,
+                    (upstream_body, _upstream_headers(backend, exchange, attempt)),
+                    stream,
+                    strip_usage,
+                    headers,
+                    exchange,
                 )
+                if attempt is not None:
+                    attempt.end(exchange.status)
                 if observed:
                     self._observe(backend, exchange, sent_s, in_flight)
                 return
             except UpstreamError as exc:
+                if attempt is not None:
+                    attempt.end(exc.status if isinstance(exc, UpstreamStatusError) else 0, exc.message)
                 exchange.backend = None
                 exchange.last_error = exc
                 if observed:  # an engine that fails for overload breaches its SLA too
@@ -334,12 +391,16 @@ class Proxy:
                 )
             except ProxyOverloaded as exc:  # this machine ran out (fds, ports): no backend is to blame,
                 backend.breaker.on_abandoned(ticket)  # and the next one would fail the same way
+                if attempt is not None:
+                    attempt.end(0, exc.message)
                 exchange.backend = None
                 exchange.status = exc.status_code
                 await wire.send_error(send, exc, id_header)
                 return
             except BaseException:  # cancelled, or a bug: no verdict on the backend either way
                 backend.breaker.on_abandoned(ticket)
+                if attempt is not None:
+                    attempt.end(exchange.status, "cancelled (the client left, or shutdown)")
                 raise
             finally:
                 backend.in_flight -= 1
@@ -372,14 +433,15 @@ class Proxy:
         endpoint: Endpoint,
         backend: Backend,
         ticket: Ticket,
-        body: bytes,
+        upstream_request: tuple[bytes, tuple[tuple[str, str], ...]],
         stream: bool,
         strip_usage: bool,
         headers: list[tuple[bytes, bytes]],
         exchange: Exchange,
     ) -> None:
-        """Send to one backend and answer the client; ``UpstreamError`` before the first byte fails over."""
-        resp = await backend.upstream.post(endpoint.upstream_path, body)
+        """Send ``upstream_request`` (its body and extra headers) to one backend and answer the client;
+        ``UpstreamError`` before the first byte fails over."""
+        resp = await backend.upstream.post(endpoint.upstream_path, *upstream_request)
         complete = False  # the whole answer was read, though the upstream may not have ended its body
         try:
             if resp.status >= 500 or resp.status in _FAILOVER_STATUSES:
@@ -554,3 +616,44 @@ def _route_headers(backend: Backend, choice: Choice, attempts: int) -> list[tupl
     if choice.detail:
         headers.append((wire.H_ROUTE_DETAIL, choice.detail.encode("latin-1", "replace")))
     return headers
+
+
+def _attempt(exchange: Exchange, backend: Backend) -> Attempt | None:
+    """The span of a call to ``backend`` (counted in the exchange's attempts), if the request is traced."""
+    trace = exchange.trace
+    if trace is None:
+        return None
+    upstream_model = backend.config.model or exchange.model
+    return trace.attempt(backend.name, backend.config.kind, upstream_model, exchange.attempts)
+
+
+def _upstream_headers(
+    backend: Backend, exchange: Exchange, attempt: Attempt | None
+) -> tuple[tuple[str, str], ...]:
+    """Headers for the upstream besides its own: the trace context, and the caller's identity where the
+    backend takes it. None of the client's headers is forwarded, so a client cannot forge these."""
+    headers: tuple[tuple[str, str], ...] = ()
+    if attempt is not None:
+        headers = ((TRACEPARENT.decode(), attempt.traceparent),)
+    if backend.identity is not None:
+        tenant, key_id = backend.identity
+        headers += ((tenant, _header_value(exchange.tenant)), (key_id, _header_value(exchange.key_id)))
+    return headers
+
+
+def _header_value(text: str) -> str:
+    """``text`` as a header value: as it is when printable ASCII, else percent-encoded (UTF-8)."""
+    return text if text.isascii() and text.isprintable() else quote(text, safe="")
+
+
+def _refused(trace: Trace | None, status: int, error: str) -> None:
+    if trace is not None:
+        trace.refused(status, error)
+
+
+def _finish(trace: Trace | None, exchange: Exchange, record: UsageRecord) -> None:
+    if trace is None:
+        return
+    backend = exchange.backend
+    answered_by = (backend.config.model or exchange.model) if backend is not None else ""
+    trace.finish(record, key_id=exchange.key_id, attempts=exchange.attempts, response_model=answered_by)

@@ -45,6 +45,9 @@ STATS_EVERY_S: Final = 2.0  # how fresh the queue gauges are
 OUTAGE_RETRY_S: Final = 2.0  # while the store is down, how often the dispatcher looks again
 
 RunJob = Callable[[Job, Path, list[str] | None], Awaitable[tuple[JobResult, UsageRecord]]]
+# Write an answered job's spans: the job, its answer, what it used, and when it left the queue (None: not
+# seen here, e.g. its batch was sent by a replica since restarted).
+TraceJob = Callable[[Job, JobResult, UsageRecord, float | None], None]
 """Run a job now on the path it was placed on: on ``only`` the named backends, or (None) on any of its
 model's deployments; its answer and usage record (not metered yet: the dispatcher settles it)."""
 
@@ -88,6 +91,7 @@ class Dispatcher:
         wall: Callable[[], float] = time.time,
         tick_s: float = 0.25,
         max_running: int = 64,
+        trace_job: TraceJob | None = None,
     ) -> None:
         self.store = store
         self.locks = locks
@@ -112,6 +116,9 @@ class Dispatcher:
         self._wake = new_work
         self._waiting: dict[str, Job] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
+        # Traced jobs' spans are written when they are answered; when each left the queue (unix s), till then.
+        self.trace_job = trace_job
+        self._dispatched_at: dict[str, float] = {}
 
     async def run(self) -> None:
         """Tick until cancelled; on the way out, running jobs are dropped (their claims go stale)."""
@@ -171,6 +178,8 @@ class Dispatcher:
             if path == "wait":
                 continue
             del self._waiting[job.id]
+            if self.trace_job is not None and job.traceparent:
+                self._dispatched_at[job.id] = now
             if path == "provider_batch":
                 self.batches.gather(job, now)
             else:
@@ -221,10 +230,13 @@ class Dispatcher:
             self._running.pop(job.id, None)
 
     async def _answered(self, job: Job, result: JobResult, usage: UsageRecord) -> None:
-        """Store and bill the answer (once), count it, and call the job's callback."""
+        """Store and bill the answer (once), count it, trace it, and call the job's callback."""
+        dispatched_at = self._dispatched_at.pop(job.id, None)
         _, first = await self.front.settle(result, usage)
         if not first:
             return
+        if self.trace_job is not None and job.traceparent:
+            self.trace_job(job, result, usage, dispatched_at)
         self.jobs_by_path[result.path] = self.jobs_by_path.get(result.path, 0) + 1
         waited = max(0.0, result.finished_at - job.created_at)
         self.wait_s_by_path[result.path] = self.wait_s_by_path.get(result.path, 0.0) + waited

@@ -109,14 +109,17 @@ class AsyncFront:
         decision: Decision,
         callback: str | None,
         id_header: list[tuple[bytes, bytes]],
+        job_id: str | None = None,
+        traceparent: str = "",
     ) -> None:
-        """Queue an async request; answer 202 (poll) or wait for its result (hold)."""
+        """Queue an async request as job ``job_id`` (default: a new id); answer 202 (poll) or wait for its
+        result (hold). ``traceparent``: the request's trace, which the job's spans join."""
         now = self.wall()
         deadline_s = decision.deadline_s or self.config.default_deadline_s
         if decision.delivery == "hold":
             deadline_s = min(deadline_s, self.config.max_hold_s)
         job = Job(
-            id=new_job_id(),
+            id=job_id or new_job_id(),
             tenant=principal.tenant,
             model=model,
             endpoint=endpoint_path,
@@ -127,6 +130,8 @@ class AsyncFront:
             delivery=decision.delivery,
             callback=callback,
             request_id=dict(id_header).get(wire.H_REQUEST_ID, b"").decode(),
+            key_id=principal.key_name,
+            traceparent=traceparent,
         )
         try:
             await self.store.enqueue(job)

@@ -56,6 +56,8 @@ class Job:
     delivery: str = "poll"  # poll (the client polls, or a callback) | hold (a connection waits on it)
     callback: str | None = None  # POST the result here when done (an allow-listed URL)
     request_id: str = ""  # the id of the request that made it (none for a Batch API line)
+    key_id: str = ""  # the name of the key that made it (never its secret)
+    traceparent: str = ""  # the W3C trace context of the request that made it (its spans join that trace)
 
     def dumps(self) -> bytes:
         """The job as the stores keep it."""

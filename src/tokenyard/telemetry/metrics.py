@@ -43,9 +43,11 @@ class TokenyardCollector(Collector):
         capacity: CapacityPlanner | None = None,  # None: no meter store, no desired replicas
         clock: Callable[[], float] = time.monotonic,  # the request path's: engine snapshots are dated by it
         plans: Callable[[], Mapping[str, ModelPlan]] | None = None,  # the GPU plan in force (None: none read)
+        spans: Mapping[str, int] | None = None,  # spans by outcome, kept by the tracing (None: no tracing)
     ) -> None:
         self._meter = meter
         self._backends = backends
+        self._spans = spans
         self._rejected = rejected
         self._advisor = advisor
         self._dispatcher = dispatcher
@@ -63,6 +65,20 @@ class TokenyardCollector(Collector):
         yield from self._desired_replicas()
         yield from self._plan_replicas()
         yield from self._engines()
+        yield from self._tracing()
+
+    def _tracing(self) -> Iterator[Metric]:
+        if self._spans is None:
+            return
+        spans = CounterMetricFamily(
+            "tokenyard_otel_spans",
+            "Trace spans by outcome: exported to the collector, dropped (its queue was full), failed (an "
+            "export the collector did not take).",
+            labels=["outcome"],
+        )
+        for outcome, count in self._spans.items():
+            spans.add_metric([outcome], count)
+        yield spans
 
     def _plan_replicas(self) -> Iterator[Metric]:
         """The replicas of each GPU type the advisor's plan wants per model (beside
