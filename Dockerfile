@@ -4,7 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY config ./config
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 tokenyard
+RUN pip install --no-cache-dir ".[otel]" && useradd --system --uid 10001 tokenyard
 USER tokenyard
 EXPOSE 8080
 # The config comes from a mounted file (TOKENYARD_CONFIG) and its secrets from the environment.

@@ -39,14 +39,20 @@ def _load_args(concurrency: int, seconds: float) -> list[str]:
     return ["--concurrency", str(concurrency), "--seconds", str(seconds)]
 
 
-def run_proxy(config: dict[str, Any], folder: Path, concurrency: int, seconds: float) -> dict[str, float]:
+def run_proxy(
+    config: dict[str, Any], folder: Path, concurrency: int, seconds: float, *load_args: str
+) -> dict[str, float]:
+    """One proxy on ``config``, loaded for ``seconds`` (``load_args``: more of ``bench.load``'s options)."""
     port = free_port()
     config_path = folder / f"config-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     with server_on_proxy_core(serve_command(config_path, port), port) as proxy:
         cpu_before = cpu_seconds(proxy.pid)
         result = load(
-            OTHER_CORE, f"http://127.0.0.1:{port}/v1/chat/completions", *_load_args(concurrency, seconds)
+            OTHER_CORE,
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            *_load_args(concurrency, seconds),
+            *load_args,
         )
         result["cpu_us_per_request"] = cpu_us_per_request(
             cpu_seconds(proxy.pid) - cpu_before, result, seconds

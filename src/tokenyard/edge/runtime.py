@@ -1,9 +1,9 @@
 """The running service, built once at start-up from a validated config.
 
-``start_runtime`` opens the backends, the meter store and the meter's flush task, the advisor, the
-measured envelope's keeper, the async track's door (job store and front), the one proxy (and the GPU plan's
-reader, which orders its deployments per request shape), the rest of the
-async track (dispatcher, with provider batches and callbacks, and the Batch API), the capacity planner
+``start_runtime`` opens the backends, the tracing (with ``telemetry.otlp``), the meter store and the
+meter's flush task, the advisor, the measured envelope's keeper, the async track's door (job store and
+front), the one proxy (and the GPU plan's reader, which orders its deployments per request shape), the rest
+of the async track (dispatcher, with provider batches and callbacks, and the Batch API), the capacity planner
 (desired replicas, the actuator), the admin API and the membership, in that order, each handed the parts it
 needs as it is made. Every background task and store is pushed on the caller's exit stack, so shutdown
 undoes them in reverse:
@@ -15,7 +15,8 @@ undoes them in reverse:
 5. the envelope keeper merges once more and stops, then the advisor stops;
 6. the engine-metrics scraper stops and its client closes; the meter's flush task stops, then the meter
    flushes what it holds and closes its store;
-7. the backends close (and then the app's upstreams: the quick start's simulators).
+7. the span shipper exports what is left (traces, when telemetry.otlp is set);
+8. the backends close (and then the app's upstreams: the quick start's simulators).
 
 What it returns is frozen: a request never finds a part missing or half wired.
 """
