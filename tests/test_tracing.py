@@ -338,6 +338,10 @@ async def test_with_the_collector_down_requests_succeed_and_every_span_is_counte
             assert counts["failed"] + counts["dropped"] == 20  # a request span and an attempt span each
 
         await eventually(all_counted, timeout_s=30)
+        # Said once when exports start failing (with the exporter's reason), not once a batch.
+        said = [line for line in proxy.log().splitlines() if "opentelemetry" in line or "tracing:" in line]
+        assert len([line for line in said if "the collector did not take" in line]) == 1, said
+        assert len(said) <= 3, said
 
 
 async def span_counts(url: str) -> dict[str, float]:

@@ -9,6 +9,7 @@ chunk by chunk. Failover happens only before the first byte reaches the client.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -397,10 +398,11 @@ class Proxy:
                 exchange.status = exc.status_code
                 await wire.send_error(send, exc, id_header)
                 return
-            except BaseException:  # cancelled, or a bug: no verdict on the backend either way
+            except BaseException as exc:  # cancelled, or a bug: no verdict on the backend either way
                 backend.breaker.on_abandoned(ticket)
-                if attempt is not None:
-                    attempt.end(exchange.status, "cancelled (the client left, or shutdown)")
+                if attempt is not None:  # the client left (or shutdown): no error of the upstream's
+                    cancelled = isinstance(exc, asyncio.CancelledError)
+                    attempt.end(exchange.status or CLIENT_CLOSED, None if cancelled else type(exc).__name__)
                 raise
             finally:
                 backend.in_flight -= 1

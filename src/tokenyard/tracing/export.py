@@ -27,6 +27,23 @@ from tokenyard.tracing.spans import Tracing
 log = logging.getLogger("tokenyard.tracing")
 
 OUTCOMES: Final = ("exported", "dropped", "failed")
+# The exporters log every failed export at ERROR: with the collector down that is a line per batch. The
+# first failure's lines are kept (they say why), the rest until an export succeeds again are not.
+_EXPORTER_LOGGERS: Final = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+)
+
+
+class _WhileFailing(logging.Filter):
+    """Lets the exporters' records through until the shipper says exports are failing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.failing
 
 
 class SpanBuffer(SpanProcessor):
@@ -73,6 +90,9 @@ class SpanShipper:
         self.exporter = exporter
         self.schedule_s = schedule_s
         self.timeout_s = timeout_s
+        self._quiet = _WhileFailing()
+        for name in _EXPORTER_LOGGERS:
+            logging.getLogger(name).addFilter(self._quiet)
 
     async def run(self) -> None:
         """Ship until cancelled."""
@@ -96,8 +116,18 @@ class SpanShipper:
         except Exception:  # an exporter's bug must not stop tracing, nor reach a request
             log.exception("tracing: exporting %d span(s) failed", len(batch))
             result = SpanExportResult.FAILURE
-        outcome = "exported" if result is SpanExportResult.SUCCESS else "failed"
-        self.buffer.counts[outcome] += len(batch)
+        ok = result is SpanExportResult.SUCCESS
+        self.buffer.counts["exported" if ok else "failed"] += len(batch)
+        if ok == self._quiet.failing:  # a change: said once, not once a batch
+            self._quiet.failing = not ok
+            if ok:
+                log.info("tracing: the collector takes spans again")
+            else:
+                log.warning(
+                    "tracing: the collector did not take %d span(s); spans are dropped and counted "
+                    "(tokenyard_otel_spans_total) until it does",
+                    len(batch),
+                )
 
     async def aclose(self) -> None:
         """Ship what is left (within the export timeout), then shut the exporter down."""
@@ -109,6 +139,8 @@ class SpanShipper:
         self.buffer.counts["dropped"] += len(self.buffer.spans)
         self.buffer.spans.clear()
         await asyncio.to_thread(self.exporter.shutdown)
+        for name in _EXPORTER_LOGGERS:
+            logging.getLogger(name).removeFilter(self._quiet)
 
 
 def otlp_exporter(settings: OtlpConfig) -> SpanExporter:
