@@ -393,6 +393,7 @@ def test_parquet_without_pyarrow_is_a_501_with_the_way_out(monkeypatch: pytest.M
 def test_an_export_covers_whole_hours_and_names_its_format_by_suffix() -> None:
     assert hour_window(HOUR + 61, HOUR + 3600) == (HOUR, HOUR + 3600)
     assert hour_window(HOUR, HOUR + 3601) == (HOUR, HOUR + 7200)
+    assert hour_window(HOUR + 0.5, HOUR + 0.5) == (HOUR, HOUR + 3600)  # the hour now is in it
     assert format_of("costs.CSV") == "csv"
     assert format_of("out/costs.parquet") == "parquet"
     with pytest.raises(ValueError, match=r"\.csv or \.parquet"):

@@ -19,6 +19,7 @@ traffic saved against real-time prices is the tag ``tokenyard/async_savings_usd`
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,7 +141,7 @@ class Charge:
 def hour_window(start: float, end: float) -> tuple[int, int]:
     """An export's span in whole hours: from the hour ``start`` falls in to the first not before ``end``
     (a FOCUS tool re-importing an hour replaces it whole, so a part of one would read as a change)."""
-    return int(start) // HOUR_S * HOUR_S, -(-int(end) // HOUR_S) * HOUR_S
+    return int(start) // HOUR_S * HOUR_S, math.ceil(end / HOUR_S) * HOUR_S
 
 
 def focus_rows(
