@@ -129,9 +129,9 @@ class Charge:
     key: AggKey  # minute: the hour; tenant and model IDLE for GPU time nobody used
     meter: Meter
     cost_pusd: int
-    quantity: Decimal  # in ``unit``, also the pricing quantity
-    unit: str  # ConsumedUnit
-    pricing_quantity: Decimal
+    quantity: Decimal  # ConsumedQuantity, in ``unit`` (ConsumedUnit)
+    unit: str
+    pricing_quantity: Decimal  # in ``pricing_unit``, what ``unit_price_usd`` is the price of
     pricing_unit: str
     unit_price_usd: Decimal
     description: str
@@ -243,8 +243,9 @@ def gpu_charges(
             idle = AggKey(hour, IDLE, IDLE, name, "dedicated", "realtime")
             charges.append(_gpu_charge(idle, "idle", cost, gpu_ms, backend))
             continue
-        used_cost, idle_cost = split(cost, _busy_weights(busy_ms[(hour, name)], gpu_ms, backend))
-        used_ms, idle_ms = split(gpu_ms, _busy_weights(busy_ms[(hour, name)], gpu_ms, backend))
+        busy_idle = _busy_weights(busy_ms[(hour, name)], gpu_ms, backend)
+        used_cost, idle_cost = split(cost, busy_idle)
+        used_ms, idle_ms = split(gpu_ms, busy_idle)
         weights = [tokens for _, tokens in who]
         for state, state_cost, state_ms in (("used", used_cost, used_ms), ("idle", idle_cost, idle_ms)):
             for (key, _), share_cost, share_ms in zip(
