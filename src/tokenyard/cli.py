@@ -83,9 +83,19 @@ def _parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
-        help="write request records as JSON lines",
-        description="Write the meter's request records (or, with --aggregates, its per-minute aggregates) "
-        "as JSON lines to stdout: the traffic-log format `tokenyard replay` reads.",
+        help="write request records as JSON lines, or cost rows in FOCUS",
+        description="Write the meter's request records (or, with --aggregates, its per-minute aggregates)\n"
+        "as JSON lines: the traffic-log format `tokenyard replay` reads.\n\n"
+        "With --format focus, write cost rows in the columns of FOCUS 1.2 (the FinOps Open Cost and\n"
+        "Usage Specification) for whole hours, as CSV or Parquet: a row per hour x tenant x model x\n"
+        "backend x kind x mode x meter (input, cached input and output tokens; a dedicated backend's\n"
+        "GPU time, busy and idle apart, attributed by token share). Their costs add up to the usage\n"
+        "API's (granularity hour), per tenant too.",
+        epilog="examples:\n"
+        "  tokenyard export --since 24h > traffic.jsonl\n"
+        "  tokenyard export --format focus --since 30d --out costs.parquet\n"
+        "  tokenyard export --format focus --since 2026-01-01 --until 2026-02-01 > january.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     meter_commands.add_export_arguments(export)
     export.set_defaults(run=meter_commands.run_export)

@@ -191,6 +191,14 @@ class ProxyOverloaded(TokenyardError):
         self.retry_after_s = retry_after_s
 
 
+class OptionalDependencyMissing(TokenyardError):
+    """What was asked for needs an optional extra that is not installed (Parquet: ``tokenyard[parquet]``)."""
+
+    status_code = 501
+    error_type = "server_error"
+    code = "not_implemented"
+
+
 # -- the store's fault --------------------------------------------------------------------------------
 
 

@@ -41,6 +41,7 @@ def router(runtime: Runtime, health: Iterable[Route]) -> Router:
         Route(JOBS_PATH + "{job_id:path}", ("GET",), _async_job(runtime)),
         Route("/metrics", ("GET",), _metrics(runtime)),
         Route("/admin/usage", ("GET",), admin.usage),
+        Route("/admin/export/focus", ("GET",), admin.export_focus),
         Route("/admin/backends", ("GET",), admin.backends_state),
         Route("/admin/backends/{name:path}/replicas", ("PUT",), admin.replicas),
         Route("/admin/advice", ("GET",), admin.advice),

@@ -6,18 +6,19 @@ import argparse
 import asyncio
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
 
 from tokenyard.config import TokenyardConfig, load_config
-from tokenyard.errors import ConfigError, StoreError
+from tokenyard.errors import ConfigError, OptionalDependencyMissing, StoreError
 from tokenyard.meter.engine_usage import ENGINE_MAX_GAP_S, EngineUsage, engine_window
 from tokenyard.meter.model import AggKey
 from tokenyard.meter.open_store import open_configured_store, redacted
 from tokenyard.meter.shapes import SHAPE_FIELDS
 from tokenyard.meter.store import MeterStore
-from tokenyard.telemetry import report
+from tokenyard.telemetry import focus, focus_files, report
 from tokenyard.terminal import format_table
 
 _SHAPE_FIELDS = frozenset(SHAPE_FIELDS)
@@ -32,7 +33,22 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``tokenyard export``."""
     _add_window(parser, default_since="7d")
     parser.add_argument(
-        "--aggregates", action="store_true", help="per-minute aggregates instead of request records"
+        "--format",
+        choices=["jsonl", "focus"],
+        default="jsonl",
+        help="jsonl: request records as JSON lines, the traffic log `tokenyard replay` reads (default); "
+        "focus: cost rows in FOCUS 1.2's columns, per hour, for FinOps tools",
+    )
+    parser.add_argument(
+        "--aggregates",
+        action="store_true",
+        help="jsonl only: per-minute aggregates instead of request records",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write to FILE instead of stdout; for focus FILE.csv or FILE.parquet (Parquet needs "
+        "tokenyard[parquet]); focus on stdout is CSV",
     )
 
 
@@ -52,11 +68,24 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Write request records (or per-minute aggregates) as JSON lines to stdout."""
-    return _run(args, _export)
+    """Write request records (or per-minute aggregates) as JSON lines, or FOCUS rows as CSV or Parquet."""
+    if args.format == "jsonl" and args.out is None:
+        return _run(args, _export)
+    if args.format == "jsonl":
+        with open(args.out, "w", encoding="utf-8") as out:
+            return _run(args, _export, out)
+    try:
+        if args.aggregates:
+            raise ValueError("--aggregates is for --format jsonl: FOCUS rows are always per hour")
+        if args.out is not None:
+            focus_files.format_of(args.out)
+    except ValueError as exc:
+        print(f"tokenyard: {exc}", file=sys.stderr)
+        return 2
+    return _run(args, _export_focus)
 
 
-def _run(args: argparse.Namespace, command: Any) -> int:
+def _run(args: argparse.Namespace, command: Any, out: TextIO | None = None) -> int:
     try:
         config = load_config(args.config)
         now = time.time()
@@ -73,7 +102,7 @@ def _run(args: argparse.Namespace, command: Any) -> int:
         return 1
     store = open_configured_store(config.meter)
     try:
-        code: int = asyncio.run(command(store, config, since, until, args, sys.stdout))
+        code: int = asyncio.run(command(store, config, since, until, args, out or sys.stdout))
         return code
     except StoreError as exc:
         print(
@@ -219,6 +248,34 @@ async def _export(
         await store.aclose()
     what = "per-minute aggregates" if args.aggregates else "request records"
     print(f"exported {count:,} {what}", file=sys.stderr)
+    return 0
+
+
+async def _export_focus(
+    store: MeterStore,
+    config: TokenyardConfig,
+    since: float,
+    until: float,
+    args: argparse.Namespace,
+    out: TextIO,
+) -> int:
+    start, end = focus.hour_window(since, until)
+    try:
+        aggregates = await store.aggregates(start, end)
+        gpu = await store.gpu(start, end)
+    finally:
+        await store.aclose()
+    rows = focus.focus_rows(aggregates, gpu, config)
+    if args.out is None:
+        out.write(focus_files.to_csv(rows))
+    else:
+        try:
+            data = focus_files.encode(rows, focus_files.format_of(args.out))
+        except OptionalDependencyMissing as exc:
+            print(f"tokenyard: {exc.message}", file=sys.stderr)
+            return 1
+        await asyncio.to_thread(Path(args.out).write_bytes, data)
+    print(f"exported {len(rows):,} FOCUS rows, {_iso(start)} → {_iso(end)}", file=sys.stderr)
     return 0
 
 

@@ -49,6 +49,16 @@ def parse_when(value: str, now: float) -> float:
         raise ValueError(f"not a time: {value!r} (use unix seconds, ISO 8601, or an age like 24h)") from None
 
 
+def parse_window(start: str, end: str | None, now: float, retention_s: float) -> tuple[float, float]:
+    """The span an admin read covers: ``start`` and ``end`` as ``parse_when`` reads them (no ``end``: now),
+    ``start`` moved up to the oldest usage the store keeps (retention plus a day)."""
+    start_s = parse_when(start, now)
+    end_s = parse_when(end, now) if end else now
+    if not start_s < end_s:
+        raise ValueError("need start < end")
+    return max(start_s, end_s - retention_s - 86400), end_s
+
+
 @dataclass(slots=True)
 class Row:
     """Usage of one group in one period."""
@@ -359,22 +369,25 @@ def async_savings_usd(
     aggregates: Iterable[tuple[AggKey, Mapping[str, int]]], config: TokenyardConfig
 ) -> float:
     """What async traffic saved against the real-time price of its model's first per-token deployment."""
-    saved_pusd = 0
-    for key, fields in aggregates:
-        if key.mode != "async" or key.model not in config.models:
-            continue
-        per_token = [
-            config.backends[name]
-            for name in config.models[key.model].deployments
-            if config.backends[name].kind != "dedicated"
-        ]
-        if not per_token:
-            continue
-        realtime = token_prices(per_token[0]).cost_pusd(
-            fields.get("prompt_tokens", 0), fields.get("cached_tokens", 0), fields.get("completion_tokens", 0)
-        )
-        saved_pusd += realtime - fields.get("cost_pusd", 0)
-    return saved_pusd / PUSD_PER_USD
+    return sum(async_saving_pusd(key, fields, config) for key, fields in aggregates) / PUSD_PER_USD
+
+
+def async_saving_pusd(key: AggKey, fields: Mapping[str, int], config: TokenyardConfig) -> int:
+    """What one aggregate of async traffic saved against the real-time price of its model's first
+    per-token deployment (0 for real-time traffic, or a model with no per-token deployment)."""
+    if key.mode != "async" or key.model not in config.models:
+        return 0
+    per_token = [
+        config.backends[name]
+        for name in config.models[key.model].deployments
+        if config.backends[name].kind != "dedicated"
+    ]
+    if not per_token:
+        return 0
+    realtime = token_prices(per_token[0]).cost_pusd(
+        fields.get("prompt_tokens", 0), fields.get("cached_tokens", 0), fields.get("completion_tokens", 0)
+    )
+    return realtime - fields.get("cost_pusd", 0)
 
 
 def totals(rows: Iterable[Row]) -> dict[str, Any]:
