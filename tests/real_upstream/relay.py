@@ -58,8 +58,9 @@ class Relayed:
     method: str = ""
     path: str = ""
     request_body: bytes = b""
+    request_headers: dict[str, str] = field(default_factory=dict)  # as tokenyard sent them (names lowered)
     status: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # the response's
     body: bytes = b""  # de-chunked
     complete: bool = False  # the upstream finished the response message (not cut off)
     upstream_closed: bool = False  # the upstream's side of the connection ended (EOF or reset)
@@ -165,6 +166,10 @@ class _RequestSide:
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.current is not None
+        self.current.request_headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         assert self.current is not None

@@ -11,6 +11,7 @@ from typing import Any
 
 from tests.real_upstream.relay import Relay
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, backend
+from tests.support.otlp import Collector, otlp_http_collector
 from tests.support.proxy import ProxyProcess, start_proxy
 from tests.support.stores import metered_records, sqlite_url
 from tokenyard.meter.model import UsageRecord
@@ -36,6 +37,7 @@ class Yard:
     embed_model: str
     chat_relay: Relay
     embed_relay: Relay
+    collector: Collector  # where the proxy's spans arrive
 
     async def record(self, request_id: str, timeout_s: float = 20) -> UsageRecord:
         """The meter's record of one request, once the proxy has flushed it."""
@@ -54,8 +56,10 @@ async def open_yard(
     metrics_urls: dict[str, str] | None = None,
 ) -> AsyncIterator[Yard]:
     """Relays to ``upstreams`` (name → (port, api key)), and a proxy serving ``models`` (model → upstream)
-    that scrapes the engines' own ``metrics_urls`` (upstream → URL, straight at the engine)."""
+    that scrapes the engines' own ``metrics_urls`` (upstream → URL, straight at the engine), forwards the
+    caller's identity to every upstream, and traces every request to its own OTLP collector."""
     async with AsyncExitStack() as stack:
+        collector = await stack.enter_async_context(otlp_http_collector())
         relays = {
             up: await stack.enter_async_context(Relay(port, tmp)) for up, (port, _key) in upstreams.items()
         }
@@ -66,6 +70,8 @@ async def open_yard(
             section["timeouts"] = {"first_byte_s": 120}  # a busy 2-core machine: the model may start slowly
             if metrics_urls and up in metrics_urls:
                 section.update(metrics_url=metrics_urls[up], engine={"interval_s": 1})
+            # Every request carries the caller's identity and a trace context: real upstreams must take them.
+            section["forward_identity"] = True
             backends[up] = section
         store_url = sqlite_url(tmp / f"meter-{name}.sqlite3")
         config = {
@@ -74,6 +80,7 @@ async def open_yard(
             "backends": backends,
             "models": {model: {"deployments": [up]} for model, up in models.items()},
             "keys": {"team-a": {"key": CLIENT_KEY}},
+            "telemetry": {"otlp": {"endpoint": collector.url, "schedule_s": 0.1}},
         }
         proxy = await start_proxy(config, tmp)
         stack.callback(proxy.stop)
@@ -85,4 +92,5 @@ async def open_yard(
             embed_model,
             relays[models[chat_model]],
             relays[models[embed_model]],
+            collector,
         )
