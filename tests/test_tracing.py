@@ -58,6 +58,17 @@ def two_deployments(dead_url: str, api_url: str, **telemetry: Any) -> dict[str, 
     }
 
 
+def one_backend(url: str, **telemetry: Any) -> dict[str, Any]:
+    """``llama`` on one serverless simulator."""
+    return {
+        "server": {"admin_key": ADMIN_KEY},
+        "backends": {"api": backend("serverless", url)},
+        "models": {MODEL: {"deployments": ["api"]}},
+        "keys": KEYS,
+        "telemetry": telemetry,
+    }
+
+
 async def spans_of(collector: Collector, trace_id: str, count: int) -> list[ReceivedSpan]:
     async def arrived() -> None:
         assert len(collector.in_trace(trace_id)) >= count, collector.spans
@@ -246,12 +257,7 @@ async def test_spans_go_over_grpc_with_the_configured_headers(tmp_path: Path) ->
         otlp_grpc_collector() as collector,
         simulators(api=SimulatorConfig(**FAST_UPSTREAM)) as s,
         running_proxy(
-            {
-                "backends": {"api": backend("serverless", s["api"].base_url)},
-                "models": {MODEL: {"deployments": ["api"]}},
-                "keys": KEYS,
-                "telemetry": otlp(collector, headers={"x-api-key": "collector-secret-1"}),
-            },
+            one_backend(s["api"].base_url, **otlp(collector, headers={"x-api-key": "collector-secret-1"})),
             tmp_path,
         ) as proxy,
         proxy.client(default_headers={"traceparent": traceparent()}) as client,
@@ -271,12 +277,7 @@ async def test_sampling_follows_the_clients_flag_and_the_ratio(tmp_path: Path) -
         otlp_http_collector() as collector,
         simulators(api=SimulatorConfig(**FAST_UPSTREAM)) as s,
         running_proxy(
-            {
-                "backends": {"api": backend("serverless", s["api"].base_url)},
-                "models": {MODEL: {"deployments": ["api"]}},
-                "keys": KEYS,
-                "telemetry": otlp(collector, sample_ratio=0),
-            },
+            one_backend(s["api"].base_url, **otlp(collector, sample_ratio=0)),
             tmp_path,
         ) as proxy,
         proxy.client() as client,
@@ -309,21 +310,16 @@ async def test_with_the_collector_down_requests_succeed_and_every_span_is_counte
     async with (
         simulators(api=SimulatorConfig(**FAST_UPSTREAM)) as s,
         running_proxy(
-            {
-                "server": {"admin_key": ADMIN_KEY},
-                "backends": {"api": backend("serverless", s["api"].base_url)},
-                "models": {MODEL: {"deployments": ["api"]}},
-                "keys": KEYS,
-                "telemetry": {
-                    "otlp": {
-                        "endpoint": f"http://127.0.0.1:{free_port()}/v1/traces",
-                        "schedule_s": 0.05,
-                        "timeout_s": 0.5,
-                        "max_queue": 4,
-                        "batch_size": 2,
-                    }
+            one_backend(
+                s["api"].base_url,
+                otlp={
+                    "endpoint": f"http://127.0.0.1:{free_port()}/v1/traces",
+                    "schedule_s": 0.05,
+                    "timeout_s": 0.5,
+                    "max_queue": 4,
+                    "batch_size": 2,
                 },
-            },
+            ),
             tmp_path,
         ) as proxy,
         proxy.client() as client,

@@ -3,19 +3,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import uvicorn
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from tests.support.net import free_port
-from tests.support.polling import eventually
+from tests.support.receiver import read_all, serving
 
 
 @dataclass(frozen=True)
@@ -80,47 +78,25 @@ def _value(value: AnyValue) -> Any:
 @contextlib.asynccontextmanager
 async def otlp_http_collector() -> AsyncIterator[Collector]:
     """An OTLP/HTTP collector on a loopback port (``url``: its traces URL)."""
-    port = free_port()
-    collector = Collector(f"http://127.0.0.1:{port}/v1/traces")
+    collector = Collector("")
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_all(receive)
         if scope["path"] != "/v1/traces":
             await send({"type": "http.response.start", "status": 404, "headers": []})
             await send({"type": "http.response.body", "body": b""})
             return
         collector.take(body, {k.decode(): v.decode() for k, v in scope["headers"]})
         answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/x-protobuf")],
-            }
-        )
+        headers = [(b"content-type", b"application/x-protobuf")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
 
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> None:
-        assert server.started
-
-    await eventually(started)
-    try:
+    async with serving(app) as port:
+        collector.url = f"http://127.0.0.1:{port}/v1/traces"
         yield collector
-    finally:
-        server.should_exit = True
-        await task
 
 
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):

@@ -16,23 +16,8 @@ Received = list[tuple[dict[str, str], bytes]]  # (headers, body) of each POST, i
 
 
 @contextlib.asynccontextmanager
-async def receiving() -> AsyncIterator[tuple[int, Received]]:
-    """The port of a running receiver and the list it fills; it stops when the block ends."""
-    got: Received = []
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        got.append(({k.decode(): v.decode() for k, v in scope["headers"]}, body))
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
+async def serving(app: Any) -> AsyncIterator[int]:
+    """An ASGI ``app`` served on a free loopback port (its port) until the block ends."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
@@ -44,7 +29,34 @@ async def receiving() -> AsyncIterator[tuple[int, Received]]:
 
     await eventually(started)
     try:
-        yield port, got
+        yield port
     finally:
         server.should_exit = True
         await task
+
+
+async def read_all(receive: Any) -> bytes:
+    """A request's whole body."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+@contextlib.asynccontextmanager
+async def receiving() -> AsyncIterator[tuple[int, Received]]:
+    """The port of a running receiver and the list it fills; it stops when the block ends."""
+    got: Received = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = await read_all(receive)
+        got.append(({k.decode(): v.decode() for k, v in scope["headers"]}, body))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serving(app) as port:
+        yield port, got
