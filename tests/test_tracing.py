@@ -24,6 +24,7 @@ from tests.support.proxy import ProxyProcess, running_proxy
 from tests.support.simulators import FAST_UPSTREAM, sim_requests, simulators
 from tests.support.stores import sqlite_url
 from tokenyard.config import TokenyardConfig, parse_config
+from tokenyard.edge.reload import merged
 from tokenyard.errors import ConfigError
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.tracing.export import SpanBuffer
@@ -461,3 +462,12 @@ def test_traces_without_the_otel_extra_are_refused_at_start_naming_the_extra(tmp
         assert ran.returncode == 1, ran.stderr
         assert "telemetry.otlp: needs opentelemetry.sdk" in ran.stderr
         assert "pip install 'tokenyard[otel]'" in ran.stderr
+
+
+def test_a_reload_that_changes_telemetry_waits_for_a_restart() -> None:
+    """The tracer and the identity headers' names are built at start: a reload keeps them, and says so."""
+    old = TokenyardConfig.model_validate(_config(otlp={"endpoint": "http://collector:4318"}))
+    new = TokenyardConfig.model_validate(_config(identity_headers={"tenant": "x-team"}))
+    kept, needs_restart = merged(old, new)
+    assert needs_restart == ["telemetry"]
+    assert kept.telemetry == old.telemetry

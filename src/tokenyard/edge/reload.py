@@ -18,7 +18,7 @@ log = logging.getLogger("tokenyard")
 
 # Sections a running proxy cannot swap (its backends, their clients and state; its store): a reload that
 # changes them says so, and they wait for a restart.
-RESTART_ONLY: Final = ("backends", "models", "meter", "routing")
+RESTART_ONLY: Final = ("backends", "models", "meter", "routing", "telemetry")
 
 
 def merged(old: TokenyardConfig, new: TokenyardConfig) -> tuple[TokenyardConfig, list[str]]:
