@@ -34,6 +34,14 @@ from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.tracing.settings import TelemetryConfig
 
 BackendKind = Literal["serverless", "dedicated", "dedicated_serverless", "batch"]
+# Whose wire format and auth a backend's upstream speaks: OpenAI's (and every OpenAI-compatible engine's),
+# Anthropic's, or Azure OpenAI's (OpenAI's bodies under /openai/deployments/{deployment}/…?api-version=).
+Provider = Literal["openai", "anthropic", "azure"]
+# The inference APIs a backend can take: the client-facing name of each endpoint family.
+Api = Literal["chat", "completions", "embeddings", "responses", "messages"]
+ALL_APIS: tuple[Api, ...] = ("chat", "completions", "embeddings", "responses", "messages")
+_OPENAI_APIS: tuple[Api, ...] = ("chat", "completions", "embeddings")
+_OPENAI_HOSTED = re.compile(r"^https://api\.openai\.com(/|$)")
 REALTIME_KINDS: frozenset[str] = frozenset({"serverless", "dedicated", "dedicated_serverless"})
 _DEDICATED_ONLY = ("gpu_type", "gpus_per_replica", "replicas", "gpu_hour_price")
 
@@ -65,10 +73,22 @@ class Timeouts(_Strict):
     idle_s: PositiveFloat = 120.0  # the longest silence allowed once the body is flowing
 
 
+class AzureDeployment(_Strict):
+    """Where an Azure OpenAI backend's model lives: its deployment name and the API version to ask for."""
+
+    deployment: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    api_version: str = Field(default="2024-10-21", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+
+
 class BackendConfig(_Strict):
     """One upstream deployment: where it is, how it bills, and how much it may take."""
 
     kind: BackendKind
+    provider: Provider = "openai"
+    # The APIs it speaks natively (None: its provider's defaults, see ``speaks``). A Responses or Messages
+    # request routed to a backend that speaks only chat is translated to chat completions and back.
+    apis: tuple[Api, ...] | None = None
+    azure: AzureDeployment | None = None  # provider azure only
     base_url: str | None = None
     simulator: SimulatorConfig | None = None  # started in-process on a free loopback port instead of base_url
     api_key: SecretStr | None = None
@@ -123,9 +143,46 @@ class BackendConfig(_Strict):
             problems.append("a backend with an sla needs max_concurrency (its ceiling and starting point)")
         if self.metrics_url not in (None, "auto") and not re.match(r"^https?://[^/\s]+", self.metrics_url):
             problems.append("metrics_url must be an http:// or https:// URL, or auto")
+        problems += self._provider_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _provider_problems(self) -> list[str]:
+        problems = []
+        if (self.provider == "azure") != (self.azure is not None):
+            problems.append("provider azure needs an azure section (deployment), and only it takes one")
+        if self.provider == "anthropic":
+            if self.kind in ("dedicated", "dedicated_serverless"):
+                problems.append(f"a {self.kind} backend runs an engine: its provider is openai")
+            if self.apis is not None and set(self.apis) != {"messages"}:
+                problems.append("an anthropic backend speaks messages only")
+        if self.provider == "azure" and self.kind == "batch":
+            problems.append("Azure's Batch API is not supported: use provider openai or anthropic for batch")
+        if self.apis is not None and len(set(self.apis)) != len(self.apis):
+            problems.append("apis lists an API twice")
+        return problems
+
+    @property
+    def speaks(self) -> frozenset[str]:
+        """The APIs this backend takes natively: ``apis`` if given, else its provider's defaults.
+
+        Defaults: Anthropic speaks Messages; OpenAI's own API speaks Responses besides chat, completions
+        and embeddings; any other OpenAI-compatible base URL (an engine, a serverless host, Azure) chat,
+        completions and embeddings (a Responses or Messages request to it is translated to chat); the
+        built-in simulator speaks them all. (Azure's Responses API needs an ``api_version`` of
+        2025-03-01-preview or later and the deployment as ``model``: say ``apis`` to use it.)
+        """
+        if self.apis is not None:
+            return frozenset(self.apis)
+        if self.provider == "anthropic":
+            return frozenset({"messages"})
+        if self.simulator is not None and self.kind != "batch":
+            return frozenset(ALL_APIS)
+        hosted = self.provider == "openai" and bool(_OPENAI_HOSTED.match(self.base_url or ""))
+        if hosted and self.kind != "batch":
+            return frozenset((*_OPENAI_APIS, "responses"))
+        return frozenset(_OPENAI_APIS)
 
 
 class ModelConfig(_Strict):

@@ -120,8 +120,9 @@ async def provider_batches(provider: SimulatorServer) -> list[dict[str, object]]
 
 async def test_jobs_gather_until_the_wait_is_over_then_go_as_one_batch(lifecycle: Lifecycle) -> None:
     jobs = await lifecycle.queue(5)
-    assert lifecycle.batches.backend_for("llama") is not None
-    assert lifecycle.batches.backend_for("other-model") is None
+    assert lifecycle.batches.backend_for("llama", CHAT) is not None
+    assert lifecycle.batches.backend_for("other-model", CHAT) is None
+    assert lifecycle.batches.backend_for("llama", "/v1/messages") is None  # OpenAI batches take no Messages
     for job in jobs:
         lifecycle.batches.gather(job, T0)
     assert await lifecycle.batches.submit_due(T0 + 29) == []

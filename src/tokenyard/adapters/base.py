@@ -1,5 +1,6 @@
 """The small interfaces between tokenyard and what it calls over the network: an upstream (send one
-request, get a response back), a provider's Batch API (files and batches) and a webhook (a job's callback).
+request, get a response back), a provider's Batch API (OpenAI's files and batches, Anthropic's Message
+Batches) and a webhook (a job's callback).
 
 The rest of tokenyard codes against these protocols only, so the HTTP client underneath (aiohttp today, see
 ``openai_http.py``) can change without touching routing or the queue. Implementations raise only the
@@ -52,6 +53,16 @@ class Upstream(Protocol):
         """
         ...
 
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
+    ) -> UpstreamResponse:
+        """Send ``method`` to ``path`` (a stored object's ``GET /responses/{id}``, ``DELETE …``, ``POST
+        …/cancel``), with the same URL shape, auth, timeouts and errors as ``post``.
+
+        Returns once the response head has arrived, whatever its status.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Close every pooled connection."""
         ...
@@ -65,7 +76,7 @@ class BatchLine:
     """One request of a batch: its ``custom_id`` (our job id), endpoint and JSON body."""
 
     custom_id: str
-    url: str  # /v1/chat/completions | /v1/completions | /v1/embeddings
+    url: str  # /v1/chat/completions | /v1/completions | /v1/embeddings | /v1/messages
     body: bytes
 
 
@@ -79,7 +90,7 @@ class LineResult:
 
 @dataclass(frozen=True, slots=True)
 class BatchState:
-    """A provider batch as last seen."""
+    """A provider batch as last seen, in OpenAI's words (an adapter for another provider maps its own)."""
 
     id: str
     # validating | in_progress | finalizing | completed | failed | expired | cancelling | cancelled
@@ -92,35 +103,38 @@ class BatchState:
 
     @property
     def terminal(self) -> bool:
-        """Whether the batch will not change any more (its files, if any, are final)."""
+        """Whether the batch will not change any more (its results, if any, are final)."""
         return self.status in openai.BATCH_TERMINAL
 
 
 class BatchUpstream(Protocol):
-    """A client for one provider's Batch API: requests go in as files, a batch is polled, results come out
-    as files. It speaks the provider's formats (how lines are written and read back), nothing more."""
+    """A client for one provider's Batch API: requests go in as one submission per batch, a batch is
+    polled, and its results come out by ``custom_id``. It speaks the provider's formats (how requests are
+    written and results read back, OpenAI's files or Anthropic's request lists), nothing more."""
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        """The job endpoints its batches take (``/v1/chat/completions`` …, or ``/v1/messages``)."""
+        ...
 
     def input_files(
         self, lines: Iterable[BatchLine], *, max_requests: int
     ) -> Iterator[tuple[bytes, list[str]]]:
-        """The lines as input files within the provider's limits: (file content, its custom_ids), in order.
+        """The lines as batch submissions within the provider's limits: (content, its custom_ids), in order
+        (OpenAI: a JSONL input file; Anthropic: a create request's body).
 
-        Raises ``ValueError`` for a line larger than a whole file may be."""
+        Raises ``ValueError`` for a line larger than a whole submission may be."""
         ...
 
-    async def upload(self, content: bytes, filename: str = "batch.jsonl") -> str:
-        """Upload a batch input file; its file id."""
-        ...
-
-    async def create(
+    async def submit(
         self,
-        file_id: str,
+        content: bytes,
         endpoint: str,
         *,
         completion_window: str = "24h",
         metadata: Mapping[str, str] | None = None,
     ) -> BatchState:
-        """Start a batch over an uploaded input file."""
+        """Start a batch of one of ``input_files``' contents (OpenAI: upload the file, create over it)."""
         ...
 
     async def retrieve(self, batch_id: str) -> BatchState:
@@ -131,13 +145,9 @@ class BatchUpstream(Protocol):
         """Ask the provider to cancel a batch (it goes ``cancelling``, then ``cancelled``)."""
         ...
 
-    async def content(self, file_id: str) -> bytes:
-        """A file's bytes (a batch's output or error file)."""
-        ...
-
-    def results(self, output: bytes, errors: bytes = b"") -> dict[str, LineResult]:
-        """Every line of a finished batch's output and error files, by ``custom_id``; a line that cannot be
-        read is left out (its request has no answer, as if the provider had dropped it)."""
+    async def outcomes(self, state: BatchState) -> dict[str, LineResult]:
+        """The answers of a finished (``terminal``) batch by ``custom_id``. A request the provider did not
+        answer (it expired, was cancelled or dropped) or whose line cannot be read is left out."""
         ...
 
     async def aclose(self) -> None:

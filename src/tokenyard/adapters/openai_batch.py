@@ -15,15 +15,17 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
-from tokenyard import __version__
 from tokenyard.adapters.base import BatchLine, BatchState, BatchUpstream, LineResult
-from tokenyard.adapters.openai_http import describe
-from tokenyard.errors import UpstreamConnectError, UpstreamError, UpstreamStatusError, UpstreamTimeout
+from tokenyard.adapters.batch_http import BatchHttp
+from tokenyard.adapters.providers import auth_headers
+from tokenyard.errors import UpstreamError
 from tokenyard.wire import openai
+from tokenyard.wire.ids import new_object_id
 
 # OpenAI's published limits for one batch input file.
 MAX_REQUESTS: Final = 50_000
 MAX_BYTES: Final = 200 * 1024 * 1024
+ENDPOINTS: Final = frozenset({openai.CHAT_PATH, openai.COMPLETIONS_PATH, openai.EMBEDDINGS_PATH})
 
 
 def encode_line(line: BatchLine) -> bytes:
@@ -109,12 +111,10 @@ def batch_state(obj: Mapping[str, Any]) -> BatchState:
 class OpenAIBatchUpstream:
     """A client for one provider's files and batches endpoints (``https://host/v1``)."""
 
+    endpoints: Final = ENDPOINTS
+
     def __init__(self, base_url: str, *, api_key: str | None, timeout_s: float = 120.0) -> None:
-        self._base_url = base_url.rstrip("/")
-        headers = {"User-Agent": f"tokenyard/{__version__}"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self._session = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s))
+        self._http = BatchHttp(base_url, auth_headers("openai", api_key), timeout_s=timeout_s)
 
     def input_files(
         self, lines: Iterable[BatchLine], *, max_requests: int = MAX_REQUESTS
@@ -126,12 +126,30 @@ class OpenAIBatchUpstream:
         """A finished batch's lines by ``custom_id`` (``results``)."""
         return results(output, errors)
 
+    async def submit(
+        self,
+        content: bytes,
+        endpoint: str,
+        *,
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+    ) -> BatchState:
+        """Upload an input file and start a batch over it."""
+        file_id = await self.upload(content, filename=new_object_id("tokenyard-") + ".jsonl")
+        return await self.create(file_id, endpoint, completion_window=completion_window, metadata=metadata)
+
+    async def outcomes(self, state: BatchState) -> dict[str, LineResult]:
+        """A finished batch's output and error files, read back by ``custom_id``."""
+        output = await self.content(state.output_file_id) if state.output_file_id else b""
+        errors = await self.content(state.error_file_id) if state.error_file_id else b""
+        return results(output, errors)
+
     async def upload(self, content: bytes, filename: str = "batch.jsonl") -> str:
         """Upload a batch input file; its file id."""
         form = aiohttp.FormData()
         form.add_field("purpose", "batch")
         form.add_field("file", content, filename=filename, content_type="application/jsonl")
-        uploaded = await self._json("POST", "/files", data=form)
+        uploaded = await self._http.json("POST", "/files", data=form)
         if not isinstance(uploaded.get("id"), str):
             raise UpstreamError("the batch API answered an upload without the file's id")
         return str(uploaded["id"])
@@ -152,56 +170,24 @@ class OpenAIBatchUpstream:
         }
         if metadata:
             body["metadata"] = dict(metadata)
-        return _state(await self._json("POST", "/batches", json=body))
+        return _state(await self._http.json("POST", "/batches", json=body))
 
     async def retrieve(self, batch_id: str) -> BatchState:
         """A batch's current state."""
-        return _state(await self._json("GET", f"/batches/{batch_id}"))
+        return _state(await self._http.json("GET", f"/batches/{batch_id}"))
 
     async def cancel(self, batch_id: str) -> BatchState:
         """Ask the provider to cancel a batch (it goes ``cancelling``, then ``cancelled``)."""
-        return _state(await self._json("POST", f"/batches/{batch_id}/cancel"))
+        return _state(await self._http.json("POST", f"/batches/{batch_id}/cancel"))
 
     async def content(self, file_id: str) -> bytes:
         """A file's bytes (a batch's output or error file)."""
-        body, _ = await self._request("GET", f"/files/{file_id}/content")
+        body, _ = await self._http.call("GET", f"/files/{file_id}/content")
         return body
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
-        await self._session.close()
-
-    async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        body, content_type = await self._request(method, path, **kwargs)
-        try:
-            value = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            value = None
-        if not isinstance(value, dict):
-            what = content_type or "a body"
-            raise UpstreamError(
-                f"the batch API answered {method} {path} with {what} that is not a JSON object"
-            )
-        return value
-
-    async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[bytes, str]:
-        """The body and content type of a successful answer; an ``Upstream*`` error saying what went wrong."""
-        try:
-            async with self._session.request(method, self._base_url + path, **kwargs) as resp:
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise UpstreamStatusError(
-                        f"the batch API answered {method} {path} with {resp.status}", status=resp.status
-                    )
-                return body, resp.content_type
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"the batch API did not answer {method} {path} in time") from exc
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise UpstreamConnectError(
-                f"cannot reach the batch API for {method} {path}: {describe(exc)}"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"the batch API's answer to {method} {path} failed: {describe(exc)}") from exc
+        await self._http.aclose()
 
 
 def _state(value: dict[str, Any]) -> BatchState:

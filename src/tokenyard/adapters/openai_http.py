@@ -1,4 +1,7 @@
-"""An OpenAI-compatible HTTP upstream over aiohttp.
+"""An HTTP upstream over aiohttp: OpenAI-compatible engines and APIs, Anthropic's and Azure OpenAI's.
+
+The provider decides, once, at construction, which header carries the key and how a path becomes a URL
+(``providers.py``); an OpenAI-provider ``post`` costs what it did before there were other providers.
 
 Why aiohttp: on one core at 64 concurrent requests, aiohttp's ``ClientSession`` relayed ~4,000 req/s
 here against ~200 for httpx's own transport (its pool is a known hot spot, encode/httpx#3215) and
@@ -21,6 +24,7 @@ import aiohttp
 from aiohttp.http_exceptions import ContentEncodingError, ContentLengthError, TransferEncodingError
 
 from tokenyard import __version__
+from tokenyard.adapters.providers import AzureTarget, Provider, auth_headers, url_for
 from tokenyard.errors import (
     ProxyOverloaded,
     UpstreamConnectError,
@@ -176,7 +180,8 @@ class AiohttpResponse:
 
 
 class OpenAIHttpUpstream:
-    """A pooled client for one OpenAI-compatible base URL (``https://host/v1``)."""
+    """A pooled client for one upstream: an OpenAI-compatible base URL (``https://host/v1``), Anthropic's
+    (``https://api.anthropic.com/v1``) or an Azure OpenAI resource (``https://res.openai.azure.com``)."""
 
     def __init__(
         self,
@@ -187,8 +192,12 @@ class OpenAIHttpUpstream:
         first_byte_s: float,
         idle_s: float,
         max_connections: int,
+        provider: Provider = "openai",
+        azure: AzureTarget | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        # None: the URL is base + path, concatenated inline on the hot path (no call).
+        self._url = url_for(provider, self._base_url, azure) if provider == "azure" else None
         self._connect_s = connect_s
         self._first_byte_s = first_byte_s
         self._idle_s = idle_s
@@ -196,9 +205,8 @@ class OpenAIHttpUpstream:
             "Content-Type": "application/json",
             "Accept-Encoding": "identity",  # the body is relayed and, later, parsed: no gzip round trip
             "User-Agent": f"tokenyard/{__version__}",
+            **auth_headers(provider, api_key),
         }
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, ttl_dns_cache=300),
             headers=headers,
@@ -208,33 +216,53 @@ class OpenAIHttpUpstream:
         )
 
     async def post(self, path: str, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> AiohttpResponse:
+        url = self._base_url + path if self._url is None else self._url(path)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._first_byte_s
         try:
             async with asyncio.timeout_at(deadline):
-                resp = await self._post(self._base_url + path, body, headers)
-        except aiohttp.ConnectionTimeoutError as exc:  # a TimeoutError too: before the next clause
-            raise UpstreamTimeout(f"cannot connect to the upstream within {self._connect_s:g} s") from exc
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"no response head within {self._first_byte_s:g} s") from exc
-        except OSError as exc:  # aiohttp's connection errors with an errno are OSErrors too
-            if exc.errno in _LOCAL_ERRNOS:
-                raise ProxyOverloaded(
-                    f"tokenyard cannot open a connection to the upstream: {os.strerror(exc.errno)} "
-                    "on the proxy's machine (the upstream is not at fault); retry shortly."
-                ) from exc
-            what = describe(exc) if isinstance(exc, aiohttp.ClientError) else _strerror(exc)
-            raise UpstreamConnectError(f"cannot reach the upstream: {what}") from exc
-        except aiohttp.ClientConnectionError as exc:
-            raise UpstreamConnectError(f"cannot reach the upstream: {describe(exc)}") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"the upstream request failed: {describe(exc)}") from exc
+                resp = await self._send("POST", url, body, headers)
+        except (TimeoutError, OSError, aiohttp.ClientError) as exc:
+            raise self._mapped(exc) from exc
         return AiohttpResponse(resp, deadline, self._idle_s)
 
-    async def _post(
-        self, url: str, body: bytes, headers: Sequence[tuple[str, str]]
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
+    ) -> AiohttpResponse:
+        """Any method on ``path`` (a stored object's ``GET``, ``DELETE``, a ``POST`` …/cancel): the same
+        URL, auth, timeouts and errors as ``post``."""
+        url = self._base_url + path if self._url is None else self._url(path)
+        deadline = asyncio.get_running_loop().time() + self._first_byte_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                resp = await self._send(method, url, body, headers)
+        except (TimeoutError, OSError, aiohttp.ClientError) as exc:
+            raise self._mapped(exc) from exc
+        return AiohttpResponse(resp, deadline, self._idle_s)
+
+    def _mapped(self, exc: TimeoutError | OSError | aiohttp.ClientError) -> Exception:
+        """The one map from a failed send to tokenyard's errors, most specific first (the URL, which may
+        carry a deployment, and the key never appear in it)."""
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):  # a TimeoutError too: before the next case
+            return UpstreamTimeout(f"cannot connect to the upstream within {self._connect_s:g} s")
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(f"no response head within {self._first_byte_s:g} s")
+        if isinstance(exc, OSError):  # aiohttp's connection errors with an errno are OSErrors too
+            if exc.errno in _LOCAL_ERRNOS:
+                return ProxyOverloaded(
+                    f"tokenyard cannot open a connection to the upstream: {os.strerror(exc.errno)} "
+                    "on the proxy's machine (the upstream is not at fault); retry shortly."
+                )
+            what = describe(exc) if isinstance(exc, aiohttp.ClientError) else _strerror(exc)
+            return UpstreamConnectError(f"cannot reach the upstream: {what}")
+        if isinstance(exc, aiohttp.ClientConnectionError):
+            return UpstreamConnectError(f"cannot reach the upstream: {describe(exc)}")
+        return UpstreamError(f"the upstream request failed: {describe(exc)}")
+
+    async def _send(
+        self, method: str, url: str, body: bytes, headers: Sequence[tuple[str, str]]
     ) -> aiohttp.ClientResponse:
-        """POST, sent again when the connection it went out on was closed before any byte of an answer.
+        """Send, and send again when the connection it went out on was closed before any byte of an answer.
 
         Upstreams close pooled connections under us: llama-server closes after every streamed answer while
         saying keep-alive, and any server closes an idle one at its own keep-alive timeout. A close that
@@ -247,7 +275,7 @@ class OpenAIHttpUpstream:
         while True:
             try:
                 # No headers (most requests): aiohttp merges none with the session's.
-                return await self._session.post(url, data=body, headers=headers or None)
+                return await self._session.request(method, url, data=body or None, headers=headers or None)
             except (
                 aiohttp.ServerDisconnectedError,
                 aiohttp.ClientOSError,
@@ -263,7 +291,7 @@ class OpenAIHttpUpstream:
 
 def closed_before_answer(exc: aiohttp.ClientError) -> bool:
     """Whether a request failed because its connection was closed under it before any answer (not: the
-    upstream could not be reached, or broke off an answer): what ``_post`` sends again."""
+    upstream could not be reached, or broke off an answer): what ``_send`` sends again."""
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
         return True
     # ClientConnectorError is a ClientOSError too, and means no connection was made: nothing to resend on.

@@ -2,7 +2,9 @@
 
 In this order, the first that speaks decides:
 
-1. the request's own signals: ``Prefer: respond-async`` (RFC 7240: answer 202 and let the client poll),
+1. the request's own signals: a Responses request's ``background: true`` (OpenAI's own "nobody waits": it
+   is answered with the queued response at once, and polled with ``GET /v1/responses/{id}``),
+   ``Prefer: respond-async`` (RFC 7240: answer 202 and let the client poll),
    the ``x-tokenyard-mode`` header (``realtime`` / ``async``), ``service_tier: "flex"`` or ``"batch"``;
 2. the virtual key's policy (``keys.NAME.mode``);
 3. the first matching rule of ``async_track.rules`` (model, endpoint, tenant, user, stream, metadata);
@@ -35,7 +37,7 @@ class Rule:
     mode: Mode
     deadline_s: float | None = None
     models: frozenset[str] | None = None
-    endpoints: frozenset[str] | None = None  # chat | completions | embeddings
+    endpoints: frozenset[str] | None = None  # chat | completions | embeddings | responses | messages
     tenants: frozenset[str] | None = None
     users: frozenset[str] | None = None
     stream: bool | None = None
@@ -69,6 +71,7 @@ class RequestFacts:
     key_name: str = ""
     key_mode: Mode | None = None
     key_deadline_s: float | None = None
+    background: bool = False  # a Responses request's ``background: true``
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ class Decision:
     delivery: Delivery
     reason: str
     deadline_s: float | None = None  # async only: seconds from now
+    background: bool = False  # a background response: answered as one, polled at /v1/responses/{id}
 
 
 def prefers_async(prefer: str | None) -> bool:
@@ -105,6 +109,14 @@ def classify(
     def async_(delivery: Delivery, reason: str, deadline: float = deadline_s) -> Decision:
         return Decision("async", delivery, reason, deadline)
 
+    if facts.background:
+        if facts.stream:
+            raise InvalidRequest(
+                "tokenyard runs a background response on its async track and does not stream it: drop "
+                "'stream' and poll GET /v1/responses/{id}.",
+                param="stream",
+            )
+        return Decision("async", "poll", "background: true", deadline_s, background=True)
     explicit = _explicit(facts)
     if explicit is not None:
         mode, reason = explicit

@@ -16,13 +16,19 @@ from tokenyard.admission.auth import Principal
 from tokenyard.edge.routes import Group, Handler, Route, Router
 from tokenyard.edge.runtime import Runtime
 from tokenyard.errors import MethodNotAllowed, ObjectNotFound, RouteNotFound, TokenyardError
+from tokenyard.proxy.count_tokens import count_tokens
+from tokenyard.proxy.endpoints import MESSAGES
 from tokenyard.proxy.handler import ENDPOINTS, Endpoint, Proxy
+from tokenyard.proxy.legs import send_error
+from tokenyard.proxy.stored_responses import StoredResponses
 from tokenyard.queue.batch_api import BatchApi
 from tokenyard.queue.front import JOBS_PATH
+from tokenyard.queue.message_batches import Handler as MessageBatchHandler
+from tokenyard.queue.message_batches import MessageBatchApi, answering_errors
 from tokenyard.telemetry.capacity import CapacityApi, plan_utilization
 from tokenyard.telemetry.metrics import exposition
+from tokenyard.wire import anthropic, openai
 from tokenyard.wire import asgi as wire
-from tokenyard.wire import openai
 
 _MODEL_CREATED = 1_700_000_000  # a fixed "created" for configured models: they have no creation time
 _NO_ASYNC_TRACK: Final = "The async track is off: it needs a meter store (meter.store)."
@@ -36,6 +42,8 @@ def router(runtime: Runtime, health: Iterable[Route]) -> Router:
     proxy, admin, dashboard = runtime.proxy, runtime.admin, runtime.dashboard
     routes = [
         *(Route(path, ("POST",), _inference(proxy, endpoint)) for path, endpoint in ENDPOINTS.items()),
+        Route(anthropic.COUNT_TOKENS_PATH, ("POST",), _count_tokens(proxy)),
+        *_response_routes(runtime),
         Route("/v1/models", ("GET",), _list_models(runtime)),
         Route("/v1/models/{model:path}", ("GET",), _retrieve_model(proxy)),
         Route(JOBS_PATH + "{job_id:path}", ("GET",), _async_job(runtime)),
@@ -57,6 +65,7 @@ def router(runtime: Runtime, health: Iterable[Route]) -> Router:
         Route("/dashboard/static/{name:path}", ("GET",), dashboard.asset),
         *health,
         *_batch_routes(runtime),
+        *_message_batch_routes(runtime),
     ]
     return Router(routes, groups=[_batch_group(runtime)])
 
@@ -69,6 +78,34 @@ def _inference(proxy: Proxy, endpoint: Endpoint) -> Handler:
         await proxy.handle(scope, receive, send, endpoint)
 
     return handle
+
+
+def _count_tokens(proxy: Proxy) -> Handler:
+    async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        await count_tokens(proxy, scope, receive, send)
+
+    return handle
+
+
+def _response_routes(runtime: Runtime) -> list[Route]:
+    """``/v1/responses/{id}`` and what hangs from it: background responses and relayed stored ones."""
+    proxy, responses = runtime.proxy, runtime.responses
+    one = openai.RESPONSES_PATH + "/{response_id}"
+
+    def serving(serve: Callable[[StoredResponses, wire.Send, str, str, bytes], Awaitable[None]]) -> Handler:
+        async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+            principal = proxy.authenticate(scope)
+            query = scope.get("query_string", b"")
+            await serve(responses, send, principal.tenant, scope["path_params"]["response_id"], query)
+
+        return handle
+
+    return [
+        Route(one, ("GET",), serving(StoredResponses.retrieve)),
+        Route(one, ("DELETE",), serving(StoredResponses.delete)),
+        Route(one + "/cancel", ("POST",), serving(StoredResponses.cancel)),
+        Route(one + "/input_items", ("GET",), serving(StoredResponses.input_items)),
+    ]
 
 
 def _list_models(runtime: Runtime) -> Handler:
@@ -133,6 +170,48 @@ _BATCH_PATHS: Final[tuple[tuple[str, str, BatchHandler], ...]] = (
     ("/v1/batches/{batch_id}", "GET", BatchApi.batches_retrieve),
     ("/v1/batches/{batch_id}/cancel", "POST", BatchApi.batches_cancel),
 )
+
+
+def _message_batch_routes(runtime: Runtime) -> list[Route]:
+    """Anthropic's Message Batches API; without the async track, its path says why (in Anthropic's shape)."""
+    proxy, track = runtime.proxy, runtime.track
+    path = anthropic.MESSAGE_BATCHES_PATH
+    if track is None:
+        refuse = _refusing_messages(proxy, _NO_BATCH_API)
+        return [
+            Route(path, ("GET", "POST"), refuse),
+            Route(path + "/{rest:path}", ("GET", "POST", "DELETE"), refuse),
+        ]
+    api = track.message_batches
+
+    def serving(serve: MessageBatchHandler) -> Handler:
+        async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+            await answering_errors(api, serve, proxy.authenticate, scope, receive, send)
+
+        return handle
+
+    one = path + "/{batch_id}"
+    return [
+        Route(path, ("POST",), serving(MessageBatchApi.create_batch)),
+        Route(path, ("GET",), serving(MessageBatchApi.list_batches)),
+        Route(one, ("GET",), serving(MessageBatchApi.retrieve_batch)),
+        Route(one, ("DELETE",), serving(MessageBatchApi.delete_batch)),
+        Route(one + "/cancel", ("POST",), serving(MessageBatchApi.cancel_batch)),
+        Route(one + "/results", ("GET",), serving(MessageBatchApi.batch_results)),
+    ]
+
+
+def _refusing_messages(proxy: Proxy, message: str) -> Handler:
+    """A Messages-API route of a part that does not run: the caller is authenticated, then told why."""
+
+    async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        try:
+            proxy.authenticate(scope)
+            raise RouteNotFound(message)
+        except TokenyardError as exc:
+            await send_error(send, MESSAGES, exc)
+
+    return handle
 
 
 def _batch_group(runtime: Runtime) -> Group:

@@ -60,10 +60,12 @@ from tokenyard.meter.open_store import open_configured_store, redacted
 from tokenyard.proxy import batch_jobs
 from tokenyard.proxy.backends import Backend, open_backends
 from tokenyard.proxy.handler import Proxy
+from tokenyard.proxy.stored_responses import StoredResponses
 from tokenyard.queue.batch_api import BatchApi
 from tokenyard.queue.callbacks import CallbackSender
 from tokenyard.queue.dispatcher import Dispatcher, TraceJob
 from tokenyard.queue.front import AsyncFront, RunNow
+from tokenyard.queue.message_batches import MessageBatchApi
 from tokenyard.queue.model import Job, JobResult
 from tokenyard.queue.open_store import open_job_store
 from tokenyard.queue.provider_batches import ProviderBatches
@@ -97,6 +99,7 @@ class AsyncTrack:
     front: AsyncFront
     dispatcher: Dispatcher  # the routes do not read it: tests/edge/test_reload.py checks a reload reaches it
     batch_api: BatchApi
+    message_batches: MessageBatchApi  # Anthropic's Message Batches, on the same jobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,7 @@ class Runtime:
     capacity: CapacityPlanner | None  # None: no meter store (desired replicas read its aggregates)
     reload_here: Callable[[], Awaitable[dict[str, Any]]]  # SIGHUP's; tests reload through it
     reload_everywhere: Callable[[], Awaitable[dict[str, Any]]]  # here, then every replica on the store
+    responses: StoredResponses  # /v1/responses/{id}: background ones from the job store, stored ones relayed
     plan: PlanReader | None = None  # the GPU plan followed here (None: no meter store, so no plan to read)
 
 
@@ -184,6 +188,7 @@ async def start_runtime(
         wall=wall,
         front=door.front if door else None,
         tracer=tracing.tracer if tracing else None,
+        objects=door.jobs if door else None,
     )
     plan = None
     if store is not None:
@@ -271,6 +276,7 @@ async def start_runtime(
         capacity=planner,
         reload_here=reload_here,
         reload_everywhere=reload_everywhere,
+        responses=StoredResponses(proxy.response_owners, backends, door.jobs if door else None, wall),
         plan=plan,
     )
 
@@ -355,7 +361,13 @@ def _start_async_track(
         max_body_bytes=config.server.max_body_bytes,  # the start-up limit, as the proxy's own
         wall=wall,
     )
-    return AsyncTrack(door.front, dispatcher, batch_api)
+    message_batches = MessageBatchApi(
+        door.jobs,
+        may_use=lambda who, model: who.may_use(model) and model in models,
+        wake=door.new_work.set,
+        wall=wall,
+    )
+    return AsyncTrack(door.front, dispatcher, batch_api, message_batches)
 
 
 @dataclass(frozen=True, slots=True)

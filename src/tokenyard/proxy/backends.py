@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
 
+from tokenyard.adapters.anthropic_batch import AnthropicBatchUpstream
 from tokenyard.adapters.base import BatchUpstream, Upstream
 from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
+from tokenyard.adapters.providers import AzureTarget
 from tokenyard.capacity.engine import EngineState
 from tokenyard.capacity.envelope import Recorder
 from tokenyard.capacity.limiter import AdaptiveLimit, LimitChange, overloaded
@@ -52,6 +54,12 @@ class Backend:
     limit: AdaptiveLimit | None = None
     # With forward_identity: the names of the headers that carry the caller's tenant and key id upstream.
     identity: tuple[str, str] | None = None
+    speaks: frozenset[str] = field(
+        init=False
+    )  # the APIs it takes natively (config ``apis``), read per request
+
+    def __post_init__(self) -> None:
+        self.speaks = self.config.speaks
 
     @property
     def max_concurrency(self) -> int | None:
@@ -194,13 +202,12 @@ async def open_backends(
                 first_byte_s=bc.timeouts.first_byte_s,
                 idle_s=bc.timeouts.idle_s,
                 max_connections=bc.max_connections,
+                provider=bc.provider,
+                azure=AzureTarget(bc.azure.deployment, bc.azure.api_version) if bc.azure else None,
             )
             stack.push_async_callback(upstream.aclose)
-            batch_api: BatchUpstream | None = None
-            if bc.kind == "batch":
-                batch_api = OpenAIBatchUpstream(
-                    base_url, api_key=bc.api_key.get_secret_value() if bc.api_key else None
-                )
+            batch_api = _batch_api(bc, base_url) if bc.kind == "batch" else None
+            if batch_api is not None:
                 stack.push_async_callback(batch_api.aclose)
             backends[name] = Backend(
                 name=name,
@@ -220,6 +227,14 @@ async def open_backends(
                 limit=AdaptiveLimit(bc.sla, bc.max_concurrency) if bc.sla and bc.max_concurrency else None,
             )
         yield backends
+
+
+def _batch_api(config: BackendConfig, base_url: str) -> BatchUpstream:
+    """The provider's Batch API client (config validation allows batch backends of openai and anthropic)."""
+    api_key = config.api_key.get_secret_value() if config.api_key else None
+    if config.provider == "anthropic":
+        return AnthropicBatchUpstream(base_url, api_key=api_key)
+    return OpenAIBatchUpstream(base_url, api_key=api_key)
 
 
 def _engine_state(config: BackendConfig, base_url: str) -> EngineState | None:

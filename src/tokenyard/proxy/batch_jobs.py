@@ -11,6 +11,7 @@ import orjson
 from tokenyard.meter.model import UsageRecord
 from tokenyard.proxy import request_body
 from tokenyard.proxy.backends import Backend
+from tokenyard.proxy.endpoints import ENDPOINTS
 from tokenyard.proxy.exchange import Exchange
 from tokenyard.queue.model import Job
 
@@ -38,6 +39,7 @@ def batch_usage(
     exchange = Exchange(request_id, job.tenant, job.model, orjson.loads(job.body), clock())
     exchange.mode, exchange.reason, exchange.route = "async", job.reason, "provider_batch"
     exchange.backend, exchange.status = backend, status
+    exchange.usage_api = ENDPOINTS[job.endpoint].name  # a batch answers in the job's own API
     if status == 200:
         exchange.answer = body
     return exchange.to_record(clock(), wall())

@@ -8,13 +8,14 @@ from typing import Any
 from tokenyard.errors import UpstreamError
 from tokenyard.meter.model import UsageRecord
 from tokenyard.meter.usage import (
-    StreamTap,
+    Tap,
     Usage,
     estimate_completion_tokens,
     estimate_prompt_tokens,
     usage_of_body,
 )
 from tokenyard.proxy.backends import Backend
+from tokenyard.proxy.legs import Translation
 from tokenyard.tracing.trace import Trace
 
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the request": no error of ours or the upstream's
@@ -36,7 +37,9 @@ class Exchange:
     status: int = 0
     ttfb_s: float | None = None
     answer: bytes = b""  # a whole (non-streaming) answer, for usage
-    tap: StreamTap | None = None
+    tap: Tap | None = None
+    usage_api: str = "chat"  # the API the answering backend spoke (its usage fields are that API's)
+    translation: Translation | None = None  # a Responses/Messages request as chat, once an attempt needed it
     attempts: int = 0
     tried: set[str] = field(default_factory=set)
     last_error: UpstreamError | None = None
@@ -66,10 +69,10 @@ class Exchange:
             return Usage(estimate_prompt_tokens(self.request), 0, self.tap.content_chunks, estimated=True)
         if not self.answer:
             return Usage()
-        reported = usage_of_body(self.answer)
+        reported = usage_of_body(self.answer, self.usage_api)
         if reported is not None:
             return reported
-        completion = estimate_completion_tokens(self.answer)
+        completion = estimate_completion_tokens(self.answer, self.usage_api)
         return Usage(estimate_prompt_tokens(self.request), 0, completion, estimated=True)
 
     def to_record(self, now_s: float, wall_s: float) -> UsageRecord:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -36,75 +35,44 @@ from tokenyard.errors import (
 from tokenyard.live import LiveConfig
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import UsageRecord
-from tokenyard.meter.usage import StreamTap
-from tokenyard.proxy import request_body
+from tokenyard.proxy import background, request_body
 from tokenyard.proxy.backends import Backend
 from tokenyard.proxy.breaker import Ticket
+from tokenyard.proxy.endpoints import (
+    ENDPOINTS,
+    RESPONSES,
+    TRANSLATED,
+    Endpoint,
+    estimate_tokens,
+    parse_request,
+)
 from tokenyard.proxy.exchange import CLIENT_CLOSED, Exchange
+from tokenyard.proxy.legs import Leg, Translation, relayed_error, send_error, stream_error_event
 from tokenyard.proxy.plan_order import request_shape
 from tokenyard.proxy.routing import Choice, NoChoice, choose_deployment
+from tokenyard.proxy.stored_responses import ResponseOwners, response_id
+from tokenyard.proxy.whole_as_events import message_as_stream, response_as_stream
 from tokenyard.proxy.whole_as_stream import whole_answer_as_stream
 from tokenyard.queue.front import AsyncFront
 from tokenyard.queue.model import Job, JobResult, new_job_id
+from tokenyard.queue.store import JobsAndObjects
 from tokenyard.tracing.trace import TRACEPARENT, Attempt, Trace, Tracer
+from tokenyard.wire import anthropic
 from tokenyard.wire import asgi as wire
-from tokenyard.wire import openai
-from tokenyard.wire.ids import new_request_id
+from tokenyard.wire.ids import new_object_id, new_request_id
 
+__all__ = ["ENDPOINTS", "Endpoint", "Proxy", "estimate_tokens", "parse_request"]
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """An inference endpoint: its path and the field a body must carry besides ``model``."""
+# Each endpoint's leg to a backend that speaks its API: shared, it holds no per-request state.
+_NATIVE = {endpoint.name: Leg(endpoint, None) for endpoint in ENDPOINTS.values()}
 
-    api_path: str  # on the OpenAI API (and on tokenyard): /v1/chat/completions
-    required_field: str
-    streams: bool
-    name: str  # chat | completions | embeddings (classification rules match on it)
-    upstream_path: str = field(init=False)  # relative to an upstream's base URL (…/v1): /chat/completions
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "upstream_path", self.api_path.removeprefix(openai.API_PREFIX))
-
-
-CHAT = Endpoint(openai.CHAT_PATH, "messages", streams=True, name="chat")
-COMPLETIONS = Endpoint(openai.COMPLETIONS_PATH, "prompt", streams=True, name="completions")
-EMBEDDINGS = Endpoint(openai.EMBEDDINGS_PATH, "input", streams=False, name="embeddings")
-ENDPOINTS = {e.api_path: e for e in (CHAT, COMPLETIONS, EMBEDDINGS)}
 
 # How long an upstream may take to end its body after ``data: [DONE]`` and keep its connection pooled.
 _AFTER_DONE_GRACE_S = 1.0
 
 # Upstream statuses that say the backend, not the request, failed: try the next deployment.
 _FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
-
-
-def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], str, bool]:
-    """The parsed body, its model and whether it streams; ``InvalidRequest`` for what no upstream accepts."""
-    obj = request_body.loads(body)
-    if not isinstance(obj, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    request_body.refuse_ambiguous(body, obj)
-    model = obj.get("model")
-    if model is None:
-        raise InvalidRequest("You must provide a model parameter.", param="model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("Invalid type for 'model': expected a non-empty string.", param="model")
-    if endpoint.required_field not in obj:
-        raise InvalidRequest(
-            f"Missing required parameter: '{endpoint.required_field}'.", param=endpoint.required_field
-        )
-    if endpoint.required_field == "messages" and not isinstance(obj["messages"], list):
-        raise InvalidRequest("Invalid type for 'messages': expected an array.", param="messages")
-    stream = obj.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest("Invalid type for 'stream': expected a boolean.", param="stream")
-    return obj, model, bool(stream) and endpoint.streams
-
-
-def estimate_tokens(body: bytes, obj: dict[str, Any]) -> int:
-    """A rough token count for tpm limits before the request runs: ~4 bytes a token, plus the output cap."""
-    cap = obj.get("max_completion_tokens") or obj.get("max_tokens") or 0
-    return len(body) // 4 + (cap if isinstance(cap, int) else 0)
+_SSE_CONTENT_TYPE = wire.SSE_HEADERS[0][1].decode()  # a translated stream's, whatever the upstream's said
 
 
 class Proxy:
@@ -122,6 +90,7 @@ class Proxy:
         wall: Callable[[], float],
         front: AsyncFront | None = None,
         tracer: Tracer | None = None,
+        objects: JobsAndObjects | None = None,
     ) -> None:
         self.live = live  # keys, async-track settings and classifier rules in force (a reload swaps them)
         self.models = models
@@ -132,13 +101,33 @@ class Proxy:
         self.wall = wall
         self.front = front  # the async track's door (None: no job store, every request is real time)
         self.tracer = tracer  # None: no telemetry.otlp (the request path pays nothing for tracing)
+        # Which backend stored which response (``GET /v1/responses/{id}`` is relayed there), kept beside the
+        # jobs when there is a job store.
+        self.response_owners = ResponseOwners(objects, wall)
         # Models routed by the GPU plan in force: per shape index, their deployments in the plan's order
         # (``edge/plan.py`` replaces it whole; empty: every model in its configured order).
         self.planned: dict[str, tuple[list[Backend], ...]] = {}
+        # The APIs every backend speaks: a request of one of them needs no look at who speaks what (chat,
+        # with OpenAI-compatible backends only: the hot path pays one set lookup).
+        spoken = [b.speaks for backends in models.values() for b in backends]
+        self.spoken_everywhere: frozenset[str] = frozenset.intersection(*spoken) if spoken else frozenset()
 
     def authenticate(self, scope: wire.Scope) -> Principal:
-        """The caller behind the request's bearer key."""
-        return self.live.current.keys.authenticate(wire.header(scope, b"authorization"))
+        """The caller behind the request's key: ``Authorization: Bearer``, or Anthropic's ``x-api-key``
+        (Claude Code and the anthropic SDK send the latter)."""
+        authorization = wire.header(scope, b"authorization")
+        if authorization is None:
+            api_key = wire.header(scope, anthropic.API_KEY_HEADER.encode())
+            if api_key is not None:
+                authorization = b"Bearer " + api_key
+        return self.live.current.keys.authenticate(authorization)
+
+    def able(self, backends: list[Backend], endpoint: Endpoint) -> list[Backend]:
+        """The backends that can take ``endpoint``: natively, or through translation to chat completions."""
+        if endpoint.name in self.spoken_everywhere:
+            return backends
+        translatable = endpoint.name in TRANSLATED
+        return [b for b in backends if endpoint.name in b.speaks or (translatable and "chat" in b.speaks)]
 
     def deployments(self, principal: Principal, model: str) -> list[Backend]:
         """The backends of ``model``, in preference order, if the caller may use it."""
@@ -161,12 +150,17 @@ class Proxy:
             principal = self.authenticate(scope)
             body = await wire.read_body(scope, receive, self.max_body_bytes)
             obj, model, stream = parse_request(body, endpoint)
-            backends = self.deployments(principal, model)
+            backends = self._able(self.deployments(principal, model), endpoint, model)
             decision = self._classify(scope, principal, endpoint, model, obj, stream)
             if decision is not None and obj.get("service_tier") in ASYNC_TIERS:
                 # tokenyard's signal, not the upstream's ("batch" is no OpenAI tier): not forwarded.
                 body = request_body.without_member(body, obj, "service_tier")
                 del obj["service_tier"]
+            if decision is not None and decision.background:
+                # OpenAI's own "nobody waits": tokenyard runs it on the async track, the upstream in the
+                # foreground (the job's answer is the whole response).
+                body = request_body.without_member(body, obj, "background")
+                del obj["background"]
             if decision is not None and decision.mode == "async" and self.front is not None:
                 await self._queue(self.front, scope, receive, send, principal, endpoint, model, body,
                                   decision, id_header, trace)  # fmt: skip
@@ -175,7 +169,7 @@ class Proxy:
             # Counted by status only: client-chosen model names must not grow the store or the metrics.
             self.rejected[exc.status_code] += 1
             _refused(trace, exc.status_code, exc.message)
-            await wire.send_error(send, exc, id_header)
+            await send_error(send, endpoint, exc, id_header)
             return
         except wire.ClientGone:
             _refused(trace, CLIENT_CLOSED, "the client left before its request was read")
@@ -186,7 +180,7 @@ class Proxy:
             exchange.reason = decision.reason
         planned = self.planned.get(model)
         if planned is not None:  # the plan's order for this request's shape, built when the plan came
-            backends = planned[request_shape(len(body), obj)]
+            backends = self.able(planned[request_shape(len(body), obj)], endpoint)
         try:
             work = self._route(send, endpoint, backends, body, stream, exchange, id_header)
             if await wire.until_client_leaves(receive, work):
@@ -200,6 +194,15 @@ class Proxy:
             record = exchange.to_record(self.clock(), self.wall())
             self.meter.record(record)
             _finish(trace, exchange, record)
+
+    def _able(self, backends: list[Backend], endpoint: Endpoint, model: str) -> list[Backend]:
+        """``able``, or a 400 saying what the model's deployments speak instead."""
+        able = self.able(backends, endpoint)
+        if not able:
+            spoken = ", ".join(sorted({api for b in backends for api in b.speaks}))
+            message = f"No deployment of `{model}` speaks the {endpoint.name} API (they speak: {spoken})."
+            raise InvalidRequest(message, param="model")
+        return able
 
     def _begin_trace(self, scope: wire.Scope, endpoint: Endpoint) -> Trace | None:
         if self.tracer is None:
@@ -221,7 +224,8 @@ class Proxy:
         trace: Trace | None,
     ) -> None:
         """Hand an async request to the async track's door (which answers it)."""
-        job_id = new_job_id()
+        # A background response's job is the response: its id is the one the client retrieves.
+        job_id = new_object_id("resp_") if decision.background else new_job_id()
         submitted = front.submit(
             send,
             principal=principal,
@@ -233,6 +237,7 @@ class Proxy:
             id_header=id_header,
             job_id=job_id,
             traceparent=trace.traceparent if trace is not None else "",
+            accepted=background.queued_answer if decision.background else None,
         )
         # A held client may leave: stop waiting for it (its job still runs, once).
         await wire.until_client_leaves(receive, submitted)
@@ -260,9 +265,10 @@ class Proxy:
             elif key == wire.H_MODE:
                 mode = value
         tier = obj.get("service_tier")
+        background = endpoint is RESPONSES and obj.get("background") is True
         nothing_says_async = (
             prefer is None and mode is None and tier not in ASYNC_TIERS and principal.mode is None
-        )
+        ) and not background
         if nothing_says_async and not settings.async_rules:
             return None  # real time by default: the hot path, kept cheap (no facts built)
         user, metadata = obj.get("user"), obj.get("metadata")
@@ -279,6 +285,7 @@ class Proxy:
             key_name=principal.key_name,
             key_mode=principal.mode,
             key_deadline_s=principal.deadline_s,
+            background=background,
         )
         return classify(
             facts,
@@ -303,12 +310,12 @@ class Proxy:
         planned = self.planned.get(job.model) if only is None else None
         if planned is not None:
             backends = planned[request_shape(len(job.body), exchange.request)]
+        backends = self.able(backends, endpoint)
         exchange.mode, exchange.reason = "async", job.reason
         captured = wire.Captured()
         if not backends:  # the model left the config while the job waited: a final answer, not a retry
-            await wire.send_error(
-                captured, ModelNotFound(f"The model `{job.model}` does not exist.", param="model")
-            )
+            missing = ModelNotFound(f"The model `{job.model}` does not exist.", param="model")
+            await send_error(captured, endpoint, missing)
         else:
             await self._route(captured, endpoint, backends, job.body, False, exchange, [])
         exchange.route = path
@@ -333,7 +340,7 @@ class Proxy:
     ) -> None:
         tokens = estimate_tokens(body, exchange.request)
         # Every stream asks the upstream for usage; if the client did not, the usage chunk is cut out again.
-        strip_usage = stream and endpoint.streams and not _asked_for_usage(exchange.request)
+        strip_usage = stream and endpoint.asks_usage and not _asked_for_usage(exchange.request)
         while True:
             now = self.clock()
             choice = choose_deployment(
@@ -342,7 +349,7 @@ class Proxy:
             if not isinstance(choice, Choice):
                 error = _give_up(exchange, choice)
                 exchange.status = error.status_code
-                await wire.send_error(send, error, id_header)
+                await send_error(send, endpoint, error, id_header)
                 return
             backend = backends[choice.index]
             exchange.tried.add(backend.name)
@@ -354,14 +361,15 @@ class Proxy:
             observed = endpoint.streams and backend.wants_samples
             attempt = _attempt(exchange, backend)
             try:
+                leg, upstream_body = self._leg(endpoint, backend, body, exchange, strip_usage)
                 await backend.take_rate(tokens)
-                upstream_body = _body_for(backend, body, exchange, strip_usage)
                 headers = [*id_header, *_route_headers(backend, choice, exchange.attempts)]
                 exchange.backend, exchange.route = backend, choice.reason
                 sent_s = self.clock() if observed else 0.0
                 await self._forward(
                     send,
                     endpoint,
+                    leg,
                     backend,
                     ticket,
                     (upstream_body, _upstream_headers(backend, exchange, attempt)),
@@ -390,13 +398,15 @@ class Proxy:
                     status.retry_after_s if status else None,
                     rate_limited=status is not None and status.status == 429,
                 )
-            except ProxyOverloaded as exc:  # this machine ran out (fds, ports): no backend is to blame,
-                backend.breaker.on_abandoned(ticket)  # and the next one would fail the same way
+            # This machine ran out (fds, ports), or the request cannot be translated for a chat backend: no
+            # backend is to blame, and the next one would fail the same way.
+            except (ProxyOverloaded, InvalidRequest) as exc:
+                backend.breaker.on_abandoned(ticket)
                 if attempt is not None:
                     attempt.end(0, exc.message)
                 exchange.backend = None
                 exchange.status = exc.status_code
-                await wire.send_error(send, exc, id_header)
+                await send_error(send, endpoint, exc, id_header)
                 return
             except BaseException as exc:  # cancelled, or a bug: no verdict on the backend either way
                 backend.breaker.on_abandoned(ticket)
@@ -406,6 +416,19 @@ class Proxy:
                 raise
             finally:
                 backend.in_flight -= 1
+
+    def _leg(
+        self, endpoint: Endpoint, backend: Backend, body: bytes, exchange: Exchange, strip_usage: bool
+    ) -> tuple[Leg, bytes]:
+        """How this attempt speaks to ``backend``, and the body it sends (``InvalidRequest`` when the request
+        must be translated and cannot be)."""
+        if endpoint.name in backend.speaks:
+            return _NATIVE[endpoint.name], _body_for(backend, body, exchange, strip_usage)
+        translation = exchange.translation
+        if translation is None:
+            translation = exchange.translation = Translation(endpoint, exchange.request, int(self.wall()))
+        upstream_body = translation.body(backend.config.model or exchange.model)
+        return Leg(endpoint, translation), upstream_body
 
     def _observe(self, backend: Backend, exchange: Exchange, sent_s: float, in_flight: int) -> None:
         """Hand the backend what its whole answer measured, timed from when the request went to *it* (an
@@ -433,6 +456,7 @@ class Proxy:
         self,
         send: wire.Send,
         endpoint: Endpoint,
+        leg: Leg,
         backend: Backend,
         ticket: Ticket,
         upstream_request: tuple[bytes, tuple[tuple[str, str], ...]],
@@ -443,37 +467,42 @@ class Proxy:
     ) -> None:
         """Send ``upstream_request`` (its body and extra headers) to one backend and answer the client;
         ``UpstreamError`` before the first byte fails over."""
-        resp = await backend.upstream.post(endpoint.upstream_path, *upstream_request)
+        resp = await backend.upstream.post(leg.path, *upstream_request)
+        exchange.usage_api = leg.usage_api
         complete = False  # the whole answer was read, though the upstream may not have ended its body
         try:
             if resp.status >= 500 or resp.status in _FAILOVER_STATUSES:
                 raise _status_error(backend, resp)
             if stream and resp.status == 200 and resp.content_type.startswith("text/event-stream"):
-                headers = [
-                    (b"content-type", resp.content_type.encode("latin-1")),
-                    *wire.STREAM_HEADERS,
-                    *headers,
-                ]
+                content_type = resp.content_type if leg.translation is None else _SSE_CONTENT_TYPE
+                headers = [(b"content-type", content_type.encode("latin-1")), *wire.STREAM_HEADERS, *headers]
                 complete = await self._relay_stream(
-                    send, backend, ticket, resp, headers, strip_usage, exchange
+                    send, endpoint, leg, backend, ticket, resp, headers, strip_usage, exchange
                 )
                 return
             payload = await resp.read()
             if stream and resp.status == 200:
                 # The upstream ignored stream=true and answered whole: give the client the stream it asked
                 # for (relayed as it is, the SDK would see an empty stream and no error).
-                events = whole_answer_as_stream(payload, chat=endpoint is CHAT, include_usage=not strip_usage)
+                events = self._whole_as_stream(endpoint, leg, payload, strip_usage)
                 if events is None:
                     message = (
-                        f"backend {backend.name} answered a stream request whole, and not with a completion"
+                        f"backend {backend.name} answered a stream request whole, and not with an answer"
                     )
                     raise UpstreamStreamBroken(message)
                 exchange.answer = payload  # metered from its usage, exactly
                 payload, headers = events, [*wire.SSE_HEADERS, *wire.STREAM_HEADERS, *headers]
-            else:
+            elif leg.translation is None:
                 if resp.status == 200:
                     exchange.answer = payload
+                    if endpoint is RESPONSES:
+                        self._remember(payload, exchange, backend)
                 headers = [(b"content-type", resp.content_type.encode("latin-1")), *headers]
+            else:
+                payload = self._translated_whole(
+                    endpoint, leg.translation, backend, resp.status, payload, exchange
+                )
+                headers = [*wire.JSON_HEADERS, *headers]
             exchange.status, exchange.ttfb_s = resp.status, self.clock() - exchange.started_s
             await wire.send_bytes(send, resp.status, payload, headers)
         finally:
@@ -485,9 +514,46 @@ class Proxy:
                 resp.close()
         backend.record_success(ticket)
 
+    def _remember(self, answer: bytes, exchange: Exchange, backend: Backend) -> None:
+        """Note the backend that created a response (its own store keeps it for ``GET``)."""
+        found = response_id(answer)
+        if found is not None and exchange.request.get("store") is not False:
+            self.response_owners.remember(found, exchange.tenant, backend.name)
+
+    @staticmethod
+    def _whole_as_stream(endpoint: Endpoint, leg: Leg, payload: bytes, strip_usage: bool) -> bytes | None:
+        """The stream the client asked for, made of a whole answer (None: it is not one we can stream)."""
+        if leg.translation is not None:
+            events = whole_answer_as_stream(payload, chat=True, include_usage=True)
+            return None if events is None else leg.translation.converter().feed(events)
+        if endpoint.name == "messages":
+            return message_as_stream(payload)
+        if endpoint.name == "responses":
+            return response_as_stream(payload)
+        if not endpoint.asks_usage:  # embeddings do not stream
+            return None
+        return whole_answer_as_stream(payload, chat=endpoint.name == "chat", include_usage=not strip_usage)
+
+    @staticmethod
+    def _translated_whole(
+        endpoint: Endpoint, translation: Translation, backend: Backend, status: int, payload: bytes,
+        exchange: Exchange,
+    ) -> bytes:  # fmt: skip
+        """A chat backend's whole answer in the client's API: a completion translated back, an error in the
+        client's API's error shape."""
+        if status != 200:
+            return relayed_error(endpoint, True, status, payload)
+        converted = translation.whole(payload)
+        if converted is None:
+            raise UpstreamStreamBroken(f"backend {backend.name} answered 200 without a chat completion")
+        exchange.answer = payload  # metered from the chat answer the backend sent
+        return converted
+
     async def _relay_stream(
         self,
         send: wire.Send,
+        endpoint: Endpoint,
+        leg: Leg,
         backend: Backend,
         ticket: Ticket,
         resp: UpstreamResponse,
@@ -495,9 +561,11 @@ class Proxy:
         strip_usage: bool,
         exchange: Exchange,
     ) -> bool:
-        """Relay an upstream's stream to the client; True if it ended with ``data: [DONE]``."""
+        """Relay an upstream's stream to the client (translated on the way, if the leg is); True if it ended
+        as a whole answer (``data: [DONE]``, ``response.completed``, ``message_stop``)."""
         chunks = resp.chunks()
-        tap = StreamTap(strip_usage=strip_usage)
+        tap = leg.tap(strip_usage)
+        convert = leg.converter.feed if leg.converter is not None else None
         # Wait for the first whole event before answering: until then a failure can still fail over.
         first = b""
         while not first:
@@ -505,8 +573,12 @@ class Proxy:
             if chunk is None:
                 raise UpstreamStreamBroken("the upstream closed the stream before sending anything")
             first = tap.feed(chunk)
+            if convert is not None and first:
+                first = convert(first)
         exchange.tap, exchange.status = tap, 200
         exchange.ttfb_s = self.clock() - exchange.started_s
+        if endpoint is RESPONSES and convert is None:
+            self._remember(first, exchange, backend)  # the response.created event names it
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         last = first
         try:
@@ -515,25 +587,28 @@ class Proxy:
                 last = b""
                 async for chunk in chunks:
                     out = tap.feed(chunk)
+                    if convert is not None and out:
+                        out = convert(out)
                     if tap.done:
                         last = out
                         break
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
         except UpstreamError as exc:
-            # Bytes went out: no retry. Say so inside the stream, where the openai SDK raises it.
+            # Bytes went out: no retry. Say so inside the stream, where the client's SDK raises it.
             backend.record_failure(self.clock(), ticket, exc.message)
             exchange.status = exc.status_code
             tap.rest()  # a partial event would corrupt the error event after it: drop it
-            await send({"type": "http.response.body", "body": wire.sse_error_event(exc)})
+            await send({"type": "http.response.body", "body": stream_error_event(endpoint, exc)})
             return False
         if tap.done:
-            # ``data: [DONE]``: the answer is whole, so end it now rather than at the upstream's end of body.
-            # Clients hang up right after [DONE]; an upstream that had not ended its body yet made that look
+            # The last event: the answer is whole, so end it now rather than at the upstream's end of body.
+            # Clients hang up right after it; an upstream that had not ended its body yet made that look
             # like a client leaving mid-stream (499). The caller lets the upstream finish on its own.
             await chunks.aclose()
         backend.record_success(ticket)
-        await send({"type": "http.response.body", "body": last + tap.rest()})
+        rest = tap.rest() if convert is None else b""  # a converter takes whole events only
+        await send({"type": "http.response.body", "body": last + rest})
         return tap.done
 
 
@@ -626,7 +701,9 @@ def _attempt(exchange: Exchange, backend: Backend) -> Attempt | None:
     if trace is None:
         return None
     upstream_model = backend.config.model or exchange.model
-    return trace.attempt(backend.name, backend.config.kind, upstream_model, exchange.attempts)
+    return trace.attempt(
+        backend.name, backend.config.kind, upstream_model, exchange.attempts, backend.config.provider
+    )
 
 
 def _upstream_headers(
@@ -658,4 +735,11 @@ def _finish(trace: Trace | None, exchange: Exchange, record: UsageRecord) -> Non
         return
     backend = exchange.backend
     answered_by = (backend.config.model or exchange.model) if backend is not None else ""
-    trace.finish(record, key_id=exchange.key_id, attempts=exchange.attempts, response_model=answered_by)
+    provider = backend.config.provider if backend is not None else "openai"
+    trace.finish(
+        record,
+        key_id=exchange.key_id,
+        attempts=exchange.attempts,
+        response_model=answered_by,
+        provider=provider,
+    )

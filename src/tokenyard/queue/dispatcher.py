@@ -205,7 +205,7 @@ class Dispatcher:
     def _capacity(self, job: Job, track: AsyncTrackConfig) -> Capacity:
         return Capacity(
             idle_dedicated=bool(self._idle_dedicated(job.model, track)),
-            provider_batch=self.batches.backend_for(job.model) is not None,
+            provider_batch=self.batches.backend_for(job.model, job.endpoint) is not None,
             has_dedicated=any(b.config.kind == "dedicated" for b in self.deployments(job.model)),
         )
 

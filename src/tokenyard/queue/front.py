@@ -35,6 +35,7 @@ from tokenyard.wire import asgi as wire
 log = logging.getLogger("tokenyard.async")
 
 JOBS_PATH = "/v1/async/jobs/"
+CANCELLED_PATH = "cancelled"  # the path of a result its client stored by cancelling the job
 POLL_S = 0.5  # a held connection looks at the store this often (a dispatcher in this process wakes it)
 GRACE_S = 5.0  # past the deadline, how long a held connection still waits for the dispatcher
 # Storing answers the store refused: the first retry, and the longest gap (no longer than the dispatcher's
@@ -111,9 +112,12 @@ class AsyncFront:
         id_header: list[tuple[bytes, bytes]],
         job_id: str | None = None,
         traceparent: str = "",
+        accepted: Callable[[Job], bytes] | None = None,
     ) -> None:
         """Queue an async request as job ``job_id`` (default: a new id); answer 202 (poll) or wait for its
-        result (hold). ``traceparent``: the request's trace, which the job's spans join."""
+        result (hold). ``traceparent``: the request's trace, which the job's spans join. ``accepted``: the
+        200 body to answer a queued poll job with instead of the 202 (a background response says itself
+        that it is queued)."""
         now = self.wall()
         deadline_s = decision.deadline_s or self.config.default_deadline_s
         if decision.delivery == "hold":
@@ -143,6 +147,9 @@ class AsyncFront:
             self.record(usage)  # never queued: nothing to store, nobody else will run it
         else:
             self.wake()
+            if decision.delivery == "poll" and accepted is not None:
+                await wire.send_bytes(send, 200, accepted(job), [*wire.JSON_HEADERS, *_async_headers(job)])
+                return
             if decision.delivery == "poll":
                 location = (JOBS_PATH + job.id).encode()
                 await wire.send_bytes(
@@ -212,8 +219,14 @@ class AsyncFront:
             self.notify(result.job_id)
             return result, True
         self.duplicates += 1
-        log.info("async: job %s was answered twice; the later answer is dropped", result.job_id)
-        return await self.store.result(result.job_id) or result, False
+        stored = await self.store.result(result.job_id)
+        if stored is not None and stored.path == CANCELLED_PATH:
+            # Cancelled by its client while it ran: the answer is dropped, but the upstream served it.
+            self.record(usage)
+            log.info("async: job %s was cancelled while it ran; its usage is billed", result.job_id)
+        else:
+            log.info("async: job %s was answered twice; the later answer is dropped", result.job_id)
+        return stored or result, False
 
     async def _store_unstored(self) -> None:
         """Retry storing the kept answers, backing off while the store is down, until it has them all."""

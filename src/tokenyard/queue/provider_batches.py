@@ -2,14 +2,16 @@
 
 The dispatcher hands over each job it places on the ``provider_batch`` path. Here it is
 
-- gathered with other jobs for the same batch backend and endpoint, and submitted when the gather is full
-  (``batches.max_requests``) or has waited ``batches.max_wait_s``, in as many input files as the provider's
-  limits need; each batch is recorded in the job store, so a restarted leader resumes polling it;
+- gathered with other jobs for the same batch backend and endpoint (a backend takes the endpoints its Batch
+  API speaks: OpenAI's chat, completions and embeddings, Anthropic's messages), and submitted when the
+  gather is full (``batches.max_requests``) or has waited ``batches.max_wait_s``, in as many batches as the
+  provider's limits need; each batch is recorded in the job store, so a restarted leader resumes polling it;
 - polled every ``batches.poll_s``; a batch still open when its jobs' deadline comes close is cancelled
   (finished lines still count, the rest go another way);
 - read when it ends (completed, expired, failed, cancelled): each line answered is reported through the
-  ``answered`` callback; a line that failed for the provider's reasons (5xx, 429, expiry) or is missing puts
-  its job back in the queue, to go another way before its deadline.
+  ``answered`` callback; a line that failed for the provider's reasons (5xx — Anthropic's overloaded 529
+  too —, 429, expiry, a cancel) or is missing puts its job back in the queue, to go another way before its
+  deadline; a line that failed for its own (a 400) is its job's answer.
 
 The request path's side of a batch job — its body for the backend (the model renamed as the provider names
 it) and the usage record of its answer — comes in as callables: this module knows jobs and batches, not
@@ -32,7 +34,7 @@ from tokenyard.queue.model import JSON_TYPE, Job, JobResult
 from tokenyard.queue.settings import AsyncTrackConfig
 from tokenyard.queue.store import JobQueue
 from tokenyard.wire.asgi import H_BACKEND, H_BACKEND_KIND
-from tokenyard.wire.ids import new_object_id, new_request_id
+from tokenyard.wire.ids import new_request_id
 
 log = logging.getLogger("tokenyard.dispatcher")  # the dispatcher's work, under its logger as before
 
@@ -91,17 +93,19 @@ class ProviderBatches:
         self._polled_at = -math.inf
         self._batch_deadline: dict[str, float] = {}  # open batch → the earliest deadline of its jobs
 
-    def backend_for(self, model: str) -> BatchBackend | None:
-        """The model's batch backend, if it has one that is not failing now."""
+    def backend_for(self, model: str, endpoint: str) -> BatchBackend | None:
+        """The model's batch backend, if it has one whose Batch API takes ``endpoint``'s requests and that
+        is not failing now."""
         name = self.batch_of.get(model)
         backend = self.backends.get(name) if name else None
-        if backend is None or backend.batch_api is None or not backend.breaker.available(self.clock()):
+        api = backend.batch_api if backend is not None else None
+        if backend is None or api is None or endpoint not in api.endpoints:
             return None
-        return backend
+        return backend if backend.breaker.available(self.clock()) else None
 
     def gather(self, job: Job, now: float) -> None:
         """Take a job for its model's batch backend (``backend_for`` must have found one)."""
-        backend = self.backend_for(job.model)
+        backend = self.backend_for(job.model, job.endpoint)
         assert backend is not None  # the dispatcher placed it here having seen one
         gather = self._gathers.setdefault((backend.name, job.endpoint), Gather(since=now))
         gather.jobs.append(job)
@@ -123,15 +127,14 @@ class ProviderBatches:
         return failed
 
     async def _submit(self, backend: BatchBackend, endpoint: str, jobs: list[Job]) -> None:
-        """Upload the jobs as input files within the provider's limits and start a batch for each."""
+        """Submit the jobs in as many batches as the provider's limits need, each recorded as it starts."""
         api = backend.batch_api
         assert api is not None
         batches = self.settings().batches
         lines = [BatchLine(job.id, job.endpoint, self.body_for(job, backend.name)) for job in jobs]
         for content, ids in api.input_files(lines, max_requests=batches.max_requests):
-            file_id = await api.upload(content, filename=new_object_id("tokenyard-") + ".jsonl")
-            state = await api.create(
-                file_id,
+            state = await api.submit(
+                content,
                 endpoint,
                 completion_window=batches.completion_window,
                 metadata={"source": "tokenyard"},
@@ -159,12 +162,10 @@ class ProviderBatches:
             if not state.terminal:
                 await self._cancel_if_late(ref, api, state.id, state.status, job_ids)
                 return
-            output = await api.content(state.output_file_id) if state.output_file_id else b""
-            errors = await api.content(state.error_file_id) if state.error_file_id else b""
+            answers = await api.outcomes(state)
         except UpstreamError as exc:
             log.warning("dispatcher: cannot read batch %s from %s: %s", batch_id, name, exc)
             return
-        answers = api.results(output, errors)
         # A line missing (expired) or failed on the provider's side: its job goes back to the queue.
         lines = {
             job_id: line

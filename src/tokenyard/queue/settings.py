@@ -11,7 +11,7 @@ from tokenyard.admission.classify import Rule
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 Share = Annotated[float, Field(gt=0, le=1)]
-Endpoint = Literal["chat", "completions", "embeddings"]
+Endpoint = Literal["chat", "completions", "embeddings", "responses", "messages"]
 
 
 class _Strict(BaseModel):

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tokenyard.errors import MethodNotAllowed, RouteNotFound, TokenyardError
-from tokenyard.simulator import batches, catalog, control, files, inference, metrics
+from tokenyard.simulator import batches, catalog, control, files, inference, message_batches, metrics
 from tokenyard.simulator.clock import Clock, SystemClock
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.request import Request, header_dict, parse_json
@@ -28,6 +28,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/v1/models": {"GET": catalog.list_models},
     "/v1/files": {"GET": files.list_files, "POST": files.upload_file},
     "/v1/batches": {"GET": batches.list_batches, "POST": batches.create_batch},
+    "/v1/messages/batches": {"GET": message_batches.list_batches, "POST": message_batches.create_batch},
     "/metrics": {"GET": metrics.metrics},
     "/sim/stats": {"GET": control.stats},
     "/sim/requests": {"GET": control.recent_requests},
@@ -37,6 +38,9 @@ ROUTES: dict[str, dict[str, Handler]] = {
 # (prefix, suffix, methods): the path parameter is what lies between; the first route that fits wins, so
 # the ones with a suffix come first. Model ids may contain "/".
 PARAM_ROUTES: tuple[tuple[str, str, dict[str, Handler]], ...] = (
+    ("/v1/messages/batches/", "/results", {"GET": message_batches.batch_results}),
+    ("/v1/messages/batches/", "/cancel", {"POST": message_batches.cancel_batch}),
+    ("/v1/messages/batches/", "", {"GET": message_batches.retrieve_batch}),
     ("/v1/files/", "/content", {"GET": files.file_content}),
     ("/v1/batches/", "/cancel", {"POST": batches.cancel_batch}),
     ("/v1/models/", "", {"GET": catalog.retrieve_model}),

@@ -15,6 +15,7 @@ from tokenyard.simulator.capacity import Slots
 from tokenyard.simulator.clock import Clock
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.file_store import FileStore
+from tokenyard.simulator.message_batch_job import MessageBatchStore
 from tokenyard.simulator.metrics import EngineMeter
 
 REQUEST_LOG_SIZE = 200
@@ -64,6 +65,7 @@ class SimulatorState:
         "engine",
         "faults",
         "files",
+        "message_batches",
         "metrics_frozen",
         "recent_requests",
         "rng",
@@ -80,6 +82,7 @@ class SimulatorState:
         self.rng = random.Random(config.seed)
         self.files = FileStore(config.seed)
         self.batches = BatchStore(config.seed)
+        self.message_batches = MessageBatchStore(config.seed)  # Anthropic's Message Batches
         self.engine = EngineMeter()  # the figures /metrics reports beside the slots
         self.metrics_frozen: str | None = None  # the page metrics_stale serves
 
@@ -96,6 +99,7 @@ class SimulatorState:
         self.slots.reset_peak()
         self.files.clear()
         self.batches.clear()
+        self.message_batches.clear()
         self.engine.reset(self.clock.monotonic())
         self.metrics_frozen = None
 

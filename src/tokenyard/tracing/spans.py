@@ -24,9 +24,16 @@ from tokenyard.queue.model import Job, JobResult
 from tokenyard.tracing.trace import PassThrough, Trace, sampled, valid_traceparent
 
 # GenAI semantic conventions' operation names, by tokenyard endpoint name.
-OPERATIONS: Final = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
-# Every upstream speaks OpenAI's API today; the conventions name the provider by its API.
-PROVIDER: Final = "openai"
+# Responses and Anthropic's Messages are chat, as the conventions' OpenAI and Anthropic instrumentations say.
+OPERATIONS: Final = {
+    "chat": "chat",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+    "responses": "chat",
+    "messages": "chat",
+}
+# The conventions' provider names, by a backend's ``provider``.
+PROVIDERS: Final = {"openai": "openai", "anthropic": "anthropic", "azure": "azure.ai.openai"}
 # Paths whose run goes through the proxy (its own span, with attempts); the others get a span here.
 _RUN_PATHS: Final = frozenset({"realtime", "idle_dedicated"})
 
@@ -108,14 +115,16 @@ class RequestTrace:
         self._wall = wall
         self.traceparent = _traceparent(span)
 
-    def attempt(self, backend: str, kind: str, upstream_model: str, number: int) -> AttemptSpan:
+    def attempt(
+        self, backend: str, kind: str, upstream_model: str, number: int, provider: str = "openai"
+    ) -> AttemptSpan:
         span = self._tracer.start_span(
             f"{self._operation} {upstream_model}",
             self._context,
             SpanKind.CLIENT,
             {
                 "gen_ai.operation.name": self._operation,
-                "gen_ai.provider.name": PROVIDER,
+                "gen_ai.provider.name": PROVIDERS.get(provider, provider),
                 "gen_ai.request.model": upstream_model,
                 "tokenyard.backend": backend,
                 "tokenyard.backend.kind": kind,
@@ -135,7 +144,15 @@ class RequestTrace:
             span.set_attribute("http.response.status_code", status)
         span.end(_ns(self._wall()))
 
-    def finish(self, record: UsageRecord, *, key_id: str, attempts: int, response_model: str = "") -> None:
+    def finish(
+        self,
+        record: UsageRecord,
+        *,
+        key_id: str,
+        attempts: int,
+        response_model: str = "",
+        provider: str = "openai",
+    ) -> None:
         span = self._span
         if span.kind is SpanKind.SERVER:  # a request, named as the conventions say (a job run keeps its name)
             span.update_name(f"{self._operation} {record.model}")
@@ -143,7 +160,7 @@ class RequestTrace:
         span.set_attributes(
             {
                 "gen_ai.request.model": record.model,
-                "gen_ai.provider.name": PROVIDER,
+                "gen_ai.provider.name": PROVIDERS.get(provider, provider),
                 "tokenyard.tenant": record.tenant,
                 "tokenyard.key_id": key_id,
                 "tokenyard.attempts": attempts,

@@ -40,17 +40,28 @@ class Trace(Protocol):
 
     traceparent: str  # the context a job keeps, so its wait and its run join this trace later
 
-    def attempt(self, backend: str, kind: str, upstream_model: str, number: int) -> Attempt:
-        """A call to ``backend`` (``number``: 1 for the first, more after failover) starts now."""
+    def attempt(
+        self, backend: str, kind: str, upstream_model: str, number: int, provider: str = "openai"
+    ) -> Attempt:
+        """A call to ``backend`` (``number``: 1 for the first, more after failover; ``provider``: whose API
+        it speaks) starts now."""
         ...
 
     def queued(self, job_id: str, reason: str, status: int) -> None:
         """The request became an async job (answered ``status``: 202, or the held answer's)."""
         ...
 
-    def finish(self, record: UsageRecord, *, key_id: str, attempts: int, response_model: str = "") -> None:
+    def finish(
+        self,
+        record: UsageRecord,
+        *,
+        key_id: str,
+        attempts: int,
+        response_model: str = "",
+        provider: str = "openai",
+    ) -> None:
         """The request is over; ``record`` is what the meter got, ``response_model`` the upstream's name of
-        the model that answered."""
+        the model that answered, ``provider`` whose API its backend speaks."""
         ...
 
     def refused(self, status: int, error: str) -> None:
@@ -66,7 +77,9 @@ class PassThrough:
     def __init__(self, traceparent: str) -> None:
         self.traceparent = traceparent
 
-    def attempt(self, backend: str, kind: str, upstream_model: str, number: int) -> PassThrough:
+    def attempt(
+        self, backend: str, kind: str, upstream_model: str, number: int, provider: str = "openai"
+    ) -> PassThrough:
         return self
 
     def end(self, status: int, error: str | None = None) -> None:
@@ -75,7 +88,15 @@ class PassThrough:
     def queued(self, job_id: str, reason: str, status: int) -> None:
         pass
 
-    def finish(self, record: UsageRecord, *, key_id: str, attempts: int, response_model: str = "") -> None:
+    def finish(
+        self,
+        record: UsageRecord,
+        *,
+        key_id: str,
+        attempts: int,
+        response_model: str = "",
+        provider: str = "openai",
+    ) -> None:
         pass
 
     def refused(self, status: int, error: str) -> None:

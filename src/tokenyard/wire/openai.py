@@ -20,6 +20,7 @@ API_PREFIX: Final = "/v1"  # what an upstream's base URL ends with; inference pa
 CHAT_PATH: Final = "/v1/chat/completions"
 COMPLETIONS_PATH: Final = "/v1/completions"
 EMBEDDINGS_PATH: Final = "/v1/embeddings"
+RESPONSES_PATH: Final = "/v1/responses"
 INFERENCE_PATHS: Final = (CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH)
 """The endpoints a request (and a batch line) may call, in the order OpenAI lists them."""
 
