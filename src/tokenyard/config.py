@@ -60,6 +60,9 @@ class Prices(_Strict):
 
     input_per_1m: NonNegativeFloat = 0.0
     cached_input_per_1m: NonNegativeFloat | None = None  # None: same as input_per_1m
+    # Writing a prompt into a provider's cache (Anthropic's cache_creation_input_tokens: 1.25x input for a
+    # 5-minute cache). None: same as input_per_1m, as providers that cache without a write charge bill it.
+    cache_write_input_per_1m: NonNegativeFloat | None = None
     output_per_1m: NonNegativeFloat = 0.0
 
 

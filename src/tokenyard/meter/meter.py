@@ -48,8 +48,9 @@ from tokenyard.meter.store import MeterStore
 log = logging.getLogger("tokenyard.meter")
 
 # Positions in an aggregate row (a plain list of ints: cheapest to add into on the hot path).
-_REQUESTS, _ERRORS, _ESTIMATED, _PROMPT, _CACHED, _COMPLETION, _COST, _LATENCY, _TTFB = range(9)
-_FIRST_BUCKET = 9
+_REQUESTS, _ERRORS, _ESTIMATED, _PROMPT, _CACHED, _COMPLETION, _CACHE_WRITE, _REASONING = range(8)
+_COST, _LATENCY, _TTFB = range(8, 11)
+_FIRST_BUCKET = 11
 _ROW_WIDTH = len(AGG_FIELDS)
 _FIRST_SHAPE = _ROW_WIDTH - len(SHAPE_FIELDS)  # each shape: requests, prompt, completion
 _OUTPUT_BUCKETS = len(OUTPUT_EDGES) + 1
@@ -67,6 +68,8 @@ def add_record(row: list[int], record: UsageRecord) -> None:
     row[_PROMPT] += record.prompt_tokens
     row[_CACHED] += record.cached_tokens
     row[_COMPLETION] += record.completion_tokens
+    row[_CACHE_WRITE] += record.cache_write_tokens
+    row[_REASONING] += record.reasoning_tokens
     row[_COST] += record.cost_pusd
     row[_LATENCY] += record.latency_ms
     row[_TTFB] += record.ttfb_ms

@@ -26,8 +26,10 @@ AGG_FIELDS: tuple[str, ...] = (
     "errors",
     "estimated",  # requests whose tokens were counted locally (the upstream sent no usage)
     "prompt_tokens",
-    "cached_tokens",
+    "cached_tokens",  # read from a prompt cache; part of prompt_tokens
     "completion_tokens",
+    "cache_write_tokens",  # written into a prompt cache (Anthropic's cache_creation); part of prompt_tokens
+    "reasoning_tokens",  # part of completion_tokens, billed as output
     "cost_pusd",  # per-token cost; dedicated backends cost GPU time instead (see GPU_FIELDS)
     "latency_ms",  # sum; busy time on the backend
     "ttfb_ms",  # sum of time to first byte
@@ -177,9 +179,11 @@ class UsageRecord:
     route: str  # primary | spillover | fallback | failover | "" (no backend)
     status: int
     prompt_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # read from a prompt cache: part of prompt_tokens
     completion_tokens: int = 0
     estimated: bool = False
+    cache_write_tokens: int = 0  # written into a prompt cache: part of prompt_tokens
+    reasoning_tokens: int = 0  # part of completion_tokens
     ttfb_ms: int = 0
     latency_ms: int = 0
     cost_pusd: int = 0

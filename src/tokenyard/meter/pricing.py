@@ -21,13 +21,19 @@ class TokenPrices:
     input_pusd: int
     cached_input_pusd: int
     output_pusd: int
+    cache_write_input_pusd: int = 0  # a token written into a prompt cache
 
-    def cost_pusd(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> int:
-        """The cost of one request; cached prompt tokens are a part of ``prompt_tokens``."""
+    def cost_pusd(
+        self, prompt_tokens: int, cached_tokens: int, completion_tokens: int, cache_write_tokens: int = 0
+    ) -> int:
+        """The cost of one request. Cached prompt tokens (read from a cache) and cache-write tokens (written
+        into one) are both parts of ``prompt_tokens``; each part is billed at its own price."""
         cached = min(max(cached_tokens, 0), prompt_tokens)
+        written = min(max(cache_write_tokens, 0), prompt_tokens - cached)
         return (
-            (prompt_tokens - cached) * self.input_pusd
+            (prompt_tokens - cached - written) * self.input_pusd
             + cached * self.cached_input_pusd
+            + written * self.cache_write_input_pusd
             + completion_tokens * self.output_pusd
         )
 
@@ -46,10 +52,13 @@ def token_prices(backend: BackendConfig) -> TokenPrices:
         return FREE
     prices = backend.prices
     cached = prices.input_per_1m if prices.cached_input_per_1m is None else prices.cached_input_per_1m
+    written = prices.cache_write_input_per_1m
+    written = prices.input_per_1m if written is None else written
     return TokenPrices(
         usd_per_1m_to_pusd(prices.input_per_1m),
         usd_per_1m_to_pusd(cached),
         usd_per_1m_to_pusd(prices.output_per_1m),
+        usd_per_1m_to_pusd(written),
     )
 
 

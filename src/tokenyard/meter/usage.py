@@ -8,86 +8,171 @@ characters a prompt token, one completion token per streamed output chunk (as Op
 stream). Output is what the user pays for: ``content`` and ``text``, and also reasoning
 (``reasoning_content``, ``reasoning``), refusals and tool-call arguments, which count in an upstream's
 ``completion_tokens`` too.
+
+Each API names its usage its own way, and each is read into one ``Usage``:
+
+- chat and legacy completions, embeddings: ``prompt_tokens`` (with ``prompt_tokens_details.cached_tokens``
+  among them), ``completion_tokens`` (with ``completion_tokens_details.reasoning_tokens`` among them);
+- Responses: ``input_tokens`` (``input_tokens_details.cached_tokens``), ``output_tokens``
+  (``output_tokens_details.reasoning_tokens``); a stream's usage rides in ``response.completed`` (or
+  ``response.incomplete`` / ``response.failed``);
+- Anthropic Messages: ``input_tokens`` *leaves out* cache reads (``cache_read_input_tokens``) and cache
+  writes (``cache_creation_input_tokens``), so the prompt is their sum; a stream's usage opens in
+  ``message_start`` and its output count grows in ``message_delta`` (cumulative).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 
 @dataclass(slots=True)
 class Usage:
-    """Tokens one request used."""
+    """Tokens one request used. ``cached_tokens`` (read from a prompt cache) and ``cache_write_tokens``
+    (written into one) are parts of ``prompt_tokens``; ``reasoning_tokens`` are part of
+    ``completion_tokens`` (billed as output)."""
 
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
     estimated: bool = False
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
-def parse_usage(obj: Any) -> Usage | None:
-    """A ``usage`` object of a response or chunk, or None if it has none."""
+def parse_usage(obj: Any, api: str = "chat") -> Usage | None:
+    """The ``usage`` object of a response or chunk in ``api``'s shape, or None if it has none."""
     usage = obj.get("usage") if isinstance(obj, dict) else None
     if not isinstance(usage, dict):
         return None
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if api == "messages":
+        return _messages_usage(usage)
+    if api == "responses":
+        return Usage(
+            prompt_tokens=_int(usage.get("input_tokens")),
+            cached_tokens=_detail(usage, "input_tokens_details", "cached_tokens"),
+            completion_tokens=_int(usage.get("output_tokens")),
+            reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens"),
+        )
     return Usage(
         prompt_tokens=_int(usage.get("prompt_tokens")),
-        cached_tokens=_int(cached),
+        cached_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
         completion_tokens=_int(usage.get("completion_tokens")),
+        reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
     )
+
+
+def _messages_usage(usage: dict[str, Any]) -> Usage:
+    read = _int(usage.get("cache_read_input_tokens"))
+    written = _int(usage.get("cache_creation_input_tokens"))
+    return Usage(
+        prompt_tokens=_int(usage.get("input_tokens")) + read + written,
+        cached_tokens=read,
+        completion_tokens=_int(usage.get("output_tokens")),
+        cache_write_tokens=written,
+    )
+
+
+def _detail(usage: dict[str, Any], details: str, name: str) -> int:
+    inner = usage.get(details)
+    return _int(inner.get(name)) if isinstance(inner, dict) else 0
 
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def usage_of_body(body: bytes) -> Usage | None:
-    """The usage of a whole (non-streaming) JSON answer."""
+def usage_of_body(body: bytes, api: str = "chat") -> Usage | None:
+    """The usage of a whole (non-streaming) JSON answer in ``api``'s shape."""
     if b'"usage"' not in body:
         return None
     try:
-        return parse_usage(orjson.loads(body))
+        return parse_usage(orjson.loads(body), api)
     except orjson.JSONDecodeError:
         return None
 
 
 def estimate_prompt_tokens(request: dict[str, Any]) -> int:
-    """A local estimate of a request's prompt tokens (~4 characters a token, at least 1)."""
+    """A local estimate of a request's prompt tokens (~4 characters a token, at least 1), in any API:
+    chat ``messages``, ``prompt``, Responses ``input`` and ``instructions``, Messages ``system``."""
     chars = 0
     for message in request.get("messages") or ():
         if isinstance(message, dict):
             chars += _text_length(message.get("content"))
-    for key in ("prompt", "input"):
+    for key in ("prompt", "input", "instructions", "system"):
         chars += _text_length(request.get(key))
     return max(1, -(-chars // 4))
 
 
 def _text_length(value: Any) -> int:
+    """Characters of text in a string, or in the parts, blocks or items of a list (nested content too)."""
     if isinstance(value, str):
         return len(value)
     if isinstance(value, list):
-        return sum(_text_length(part.get("text") if isinstance(part, dict) else part) for part in value)
+        return sum(_text_length(_text_of(part)) for part in value)
     return 0
 
 
-def estimate_completion_tokens(body: bytes) -> int:
+def _text_of(part: Any) -> Any:
+    if not isinstance(part, dict):
+        return part
+    for key in ("text", "content", "output", "arguments"):
+        if key in part:
+            return part[key]
+    return None
+
+
+def estimate_completion_tokens(body: bytes, api: str = "chat") -> int:
     """A local estimate of the completion tokens of a whole answer without usage (~4 characters a token)."""
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
         return 0
-    chars = 0
-    for choice in obj.get("choices") or () if isinstance(obj, dict) else ():
-        if isinstance(choice, dict):
-            message = choice.get("message")
-            chars += _text_length(message.get("content") if isinstance(message, dict) else choice.get("text"))
+    if not isinstance(obj, dict):
+        return 0
+    if api == "responses":
+        chars = _text_length(obj.get("output"))  # message items' text parts, function calls' arguments
+    elif api == "messages":
+        chars = _text_length(obj.get("content"))
+    else:
+        chars = 0
+        for choice in obj.get("choices") or ():
+            if isinstance(choice, dict):
+                message = choice.get("message")
+                text = message.get("content") if isinstance(message, dict) else choice.get("text")
+                chars += _text_length(text)
     return -(-chars // 4)
+
+
+class Tap(Protocol):
+    """Watches a stream being relayed: what to forward now, the usage it carried, whether it ended whole."""
+
+    usage: Usage | None
+    content_chunks: int  # output chunks, one completion token each when estimating
+    done: bool  # the stream's last event has been passed on: the answer is whole
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take a chunk from the upstream; return what to send to the client now (whole events only)."""
+        ...
+
+    def rest(self) -> bytes:
+        """Whatever partial event is still held when the stream ends."""
+        ...
+
+
+def stream_tap(api: str, *, strip_usage: bool) -> Tap:
+    """The tap for a stream in ``api``: chat and legacy completions (``data:`` chunks ending ``[DONE]``),
+    Responses or Messages (named events ending in a last typed event). Only chat streams carry a usage
+    chunk the client may not have asked for (``strip_usage``)."""
+    if api == "responses":
+        return ResponsesTap()
+    if api == "messages":
+        return MessagesTap()
+    return StreamTap(strip_usage=strip_usage)
 
 
 _MAX_HELD = 1 << 20
@@ -122,8 +207,7 @@ class StreamTap:
     def feed(self, chunk: bytes) -> bytes:
         """Take a chunk from the upstream; return what to send to the client now."""
         data = self._held + chunk if self._held else chunk
-        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
-        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        end = _events_end(data)
         if not end:  # no complete event yet
             if len(data) > _MAX_HELD:  # not SSE as we know it: stop waiting for events, pass it on
                 self._held = b""
@@ -232,3 +316,105 @@ def _usage_at(data: bytes, start: int) -> int:
     """Where the next usage object starts in ``data`` from ``start``, or -1."""
     found = [at for at in (data.find(b'"usage":{', start), data.find(b'"usage": {', start)) if at >= 0]
     return min(found) if found else -1
+
+
+class _NamedEventTap:
+    """A tap for streams of named events (Responses, Messages): forwards whole events as they are, counts
+    output chunks, and parses only the few events that carry usage or end the stream."""
+
+    __slots__ = ("_held", "content_chunks", "done", "usage")
+    _OUTPUT: re.Pattern[bytes]
+    _MARKERS: tuple[bytes, ...]  # events worth parsing hold one of these
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.content_chunks = 0
+        self.done = False
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._held + chunk if self._held else chunk
+        end = _events_end(data)
+        if not end:
+            if len(data) > _MAX_HELD:  # not SSE as we know it: pass it on
+                self._held = b""
+                return data
+            self._held = data
+            return b""
+        complete, self._held = data[:end], data[end:]
+        self.content_chunks += len(self._OUTPUT.findall(complete))
+        if any(marker in complete for marker in self._MARKERS):
+            for event in _EVENT_SEPARATOR.split(complete)[::2]:
+                if any(marker in event for marker in self._MARKERS):
+                    self._read(_event_json(event))
+        return complete
+
+    def rest(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
+    def _read(self, obj: Any) -> None:
+        raise NotImplementedError
+
+
+class ResponsesTap(_NamedEventTap):
+    """The Responses API's stream: usage and the end in ``response.completed`` (or ``.incomplete``,
+    ``.failed``), whose ``response`` carries the whole answer."""
+
+    __slots__ = ()
+    _OUTPUT = re.compile(rb'"delta"\s*:\s*"(?!")')
+    _MARKERS = (b"response.completed", b"response.incomplete", b"response.failed")
+
+    def _read(self, obj: Any) -> None:
+        if not isinstance(obj, dict) or obj.get("type") not in _RESPONSES_LAST:
+            return
+        self.done = True
+        usage = parse_usage(obj.get("response"), "responses")
+        if usage is not None:
+            self.usage = usage
+
+
+_RESPONSES_LAST = frozenset(("response.completed", "response.incomplete", "response.failed"))
+
+
+class MessagesTap(_NamedEventTap):
+    """Anthropic's Messages stream: usage opens in ``message_start`` (input and cache counts), the output
+    count grows in ``message_delta`` (cumulative, and may restate the input counts); ``message_stop`` ends
+    it."""
+
+    __slots__ = ()
+    _OUTPUT = re.compile(rb'"(text|partial_json|thinking)"\s*:\s*"(?!")')
+    _MARKERS = (b"message_start", b"message_delta", b"message_stop")
+
+    def _read(self, obj: Any) -> None:
+        kind = obj.get("type") if isinstance(obj, dict) else None
+        if kind == "message_stop":
+            self.done = True
+        elif kind == "message_start":
+            self.usage = parse_usage(obj.get("message"), "messages") or self.usage
+        elif kind == "message_delta" and isinstance(obj.get("usage"), dict):
+            delta: dict[str, Any] = obj["usage"]
+            usage = self.usage or Usage()
+            usage.completion_tokens = _int(delta.get("output_tokens")) or usage.completion_tokens
+            if delta.get("input_tokens") is not None:  # restated at the end: the final counts win
+                restated = _messages_usage(delta)
+                usage.prompt_tokens, usage.cached_tokens = restated.prompt_tokens, restated.cached_tokens
+                usage.cache_write_tokens = restated.cache_write_tokens
+            self.usage = usage
+
+
+def _events_end(data: bytes) -> int:
+    """Just past the last whole event in ``data`` (0: none is whole yet)."""
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _event_json(event: bytes) -> Any:
+    """The JSON of an event's ``data:`` line (None if it has none, or it is not JSON)."""
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            try:
+                return orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                return None
+    return None

@@ -80,7 +80,9 @@ class Exchange:
         usage = self.usage()
         backend = self.backend
         cost = (
-            backend.prices.cost_pusd(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
+            backend.prices.cost_pusd(
+                usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.cache_write_tokens
+            )
             if backend is not None
             else 0
         )
@@ -98,6 +100,8 @@ class Exchange:
             cached_tokens=usage.cached_tokens,
             completion_tokens=usage.completion_tokens,
             estimated=usage.estimated,
+            cache_write_tokens=usage.cache_write_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
             ttfb_ms=round((self.ttfb_s if self.ttfb_s is not None else now_s - self.started_s) * 1000),
             latency_ms=round((now_s - self.started_s) * 1000),
             cost_pusd=cost,

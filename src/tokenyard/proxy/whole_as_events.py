@@ -33,7 +33,8 @@ def message_as_stream(body: bytes) -> bytes | None:
     content = message.get("content") if message is not None else None
     if message is None or not isinstance(content, list):
         return None
-    usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+    found = message.get("usage")
+    usage: dict[str, Any] = found if isinstance(found, dict) else {}
     start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
              "usage": {**usage, "output_tokens": 0}}  # fmt: skip
     events = [sse_named("message_start", {"type": "message_start", "message": start})]
@@ -102,7 +103,8 @@ def response_as_stream(body: bytes) -> bytes | None:
 def _item_events(out: _Numbered, index: int, item: dict[str, Any]) -> None:
     """One output item's events: added, its content (text parts, or a function call's arguments), done."""
     item_id, kind = item.get("id", ""), item.get("type")
-    parts = item.get("content") if kind == "message" and isinstance(item.get("content"), list) else []
+    content = item.get("content")
+    parts: list[Any] = content if kind == "message" and isinstance(content, list) else []
     opened = {**item, "status": "in_progress", **({"content": []} if kind == "message" else {})}
     if kind == "function_call":
         opened["arguments"] = ""

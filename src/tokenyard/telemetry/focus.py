@@ -116,6 +116,7 @@ class Meter(NamedTuple):
 
 INPUT = Meter("input-tokens", "Input Tokens")
 CACHED_INPUT = Meter("cached-input-tokens", "Cached Input Tokens")
+CACHE_WRITE_INPUT = Meter("cache-write-input-tokens", "Cache Write Input Tokens")
 OUTPUT = Meter("output-tokens", "Output Tokens")
 TOKENS = Meter("tokens", "Tokens")  # blended: the token meters did not add up to the stored cost
 GPU_TIME = Meter("gpu-time", "GPU Time")  # busy or idle: the same GPU-hours (the tag gpu_time says which)
@@ -156,7 +157,14 @@ def focus_rows(
     savings: dict[AggKey, int] = defaultdict(int)
     for key, fields in aggregates:
         hour_key = key._replace(minute=key.minute // HOUR_S * HOUR_S)
-        for name in ("prompt_tokens", "cached_tokens", "completion_tokens", "cost_pusd", "latency_ms"):
+        for name in (
+            "prompt_tokens",
+            "cached_tokens",
+            "cache_write_tokens",
+            "completion_tokens",
+            "cost_pusd",
+            "latency_ms",
+        ):
             hourly[hour_key][name] += fields.get(name, 0)
         savings[hour_key] += async_saving_pusd(key, fields, config)
     charges = [c for key, fields in hourly.items() for c in token_charges(key, fields, config.backends)]
@@ -177,6 +185,7 @@ def token_charges(
     cost = fields.get("cost_pusd", 0)
     prompt, completion = fields.get("prompt_tokens", 0), fields.get("completion_tokens", 0)
     cached = min(fields.get("cached_tokens", 0), prompt)
+    written = min(fields.get("cache_write_tokens", 0), prompt - cached)
     if key.kind == "dedicated" and not cost:  # it costs GPU time, its own rows
         return []
     if not (prompt or completion or cost):
@@ -185,8 +194,9 @@ def token_charges(
     if backend is not None:
         prices = token_prices(backend)
         meters = (
-            (INPUT, prompt - cached, prices.input_pusd),
+            (INPUT, prompt - cached - written, prices.input_pusd),
             (CACHED_INPUT, cached, prices.cached_input_pusd),
+            (CACHE_WRITE_INPUT, written, prices.cache_write_input_pusd),
             (OUTPUT, completion, prices.output_pusd),
         )
         if sum(tokens * price for _, tokens, price in meters) == cost:

@@ -263,7 +263,7 @@ class TokenyardCollector(Collector):
             requests.add_metric(values, row[_FIELD["requests"]])
             errors.add_metric(values, row[_FIELD["errors"]])
             estimated.add_metric(values, row[_FIELD["estimated"]])
-            for kind in ("prompt", "cached", "completion"):
+            for kind in ("prompt", "cached", "cache_write", "completion", "reasoning"):
                 tokens.add_metric([*values, kind], row[_FIELD[f"{kind}_tokens"]])
             cost.add_metric(values, row[_FIELD["cost_pusd"]] / PUSD_PER_USD)
             buckets, running = [], 0

@@ -28,7 +28,16 @@ from tokenyard.meter.pricing import token_prices
 DIMENSIONS = ("tenant", "model", "backend", "kind", "mode")
 GRANULARITY_S = {"minute": 60, "hour": 3600, "day": 86400, "total": 0}
 IDLE = "(idle)"
-_SUMMED = ("requests", "errors", "estimated", "prompt_tokens", "cached_tokens", "completion_tokens")
+_SUMMED = (
+    "requests",
+    "errors",
+    "estimated",
+    "prompt_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+)
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -385,7 +394,10 @@ def async_saving_pusd(key: AggKey, fields: Mapping[str, int], config: TokenyardC
     if not per_token:
         return 0
     realtime = token_prices(per_token[0]).cost_pusd(
-        fields.get("prompt_tokens", 0), fields.get("cached_tokens", 0), fields.get("completion_tokens", 0)
+        fields.get("prompt_tokens", 0),
+        fields.get("cached_tokens", 0),
+        fields.get("completion_tokens", 0),
+        fields.get("cache_write_tokens", 0),
     )
     return realtime - fields.get("cost_pusd", 0)
 

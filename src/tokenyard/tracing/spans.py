@@ -64,6 +64,8 @@ def usage_attributes(record: UsageRecord) -> Attributes:
         "gen_ai.usage.input_tokens": record.prompt_tokens,
         "gen_ai.usage.output_tokens": record.completion_tokens,
         "gen_ai.usage.cache_read.input_tokens": record.cached_tokens,
+        "gen_ai.usage.cache_creation.input_tokens": record.cache_write_tokens,
+        "gen_ai.usage.reasoning.output_tokens": record.reasoning_tokens,
         "tokenyard.usage.estimated": record.estimated,
         "tokenyard.cost_usd": record.cost_pusd / PUSD_PER_USD,
         "tokenyard.cost_pusd": record.cost_pusd,
