@@ -25,6 +25,7 @@ ROOMS = (
     "stores",
     "adapters",
     "simulator",
+    "dialects",
     "wire",
 )
 
@@ -60,6 +61,7 @@ TERMINAL = {"terminal"}  # tables and progress bars for the commands
     ("room", "may_import"),
     [
         ("wire", {"errors"}),
+        ("dialects", {"errors", "wire"}),  # pure translation between client APIs and chat completions
         ("adapters", {"errors", "wire"}),
         ("simulator", {"errors", "wire"}),
         ("stores", {"errors"}),
@@ -79,6 +81,7 @@ TERMINAL = {"terminal"}  # tables and progress bars for the commands
                 "adapters",
                 "admission",
                 "capacity",
+                "dialects",
                 "meter",
                 "queue",
                 "tracing",
@@ -155,6 +158,11 @@ PURE = (
     "queue/paths.py",
     "proxy/breaker.py",
     "proxy/whole_as_stream.py",
+    "proxy/whole_as_events.py",
+    "proxy/endpoints.py",
+    "dialects/responses.py",
+    "dialects/messages.py",
+    "meter/usage.py",
     "edge/routes.py",
     "meter/pricing.py",
     "meter/engine_usage.py",
