@@ -86,7 +86,7 @@ async def test_a_message_comes_back_and_is_metered_as_the_sdk_saw_it(proxy: Prox
         raw = await client.messages.with_raw_response.create(
             model=model, max_tokens=8, system="be brief", messages=HELLO
         )
-    message = raw.parse()
+    message = await raw.parse()
     assert message.type == "message"
     assert message.role == "assistant"
     assert message.content[0].type == "text"
@@ -248,7 +248,7 @@ async def test_failover_and_capacity_behave_as_on_chat(
         raw = await client.messages.with_raw_response.create(model="either", max_tokens=4, messages=HELLO)
         assert raw.headers["x-tokenyard-backend"] == "chat-only"
         assert raw.headers["x-tokenyard-route"] == "failover"
-        assert raw.parse().content[0].type == "text"
+        assert (await raw.parse()).content[0].type == "text"
         await set_faults(sims["chat"], fail_next=5, error_status=503)
         with pytest.raises(anthropic.APIStatusError) as overloaded:
             await client.messages.create(model="translated", max_tokens=4, messages=HELLO)
