@@ -13,6 +13,7 @@ from typing import Any, Literal
 from tokenyard.errors import ModelNotFound, TokenyardError
 from tokenyard.simulator import shapes
 from tokenyard.simulator.config import SimulatorConfig
+from tokenyard.simulator.dialects import reasoning_tokens
 from tokenyard.simulator.tokens import (
     EmbeddingPlan,
     GenerationPlan,
@@ -54,7 +55,10 @@ def completion_answer(
 ) -> dict[str, Any]:
     """A non-streamed ``chat.completion`` or ``text_completion`` of each choice's generated text."""
     build = shapes.chat_completion if kind == "chat" else shapes.text_completion
-    return build(head, texts, plan.finish_reason, shapes.usage(plan.prompt_tokens, plan.completion_tokens))
+    reasoning = reasoning_tokens(plan.model, plan.completion_tokens)
+    return build(
+        head, texts, plan.finish_reason, shapes.usage(plan.prompt_tokens, plan.completion_tokens, reasoning)
+    )
 
 
 def embedding_answer(plan: EmbeddingPlan, vectors: list[list[float]]) -> dict[str, Any]:

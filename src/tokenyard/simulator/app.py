@@ -11,7 +11,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tokenyard.errors import MethodNotAllowed, RouteNotFound, TokenyardError
-from tokenyard.simulator import batches, catalog, control, files, inference, message_batches, metrics
+from tokenyard.simulator import (
+    batches,
+    catalog,
+    control,
+    dialect_endpoints,
+    files,
+    inference,
+    message_batches,
+    metrics,
+)
 from tokenyard.simulator.clock import Clock, SystemClock
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.request import Request, header_dict, parse_json
@@ -25,6 +34,9 @@ ROUTES: dict[str, dict[str, Handler]] = {
     CHAT_PATH: {"POST": inference.chat_completions},
     COMPLETIONS_PATH: {"POST": inference.completions},
     EMBEDDINGS_PATH: {"POST": inference.embeddings},
+    "/v1/responses": {"POST": dialect_endpoints.responses},
+    "/v1/messages": {"POST": dialect_endpoints.messages},
+    "/v1/messages/count_tokens": {"POST": dialect_endpoints.count_tokens},
     "/v1/models": {"GET": catalog.list_models},
     "/v1/files": {"GET": files.list_files, "POST": files.upload_file},
     "/v1/batches": {"GET": batches.list_batches, "POST": batches.create_batch},
@@ -41,6 +53,13 @@ PARAM_ROUTES: tuple[tuple[str, str, dict[str, Handler]], ...] = (
     ("/v1/messages/batches/", "/results", {"GET": message_batches.batch_results}),
     ("/v1/messages/batches/", "/cancel", {"POST": message_batches.cancel_batch}),
     ("/v1/messages/batches/", "", {"GET": message_batches.retrieve_batch}),
+    ("/v1/responses/", "/input_items", {"GET": dialect_endpoints.response_input_items}),
+    ("/v1/responses/", "/cancel", {"POST": dialect_endpoints.cancel_response}),
+    (
+        "/v1/responses/",
+        "",
+        {"GET": dialect_endpoints.retrieve_response, "DELETE": dialect_endpoints.delete_response},
+    ),
     ("/v1/files/", "/content", {"GET": files.file_content}),
     ("/v1/batches/", "/cancel", {"POST": batches.cancel_batch}),
     ("/v1/models/", "", {"GET": catalog.retrieve_model}),

@@ -8,6 +8,7 @@ plan failed, take a generation slot, wait the time to first token, and produce t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from tokenyard.errors import ModelNotFound, TokenyardError
 from tokenyard.simulator import shapes
@@ -19,6 +20,7 @@ from tokenyard.simulator.answers import (
     plan_generation,
 )
 from tokenyard.simulator.capacity import TokenPacer, sample_ttft_s, stream_rate_per_s
+from tokenyard.simulator.dialects import CLOSING, ToolCall, reasoning_tokens, required_tool
 from tokenyard.simulator.habits import with_habits
 from tokenyard.simulator.request import Request
 from tokenyard.simulator.state import SimulatorState
@@ -30,6 +32,7 @@ from tokenyard.simulator.tokens import (
     embedding_vector,
     plan_embeddings,
 )
+from tokenyard.wire import anthropic
 from tokenyard.wire.asgi import (
     JSON_HEADERS,
     Send,
@@ -39,7 +42,6 @@ from tokenyard.wire.asgi import (
     send_json,
     until_client_leaves,
 )
-from tokenyard.wire.sse import SSE_DONE
 
 WORDS_PER_YIELD = 4096
 """Words a non-streamed answer draws between two yields to the event loop (about a millisecond): the
@@ -73,7 +75,7 @@ async def embeddings(state: SimulatorState, request: Request, send: Send) -> Non
         if isinstance(plan, EmbeddingPlan):
             await _embed(state, plan, send)
 
-    await _respond(state, request, send, plan, answer, streaming=False)
+    await respond(state, request, send, plan, answer, streaming=False)
 
 
 async def _generate(state: SimulatorState, request: Request, send: Send, kind: Kind) -> None:
@@ -82,15 +84,65 @@ async def _generate(state: SimulatorState, request: Request, send: Send, kind: K
     except TokenyardError as exc:
         plan = exc
 
+    body = request.json if isinstance(request.json, dict) else {}
+
+    def form_for(id_bits: int, created: int) -> AnswerForm:
+        assert isinstance(plan, GenerationPlan)
+        head = completion_head(kind, id_bits, created, plan.model, state.config)
+        tool = required_tool(body.get("tools"), body.get("tool_choice"), f"call_{id_bits:024x}", api="chat")
+        return OpenAIForm(kind, head, plan, tool if kind == "chat" else None)
+
     async def answer() -> None:
         if isinstance(plan, GenerationPlan):
-            await _complete(state, plan, request.raw_body, with_habits(send, state.faults, state.clock), kind)
+            habits = with_habits(send, state.faults, state.clock)
+            await complete(state, plan, request.raw_body, habits, form_for)
 
     streaming = isinstance(plan, GenerationPlan) and plan.stream and not state.faults.ignore_stream
-    await _respond(state, request, send, plan, answer, streaming=streaming)
+    await respond(state, request, send, plan, answer, streaming=streaming)
 
 
-async def _respond(
+class AnswerForm(Protocol):
+    """How one API dresses the generated words: streamed frames, or the whole answer."""
+
+    def chunks(self) -> shapes.StreamChunks:
+        """The frames of a streamed answer."""
+        ...
+
+    def whole(self, texts: list[str]) -> dict[str, Any]:
+        """The whole answer of each choice's text."""
+        ...
+
+
+class OpenAIForm:
+    """Chat and legacy completions (a chat answer that must call a tool: one function call)."""
+
+    __slots__ = ("head", "kind", "plan", "tool")
+
+    def __init__(self, kind: Kind, head: dict[str, Any], plan: GenerationPlan, tool: ToolCall | None) -> None:
+        self.kind, self.head, self.plan, self.tool = kind, head, plan, tool
+
+    def chunks(self) -> shapes.StreamChunks:
+        plan, tool = self.plan, self.tool
+        if tool is not None:
+            call = {"id": tool.call_id, "type": "function", "function": {"name": tool.name}}
+            return shapes.ChatToolCallChunks(self.head, plan.include_usage, call, tool.opening(), CLOSING)
+        if self.kind == "chat":
+            return shapes.ChatChunks(self.head, plan.include_usage)
+        return shapes.CompletionChunks(self.head, plan.include_usage)
+
+    def whole(self, texts: list[str]) -> dict[str, Any]:
+        answer = completion_answer(self.kind, self.head, self.plan, texts)
+        if self.tool is not None:
+            for choice, text in zip(answer["choices"], texts, strict=True):
+                function = {"name": self.tool.name, "arguments": self.tool.arguments(text)}
+                call = {"id": self.tool.call_id, "type": "function", "function": function}
+                choice["message"].update(content=None, tool_calls=[call])
+                if choice["finish_reason"] == "stop":
+                    choice["finish_reason"] = "tool_calls"
+        return answer
+
+
+async def respond(
     state: SimulatorState,
     request: Request,
     send: Send,
@@ -98,8 +150,10 @@ async def _respond(
     answer: Callable[[], Awaitable[None]],
     *,
     streaming: bool,
+    errors: str = "openai",
 ) -> None:
-    """Delay, fault, client error or answer — abandoning all of it if the client leaves."""
+    """Delay, fault, client error or answer — abandoning all of it if the client leaves. ``errors`` is the
+    shape errors take: ``openai``, or ``anthropic`` on the Messages API."""
 
     async def work() -> None:
         faults = state.faults
@@ -110,13 +164,13 @@ async def _respond(
             headers = shapes.HTML_HEADERS if faults.error_html else JSON_HEADERS
             if status == 429:
                 headers = [*headers, (b"retry-after", shapes.retry_after_value(state.faults.retry_after_s))]
-            body = shapes.injected_error_html(status) if faults.error_html else shapes.injected_error(status)
+            body = shapes.injected_error_html(status) if faults.error_html else _injected(status, errors)
             await send_bytes(send, status, body, headers)
         elif isinstance(plan, TokenyardError):
-            await send_error(send, plan)
+            await _send_error(send, plan, errors)
         elif not state.serves(plan.model):
             message = f"The model `{plan.model}` does not exist or you do not have access to it."
-            await send_error(send, ModelNotFound(message))
+            await _send_error(send, ModelNotFound(message), errors)
         else:
             await answer()
 
@@ -131,17 +185,22 @@ async def _respond(
             state.counters.requests_cancelled += 1
 
 
-async def _complete(
-    state: SimulatorState, plan: GenerationPlan, raw_body: bytes, send: Send, kind: Kind
+async def complete(
+    state: SimulatorState,
+    plan: GenerationPlan,
+    raw_body: bytes,
+    send: Send,
+    form_for: Callable[[int, int], AnswerForm],
 ) -> None:
-    """Generate a chat or legacy completion inside a slot, streamed or whole."""
+    """Generate an answer inside a slot, streamed or whole, dressed by the form ``form_for(id bits, created)``
+    makes."""
     config, engine = state.config, state.engine
     async with (
         state.slots,
         engine.holding(plan.prompt_tokens + plan.completion_tokens, state.clock.monotonic),
     ):
         ttft_s = sample_ttft_s(config, state.rng)
-        head = completion_head(kind, state.rng.getrandbits(96), int(state.clock.time()), plan.model, config)
+        form = form_for(state.rng.getrandbits(96), int(state.clock.time()))
         # Drawn as they are sent (or, whole, a block at a time): never a whole answer held up front.
         words = choice_words(config.seed, raw_body, plan.choices, plan.completion_tokens_per_choice)
         pacer_rate = _rate_source(state)
@@ -150,13 +209,9 @@ async def _complete(
             await state.clock.sleep(ttft_s)
             engine.prompt_tokens += plan.prompt_tokens  # prefill done
             pacer = TokenPacer(state.clock, pacer_rate, fixed_rate=config.mode == "serverless")
-            chunks = (
-                shapes.ChatChunks(head, plan.include_usage)
-                if kind == "chat"
-                else shapes.CompletionChunks(head, plan.include_usage)
-            )
-            usage = shapes.usage(plan.prompt_tokens, plan.completion_tokens)
-            await _stream(state, plan, words, chunks, pacer, usage, send)
+            reasoning = reasoning_tokens(plan.model, plan.completion_tokens)
+            usage = shapes.usage(plan.prompt_tokens, plan.completion_tokens, reasoning)
+            await _stream(state, plan, words, form.chunks(), pacer, usage, send)
             state.counters.streams_completed += 1
             return
         await state.clock.sleep(ttft_s)
@@ -164,7 +219,7 @@ async def _complete(
         pacer = TokenPacer(state.clock, pacer_rate, fixed_rate=config.mode == "serverless")
         texts = await _decode_whole(words, plan.completion_tokens_per_choice, pacer)
         engine.generation_tokens += plan.completion_tokens
-        await send_json(send, 200, completion_answer(kind, head, plan, texts))
+        await send_json(send, 200, form.whole(texts))
         state.counters.requests_completed += 1
 
 
@@ -217,7 +272,7 @@ async def _stream(
         await send_chunk(send, chunks.finish(index, plan.finish_reason))
     if plan.include_usage:
         await send_chunk(send, chunks.usage(usage))
-    await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+    await send({"type": "http.response.body", "body": chunks.end(), "more_body": False})
 
 
 def _cut(state: SimulatorState) -> None:
@@ -242,3 +297,17 @@ async def _embed(state: SimulatorState, plan: EmbeddingPlan, send: Send) -> None
             await state.clock.sleep(0.0)
         await send_json(send, 200, embedding_answer(plan, vectors))
         state.counters.requests_completed += 1
+
+
+def _injected(status: int, errors: str) -> bytes:
+    """An injected fault's JSON body, in the API's error shape."""
+    if errors == "anthropic":
+        return anthropic.error_body(f"Injected error with status {status}.", anthropic.error_type_for(status))
+    return shapes.injected_error(status)
+
+
+async def _send_error(send: Send, exc: TokenyardError, errors: str) -> None:
+    if errors == "anthropic":
+        await send_bytes(send, exc.status_code, anthropic.error_body_for(exc))
+    else:
+        await send_error(send, exc)

@@ -14,7 +14,7 @@ import orjson
 
 from tokenyard.wire import asgi
 from tokenyard.wire.openai import error_payload
-from tokenyard.wire.sse import sse_event
+from tokenyard.wire.sse import SSE_DONE, sse_event
 
 HTML_HEADERS: asgi.Headers = [(b"content-type", b"text/html")]
 BINARY_HEADERS: asgi.Headers = [(b"content-type", b"application/octet-stream")]
@@ -55,14 +55,14 @@ def retry_after_value(seconds: float) -> bytes:
     return str(int(seconds) if seconds == int(seconds) else seconds).encode("ascii")
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """The ``usage`` object of chat and legacy completions."""
+def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
+    """The ``usage`` object of chat and legacy completions (reasoning tokens are among the completion's)."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
     }
 
 
@@ -113,6 +113,9 @@ class StreamChunks(Protocol):
     def usage(self, usage_: dict[str, Any]) -> bytes:
         """The extra, choice-less frame carrying the usage (``stream_options.include_usage``)."""
 
+    def end(self) -> bytes:
+        """The stream's last bytes (``data: [DONE]`` for OpenAI's chat and completions)."""
+
 
 class ChatChunks:
     """SSE frames of a streamed ``chat.completion.chunk`` response."""
@@ -143,6 +146,40 @@ class ChatChunks:
     def usage(self, usage_: dict[str, Any]) -> bytes:
         return sse_event({**self._head, "choices": [], "usage": usage_})
 
+    def end(self) -> bytes:
+        return SSE_DONE
+
+
+class ChatToolCallChunks(ChatChunks):
+    """SSE frames of a streamed chat answer that is one function call: the generated words are the pieces of
+    its one argument (``arguments`` spelled by the caller: the opening, each piece, the closing)."""
+
+    __slots__ = ("_call", "_closing", "_opening")
+
+    def __init__(
+        self, head: dict[str, Any], include_usage: bool, call: dict[str, Any], opening: str, closing: str
+    ) -> None:
+        super().__init__(head, include_usage)
+        self._call, self._opening, self._closing = call, opening, closing
+
+    def _arguments(self, index: int, piece: str) -> bytes:
+        call = {"index": 0, "function": {"arguments": piece}}
+        return self._frame(
+            [{"index": index, "delta": {"tool_calls": [call]}, "logprobs": None, "finish_reason": None}]
+        )
+
+    def start(self, index: int) -> bytes | None:
+        call = {"index": 0, **self._call, "function": {**self._call["function"], "arguments": self._opening}}
+        delta = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return self._frame([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
+
+    def content(self, index: int, piece: str) -> bytes:
+        return self._arguments(index, orjson.dumps(piece).decode()[1:-1])
+
+    def finish(self, index: int, finish_reason: str) -> bytes:
+        reason = "tool_calls" if finish_reason == "stop" else finish_reason
+        return self._arguments(index, self._closing) + super().finish(index, reason)
+
 
 class CompletionChunks:
     """SSE frames of a streamed legacy ``text_completion`` response."""
@@ -169,6 +206,9 @@ class CompletionChunks:
 
     def usage(self, usage_: dict[str, Any]) -> bytes:
         return sse_event({**self._head, "choices": [], "usage": usage_})
+
+    def end(self) -> bytes:
+        return SSE_DONE
 
 
 def embeddings_list(model: str, data: list[list[float] | str], prompt_tokens: int) -> dict[str, Any]:

@@ -67,9 +67,11 @@ class SimulatorState:
         "files",
         "message_batches",
         "metrics_frozen",
+        "prompt_cache",
         "recent_requests",
         "rng",
         "slots",
+        "stored_responses",
     )
 
     def __init__(self, config: SimulatorConfig, clock: Clock) -> None:
@@ -85,6 +87,8 @@ class SimulatorState:
         self.message_batches = MessageBatchStore(config.seed)  # Anthropic's Message Batches
         self.engine = EngineMeter()  # the figures /metrics reports beside the slots
         self.metrics_frozen: str | None = None  # the page metrics_stale serves
+        self.stored_responses: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}  # and input items
+        self.prompt_cache: set[bytes] = set()  # the Messages prefixes written (dialects.messages_prompt)
 
     def reset(self) -> None:
         """Zero the counters, forget recent requests, files and batches, restore the configured faults and
@@ -102,6 +106,8 @@ class SimulatorState:
         self.message_batches.clear()
         self.engine.reset(self.clock.monotonic())
         self.metrics_frozen = None
+        self.stored_responses.clear()
+        self.prompt_cache.clear()
 
     def record(self, request: RecordedRequest) -> None:
         """Count a ``/v1/`` request and remember it."""

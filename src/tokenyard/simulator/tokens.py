@@ -30,7 +30,7 @@ import math
 import random
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from tokenyard.errors import InvalidRequest
@@ -126,6 +126,22 @@ def plan_chat(
         cap = _output_cap(body, "max_tokens", max_output_tokens)
     prompt_tokens = sum(count_message_tokens(message) for message in messages)
     return _generation_plan(body, model, cap, default_max_tokens, prompt_tokens, _choice_count(body))
+
+
+def plan_dialect(
+    body: Mapping[str, Any],
+    prompt_tokens: int,
+    cap_name: str,
+    default_max_tokens: int,
+    max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
+) -> GenerationPlan:
+    """What a Responses or Messages request asks to generate: one choice, capped by ``cap_name``
+    (``max_output_tokens``, ``max_tokens``); streamed, it always ends with its usage (those APIs' last
+    events carry it)."""
+    model = require_model(body)
+    cap = _output_cap(body, cap_name, max_output_tokens)
+    plan = _generation_plan(body, model, cap, default_max_tokens, prompt_tokens, 1)
+    return replace(plan, include_usage=plan.stream)
 
 
 def plan_completion(

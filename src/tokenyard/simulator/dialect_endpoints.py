@@ -1,0 +1,209 @@
+"""The Responses and Messages endpoints: ``/v1/responses`` (and its stored responses) and ``/v1/messages``
+(and ``count_tokens``), on the same planning, faults, slots and pacing as chat (``inference``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tokenyard.errors import InvalidRequest, ModelNotFound, TokenyardError
+from tokenyard.simulator import shapes
+from tokenyard.simulator.dialects import (
+    MessageParts,
+    MessagesChunks,
+    ResponseParts,
+    ResponsesChunks,
+    input_items,
+    messages_prompt,
+    required_tool,
+    responses_prompt_tokens,
+)
+from tokenyard.simulator.habits import with_habits
+from tokenyard.simulator.inference import AnswerForm, complete, respond
+from tokenyard.simulator.request import Request
+from tokenyard.simulator.state import SimulatorState
+from tokenyard.simulator.tokens import GenerationPlan, plan_dialect
+from tokenyard.wire import anthropic
+from tokenyard.wire.asgi import Send, send_bytes, send_error, send_json
+from tokenyard.wire.openai import list_page
+
+
+class ResponsesForm:
+    """A Response, whole or streamed; kept (unless ``store: false``) for ``GET /v1/responses/{id}``."""
+
+    __slots__ = ("_parts", "_state")
+
+    def __init__(self, parts: ResponseParts, state: SimulatorState) -> None:
+        self._parts, self._state = parts, state
+
+    def _keep(self, response: dict[str, Any]) -> dict[str, Any]:
+        if response["store"]:
+            items = input_items(self._parts.request, response["id"])
+            self._state.stored_responses[response["id"]] = (response, items)
+        return response
+
+    def chunks(self) -> shapes.StreamChunks:
+        return ResponsesChunks(self._parts, keep=self._keep)
+
+    def whole(self, texts: list[str]) -> dict[str, Any]:
+        return self._keep(self._parts.whole(texts[0]))
+
+
+class MessagesForm:
+    """An Anthropic Message, whole or streamed."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: MessageParts) -> None:
+        self._parts = parts
+
+    def chunks(self) -> shapes.StreamChunks:
+        return MessagesChunks(self._parts)
+
+    def whole(self, texts: list[str]) -> dict[str, Any]:
+        return self._parts.whole(texts[0])
+
+
+async def responses(state: SimulatorState, request: Request, send: Send) -> None:
+    """``POST /v1/responses``."""
+    body: Mapping[str, Any] = {}
+    try:
+        body = request.json_object()
+        if body.get("background") is True:
+            raise InvalidRequest("The simulator does not run background responses.", param="background")
+        config = state.config
+        prompt = responses_prompt_tokens(body)
+        plan: GenerationPlan | TokenyardError = plan_dialect(
+            body, prompt, "max_output_tokens", config.default_max_tokens, config.max_output_tokens
+        )
+    except TokenyardError as exc:
+        plan = exc
+
+    def form_for(id_bits: int, created: int) -> AnswerForm:
+        assert isinstance(plan, GenerationPlan)
+        tool = required_tool(
+            body.get("tools"), body.get("tool_choice"), f"call_{id_bits:024x}", api="responses"
+        )
+        parts = ResponseParts(
+            body,
+            f"resp_{id_bits:048x}",
+            created,
+            plan.model,
+            plan.prompt_tokens,
+            plan.completion_tokens,
+            plan.finish_reason,
+            tool,
+        )
+        return ResponsesForm(parts, state)
+
+    await _serve(state, request, send, plan, form_for, "openai")
+
+
+async def messages(state: SimulatorState, request: Request, send: Send) -> None:
+    """``POST /v1/messages`` (errors in Anthropic's shape)."""
+    body: Mapping[str, Any] = {}
+    cache_read = cache_write = 0
+    try:
+        body = request.json_object()
+        if body.get("max_tokens") is None:
+            raise InvalidRequest("max_tokens: Field required", param="max_tokens")
+        config = state.config
+        total, prefix, key = messages_prompt(body)
+        plan: GenerationPlan | TokenyardError = plan_dialect(
+            body, total, "max_tokens", config.default_max_tokens, config.max_output_tokens
+        )
+        if prefix:  # the cacheable prefix: written the first time, read after
+            cached = state.prompt_cache
+            cache_read, cache_write = (prefix, 0) if key in cached else (0, prefix)
+            cached.add(key)
+    except TokenyardError as exc:
+        plan = exc
+
+    def form_for(id_bits: int, created: int) -> AnswerForm:
+        assert isinstance(plan, GenerationPlan)
+        tool = required_tool(
+            body.get("tools"), body.get("tool_choice"), f"toolu_{id_bits:024x}", api="messages"
+        )
+        uncached = plan.prompt_tokens - cache_read - cache_write
+        parts = MessageParts(
+            f"msg_{id_bits:024x}",
+            plan.model,
+            uncached,
+            cache_read,
+            cache_write,
+            plan.completion_tokens,
+            plan.finish_reason,
+            tool,
+        )
+        return MessagesForm(parts)
+
+    await _serve(state, request, send, plan, form_for, "anthropic")
+
+
+async def _serve(
+    state: SimulatorState,
+    request: Request,
+    send: Send,
+    plan: GenerationPlan | TokenyardError,
+    form_for: Any,
+    errors: str,
+) -> None:
+    async def answer() -> None:
+        if isinstance(plan, GenerationPlan):
+            await complete(
+                state, plan, request.raw_body, with_habits(send, state.faults, state.clock), form_for
+            )
+
+    streaming = isinstance(plan, GenerationPlan) and plan.stream and not state.faults.ignore_stream
+    await respond(state, request, send, plan, answer, streaming=streaming, errors=errors)
+
+
+async def count_tokens(state: SimulatorState, request: Request, send: Send) -> None:
+    """``POST /v1/messages/count_tokens``: the input tokens ``/v1/messages`` would count (free, no slot)."""
+    try:
+        body = request.json_object()
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("model: Field required", param="model")
+        if not state.serves(model):
+            raise ModelNotFound(f"model: {model}")
+        total, _, _ = messages_prompt(body)
+    except TokenyardError as exc:
+        await send_bytes(send, exc.status_code, anthropic.error_body_for(exc))
+        return
+    await send_json(send, 200, {"input_tokens": total})
+
+
+# -- stored responses --------------------------------------------------------------------------------------
+
+
+def _stored(state: SimulatorState, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    found = state.stored_responses.get(response_id)
+    if found is None:
+        raise ModelNotFound(f"No response found with id '{response_id}'.", param="response_id")
+    return found
+
+
+async def retrieve_response(state: SimulatorState, request: Request, send: Send) -> None:
+    """``GET /v1/responses/{id}``."""
+    await send_json(send, 200, _stored(state, request.path_param)[0])
+
+
+async def delete_response(state: SimulatorState, request: Request, send: Send) -> None:
+    """``DELETE /v1/responses/{id}``."""
+    _stored(state, request.path_param)
+    del state.stored_responses[request.path_param]
+    await send_json(send, 200, {"id": request.path_param, "object": "response.deleted", "deleted": True})
+
+
+async def response_input_items(state: SimulatorState, request: Request, send: Send) -> None:
+    """``GET /v1/responses/{id}/input_items`` (one page: the simulator's inputs are short)."""
+    items = _stored(state, request.path_param)[1]
+    await send_json(send, 200, list_page(items, has_more=False))
+
+
+async def cancel_response(state: SimulatorState, request: Request, send: Send) -> None:
+    """``POST /v1/responses/{id}/cancel``: only background responses can be cancelled, and the simulator
+    runs none."""
+    _stored(state, request.path_param)
+    await send_error(send, InvalidRequest("Only responses created with background: true can be cancelled."))
