@@ -1,10 +1,10 @@
 """One Anthropic Message Batch's life as plain data: its requests' results, its times, what is seen when.
 
 Like the OpenAI Batch API beside it (``batches.py``), a batch is decided when it is created — each
-request's answer, computed by the same code as the real-time chat endpoint and shaped as a Messages
-answer, and the moment it finishes, spread evenly until ``batch_turnaround_s`` — and what a client sees at
-time *t* follows from those times, the expiry and any cancel. Nothing runs in the background: the
-simulator's clock drives the whole life::
+request's answer, computed by the same code as the real-time ``/v1/messages``, and the moment it
+finishes, spread evenly until ``batch_turnaround_s`` — and what a client sees at time *t* follows
+from those times, the expiry and any cancel. Nothing runs in the background: the simulator's clock
+drives the whole life::
 
     in_progress → ended                        every request succeeded or errored
     in_progress → ended                        at expiry: the requests not done by then expired
@@ -26,17 +26,16 @@ from typing import Any, Final
 
 import orjson
 
-from tokenyard.errors import TokenyardError
-from tokenyard.simulator.answers import answer
+from tokenyard.errors import InvalidRequest, ModelNotFound, TokenyardError
 from tokenyard.simulator.config import FaultConfig, SimulatorConfig
+from tokenyard.simulator.dialects import MessageParts, messages_prompt, required_tool
 from tokenyard.simulator.resources import IdMaker
+from tokenyard.simulator.tokens import generate_texts, plan_dialect
 from tokenyard.wire import anthropic
-from tokenyard.wire.openai import CHAT_PATH
 
 MAX_REQUESTS: Final = 100_000
 EXPIRES_AFTER_S: Final = 86_400.0
 CUSTOM_ID: Final = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_STOP_REASONS: Final = {"length": "max_tokens", "stop": "end_turn"}
 
 
 class BatchRefused(Exception):
@@ -199,55 +198,42 @@ def _result(
     if faults.batch_error_rate > 0.0 and rng.random() < faults.batch_error_rate:
         return _errored(faults.error_status, "Injected failure from the simulator.")
     try:
-        chat = answer(CHAT_PATH, *_as_chat(params), config, serves, id_bits=id_bits, created=created)
+        return {"type": "succeeded", "message": _message(params, config, serves, id_bits)}
     except TokenyardError as exc:
         return _errored(exc.status_code, exc.message)
-    except (KeyError, TypeError, ValueError) as exc:
-        return _errored(400, f"The request's params are not a valid Messages request: {exc}")
-    return {"type": "succeeded", "message": message_from_chat(chat, id_bits)}
+
+
+def _message(
+    params: dict[str, Any], config: SimulatorConfig, serves: Callable[[str], bool], id_bits: int
+) -> dict[str, Any]:
+    """The Messages answer ``/v1/messages`` would give ``params`` (a batch has no prompt cache to read: a
+    marked prefix is written, as a first request's is)."""
+    if not isinstance(params, dict) or params.get("max_tokens") is None:
+        raise InvalidRequest("max_tokens: Field required", param="max_tokens")
+    total, prefix, _ = messages_prompt(params)
+    plan = plan_dialect(params, total, "max_tokens", config.default_max_tokens, config.max_output_tokens)
+    if not serves(plan.model):
+        raise ModelNotFound(f"model: {plan.model}")
+    tool = required_tool(
+        params.get("tools"), params.get("tool_choice"), f"toolu_{id_bits:024x}", api="messages"
+    )
+    parts = MessageParts(
+        f"msg_{id_bits:024x}",
+        plan.model,
+        total - prefix,
+        0,
+        prefix,
+        plan.completion_tokens,
+        plan.finish_reason,
+        tool,
+    )
+    [text] = generate_texts(config.seed, orjson.dumps(params), 1, plan.completion_tokens_per_choice)
+    return parts.whole(text)
 
 
 def _errored(status: int, message: str) -> dict[str, Any]:
     error = anthropic.error_payload(message, anthropic.error_type_for(status))
     return {"type": "errored", "error": {**error, "request_id": None}}
-
-
-def _as_chat(params: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """A Messages request as the chat request the simulator answers (text only: blocks are joined)."""
-    messages = [{"role": m["role"], "content": _text(m["content"])} for m in params["messages"]]
-    if params.get("system"):
-        messages.insert(0, {"role": "system", "content": _text(params["system"])})
-    chat = {"model": params["model"], "messages": messages, "max_tokens": params["max_tokens"]}
-    return chat, orjson.dumps(chat)
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return " ".join(str(block.get("text", "")) for block in content if isinstance(block, dict))
-
-
-def message_from_chat(chat: dict[str, Any], id_bits: int) -> dict[str, Any]:
-    """The Messages API's answer for a chat completion's first choice (no cache hits in the simulator).
-
-    Minimal on purpose: the proper ``/v1/messages`` handler is built beside this one and should supply it.
-    """
-    choice, usage = chat["choices"][0], chat["usage"]
-    return {
-        "id": f"msg_{id_bits:024x}",
-        "type": "message",
-        "role": "assistant",
-        "model": chat["model"],
-        "content": [{"type": "text", "text": choice["message"]["content"]}],
-        "stop_reason": _STOP_REASONS.get(choice["finish_reason"], "end_turn"),
-        "stop_sequence": None,
-        "usage": {
-            "input_tokens": usage["prompt_tokens"],
-            "output_tokens": usage["completion_tokens"],
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-        },
-    }
 
 
 def rfc3339(at: float) -> str:
