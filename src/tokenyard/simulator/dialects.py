@@ -268,7 +268,7 @@ class ResponseParts:
         """The Response object; ``status`` None: finished (completed, or incomplete at the cap)."""
         request = self.request
         finished = status is None
-        cut = finished and self.finish_reason == "length"
+        cut = finished and self.finish_reason == "length" and self.tool is None  # a call is always whole
         return {
             "id": self.response_id,
             "object": "response",
@@ -412,11 +412,8 @@ class MessageParts:
         }
 
     def stop_reason(self) -> str:
-        return (
-            "tool_use"
-            if self.tool is not None and self.finish_reason == "stop"
-            else _STOP[self.finish_reason]
-        )
+        # A call's arguments are always whole here (the words fill one string argument), so it is a call.
+        return "tool_use" if self.tool is not None else _STOP[self.finish_reason]
 
     def block(self, text: str) -> dict[str, Any]:
         if self.tool is None:

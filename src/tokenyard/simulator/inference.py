@@ -137,8 +137,7 @@ class OpenAIForm:
                 function = {"name": self.tool.name, "arguments": self.tool.arguments(text)}
                 call = {"id": self.tool.call_id, "type": "function", "function": function}
                 choice["message"].update(content=None, tool_calls=[call])
-                if choice["finish_reason"] == "stop":
-                    choice["finish_reason"] = "tool_calls"
+                choice["finish_reason"] = "tool_calls"  # whole arguments, however many words filled them
         return answer
 
 

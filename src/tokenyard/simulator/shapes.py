@@ -177,8 +177,8 @@ class ChatToolCallChunks(ChatChunks):
         return self._arguments(index, orjson.dumps(piece).decode()[1:-1])
 
     def finish(self, index: int, finish_reason: str) -> bytes:
-        reason = "tool_calls" if finish_reason == "stop" else finish_reason
-        return self._arguments(index, self._closing) + super().finish(index, reason)
+        # The arguments are whole however many words filled them: the answer is a call.
+        return self._arguments(index, self._closing) + super().finish(index, "tool_calls")
 
 
 class CompletionChunks:
