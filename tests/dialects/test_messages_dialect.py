@@ -13,22 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from tests.dialects.test_responses_dialect import USAGE, chat_stream, chunk
+from tests.dialects.test_responses_dialect import USAGE, chat_stream, chunk, parsed_events
 from tokenyard.dialects import messages
 from tokenyard.errors import InvalidRequest
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
-
-
-def parsed_events(raw: bytes) -> list[Any]:
-    events = []
-    for block in raw.split(b"\n\n"):
-        if block:
-            name, data = block.split(b"\n", 1)
-            payload = orjson.loads(data.removeprefix(b"data: "))
-            assert name == b"event: " + payload["type"].encode()
-            events.append(EVENTS.validate_python(payload))
-    return events
 
 
 def test_the_request_carries_what_chat_can_say() -> None:
@@ -140,7 +129,7 @@ def test_a_stream_of_any_grouping_is_what_the_sdk_accumulates(
     raw = b"".join(converter.feed(b"".join(events[i : i + group])) for i in range(0, len(events), group))
     assert converter.done
     snapshot, buffers = None, {}
-    for event in parsed_events(raw):
+    for event in parsed_events(raw, EVENTS):
         snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=buffers)
     assert snapshot is not None
     assert snapshot.content[0].type == "text"

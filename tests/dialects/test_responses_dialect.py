@@ -43,14 +43,15 @@ def chat_stream(words: list[str], *, calls: bool = False, finish: str = "stop") 
     return b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
 
 
-def parsed_events(raw: bytes) -> list[Any]:
+def parsed_events(raw: bytes, types: TypeAdapter[Any] = EVENTS) -> list[Any]:
+    """Named events, each checked to be named by its type and to be one of the SDK's ``types``."""
     events = []
     for block in raw.split(b"\n\n"):
         if block:
             name, data = block.split(b"\n", 1)
             payload = orjson.loads(data.removeprefix(b"data: "))
             assert name == b"event: " + payload["type"].encode()
-            events.append(EVENTS.validate_python(payload))
+            events.append(types.validate_python(payload))
     return events
 
 

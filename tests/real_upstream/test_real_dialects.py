@@ -174,7 +174,7 @@ async def test_messages_are_metered_as_the_real_upstream_reported(
             raw = await client.messages.with_raw_response.create(
                 model=model, max_tokens=MAX_TOKENS, messages=messages
             )
-            message, request_id = raw.parse(), raw.headers["x-request-id"]
+            message, request_id = await raw.parse(), raw.headers["x-request-id"]
     assert message.content
     assert message.content[0].type == "text"
     exchange = await check_metered(dialect_yard, model.split("-")[0], marker, request_id)
