@@ -12,7 +12,8 @@ import pytest
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.support.simulators import set_faults
+from tests.support.clocks import FakeClock
+from tests.support.simulators import fast_config, set_faults
 from tokenyard.simulator.server import SimulatorServer
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
@@ -140,7 +141,36 @@ async def test_bad_input_and_faults_are_openai_errors(
     with pytest.raises(openai.BadRequestError):
         await client.responses.create(model="sim-model", input=[])
     with pytest.raises(openai.BadRequestError):
-        await client.responses.create(model="sim-model", input="x", background=True)
+        await client.responses.create(model="sim-model", input="x", background=True, store=False)
     await set_faults(sim, fail_next=1, error_status=503)
     with pytest.raises(openai.InternalServerError):
         await client.responses.create(model="sim-model", input="x")
+
+
+async def test_a_background_response_runs_on_the_simulators_clock_and_can_be_cancelled() -> None:
+    clock = FakeClock(1_800_000_000.0)
+    # 100 ms to the first token, then 8 tokens at 40 tokens/s: done 300 ms after it was made.
+    config = fast_config(ttft_ms=100, ttft_jitter=0, tokens_per_s=40, seed=3)
+    async with (
+        SimulatorServer(config, clock=clock) as server,
+        openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0) as client,
+    ):
+        queued = await client.responses.create(
+            model="sim-model", input="later", background=True, max_output_tokens=8
+        )
+        assert (queued.status, queued.background, queued.output) == ("queued", True, [])
+        clock.advance(0.1)
+        assert (await client.responses.retrieve(queued.id)).status == "in_progress"
+        clock.advance(0.2)
+        done = await client.responses.retrieve(queued.id)
+        assert done.status == "incomplete"  # it ran to max_output_tokens
+        assert done.usage is not None
+        assert done.usage.output_tokens == len(done.output_text.split()) == 8
+        with pytest.raises(openai.BadRequestError):  # done: nothing left to cancel
+            await client.responses.cancel(queued.id)
+        other = await client.responses.create(model="sim-model", input="never mind", background=True)
+        cancelled = await client.responses.cancel(other.id)
+        assert cancelled.status == "cancelled"
+        clock.advance(60)
+        assert (await client.responses.retrieve(other.id)).status == "cancelled"
+        assert (await client.responses.cancel(other.id)).status == "cancelled"  # again: the same answer

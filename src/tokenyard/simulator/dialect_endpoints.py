@@ -21,8 +21,8 @@ from tokenyard.simulator.dialects import (
 from tokenyard.simulator.habits import with_habits
 from tokenyard.simulator.inference import AnswerForm, complete, respond
 from tokenyard.simulator.request import Request
-from tokenyard.simulator.state import SimulatorState
-from tokenyard.simulator.tokens import GenerationPlan, plan_dialect
+from tokenyard.simulator.state import SimulatorState, StoredResponse
+from tokenyard.simulator.tokens import GenerationPlan, generate_texts, plan_dialect
 from tokenyard.wire import anthropic
 from tokenyard.wire.asgi import Send, send_bytes, send_error, send_json
 from tokenyard.wire.openai import list_page
@@ -37,9 +37,9 @@ class ResponsesForm:
         self._parts, self._state = parts, state
 
     def _keep(self, response: dict[str, Any]) -> dict[str, Any]:
-        if response["store"]:
+        if response["store"] and self._parts.request.get("background") is not True:
             items = input_items(self._parts.request, response["id"])
-            self._state.stored_responses[response["id"]] = (response, items)
+            self._state.stored_responses[response["id"]] = StoredResponse(response, items)
         return response
 
     def chunks(self) -> shapes.StreamChunks:
@@ -69,8 +69,6 @@ async def responses(state: SimulatorState, request: Request, send: Send) -> None
     body: Mapping[str, Any] = {}
     try:
         body = request.json_object()
-        if body.get("background") is True:
-            raise InvalidRequest("The simulator does not run background responses.", param="background")
         config = state.config
         prompt = responses_prompt_tokens(body)
         plan: GenerationPlan | TokenyardError = plan_dialect(
@@ -96,7 +94,35 @@ async def responses(state: SimulatorState, request: Request, send: Send) -> None
         )
         return ResponsesForm(parts, state)
 
+    if body.get("background") is True and isinstance(plan, GenerationPlan):
+        await _background(state, request, send, plan, form_for)
+        return
     await _serve(state, request, send, plan, form_for, "openai")
+
+
+async def _background(
+    state: SimulatorState, request: Request, send: Send, plan: GenerationPlan, form_for: Any
+) -> None:
+    """``background: true``: the queued response at once; on the simulator's clock it is in progress until
+    its time to first token and decode time have passed, then done (``GET``), unless cancelled first."""
+    body = request.json_object()
+    if body.get("store") is False or plan.stream:
+        message = "background responses need store: true and are not streamed by the simulator"
+        await send_error(send, InvalidRequest(message, param="background"))
+        return
+    if not state.serves(plan.model):
+        await send_error(send, ModelNotFound(f"The model `{plan.model}` does not exist."))
+        return
+    now = state.clock.time()
+    form: ResponsesForm = form_for(state.rng.getrandbits(96), int(now))
+    [text] = generate_texts(state.config.seed, request.raw_body, 1, plan.completion_tokens_per_choice)
+    done = form.whole([text])
+    started_at = now + state.config.ttft_ms / 1000.0
+    done_at = started_at + plan.completion_tokens / state.config.tokens_per_s
+    state.stored_responses[done["id"]] = StoredResponse(
+        {**done, "background": True}, input_items(body, done["id"]), done_at, started_at
+    )
+    await send_json(send, 200, state.stored_responses[done["id"]].seen(now))
 
 
 async def messages(state: SimulatorState, request: Request, send: Send) -> None:
@@ -177,7 +203,7 @@ async def count_tokens(state: SimulatorState, request: Request, send: Send) -> N
 # -- stored responses --------------------------------------------------------------------------------------
 
 
-def _stored(state: SimulatorState, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _stored(state: SimulatorState, response_id: str) -> StoredResponse:
     found = state.stored_responses.get(response_id)
     if found is None:
         raise ModelNotFound(f"No response found with id '{response_id}'.", param="response_id")
@@ -186,7 +212,7 @@ def _stored(state: SimulatorState, response_id: str) -> tuple[dict[str, Any], li
 
 async def retrieve_response(state: SimulatorState, request: Request, send: Send) -> None:
     """``GET /v1/responses/{id}``."""
-    await send_json(send, 200, _stored(state, request.path_param)[0])
+    await send_json(send, 200, _stored(state, request.path_param).seen(state.clock.time()))
 
 
 async def delete_response(state: SimulatorState, request: Request, send: Send) -> None:
@@ -198,12 +224,18 @@ async def delete_response(state: SimulatorState, request: Request, send: Send) -
 
 async def response_input_items(state: SimulatorState, request: Request, send: Send) -> None:
     """``GET /v1/responses/{id}/input_items`` (one page: the simulator's inputs are short)."""
-    items = _stored(state, request.path_param)[1]
-    await send_json(send, 200, list_page(items, has_more=False))
+    await send_json(send, 200, list_page(_stored(state, request.path_param).items, has_more=False))
 
 
 async def cancel_response(state: SimulatorState, request: Request, send: Send) -> None:
-    """``POST /v1/responses/{id}/cancel``: only background responses can be cancelled, and the simulator
-    runs none."""
-    _stored(state, request.path_param)
-    await send_error(send, InvalidRequest("Only responses created with background: true can be cancelled."))
+    """``POST /v1/responses/{id}/cancel``: a background response not done yet is cancelled (again: the same
+    answer); any other is refused."""
+    stored, now = _stored(state, request.path_param), state.clock.time()
+    if stored.done_at is None or (stored.cancelled_at is None and now >= stored.done_at):
+        await send_error(
+            send, InvalidRequest("Only a background response still in progress can be cancelled.")
+        )
+        return
+    if stored.cancelled_at is None:
+        stored.cancelled_at = now
+    await send_json(send, 200, stored.seen(now))

@@ -54,6 +54,36 @@ class RecordedRequest:
     raw: str  # the body's exact text
 
 
+@dataclass(slots=True)
+class StoredResponse:
+    """A Response kept for ``GET /v1/responses/{id}``, with its input items. A background one is decided
+    when it is created and seen by the simulator's clock: in progress until ``done_at``, then done, unless
+    it was cancelled first."""
+
+    response: dict[str, Any]
+    items: list[dict[str, Any]]
+    done_at: float | None = None  # background only: when it is done, and when it left the queue
+    started_at: float = 0.0
+    cancelled_at: float | None = None
+
+    def seen(self, now: float) -> dict[str, Any]:
+        """The response as a client sees it at ``now``."""
+        done_at = self.done_at
+        if done_at is None or (self.cancelled_at is None and now >= done_at):
+            return self.response
+        if self.cancelled_at is not None:
+            status = "cancelled"
+        else:
+            status = "queued" if now < self.started_at else "in_progress"
+        unfinished: dict[str, Any] = {
+            "status": status,
+            "output": [],
+            "usage": None,
+            "incomplete_details": None,
+        }
+        return {**self.response, **unfinished}
+
+
 class SimulatorState:
     """Everything a running simulator knows and can be told at run time."""
 
@@ -87,7 +117,7 @@ class SimulatorState:
         self.message_batches = MessageBatchStore(config.seed)  # Anthropic's Message Batches
         self.engine = EngineMeter()  # the figures /metrics reports beside the slots
         self.metrics_frozen: str | None = None  # the page metrics_stale serves
-        self.stored_responses: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}  # and input items
+        self.stored_responses: dict[str, StoredResponse] = {}
         self.prompt_cache: set[bytes] = set()  # the Messages prefixes written (dialects.messages_prompt)
 
     def reset(self) -> None:
