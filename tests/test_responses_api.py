@@ -254,3 +254,20 @@ async def test_background_is_tenant_scoped_and_streaming_it_is_refused(proxy: Pr
             await client.responses.create(model="native", input="x", background=True, stream=True)
     assert refused.value.body is not None
     assert "poll" in refused.value.message
+
+
+@pytest.mark.parametrize("model", ["on-dedicated", "native"])
+async def test_service_tier_flex_waits_on_the_connection_as_for_chat(proxy: ProxyProcess, model: str) -> None:
+    before = await totals(proxy, model)
+    async with proxy.client() as client:
+        raw = await client.responses.with_raw_response.create(
+            model=model, input="flex me", service_tier="flex"
+        )
+    assert raw.headers["x-tokenyard-mode"] == "async"
+    assert raw.headers["x-tokenyard-mode-reason"] == "service_tier: flex"
+    response = raw.parse()
+    assert response.object == "response"
+    assert response.output_text
+    assert response.usage is not None
+    metered = await gained(proxy, model, before)
+    assert metered["completion_tokens"] == response.usage.output_tokens
