@@ -183,6 +183,8 @@ def test_the_example_configs_in_the_repo_are_valid() -> None:
         "TEAM_B_KEY": "sk-team-b-1",
         "TOGETHER_API_KEY": "sk-3",
         "TOKENYARD_ADMIN_KEY": "sk-admin-1",
+        "ANTHROPIC_API_KEY": "sk-ant-1",
+        "AZURE_OPENAI_API_KEY": "az-1",
     }
     for example in examples:
         load_config(example, env=env)

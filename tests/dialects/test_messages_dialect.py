@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from tests.dialects.test_responses_dialect import USAGE, chat_stream, chunk, parsed_events
+from tests.support.chat_streams import USAGE, chat_stream, chunk, parsed_events
 from tokenyard.dialects import messages
 from tokenyard.errors import InvalidRequest
 

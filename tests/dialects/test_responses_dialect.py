@@ -13,46 +13,11 @@ from openai.lib.streaming.responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from tests.support.chat_streams import HEAD, USAGE, chat_stream, chunk, parsed_events
 from tokenyard.dialects import responses
 from tokenyard.errors import InvalidRequest
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
-HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "small"}
-USAGE = {
-    "prompt_tokens": 11,
-    "completion_tokens": 5,
-    "total_tokens": 16,
-    "prompt_tokens_details": {"cached_tokens": 4},
-    "completion_tokens_details": {"reasoning_tokens": 2},
-}
-
-
-def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {**HEAD, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
-
-def chat_stream(words: list[str], *, calls: bool = False, finish: str = "stop") -> bytes:
-    chunks = [chunk({"role": "assistant", "content": ""})]
-    chunks += [chunk({"content": word}) for word in words]
-    if calls:
-        head = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
-        chunks.append(chunk({"tool_calls": [head]}))
-        for piece in ('{"city"', ': "Paris"}'):
-            chunks.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
-    chunks += [chunk({}, finish), {**HEAD, "choices": [], "usage": USAGE}]
-    return b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
-
-
-def parsed_events(raw: bytes, types: TypeAdapter[Any] = EVENTS) -> list[Any]:
-    """Named events, each checked to be named by its type and to be one of the SDK's ``types``."""
-    events = []
-    for block in raw.split(b"\n\n"):
-        if block:
-            name, data = block.split(b"\n", 1)
-            payload = orjson.loads(data.removeprefix(b"data: "))
-            assert name == b"event: " + payload["type"].encode()
-            events.append(types.validate_python(payload))
-    return events
 
 
 def feed_split(stream: bytes, cuts: list[int], converter: responses.ResponsesStream) -> bytes:
@@ -208,7 +173,7 @@ def test_a_stream_of_any_split_is_what_the_sdk_accumulates(
     converter = responses.ResponsesStream(request, response_id="resp_s", created_at=3)
     raw = feed_split(stream, cuts, converter)
     assert converter.done
-    events = parsed_events(raw)
+    events = parsed_events(raw, EVENTS)
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert events[0].type == "response.created"
     assert events[-1].type == "response.completed"
@@ -225,7 +190,7 @@ def test_a_stream_of_any_split_is_what_the_sdk_accumulates(
         assert (call.name, call.arguments, call.call_id) == ("f", '{"city": "Paris"}', "call_1")
     # The same stream whole gives the same answer.
     again = responses.ResponsesStream(request, response_id="resp_s", created_at=3)
-    assert parsed_events(again.feed(stream))[-1].response.output_text == final.output_text
+    assert parsed_events(again.feed(stream), EVENTS)[-1].response.output_text == final.output_text
 
 
 def test_an_error_mid_stream_is_an_error_event_the_sdk_raises_on() -> None:
@@ -233,7 +198,7 @@ def test_an_error_mid_stream_is_an_error_event_the_sdk_raises_on() -> None:
     raw = converter.feed(b"data: " + orjson.dumps(chunk({"content": "a"})) + b"\n\n")
     raw += converter.feed(b'data: {"error": {"message": "boom", "type": "server_error"}}\n\n')
     assert converter.done
-    events = parsed_events(raw)
+    events = parsed_events(raw, EVENTS)
     assert events[-1].type == "error"
     assert events[-1].message == "boom"
     assert orjson.loads(raw.rsplit(b"data: ", 1)[1])["error"]["message"] == "boom"
