@@ -22,15 +22,12 @@ import yaml
 from bench.services import ROOT, free_port, proxy_config, redis_and_upstream, serve_command, wait_ready
 
 
-def fixed_load(url: str, requests: int) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "bench.load_fixed", "--url", url, "--requests", str(requests)],
-        check=True,
-        cwd=ROOT,
-    )
+def fixed_load(url: str, requests: int, stream: bool = False) -> None:
+    command = [sys.executable, "-m", "bench.load_fixed", "--url", url, "--requests", str(requests)]
+    subprocess.run([*command, "--stream"] if stream else command, check=True, cwd=ROOT)
 
 
-def instructions(store: str, upstream_port: int, requests: int, folder: Path) -> int:
+def instructions(store: str, upstream_port: int, requests: int, folder: Path, stream: bool = False) -> int:
     """Instructions the proxy executes while ``requests`` requests pass through it, and their flushes."""
     port = free_port()
     config = proxy_config(upstream_port, store)
@@ -52,10 +49,10 @@ def instructions(store: str, upstream_port: int, requests: int, folder: Path) ->
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     try:
         wait_ready(f"http://127.0.0.1:{port}/health/ready", timeout_s=300)
-        fixed_load(url, 300)  # warm every code path before counting
+        fixed_load(url, 300, stream)  # warm every code path before counting
         time.sleep(1.5)
         subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True, capture_output=True)
-        fixed_load(url, requests)
+        fixed_load(url, requests, stream)
         time.sleep(1.5)  # the flushes that carry these requests to the store
         subprocess.run(["callgrind_control", "-i", "off", str(proxy.pid)], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-d", str(proxy.pid)], check=True, capture_output=True)
@@ -74,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--stores", default="redis,sqlite", help="metering stores to compare with off")
+    parser.add_argument("--stream", action="store_true", help="streamed chat requests (with usage)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -82,7 +80,7 @@ def main() -> None:
         folder = Path(tmp)
         stores = {"off": "off", "redis": redis_url, "sqlite": f"sqlite:///{folder}/meter.sqlite3"}
         for mode in ["off", *args.stores.split(",")]:
-            counts[mode] = instructions(stores[mode], upstream_port, args.requests, folder)
+            counts[mode] = instructions(stores[mode], upstream_port, args.requests, folder, args.stream)
             print(
                 f"metering {mode:6}: {counts[mode] / args.requests:,.0f} instructions a request", flush=True
             )
