@@ -20,7 +20,7 @@ from tokenyard.meter.usage import (
     Usage,
     estimate_completion_tokens,
     estimate_prompt_tokens,
-    stream_tap,
+    tap_class,
     usage_of_body,
 )
 from tokenyard.telemetry.focus import CACHE_WRITE_INPUT, CACHED_INPUT, INPUT, OUTPUT, token_charges
@@ -103,7 +103,7 @@ def feed_in_pieces(tap: Tap, stream: bytes, cuts: list[int]) -> bytes:
 def test_a_responses_stream_is_relayed_untouched_and_its_usage_read_however_it_is_cut(
     cuts: list[int],
 ) -> None:
-    tap = stream_tap("responses", strip_usage=True)  # nothing to strip: the usage rides in the last event
+    tap = tap_class("responses")(strip_usage=True)  # nothing to strip: the usage rides in the last event
     assert isinstance(tap, ResponsesTap)
     assert feed_in_pieces(tap, RESPONSES_STREAM, cuts) == RESPONSES_STREAM
     assert tap.done
@@ -113,7 +113,7 @@ def test_a_responses_stream_is_relayed_untouched_and_its_usage_read_however_it_i
 
 @given(st.lists(st.integers(1, 80), min_size=1, max_size=30))
 def test_a_messages_stream_sums_input_and_cache_and_takes_the_last_output_count(cuts: list[int]) -> None:
-    tap = stream_tap("messages", strip_usage=False)
+    tap = tap_class("messages")(strip_usage=False)
     assert isinstance(tap, MessagesTap)
     assert feed_in_pieces(tap, MESSAGES_STREAM, cuts) == MESSAGES_STREAM
     assert tap.done
@@ -124,7 +124,7 @@ def test_a_messages_stream_sums_input_and_cache_and_takes_the_last_output_count(
 
 def test_a_stream_cut_before_its_last_event_is_not_done() -> None:
     for api, stream in (("responses", RESPONSES_STREAM), ("messages", MESSAGES_STREAM)):
-        tap = stream_tap(api, strip_usage=False)
+        tap = tap_class(api)(strip_usage=False)
         tap.feed(stream[: stream.rfind(b"event:")])
         assert not tap.done, api
 

@@ -29,7 +29,7 @@ class TokenPrices:
         """The cost of one request. Cached prompt tokens (read from a cache) and cache-write tokens (written
         into one) are both parts of ``prompt_tokens``; each part is billed at its own price."""
         cached = min(max(cached_tokens, 0), prompt_tokens)
-        written = min(max(cache_write_tokens, 0), prompt_tokens - cached)
+        written = min(cache_write_tokens, prompt_tokens - cached) if cache_write_tokens > 0 else 0
         return (
             (prompt_tokens - cached - written) * self.input_pusd
             + cached * self.cached_input_pusd

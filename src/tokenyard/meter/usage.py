@@ -24,6 +24,7 @@ Each API names its usage its own way, and each is read into one ``Usage``:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,11 +59,15 @@ def parse_usage(obj: Any, api: str = "chat") -> Usage | None:
             completion_tokens=_int(usage.get("output_tokens")),
             reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens"),
         )
+    # Chat and completions: the hot path, spelled out.
+    details, reasoning = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
     return Usage(
-        prompt_tokens=_int(usage.get("prompt_tokens")),
-        cached_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
-        completion_tokens=_int(usage.get("completion_tokens")),
-        reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
+        _int(usage.get("prompt_tokens")),
+        _int(details.get("cached_tokens")) if isinstance(details, dict) else 0,
+        _int(usage.get("completion_tokens")),
+        False,
+        0,
+        _int(reasoning.get("reasoning_tokens")) if isinstance(reasoning, dict) else 0,
     )
 
 
@@ -164,15 +169,15 @@ class Tap(Protocol):
         ...
 
 
-def stream_tap(api: str, *, strip_usage: bool) -> Tap:
-    """The tap for a stream in ``api``: chat and legacy completions (``data:`` chunks ending ``[DONE]``),
-    Responses or Messages (named events ending in a last typed event). Only chat streams carry a usage
-    chunk the client may not have asked for (``strip_usage``)."""
+def tap_class(api: str) -> Callable[..., Tap]:
+    """The tap for a stream in ``api``, made as ``tap(strip_usage=…)``: chat and legacy completions
+    (``data:`` chunks ending ``[DONE]``), Responses or Messages (named events ending in a last typed event).
+    Only chat streams carry a usage chunk the client may not have asked for (``strip_usage``)."""
     if api == "responses":
-        return ResponsesTap()
+        return ResponsesTap
     if api == "messages":
-        return MessagesTap()
-    return StreamTap(strip_usage=strip_usage)
+        return MessagesTap
+    return StreamTap
 
 
 _MAX_HELD = 1 << 20
@@ -207,7 +212,8 @@ class StreamTap:
     def feed(self, chunk: bytes) -> bytes:
         """Take a chunk from the upstream; return what to send to the client now."""
         data = self._held + chunk if self._held else chunk
-        end = _events_end(data)
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")  # _events_end, inline: the hot path
+        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
         if not end:  # no complete event yet
             if len(data) > _MAX_HELD:  # not SSE as we know it: stop waiting for events, pass it on
                 self._held = b""
@@ -326,7 +332,9 @@ class _NamedEventTap:
     _OUTPUT: re.Pattern[bytes]
     _MARKERS: tuple[bytes, ...]  # events worth parsing hold one of these
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, strip_usage: bool = False
+    ) -> None:  # nothing to strip: the usage is in the last event
         self.usage: Usage | None = None
         self.content_chunks = 0
         self.done = False

@@ -150,7 +150,9 @@ class Proxy:
             principal = self.authenticate(scope)
             body = await wire.read_body(scope, receive, self.max_body_bytes)
             obj, model, stream = parse_request(body, endpoint)
-            backends = self._able(self.deployments(principal, model), endpoint, model)
+            backends = self.deployments(principal, model)
+            if endpoint.name not in self.spoken_everywhere:  # chat on OpenAI-compatible backends: no look
+                backends = self._able(backends, endpoint, model)
             decision = self._classify(scope, principal, endpoint, model, obj, stream)
             if decision is not None and obj.get("service_tier") in ASYNC_TIERS:
                 # tokenyard's signal, not the upstream's ("batch" is no OpenAI tier): not forwarded.
@@ -420,8 +422,8 @@ class Proxy:
     def _leg(
         self, endpoint: Endpoint, backend: Backend, body: bytes, exchange: Exchange, strip_usage: bool
     ) -> tuple[Leg, bytes]:
-        """How this attempt speaks to ``backend``, and the body it sends (``InvalidRequest`` when the request
-        must be translated and cannot be)."""
+        """How this attempt speaks to ``backend``, and the body it sends: in the client's own API its own
+        bytes, or translated to chat (``InvalidRequest`` when the request cannot be)."""
         if endpoint.name in backend.speaks:
             return _NATIVE[endpoint.name], _body_for(backend, body, exchange, strip_usage)
         translation = exchange.translation
@@ -564,7 +566,7 @@ class Proxy:
         """Relay an upstream's stream to the client (translated on the way, if the leg is); True if it ended
         as a whole answer (``data: [DONE]``, ``response.completed``, ``message_stop``)."""
         chunks = resp.chunks()
-        tap = leg.tap(strip_usage)
+        tap = leg.new_tap(strip_usage=strip_usage)
         convert = leg.converter.feed if leg.converter is not None else None
         # Wait for the first whole event before answering: until then a failure can still fail over.
         first = b""
