@@ -15,10 +15,12 @@ import pytest
 import pytest_asyncio
 
 from tests.support.async_track import MODEL, config_for, sims, usage
-from tests.support.config import ADMIN_KEY, CLIENT_KEY, OTHER_KEY
+from tests.support.config import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, UPSTREAM_SECRET
 from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, running_proxy
+from tests.support.simulators import FAST_UPSTREAM, sim_requests
 from tests.support.stores import fresh_prefix, sqlite_url
+from tokenyard.simulator.config import SimulatorConfig
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -162,3 +164,34 @@ async def test_another_tenants_batch_is_not_found(proxy: ProxyProcess) -> None:
         with pytest.raises(anthropic.AuthenticationError):
             async with claude(proxy, "sk-nobody") as stranger:
                 await stranger.messages.batches.list()
+
+
+async def test_a_message_batch_runs_on_anthropics_batch_api_when_the_model_has_one(tmp_path: Path) -> None:
+    """Client → tokenyard's Message Batches → the async track → a ``kind: batch, provider: anthropic``
+    backend's own Message Batches API: the provider gets one batch of the requests, with its own key, and
+    the client gets the provider's answers, billed once as async at the batch price."""
+    provider_sim = SimulatorConfig(batch_turnaround_s=0.5, **FAST_UPSTREAM)
+    async with sims(batch=provider_sim) as s:
+        config = config_for(s, store=sqlite_url(tmp_path / "m.sqlite3"), realtime_margin_s=2)
+        config["backends"]["prov"].update(provider="anthropic", api_key=UPSTREAM_SECRET)
+        config["models"][MODEL]["deployments"] = ["api"]  # no idle dedicated capacity: the batch is cheapest
+        del config["backends"]["ded"]
+        async with running_proxy(config, tmp_path) as proxy, claude(proxy) as client:
+            created = await client.messages.batches.create(requests=[request(i) for i in range(3)])  # type: ignore[misc]
+            done = await until_ended(client, created.id)
+            results = {
+                line.custom_id: line.result
+                async for line in await client.messages.batches.results(created.id)
+            }
+            assert done.request_counts.succeeded == 3
+
+            async def billed_once_as_async() -> None:
+                [row] = (await usage(proxy, group_by="backend"))["data"]
+                assert (row["backend"], row["requests"]) == ("prov", 3)
+
+            await eventually(billed_once_as_async)
+        seen = [r for r in await sim_requests(s["batch"]) if r["path"] == "/v1/messages/batches"]
+    assert {result.type for result in results.values()} == {"succeeded"}
+    [submitted] = [r for r in seen if r["method"] == "POST"]
+    assert submitted["headers"]["x-api-key"] == UPSTREAM_SECRET
+    assert len(submitted["body"]["requests"]) == 3
