@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import settings
 
 from tests.support.clocks import T0, FakeClock
 from tests.support.redis_servers import RedisClusterServers, delete_prefix, raw_client
@@ -16,6 +17,11 @@ from tokenyard.adapters.webhook import WebhookSender
 # The contract mixins hold test bodies, so their asserts should explain a failure as a test module's do.
 # Nothing imported above imports them; the test modules that do are collected after this conftest.
 pytest.register_assert_rewrite("tests.support.contracts")
+
+# Hypothesis times each example against a wall-clock deadline by default; on this shared machine a first
+# example that builds an SDK's validators can take a quarter of a second. No test here waits on wall time.
+settings.register_profile("tokenyard", deadline=None)
+settings.load_profile("tokenyard")
 
 
 @pytest.fixture(scope="session")
