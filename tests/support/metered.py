@@ -6,10 +6,16 @@ the model's totals, ``gained`` waits until one more request has been flushed and
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import httpx
+
+from tests.support.config import ADMIN_KEY
 from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess
+
+_PENDING = re.compile(r"^tokenyard_meter_pending_records (\S+)$", re.MULTILINE)
 
 COUNTS = (
     "requests",
@@ -23,8 +29,24 @@ COUNTS = (
 )
 
 
+async def settled(proxy: ProxyProcess) -> None:
+    """Wait until the meter holds no record it has not stored: an earlier test's last request, answered
+    just now, must not land in this test's difference."""
+
+    async def nothing_pending() -> None:
+        async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+            page = (await http.get(f"{proxy.url}/metrics")).text
+        found = _PENDING.search(page)
+        assert found is not None, page[:300]
+        assert float(found[1]) == 0, found[0]
+
+    await eventually(nothing_pending, timeout_s=15)
+
+
 async def totals(proxy: ProxyProcess, model: str, **group: str) -> dict[str, Any]:
-    """The meter's totals for ``model`` over the last hour (zeros before its first request)."""
+    """The meter's totals for ``model`` over the last hour (zeros before its first request), once what the
+    proxy has recorded is stored."""
+    await settled(proxy)
     usage = await proxy.admin("/admin/usage", start="1h", group_by="model", granularity="total")
     row = next((r for r in usage["data"] if r["model"] == model), {})
     out: dict[str, Any] = {name: row.get(name, 0) for name in COUNTS}

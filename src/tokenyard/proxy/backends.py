@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from aiolimiter import AsyncLimiter
 
 from tokenyard.adapters.anthropic_batch import AnthropicBatchUpstream
-from tokenyard.adapters.base import BatchUpstream, Upstream
+from tokenyard.adapters.base import BatchUpstream, Upstream, UpstreamResponse
 from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
 from tokenyard.adapters.providers import AzureTarget
@@ -174,6 +174,18 @@ class Backend:
             log.warning(
                 "backend %s out for %.1f s after %s", self.name, self.breaker.cooling_for_s(now), reason
             )
+
+    async def ask(self, method: str, path: str, body: bytes, about: str) -> tuple[UpstreamResponse, bytes]:
+        """A small request off the inference path (count tokens, a stored response): the whole answer, its
+        status as it came; a failure says which backend it was and ``about`` what."""
+        try:
+            resp = await self.upstream.request(method, path, body)
+            try:
+                return resp, await resp.read()
+            finally:
+                resp.close()
+        except UpstreamError as exc:
+            raise type(exc)(f"backend {self.name} did not answer {about}: {exc.message}") from exc
 
     def record_success(self, ticket: Ticket) -> None:
         """Tell the circuit breaker the backend answered well."""

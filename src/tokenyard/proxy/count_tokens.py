@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tokenyard.dialects import messages as messages_dialect
-from tokenyard.errors import InvalidRequest, TokenyardError, UpstreamError
+from tokenyard.errors import InvalidRequest, TokenyardError
 from tokenyard.proxy import request_body
 from tokenyard.proxy.endpoints import MESSAGES
 from tokenyard.proxy.legs import relayed_error, send_error
@@ -43,14 +43,7 @@ async def count_tokens(proxy: Proxy, scope: wire.Scope, receive: wire.Receive, s
         upstream_model = native.config.model
         if upstream_model is not None and upstream_model != model:
             body = request_body.with_member(body, obj, "model", upstream_model)
-        try:
-            resp = await native.upstream.post(_PATH, body)
-            try:
-                payload = await resp.read()
-            finally:
-                resp.close()
-        except UpstreamError as exc:
-            raise type(exc)(f"backend {native.name} could not count tokens: {exc.message}") from exc
+        resp, payload = await native.ask("POST", _PATH, body, "for count_tokens")
         headers = [
             (b"content-type", resp.content_type.encode("latin-1")),
             (wire.H_BACKEND, native.name.encode()),

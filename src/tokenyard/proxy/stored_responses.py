@@ -22,7 +22,7 @@ from typing import Final
 
 import orjson
 
-from tokenyard.errors import ObjectNotFound, StoreError, UpstreamError
+from tokenyard.errors import ObjectNotFound, StoreError
 from tokenyard.proxy import background
 from tokenyard.proxy.backends import Backend
 from tokenyard.queue.model import Job, StoredObject
@@ -165,15 +165,7 @@ class StoredResponses:
         if backend is None:
             raise ObjectNotFound(f"Response with id '{response_id}' not found.", param="response_id")
         path = f"/responses/{response_id}{suffix}" + (f"?{query.decode('latin-1')}" if query else "")
-        try:
-            resp = await backend.upstream.request(method, path)
-            try:
-                payload = await resp.read()
-            finally:
-                resp.close()
-        except UpstreamError as exc:
-            raise type(exc)(f"backend {backend.name} did not answer for response '{response_id}': "
-                            f"{exc.message}") from exc  # fmt: skip
+        resp, payload = await backend.ask(method, path, b"", f"for response '{response_id}'")
         content_type = resp.content_type.encode("latin-1")
         headers = [(b"content-type", content_type), (wire.H_BACKEND, backend.name.encode())]
         await wire.send_bytes(send, resp.status, payload, headers)
