@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
+import httpx
+import orjson
 import pytest
+from anthropic.types import Message
 
 from tests.support.clocks import FakeClock
 from tests.support.simulators import fast_config, root_url, set_faults
@@ -146,3 +149,27 @@ async def test_what_anthropic_refuses_at_once_is_refused_in_its_shape(
     clock.advance(60)
     with pytest.raises(anthropic.BadRequestError):
         await client.messages.batches.cancel(batch.id)  # it has ended
+
+
+async def test_a_batch_answer_is_the_message_the_messages_api_gives_the_same_params(
+    provider: tuple[anthropic.AsyncAnthropic, SimulatorServer, FakeClock],
+) -> None:
+    client, _, clock = provider
+    system: Any = [{"type": "text", "text": "a stable prompt " * 5, "cache_control": {"type": "ephemeral"}}]
+    tools: Any = [
+        {"name": "lookup", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}
+    ]
+    asked = requests(1, system=system, tools=tools, tool_choice={"type": "any"})
+    batch = await client.messages.batches.create(requests=asked)  # type: ignore[arg-type]
+    clock.advance(60)
+    ended = await client.messages.batches.retrieve(batch.id)
+    assert ended.results_url is not None
+    async with httpx.AsyncClient() as http:
+        line = (await http.get(ended.results_url)).content.splitlines()[0]
+    message = Message.model_validate(orjson.loads(line)["result"]["message"])
+    [block] = message.content
+    assert (block.type, message.stop_reason) == ("tool_use", "tool_use")
+    # A batch has no cache to read: its marked prefix is written, as a first request's is.
+    direct = await client.messages.create(**asked[0]["params"])
+    assert message.usage == direct.usage
+    assert message.usage.cache_creation_input_tokens == 16  # the tool's JSON (one word), the system's 15

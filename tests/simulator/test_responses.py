@@ -9,14 +9,17 @@ import httpx
 import openai
 import orjson
 import pytest
-from openai.types.responses import ResponseStreamEvent
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from tests.support.chat_streams import parsed_events
 from tests.support.clocks import FakeClock
-from tests.support.simulators import fast_config, set_faults
+from tests.support.simulators import fast_config, set_faults, sim_requests, sim_stats
 from tokenyard.simulator.server import SimulatorServer
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+ITEMS: TypeAdapter[Any] = TypeAdapter(ResponseItem)
 WEATHER: Any = [
     {
         "type": "function",
@@ -174,3 +177,169 @@ async def test_a_background_response_runs_on_the_simulators_clock_and_can_be_can
         clock.advance(60)
         assert (await client.responses.retrieve(other.id)).status == "cancelled"
         assert (await client.responses.cancel(other.id)).status == "cancelled"  # again: the same answer
+
+
+FORMS: Any = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer"},
+        "hourly": {"type": "boolean"},
+        "where": {
+            "type": "object",
+            "properties": {"country": {"type": "string"}, "lat": {"type": "number"}},
+            "required": ["country", "lat"],
+        },
+        "note": {"type": "string"},
+    },
+    "required": ["unit", "city", "days", "hourly", "where"],
+}
+FORM_TOOLS: Any = [{"type": "function", "name": "forecast", "parameters": FORMS}]
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"model": "sim-model", "input": "a plain answer"},
+        {"model": "sim-model", "input": "a capped answer", "max_output_tokens": 3},
+        {"model": "sim-reasoner", "input": "a reasoned answer", "max_output_tokens": 12},
+        {"model": "sim-model", "input": "call it", "tools": WEATHER, "tool_choice": "required"},
+        {
+            "model": "sim-model",
+            "input": "call that one",
+            "tools": [*WEATHER, *FORM_TOOLS],
+            "tool_choice": {"type": "function", "name": "forecast"},
+            "max_output_tokens": 2,
+        },
+    ],
+    ids=["text", "capped", "reasoning", "required-tool", "named-tool"],
+)
+async def test_every_object_and_event_is_the_sdks_own_and_a_stream_counts_what_a_whole_answer_does(
+    http: httpx.AsyncClient, request_: dict[str, Any]
+) -> None:
+    whole = Response.model_validate((await http.post("/v1/responses", json=request_)).json())
+    raw = await http.post("/v1/responses", json={**request_, "stream": True})
+    events = parsed_events(raw.content, EVENTS)
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    final = events[-1].response
+    assert events[-1].type == f"response.{whole.status}"
+    assert final.usage == whole.usage
+    assert final.status == whole.status
+    # The deltas spell the finished output, text or arguments.
+    [item] = final.output
+    deltas = "".join(event.delta for event in events if event.type.endswith(".delta"))
+    assert deltas == (item.arguments if item.type == "function_call" else final.output_text)
+    assert whole.usage is not None
+    reasoning = whole.usage.output_tokens // 4 if "reason" in whole.model else 0
+    assert whole.usage.output_tokens_details.reasoning_tokens == reasoning
+    assert whole.usage.total_tokens == whole.usage.input_tokens + whole.usage.output_tokens
+    assert Response.model_validate((await http.get(f"/v1/responses/{whole.id}")).json()) == whole
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_tool_calls_arguments_fill_every_required_property_with_its_type(
+    client: openai.AsyncOpenAI, stream: bool
+) -> None:
+    request: dict[str, Any] = {
+        "model": "sim-model",
+        "input": "forecast",
+        "tools": FORM_TOOLS,
+        "tool_choice": "required",
+        "max_output_tokens": 3,
+    }
+    if stream:
+        async with client.responses.stream(**request) as events:
+            response = await events.get_final_response()
+    else:
+        response = await client.responses.create(**request)
+    [call] = response.output
+    assert call.type == "function_call"
+    assert call.call_id.startswith("call_")
+    arguments = orjson.loads(call.arguments)
+    assert arguments["unit"] == "celsius"  # an enum's first value; the words go to the first free string
+    assert len(arguments["city"].split()) == 3
+    assert (type(arguments["days"]), arguments["hourly"]) == (int, True)
+    assert set(arguments["where"]) == {"country", "lat"}
+    assert isinstance(arguments["where"]["country"], str)
+    assert "note" not in arguments  # optional: left out
+    assert response.status == "completed"  # a call is whole however many words filled it
+
+
+async def test_input_items_list_every_kind_of_item_with_an_id(
+    client: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
+    made = await client.responses.create(
+        model="sim-model",
+        input=[
+            {"role": "developer", "content": "answer briefly"},
+            {"role": "user", "content": [{"type": "input_text", "text": "weather in Paris?"}]},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+            {"role": "assistant", "content": "It is sunny."},
+        ],
+    )
+    items = await client.responses.input_items.list(made.id)
+    kinds = ["message", "function_call_output", "function_call", "message", "message"]  # newest first
+    assert [item.type for item in items.data] == kinds
+    assert len({item.id for item in items.data}) == 5
+    page = (await http.get(f"/v1/responses/{made.id}/input_items")).json()
+    assert (page["object"], page["has_more"]) == ("list", False)
+    assert (page["first_id"], page["last_id"]) == (items.data[0].id, items.data[-1].id)
+    for item in page["data"]:
+        ITEMS.validate_python(item)
+    deleted = await http.delete(f"/v1/responses/{made.id}")
+    assert deleted.json() == {"id": made.id, "object": "response.deleted", "deleted": True}
+    gone = await http.get(f"/v1/responses/{made.id}/input_items")
+    assert gone.status_code == 404
+    assert gone.json()["error"]["message"] == f"No response found with id '{made.id}'."
+
+
+async def test_the_responses_api_is_recorded_and_counted_as_requests_and_streams(
+    client: openai.AsyncOpenAI, sim: SimulatorServer
+) -> None:
+    await client.responses.create(model="sim-model", input="whole")
+    async with client.responses.stream(model="sim-model", input="streamed") as stream:
+        await stream.get_final_response()
+    stats = await sim_stats(sim)
+    assert (stats["requests_completed"], stats["streams_completed"]) == (1, 1)
+    assert stats["by_path"] == {"/v1/responses": 2}
+    recorded = await sim_requests(sim)
+    assert [(r["method"], r["path"], r["body"]["input"]) for r in recorded] == [
+        ("POST", "/v1/responses", "whole"),
+        ("POST", "/v1/responses", "streamed"),
+    ]
+
+
+async def test_chat_tool_calls_and_reasoning_are_the_sdks_own_chunks_with_the_whole_answers_usage(
+    http: httpx.AsyncClient,
+) -> None:
+    tools: Any = [{"type": "function", "function": {"name": "forecast", "parameters": FORMS}}]
+    request: dict[str, Any] = {
+        "model": "sim-reasoner",
+        "messages": [{"role": "user", "content": "forecast please"}],
+        "tools": tools,
+        "tool_choice": {"type": "function", "function": {"name": "forecast"}},
+        "max_completion_tokens": 8,
+    }
+    whole = ChatCompletion.model_validate((await http.post("/v1/chat/completions", json=request)).json())
+    streamed = {**request, "stream": True, "stream_options": {"include_usage": True}}
+    raw = (await http.post("/v1/chat/completions", json=streamed)).content
+    chunks = [
+        ChatCompletionChunk.model_validate_json(block.removeprefix(b"data: "))
+        for block in raw.split(b"\n\n")
+        if block and block != b"data: [DONE]"
+    ]
+    calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or ()]
+    assert calls[0].id is not None
+    assert (calls[0].id[:5], calls[0].type) == ("call_", "function")
+    assert calls[0].function is not None
+    assert calls[0].function.name == "forecast"
+    assert all(call.index == 0 and call.id is None for call in calls[1:])
+    arguments = "".join(call.function.arguments or "" for call in calls if call.function)
+    assert set(orjson.loads(arguments)) == {"unit", "city", "days", "hourly", "where"}
+    assert chunks[-1].usage == whole.usage
+    assert whole.usage is not None
+    assert whole.usage.completion_tokens_details is not None
+    assert whole.usage.completion_tokens_details.reasoning_tokens == 2
+    assert whole.choices[0].finish_reason == "tool_calls"

@@ -7,7 +7,7 @@ counters, recent requests and faults to in-process users.
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from tokenyard.errors import MethodNotAllowed, RouteNotFound, TokenyardError
@@ -25,7 +25,17 @@ from tokenyard.simulator.clock import Clock, SystemClock
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.request import Request, header_dict, parse_json
 from tokenyard.simulator.state import RecordedRequest, SimulatorState
-from tokenyard.wire.asgi import ClientGone, Receive, Scope, Send, read_body, send_error
+from tokenyard.wire import anthropic
+from tokenyard.wire.asgi import (
+    JSON_HEADERS,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_bytes,
+    send_error,
+)
 from tokenyard.wire.openai import CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH
 
 Handler = Callable[[SimulatorState, Request, Send], Awaitable[None]]
@@ -126,7 +136,7 @@ class SimulatorApp:
             if route.handler is None:
                 allow = ", ".join(route.allowed).encode("ascii")
                 message = f"Method {method} is not allowed for {path}."
-                await send_error(send, MethodNotAllowed(message), [(b"allow", allow)])
+                await _send_route_error(send, path, MethodNotAllowed(message), [(b"allow", allow)])
                 return
             query = scope.get("query_string", b"")
             request = Request(
@@ -135,12 +145,23 @@ class SimulatorApp:
             await route.handler(self.state, request, send)
         except TokenyardError as exc:
             # Handlers raise only before they start a response, so the error can still be sent.
-            await send_error(send, exc)
+            await _send_route_error(send, path, exc)
 
 
 def build_app(config: SimulatorConfig, *, clock: Clock | None = None) -> SimulatorApp:
     """Assemble a simulator from its config; ``clock`` defaults to the real one."""
     return SimulatorApp(SimulatorState(config, clock or SystemClock()))
+
+
+async def _send_route_error(
+    send: Send, path: str, exc: TokenyardError, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """An error in the shape of the API the path belongs to: Anthropic's under ``/v1/messages``."""
+    if path.startswith(anthropic.MESSAGES_PATH):
+        status = anthropic.status_for(exc)
+        await send_bytes(send, status, anthropic.error_body_for(exc), [*JSON_HEADERS, *headers])
+    else:
+        await send_error(send, exc, headers)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

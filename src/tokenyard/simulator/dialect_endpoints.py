@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tokenyard.errors import InvalidRequest, ModelNotFound, TokenyardError
+from tokenyard.errors import InvalidRequest, ModelNotFound, ObjectNotFound, TokenyardError
 from tokenyard.simulator import shapes
 from tokenyard.simulator.dialects import (
     MessageParts,
@@ -15,7 +15,6 @@ from tokenyard.simulator.dialects import (
     ResponsesChunks,
     input_items,
     messages_prompt,
-    required_tool,
     responses_prompt_tokens,
 )
 from tokenyard.simulator.habits import with_habits
@@ -23,6 +22,7 @@ from tokenyard.simulator.inference import AnswerForm, complete, respond
 from tokenyard.simulator.request import Request
 from tokenyard.simulator.state import SimulatorState, StoredResponse
 from tokenyard.simulator.tokens import GenerationPlan, generate_texts, plan_dialect
+from tokenyard.simulator.tool_calls import required_tool
 from tokenyard.wire import anthropic
 from tokenyard.wire.asgi import Send, send_bytes, send_error, send_json
 from tokenyard.wire.openai import list_page
@@ -206,7 +206,7 @@ async def count_tokens(state: SimulatorState, request: Request, send: Send) -> N
 def _stored(state: SimulatorState, response_id: str) -> StoredResponse:
     found = state.stored_responses.get(response_id)
     if found is None:
-        raise ModelNotFound(f"No response found with id '{response_id}'.", param="response_id")
+        raise ObjectNotFound(f"No response found with id '{response_id}'.", param="response_id")
     return found
 
 

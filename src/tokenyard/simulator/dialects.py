@@ -6,10 +6,8 @@ The simulator generates the same words for every API (``tokens.py``): these form
 * **Prompt tokens** are counted as for chat (words of the text, at least one a message): Responses'
   ``instructions`` and ``input`` (text, message items, function-call outputs); Messages' ``tools``,
   ``system`` and ``messages`` blocks.
-* **Tool calls**: when ``tool_choice`` requires a function (Responses and chat: ``"required"`` or a named
-  one; Messages: ``{"type": "any"}`` or ``{"type": "tool"}``), the answer is one call of the (named or first)
-  function, its arguments ``{"<key>": "<the generated words>"}`` where ``key`` is the function's first
-  required (else first) property. Streamed, the words are the argument's pieces.
+* **Tool calls**: when ``tool_choice`` requires a function, the answer is one call of it (``tool_calls.py``:
+  arguments built from its schema, the generated words in one string argument, streamed as its pieces).
 * **Reasoning**: a model whose name holds ``reason`` reports a quarter of its output tokens as reasoning.
 * **Prompt caching (Messages)**, deterministic: the blocks up to the last one marked ``cache_control`` are
   the cacheable prefix; the first request with a given prefix (per model) writes it
@@ -28,92 +26,13 @@ import orjson
 
 from tokenyard.errors import InvalidRequest
 from tokenyard.simulator.tokens import count_message_tokens, count_words
+from tokenyard.simulator.tool_calls import ToolCall
 from tokenyard.wire.sse import sse_named
 
 
 def reasoning_tokens(model: str, completion_tokens: int) -> int:
     """The simulated reasoning share of an answer's output tokens (reasoning models only)."""
     return completion_tokens // 4 if "reason" in model.lower() else 0
-
-
-# -- tool calls -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """The one function call a request that requires a tool gets."""
-
-    call_id: str
-    name: str
-    key: str  # the argument the generated words go into
-
-    def opening(self) -> str:
-        return '{"' + self.key + '": "'
-
-    @staticmethod
-    def piece(word: str) -> str:
-        return orjson.dumps(word).decode()[1:-1]
-
-    def arguments(self, text: str) -> str:
-        return self.opening() + self.piece(text) + CLOSING
-
-
-CLOSING = '"}'
-
-
-def required_tool(tools: Any, choice: Any, call_id: str, *, api: str) -> ToolCall | None:
-    """The call a request must answer with, or None (it may answer in text)."""
-    found = [_function(tool, api) for tool in tools] if isinstance(tools, list) else []
-    functions = [f for f in found if f is not None]
-    if not functions:
-        return None
-    wanted = _forced_name(choice, api)
-    if wanted is None:
-        return None
-    name, schema = (
-        next(((n, s) for n, s in functions if n == wanted), functions[0]) if wanted else functions[0]
-    )
-    return ToolCall(call_id, name, _argument_key(schema))
-
-
-def _function(tool: Any, api: str) -> tuple[str, Any] | None:
-    if not isinstance(tool, Mapping):
-        return None
-    if api == "messages":
-        return (
-            (str(tool.get("name")), tool.get("input_schema"))
-            if tool.get("type", "custom") == "custom"
-            else None
-        )
-    if tool.get("type") != "function":
-        return None
-    if api == "chat":
-        inner = tool.get("function")
-        return (str(inner.get("name")), inner.get("parameters")) if isinstance(inner, Mapping) else None
-    return str(tool.get("name")), tool.get("parameters")
-
-
-def _forced_name(choice: Any, api: str) -> str | None:
-    """ "" for any function, a name for that one, None when the model may answer in text."""
-    if api == "messages":
-        kind = choice.get("type") if isinstance(choice, Mapping) else None
-        return "" if kind == "any" else str(choice.get("name")) if kind == "tool" and choice else None
-    if choice == "required":
-        return ""
-    if isinstance(choice, Mapping) and choice.get("type") == "function":
-        inner = choice.get("function") if api == "chat" else choice
-        return str(inner.get("name")) if isinstance(inner, Mapping) else ""
-    return None
-
-
-def _argument_key(schema: Any) -> str:
-    properties = schema.get("properties") if isinstance(schema, Mapping) else None
-    required = schema.get("required") if isinstance(schema, Mapping) else None
-    if isinstance(required, list) and required and isinstance(required[0], str):
-        return required[0]
-    if isinstance(properties, Mapping) and properties:
-        return str(next(iter(properties)))
-    return "input"
 
 
 # -- what a body asks ---------------------------------------------------------------------------------
@@ -149,20 +68,34 @@ def _as_chat_parts(content: Any) -> Any:
 
 
 def input_items(body: Mapping[str, Any], response_id: str) -> list[dict[str, Any]]:
-    """A Responses request's input as the stored items ``input_items`` lists (newest first, as OpenAI)."""
+    """A Responses request's input as the stored items ``input_items`` lists (newest first, as OpenAI), each
+    with an id and a status, in the shapes the SDK's ``ResponseItem`` has."""
     given = body.get("input")
     items = [{"role": "user", "content": given}] if isinstance(given, str) else list(given or ())
-    out = []
-    for index, item in enumerate(items):
-        content = item.get("content")
-        if isinstance(content, str):
-            content = [{"type": "input_text", "text": content}]
-        kind = item.get("type", "message")
-        entry = {**item, "type": kind, "id": f"msg_{response_id[5:]}{index:04d}"}
-        if kind == "message":
-            entry.update(content=content, status="completed")
-        out.append(entry)
-    return out[::-1]
+    return [_input_item(item, f"{response_id[5:]}{index:04d}") for index, item in enumerate(items)][::-1]
+
+
+_ITEM_ID_PREFIXES = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_"}
+
+
+def _input_item(item: Mapping[str, Any], id_tail: str) -> dict[str, Any]:
+    kind = item.get("type", "message")
+    entry = {
+        "status": "completed",
+        **item,
+        "type": kind,
+        "id": _ITEM_ID_PREFIXES.get(kind, "item_") + id_tail,
+    }
+    if kind != "message":
+        return entry
+    # An assistant's earlier turn is listed as the output message it was; anyone else's as input text.
+    assistant = item.get("role") == "assistant"
+    content = item.get("content")
+    parts = [{"type": "input_text", "text": content}] if isinstance(content, str) else list(content or ())
+    if assistant:
+        parts = [_output_text(str(part.get("text", ""))) for part in parts if isinstance(part, Mapping)]
+    entry["content"] = parts
+    return entry
 
 
 def messages_prompt(body: Mapping[str, Any]) -> tuple[int, int, bytes]:
@@ -344,9 +277,10 @@ class ResponsesChunks:
         self._text.append(piece)
         where = {"item_id": self._parts.item_id(), "output_index": 0}
         if self._parts.tool is not None:
-            prefix = self._parts.tool.opening() if len(self._text) == 1 else ""
+            tool = self._parts.tool
+            prefix = tool.opening if len(self._text) == 1 else ""
             return self._event(
-                "response.function_call_arguments.delta", **where, delta=prefix + ToolCall.piece(piece)
+                "response.function_call_arguments.delta", **where, delta=prefix + tool.piece(piece)
             )
         return self._event("response.output_text.delta", **where, content_index=0, delta=piece, logprobs=[])
 
@@ -354,14 +288,8 @@ class ResponsesChunks:
         parts, text = self._parts, "".join(self._text)
         item, where = parts.item(text), {"item_id": parts.item_id(), "output_index": 0}
         if parts.tool is not None:
-            closing = (
-                b""
-                if self._text
-                else self._event(
-                    "response.function_call_arguments.delta", **where, delta=parts.tool.opening()
-                )
-            )
-            closing += self._event("response.function_call_arguments.delta", **where, delta=CLOSING)
+            rest = ("" if self._text else parts.tool.opening) + parts.tool.closing
+            closing = self._event("response.function_call_arguments.delta", **where, delta=rest)
             done = self._event(
                 "response.function_call_arguments.done",
                 **where,
@@ -461,14 +389,14 @@ class MessagesChunks:
         if tool is None:
             delta = {"type": "text_delta", "text": piece}
         else:
-            prefix = tool.opening() if self._sent == 1 else ""
-            delta = {"type": "input_json_delta", "partial_json": prefix + ToolCall.piece(piece)}
+            prefix = tool.opening if self._sent == 1 else ""
+            delta = {"type": "input_json_delta", "partial_json": prefix + tool.piece(piece)}
         return sse_named("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
 
     def finish(self, index: int, finish_reason: str) -> bytes:
         tool, out = self._parts.tool, b""
         if tool is not None:
-            closing = (tool.opening() if not self._sent else "") + CLOSING
+            closing = ("" if self._sent else tool.opening) + tool.closing
             delta = {"type": "input_json_delta", "partial_json": closing}
             out = sse_named(
                 "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}

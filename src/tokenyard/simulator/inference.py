@@ -20,7 +20,7 @@ from tokenyard.simulator.answers import (
     plan_generation,
 )
 from tokenyard.simulator.capacity import TokenPacer, sample_ttft_s, stream_rate_per_s
-from tokenyard.simulator.dialects import CLOSING, ToolCall, reasoning_tokens, required_tool
+from tokenyard.simulator.dialects import reasoning_tokens
 from tokenyard.simulator.habits import with_habits
 from tokenyard.simulator.request import Request
 from tokenyard.simulator.state import SimulatorState
@@ -32,6 +32,7 @@ from tokenyard.simulator.tokens import (
     embedding_vector,
     plan_embeddings,
 )
+from tokenyard.simulator.tool_calls import ToolCall, required_tool
 from tokenyard.wire import anthropic
 from tokenyard.wire.asgi import (
     JSON_HEADERS,
@@ -125,7 +126,7 @@ class OpenAIForm:
         plan, tool = self.plan, self.tool
         if tool is not None:
             call = {"id": tool.call_id, "type": "function", "function": {"name": tool.name}}
-            return shapes.ChatToolCallChunks(self.head, plan.include_usage, call, tool.opening(), CLOSING)
+            return shapes.ChatToolCallChunks(self.head, plan.include_usage, call, tool)
         if self.kind == "chat":
             return shapes.ChatChunks(self.head, plan.include_usage)
         return shapes.CompletionChunks(self.head, plan.include_usage)
@@ -307,6 +308,6 @@ def _injected(status: int, errors: str) -> bytes:
 
 async def _send_error(send: Send, exc: TokenyardError, errors: str) -> None:
     if errors == "anthropic":
-        await send_bytes(send, exc.status_code, anthropic.error_body_for(exc))
+        await send_bytes(send, anthropic.status_for(exc), anthropic.error_body_for(exc))
     else:
         await send_error(send, exc)

@@ -28,9 +28,10 @@ import orjson
 
 from tokenyard.errors import InvalidRequest, ModelNotFound, TokenyardError
 from tokenyard.simulator.config import FaultConfig, SimulatorConfig
-from tokenyard.simulator.dialects import MessageParts, messages_prompt, required_tool
+from tokenyard.simulator.dialects import MessageParts, messages_prompt
 from tokenyard.simulator.resources import IdMaker
 from tokenyard.simulator.tokens import generate_texts, plan_dialect
+from tokenyard.simulator.tool_calls import required_tool
 from tokenyard.wire import anthropic
 
 MAX_REQUESTS: Final = 100_000

@@ -150,17 +150,32 @@ class ChatChunks:
         return SSE_DONE
 
 
+class ArgumentsSpelling(Protocol):
+    """How a call's ``arguments`` are spelled around the generated words (``tool_calls.ToolCall``)."""
+
+    @property
+    def opening(self) -> str:
+        """The arguments before the first word."""
+
+    @property
+    def closing(self) -> str:
+        """The arguments after the last word."""
+
+    def piece(self, word: str) -> str:
+        """One word as it appears inside the arguments."""
+
+
 class ChatToolCallChunks(ChatChunks):
     """SSE frames of a streamed chat answer that is one function call: the generated words are the pieces of
-    its one argument (``arguments`` spelled by the caller: the opening, each piece, the closing)."""
+    its arguments (the opening, each piece, the closing)."""
 
-    __slots__ = ("_call", "_closing", "_opening")
+    __slots__ = ("_call", "_spelling")
 
     def __init__(
-        self, head: dict[str, Any], include_usage: bool, call: dict[str, Any], opening: str, closing: str
+        self, head: dict[str, Any], include_usage: bool, call: dict[str, Any], spelling: ArgumentsSpelling
     ) -> None:
         super().__init__(head, include_usage)
-        self._call, self._opening, self._closing = call, opening, closing
+        self._call, self._spelling = call, spelling
 
     def _arguments(self, index: int, piece: str) -> bytes:
         call = {"index": 0, "function": {"arguments": piece}}
@@ -169,16 +184,17 @@ class ChatToolCallChunks(ChatChunks):
         )
 
     def start(self, index: int) -> bytes | None:
-        call = {"index": 0, **self._call, "function": {**self._call["function"], "arguments": self._opening}}
+        opening = self._spelling.opening
+        call = {"index": 0, **self._call, "function": {**self._call["function"], "arguments": opening}}
         delta = {"role": "assistant", "content": None, "tool_calls": [call]}
         return self._frame([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
 
     def content(self, index: int, piece: str) -> bytes:
-        return self._arguments(index, orjson.dumps(piece).decode()[1:-1])
+        return self._arguments(index, self._spelling.piece(piece))
 
     def finish(self, index: int, finish_reason: str) -> bytes:
         # The arguments are whole however many words filled them: the answer is a call.
-        return self._arguments(index, self._closing) + super().finish(index, "tool_calls")
+        return self._arguments(index, self._spelling.closing) + super().finish(index, "tool_calls")
 
 
 class CompletionChunks:
