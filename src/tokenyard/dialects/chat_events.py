@@ -11,9 +11,9 @@ import orjson
 
 from tokenyard.errors import InvalidRequest
 
-# One piece of a chat stream: (kind, tool-call index, value). Kinds: "model", "text", "reasoning", "tool"
-# (value: (id, name)), "args" (arguments text), "finish" (finish_reason), "usage" (the usage object),
-# "error" (the error object), "done" (``data: [DONE]``).
+# One piece of a chat stream: (kind, tool-call index, value). Kinds: "model", "text", "refusal",
+# "reasoning", "tool" (value: (id, name)), "args" (arguments text), "finish" (finish_reason), "usage" (the
+# usage object), "error" (the error object), "done" (``data: [DONE]``).
 Piece = tuple[str, int, Any]
 
 _SEPARATOR = re.compile(rb"\r?\n\r?\n")
@@ -39,8 +39,9 @@ def pieces(events: bytes) -> Iterator[Piece]:
 
 
 def _chunk_pieces(chunk: dict[str, Any]) -> Iterator[Piece]:
-    if isinstance(chunk.get("error"), dict):
-        yield ("error", 0, chunk["error"])
+    error = chunk.get("error")
+    if error is not None:  # an upstream failing mid-stream; some send only a message string
+        yield ("error", 0, error if isinstance(error, dict) else {"message": str(error)})
         return
     if isinstance(chunk.get("model"), str):
         yield ("model", 0, chunk["model"])
@@ -59,9 +60,9 @@ def _delta_pieces(delta: dict[str, Any]) -> Iterator[Piece]:
     reasoning = delta.get("reasoning_content") or delta.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
         yield ("reasoning", 0, reasoning)
-    for key in ("content", "refusal"):
+    for key, kind in (("content", "text"), ("refusal", "refusal")):
         if isinstance(delta.get(key), str) and delta[key]:
-            yield ("text", 0, delta[key])
+            yield (kind, 0, delta[key])
     for call in delta.get("tool_calls") or ():
         if not isinstance(call, dict):
             continue
@@ -72,6 +73,12 @@ def _delta_pieces(delta: dict[str, Any]) -> Iterator[Piece]:
             yield ("tool", index, (str(call.get("id") or ""), str(function.get("name") or "")))
         if isinstance(function.get("arguments"), str) and function["arguments"]:
             yield ("args", index, function["arguments"])
+
+
+def error_message(error: dict[str, Any]) -> str:
+    """The message of a chat stream's error object, as the client's API's error event carries it."""
+    message = error.get("message")
+    return message if isinstance(message, str) and message else "the upstream failed mid-stream"
 
 
 def first_message(answer: dict[str, Any]) -> tuple[dict[str, Any], str | None]:

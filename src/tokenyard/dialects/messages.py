@@ -7,8 +7,11 @@ accepted and dropped (a chat backend caches prefixes on its own, or not at all);
 in the history are dropped. Anything else that would change the answer (extended thinking, ``top_k``,
 server tools, documents…) is a 400 naming it.
 
-Anthropic's ``input_tokens`` leave out cache reads, so a chat answer's ``cached_tokens`` are moved to
-``cache_read_input_tokens``: the three add up to the chat backend's ``prompt_tokens``.
+Back, a chat refusal is text (Anthropic has no refusal block; the stop reason says ``refusal`` when the chat
+answer was filtered), and tool-call arguments that are not a JSON object are kept as text under
+``_arguments`` (see ``tool_input``). Anthropic's ``input_tokens`` leave out cache reads, so a chat answer's
+``cached_tokens`` are moved to ``cache_read_input_tokens``: the three add up to the chat backend's
+``prompt_tokens``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,18 @@ from typing import Any
 
 import orjson
 
-from tokenyard.dialects.chat_events import counts, first_message, pieces, present, refuse, text_of, tool_calls
+from tokenyard.dialects.chat_events import (
+    counts,
+    error_message,
+    first_message,
+    pieces,
+    present,
+    refuse,
+    text_of,
+    tool_calls,
+)
 from tokenyard.errors import InvalidRequest
+from tokenyard.wire.ids import new_object_id
 from tokenyard.wire.sse import sse_named
 
 _DROPPED = frozenset(("model", "service_tier", "metadata", "system", "messages"))
@@ -50,6 +63,9 @@ def to_chat(request: dict[str, Any]) -> dict[str, Any]:
         if value is not None and key not in _DROPPED:
             _carry(chat, key, value, problems)
     refuse(problems)
+    if not chat.get("tools"):  # OpenAI's chat endpoint refuses a tool choice (or parallel setting) alone
+        for key in ("tools", "tool_choice", "parallel_tool_calls"):
+            chat.pop(key, None)
     return chat
 
 
@@ -239,7 +255,8 @@ def from_chat(answer: dict[str, Any], request: dict[str, Any], *, message_id: st
     if text or isinstance(refusal, str):
         content.append({"type": "text", "text": (text or "") + (refusal if isinstance(refusal, str) else "")})
     for call_id, name, arguments in tool_calls(message):
-        content.append({"type": "tool_use", "id": call_id, "name": name, "input": tool_input(arguments)})
+        block_id = call_id or new_object_id("toolu_")  # a backend that named no id: the client needs one
+        content.append({"type": "tool_use", "id": block_id, "name": name, "input": tool_input(arguments)})
     named = answer.get("model")
     model = named if isinstance(named, str) else str(request.get("model", ""))
     return {
@@ -311,14 +328,18 @@ class MessagesStream:
         out.append(sse_named("message_start", {"type": "message_start", "message": message}))
 
     def _take(self, out: list[bytes], kind: str, index: int, value: Any) -> None:
-        if kind == "text":
+        if kind in ("text", "refusal"):  # Anthropic has no refusal block: a refusal is what the model said
             if self._block != ("text", -1):
                 self._open(out, ("text", -1), {"type": "text", "text": ""})
             self._delta(out, self._blocks - 1, {"type": "text_delta", "text": value})
-        elif kind == "tool":
-            self._open(
-                out, ("tool", index), {"type": "tool_use", "id": value[0], "name": value[1], "input": {}}
-            )
+        elif kind == "tool" and index not in self._calls:  # some backends repeat a call's head: once only
+            block = {
+                "type": "tool_use",
+                "id": value[0] or new_object_id("toolu_"),
+                "name": value[1],
+                "input": {},
+            }
+            self._open(out, ("tool", index), block)
             self._calls[index] = self._blocks - 1
         elif kind == "args":
             if index not in self._calls:
@@ -329,10 +350,8 @@ class MessagesStream:
         elif kind == "usage":
             self._usage = value
         elif kind == "error":
-            message = str(value.get("message") or "the upstream failed mid-stream")
-            out.append(
-                sse_named("error", {"type": "error", "error": {"type": "api_error", "message": message}})
-            )
+            error = {"type": "api_error", "message": error_message(value)}
+            out.append(sse_named("error", {"type": "error", "error": error}))
             self.done = True
         elif kind == "done":
             self._end(out)

@@ -1,26 +1,53 @@
 """OpenAI's Responses API over a chat-completions backend: the request as chat, the answer back (pure).
 
 Carried: ``input`` as text or items (messages with text and image parts, function calls and their
-outputs), ``instructions``, ``max_output_tokens``, ``temperature``/``top_p``, ``stream``, function
-``tools`` and ``tool_choice``, ``text.format`` (JSON schema or JSON object), ``reasoning.effort``. Anything
-else that would change the answer (built-in tools, ``previous_response_id``, ``include``…) is a 400 naming
-it. A streamed answer's reasoning text is not replayed as events (its tokens are in the usage); a whole
-answer's is, as a reasoning item.
-"""
+outputs), ``instructions``, ``max_output_tokens``, ``temperature``/``top_p``, ``user``, ``stream``,
+function ``tools``, ``tool_choice`` and ``parallel_tool_calls``, ``text.format`` (JSON schema or JSON
+object), ``reasoning.effort``. Anything else that would change the answer (built-in tools,
+``previous_response_id``, ``include``, ``truncation: "auto"``…) is a 400 naming all of it at once.
+
+The answer comes back as OpenAI's Response, whole or as its stream of events: the chat message's text (and
+refusal) as a message item, each tool call as a function_call item, and the reasoning text some backends
+add (``reasoning_content``/``reasoning``) as a reasoning item's summary, since that is the only place the
+Responses API shows reasoning as text."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tokenyard.dialects.chat_events import counts, first_message, pieces, present, refuse, text_of, tool_calls
+from tokenyard.dialects.chat_events import (
+    counts,
+    error_message,
+    first_message,
+    pieces,
+    present,
+    refuse,
+    text_of,
+    tool_calls,
+)
 from tokenyard.errors import InvalidRequest
 from tokenyard.wire.ids import new_object_id
 from tokenyard.wire.sse import sse_named
 
 # Fields that change nothing a chat backend does (or are tokenyard's own business): accepted, not sent.
+# (``top_logprobs`` shows only with ``include: ["message.output_text.logprobs"]``, which is refused.)
 _DROPPED = frozenset(
-    ("model", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier", "stream_options")
+    (
+        "model",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "safety_identifier",
+        "stream_options",
+        "top_logprobs",
+    )
 )
+# Fields whose value here asks for nothing beyond chat completions: accepted as if absent.
+_HARMLESS: dict[str, Any] = {"truncation": "disabled", "background": False, "include": []}
+# What only makes sense beside tools: OpenAI's chat endpoint refuses them without any (a Responses client
+# may send them with none, or with only tools that are refused anyway).
+_WITH_TOOLS = ("tools", "tool_choice", "parallel_tool_calls")
 _TEXT_PARTS = frozenset(("input_text", "output_text", "text", "refusal"))
 _STATUS = {"length": ("incomplete", "max_output_tokens"), "content_filter": ("incomplete", "content_filter")}
 
@@ -37,17 +64,19 @@ def to_chat(request: dict[str, Any]) -> dict[str, Any]:
     for key, value in request.items():
         if value is None or key in _DROPPED or key in ("input", "instructions"):
             continue
-        _carry(chat, key, value, problems)
+        if key not in _HARMLESS or _HARMLESS[key] != value:
+            _carry(chat, key, value, problems)
     refuse(problems)
+    if not chat.get("tools"):
+        for key in _WITH_TOOLS:
+            chat.pop(key, None)
     return chat
 
 
 def _carry(chat: dict[str, Any], key: str, value: Any, problems: list[str]) -> None:
     """One top-level field into ``chat``, or a problem named."""
-    if key in ("temperature", "top_p", "user", "parallel_tool_calls", "top_logprobs"):
+    if key in ("temperature", "top_p", "user", "parallel_tool_calls"):
         chat[key] = value
-        if key == "top_logprobs":
-            chat["logprobs"] = True
     elif key == "max_output_tokens":
         chat["max_completion_tokens"] = value
     elif key == "stream":
@@ -62,7 +91,7 @@ def _carry(chat: dict[str, Any], key: str, value: Any, problems: list[str]) -> N
     elif key == "reasoning":
         if isinstance(value, dict) and value.get("effort") is not None:
             chat["reasoning_effort"] = value["effort"]
-    elif not (key == "truncation" and value == "disabled") and not (key == "background" and value is False):
+    else:
         problems.append(key)
 
 
@@ -228,16 +257,22 @@ def response_object(
         "previous_response_id": None,
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         "store": request.get("store", True) is not False,
-        "temperature": request.get("temperature", 1.0),
+        "temperature": _given(request, "temperature", 1.0),
         "text": text,
         "tool_choice": request.get("tool_choice") or "auto",
         "tools": request.get("tools") or [],
-        "top_p": request.get("top_p", 1.0),
+        "top_p": _given(request, "top_p", 1.0),
         "truncation": "disabled",
         "usage": usage_object(chat_usage),
         "user": request.get("user"),
         "metadata": request.get("metadata") or {},
     }
+
+
+def _given(request: dict[str, Any], key: str, default: Any) -> Any:
+    """A request's field, or the default OpenAI echoes when it is absent or null."""
+    value = request.get(key)
+    return default if value is None else value
 
 
 def usage_object(chat_usage: Any) -> dict[str, Any] | None:
@@ -288,7 +323,11 @@ def _reasoning_item(text: str) -> dict[str, Any]:
 
 
 class ResponsesStream:
-    """A chat stream turned into the Responses API's events, as whole chat events arrive (``feed``)."""
+    """A chat stream turned into the Responses API's events, as whole chat events arrive (``feed``).
+
+    Output items open in the order their first piece arrives (reasoning, message, function calls) and are
+    all closed when the chat stream ends, which is when the last event can carry the usage.
+    """
 
     __slots__ = (
         "_calls",
@@ -296,10 +335,11 @@ class ResponsesStream:
         "_finish",
         "_id",
         "_items",
+        "_message",
         "_model",
+        "_reasoning",
         "_request",
         "_seq",
-        "_text",
         "_usage",
         "done",
     )
@@ -309,7 +349,8 @@ class ResponsesStream:
         self._seq = -1  # no event yet
         self._model = str(request.get("model", ""))
         self._items: list[dict[str, Any]] = []  # output items in the order they opened
-        self._text: dict[str, Any] | None = None  # the message item being written, if one is
+        self._reasoning: dict[str, Any] | None = None  # the reasoning item being written, if one is
+        self._message: dict[str, Any] | None = None  # the message item being written, if one is
         self._calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> its function_call item
         self._finish: str | None = None
         self._usage: Any = None
@@ -340,95 +381,122 @@ class ResponsesStream:
 
     def _take(self, out: list[bytes], kind: str, index: int, value: Any) -> None:
         if kind == "text":
-            self._write_text(out, value)
+            self._write_part(out, "output_text", value)
+        elif kind == "refusal":
+            self._write_part(out, "refusal", value)
+        elif kind == "reasoning":
+            self._write_reasoning(out, value)
         elif kind == "tool":
             self._open_call(out, index, *value)
         elif kind == "args":
             call = self._calls.get(index) or self._open_call(out, index, "", "")
             call["arguments"] += value
-            self._event(
-                out,
-                "response.function_call_arguments.delta",
-                item_id=call["id"],
-                output_index=self._items.index(call),
-                delta=value,
-            )
+            where = {"item_id": call["id"], "output_index": self._items.index(call)}
+            self._event(out, "response.function_call_arguments.delta", **where, delta=value)
         elif kind == "finish":
             self._finish = value
         elif kind == "usage":
             self._usage = value
         elif kind == "error":
-            message = str(value.get("message") or "the upstream failed mid-stream")
-            self._event(
-                out,
-                "error",
-                code=value.get("code"),
-                message=message,
-                param=value.get("param"),
-                error={"type": value.get("type") or "server_error", "message": message},
-            )
-            self.done = True
+            self._error(out, value)
         elif kind == "done":
             self._end(out)
 
-    def _write_text(self, out: list[bytes], piece: str) -> None:
-        item = self._text
+    def _add(self, out: list[bytes], item: dict[str, Any], announced: dict[str, Any]) -> dict[str, Any]:
+        """Open an output item (``announced``: how it looks empty); its ``item_id``/``output_index``."""
+        self._items.append(item)
+        where = {"item_id": item["id"], "output_index": len(self._items) - 1}
+        self._event(out, "response.output_item.added", output_index=where["output_index"], item=announced)
+        return where
+
+    def _write_reasoning(self, out: list[bytes], piece: str) -> None:
+        item = self._reasoning
         if item is None:
-            item = self._text = _message_item(new_object_id("msg_"), "", status="in_progress")
-            where = {"output_index": len(self._items)}
-            self._items.append(item)
-            self._event(out, "response.output_item.added", **where, item={**item, "content": []})
-            self._event(
-                out,
-                "response.content_part.added",
-                item_id=item["id"],
-                **where,
-                content_index=0,
-                part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
-            )
-        item["content"][0]["text"] += piece
-        self._event(
-            out,
-            "response.output_text.delta",
-            item_id=item["id"],
-            output_index=self._items.index(item),
-            content_index=0,
-            delta=piece,
-            logprobs=[],
-        )
+            item = self._reasoning = _reasoning_item("")
+            where = self._add(out, item, {**item, "summary": []})
+            part = {"type": "summary_text", "text": ""}
+            self._event(out, "response.reasoning_summary_part.added", **where, summary_index=0, part=part)
+        item["summary"][0]["text"] += piece
+        where = {"item_id": item["id"], "output_index": self._items.index(item)}
+        self._event(out, "response.reasoning_summary_text.delta", **where, summary_index=0, delta=piece)
+
+    def _write_part(self, out: list[bytes], part_type: str, piece: str) -> None:
+        """A piece of the message's text (``output_text``) or of its refusal (``refusal``), each one part."""
+        item = self._message
+        if item is None:
+            item = self._message = _message_item(new_object_id("msg_"), "", status="in_progress")
+            item["content"] = []  # parts open as their first piece comes
+            self._add(out, item, {**item, "content": []})
+        where = {"item_id": item["id"], "output_index": self._items.index(item)}
+        parts: list[dict[str, Any]] = item["content"]
+        found = [i for i, part in enumerate(parts) if part["type"] == part_type]
+        content_index = found[0] if found else len(parts)
+        if not found:
+            parts.append(_empty_part(part_type))
+            part = _empty_part(part_type)
+            self._event(out, "response.content_part.added", **where, content_index=content_index, part=part)
+        if part_type == "output_text":
+            parts[content_index]["text"] += piece
+            at = {**where, "content_index": content_index}
+            self._event(out, "response.output_text.delta", **at, delta=piece, logprobs=[])
+        else:
+            parts[content_index]["refusal"] += piece
+            self._event(out, "response.refusal.delta", **where, content_index=content_index, delta=piece)
 
     def _open_call(self, out: list[bytes], index: int, call_id: str, name: str) -> dict[str, Any]:
         call = self._calls.get(index)
         if call is not None:  # a repeated head: fill in what the first one lacked
-            call["call_id"], call["name"] = call["call_id"] or call_id, call["name"] or name
+            call["name"] = call["name"] or name
             return call
         call = self._calls[index] = _call_item(new_object_id("fc_"), call_id, name, "", status="in_progress")
-        self._items.append(call)
-        self._event(out, "response.output_item.added", output_index=len(self._items) - 1, item=dict(call))
+        self._add(out, call, dict(call))
         return call
+
+    def _error(self, out: list[bytes], error: dict[str, Any]) -> None:
+        message = error_message(error)
+        code, param = error.get("code"), error.get("param")
+        self._event(
+            out,
+            "error",
+            code=None if code is None else str(code),
+            message=message,
+            param=None if param is None else str(param),
+            # the object beside the fields is what makes the openai SDK raise (as legs.stream_error_event)
+            error={"type": error.get("type") or "server_error", "message": message},
+        )
+        self.done = True
 
     def _end(self, out: list[bytes]) -> None:
         for output_index, item in enumerate(self._items):
-            item["status"] = "completed"
-            if item["type"] == "message":
-                part = item["content"][0]
-                where = {"item_id": item["id"], "output_index": output_index, "content_index": 0}
-                self._event(out, "response.output_text.done", **where, text=part["text"], logprobs=[])
-                self._event(out, "response.content_part.done", **where, part=part)
-            else:
-                self._event(
-                    out,
-                    "response.function_call_arguments.done",
-                    item_id=item["id"],
-                    output_index=output_index,
-                    name=item["name"],
-                    arguments=item["arguments"],
-                )
+            self._close(out, output_index, item)
             self._event(out, "response.output_item.done", output_index=output_index, item=item)
         response = self._response(self._items, self._finish)
         last = "response.completed" if response["status"] == "completed" else "response.incomplete"
         self._event(out, last, response=response)
         self.done = True
+
+    def _close(self, out: list[bytes], output_index: int, item: dict[str, Any]) -> None:
+        """The events that end one output item's content (its ``output_item.done`` follows)."""
+        where = {"item_id": item["id"], "output_index": output_index}
+        if item["type"] == "reasoning":
+            summary = item["summary"][0]
+            self._event(
+                out, "response.reasoning_summary_text.done", **where, summary_index=0, text=summary["text"]
+            )
+            self._event(out, "response.reasoning_summary_part.done", **where, summary_index=0, part=summary)
+            return
+        item["status"] = "completed"
+        if item["type"] == "function_call":
+            done = {"name": item["name"], "arguments": item["arguments"]}
+            self._event(out, "response.function_call_arguments.done", **where, **done)
+            return
+        for content_index, part in enumerate(item["content"]):
+            at = {**where, "content_index": content_index}
+            if part["type"] == "output_text":
+                self._event(out, "response.output_text.done", **at, text=part["text"], logprobs=[])
+            else:
+                self._event(out, "response.refusal.done", **at, refusal=part["refusal"])
+            self._event(out, "response.content_part.done", **at, part=part)
 
     def _response(
         self, output: list[dict[str, Any]], finish: str | None, status: str | None = None
@@ -437,3 +505,9 @@ class ResponsesStream:
         return response_object(
             self._request, self._id, self._created_at, self._model, output, finish, usage, status=status
         )
+
+
+def _empty_part(part_type: str) -> dict[str, Any]:
+    if part_type == "output_text":
+        return {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    return {"type": "refusal", "refusal": ""}
