@@ -338,12 +338,13 @@ class TokenyardConfig(_Strict):
             seen.setdefault(secret, key_name)
         problems += _catalog_problems(self)
         problems += actuator_problems(self.capacity, {name: b.kind for name, b in self.backends.items()})
-        if not self.keys and not is_loopback(self.server.host):
+        if not self.keys and self.server.admin_key is None and not is_loopback(self.server.host):
             problems.append(
                 (
                     "server.host",
                     "with no keys configured tokenyard accepts any bearer key, so it listens on "
-                    "loopback only; configure keys to listen on " + self.server.host,
+                    "loopback only; configure keys (or an admin key, to make them through the admin API) "
+                    "to listen on " + self.server.host,
                 )
             )
         return problems

@@ -78,6 +78,14 @@ class ObjectNotFound(ClientError):
     status_code = 404
 
 
+class Conflict(ClientError):
+    """The change cannot be made to the object as it is (a key from the config file, a write that raced
+    another one)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class MethodNotAllowed(ClientError):
     """The path exists but not for this HTTP method."""
 

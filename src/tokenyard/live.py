@@ -8,11 +8,13 @@ sees the old settings or the new ones, never half of each.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from tokenyard.admission.auth import KeyRing
+from tokenyard.admission.auth import NO_STORED_KEYS, KeyRing, StoredKeys
 from tokenyard.admission.classify import Rule
-from tokenyard.config import TokenyardConfig
+from tokenyard.config import TokenyardConfig, is_loopback
 from tokenyard.queue.settings import AsyncTrackConfig
 
 
@@ -26,20 +28,32 @@ class Settings:
     async_rules: tuple[Rule, ...]
 
     @classmethod
-    def of(cls, config: TokenyardConfig, *, async_track_runs: bool) -> Settings:
-        """The settings of ``config``; ``async_track_runs`` is fixed at start-up (it needs a job store)."""
+    def of(
+        cls,
+        config: TokenyardConfig,
+        *,
+        async_track_runs: bool,
+        stored: StoredKeys = NO_STORED_KEYS,
+        wall: Callable[[], float] = time.time,
+    ) -> Settings:
+        """The settings of ``config``; ``async_track_runs`` is fixed at start-up (it needs a job store), and
+        ``stored`` are the keys made through the admin API, as last read from the store."""
         track = config.async_track if async_track_runs else None
-        return cls(config, KeyRing(config.keys), track, track.classifier_rules() if track else ())
+        keys = KeyRing(config.keys, loopback=is_loopback(config.server.host), stored=stored, wall=wall)
+        return cls(config, keys, track, track.classifier_rules() if track else ())
 
 
 class LiveConfig:
-    """The settings in force; ``swap`` replaces them whole."""
+    """The settings in force; ``swap`` replaces them whole, ``keep_stored_keys`` the admin API's keys."""
 
-    __slots__ = ("_async_track_runs", "current")
+    __slots__ = ("_async_track_runs", "_wall", "current")
 
-    def __init__(self, config: TokenyardConfig, *, async_track_runs: bool) -> None:
+    def __init__(
+        self, config: TokenyardConfig, *, async_track_runs: bool, wall: Callable[[], float] = time.time
+    ) -> None:
         self._async_track_runs = async_track_runs
-        self.current = Settings.of(config, async_track_runs=async_track_runs)
+        self._wall = wall
+        self.current = Settings.of(config, async_track_runs=async_track_runs, wall=wall)
 
     @property
     def config(self) -> TokenyardConfig:
@@ -48,7 +62,14 @@ class LiveConfig:
 
     def swap(self, config: TokenyardConfig) -> None:
         """Put ``config`` in force (a reload): every reader sees it from its next read."""
-        self.current = Settings.of(config, async_track_runs=self._async_track_runs)
+        stored = self.current.keys.stored  # not the file's: they stay what the store last said
+        self.current = Settings.of(
+            config, async_track_runs=self._async_track_runs, stored=stored, wall=self._wall
+        )
+
+    def keep_stored_keys(self, stored: StoredKeys) -> None:
+        """Put the admin API's keys, as just read from the store, in force."""
+        self.current.keys.stored = stored
 
     def async_track(self) -> AsyncTrackConfig:
         """The async-track settings in force (for parts that take them as a callable)."""

@@ -388,6 +388,59 @@ class TestDocumentStore:
         assert await a.get_document("other") is None
 
 
+class TestKeyStore:
+    """``KeyStore``: virtual key records, written compare-and-set, every replica reading one version."""
+
+    async def test_a_record_is_made_once_and_every_replica_reads_it(self, stores: Stores) -> None:
+        a, b = stores.open(), stores.open()
+        assert await a.keys_version() == 0
+        assert await a.all_keys() == (0, [])
+        assert await a.put_key("key_1", b'{"v": 1}', expected=None)
+        assert not await b.put_key("key_1", b'{"v": 2}', expected=None), "made twice"
+        assert await b.get_key("key_1") == b'{"v": 1}'
+        assert await b.get_key("key_2") is None
+        assert await b.all_keys() == (1, [b'{"v": 1}'])
+
+    async def test_a_change_lands_only_on_the_record_it_was_made_from(self, stores: Stores) -> None:
+        a, b = stores.open(), stores.open()
+        await a.put_key("key_1", b'{"v": 1}', expected=None)
+        assert await a.put_key("key_1", b'{"v": 2}', expected=b'{"v": 1}')
+        assert not await b.put_key("key_1", b'{"v": 3}', expected=b'{"v": 1}'), "a stale read overwrote"
+        assert not await b.put_key("key_9", b'{"v": 1}', expected=b'{"v": 1}'), "changed one never made"
+        assert await b.get_key("key_1") == b'{"v": 2}'
+        assert await b.keys_version() == 2, "a refused write moved the version"
+
+    async def test_the_version_moves_with_every_write_and_all_keys_reads_it_with_them(
+        self, stores: Stores
+    ) -> None:
+        store = stores.open()
+        bodies = {f"key_{i}": f'{{"n": {i}, "name": "caf\u00e9 ü"}}'.encode() for i in range(5)}
+        for n, (key_id, body) in enumerate(bodies.items(), 1):
+            await store.put_key(key_id, body, expected=None)
+            assert await store.keys_version() == n
+        version, records = await stores.open().all_keys()
+        assert version == 5
+        assert sorted(records) == sorted(bodies.values())
+
+    async def test_racing_writers_to_one_record_land_exactly_one_each_round(self, stores: Stores) -> None:
+        writers = [stores.open() for _ in range(4)]
+        await writers[0].put_key("key_1", b"0", expected=None)
+        for round_ in range(5):
+            current = str(round_).encode()
+            won = await asyncio.gather(
+                *(
+                    w.put_key("key_1", f"{round_ + 1}-{i}".encode(), expected=current)
+                    for i, w in enumerate(writers)
+                )
+            )
+            assert sum(won) == 1
+            winner = won.index(True)
+            assert await writers[0].get_key("key_1") == f"{round_ + 1}-{winner}".encode()
+            await writers[0].put_key(
+                "key_1", str(round_ + 1).encode(), expected=f"{round_ + 1}-{winner}".encode()
+            )
+
+
 @pytest.fixture
 def lifecycle(store: MeterStore) -> Lifecycle:
     return store

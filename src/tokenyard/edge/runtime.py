@@ -52,7 +52,7 @@ from tokenyard.edge.capacity import (
 from tokenyard.edge.cluster import Membership
 from tokenyard.edge.plan import PlanReader, routed_by_plan
 from tokenyard.edge.reload import Reloader
-from tokenyard.errors import ConfigError
+from tokenyard.errors import ConfigError, StoreError
 from tokenyard.live import LiveConfig
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import UsageRecord
@@ -70,9 +70,10 @@ from tokenyard.queue.model import Job, JobResult
 from tokenyard.queue.open_store import open_job_store
 from tokenyard.queue.provider_batches import ProviderBatches
 from tokenyard.queue.store import JobStore
-from tokenyard.stores.protocols import Coordination
+from tokenyard.stores.protocols import Coordination, KeyStore
 from tokenyard.telemetry.admin import AdminApi
 from tokenyard.telemetry.dashboard import Dashboard
+from tokenyard.telemetry.keys_api import KeysApi, KeySync
 from tokenyard.telemetry.metrics import TokenyardCollector
 from tokenyard.tracing.trace import Tracer
 from tokenyard.wire.ids import new_replica_id
@@ -109,6 +110,7 @@ class Runtime:
     live: LiveConfig
     proxy: Proxy
     admin: AdminApi
+    keys: KeysApi  # /admin/keys
     dashboard: Dashboard
     track: AsyncTrack | None  # None: no meter store or async_track.enabled false (its routes say so)
     registry: CollectorRegistry
@@ -146,7 +148,8 @@ async def start_runtime(
     # too: what the engine did per minute, beside what came through here.
     _start_engine_scraper(stack, backends, clock, wall, on_snapshot=engine_metering(meter, wall))
     track_runs = store is not None and config.async_track.enabled
-    live = LiveConfig(config, async_track_runs=track_runs)
+    live = LiveConfig(config, async_track_runs=track_runs, wall=wall)
+    key_sync = await _start_key_sync(stack, store, live) if store is not None else None
     advisor = None
     if store is not None and config.advisor.enabled:
         advisor = AdvisorLoop(store, lambda: live.config, replica=replica, wall=wall)
@@ -226,6 +229,7 @@ async def start_runtime(
         envelope=envelope,
         clock=clock,
     )
+    keys = KeysApi(admin.authorize, live, key_sync, wall=wall)
     reloader = Reloader(config_path, live, agree_session_secret=admin.agree_session_secret)
     reload_here = reloader.here if plan is None else plan.after(reloader.here)
 
@@ -270,6 +274,7 @@ async def start_runtime(
         live=live,
         proxy=proxy,
         admin=admin,
+        keys=keys,
         dashboard=Dashboard(admin),
         track=track,
         registry=registry,
@@ -279,6 +284,18 @@ async def start_runtime(
         responses=StoredResponses(proxy.response_owners, backends, door.jobs if door else None, wall),
         plan=plan,
     )
+
+
+async def _start_key_sync(stack: contextlib.AsyncExitStack, store: KeyStore, live: LiveConfig) -> KeySync:
+    """The admin API's keys in force before the first request, and kept in step with the store. A store
+    that is away now is retried by the loop; until then only the config file's keys work."""
+    key_sync = KeySync(store, live)
+    try:
+        await key_sync.sync()
+    except StoreError as exc:
+        log.warning("keys: cannot read the store (%s); the admin API's keys wait for it", exc)
+    stack.push_async_callback(_cancel, asyncio.create_task(key_sync.run(), name="key sync"))
+    return key_sync
 
 
 def _open_door(

@@ -67,6 +67,27 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 return redis.call('ZCARD', KEYS[1])
 """
 
+_PUT_KEY_SCRIPT: Final = """
+-- Keep a virtual key's record if the stored one is still what the writer read, and move the version on.
+-- KEYS[1] - the keys hash, id -> record; KEYS[2] - the version
+-- ARGV[1] - id; ARGV[2] - the new record; ARGV[3] - '1' if a record is expected, '0' if none is;
+-- ARGV[4] - the record expected. Returns 1 if written, 0 if another write came first.
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[3] == '1' then
+  if current ~= ARGV[4] then return 0 end
+elseif current ~= false then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
+_ALL_KEYS_SCRIPT: Final = """
+-- The version and every virtual key's record, read together. KEYS[1] - the keys hash; KEYS[2] - the version
+return {redis.call('GET', KEYS[2]) or '0', redis.call('HVALS', KEYS[1])}
+"""
+
 _WRITE_SCRIPT: Final = """
 -- Apply one flush batch atomically and exactly once. Returns 1 if applied, 0 if it had been already.
 -- One script (not several) because the batch marker, the watermarks and the sums must move together.
@@ -231,6 +252,11 @@ def _engine_args(fields: dict[str, int]) -> list[str | int]:
     return args
 
 
+def _as_bytes(value: str | bytes) -> bytes:
+    """A value as read (the client decodes replies to str) back to the bytes that were written."""
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
 def _check_exact(accrual: GpuAccrual) -> None:
     """Refuse accruals whose cost arithmetic would not stay exact in the script's doubles."""
     biggest_segment_gpu_ms = MINUTE_MS * accrual.gpus
@@ -267,6 +293,8 @@ class RedisMeterStore(RedisBacked):
         super().__init__(url, socket_timeout_s=socket_timeout_s)
         self._write_script = self._redis.register_script(_WRITE_SCRIPT)
         self._heartbeat_script = self._redis.register_script(_HEARTBEAT_SCRIPT)
+        self._put_key_script = self._redis.register_script(_PUT_KEY_SCRIPT)
+        self._all_keys_script = self._redis.register_script(_ALL_KEYS_SCRIPT)
 
     async def write(self, batch: FlushBatch) -> None:
         """Apply a batch atomically and exactly once (see ``UsageStore.write``)."""
@@ -361,7 +389,32 @@ class RedisMeterStore(RedisBacked):
         """A document kept by ``put_document``, or None."""
         with mapped_errors(_STORE):
             value = await self._redis.get(self.keys.document(name))
-        return None if value is None else value.encode() if isinstance(value, str) else bytes(value)
+        return None if value is None else _as_bytes(value)
+
+    async def put_key(self, key_id: str, body: bytes, *, expected: bytes | None) -> bool:
+        """Keep a key's record if the stored one is ``expected`` (see ``KeyStore.put_key``)."""
+        args: list[str | bytes] = [key_id, body, "0" if expected is None else "1", expected or b""]
+        with mapped_errors(_STORE):
+            written = await self._put_key_script(keys=[self.keys.keys, self.keys.key_version], args=args)
+        return bool(written)
+
+    async def get_key(self, key_id: str) -> bytes | None:
+        """The record of ``key_id``, or None."""
+        with mapped_errors(_STORE):
+            value = await self._redis.hget(self.keys.keys, key_id)
+        return None if value is None else _as_bytes(value)
+
+    async def all_keys(self) -> tuple[int, list[bytes]]:
+        """The version and every record, read together."""
+        with mapped_errors(_STORE):
+            version, records = await self._all_keys_script(keys=[self.keys.keys, self.keys.key_version])
+        return int(version), [_as_bytes(record) for record in records]
+
+    async def keys_version(self) -> int:
+        """The version of the keys: one more with every write."""
+        with mapped_errors(_STORE):
+            version = await self._redis.get(self.keys.key_version)
+        return int(version or 0)
 
     def _script_call(self, batch: FlushBatch) -> tuple[list[str], list[str | int | bytes]]:
         """The write script's KEYS and ARGV for a batch (layout documented in the script)."""

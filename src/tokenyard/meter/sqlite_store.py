@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS locks (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS members (name TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS virtual_keys (id TEXT PRIMARY KEY, body BLOB NOT NULL, version INTEGER NOT NULL);
 """
 _AGG_UPSERT: Final = _upsert("agg", ("minute", *_DIMS), AGG_FIELDS)
 _GPU_UPSERT: Final = _upsert("gpu", ("minute", "backend"), GPU_FIELDS)
@@ -237,6 +238,49 @@ class SqliteMeterStore(SqliteWorker):
         """A document kept by ``put_document``, or None."""
         rows = await self._run(select("SELECT body FROM documents WHERE name = ?", name))
         return bytes(rows[0][0]) if rows else None
+
+    async def put_key(self, key_id: str, body: bytes, *, expected: bytes | None) -> bool:
+        """Keep a key's record if the stored one is ``expected`` (see ``KeyStore.put_key``); the version is
+        the highest any record was written at."""
+
+        def put(conn: sqlite3.Connection) -> bool:
+            conn.execute("BEGIN IMMEDIATE")  # the read and the write as one (another process may share it)
+            try:
+                row = conn.execute("SELECT body FROM virtual_keys WHERE id = ?", (key_id,)).fetchone()
+                written = (None if row is None else bytes(row[0])) == expected
+                if written:
+                    [(version,)] = conn.execute("SELECT coalesce(max(version), 0) + 1 FROM virtual_keys")
+                    conn.execute(
+                        "INSERT INTO virtual_keys (id, body, version) VALUES (?, ?, ?) ON CONFLICT (id)"
+                        " DO UPDATE SET body = excluded.body, version = excluded.version",
+                        (key_id, body, version),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return written
+
+        return await self._run(put)
+
+    async def get_key(self, key_id: str) -> bytes | None:
+        """The record of ``key_id``, or None."""
+        rows = await self._run(select("SELECT body FROM virtual_keys WHERE id = ?", key_id))
+        return bytes(rows[0][0]) if rows else None
+
+    async def all_keys(self) -> tuple[int, list[bytes]]:
+        """The version and every record, read together."""
+
+        def read(conn: sqlite3.Connection) -> tuple[int, list[bytes]]:
+            rows = conn.execute("SELECT body, version FROM virtual_keys").fetchall()
+            return max((row[1] for row in rows), default=0), [bytes(row[0]) for row in rows]
+
+        return await self._run(read)
+
+    async def keys_version(self) -> int:
+        """The version of the keys: one more with every write."""
+        rows = await self._run(select("SELECT coalesce(max(version), 0) FROM virtual_keys"))
+        return int(rows[0][0])
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """A file written by an older tokenyard lacks the fields added since; they start at 0."""

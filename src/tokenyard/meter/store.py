@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from tokenyard.meter.model import AggKey, EngineKey, FlushBatch, GpuKey, UsageRecord
-from tokenyard.stores.protocols import Coordination, DocumentStore, Lifecycle
+from tokenyard.stores.protocols import Coordination, DocumentStore, KeyStore, Lifecycle
 
 
 class UsageStore(Protocol):
@@ -53,5 +53,5 @@ class UsageStore(Protocol):
         ...
 
 
-class MeterStore(UsageStore, Coordination, DocumentStore, Lifecycle, Protocol):
-    """Everything a meter store backend does: usage, coordination, documents, its lifecycle."""
+class MeterStore(UsageStore, Coordination, DocumentStore, KeyStore, Lifecycle, Protocol):
+    """Everything a meter store backend does: usage, coordination, documents, virtual keys, its lifecycle."""

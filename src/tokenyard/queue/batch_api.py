@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
-from urllib.parse import parse_qs
 
 import orjson
 
@@ -72,7 +71,7 @@ class BatchApi:
         self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
     ) -> None:
         """``GET /v1/files``."""
-        await wire.send_json(send, 200, await self._list(FILE, who, _query(scope), file_object))
+        await wire.send_json(send, 200, await self._list(FILE, who, wire.query(scope), file_object))
 
     async def files_retrieve(
         self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
@@ -108,7 +107,7 @@ class BatchApi:
         self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
     ) -> None:
         """``GET /v1/batches``."""
-        await wire.send_json(send, 200, await self._list(BATCH, who, _query(scope), self._public))
+        await wire.send_json(send, 200, await self._list(BATCH, who, wire.query(scope), self._public))
 
     async def batches_retrieve(
         self, scope: wire.Scope, receive: wire.Receive, send: wire.Send, who: Principal
@@ -392,10 +391,6 @@ def _output_line(custom_id: str, result: JobResult) -> dict[str, Any]:
         line["error"] = {"code": "upstream_response_not_json", "message": message}
         return line
     return openai.batch_response_line(line_id, custom_id, result.status, request_id, body)
-
-
-def _query(scope: wire.Scope) -> dict[str, str]:
-    return {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

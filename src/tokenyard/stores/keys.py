@@ -22,6 +22,8 @@ start of the minute. TTLs: hashes retention + 60 s, watermarks max_gap_ms + a da
     {p}:lock:<name>                                            string  the holder of a lock (PX expiry)
     {p}:doc:<name>                                             string  a small document (latest advice)
     {p}:members                                                zset    live replicas -> until when (unix s)
+    {p}:keys                                                   hash    virtual key id -> its record (JSON)
+    {p}:keys:version                                           string  moves on with every key write
 
 The record log is a sorted set scored by the record's own ``ts`` (not a stream): records arrive out of order
 (replicas flush independently; a meter holds batches while the store is down), and a score gives exact
@@ -87,6 +89,8 @@ class MeterKeys:
         "base",
         "engine_index",
         "gpu_index",
+        "key_version",
+        "keys",
         "members",
         "prefix",
         "record_seq",
@@ -102,6 +106,8 @@ class MeterKeys:
         self.records = f"{self.base}:records"
         self.record_seq = f"{self.base}:records:seq"
         self.members = f"{self.base}:members"
+        self.keys = f"{self.base}:keys"
+        self.key_version = f"{self.base}:keys:version"
 
     def agg(self, key: AggParts) -> str:
         """The hash of one aggregate bucket."""

@@ -59,6 +59,30 @@ class DocumentStore(Protocol):
         ...
 
 
+class KeyStore(Protocol):
+    """Virtual keys made through the admin API, every replica reading them (``admission/managed_keys.py``).
+
+    A key's record is an opaque JSON document under its id; it never holds a secret in clear. Every change
+    moves one version number, so a replica learns whether anything changed with one small read."""
+
+    async def put_key(self, key_id: str, body: bytes, *, expected: bytes | None) -> bool:
+        """Keep ``body`` as the record of ``key_id`` if the record stored now is ``expected`` (None: there
+        is none yet), and move the version on; False (nothing written) if another write came first."""
+        ...
+
+    async def get_key(self, key_id: str) -> bytes | None:
+        """The record of ``key_id``, or None."""
+        ...
+
+    async def all_keys(self) -> tuple[int, list[bytes]]:
+        """The version and every record, read together (a write between them cannot be half seen)."""
+        ...
+
+    async def keys_version(self) -> int:
+        """The version: 0 before any key was kept, then one more with every write."""
+        ...
+
+
 class CoordinatedDocuments(Coordination, DocumentStore, Protocol):
     """Coordination and documents together: what cross-replica work asks of a store (the advisor's loop,
     membership and its reload note, the dashboard's shared salt)."""

@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 import orjson
 
@@ -115,7 +114,7 @@ class AdminApi:
 
     def signed_in(self, scope: wire.Scope) -> bool:
         """Whether the request carries the dashboard's session cookie (or the proxy runs open)."""
-        if self.live.current.keys.is_open:  # open, loopback-only mode: nothing to protect it with
+        if self.live.current.keys.admin_open:  # open, loopback-only mode: nothing to protect it with
             return True
         cookie = wire.cookie(scope, SESSION_COOKIE)
         return cookie is not None and sessions.session_valid(
@@ -139,7 +138,7 @@ class AdminApi:
     async def usage(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         """``GET /admin/usage?start=24h&end=&group_by=model,tenant&granularity=hour``."""
         self.authorize(scope)
-        query = _query(scope)
+        query = wire.query(scope)
         try:
             start, end = self._window(query, "24h")
             group_by = [g for g in query.get("group_by", "model").split(",") if g]
@@ -183,7 +182,7 @@ class AdminApi:
         """``GET /admin/export/focus?start=7d&end=&format=csv|parquet``: cost rows in FOCUS 1.2's columns
         over whole hours (the window widened to them), as a file to download."""
         self.authorize(scope)
-        query = _query(scope)
+        query = wire.query(scope)
         try:
             file_format = focus_files.format_named(query.get("format", "csv"))
         except ValueError as exc:
@@ -220,7 +219,7 @@ class AdminApi:
                 "The advisor is off: it needs a meter store (meter.store) and advisor.enabled."
             )
         document = self.advisor.latest
-        if document is None or _query(scope).get("fresh", "").lower() in ("1", "true", "yes"):
+        if document is None or wire.query(scope).get("fresh", "").lower() in ("1", "true", "yes"):
             document = await self.advisor.evaluate(keep_state=False)
         await wire.send_json(send, 200, document)
 
@@ -356,8 +355,3 @@ def _capacity(backend: Backend) -> dict[str, Any]:
 
 def _stamp(ts: int) -> str:
     return time.strftime("%Y%m%dT%H%MZ", time.gmtime(ts))
-
-
-def _query(scope: wire.Scope) -> dict[str, str]:
-    raw = scope.get("query_string", b"").decode("latin-1")
-    return {key: values[-1] for key, values in parse_qs(raw).items()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -105,6 +106,12 @@ def cookie(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def query(scope: Scope) -> dict[str, str]:
+    """The query string's parameters, the last value of each (``?a=1&a=2`` → ``{"a": "2"}``)."""
+    raw = scope.get("query_string", b"").decode("latin-1")
+    return {key: values[-1] for key, values in parse_qs(raw).items()}
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
