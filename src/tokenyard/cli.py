@@ -16,6 +16,7 @@ from tokenyard.config import ServerConfig, TokenyardConfig, load_config
 from tokenyard.errors import ConfigError
 from tokenyard.simulator import cli as simulator_cli
 from tokenyard.telemetry import commands as meter_commands
+from tokenyard.telemetry import keys_commands
 from tokenyard.tracing.settings import missing_packages
 
 log = logging.getLogger("tokenyard")
@@ -99,6 +100,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     meter_commands.add_export_arguments(export)
     export.set_defaults(run=meter_commands.run_export)
+
+    keys = commands.add_parser(
+        "keys",
+        help="make, list, change, rotate and revoke virtual keys",
+        description="Manage a running proxy's virtual keys through its admin API (/admin/keys): make one\n"
+        "(its secret printed once), list them, change what one says, rotate its secret, revoke it.\n"
+        "Every command takes --url, --config, --admin-key and --json.",
+        epilog="examples:\n"
+        "  export TOKENYARD_ADMIN_KEY=...   # the proxy's server.admin_key\n"
+        "  tokenyard keys create --name ci-bot --tenant acme --expires-in 30d\n"
+        "  tokenyard keys list --config tokenyard.yaml\n"
+        "  tokenyard keys rotate key_0123abcd --grace 1h --url https://tokenyard.internal",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    keys_commands.add_keys_commands(keys)
 
     replay = commands.add_parser(
         "replay",

@@ -3,8 +3,10 @@
 ``GET /dashboard`` shows a sign-in form until the browser holds the session cookie that
 ``POST /dashboard/login`` sets for the admin key (HttpOnly, SameSite=Strict, Secure over TLS; it expires
 after ``server.dashboard_session_ttl_s`` and with the admin key: see ``telemetry.sessions``); then the page,
-which polls the admin JSON APIs every two seconds. The page's assets and data need the session too: nothing
-on it is reachable without the admin key. uPlot (MIT, ``uplot.LICENSE``) draws the charts.
+which polls the admin JSON APIs every two seconds, and manages the virtual keys of ``/admin/keys``
+(``keys.js``: a new secret is shown once and kept nowhere but in the page). The page's assets and data need
+the session too: nothing on it is reachable without the admin key. uPlot (MIT, ``uplot.LICENSE``) draws the
+charts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tokenyard.wire import asgi as wire
 ASSETS: Final = {
     "dashboard.js": b"text/javascript; charset=utf-8",
     "dashboard.css": b"text/css; charset=utf-8",
+    "keys.js": b"text/javascript; charset=utf-8",
     "uplot.iife.min.js": b"text/javascript; charset=utf-8",
     "uplot.min.css": b"text/css; charset=utf-8",
 }
