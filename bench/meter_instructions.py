@@ -5,6 +5,10 @@ requests pass (and the flushes that store them), once per metering mode, and pri
 request and the ratio to metering off. Slow (valgrind), so it sends a few thousand requests.
 
     python -m bench.meter_instructions --requests 3000 --stores redis,sqlite
+    python -m bench.meter_instructions --requests 2000 --stores redis,redis-budget  # a key's budget
+
+``redis-budget`` meters to Redis with a budget on the bench key: every request reserves its worst case in
+one atomic round trip and settles after (``proxy/spend.py``); the ratio to ``redis`` is what budgets cost.
 """
 
 from __future__ import annotations
@@ -27,10 +31,14 @@ def fixed_load(url: str, requests: int, stream: bool = False) -> None:
     subprocess.run([*command, "--stream"] if stream else command, check=True, cwd=ROOT)
 
 
-def instructions(store: str, upstream_port: int, requests: int, folder: Path, stream: bool = False) -> int:
+def instructions(
+    store: str, upstream_port: int, requests: int, folder: Path, stream: bool = False, budget: bool = False
+) -> int:
     """Instructions the proxy executes while ``requests`` requests pass through it, and their flushes."""
     port = free_port()
     config = proxy_config(upstream_port, store)
+    if budget:  # never reached: every request reserves and settles, none is refused
+        config["keys"]["bench"]["budgets"] = [{"limit_usd": 1_000_000, "window": "30d"}]
     config_path = folder / f"config-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     out = folder / f"callgrind-{port}.out"
@@ -79,11 +87,17 @@ def main() -> None:
     with redis_and_upstream() as (redis_url, upstream_port), tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         stores = {"off": "off", "redis": redis_url, "sqlite": f"sqlite:///{folder}/meter.sqlite3"}
+        stores["redis-budget"] = redis_url
         for mode in ["off", *args.stores.split(",")]:
-            counts[mode] = instructions(stores[mode], upstream_port, args.requests, folder, args.stream)
+            counts[mode] = instructions(
+                stores[mode], upstream_port, args.requests, folder, args.stream, mode.endswith("-budget")
+            )
             print(
                 f"metering {mode:6}: {counts[mode] / args.requests:,.0f} instructions a request", flush=True
             )
+    if "redis" in counts and "redis-budget" in counts:
+        ratio = counts["redis-budget"] / counts["redis"]
+        print(f"a budget on the key / none (both to redis): {ratio:.4f} ({(ratio - 1) * 100:+.2f} %)")
     for mode in counts:
         if mode != "off":
             ratio = counts[mode] / counts["off"]

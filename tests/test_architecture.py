@@ -85,6 +85,7 @@ TERMINAL = {"terminal"}  # tables and progress bars for the commands
                 "meter",
                 "queue",
                 "tracing",
+                "stores",  # the budget protocol only: a budgeted key's one atomic round trip (DESIGN.md)
             },
         ),
         (

@@ -16,7 +16,7 @@ from tokenyard.admission.managed_keys import (
     new_secret,
     stored_keys,
 )
-from tokenyard.config import KeyConfig
+from tokenyard.config import KeyConfig, TokenyardConfig
 from tokenyard.errors import AuthenticationFailed
 
 CONFIG_SECRET = "sk-config-key-0123456789"
@@ -140,7 +140,23 @@ def test_the_proxy_is_open_only_on_loopback_with_no_keys_and_stays_open_to_admin
     assert anyone.authenticate(bearer(secret)).key_name == "key_abc"
     with pytest.raises(AuthenticationFailed, match="didn't provide an API key"):
         anyone.authenticate(None)
+    guarded = KeyRing({}, loopback=True, admin_key=True, wall=clock)
+    assert guarded.is_open, "no keys: any client on loopback may call the models"
+    assert not guarded.admin_open, "but the admin API wants the admin key once there is one"
     public = KeyRing({}, loopback=False, wall=clock)  # an admin key, no keys yet: nobody gets in
     assert not public.is_open
     assert not public.admin_open
     assert refused(public, "anything-at-all") == "Incorrect API key provided."
+
+
+def test_config_file_keys_may_not_take_the_admin_apis_ids() -> None:
+    config = TokenyardConfig.model_validate(
+        {
+            "backends": {"a": {"kind": "serverless", "base_url": "http://127.0.0.1:1"}},
+            "models": {"m": {"deployments": ["a"]}},
+            "keys": {"key_0001": {"key": CONFIG_SECRET}},
+        }
+    )
+    assert ("keys.key_0001", "names starting with key_ are the admin API's key ids") in (
+        config.cross_reference_problems()
+    )

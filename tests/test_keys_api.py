@@ -204,6 +204,9 @@ async def test_list_pages_and_filters(single: ProxyProcess) -> None:
     assert not rest["has_more"]
     red = (await admin(single, "GET", "", params={"team": "red"})).json()["data"]
     assert [k["name"] for k in red] == ["k1", "k3"]
+    await admin(single, "DELETE", f"/{made[1]['id']}")  # the last key of the first page leaves the list
+    after_revoked = (await admin(single, "GET", "", params={"after": made[1]["id"]})).json()
+    assert [k["id"] for k in after_revoked["data"]] == [k["id"] for k in made[2:]]
     assert all("value" not in k for k in first["data"] + rest["data"])
 
 
@@ -229,7 +232,25 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
         "may not",
     ),
     ("GET", "", {"params": {"limit": "0"}}, 400, "limit must be an integer"),
-    ("GET", "", {"params": {"after": "key_nobody"}}, 400, "No key 'key_nobody'"),
+    ("GET", "", {"params": {"limit": "²"}}, 400, "limit must be an integer"),
+    ("POST", "", {"json": {"name": "x", "expires_at": True}}, 400, "expires_at: Input should be a valid"),
+    ("POST", "", {"json": {"name": "x", "budgets": [{"limit_usd": 1, "window": "2d"}]}}, 400, "window"),
+    ("POST", "", {"json": {"name": "x", "budgets": [{"limit_usd": 0}]}}, 400, "limit_usd: Input should be"),
+    (
+        "POST",
+        "",
+        {"json": {"name": "x", "budgets": [{"limit_usd": 1}, {"limit_usd": 2}]}},
+        400,
+        "two budgets with the same window",
+    ),
+    (
+        "POST",
+        "",
+        {"json": {"name": "x", "budgets": [{"limit_usd": 1, "time_zone": "Mars/Base"}]}},
+        400,
+        "time zone",
+    ),
+    ("GET", "", {"params": {"after": "nobody"}}, 400, "No key 'nobody' to list after"),
     ("GET", "/key_nobody", {}, 404, "No key with id 'key_nobody'"),
     ("PATCH", "/key_nobody", {"json": {"team": "x"}}, 404, "No key with id"),
     ("PATCH", "/{id}", {"json": {"name": None}}, 400, "keeps a name"),

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from tokenyard.admission.budget_settings import Budget, Budgets, BudgetsConfig, one_per_window
 from tokenyard.advisor.settings import AdvisorConfig
 from tokenyard.capacity.settings import CapacityConfig, EngineMetrics, Sla, actuator_problems
 from tokenyard.errors import ConfigError
@@ -215,6 +216,13 @@ class KeyConfig(_Strict):
     # Its requests' mode unless a request says otherwise (async: held or polled), and their deadline.
     mode: Literal["realtime", "async"] | None = None
     deadline_s: PositiveFloat | None = None
+    team: str | None = None  # its team's budgets (budgets.teams) count its spend too
+    budgets: Budgets = []
+
+    @field_validator("budgets")
+    @classmethod
+    def _one_per_window(cls, value: list[Budget]) -> list[Budget]:
+        return one_per_window(value)
 
     @field_validator("key")
     @classmethod
@@ -317,6 +325,7 @@ class TokenyardConfig(_Strict):
     backends: dict[str, BackendConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
     keys: dict[str, KeyConfig] = {}
+    budgets: BudgetsConfig = BudgetsConfig()
     advisor: AdvisorConfig = AdvisorConfig()
     async_track: AsyncTrackConfig = AsyncTrackConfig()
     capacity: CapacityConfig = CapacityConfig()
@@ -329,6 +338,8 @@ class TokenyardConfig(_Strict):
             problems += _model_problems(self.backends, model_name, model)
         seen: dict[str, str] = {}
         for key_name, key in self.keys.items():
+            if key_name.startswith("key_"):
+                problems.append((f"keys.{key_name}", "names starting with key_ are the admin API's key ids"))
             for i, model_name in enumerate(key.models or ()):
                 if model_name not in self.models:
                     problems.append((f"keys.{key_name}.models.{i}", f"unknown model {model_name!r}"))

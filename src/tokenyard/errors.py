@@ -133,6 +133,14 @@ class CapacityExhausted(ClientError):
         self.retry_after_s = retry_after_s
 
 
+class BudgetExhausted(ClientError):
+    """A hard budget of the key, its tenant or its team is spent (OpenAI's answer when a quota is)."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 # -- the upstream's fault (5xx) -----------------------------------------------------------------------
 
 

@@ -39,7 +39,13 @@ class Settings:
         """The settings of ``config``; ``async_track_runs`` is fixed at start-up (it needs a job store), and
         ``stored`` are the keys made through the admin API, as last read from the store."""
         track = config.async_track if async_track_runs else None
-        keys = KeyRing(config.keys, loopback=is_loopback(config.server.host), stored=stored, wall=wall)
+        keys = KeyRing(
+            config.keys,
+            loopback=is_loopback(config.server.host),
+            admin_key=config.server.admin_key is not None,
+            stored=stored,
+            wall=wall,
+        )
         return cls(config, keys, track, track.classifier_rules() if track else ())
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from tokenyard.admission.budget_settings import Budget
 from tokenyard.config import KeyConfig
 from tokenyard.errors import AuthenticationFailed
 
@@ -29,6 +30,7 @@ class Principal:
     mode: Literal["realtime", "async"] | None = None  # the key's policy (classification)
     deadline_s: float | None = None  # its async jobs' deadline
     team: str | None = None
+    budgets: tuple[Budget, ...] = ()  # the key's own (its tenant's and team's are in the config)
 
     def may_use(self, model: str) -> bool:
         """Whether this key may call ``model``."""
@@ -39,10 +41,15 @@ class StoredKeys:
     """The keys made through the admin API, as the key ring looks them up: the SHA-256 of each secret that
     may work → (who it is, until when it works (unix s, None: no end), why it stops then)."""
 
-    __slots__ = ("by_hash",)
+    __slots__ = ("by_hash", "by_id")
 
-    def __init__(self, by_hash: Mapping[str, tuple[Principal, float | None, str]]) -> None:
+    def __init__(
+        self,
+        by_hash: Mapping[str, tuple[Principal, float | None, str]],
+        by_id: Mapping[str, Principal] | None = None,
+    ) -> None:
         self.by_hash = by_hash
+        self.by_id = by_id or {}  # every key, revoked too: its jobs still in the queue are billed to it
 
 
 NO_STORED_KEYS = StoredKeys({})
@@ -63,13 +70,14 @@ _MISSING_KEY = (
 class KeyRing:
     """Looks up the principal behind an ``Authorization`` header value."""
 
-    __slots__ = ("_by_secret", "_open", "_wall", "stored")
+    __slots__ = ("_admin_open", "_by_name", "_by_secret", "_open", "_wall", "stored")
 
     def __init__(
         self,
         keys: dict[str, KeyConfig],
         *,
         loopback: bool = True,
+        admin_key: bool = False,
         stored: StoredKeys = NO_STORED_KEYS,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -80,11 +88,15 @@ class KeyRing:
                 name,
                 key.mode,
                 key.deadline_s,
+                key.team,
+                tuple(key.budgets),
             )
             for name, key in keys.items()
         }
+        self._by_name = {principal.key_name: principal for principal in self._by_secret.values()}
         # No keys in the config, on loopback: the proxy is open until a key is made through the admin API.
         self._open = Principal(OPEN_TENANT, None) if not keys and loopback else None
+        self._admin_open = self._open is not None and not admin_key
         self.stored = stored  # swapped whole when another replica (or this one) changes a key
         self._wall = wall
 
@@ -95,9 +107,16 @@ class KeyRing:
 
     @property
     def admin_open(self) -> bool:
-        """Whether the admin API is open too: no keys in the config and loopback only (it stays open when
-        keys are made through it, or nobody could manage them)."""
-        return self._open is not None
+        """Whether the admin API is open too: no keys and no admin key in the config, loopback only (it stays
+        open when keys are made through it, or nobody could manage them)."""
+        return self._admin_open
+
+    def named(self, key_name: str) -> Principal | None:
+        """The principal of a key by its name in the config file or its id (its async jobs are billed to
+        it after the request is gone); the open principal for the open proxy's jobs."""
+        if not key_name:
+            return self._open
+        return self._by_name.get(key_name) or self.stored.by_id.get(key_name)
 
     def authenticate(self, authorization: bytes | None) -> Principal:
         """The principal for a raw ``Authorization`` header; ``AuthenticationFailed`` if there is none."""

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, StringConstraints, field_validator
 
 from tokenyard.admission.auth import Principal, StoredKeys, secret_hash
+from tokenyard.admission.budget_settings import Budget, Budgets, one_per_window
 
 SECRET_PREFIX: Final = "ty-"
 PREFIX_SHOWN: Final = 8  # characters of a secret kept in clear: "ty-" and five more
@@ -24,6 +25,7 @@ DEFAULT_GRACE_S: Final = 3600  # a rotation leaves running clients an hour to pi
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+UnixSeconds = Annotated[int, Field(gt=0, lt=10_000_000_000, strict=True)]  # before the year 2286
 
 
 def new_key_id(now: float) -> str:
@@ -56,7 +58,13 @@ class KeyFields(_Payload):
     mode: Literal["realtime", "async"] | None = None  # its requests' mode unless a request says otherwise
     deadline_s: PositiveFloat | None = None  # its async jobs' deadline
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=16)
-    expires_at: int | None = None  # unix seconds; refused from then on
+    expires_at: UnixSeconds | None = None  # refused from then on
+    budgets: Budgets = Field(default_factory=list)
+
+    @field_validator("budgets")
+    @classmethod
+    def _one_per_window(cls, value: list[Budget]) -> list[Budget]:
+        return one_per_window(value)
 
     @field_validator("models")
     @classmethod
@@ -80,7 +88,13 @@ class KeyUpdate(_Payload):
     mode: Literal["realtime", "async"] | None = None
     deadline_s: PositiveFloat | None = None
     metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=16)
-    expires_at: int | None = None
+    expires_at: UnixSeconds | None = None
+    budgets: Budgets | None = None  # the whole list replaced ([] or null: none)
+
+    @field_validator("budgets")
+    @classmethod
+    def _one_per_window(cls, value: list[Budget] | None) -> list[Budget]:
+        return one_per_window(value or [])
 
     @field_validator("name")
     @classmethod
@@ -130,7 +144,10 @@ class ManagedKey(KeyCreate):
 
     def updated(self, update: KeyUpdate, now: int) -> ManagedKey:
         """This key with ``update``'s fields (those it sent) changed."""
-        return self.model_copy(update={**update.model_dump(exclude_unset=True), "updated_at": now})
+        changes = update.model_dump(exclude_unset=True)
+        if "metadata" in changes and changes["metadata"] is None:
+            changes["metadata"] = {}
+        return ManagedKey.model_validate({**self.model_dump(), **changes, "updated_at": now})
 
     def rotated(self, secret: str, grace_s: int, now: int) -> ManagedKey:
         """This key with a new secret; the current one works ``grace_s`` more (0: stops at once)."""
@@ -165,6 +182,7 @@ class ManagedKey(KeyCreate):
             self.mode,
             self.deadline_s,
             team=self.team,
+            budgets=tuple(self.budgets),
         )
 
     def public(self, now: float) -> dict[str, Any]:
@@ -188,14 +206,15 @@ def stored_keys(records: list[ManagedKey]) -> StoredKeys:
     """The table the key ring looks secrets up in: every key not revoked, by the hash of each secret that
     may still work (the current one, and a rotated-out one until its grace ends)."""
     by_hash: dict[str, tuple[Principal, float | None, str]] = {}
+    by_id: dict[str, Principal] = {}
     for record in records:
+        principal = by_id[record.id] = record.principal()
         if record.revoked_at is not None:
             continue
-        principal = record.principal()
         by_hash[record.secret_sha256] = (principal, record.expires_at, "expired")
         if record.previous_sha256 is not None and record.previous_expires_at is not None:
             until = record.previous_expires_at
             if record.expires_at is not None:
                 until = min(until, record.expires_at)
             by_hash[record.previous_sha256] = (principal, until, "rotated")
-    return StoredKeys(by_hash)
+    return StoredKeys(by_hash, by_id)

@@ -57,9 +57,11 @@ from tokenyard.live import LiveConfig
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import UsageRecord
 from tokenyard.meter.open_store import open_configured_store, redacted
+from tokenyard.meter.store import MeterStore
 from tokenyard.proxy import batch_jobs
 from tokenyard.proxy.backends import Backend, open_backends
 from tokenyard.proxy.handler import Proxy
+from tokenyard.proxy.spend import DedicatedRates, SpendGate
 from tokenyard.proxy.stored_responses import StoredResponses
 from tokenyard.queue.batch_api import BatchApi
 from tokenyard.queue.callbacks import CallbackSender
@@ -176,9 +178,10 @@ async def start_runtime(
     async def run_now(job: Job) -> tuple[JobResult, UsageRecord]:
         return await proxy.execute(job, path="realtime")
 
+    spend = _start_spend(stack, store, live, backends, wall)
     door = None
     if store is not None and track_runs:
-        door = _open_door(stack, live, meter, run_now, wall)
+        door = _open_door(stack, live, meter, spend, run_now, wall)
     rejected: Counter[int] = Counter()
     models = {name: [backends[b] for b in model.deployments] for name, model in config.models.items()}
     proxy = Proxy(
@@ -192,6 +195,7 @@ async def start_runtime(
         front=door.front if door else None,
         tracer=tracing.tracer if tracing else None,
         objects=door.jobs if door else None,
+        spend=spend if store is not None else None,
     )
     plan = None
     if store is not None:
@@ -286,6 +290,23 @@ async def start_runtime(
     )
 
 
+def _start_spend(
+    stack: contextlib.AsyncExitStack,
+    store: MeterStore | None,
+    live: LiveConfig,
+    backends: dict[str, Backend],
+    wall: Callable[[], float],
+) -> SpendGate:
+    """Budgets: counted in the meter's store (none without one), dedicated backends at their GPU cost per
+    token, read from it every minute."""
+    rates = DedicatedRates(store, backends, wall=wall)
+    spend = SpendGate(store, live, backends, rates, wall=wall)
+    stack.push_async_callback(spend.aclose)  # after the door's front and the proxy's last requests
+    if store is not None and rates.dedicated:
+        stack.push_async_callback(_cancel, asyncio.create_task(rates.run(), name="dedicated rates"))
+    return spend
+
+
 async def _start_key_sync(stack: contextlib.AsyncExitStack, store: KeyStore, live: LiveConfig) -> KeySync:
     """The admin API's keys in force before the first request, and kept in step with the store. A store
     that is away now is retried by the loop; until then only the config file's keys work."""
@@ -302,6 +323,7 @@ def _open_door(
     stack: contextlib.AsyncExitStack,
     live: LiveConfig,
     meter: Meter,
+    spend: SpendGate,
     run_now: RunNow,
     wall: Callable[[], float],
 ) -> _Door:
@@ -309,9 +331,13 @@ def _open_door(
     jobs = open_job_store(live.config.meter)
     stack.push_async_callback(jobs.aclose)
     new_work = asyncio.Event()  # the front and the Batch API set it; the dispatcher ticks at once
-    front = AsyncFront(
-        jobs, live.async_track, wall=wall, run_now=run_now, record=meter.record, wake=new_work.set
-    )
+
+    def billed(record: UsageRecord) -> None:
+        """A job's answer, metered once, and counted against its key's budgets."""
+        meter.record(record)
+        spend.charge(live.current.keys.named(record.key_id), record)
+
+    front = AsyncFront(jobs, live.async_track, wall=wall, run_now=run_now, record=billed, wake=new_work.set)
     stack.push_async_callback(front.aclose)  # before the job store closes
     return _Door(jobs, front, new_work)
 
@@ -377,12 +403,14 @@ def _start_async_track(
         wake=door.new_work.set,
         max_body_bytes=config.server.max_body_bytes,  # the start-up limit, as the proxy's own
         wall=wall,
+        spent=proxy.spend.refusal if proxy.spend is not None else None,
     )
     message_batches = MessageBatchApi(
         door.jobs,
         may_use=lambda who, model: who.may_use(model) and model in models,
         wake=door.new_work.set,
         wall=wall,
+        spent=proxy.spend.refusal if proxy.spend is not None else None,
     )
     return AsyncTrack(door.front, dispatcher, batch_api, message_batches)
 

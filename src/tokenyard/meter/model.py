@@ -188,6 +188,7 @@ class UsageRecord:
     latency_ms: int = 0
     cost_pusd: int = 0
     reason: str = ""  # why this mode: "default", "Prefer: respond-async", "key batch: async", ...
+    key_id: str = ""  # the caller's key: its name in the config file or its id (never its secret)
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object (``cost_usd`` added for people; ``cost_pusd`` is exact)."""

@@ -29,6 +29,7 @@ from tokenyard.meter.model import (
     engine_row,
 )
 from tokenyard.stores.keys import MeterKeys, record_json
+from tokenyard.stores.protocols import BudgetHold, Reserved
 from tokenyard.stores.redis_client import RedisBacked, mapped_errors
 
 T = TypeVar("T")
@@ -87,6 +88,101 @@ _ALL_KEYS_SCRIPT: Final = """
 -- The version and every virtual key's record, read together. KEYS[1] - the keys hash; KEYS[2] - the version
 return {redis.call('GET', KEYS[2]) or '0', redis.call('HVALS', KEYS[1])}
 """
+
+# Shared by the budget scripts: a budget's count. Buckets older than the window are dropped on the way.
+_BUDGET_COUNT: Final = """
+-- spend: hash bucket -> nano-USD; held: zset reservation -> until; amounts: hash reservation -> nano-USD
+local function counted(spend, held, amounts, oldest, now)
+  local sum = 0
+  local buckets = redis.call('HGETALL', spend)
+  for j = 1, #buckets, 2 do
+    if tonumber(buckets[j]) < oldest then
+      redis.call('HDEL', spend, buckets[j])
+    else
+      sum = sum + tonumber(buckets[j + 1])
+    end
+  end
+  local lapsed = redis.call('ZRANGEBYSCORE', held, '-inf', '(' .. now)
+  if #lapsed > 0 then
+    redis.call('ZREM', held, unpack(lapsed))
+    redis.call('HDEL', amounts, unpack(lapsed))
+  end
+  for _, amount in ipairs(redis.call('HVALS', amounts)) do sum = sum + tonumber(amount) end
+  return sum
+end
+"""
+
+_RESERVE_SCRIPT: Final = (
+    _BUDGET_COUNT
+    + """
+-- Reserve an amount on every budget, or on none if a hard one would pass its limit.
+-- KEYS[3i-2], KEYS[3i-1], KEYS[3i] - budget i's spend, reservations (until) and their amounts
+-- ARGV[1] - now; ARGV[2] - until; ARGV[3] - the reservation; ARGV[4] - the amount;
+-- then per budget ARGV[4+3i-2] - limit, ARGV[4+3i-1] - the oldest bucket counted, ARGV[4+3i] - hard (1/0).
+-- Returns {taken (1/0), the refusing budget's index (1-based, 0: none), count of each budget...}.
+local now, amount = tonumber(ARGV[1]), tonumber(ARGV[4])
+local n = #KEYS / 3
+local counts, refused = {}, 0
+for i = 1, n do
+  local base = 4 + 3 * (i - 1)
+  counts[i] = counted(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], tonumber(ARGV[base + 2]), now)
+  if refused == 0 and ARGV[base + 3] == '1' and counts[i] + amount > tonumber(ARGV[base + 1]) then
+    refused = i
+  end
+end
+if refused == 0 then
+  local expiry = math.ceil(tonumber(ARGV[2])) + 60
+  for i = 1, n do
+    redis.call('ZADD', KEYS[3 * i - 1], ARGV[2], ARGV[3])
+    redis.call('HSET', KEYS[3 * i], ARGV[3], ARGV[4])
+    local ttl = redis.call('TTL', KEYS[3 * i - 1])  -- (EXPIRETIME is Redis 7's: TTL works on 6 too)
+    if ttl < 0 or now + ttl < expiry then
+      redis.call('EXPIREAT', KEYS[3 * i - 1], expiry)
+      redis.call('EXPIREAT', KEYS[3 * i], expiry)
+    end
+    counts[i] = counts[i] + amount
+  end
+end
+local reply = {refused == 0 and 1 or 0, refused}
+for i = 1, n do reply[#reply + 1] = counts[i] end
+return reply
+"""
+)
+
+_SETTLE_SCRIPT: Final = (
+    _BUDGET_COUNT
+    + """
+-- Release a reservation (if it is still held) and add what the request spent. KEYS as for reserving.
+-- ARGV[1] - now; ARGV[2] - the reservation; ARGV[3] - nano-USD spent; then per budget ARGV[3+3i-2] - the
+-- oldest bucket counted, ARGV[3+3i-1] - the bucket to add to, ARGV[3+3i] - its time to live, s.
+-- Returns each budget's count after.
+local now, spent = tonumber(ARGV[1]), tonumber(ARGV[3])
+local reply = {}
+for i = 1, #KEYS / 3 do
+  local base = 3 + 3 * (i - 1)
+  redis.call('ZREM', KEYS[3 * i - 1], ARGV[2])
+  redis.call('HDEL', KEYS[3 * i], ARGV[2])
+  if spent > 0 then
+    redis.call('HINCRBY', KEYS[3 * i - 2], ARGV[base + 2], spent)
+    redis.call('EXPIRE', KEYS[3 * i - 2], ARGV[base + 3])
+  end
+  reply[i] = counted(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], tonumber(ARGV[base + 1]), now)
+end
+return reply
+"""
+)
+
+_COUNTED_SCRIPT: Final = (
+    _BUDGET_COUNT
+    + """
+-- Each budget's count. KEYS as for reserving; ARGV[1] - now, ARGV[1+i] - budget i's oldest bucket counted.
+local reply = {}
+for i = 1, #KEYS / 3 do
+  reply[i] = counted(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], tonumber(ARGV[1 + i]), tonumber(ARGV[1]))
+end
+return reply
+"""
+)
 
 _WRITE_SCRIPT: Final = """
 -- Apply one flush batch atomically and exactly once. Returns 1 if applied, 0 if it had been already.
@@ -295,6 +391,9 @@ class RedisMeterStore(RedisBacked):
         self._heartbeat_script = self._redis.register_script(_HEARTBEAT_SCRIPT)
         self._put_key_script = self._redis.register_script(_PUT_KEY_SCRIPT)
         self._all_keys_script = self._redis.register_script(_ALL_KEYS_SCRIPT)
+        self._reserve_script = self._redis.register_script(_RESERVE_SCRIPT)
+        self._settle_script = self._redis.register_script(_SETTLE_SCRIPT)
+        self._counted_script = self._redis.register_script(_COUNTED_SCRIPT)
 
     async def write(self, batch: FlushBatch) -> None:
         """Apply a batch atomically and exactly once (see ``UsageStore.write``)."""
@@ -415,6 +514,48 @@ class RedisMeterStore(RedisBacked):
         with mapped_errors(_STORE):
             version = await self._redis.get(self.keys.key_version)
         return int(version or 0)
+
+    async def reserve(
+        self, holds: Sequence[BudgetHold], reservation: str, amount_nusd: int, until: float, now: float
+    ) -> Reserved:
+        """Reserve on every budget or none (see ``BudgetStore.reserve``)."""
+        args: list[str | int] = [repr(now), repr(until), reservation, amount_nusd]
+        for hold in holds:
+            args += [hold.limit_nusd, hold.oldest, 1 if hold.hard else 0]
+        with mapped_errors(_STORE):
+            reply = await self._reserve_script(keys=self._budget_keys(holds), args=args)
+        taken, refused, *counts = (int(value) for value in reply)
+        return Reserved(bool(taken), refused - 1 if refused else None, counts)
+
+    async def settle(
+        self, holds: Sequence[BudgetHold], reservation: str, spent_nusd: int, now: float
+    ) -> list[int]:
+        """Release a reservation and add the spend (see ``BudgetStore.settle``)."""
+        args: list[str | int] = [repr(now), reservation, spent_nusd]
+        for hold in holds:
+            args += [hold.oldest, hold.bucket, hold.ttl_s]
+        with mapped_errors(_STORE):
+            reply = await self._settle_script(keys=self._budget_keys(holds), args=args)
+        return [int(value) for value in reply]
+
+    async def counted(self, holds: Sequence[BudgetHold], now: float) -> list[int]:
+        """Each budget's count now."""
+        args: list[str | int] = [repr(now), *(hold.oldest for hold in holds)]
+        with mapped_errors(_STORE):
+            reply = await self._counted_script(keys=self._budget_keys(holds), args=args)
+        return [int(value) for value in reply]
+
+    def _budget_keys(self, holds: Sequence[BudgetHold]) -> list[str]:
+        keys = self.keys
+        return [
+            name
+            for hold in holds
+            for name in (
+                keys.budget(hold.budget_id),
+                keys.budget_held(hold.budget_id),
+                keys.budget_amounts(hold.budget_id),
+            )
+        ]
 
     def _script_call(self, batch: FlushBatch) -> tuple[list[str], list[str | int | bytes]]:
         """The write script's KEYS and ARGV for a batch (layout documented in the script)."""

@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import orjson
 
@@ -28,7 +28,10 @@ from tokenyard.meter.model import (
     UsageRecord,
     engine_row,
 )
+from tokenyard.stores.protocols import BudgetHold, Reserved
 from tokenyard.stores.sqlite_worker import SqliteWorker, select
+
+_T = TypeVar("_T")
 
 MINUTE_MS: Final = 60_000
 MS_PER_HOUR: Final = 3_600_000
@@ -97,6 +100,13 @@ CREATE TABLE IF NOT EXISTS locks (
 CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS members (name TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS virtual_keys (id TEXT PRIMARY KEY, body BLOB NOT NULL, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS budget_spend (
+    budget TEXT NOT NULL, bucket INTEGER NOT NULL, nusd INTEGER NOT NULL, PRIMARY KEY (budget, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS budget_held (
+    budget TEXT NOT NULL, reservation TEXT NOT NULL, nusd INTEGER NOT NULL, until REAL NOT NULL,
+    PRIMARY KEY (budget, reservation)
+) WITHOUT ROWID;
 """
 _AGG_UPSERT: Final = _upsert("agg", ("minute", *_DIMS), AGG_FIELDS)
 _GPU_UPSERT: Final = _upsert("gpu", ("minute", "backend"), GPU_FIELDS)
@@ -112,6 +122,36 @@ _AGG_SELECT: Final = "SELECT minute, {dims}, {fields} FROM agg WHERE minute >= ?
 _GPU_SELECT: Final = "SELECT minute, backend, {fields} FROM gpu WHERE minute >= ? AND minute < ?".format(
     fields=", ".join(f'"{f}"' for f in GPU_FIELDS)
 )
+
+
+def _budget_count(conn: sqlite3.Connection, hold: BudgetHold, now: float) -> int:
+    """A budget's count: its spend from the oldest bucket counted on, plus the reservations still held
+    (older buckets and lapsed reservations are dropped on the way)."""
+    conn.execute("DELETE FROM budget_spend WHERE budget = ? AND bucket < ?", (hold.budget_id, hold.oldest))
+    conn.execute("DELETE FROM budget_held WHERE budget = ? AND until < ?", (hold.budget_id, now))
+    [(spent,)] = conn.execute(
+        "SELECT coalesce(sum(nusd), 0) FROM budget_spend WHERE budget = ?", (hold.budget_id,)
+    )
+    [(held,)] = conn.execute(
+        "SELECT coalesce(sum(nusd), 0) FROM budget_held WHERE budget = ?", (hold.budget_id,)
+    )
+    return int(spent) + int(held)
+
+
+def _in_transaction(job: Callable[[sqlite3.Connection], _T]) -> Callable[[sqlite3.Connection], _T]:
+    """``job`` as one write transaction: IMMEDIATE takes the write lock up front."""
+
+    def run(conn: sqlite3.Connection) -> _T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = job(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return result
+
+    return run
 
 
 def minute_segments(from_ms: int, until_ms: int) -> Iterator[tuple[int, int]]:
@@ -244,24 +284,19 @@ class SqliteMeterStore(SqliteWorker):
         the highest any record was written at."""
 
         def put(conn: sqlite3.Connection) -> bool:
-            conn.execute("BEGIN IMMEDIATE")  # the read and the write as one (another process may share it)
-            try:
-                row = conn.execute("SELECT body FROM virtual_keys WHERE id = ?", (key_id,)).fetchone()
-                written = (None if row is None else bytes(row[0])) == expected
-                if written:
-                    [(version,)] = conn.execute("SELECT coalesce(max(version), 0) + 1 FROM virtual_keys")
-                    conn.execute(
-                        "INSERT INTO virtual_keys (id, body, version) VALUES (?, ?, ?) ON CONFLICT (id)"
-                        " DO UPDATE SET body = excluded.body, version = excluded.version",
-                        (key_id, body, version),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return written
+            row = conn.execute("SELECT body FROM virtual_keys WHERE id = ?", (key_id,)).fetchone()
+            if (None if row is None else bytes(row[0])) != expected:
+                return False
+            [(version,)] = conn.execute("SELECT coalesce(max(version), 0) + 1 FROM virtual_keys")
+            conn.execute(
+                "INSERT INTO virtual_keys (id, body, version) VALUES (?, ?, ?) ON CONFLICT (id)"
+                " DO UPDATE SET body = excluded.body, version = excluded.version",
+                (key_id, body, version),
+            )
+            return True
 
-        return await self._run(put)
+        # The read and the write as one (another process may share the file).
+        return await self._run(_in_transaction(put))
 
     async def get_key(self, key_id: str) -> bytes | None:
         """The record of ``key_id``, or None."""
@@ -281,6 +316,53 @@ class SqliteMeterStore(SqliteWorker):
         """The version of the keys: one more with every write."""
         rows = await self._run(select("SELECT coalesce(max(version), 0) FROM virtual_keys"))
         return int(rows[0][0])
+
+    async def reserve(
+        self, holds: Sequence[BudgetHold], reservation: str, amount_nusd: int, until: float, now: float
+    ) -> Reserved:
+        """Reserve on every budget or none (see ``BudgetStore.reserve``)."""
+
+        def reserve(conn: sqlite3.Connection) -> Reserved:
+            counts = [_budget_count(conn, hold, now) for hold in holds]
+            refused = next(
+                (i for i, (hold, count) in enumerate(zip(holds, counts, strict=True))
+                 if hold.hard and count + amount_nusd > hold.limit_nusd),
+                None,
+            )  # fmt: skip
+            if refused is not None:
+                return Reserved(False, refused, counts)
+            conn.executemany(
+                "INSERT OR REPLACE INTO budget_held (budget, reservation, nusd, until) VALUES (?, ?, ?, ?)",
+                [(hold.budget_id, reservation, amount_nusd, until) for hold in holds],
+            )
+            return Reserved(True, None, [count + amount_nusd for count in counts])
+
+        return await self._run(_in_transaction(reserve))
+
+    async def settle(
+        self, holds: Sequence[BudgetHold], reservation: str, spent_nusd: int, now: float
+    ) -> list[int]:
+        """Release a reservation and add the spend (see ``BudgetStore.settle``)."""
+
+        def settle(conn: sqlite3.Connection) -> list[int]:
+            for hold in holds:
+                conn.execute(
+                    "DELETE FROM budget_held WHERE budget = ? AND reservation = ?",
+                    (hold.budget_id, reservation),
+                )
+                if spent_nusd > 0:
+                    conn.execute(
+                        "INSERT INTO budget_spend (budget, bucket, nusd) VALUES (?, ?, ?) ON CONFLICT"
+                        " (budget, bucket) DO UPDATE SET nusd = nusd + excluded.nusd",
+                        (hold.budget_id, hold.bucket, spent_nusd),
+                    )
+            return [_budget_count(conn, hold, now) for hold in holds]
+
+        return await self._run(_in_transaction(settle))
+
+    async def counted(self, holds: Sequence[BudgetHold], now: float) -> list[int]:
+        """Each budget's count now."""
+        return await self._run(_in_transaction(lambda conn: [_budget_count(conn, h, now) for h in holds]))
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """A file written by an older tokenyard lacks the fields added since; they start at 0."""

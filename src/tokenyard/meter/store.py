@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from tokenyard.meter.model import AggKey, EngineKey, FlushBatch, GpuKey, UsageRecord
-from tokenyard.stores.protocols import Coordination, DocumentStore, KeyStore, Lifecycle
+from tokenyard.stores.protocols import BudgetStore, Coordination, DocumentStore, KeyStore, Lifecycle
 
 
 class UsageStore(Protocol):
@@ -53,5 +53,6 @@ class UsageStore(Protocol):
         ...
 
 
-class MeterStore(UsageStore, Coordination, DocumentStore, KeyStore, Lifecycle, Protocol):
-    """Everything a meter store backend does: usage, coordination, documents, virtual keys, its lifecycle."""
+class MeterStore(UsageStore, Coordination, DocumentStore, KeyStore, BudgetStore, Lifecycle, Protocol):
+    """Everything a meter store backend does: usage, coordination, documents, virtual keys, budgets, its
+    lifecycle."""

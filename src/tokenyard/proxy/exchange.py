@@ -106,4 +106,5 @@ class Exchange:
             latency_ms=round((now_s - self.started_s) * 1000),
             cost_pusd=cost,
             reason=self.reason,
+            key_id=self.key_id,
         )

@@ -19,7 +19,7 @@ import orjson
 
 from tokenyard.adapters.base import UpstreamResponse
 from tokenyard.admission.auth import Principal
-from tokenyard.admission.classify import ASYNC_TIERS, Decision, RequestFacts, classify
+from tokenyard.admission.classify import ASYNC_TIERS, Decision, RequestFacts, classify, prefers_async
 from tokenyard.capacity.observed import LatencySample
 from tokenyard.errors import (
     CapacityExhausted,
@@ -50,6 +50,7 @@ from tokenyard.proxy.exchange import CLIENT_CLOSED, Exchange
 from tokenyard.proxy.legs import Leg, Translation, relayed_error, send_error, stream_error_event
 from tokenyard.proxy.plan_order import request_shape
 from tokenyard.proxy.routing import Choice, NoChoice, choose_deployment
+from tokenyard.proxy.spend import Admitted, SpendGate
 from tokenyard.proxy.stored_responses import ResponseOwners, response_id
 from tokenyard.proxy.whole_as_events import message_as_stream, response_as_stream
 from tokenyard.proxy.whole_as_stream import whole_answer_as_stream
@@ -91,6 +92,7 @@ class Proxy:
         front: AsyncFront | None = None,
         tracer: Tracer | None = None,
         objects: JobsAndObjects | None = None,
+        spend: SpendGate | None = None,
     ) -> None:
         self.live = live  # keys, async-track settings and classifier rules in force (a reload swaps them)
         self.models = models
@@ -101,6 +103,7 @@ class Proxy:
         self.wall = wall
         self.front = front  # the async track's door (None: no job store, every request is real time)
         self.tracer = tracer  # None: no telemetry.otlp (the request path pays nothing for tracing)
+        self.spend = spend  # budgets (None: no meter store to count them in)
         # Which backend stored which response (``GET /v1/responses/{id}`` is relayed there), kept beside the
         # jobs when there is a job store.
         self.response_owners = ResponseOwners(objects, wall)
@@ -154,15 +157,12 @@ class Proxy:
             if endpoint.name not in self.spoken_everywhere:  # chat on OpenAI-compatible backends: no look
                 backends = self._able(backends, endpoint, model)
             decision = self._classify(scope, principal, endpoint, model, obj, stream)
-            if decision is not None and obj.get("service_tier") in ASYNC_TIERS:
-                # tokenyard's signal, not the upstream's ("batch" is no OpenAI tier): not forwarded.
-                body = request_body.without_member(body, obj, "service_tier")
-                del obj["service_tier"]
-            if decision is not None and decision.background:
-                # OpenAI's own "nobody waits": tokenyard runs it on the async track, the upstream in the
-                # foreground (the job's answer is the whole response).
-                body = request_body.without_member(body, obj, "background")
-                del obj["background"]
+            body = _without_async_signals(body, obj, decision)
+            admitted = None
+            if self.spend is not None:
+                admitted, decision = await self._reserve(
+                    self.spend, scope, principal, request_id, backends, body, obj, stream, decision, id_header
+                )
             if decision is not None and decision.mode == "async" and self.front is not None:
                 await self._queue(self.front, scope, receive, send, principal, endpoint, model, body,
                                   decision, id_header, trace)  # fmt: skip
@@ -195,7 +195,48 @@ class Proxy:
                 exchange.status = CLIENT_CLOSED
             record = exchange.to_record(self.clock(), self.wall())
             self.meter.record(record)
+            if admitted is not None:
+                self.spend.settle(admitted, record)  # type: ignore[union-attr]  # admitted: spend is set
             _finish(trace, exchange, record)
+
+    async def _reserve(
+        self,
+        spend: SpendGate,
+        scope: wire.Scope,
+        principal: Principal,
+        request_id: str,
+        backends: list[Backend],
+        body: bytes,
+        obj: dict[str, Any],
+        stream: bool,
+        decision: Decision | None,
+        id_header: list[tuple[bytes, bytes]],
+    ) -> tuple[Admitted | None, Decision | None]:
+        """Reserve a budgeted real-time request's worst case; what is left goes in its headers. A spent budget
+        answers 429, or sends the request down the async track if the budget says so and the client can wait.
+        An async request reserves nothing (it is charged when answered) but is refused while a hard budget
+        that rejects is spent."""
+        lines = spend.lines(principal)
+        if not lines:
+            return None, decision
+        if decision is not None and decision.mode == "async":
+            over = await spend.spent(principal)
+            if over is not None and over.line.budget.on_exceeded == "reject":
+                id_header += over.headers
+                raise over.error()
+            return None, decision
+        checked = await spend.admit(lines, request_id, spend.worst_case_pusd(backends, len(body), obj))
+        id_header += checked.headers
+        if isinstance(checked, Admitted):
+            return checked, decision
+        track = self.live.current.async_track
+        if checked.line.budget.on_exceeded == "reject" or track is None or stream or self.front is None:
+            raise checked.error()
+        prefer = wire.header(scope, b"prefer")
+        reason = f"budget: {checked.line.holder}'s {checked.line.budget.window} budget is spent"
+        if prefers_async(_text(prefer)):
+            return None, Decision("async", "poll", reason, track.default_deadline_s)
+        return None, Decision("async", "hold", reason, track.default_deadline_s)
 
     def _able(self, backends: list[Backend], endpoint: Endpoint, model: str) -> list[Backend]:
         """``able``, or a 400 saying what the model's deployments speak instead."""
@@ -725,6 +766,22 @@ def _upstream_headers(
 def _header_value(text: str) -> str:
     """``text`` as a header value: as it is when printable ASCII, else percent-encoded (UTF-8)."""
     return text if text.isascii() and text.isprintable() else quote(text, safe="")
+
+
+def _without_async_signals(body: bytes, obj: dict[str, Any], decision: Decision | None) -> bytes:
+    """The body without the members that asked for the async track (``obj`` loses them too)."""
+    if decision is None:  # the async track is off: nothing asked for it
+        return body
+    if obj.get("service_tier") in ASYNC_TIERS:
+        # tokenyard's signal, not the upstream's ("batch" is no OpenAI tier): not forwarded.
+        body = request_body.without_member(body, obj, "service_tier")
+        del obj["service_tier"]
+    if decision.background:
+        # OpenAI's own "nobody waits": tokenyard runs it on the async track, the upstream in the
+        # foreground (the job's answer is the whole response).
+        body = request_body.without_member(body, obj, "background")
+        del obj["background"]
+    return body
 
 
 def _refused(trace: Trace | None, status: int, error: str) -> None:

@@ -13,13 +13,13 @@ Files and batches belong to the tenant whose key made them: another tenant's are
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import orjson
 
 from tokenyard.admission.auth import Principal
-from tokenyard.errors import InvalidRequest, ObjectNotFound
+from tokenyard.errors import InvalidRequest, ObjectNotFound, TokenyardError
 from tokenyard.queue.model import JSON_TYPE, Job, JobResult, StoredObject
 from tokenyard.queue.store import JobsAndObjects
 from tokenyard.wire import asgi as wire
@@ -47,11 +47,13 @@ class BatchApi:
         *,
         may_use: Callable[[Principal, str], bool],
         wake: Callable[[], None],
+        spent: Callable[[Principal], Awaitable[TokenyardError | None]] | None = None,
         max_body_bytes: int,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.may_use = may_use  # whether a key may call a model (and the model exists)
+        self.spent = spent  # the error to refuse a new batch with while a hard budget of the key is spent
         self.wake = wake
         self.max_body_bytes = max_body_bytes
         self.wall = wall
@@ -199,6 +201,10 @@ class BatchApi:
 
     async def create(self, who: Principal, request: dict[str, Any]) -> dict[str, Any]:
         """``POST /v1/batches``: validate the input file, queue a job per line."""
+        if self.spent is not None:
+            refusal = await self.spent(who)  # its lines are charged as they are answered
+            if refusal is not None:
+                raise refusal
         endpoint, window = request.get("endpoint"), request.get("completion_window")
         if endpoint not in openai.INFERENCE_PATHS:
             listed = ", ".join(openai.INFERENCE_PATHS)
@@ -232,9 +238,9 @@ class BatchApi:
         else:
             for index, (custom_id, model, body) in enumerate(lines):
                 job_id = f"job_{batch['id']}_{index}"
-                await self.store.enqueue(
-                    Job(job_id, who.tenant, model, endpoint, body, now, now + WINDOW_S, reason="Batch API")
-                )
+                job = Job(job_id, who.tenant, model, endpoint, body, now, now + WINDOW_S, reason="Batch API",
+                          key_id=who.key_name)  # fmt: skip
+                await self.store.enqueue(job)
                 batch["lines"].append([custom_id, job_id])
             batch["request_counts"]["total"] = len(lines)
             self.wake()

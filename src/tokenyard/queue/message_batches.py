@@ -55,11 +55,13 @@ class MessageBatchApi:
         *,
         may_use: Callable[[Principal, str], bool],
         wake: Callable[[], None],
+        spent: Callable[[Principal], Awaitable[TokenyardError | None]] | None = None,
         wall: Callable[[], float] = time.time,
         max_requests: int = MAX_REQUESTS,
     ) -> None:
         self.store = store
         self.may_use = may_use  # whether a key may call a model (and the model exists)
+        self.spent = spent  # the error to refuse a new batch with while a hard budget of the key is spent
         self.wake = wake
         self.wall = wall
         self.max_requests = max_requests
@@ -144,6 +146,10 @@ class MessageBatchApi:
 
     async def create(self, who: Principal, request: Any) -> dict[str, Any]:
         """Validate the requests, queue a job per request, keep the batch."""
+        if self.spent is not None:
+            refusal = await self.spent(who)  # its lines are charged as they are answered
+            if refusal is not None:
+                raise refusal
         requests = request.get("requests") if isinstance(request, dict) else None
         if not isinstance(requests, list) or not requests:
             raise InvalidRequest("requests: a Message Batch needs at least one request.", param="requests")
@@ -163,8 +169,9 @@ class MessageBatchApi:
                                  "cancel_initiated_at": None, "requests": [], "counts": None}  # fmt: skip
         for index, (custom_id, model, body) in enumerate(checked):
             job_id = f"job_{batch_id}_{index}"
-            await self.store.enqueue(Job(job_id, who.tenant, model, anthropic.MESSAGES_PATH, body, now,
-                                         now + WINDOW_S, reason="message batch"))  # fmt: skip
+            job = Job(job_id, who.tenant, model, anthropic.MESSAGES_PATH, body, now, now + WINDOW_S,
+                      reason="message batch", key_id=who.key_name)  # fmt: skip
+            await self.store.enqueue(job)
             batch["requests"].append([custom_id, job_id])
         self.wake()
         await self._save(who.tenant, batch)

@@ -24,6 +24,9 @@ start of the minute. TTLs: hashes retention + 60 s, watermarks max_gap_ms + a da
     {p}:members                                                zset    live replicas -> until when (unix s)
     {p}:keys                                                   hash    virtual key id -> its record (JSON)
     {p}:keys:version                                           string  moves on with every key write
+    {p}:budget:<id>                                            hash    bucket (unix s) -> nano-USD spent
+    {p}:budget:<id>:held                                       zset    reservation -> until (unix s)
+    {p}:budget:<id>:amounts                                    hash    reservation -> nano-USD held
 
 The record log is a sorted set scored by the record's own ``ts`` (not a stream): records arrive out of order
 (replicas flush independently; a meter holds batches while the store is down), and a score gives exact
@@ -159,6 +162,18 @@ class MeterKeys:
     def document(self, name: str) -> str:
         """A small named document."""
         return f"{self.base}:doc:{_dim(name)}"
+
+    def budget(self, budget_id: str) -> str:
+        """A budget's spend per bucket."""
+        return f"{self.base}:budget:{_dim(budget_id)}"
+
+    def budget_held(self, budget_id: str) -> str:
+        """A budget's reservations held by requests in flight."""
+        return f"{self.base}:budget:{_dim(budget_id)}:held"
+
+    def budget_amounts(self, budget_id: str) -> str:
+        """What each of a budget's reservations holds."""
+        return f"{self.base}:budget:{_dim(budget_id)}:amounts"
 
     def match_all(self) -> str:
         """A ``SCAN MATCH`` pattern for every key of this prefix (tests, maintenance)."""

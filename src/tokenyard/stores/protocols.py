@@ -9,6 +9,8 @@ implements (``tests/meter/test_store_contract.py``, ``tests/queue/test_queue_con
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -80,6 +82,57 @@ class KeyStore(Protocol):
 
     async def keys_version(self) -> int:
         """The version: 0 before any key was kept, then one more with every write."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetHold:
+    """One budget as a reservation or a settlement touches it: where its spend is and what it counts now.
+
+    Spend is kept per bucket (unix s); the budget counts the buckets from ``oldest`` on, plus what the
+    requests in flight have reserved."""
+
+    budget_id: str
+    limit_nusd: int
+    oldest: int  # the first bucket counted; older ones are dropped
+    bucket: int  # where a settlement's spend lands
+    ttl_s: int  # how long a bucket is kept
+    hard: bool  # whether a reservation past the limit is refused
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """What a reservation found: whether it was taken, which budget refused it, and each budget's count
+    (settled spend plus every reservation held, this one included if it was taken), in nano-USD."""
+
+    taken: bool
+    refused_by: int | None  # the index of the first hard budget it did not fit, if any
+    counted_nusd: list[int]
+
+
+class BudgetStore(Protocol):
+    """Budgets shared by every replica: reserve a request's worst case before it runs, settle it to what it
+    cost after. Each call is one atomic step over all the budgets a request counts against."""
+
+    async def reserve(
+        self, holds: Sequence[BudgetHold], reservation: str, amount_nusd: int, until: float, now: float
+    ) -> Reserved:
+        """Reserve ``amount_nusd`` on every budget of ``holds`` unless a hard one would pass its limit
+        (counted + amount > limit: a budget whose count has reached its limit takes nothing more).
+
+        Either every budget holds it (until ``until``, unix s: a reservation never settled lets go then)
+        or none does. Reservations held past their ``until`` at ``now`` are dropped first."""
+        ...
+
+    async def settle(
+        self, holds: Sequence[BudgetHold], reservation: str, spent_nusd: int, now: float
+    ) -> list[int]:
+        """Release the reservation, if held, and add ``spent_nusd`` to each budget's bucket; each budget's
+        count after. Spend with no reservation (one that lapsed, or none was made) is added all the same."""
+        ...
+
+    async def counted(self, holds: Sequence[BudgetHold], now: float) -> list[int]:
+        """Each budget's count now: settled spend in its window plus the reservations held."""
         ...
 
 

@@ -138,10 +138,7 @@ class KeysApi:
                 views = [view for view in views if view[field] == query[field]]
         after = query.get("after")
         if after is not None:
-            ids = [view["id"] for view in views]
-            if after not in ids:
-                raise InvalidRequest(f"No key {after!r} to list after.", param="after")
-            views = views[ids.index(after) + 1 :]
+            views = _after(views, after)
         page = views[:limit]
         await wire.send_json(
             send,
@@ -195,7 +192,9 @@ class KeysApi:
         now = int(self.wall())
         secret = new_secret()
         grace_s = rotation.grace_s
-        record = await self._change(key_id, lambda r: r.rotated(secret, grace_s, now), revoked_ok=False)
+        record = await self._change(
+            key_id, lambda r: _rotatable(r, now).rotated(secret, grace_s, now), revoked_ok=False
+        )
         await wire.send_json(send, 200, {**record.public(now), "value": secret})
 
     # -- helpers --------------------------------------------------------------------------------------
@@ -251,6 +250,24 @@ class KeysApi:
     def _check_expiry(expires_at: int | None, now: int) -> None:
         if expires_at is not None and expires_at <= now:
             raise InvalidRequest("expires_at must be in the future (unix seconds).", param="expires_at")
+
+
+def _after(views: list[dict[str, Any]], after: str) -> list[dict[str, Any]]:
+    """The views listed after the key ``after``. The admin API's ids sort by when they were made, so a page
+    goes on even if the key it ended at was revoked (and left the list) meanwhile."""
+    ids = [view["id"] for view in views]
+    if after in ids:
+        return views[ids.index(after) + 1 :]
+    if after.startswith("key_"):
+        return [view for view in views if view["source"] == "api" and view["id"] > after]
+    raise InvalidRequest(f"No key {after!r} to list after.", param="after")
+
+
+def _rotatable(record: ManagedKey, now: int) -> ManagedKey:
+    """``record``, if a new secret for it would work (an expired key's would not)."""
+    if record.status(now) == "expired":
+        raise Conflict(f"The key {record.id!r} has expired; set a later expires_at first, then rotate it.")
+    return record
 
 
 def _config_view(name: str, key: KeyConfig) -> dict[str, Any]:
@@ -320,7 +337,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 
 def _limit(raw: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
         raise InvalidRequest("limit must be an integer from 1 to 1000.", param="limit")
     return int(raw)
 

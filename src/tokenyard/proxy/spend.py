@@ -1,0 +1,297 @@
+"""Spend control on the request path: budgets that hold across replicas.
+
+A real-time request of a key with a budget (its own, its tenant's or its team's) reserves its worst case
+before it runs — the prompt estimate plus its output cap at the dearest price of the deployments it may
+use — in one atomic step over every budget it counts against (one store round trip; nothing for keys with
+no budget). After the answer the reservation is settled to what the request cost, off the request path.
+Async jobs (queued requests, Batch API lines) are charged when they are answered, at the price they ran
+at: batch prices for a provider batch.
+
+The bound, with any number of replicas and any concurrency: a hard budget is passed only by what requests
+already admitted spend beyond what they reserved (a prompt the estimate undercounted, a dedicated backend
+whose GPU cost per token rose while they ran), plus async jobs answered after it was spent.
+
+What a dedicated backend's request costs its budgets is its share of GPU cost as it accrues: its tokens at
+the backend's GPU cost per token over the last hour, as the usage API attributes it hour by hour. Before
+the backend has served anything in that hour, a request is charged the slot it held: its time at one
+``max_concurrency`` share of a replica's GPU-hour price. A dedicated token is never free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from tokenyard.admission.auth import Principal
+from tokenyard.admission.budgets import (
+    NUSD_PER_USD,
+    BudgetLine,
+    Span,
+    describe_usd,
+    has_budgets,
+    iso,
+    lines_for,
+    pusd_to_nusd,
+    span,
+)
+from tokenyard.errors import BudgetExhausted, StoreError, StoreUnavailable
+from tokenyard.live import LiveConfig
+from tokenyard.meter.model import UsageRecord
+from tokenyard.meter.pricing import gpu_hour_pusd
+from tokenyard.meter.store import UsageStore
+from tokenyard.proxy.backends import Backend
+from tokenyard.stores.protocols import BudgetHold, BudgetStore
+
+log = logging.getLogger("tokenyard.budgets")
+
+H_REMAINING: Final = b"x-tokenyard-budget-remaining-usd"
+H_RESET: Final = b"x-tokenyard-budget-reset"
+RATE_WINDOW_S: Final = 3600  # a dedicated backend's GPU cost per token is taken over the last hour
+RATE_REFRESH_S: Final = 60.0
+_SETTLE_CLOSE_TIMEOUT_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A request let through: what it holds on which budgets, and the headers that say what is left."""
+
+    holds: tuple[BudgetHold, ...]  # empty: the store was away (when_store_down: serve); nothing held
+    reservation: str
+    headers: list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class OverBudget:
+    """A request a hard budget refused: which one, what it has counted, and when it next lets go."""
+
+    line: BudgetLine
+    counted_nusd: int  # settled spend and what requests in flight hold, this one not included
+    resets_at: int
+    headers: list[tuple[bytes, bytes]]
+    asked_nusd: int = 0  # what this request would have held (0: none was asked, the budget is spent)
+
+    def error(self) -> BudgetExhausted:
+        """The 429 a client gets (OpenAI's ``insufficient_quota``), naming the budget and its reset."""
+        line = self.line
+        left = line.limit_nusd - self.counted_nusd
+        state = (
+            "is spent"
+            if left <= 0
+            else f"has {describe_usd(left)} left (requests in flight included), less than this request may "
+            f"cost ({describe_usd(self.asked_nusd)})"
+        )
+        return BudgetExhausted(
+            f"Budget exhausted: {line.holder}'s {line.budget.window} budget of "
+            f"{describe_usd(line.limit_nusd)} {state}; it resets at {iso(self.resets_at)}."
+        )
+
+
+class DedicatedRates:
+    """Each dedicated backend's GPU cost per token over the last hour, read from the usage store every
+    minute (off the request path), as the usage API attributes GPU cost: by tokens served."""
+
+    def __init__(
+        self, store: UsageStore | None, backends: Mapping[str, Backend], *, wall: Callable[[], float]
+    ) -> None:
+        self.store = store
+        self.dedicated = {name: b for name, b in backends.items() if b.config.kind == "dedicated"}
+        self.wall = wall
+        self.pusd_per_token: dict[str, int] = {}  # absent: it served nothing in the last hour
+
+    async def refresh(self) -> None:
+        """Read the last hour's GPU cost and tokens of every dedicated backend."""
+        if self.store is None or not self.dedicated:
+            return
+        end = (int(self.wall()) // 60 + 1) * 60
+        start = end - RATE_WINDOW_S
+        tokens = dict.fromkeys(self.dedicated, 0)
+        for key, fields in await self.store.aggregates(start, end):
+            if key.backend in tokens:
+                tokens[key.backend] += fields.get("prompt_tokens", 0) + fields.get("completion_tokens", 0)
+        cost = dict.fromkeys(self.dedicated, 0)
+        for gpu_key, fields in await self.store.gpu(start, end):
+            if gpu_key.backend in cost:
+                cost[gpu_key.backend] += fields.get("cost_pusd", 0)
+        self.pusd_per_token = {name: -(-cost[name] // n) for name, n in tokens.items() if n > 0}
+
+    async def run(self) -> None:
+        """Refresh every minute until cancelled; a store that is away leaves the last rates in force."""
+        while True:
+            with contextlib.suppress(StoreError):
+                await self.refresh()
+            await asyncio.sleep(RATE_REFRESH_S)
+
+    def slot_pusd_per_s(self, backend: Backend) -> int:
+        """What one of a replica's ``max_concurrency`` slots costs a second."""
+        config = backend.config
+        replica_hour = gpu_hour_pusd(config) * (config.gpus_per_replica or 1)
+        return replica_hour // (3600 * max(1, config.max_concurrency or 1))
+
+    def cost_pusd(self, record: UsageRecord, backend: Backend | None) -> int:
+        """What a request cost its budgets: its metered cost, or a dedicated backend's share."""
+        if backend is None or backend.config.kind != "dedicated":
+            return record.cost_pusd
+        rate = self.pusd_per_token.get(backend.name)
+        if rate is not None:
+            return (record.prompt_tokens + record.completion_tokens) * rate
+        return record.latency_ms * self.slot_pusd_per_s(backend) // 1000
+
+
+class SpendGate:
+    """Reserves before, settles after; built once per process, it reads the budgets in force per request."""
+
+    def __init__(
+        self,
+        store: BudgetStore | None,
+        live: LiveConfig,
+        backends: Mapping[str, Backend],
+        rates: DedicatedRates,
+        *,
+        wall: Callable[[], float],
+    ) -> None:
+        self.store = store  # None: no meter store, so nothing to count budgets in (they are not enforced)
+        self.live = live
+        self.backends = backends
+        self.rates = rates
+        self.wall = wall
+        self._settling: set[asyncio.Task[None]] = set()
+
+    def lines(self, principal: Principal) -> tuple[BudgetLine, ...]:
+        """Every budget ``principal``'s requests count against (empty, at the cost of a few lookups, when
+        there is none or no store to count them in)."""
+        config = self.live.config.budgets
+        if self.store is None or not has_budgets(principal, config):
+            return ()
+        return lines_for(principal, config)
+
+    def worst_case_pusd(self, backends: Sequence[Backend], body_bytes: int, obj: Mapping[str, Any]) -> int:
+        """The most a request may cost: ~4 bytes a prompt token, its output cap (or the configured default),
+        at the dearest price of the deployments it may use."""
+        cap = obj.get("max_completion_tokens") or obj.get("max_tokens") or obj.get("max_output_tokens")
+        output = cap if isinstance(cap, int) and cap > 0 else self.live.config.budgets.default_max_tokens
+        prompt = body_bytes // 4 + 1
+        worst = 0
+        for backend in backends:
+            if backend.config.kind == "dedicated":
+                rate = self.rates.pusd_per_token.get(backend.name, 0)
+                cost = (prompt + output) * rate
+            else:
+                cost = prompt * backend.prices.input_pusd + output * backend.prices.output_pusd
+            worst = max(worst, cost)
+        return worst
+
+    async def admit(
+        self, lines: tuple[BudgetLine, ...], reservation: str, worst_pusd: int
+    ) -> Admitted | OverBudget:
+        """Reserve ``worst_pusd`` on every budget of ``lines``, or say which hard one refused."""
+        assert self.store is not None  # lines() is empty without one
+        now = self.wall()
+        spans = [span(line.budget, now) for line in lines]
+        holds = tuple(_hold(line, s) for line, s in zip(lines, spans, strict=True))
+        amount = max(1, pusd_to_nusd(worst_pusd))  # never 0: a spent budget refuses every request
+        config = self.live.config.budgets
+        try:
+            until = now + config.reservation_ttl_s
+            reserved = await self.store.reserve(holds, reservation, amount, until, now)
+        except StoreError as exc:
+            self._store_down(exc)
+            return Admitted((), reservation, [])
+        before = [count - amount if reserved.taken else count for count in reserved.counted_nusd]
+        headers = _headers(lines, spans, before)
+        if reserved.refused_by is not None:
+            i = reserved.refused_by
+            return OverBudget(lines[i], before[i], spans[i].resets_at, headers, amount)
+        return Admitted(holds, reservation, headers)
+
+    def settle(self, admitted: Admitted, record: UsageRecord) -> None:
+        """Replace the reservation with what the request cost (in the background)."""
+        if admitted.holds:
+            spent = self.rates.cost_pusd(record, self.backends.get(record.backend))
+            self._in_background(self._settle(admitted.holds, admitted.reservation, spent))
+
+    def charge(self, principal: Principal | None, record: UsageRecord) -> None:
+        """Count an async job's answer against its key's budgets (in the background)."""
+        if principal is None or self.store is None:
+            return
+        lines = self.lines(principal)
+        if lines:
+            now = self.wall()
+            holds = tuple(_hold(line, span(line.budget, now)) for line in lines)
+            spent = self.rates.cost_pusd(record, self.backends.get(record.backend))
+            self._in_background(self._settle(holds, record.request_id, spent))
+
+    async def spent(self, principal: Principal) -> OverBudget | None:
+        """The first hard budget of ``principal`` that is spent now, if any (the Batch API asks before it
+        takes a batch: its lines are charged as they are answered)."""
+        lines = self.lines(principal)
+        if not lines or self.store is None:
+            return None
+        now = self.wall()
+        spans = [span(line.budget, now) for line in lines]
+        holds = [_hold(line, s) for line, s in zip(lines, spans, strict=True)]
+        try:
+            counted = await self.store.counted(holds, now)
+        except StoreError as exc:
+            self._store_down(exc)
+            return None
+        for line, s, count in zip(lines, spans, counted, strict=True):
+            if line.budget.enforcement == "hard" and count >= line.limit_nusd:
+                return OverBudget(line, count, s.resets_at, _headers(lines, spans, counted))
+        return None
+
+    async def refusal(self, principal: Principal) -> BudgetExhausted | None:
+        """The 429 for a new batch while a hard budget of ``principal`` is spent; None to take it (also while
+        the store is away, unless budgets refuse then)."""
+        over = await self.spent(principal)
+        return over.error() if over is not None else None
+
+    def _store_down(self, exc: StoreError) -> None:
+        """Budgets could not be read: refuse (``StoreUnavailable``) or go on, as ``when_store_down`` says."""
+        if self.live.config.budgets.when_store_down == "refuse":
+            raise StoreUnavailable(
+                "Budgets cannot be checked now (the store is unavailable); retry in a moment."
+            ) from exc
+        log.warning("budgets: not checked, the store is away (%s): the request is served", exc)
+
+    async def _settle(self, holds: tuple[BudgetHold, ...], reservation: str, spent_pusd: int) -> None:
+        assert self.store is not None
+        try:
+            await self.store.settle(holds, reservation, pusd_to_nusd(spent_pusd), self.wall())
+        except StoreError as exc:
+            # The reservation lets go at its time; the spend is in the meter, not in the budget's count.
+            log.warning("budgets: %s not settled (%s)", reservation, exc)
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def aclose(self) -> None:
+        """Wait (a little) for the settlements still under way."""
+        if self._settling:
+            await asyncio.wait(set(self._settling), timeout=_SETTLE_CLOSE_TIMEOUT_S)
+
+
+def _hold(line: BudgetLine, now_span: Span) -> BudgetHold:
+    return BudgetHold(
+        line.id,
+        line.limit_nusd,
+        now_span.oldest,
+        now_span.bucket,
+        now_span.ttl_s,
+        line.budget.enforcement == "hard",
+    )
+
+
+def _headers(
+    lines: Sequence[BudgetLine], spans: Sequence[Span], counted: Sequence[int]
+) -> list[tuple[bytes, bytes]]:
+    """What is left of the tightest budget, and when it next lets go of spend."""
+    left = [(line.limit_nusd - n, s.resets_at) for line, s, n in zip(lines, spans, counted, strict=True)]
+    remaining, resets_at = min(left)
+    usd = max(0, remaining) / NUSD_PER_USD
+    return [(H_REMAINING, f"{usd:.6f}".encode()), (H_RESET, iso(resets_at).encode())]
