@@ -218,6 +218,10 @@ class KeyConfig(_Strict):
     deadline_s: PositiveFloat | None = None
     team: str | None = None  # its team's budgets (budgets.teams) count its spend too
     budgets: Budgets = []
+    rpm: PositiveInt | None = None  # the key's requests a minute, across every replica
+    tpm: PositiveInt | None = None  # its tokens a minute (prompt estimate + output cap)
+    # Near a dedicated backend's cap, low leaves it for per-token backends first (routing.priority_headroom).
+    priority: Literal["high", "normal", "low"] = "normal"
 
     @field_validator("budgets")
     @classmethod

@@ -17,6 +17,8 @@ from tokenyard.admission.budget_settings import Budget
 from tokenyard.config import KeyConfig
 from tokenyard.errors import AuthenticationFailed
 
+Priority = Literal["high", "normal", "low"]
+
 OPEN_TENANT = "default"
 
 
@@ -31,6 +33,14 @@ class Principal:
     deadline_s: float | None = None  # its async jobs' deadline
     team: str | None = None
     budgets: tuple[Budget, ...] = ()  # the key's own (its tenant's and team's are in the config)
+    rpm: int | None = None  # the key's requests a minute, across every replica
+    tpm: int | None = None  # ...and tokens a minute (prompt estimate + output cap, as backends count them)
+    priority: Priority = "normal"  # who leaves a dedicated backend near its cap for per-token ones first
+
+    @property
+    def rated(self) -> bool:
+        """Whether the key has a rate limit of its own."""
+        return self.rpm is not None or self.tpm is not None
 
     def may_use(self, model: str) -> bool:
         """Whether this key may call ``model``."""
@@ -90,6 +100,9 @@ class KeyRing:
                 key.deadline_s,
                 key.team,
                 tuple(key.budgets),
+                key.rpm,
+                key.tpm,
+                key.priority,
             )
             for name, key in keys.items()
         }

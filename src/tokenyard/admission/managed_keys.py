@@ -26,6 +26,7 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 UnixSeconds = Annotated[int, Field(gt=0, lt=10_000_000_000, strict=True)]  # before the year 2286
+PerMinute = Annotated[int, Field(gt=0, le=100_000_000, strict=True)]
 
 
 def new_key_id(now: float) -> str:
@@ -60,6 +61,9 @@ class KeyFields(_Payload):
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=16)
     expires_at: UnixSeconds | None = None  # refused from then on
     budgets: Budgets = Field(default_factory=list)
+    rpm: PerMinute | None = None  # requests a minute, across every replica
+    tpm: PerMinute | None = None  # tokens a minute (prompt estimate + output cap)
+    priority: Literal["high", "normal", "low"] = "normal"
 
     @field_validator("budgets")
     @classmethod
@@ -90,6 +94,9 @@ class KeyUpdate(_Payload):
     metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=16)
     expires_at: UnixSeconds | None = None
     budgets: Budgets | None = None  # the whole list replaced ([] or null: none)
+    rpm: PerMinute | None = None
+    tpm: PerMinute | None = None
+    priority: Literal["high", "normal", "low"] | None = None
 
     @field_validator("budgets")
     @classmethod
@@ -145,8 +152,9 @@ class ManagedKey(KeyCreate):
     def updated(self, update: KeyUpdate, now: int) -> ManagedKey:
         """This key with ``update``'s fields (those it sent) changed."""
         changes = update.model_dump(exclude_unset=True)
-        if "metadata" in changes and changes["metadata"] is None:
-            changes["metadata"] = {}
+        for field, empty in (("metadata", {}), ("priority", "normal")):  # null: back to the default
+            if field in changes and changes[field] is None:
+                changes[field] = empty
         return ManagedKey.model_validate({**self.model_dump(), **changes, "updated_at": now})
 
     def rotated(self, secret: str, grace_s: int, now: int) -> ManagedKey:
@@ -183,6 +191,9 @@ class ManagedKey(KeyCreate):
             self.deadline_s,
             team=self.team,
             budgets=tuple(self.budgets),
+            rpm=self.rpm,
+            tpm=self.tpm,
+            priority=self.priority,
         )
 
     def public(self, now: float) -> dict[str, Any]:

@@ -42,11 +42,13 @@ class Membership:
         member: str,
         on_reload: Callable[[], Awaitable[Any]],
         apply_replicas: Callable[[str, int], None] | None = None,
+        on_members: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
         self.backends = backends  # by name, fixed until a restart
         self.on_reload = on_reload  # re-read this replica's config (another replica asked for a reload)
         self.apply_replicas = apply_replicas  # count a backend's replicas here (cap, GPU accrual)
+        self.on_members = on_members  # told the live count too (keys' own rate limits are shared by it)
         self.member = member  # this replica's name
         self.live = 1
         self._reload_seen: float | None = None
@@ -75,6 +77,8 @@ class Membership:
         self.live = live
         for backend in self.backends.values():
             backend.set_cluster_size(live)
+        if self.on_members is not None:
+            self.on_members(live)
         await self._check_reload()
         if self.apply_replicas is not None:
             configured = {name: backend.config.replicas for name, backend in self.backends.items()}

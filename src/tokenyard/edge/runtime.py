@@ -245,6 +245,7 @@ async def start_runtime(
             member=replica,
             on_reload=reload_here,
             apply_replicas=replicas_applier(backends, meter),
+            on_members=lambda live_count: setattr(proxy.key_rates, "cluster_size", live_count),
         )
         stack.push_async_callback(_cancel, asyncio.create_task(membership.run(), name="membership"))
         announce = membership.announce_reload

@@ -20,6 +20,7 @@ import orjson
 from tokenyard.adapters.base import UpstreamResponse
 from tokenyard.admission.auth import Principal
 from tokenyard.admission.classify import ASYNC_TIERS, Decision, RequestFacts, classify, prefers_async
+from tokenyard.admission.key_limits import KeyRateLimited, KeyRates
 from tokenyard.capacity.observed import LatencySample
 from tokenyard.errors import (
     CapacityExhausted,
@@ -104,6 +105,7 @@ class Proxy:
         self.front = front  # the async track's door (None: no job store, every request is real time)
         self.tracer = tracer  # None: no telemetry.otlp (the request path pays nothing for tracing)
         self.spend = spend  # budgets (None: no meter store to count them in)
+        self.key_rates = KeyRates()  # keys' own rpm and tpm, this replica's share (membership sets it)
         # Which backend stored which response (``GET /v1/responses/{id}`` is relayed there), kept beside the
         # jobs when there is a job store.
         self.response_owners = ResponseOwners(objects, wall)
@@ -159,9 +161,9 @@ class Proxy:
             decision = self._classify(scope, principal, endpoint, model, obj, stream)
             body = _without_async_signals(body, obj, decision)
             admitted = None
-            if self.spend is not None:
-                admitted, decision = await self._reserve(
-                    self.spend, scope, principal, request_id, backends, body, obj, stream, decision, id_header
+            if self.spend is not None or principal.rated:
+                admitted, decision = await self._gate(
+                    scope, principal, request_id, backends, body, obj, stream, decision, id_header
                 )
             if decision is not None and decision.mode == "async" and self.front is not None:
                 await self._queue(self.front, scope, receive, send, principal, endpoint, model, body,
@@ -176,10 +178,16 @@ class Proxy:
         except wire.ClientGone:
             _refused(trace, CLIENT_CLOSED, "the client left before its request was read")
             return
-        exchange = Exchange(request_id, principal.tenant, model, obj, started, key_id=principal.key_name)
+        exchange = Exchange(
+            request_id,
+            principal.tenant,
+            model,
+            obj,
+            started,
+            reason=decision.reason if decision is not None else "default",
+            key_id=principal.key_name,
+        )
         exchange.trace = trace
-        if decision is not None:
-            exchange.reason = decision.reason
         planned = self.planned.get(model)
         if planned is not None:  # the plan's order for this request's shape, built when the plan came
             backends = self.able(planned[request_shape(len(body), obj)], endpoint)
@@ -198,6 +206,31 @@ class Proxy:
             if admitted is not None:
                 self.spend.settle(admitted, record)  # type: ignore[union-attr]  # admitted: spend is set
             _finish(trace, exchange, record)
+
+    async def _gate(
+        self,
+        scope: wire.Scope,
+        principal: Principal,
+        request_id: str,
+        backends: list[Backend],
+        body: bytes,
+        obj: dict[str, Any],
+        stream: bool,
+        decision: Decision | None,
+        id_header: list[tuple[bytes, bytes]],
+    ) -> tuple[Admitted | None, Decision | None]:
+        """The key's own rate limits, then its budgets; their headers go on the answer, refusal or not."""
+        if principal.rated:
+            try:
+                id_header += self.key_rates.take(principal, estimate_tokens(body, obj), self.clock())
+            except KeyRateLimited as exc:
+                id_header += exc.headers
+                raise
+        if self.spend is None:
+            return None, decision
+        return await self._reserve(
+            self.spend, scope, principal, request_id, backends, body, obj, stream, decision, id_header
+        )
 
     async def _reserve(
         self,
