@@ -509,6 +509,24 @@ class TestBudgetStore:
             "older buckets are gone for good"
         )
 
+    async def test_reservations_sent_together_are_taken_in_turn_each_all_or_none(
+        self, store: MeterStore
+    ) -> None:
+        key, tenant = hold("key:k1:30d", 100), hold("tenant:acme:day", 50)
+        asks = [
+            ([key, tenant], "r1", 30, T0 + 60),
+            ([tenant], "r2", 30, T0 + 60),
+            ([key, tenant], "r3", 20, T0 + 60),
+        ]
+        assert await store.reserve_many(asks, now=T0) == [
+            Reserved(True, None, [30, 30]),
+            Reserved(False, 0, [30]),
+            Reserved(True, None, [50, 50]),
+        ]
+        counts = await store.settle_many([([key, tenant], "r1", 10), ([key, tenant], "r3", 0)], now=T0)
+        assert counts == [30, 30, 10, 10]
+        assert await store.counted([key, tenant], now=T0) == [10, 10]
+
     async def test_replicas_racing_for_the_last_of_a_budget_never_pass_it(self, stores: Stores) -> None:
         replicas = [stores.open() for _ in range(4)]
         budget = [hold(limit=1000)]

@@ -29,7 +29,7 @@ from tokenyard.meter.model import (
     engine_row,
 )
 from tokenyard.stores.keys import MeterKeys, record_json
-from tokenyard.stores.protocols import BudgetHold, Reserved
+from tokenyard.stores.protocols import BudgetHold, Reservation, Reserved, Settlement
 from tokenyard.stores.redis_client import RedisBacked, mapped_errors
 
 T = TypeVar("T")
@@ -115,36 +115,45 @@ end
 _RESERVE_SCRIPT: Final = (
     _BUDGET_COUNT
     + """
--- Reserve an amount on every budget, or on none if a hard one would pass its limit.
--- KEYS[3i-2], KEYS[3i-1], KEYS[3i] - budget i's spend, reservations (until) and their amounts
--- ARGV[1] - now; ARGV[2] - until; ARGV[3] - the reservation; ARGV[4] - the amount;
--- then per budget ARGV[4+3i-2] - limit, ARGV[4+3i-1] - the oldest bucket counted, ARGV[4+3i] - hard (1/0).
--- Returns {taken (1/0), the refusing budget's index (1-based, 0: none), count of each budget...}.
-local now, amount = tonumber(ARGV[1]), tonumber(ARGV[4])
-local n = #KEYS / 3
-local counts, refused = {}, 0
-for i = 1, n do
-  local base = 4 + 3 * (i - 1)
-  counts[i] = counted(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], tonumber(ARGV[base + 2]), now)
-  if refused == 0 and ARGV[base + 3] == '1' and counts[i] + amount > tonumber(ARGV[base + 1]) then
-    refused = i
-  end
-end
-if refused == 0 then
-  local expiry = math.ceil(tonumber(ARGV[2])) + 60
+-- Reservations, one after another: each on every budget it names, or on none if a hard one would pass
+-- its limit. KEYS, per reservation and per budget of it: the budget's spend, reservations (until) and
+-- their amounts.
+-- ARGV[1] - now; then per reservation: the number of budgets n, the reservation, its amount, until; then
+-- per budget: limit, the oldest bucket counted, hard (1/0).
+-- Returns per reservation: taken (1/0), the refusing budget's index (1-based, 0: none), n counts.
+local now = tonumber(ARGV[1])
+local a, k, reply = 2, 1, {}
+while a <= #ARGV do
+  local n, id, amount, untl = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
+  a = a + 4
+  local counts, refused = {}, 0
   for i = 1, n do
-    redis.call('ZADD', KEYS[3 * i - 1], ARGV[2], ARGV[3])
-    redis.call('HSET', KEYS[3 * i], ARGV[3], ARGV[4])
-    local ttl = redis.call('TTL', KEYS[3 * i - 1])  -- (EXPIRETIME is Redis 7's: TTL works on 6 too)
-    if ttl < 0 or now + ttl < expiry then
-      redis.call('EXPIREAT', KEYS[3 * i - 1], expiry)
-      redis.call('EXPIREAT', KEYS[3 * i], expiry)
+    local at = k + 3 * (i - 1)
+    counts[i] = counted(KEYS[at], KEYS[at + 1], KEYS[at + 2], tonumber(ARGV[a + 3 * (i - 1) + 1]), now)
+    if refused == 0 and ARGV[a + 3 * (i - 1) + 2] == '1'
+        and counts[i] + amount > tonumber(ARGV[a + 3 * (i - 1)]) then
+      refused = i
     end
-    counts[i] = counts[i] + amount
   end
+  if refused == 0 then
+    local expiry = math.ceil(tonumber(untl)) + 60
+    for i = 1, n do
+      local at = k + 3 * (i - 1)
+      redis.call('ZADD', KEYS[at + 1], untl, id)
+      redis.call('HSET', KEYS[at + 2], id, amount)
+      local ttl = redis.call('TTL', KEYS[at + 1])  -- (EXPIRETIME is Redis 7's: TTL works on 6 too)
+      if ttl < 0 or now + ttl < expiry then
+        redis.call('EXPIREAT', KEYS[at + 1], expiry)
+        redis.call('EXPIREAT', KEYS[at + 2], expiry)
+      end
+      counts[i] = counts[i] + amount
+    end
+  end
+  reply[#reply + 1] = refused == 0 and 1 or 0
+  reply[#reply + 1] = refused
+  for i = 1, n do reply[#reply + 1] = counts[i] end
+  a, k = a + 3 * n, k + 3 * n
 end
-local reply = {refused == 0 and 1 or 0, refused}
-for i = 1, n do reply[#reply + 1] = counts[i] end
 return reply
 """
 )
@@ -152,21 +161,26 @@ return reply
 _SETTLE_SCRIPT: Final = (
     _BUDGET_COUNT
     + """
--- Release a reservation (if it is still held) and add what the request spent. KEYS as for reserving.
--- ARGV[1] - now; ARGV[2] - the reservation; ARGV[3] - nano-USD spent; then per budget ARGV[3+3i-2] - the
--- oldest bucket counted, ARGV[3+3i-1] - the bucket to add to, ARGV[3+3i] - its time to live, s.
--- Returns each budget's count after.
-local now, spent = tonumber(ARGV[1]), tonumber(ARGV[3])
-local reply = {}
-for i = 1, #KEYS / 3 do
-  local base = 3 + 3 * (i - 1)
-  redis.call('ZREM', KEYS[3 * i - 1], ARGV[2])
-  redis.call('HDEL', KEYS[3 * i], ARGV[2])
-  if spent > 0 then
-    redis.call('HINCRBY', KEYS[3 * i - 2], ARGV[base + 2], spent)
-    redis.call('EXPIRE', KEYS[3 * i - 2], ARGV[base + 3])
+-- Settlements, one after another: release the reservation (if still held) and add what the request spent.
+-- KEYS as for reserving. ARGV[1] - now; then per settlement: the number of budgets n, the reservation,
+-- nano-USD spent; then per budget: the oldest bucket counted, the bucket to add to, its time to live (s).
+-- Returns per settlement each budget's count after.
+local now = tonumber(ARGV[1])
+local a, k, reply = 2, 1, {}
+while a <= #ARGV do
+  local n, id, spent = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  for i = 1, n do
+    local at, arg = k + 3 * (i - 1), a + 3 * (i - 1)
+    redis.call('ZREM', KEYS[at + 1], id)
+    redis.call('HDEL', KEYS[at + 2], id)
+    if spent > 0 then
+      redis.call('HINCRBY', KEYS[at], ARGV[arg + 1], spent)
+      redis.call('EXPIRE', KEYS[at], ARGV[arg + 2])
+    end
+    reply[#reply + 1] = counted(KEYS[at], KEYS[at + 1], KEYS[at + 2], tonumber(ARGV[arg]), now)
   end
-  reply[i] = counted(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], tonumber(ARGV[base + 1]), now)
+  a, k = a + 3 * n, k + 3 * n
 end
 return reply
 """
@@ -519,23 +533,44 @@ class RedisMeterStore(RedisBacked):
         self, holds: Sequence[BudgetHold], reservation: str, amount_nusd: int, until: float, now: float
     ) -> Reserved:
         """Reserve on every budget or none (see ``BudgetStore.reserve``)."""
-        args: list[str | int] = [repr(now), repr(until), reservation, amount_nusd]
-        for hold in holds:
-            args += [hold.limit_nusd, hold.oldest, 1 if hold.hard else 0]
+        [reserved] = await self.reserve_many([(holds, reservation, amount_nusd, until)], now)
+        return reserved
+
+    async def reserve_many(self, asks: Sequence[Reservation], now: float) -> list[Reserved]:
+        """Several reservations in one round trip, each all or none (see ``BudgetStore.reserve_many``)."""
+        keys: list[str] = []
+        args: list[str | int] = [repr(now)]
+        for holds, reservation, amount_nusd, until in asks:
+            keys += self._budget_keys(holds)
+            args += [len(holds), reservation, amount_nusd, repr(until)]
+            for hold in holds:
+                args += [hold.limit_nusd, hold.oldest, 1 if hold.hard else 0]
         with mapped_errors(_STORE):
-            reply = await self._reserve_script(keys=self._budget_keys(holds), args=args)
-        taken, refused, *counts = (int(value) for value in reply)
-        return Reserved(bool(taken), refused - 1 if refused else None, counts)
+            reply = [int(value) for value in await self._reserve_script(keys=keys, args=args)]
+        answers, at = [], 0
+        for holds, *_ in asks:
+            taken, refused, counts = reply[at], reply[at + 1], reply[at + 2 : at + 2 + len(holds)]
+            answers.append(Reserved(bool(taken), refused - 1 if refused else None, counts))
+            at += 2 + len(holds)
+        return answers
 
     async def settle(
         self, holds: Sequence[BudgetHold], reservation: str, spent_nusd: int, now: float
     ) -> list[int]:
         """Release a reservation and add the spend (see ``BudgetStore.settle``)."""
-        args: list[str | int] = [repr(now), reservation, spent_nusd]
-        for hold in holds:
-            args += [hold.oldest, hold.bucket, hold.ttl_s]
+        return await self.settle_many([(holds, reservation, spent_nusd)], now)
+
+    async def settle_many(self, settlements: Sequence[Settlement], now: float) -> list[int]:
+        """Several settlements in one round trip (see ``BudgetStore.settle_many``)."""
+        keys: list[str] = []
+        args: list[str | int] = [repr(now)]
+        for holds, reservation, spent_nusd in settlements:
+            keys += self._budget_keys(holds)
+            args += [len(holds), reservation, spent_nusd]
+            for hold in holds:
+                args += [hold.oldest, hold.bucket, hold.ttl_s]
         with mapped_errors(_STORE):
-            reply = await self._settle_script(keys=self._budget_keys(holds), args=args)
+            reply = await self._settle_script(keys=keys, args=args)
         return [int(value) for value in reply]
 
     async def counted(self, holds: Sequence[BudgetHold], now: float) -> list[int]:

@@ -28,7 +28,7 @@ from tokenyard.meter.model import (
     UsageRecord,
     engine_row,
 )
-from tokenyard.stores.protocols import BudgetHold, Reserved
+from tokenyard.stores.protocols import BudgetHold, Reservation, Reserved, Settlement
 from tokenyard.stores.sqlite_worker import SqliteWorker, select
 
 _T = TypeVar("_T")
@@ -136,6 +136,45 @@ def _budget_count(conn: sqlite3.Connection, hold: BudgetHold, now: float) -> int
         "SELECT coalesce(sum(nusd), 0) FROM budget_held WHERE budget = ?", (hold.budget_id,)
     )
     return int(spent) + int(held)
+
+
+def _reserve(
+    conn: sqlite3.Connection,
+    holds: Sequence[BudgetHold],
+    reservation: str,
+    amount_nusd: int,
+    until: float,
+    now: float,
+) -> Reserved:
+    counts = [_budget_count(conn, hold, now) for hold in holds]
+    refused = next(
+        (i for i, (hold, count) in enumerate(zip(holds, counts, strict=True))
+         if hold.hard and count + amount_nusd > hold.limit_nusd),
+        None,
+    )  # fmt: skip
+    if refused is not None:
+        return Reserved(False, refused, counts)
+    conn.executemany(
+        "INSERT OR REPLACE INTO budget_held (budget, reservation, nusd, until) VALUES (?, ?, ?, ?)",
+        [(hold.budget_id, reservation, amount_nusd, until) for hold in holds],
+    )
+    return Reserved(True, None, [count + amount_nusd for count in counts])
+
+
+def _settle(
+    conn: sqlite3.Connection, holds: Sequence[BudgetHold], reservation: str, spent_nusd: int, now: float
+) -> list[int]:
+    for hold in holds:
+        conn.execute(
+            "DELETE FROM budget_held WHERE budget = ? AND reservation = ?", (hold.budget_id, reservation)
+        )
+        if spent_nusd > 0:
+            conn.execute(
+                "INSERT INTO budget_spend (budget, bucket, nusd) VALUES (?, ?, ?) ON CONFLICT"
+                " (budget, bucket) DO UPDATE SET nusd = nusd + excluded.nusd",
+                (hold.budget_id, hold.bucket, spent_nusd),
+            )
+    return [_budget_count(conn, hold, now) for hold in holds]
 
 
 def _in_transaction(job: Callable[[sqlite3.Connection], _T]) -> Callable[[sqlite3.Connection], _T]:
@@ -321,21 +360,14 @@ class SqliteMeterStore(SqliteWorker):
         self, holds: Sequence[BudgetHold], reservation: str, amount_nusd: int, until: float, now: float
     ) -> Reserved:
         """Reserve on every budget or none (see ``BudgetStore.reserve``)."""
+        [reserved] = await self.reserve_many([(holds, reservation, amount_nusd, until)], now)
+        return reserved
 
-        def reserve(conn: sqlite3.Connection) -> Reserved:
-            counts = [_budget_count(conn, hold, now) for hold in holds]
-            refused = next(
-                (i for i, (hold, count) in enumerate(zip(holds, counts, strict=True))
-                 if hold.hard and count + amount_nusd > hold.limit_nusd),
-                None,
-            )  # fmt: skip
-            if refused is not None:
-                return Reserved(False, refused, counts)
-            conn.executemany(
-                "INSERT OR REPLACE INTO budget_held (budget, reservation, nusd, until) VALUES (?, ?, ?, ?)",
-                [(hold.budget_id, reservation, amount_nusd, until) for hold in holds],
-            )
-            return Reserved(True, None, [count + amount_nusd for count in counts])
+    async def reserve_many(self, asks: Sequence[Reservation], now: float) -> list[Reserved]:
+        """Several reservations in one transaction, each all or none (see ``BudgetStore.reserve_many``)."""
+
+        def reserve(conn: sqlite3.Connection) -> list[Reserved]:
+            return [_reserve(conn, *ask, now) for ask in asks]
 
         return await self._run(_in_transaction(reserve))
 
@@ -343,20 +375,13 @@ class SqliteMeterStore(SqliteWorker):
         self, holds: Sequence[BudgetHold], reservation: str, spent_nusd: int, now: float
     ) -> list[int]:
         """Release a reservation and add the spend (see ``BudgetStore.settle``)."""
+        return await self.settle_many([(holds, reservation, spent_nusd)], now)
+
+    async def settle_many(self, settlements: Sequence[Settlement], now: float) -> list[int]:
+        """Several settlements in one transaction (see ``BudgetStore.settle_many``)."""
 
         def settle(conn: sqlite3.Connection) -> list[int]:
-            for hold in holds:
-                conn.execute(
-                    "DELETE FROM budget_held WHERE budget = ? AND reservation = ?",
-                    (hold.budget_id, reservation),
-                )
-                if spent_nusd > 0:
-                    conn.execute(
-                        "INSERT INTO budget_spend (budget, bucket, nusd) VALUES (?, ?, ?) ON CONFLICT"
-                        " (budget, bucket) DO UPDATE SET nusd = nusd + excluded.nusd",
-                        (hold.budget_id, hold.bucket, spent_nusd),
-                    )
-            return [_budget_count(conn, hold, now) for hold in holds]
+            return [count for one in settlements for count in _settle(conn, *one, now)]
 
         return await self._run(_in_transaction(settle))
 

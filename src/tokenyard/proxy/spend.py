@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from tokenyard.admission.auth import Principal
 from tokenyard.admission.budgets import (
@@ -44,9 +44,11 @@ from tokenyard.meter.model import UsageRecord
 from tokenyard.meter.pricing import gpu_hour_pusd
 from tokenyard.meter.store import UsageStore
 from tokenyard.proxy.backends import Backend
-from tokenyard.stores.protocols import BudgetHold, BudgetStore
+from tokenyard.stores.protocols import BudgetHold, BudgetStore, Reservation, Reserved, Settlement
 
 log = logging.getLogger("tokenyard.budgets")
+A = TypeVar("A")
+R = TypeVar("R")
 
 H_REMAINING: Final = b"x-tokenyard-budget-remaining-usd"
 H_RESET: Final = b"x-tokenyard-budget-reset"
@@ -141,6 +143,51 @@ class DedicatedRates:
         return record.latency_ms * self.slot_pusd_per_s(backend) // 1000
 
 
+class Coalesced(Generic[A, R]):
+    """One round trip at a time: calls made while one is on its way wait for it, then go together in the
+    next. At low load every call goes at once (nothing waits on a timer); under load, many share a trip."""
+
+    __slots__ = ("_drainer", "_pending", "_send")
+
+    def __init__(self, send: Callable[[list[A]], Awaitable[list[R]]]) -> None:
+        self._send = send  # one answer per argument, in order
+        self._pending: list[tuple[A, asyncio.Future[R]]] = []
+        self._drainer: asyncio.Future[None] | None = None
+
+    async def call(self, argument: A) -> R:
+        """``send([argument, ...])``'s answer for ``argument``."""
+        answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((argument, answer))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await answer
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                answers = await self._send([argument for argument, _ in batch])
+            except StoreError as exc:  # every caller of the batch is told; the next batch tries again
+                _fail(batch, exc)
+                continue
+            except BaseException as exc:  # cancelled, or a bug: nobody is left waiting for an answer
+                _fail(batch + self._pending, exc)
+                self._pending = []
+                raise
+            for (_, waiting), value in zip(batch, answers, strict=True):
+                if not waiting.done():  # a caller that left (cancelled) needs no answer
+                    waiting.set_result(value)
+
+
+def _fail(waiting: Sequence[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    for _, answer in waiting:
+        if not answer.done():
+            if isinstance(exc, asyncio.CancelledError):
+                answer.cancel()
+            else:
+                answer.set_exception(exc)
+
+
 class SpendGate:
     """Reserves before, settles after; built once per process, it reads the budgets in force per request."""
 
@@ -158,7 +205,15 @@ class SpendGate:
         self.backends = backends
         self.rates = rates
         self.wall = wall
-        self._settling: set[asyncio.Task[None]] = set()
+        # Requests arriving while a reservation is on its way go together in the next round trip; an idle
+        # gate adds no wait. Settlements go the same way, off the request path.
+        self._reserving: Coalesced[Reservation, Reserved] = Coalesced(self._reserve_many)
+        self._to_settle: list[Settlement] = []
+        self._draining: asyncio.Future[None] | None = None
+
+    def applies(self, principal: Principal) -> bool:
+        """Whether any budget counts ``principal``'s requests (the request path's one check for them)."""
+        return has_budgets(principal, self.live.config.budgets)
 
     def lines(self, principal: Principal) -> tuple[BudgetLine, ...]:
         """Every budget ``principal``'s requests count against (empty, at the cost of a few lookups, when
@@ -195,11 +250,16 @@ class SpendGate:
         amount = max(1, pusd_to_nusd(worst_pusd))  # never 0: a spent budget refuses every request
         config = self.live.config.budgets
         try:
-            until = now + config.reservation_ttl_s
-            reserved = await self.store.reserve(holds, reservation, amount, until, now)
+            reserved = await self._reserving.call(
+                (holds, reservation, amount, now + config.reservation_ttl_s)
+            )
         except StoreError as exc:
             self._store_down(exc)
             return Admitted((), reservation, [])
+        except asyncio.CancelledError:  # the client left: if it was taken, let it go now, not at its time
+            self._to_settle.append((holds, reservation, 0))
+            self._drain_settlements()
+            raise
         before = [count - amount if reserved.taken else count for count in reserved.counted_nusd]
         headers = _headers(lines, spans, before)
         if reserved.refused_by is not None:
@@ -211,7 +271,8 @@ class SpendGate:
         """Replace the reservation with what the request cost (in the background)."""
         if admitted.holds:
             spent = self.rates.cost_pusd(record, self.backends.get(record.backend))
-            self._in_background(self._settle(admitted.holds, admitted.reservation, spent))
+            self._to_settle.append((admitted.holds, admitted.reservation, pusd_to_nusd(spent)))
+            self._drain_settlements()
 
     def charge(self, principal: Principal | None, record: UsageRecord) -> None:
         """Count an async job's answer against its key's budgets (in the background)."""
@@ -222,7 +283,8 @@ class SpendGate:
             now = self.wall()
             holds = tuple(_hold(line, span(line.budget, now)) for line in lines)
             spent = self.rates.cost_pusd(record, self.backends.get(record.backend))
-            self._in_background(self._settle(holds, record.request_id, spent))
+            self._to_settle.append((holds, record.request_id, pusd_to_nusd(spent)))
+            self._drain_settlements()
 
     async def spent(self, principal: Principal) -> OverBudget | None:
         """The first hard budget of ``principal`` that is spent now, if any (the Batch API asks before it
@@ -257,23 +319,30 @@ class SpendGate:
             ) from exc
         log.warning("budgets: not checked, the store is away (%s): the request is served", exc)
 
-    async def _settle(self, holds: tuple[BudgetHold, ...], reservation: str, spent_pusd: int) -> None:
+    async def _reserve_many(self, asks: list[Reservation]) -> list[Reserved]:
         assert self.store is not None
-        try:
-            await self.store.settle(holds, reservation, pusd_to_nusd(spent_pusd), self.wall())
-        except StoreError as exc:
-            # The reservation lets go at its time; the spend is in the meter, not in the budget's count.
-            log.warning("budgets: %s not settled (%s)", reservation, exc)
+        return await self.store.reserve_many(asks, self.wall())
 
-    def _in_background(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+    def _drain_settlements(self) -> None:
+        """Send the settlements waiting, in one round trip per batch, unless a drain is under way already
+        (it takes these too)."""
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.ensure_future(self._settle_waiting())
+
+    async def _settle_waiting(self) -> None:
+        assert self.store is not None
+        while self._to_settle:
+            batch, self._to_settle = self._to_settle, []
+            try:
+                await self.store.settle_many(batch, self.wall())
+            except StoreError as exc:
+                # Each reservation lets go at its time; the spend is in the meter, not in the budgets' count.
+                log.warning("budgets: %d settlement(s) not written (%s)", len(batch), exc)
 
     async def aclose(self) -> None:
         """Wait (a little) for the settlements still under way."""
-        if self._settling:
-            await asyncio.wait(set(self._settling), timeout=_SETTLE_CLOSE_TIMEOUT_S)
+        if self._draining is not None and not self._draining.done():
+            await asyncio.wait({self._draining}, timeout=_SETTLE_CLOSE_TIMEOUT_S)
 
 
 def _hold(line: BudgetLine, now_span: Span) -> BudgetHold:

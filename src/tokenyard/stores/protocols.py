@@ -110,6 +110,11 @@ class Reserved:
     counted_nusd: list[int]
 
 
+# (budgets, reservation id, nano-USD, until) and (budgets, reservation id, nano-USD spent)
+Reservation = tuple[Sequence[BudgetHold], str, int, float]
+Settlement = tuple[Sequence[BudgetHold], str, int]
+
+
 class BudgetStore(Protocol):
     """Budgets shared by every replica: reserve a request's worst case before it runs, settle it to what it
     cost after. Each call is one atomic step over all the budgets a request counts against."""
@@ -129,6 +134,14 @@ class BudgetStore(Protocol):
     ) -> list[int]:
         """Release the reservation, if held, and add ``spent_nusd`` to each budget's bucket; each budget's
         count after. Spend with no reservation (one that lapsed, or none was made) is added all the same."""
+        ...
+
+    async def reserve_many(self, asks: Sequence[Reservation], now: float) -> list[Reserved]:
+        """``reserve`` for each of ``asks`` in turn, in one round trip (requests arriving together)."""
+        ...
+
+    async def settle_many(self, settlements: Sequence[Settlement], now: float) -> list[int]:
+        """``settle`` for each of ``settlements`` in turn, in one round trip; the counts, all in a row."""
         ...
 
     async def counted(self, holds: Sequence[BudgetHold], now: float) -> list[int]:

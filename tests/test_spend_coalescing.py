@@ -1,0 +1,78 @@
+"""Budget round trips shared under load: calls made while one is on its way go together in the next, an
+idle call goes at once, and a failed trip tells exactly its callers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tokenyard.errors import StoreUnavailable
+from tokenyard.proxy.spend import Coalesced
+
+
+async def settle_loop() -> None:
+    """Let every task that can run, run (a few turns of the loop; no clock involved)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+class Trips:
+    """A send that records each trip's arguments and waits until the test lets it answer."""
+
+    def __init__(self) -> None:
+        self.trips: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.fail_next = False
+
+    async def send(self, arguments: list[int]) -> list[int]:
+        self.trips.append(arguments)
+        await self.gate.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise StoreUnavailable("the store is away")
+        return [argument * 10 for argument in arguments]
+
+
+async def test_calls_made_during_a_trip_share_the_next_one() -> None:
+    trips = Trips()
+    coalesced: Coalesced[int, int] = Coalesced(trips.send)
+    first = asyncio.ensure_future(coalesced.call(1))
+    await settle_loop()  # the first trip is on its way, alone
+    assert trips.trips == [[1]]
+    later = [asyncio.ensure_future(coalesced.call(n)) for n in (2, 3, 4)]
+    await settle_loop()
+    assert trips.trips == [[1]], "they wait for the trip on its way"
+    trips.gate.set()
+    assert await first == 10
+    assert await asyncio.gather(*later) == [20, 30, 40]
+    assert trips.trips == [[1], [2, 3, 4]]
+    assert await coalesced.call(5) == 50, "idle again: the next call goes at once"
+    assert trips.trips[-1] == [5]
+
+
+async def test_a_failed_trip_tells_its_callers_and_the_next_trip_goes_on() -> None:
+    trips = Trips()
+    coalesced: Coalesced[int, int] = Coalesced(trips.send)
+    trips.fail_next = True
+    first = asyncio.ensure_future(coalesced.call(1))
+    await settle_loop()
+    second = asyncio.ensure_future(coalesced.call(2))
+    trips.gate.set()
+    with pytest.raises(StoreUnavailable):
+        await first
+    assert await second == 20
+
+
+async def test_a_caller_that_leaves_does_not_disturb_the_others() -> None:
+    trips = Trips()
+    coalesced: Coalesced[int, int] = Coalesced(trips.send)
+    first = asyncio.ensure_future(coalesced.call(1))
+    await settle_loop()
+    leaving, staying = asyncio.ensure_future(coalesced.call(2)), asyncio.ensure_future(coalesced.call(3))
+    await settle_loop()
+    leaving.cancel()
+    trips.gate.set()
+    assert await first == 10
+    assert await staying == 30
+    assert leaving.cancelled()
