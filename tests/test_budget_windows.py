@@ -130,3 +130,9 @@ def test_budget_config_errors_name_their_path() -> None:
         TokenyardConfig.model_validate(
             {**base, "keys": {"k": {"key": "sk-0123456789", "budgets": [{"limit_usd": -1}]}}}
         )
+    off = TokenyardConfig.model_validate(
+        {**base, "meter": {"store": "off"}, "budgets": {"teams": {"x": [{"limit_usd": 1}]}}}
+    )
+    assert ("budgets", "budgets are counted in the meter's store: set meter.store, not off") in (
+        off.cross_reference_problems()
+    )

@@ -66,6 +66,7 @@ def router(runtime: Runtime, health: Iterable[Route]) -> Router:
         Route("/admin/keys/{key_id}", ("PATCH",), runtime.keys.update),
         Route("/admin/keys/{key_id}", ("DELETE",), runtime.keys.revoke),
         Route("/admin/keys/{key_id}/rotate", ("POST",), runtime.keys.rotate),
+        Route("/admin/budgets", ("GET",), runtime.budgets.list_budgets),
         Route("/dashboard", ("GET",), dashboard.page),
         Route("/dashboard/login", ("POST",), dashboard.login),
         Route("/dashboard/static/{name:path}", ("GET",), dashboard.asset),

@@ -1,22 +1,23 @@
 """The running service, built once at start-up from a validated config.
 
 ``start_runtime`` opens the backends, the tracing (with ``telemetry.otlp``), the meter store and the
-meter's flush task, the advisor, the measured envelope's keeper, the async track's door (job store and
-front), the one proxy (and the GPU plan's reader, which orders its deployments per request shape), the rest
-of the async track (dispatcher, with provider batches and callbacks, and the Batch API), the capacity planner
-(desired replicas, the actuator), the admin API and the membership, in that order, each handed the parts it
-needs as it is made. Every background task and store is pushed on the caller's exit stack, so shutdown
-undoes them in reverse:
+meter's flush task, the advisor, the measured envelope's keeper, the budgets' gate and watch, the async
+track's door (job store and front), the one proxy (and the GPU plan's reader, which orders its deployments
+per request shape), the rest of the async track (dispatcher, with provider batches and callbacks, and the
+Batch API), the capacity planner (desired replicas, the actuator), the admin API and the membership, in that
+order, each handed the parts it needs as it is made. Every background task and store is pushed on the
+caller's exit stack, so shutdown undoes them in reverse:
 
 1. the membership beat stops (this replica leaves the store's count);
 2. the capacity planner stops (handing its lead on), then its webhook client closes;
 3. the dispatcher stops, then the webhook client closes (the dispatcher's callbacks use it);
 4. the front gives its unstored answers a last try, then the job store closes;
-5. the envelope keeper merges once more and stops, then the advisor stops;
-6. the engine-metrics scraper stops and its client closes; the meter's flush task stops, then the meter
+5. the budget watch stops, gives its alerts under way a moment, then its webhook client closes;
+6. the envelope keeper merges once more and stops, then the advisor stops;
+7. the engine-metrics scraper stops and its client closes; the meter's flush task stops, then the meter
    flushes what it holds and closes its store;
-7. the span shipper exports what is left (traces, when telemetry.otlp is set);
-8. the backends close (and then the app's upstreams: the quick start's simulators).
+8. the span shipper exports what is left (traces, when telemetry.otlp is set);
+9. the backends close (and then the app's upstreams: the quick start's simulators).
 
 What it returns is frozen: a request never finds a part missing or half wired.
 """
@@ -74,6 +75,7 @@ from tokenyard.queue.provider_batches import ProviderBatches
 from tokenyard.queue.store import JobStore
 from tokenyard.stores.protocols import Coordination, KeyStore
 from tokenyard.telemetry.admin import AdminApi
+from tokenyard.telemetry.budget_watch import BudgetsApi, BudgetWatch
 from tokenyard.telemetry.dashboard import Dashboard
 from tokenyard.telemetry.keys_api import KeysApi, KeySync
 from tokenyard.telemetry.metrics import TokenyardCollector
@@ -113,6 +115,7 @@ class Runtime:
     proxy: Proxy
     admin: AdminApi
     keys: KeysApi  # /admin/keys
+    budgets: BudgetsApi  # /admin/budgets
     dashboard: Dashboard
     track: AsyncTrack | None  # None: no meter store or async_track.enabled false (its routes say so)
     registry: CollectorRegistry
@@ -179,6 +182,7 @@ async def start_runtime(
         return await proxy.execute(job, path="realtime")
 
     spend = _start_spend(stack, store, live, backends, wall)
+    watch = _start_budget_watch(stack, store, live, replica, wall)
     door = None
     if store is not None and track_runs:
         door = _open_door(stack, live, meter, spend, run_now, wall)
@@ -273,6 +277,7 @@ async def start_runtime(
             clock=clock,
             plans=plan.in_force if plan is not None else None,
             spans=tracing.spans if tracing else None,
+            budgets=lambda: watch.latest,
         )
     )
     return Runtime(
@@ -280,6 +285,7 @@ async def start_runtime(
         proxy=proxy,
         admin=admin,
         keys=keys,
+        budgets=BudgetsApi(admin.authorize, watch),
         dashboard=Dashboard(admin),
         track=track,
         registry=registry,
@@ -306,6 +312,25 @@ def _start_spend(
     if store is not None and rates.dedicated:
         stack.push_async_callback(_cancel, asyncio.create_task(rates.run(), name="dedicated rates"))
     return spend
+
+
+def _start_budget_watch(
+    stack: contextlib.AsyncExitStack,
+    store: MeterStore | None,
+    live: LiveConfig,
+    replica: str,
+    wall: Callable[[], float],
+) -> BudgetWatch:
+    """Every budget's count, read from the store every 15 s off the request path (nothing to read without
+    one), and a notice when one reaches a threshold: logged, and POSTed to budgets.alerts.url if set."""
+    webhook = WebhookSender()  # opens its session at the first POST: nothing when no alert is ever sent
+    stack.push_async_callback(webhook.aclose)  # after the watch's last POSTs (pushed before them)
+    watch = BudgetWatch(store, live, webhook, replica=replica, wall=wall)
+    stack.push_async_callback(watch.aclose)  # after the loop stops: the POSTs under way get a moment
+    if store is not None:
+        # Pushed after the meter's callbacks, so it stops before the meter closes the store.
+        stack.push_async_callback(_cancel, asyncio.create_task(watch.run(), name="budget watch"))
+    return watch
 
 
 async def _start_key_sync(stack: contextlib.AsyncExitStack, store: KeyStore, live: LiveConfig) -> KeySync:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tokenyard.admission.budgets import NUSD_PER_USD
 from tokenyard.advisor.live import AdvisorLoop
 from tokenyard.advisor.settings import DAYS_PER_MONTH
 from tokenyard.capacity.gpu_plan import ModelPlan
@@ -23,6 +24,7 @@ from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import AGG_FIELDS, LATENCY_BUCKETS_MS, PUSD_PER_USD
 from tokenyard.proxy.backends import Backend
 from tokenyard.queue.dispatcher import Dispatcher
+from tokenyard.telemetry.budget_watch import BudgetSnapshot
 
 _LABELS = ["tenant", "model", "backend", "kind", "mode"]
 _FIELD = {name: i for i, name in enumerate(AGG_FIELDS)}
@@ -44,6 +46,7 @@ class TokenyardCollector(Collector):
         clock: Callable[[], float] = time.monotonic,  # the request path's: engine snapshots are dated by it
         plans: Callable[[], Mapping[str, ModelPlan]] | None = None,  # the GPU plan in force (None: none read)
         spans: Mapping[str, int] | None = None,  # spans by outcome, kept by the tracing (None: no tracing)
+        budgets: Callable[[], BudgetSnapshot | None] | None = None,  # the budget watch's latest read
     ) -> None:
         self._meter = meter
         self._backends = backends
@@ -54,6 +57,7 @@ class TokenyardCollector(Collector):
         self._capacity = capacity
         self._clock = clock
         self._plans = plans
+        self._budgets = budgets
 
     def collect(self) -> Iterator[Metric]:
         yield from self._usage()
@@ -66,6 +70,30 @@ class TokenyardCollector(Collector):
         yield from self._plan_replicas()
         yield from self._engines()
         yield from self._tracing()
+        yield from self._budget_counts()
+
+    def _budget_counts(self) -> Iterator[Metric]:
+        """Every budget in force as the budget watch last read it (the same on every replica: the counts
+        are the store's). Its labels come from the config and the admin API's keys: bounded."""
+        snapshot = self._budgets() if self._budgets is not None else None
+        if snapshot is None:
+            return
+        labels = ["holder_kind", "holder", "window"]
+        spend = GaugeMetricFamily(
+            "tokenyard_budget_spend_usd",
+            "What a budget counts now: settled spend in its window plus reservations held.",
+            labels=labels,
+        )
+        limit = GaugeMetricFamily("tokenyard_budget_limit_usd", "A budget's limit.", labels=labels)
+        remaining = GaugeMetricFamily(
+            "tokenyard_budget_remaining_usd", "What is left of a budget (0 once spent).", labels=labels
+        )
+        for state in snapshot.budgets:
+            values = [state.holder_kind, state.holder_name, state.line.budget.window]
+            spend.add_metric(values, state.counted_nusd / NUSD_PER_USD)
+            limit.add_metric(values, state.line.limit_nusd / NUSD_PER_USD)
+            remaining.add_metric(values, state.remaining_nusd / NUSD_PER_USD)
+        yield from (spend, limit, remaining)
 
     def _tracing(self) -> Iterator[Metric]:
         if self._spans is None:

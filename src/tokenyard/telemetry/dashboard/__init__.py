@@ -4,7 +4,8 @@
 ``POST /dashboard/login`` sets for the admin key (HttpOnly, SameSite=Strict, Secure over TLS; it expires
 after ``server.dashboard_session_ttl_s`` and with the admin key: see ``telemetry.sessions``); then the page,
 which polls the admin JSON APIs every two seconds, and manages the virtual keys of ``/admin/keys``
-(``keys.js``: a new secret is shown once and kept nowhere but in the page). The page's assets and data need
+(``keys.js``: a new secret is shown once and kept nowhere but in the page), and shows every budget's
+spend against its limit (``budgets.js``, from ``/admin/budgets``). The page's assets and data need
 the session too: nothing on it is reachable without the admin key. uPlot (MIT, ``uplot.LICENSE``) draws the
 charts.
 """
@@ -23,6 +24,7 @@ ASSETS: Final = {
     "dashboard.js": b"text/javascript; charset=utf-8",
     "dashboard.css": b"text/css; charset=utf-8",
     "keys.js": b"text/javascript; charset=utf-8",
+    "budgets.js": b"text/javascript; charset=utf-8",
     "uplot.iife.min.js": b"text/javascript; charset=utf-8",
     "uplot.min.css": b"text/css; charset=utf-8",
 }
