@@ -1,22 +1,30 @@
-"""Dedicated first, spill over at the cap, fail over before the first byte, cool down and come back."""
+"""Dedicated first, spill over at the cap, fail over before the first byte, cool down and come back; near a
+dedicated backend's cap, lower key priorities spill over first (the last part pure, without a proxy)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
 from collections.abc import AsyncIterator
+from fractions import Fraction
 from typing import Any
 
 import httpx
 import openai
 import pytest
 import pytest_asyncio
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tests.support.config import CLIENT_KEY, backend
+from tests.support.config import CLIENT_KEY, backend, dedicated_config
 from tests.support.net import free_port
 from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, leave_after, running_proxy
 from tests.support.simulators import reset, set_faults, sim_stats, simulators
+from tokenyard.config import BackendConfig, PriorityHeadroom, TokenyardConfig
+from tokenyard.proxy.backends import open_backends
+from tokenyard.proxy.routing import Choice, DeploymentView, NoChoice, choose_deployment, reserved_slots
 from tokenyard.simulator.config import SimulatorConfig
 from tokenyard.simulator.server import SimulatorServer
 
@@ -278,3 +286,170 @@ async def test_a_stream_gone_silent_ends_with_a_timeout_error_not_a_hang(
             await stream_text(client, "idle", received)
     assert "".join(received).split()  # the tokens before the silence arrived
     assert (await sim_stats(sims["b"]))["requests_total"] == 0  # bytes went out: no failover
+
+
+# -- who yields first: a key's priority near a dedicated backend's cap (pure) ----------------------------
+
+PRIORITIES = ("high", "normal", "low")  # highest first
+DEFAULT_HEADROOM = PriorityHeadroom()  # low leaves 0.2 of the cap, normal and high none
+
+
+def seen_by(
+    priority: str,
+    in_flight: int,
+    cap: int | None,
+    headroom: PriorityHeadroom = DEFAULT_HEADROOM,
+    name: str = "ded",
+) -> DeploymentView:
+    """A dedicated deployment as ``Backend.view`` shows it to a request of ``priority``."""
+    share = headroom.shares().get(priority, 0.0)
+    reserved = reserved_slots(cap, share) if cap else 0
+    return DeploymentView(name, in_flight, cap, False, 0.0, reserved=reserved)
+
+
+def plain(in_flight: int, cap: int | None, name: str = "ded") -> DeploymentView:
+    """The same deployment as routing saw it before keys had a priority."""
+    return DeploymentView(name, in_flight, cap, False, 0.0)
+
+
+def route(
+    priority: str, deployments: list[tuple[int, int | None]], headroom: PriorityHeadroom = DEFAULT_HEADROOM
+) -> Choice | NoChoice:
+    """The choice for a request of ``priority`` over deployments given as (in flight, cap), d0, d1, …"""
+    views = [seen_by(priority, n, cap, headroom, name=f"d{i}") for i, (n, cap) in enumerate(deployments)]
+    return choose_deployment(views, priority)
+
+
+def route_as_before(deployments: list[tuple[int, int | None]]) -> Choice | NoChoice:
+    return choose_deployment([plain(n, cap, name=f"d{i}") for i, (n, cap) in enumerate(deployments)])
+
+
+@pytest.mark.parametrize(
+    ("cap", "share", "reserved"),
+    [
+        (0, 0.2, 0),  # scaled to no replicas: nothing to keep
+        (1, 0.2, 0),  # one slot: an idle backend serves every priority
+        (1, 0.9, 0),
+        (2, 0.2, 1),  # rounded up: a headroom keeps a slot on a small cap...
+        (4, 0.2, 1),
+        (5, 0.2, 1),
+        (6, 0.2, 2),
+        (10, 0.2, 2),
+        (10, 0.7, 7),  # ...computed exactly: 0.7 × 10 is 7, not 7.000000000000001 rounded up to 8
+        (10, 0.15, 2),
+        (3, 0.9, 2),  # ...but never the last slot
+        (10, 0.9, 9),
+        (100, 0.01, 1),
+        (100, 0.0, 0),
+    ],
+)
+def test_headroom_is_the_share_of_the_cap_rounded_up_but_never_the_last_slot(
+    cap: int, share: float, reserved: int
+) -> None:
+    assert reserved_slots(cap, share) == reserved
+
+
+@given(st.integers(0, 100_000), st.integers(0, 900_000), st.integers(0, 900_000))
+def test_reserved_slots_is_the_exact_ceiling_kept_below_the_cap_and_grows_with_the_share(
+    cap: int, millionths: int, more: int
+) -> None:
+    share, larger = millionths / 1_000_000, max(millionths, more) / 1_000_000
+    exact = math.ceil(Fraction(millionths, 1_000_000) * cap)
+    assert reserved_slots(cap, share) == max(0, min(cap - 1, exact))
+    assert cap - reserved_slots(cap, share) >= min(cap, 1), "a backend with a slot serves every priority"
+    assert reserved_slots(cap, share) <= reserved_slots(cap, larger)
+
+
+def test_near_the_cap_low_spills_over_while_normal_and_high_still_land() -> None:
+    near = [(8, 10), (0, None)]
+    assert route("low", near) == Choice(1, "spillover", "d0 at capacity for low priority (8/10)")
+    assert route("normal", near) == Choice(0, "primary", "")
+    assert route("high", near) == Choice(0, "primary", "")
+    assert route("low", [(7, 10), (0, None)]) == Choice(0, "primary", "")
+
+
+def test_at_the_whole_cap_every_priority_hears_the_plain_reason() -> None:
+    for priority in PRIORITIES:
+        assert route(priority, [(10, 10), (0, None)]) == Choice(1, "spillover", "d0 at capacity (10/10)")
+
+
+def test_with_nowhere_to_spill_to_low_is_refused_while_slots_stay_for_the_others() -> None:
+    refused = route("low", [(8, 10)])
+    assert isinstance(refused, NoChoice)
+    assert refused.detail == "d0 at capacity for low priority (8/10)"
+    assert route("normal", [(8, 10)]) == Choice(0, "primary", "")
+
+
+headroom_configs = st.tuples(st.integers(0, 900), st.integers(0, 900)).map(
+    lambda shares: PriorityHeadroom(low=max(shares) / 1000, normal=min(shares) / 1000)
+)
+capped_deployments = st.lists(
+    st.tuples(st.integers(0, 40), st.one_of(st.none(), st.integers(0, 30))), min_size=1, max_size=5
+)
+
+
+@given(capped_deployments, st.sampled_from(PRIORITIES))
+def test_with_no_headroom_every_priority_routes_as_before(
+    deployments: list[tuple[int, int | None]], priority: str
+) -> None:
+    none = PriorityHeadroom(low=0, normal=0)
+    assert route(priority, deployments, none) == route_as_before(deployments)
+
+
+@given(capped_deployments, headroom_configs)
+def test_high_is_never_held_back_whatever_the_headroom(
+    deployments: list[tuple[int, int | None]], headroom: PriorityHeadroom
+) -> None:
+    assert route("high", deployments, headroom) == route_as_before(deployments)
+
+
+@given(capped_deployments, headroom_configs, st.sampled_from([(0, 1), (0, 2), (1, 2)]))
+def test_a_lower_priority_never_gets_a_slot_a_higher_one_is_refused(
+    deployments: list[tuple[int, int | None]], headroom: PriorityHeadroom, ranks: tuple[int, int]
+) -> None:
+    higher, lower = (PRIORITIES[rank] for rank in ranks)
+    for n, cap in deployments:
+        if cap is not None and n >= cap - seen_by(higher, n, cap, headroom).reserved:
+            assert n >= cap - seen_by(lower, n, cap, headroom).reserved, (
+                "full for the higher: for the lower too"
+            )
+    for_higher, for_lower = route(higher, deployments, headroom), route(lower, deployments, headroom)
+    if isinstance(for_higher, NoChoice):
+        assert isinstance(for_lower, NoChoice)
+    elif isinstance(for_lower, Choice):
+        assert for_lower.index >= for_higher.index, "never an earlier deployment than a higher priority's"
+
+
+async def test_only_dedicated_kinds_hold_slots_back_for_higher_priorities() -> None:
+    capped_serverless = BackendConfig(kind="serverless", base_url="http://127.0.0.1:9/v1", max_concurrency=10)
+    dedicated_serverless = capped_serverless.model_copy(update={"kind": "dedicated_serverless"})
+    config = TokenyardConfig.model_validate(
+        {
+            "routing": {"priority_headroom": {"low": 0.5, "normal": 0.1}},
+            "backends": {
+                "ded": dedicated_config(max_concurrency=10),
+                "dser": dedicated_serverless,
+                "api": capped_serverless,
+            },
+            "models": {"m": {"deployments": ["ded", "dser", "api"]}},
+        }
+    )
+    async with open_backends(config) as backends:
+        for running in backends.values():
+            running.in_flight = 8
+        reserved = {
+            (name, priority): b.view(0.0, 10, already_failed=False, priority=priority).reserved
+            for name, b in backends.items()
+            for priority in ("high", "normal", "low")
+        }
+    assert reserved == {
+        ("ded", "high"): 0,
+        ("ded", "normal"): 1,
+        ("ded", "low"): 5,
+        ("dser", "high"): 0,
+        ("dser", "normal"): 1,
+        ("dser", "low"): 5,
+        ("api", "high"): 0,  # a serverless provider's cap is not the dedicated capacity priorities share
+        ("api", "normal"): 0,
+        ("api", "low"): 0,
+    }

@@ -236,12 +236,35 @@ class KeyConfig(_Strict):
         return value
 
 
+HeadroomShare = Annotated[float, Field(ge=0, le=0.9)]
+
+
+class PriorityHeadroom(_Strict):
+    """The share of a dedicated backend's in-flight cap a key's priority leaves to higher ones: near the
+    cap, its requests spill over to the next deployment first (``high`` always uses the whole cap)."""
+
+    low: HeadroomShare = 0.2
+    normal: HeadroomShare = 0.0
+
+    @model_validator(mode="after")
+    def _low_yields_first(self) -> PriorityHeadroom:
+        if self.low < self.normal:
+            raise ValueError("low must be at least normal: a lower priority yields first")
+        return self
+
+    def shares(self) -> dict[str, float]:
+        """Each priority's share, those above 0 only (``high`` is never one): routing looks a request's
+        priority up here, and a miss costs it nothing more."""
+        return {name: share for name, share in (("low", self.low), ("normal", self.normal)) if share > 0}
+
+
 class RoutingConfig(_Strict):
-    """How failing backends are taken out and probed back in."""
+    """How failing backends are taken out and probed back in, and who yields a dedicated backend first."""
 
     failure_threshold: PositiveInt = 3  # consecutive failures that open a backend's circuit
     cooldown_s: PositiveFloat = 10.0  # first cool-down; doubles while probes keep failing
     max_cooldown_s: PositiveFloat = 300.0
+    priority_headroom: PriorityHeadroom = PriorityHeadroom()
 
 
 class ServerConfig(_Strict):
@@ -351,6 +374,9 @@ class TokenyardConfig(_Strict):
             if secret in seen:
                 problems.append((f"keys.{key_name}.key", f"same key as keys.{seen[secret]}"))
             seen.setdefault(secret, key_name)
+        budgeted = self.budgets.tenants or self.budgets.teams or any(k.budgets for k in self.keys.values())
+        if budgeted and not self.meter.enabled:
+            problems.append(("budgets", "budgets are counted in the meter's store: set meter.store, not off"))
         problems += _catalog_problems(self)
         problems += actuator_problems(self.capacity, {name: b.kind for name, b in self.backends.items()})
         if not self.keys and self.server.admin_key is None and not is_loopback(self.server.host):

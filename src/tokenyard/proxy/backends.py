@@ -14,6 +14,7 @@ from tokenyard.adapters.base import BatchUpstream, Upstream, UpstreamResponse
 from tokenyard.adapters.openai_batch import OpenAIBatchUpstream
 from tokenyard.adapters.openai_http import OpenAIHttpUpstream
 from tokenyard.adapters.providers import AzureTarget
+from tokenyard.admission.auth import Priority
 from tokenyard.capacity.engine import EngineState
 from tokenyard.capacity.envelope import Recorder
 from tokenyard.capacity.limiter import AdaptiveLimit, LimitChange, overloaded
@@ -23,7 +24,7 @@ from tokenyard.config import BackendConfig, TokenyardConfig
 from tokenyard.errors import ConfigError, UpstreamError
 from tokenyard.meter.pricing import FREE, TokenPrices, token_prices
 from tokenyard.proxy.breaker import CircuitBreaker, Ticket
-from tokenyard.proxy.routing import DeploymentView
+from tokenyard.proxy.routing import DeploymentView, reserved_slots
 
 log = logging.getLogger("tokenyard.backends")
 
@@ -54,6 +55,9 @@ class Backend:
     limit: AdaptiveLimit | None = None
     # With forward_identity: the names of the headers that carry the caller's tenant and key id upstream.
     identity: tuple[str, str] | None = None
+    # Dedicated kinds: the share of the cap each priority leaves to higher ones, those above 0 only
+    # (``routing.priority_headroom``; one mapping shared by every dedicated backend). Empty for the rest.
+    headroom: Mapping[str, float] = field(default_factory=dict)
     speaks: frozenset[str] = field(
         init=False
     )  # the APIs it takes natively (config ``apis``), read per request
@@ -123,17 +127,23 @@ class Backend:
         self.rpm = AsyncLimiter(max(1, rpm // live), 60) if rpm else None
         self.tpm = AsyncLimiter(max(1, tpm // live), 60) if tpm else None
 
-    def view(self, now: float, estimated_tokens: int, *, already_failed: bool) -> DeploymentView:
-        """A snapshot of this backend for ``routing.choose_deployment``."""
+    def view(
+        self, now: float, estimated_tokens: int, *, already_failed: bool, priority: Priority = "normal"
+    ) -> DeploymentView:
+        """A snapshot of this backend for ``routing.choose_deployment``, for a request of ``priority``."""
+        cap = self.max_concurrency
+        # Hot path: a priority that leaves no headroom (normal, by default) costs a dict miss, no arithmetic.
+        share = self.headroom.get(priority)
         return DeploymentView(
             name=self.name,
             in_flight=self.in_flight,
-            max_concurrency=self.max_concurrency,
+            max_concurrency=cap,
             rate_limited=not self._has_rate_room(estimated_tokens),
             cooling_for_s=0.0 if self.breaker.available(now) else max(self.breaker.cooling_for_s(now), 1e-3),
             already_failed=already_failed,
             held_by_rate_limit=self.breaker.rate_limited,
             saturated=self.saturated(now),
+            reserved=reserved_slots(cap, share) if share and cap else 0,
         )
 
     def saturated(self, now: float) -> str | None:
@@ -201,6 +211,7 @@ async def open_backends(
 
     ``base_urls`` gives the address of backends the config has none for (``simulator:``: whoever started
     the simulators — the CLI's quick start — says where they listen)."""
+    headroom = config.routing.priority_headroom.shares()  # restart-only, like the backends
     async with contextlib.AsyncExitStack() as stack:
         backends: dict[str, Backend] = {}
         for name, bc in config.backends.items():
@@ -235,6 +246,7 @@ async def open_backends(
                 batch_api=batch_api,
                 envelope=Recorder(bc.sla) if bc.kind in _DEDICATED else None,
                 identity=_identity_headers(config) if bc.forward_identity else None,
+                headroom=headroom if bc.kind in _DEDICATED else {},
                 engine=_engine_state(bc, base_url),
                 limit=AdaptiveLimit(bc.sla, bc.max_concurrency) if bc.sla and bc.max_concurrency else None,
             )

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import orjson
 
 from tokenyard.adapters.base import UpstreamResponse
-from tokenyard.admission.auth import Principal
+from tokenyard.admission.auth import Principal, Priority
 from tokenyard.admission.classify import ASYNC_TIERS, Decision, RequestFacts, classify, prefers_async
 from tokenyard.admission.key_limits import KeyRateLimited, KeyRates
 from tokenyard.capacity.observed import LatencySample
@@ -161,7 +161,7 @@ class Proxy:
             decision = self._classify(scope, principal, endpoint, model, obj, stream)
             body = _without_async_signals(body, obj, decision)
             admitted = None
-            if self.spend is not None or principal.rated:
+            if principal.rated or (self.spend is not None and self.spend.applies(principal)):
                 admitted, decision = await self._gate(
                     scope, principal, request_id, backends, body, obj, stream, decision, id_header
                 )
@@ -192,7 +192,9 @@ class Proxy:
         if planned is not None:  # the plan's order for this request's shape, built when the plan came
             backends = self.able(planned[request_shape(len(body), obj)], endpoint)
         try:
-            work = self._route(send, endpoint, backends, body, stream, exchange, id_header)
+            work = self._route(
+                send, endpoint, backends, body, stream, exchange, id_header, principal.priority
+            )
             if await wire.until_client_leaves(receive, work):
                 exchange.status = CLIENT_CLOSED
         except Exception:
@@ -393,7 +395,10 @@ class Proxy:
             missing = ModelNotFound(f"The model `{job.model}` does not exist.", param="model")
             await send_error(captured, endpoint, missing)
         else:
-            await self._route(captured, endpoint, backends, job.body, False, exchange, [])
+            # A job runs as "normal", whatever its key's priority: the async track already keeps it below
+            # real-time work (the dispatcher placed it on a dedicated replica under idle_fill_cap, which a
+            # second rule here could refuse), and on the last-resort path its deadline is close.
+            await self._route(captured, endpoint, backends, job.body, False, exchange, [], "normal")
         exchange.route = path
         answer = JobResult(
             job.id, captured.status, captured.body, path, self.wall(), captured.content_type,
@@ -413,6 +418,7 @@ class Proxy:
         stream: bool,
         exchange: Exchange,
         id_header: list[tuple[bytes, bytes]],
+        priority: Priority,
     ) -> None:
         tokens = estimate_tokens(body, exchange.request)
         # Every stream asks the upstream for usage; if the client did not, the usage chunk is cut out again.
@@ -420,7 +426,11 @@ class Proxy:
         while True:
             now = self.clock()
             choice = choose_deployment(
-                [b.view(now, tokens, already_failed=b.name in exchange.tried) for b in backends]
+                [
+                    b.view(now, tokens, already_failed=b.name in exchange.tried, priority=priority)
+                    for b in backends
+                ],
+                priority,
             )
             if not isinstance(choice, Choice):
                 error = _give_up(exchange, choice)

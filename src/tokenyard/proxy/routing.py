@@ -4,6 +4,8 @@ Deployments are tried in the model's preference order (dedicated first, then ded
 serverless, as the config lists them). A deployment is passed over when
 
 - it is at its concurrency cap (the in-flight count its latency SLA allows) → the request *spills over*;
+  for a request whose priority leaves headroom (``routing.priority_headroom``), a dedicated backend is full
+  ``reserved_slots`` earlier, so lower priorities spill over first and the last slots stay for higher ones;
 - its rate limit (rpm / tpm) has no room right now → *spills over* as well;
 - its engine says it is saturated (a queue, a KV cache nearly full: ``capacity.engine``) → *spills over*,
   whatever the in-flight count says; but only if a later deployment can take the request: with nowhere else
@@ -34,6 +36,7 @@ class DeploymentView:
     already_failed: bool = False  # tried for this request already
     held_by_rate_limit: bool = False  # its cool-down follows the upstream's 429, not failures
     saturated: str | None = None  # why its engine says it is full (``queue 3``), from fresh figures
+    reserved: int = 0  # slots of max_concurrency the request's priority leaves free (``reserved_slots``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +59,9 @@ class NoChoice:
     rate_limited: bool = False
 
 
-def choose_deployment(deployments: Sequence[DeploymentView]) -> Choice | NoChoice:
-    """Pick the first deployment, in preference order, that can take one more request now."""
+def choose_deployment(deployments: Sequence[DeploymentView], priority: str = "normal") -> Choice | NoChoice:
+    """Pick the first deployment, in preference order, that can take one more request now; ``priority`` is
+    the request's (the views count the slots it leaves free), named when it alone makes one full."""
     passed_over: list[str] = []
     full = cooling = failed = False
     # The first saturated one and the reason it would have had: taken when nothing else can be (its engine
@@ -73,9 +77,9 @@ def choose_deployment(deployments: Sequence[DeploymentView]) -> Choice | NoChoic
         elif d.cooling_for_s > 0:
             cooling = True
             passed_over.append(f"{d.name} cooling down")
-        elif d.max_concurrency is not None and d.in_flight >= d.max_concurrency:
+        elif d.max_concurrency is not None and d.in_flight >= d.max_concurrency - d.reserved:
             full = True
-            passed_over.append(f"{d.name} at capacity ({d.in_flight}/{d.max_concurrency})")
+            passed_over.append(_at_capacity(d.name, d.in_flight, d.max_concurrency, priority))
         elif d.rate_limited:
             full = True
             passed_over.append(f"{d.name} rate-limited")
@@ -97,6 +101,25 @@ def choose_deployment(deployments: Sequence[DeploymentView]) -> Choice | NoChoic
         detail="; ".join(passed_over),
         rate_limited=soonest_rate_limited,
     )
+
+
+def reserved_slots(cap: int, share: float) -> int:
+    """The slots of an in-flight ``cap`` that a request whose priority leaves ``share`` of it (its
+    ``routing.priority_headroom``) must leave free: ``ceil(cap × share)``, but never the last slot.
+
+    Rounded up so a headroom means something on a small cap (0.2 of 4 keeps 1 slot, where rounding down
+    would keep none below a cap of 5); never the whole cap, so an idle backend serves every priority (cap 1:
+    nothing kept). The share is taken to a millionth and the arithmetic done in integers, so 0.7 of 10 is 7,
+    not the 8 a float product (7.000000000000001) would round up to."""
+    if cap <= 1 or share <= 0:
+        return 0
+    return min(cap - 1, -(-cap * round(share * 1_000_000) // 1_000_000))
+
+
+def _at_capacity(name: str, in_flight: int, cap: int, priority: str) -> str:
+    if in_flight < cap:  # full only for this request's priority: the rest is kept for higher ones
+        return f"{name} at capacity for {priority} priority ({in_flight}/{cap})"
+    return f"{name} at capacity ({in_flight}/{cap})"
 
 
 def _reason(passed_over: list[str], *, failed: bool, full: bool) -> str:
