@@ -11,8 +11,6 @@ Chromium.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -32,6 +30,7 @@ from tests.support.net import free_port
 from tests.support.polling import eventually
 from tests.support.proxy import ProxyProcess, running_proxy
 from tests.support.receiver import receiving
+from tests.support.signatures import verify
 from tests.support.simulators import FAST_UPSTREAM, simulators
 from tests.support.stores import PROXY_STORES, Stores, sqlite_url
 from tokenyard.adapters.webhook import WebhookSender
@@ -86,15 +85,6 @@ async def redis_stores(tmp_path: Path) -> AsyncIterator[Stores]:
         await opened.close()
 
 
-@pytest.fixture
-async def webhook() -> AsyncIterator[WebhookSender]:
-    sender = WebhookSender()
-    try:
-        yield sender
-    finally:
-        await sender.aclose()
-
-
 def watching(
     store: MeterStore,
     config: TokenyardConfig,
@@ -128,15 +118,6 @@ def told(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
     ]
     caplog.clear()
     return notices
-
-
-def verify(secret: str, header: str, body: bytes) -> int:
-    """The receiver's side of a signature: its timestamp, once the HMAC is checked."""
-    stamp, digest = (part.split("=", 1) for part in header.split(","))
-    assert (stamp[0], digest[0]) == ("t", "v1")
-    expected = hmac.new(secret.encode(), f"{stamp[1]}.".encode() + body, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(digest[1], expected)
-    return int(stamp[1])
 
 
 # -- in process: the watch over a real store, on a fake clock -----------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.support.net import free_port
+from tests.support.signatures import verify
 from tokenyard.adapters.webhook import WebhookSender
 from tokenyard.queue.callbacks import CallbackSender, payload
 from tokenyard.queue.model import Job, JobResult
@@ -28,15 +29,6 @@ def job(url: str | None) -> Job:
 
 
 ANSWER = JobResult("job_1", 200, b'{"object":"chat.completion"}', "realtime", NOW - 1.0)
-
-
-def verify(secret: str, header: str, body: bytes) -> int:
-    """The receiver's side: the timestamp of a valid signature (asserts it is valid)."""
-    stamp, digest = (part.split("=", 1) for part in header.split(","))
-    assert (stamp[0], digest[0]) == ("t", "v1")
-    expected = hmac.new(secret.encode(), f"{stamp[1]}.".encode() + body, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(digest[1], expected)
-    return int(stamp[1])
 
 
 def test_the_signature_is_hmac_sha256_of_the_timestamp_a_dot_and_the_body() -> None:

@@ -19,7 +19,7 @@ import orjson
 
 from tokenyard.adapters.base import UpstreamResponse
 from tokenyard.admission.auth import Principal, Priority
-from tokenyard.admission.classify import ASYNC_TIERS, Decision, RequestFacts, classify, prefers_async
+from tokenyard.admission.classify import ASYNC_TIERS, Decision, RequestFacts, classify
 from tokenyard.admission.key_limits import KeyRateLimited, KeyRates
 from tokenyard.capacity.observed import LatencySample
 from tokenyard.errors import (
@@ -163,7 +163,7 @@ class Proxy:
             admitted = None
             if principal.rated or (self.spend is not None and self.spend.applies(principal)):
                 admitted, decision = await self._gate(
-                    scope, principal, request_id, backends, body, obj, stream, decision, id_header
+                    principal, request_id, backends, body, obj, stream, decision, id_header
                 )
             if decision is not None and decision.mode == "async" and self.front is not None:
                 await self._queue(self.front, scope, receive, send, principal, endpoint, model, body,
@@ -211,7 +211,6 @@ class Proxy:
 
     async def _gate(
         self,
-        scope: wire.Scope,
         principal: Principal,
         request_id: str,
         backends: list[Backend],
@@ -221,36 +220,20 @@ class Proxy:
         decision: Decision | None,
         id_header: list[tuple[bytes, bytes]],
     ) -> tuple[Admitted | None, Decision | None]:
-        """The key's own rate limits, then its budgets; their headers go on the answer, refusal or not."""
+        """The key's own rate limits, then its budgets; their headers go on the answer, refusal or not.
+
+        A budgeted real-time request reserves its worst case. A spent budget answers 429, or sends the request
+        down the async track if the budget says so and the client can wait. An async request reserves nothing
+        (it is charged when answered) but is refused while a hard budget that rejects is spent."""
         if principal.rated:
             try:
                 id_header += self.key_rates.take(principal, estimate_tokens(body, obj), self.clock())
             except KeyRateLimited as exc:
                 id_header += exc.headers
                 raise
-        if self.spend is None:
+        spend = self.spend
+        if spend is None:
             return None, decision
-        return await self._reserve(
-            self.spend, scope, principal, request_id, backends, body, obj, stream, decision, id_header
-        )
-
-    async def _reserve(
-        self,
-        spend: SpendGate,
-        scope: wire.Scope,
-        principal: Principal,
-        request_id: str,
-        backends: list[Backend],
-        body: bytes,
-        obj: dict[str, Any],
-        stream: bool,
-        decision: Decision | None,
-        id_header: list[tuple[bytes, bytes]],
-    ) -> tuple[Admitted | None, Decision | None]:
-        """Reserve a budgeted real-time request's worst case; what is left goes in its headers. A spent budget
-        answers 429, or sends the request down the async track if the budget says so and the client can wait.
-        An async request reserves nothing (it is charged when answered) but is refused while a hard budget
-        that rejects is spent."""
         lines = spend.lines(principal)
         if not lines:
             return None, decision
@@ -267,10 +250,8 @@ class Proxy:
         track = self.live.current.async_track
         if checked.line.budget.on_exceeded == "reject" or track is None or stream or self.front is None:
             raise checked.error()
-        prefer = wire.header(scope, b"prefer")
+        # Held: a client that asked to poll (Prefer: respond-async) was classified async already.
         reason = f"budget: {checked.line.holder}'s {checked.line.budget.window} budget is spent"
-        if prefers_async(_text(prefer)):
-            return None, Decision("async", "poll", reason, track.default_deadline_s)
         return None, Decision("async", "hold", reason, track.default_deadline_s)
 
     def _able(self, backends: list[Backend], endpoint: Endpoint, model: str) -> list[Backend]:
