@@ -26,13 +26,20 @@ import yaml
 from bench.services import ROOT, free_port, proxy_config, redis_and_upstream, serve_command, wait_ready
 
 
-def fixed_load(url: str, requests: int, stream: bool = False) -> None:
+def fixed_load(url: str, requests: int, stream: bool = False, concurrency: int = 16) -> None:
     command = [sys.executable, "-m", "bench.load_fixed", "--url", url, "--requests", str(requests)]
+    command += ["--concurrency", str(concurrency)]
     subprocess.run([*command, "--stream"] if stream else command, check=True, cwd=ROOT)
 
 
 def instructions(
-    store: str, upstream_port: int, requests: int, folder: Path, stream: bool = False, budget: bool = False
+    store: str,
+    upstream_port: int,
+    requests: int,
+    folder: Path,
+    stream: bool = False,
+    budget: bool = False,
+    concurrency: int = 16,
 ) -> int:
     """Instructions the proxy executes while ``requests`` requests pass through it, and their flushes."""
     port = free_port()
@@ -60,7 +67,7 @@ def instructions(
         fixed_load(url, 300, stream)  # warm every code path before counting
         time.sleep(1.5)
         subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True, capture_output=True)
-        fixed_load(url, requests, stream)
+        fixed_load(url, requests, stream, concurrency)
         time.sleep(1.5)  # the flushes that carry these requests to the store
         subprocess.run(["callgrind_control", "-i", "off", str(proxy.pid)], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-d", str(proxy.pid)], check=True, capture_output=True)
@@ -80,6 +87,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--stores", default="redis,sqlite", help="metering stores to compare with off")
     parser.add_argument("--stream", action="store_true", help="streamed chat requests (with usage)")
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="requests in flight (budget round trips share at more)"
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -90,7 +100,13 @@ def main() -> None:
         stores["redis-budget"] = redis_url
         for mode in ["off", *args.stores.split(",")]:
             counts[mode] = instructions(
-                stores[mode], upstream_port, args.requests, folder, args.stream, mode.endswith("-budget")
+                stores[mode],
+                upstream_port,
+                args.requests,
+                folder,
+                args.stream,
+                mode.endswith("-budget"),
+                args.concurrency,
             )
             print(
                 f"metering {mode:6}: {counts[mode] / args.requests:,.0f} instructions a request", flush=True
