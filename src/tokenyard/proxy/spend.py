@@ -210,6 +210,7 @@ class SpendGate:
         self._reserving: Coalesced[Reservation, Reserved] = Coalesced(self._reserve_many)
         self._to_settle: list[Settlement] = []
         self._draining: asyncio.Future[None] | None = None
+        self._store_away = False  # said once per outage (when_store_down: serve)
 
     def applies(self, principal: Principal) -> bool:
         """Whether any budget counts ``principal``'s requests (the request path's one check for them)."""
@@ -260,6 +261,9 @@ class SpendGate:
             self._to_settle.append((holds, reservation, 0))
             self._drain_settlements()
             raise
+        if self._store_away:
+            log.info("budgets: the store answers again; budgets are checked")
+            self._store_away = False
         before = [count - amount if reserved.taken else count for count in reserved.counted_nusd]
         headers = _headers(lines, spans, before)
         if reserved.refused_by is not None:
@@ -317,7 +321,9 @@ class SpendGate:
             raise StoreUnavailable(
                 "Budgets cannot be checked now (the store is unavailable); retry in a moment."
             ) from exc
-        log.warning("budgets: not checked, the store is away (%s): the request is served", exc)
+        if not self._store_away:  # once per outage, not once per request
+            log.warning("budgets: not checked while the store is away (%s); requests are served", exc)
+        self._store_away = True
 
     async def _reserve_many(self, asks: list[Reservation]) -> list[Reserved]:
         assert self.store is not None

@@ -1,14 +1,21 @@
 """Budget round trips shared under load: calls made while one is on its way go together in the next, an
-idle call goes at once, and a failed trip tells exactly its callers."""
+idle call goes at once, and a failed trip tells exactly its callers; and a gate whose store is away serves
+or refuses as ``budgets.when_store_down`` says."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from tests.support.net import free_port
+from tokenyard.admission.auth import Principal
+from tokenyard.config import TokenyardConfig
 from tokenyard.errors import StoreUnavailable
-from tokenyard.proxy.spend import Coalesced
+from tokenyard.live import LiveConfig
+from tokenyard.meter.redis_store import RedisMeterStore
+from tokenyard.proxy.spend import Admitted, Coalesced, DedicatedRates, SpendGate
 
 
 async def settle_loop() -> None:
@@ -76,3 +83,48 @@ async def test_a_caller_that_leaves_does_not_disturb_the_others() -> None:
     assert await first == 10
     assert await staying == 30
     assert leaving.cancelled()
+
+
+# -- a gate whose store is away ---------------------------------------------------------------------------
+
+
+def gate_over_an_unreachable_store(when_store_down: str) -> SpendGate:
+    config = TokenyardConfig.model_validate(
+        {
+            "backends": {"api": {"kind": "serverless", "base_url": "http://127.0.0.1:9"}},
+            "models": {"m": {"deployments": ["api"]}},
+            "budgets": {"tenants": {"acme": [{"limit_usd": 1}]}, "when_store_down": when_store_down},
+        }
+    )
+    store = RedisMeterStore(
+        f"redis://127.0.0.1:{free_port()}/0", prefix="nobody", retention_s=60, records_max=1
+    )
+    live = LiveConfig(config, async_track_runs=False)
+    return SpendGate(store, live, {}, DedicatedRates(None, {}, wall=time.time), wall=time.time)
+
+
+async def test_with_the_store_away_budgeted_requests_are_served_uncounted_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gate = gate_over_an_unreachable_store("serve")
+    lines = gate.lines(Principal("acme", None, "k"))
+    assert lines
+    for n in range(3):
+        admitted = await gate.admit(lines, f"req_{n}", 1000)
+        assert isinstance(admitted, Admitted)
+        assert (admitted.holds, admitted.headers) == ((), []), "nothing held, nothing said about budgets"
+    assert [r.getMessage() for r in caplog.records if r.name == "tokenyard.budgets"] == [
+        caplog.records[0].getMessage()
+    ], "one warning for the outage, not one a request"
+    assert "not checked while the store is away" in caplog.records[0].getMessage()
+    assert gate.store is not None
+    await gate.store.aclose()
+
+
+async def test_with_the_store_away_budgets_that_say_refuse_answer_503() -> None:
+    gate = gate_over_an_unreachable_store("refuse")
+    with pytest.raises(StoreUnavailable, match="Budgets cannot be checked now") as raised:
+        await gate.admit(gate.lines(Principal("acme", None, "k")), "req_1", 1000)
+    assert raised.value.status_code == 503
+    assert gate.store is not None
+    await gate.store.aclose()
