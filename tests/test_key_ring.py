@@ -3,6 +3,7 @@ on a clock the test moves, and when the proxy is open."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from pydantic import SecretStr, ValidationError
 
@@ -160,3 +161,17 @@ def test_config_file_keys_may_not_take_the_admin_apis_ids() -> None:
     assert ("keys.key_0001", "names starting with key_ are the admin API's key ids") in (
         config.cross_reference_problems()
     )
+
+
+def test_a_record_a_newer_tokenyard_wrote_still_works_here() -> None:
+    """A rolling upgrade: fields this version does not know, on the key or in its budgets, are left out."""
+    secret = new_secret()
+    record = made(secret, budgets=[{"limit_usd": 5, "window": "day"}]).model_dump(mode="json")
+    record["colour"] = "blue"
+    record["budgets"][0]["burst_usd"] = 1
+    read = ManagedKey.model_validate_json(orjson.dumps(record))
+    assert read.budgets[0].limit_usd == 5
+    keys = ring(read, clock=FakeClock(T0))
+    assert keys.authenticate(bearer(secret)).budgets == tuple(read.budgets)
+    with pytest.raises(ValidationError, match="burst_usd"):
+        KeyCreate.model_validate({"name": "x", "budgets": [{"limit_usd": 5, "burst_usd": 1}]})

@@ -137,6 +137,16 @@ class ManagedKey(KeyCreate):
     previous_sha256: str | None = None  # a rotated-out secret, working until previous_expires_at
     previous_expires_at: int | None = None
 
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _known_budget_fields(cls, value: Any) -> Any:
+        """A replica still on an older tokenyard (a rolling upgrade) reads a record a newer one wrote without
+        the budget fields it does not know yet, and the key keeps working (the API refuses them on input)."""
+        if not isinstance(value, list):
+            return value
+        known = Budget.model_fields.keys()
+        return [{k: v for k, v in b.items() if k in known} if isinstance(b, dict) else b for b in value]
+
     @classmethod
     def made(cls, key_id: str, fields: KeyCreate, secret: str, now: int) -> ManagedKey:
         """A new key's record."""
