@@ -106,7 +106,7 @@ async def spend(watch: BudgetWatch, budget_id: str, usd: float) -> None:
         line.id, line.limit_nusd, s.oldest, s.bucket, s.ttl_s, line.budget.enforcement == "hard"
     )
     assert watch.store is not None
-    await watch.store.settle([hold], uuid.uuid4().hex, usd_to_nusd(usd), now)
+    await watch.store.settle_many([([hold], uuid.uuid4().hex, usd_to_nusd(usd))], now)
 
 
 def told(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:

@@ -45,7 +45,7 @@ from tokenyard.meter.model import (
     merge_engine_fields,
 )
 from tokenyard.meter.store import MeterStore, UsageStore
-from tokenyard.stores.protocols import BudgetHold, Lifecycle, Reserved
+from tokenyard.stores.protocols import BudgetHold, BudgetStore, Lifecycle, Reserved
 
 ALL_TIME = (0, 2**31)
 
@@ -447,6 +447,21 @@ def hold(
     return BudgetHold(budget_id, limit, oldest, bucket, ttl_s=86400, hard=hard)
 
 
+async def reserve(
+    store: BudgetStore, holds: list[BudgetHold], reservation: str, amount: int, *, until: float, now: float
+) -> Reserved:
+    """One reservation, alone in its round trip."""
+    [reserved] = await store.reserve_many([(holds, reservation, amount, until)], now)
+    return reserved
+
+
+async def settle(
+    store: BudgetStore, holds: list[BudgetHold], reservation: str, spent: int, *, now: float
+) -> list[int]:
+    """One settlement, alone in its round trip."""
+    return await store.settle_many([(holds, reservation, spent)], now)
+
+
 class TestBudgetStore:
     """``BudgetStore``: reservations against limits, all or none, settled to what was spent; nano-USD."""
 
@@ -454,54 +469,54 @@ class TestBudgetStore:
         self, store: MeterStore
     ) -> None:
         budget = [hold(limit=100)]
-        assert await store.reserve(budget, "r1", 60, until=T0 + 60, now=T0) == Reserved(True, None, [60])
-        assert await store.reserve(budget, "r2", 41, until=T0 + 60, now=T0) == Reserved(False, 0, [60])
-        assert await store.reserve(budget, "r3", 40, until=T0 + 60, now=T0) == Reserved(True, None, [100])
-        assert await store.reserve(budget, "r4", 1, until=T0 + 60, now=T0) == Reserved(False, 0, [100]), (
+        assert await reserve(store, budget, "r1", 60, until=T0 + 60, now=T0) == Reserved(True, None, [60])
+        assert await reserve(store, budget, "r2", 41, until=T0 + 60, now=T0) == Reserved(False, 0, [60])
+        assert await reserve(store, budget, "r3", 40, until=T0 + 60, now=T0) == Reserved(True, None, [100])
+        assert await reserve(store, budget, "r4", 1, until=T0 + 60, now=T0) == Reserved(False, 0, [100]), (
             "a budget whose count reached its limit takes nothing more (>= at the limit)"
         )
 
     async def test_settling_replaces_the_reservation_with_what_was_spent(self, stores: Stores) -> None:
         a, b = stores.open(), stores.open()
         budget = [hold(limit=100)]
-        await a.reserve(budget, "r1", 60, until=T0 + 60, now=T0)
-        assert await b.settle(budget, "r1", 25, now=T0 + 1) == [25]
+        await reserve(a, budget, "r1", 60, until=T0 + 60, now=T0)
+        assert await settle(b, budget, "r1", 25, now=T0 + 1) == [25]
         assert await a.counted(budget, now=T0 + 2) == [25]
-        assert (await b.reserve(budget, "r2", 75, until=T0 + 60, now=T0 + 2)).taken
-        assert await a.settle(budget, "r2", 0, now=T0 + 3) == [25], "a failed request spends nothing"
+        assert (await reserve(b, budget, "r2", 75, until=T0 + 60, now=T0 + 2)).taken
+        assert await settle(a, budget, "r2", 0, now=T0 + 3) == [25], "a failed request spends nothing"
 
     async def test_a_reservation_is_held_on_every_budget_or_on_none(self, store: MeterStore) -> None:
         key, tenant = hold("key:k1:30d", 100), hold("tenant:acme:day", 50)
-        await store.reserve([tenant], "other", 30, until=T0 + 60, now=T0)
-        refused = await store.reserve([key, tenant], "r1", 30, until=T0 + 60, now=T0)
+        await reserve(store, [tenant], "other", 30, until=T0 + 60, now=T0)
+        refused = await reserve(store, [key, tenant], "r1", 30, until=T0 + 60, now=T0)
         assert refused == Reserved(False, 1, [0, 30])
         assert await store.counted([key, tenant], now=T0) == [0, 30], "the key held nothing"
-        assert await store.reserve([key, tenant], "r2", 20, until=T0 + 60, now=T0) == Reserved(
+        assert await reserve(store, [key, tenant], "r2", 20, until=T0 + 60, now=T0) == Reserved(
             True, None, [20, 50]
         )
 
     async def test_a_soft_budget_counts_but_never_refuses(self, store: MeterStore) -> None:
         soft = [hold(limit=10, hard=False)]
-        assert await store.reserve(soft, "r1", 50, until=T0 + 60, now=T0) == Reserved(True, None, [50])
-        assert await store.settle(soft, "r1", 70, now=T0) == [70]
+        assert await reserve(store, soft, "r1", 50, until=T0 + 60, now=T0) == Reserved(True, None, [50])
+        assert await settle(store, soft, "r1", 70, now=T0) == [70]
 
     async def test_a_reservation_never_settled_lets_go_when_its_time_is_up(self, store: MeterStore) -> None:
         budget = [hold(limit=100)]
-        await store.reserve(budget, "dead-replica", 90, until=T0 + 900, now=T0)
-        assert not (await store.reserve(budget, "r1", 20, until=T0 + 960, now=T0 + 60)).taken
+        await reserve(store, budget, "dead-replica", 90, until=T0 + 900, now=T0)
+        assert not (await reserve(store, budget, "r1", 20, until=T0 + 960, now=T0 + 60)).taken
         assert await store.counted(budget, now=T0 + 900) == [90], "held until its time, inclusive"
-        assert await store.reserve(budget, "r1", 20, until=T0 + 960, now=T0 + 901) == Reserved(
+        assert await reserve(store, budget, "r1", 20, until=T0 + 960, now=T0 + 901) == Reserved(
             True, None, [20]
         )
-        assert await store.settle(budget, "dead-replica", 90, now=T0 + 902) == [110], (
+        assert await settle(store, budget, "dead-replica", 90, now=T0 + 902) == [110], (
             "a late settlement still counts what was spent"
         )
 
     async def test_spend_leaves_the_window_bucket_by_bucket(self, store: MeterStore) -> None:
         for hour in range(3):
             now = T0 + hour * 3600
-            await store.reserve([hold(bucket=now)], f"r{hour}", 10, until=now + 60, now=now)
-            await store.settle([hold(bucket=now)], f"r{hour}", 10 + hour, now=now)
+            await reserve(store, [hold(bucket=now)], f"r{hour}", 10, until=now + 60, now=now)
+            await settle(store, [hold(bucket=now)], f"r{hour}", 10 + hour, now=now)
         assert await store.counted([hold(oldest=T0)], now=T0 + 7200) == [33]
         assert await store.counted([hold(oldest=T0 + 3600)], now=T0 + 7200) == [23]
         assert await store.counted([hold(oldest=T0 + 7200)], now=T0 + 7200) == [12]
@@ -531,7 +546,7 @@ class TestBudgetStore:
         replicas = [stores.open() for _ in range(4)]
         budget = [hold(limit=1000)]
         taken = await asyncio.gather(
-            *(replicas[i % 4].reserve(budget, f"r{i}", 70, until=T0 + 60, now=T0) for i in range(40))
+            *(reserve(replicas[i % 4], budget, f"r{i}", 70, until=T0 + 60, now=T0) for i in range(40))
         )
         assert sum(r.taken for r in taken) == 14  # 14 x 70 = 980; a 15th would pass 1000
         assert await replicas[0].counted(budget, now=T0) == [980]

@@ -529,13 +529,6 @@ class RedisMeterStore(RedisBacked):
             version = await self._redis.get(self.keys.key_version)
         return int(version or 0)
 
-    async def reserve(
-        self, holds: Sequence[BudgetHold], reservation: str, amount_nusd: int, until: float, now: float
-    ) -> Reserved:
-        """Reserve on every budget or none (see ``BudgetStore.reserve``)."""
-        [reserved] = await self.reserve_many([(holds, reservation, amount_nusd, until)], now)
-        return reserved
-
     async def reserve_many(self, asks: Sequence[Reservation], now: float) -> list[Reserved]:
         """Several reservations in one round trip, each all or none (see ``BudgetStore.reserve_many``)."""
         keys: list[str] = []
@@ -553,12 +546,6 @@ class RedisMeterStore(RedisBacked):
             answers.append(Reserved(bool(taken), refused - 1 if refused else None, counts))
             at += 2 + len(holds)
         return answers
-
-    async def settle(
-        self, holds: Sequence[BudgetHold], reservation: str, spent_nusd: int, now: float
-    ) -> list[int]:
-        """Release a reservation and add the spend (see ``BudgetStore.settle``)."""
-        return await self.settle_many([(holds, reservation, spent_nusd)], now)
 
     async def settle_many(self, settlements: Sequence[Settlement], now: float) -> list[int]:
         """Several settlements in one round trip (see ``BudgetStore.settle_many``)."""

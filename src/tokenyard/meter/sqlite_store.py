@@ -356,13 +356,6 @@ class SqliteMeterStore(SqliteWorker):
         rows = await self._run(select("SELECT coalesce(max(version), 0) FROM virtual_keys"))
         return int(rows[0][0])
 
-    async def reserve(
-        self, holds: Sequence[BudgetHold], reservation: str, amount_nusd: int, until: float, now: float
-    ) -> Reserved:
-        """Reserve on every budget or none (see ``BudgetStore.reserve``)."""
-        [reserved] = await self.reserve_many([(holds, reservation, amount_nusd, until)], now)
-        return reserved
-
     async def reserve_many(self, asks: Sequence[Reservation], now: float) -> list[Reserved]:
         """Several reservations in one transaction, each all or none (see ``BudgetStore.reserve_many``)."""
 
@@ -370,12 +363,6 @@ class SqliteMeterStore(SqliteWorker):
             return [_reserve(conn, *ask, now) for ask in asks]
 
         return await self._run(_in_transaction(reserve))
-
-    async def settle(
-        self, holds: Sequence[BudgetHold], reservation: str, spent_nusd: int, now: float
-    ) -> list[int]:
-        """Release a reservation and add the spend (see ``BudgetStore.settle``)."""
-        return await self.settle_many([(holds, reservation, spent_nusd)], now)
 
     async def settle_many(self, settlements: Sequence[Settlement], now: float) -> list[int]:
         """Several settlements in one transaction (see ``BudgetStore.settle_many``)."""

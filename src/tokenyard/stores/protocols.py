@@ -119,29 +119,20 @@ class BudgetStore(Protocol):
     """Budgets shared by every replica: reserve a request's worst case before it runs, settle it to what it
     cost after. Each call is one atomic step over all the budgets a request counts against."""
 
-    async def reserve(
-        self, holds: Sequence[BudgetHold], reservation: str, amount_nusd: int, until: float, now: float
-    ) -> Reserved:
-        """Reserve ``amount_nusd`` on every budget of ``holds`` unless a hard one would pass its limit
-        (counted + amount > limit: a budget whose count has reached its limit takes nothing more).
-
-        Either every budget holds it (until ``until``, unix s: a reservation never settled lets go then)
-        or none does. Reservations held past their ``until`` at ``now`` are dropped first."""
-        ...
-
-    async def settle(
-        self, holds: Sequence[BudgetHold], reservation: str, spent_nusd: int, now: float
-    ) -> list[int]:
-        """Release the reservation, if held, and add ``spent_nusd`` to each budget's bucket; each budget's
-        count after. Spend with no reservation (one that lapsed, or none was made) is added all the same."""
-        ...
-
     async def reserve_many(self, asks: Sequence[Reservation], now: float) -> list[Reserved]:
-        """``reserve`` for each of ``asks`` in turn, in one round trip (requests arriving together)."""
+        """Each of ``asks`` in turn, in one round trip (requests that arrived together): reserve its
+        amount on every budget of its holds unless a hard one would pass its limit (counted + amount >
+        limit: a budget whose count has reached its limit takes nothing more).
+
+        Either every budget of an ask holds it (until the ask's ``until``, unix s: a reservation never
+        settled lets go then) or none does. Reservations held past their ``until`` at ``now`` are dropped
+        first."""
         ...
 
     async def settle_many(self, settlements: Sequence[Settlement], now: float) -> list[int]:
-        """``settle`` for each of ``settlements`` in turn, in one round trip; the counts, all in a row."""
+        """Each of ``settlements`` in turn, in one round trip: release its reservation, if held, and add
+        what it spent to each of its budgets' bucket. Spend with no reservation (one that lapsed, or none
+        was made) is added all the same. The budgets' counts after, all in a row."""
         ...
 
     async def counted(self, holds: Sequence[BudgetHold], now: float) -> list[int]:
