@@ -228,13 +228,14 @@ class BudgetWatch:
         alerts = self.live.config.budgets.alerts
         try:
             for state in states:
-                taken = [
-                    threshold
-                    for threshold in state.line.budget.thresholds
-                    if state.share >= threshold and await self._take(state, threshold, now)
-                ]
-                if taken:
-                    self._notify(state, max(taken), now, alerts)
+                reached = sorted((t for t in state.line.budget.thresholds if state.share >= t), reverse=True)
+                # The highest first: the replica that takes its flag tells it, and takes the lower ones
+                # (told with it). Taking them lowest first, two replicas checking at once could each win
+                # one and both tell.
+                if reached and await self._take(state, reached[0], now):
+                    for lower in reached[1:]:
+                        await self._take(state, lower, now)
+                    self._notify(state, reached[0], now, alerts)
         except StoreError as exc:  # the rest are asked again at the next check
             log.warning("budgets: thresholds not told now, the store is away (%s)", exc)
 
