@@ -80,6 +80,14 @@ async def test_a_stored_response_round_trips_and_store_false_is_not_kept(client:
         await client.responses.retrieve(unstored.id)
 
 
+async def answered(client: openai.AsyncOpenAI, request: dict[str, Any], stream: bool) -> Response:
+    """The Response, whole or as the SDK's stream accumulates it."""
+    if stream:
+        async with client.responses.stream(**request) as events:
+            return await events.get_final_response()
+    return await client.responses.create(**request)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_required_tool_is_called_with_json_arguments(
     client: openai.AsyncOpenAI, stream: bool
@@ -90,11 +98,7 @@ async def test_a_required_tool_is_called_with_json_arguments(
         "tools": WEATHER,
         "tool_choice": "required",
     }
-    if stream:
-        async with client.responses.stream(**request) as events:
-            response = await events.get_final_response()
-    else:
-        response = await client.responses.create(**request)
+    response = await answered(client, request, stream)
     [call] = response.output
     assert call.type == "function_call"
     assert call.name == "get_weather"
@@ -248,11 +252,7 @@ async def test_a_tool_calls_arguments_fill_every_required_property_with_its_type
         "tool_choice": "required",
         "max_output_tokens": 3,
     }
-    if stream:
-        async with client.responses.stream(**request) as events:
-            response = await events.get_final_response()
-    else:
-        response = await client.responses.create(**request)
+    response = await answered(client, request, stream)
     [call] = response.output
     assert call.type == "function_call"
     assert call.call_id.startswith("call_")
