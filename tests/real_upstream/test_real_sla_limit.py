@@ -2,8 +2,11 @@
 as one batch, so each stream slows as more run (SmolLM2 on one thread: about 65 tokens/s alone, 20 at 4,
 11 at 8, measured here).
 
-With an SLA of 20 tokens/s per stream and a ceiling of 8, tokenyard must learn a limit well below 8 at
-which most streams meet it; what does not fit spills over to a serverless simulator. Counted in answers.
+With an SLA of 20 tokens/s per stream and a ceiling of 8, tokenyard must learn a limit below 8 at which
+most streams meet it; what does not fit spills over to a serverless simulator. Counted in answers. Where
+that limit lands depends on the machine's speed (2-4 here, 5 on a CI machine a third faster), so the test
+checks what the SLA decides, not a number: the limit came down because streams ran under the SLA, sits
+below the ceiling, and the streams answered at it meet the SLA.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ async def test_a_limit_is_learned_on_llama_server_where_the_sla_holds(proxy: Pro
         settled = await limit_after(proxy, http, 90)
         steady = await limit_after(proxy, http, settled["latencies"]["samples"] + 90)
     shown = json.dumps(steady)
-    assert 1 <= steady["current"] <= CEILING // 2, shown  # 8 streams run at about 11 tokens/s: far under
+    assert 1 <= steady["current"] < CEILING, shown  # 8 streams run at about 11-15 tokens/s: under the SLA
     assert any("under 20" in change["reason"] for change in steady["history"]), shown
     answered = steady["latencies"]["samples"] - settled["latencies"]["samples"]
     breached = steady["latencies"]["breached"] - settled["latencies"]["breached"]
