@@ -76,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report",
         help="print spend from the meter store",
-        description="Print spend by mode, backend kind, backend, model and tenant, dedicated utilization "
-        "and idle GPU cost, and what the async track saved, from the meter store of a config.",
+        description="Print spend by mode, backend kind, backend, model, tenant, team and key, dedicated "
+        "utilization and idle GPU cost, and what the async track saved, from the meter store of a config.",
     )
     meter_commands.add_report_arguments(report)
     report.set_defaults(run=meter_commands.run_report)
@@ -89,9 +89,9 @@ def _parser() -> argparse.ArgumentParser:
         "as JSON lines: the traffic-log format `tokenyard replay` reads.\n\n"
         "With --format focus, write cost rows in the columns of FOCUS 1.2 (the FinOps Open Cost and\n"
         "Usage Specification) for whole hours, as CSV or Parquet: a row per hour x tenant x model x\n"
-        "backend x kind x mode x meter (input, cached input and output tokens; a dedicated backend's\n"
-        "GPU time, busy and idle apart, attributed by token share). Their costs add up to the usage\n"
-        "API's (granularity hour), per tenant too.",
+        "backend x kind x mode x key x team x meter (input, cached input and output tokens; a\n"
+        "dedicated backend's GPU time, busy and idle apart, attributed by token share). Their costs\n"
+        "add up to the usage API's (granularity hour), per tenant too.",
         epilog="examples:\n"
         "  tokenyard export --since 24h > traffic.jsonl\n"
         "  tokenyard export --format focus --since 30d --out costs.parquet\n"

@@ -14,9 +14,17 @@ KEYS = MeterKeys("tokenyard")
 _minutes = st.integers(0, 2**40).map(lambda s: s * 60)
 
 
-@given(st.builds(AggKey, _minutes, st.text(), st.text(), st.text(), st.text(), st.text()))
+@given(st.builds(AggKey, _minutes, *[st.text()] * 7))
 def test_any_aggregate_key_round_trips(agg_key: AggKey) -> None:
     assert KEYS.parse_agg(KEYS.agg(agg_key)) == agg_key
+
+
+def test_an_aggregate_key_from_before_key_and_team_reads_with_neither() -> None:
+    assert KEYS.parse_agg("{tokenyard}:agg:60:t:m:b:k:async") == AggKey(
+        60, "t", "m", "b", "k", "async", "", ""
+    )
+    with pytest.raises(ValueError, match="not an aggregate key"):  # an old name with the new dimensions
+        KEYS.parse_agg("{tokenyard}:agg:60:t:m:b:k:async:key:team")
 
 
 @given(st.builds(GpuKey, _minutes, st.text()))
@@ -30,8 +38,8 @@ def test_any_engine_key_round_trips(engine_key: EngineKey) -> None:
 
 
 def test_names_that_look_like_separators_stay_inside_their_dimension() -> None:
-    name = KEYS.agg(AggKey(60, "a:b", "%3A", "", "x y", "ü"))
-    assert name == "{tokenyard}:agg:60:a%3Ab:%253A::x%20y:%C3%BC"
+    name = KEYS.agg(AggKey(60, "a:b", "%3A", "", "x y", "ü", "k:1", ""))
+    assert name == "{tokenyard}:usage:60:a%3Ab:%253A::x%20y:%C3%BC:k%3A1:"
 
 
 def test_every_key_of_a_prefix_hashes_to_one_cluster_slot() -> None:
@@ -39,6 +47,7 @@ def test_every_key_of_a_prefix_hashes_to_one_cluster_slot() -> None:
     names = [
         keys.agg(AggKey(60, "t", "m", "b", "k", "realtime")),
         keys.agg_index,
+        keys.legacy_agg_index,
         keys.gpu(GpuKey(60, "b")),
         keys.gpu_index,
         keys.gpu_watermark("b"),
@@ -61,7 +70,7 @@ def test_a_prefix_that_cannot_be_a_hash_tag_is_refused(prefix: str) -> None:
 
 def test_keys_of_another_kind_or_prefix_do_not_parse() -> None:
     gpu_key = KEYS.gpu(GpuKey(60, "b"))
-    with pytest.raises(ValueError, match="is not a 'agg' key"):
+    with pytest.raises(ValueError, match="is not a 'usage' key"):
         KEYS.parse_agg(gpu_key)
     with pytest.raises(ValueError, match=r"is not a 'gpu' key of \{other\}"):
         MeterKeys("other").parse_gpu(gpu_key)

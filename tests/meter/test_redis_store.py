@@ -66,9 +66,12 @@ async def test_the_indexes_are_pruned_past_the_retention(
     keys = MeterKeys(stores.namespace)
     store = stores.open(retention_s=600)
     await store.write(batch({key(T0 - 300): {"requests": 1}, key(T0): {"requests": 1}}))
+    # Buckets an older tokenyard indexed (before key and team) are pruned too, though never written now.
+    await raw.zadd(keys.legacy_agg_index, {"old-300": T0 - 300, "old": T0})
     clock.advance(400)
     await store.write(batch({key(T0 + 360): {"requests": 1}}))
     assert await raw.zrange(keys.agg_index, 0, -1) == [keys.agg(key(T0)), keys.agg(key(T0 + 360))]
+    assert await raw.zrange(keys.legacy_agg_index, 0, -1) == ["old"]
     # The old hash itself goes when its TTL (on Redis's clock) runs out.
     assert 0 < await raw.ttl(keys.agg(key(T0 - 300))) <= 660
 
@@ -178,7 +181,11 @@ async def test_data_under_the_keys_spelled_out_by_hand_reads_back(
     assert await store.get_document("advisor:advice") == b'{"v": 1}'
     assert not await store.try_lock("advisor", "replica-new", 30)
     await store.write(batch({key(tenant="team:a"): {"requests": 1}}, [accrual(BASE_MS)], batch_id="b 1"))
-    assert await raw.hget(bucket, "requests") == "4"
+    # Aggregates are written under the layout with key and team; the older bucket is read, never written.
+    assert await raw.hget(bucket, "requests") == "3"
+    assert await raw.hget(f"{p}:usage:{T0}:team%3Aa:llama:ded:dedicated:realtime::", "requests") == "1"
+    [(agg_key, fields)] = await store.aggregates(0, 2**31)  # one bucket, both layouts added up
+    assert (agg_key, fields["requests"], fields["prompt_tokens"]) == (key(tenant="team:a"), 4, 40)
     assert await raw.get(f"{p}:gpu:wm:ded") == str(BASE_MS)
     assert await raw.exists(f"{p}:batch:b%201", f"{p}:records:seq") == 1  # no record written: no counter
     await store.heartbeat("replica-a", 6)

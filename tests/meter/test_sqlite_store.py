@@ -68,3 +68,28 @@ async def test_a_file_from_before_new_fields_gains_them_at_zero(tmp_path: Path) 
     finally:
         await store.aclose()
     assert fields == {name: {"requests": 6, "le_inf": 1}.get(name, 0) for name in AGG_FIELDS}
+
+
+async def test_a_file_from_before_key_and_team_keeps_its_usage_under_neither(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE agg (minute INTEGER NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL,"
+            " backend TEXT NOT NULL, kind TEXT NOT NULL, mode TEXT NOT NULL,"
+            " requests INTEGER NOT NULL DEFAULT 0,"
+            " PRIMARY KEY (minute, tenant, model, backend, kind, mode))"
+        )
+        conn.execute("INSERT INTO agg VALUES (?, 'acme', 'llama', 'ded', 'dedicated', 'realtime', 5)", (T0,))
+    for reopened in range(2):  # the second open finds the table rebuilt already and leaves it be
+        store = SqliteMeterStore(path, retention_s=10**9, records_max=10)
+        try:
+            await store.write(
+                batch({key()._replace(key="ci-bot", team="ml"): {"requests": 1}}, batch_id=f"b{reopened}")
+            )
+            rows = {(k.key, k.team): fields["requests"] for k, fields in await store.aggregates(0, 2**31)}
+        finally:
+            await store.aclose()
+        assert rows == {("", ""): 5, ("ci-bot", "ml"): 1 + reopened}
+    with sqlite3.connect(path) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "agg_before_keys" not in tables

@@ -56,6 +56,7 @@ _FIRST_SHAPE = _ROW_WIDTH - len(SHAPE_FIELDS)  # each shape: requests, prompt, c
 _OUTPUT_BUCKETS = len(OUTPUT_EDGES) + 1
 
 TotalsKey = tuple[str, str, str, str, str]  # tenant, model, backend, kind, mode
+BucketKey = tuple[int, str, str, str, str, str, str, str]  # an AggKey's fields, as a plain tuple
 
 
 def add_record(row: list[int], record: UsageRecord) -> None:
@@ -84,14 +85,14 @@ def add_record(row: list[int], record: UsageRecord) -> None:
     row[at + 2] += record.completion_tokens
 
 
-def _fold_into(
-    totals: dict[TotalsKey, list[int]], aggregates: Mapping[tuple[int, str, str, str, str, str], list[int]]
-) -> None:
-    """Sum per-minute aggregate rows into per-label totals (the minute dropped)."""
+def _fold_into(totals: dict[TotalsKey, list[int]], aggregates: Mapping[BucketKey, list[int]]) -> None:
+    """Sum per-minute aggregate rows into per-label totals (the minute, key and team dropped: a label per
+    key would grow /metrics with every key made)."""
     for key, row in aggregates.items():
-        total = totals.get(key[1:])
+        labels = key[1:6]
+        total = totals.get(labels)
         if total is None:
-            totals[key[1:]] = list(row)
+            totals[labels] = list(row)
         else:
             for i, value in enumerate(row):
                 total[i] += value
@@ -123,7 +124,7 @@ class Meter:
         self.store = store
         self._wall = wall
         self._batch_ids = (f"{os.urandom(6).hex()}-{n}" for n in itertools.count())
-        self._aggregates: dict[tuple[int, str, str, str, str, str], list[int]] = {}
+        self._aggregates: dict[BucketKey, list[int]] = {}
         self._records: deque[UsageRecord] = deque()
         self._accruals: list[GpuAccrual] = []
         self._engine: dict[EngineKey, dict[str, int]] = {}
@@ -154,6 +155,8 @@ class Meter:
             record.backend,
             record.backend_kind,
             record.mode,
+            record.key_id,
+            record.team,
         )
         row = self._aggregates.get(key)
         if row is None:

@@ -105,6 +105,8 @@ class AggKey(NamedTuple):
     backend: str  # "" when no backend answered
     kind: str  # the backend's kind, "" likewise
     mode: str  # realtime | async
+    key: str = ""  # the caller's key (its config name or its id), "" when none was needed
+    team: str = ""  # the key's team, "" when it has none
 
 
 class GpuKey(NamedTuple):
@@ -189,6 +191,7 @@ class UsageRecord:
     cost_pusd: int = 0
     reason: str = ""  # why this mode: "default", "Prefer: respond-async", "key batch: async", ...
     key_id: str = ""  # the caller's key: its name in the config file or its id (never its secret)
+    team: str = ""  # the key's team when the request was made
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object (``cost_usd`` added for people; ``cost_pusd`` is exact)."""

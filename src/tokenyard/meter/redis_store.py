@@ -208,9 +208,10 @@ _WRITE_SCRIPT: Final = """
 -- KEYS[4] - the record log, zset: <seq><json> -> ts
 -- KEYS[5] - the record sequence counter, string
 -- KEYS[6] - the engine index, zset: hash key -> minute
--- KEYS[7 .. 6+A] - the hash of each of the A aggregate buckets, in the order of their ARGV below
--- KEYS[7+A .. 6+A+E] - the hash of each of the E engine buckets, likewise
--- KEYS[7+A+E ..] - per GPU accrual, in the order of their ARGV: its watermark (string), then the hash of
+-- KEYS[7] - the aggregate index of the layout before key and team, zset (pruned only: see keys.py)
+-- KEYS[8 .. 7+A] - the hash of each of the A aggregate buckets, in the order of their ARGV below
+-- KEYS[8+A .. 7+A+E] - the hash of each of the E engine buckets, likewise
+-- KEYS[8+A+E ..] - per GPU accrual, in the order of their ARGV: its watermark (string), then the hash of
 --   every minute the accrual can reach, oldest first (n_keys of them; keys left untouched are harmless)
 --
 -- ARGV[1] - now, unix s; buckets with minute < now - retention are dropped and pruned from the indexes
@@ -258,7 +259,7 @@ local ttl = int(retention + 60)
 local wm_slack = tonumber(ARGV[5])
 local n_agg, n_eng = tonumber(ARGV[7]), tonumber(ARGV[8])
 local n_gpu, n_rec = tonumber(ARGV[9]), tonumber(ARGV[10])
-local a, k = 11, 7  -- cursors into ARGV and KEYS
+local a, k = 11, 8  -- cursors into ARGV and KEYS
 
 for _ = 1, n_agg do
   local n = tonumber(ARGV[a + 1])
@@ -339,6 +340,7 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. int(cutoff))
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. int(cutoff))
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. int(cutoff))
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. int(cutoff))
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[4])
 return 1
 """
@@ -418,12 +420,22 @@ class RedisMeterStore(RedisBacked):
             await self._write_script(keys=keys, args=args)
 
     async def aggregates(self, start_minute: int, end_minute: int) -> list[tuple[AggKey, dict[str, int]]]:
-        """Every aggregate bucket with ``start_minute <= minute < end_minute``."""
+        """Every aggregate bucket with ``start_minute <= minute < end_minute``, those written before the key
+        and team dimensions included (with neither)."""
 
         def parse(name: str, fields: dict[str, str]) -> tuple[AggKey, dict[str, int]]:
             return AggKey(*self.keys.parse_agg(name)), {f: int(fields.get(f, 0)) for f in AGG_FIELDS}
 
-        return await self._buckets(self.keys.agg_index, start_minute, end_minute, parse)
+        found = await self._buckets(self.keys.agg_index, start_minute, end_minute, parse)
+        legacy = await self._buckets(self.keys.legacy_agg_index, start_minute, end_minute, parse)
+        if not legacy:
+            return found
+        merged = dict(found)  # one bucket per key, as readers expect: a minute in both layouts adds up
+        for key, fields in legacy:
+            held = merged.setdefault(key, dict.fromkeys(AGG_FIELDS, 0))
+            for name, value in fields.items():
+                held[name] += value
+        return list(merged.items())
 
     async def gpu(self, start_minute: int, end_minute: int) -> list[tuple[GpuKey, dict[str, int]]]:
         """Every GPU accrual bucket with ``start_minute <= minute < end_minute``."""
@@ -582,8 +594,8 @@ class RedisMeterStore(RedisBacked):
     def _script_call(self, batch: FlushBatch) -> tuple[list[str], list[str | int | bytes]]:
         """The write script's KEYS and ARGV for a batch (layout documented in the script)."""
         keys = [self.keys.batch(batch.id), self.keys.agg_index, self.keys.gpu_index, self.keys.records]
-        keys += [self.keys.record_seq, self.keys.engine_index]
-        types = "szzzsz"  # each key's Redis type, so the script can refuse foreign data up front
+        keys += [self.keys.record_seq, self.keys.engine_index, self.keys.legacy_agg_index]
+        types = "szzzszz"  # each key's Redis type, so the script can refuse foreign data up front
         # Only known, non-zero fields travel (reads fill in the zeros), and only buckets that have some.
         buckets = [(agg_key, _increments(fields)) for agg_key, fields in batch.aggregates.items()]
         buckets = [(agg_key, present) for agg_key, present in buckets if present]

@@ -37,7 +37,7 @@ MINUTE_MS: Final = 60_000
 MS_PER_HOUR: Final = 3_600_000
 BATCH_MEMORY_S: Final = 86_400  # how long an applied batch id is remembered
 
-_DIMS: Final = ("tenant", "model", "backend", "kind", "mode")
+_DIMS: Final = ("tenant", "model", "backend", "kind", "mode", "key_id", "team")  # an AggKey's, minute aside
 
 
 def _columns(fields: Sequence[str]) -> str:
@@ -75,12 +75,14 @@ def _engine_upsert() -> str:
     )
 
 
-_SCHEMA: Final = f"""
-CREATE TABLE IF NOT EXISTS agg (
+_AGG_TABLE: Final = f"""CREATE TABLE {{table}} (
     minute INTEGER NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL, backend TEXT NOT NULL,
-    kind TEXT NOT NULL, mode TEXT NOT NULL, {_columns(AGG_FIELDS)},
-    PRIMARY KEY (minute, tenant, model, backend, kind, mode)
-) WITHOUT ROWID;
+    kind TEXT NOT NULL, mode TEXT NOT NULL, key_id TEXT NOT NULL DEFAULT '', team TEXT NOT NULL DEFAULT '',
+    {_columns(AGG_FIELDS)},
+    PRIMARY KEY (minute, tenant, model, backend, kind, mode, key_id, team)
+) WITHOUT ROWID;"""
+_SCHEMA: Final = f"""
+{_AGG_TABLE.format(table="IF NOT EXISTS agg")}
 CREATE TABLE IF NOT EXISTS gpu (
     minute INTEGER NOT NULL, backend TEXT NOT NULL, {_columns(GPU_FIELDS)},
     PRIMARY KEY (minute, backend)
@@ -377,7 +379,9 @@ class SqliteMeterStore(SqliteWorker):
         return await self._run(_in_transaction(lambda conn: [_budget_count(conn, h, now) for h in holds]))
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        """A file written by an older tokenyard lacks the fields added since; they start at 0."""
+        """A file written by an older tokenyard lacks the fields added since; they start at 0. Its
+        aggregates lack the key and team dimensions, which are in the primary key: the table is rebuilt
+        (its rows kept, with no key and no team), in one transaction."""
         for table, fields in (("agg", AGG_FIELDS), ("gpu", GPU_FIELDS), ("engine", tuple(ENGINE_FIELDS))):
             present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             for name in fields:
@@ -386,6 +390,19 @@ class SqliteMeterStore(SqliteWorker):
                         _engine_column(name) if table == "engine" else f'"{name}" INTEGER NOT NULL DEFAULT 0'
                     )
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        conn.execute("BEGIN IMMEDIATE")  # another process opening the same file waits, then finds it done
+        try:
+            if "key_id" not in {row[1] for row in conn.execute("PRAGMA table_info(agg)")}:
+                kept = ", ".join(["minute", *_DIMS[:5], *(f'"{f}"' for f in AGG_FIELDS)])
+                conn.execute("ALTER TABLE agg RENAME TO agg_before_keys")
+                conn.execute(_AGG_TABLE.format(table="agg"))
+                conn.execute(f"INSERT INTO agg ({kept}) SELECT {kept} FROM agg_before_keys")
+                conn.execute("DROP TABLE agg_before_keys")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _write(self, conn: sqlite3.Connection, batch: FlushBatch) -> None:
         now = self._clock()

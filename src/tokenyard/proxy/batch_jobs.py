@@ -36,7 +36,9 @@ def batch_usage(
     wall: Callable[[], float],
 ) -> UsageRecord:
     """The meter's record of a job a provider batch answered: at the batch backend's prices."""
-    exchange = Exchange(request_id, job.tenant, job.model, orjson.loads(job.body), clock(), key_id=job.key_id)
+    exchange = Exchange(
+        request_id, job.tenant, job.model, orjson.loads(job.body), clock(), key_id=job.key_id, team=job.team
+    )
     exchange.mode, exchange.reason, exchange.route = "async", job.reason, "provider_batch"
     exchange.backend, exchange.status = backend, status
     exchange.usage_api = ENDPOINTS[job.endpoint].name  # a batch answers in the job's own API

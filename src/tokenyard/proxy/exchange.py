@@ -44,6 +44,7 @@ class Exchange:
     tried: set[str] = field(default_factory=set)
     last_error: UpstreamError | None = None
     key_id: str = ""  # the caller's key name (never its secret): spans, and upstreams that take identity
+    team: str = ""  # the key's team ("" when it has none): usage is grouped by it
     trace: Trace | None = None  # None: not traced
     # The usage once worked out: the latency sample and the meter's record share it (a whole answer's body
     # is parsed once, however large).
@@ -107,4 +108,5 @@ class Exchange:
             cost_pusd=cost,
             reason=self.reason,
             key_id=self.key_id,
+            team=self.team,
         )

@@ -186,6 +186,7 @@ class Proxy:
             started,
             reason=decision.reason if decision is not None else "default",
             key_id=principal.key_name,
+            team=principal.team or "",
         )
         exchange.trace = trace
         planned = self.planned.get(model)
@@ -362,7 +363,13 @@ class Proxy:
         backends = self.models.get(job.model, []) if only is None else only
         request_id = job.request_id or new_request_id()
         exchange = Exchange(
-            request_id, job.tenant, job.model, orjson.loads(job.body), self.clock(), key_id=job.key_id
+            request_id,
+            job.tenant,
+            job.model,
+            orjson.loads(job.body),
+            self.clock(),
+            key_id=job.key_id,
+            team=job.team,
         )
         if self.tracer is not None and job.traceparent:  # in the trace of the request that queued it
             exchange.trace = self.tracer.resume(job.traceparent, path, self.wall(), endpoint.name)

@@ -239,7 +239,7 @@ class BatchApi:
             for index, (custom_id, model, body) in enumerate(lines):
                 job_id = f"job_{batch['id']}_{index}"
                 job = Job(job_id, who.tenant, model, endpoint, body, now, now + WINDOW_S, reason="Batch API",
-                          key_id=who.key_name)  # fmt: skip
+                          key_id=who.key_name, team=who.team or "")  # fmt: skip
                 await self.store.enqueue(job)
                 batch["lines"].append([custom_id, job_id])
             batch["request_counts"]["total"] = len(lines)

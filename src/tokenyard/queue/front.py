@@ -136,6 +136,7 @@ class AsyncFront:
             request_id=dict(id_header).get(wire.H_REQUEST_ID, b"").decode(),
             key_id=principal.key_name,
             traceparent=traceparent,
+            team=principal.team or "",
         )
         try:
             await self.store.enqueue(job)

@@ -170,7 +170,7 @@ class MessageBatchApi:
         for index, (custom_id, model, body) in enumerate(checked):
             job_id = f"job_{batch_id}_{index}"
             job = Job(job_id, who.tenant, model, anthropic.MESSAGES_PATH, body, now, now + WINDOW_S,
-                      reason="message batch", key_id=who.key_name)  # fmt: skip
+                      reason="message batch", key_id=who.key_name, team=who.team or "")  # fmt: skip
             await self.store.enqueue(job)
             batch["requests"].append([custom_id, job_id])
         self.wake()

@@ -58,6 +58,7 @@ class Job:
     request_id: str = ""  # the id of the request that made it (none for a Batch API line)
     key_id: str = ""  # the name of the key that made it (never its secret)
     traceparent: str = ""  # the W3C trace context of the request that made it (its spans join that trace)
+    team: str = ""  # the key's team when it was made ("" when it has none)
 
     def dumps(self) -> bytes:
         """The job as the stores keep it."""

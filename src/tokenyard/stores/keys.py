@@ -7,8 +7,11 @@ The meter's keys (``MeterKeys``) percent-encode each dimension (``quote(safe="")
 inside one and names with ':', '%', spaces or any Unicode round-trip exactly. Minutes are unix seconds at the
 start of the minute. TTLs: hashes retention + 60 s, watermarks max_gap_ms + a day, batch markers a day::
 
-    {p}:agg:<minute>:<tenant>:<model>:<backend>:<kind>:<mode>  hash    AGG_FIELDS -> int
-    {p}:agg:idx                                                zset    aggregate hash key -> its minute
+    {p}:usage:<minute>:<tenant>:<model>:<backend>:<kind>:<mode>:<key>:<team>
+                                                               hash    AGG_FIELDS -> int
+    {p}:usage:idx                                              zset    aggregate hash key -> its minute
+    {p}:agg:<minute>:<tenant>:<model>:<backend>:<kind>:<mode>  hash    (before key and team: read, pruned,
+    {p}:agg:idx                                                zset     never written; see below)
     {p}:gpu:<minute>:<backend>                                 hash    GPU_FIELDS -> int
     {p}:gpu:idx                                                zset    GPU hash key -> its minute
     {p}:gpu:wm:<backend>                                       string  GPU watermark, unix ms
@@ -27,6 +30,12 @@ start of the minute. TTLs: hashes retention + 60 s, watermarks max_gap_ms + a da
     {p}:budget:<id>                                            hash    bucket (unix s) -> nano-USD spent
     {p}:budget:<id>:held                                       zset    reservation -> until (unix s)
     {p}:budget:<id>:amounts                                    hash    reservation -> nano-USD held
+
+Aggregates gained the key and team dimensions under a new name (``usage``) rather than by lengthening
+``agg`` keys, so that replicas of both versions share one Redis during a rolling upgrade: an older replica
+still writes and reads ``agg`` (missing the newer replicas' usage until it is upgraded, never failing on
+keys it cannot parse); a newer one writes ``usage``, reads both (``agg`` buckets with no key or team) and
+prunes both indexes. The ``agg`` buckets are gone once the retention has passed.
 
 The record log is a sorted set scored by the record's own ``ts`` (not a stream): records arrive out of order
 (replicas flush independently; a meter holds batches while the store is down), and a score gives exact
@@ -56,11 +65,13 @@ from urllib.parse import quote, unquote
 # it with the same width: "%016d").
 RECORD_SEQ_DIGITS: Final = 16
 
-_AGG_DIMS: Final = 5  # tenant, model, backend, kind, mode (every field of an AggKey but the minute)
+_AGG_DIMS: Final = 7  # tenant, model, backend, kind, mode, key, team: an AggKey's fields but the minute
+_LEGACY_AGG_DIMS: Final = 5  # an ``agg`` bucket's: no key, no team
 _GLOB_SPECIAL: Final = "\\*?[]"
 
 # What the builders take and the parsers return: the meter's AggKey and GpuKey are these tuples (named).
-AggParts = tuple[int, str, str, str, str, str]  # minute, tenant, model, backend, kind, mode
+# minute, tenant, model, backend, kind, mode, key, team
+AggParts = tuple[int, str, str, str, str, str, str, str]
 GpuParts = tuple[int, str]  # minute, backend
 EngineParts = tuple[int, str]  # minute, backend
 
@@ -94,6 +105,7 @@ class MeterKeys:
         "gpu_index",
         "key_version",
         "keys",
+        "legacy_agg_index",
         "members",
         "prefix",
         "record_seq",
@@ -103,7 +115,8 @@ class MeterKeys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.base = hash_tag(prefix)
-        self.agg_index = f"{self.base}:agg:idx"
+        self.agg_index = f"{self.base}:usage:idx"
+        self.legacy_agg_index = f"{self.base}:agg:idx"
         self.gpu_index = f"{self.base}:gpu:idx"
         self.engine_index = f"{self.base}:eng:idx"
         self.records = f"{self.base}:records"
@@ -115,15 +128,20 @@ class MeterKeys:
     def agg(self, key: AggParts) -> str:
         """The hash of one aggregate bucket."""
         dims = ":".join(_dim(dim) for dim in key[1:])
-        return f"{self.base}:agg:{key[0]}:{dims}"
+        return f"{self.base}:usage:{key[0]}:{dims}"
 
     def parse_agg(self, name: str) -> AggParts:
-        """The bucket an aggregate hash key belongs to (``ValueError`` if it is not one)."""
-        parts = self._strip(name, "agg").split(":")
-        if len(parts) != 1 + _AGG_DIMS:
-            raise ValueError(f"{name!r} is not an 'agg' key")
-        tenant, model, backend, kind, mode = (unquote(part) for part in parts[1:])
-        return int(parts[0]), tenant, model, backend, kind, mode
+        """The bucket an aggregate hash key belongs to, a ``usage`` key or an older ``agg`` one (no key, no
+        team); ``ValueError`` if it is neither."""
+        legacy = name.startswith(f"{self.base}:agg:")
+        parts = self._strip(name, "agg" if legacy else "usage").split(":")
+        if len(parts) != 1 + (_LEGACY_AGG_DIMS if legacy else _AGG_DIMS):
+            raise ValueError(f"{name!r} is not an aggregate key")
+        dims = [unquote(part) for part in parts[1:]]
+        if legacy:
+            dims += ["", ""]
+        tenant, model, backend, kind, mode, key_id, team = dims
+        return int(parts[0]), tenant, model, backend, kind, mode, key_id, team
 
     def gpu(self, key: GpuParts) -> str:
         """The hash of one GPU accrual bucket."""

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
+from pydantic import ValidationError
 
+from tokenyard.admission.managed_keys import ManagedKey
 from tokenyard.config import TokenyardConfig, load_config
 from tokenyard.errors import ConfigError, OptionalDependencyMissing, StoreError
 from tokenyard.meter.engine_usage import ENGINE_MAX_GAP_S, EngineUsage, engine_window
@@ -63,7 +66,8 @@ def _add_window(parser: argparse.ArgumentParser, default_since: str) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    """Print spend by mode, backend kind, backend, model and tenant; dedicated utilization; async savings."""
+    """Print spend by mode, backend kind, backend, model, tenant, team and key; dedicated utilization; async
+    savings."""
     return _run(args, _report)
 
 
@@ -124,8 +128,10 @@ async def _report(
         aggregates = await store.aggregates(start, end)
         gpu = await store.gpu(start, end)
         engine = engine_window(await store.engine(start - ENGINE_MAX_GAP_S, end), start, end)
+        _, stored_keys = await store.all_keys()
     finally:
         await store.aclose()
+    key_names = _key_names(stored_keys)
     when = f"{_iso(start)} → {_iso(end)}"
     print(f"tokenyard usage {when}  (store: {redacted(config.meter.store)})\n", file=out)
     total = report.totals(report.summarize(aggregates, gpu, group_by=[], granularity="total"))
@@ -136,11 +142,12 @@ async def _report(
         f"GPU ${total['gpu_cost_usd']:,.4f})\n",
         file=out,
     )
-    for dimension in ("mode", "kind", "backend", "model", "tenant"):
+    for dimension in ("mode", "kind", "backend", "model", "tenant", "team", "key"):
         rows = report.summarize(aggregates, gpu, group_by=[dimension], granularity="total")
+        label = key_names.get if dimension == "key" else None
         table = [
             [
-                row.group[0] or "(none)",
+                (label(row.group[0], row.group[0]) if label else row.group[0]) or "(none)",
                 f"{row.counts['requests']:,}",
                 f"{row.counts['errors']:,}",
                 f"{row.counts['prompt_tokens']:,}",
@@ -277,6 +284,16 @@ async def _export_focus(
         await asyncio.to_thread(Path(args.out).write_bytes, data)
     print(f"exported {len(rows):,} FOCUS rows, {_iso(start)} → {_iso(end)}", file=sys.stderr)
     return 0
+
+
+def _key_names(bodies: list[bytes]) -> dict[str, str]:
+    """Managed keys' ids to ``name (id)``, for people (a config key is grouped by its name already)."""
+    names = {}
+    for body in bodies:
+        with contextlib.suppress(ValidationError):  # a record no tokenyard wrote: shown by its id
+            key = ManagedKey.model_validate_json(body)
+            names[key.id] = f"{key.name} ({key.id})"
+    return names
 
 
 def _aggregate_json(key: AggKey, fields: dict[str, int]) -> dict[str, Any]:

@@ -341,6 +341,8 @@ def _row(charge: Charge, account: str) -> FocusRow:
         f"{TAG_PREFIX}model": key.model,
         f"{TAG_PREFIX}mode": key.mode,
         f"{TAG_PREFIX}backend_kind": key.kind,
+        **({f"{TAG_PREFIX}key": key.key} if key.key else {}),  # its config name or its id, never its secret
+        **({f"{TAG_PREFIX}team": key.team} if key.team else {}),
         **charge.tags,
     }
     return {

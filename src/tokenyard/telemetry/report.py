@@ -2,7 +2,9 @@
 
 Used by the JSON usage API and ``tokenyard report``. A dedicated backend's GPU cost is attributed to the
 rows that used it in each period by their share of its tokens; a period in which it served nothing leaves
-its cost unattributed (idle, shown under tenant/model ``(idle)``).
+its cost unattributed (idle, shown under tenant/model/key/team ``(idle)``). Usage is grouped by key (its
+config name or its id) and team as the request found them; usage stored before those dimensions existed
+has neither ("").
 
 Where a backend's engine reports on itself (``metrics_url``), its own figures win: utilization from the
 engine's busy time where it has one (SGLang, TGI), else tokenyard's busy slot-time; $/1M tokens from the
@@ -25,7 +27,7 @@ from tokenyard.meter.engine_usage import EngineUsage, engine_periods
 from tokenyard.meter.model import PUSD_PER_USD, AggKey, GpuKey
 from tokenyard.meter.pricing import token_prices
 
-DIMENSIONS = ("tenant", "model", "backend", "kind", "mode")
+DIMENSIONS = ("tenant", "model", "backend", "kind", "mode", "key", "team")  # an AggKey's, minute aside
 GRANULARITY_S = {"minute": 60, "hour": 3600, "day": 86400, "total": 0}
 IDLE = "(idle)"
 _SUMMED = (
@@ -277,7 +279,8 @@ def _attribute_gpu(
             for r in rows:
                 r.gpu_cost_usd += cost_usd * r.tokens / tokens
         else:
-            idle.append(Row(period, (IDLE, IDLE, backend, "dedicated", "realtime"), gpu_cost_usd=cost_usd))
+            group = (IDLE, IDLE, backend, "dedicated", "realtime", IDLE, IDLE)
+            idle.append(Row(period, group, gpu_cost_usd=cost_usd))
     return idle
 
 
