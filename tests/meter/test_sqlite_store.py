@@ -51,8 +51,9 @@ async def test_a_closed_store_is_unavailable(tmp_path: Path) -> None:
         await store.ping()
 
 
-async def test_a_file_from_before_new_fields_gains_them_at_zero(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite3"
+def old_file(folder: Path) -> Path:
+    """A file as an early tokenyard wrote it: aggregates with one field and no key or team, 5 requests."""
+    path = folder / "old.sqlite3"
     with sqlite3.connect(path) as conn:
         conn.execute(
             "CREATE TABLE agg (minute INTEGER NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL,"
@@ -61,6 +62,11 @@ async def test_a_file_from_before_new_fields_gains_them_at_zero(tmp_path: Path) 
             " PRIMARY KEY (minute, tenant, model, backend, kind, mode))"
         )
         conn.execute("INSERT INTO agg VALUES (?, 'acme', 'llama', 'ded', 'dedicated', 'realtime', 5)", (T0,))
+    return path
+
+
+async def test_a_file_from_before_new_fields_gains_them_at_zero(tmp_path: Path) -> None:
+    path = old_file(tmp_path)
     store = SqliteMeterStore(path, retention_s=10**9, records_max=10)
     try:
         await store.write(batch({key(): {"requests": 1, "le_inf": 1}}))
@@ -71,15 +77,7 @@ async def test_a_file_from_before_new_fields_gains_them_at_zero(tmp_path: Path) 
 
 
 async def test_a_file_from_before_key_and_team_keeps_its_usage_under_neither(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite3"
-    with sqlite3.connect(path) as conn:
-        conn.execute(
-            "CREATE TABLE agg (minute INTEGER NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL,"
-            " backend TEXT NOT NULL, kind TEXT NOT NULL, mode TEXT NOT NULL,"
-            " requests INTEGER NOT NULL DEFAULT 0,"
-            " PRIMARY KEY (minute, tenant, model, backend, kind, mode))"
-        )
-        conn.execute("INSERT INTO agg VALUES (?, 'acme', 'llama', 'ded', 'dedicated', 'realtime', 5)", (T0,))
+    path = old_file(tmp_path)
     for reopened in range(2):  # the second open finds the table rebuilt already and leaves it be
         store = SqliteMeterStore(path, retention_s=10**9, records_max=10)
         try:
