@@ -1,8 +1,8 @@
 """Budgets that hold: a hard budget under concurrent load over three replicas on one Redis is never passed
 by more than the documented bound; a dedicated backend's GPU cost counts; a spent budget answers OpenAI's
-``insufficient_quota``, or sends requests down the async track at batch prices; and the Batch API refuses
-new batches while it is spent. Proxies are real processes, clients the official ``openai`` SDK, upstreams
-the simulator.
+``insufficient_quota``, or sends requests down the async track at batch prices; and async requests
+reserve their worst case too (batches: ``test_budget_async.py``). Proxies are real processes, clients the
+official ``openai`` SDK, upstreams the simulator.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import openai
-import orjson
 import pytest
 
 from tests.support.config import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, backend
@@ -221,6 +220,7 @@ async def test_a_spent_budget_that_says_async_sends_requests_down_the_async_trac
         assert answer.status_code == 200
         assert answer.parse().choices[0].message.content
         assert answer.headers["x-tokenyard-mode-reason"] == "budget: key team-a's 30d budget is spent"
+        assert float(answer.headers["x-tokenyard-budget-remaining-usd"]) < limit  # a held answer says it too
         assert spent_realtime <= limit
         with pytest.raises(openai.RateLimitError, match="budget"):
             await ask(proxy, stream=True)
@@ -249,62 +249,19 @@ async def test_a_spent_budget_that_says_async_sends_requests_down_the_async_trac
         await eventually(billed)
 
 
-async def test_async_requests_are_charged_when_answered_and_refused_once_a_rejecting_budget_is_spent(
+async def test_async_requests_reserve_their_worst_case_and_are_refused_once_a_rejecting_budget_cannot_hold_it(
     sims: dict[str, Any], tmp_path: Path
 ) -> None:
-    """An async request reserves nothing (nobody waits on its price): it is charged when it is answered,
-    so async work can pass a budget by what was queued before it was spent; from then on it is refused."""
-    cfg = config(sims, sqlite_url(tmp_path / "m.sqlite3"), key=[{"limit_usd": 0.0001}])
+    """An async request reserves its worst case (~$0.000222 here) when it is queued, replaced by what it cost
+    (~$0.000215) when it is answered: two fit in $0.0005 one after the other, a third does not, whether or
+    not the second's charge has landed (it counts at least its cost either way)."""
+    cfg = config(sims, sqlite_url(tmp_path / "m.sqlite3"), key=[{"limit_usd": 0.0005}])
     async with running_proxy(cfg, tmp_path) as proxy:
-        held = await ask(proxy, extra_headers={"x-tokenyard-mode": "async"})  # ~$0.000215, answered
-        assert held.headers["x-tokenyard-mode"] == "async"
-
-        async def spent() -> None:
-            try:
-                await ask(proxy, extra_headers={"x-tokenyard-mode": "async"})
-            except openai.RateLimitError as exc:
-                message = exc.message
-            else:
-                raise AssertionError("an async request was taken past the spent budget")
-            assert "key team-a's 30d budget of $0.000100 is spent" in message
-
-        await eventually(spent)
-        assert "is spent" in (await refused(proxy)).message
-
-
-async def test_the_batch_api_refuses_a_new_batch_while_the_budget_is_spent(
-    sims: dict[str, Any], tmp_path: Path
-) -> None:
-    cfg = config(sims, sqlite_url(tmp_path / "m.sqlite3"), key=[{"limit_usd": 0.0003}])
-    async with running_proxy(cfg, tmp_path) as proxy, proxy.client() as client:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
-        lines = b"".join(
-            orjson.dumps(
-                {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
-            )
-            + b"\n"
-            for i in range(3)
-        )
-        uploaded = await client.files.create(file=("in.jsonl", lines), purpose="batch")
-        first = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-
-        async def done() -> None:
-            batch = await client.batches.retrieve(first.id)
-            assert batch.status == "completed", batch
-
-        await eventually(done, timeout_s=30)
-
-        async def charged() -> None:
-            try:
-                await client.batches.create(
-                    input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-                )
-            except openai.RateLimitError as exc:
-                body = exc.body
-            else:
-                raise AssertionError("a new batch was taken past the spent budget")
-            assert body["code"] == "insufficient_quota"  # type: ignore[index]
-
-        await eventually(charged)  # the batch's three answers (~$0.0003) were charged when they came
+        for _ in range(2):
+            held = await ask(proxy, extra_headers={"x-tokenyard-mode": "async"})
+            assert held.headers["x-tokenyard-mode"] == "async"
+        with pytest.raises(openai.RateLimitError) as raised:
+            await ask(proxy, extra_headers={"x-tokenyard-mode": "async"})
+        assert "key team-a's 30d budget of $0.000500 has $0.0000" in raised.value.message
+        assert "less than this request may cost" in raised.value.message
+        assert "less than this request may cost" in (await refused(proxy)).message

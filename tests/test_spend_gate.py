@@ -1,21 +1,23 @@
 """Budget round trips shared under load: calls made while one is on its way go together in the next, an
-idle call goes at once, and a failed trip tells exactly its callers; and a gate whose store is away serves
-or refuses as ``budgets.when_store_down`` says."""
+idle call goes at once, and a failed trip tells exactly its callers; a gate whose store is away serves
+or refuses as ``budgets.when_store_down`` says; and async work is refused only by a budget that rejects."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.support.net import free_port
+from tests.support.stores import opened_meter_store
 from tokenyard.admission.auth import Principal
 from tokenyard.config import TokenyardConfig
 from tokenyard.errors import StoreUnavailable
 from tokenyard.live import LiveConfig
 from tokenyard.meter.redis_store import RedisMeterStore
-from tokenyard.proxy.spend import Admitted, Coalesced, DedicatedRates, SpendGate
+from tokenyard.proxy.spend import Admitted, Coalesced, DedicatedRates, OverBudget, SpendGate
 
 
 async def settle_loop() -> None:
@@ -128,3 +130,38 @@ async def test_with_the_store_away_budgets_that_say_refuse_answer_503() -> None:
     assert raised.value.status_code == 503
     assert gate.store is not None
     await gate.store.aclose()
+
+
+# -- async work -------------------------------------------------------------------------------------------
+
+
+async def test_async_work_is_refused_only_by_a_budget_that_rejects_and_counted_by_one_that_says_async(
+    tmp_path: Path,
+) -> None:
+    """A tenant's $1 budget that sends its refused requests down the async track cannot refuse async work:
+    it counts it, past its limit if need be. The team's $2 budget that rejects refuses it."""
+    config = TokenyardConfig.model_validate(
+        {
+            "backends": {"api": {"kind": "serverless", "base_url": "http://127.0.0.1:9"}},
+            "models": {"m": {"deployments": ["api"]}},
+            "budgets": {
+                "tenants": {"acme": [{"limit_usd": 1, "on_exceeded": "async"}]},
+                "teams": {"search": [{"limit_usd": 2}]},
+            },
+        }
+    )
+    async with opened_meter_store("sqlite", tmp_path) as store:
+        live = LiveConfig(config, async_track_runs=False)
+        gate = SpendGate(store, live, {}, DedicatedRates(None, {}, wall=time.time), wall=time.time)
+        lines = gate.lines(Principal("acme", None, "k", team="search"))
+        usd = 10**12  # pico-USD
+        queued = await gate.admit(lines, "job-1", 3 * usd // 2, lasts_s=60, queued=True)
+        assert isinstance(queued, Admitted), "past the tenant's $1, which only counts async work"
+        assert await store.counted(queued.holds, time.time()) == [1_500_000_000] * 2
+        realtime = await gate.admit(lines, "req-1", usd // 10)
+        assert isinstance(realtime, OverBudget)
+        assert (realtime.line.holder, realtime.line.budget.on_exceeded) == ("tenant acme", "async")
+        refused = await gate.admit(lines, "job-2", usd, lasts_s=60, queued=True)
+        assert isinstance(refused, OverBudget)
+        assert refused.line.holder == "team search"
+        assert "less than this request may cost ($1.00)" in refused.error().message

@@ -45,7 +45,7 @@ from tokenyard.meter.model import (
     merge_engine_fields,
 )
 from tokenyard.meter.store import MeterStore, UsageStore
-from tokenyard.stores.protocols import BudgetHold, BudgetStore, Lifecycle, Reserved
+from tokenyard.stores.protocols import BudgetHold, BudgetStore, Lifecycle, Reserved, Settlement
 
 ALL_TIME = (0, 2**31)
 
@@ -456,10 +456,16 @@ async def reserve(
 
 
 async def settle(
-    store: BudgetStore, holds: list[BudgetHold], reservation: str, spent: int, *, now: float
+    store: BudgetStore,
+    holds: list[BudgetHold],
+    reservation: str,
+    spent: int,
+    *,
+    now: float,
+    draw_down: bool = False,
 ) -> list[int]:
     """One settlement, alone in its round trip."""
-    return await store.settle_many([(holds, reservation, spent)], now)
+    return await store.settle_many([Settlement(holds, reservation, spent, draw_down)], now)
 
 
 class TestBudgetStore:
@@ -538,9 +544,55 @@ class TestBudgetStore:
             Reserved(False, 0, [30]),
             Reserved(True, None, [50, 50]),
         ]
-        counts = await store.settle_many([([key, tenant], "r1", 10), ([key, tenant], "r3", 0)], now=T0)
+        counts = await store.settle_many(
+            [Settlement([key, tenant], "r1", 10), Settlement([key, tenant], "r3", 0)], now=T0
+        )
         assert counts == [30, 30, 10, 10]
         assert await store.counted([key, tenant], now=T0) == [10, 10]
+
+    async def test_a_batch_hold_is_drawn_down_by_each_answer_never_below_0_and_let_go_at_the_end(
+        self, stores: Stores
+    ) -> None:
+        """A batch reserves its lines' worst case at once; each line's answer adds what it spent and takes
+        as much off the hold, so every nano-dollar counts once; the rest is released when the batch ends."""
+        a, b = stores.open(), stores.open()
+        key, tenant = hold("key:k1:30d", 1000), hold("tenant:acme:day", 1000)
+        both = [key, tenant]
+        assert (await reserve(a, both, "batch:b1", 300, until=T0 + 86400, now=T0)).taken
+        assert await settle(b, both, "batch:b1", 120, now=T0 + 1, draw_down=True) == [300, 300], (
+            "120 spent, 180 still held"
+        )
+        assert await settle(a, both, "batch:b1", 100, now=T0 + 2, draw_down=True) == [300, 300]
+        assert await settle(b, both, "batch:b1", 130, now=T0 + 3, draw_down=True) == [350, 350], (
+            "a line past the hold's rest: the hold stops at 0, the spend counts in full"
+        )
+        assert await settle(a, both, "batch:b1", 10, now=T0 + 4, draw_down=True) == [360, 360]
+        assert await reserve(b, both, "r1", 640, until=T0 + 60, now=T0 + 5) == Reserved(
+            True, None, [1000, 1000]
+        )
+        await settle(b, both, "r1", 0, now=T0 + 6)
+        assert await settle(a, both, "batch:b1", 0, now=T0 + 7) == [360, 360], "released: nothing was left"
+        assert await settle(b, both, "batch:b1", 40, now=T0 + 8, draw_down=True) == [400, 400], (
+            "a line answered after the batch ended draws nothing down and still counts"
+        )
+
+    async def test_a_batch_hold_released_early_leaves_only_what_was_spent(self, store: MeterStore) -> None:
+        budget = [hold(limit=1000)]
+        await reserve(store, budget, "batch:b1", 600, until=T0 + 86400, now=T0)
+        await settle(store, budget, "batch:b1", 50, now=T0 + 1, draw_down=True)
+        assert await store.counted(budget, now=T0 + 1) == [600]
+        assert await settle(store, budget, "batch:b1", 0, now=T0 + 2) == [50], "cancelled: the rest goes"
+        assert await store.counted(budget, now=T0 + 3) == [50]
+
+    async def test_a_drawn_down_hold_still_lapses_at_its_time(self, store: MeterStore) -> None:
+        budget = [hold(limit=1000)]
+        await reserve(store, budget, "batch:b1", 600, until=T0 + 100, now=T0)
+        assert await settle(store, budget, "batch:b1", 200, now=T0 + 50, draw_down=True) == [600]
+        assert await store.counted(budget, now=T0 + 100) == [600], "held until its time, inclusive"
+        assert await store.counted(budget, now=T0 + 101) == [200], "nobody ended the batch: it lapsed"
+        assert await settle(store, budget, "batch:b1", 30, now=T0 + 102, draw_down=True) == [230], (
+            "a lapsed hold is not brought back by a line drawing it down"
+        )
 
     async def test_replicas_racing_for_the_last_of_a_budget_never_pass_it(self, stores: Stores) -> None:
         replicas = [stores.open() for _ in range(4)]

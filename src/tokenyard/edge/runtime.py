@@ -292,7 +292,13 @@ async def start_runtime(
         capacity=planner,
         reload_here=reload_here,
         reload_everywhere=reload_everywhere,
-        responses=StoredResponses(proxy.response_owners, backends, door.jobs if door else None, wall),
+        responses=StoredResponses(
+            proxy.response_owners,
+            backends,
+            door.jobs if door else None,
+            wall,
+            let_go=proxy.spend.let_go if proxy.spend is not None else None,
+        ),
         plan=plan,
     )
 
@@ -358,10 +364,11 @@ def _open_door(
     stack.push_async_callback(jobs.aclose)
     new_work = asyncio.Event()  # the front and the Batch API set it; the dispatcher ticks at once
 
-    def billed(record: UsageRecord) -> None:
-        """A job's answer, metered once, and counted against its key's budgets."""
+    def billed(job: Job, record: UsageRecord) -> None:
+        """A job's answer, metered once, and counted against its key's budgets (drawing its batch's hold
+        down, if it is a batch's line)."""
         meter.record(record)
-        spend.charge(live.current.keys.named(record.key_id), record)
+        spend.charge(live.current.keys.named(record.key_id), record, draw_from=job.budget_hold)
 
     front = AsyncFront(jobs, live.async_track, wall=wall, run_now=run_now, record=billed, wake=new_work.set)
     stack.push_async_callback(front.aclose)  # before the job store closes
@@ -429,14 +436,14 @@ def _start_async_track(
         wake=door.new_work.set,
         max_body_bytes=config.server.max_body_bytes,  # the start-up limit, as the proxy's own
         wall=wall,
-        spent=proxy.spend.refusal if proxy.spend is not None else None,
+        budgets=proxy.spend,
     )
     message_batches = MessageBatchApi(
         door.jobs,
         may_use=lambda who, model: who.may_use(model) and model in models,
         wake=door.new_work.set,
         wall=wall,
-        spent=proxy.spend.refusal if proxy.spend is not None else None,
+        budgets=proxy.spend,
     )
     return AsyncTrack(door.front, dispatcher, batch_api, message_batches)
 

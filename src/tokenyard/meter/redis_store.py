@@ -161,19 +161,28 @@ return reply
 _SETTLE_SCRIPT: Final = (
     _BUDGET_COUNT
     + """
--- Settlements, one after another: release the reservation (if still held) and add what the request spent.
+-- Settlements, one after another: release the reservation (if still held), or draw it down (take what was
+-- spent off its amount, never below 0; it stays held until its time), and add what the request spent.
 -- KEYS as for reserving. ARGV[1] - now; then per settlement: the number of budgets n, the reservation,
--- nano-USD spent; then per budget: the oldest bucket counted, the bucket to add to, its time to live (s).
+-- nano-USD spent, draw down (1/0); then per budget: the oldest bucket counted, the bucket to add to, its
+-- time to live (s).
 -- Returns per settlement each budget's count after.
 local now = tonumber(ARGV[1])
 local a, k, reply = 2, 1, {}
 while a <= #ARGV do
-  local n, id, spent = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
-  a = a + 3
+  local n, id, spent, draw = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3] == '1'
+  a = a + 4
   for i = 1, n do
     local at, arg = k + 3 * (i - 1), a + 3 * (i - 1)
-    redis.call('ZREM', KEYS[at + 1], id)
-    redis.call('HDEL', KEYS[at + 2], id)
+    if not draw then
+      redis.call('ZREM', KEYS[at + 1], id)
+      redis.call('HDEL', KEYS[at + 2], id)
+    else
+      local held = redis.call('HGET', KEYS[at + 2], id)  -- none: released, or lapsed; nothing to draw
+      if held then  -- '%d': a plain number would go as '%.14g', inexact past 14 digits
+        redis.call('HSET', KEYS[at + 2], id, string.format('%d', math.max(0, tonumber(held) - spent)))
+      end
+    end
     if spent > 0 then
       redis.call('HINCRBY', KEYS[at], ARGV[arg + 1], spent)
       redis.call('EXPIRE', KEYS[at], ARGV[arg + 2])
@@ -563,9 +572,9 @@ class RedisMeterStore(RedisBacked):
         """Several settlements in one round trip (see ``BudgetStore.settle_many``)."""
         keys: list[str] = []
         args: list[str | int] = [repr(now)]
-        for holds, reservation, spent_nusd in settlements:
+        for holds, reservation, spent_nusd, draw_down in settlements:
             keys += self._budget_keys(holds)
-            args += [len(holds), reservation, spent_nusd]
+            args += [len(holds), reservation, spent_nusd, 1 if draw_down else 0]
             for hold in holds:
                 args += [hold.oldest, hold.bucket, hold.ttl_s]
         with mapped_errors(_STORE):

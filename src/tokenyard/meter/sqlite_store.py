@@ -163,13 +163,18 @@ def _reserve(
     return Reserved(True, None, [count + amount_nusd for count in counts])
 
 
-def _settle(
-    conn: sqlite3.Connection, holds: Sequence[BudgetHold], reservation: str, spent_nusd: int, now: float
-) -> list[int]:
+def _settle(conn: sqlite3.Connection, settlement: Settlement, now: float) -> list[int]:
+    holds, reservation, spent_nusd, draw_down = settlement
     for hold in holds:
-        conn.execute(
-            "DELETE FROM budget_held WHERE budget = ? AND reservation = ?", (hold.budget_id, reservation)
-        )
+        if draw_down:  # what is left of it stays held until its time
+            conn.execute(
+                "UPDATE budget_held SET nusd = max(0, nusd - ?) WHERE budget = ? AND reservation = ?",
+                (spent_nusd, hold.budget_id, reservation),
+            )
+        else:
+            conn.execute(
+                "DELETE FROM budget_held WHERE budget = ? AND reservation = ?", (hold.budget_id, reservation)
+            )
         if spent_nusd > 0:
             conn.execute(
                 "INSERT INTO budget_spend (budget, bucket, nusd) VALUES (?, ?, ?) ON CONFLICT"
@@ -370,7 +375,7 @@ class SqliteMeterStore(SqliteWorker):
         """Several settlements in one transaction (see ``BudgetStore.settle_many``)."""
 
         def settle(conn: sqlite3.Connection) -> list[int]:
-            return [count for one in settlements for count in _settle(conn, *one, now)]
+            return [count for one in settlements for count in _settle(conn, one, now)]
 
         return await self._run(_in_transaction(settle))
 

@@ -19,6 +19,7 @@ import orjson
 
 from tokenyard.adapters.base import UpstreamResponse
 from tokenyard.admission.auth import Principal, Priority
+from tokenyard.admission.budgets import BudgetLine
 from tokenyard.admission.classify import ASYNC_TIERS, Decision, RequestFacts, classify
 from tokenyard.admission.key_limits import KeyRateLimited, KeyRates
 from tokenyard.capacity.observed import LatencySample
@@ -28,6 +29,7 @@ from tokenyard.errors import (
     ModelNotFound,
     NoBackendAvailable,
     ProxyOverloaded,
+    StoreError,
     TokenyardError,
     UpstreamError,
     UpstreamStatusError,
@@ -51,7 +53,7 @@ from tokenyard.proxy.exchange import CLIENT_CLOSED, Exchange
 from tokenyard.proxy.legs import Leg, Translation, relayed_error, send_error, stream_error_event
 from tokenyard.proxy.plan_order import request_shape
 from tokenyard.proxy.routing import Choice, NoChoice, choose_deployment
-from tokenyard.proxy.spend import Admitted, SpendGate
+from tokenyard.proxy.spend import Admitted, OverBudget, SpendGate
 from tokenyard.proxy.stored_responses import ResponseOwners, response_id
 from tokenyard.proxy.whole_as_events import message_as_stream, response_as_stream
 from tokenyard.proxy.whole_as_stream import whole_answer_as_stream
@@ -163,11 +165,12 @@ class Proxy:
             admitted = None
             if principal.rated or (self.spend is not None and self.spend.applies(principal)):
                 admitted, decision = await self._gate(
-                    principal, request_id, backends, body, obj, stream, decision, id_header
+                    principal, request_id, model, backends, body, obj, stream, decision, id_header
                 )
             if decision is not None and decision.mode == "async" and self.front is not None:
+                # ``admitted``: the job's reservation (its answer, metered under request_id, settles it).
                 await self._queue(self.front, scope, receive, send, principal, endpoint, model, body,
-                                  decision, id_header, trace)  # fmt: skip
+                                  decision, id_header, trace, admitted)  # fmt: skip
                 return
         except TokenyardError as exc:
             # Counted by status only: client-chosen model names must not grow the store or the metrics.
@@ -214,6 +217,7 @@ class Proxy:
         self,
         principal: Principal,
         request_id: str,
+        model: str,
         backends: list[Backend],
         body: bytes,
         obj: dict[str, Any],
@@ -223,9 +227,9 @@ class Proxy:
     ) -> tuple[Admitted | None, Decision | None]:
         """The key's own rate limits, then its budgets; their headers go on the answer, refusal or not.
 
-        A budgeted real-time request reserves its worst case. A spent budget answers 429, or sends the request
-        down the async track if the budget says so and the client can wait. An async request reserves nothing
-        (it is charged when answered) but is refused while a hard budget that rejects is spent."""
+        A budgeted request reserves its worst case: a real-time one until it is answered, an async one until
+        its deadline (see ``_hold_queued``). A hard budget that cannot hold a real-time request answers 429,
+        or sends it down the async track if the budget says so and the client can wait."""
         if principal.rated:
             try:
                 id_header += self.key_rates.take(principal, estimate_tokens(body, obj), self.clock())
@@ -238,22 +242,44 @@ class Proxy:
         lines = spend.lines(principal)
         if not lines:
             return None, decision
-        if decision is not None and decision.mode == "async":
-            over = await spend.spent(principal)
-            if over is not None and over.line.budget.on_exceeded == "reject":
-                id_header += over.headers
-                raise over.error()
-            return None, decision
+        if decision is not None and decision.mode == "async" and self.front is not None:
+            return await self._hold_queued(lines, request_id, model, body, obj, decision, id_header), decision
         checked = await spend.admit(lines, request_id, spend.worst_case_pusd(backends, len(body), obj))
-        id_header += checked.headers
         if isinstance(checked, Admitted):
+            id_header += checked.headers
             return checked, decision
         track = self.live.current.async_track
         if checked.line.budget.on_exceeded == "reject" or track is None or stream or self.front is None:
+            id_header += checked.headers
             raise checked.error()
         # Held: a client that asked to poll (Prefer: respond-async) was classified async already.
         reason = f"budget: {checked.line.holder}'s {checked.line.budget.window} budget is spent"
-        return None, Decision("async", "hold", reason, track.default_deadline_s)
+        held = Decision("async", "hold", reason, track.default_deadline_s)
+        return await self._hold_queued(lines, request_id, model, body, obj, held, id_header), held
+
+    async def _hold_queued(
+        self,
+        lines: tuple[BudgetLine, ...],
+        request_id: str,
+        model: str,
+        body: bytes,
+        obj: dict[str, Any],
+        decision: Decision,
+        id_header: list[tuple[bytes, bytes]],
+    ) -> Admitted:
+        """Reserve an async job's worst case (on any path it may take) until its deadline, under the request's
+        id: the job's answer is metered under it, and charging that settles the reservation. Only a hard
+        budget that rejects refuses (429); one that says ``async`` counts the job, never refuses it."""
+        assert self.spend is not None
+        assert self.front is not None
+        worst_pusd = self.spend.queued_worst_case_pusd(model, len(body), obj)
+        checked = await self.spend.admit(
+            lines, request_id, worst_pusd, lasts_s=self.front.deadline_s(decision), queued=True
+        )
+        id_header += checked.headers
+        if isinstance(checked, OverBudget):
+            raise checked.error()
+        return checked
 
     def _able(self, backends: list[Backend], endpoint: Endpoint, model: str) -> list[Backend]:
         """``able``, or a 400 saying what the model's deployments speak instead."""
@@ -282,8 +308,9 @@ class Proxy:
         decision: Decision,
         id_header: list[tuple[bytes, bytes]],
         trace: Trace | None,
+        held: Admitted | None,
     ) -> None:
-        """Hand an async request to the async track's door (which answers it)."""
+        """Hand an async request to the async track's door (which answers it); ``held``: its reservation."""
         # A background response's job is the response: its id is the one the client retrieves.
         job_id = new_object_id("resp_") if decision.background else new_job_id()
         submitted = front.submit(
@@ -300,7 +327,12 @@ class Proxy:
             accepted=background.queued_answer if decision.background else None,
         )
         # A held client may leave: stop waiting for it (its job still runs, once).
-        await wire.until_client_leaves(receive, submitted)
+        try:
+            await wire.until_client_leaves(receive, submitted)
+        except StoreError:  # not queued, so never answered: nothing would settle its reservation
+            if held is not None and self.spend is not None:
+                self.spend.release(held)
+            raise
         if trace is not None:  # a held answer's status is the job's: the job's spans say it
             trace.queued(job_id, decision.reason, 202 if decision.delivery == "poll" else 0)
 

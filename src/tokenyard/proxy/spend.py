@@ -4,12 +4,22 @@ A real-time request of a key with a budget (its own, its tenant's or its team's)
 before it runs — the prompt estimate plus its output cap at the dearest price of the deployments it may
 use — in one atomic step over every budget it counts against (one store round trip; nothing for keys with
 no budget). After the answer the reservation is settled to what the request cost, off the request path.
-Async jobs (queued requests, Batch API lines) are charged when they are answered, at the price they ran
-at: batch prices for a provider batch.
 
-The bound, with any number of replicas and any concurrency: a hard budget is passed only by what requests
-already admitted spend beyond what they reserved (a prompt the estimate undercounted, a dedicated backend
-whose GPU cost per token rose while they ran), plus async jobs answered after it was spent.
+Async work reserves when it is accepted, the same way. A queued request (async by policy, or sent down the
+async track by a spent budget) reserves its worst case on any path it may take until its deadline (plus
+``reservation_ttl_s``) under its request id, which its answer — charged at the price it ran at — settles.
+A batch (Batch API, Message Batches) reserves the sum of its lines' worst cases under ``batch:<id>``
+until its window ends (plus ``reservation_ttl_s``); each line's answer is charged and draws that hold
+down by what it cost (never below 0), and what is left is let go when the batch ends. Only a hard budget
+that rejects refuses async work; one that says ``async`` counts it (its refused requests go there).
+
+The bound, with any number of replicas and any concurrency: a hard budget that rejects is passed only by
+what work already admitted spends beyond what it reserved (a prompt the estimate undercounted, a dedicated
+backend whose GPU cost per token rose while it ran, a batch whose lines together cost more than its
+hold), and by the lines of a cancelled batch that were still running when it was cancelled (charged
+after its hold is let go). A budget that says ``async`` counts the async work it sends there but never
+refuses it, so async work alone can take it past its limit. (For a moment the count can also be short by
+a batch's last answers: their charge is on its way while the batch ends and lets go of its hold.)
 
 What a dedicated backend's request costs its budgets is its share of GPU cost as it accrues: its tokens at
 the backend's GPU cost per token over the last hour, as the usage API attributes it hour by hour. Before
@@ -25,6 +35,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
+
+import orjson
 
 from tokenyard.admission.auth import Principal
 from tokenyard.admission.budgets import (
@@ -52,6 +64,7 @@ R = TypeVar("R")
 
 H_REMAINING: Final = b"x-tokenyard-budget-remaining-usd"
 H_RESET: Final = b"x-tokenyard-budget-reset"
+BATCH_HOLD: Final = "batch:"  # a batch's reservation: this and the batch's id
 RATE_WINDOW_S: Final = 3600  # a dedicated backend's GPU cost per token is taken over the last hour
 RATE_REFRESH_S: Final = 60.0
 _SETTLE_CLOSE_TIMEOUT_S: Final = 5.0
@@ -76,14 +89,14 @@ class OverBudget:
     headers: list[tuple[bytes, bytes]]
     asked_nusd: int = 0  # what this request would have held (0: none was asked, the budget is spent)
 
-    def error(self) -> BudgetExhausted:
+    def error(self, asking: str = "this request") -> BudgetExhausted:
         """The 429 a client gets (OpenAI's ``insufficient_quota``), naming the budget and its reset."""
         line = self.line
         left = line.limit_nusd - self.counted_nusd
         state = (
             "is spent"
             if left <= 0
-            else f"has {describe_usd(left)} left (requests in flight included), less than this request may "
+            else f"has {describe_usd(left)} left (requests in flight included), less than {asking} may "
             f"cost ({describe_usd(self.asked_nusd)})"
         )
         return BudgetExhausted(
@@ -240,25 +253,44 @@ class SpendGate:
             worst = max(worst, cost)
         return worst
 
+    def queued_worst_case_pusd(self, model: str, body_bytes: int, obj: Mapping[str, Any]) -> int:
+        """The most an async job of ``model`` may cost: as ``worst_case_pusd``, on any path it may take (its
+        model's deployments, in real time at the latest, and its provider batch backend)."""
+        config = self.live.config.models.get(model)
+        if config is None:
+            return 0
+        names = [*config.deployments, *([config.batch] if config.batch else [])]
+        return self.worst_case_pusd([self.backends[n] for n in names if n in self.backends], body_bytes, obj)
+
     async def admit(
-        self, lines: tuple[BudgetLine, ...], reservation: str, worst_pusd: int
+        self,
+        lines: tuple[BudgetLine, ...],
+        reservation: str,
+        worst_pusd: int,
+        *,
+        lasts_s: float = 0.0,
+        queued: bool = False,
     ) -> Admitted | OverBudget:
-        """Reserve ``worst_pusd`` on every budget of ``lines``, or say which hard one refused."""
+        """Reserve ``worst_pusd`` on every budget of ``lines``, or say which hard one refused.
+
+        It is held for ``lasts_s`` (how long the work may take before it is answered) and
+        ``reservation_ttl_s`` more; unsettled by then, it lets go. ``queued``: async work, which only a hard
+        budget that rejects refuses (one that says ``async`` counts it: its refused requests go there)."""
         assert self.store is not None  # lines() is empty without one
         now = self.wall()
         spans = [span(line.budget, now) for line in lines]
-        holds = tuple(_hold(line, s) for line, s in zip(lines, spans, strict=True))
+        holds = tuple(_hold(line, s, queued=queued) for line, s in zip(lines, spans, strict=True))
         amount = max(1, pusd_to_nusd(worst_pusd))  # never 0: a spent budget refuses every request
         config = self.live.config.budgets
         try:
             reserved = await self._reserving.call(
-                (holds, reservation, amount, now + config.reservation_ttl_s)
+                (holds, reservation, amount, now + lasts_s + config.reservation_ttl_s)
             )
         except StoreError as exc:
             self._store_down(exc)
             return Admitted((), reservation, [])
         except asyncio.CancelledError:  # the client left: if it was taken, let it go now, not at its time
-            self._to_settle.append((holds, reservation, 0))
+            self._to_settle.append(Settlement(holds, reservation, 0))
             self._drain_settlements()
             raise
         if self._store_away:
@@ -275,45 +307,58 @@ class SpendGate:
         """Replace the reservation with what the request cost (in the background)."""
         if admitted.holds:
             spent = self.rates.cost_pusd(record, self.backends.get(record.backend))
-            self._to_settle.append((admitted.holds, admitted.reservation, pusd_to_nusd(spent)))
-            self._drain_settlements()
+            self._settle_later(Settlement(admitted.holds, admitted.reservation, pusd_to_nusd(spent)))
 
-    def charge(self, principal: Principal | None, record: UsageRecord) -> None:
-        """Count an async job's answer against its key's budgets (in the background)."""
+    def release(self, admitted: Admitted) -> None:
+        """Let go of a reservation whose work will not run (a job the queue did not take), off the path."""
+        if admitted.holds:
+            self._settle_later(Settlement(admitted.holds, admitted.reservation, 0))
+
+    def charge(self, principal: Principal | None, record: UsageRecord, *, draw_from: str = "") -> None:
+        """Count an async job's answer against its key's budgets (in the background): it settles the
+        reservation made under its request id (a queued request's), or draws ``draw_from`` down by what it
+        cost (its batch's)."""
         if principal is None or self.store is None:
             return
         lines = self.lines(principal)
         if lines:
             now = self.wall()
             holds = tuple(_hold(line, span(line.budget, now)) for line in lines)
-            spent = self.rates.cost_pusd(record, self.backends.get(record.backend))
-            self._to_settle.append((holds, record.request_id, pusd_to_nusd(spent)))
-            self._drain_settlements()
+            spent = pusd_to_nusd(self.rates.cost_pusd(record, self.backends.get(record.backend)))
+            if draw_from:
+                self._settle_later(Settlement(holds, draw_from, spent, draw_down=True))
+            else:
+                self._settle_later(Settlement(holds, record.request_id, spent))
 
-    async def spent(self, principal: Principal) -> OverBudget | None:
-        """The first hard budget of ``principal`` that is spent now, if any (the Batch API asks before it
-        takes a batch: its lines are charged as they are answered)."""
-        lines = self.lines(principal)
-        if not lines or self.store is None:
-            return None
-        now = self.wall()
-        spans = [span(line.budget, now) for line in lines]
-        holds = [_hold(line, s) for line, s in zip(lines, spans, strict=True)]
-        try:
-            counted = await self.store.counted(holds, now)
-        except StoreError as exc:
-            self._store_down(exc)
-            return None
-        for line, s, count in zip(lines, spans, counted, strict=True):
-            if line.budget.enforcement == "hard" and count >= line.limit_nusd:
-                return OverBudget(line, count, s.resets_at, _headers(lines, spans, counted))
-        return None
+    async def hold_batch(
+        self, who: Principal, batch_id: str, lines: Sequence[tuple[str, bytes]], ends_at: float
+    ) -> str:
+        """Reserve a new batch's worst case — the sum of its lines' (model and request body each) — on
+        every budget of ``who`` until ``ends_at`` and ``reservation_ttl_s`` more; the reservation its lines'
+        answers draw down ("": nothing held). Raises ``BudgetExhausted`` when a hard budget that rejects
+        cannot hold it."""
+        budget_lines = self.lines(who)
+        if not budget_lines:
+            return ""
+        worst_pusd = sum(self.queued_worst_case_pusd(m, len(body), orjson.loads(body)) for m, body in lines)
+        reservation = BATCH_HOLD + batch_id
+        checked = await self.admit(
+            budget_lines, reservation, worst_pusd, lasts_s=max(0.0, ends_at - self.wall()), queued=True
+        )
+        if isinstance(checked, OverBudget):
+            raise checked.error("this batch")
+        return reservation if checked.holds else ""
 
-    async def refusal(self, principal: Principal) -> BudgetExhausted | None:
-        """The 429 for a new batch while a hard budget of ``principal`` is spent; None to take it (also while
-        the store is away, unless budgets refuse then)."""
-        over = await self.spent(principal)
-        return over.error() if over is not None else None
+    def let_go(self, key_id: str, reservation: str) -> None:
+        """Let go of what is left of a reservation held for ``key_id``'s async work (a batch that ended, a
+        job cancelled before it ran), in the background."""
+        principal = self.live.current.keys.named(key_id)
+        lines = self.lines(principal) if principal is not None else ()
+        if lines:
+            now = self.wall()
+            self._settle_later(
+                Settlement(tuple(_hold(line, span(line.budget, now)) for line in lines), reservation, 0)
+            )
 
     def _store_down(self, exc: StoreError) -> None:
         """Budgets could not be read: refuse (``StoreUnavailable``) or go on, as ``when_store_down`` says."""
@@ -328,6 +373,10 @@ class SpendGate:
     async def _reserve_many(self, asks: list[Reservation]) -> list[Reserved]:
         assert self.store is not None
         return await self.store.reserve_many(asks, self.wall())
+
+    def _settle_later(self, settlement: Settlement) -> None:
+        self._to_settle.append(settlement)
+        self._drain_settlements()
 
     def _drain_settlements(self) -> None:
         """Send the settlements waiting, in one round trip per batch, unless a drain is under way already
@@ -351,15 +400,11 @@ class SpendGate:
             await asyncio.wait({self._draining}, timeout=_SETTLE_CLOSE_TIMEOUT_S)
 
 
-def _hold(line: BudgetLine, now_span: Span) -> BudgetHold:
-    return BudgetHold(
-        line.id,
-        line.limit_nusd,
-        now_span.oldest,
-        now_span.bucket,
-        now_span.ttl_s,
-        line.budget.enforcement == "hard",
-    )
+def _hold(line: BudgetLine, now_span: Span, *, queued: bool = False) -> BudgetHold:
+    """``line`` as the store touches it now; for async work (``queued``) only one that rejects is hard."""
+    budget = line.budget
+    hard = budget.enforcement == "hard" and not (queued and budget.on_exceeded == "async")
+    return BudgetHold(line.id, line.limit_nusd, now_span.oldest, now_span.bucket, now_span.ttl_s, hard)
 
 
 def _headers(

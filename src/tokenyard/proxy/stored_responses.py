@@ -99,11 +99,13 @@ class StoredResponses:
         backends: Mapping[str, Backend],
         jobs: JobsAndObjects | None,
         wall: Callable[[], float],
+        let_go: Callable[[str, str], None] | None = None,
     ) -> None:
         self.owners = owners
         self.backends = backends
         self.jobs = jobs  # None: no async track, so no background responses
         self.wall = wall
+        self.let_go = let_go  # let go of a job's budget reservation (key, reservation); None: no budgets
 
     async def retrieve(self, send: wire.Send, tenant: str, response_id: str, query: bytes) -> None:
         """The response: a background one as its job stands, a stored one from its backend."""
@@ -132,7 +134,12 @@ class StoredResponses:
             await self._relay(send, "POST", tenant, response_id, "/cancel", b"")
             return
         assert self.jobs is not None
-        await self.jobs.complete(background.cancelled_result(job, self.wall()))  # the first result wins
+        # The first result wins: if it is this one, nothing answered the job, so nothing would settle its
+        # reservation (made under the request's id) before its time; if it is running, its answer is still
+        # charged when it comes.
+        first = await self.jobs.complete(background.cancelled_result(job, self.wall()))
+        if first and self.let_go is not None and job.request_id:
+            self.let_go(job.key_id, job.request_id)
         await wire.send_json(send, 200, await self._as_response(job))
 
     async def input_items(self, send: wire.Send, tenant: str, response_id: str, query: bytes) -> None:

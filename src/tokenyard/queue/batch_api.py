@@ -7,19 +7,25 @@ the same model — or real time); its answer is billed as async at the price of 
 batch's progress is read from its jobs' results when it is asked for; once every line has an answer
 (or the batch expired or was cancelled) its output and error files are written and it is final.
 
+A batch of a budgeted key reserves its lines' worst case when it is accepted (refused with a 429 if a hard
+budget that rejects cannot hold it); each answer is charged and draws that hold down, and what is left of
+it is let go when the batch ends (if nobody does, it lapses after the window and
+``budgets.reservation_ttl_s``).
+
 Files and batches belong to the tenant whose key made them: another tenant's are "not found".
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import orjson
 
 from tokenyard.admission.auth import Principal
-from tokenyard.errors import InvalidRequest, ObjectNotFound, TokenyardError
+from tokenyard.errors import InvalidRequest, ObjectNotFound
+from tokenyard.queue.batch_budgets import BatchBudgets
 from tokenyard.queue.model import JSON_TYPE, Job, JobResult, StoredObject
 from tokenyard.queue.store import JobsAndObjects
 from tokenyard.wire import asgi as wire
@@ -47,13 +53,13 @@ class BatchApi:
         *,
         may_use: Callable[[Principal, str], bool],
         wake: Callable[[], None],
-        spent: Callable[[Principal], Awaitable[TokenyardError | None]] | None = None,
+        budgets: BatchBudgets | None = None,
         max_body_bytes: int,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.may_use = may_use  # whether a key may call a model (and the model exists)
-        self.spent = spent  # the error to refuse a new batch with while a hard budget of the key is spent
+        self.budgets = budgets  # where a batch's worst case is held (None: no budgets to count it in)
         self.wake = wake
         self.max_body_bytes = max_body_bytes
         self.wall = wall
@@ -200,11 +206,8 @@ class BatchApi:
     # -- batches ---------------------------------------------------------------------------------------
 
     async def create(self, who: Principal, request: dict[str, Any]) -> dict[str, Any]:
-        """``POST /v1/batches``: validate the input file, queue a job per line."""
-        if self.spent is not None:
-            refusal = await self.spent(who)  # its lines are charged as they are answered
-            if refusal is not None:
-                raise refusal
+        """``POST /v1/batches``: validate the input file, hold its worst case on the key's budgets, queue a
+        job per line."""
         endpoint, window = request.get("endpoint"), request.get("completion_window")
         if endpoint not in openai.INFERENCE_PATHS:
             listed = ", ".join(openai.INFERENCE_PATHS)
@@ -229,22 +232,32 @@ class BatchApi:
             "expires_at": int(now) + WINDOW_S, "finalizing_at": None, "completed_at": None, "failed_at": None,
             "expired_at": None, "cancelling_at": None, "cancelled_at": None,
             "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": metadata,
-            "lines": [], "_created": now,
+            "lines": [], "_created": now, "_key": who.key_name, "_budget_hold": "",
         }  # fmt: skip
         lines, errors = self._lines(who, content.body if content else b"", endpoint)
         if errors:
             batch.update(status="failed", failed_at=int(now), in_progress_at=None,
                          errors={"object": "list", "data": errors})  # fmt: skip
-        else:
+            await self._save(who.tenant, batch)
+            return self._public(batch)
+        if self.budgets is not None:  # refused (429) here if a hard budget cannot hold its worst case
+            ends_at = batch["expires_at"]
+            worst = [(model, body) for _, model, body in lines]
+            batch["_budget_hold"] = await self.budgets.hold_batch(who, batch["id"], worst, ends_at)
+        try:
             for index, (custom_id, model, body) in enumerate(lines):
                 job_id = f"job_{batch['id']}_{index}"
                 job = Job(job_id, who.tenant, model, endpoint, body, now, now + WINDOW_S, reason="Batch API",
-                          key_id=who.key_name, team=who.team or "")  # fmt: skip
+                          key_id=who.key_name, team=who.team or "",
+                          budget_hold=batch["_budget_hold"])  # fmt: skip
                 await self.store.enqueue(job)
                 batch["lines"].append([custom_id, job_id])
             batch["request_counts"]["total"] = len(lines)
-            self.wake()
-        await self._save(who.tenant, batch)
+            await self._save(who.tenant, batch)
+        except Exception:  # not taken: the lines queued already are charged when answered, unreserved
+            self._release(batch)
+            raise
+        self.wake()
         return self._public(batch)
 
     def _lines(
@@ -354,6 +367,14 @@ class BatchApi:
             batch["finalizing_at"] = int(now)
             batch["cancelled_at" if batch["status"] == "cancelled" else "completed_at"] = int(now)
         await self._save(tenant, batch)
+        self._release(batch)  # every line is answered (and charged): what is left of its hold goes
+
+    def _release(self, batch: dict[str, Any]) -> None:
+        """Let go of what is left of the batch's budget hold, if it has one (a replica of another version,
+        or no budget, made none)."""
+        hold = batch.get("_budget_hold")
+        if hold and self.budgets is not None:
+            self.budgets.let_go(batch.get("_key", ""), hold)
 
     async def cancel(self, who: Principal, batch_id: str) -> dict[str, Any]:
         """``POST /v1/batches/{id}/cancel``: lines not yet answered are not run; answered ones are kept."""
@@ -365,6 +386,7 @@ class BatchApi:
         job_ids = [job_id for _, job_id in batch["lines"]]
         await self._close_unanswered(job_ids, await self.store.results_of(job_ids), "cancelled", now)
         await self._save(who.tenant, batch)
+        self._release(batch)  # nothing more of it runs (lines running now are charged when they end)
         public = self._public(batch)
         public["status"] = "cancelling"  # as OpenAI answers the cancel; the next read says cancelled
         return public

@@ -232,7 +232,7 @@ class Dispatcher:
     async def _answered(self, job: Job, result: JobResult, usage: UsageRecord) -> None:
         """Store and bill the answer (once), count it, trace it, and call the job's callback."""
         dispatched_at = self._dispatched_at.pop(job.id, None)
-        _, first = await self.front.settle(result, usage)
+        _, first = await self.front.settle(job, result, usage)
         if not first:
             return
         if self.trace_job is not None and job.traceparent:

@@ -71,14 +71,14 @@ class AsyncFront:
         *,
         wall: Callable[[], float],
         run_now: RunNow,
-        record: Callable[[UsageRecord], None],
+        record: Callable[[Job, UsageRecord], None],
         wake: Callable[[], None],
     ) -> None:
         self.store = store
         self._settings = settings  # the async_track settings in force (a reload may change them)
         self.wall = wall
         self.run_now = run_now  # serve a job in real time, now (the proxy's routing); returns its usage
-        self.record = record  # meter a usage record
+        self.record = record  # meter a job's usage record (and charge its key's budgets)
         self.wake = wake  # tell this process's dispatcher there is work
         self.duplicates = 0  # answers that lost to an earlier one (run twice, billed once)
         self._waiting: dict[str, asyncio.Event] = {}
@@ -91,6 +91,13 @@ class AsyncFront:
     def config(self) -> AsyncTrackConfig:
         """The async_track settings in force."""
         return self._settings()
+
+    def deadline_s(self, decision: Decision) -> float:
+        """How long a job of ``decision`` has to be answered (a held connection waits at most max_hold_s)."""
+        deadline_s = decision.deadline_s or self.config.default_deadline_s
+        if decision.delivery == "hold":
+            deadline_s = min(deadline_s, self.config.max_hold_s)
+        return deadline_s
 
     def callback(self, scope: wire.Scope) -> str | None:
         """The request's callback URL, checked against the allow-list."""
@@ -117,11 +124,11 @@ class AsyncFront:
         """Queue an async request as job ``job_id`` (default: a new id); answer 202 (poll) or wait for its
         result (hold). ``traceparent``: the request's trace, which the job's spans join. ``accepted``: the
         200 body to answer a queued poll job with instead of the 202 (a background response says itself
-        that it is queued)."""
+        that it is queued). Whatever ``id_header`` says besides the request id (the key's rate limits and
+        budgets, as admission found them) goes on the answer this request gets."""
         now = self.wall()
-        deadline_s = decision.deadline_s or self.config.default_deadline_s
-        if decision.delivery == "hold":
-            deadline_s = min(deadline_s, self.config.max_hold_s)
+        admission = [(name, value) for name, value in id_header if name != wire.H_REQUEST_ID]
+        deadline_s = self.deadline_s(decision)
         job = Job(
             id=job_id or new_job_id(),
             tenant=principal.tenant,
@@ -145,11 +152,12 @@ class AsyncFront:
                 raise
             log.warning("async: the job queue is unavailable; serving %s in real time", job.id)
             result, usage = await self.run_now(job)
-            self.record(usage)  # never queued: nothing to store, nobody else will run it
+            self.record(job, usage)  # never queued: nothing to store, nobody else will run it
         else:
             self.wake()
             if decision.delivery == "poll" and accepted is not None:
-                await wire.send_bytes(send, 200, accepted(job), [*wire.JSON_HEADERS, *_async_headers(job)])
+                headers = [*wire.JSON_HEADERS, *_async_headers(job), *admission]
+                await wire.send_bytes(send, 200, accepted(job), headers)
                 return
             if decision.delivery == "poll":
                 location = (JOBS_PATH + job.id).encode()
@@ -162,11 +170,12 @@ class AsyncFront:
                         *_async_headers(job),
                         (b"location", location),
                         (b"preference-applied", b"respond-async"),
+                        *admission,
                     ],
                 )
                 return
             result = await self.wait(job)
-        await wire.send_bytes(send, result.status, result.body, _answer_headers(job, result))
+        await wire.send_bytes(send, result.status, result.body, [*_answer_headers(job, result), *admission])
 
     async def wait(self, job: Job) -> JobResult:
         """The job's result, once some dispatcher stored it; past the deadline, answered here in real time."""
@@ -195,10 +204,10 @@ class AsyncFront:
 
     async def _answer_now(self, job: Job) -> JobResult:
         result, usage = await self.run_now(job)
-        settled, _ = await self.settle(result, usage)
+        settled, _ = await self.settle(job, result, usage)
         return settled
 
-    async def settle(self, result: JobResult, usage: UsageRecord) -> tuple[JobResult, bool]:
+    async def settle(self, job: Job, result: JobResult, usage: UsageRecord) -> tuple[JobResult, bool]:
         """Store a job's answer if it is the first, and meter it; the job's answer and whether it is this one.
 
         A later answer (the job ran twice: a stale claim, a held connection's fallback) is counted and
@@ -216,14 +225,14 @@ class AsyncFront:
                 self._storing = asyncio.create_task(self._store_unstored(), name="store kept answers")
             first = True
         if first:
-            self.record(usage)
+            self.record(job, usage)
             self.notify(result.job_id)
             return result, True
         self.duplicates += 1
         stored = await self.store.result(result.job_id)
         if stored is not None and stored.path == CANCELLED_PATH:
             # Cancelled by its client while it ran: the answer is dropped, but the upstream served it.
-            self.record(usage)
+            self.record(job, usage)
             log.info("async: job %s was cancelled while it ran; its usage is billed", result.job_id)
         else:
             log.info("async: job %s was answered twice; the later answer is dropped", result.job_id)

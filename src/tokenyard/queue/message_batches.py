@@ -5,7 +5,10 @@ Each request becomes an async job of ``/v1/messages`` with the batch's 24 h dead
 async track like any other (idle dedicated capacity, a provider batch, or real time) and is billed once, as
 async, at the price of the path it took. As Anthropic says, request counts move out of ``processing`` only
 when the whole batch has ended: when every request has an answer, or the batch expired or was cancelled (the
-requests still open are then closed as ``expired`` / ``canceled`` so no dispatcher runs them after).
+requests still open are then closed as ``expired`` / ``canceled`` so no dispatcher runs them after). A
+budgeted key's batch holds its requests' worst case on the key's budgets from the moment it is accepted
+(429 if a hard budget that rejects cannot hold it); each answer draws it down, and the rest is let go when
+the batch ends.
 
 Batches belong to the tenant whose key made them: another tenant's are "not found". Errors are Anthropic's
 (``{"type": "error", "error": {"type", "message"}}``).
@@ -24,6 +27,7 @@ import orjson
 
 from tokenyard.admission.auth import Principal
 from tokenyard.errors import InvalidRequest, ObjectNotFound, TokenyardError
+from tokenyard.queue.batch_budgets import BatchBudgets
 from tokenyard.queue.model import Job, JobResult, StoredObject
 from tokenyard.queue.store import JobsAndObjects
 from tokenyard.wire import anthropic
@@ -55,13 +59,13 @@ class MessageBatchApi:
         *,
         may_use: Callable[[Principal, str], bool],
         wake: Callable[[], None],
-        spent: Callable[[Principal], Awaitable[TokenyardError | None]] | None = None,
+        budgets: BatchBudgets | None = None,
         wall: Callable[[], float] = time.time,
         max_requests: int = MAX_REQUESTS,
     ) -> None:
         self.store = store
         self.may_use = may_use  # whether a key may call a model (and the model exists)
-        self.spent = spent  # the error to refuse a new batch with while a hard budget of the key is spent
+        self.budgets = budgets  # where a batch's worst case is held (None: no budgets to count it in)
         self.wake = wake
         self.wall = wall
         self.max_requests = max_requests
@@ -145,11 +149,8 @@ class MessageBatchApi:
     # -- the work ---------------------------------------------------------------------------------------
 
     async def create(self, who: Principal, request: Any) -> dict[str, Any]:
-        """Validate the requests, queue a job per request, keep the batch."""
-        if self.spent is not None:
-            refusal = await self.spent(who)  # its lines are charged as they are answered
-            if refusal is not None:
-                raise refusal
+        """Validate the requests, hold their worst case on the key's budgets, queue a job per request, keep
+        the batch."""
         requests = request.get("requests") if isinstance(request, dict) else None
         if not isinstance(requests, list) or not requests:
             raise InvalidRequest("requests: a Message Batch needs at least one request.", param="requests")
@@ -166,15 +167,24 @@ class MessageBatchApi:
         now = self.wall()
         batch_id = new_object_id("msgbatch_")
         batch: dict[str, Any] = {"id": batch_id, "created": now, "expires": now + WINDOW_S, "ended_at": None,
-                                 "cancel_initiated_at": None, "requests": [], "counts": None}  # fmt: skip
-        for index, (custom_id, model, body) in enumerate(checked):
-            job_id = f"job_{batch_id}_{index}"
-            job = Job(job_id, who.tenant, model, anthropic.MESSAGES_PATH, body, now, now + WINDOW_S,
-                      reason="message batch", key_id=who.key_name, team=who.team or "")  # fmt: skip
-            await self.store.enqueue(job)
-            batch["requests"].append([custom_id, job_id])
+                                 "cancel_initiated_at": None, "requests": [], "counts": None,
+                                 "key": who.key_name, "budget_hold": ""}  # fmt: skip
+        if self.budgets is not None:  # refused (429) here if a hard budget cannot hold its worst case
+            worst = [(model, body) for _, model, body in checked]
+            batch["budget_hold"] = await self.budgets.hold_batch(who, batch_id, worst, batch["expires"])
+        try:
+            for index, (custom_id, model, body) in enumerate(checked):
+                job_id = f"job_{batch_id}_{index}"
+                job = Job(job_id, who.tenant, model, anthropic.MESSAGES_PATH, body, now, now + WINDOW_S,
+                          reason="message batch", key_id=who.key_name, team=who.team or "",
+                          budget_hold=batch["budget_hold"])  # fmt: skip
+                await self.store.enqueue(job)
+                batch["requests"].append([custom_id, job_id])
+            await self._save(who.tenant, batch)
+        except Exception:  # not taken: the requests queued already are charged when answered, unreserved
+            self._release(batch)
+            raise
         self.wake()
-        await self._save(who.tenant, batch)
         return batch
 
     def _checked(self, who: Principal, index: int, item: Any) -> tuple[str, str, bytes]:
@@ -251,7 +261,15 @@ class MessageBatchApi:
                 counts[_result_line("", result)["result"]["type"]] += 1
             batch.update(ended_at=now, counts=counts)
             await self._save(tenant, batch)
+            self._release(batch)  # every request is answered (and charged): what is left of its hold goes
         return batch
+
+    def _release(self, batch: dict[str, Any]) -> None:
+        """Let go of what is left of the batch's budget hold, if it has one (a replica of another version,
+        or no budget, made none)."""
+        hold = batch.get("budget_hold")
+        if hold and self.budgets is not None:
+            self.budgets.let_go(batch.get("key", ""), hold)
 
     async def _close(self, job_ids: list[str], answered: dict[str, JobResult], why: str, now: float) -> None:
         """Give the requests still open a result, so no dispatcher runs them (the first answer wins)."""
@@ -270,6 +288,7 @@ class MessageBatchApi:
         job_ids = [job_id for _, job_id in batch["requests"]]
         await self._close(job_ids, await self.store.results_of(job_ids), "cancelled", now)
         await self._save(who.tenant, batch)
+        self._release(batch)  # nothing more of it runs (requests running now are charged when they end)
         return batch  # canceling: the next read finds every request answered and says ended
 
     @staticmethod

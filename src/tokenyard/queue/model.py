@@ -59,6 +59,9 @@ class Job:
     key_id: str = ""  # the name of the key that made it (never its secret)
     traceparent: str = ""  # the W3C trace context of the request that made it (its spans join that trace)
     team: str = ""  # the key's team when it was made ("" when it has none)
+    # The budget reservation its answer draws down (its batch's); "": its answer settles the one made under
+    # request_id, if any (a queued request's own).
+    budget_hold: str = ""
 
     def dumps(self) -> bytes:
         """The job as the stores keep it."""

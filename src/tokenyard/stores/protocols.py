@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class Lifecycle(Protocol):
@@ -110,14 +110,25 @@ class Reserved:
     counted_nusd: list[int]
 
 
-# (budgets, reservation id, nano-USD, until) and (budgets, reservation id, nano-USD spent)
+# (budgets, reservation id, nano-USD, until)
 Reservation = tuple[Sequence[BudgetHold], str, int, float]
-Settlement = tuple[Sequence[BudgetHold], str, int]
+
+
+class Settlement(NamedTuple):
+    """What a request (or an async job, or a batch's line) spent, and the reservation it settles."""
+
+    holds: Sequence[BudgetHold]
+    reservation: str
+    spent_nusd: int
+    # False: the reservation is released (a request's own). True: it shrinks by what was spent, never below
+    # 0, and stays held for the rest of the work it stands for (a batch's lines, answered one by one).
+    draw_down: bool = False
 
 
 class BudgetStore(Protocol):
     """Budgets shared by every replica: reserve a request's worst case before it runs, settle it to what it
-    cost after. Each call is one atomic step over all the budgets a request counts against."""
+    cost after; a batch reserves its lines' worst case at once and each answered line draws it down. Each
+    call is one atomic step over all the budgets a request counts against."""
 
     async def reserve_many(self, asks: Sequence[Reservation], now: float) -> list[Reserved]:
         """Each of ``asks`` in turn, in one round trip (requests that arrived together): reserve its
@@ -130,9 +141,10 @@ class BudgetStore(Protocol):
         ...
 
     async def settle_many(self, settlements: Sequence[Settlement], now: float) -> list[int]:
-        """Each of ``settlements`` in turn, in one round trip: release its reservation, if held, and add
-        what it spent to each of its budgets' bucket. Spend with no reservation (one that lapsed, or none
-        was made) is added all the same. The budgets' counts after, all in a row."""
+        """Each of ``settlements`` in turn, in one round trip: release its reservation, if held (or, to
+        draw it down, take what was spent off its amount, never below 0, and keep it held until its time),
+        and add what it spent to each of its budgets' bucket. Spend with no reservation (one that lapsed, or
+        none was made) is added all the same. The budgets' counts after, all in a row."""
         ...
 
     async def counted(self, holds: Sequence[BudgetHold], now: float) -> list[int]:
