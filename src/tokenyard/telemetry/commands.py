@@ -144,10 +144,10 @@ async def _report(
     )
     for dimension in ("mode", "kind", "backend", "model", "tenant", "team", "key"):
         rows = report.summarize(aggregates, gpu, group_by=[dimension], granularity="total")
-        label = key_names.get if dimension == "key" else None
+        names = key_names if dimension == "key" else {}
         table = [
             [
-                (label(row.group[0], row.group[0]) if label else row.group[0]) or "(none)",
+                names.get(row.group[0], row.group[0]) or "(none)",
                 f"{row.counts['requests']:,}",
                 f"{row.counts['errors']:,}",
                 f"{row.counts['prompt_tokens']:,}",
