@@ -395,6 +395,8 @@ class SqliteMeterStore(SqliteWorker):
                         _engine_column(name) if table == "engine" else f'"{name}" INTEGER NOT NULL DEFAULT 0'
                     )
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        if "key_id" in {row[1] for row in conn.execute("PRAGMA table_info(agg)")}:
+            return  # rebuilt already: no write lock taken (every replica opening the file passes here)
         conn.execute("BEGIN IMMEDIATE")  # another process opening the same file waits, then finds it done
         try:
             if "key_id" not in {row[1] for row in conn.execute("PRAGMA table_info(agg)")}:

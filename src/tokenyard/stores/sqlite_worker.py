@@ -8,7 +8,9 @@ mode, with the store's schema applied.
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -97,15 +99,32 @@ class SqliteWorker:
         # Autocommit mode: transactions are begun and ended explicitly by the store.
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(self.schema)
-            self._migrate(conn)
+            self._set_up(conn, time.monotonic() + self._busy_timeout_s)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
         return conn
+
+    def _set_up(self, conn: sqlite3.Connection, until: float) -> None:
+        """WAL mode, the schema, the migrations; tried again until ``until`` (monotonic) while the file is
+        busy. Two processes opening a new file at once can find it so without SQLite's busy wait: turning a
+        file to WAL wants an exclusive lock, and SQLite refuses at once rather than deadlock with a
+        connection that holds a lock and wants more."""
+        while True:
+            try:
+                # Set only when it is not WAL yet: setting it takes that exclusive lock even when it is.
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(self.schema)
+                self._migrate(conn)
+                return
+            except sqlite3.OperationalError as exc:
+                busy = (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not busy or time.monotonic() >= until:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05))  # on the worker thread: the event loop goes on
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring a file written by an older tokenyard up to date (after the schema ran)."""
