@@ -56,7 +56,7 @@ def main() -> None:
     targets = [*clients, "tokenyard"]
     results: dict[str, list[dict[str, float]]] = {target: [] for target in targets}
     with redis_and_upstream(OTHER_CORE) as (_, upstream_port), tempfile.TemporaryDirectory() as tmp:
-        upstream = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+        upstream = f"http://127.0.0.1:{upstream_port}"  # the thin proxy appends the path
         config_path = Path(tmp) / "tokenyard.yaml"
         config_path.write_text(yaml.safe_dump(proxy_config(upstream_port, "off")))
         for run in range(args.runs):

@@ -78,36 +78,51 @@ def server_on_proxy_core(
         process.wait(30)
 
 
+def wait_listening(port: int, timeout_s: float = 30) -> None:
+    """Poll until something accepts connections on ``port``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+@contextlib.contextmanager
+def redis_server(core: str | None = None) -> Iterator[str]:
+    """A private redis-server (pinned to ``core``), ready; yields its URL."""
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(pinned(core, *command), stdout=subprocess.DEVNULL)
+    try:
+        wait_listening(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextlib.contextmanager
+def python_upstream(core: str | None = None) -> Iterator[int]:
+    """The fixed-response upstream, ``bench.upstream`` (pinned to ``core``), ready; yields its port."""
+    port = free_port()
+    process = subprocess.Popen(
+        pinned(core, sys.executable, "-m", "bench.upstream", "--port", str(port)), cwd=ROOT
+    )
+    try:
+        wait_listening(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 @contextlib.contextmanager
 def redis_and_upstream(core: str | None = None) -> Iterator[tuple[str, int]]:
     """A private redis-server and the fixed-response upstream; yields (redis URL, upstream port)."""
-    redis_port, upstream_port = free_port(), free_port()
-    redis_server = subprocess.Popen(
-        pinned(
-            core,
-            "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ),
-        stdout=subprocess.DEVNULL,
-    )
-    upstream = subprocess.Popen(
-        pinned(core, sys.executable, "-m", "bench.upstream", "--port", str(upstream_port)), cwd=ROOT
-    )
-    try:
-        time.sleep(0.5)
-        yield f"redis://127.0.0.1:{redis_port}/0", upstream_port
-    finally:
-        upstream.terminate()
-        redis_server.terminate()
-        upstream.wait(10)
-        redis_server.wait(10)
+    with redis_server(core) as redis_url, python_upstream(core) as upstream_port:
+        yield redis_url, upstream_port
 
 
 DRIP_S = 10  # how long each held-open stream lasts

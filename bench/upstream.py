@@ -68,11 +68,13 @@ def _chunked(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-ROLE = _chunked(_event({"role": "assistant", "content": ""}))
-CONTENT = _chunked(_event({"content": "Hello "}))
-FINISH_AND_USAGE = (
-    _chunked(_event({}, finish="stop") + _event({}, usage=True) + b"data: [DONE]\n\n") + b"0\r\n\r\n"
-)
+# The stream's events, unframed (bench.nginx_upstream serves the same ones).
+ROLE_EVENT = _event({"role": "assistant", "content": ""})
+CONTENT_EVENT = _event({"content": "Hello "})
+END_EVENTS = _event({}, finish="stop") + _event({}, usage=True) + b"data: [DONE]\n\n"
+ROLE = _chunked(ROLE_EVENT)
+CONTENT = _chunked(CONTENT_EVENT)
+FINISH_AND_USAGE = _chunked(END_EVENTS) + b"0\r\n\r\n"
 # The whole fast stream in one write, as a static-file server would send it.
 STREAM = STREAM_HEAD + ROLE + CONTENT * 3 + FINISH_AND_USAGE
 
