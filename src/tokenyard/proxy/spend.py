@@ -318,12 +318,8 @@ class SpendGate:
         """Count an async job's answer against its key's budgets (in the background): it settles the
         reservation made under its request id (a queued request's), or draws ``draw_from`` down by what it
         cost (its batch's)."""
-        if principal is None or self.store is None:
-            return
-        lines = self.lines(principal)
-        if lines:
-            now = self.wall()
-            holds = tuple(_hold(line, span(line.budget, now)) for line in lines)
+        holds = self._holds_now(principal)
+        if holds:
             spent = pusd_to_nusd(self.rates.cost_pusd(record, self.backends.get(record.backend)))
             if draw_from:
                 self._settle_later(Settlement(holds, draw_from, spent, draw_down=True))
@@ -352,13 +348,16 @@ class SpendGate:
     def let_go(self, key_id: str, reservation: str) -> None:
         """Let go of what is left of a reservation held for ``key_id``'s async work (a batch that ended, a
         job cancelled before it ran), in the background."""
-        principal = self.live.current.keys.named(key_id)
-        lines = self.lines(principal) if principal is not None else ()
-        if lines:
-            now = self.wall()
-            self._settle_later(
-                Settlement(tuple(_hold(line, span(line.budget, now)) for line in lines), reservation, 0)
-            )
+        holds = self._holds_now(self.live.current.keys.named(key_id))
+        if holds:
+            self._settle_later(Settlement(holds, reservation, 0))
+
+    def _holds_now(self, principal: Principal | None) -> tuple[BudgetHold, ...]:
+        """Every budget of ``principal`` as a settlement touches it now (none: no key, budget or store)."""
+        if principal is None:
+            return ()
+        now = self.wall()
+        return tuple(_hold(line, span(line.budget, now)) for line in self.lines(principal))
 
     def _store_down(self, exc: StoreError) -> None:
         """Budgets could not be read: refuse (``StoreUnavailable``) or go on, as ``when_store_down`` says."""
