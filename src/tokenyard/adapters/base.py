@@ -10,7 +10,7 @@ The rest of tokenyard codes against these protocols only, so the HTTP client und
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,8 +28,9 @@ class UpstreamResponse(Protocol):
         """The whole body (raises ``UpstreamTimeout`` / ``UpstreamStreamBroken``)."""
         ...
 
-    def chunks(self) -> AsyncGenerator[bytes, None]:
-        """The body as it arrives, chunk by chunk, never buffered whole (``aclose`` it to stop early)."""
+    async def next_chunk(self) -> bytes:
+        """The next piece of the body as it arrives (never the body buffered whole); ``b""`` at its end.
+        Raises ``UpstreamTimeout`` / ``UpstreamStreamBroken``."""
         ...
 
     def close(self) -> None:

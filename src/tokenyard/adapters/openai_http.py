@@ -18,12 +18,13 @@ import math
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 
 import aiohttp
 from aiohttp.http_exceptions import ContentEncodingError, ContentLengthError, TransferEncodingError
 
 from tokenyard import __version__
+from tokenyard.adapters.deadlines import Deadlines, Wait
 from tokenyard.adapters.providers import AzureTarget, Provider, auth_headers, url_for
 from tokenyard.errors import (
     ProxyOverloaded,
@@ -124,12 +125,13 @@ def _retry_after(value: str | None, value_ms: str | None, now: float | None) -> 
 class AiohttpResponse:
     """``UpstreamResponse`` over an ``aiohttp.ClientResponse``."""
 
-    __slots__ = ("_first_byte_deadline", "_idle_s", "_resp", "content_type", "retry_after_s", "status")
+    __slots__ = ("_idle_s", "_reading", "_resp", "_wait", "content_type", "retry_after_s", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse, first_byte_deadline: float, idle_s: float) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, wait: Wait, idle_s: float) -> None:
         self._resp = resp
-        self._first_byte_deadline = first_byte_deadline
+        self._wait = wait  # the head's wait, whose deadline is the first byte's: the body's waits reuse it
         self._idle_s = idle_s
+        self._reading = False  # a chunk has been read
         self.status = resp.status
         self.content_type = resp.headers.get("Content-Type", "application/json")
         self.retry_after_s = (
@@ -139,32 +141,32 @@ class AiohttpResponse:
         )
 
     async def read(self) -> bytes:
+        resp = self._resp
         try:
-            async with asyncio.timeout(self._idle_s):
-                return await self._resp.read()
+            if resp.content.is_eof():  # the whole body came with the head (a small answer): no wait
+                return await resp.read()
+            wait = self._wait
+            wait.due_in(self._idle_s)
+            with wait:
+                return await resp.read()
         except TimeoutError as exc:
             raise UpstreamTimeout(f"no data from the upstream for {self._idle_s:g} s") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamStreamBroken(f"the upstream's answer broke off: {describe(exc)}") from exc
         finally:
-            self._resp.release()
+            resp.release()
 
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
-        content = self._resp.content
-        loop = asyncio.get_running_loop()
-        # The first chunk is still within the first-byte budget; every later one gets idle_s.
-        deadline = self._first_byte_deadline
+    async def next_chunk(self) -> bytes:
+        # A method, not an async generator: nothing to close, and no generator machinery each chunk.
+        wait = self._wait
+        if self._reading:  # the first chunk is still within the first-byte budget; each later one idle_s
+            wait.due_in(self._idle_s)
+        self._reading = True
         try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await content.readany()
-                except TimeoutError as exc:
-                    raise UpstreamTimeout("the upstream stream went silent") from exc
-                if not chunk:
-                    return
-                yield chunk
-                deadline = loop.time() + self._idle_s
+            with wait:
+                return await self._resp.content.readany()
+        except TimeoutError as exc:
+            raise UpstreamTimeout("the upstream stream went silent") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamStreamBroken(f"the upstream's stream broke off: {describe(exc)}") from exc
 
@@ -214,31 +216,49 @@ class OpenAIHttpUpstream:
             auto_decompress=False,
             read_bufsize=_CHUNK_LIMIT,
         )
+        self._deadlines = Deadlines(asyncio.get_running_loop())
 
     async def post(self, path: str, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> AiohttpResponse:
-        url = self._base_url + path if self._url is None else self._url(path)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._first_byte_s
-        try:
-            async with asyncio.timeout_at(deadline):
-                resp = await self._send("POST", url, body, headers)
-        except (TimeoutError, OSError, aiohttp.ClientError) as exc:
-            raise self._mapped(exc) from exc
-        return AiohttpResponse(resp, deadline, self._idle_s)
+        return await self.request("POST", path, body, headers)
 
     async def request(
         self, method: str, path: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
     ) -> AiohttpResponse:
-        """Any method on ``path`` (a stored object's ``GET``, ``DELETE``, a ``POST`` …/cancel): the same
-        URL, auth, timeouts and errors as ``post``."""
+        """Any method on ``path`` (an inference ``POST``, a stored object's ``GET``, ``DELETE``, a ``POST``
+        …/cancel): the same URL, auth, timeouts and errors as ``post``.
+
+        Sent again when the connection it went out on was closed before any byte of an answer. Upstreams
+        close pooled connections under us: llama-server closes after every streamed answer while saying
+        keep-alive, and any server closes an idle one at its own keep-alive timeout. A close that arrives as
+        the connection is reused fails the request before the upstream read it; aiohttp sends such a request
+        again only for idempotent methods (RFC 9112 §9.3.1). An inference POST changes no state upstream,
+        and a connection closed with no answer means the request was not served, so it goes again too, at
+        most twice (the pool may hold more than one dead connection).
+        """
         url = self._base_url + path if self._url is None else self._url(path)
-        deadline = asyncio.get_running_loop().time() + self._first_byte_s
-        try:
-            async with asyncio.timeout_at(deadline):
-                resp = await self._send(method, url, body, headers)
-        except (TimeoutError, OSError, aiohttp.ClientError) as exc:
-            raise self._mapped(exc) from exc
-        return AiohttpResponse(resp, deadline, self._idle_s)
+        deadlines = self._deadlines
+        wait = deadlines.wait(deadlines.time() + self._first_byte_s)
+        resends_left = _RESENDS_ON_CLOSED_CONNECTION
+        # One coroutine from here to aiohttp's, the resends inline: every resume of the request passes
+        # through each coroutine of its await chain.
+        while True:
+            try:
+                with wait:
+                    # No headers (most requests): aiohttp merges none with the session's.
+                    resp = await self._session.request(
+                        method, url, data=body or None, headers=headers or None
+                    )
+                return AiohttpResponse(resp, wait, self._idle_s)
+            except (
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError,
+                aiohttp.ClientConnectionResetError,
+            ) as exc:
+                if not resends_left or not closed_before_answer(exc):
+                    raise self._mapped(exc) from exc
+                resends_left -= 1
+            except (TimeoutError, OSError, aiohttp.ClientError) as exc:
+                raise self._mapped(exc) from exc
 
     def _mapped(self, exc: TimeoutError | OSError | aiohttp.ClientError) -> Exception:
         """The one map from a failed send to tokenyard's errors, most specific first (the URL, which may
@@ -259,39 +279,13 @@ class OpenAIHttpUpstream:
             return UpstreamConnectError(f"cannot reach the upstream: {describe(exc)}")
         return UpstreamError(f"the upstream request failed: {describe(exc)}")
 
-    async def _send(
-        self, method: str, url: str, body: bytes, headers: Sequence[tuple[str, str]]
-    ) -> aiohttp.ClientResponse:
-        """Send, and send again when the connection it went out on was closed before any byte of an answer.
-
-        Upstreams close pooled connections under us: llama-server closes after every streamed answer while
-        saying keep-alive, and any server closes an idle one at its own keep-alive timeout. A close that
-        arrives as the connection is reused fails the request before the upstream read it; aiohttp sends
-        such a request again only for idempotent methods (RFC 9112 §9.3.1). An inference POST changes no
-        state upstream, and a connection closed with no answer means the request was not served, so it goes
-        again too, at most twice (the pool may hold more than one dead connection).
-        """
-        resends_left = _RESENDS_ON_CLOSED_CONNECTION
-        while True:
-            try:
-                # No headers (most requests): aiohttp merges none with the session's.
-                return await self._session.request(method, url, data=body or None, headers=headers or None)
-            except (
-                aiohttp.ServerDisconnectedError,
-                aiohttp.ClientOSError,
-                aiohttp.ClientConnectionResetError,
-            ) as exc:
-                if not resends_left or not closed_before_answer(exc):
-                    raise
-                resends_left -= 1
-
     async def aclose(self) -> None:
         await self._session.close()
 
 
 def closed_before_answer(exc: aiohttp.ClientError) -> bool:
     """Whether a request failed because its connection was closed under it before any answer (not: the
-    upstream could not be reached, or broke off an answer): what ``_send`` sends again."""
+    upstream could not be reached, or broke off an answer): what ``request`` sends again."""
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
         return True
     # ClientConnectorError is a ClientOSError too, and means no connection was made: nothing to resend on.

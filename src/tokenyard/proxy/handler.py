@@ -573,7 +573,7 @@ class Proxy:
     ) -> None:
         """Send ``upstream_request`` (its body and extra headers) to one backend and answer the client;
         ``UpstreamError`` before the first byte fails over."""
-        resp = await backend.upstream.post(leg.path, *upstream_request)
+        resp = await backend.upstream.request("POST", leg.path, *upstream_request)
         exchange.usage_api = leg.usage_api
         complete = False  # the whole answer was read, though the upstream may not have ended its body
         try:
@@ -669,14 +669,13 @@ class Proxy:
     ) -> bool:
         """Relay an upstream's stream to the client (translated on the way, if the leg is); True if it ended
         as a whole answer (``data: [DONE]``, ``response.completed``, ``message_stop``)."""
-        chunks = resp.chunks()
         tap = leg.new_tap(strip_usage=strip_usage)
         convert = leg.converter.feed if leg.converter is not None else None
         # Wait for the first whole event before answering: until then a failure can still fail over.
         first = b""
         while not first:
-            chunk = await anext(chunks, None)
-            if chunk is None:
+            chunk = await resp.next_chunk()
+            if not chunk:
                 raise UpstreamStreamBroken("the upstream closed the stream before sending anything")
             first = tap.feed(chunk)
             if convert is not None and first:
@@ -691,7 +690,10 @@ class Proxy:
             if not tap.done:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
                 last = b""
-                async for chunk in chunks:
+                # Up to the last event: the answer is whole then, so it ends now rather than at the upstream's
+                # end of body. Clients hang up right after it; an upstream that had not ended its body yet
+                # made that look like a client leaving mid-stream (499). The caller lets the upstream finish.
+                while chunk := await resp.next_chunk():
                     out = tap.feed(chunk)
                     if convert is not None and out:
                         out = convert(out)
@@ -707,11 +709,6 @@ class Proxy:
             tap.rest()  # a partial event would corrupt the error event after it: drop it
             await send({"type": "http.response.body", "body": stream_error_event(endpoint, exc)})
             return False
-        if tap.done:
-            # The last event: the answer is whole, so end it now rather than at the upstream's end of body.
-            # Clients hang up right after it; an upstream that had not ended its body yet made that look
-            # like a client leaving mid-stream (499). The caller lets the upstream finish on its own.
-            await chunks.aclose()
         backend.record_success(ticket)
         rest = tap.rest() if convert is None else b""  # a converter takes whole events only
         await send({"type": "http.response.body", "body": last + rest})
