@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Coroutine
+from typing import Any
 
 import orjson
 import pytest
@@ -17,30 +19,43 @@ from tokenyard.wire import asgi, ids, openai
 
 
 class Client:
-    """An ASGI ``receive`` whose client leaves when the test says so."""
+    """An ASGI ``receive`` whose client leaves when the test says so; under tokenyard's own server
+    (``told``) the protocol also tells the request's ``Leaving``, and the watch uses that instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, told: bool) -> None:
         self.gone = asyncio.Event()
+        self.leaving = asgi.Leaving() if told else None
 
     async def receive(self) -> asgi.Message:
         await self.gone.wait()
         return {"type": "http.disconnect"}
 
+    def leave(self) -> None:
+        self.gone.set()
+        if self.leaving is not None:
+            self.leaving.left()
 
-async def test_the_watcher_says_false_when_the_work_finished() -> None:
-    client = Client()
+    async def watch(self, work: Coroutine[Any, Any, None]) -> bool:
+        return await asgi.until_client_leaves(self.receive, work, self.leaving)
+
+
+@pytest.fixture(params=[False, True], ids=["receive", "told"])
+def client(request: pytest.FixtureRequest) -> Client:
+    return Client(request.param)
+
+
+async def test_the_watcher_says_false_when_the_work_finished(client: Client) -> None:
     done = []
 
     async def work() -> None:
         await asyncio.sleep(0)
         done.append(True)
 
-    assert await asgi.until_client_leaves(client.receive, work()) is False
+    assert await client.watch(work()) is False
     assert done == [True]
 
 
-async def test_the_watcher_says_true_and_cancels_the_work_when_the_client_left() -> None:
-    client = Client()
+async def test_the_watcher_says_true_and_cancels_the_work_when_the_client_left(client: Client) -> None:
     started, released = asyncio.Event(), []
 
     async def work() -> None:
@@ -52,32 +67,64 @@ async def test_the_watcher_says_true_and_cancels_the_work_when_the_client_left()
 
     async def leave_when_started() -> None:
         await started.wait()
-        client.gone.set()
+        client.leave()
 
     leaving = asyncio.create_task(leave_when_started())
-    assert await asgi.until_client_leaves(client.receive, work()) is True
+    assert await client.watch(work()) is True
     assert released == [True]
     await leaving
+    # The hang-up's cancellation was taken back: the task goes on (its finally blocks may await).
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    await asyncio.sleep(0)
 
 
-async def test_errors_from_the_work_reach_the_caller() -> None:
+async def test_a_client_gone_before_the_work_began_stops_it_at_its_first_await() -> None:
+    client = Client(told=True)
+    client.leave()
+    reached = []
+
+    async def work() -> None:
+        reached.append("before")
+        await asyncio.sleep(0)
+        reached.append("after")
+
+    assert await client.watch(work()) is True
+    assert reached == ["before"]
+
+
+async def test_errors_from_the_work_reach_the_caller(client: Client) -> None:
     async def work() -> None:
         raise OSError("write to a closed connection")
 
     with pytest.raises(OSError, match="closed connection"):
-        await asgi.until_client_leaves(Client().receive, work())
+        await client.watch(work())
 
 
-async def test_a_cancellation_from_outside_is_not_taken_for_a_client_leaving() -> None:
+async def test_a_cancellation_from_outside_is_not_taken_for_a_client_leaving(client: Client) -> None:
     started = asyncio.Event()
 
     async def work() -> None:
         started.set()
         await asyncio.Event().wait()
 
-    watched = asyncio.create_task(asgi.until_client_leaves(Client().receive, work()))
+    watched = asyncio.create_task(client.watch(work()))
     await started.wait()
     watched.cancel()  # a shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await watched
+
+
+async def test_a_shutdown_that_meets_a_hang_up_stays_a_cancellation(client: Client) -> None:
+    started = asyncio.Event()
+
+    async def work() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    watched = asyncio.create_task(client.watch(work()))
+    await started.wait()
+    watched.cancel()  # a shutdown …
+    client.leave()  # … and the client leaves too
     with pytest.raises(asyncio.CancelledError):
         await watched
 

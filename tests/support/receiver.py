@@ -16,11 +16,12 @@ Received = list[tuple[dict[str, str], bytes]]  # (headers, body) of each POST, i
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[int]:
-    """An ASGI ``app`` served on a free loopback port (its port) until the block ends."""
+async def serving(app: Any, **settings: Any) -> AsyncIterator[int]:
+    """An ASGI ``app`` served on a free loopback port (its port) until the block ends; ``settings``: more
+    of uvicorn's (``http=`` a protocol class, say)."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", **settings)
     )
     task = asyncio.create_task(server.serve())
 

@@ -81,12 +81,11 @@ class TokenyardApp:
         return self._runtime
 
     async def __call__(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
-        if scope["type"] == "http":
-            await self._http(scope, receive, send)
-        elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _http(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        # A request, served here rather than in a coroutine of its own: one frame fewer on its await chain.
         try:
             # The request path's routes are literal: two dict lookups (66 ns in a timeit loop, against 86 for
             # the dict and method check before routes were a table, and 249 through ``Router.match``, which

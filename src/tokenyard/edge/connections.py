@@ -223,6 +223,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # nothing is expected from it. One lazily re-armed timer checks it: no timer per request or chunk.
         self._deadline = math.inf
         self._expiry: asyncio.TimerHandle | None = None
+        self._kept_alive = False  # between an answer and the next request: the deadline is keep-alive's
+        self._leaving: wire.Leaving | None = None  # the current request's line to whoever watches its client
 
     # -- connection -----------------------------------------------------------------------------------
 
@@ -242,6 +244,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self._leaving is not None:
+            self._leaving.left()
         self._forget()
         if self._expiry is not None:
             self._expiry.cancel()
@@ -285,7 +289,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
-        if self._deadline == math.inf:  # a later request on the connection: its head's clock starts now
+        if self._kept_alive or self._deadline == math.inf:  # a later request: its head's clock starts now
+            self._kept_alive = False
             self._expect_progress(self._limits.head_timeout_s)
 
     def on_headers_complete(self) -> None:
@@ -303,6 +308,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_read_bytes = 0
         self.guard.idle.pop(self, None)  # a request runs: not to be closed for room
         self._expect_progress(self._limits.body_timeout_s)
+        self.scope[wire.LEAVING] = self._leaving = wire.Leaving()  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -314,9 +320,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.cycle.response_complete and self._counted and not self.transport.is_closing():
-            self.guard.idle[self] = None  # idle until the next request (uvicorn's keep-alive timer runs)
+        # uvicorn's own, but for keep-alive: the connection's one timer bounds the wait for the next
+        # request (its deadline moved, the timer re-armed only if it is later) where uvicorn would schedule
+        # and cancel a timer for every request.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()  # none of ours; kept in case a subclass of uvicorn's set one
+        self.flow.resume_reading()
+        if self.pipeline:  # the next request is already here: start it
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        if self._reading_head:  # the next request's head is arriving: its own deadline runs
+            return
+        self._kept_alive = True
+        self._expect_progress(self._limits.keep_alive_s)
+        if self._counted:
+            self.guard.idle[self] = None  # idle until the next request
 
     # -- limits ---------------------------------------------------------------------------------------
 
@@ -348,7 +369,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(
                 RequestTimeout(f"The request head did not arrive within {self._limits.head_timeout_s:g} s.")
             )
-        elif self.cycle is None:  # connected and never sent a byte: nobody to answer
+        elif self.cycle is None or self._kept_alive:  # never sent a byte, or idle after an answer: close
             self.transport.close()
         else:
             self._refuse(RequestTimeout(f"The request body stalled for {self._limits.body_timeout_s:g} s."))

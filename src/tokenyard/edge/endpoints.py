@@ -7,6 +7,7 @@ routes then, and its group refuses every path of it (after authenticating) with 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
@@ -81,10 +82,8 @@ def router(runtime: Runtime, health: Iterable[Route]) -> Router:
 
 
 def _inference(proxy: Proxy, endpoint: Endpoint) -> Handler:
-    async def handle(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
-        await proxy.handle(scope, receive, send, endpoint)
-
-    return handle
+    # A partial, not a coroutine of its own: one frame fewer that every resume of the request passes through.
+    return functools.partial(proxy.handle, endpoint=endpoint)
 
 
 def _count_tokens(proxy: Proxy) -> Handler:

@@ -196,10 +196,11 @@ class Proxy:
         if planned is not None:  # the plan's order for this request's shape, built when the plan came
             backends = self.able(planned[request_shape(len(body), obj)], endpoint)
         try:
-            work = self._route(
-                send, endpoint, backends, body, stream, exchange, id_header, principal.priority
-            )
-            if await wire.until_client_leaves(receive, work):
+            with wire.LeaveWatch(receive, scope.get(wire.LEAVING)) as watch:
+                await self._route(
+                    send, endpoint, backends, body, stream, exchange, id_header, principal.priority
+                )
+            if watch.left:
                 exchange.status = CLIENT_CLOSED
         except Exception:
             exchange.status = 500  # the app answers 500 (if it still can) and logs it
@@ -328,7 +329,7 @@ class Proxy:
         )
         # A held client may leave: stop waiting for it (its job still runs, once).
         try:
-            await wire.until_client_leaves(receive, submitted)
+            await wire.until_client_leaves(receive, submitted, scope.get(wire.LEAVING))
         except StoreError:  # not queued, so never answered: nothing would settle its reservation
             if held is not None and self.spend is not None:
                 self.spend.release(held)

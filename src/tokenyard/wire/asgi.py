@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
+from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -173,38 +174,97 @@ class ClientGone(Exception):
     """The client disconnected; there is nobody to answer."""
 
 
-async def until_client_leaves(receive: Receive, work: Coroutine[Any, Any, None]) -> bool:
-    """Run ``work``; if the client disconnects first, cancel it (which closes what it holds, such as an
-    upstream request). True if the client left before the work was done, False if the work finished.
+# The scope key under which tokenyard's own server (``edge.connections``) gives each request a ``Leaving``.
+LEAVING = "tokenyard.leaving"
 
-    The work runs in the caller's task and only the disconnect watch gets one of its own: one task a
-    request, not two, and no ``asyncio.wait`` (this is the proxy's hot path). Exceptions from ``work``
-    propagate; a cancellation from outside (shutdown) does too.
+
+class Leaving:
+    """A request's line from the server to whoever waits on its client: the server calls ``left()`` when
+    the client's connection is lost. Without it, noticing a hang-up takes a task a request blocked on
+    ``receive()`` (an ``asyncio.Event``, a done callback); with it, a callback from the protocol."""
+
+    __slots__ = ("callback", "gone")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.callback: Callable[[], None] | None = None
+
+    def left(self) -> None:
+        """The client's connection is lost (called by the server, once)."""
+        self.gone = True
+        if self.callback is not None:
+            self.callback()
+
+
+class LeaveWatch:
+    """``with LeaveWatch(receive, scope.get(LEAVING)) as watch:`` cancels the task it runs in if the client
+    disconnects (which closes what the block holds, such as an upstream request); the block then ends
+    quietly, with ``watch.left`` true. Exceptions from the block propagate, and so does a cancellation from
+    outside (a shutdown), even one that meets a hang-up.
+
+    Under tokenyard's server the protocol says when the connection is lost (``Leaving``): no task, no
+    timer. Under another ASGI server one task a request watches ``receive()``. Either way the work runs in
+    the caller's task, with no ``asyncio.wait`` and no coroutine of its own (this is the proxy's hot path).
     """
-    task = asyncio.current_task()
-    assert task is not None
-    left = finished = False
 
-    def on_disconnect(waiter: asyncio.Future[None]) -> None:
-        nonlocal left
-        # ``finished``: the callback may run after the work is done (it was already scheduled).
-        if not finished and not waiter.cancelled() and waiter.exception() is None:
-            left = True
-            task.cancel()
+    __slots__ = ("_done", "_leaving", "_receive", "_task", "_waiter", "left")
 
-    waiter = asyncio.ensure_future(_disconnected(receive))
-    waiter.add_done_callback(on_disconnect)
-    try:
+    def __init__(self, receive: Receive, leaving: Leaving | None) -> None:
+        self._leaving = leaving
+        self._receive = receive
+        self._task: asyncio.Task[Any] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self.left = False
+
+    def __enter__(self) -> LeaveWatch:
+        self._task = asyncio.current_task()
+        assert self._task is not None
+        leaving = self._leaving
+        if leaving is None:
+            waiter = self._waiter = asyncio.ensure_future(_disconnected(self._receive))
+            waiter.add_done_callback(self._on_disconnect)
+        elif leaving.gone:  # gone already: the block is cancelled at its first await
+            self._leave()
+        else:
+            leaving.callback = self._leave
+        return self
+
+    def _on_disconnect(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.cancelled() and waiter.exception() is None:
+            self._leave()
+
+    def _leave(self) -> None:
+        # ``_done``: a disconnect noticed after the block ended (its callback was already scheduled).
+        if not self._done and not self.left:
+            self.left = True
+            self._task.cancel()  # type: ignore[union-attr]
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        self._done = True
+        if self._leaving is not None:
+            self._leaving.callback = None
+        elif self._waiter is not None:
+            self._waiter.cancel()
+        if self.left:
+            # The hang-up's own cancellation is taken back; ours only if nobody else (a shutdown) cancelled.
+            if self._task.uncancel() == 0 and kind is asyncio.CancelledError:  # type: ignore[union-attr]
+                return True
+            if kind is None:  # the work ended before the cancellation reached it: it did not leave early
+                self.left = False
+        return False
+
+
+async def until_client_leaves(
+    receive: Receive, work: Coroutine[Any, Any, None], leaving: Leaving | None = None
+) -> bool:
+    """Run ``work``; if the client disconnects first, cancel it (``LeaveWatch``). True if the client left
+    before the work was done, False if the work finished."""
+    with LeaveWatch(receive, leaving) as watch:
         await work
-    except asyncio.CancelledError:
-        # Ours only if the client left and nobody else (a shutdown) cancelled this task too.
-        if left and task.uncancel() == 0:
-            return True
-        raise
-    finally:
-        finished = True
-        waiter.cancel()
-    return False
+    return watch.left
 
 
 async def _disconnected(receive: Receive) -> None:
