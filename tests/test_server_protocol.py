@@ -1,6 +1,8 @@
 """tokenyard's server (uvicorn with ``edge.connections``' protocol): it tells a request when its client hangs
-up (``wire.Leaving``), so the proxy notices without a task a request blocked on ``receive()``, and it keeps
-idle connections alive on the connection's one timer. The server runs in this process under real sockets."""
+up (``wire.Leaving``), so the proxy notices without a task a request blocked on ``receive()``; it keeps idle
+connections alive on the connection's one timer; and it writes a response's head with the first piece of
+its body. The server runs in this process under real sockets; the write rule is also checked call by call
+on a transport that records its calls."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import contextlib
 from typing import Any
 
 from tests.support import receiver
-from tokenyard.edge.connections import ConnectionGuard, ConnectionLimits, protocol_class
+from tokenyard.edge.connections import ConnectionGuard, ConnectionLimits, _HeadWithBody, protocol_class
 from tokenyard.wire import asgi as wire
 
 LIMITS = ConnectionLimits(
@@ -93,3 +95,80 @@ async def _closed(reader: asyncio.StreamReader) -> Any:
     with contextlib.suppress(ConnectionError):
         return await reader.read()
 
+
+class Transport:
+    """An asyncio transport that keeps what each call wrote, in order (one list item a system call)."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(bytes(data))
+
+    def writelines(self, pieces: Any) -> None:
+        self.calls.append(b"".join(pieces))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+async def test_a_response_head_goes_out_with_the_first_piece_of_its_body() -> None:
+    transport = Transport()
+    held = _HeadWithBody(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert transport.calls == []  # held back …
+    held.write(b"{}")
+    assert transport.calls == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]  # … and sent with the body
+    held.write(b"more")  # later pieces go as they come
+    await asyncio.sleep(0)  # the loop's pass ends: nothing held is sent twice
+    assert transport.calls[1:] == [b"more"]
+
+
+async def test_a_head_with_no_body_in_the_same_pass_goes_out_alone_then() -> None:
+    transport = Transport()
+    held = _HeadWithBody(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    held.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    await asyncio.sleep(0)  # the pass ends with no body written
+    assert transport.calls == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
+    held.write(b"2\r\n{}\r\n")
+    held.close()  # nothing held: closes
+    assert transport.calls[1:] == [b"2\r\n{}\r\n"]
+    assert transport.closed
+
+
+async def test_closing_sends_a_held_head_first() -> None:
+    transport = Transport()
+    held = _HeadWithBody(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    held.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    held.close()
+    assert (transport.calls, transport.closed) == ([b"HTTP/1.1 204 No Content\r\n\r\n"], True)
+    await asyncio.sleep(0)
+    assert len(transport.calls) == 1
+
+
+async def test_a_streamed_head_reaches_the_client_before_its_first_event() -> None:
+    """Under the real server: an app that starts a stream and waits before its first event (a slow
+    upstream's first token) — the client has the head while it waits."""
+    first_event = asyncio.Event()
+
+    async def app(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": list(wire.SSE_HEADERS)})
+        await first_event.wait()
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    async with receiver.serving(app, http=protocol_class(ConnectionGuard(LIMITS))) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(30):  # bounds a failure only: the head is due at once
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        first_event.set()
+        assert b"data: [DONE]" in await reader.readuntil(b"0\r\n\r\n")
+        writer.close()
