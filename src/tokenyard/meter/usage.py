@@ -242,23 +242,24 @@ class StreamTap:
 
         Only those events are located and parsed: the rest of ``data`` is passed on as it is.
         """
-        kept: list[bytes] = []
-        done = 0  # data[:done] is decided
-        while (at := _usage_at(data, done)) >= 0:
+        kept: list[bytes] = []  # stays empty while nothing changes: then ``data`` itself goes on
+        done = 0  # data[:done] is in ``kept`` (once something changed)
+        searched = 0  # data[:searched] is decided
+        while (at := _usage_at(data, searched)) >= 0:
             # The event around the marker: after the last separator before it, up to the next one.
-            start = max(done, _after(data, b"\n\n", done, at), _after(data, b"\n\r\n", done, at))
+            start = max(searched, _after(data, b"\n\n", searched, at), _after(data, b"\n\r\n", searched, at))
             separator = _EVENT_SEPARATOR.search(data, at)
             if separator is None:  # cannot happen: ``feed`` passes whole events only
                 break
-            event, done_next = data[start : separator.start()], separator.end()
+            event, searched = data[start : separator.start()], separator.end()
             replacement = self._read_usage(event)
-            if replacement is None:
-                kept.append(data[done:done_next])
-            else:
+            if replacement is not None:  # the event changes (the client did not ask for the usage)
                 kept.append(data[done:start])  # everything before it
                 if replacement:
                     kept.append(replacement + separator.group())
-            done = done_next
+                done = searched
+        if not kept:  # nothing changed (the client asked for the usage): no copy
+            return data
         kept.append(data[done:])
         return b"".join(kept)
 
