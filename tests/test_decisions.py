@@ -74,8 +74,8 @@ def test_the_choice_is_always_the_first_deployment_with_room(
     choice = choose_deployment(views)
     if any(has_room):
         assert isinstance(choice, Choice)
-        assert choice.index == has_room.index(True)
-        assert (choice.reason == "primary") == (choice.index == 0)
+        assert choice.position == has_room.index(True)
+        assert (choice.reason == "primary") == (choice.position == 0)
     else:
         assert isinstance(choice, NoChoice)
 

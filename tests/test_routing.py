@@ -417,7 +417,7 @@ def test_a_lower_priority_never_gets_a_slot_a_higher_one_is_refused(
     if isinstance(for_higher, NoChoice):
         assert isinstance(for_lower, NoChoice)
     elif isinstance(for_lower, Choice):
-        assert for_lower.index >= for_higher.index, "never an earlier deployment than a higher priority's"
+        assert for_lower.position >= for_higher.position, "never earlier than a higher priority's"
 
 
 async def test_only_dedicated_kinds_hold_slots_back_for_higher_priorities() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 
 class BreakerState(Enum):
@@ -26,8 +27,7 @@ class BreakerState(Enum):
     HALF_OPEN = "half_open"
 
 
-@dataclass(frozen=True, slots=True)
-class Ticket:
+class Ticket(NamedTuple):
     """What a request was dispatched under: the circuit's generation, and whether it is the probe."""
 
     generation: int

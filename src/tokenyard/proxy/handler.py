@@ -458,7 +458,7 @@ class Proxy:
                 exchange.status = error.status_code
                 await send_error(send, endpoint, error, id_header)
                 return
-            backend = backends[choice.index]
+            backend = backends[choice.position]
             exchange.tried.add(backend.name)
             exchange.attempts += 1
             ticket = backend.admit(now)  # in flight from here: the finally below counts it out

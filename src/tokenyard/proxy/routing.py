@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class DeploymentView:
-    """What routing needs to know of one deployment at this instant."""
+class DeploymentView(NamedTuple):
+    """What routing needs to know of one deployment at this instant (a named tuple, as the other values
+    here: made for every deployment of every request, and a frozen dataclass's fields cost a
+    ``object.__setattr__`` call each)."""
 
     name: str
     in_flight: int
@@ -39,17 +40,15 @@ class DeploymentView:
     reserved: int = 0  # slots of max_concurrency the request's priority leaves free (``reserved_slots``)
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
+class Choice(NamedTuple):
     """The deployment to send to, and why it was chosen."""
 
-    index: int
+    position: int  # in the deployments routing was given (``index`` is a tuple's method)
     reason: str  # primary | spillover | fallback | failover
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class NoChoice:
+class NoChoice(NamedTuple):
     """No deployment can take the request; ``cooling`` tells 503 (all cooling down) from 429 (all full), and
     ``rate_limited`` says the one back soonest (in ``retry_after_s``) is held out by an upstream's 429."""
 
