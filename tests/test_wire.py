@@ -173,3 +173,22 @@ def test_ids_have_openai_s_shapes_and_do_not_repeat() -> None:
     assert re.fullmatch(r"batch_req_[0-9a-f]{24}", ids.new_object_id("batch_req_"))
     assert re.fullmatch(r"replica-[0-9a-f]{12}", ids.new_replica_id())
     assert ids.new_replica_id() != ids.new_replica_id()
+
+
+def _request_id_to(pipe: Any) -> None:
+    pipe.send(ids.new_request_id())
+
+
+def test_a_forked_process_does_not_repeat_its_parent_s_request_ids() -> None:
+    # Request ids come from a generator seeded once a process: a fork copies its state, so the child seeds
+    # again, or both would hand out the same ids from here on.
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe()
+    child = context.Process(target=_request_id_to, args=(theirs,))
+    child.start()
+    from_child = ours.recv()
+    child.join()
+    assert re.fullmatch(r"req_[0-9a-f]{24}", from_child)
+    assert from_child != ids.new_request_id()
