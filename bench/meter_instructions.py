@@ -9,6 +9,12 @@ request and the ratio to metering off. Slow (valgrind), so it sends a few thousa
 
 ``redis-budget`` meters to Redis with a budget on the bench key: every request reserves its worst case in
 one atomic round trip and settles after (``proxy/spend.py``); the ratio to ``redis`` is what budgets cost.
+
+A proxy also works when no request comes: with a Redis store it ticks the async track's dispatcher four
+times a second, polls the key ring's version and the live replicas, and so on. Under valgrind a request
+takes some fifty times longer, so that work, done per second, would be charged to the requests in the
+window. So after the requests, the same proxy is measured idle for ``--idle`` seconds, and each mode is
+also given net of that background rate over the requests' window: what a request itself costs.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -32,6 +40,23 @@ def fixed_load(url: str, requests: int, stream: bool = False, concurrency: int =
     subprocess.run([*command, "--stream"] if stream else command, check=True, cwd=ROOT)
 
 
+@dataclass(frozen=True)
+class Count:
+    """Instructions a proxy executed while ``requests`` passed (with their flushes), over ``seconds``; and,
+    idle afterwards, its background rate."""
+
+    loaded: int
+    seconds: float
+    background_per_s: float
+
+    def per_request(self, requests: int) -> float:
+        return self.loaded / requests
+
+    def net_per_request(self, requests: int) -> float:
+        """Per request, without what the proxy does each second anyway."""
+        return (self.loaded - self.background_per_s * self.seconds) / requests
+
+
 def instructions(
     store: str,
     upstream_port: int,
@@ -40,8 +65,10 @@ def instructions(
     stream: bool = False,
     budget: bool = False,
     concurrency: int = 16,
-) -> int:
-    """Instructions the proxy executes while ``requests`` requests pass through it, and their flushes."""
+    idle_s: float = 10.0,
+) -> Count:
+    """Instructions the proxy executes while ``requests`` requests pass through it, and their flushes; then
+    its rate idle."""
     port = free_port()
     config = proxy_config(upstream_port, store)
     if budget:  # never reached: every request reserves and settles, none is refused
@@ -62,24 +89,41 @@ def instructions(
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
+
+    def window(work: Callable[[], None]) -> tuple[int, float]:
+        """Instructions and seconds while ``work`` runs (instrumentation on only then), from a dump of
+        their own."""
+        before = set(folder.glob(f"callgrind-{port}.out*"))
+        started = time.monotonic()
+        subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True, capture_output=True)
+        work()
+        subprocess.run(["callgrind_control", "-i", "off", str(proxy.pid)], check=True, capture_output=True)
+        seconds = time.monotonic() - started
+        subprocess.run(["callgrind_control", "-d", str(proxy.pid)], check=True, capture_output=True)
+        dumps = set(folder.glob(f"callgrind-{port}.out*")) - before
+        return sum(_total(dump) for dump in dumps), seconds
+
+    def loaded() -> None:
+        fixed_load(url, requests, stream, concurrency)
+        time.sleep(1.5)  # the flushes that carry these requests to the store
+
     try:
         wait_ready(f"http://127.0.0.1:{port}/health/ready", timeout_s=300)
         fixed_load(url, 300, stream)  # warm every code path before counting
         time.sleep(1.5)
-        subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True, capture_output=True)
-        fixed_load(url, requests, stream, concurrency)
-        time.sleep(1.5)  # the flushes that carry these requests to the store
-        subprocess.run(["callgrind_control", "-i", "off", str(proxy.pid)], check=True, capture_output=True)
-        subprocess.run(["callgrind_control", "-d", str(proxy.pid)], check=True, capture_output=True)
+        count, seconds = window(loaded)
+        idle, idle_seconds = window(lambda: time.sleep(idle_s))
     finally:
         proxy.terminate()
         proxy.wait(120)
-    total = 0
-    for dump in folder.glob(f"callgrind-{port}.out*"):
-        for line in dump.read_text().splitlines():
-            if line.startswith("totals:"):
-                total += int(line.split()[1])
-    return total
+    return Count(count, seconds, idle / idle_seconds)
+
+
+def _total(dump: Path) -> int:
+    for line in dump.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    return 0
 
 
 def main() -> None:
@@ -90,36 +134,50 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, default=16, help="requests in flight (budget round trips share at more)"
     )
+    parser.add_argument(
+        "--idle", type=float, default=10.0, help="seconds the proxy is measured idle after the requests"
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    counts: dict[str, int] = {}
+    counts: dict[str, Count] = {}
+    requests = args.requests
     with redis_and_upstream() as (redis_url, upstream_port), tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         stores = {"off": "off", "redis": redis_url, "sqlite": f"sqlite:///{folder}/meter.sqlite3"}
         stores["redis-budget"] = redis_url
         for mode in ["off", *args.stores.split(",")]:
-            counts[mode] = instructions(
+            count = counts[mode] = instructions(
                 stores[mode],
                 upstream_port,
-                args.requests,
+                requests,
                 folder,
                 args.stream,
                 mode.endswith("-budget"),
                 args.concurrency,
+                args.idle,
             )
             print(
-                f"metering {mode:6}: {counts[mode] / args.requests:,.0f} instructions a request", flush=True
+                f"metering {mode:6}: {count.per_request(requests):,.0f} instructions a request "
+                f"({count.net_per_request(requests):,.0f} net of {count.background_per_s:,.0f} a second "
+                f"idle, over {count.seconds:.1f} s)",
+                flush=True,
             )
-    if "redis" in counts and "redis-budget" in counts:
-        ratio = counts["redis-budget"] / counts["redis"]
-        print(f"a budget on the key / none (both to redis): {ratio:.4f} ({(ratio - 1) * 100:+.2f} %)")
+    for mode, label in (("redis-budget", "a budget on the key / none (both to redis)"),):
+        if mode in counts and "redis" in counts:
+            _ratios(label, counts[mode], counts["redis"], requests)
     for mode in counts:
         if mode != "off":
-            ratio = counts[mode] / counts["off"]
-            print(
-                f"metering to {mode} on / off: {ratio:.4f} ({(ratio - 1) * 100:+.2f} %) instructions/request"
-            )
+            _ratios(f"metering to {mode} on / off", counts[mode], counts["off"], requests)
+
+
+def _ratios(label: str, count: Count, base: Count, requests: int) -> None:
+    ratio = count.per_request(requests) / base.per_request(requests)
+    net = count.net_per_request(requests) / base.net_per_request(requests)
+    print(
+        f"{label}: {ratio:.4f} ({(ratio - 1) * 100:+.2f} %) instructions/request, "
+        f"net {(net - 1) * 100:+.2f} %"
+    )
 
 
 if __name__ == "__main__":
