@@ -118,7 +118,7 @@ class Transport:
 
 async def test_a_response_head_goes_out_with_the_first_piece_of_its_body() -> None:
     transport = Transport()
-    held = _HeadWithBody(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    held = _HeadWithBody(transport, asyncio.get_running_loop(), head_only=False)  # type: ignore[arg-type]
     held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
     assert transport.calls == []  # held back …
     held.write(b"{}")
@@ -128,9 +128,28 @@ async def test_a_response_head_goes_out_with_the_first_piece_of_its_body() -> No
     assert transport.calls[1:] == [b"more"]
 
 
+async def test_a_head_that_gives_its_length_waits_for_its_body_however_long() -> None:
+    transport = Transport()
+    held = _HeadWithBody(transport, asyncio.get_running_loop(), head_only=False)  # type: ignore[arg-type]
+    held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    for _ in range(3):
+        await asyncio.sleep(0)  # passes end: no flush was scheduled for it
+    assert transport.calls == []
+    held.write(b"")  # uvicorn writes even an empty body
+    assert transport.calls == [b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]
+
+
+async def test_the_head_of_an_answer_to_a_head_request_goes_out_at_the_end_of_the_pass() -> None:
+    transport = Transport()
+    held = _HeadWithBody(transport, asyncio.get_running_loop(), head_only=True)  # type: ignore[arg-type]
+    held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")  # uvicorn writes no body after it
+    await asyncio.sleep(0)
+    assert transport.calls == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"]
+
+
 async def test_a_head_with_no_body_in_the_same_pass_goes_out_alone_then() -> None:
     transport = Transport()
-    held = _HeadWithBody(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    held = _HeadWithBody(transport, asyncio.get_running_loop(), head_only=False)  # type: ignore[arg-type]
     held.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
     await asyncio.sleep(0)  # the pass ends with no body written
     assert transport.calls == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
@@ -142,7 +161,7 @@ async def test_a_head_with_no_body_in_the_same_pass_goes_out_alone_then() -> Non
 
 async def test_closing_sends_a_held_head_first() -> None:
     transport = Transport()
-    held = _HeadWithBody(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    held = _HeadWithBody(transport, asyncio.get_running_loop(), head_only=False)  # type: ignore[arg-type]
     held.write(b"HTTP/1.1 204 No Content\r\n\r\n")
     held.close()
     assert (transport.calls, transport.closed) == ([b"HTTP/1.1 204 No Content\r\n\r\n"], True)
@@ -171,4 +190,24 @@ async def test_a_streamed_head_reaches_the_client_before_its_first_event() -> No
         assert head.startswith(b"HTTP/1.1 200 ")
         first_event.set()
         assert b"data: [DONE]" in await reader.readuntil(b"0\r\n\r\n")
+        writer.close()
+
+
+async def test_a_head_request_on_a_kept_alive_connection_gets_its_answer() -> None:
+    """Under the real server: the answer to HEAD has a length and no body, and must not wait for one."""
+
+    async def app(scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
+        if scope["type"] == "http":
+            await wire.send_bytes(send, 200, b"{}")
+
+    async with receiver.serving(app, http=protocol_class(ConnectionGuard(LIMITS))) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for method in (b"HEAD", b"GET"):
+            writer.write(method + b" /h HTTP/1.1\r\nHost: t\r\n\r\n")
+            await writer.drain()
+            async with asyncio.timeout(30):  # bounds a failure only: the answer is due at once
+                head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert b"content-length: 2" in head
+        assert await reader.readexactly(2) == b"{}"  # the GET's body; the HEAD's answer had none
         writer.close()

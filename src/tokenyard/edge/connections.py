@@ -310,7 +310,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._expect_progress(self._limits.body_timeout_s)
         self.scope[wire.LEAVING] = self._leaving = wire.Leaving()  # type: ignore[literal-required]
         super().on_headers_complete()
-        self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
+        head_only = self.scope["method"] == "HEAD"
+        self.cycle.transport = _HeadWithBody(self.transport, self.loop, head_only=head_only)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         self._deadline = self.loop.time() + self._limits.body_timeout_s
@@ -391,14 +392,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 class _HeadWithBody:
     """The connection's transport as one response writes it: the head is held back and goes out with the
-    first piece of the body, in one send (a write system call and a TCP segment fewer for every answer);
-    if no body follows within the loop's pass, the head goes out alone at its end."""
+    first piece of the body, in one send (a write system call and a TCP segment fewer for every answer).
+    A head that gives a content length is followed by a write of its body, even an empty one (uvicorn
+    closes the connection, which sends what is held, if the app ends without one), except in answer to a
+    HEAD; any other head (a stream's, whose first event may be slow) goes out alone at the end of the loop's
+    pass if no body follows within it."""
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_head_only", "_held", "_loop", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, *, head_only: bool
+    ) -> None:
         self._transport = transport
         self._loop = loop
+        self._head_only = head_only  # a HEAD request: uvicorn writes no body at all
         self._held: bytes | None = b""  # b"": nothing written yet; None: the head has gone out
 
     def write(self, data: bytes) -> None:
@@ -407,7 +414,8 @@ class _HeadWithBody:
             self._transport.write(data)
         elif not held:
             self._held = data
-            self._loop.call_soon(self._flush)
+            if self._head_only or b"\r\ncontent-length:" not in data:
+                self._loop.call_soon(self._flush)
         else:
             self._held = None
             self._transport.writelines((held, data))
