@@ -71,10 +71,10 @@ def test_unsaturated_room_first_then_saturated_room_then_none(
     choice = choose_deployment(views)
     if any(clear):
         assert isinstance(choice, Choice)
-        assert choice.index == clear.index(True)
+        assert choice.position == clear.index(True)
     elif any(room):
         assert isinstance(choice, Choice)
-        assert choice.index == room.index(True)
-        assert views[choice.index].saturated is not None
+        assert choice.position == room.index(True)
+        assert views[choice.position].saturated is not None
     else:
         assert isinstance(choice, NoChoice)
