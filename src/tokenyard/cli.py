@@ -11,12 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from tokenyard import __version__
-from tokenyard.advisor import commands as advisor_commands
 from tokenyard.config import ServerConfig, TokenyardConfig, load_config
 from tokenyard.errors import ConfigError
-from tokenyard.simulator import cli as simulator_cli
-from tokenyard.telemetry import commands as meter_commands
-from tokenyard.telemetry import keys_commands
 from tokenyard.tracing.settings import missing_packages
 
 log = logging.getLogger("tokenyard")
@@ -25,7 +21,8 @@ _backends_log = logging.getLogger("tokenyard.backends")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokenyard`` console script."""
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(_command(argv))
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
@@ -39,7 +36,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _parser() -> argparse.ArgumentParser:
+def _command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names: its first word that is not an option (None: none, as in ``--help``)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def _parser(command: str | None) -> argparse.ArgumentParser:
+    """The command line's parser. Only ``command``'s own module is imported to fill in its arguments (the
+    others are listed, with their help): a proxy's resident memory is mostly the code it has loaded, and
+    ``serve`` needs none of the report, export, keys, advisor or simulator commands' code."""
     parser = argparse.ArgumentParser(
         prog="tokenyard",
         description="An OpenAI-compatible inference proxy and cost meter.",
@@ -79,8 +84,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Print spend by mode, backend kind, backend, model, tenant, team and key, dedicated "
         "utilization and idle GPU cost, and what the async track saved, from the meter store of a config.",
     )
-    meter_commands.add_report_arguments(report)
-    report.set_defaults(run=meter_commands.run_report)
+    if command == "report":
+        from tokenyard.telemetry import commands as meter_commands
+
+        meter_commands.add_report_arguments(report)
+        report.set_defaults(run=meter_commands.run_report)
 
     export = commands.add_parser(
         "export",
@@ -98,8 +106,11 @@ def _parser() -> argparse.ArgumentParser:
         "  tokenyard export --format focus --since 2026-01-01 --until 2026-02-01 > january.csv",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    meter_commands.add_export_arguments(export)
-    export.set_defaults(run=meter_commands.run_export)
+    if command == "export":
+        from tokenyard.telemetry import commands as meter_commands
+
+        meter_commands.add_export_arguments(export)
+        export.set_defaults(run=meter_commands.run_export)
 
     keys = commands.add_parser(
         "keys",
@@ -114,7 +125,10 @@ def _parser() -> argparse.ArgumentParser:
         "  tokenyard keys rotate key_0123abcd --grace 1h --url https://tokenyard.internal",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    keys_commands.add_keys_commands(keys)
+    if command == "keys":
+        from tokenyard.telemetry import keys_commands
+
+        keys_commands.add_keys_commands(keys)
 
     replay = commands.add_parser(
         "replay",
@@ -124,8 +138,11 @@ def _parser() -> argparse.ArgumentParser:
         "serverless, dedicated (for peak, autoscaled), hybrid, dedicated serverless, batch. Prints what "
         "each would have cost, the recommendation and why.",
     )
-    advisor_commands.add_replay_arguments(replay)
-    replay.set_defaults(run=advisor_commands.run_replay)
+    if command == "replay":
+        from tokenyard.advisor import commands as advisor_commands
+
+        advisor_commands.add_replay_arguments(replay)
+        replay.set_defaults(run=advisor_commands.run_replay)
 
     advise = commands.add_parser(
         "advise",
@@ -133,8 +150,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Evaluate the meter store's traffic over advisor.window_days now and print, per "
         "workload, the recommended architecture, every candidate's cost, the saving and why.",
     )
-    advisor_commands.add_advise_arguments(advise)
-    advise.set_defaults(run=advisor_commands.run_advise)
+    if command == "advise":
+        from tokenyard.advisor import commands as advisor_commands
+
+        advisor_commands.add_advise_arguments(advise)
+        advise.set_defaults(run=advisor_commands.run_advise)
 
     profile = commands.add_parser(
         "profile",
@@ -149,16 +169,22 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the operating points a profile file holds and, per request shape, the best "
         "requests/s one replica sustained within the SLO.",
     )
-    advisor_commands.add_profile_show_arguments(show)
-    show.set_defaults(run=advisor_commands.run_profile_show)
+    if command == "profile":
+        from tokenyard.advisor import commands as advisor_commands
+
+        advisor_commands.add_profile_show_arguments(show)
+        show.set_defaults(run=advisor_commands.run_profile_show)
 
     simulate = commands.add_parser(
         "simulate",
         help="run a simulated OpenAI-compatible upstream",
         description="Run a simulated OpenAI-compatible upstream (serverless or dedicated, with faults).",
     )
-    simulator_cli.add_arguments(simulate)
-    simulate.set_defaults(run=simulator_cli.run)
+    if command == "simulate":
+        from tokenyard.simulator import cli as simulator_cli
+
+        simulator_cli.add_arguments(simulate)
+        simulate.set_defaults(run=simulator_cli.run)
     return parser
 
 
@@ -207,13 +233,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tokenyard: refusing to start, the config is invalid.\n{exc}", file=sys.stderr)
         return 1
-    from tokenyard.advisor.profiles import ProfileError, load_profiles
+    if config.advisor.profiles:  # their reader is loaded only for a config that names some
+        from tokenyard.advisor.profiles import ProfileError, load_profiles
 
-    try:  # the imported capacity profiles: files the config names, read once here to fail fast
-        load_profiles(config.advisor, base=Path(path).parent if path else None)
-    except ProfileError as exc:
-        print(f"tokenyard: refusing to start, a capacity profile is unusable.\n{exc}", file=sys.stderr)
-        return 1
+        try:  # the imported capacity profiles: files the config names, read once here to fail fast
+            load_profiles(config.advisor, base=Path(path).parent if path else None)
+        except ProfileError as exc:
+            print(f"tokenyard: refusing to start, a capacity profile is unusable.\n{exc}", file=sys.stderr)
+            return 1
     # Imported here: `check-config` and `--help` should not pay for the server stack.
     from tokenyard.edge.app import no_upstreams
     from tokenyard.edge.server import run_server

@@ -15,12 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenyard.adapters.webhook import WebhookSender
-from tokenyard.advisor.catalog import load_catalog
-from tokenyard.advisor.live import AdvisorLoop
-from tokenyard.advisor.workloads import catalog_capacity
 from tokenyard.capacity.desired import (
     CapacityEstimate,
     CapacitySource,
@@ -34,6 +31,9 @@ from tokenyard.config import TokenyardConfig
 from tokenyard.live import LiveConfig
 from tokenyard.meter.meter import Meter
 from tokenyard.proxy.backends import Backend
+
+if TYPE_CHECKING:  # a type only: the advisor loads when a config runs it
+    from tokenyard.advisor.live import AdvisorLoop
 
 
 def replicas_applier(backends: Mapping[str, Backend], meter: Meter) -> Callable[[str, int], None]:
@@ -57,6 +57,11 @@ def _catalog_figures(config: Callable[[], TokenyardConfig]) -> Callable[[], Mapp
     def figures() -> Mapping[str, CapacityEstimate]:
         current = config()
         if not cached or cached[0][0] is not current:
+            # The advisor's catalog and cost model load with the first dedicated backend to size, not at
+            # start-up: a proxy's resident memory is mostly the code it has loaded.
+            from tokenyard.advisor.catalog import load_catalog
+            from tokenyard.advisor.workloads import catalog_capacity
+
             cached[:] = [(current, catalog_capacity(current, load_catalog(current.advisor.catalog)))]
         return cached[0][1]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tokenyard.dialects import messages as messages_dialect
 from tokenyard.errors import InvalidRequest, TokenyardError
 from tokenyard.proxy import request_body
 from tokenyard.proxy.endpoints import MESSAGES
@@ -38,6 +37,8 @@ async def count_tokens(proxy: Proxy, scope: wire.Scope, receive: wire.Receive, s
         backends = proxy.deployments(principal, model)
         native = next((b for b in backends if "messages" in b.speaks), None)
         if native is None:
+            from tokenyard.dialects import messages as messages_dialect  # loaded on first use, as in legs
+
             await wire.send_json(send, 200, {"input_tokens": messages_dialect.count_tokens_estimate(obj)})
             return
         upstream_model = native.config.model

@@ -19,8 +19,6 @@ from typing import Any, Protocol
 
 import orjson
 
-from tokenyard.dialects import messages as messages_dialect
-from tokenyard.dialects import responses as responses_dialect
 from tokenyard.errors import TokenyardError
 from tokenyard.meter.usage import StreamTap, Tap, tap_class
 from tokenyard.proxy.endpoints import CHAT, Endpoint
@@ -41,7 +39,10 @@ class Converter(Protocol):
 
 
 class Translation:
-    """A Responses or Messages request as chat completions: the body once, and the way back."""
+    """A Responses or Messages request as chat completions: the body once, and the way back.
+
+    The translations (``dialects/``) are imported by the first request that needs one, not at start-up: a
+    proxy serving chat completions alone never loads them (its resident memory is mostly loaded code)."""
 
     __slots__ = ("_chat", "_created_at", "_object_id", "endpoint", "request")
 
@@ -55,6 +56,9 @@ class Translation:
     def chat_request(self) -> dict[str, Any]:
         """The chat completions request (made once; ``InvalidRequest`` naming what cannot be carried)."""
         if self._chat is None:
+            from tokenyard.dialects import messages as messages_dialect
+            from tokenyard.dialects import responses as responses_dialect
+
             dialect = messages_dialect if self.endpoint.name == "messages" else responses_dialect
             self._chat = dialect.to_chat(self.request)
         return self._chat
@@ -71,6 +75,9 @@ class Translation:
             return None
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
             return None
+        from tokenyard.dialects import messages as messages_dialect
+        from tokenyard.dialects import responses as responses_dialect
+
         if self.endpoint.name == "messages":
             converted = messages_dialect.from_chat(answer, self.request, message_id=self._object_id)
         else:
@@ -81,6 +88,9 @@ class Translation:
 
     def converter(self) -> Converter:
         """A fresh converter of a chat stream into the client's API's events."""
+        from tokenyard.dialects import messages as messages_dialect
+        from tokenyard.dialects import responses as responses_dialect
+
         if self.endpoint.name == "messages":
             return messages_dialect.MessagesStream(self.request, message_id=self._object_id)
         return responses_dialect.ResponsesStream(

@@ -7,11 +7,10 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from tokenyard.advisor.live import AdvisorLoop
 from tokenyard.capacity import envelope as capacity_envelope
 from tokenyard.capacity.envelope_keeper import EnvelopeKeeper
 from tokenyard.capacity.shared_replicas import publish_replicas
@@ -21,9 +20,12 @@ from tokenyard.live import LiveConfig
 from tokenyard.meter.engine_usage import ENGINE_MAX_GAP_S, engine_window
 from tokenyard.meter.meter import Meter
 from tokenyard.proxy.backends import Backend
-from tokenyard.queue.dispatcher import Dispatcher
-from tokenyard.telemetry import focus, focus_files, report, sessions
+from tokenyard.telemetry import sessions
 from tokenyard.wire import asgi as wire
+
+if TYPE_CHECKING:  # types only: the advisor and the async track load when a config runs them
+    from tokenyard.advisor.live import AdvisorLoop
+    from tokenyard.queue.dispatcher import Dispatcher
 
 log = logging.getLogger("tokenyard.admin")
 
@@ -138,6 +140,8 @@ class AdminApi:
     async def usage(self, scope: wire.Scope, receive: wire.Receive, send: wire.Send) -> None:
         """``GET /admin/usage?start=24h&end=&group_by=model,tenant&granularity=hour``."""
         self.authorize(scope)
+        from tokenyard.telemetry import report  # the usage API's reader: loaded on its first use
+
         query = wire.query(scope)
         try:
             start, end = self._window(query, "24h")
@@ -182,6 +186,8 @@ class AdminApi:
         """``GET /admin/export/focus?start=7d&end=&format=csv|parquet``: cost rows in FOCUS 1.2's columns
         over whole hours (the window widened to them), as a file to download."""
         self.authorize(scope)
+        from tokenyard.telemetry import focus, focus_files  # the FOCUS export: loaded on its first use
+
         query = wire.query(scope)
         try:
             file_format = focus_files.format_named(query.get("format", "csv"))
@@ -208,6 +214,8 @@ class AdminApi:
 
     def _window(self, query: dict[str, str], default_start: str) -> tuple[float, float]:
         """The span a read covers, from the query's ``start`` and ``end`` (ValueError if they make none)."""
+        from tokenyard.telemetry import report
+
         start, end = query.get("start", default_start), query.get("end")
         return report.parse_window(start, end, self.wall(), self.config.meter.retention_days * 86400)
 

@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tokenyard.admission.budgets import NUSD_PER_USD
-from tokenyard.advisor.live import AdvisorLoop
 from tokenyard.advisor.settings import DAYS_PER_MONTH
 from tokenyard.capacity.gpu_plan import ModelPlan
-from tokenyard.capacity.planner import CapacityPlanner
 from tokenyard.meter.meter import Meter
 from tokenyard.meter.model import AGG_FIELDS, LATENCY_BUCKETS_MS, PUSD_PER_USD
 from tokenyard.proxy.backends import Backend
-from tokenyard.queue.dispatcher import Dispatcher
 from tokenyard.telemetry.budget_watch import BudgetSnapshot
+
+if TYPE_CHECKING:  # types only: the advisor, the planner and the async track load when a config runs them
+    from tokenyard.advisor.live import AdvisorLoop
+    from tokenyard.capacity.planner import CapacityPlanner
+    from tokenyard.queue.dispatcher import Dispatcher
 
 _LABELS = ["tenant", "model", "backend", "kind", "mode"]
 _FIELD = {name: i for i, name in enumerate(AGG_FIELDS)}
