@@ -123,20 +123,31 @@ def tokenyard(config_path: Path, paths: dict[str, str], src: str | None = None) 
         yield Running(process.pid, dict.fromkeys(paths, url))
 
 
+def serving_pid(pid: int) -> int:
+    """The process that serves: ``pid`` itself, or its biggest child when it is a supervisor (granian's
+    worker is a child process of the one started)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return max((int(child) for child in children), key=rss_mib, default=pid)
+
+
 @contextlib.contextmanager
-def bare(upstream_port: int, paths: dict[str, str]) -> Iterator[Running]:
-    """The bare pass-through (``bench.thin_proxy`` over aiohttp), pinned to the proxy core, ready. It has no
-    routing: the client names the upstream's variant in the path, which it relays as it is."""
+def bare(
+    upstream_port: int, paths: dict[str, str], server: str = "uvicorn", client: str = "aiohttp"
+) -> Iterator[Running]:
+    """The bare pass-through (``bench.thin_proxy``, by default over aiohttp under uvicorn), pinned to the
+    proxy core, ready. It has no routing: the client names the upstream's variant in the path, which it
+    relays as it is. Its pid is the serving process's (a worker, for granian)."""
     port = free_port()
-    command = [sys.executable, "-m", "bench.thin_proxy", "--client", "aiohttp", "--port", str(port)]
+    command = [sys.executable, "-m", "bench.thin_proxy", "--server", server, "--client", client]
+    command += ["--port", str(port), "--upstream", f"http://127.0.0.1:{upstream_port}"]
     # 1,000 held streams need 1,000 upstream connections, as in tokenyard's config.
-    command += ["--upstream", f"http://127.0.0.1:{upstream_port}", "--connections", "2048"]
+    command += ["--connections", "2048"]
     with server_on_proxy_core(command, port) as process:
         urls = {
             model: f"http://127.0.0.1:{port}{urlsplit(base).path}/chat/completions"
             for model, base in paths.items()
         }
-        yield Running(process.pid, urls)
+        yield Running(serving_pid(process.pid), urls)
 
 
 class PythonLoad:
