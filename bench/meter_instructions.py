@@ -6,6 +6,7 @@ request and the ratio to metering off. Slow (valgrind), so it sends a few thousa
 
     python -m bench.meter_instructions --requests 3000 --stores redis,sqlite
     python -m bench.meter_instructions --requests 2000 --stores redis,redis-budget  # a key's budget
+    python -m bench.meter_instructions --requests 2000 --stores redis,bare  # tokenyard ÷ bare
 
 ``redis-budget`` meters to Redis with a budget on the bench key: every request reserves its worst case in
 one atomic round trip and settles after (``proxy/spend.py``); the ratio to ``redis`` is what budgets cost.
@@ -57,6 +58,9 @@ class Count:
         return (self.loaded - self.background_per_s * self.seconds) / requests
 
 
+BARE = "bare"
+
+
 def instructions(
     store: str,
     upstream_port: int,
@@ -70,20 +74,20 @@ def instructions(
     """Instructions the proxy executes while ``requests`` requests pass through it, and their flushes; then
     its rate idle."""
     port = free_port()
-    config = proxy_config(upstream_port, store)
-    if budget:  # never reached: every request reserves and settles, none is refused
-        config["keys"]["bench"]["budgets"] = [{"limit_usd": 1_000_000, "window": "30d"}]
-    config_path = folder / f"config-{port}.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    if store == BARE:  # the bare pass-through, as bench.speed runs it: no routing, the path relayed
+        command = [sys.executable, "-m", "bench.thin_proxy", "--client", "aiohttp", "--port", str(port)]
+        command += ["--connections", "2048"]
+        command += ["--upstream", f"http://127.0.0.1:{upstream_port}"]
+    else:
+        config = proxy_config(upstream_port, store)
+        if budget:  # never reached: every request reserves and settles, none is refused
+            config["keys"]["bench"]["budgets"] = [{"limit_usd": 1_000_000, "window": "30d"}]
+        config_path = folder / f"config-{port}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        command = serve_command(config_path, port)
     out = folder / f"callgrind-{port}.out"
     proxy = subprocess.Popen(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-            *serve_command(config_path, port),
-        ],
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *command],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -129,7 +133,11 @@ def _total(dump: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--stores", default="redis,sqlite", help="metering stores to compare with off")
+    parser.add_argument(
+        "--stores",
+        default="redis,sqlite",
+        help="metering stores to compare with off; 'bare' adds the bare pass-through (bench.thin_proxy)",
+    )
     parser.add_argument("--stream", action="store_true", help="streamed chat requests (with usage)")
     parser.add_argument(
         "--concurrency", type=int, default=16, help="requests in flight (budget round trips share at more)"
@@ -146,6 +154,7 @@ def main() -> None:
         folder = Path(tmp)
         stores = {"off": "off", "redis": redis_url, "sqlite": f"sqlite:///{folder}/meter.sqlite3"}
         stores["redis-budget"] = redis_url
+        stores[BARE] = BARE
         for mode in ["off", *args.stores.split(",")]:
             count = counts[mode] = instructions(
                 stores[mode],
@@ -158,7 +167,8 @@ def main() -> None:
                 args.idle,
             )
             print(
-                f"metering {mode:6}: {count.per_request(requests):,.0f} instructions a request "
+                f"{'bare pass-through' if mode == BARE else f'metering {mode}':17}: "
+                f"{count.per_request(requests):,.0f} instructions a request "
                 f"({count.net_per_request(requests):,.0f} net of {count.background_per_s:,.0f} a second "
                 f"idle, over {count.seconds:.1f} s)",
                 flush=True,
@@ -167,8 +177,12 @@ def main() -> None:
         if mode in counts and "redis" in counts:
             _ratios(label, counts[mode], counts["redis"], requests)
     for mode in counts:
-        if mode != "off":
+        if mode not in ("off", BARE):
             _ratios(f"metering to {mode} on / off", counts[mode], counts["off"], requests)
+    if BARE in counts:
+        for mode in counts:
+            if mode != BARE:
+                _ratios(f"tokenyard, metering {mode} / bare", counts[mode], counts[BARE], requests)
 
 
 def _ratios(label: str, count: Count, base: Count, requests: int) -> None:
