@@ -148,18 +148,7 @@ def _httpr(base_url: str, connections: int) -> Relay:
         max_concurrency=connections, cookie_store=False, referer=False, follow_redirects=False, timeout=None
     )
 
-    async def relay(path: str, body: bytes, sink: Sink) -> None:
-        async with client.stream("POST", base_url + path, content=body, headers=_HEADERS) as resp:
-            content_type = resp.headers.get("content-type", "application/json")
-            if "content-length" in resp.headers:
-                await sink.whole(resp.status_code, content_type, await resp.aread())
-                return
-            await sink.start(resp.status_code, content_type)
-            async for chunk in resp.aiter_bytes():
-                await sink.chunk(chunk)
-        await sink.end()
-
-    return relay
+    return _stream_relay(client, base_url, raw=False)
 
 
 def _httpx(name: str, connections: int) -> Any:
@@ -185,18 +174,25 @@ async def open_client(name: str, base_url: str, connections: int) -> Relay:
         return _httpr(base_url, connections)
     client = _httpx(name, connections)
 
-    async def relay_httpx(path: str, body: bytes, sink: Sink) -> None:
+    return _stream_relay(client, base_url, raw=True)
+
+
+def _stream_relay(client: Any, base_url: str, *, raw: bool) -> Relay:
+    """A relay over a client with httpx's streaming API (httpx, httpx2, httpx-aiohttp, httpr): chunks from
+    ``aiter_raw`` if ``raw``, else from ``aiter_bytes`` (how httpr was measured)."""
+
+    async def relay(path: str, body: bytes, sink: Sink) -> None:
         async with client.stream("POST", base_url + path, content=body, headers=_HEADERS) as resp:
             content_type = resp.headers.get("content-type", "application/json")
             if "content-length" in resp.headers:
                 await sink.whole(resp.status_code, content_type, await resp.aread())
                 return
             await sink.start(resp.status_code, content_type)
-            async for chunk in resp.aiter_raw():
+            async for chunk in resp.aiter_raw() if raw else resp.aiter_bytes():
                 await sink.chunk(chunk)
         await sink.end()
 
-    return relay_httpx
+    return relay
 
 
 def app_for(client: str, base_url: str, connections: int) -> Callable[..., Awaitable[None]]:

@@ -100,21 +100,8 @@ async def test_errors_from_the_work_reach_the_caller(client: Client) -> None:
         await client.watch(work())
 
 
-async def test_a_cancellation_from_outside_is_not_taken_for_a_client_leaving(client: Client) -> None:
-    started = asyncio.Event()
-
-    async def work() -> None:
-        started.set()
-        await asyncio.Event().wait()
-
-    watched = asyncio.create_task(client.watch(work()))
-    await started.wait()
-    watched.cancel()  # a shutdown
-    with pytest.raises(asyncio.CancelledError):
-        await watched
-
-
-async def test_a_shutdown_that_meets_a_hang_up_stays_a_cancellation(client: Client) -> None:
+@pytest.mark.parametrize("hang_up_too", [False, True], ids=["shutdown", "shutdown-and-hang-up"])
+async def test_a_cancellation_from_outside_stays_a_cancellation(client: Client, hang_up_too: bool) -> None:
     started = asyncio.Event()
 
     async def work() -> None:
@@ -124,7 +111,8 @@ async def test_a_shutdown_that_meets_a_hang_up_stays_a_cancellation(client: Clie
     watched = asyncio.create_task(client.watch(work()))
     await started.wait()
     watched.cancel()  # a shutdown …
-    client.leave()  # … and the client leaves too
+    if hang_up_too:
+        client.leave()  # … that meets the client leaving: still the shutdown's, not taken for a hang-up
     with pytest.raises(asyncio.CancelledError):
         await watched
 
