@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.nginx_upstream import nginx_upstream
-from bench.services import DRIP_S, OTHER_CORE, ROOT, python_upstream, rss_mib, upstream_paths
+from bench.services import DRIP_S, OTHER_CORE, ROOT, python_upstream, rss_mib, upstream_paths, write_results
 from bench.speed import Harness, PythonLoad, Running, WrkLoad, bare, measure, scenarios
 from bench.speed_results import Results, Scenario, measured_commit
 
@@ -286,11 +286,7 @@ def main() -> None:
     raw_path = ROOT / "bench" / "results" / "ceiling-raw.json"  # every run's figures, for a second look
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     raw_path.write_text(json.dumps({"runs": raw, "checks": checks}, indent=1))
-    default = "ceiling-wrk.md" if args.harness == "wrk" else "ceiling.md"
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / default
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
-    print(f"\nwritten to {out}")
+    write_results(text, args.out, "ceiling", args.harness)
 
 
 if __name__ == "__main__":

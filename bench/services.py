@@ -191,3 +191,13 @@ def load(core: str | None, url: str, *args: str) -> dict[str, float]:
     )
     result: dict[str, float] = json.loads(out.stdout)
     return result
+
+
+def write_results(text: str, out: str | None, name: str, harness: str) -> None:
+    """Write a benchmark's table to ``out``, or to ``bench/results/<name>.md`` (``<name>-wrk.md`` under the
+    wrk harness), and say where."""
+    default = f"{name}-wrk.md" if harness == "wrk" else f"{name}.md"
+    path = Path(out) if out else ROOT / "bench" / "results" / default
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    print(f"\nwritten to {path}")

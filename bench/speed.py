@@ -51,7 +51,6 @@ from bench.services import (
     DRIP_S,
     OTHER_CORE,
     PROXY_CORE,
-    ROOT,
     cpu_seconds,
     cpu_us_per_request,
     free_port,
@@ -63,6 +62,7 @@ from bench.services import (
     serve_command,
     server_on_proxy_core,
     upstream_paths,
+    write_results,
 )
 from bench.speed_results import HELD_STREAMS, Result, Results, Scenario
 
@@ -289,11 +289,7 @@ def main() -> None:
 
     table = results.render(args)
     print("\n" + table)
-    default = "speed-wrk.md" if args.harness == "wrk" else "speed.md"
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / default
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table + "\n")
-    print(f"\nwritten to {out}")
+    write_results(table, args.out, "speed", args.harness)
 
 
 if __name__ == "__main__":
