@@ -113,12 +113,18 @@ def direct(paths: dict[str, str]) -> Running:
 
 
 @contextlib.contextmanager
-def tokenyard(config_path: Path, paths: dict[str, str], src: str | None = None) -> Iterator[Running]:
+def tokenyard(
+    config_path: Path, paths: dict[str, str], src: str | None = None, client: str = "aiohttp"
+) -> Iterator[Running]:
     """A fresh ``tokenyard serve`` on ``config_path``, pinned to the proxy core, ready; ``src``: the
-    ``src`` folder of another checkout to run instead of this one."""
+    ``src`` folder of another checkout to run instead of this one; ``client``: ``pyreqwest`` runs it over
+    ``bench.reqwest_upstream`` instead of its own aiohttp client."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": src} if src else None
-    with server_on_proxy_core(serve_command(config_path, port), port, env) as process:
+    command = serve_command(config_path, port)
+    if client == "pyreqwest":
+        command[command.index("tokenyard")] = "bench.reqwest_upstream"
+    with server_on_proxy_core(command, port, env) as process:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         yield Running(process.pid, dict.fromkeys(paths, url))
 
@@ -250,6 +256,13 @@ def main() -> None:
         help="also run the tokenyard in SRC (the src/ folder of another checkout, e.g. a git worktree at "
         "an older commit), taking turns with this one: a before/after in one go",
     )
+    parser.add_argument(
+        "--client",
+        choices=("aiohttp", "pyreqwest"),
+        default="aiohttp",
+        help="this tokenyard's upstream client: pyreqwest runs it over bench.reqwest_upstream (the baseline "
+        "keeps its own)",
+    )
     args = parser.parse_args()
     if args.harness == "wrk" and args.seconds != round(args.seconds):
         parser.error("wrk measures whole seconds: give --seconds as a whole number")
@@ -276,7 +289,8 @@ def main() -> None:
                 running = {"direct": direct(paths), "bare": stack.enter_context(bare(upstream_port, paths))}
                 for target in targets[2:]:
                     src = args.baseline if target.startswith("base") else None
-                    running[target] = stack.enter_context(tokenyard(configs[target], paths, src))
+                    client = "aiohttp" if src else args.client
+                    running[target] = stack.enter_context(tokenyard(configs[target], paths, src, client))
                 for case in cases:
                     # Targets take turns within each scenario, in an order that rotates run by run.
                     shift = run % len(targets)
