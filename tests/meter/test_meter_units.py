@@ -87,6 +87,7 @@ EVENTS: list[tuple[bytes, bytes | None, int | None]] = [
     (b'data: {"choices": [{"index": 0, "delta": {}}], "usage": {"prompt_tokens": 15}}', b"", 15),
     (b"data: " + orjson.dumps({"choices": [{"delta": {"content": 'say "usage":{ here'}}]}), None, None),
     (b': a comment with "usage":{', None, None),
+    (b'data: {"choices": [{"delta": {"content": "x"}}], "usage": null}', None, None),
     (b"event: other\ndata: " + orjson.dumps({"usage": _usage(14)}), None, None),
     (b"data: [DONE]", None, None),
 ]

@@ -228,8 +228,8 @@ class StreamTap:
                 self.content_chunks -= min(outputs.count(b"reasoning"), outputs.count(b"reasoning_content"))
         if complete.endswith(_DONE_ENDINGS) and _holds_done(complete):
             self.done = True
-        if b'"usage":{' in complete or b'"usage": {' in complete:
-            complete = self._take_usage(complete)
+        if (at := _usage_at(complete, 0)) >= 0:
+            complete = self._take_usage(complete, at)
         return complete
 
     def rest(self) -> bytes:
@@ -237,15 +237,16 @@ class StreamTap:
         held, self._held = self._held, b""
         return held
 
-    def _take_usage(self, data: bytes) -> bytes:
-        """Read the usage out of the events in ``data`` that carry one; strip it if the client did not ask.
+    def _take_usage(self, data: bytes, at: int) -> bytes:
+        """Read the usage out of the events in ``data`` that carry one (the first at ``at``); strip it if
+        the client did not ask.
 
         Only those events are located and parsed: the rest of ``data`` is passed on as it is.
         """
         kept: list[bytes] = []  # stays empty while nothing changes: then ``data`` itself goes on
         done = 0  # data[:done] is in ``kept`` (once something changed)
         searched = 0  # data[:searched] is decided
-        while (at := _usage_at(data, searched)) >= 0:
+        while at >= 0:
             # The event around the marker: after the last separator before it, up to the next one.
             start = max(searched, _after(data, b"\n\n", searched, at), _after(data, b"\n\r\n", searched, at))
             separator = _EVENT_SEPARATOR.search(data, at)
@@ -258,6 +259,7 @@ class StreamTap:
                 if replacement:
                     kept.append(replacement + separator.group())
                 done = searched
+            at = _usage_at(data, searched)
         if not kept:  # nothing changed (the client asked for the usage): no copy
             return data
         kept.append(data[done:])
@@ -320,9 +322,16 @@ def _after(data: bytes, separator: bytes, start: int, end: int) -> int:
 
 
 def _usage_at(data: bytes, start: int) -> int:
-    """Where the next usage object starts in ``data`` from ``start``, or -1."""
-    found = [at for at in (data.find(b'"usage":{', start), data.find(b'"usage": {', start)) if at >= 0]
-    return min(found) if found else -1
+    """Where the next usage object (``"usage":{`` or ``"usage": {``) starts in ``data`` from ``start``, or
+    -1. One scan for the key (a search for each spelling scanned all of a read that has neither, twice);
+    a ``"usage":null`` (OpenAI's on every chunk before the last, when usage is asked for) is stepped over."""
+    at = data.find(b'"usage":', start)
+    while at >= 0:
+        value = at + 8
+        if data.startswith(b"{", value) or data.startswith(b" {", value):
+            return at
+        at = data.find(b'"usage":', value)
+    return -1
 
 
 class _NamedEventTap:
