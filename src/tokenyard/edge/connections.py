@@ -198,6 +198,21 @@ def protocol_class(guard: ConnectionGuard) -> type[GuardedHttpToolsProtocol]:
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with bounded heads, head and body timeouts and a connection cap."""
 
+    # Slots, not instance attributes: uvicorn's 27 fit a dict sharing its keys with every connection's
+    # (CPython shares up to 30); 10 more made each connection's dict its own, 1.6 KB instead of 0.3.
+    __slots__ = (
+        "_counted",
+        "_deadline",
+        "_expiry",
+        "_head_read_bytes",
+        "_kept_alive",
+        "_leaving",
+        "_limits",
+        "_read_len",
+        "_reading_head",
+        "_refusal",
+    )
+
     guard: ClassVar[ConnectionGuard]
 
     def __init__(
