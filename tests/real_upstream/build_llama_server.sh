@@ -8,10 +8,14 @@
 set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION=0.3.36   # pins llama.cpp's source; the test tier reads the paths printed below
+# What the build is, beyond the source: a change of flags gets its own cached binary. "noamx": tuned to the
+# machine's CPU but without AMX. A VM can list AMX among its CPU's flags without letting a process use its
+# tile registers: ggml's AMX kernels then crash llama-server with SIGSEGV as it loads a model.
+LLAMA_BUILD=noamx
 SMOLLM2_WHEEL_VERSION=0.1.2
 CACHE="${TOKENYARD_CACHE_DIR:-$HOME/.cache/tokenyard}"
 PYTHON="${PYTHON:-python3}"
-PREFIX="$CACHE/llama.cpp-$LLAMA_CPP_PYTHON_VERSION"
+PREFIX="$CACHE/llama.cpp-$LLAMA_CPP_PYTHON_VERSION-$LLAMA_BUILD"
 SERVER="$PREFIX/bin/llama-server"
 MODEL="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 JOBS="${TOKENYARD_BUILD_JOBS:-2}"
@@ -45,10 +49,13 @@ if [[ ! -x $SERVER ]]; then
   tar xzf "$sdist" -C "$work" "llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
   src="$work/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
   started=$(date +%s)
-  # Static, CPU only, no downloads (CURL off: models are local files), only the server target.
+  # Static, CPU only, no downloads (CURL off: models are local files), only the server target. Native but
+  # no AMX (LLAMA_BUILD above): GCC keeps an explicit -mno-* whatever -march=native turns on.
+  no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
   cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON >"$work/configure.log" 2>&1 ||
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON \
+    -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" >"$work/configure.log" 2>&1 ||
     { tail -40 "$work/configure.log" >&2; exit 1; }
   # nice: a shared 2-core machine stays usable while it compiles (about 28 minutes there).
   nice -n 10 cmake --build "$work/build" --target llama-server -j "$JOBS" >"$work/build.log" 2>&1 ||

@@ -41,7 +41,9 @@ def _pinned(script: str, name: str) -> str:
 
 LLAMA_SERVER = Path(
     os.environ.get("TOKENYARD_LLAMA_SERVER")
-    or CACHE / f"llama.cpp-{_pinned('build_llama_server.sh', 'LLAMA_CPP_PYTHON_VERSION')}/bin/llama-server"
+    or CACHE
+    / f"llama.cpp-{_pinned('build_llama_server.sh', 'LLAMA_CPP_PYTHON_VERSION')}-"
+    f"{_pinned('build_llama_server.sh', 'LLAMA_BUILD')}/bin/llama-server"
 )
 SMOLLM2 = Path(os.environ.get("TOKENYARD_SMOLLM2_GGUF") or CACHE / "models/SmolLM2-135M-Instruct.Q4_1.gguf")
 LITELLM = Path(os.environ.get("TOKENYARD_LITELLM") or CACHE / "litellm-venv/bin/litellm")
