@@ -24,10 +24,9 @@ from typing import Any
 from pyreqwest.client import ClientBuilder
 from pyreqwest.exceptions import ConnectError, ConnectTimeoutError, PyreqwestError
 
-from tokenyard import __version__
 from tokenyard.adapters.deadlines import Deadlines, Wait
-from tokenyard.adapters.openai_http import parse_retry_after
-from tokenyard.adapters.providers import AzureTarget, Provider, auth_headers, url_for
+from tokenyard.adapters.openai_http import parse_retry_after, session_headers
+from tokenyard.adapters.providers import AzureTarget, Provider, url_for
 from tokenyard.errors import UpstreamConnectError, UpstreamError, UpstreamStreamBroken, UpstreamTimeout
 
 
@@ -128,12 +127,7 @@ class ReqwestUpstream:
         self._connect_s = connect_s
         self._first_byte_s = first_byte_s
         self._idle_s = idle_s
-        self._headers = {
-            "Content-Type": "application/json",
-            "Accept-Encoding": "identity",
-            "User-Agent": f"tokenyard/{__version__}",
-            **auth_headers(provider, api_key),
-        }
+        self._headers = session_headers(provider, api_key)
         builder = ClientBuilder().max_connections(max_connections).follow_redirects(False)
         builder = builder.gzip(False).brotli(False).zstd(False).deflate(False)
         self._client = builder.connect_timeout(timedelta(seconds=connect_s)).build()

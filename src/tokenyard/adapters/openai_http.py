@@ -181,6 +181,17 @@ class AiohttpResponse:
             asyncio.get_running_loop().call_later(grace_s, self._resp.close)
 
 
+def session_headers(provider: Provider, api_key: str | None) -> dict[str, str]:
+    """The headers every request to an upstream carries: JSON, no compression, tokenyard's User-Agent and
+    the provider's key header."""
+    return {
+        "Content-Type": "application/json",
+        "Accept-Encoding": "identity",  # the body is relayed and, later, parsed: no gzip round trip
+        "User-Agent": f"tokenyard/{__version__}",
+        **auth_headers(provider, api_key),
+    }
+
+
 class OpenAIHttpUpstream:
     """A pooled client for one upstream: an OpenAI-compatible base URL (``https://host/v1``), Anthropic's
     (``https://api.anthropic.com/v1``) or an Azure OpenAI resource (``https://res.openai.azure.com``)."""
@@ -203,15 +214,9 @@ class OpenAIHttpUpstream:
         self._connect_s = connect_s
         self._first_byte_s = first_byte_s
         self._idle_s = idle_s
-        headers = {
-            "Content-Type": "application/json",
-            "Accept-Encoding": "identity",  # the body is relayed and, later, parsed: no gzip round trip
-            "User-Agent": f"tokenyard/{__version__}",
-            **auth_headers(provider, api_key),
-        }
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, ttl_dns_cache=300),
-            headers=headers,
+            headers=session_headers(provider, api_key),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_s, connect=connect_s),
             auto_decompress=False,
             read_bufsize=_CHUNK_LIMIT,
