@@ -225,3 +225,87 @@ async def test_a_connection_keeps_uvicorns_attributes_only_in_its_dict() -> None
     ours = protocol_class(ConnectionGuard(LIMITS))(config, ServerState(), {})
     uvicorns = HttpToolsProtocol(config, ServerState(), {})
     assert set(vars(ours)) == set(vars(uvicorns))
+
+
+def _cycles(method: str, keep_alive: bool) -> tuple[Any, Any, Transport, Transport]:
+    """uvicorn's request cycle and tokenyard's, each writing to a transport of its own."""
+    import logging
+
+    from uvicorn.protocols.http.flow_control import FlowControl
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from tokenyard.edge.connections import _Cycle
+
+    made = []
+    for cls in (RequestResponseCycle, _Cycle):
+        transport = Transport()
+        cycle = cls(
+            scope={"type": "http", "method": method},  # type: ignore[typeddict-item]
+            transport=transport,  # type: ignore[arg-type]
+            flow=FlowControl(transport),  # type: ignore[arg-type]
+            logger=logging.getLogger("test"),
+            access_logger=logging.getLogger("test.access"),
+            access_log=False,
+            default_headers=[(b"date", b"Fri, 04 Dec 2026 15:00:00 GMT")],
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=keep_alive,
+            on_response=lambda: None,
+        )
+        made.append((cycle, transport))
+    (theirs, their_transport), (ours, our_transport) = made
+    return theirs, ours, their_transport, our_transport
+
+
+_HEADS = [
+    ("POST", True, 200, [(b"content-type", b"application/json"), (b"content-length", b"2")], b"{}"),
+    ("POST", True, 200, [*wire.SSE_HEADERS, *wire.STREAM_HEADERS, (b"x-request-id", b"r")], b"data: x\n\n"),
+    ("POST", True, 200, [(b"Transfer-Encoding", b"Chunked")], b"abc"),
+    ("POST", True, 200, [(b"transfer-encoding", b"chunked"), (b"content-length", b"3")], b"abc"),
+    ("POST", True, 400, [(b"Content-Length", b"3"), (b"Connection", b"keep-alive, Close")], b"bad"),
+    ("POST", False, 200, [(b"content-length", b"1")], b"x"),  # HTTP/1.0: uvicorn adds connection: close
+    ("HEAD", True, 200, [(b"content-length", b"2")], b""),
+    ("GET", True, 204, [], b""),
+    ("GET", True, 304, [(b"etag", b'"a"')], b""),
+    ("GET", True, 200, [(b"content-length", b"2"), (b"content-length", b"2")], b"{}"),
+    ("GET", True, 200, [(b"x-tab", b"a\tb"), (b"x-high", "é".encode("latin-1"))], b"ok"),
+]
+
+
+async def test_a_response_head_is_written_as_uvicorns_own_send_writes_it() -> None:
+    # _Cycle checks a head's names and values in one search each and writes it itself: byte for byte and
+    # state for state what uvicorn's send does, body included.
+    for method, keep_alive, status, headers, body in _HEADS:
+        theirs, ours, their_transport, our_transport = _cycles(method, keep_alive)
+        for cycle in (theirs, ours):
+            await cycle.send({"type": "http.response.start", "status": status, "headers": headers})
+            await cycle.send({"type": "http.response.body", "body": body})
+        assert our_transport.calls == their_transport.calls, (method, status, headers)
+        assert our_transport.closed == their_transport.closed
+        for state in ("chunked_encoding", "expected_content_length", "keep_alive", "response_complete"):
+            assert getattr(ours, state) == getattr(theirs, state), (state, headers)
+
+
+async def test_a_head_is_refused_for_the_bytes_uvicorn_refuses_and_only_those() -> None:
+    # Every byte, in a name and in a value, between two good headers.
+    good = (b"x-ok", b"fine")
+    cases = [(b"x" + bytes([byte]) + b"y", b"v") for byte in range(256)]
+    cases += [(b"x-v", b"a" + bytes([byte]) + b"b") for byte in range(256)]
+    refused = 0
+    for bad in cases:
+        theirs, ours, their_transport, our_transport = _cycles("GET", True)
+        refusals = []
+        for cycle in (theirs, ours):
+            try:
+                await cycle.send({"type": "http.response.start", "status": 200, "headers": [good, bad, good]})
+            except RuntimeError as exc:
+                refusals.append(str(exc))
+        assert len(refusals) in (0, 2), (bad, refusals)
+        assert len(set(refusals)) <= 1, (bad, refusals)
+        if refusals:
+            refused += 1
+            assert our_transport.calls == their_transport.calls == []  # nothing of the head went out
+        else:
+            assert our_transport.calls == their_transport.calls
+    # A name: the controls, DEL and HTTP's separators; a value: the controls but tab, and DEL.
+    assert refused == 49 + 32

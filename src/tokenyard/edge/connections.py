@@ -33,7 +33,13 @@ from typing import Any, ClassVar
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from tokenyard.config import TokenyardConfig
@@ -326,7 +332,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.scope[wire.LEAVING] = self._leaving = wire.Leaving()  # type: ignore[literal-required]
         super().on_headers_complete()
         head_only = self.scope["method"] == "HEAD"
-        self.cycle.transport = _HeadWithBody(self.transport, self.loop, head_only=head_only)  # type: ignore[assignment]
+        cycle = self.cycle
+        cycle.__class__ = _Cycle  # its task has not run yet: the app is handed _Cycle's send
+        cycle.transport = _HeadWithBody(self.transport, self.loop, head_only=head_only)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         self._deadline = self.loop.time() + self._limits.body_timeout_s
@@ -403,6 +411,62 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not started and not self.transport.is_closing():
             self.transport.write(_raw_response(exc, self.server_state.default_headers))
         self.transport.close()
+
+
+# The bytes uvicorn's header checks refuse (each expression is one character class).
+_BAD_NAME_BYTES = bytes(b for b in range(256) if HEADER_RE.match(bytes([b])))
+_BAD_VALUE_BYTES = bytes(b for b in range(256) if HEADER_VALUE_RE.match(bytes([b])))
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request cycle, whose response head is checked by two C-level deletions over all its names
+    and all its values, where uvicorn runs two regular-expression searches a header (an answer of
+    tokenyard's has about ten; in a timeit loop 7.9 µs → 3.0 on a loaded core). The bytes deleted are the
+    bytes uvicorn's expressions match. Any other message, or a head uvicorn would treat otherwise (a paused
+    or lost client, an access log), goes through uvicorn's own ``send``."""
+
+    async def send(self, message: Any) -> None:
+        if (
+            message["type"] != "http.response.start"
+            or self.response_started
+            or self.disconnected
+            or self.flow.write_paused
+            or self.access_log
+        ):
+            await super().send(message)
+            return
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status = message["status"]
+        headers = self.default_headers + list(message.get("headers", ()))
+        # Joined by a byte neither check refuses: "-" is a token character, a tab may be in a value.
+        names = b"-".join([name for name, _ in headers])
+        if len(names.translate(None, _BAD_NAME_BYTES)) != len(names):
+            raise RuntimeError("Invalid HTTP header name.")
+        values = b"\t".join([value for _, value in headers])
+        if len(values.translate(None, _BAD_VALUE_BYTES)) != len(values):
+            raise RuntimeError("Invalid HTTP header value.")
+        content = [STATUS_LINE[status]]
+        has_connection_close = False
+        for name, value in headers:  # as uvicorn reads them
+            name = name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection" and b"close" in [token.lower().strip() for token in value.split(b",")]:
+                self.keep_alive = False
+                has_connection_close = True
+            content += (name, b": ", value, b"\r\n")
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in (204, 304):
+            self.chunked_encoding = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        self.transport.write(b"".join(content))
 
 
 class _HeadWithBody:
