@@ -72,6 +72,11 @@ async def test_a_message_batch_round_trip_with_the_sdk(proxy: ProxyProcess) -> N
         assert done.request_counts.processing == 0
         assert done.ended_at is not None
         assert done.results_url == f"{proxy.url}/v1/messages/batches/{created.id}/results"
+        # Behind a TLS-terminating proxy on loopback, which is trusted to say the scheme by default
+        # (FORWARDED_ALLOW_IPS), the URL is the one the client reached.
+        behind_tls = client.with_options(default_headers={"X-Forwarded-Proto": "https"})
+        again = await behind_tls.messages.batches.retrieve(created.id)
+        assert again.results_url == done.results_url.replace("http://", "https://", 1)
         results = {
             line.custom_id: line.result async for line in await client.messages.batches.results(created.id)
         }

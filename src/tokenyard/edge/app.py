@@ -63,6 +63,10 @@ class TokenyardApp:
         self.clock = clock
         self.wall = wall
         self.ready = False
+        # The proxies trusted to say a client's scheme and address, for the routes that read them; None: the
+        # server applies X-Forwarded-* to every request itself (uvicorn's default; ``edge.server`` turns it
+        # off and sets this instead).
+        self.forwarded_allow_ips: list[str] | str | None = None
         self._health = (
             Route("/health/live", ("GET",), self._live),
             Route("/health/ready", ("GET",), self._ready),
@@ -143,7 +147,7 @@ class TokenyardApp:
             self._stack = None
             await stack.aclose()
             raise
-        self._router = endpoints.router(runtime, self._health)
+        self._router = endpoints.router(runtime, self._health, forwarded_allow_ips=self.forwarded_allow_ips)
         self._handlers = self._router.handlers()
         _settle_gc()
         self.ready = True

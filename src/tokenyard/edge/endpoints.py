@@ -7,11 +7,13 @@ routes then, and its group refuses every path of it (after authenticating) with 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from tokenyard.admission.auth import Principal
 from tokenyard.edge.routes import Group, Handler, Route, Router
@@ -38,11 +40,37 @@ _NO_BATCH_API: Final = "The Batch API needs the async track: a meter store (mete
 BatchHandler = Callable[[BatchApi, wire.Scope, wire.Receive, wire.Send, Principal], Awaitable[None]]
 
 
-def router(runtime: Runtime, health: Iterable[Route]) -> Router:
-    """The route table of a started service (``health``: the probes, which the app itself answers)."""
+def router(
+    runtime: Runtime, health: Iterable[Route], *, forwarded_allow_ips: list[str] | str | None = None
+) -> Router:
+    """The route table of a started service (``health``: the probes, which the app itself answers).
+
+    ``forwarded_allow_ips``: the proxies trusted to say the client's scheme and address (``X-Forwarded-
+    Proto``, ``-For``), applied by uvicorn's own middleware to every route but the inference endpoints,
+    which read neither; None when the server applies it to every request itself (uvicorn's default)."""
+    proxy = runtime.proxy
+    inference = [Route(path, ("POST",), _inference(proxy, endpoint)) for path, endpoint in ENDPOINTS.items()]
+    rest = _routes(runtime, health)
+    if forwarded_allow_ips is not None:
+        # Not on the hot path: the middleware's pass over the headers and its frame on every resume of the
+        # request cost an inference request ~1-2 µs, for a scheme and address nothing there reads.
+        rest = [
+            dataclasses.replace(route, handler=_behind_proxies(route.handler, forwarded_allow_ips))
+            for route in rest
+        ]
+    return Router([*inference, *rest], groups=[_batch_group(runtime)])
+
+
+def _behind_proxies(handler: Handler, trusted: list[str] | str) -> Handler:
+    """``handler``, with the scheme and client address that ``trusted`` proxies say (uvicorn's middleware,
+    typed for uvicorn's own ASGI types)."""
+    return cast(Handler, ProxyHeadersMiddleware(cast(Any, handler), trusted_hosts=trusted))
+
+
+def _routes(runtime: Runtime, health: Iterable[Route]) -> list[Route]:
+    """Every route but the inference endpoints'."""
     proxy, admin, dashboard = runtime.proxy, runtime.admin, runtime.dashboard
-    routes = [
-        *(Route(path, ("POST",), _inference(proxy, endpoint)) for path, endpoint in ENDPOINTS.items()),
+    return [
         Route(anthropic.COUNT_TOKENS_PATH, ("POST",), _count_tokens(proxy)),
         *_response_routes(runtime),
         Route("/v1/models", ("GET",), _list_models(runtime)),
@@ -75,7 +103,6 @@ def router(runtime: Runtime, health: Iterable[Route]) -> Router:
         *_batch_routes(runtime),
         *_message_batch_routes(runtime),
     ]
-    return Router(routes, groups=[_batch_group(runtime)])
 
 
 # -- the proxy -------------------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ def uvicorn_config(
         http=protocol_class(ConnectionGuard(limits)),
         timeout_keep_alive=math.ceil(limits.keep_alive_s),  # the protocol uses the exact value
         ws="none",  # no WebSocket routes: an upgrade would hand the connection to a protocol without limits
+        # X-Forwarded-* is applied by the routes that read the scheme or address, not on the inference path
+        # (``TokenyardApp.forwarded_allow_ips``, set by ``run_server`` from this config).
+        proxy_headers=False,
         lifespan="on",
         access_log=False,  # per-request log formatting costs the hot path; metering records requests
         log_level=log_level,
@@ -71,9 +74,9 @@ def run_server(
     (before the backends open) and gives base URLs for the backends the config has none for."""
     limits = plan_limits(config)  # before the app opens anything: the descriptor limit is raised here
     app = TokenyardApp(config, config_path=config_path, upstreams=upstreams)
-    server = _UnreadyFirst(
-        uvicorn_config(app, config, limits, log_level=log_level), app, config.server.unready_s
-    )
+    served = uvicorn_config(app, config, limits, log_level=log_level)
+    app.forwarded_allow_ips = served.forwarded_allow_ips  # uvicorn's: FORWARDED_ALLOW_IPS, or loopback
+    server = _UnreadyFirst(served, app, config.server.unready_s)
     server.run()
     if not server.started:
         raise SystemExit(1)
