@@ -257,33 +257,59 @@ def _cycles(method: str, keep_alive: bool) -> tuple[Any, Any, Transport, Transpo
     return theirs, ours, their_transport, our_transport
 
 
-_HEADS = [
-    ("POST", True, 200, [(b"content-type", b"application/json"), (b"content-length", b"2")], b"{}"),
-    ("POST", True, 200, [*wire.SSE_HEADERS, *wire.STREAM_HEADERS, (b"x-request-id", b"r")], b"data: x\n\n"),
-    ("POST", True, 200, [(b"Transfer-Encoding", b"Chunked")], b"abc"),
-    ("POST", True, 200, [(b"transfer-encoding", b"chunked"), (b"content-length", b"3")], b"abc"),
-    ("POST", True, 400, [(b"Content-Length", b"3"), (b"Connection", b"keep-alive, Close")], b"bad"),
-    ("POST", False, 200, [(b"content-length", b"1")], b"x"),  # HTTP/1.0: uvicorn adds connection: close
-    ("HEAD", True, 200, [(b"content-length", b"2")], b""),
-    ("GET", True, 204, [], b""),
-    ("GET", True, 304, [(b"etag", b'"a"')], b""),
-    ("GET", True, 200, [(b"content-length", b"2"), (b"content-length", b"2")], b"{}"),
-    ("GET", True, 200, [(b"x-tab", b"a\tb"), (b"x-high", "é".encode("latin-1"))], b"ok"),
+_CHUNKS = [(b"data: 1\n\n", True), (b"", True), (b"data: 2\n\n", True), (b"", False)]
+# (method, keep-alive, status, headers, the body's messages)
+_ANSWERS: list[tuple[str, bool, int, list[tuple[bytes, bytes]], list[tuple[bytes, bool]]]] = [
+    ("POST", True, 200, [*wire.JSON_HEADERS, (b"content-length", b"2")], [(b"{}", False)]),
+    ("POST", True, 200, [*wire.SSE_HEADERS, *wire.STREAM_HEADERS, (b"x-request-id", b"r")], _CHUNKS),
+    ("POST", True, 200, [*wire.SSE_HEADERS], [(b"data: [DONE]\n\n", False)]),
+    ("POST", True, 200, [(b"Transfer-Encoding", b"Chunked")], [(b"abc", True), (b"d", False)]),
+    ("POST", True, 200, [(b"transfer-encoding", b"chunked"), (b"content-length", b"3")], [(b"abc", False)]),
+    ("POST", True, 400, [(b"Content-Length", b"3"), (b"Connection", b"keep-alive, Close")], [(b"no", False)]),
+    ("POST", False, 200, [(b"content-length", b"3")], [(b"x", True), (b"yz", False)]),  # HTTP/1.0
+    ("HEAD", True, 200, [(b"content-length", b"2")], [(b"", False)]),
+    ("HEAD", True, 200, [], [(b"ignored", False)]),
+    ("GET", True, 204, [], [(b"", False)]),
+    ("GET", True, 304, [(b"etag", b'"a"')], [(b"", False)]),
+    ("GET", True, 200, [(b"content-length", b"2"), (b"content-length", b"2")], [(b"{", True), (b"}", False)]),
+    ("GET", True, 200, [(b"x-tab", b"a\tb"), (b"x-high", "é".encode("latin-1"))], [(b"ok", False)]),
+    # refused as uvicorn refuses them: longer or shorter than the length given
+    ("GET", True, 200, [(b"content-length", b"2")], [(b"{}!", False)]),
+    ("GET", True, 200, [(b"content-length", b"2")], [(b"{", False)]),
+    # a body message after the last: nothing more is written
+    ("GET", True, 200, [(b"content-length", b"2")], [(b"{}", False), (b"more", False)]),
 ]
 
 
-async def test_a_response_head_is_written_as_uvicorns_own_send_writes_it() -> None:
-    # _Cycle checks a head's names and values in one search each and writes it itself: byte for byte and
-    # state for state what uvicorn's send does, body included.
-    for method, keep_alive, status, headers, body in _HEADS:
+async def _answer(cycle: Any, status: int, headers: Any, pieces: list[tuple[bytes, bool]]) -> list[str]:
+    refused = []
+    for message in [
+        {"type": "http.response.start", "status": status, "headers": headers},
+        *({"type": "http.response.body", "body": body, "more_body": more} for body, more in pieces),
+    ]:
+        try:
+            await cycle.send(message)
+        except RuntimeError as exc:
+            refused.append(str(exc))
+    return refused
+
+
+async def test_an_answer_is_written_as_uvicorns_own_send_writes_it() -> None:
+    # _Cycle checks a head's names and values in one deletion each and writes heads and bodies itself:
+    # byte for byte, state for state and refusal for refusal what uvicorn's send does.
+    for method, keep_alive, status, headers, pieces in _ANSWERS:
         theirs, ours, their_transport, our_transport = _cycles(method, keep_alive)
-        for cycle in (theirs, ours):
-            await cycle.send({"type": "http.response.start", "status": status, "headers": headers})
-            await cycle.send({"type": "http.response.body", "body": body})
-        assert our_transport.calls == their_transport.calls, (method, status, headers)
-        assert our_transport.closed == their_transport.closed
+        their_refusals = await _answer(theirs, status, headers, pieces)
+        our_refusals = await _answer(ours, status, headers, pieces)
+        case = (method, status, headers, pieces)
+        assert our_refusals == their_refusals, case
+        assert our_transport.calls == their_transport.calls, case
+        assert our_transport.closed == their_transport.closed, case
         for state in ("chunked_encoding", "expected_content_length", "keep_alive", "response_complete"):
-            assert getattr(ours, state) == getattr(theirs, state), (state, headers)
+            assert getattr(ours, state) == getattr(theirs, state), (state, case)
+        assert ours.message_event.is_set() == theirs.message_event.is_set(), case
+    refusing = [case for case in _ANSWERS if case[4] in ([(b"{}!", False)], [(b"{", False)])]
+    assert len(refusing) == 2  # the refusals above are compared, not skipped
 
 
 async def test_a_head_is_refused_for_the_bytes_uvicorn_refuses_and_only_those() -> None:

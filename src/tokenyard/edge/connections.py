@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -419,22 +420,55 @@ _BAD_VALUE_BYTES = bytes(b for b in range(256) if HEADER_VALUE_RE.match(bytes([b
 
 
 class _Cycle(RequestResponseCycle):
-    """uvicorn's request cycle, whose response head is checked by two C-level deletions over all its names
-    and all its values, where uvicorn runs two regular-expression searches a header (an answer of
-    tokenyard's has about ten; in a timeit loop 7.9 µs → 3.0 on a loaded core). The bytes deleted are the
-    bytes uvicorn's expressions match. Any other message, or a head uvicorn would treat otherwise (a paused
-    or lost client, an access log), goes through uvicorn's own ``send``."""
+    """uvicorn's request cycle, writing byte for byte and state for state what uvicorn's ``send`` writes,
+    except that a response head is checked by two C-level deletions over all its names and all its values
+    where uvicorn runs two regular-expression searches a header (the bytes deleted are the bytes uvicorn's
+    expressions match; an answer of tokenyard's has about ten headers). In a timeit loop a head took
+    11.8 → 9.9 µs on this VM's loaded core.
 
-    async def send(self, message: Any) -> None:
-        if (
-            message["type"] != "http.response.start"
-            or self.response_started
-            or self.disconnected
-            or self.flow.write_paused
-            or self.access_log
-        ):
-            await super().send(message)
-            return
+    ``send`` is not a coroutine: it writes in the call and returns an awaitable that is already done. Going
+    through uvicorn's coroutine from a coroutine or function of ours would cost a body's message ~0.4 µs
+    more than uvicorn's own (once a chunk of every stream); written here it costs the same. Whatever may
+    wait or is refused (a paused or lost client, a message out of order, an access log) goes through
+    uvicorn's own ``send``."""
+
+    def send(self, message: Any) -> Awaitable[None]:  # type: ignore[override]
+        if self.flow.write_paused or self.disconnected or self.access_log:
+            return super().send(message)
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                return super().send(message)
+            self._write_head(message)
+            return _WRITTEN
+        if message["type"] != "http.response.body" or self.response_complete:
+            return super().send(message)
+        # A piece of the body: inline, once a chunk of every stream.
+        body = message.get("body", b"")
+        more_body = message.get("more_body", False)
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+        elif self.chunked_encoding:
+            if body:
+                end = b"" if more_body else b"0\r\n\r\n"
+                self.transport.write(b"%x\r\n%b\r\n%b" % (len(body), body, end))
+            else:  # as uvicorn does: an empty write, or the last chunk alone
+                self.transport.write(b"" if more_body else b"0\r\n\r\n")
+        else:
+            if len(body) > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= len(body)
+            self.transport.write(body)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+        return _WRITTEN
+
+    def _write_head(self, message: Any) -> None:
         self.response_started = True
         self.waiting_for_100_continue = False
         status = message["status"]
@@ -467,6 +501,23 @@ class _Cycle(RequestResponseCycle):
             content.append(b"transfer-encoding: chunked\r\n")
         content.append(b"\r\n")
         self.transport.write(b"".join(content))
+
+
+class _Written:
+    """An awaitable that is already done: what ``_Cycle.send`` returns for what it wrote in the call.
+
+    Awaiting it takes one step of an iterator that is always exhausted, shared by every await: no
+    generator or coroutine is made (in a timeit loop ~230 ns an await, a coroutine's ~230, a generator's
+    ~530)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return _EXHAUSTED  # type: ignore[return-value]  # an iterator is what await needs
+
+
+_EXHAUSTED = iter(())
+_WRITTEN = _Written()
 
 
 class _HeadWithBody:
