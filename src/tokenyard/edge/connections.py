@@ -432,6 +432,10 @@ class _Cycle(RequestResponseCycle):
     wait or is refused (a paused or lost client, a message out of order, an access log) goes through
     uvicorn's own ``send``."""
 
+    # Nothing of its own to store: the same layout as uvicorn's cycle (with or without slots there), so a
+    # cycle uvicorn made can become one (``GuardedHttpToolsProtocol.on_headers_complete``).
+    __slots__ = ()
+
     def send(self, message: Any) -> Awaitable[None]:  # type: ignore[override]
         if self.flow.write_paused or self.disconnected or self.access_log:
             return super().send(message)
