@@ -52,8 +52,8 @@ def router(
     inference = [Route(path, ("POST",), _inference(proxy, endpoint)) for path, endpoint in ENDPOINTS.items()]
     rest = _routes(runtime, health)
     if forwarded_allow_ips is not None:
-        # Not on the hot path: the middleware's pass over the headers and its frame on every resume of the
-        # request cost an inference request ~1-2 µs, for a scheme and address nothing there reads.
+        # Not on the hot path: the middleware's pass over the headers (0.77 µs in a timeit loop) and its frame
+        # on every resume of the request, for a scheme and address nothing there reads.
         rest = [
             dataclasses.replace(route, handler=_behind_proxies(route.handler, forwarded_allow_ips))
             for route in rest
