@@ -8,13 +8,17 @@ Foreign exceptions (aiohttp, pydantic, yaml) are mapped where they occur, ``rais
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class TokenyardError(Exception):
     """Base of every error tokenyard raises on purpose."""
 
-    status_code: int = 500
-    error_type: str = "server_error"
-    code: str | None = None
+    # What a kind of error answers: constants of its class. Declared ClassVar, so a subclass's own value
+    # stays a class attribute also where mypyc compiles the subclass (it would drop an undeclared one).
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

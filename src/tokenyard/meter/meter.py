@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from tokenyard.config import BackendConfig, MeterConfig
@@ -107,6 +107,15 @@ class _Dedicated:
     local_gpu_ms: float = 0.0
 
 
+def _batch_ids() -> Iterator[str]:
+    """A flush batch's id: random, so replicas never collide, and numbered within this process.
+
+    A generator function, not an expression: compiled by mypyc (the ``mypyc`` build), a generator
+    expression is built as a list, and this one never ends."""
+    for n in itertools.count():
+        yield f"{os.urandom(6).hex()}-{n}"
+
+
 class Meter:
     """Aggregates usage in memory and writes it to a ``UsageStore`` in exact, idempotent batches."""
 
@@ -123,7 +132,7 @@ class Meter:
         # because telemetry reaches the store through the meter (usage reads, the dashboard's salt lock).
         self.store = store
         self._wall = wall
-        self._batch_ids = (f"{os.urandom(6).hex()}-{n}" for n in itertools.count())
+        self._batch_ids = _batch_ids()
         self._aggregates: dict[BucketKey, list[int]] = {}
         self._records: deque[UsageRecord] = deque()
         self._accruals: list[GpuAccrual] = []

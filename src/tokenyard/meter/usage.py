@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import orjson
 
@@ -339,8 +339,10 @@ class _NamedEventTap:
     output chunks, and parses only the few events that carry usage or end the stream."""
 
     __slots__ = ("_held", "content_chunks", "done", "usage")
-    _OUTPUT: re.Pattern[bytes]
-    _MARKERS: tuple[bytes, ...]  # events worth parsing hold one of these
+    # Class constants of each kind of stream (ClassVar: under mypyc, instance attributes may have no class
+    # default, and a subclass's must have the very type its base declares).
+    _OUTPUT: ClassVar[re.Pattern[bytes]]
+    _MARKERS: ClassVar[tuple[bytes, ...]]  # events worth parsing hold one of these
 
     def __init__(
         self, *, strip_usage: bool = False
