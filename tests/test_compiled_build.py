@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -26,8 +27,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("TOKENYARD_CACHE_DIR") or Path.home() / ".cache" / "tokenyard")
-# The proxy's tests that go through every compiled module; each file is run as it is, on the compiled wheel.
 PIP_WHEEL = (sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation")
+_KEPT_UNUSED_S = 2 * 86_400
+# The proxy's tests that go through every compiled module; each file is run as it is, on the compiled wheel.
 RERUN = (
     "tests/test_openai_compat.py",  # chat, completions, embeddings, streams: handler, exchange, legs, taps
     "tests/test_upstream_habits.py",  # the upstream client and its deadlines
@@ -63,8 +65,16 @@ def _source_key() -> str:
 def compiled_tree() -> Path:
     """The compiled wheel, unpacked: a folder to put first on ``PYTHONPATH``."""
     tree = CACHE / f"compiled-{_source_key()}"
-    if tree.is_dir():
-        return tree
+    if not tree.is_dir():
+        _build(tree)
+    os.utime(tree)  # in use: kept
+    for stale in CACHE.glob("compiled-*"):  # other sources' builds, unused for two days
+        if time.time() - stale.stat().st_mtime > _KEPT_UNUSED_S:
+            shutil.rmtree(stale, ignore_errors=True)
+    return tree
+
+
+def _build(tree: Path) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         # Built from a copy: hatch-mypyc compiles in place, leaving the modules beside their sources, where
@@ -89,11 +99,11 @@ def compiled_tree() -> Path:
         unpacked = Path(tmp) / "tree"
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(unpacked)
-        unpacked.rename(tree)  # whole or not at all: a build cut short leaves nothing behind
-    for stale in CACHE.glob("compiled-*"):  # earlier sources' builds
-        if stale != tree:
-            shutil.rmtree(stale, ignore_errors=True)
-    return tree
+        try:
+            unpacked.rename(tree)  # whole or not at all: a build cut short leaves nothing behind
+        except OSError:
+            if not tree.is_dir():  # else another test run built the same source first
+                raise
 
 
 def _on(tree: Path) -> dict[str, str]:
