@@ -1,9 +1,9 @@
 """The opt-in compiled build (``HATCH_BUILD_HOOK_ENABLE_MYPYC=1 pip install .``) serves as the default does.
 
 pyproject.toml names the modules every request runs through; mypyc compiles them to C. Compiled code keeps
-Python's meaning only where mypyc can keep it (a generator expression becomes a list, a class attribute must
-keep its declared type), so the proxy's own tests run again here, on the built wheel: the request path, the
-upstream's habits, the stream taps, keys and budgets.
+Python's meaning only where mypyc can keep it: a generator expression becomes a list, a subclass's class
+constant its base does not declare ``ClassVar`` is dropped. So the proxy's own tests run again here, on the
+built wheel: the request path, the upstream's habits, the stream taps, keys and budgets.
 
 The wheel is built once per machine and source (``~/.cache/tokenyard/compiled-…``, or under
 ``$TOKENYARD_CACHE_DIR``): a C compiler and about a minute, then nothing until the source changes.
