@@ -25,8 +25,9 @@ from pathlib import Path
 import mypy.version
 import pytest
 
+from tests.support.machine_cache import CACHE
+
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("TOKENYARD_CACHE_DIR") or Path.home() / ".cache" / "tokenyard")
 PIP_WHEEL = (sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation")
 _KEPT_UNUSED_S = 2 * 86_400
 # The proxy's tests that go through every compiled module; each file is run as it is, on the compiled wheel.

@@ -21,10 +21,10 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.machine_cache import CACHE
 from tests.support.net import free_port
 
 HERE = Path(__file__).parent
-CACHE = Path(os.environ.get("TOKENYARD_CACHE_DIR") or Path.home() / ".cache" / "tokenyard")
 REQUIRED = os.environ.get("TOKENYARD_REQUIRE_REAL_UPSTREAMS") == "1" or os.environ.get("CI") == "true"
 LITELLM_KEY = "sk-litellm-master-0123456789"
 # What LiteLLM's mock models answer. Chat and completions share one text; embeddings one vector.
