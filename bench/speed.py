@@ -114,19 +114,27 @@ def direct(paths: dict[str, str]) -> Running:
 
 @contextlib.contextmanager
 def tokenyard(
-    config_path: Path, paths: dict[str, str], src: str | None = None, client: str = "aiohttp"
+    config_path: Path,
+    paths: dict[str, str],
+    src: str | None = None,
+    client: str = "aiohttp",
+    server: str = "uvicorn",
 ) -> Iterator[Running]:
     """A fresh ``tokenyard serve`` on ``config_path``, pinned to the proxy core, ready; ``src``: the
     ``src`` folder of another checkout to run instead of this one; ``client``: ``pyreqwest`` runs it over
-    ``bench.reqwest_upstream`` instead of its own aiohttp client."""
+    ``bench.reqwest_upstream`` instead of its own aiohttp client; ``server``: ``granian`` runs its app under
+    granian's ASGI server (``bench.granian_serve``) instead of its own uvicorn. Its pid is the serving
+    process's (granian's worker)."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": src} if src else None
     command = serve_command(config_path, port)
     if client == "pyreqwest":
         command[command.index("tokenyard")] = "bench.reqwest_upstream"
+    if server == "granian":
+        command[command.index("tokenyard")] = "bench.granian_serve"
     with server_on_proxy_core(command, port, env) as process:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        yield Running(process.pid, dict.fromkeys(paths, url))
+        yield Running(serving_pid(process.pid), dict.fromkeys(paths, url))
 
 
 def serving_pid(pid: int) -> int:
@@ -263,6 +271,13 @@ def main() -> None:
         help="this tokenyard's upstream client: pyreqwest runs it over bench.reqwest_upstream (the baseline "
         "keeps its own)",
     )
+    parser.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        default="uvicorn",
+        help="this tokenyard's HTTP server: granian runs its app under granian's ASGI interface "
+        "(bench.granian_serve; the baseline keeps uvicorn)",
+    )
     args = parser.parse_args()
     if args.harness == "wrk" and args.seconds != round(args.seconds):
         parser.error("wrk measures whole seconds: give --seconds as a whole number")
@@ -289,8 +304,10 @@ def main() -> None:
                 running = {"direct": direct(paths), "bare": stack.enter_context(bare(upstream_port, paths))}
                 for target in targets[2:]:
                     src = args.baseline if target.startswith("base") else None
-                    client = "aiohttp" if src else args.client
-                    running[target] = stack.enter_context(tokenyard(configs[target], paths, src, client))
+                    client, server = ("aiohttp", "uvicorn") if src else (args.client, args.server)
+                    running[target] = stack.enter_context(
+                        tokenyard(configs[target], paths, src, client, server)
+                    )
                 for case in cases:
                     # Targets take turns within each scenario, in an order that rotates run by run.
                     shift = run % len(targets)

@@ -241,7 +241,9 @@ class Results:
                 f"tokenyard speed benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit "
                 f"{measured_commit()}: {args.runs} runs, {args.seconds:g} s measured per closed-loop "
                 f"scenario, medians; proxy pinned to core 0, upstream + load + Redis on core 1 "
-                f"({os.cpu_count()} cores); harness: {HARNESSES[self.harness][1]}",
+                f"({os.cpu_count()} cores); harness: {HARNESSES[self.harness][1]}; this tokenyard over "
+                f"{args.client} under {args.server}"
+                + ("; the baseline over aiohttp under uvicorn" if args.baseline else ""),
                 "",
                 *self.table(),
                 *self.against_bare(),
