@@ -281,6 +281,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.harness == "wrk" and args.seconds != round(args.seconds):
         parser.error("wrk measures whole seconds: give --seconds as a whole number")
+    if args.client != "aiohttp" and args.server != "uvicorn":
+        parser.error("--client and --server each swap one part of tokenyard: give one of them")
 
     cases = [case for case in scenarios() if case.key in args.only]
     targets = ["direct", "bare", "off", "redis", *(["base-off", "base-redis"] if args.baseline else [])]
