@@ -112,6 +112,10 @@ def direct(paths: dict[str, str]) -> Running:
     return Running(None, {model: base + "/chat/completions" for model, base in paths.items()})
 
 
+# Other upstream clients tokenyard can be measured over: each module is `tokenyard` with its client swapped.
+_CLIENT_MODULES = {"pyreqwest": "bench.reqwest_upstream", "raw": "bench.raw_upstream"}
+
+
 @contextlib.contextmanager
 def tokenyard(
     config_path: Path,
@@ -122,14 +126,14 @@ def tokenyard(
 ) -> Iterator[Running]:
     """A fresh ``tokenyard serve`` on ``config_path``, pinned to the proxy core, ready; ``src``: the
     ``src`` folder of another checkout to run instead of this one; ``client``: ``pyreqwest`` runs it over
-    ``bench.reqwest_upstream`` instead of its own aiohttp client; ``server``: ``granian`` runs its app under
-    granian's ASGI server (``bench.granian_serve``) instead of its own uvicorn. Its pid is the serving
-    process's (granian's worker)."""
+    ``bench.reqwest_upstream``, ``raw`` over ``bench.raw_upstream``, instead of its own aiohttp client;
+    ``server``: ``granian`` runs its app under granian's ASGI server (``bench.granian_serve``) instead of
+    its own uvicorn. Its pid is the serving process's (granian's worker)."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": src} if src else None
     command = serve_command(config_path, port)
-    if client == "pyreqwest":
-        command[command.index("tokenyard")] = "bench.reqwest_upstream"
+    if client != "aiohttp":
+        command[command.index("tokenyard")] = _CLIENT_MODULES[client]
     if server == "granian":
         command[command.index("tokenyard")] = "bench.granian_serve"
     with server_on_proxy_core(command, port, env) as process:
@@ -266,10 +270,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--client",
-        choices=("aiohttp", "pyreqwest"),
+        choices=("aiohttp", *_CLIENT_MODULES),
         default="aiohttp",
-        help="this tokenyard's upstream client: pyreqwest runs it over bench.reqwest_upstream (the baseline "
-        "keeps its own)",
+        help="this tokenyard's upstream client: pyreqwest runs it over bench.reqwest_upstream, raw over "
+        "bench.raw_upstream (the baseline keeps its own)",
     )
     parser.add_argument(
         "--server",

@@ -19,12 +19,14 @@ from the process started.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-CLIENTS = ("aiohttp", "httpx", "httpx2", "httpx-aiohttp", "pyreqwest", "httpr")
+CLIENTS = ("aiohttp", "httpx", "httpx2", "httpx-aiohttp", "pyreqwest", "httpr", "raw")
 SERVERS = ("uvicorn", "hypercorn", "granian-asgi", "granian-rsgi")
 _HEADERS = {"content-type": "application/json"}
 _END = {"type": "http.response.body", "body": b""}
@@ -151,6 +153,154 @@ def _httpr(base_url: str, connections: int) -> Relay:
     return _stream_relay(client, base_url, raw=False)
 
 
+class _RawConnection:
+    """One keep-alive HTTP/1.1 connection of the ``raw`` client: an asyncio protocol with httptools'
+    response parser (the C parser uvicorn already loads), and nothing else. A response is read into
+    ``parts`` (whole, when the upstream gave its length) or handed on chunk by chunk through ``_waiter``."""
+
+    __slots__ = (
+        "_idle",
+        "_waiter",
+        "closed",
+        "content_type",
+        "done",
+        "length",
+        "parser",
+        "parts",
+        "status",
+        "streaming",
+        "transport",
+    )
+
+    def __init__(self, idle: list[_RawConnection]) -> None:
+        import httptools
+
+        self._idle = idle
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status, self.length, self.content_type = 0, None, b"application/json"
+        self.parts: list[bytes] = []
+        self.streaming = self.done = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self in self._idle:
+            self._idle.remove(self)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def eof_received(self) -> None:
+        pass
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length":
+            self.length = int(value)
+        elif name == b"content-type":
+            self.content_type = value
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if self.length is None:  # a stream: its head goes on at once
+            self.streaming = True
+            self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.parts.append(body)
+        if self.streaming:
+            self._wake()
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def release(self) -> None:
+        """Back to the pool if the answer was read whole and the upstream keeps the connection."""
+        if self.done and not self.closed and self.parser.should_keep_alive():
+            self._reset()
+            self._idle.append(self)
+        elif self.transport is not None:
+            self.transport.close()
+
+
+def _raw(base_url: str, connections: int) -> Relay:
+    """The least a client can be: a pool of keep-alive connections, one write a request, httptools reading
+    the answer. No TLS, proxies, redirects, decompression, resends or timeouts: how far the ceiling moves
+    when aiohttp's own work is taken away, not a client to ship."""
+    parsed = urlsplit(base_url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    prefix = parsed.path.rstrip("/")
+    head = b"Host: %s:%d\r\nContent-Type: application/json\r\nContent-Length: " % (host.encode(), port)
+    idle: list[_RawConnection] = []
+
+    async def relay(path: str, body: bytes, sink: Sink) -> None:
+        if idle:
+            conn = idle.pop()
+        else:
+            loop = asyncio.get_running_loop()
+            _, conn = await loop.create_connection(lambda: _RawConnection(idle), host, port)
+        assert conn.transport is not None
+        request = b"POST %s HTTP/1.1\r\n%s%d\r\n\r\n" % ((prefix + path).encode(), head, len(body))
+        conn.transport.write(request + body)
+        try:
+            while not (conn.done or conn.streaming or conn.closed):
+                await conn.wait()
+            if conn.closed and not conn.done:
+                raise ConnectionError("the upstream closed the connection")
+            content_type = conn.content_type.decode("latin-1")
+            if not conn.streaming:
+                await sink.whole(conn.status, content_type, b"".join(conn.parts))
+                return
+            await sink.start(conn.status, content_type)
+            while True:
+                parts = conn.parts
+                if parts:
+                    conn.parts = []
+                    for part in parts:
+                        await sink.chunk(part)
+                elif conn.done:
+                    break
+                elif conn.closed:
+                    raise ConnectionError("the upstream closed the stream")
+                else:
+                    await conn.wait()
+        finally:
+            conn.release()
+        await sink.end()
+
+    return relay
+
+
 def _httpx(name: str, connections: int) -> Any:
     if name == "httpx-aiohttp":
         import httpx
@@ -172,6 +322,8 @@ async def open_client(name: str, base_url: str, connections: int) -> Relay:
         return _pyreqwest(base_url, connections)
     if name == "httpr":
         return _httpr(base_url, connections)
+    if name == "raw":
+        return _raw(base_url, connections)
     client = _httpx(name, connections)
 
     return _stream_relay(client, base_url, raw=True)

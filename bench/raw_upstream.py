@@ -1,0 +1,345 @@
+"""tokenyard over the least an HTTP/1.1 client can be: issue 19 part 3, what the client costs tokenyard.
+
+``bench.ceiling``'s ``raw`` client (asyncio, httptools' response parser, a pool of keep-alive connections)
+took two thirds of aiohttp's CPU a whole answer, and half its memory a held stream, as the bare
+pass-through's client. This is tokenyard's ``adapters.base.Upstream`` over the same kind of connection, so
+that tokenyard itself is measured over it:
+
+    python -m bench.raw_upstream serve --config tokenyard.yaml   # tokenyard serve, over this client
+    python -m bench.speed --client raw --baseline /tmp/same-commit/src  # side by side with aiohttp
+
+It keeps the adapter's contract where the measurement depends on it: the first-byte and idle deadlines on
+tokenyard's one timer, an unfinished body's connection dropped (so the upstream stops), a request resent
+when its pooled connection was closed before any answer, Retry-After, reading paused while
+a stream's chunks wait, and tokenyard's error types. It is not a client to ship: plain HTTP and TLS only (no
+proxies, no decompression, no 1xx or bodies that end at a close, no bound on the pool), and the error
+messages are short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
+
+import httptools
+
+from tokenyard.adapters.deadlines import Deadlines, Wait
+from tokenyard.adapters.openai_http import parse_retry_after, session_headers
+from tokenyard.adapters.providers import AzureTarget, Provider, url_for
+from tokenyard.errors import UpstreamConnectError, UpstreamStreamBroken, UpstreamTimeout
+
+_PAUSE_AT = 64 * 1024  # a stream's unread bytes at which reading from the upstream pauses
+_RESENDS = 2
+
+
+class _Closed(Exception):
+    """The connection closed before the answer's end; ``answered``: whether any of it had come."""
+
+    def __init__(self, answered: bool) -> None:
+        super().__init__("the upstream closed the connection")
+        self.answered = answered
+
+
+class RawConnection(asyncio.Protocol):
+    """One keep-alive connection to the upstream and the answer on it."""
+
+    __slots__ = (
+        "_idle",
+        "_paused",
+        "_waiter",
+        "after_end",
+        "buffered",
+        "closed",
+        "done",
+        "head_done",
+        "headers",
+        "parser",
+        "parts",
+        "reused",
+        "status",
+        "transport",
+    )
+
+    def __init__(self, idle: list[RawConnection]) -> None:
+        self._idle = idle
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = self.reused = False
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self.status = 0
+        self.headers: dict[bytes, bytes] = {}
+        self.parts: list[bytes] = []
+        self.buffered = 0
+        self.head_done = self.done = self._paused = False
+        self.after_end: Callable[[], None] | None = None  # called when the answer's end arrives
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.close()  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self in self._idle:
+            self._idle.remove(self)
+        self._wake()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.head_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.parts.append(body)
+        self.buffered += len(body)
+        if self.buffered > _PAUSE_AT and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        if self.after_end is not None:
+            self.after_end()
+        else:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def take(self) -> bytes:
+        """The body's bytes that came and were not taken yet."""
+        parts, self.parts, self.buffered = self.parts, [], 0
+        if self._paused and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def finish(self) -> None:
+        """Back to the pool when the whole answer was read and the upstream keeps the connection; closed
+        otherwise (an unfinished body: the upstream stops working on it)."""
+        if self.done and not self.closed and self.parser.should_keep_alive():
+            self._fresh()
+            self.reused = True
+            self._idle.append(self)
+        elif not self.closed:
+            self.closed = True
+            self.transport.close()  # type: ignore[union-attr]
+
+
+class RawResponse:
+    """``UpstreamResponse`` over a ``RawConnection``."""
+
+    __slots__ = (
+        "_conn",
+        "_finished",
+        "_idle_s",
+        "_reading",
+        "_wait",
+        "content_type",
+        "retry_after_s",
+        "status",
+    )
+
+    def __init__(self, conn: RawConnection, wait: Wait, idle_s: float) -> None:
+        self._conn = conn
+        self._finished = False  # the connection went back to the pool or was closed: never twice
+        self._wait = wait
+        self._idle_s = idle_s
+        self._reading = False
+        self.status = conn.status
+        headers = conn.headers
+        self.content_type = headers.get(b"content-type", b"application/json").decode("latin-1")
+        if conn.status in (429, 503):
+            after, after_ms = headers.get(b"retry-after"), headers.get(b"retry-after-ms")
+            self.retry_after_s = parse_retry_after(
+                after.decode("latin-1") if after else None, after_ms.decode("latin-1") if after_ms else None
+            )
+        else:
+            self.retry_after_s = None
+
+    async def read(self) -> bytes:
+        conn = self._conn
+        try:
+            if not conn.done:
+                wait = self._wait
+                wait.due_in(self._idle_s)
+                with wait:
+                    while not conn.done:
+                        if conn.closed:
+                            raise UpstreamStreamBroken("the upstream's answer broke off")
+                        await conn.wait()
+            return conn.take()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"no data from the upstream for {self._idle_s:g} s") from exc
+        finally:
+            self.close()
+
+    async def next_chunk(self) -> bytes:
+        conn = self._conn
+        wait = self._wait
+        if self._reading:
+            wait.due_in(self._idle_s)
+        self._reading = True
+        try:
+            if not conn.parts and not conn.done:
+                with wait:
+                    while not conn.parts and not conn.done:
+                        if conn.closed:
+                            raise UpstreamStreamBroken("the upstream's stream broke off")
+                        await conn.wait()
+        except TimeoutError as exc:
+            raise UpstreamTimeout("the upstream stream went silent") from exc
+        if conn.parts:
+            return conn.take()
+        self.close()
+        return b""
+
+    def close(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._conn.finish()
+
+    def release_when_done(self, grace_s: float) -> None:
+        # As aiohttp: the connection goes back to the pool when the body's end arrives, read or not, and
+        # is dropped if it has not within ``grace_s``.
+        if self._conn.done:
+            self.close()
+            return
+        self._conn.after_end = self.close
+        asyncio.get_running_loop().call_later(grace_s, self.close)
+
+
+class RawUpstream:
+    """``adapters.base.Upstream`` over raw connections; the same constructor as ``OpenAIHttpUpstream``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        connect_s: float,
+        first_byte_s: float,
+        idle_s: float,
+        max_connections: int,
+        provider: Provider = "openai",
+        azure: AzureTarget | None = None,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._url = url_for(provider, self._base_url, azure) if provider == "azure" else None
+        parts = urlsplit(self._base_url)
+        self._host = parts.hostname or "localhost"
+        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self._port = parts.port or (443 if self._ssl else 80)
+        self._connect_s = connect_s
+        self._first_byte_s = first_byte_s
+        self._idle_s = idle_s
+        host = self._host if parts.port is None else f"{self._host}:{parts.port}"
+        fixed = {"Host": host, **session_headers(provider, api_key)}
+        self._fixed = "".join(f"{name}: {value}\r\n" for name, value in fixed.items()).encode("latin-1")
+        self._idle: list[RawConnection] = []
+        self._deadlines = Deadlines(asyncio.get_running_loop())
+
+    async def post(self, path: str, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> RawResponse:
+        return await self.request("POST", path, body, headers)
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
+    ) -> RawResponse:
+        url = self._base_url + path if self._url is None else self._url(path)
+        target = urlsplit(url)
+        where = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+        head = b"%s %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n" % (
+            method.encode(),
+            where.encode("latin-1"),
+            self._fixed,
+            extra,
+            len(body),
+        )
+        deadlines = self._deadlines
+        wait = deadlines.wait(deadlines.time() + self._first_byte_s)
+        resends_left = _RESENDS
+        while True:
+            conn = await self._connection()
+            conn.transport.write(head + body)  # type: ignore[union-attr]
+            try:
+                with wait:
+                    while not conn.head_done:
+                        if conn.closed:
+                            raise _Closed(answered=False)
+                        await conn.wait()
+                return RawResponse(conn, wait, self._idle_s)
+            except _Closed as exc:
+                conn.finish()
+                if not conn.reused or not resends_left:
+                    raise UpstreamConnectError("cannot reach the upstream: it closed the connection") from exc
+                resends_left -= 1
+            except TimeoutError as exc:
+                conn.finish()
+                raise UpstreamTimeout(f"no response head within {self._first_byte_s:g} s") from exc
+            except BaseException:
+                conn.finish()  # a client that left: drop the request, so the upstream stops
+                raise
+
+    async def _connection(self) -> RawConnection:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_s):
+                _, conn = await loop.create_connection(
+                    lambda: RawConnection(idle),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"cannot connect to the upstream within {self._connect_s:g} s") from exc
+        except OSError as exc:
+            raise UpstreamConnectError(f"cannot reach the upstream: {exc.strerror or exc}") from exc
+        return conn
+
+    async def aclose(self) -> None:
+        idle, self._idle[:] = list(self._idle), []
+        for conn in idle:
+            conn.transport.close()  # type: ignore[union-attr]
+
+
+def main() -> int:
+    """``tokenyard`` with every backend's upstream client over raw connections."""
+    from tokenyard import cli
+    from tokenyard.proxy import backends
+
+    backends.OpenAIHttpUpstream = RawUpstream  # type: ignore[misc]
+    return cli.main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
