@@ -56,6 +56,7 @@ class RawConnection(asyncio.Protocol):
         "done",
         "head_done",
         "headers",
+        "keep_alive",
         "parser",
         "parts",
         "reused",
@@ -76,7 +77,7 @@ class RawConnection(asyncio.Protocol):
         self.headers: dict[bytes, bytes] = {}
         self.parts: list[bytes] = []
         self.buffered = 0
-        self.head_done = self.done = self._paused = False
+        self.head_done = self.done = self._paused = self.keep_alive = False
         self.after_end: Callable[[], None] | None = None  # called when the answer's end arrives
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,6 +112,8 @@ class RawConnection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        # Asked now: once this callback returns, the parser is reset for the next answer and says False.
+        self.keep_alive = self.parser.should_keep_alive()
         self.done = True
         if self.after_end is not None:
             self.after_end()
@@ -140,7 +143,7 @@ class RawConnection(asyncio.Protocol):
     def finish(self) -> None:
         """Back to the pool when the whole answer was read and the upstream keeps the connection; closed
         otherwise (an unfinished body: the upstream stops working on it)."""
-        if self.done and not self.closed and self.parser.should_keep_alive():
+        if self.done and not self.closed and self.keep_alive:
             self._fresh()
             self.reused = True
             self._idle.append(self)

@@ -164,6 +164,7 @@ class _RawConnection:
         "closed",
         "content_type",
         "done",
+        "keep_alive",
         "length",
         "parser",
         "parts",
@@ -185,7 +186,7 @@ class _RawConnection:
     def _reset(self) -> None:
         self.status, self.length, self.content_type = 0, None, b"application/json"
         self.parts: list[bytes] = []
-        self.streaming = self.done = False
+        self.streaming = self.done = self.keep_alive = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -229,6 +230,8 @@ class _RawConnection:
             self._wake()
 
     def on_message_complete(self) -> None:
+        # Asked now: once this callback returns, the parser is reset for the next answer and says False.
+        self.keep_alive = self.parser.should_keep_alive()
         self.done = True
         self._wake()
 
@@ -246,7 +249,7 @@ class _RawConnection:
 
     def release(self) -> None:
         """Back to the pool if the answer was read whole and the upstream keeps the connection."""
-        if self.done and not self.closed and self.parser.should_keep_alive():
+        if self.done and not self.closed and self.keep_alive:
             self._reset()
             self._idle.append(self)
         elif self.transport is not None:
