@@ -42,25 +42,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
 
-    from granian import Granian
+    from bench.thin_proxy import serve_granian
 
     os.environ[_ENV] = args.config
-    Granian(
-        "bench.granian_serve:app",
-        factory=True,
-        address="127.0.0.1",
-        port=args.port,
-        interface="asgi",
-        workers=1,
-        runtime_threads=1,
-        blocking_threads=1,
-        loop="uvloop",
-        http="1",
-        websockets=False,
-        backlog=4096,  # tokenyard's own under uvicorn
-        log_level=args.log_level,
-        log_access=False,
-    ).serve()
+    # tokenyard's own backlog under uvicorn
+    serve_granian("bench.granian_serve:app", "asgi", args.port, backlog=4096, log_level=args.log_level)
     return 0
 
 

@@ -21,17 +21,15 @@ from __future__ import annotations
 import asyncio
 import ssl
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-import httptools
-
+from bench.raw_http import RawConnection
 from tokenyard.adapters.deadlines import Deadlines, Wait
 from tokenyard.adapters.openai_http import parse_retry_after, session_headers
 from tokenyard.adapters.providers import AzureTarget, Provider, url_for
 from tokenyard.errors import UpstreamConnectError, UpstreamStreamBroken, UpstreamTimeout
 
-_PAUSE_AT = 64 * 1024  # a stream's unread bytes at which reading from the upstream pauses
 _RESENDS = 2
 
 
@@ -41,115 +39,6 @@ class _Closed(Exception):
     def __init__(self, answered: bool) -> None:
         super().__init__("the upstream closed the connection")
         self.answered = answered
-
-
-class RawConnection(asyncio.Protocol):
-    """One keep-alive connection to the upstream and the answer on it."""
-
-    __slots__ = (
-        "_idle",
-        "_paused",
-        "_waiter",
-        "after_end",
-        "buffered",
-        "closed",
-        "done",
-        "head_done",
-        "headers",
-        "keep_alive",
-        "parser",
-        "parts",
-        "reused",
-        "status",
-        "transport",
-    )
-
-    def __init__(self, idle: list[RawConnection]) -> None:
-        self._idle = idle
-        self.parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self.closed = self.reused = False
-        self._fresh()
-
-    def _fresh(self) -> None:
-        self.status = 0
-        self.headers: dict[bytes, bytes] = {}
-        self.parts: list[bytes] = []
-        self.buffered = 0
-        self.head_done = self.done = self._paused = self.keep_alive = False
-        self.after_end: Callable[[], None] | None = None  # called when the answer's end arrives
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.transport.close()  # type: ignore[union-attr]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self in self._idle:
-            self._idle.remove(self)
-        self._wake()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.lower()] = value
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self.head_done = True
-        self._wake()
-
-    def on_body(self, body: bytes) -> None:
-        self.parts.append(body)
-        self.buffered += len(body)
-        if self.buffered > _PAUSE_AT and not self._paused:
-            self._paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        # Asked now: once this callback returns, the parser is reset for the next answer and says False.
-        self.keep_alive = self.parser.should_keep_alive()
-        self.done = True
-        if self.after_end is not None:
-            self.after_end()
-        else:
-            self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def take(self) -> bytes:
-        """The body's bytes that came and were not taken yet."""
-        parts, self.parts, self.buffered = self.parts, [], 0
-        if self._paused and not self.closed:
-            self._paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def finish(self) -> None:
-        """Back to the pool when the whole answer was read and the upstream keeps the connection; closed
-        otherwise (an unfinished body: the upstream stops working on it)."""
-        if self.done and not self.closed and self.keep_alive:
-            self._fresh()
-            self.reused = True
-            self._idle.append(self)
-        elif not self.closed:
-            self.closed = True
-            self.transport.close()  # type: ignore[union-attr]
 
 
 class RawResponse:

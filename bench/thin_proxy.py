@@ -153,144 +153,42 @@ def _httpr(base_url: str, connections: int) -> Relay:
     return _stream_relay(client, base_url, raw=False)
 
 
-class _RawConnection:
-    """One keep-alive HTTP/1.1 connection of the ``raw`` client: an asyncio protocol with httptools'
-    response parser (the C parser uvicorn already loads), and nothing else. A response is read into
-    ``parts`` (whole, when the upstream gave its length) or handed on chunk by chunk through ``_waiter``."""
-
-    __slots__ = (
-        "_idle",
-        "_waiter",
-        "closed",
-        "content_type",
-        "done",
-        "keep_alive",
-        "length",
-        "parser",
-        "parts",
-        "status",
-        "streaming",
-        "transport",
-    )
-
-    def __init__(self, idle: list[_RawConnection]) -> None:
-        import httptools
-
-        self._idle = idle
-        self.parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self.closed = False
-        self._reset()
-
-    def _reset(self) -> None:
-        self.status, self.length, self.content_type = 0, None, b"application/json"
-        self.parts: list[bytes] = []
-        self.streaming = self.done = self.keep_alive = False
-
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self in self._idle:
-            self._idle.remove(self)
-        self._wake()
-
-    def pause_writing(self) -> None:
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
-    def eof_received(self) -> None:
-        pass
-
-    # httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == b"content-length":
-            self.length = int(value)
-        elif name == b"content-type":
-            self.content_type = value
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        if self.length is None:  # a stream: its head goes on at once
-            self.streaming = True
-            self._wake()
-
-    def on_body(self, body: bytes) -> None:
-        self.parts.append(body)
-        if self.streaming:
-            self._wake()
-
-    def on_message_complete(self) -> None:
-        # Asked now: once this callback returns, the parser is reset for the next answer and says False.
-        self.keep_alive = self.parser.should_keep_alive()
-        self.done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def release(self) -> None:
-        """Back to the pool if the answer was read whole and the upstream keeps the connection."""
-        if self.done and not self.closed and self.keep_alive:
-            self._reset()
-            self._idle.append(self)
-        elif self.transport is not None:
-            self.transport.close()
-
-
 def _raw(base_url: str, connections: int) -> Relay:
-    """The least a client can be: a pool of keep-alive connections, one write a request, httptools reading
-    the answer. No TLS, proxies, redirects, decompression, resends or timeouts: how far the ceiling moves
-    when aiohttp's own work is taken away, not a client to ship."""
+    """The least a client can be (``bench.raw_http``): a pool of keep-alive connections, one write a
+    request, httptools reading the answer. No TLS, proxies, redirects, decompression, resends or timeouts:
+    how far the ceiling moves when aiohttp's own work is taken away, not a client to ship."""
+    from bench.raw_http import RawConnection
+
     parsed = urlsplit(base_url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     prefix = parsed.path.rstrip("/")
     head = b"Host: %s:%d\r\nContent-Type: application/json\r\nContent-Length: " % (host.encode(), port)
-    idle: list[_RawConnection] = []
+    idle: list[RawConnection] = []
 
     async def relay(path: str, body: bytes, sink: Sink) -> None:
-        if idle:
-            conn = idle.pop()
-        else:
+        conn = idle.pop() if idle else None
+        if conn is None or conn.closed:
             loop = asyncio.get_running_loop()
-            _, conn = await loop.create_connection(lambda: _RawConnection(idle), host, port)
-        assert conn.transport is not None
+            _, conn = await loop.create_connection(lambda: RawConnection(idle), host, port)
         request = b"POST %s HTTP/1.1\r\n%s%d\r\n\r\n" % ((prefix + path).encode(), head, len(body))
-        conn.transport.write(request + body)
+        conn.transport.write(request + body)  # type: ignore[union-attr]
         try:
-            while not (conn.done or conn.streaming or conn.closed):
+            while not conn.head_done:
+                if conn.closed:
+                    raise ConnectionError("the upstream closed the connection")
                 await conn.wait()
-            if conn.closed and not conn.done:
-                raise ConnectionError("the upstream closed the connection")
-            content_type = conn.content_type.decode("latin-1")
-            if not conn.streaming:
-                await sink.whole(conn.status, content_type, b"".join(conn.parts))
+            content_type = conn.headers.get(b"content-type", b"application/json").decode("latin-1")
+            if b"content-length" in conn.headers:
+                while not conn.done:
+                    if conn.closed:
+                        raise ConnectionError("the upstream closed the connection")
+                    await conn.wait()
+                await sink.whole(conn.status, content_type, conn.take())
                 return
             await sink.start(conn.status, content_type)
             while True:
-                parts = conn.parts
-                if parts:
-                    conn.parts = []
-                    for part in parts:
-                        await sink.chunk(part)
+                if conn.parts:
+                    await sink.chunk(conn.take())
                 elif conn.done:
                     break
                 elif conn.closed:
@@ -298,7 +196,7 @@ def _raw(base_url: str, connections: int) -> Relay:
                 else:
                     await conn.wait()
         finally:
-            conn.release()
+            conn.finish()
         await sink.end()
 
     return relay
@@ -428,26 +326,34 @@ def serve(server: str, client: str, base_url: str, connections: int, port: int) 
         config.accesslog, config.loglevel = None, "WARNING"
         uvloop.run(hypercorn_serve(app_for(client, base_url, connections), config, mode="asgi"))
     else:
-        from granian import Granian
-
         os.environ[_ENV] = f"{client}|{base_url}|{connections}"
         interface = server.split("-")[1]
-        Granian(
-            f"bench.thin_proxy:granian_{interface}",
-            factory=True,
-            address="127.0.0.1",
-            port=port,
-            interface=interface,
-            workers=1,
-            runtime_threads=1,
-            blocking_threads=1,
-            loop="uvloop",
-            http="1",
-            websockets=False,
-            backlog=2048,
-            log_level="warning",
-            log_access=False,
-        ).serve()
+        serve_granian(f"bench.thin_proxy:granian_{interface}", interface, port, backlog=2048)
+
+
+def serve_granian(
+    factory: str, interface: str, port: int, *, backlog: int, log_level: str = "warning"
+) -> None:
+    """granian as every bench runs it: the app from ``factory`` (``module:function``) on loopback, one worker
+    process, one runtime thread, uvloop, HTTP/1.1, no access log."""
+    from granian import Granian
+
+    Granian(
+        factory,
+        factory=True,
+        address="127.0.0.1",
+        port=port,
+        interface=interface,
+        workers=1,
+        runtime_threads=1,
+        blocking_threads=1,
+        loop="uvloop",
+        http="1",
+        websockets=False,
+        backlog=backlog,
+        log_level=log_level,
+        log_access=False,
+    ).serve()
 
 
 def main() -> None:
