@@ -22,6 +22,7 @@ class RawConnection(asyncio.Protocol):
         "_paused",
         "_waiter",
         "after_end",
+        "broken",
         "buffered",
         "closed",
         "done",
@@ -37,6 +38,7 @@ class RawConnection(asyncio.Protocol):
 
     def __init__(self, idle: list[RawConnection]) -> None:
         self._idle = idle
+        self.broken = ""  # the parser's complaint, when the answer was malformed
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -58,6 +60,7 @@ class RawConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
+            self.broken = "head" if not self.head_done else "body"
             self.transport.close()  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -121,3 +124,15 @@ class RawConnection(asyncio.Protocol):
         elif not self.closed:
             self.closed = True
             self.transport.close()  # type: ignore[union-attr]
+
+    def why_broken(self) -> str:
+        """In words, why the answer on this connection did not end: it closed, or was malformed."""
+        if self.broken == "head":
+            return "the upstream's HTTP response was malformed"
+        if self.broken == "body":
+            return "the upstream's chunked encoding was malformed"
+        if not self.head_done:
+            return "the upstream closed the connection unexpectedly"
+        if b"content-length" in self.headers:
+            return "the upstream closed the connection mid-body (before its Content-Length was reached)"
+        return "the upstream closed the connection mid-body (before the last chunk)"

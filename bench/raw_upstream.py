@@ -12,13 +12,14 @@ It keeps the adapter's contract where the measurement depends on it: the first-b
 tokenyard's one timer, an unfinished body's connection dropped (so the upstream stops), a request resent
 when its pooled connection was closed before any answer, Retry-After, reading paused while
 a stream's chunks wait, and tokenyard's error types. It is not a client to ship: plain HTTP and TLS only (no
-proxies, no decompression, no 1xx or bodies that end at a close, no bound on the pool), and the error
-messages are short.
+proxies, no decompression, no 1xx or bodies that end at a close, no bound on the pool, no bound on a
+response head).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import sys
 from collections.abc import Sequence
@@ -26,9 +27,10 @@ from urllib.parse import urlsplit
 
 from bench.raw_http import RawConnection
 from tokenyard.adapters.deadlines import Deadlines, Wait
+from tokenyard.adapters.openai_http import _LOCAL_ERRNOS as LOCAL_ERRNOS
 from tokenyard.adapters.openai_http import parse_retry_after, session_headers
 from tokenyard.adapters.providers import AzureTarget, Provider, url_for
-from tokenyard.errors import UpstreamConnectError, UpstreamStreamBroken, UpstreamTimeout
+from tokenyard.errors import ProxyOverloaded, UpstreamConnectError, UpstreamStreamBroken, UpstreamTimeout
 
 _RESENDS = 2
 
@@ -81,7 +83,9 @@ class RawResponse:
                 with wait:
                     while not conn.done:
                         if conn.closed:
-                            raise UpstreamStreamBroken("the upstream's answer broke off")
+                            raise UpstreamStreamBroken(
+                                f"the upstream's answer broke off: {conn.why_broken()}"
+                            )
                         await conn.wait()
             return conn.take()
         except TimeoutError as exc:
@@ -100,7 +104,9 @@ class RawResponse:
                 with wait:
                     while not conn.parts and not conn.done:
                         if conn.closed:
-                            raise UpstreamStreamBroken("the upstream's stream broke off")
+                            raise UpstreamStreamBroken(
+                                f"the upstream's stream broke off: {conn.why_broken()}"
+                            )
                         await conn.wait()
         except TimeoutError as exc:
             raise UpstreamTimeout("the upstream stream went silent") from exc
@@ -187,7 +193,7 @@ class RawUpstream:
             except _Closed as exc:
                 conn.finish()
                 if not conn.reused or not resends_left:
-                    raise UpstreamConnectError("cannot reach the upstream: it closed the connection") from exc
+                    raise UpstreamConnectError(f"cannot reach the upstream: {conn.why_broken()}") from exc
                 resends_left -= 1
             except TimeoutError as exc:
                 conn.finish()
@@ -215,6 +221,11 @@ class RawUpstream:
         except TimeoutError as exc:
             raise UpstreamTimeout(f"cannot connect to the upstream within {self._connect_s:g} s") from exc
         except OSError as exc:
+            if exc.errno in LOCAL_ERRNOS:
+                raise ProxyOverloaded(
+                    f"tokenyard cannot open a connection to the upstream: {os.strerror(exc.errno)} "
+                    "on the proxy's machine (the upstream is not at fault); retry shortly."
+                ) from exc
             raise UpstreamConnectError(f"cannot reach the upstream: {exc.strerror or exc}") from exc
         return conn
 
