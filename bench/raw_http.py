@@ -114,10 +114,26 @@ class RawConnection(asyncio.Protocol):
             self.transport.resume_reading()  # type: ignore[union-attr]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    async def rest(self) -> bytes:
+        """The rest of the answer's body, taken as it comes (a long body must not stay paused);
+        ``ConnectionError``, in words, if the connection ends first."""
+        pieces: list[bytes] = []
+        while not self.done:
+            if self.parts:
+                pieces.append(self.take())
+            elif self.closed:
+                raise ConnectionError(self.why_broken())
+            else:
+                await self.wait()
+        pieces.append(self.take())
+        return b"".join(pieces)
+
     def finish(self) -> None:
         """Back to the pool when the whole answer was read and the upstream keeps the connection; closed
         otherwise (an unfinished body: the upstream stops working on it)."""
         if self.done and not self.closed and self.keep_alive:
+            if self._paused:  # the answer's end came with chunks nobody took: the next answer must be read
+                self.transport.resume_reading()  # type: ignore[union-attr]
             self._fresh()
             self.reused = True
             self._idle.append(self)

@@ -36,11 +36,7 @@ _RESENDS = 2
 
 
 class _Closed(Exception):
-    """The connection closed before the answer's end; ``answered``: whether any of it had come."""
-
-    def __init__(self, answered: bool) -> None:
-        super().__init__("the upstream closed the connection")
-        self.answered = answered
+    """The connection closed before the answer's head."""
 
 
 class RawResponse:
@@ -77,17 +73,14 @@ class RawResponse:
     async def read(self) -> bytes:
         conn = self._conn
         try:
-            if not conn.done:
-                wait = self._wait
-                wait.due_in(self._idle_s)
-                with wait:
-                    while not conn.done:
-                        if conn.closed:
-                            raise UpstreamStreamBroken(
-                                f"the upstream's answer broke off: {conn.why_broken()}"
-                            )
-                        await conn.wait()
-            return conn.take()
+            if conn.done:  # the whole body came with the head (a small answer): no wait
+                return conn.take()
+            wait = self._wait
+            wait.due_in(self._idle_s)
+            with wait:
+                return await conn.rest()
+        except ConnectionError as exc:
+            raise UpstreamStreamBroken(f"the upstream's answer broke off: {exc}") from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(f"no data from the upstream for {self._idle_s:g} s") from exc
         finally:
@@ -187,7 +180,7 @@ class RawUpstream:
                 with wait:
                     while not conn.head_done:
                         if conn.closed:
-                            raise _Closed(answered=False)
+                            raise _Closed
                         await conn.wait()
                 return RawResponse(conn, wait, self._idle_s)
             except _Closed as exc:

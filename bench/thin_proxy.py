@@ -179,11 +179,7 @@ def _raw(base_url: str, connections: int) -> Relay:
                 await conn.wait()
             content_type = conn.headers.get(b"content-type", b"application/json").decode("latin-1")
             if b"content-length" in conn.headers:
-                while not conn.done:
-                    if conn.closed:
-                        raise ConnectionError("the upstream closed the connection")
-                    await conn.wait()
-                await sink.whole(conn.status, content_type, conn.take())
+                await sink.whole(conn.status, content_type, await conn.rest())
                 return
             await sink.start(conn.status, content_type)
             while True:
