@@ -33,7 +33,12 @@ if TYPE_CHECKING:
     import highspy
 
 DEFAULT_SLICES = 8  # Mélange's: a shape's demand in 8 slices, so types can share a shape
-_EPS = 1e-9  # a load this far over a whole number is that number (floating-point noise)
+# A load this far over a whole number of replicas is that number: a millionth of a replica's capacity is
+# noise to a plan. The solver works to ``_SOLVER_TOLERANCE``, a thousand times stricter, because its
+# tolerance applies to rows it has scaled: on a shape with a tiny demand (a request a month) it accepted a
+# load 4e-9 over a replica's, which a recount as strict as the solver then bought a whole replica for.
+_EPS = 1e-6
+_SOLVER_TOLERANCE = 1e-9
 SOLVE_TIME_LIMIT_S = 5.0  # far above what these models take (bench/mix.py); a guard, not a budget
 
 
@@ -95,10 +100,16 @@ def _mix(types: Sequence[GpuType], demand: Sequence[float], taken: Sequence[Sequ
                 shares[gpu.name] = share
                 load[g] += rate * share / gpu.requests_per_s[k]
         assignment.append(shares)
-    replicas = {gpu.name: math.ceil(load[g] - _EPS) for g, gpu in enumerate(types) if load[g] > _EPS}
+    replicas = {gpu.name: replicas_for(load[g]) for g, gpu in enumerate(types) if load[g] > 0}
     usd = sum(gpu.usd_per_h * replicas.get(gpu.name, 0) for gpu in types)
-    loads = {gpu.name: load[g] for g, gpu in enumerate(types) if load[g] > _EPS}
+    loads = {gpu.name: load[g] for g, gpu in enumerate(types) if load[g] > 0}
     return Mix(replicas, tuple(assignment), usd, loads)
+
+
+def replicas_for(load: float) -> int:
+    """The replicas a type needs for ``load`` (in replicas' worth of capacity): none for none, at least one
+    for any, and a load within ``_EPS`` over a whole number is that number."""
+    return max(1, math.ceil(load - _EPS)) if load > 0 else 0
 
 
 def single(gpu: GpuType, demand_per_s: Sequence[float]) -> Mix:
@@ -153,7 +164,9 @@ def _solve_counts(
 
     Columns: ``y[shape, type]`` (integer, 0..slices) then ``n[type]`` (integer replicas). Rows: each shape's
     slices all served (``Σ_type y = slices``); each type's load within its replicas
-    (``Σ_shape y × slice rate / capacity - n ≤ 0``).
+    (``Σ_shape y × slice rate / capacity - n ≤ 0``); and a type that takes any slice has a replica
+    (``Σ_shape y - shapes × slices × n ≤ 0``), as ``replicas_for`` counts it, however small the slice's
+    load.
     """
     import numpy as np
 
@@ -176,6 +189,9 @@ def _solve_counts(
         index = [s * n_types + g for s in range(len(shapes))] + [n_y + g]
         values = [demand[k] / slices / gpu.requests_per_s[k] for k in shapes] + [-1.0]
         highs.addRow(-inf, 0.0, len(index), np.array(index, dtype=np.int32), np.array(values))
+        # Any slice at all on this type: a replica (one row a type, Σ y ≤ all its slices × n).
+        ones = [1.0] * len(shapes) + [-float(slices * len(shapes))]
+        highs.addRow(-inf, 0.0, len(index), np.array(index, dtype=np.int32), np.array(ones))
     highs.run()
     solution = highs.getSolution()
     if not solution.value_valid:
@@ -193,9 +209,9 @@ def _highs() -> highspy.Highs:
     highs.setOptionValue("output_flag", False)
     highs.setOptionValue("mip_rel_gap", 0.0)
     # Its default tolerances (1e-6) accept a load of 1.000001 in one replica; the replicas are recounted
-    # from the assignment with ``_EPS``, so the solver must be as strict, or its optimum is not one.
-    highs.setOptionValue("mip_feasibility_tolerance", _EPS)
-    highs.setOptionValue("primal_feasibility_tolerance", _EPS)
+    # from the assignment with ``_EPS``, so the solver must be stricter, or its optimum is not one.
+    highs.setOptionValue("mip_feasibility_tolerance", _SOLVER_TOLERANCE)
+    highs.setOptionValue("primal_feasibility_tolerance", _SOLVER_TOLERANCE)
     highs.setOptionValue("time_limit", SOLVE_TIME_LIMIT_S)
     highs.setOptionValue("threads", 1)
     return highs
