@@ -223,7 +223,8 @@ class RawUpstream:
         return conn
 
     async def aclose(self) -> None:
-        idle, self._idle[:] = list(self._idle), []
+        idle = self._idle[:]  # each connection_lost takes its connection off the list: walk a copy
+        self._idle.clear()
         for conn in idle:
             conn.transport.close()  # type: ignore[union-attr]
 
