@@ -50,8 +50,8 @@ TARGETS = (
     "uvicorn+httpr",
     "granian-rsgi+pyreqwest",
     "granian-rsgi+httpr",
-    "uvicorn+raw",
-    "granian-rsgi+raw",
+    "uvicorn+http1",
+    "granian-rsgi+http1",
 )
 ABORTED = 200
 _PLAIN = b'{"model":"bench","messages":[{"role":"user","content":"hello"}],"max_tokens":8}'

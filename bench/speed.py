@@ -9,10 +9,12 @@ Scenarios (closed loop unless said otherwise):
   d  1,000 streams opened at once and held for 10 s (the proxy's RSS while they are open)
 
 Targets: the upstream itself; the bare pass-through (``bench.thin_proxy``: uvicorn, uvloop, httptools and a
-pooled aiohttp client, no auth, routing or metering), the floor any Python proxy on this stack stands on;
-and tokenyard. The proxies are pinned to core 0; the upstream, the load generator and a private Redis share
-core 1. Each run starts a fresh process per proxy target (all pinned to core 0, only one under load at a
-time) and, scenario by scenario, measures every target in turn, in an order that rotates from run to run.
+pooled aiohttp client, no auth, routing or metering), the floor issue 19 measured from; with
+``--bare-http1`` the same pass-through over tokenyard's own client (``adapters/http1.py``), the floor on the
+client tokenyard uses; and tokenyard. The proxies are pinned to core 0; the upstream, the load generator
+and a private Redis share core 1. Each run starts a fresh process per proxy target (all pinned to core 0,
+only one under load at a time) and, scenario by scenario, measures every target in turn, in an order that
+rotates from run to run.
 With ``--baseline SRC`` another checkout's tokenyard takes its turns too: a before/after in one go.
 
 Two harnesses: ``python`` (default) is ``bench.upstream`` under ``bench.load``, both asyncio; ``wrk`` is
@@ -113,7 +115,7 @@ def direct(paths: dict[str, str]) -> Running:
 
 
 # Other upstream clients tokenyard can be measured over: each module is `tokenyard` with its client swapped.
-_CLIENT_MODULES = {"pyreqwest": "bench.reqwest_upstream", "raw": "bench.raw_upstream"}
+_CLIENT_MODULES = {"pyreqwest": "bench.reqwest_upstream"}
 
 
 @contextlib.contextmanager
@@ -121,18 +123,18 @@ def tokenyard(
     config_path: Path,
     paths: dict[str, str],
     src: str | None = None,
-    client: str = "aiohttp",
+    client: str = "http1",
     server: str = "uvicorn",
 ) -> Iterator[Running]:
     """A fresh ``tokenyard serve`` on ``config_path``, pinned to the proxy core, ready; ``src``: the
     ``src`` folder of another checkout to run instead of this one; ``client``: ``pyreqwest`` runs it over
-    ``bench.reqwest_upstream``, ``raw`` over ``bench.raw_upstream``, instead of its own aiohttp client;
+    ``bench.reqwest_upstream`` instead of its own client (``http1``);
     ``server``: ``granian`` runs its app under granian's ASGI server (``bench.granian_serve``) instead of
     its own uvicorn. Its pid is the serving process's (granian's worker)."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": src} if src else None
     command = serve_command(config_path, port)
-    if client != "aiohttp":
+    if client != "http1":
         command[command.index("tokenyard")] = _CLIENT_MODULES[client]
     if server == "granian":
         command[command.index("tokenyard")] = "bench.granian_serve"
@@ -166,6 +168,27 @@ def bare(
             for model, base in paths.items()
         }
         yield Running(serving_pid(process.pid), urls)
+
+
+def start_targets(
+    stack: contextlib.ExitStack,
+    targets: list[str],
+    args: argparse.Namespace,
+    upstream_port: int,
+    paths: dict[str, str],
+    configs: dict[str, Path],
+) -> dict[str, Running]:
+    """Every target of a run, started fresh (``stack`` stops them)."""
+    running = {"direct": direct(paths)}
+    for target in targets[1:]:
+        if target.startswith("bare"):
+            client = "http1" if target == "bare-h1" else "aiohttp"
+            running[target] = stack.enter_context(bare(upstream_port, paths, client=client))
+            continue
+        src = args.baseline if target.startswith("base") else None
+        client, server = ("http1", "uvicorn") if src else (args.client, args.server)
+        running[target] = stack.enter_context(tokenyard(configs[target], paths, src, client, server))
+    return running
 
 
 class PythonLoad:
@@ -270,10 +293,16 @@ def main() -> None:
     )
     parser.add_argument(
         "--client",
-        choices=("aiohttp", *_CLIENT_MODULES),
-        default="aiohttp",
-        help="this tokenyard's upstream client: pyreqwest runs it over bench.reqwest_upstream, raw over "
-        "bench.raw_upstream (the baseline keeps its own)",
+        choices=("http1", *_CLIENT_MODULES),
+        default="http1",
+        help="this tokenyard's upstream client: http1 is its own (adapters/http1.py), pyreqwest runs it "
+        "over bench.reqwest_upstream (the baseline keeps its own)",
+    )
+    parser.add_argument(
+        "--bare-http1",
+        action="store_true",
+        help="also run the bare pass-through over tokenyard's own HTTP/1.1 client (target bare-h1): the "
+        "limit over the client tokenyard uses, beside the one over aiohttp",
     )
     parser.add_argument(
         "--server",
@@ -285,11 +314,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.harness == "wrk" and args.seconds != round(args.seconds):
         parser.error("wrk measures whole seconds: give --seconds as a whole number")
-    if args.client != "aiohttp" and args.server != "uvicorn":
+    if args.client != "http1" and args.server != "uvicorn":
         parser.error("--client and --server each swap one part of tokenyard: give one of them")
 
     cases = [case for case in scenarios() if case.key in args.only]
     targets = ["direct", "bare", "off", "redis", *(["base-off", "base-redis"] if args.baseline else [])]
+    if args.bare_http1:
+        targets.insert(2, "bare-h1")
     results = Results(cases, args.harness)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as services:
         folder = Path(tmp)
@@ -307,13 +338,7 @@ def main() -> None:
                 results.capacity[case.key] = upstream_capacity(url, case.stream, folder)
         for run in range(args.runs):
             with contextlib.ExitStack() as stack:
-                running = {"direct": direct(paths), "bare": stack.enter_context(bare(upstream_port, paths))}
-                for target in targets[2:]:
-                    src = args.baseline if target.startswith("base") else None
-                    client, server = ("aiohttp", "uvicorn") if src else (args.client, args.server)
-                    running[target] = stack.enter_context(
-                        tokenyard(configs[target], paths, src, client, server)
-                    )
+                running = start_targets(stack, targets, args, upstream_port, paths, configs)
                 for case in cases:
                     # Targets take turns within each scenario, in an order that rotates run by run.
                     shift = run % len(targets)

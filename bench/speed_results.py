@@ -62,6 +62,7 @@ class Results:
         self.labels = (
             ("direct", HARNESSES[harness][0]),
             ("bare", "bare pass-through"),
+            ("bare-h1", "bare pass-through over tokenyard's client"),
             ("off", "tokenyard, metering off"),
             ("redis", "tokenyard, metering to Redis"),
             ("base-off", "baseline, metering off"),
@@ -154,6 +155,33 @@ class Results:
             )
         return lines
 
+    def against_bare_h1(self) -> list[str]:
+        """tokenyard against the bare pass-through over its own HTTP/1.1 client (``--bare-http1``): what
+        tokenyard's own work costs above the limit on the client it uses."""
+        if ("bare-h1", self.cases[0].key) not in self.runs:
+            return []
+        lines = [
+            "",
+            "tokenyard (metering to Redis) against the bare pass-through over the same client "
+            "(medians of per-run pairs):",
+        ]
+        for case in self.cases:
+            key = case.key
+            if case.hold:
+                rss = self.paired("redis", "bare-h1", key, "rss_mib", ratio=False)
+                lines.append(f"- {key}. {case.title}: peak RSS {rss:+.1f} MiB")
+            elif key == "c":
+                p50 = self.paired("redis", "bare-h1", key, "p50_ms", ratio=False)
+                lines.append(f"- c. {case.title}: p50 {p50:+.2f} ms")
+            else:
+                ratio = self.paired("redis", "bare-h1", key, "rps", ratio=True)
+                cpu = [self.median(mode, key, "cpu_us") for mode in ("bare-h1", "redis")]
+                lines.append(
+                    f"- {key}. {case.title}: req/s × {ratio:.2f}; CPU µs a request {cpu[0]:.0f} bare, "
+                    f"{cpu[1]:.0f} tokenyard"
+                )
+        return lines
+
     def bar(self) -> list[str]:
         """The issues' bars, metering to Redis on: (what, measured, target, met) rows."""
         rows: list[tuple[str, str, str, bool]] = []
@@ -243,10 +271,11 @@ class Results:
                 f"scenario, medians; proxy pinned to core 0, upstream + load + Redis on core 1 "
                 f"({os.cpu_count()} cores); harness: {HARNESSES[self.harness][1]}; this tokenyard over "
                 f"{args.client} under {args.server}"
-                + ("; the baseline over aiohttp under uvicorn" if args.baseline else ""),
+                + ("; the baseline over its own client under uvicorn" if args.baseline else ""),
                 "",
                 *self.table(),
                 *self.against_bare(),
+                *self.against_bare_h1(),
                 "",
                 *self.bar(),
                 *(["", f"tokenyard (metering to Redis) / {direct_label}, req/s:", *ratios] if ratios else []),

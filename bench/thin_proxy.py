@@ -6,7 +6,8 @@ POSTs it over a pooled keep-alive connection to the upstream's base URL plus the
 relays the answer: in one piece when the upstream gives its length, otherwise chunk by chunk as the chunks
 arrive (streams). No auth, routing, validation or metering: whatever it costs above the upstream direct
 is the server and the client. ``bench.clients`` runs it over each client; ``bench.speed`` runs it over
-aiohttp under uvicorn as the "bare" target; ``bench.ceiling`` runs other servers and clients beside that.
+aiohttp under uvicorn as the "bare" target (and over ``http1``, tokenyard's own client, as "bare-h1" with
+``--bare-http1``); ``bench.ceiling`` runs other servers and clients beside that.
 
     python -m bench.thin_proxy --client aiohttp --port 9200 --upstream http://127.0.0.1:9101
     python -m bench.thin_proxy --server granian-rsgi --client pyreqwest --port 9200 --upstream ...
@@ -19,14 +20,13 @@ from the process started.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-CLIENTS = ("aiohttp", "httpx", "httpx2", "httpx-aiohttp", "pyreqwest", "httpr", "raw")
+CLIENTS = ("aiohttp", "httpx", "httpx2", "httpx-aiohttp", "pyreqwest", "httpr", "http1")
 SERVERS = ("uvicorn", "hypercorn", "granian-asgi", "granian-rsgi")
 _HEADERS = {"content-type": "application/json"}
 _END = {"type": "http.response.body", "body": b""}
@@ -153,25 +153,21 @@ def _httpr(base_url: str, connections: int) -> Relay:
     return _stream_relay(client, base_url, raw=False)
 
 
-def _raw(base_url: str, connections: int) -> Relay:
-    """The least a client can be (``bench.raw_http``): a pool of keep-alive connections, one write a
-    request, httptools reading the answer. No TLS, proxies, redirects, decompression, resends or timeouts:
-    how far the ceiling moves when aiohttp's own work is taken away, not a client to ship."""
-    from bench.raw_http import RawConnection
+def _http1(base_url: str, connections: int) -> Relay:
+    """tokenyard's own upstream client without tokenyard (``tokenyard.adapters.http1``: a pool of
+    keep-alive connections, one write a request, httptools reading the answer), with none of the adapter
+    above it (deadlines, resends, error words): what the client alone costs a pass-through."""
+    from tokenyard.adapters.http1 import Http1Pool
 
     parsed = urlsplit(base_url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     prefix = parsed.path.rstrip("/")
     head = b"Host: %s:%d\r\nContent-Type: application/json\r\nContent-Length: " % (host.encode(), port)
-    idle: list[RawConnection] = []
+    pool = Http1Pool(host, port, None, connect_s=30, max_connections=connections)
 
     async def relay(path: str, body: bytes, sink: Sink) -> None:
-        conn = idle.pop() if idle else None
-        if conn is None or conn.closed:
-            loop = asyncio.get_running_loop()
-            _, conn = await loop.create_connection(lambda: RawConnection(idle), host, port)
-        request = b"POST %s HTTP/1.1\r\n%s%d\r\n\r\n" % ((prefix + path).encode(), head, len(body))
-        conn.transport.write(request + body)  # type: ignore[union-attr]
+        conn = await pool.acquire()
+        conn.send(b"POST %s HTTP/1.1\r\n%s%d\r\n\r\n%s" % ((prefix + path).encode(), head, len(body), body))
         try:
             while not conn.head_done:
                 if conn.closed:
@@ -219,8 +215,8 @@ async def open_client(name: str, base_url: str, connections: int) -> Relay:
         return _pyreqwest(base_url, connections)
     if name == "httpr":
         return _httpr(base_url, connections)
-    if name == "raw":
-        return _raw(base_url, connections)
+    if name == "http1":
+        return _http1(base_url, connections)
     client = _httpx(name, connections)
 
     return _stream_relay(client, base_url, raw=True)

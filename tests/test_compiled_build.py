@@ -34,7 +34,7 @@ _KEPT_UNUSED_S = 2 * 86_400
 RERUN = (
     "tests/test_openai_compat.py",  # chat, completions, embeddings, streams: handler, exchange, legs, taps
     "tests/test_upstream_habits.py",  # the upstream client and its deadlines
-    "tests/test_upstream_resend.py",
+    "tests/test_http1.py",  # the pool, resends, framing, TLS
     "tests/test_routing.py",  # routing, the breaker, spillover
     "tests/test_classify.py",
     "tests/test_wire.py",

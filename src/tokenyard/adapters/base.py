@@ -2,10 +2,11 @@
 request, get a response back), a provider's Batch API (OpenAI's files and batches, Anthropic's Message
 Batches) and a webhook (a job's callback).
 
-The rest of tokenyard codes against these protocols only, so the HTTP client underneath (aiohttp today, see
-``openai_http.py``) can change without touching routing or the queue. Implementations raise only the
-``tokenyard.errors.Upstream*`` errors, mapping their client library's exceptions where they occur, and
-``ProxyOverloaded`` when this machine, not the upstream, ran out of something (file descriptors, ports).
+The rest of tokenyard codes against these protocols only, so the HTTP client underneath (``http1.py`` on
+the inference path, aiohttp off it) can change without touching routing or the queue. Implementations
+raise only the ``tokenyard.errors.Upstream*`` errors, mapping their client library's exceptions where they
+occur, and ``ProxyOverloaded`` when this machine, not the upstream, ran out of something (file
+descriptors, ports).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 
 from tokenyard import __version__
-from tokenyard.adapters.openai_http import describe
+from tokenyard.adapters.aiohttp_words import describe
 from tokenyard.errors import UpstreamConnectError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 
 

@@ -1,6 +1,6 @@
 """GET an engine's Prometheus ``/metrics`` text over aiohttp: one pooled session for every engine scraped.
 
-Failures are mapped here to the ``Upstream*`` errors, in the words of ``openai_http.describe`` (the one map
+Failures are mapped here to the ``Upstream*`` errors, in the words of ``aiohttp_words.describe`` (the one map
 of aiohttp's errors); what the text says is ``capacity.engine``'s business.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import aiohttp
 
 from tokenyard import __version__
-from tokenyard.adapters.openai_http import describe
+from tokenyard.adapters.aiohttp_words import describe
 from tokenyard.errors import UpstreamConnectError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 
 _MAX_BYTES = 8 * 1024 * 1024  # a /metrics page past this is not an engine's: refused, not buffered on

@@ -1,7 +1,7 @@
 """Webhook POSTs (a finished job's callback) over aiohttp: one pooled session, opened at the first POST.
 
 The URL is someone else's (the client named it), so its failures are mapped here to the ``Upstream*``
-errors, in the words of ``openai_http.describe``: the one map of aiohttp's errors.
+errors, in the words of ``aiohttp_words.describe``: the one map of aiohttp's errors.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from tokenyard.adapters.openai_http import describe
+from tokenyard.adapters.aiohttp_words import describe
 from tokenyard.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 
 
