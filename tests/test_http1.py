@@ -562,3 +562,76 @@ async def test_tls_with_an_untrusted_certificate_is_refused_in_words(
         with pytest.raises(UpstreamConnectError, match="the upstream's TLS certificate was rejected"):
             await whole(client)
     assert seen.requests == []
+
+
+# -- what a review found (each failed on the first version of the client) -----------------------------------
+
+
+async def test_bytes_after_an_answer_let_go_are_never_the_next_requests_answer() -> None:
+    rest = asyncio.Event()
+
+    async def stray(seen: Seen, number: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        if len(seen.requests) > 1:
+            writer.write(ok(b"answer to " + seen.requests[-1][1]))
+            return True
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(b"data: [DONE]\n\n"))
+        await writer.drain()
+        await rest.wait()
+        writer.write(b"0\r\n\r\n" + ok(b"STALE"))  # the end, and an answer to nothing, in one write
+        return True
+
+    async with upstream(stray, max_connections=1) as (client, seen):
+        resp = await client.post("/chat/completions", b"{}")
+        await resp.next_chunk()
+        resp.release_when_done(LONG_S)
+        rest.set()
+        for n in range(3):
+            sent = b'{"n": %d}' % n
+            answer = await client.post("/chat/completions", sent)
+            assert await answer.read() == b"answer to " + sent
+    assert seen.connections == 2  # the connection that spoke unasked was not used again
+
+
+async def test_an_upstream_that_closes_after_every_answer_loses_no_request_at_a_full_pool() -> None:
+    async def one_answer(seen: Seen, number: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(ok())  # and closes, without saying so (llama-server does this after a stream)
+        return False
+
+    async with upstream(one_answer, max_connections=2) as (client, seen):
+        answers = await asyncio.gather(*(whole(client) for _ in range(100)))
+    assert answers == [(200, b"ok")] * 100
+    assert len(seen.requests) == 100  # none sent twice: a connection closed on its way was never used
+
+
+async def test_a_cut_chunked_body_is_broken_whatever_the_case_of_its_header() -> None:
+    async def cut(seen: Seen, number: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\n")
+        return False
+
+    async with upstream(cut) as (client, _):
+        with pytest.raises(UpstreamStreamBroken, match="before the last chunk"):
+            await whole(client)
+
+
+async def test_a_body_framed_by_the_close_is_not_ended_by_this_side_closing() -> None:
+    async def endless(seen: Seen, number: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: 1\n\n")
+        return True
+
+    async with upstream(endless) as (client, seen):
+        resp = await client.post("/chat/completions", b"{}")
+        assert await resp.next_chunk() == b"data: 1\n\n"
+        await client.aclose()  # a shutdown, mid-answer: the answer is cut, not complete
+        await seen.closed.wait()  # the socket is closed: the connection's loss has been told
+        with pytest.raises(UpstreamStreamBroken):
+            await resp.next_chunk()
+
+
+async def test_an_upgrade_nobody_asked_for_is_a_malformed_answer() -> None:
+    async def upgrades(seen: Seen, number: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        return True
+
+    async with upstream(upgrades) as (client, _):
+        with pytest.raises(UpstreamError, match="HTTP response was malformed"):
+            await whole(client)

@@ -137,7 +137,7 @@ class Http1Connection:
             self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # (an upgrade nobody asked for)
             if not self.done:  # (after the end: bytes nobody asked for; the answer itself is whole)
                 self.broken = self.broken or ("body" if self.head_done else "head")
             self.keep_alive = False
@@ -151,10 +151,13 @@ class Http1Connection:
         return False  # close the connection: a half-closed upstream sends nothing more
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # An answer with neither a length nor chunks ends where the upstream closes the connection (not
+        # where this side does: finish() and aclose() mark it closed first).
+        ended = not self.closed and exc is None and self.head_done and not self.done and not self.broken
         self.closed = True
         self.reset = exc is not None
-        if self.head_done and not self.done and not self.broken and exc is None and self._framed_by_close():
-            self.done = True  # an answer with neither a length nor chunks ends where the connection does
+        if ended and self._framed_by_close():
+            self.done = True
             if self.after_end is not None:
                 self.after_end()
         self._wake()
@@ -168,7 +171,8 @@ class Http1Connection:
 
     def _framed_by_close(self) -> bool:
         headers = self.headers
-        return b"content-length" not in headers and b"chunked" not in headers.get(b"transfer-encoding", b"")
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()  # as llhttp reads it
+        return b"content-length" not in headers and not chunked
 
     # -- httptools' callbacks --
 
@@ -211,7 +215,9 @@ class Http1Connection:
         self.keep_alive = self.parser.should_keep_alive()
         self.done = True
         if self.after_end is not None:
-            self.after_end()
+            # Not from inside the parser: bytes after this answer in the same read must still find it done
+            # (on_message_begin refuses them) before the connection is fresh for the next answer.
+            asyncio.get_running_loop().call_soon(self.after_end)
         else:
             self._wake()
 
@@ -231,7 +237,11 @@ class Http1Connection:
             self._waiter = None
 
     def send(self, request: bytes) -> None:
-        self.transport.write(request)  # type: ignore[union-attr]
+        """Write a request; on a connection already closing, nothing (its close, not an error here, is what
+        the sender sees: a reused connection closed before any answer)."""
+        transport = self.transport
+        if not transport.is_closing():  # type: ignore[union-attr]
+            transport.write(request)  # type: ignore[union-attr]
 
     def take(self) -> bytes:
         """The body's bytes that came and were not taken yet."""
@@ -301,8 +311,8 @@ class Http1Pool:
     """At most ``max_connections`` connections to one host and port, reused while the upstream keeps them.
 
     ``acquire`` hands out an idle connection (the most recently used: the likeliest to be alive), or opens
-    one, or waits its turn (first come, first served) for one to be released or closed, for up to
-    ``connect_s`` in all (as aiohttp counts its pool's wait to the connect timeout).
+    one, or waits its turn (first come, first served) for one to be released or closed: up to ``connect_s``
+    for the turn (as aiohttp counts its pool's wait to the connect timeout), and ``connect_s`` to connect.
     """
 
     def __init__(
@@ -343,19 +353,32 @@ class Http1Pool:
             conn.pooled = False
             if not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
                 return conn
-        if self._closed:
-            raise UpstreamConnectError("the upstream's client is closed")
-        if self.open_connections < self._max and not self._waiters:
-            self._opening += 1
-            return await self._connect()
-        return await self._wait_turn()
+        front = False
+        while True:
+            if self._closed:
+                raise UpstreamConnectError("the upstream's client is closed")
+            if self.open_connections < self._max and not self._waiters:
+                self._opening += 1
+                return await self._connect()
+            given = await self._wait_turn(front)
+            if given is None:  # a slot, counted in _opening
+                return await self._connect()
+            if not given.closed and not given.transport.is_closing():  # type: ignore[union-attr]
+                return given
+            # It closed on its way here (an upstream that closes after each answer while saying
+            # keep-alive): its close frees a slot, which this waiter, first in line again, will have.
+            front = True
 
-    async def _wait_turn(self) -> Http1Connection:
+    async def _wait_turn(self, front: bool) -> Http1Connection | None:
+        """A connection released to this waiter, or None: a slot to open one in (counted in _opening)."""
         turn: asyncio.Future[Http1Connection | None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(turn)
+        if front:
+            self._waiters.appendleft(turn)
+        else:
+            self._waiters.append(turn)
         try:
             async with asyncio.timeout(self._connect_s):
-                conn = await turn
+                return await turn
         except BaseException as exc:
             if not turn.done():
                 self._waiters.remove(turn)
@@ -373,7 +396,6 @@ class Http1Pool:
                     f"(all {self._max} are busy)"
                 ) from exc
             raise
-        return await self._connect() if conn is None else conn
 
     async def _connect(self) -> Http1Connection:
         """Open a connection in a slot already counted in ``_opening``."""
@@ -403,7 +425,11 @@ class Http1Pool:
         return conn
 
     def release(self, conn: Http1Connection) -> None:
-        """A connection whose answer ended and which the upstream keeps: to the next waiter, or idle."""
+        """A connection whose answer ended and which the upstream keeps: to the next waiter, or idle. One
+        already closing (an upstream that closes after each answer while saying keep-alive) is neither:
+        its ``connection_lost`` gives the slot on."""
+        if conn.transport.is_closing():  # type: ignore[union-attr]
+            return
         while self._waiters:
             turn = self._waiters.popleft()
             if not turn.done():

@@ -33,7 +33,7 @@ _RESENDS_ON_CLOSED_CONNECTION = 2
 _UNSAFE_TARGET = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]")
 _SAFE_IN_TARGET = "-._~!$&'()*+,;=:@/?%"
 _LINE_BREAK = re.compile(r"[\r\n\0]")
-_NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE"})
+_NO_BODY_METHODS = frozenset({"GET", "DELETE"})
 
 
 def parse_retry_after(
@@ -97,14 +97,21 @@ class Http1Response:
         try:
             if conn.done:  # the whole body came with the head (a small answer): no wait
                 return conn.take()
+            pieces: list[bytes] = []
             wait = self._wait
-            wait.due_in(self._idle_s)
-            with wait:
-                return await conn.rest()
+            while not conn.done:  # taken as it comes (a long body must not stay paused), idle_s a gap
+                if conn.parts:
+                    pieces.append(conn.take())
+                    continue
+                if conn.closed:
+                    raise UpstreamStreamBroken(f"the upstream's answer broke off: {conn.why_broken()}")
+                wait.due_in(self._idle_s)
+                with wait:
+                    await conn.wait()
+            pieces.append(conn.take())
+            return b"".join(pieces)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"no data from the upstream for {self._idle_s:g} s") from exc
-        except ConnectionError as exc:
-            raise UpstreamStreamBroken(f"the upstream's answer broke off: {exc}") from exc
         finally:
             self.close()
 
@@ -141,6 +148,8 @@ class Http1Response:
         # The connection goes back to the pool when the body's end arrives, unread; dropped if it has not
         # within grace_s (until then it holds a pool slot, so the wait is bounded).
         conn = self._conn
+        if self._finished:
+            return
         if conn.done or conn.closed:
             self.close()
             return
@@ -222,6 +231,8 @@ class OpenAIHttpUpstream:
         served, so it goes again, at most twice (the pool may hold more than one dead connection); a new
         connection closed so is the upstream's failure, and is not.
         """
+        if method == "HEAD":  # its answer's length describes a body that never comes: nothing here asks it
+            raise ValueError("HEAD is not supported by the upstream client")
         message = self._message(method, path, body, headers)
         deadlines = self._deadlines
         wait = deadlines.wait(deadlines.time() + self._first_byte_s)
@@ -286,4 +297,7 @@ def _header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
         if _LINE_BREAK.search(name) is not None or _LINE_BREAK.search(value) is not None:
             raise ValueError(f"header {name!r} holds a line break or NUL")
         lines.append(f"{name}: {value}\r\n")
-    return "".join(lines).encode("latin-1")
+    try:
+        return "".join(lines).encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise ValueError("a header holds a character outside Latin-1 (percent-encode it)") from exc
