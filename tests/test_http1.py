@@ -635,3 +635,27 @@ async def test_an_upgrade_nobody_asked_for_is_a_malformed_answer() -> None:
     async with upstream(upgrades) as (client, _):
         with pytest.raises(UpstreamError, match="HTTP response was malformed"):
             await whole(client)
+
+
+async def test_a_408_on_a_reused_connection_is_its_idle_timeout_and_the_request_goes_again() -> None:
+    async def times_out(seen: Seen, number: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        if number == 1 and len(seen.requests) == 2:
+            writer.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            return False
+        writer.write(ok(b"answer %d" % len(seen.requests)))
+        return True
+
+    async with upstream(times_out) as (client, seen):
+        assert await whole(client) == (200, b"answer 1")
+        assert await whole(client) == (200, b"answer 3")
+    assert seen.connections == 2
+
+
+async def test_a_408_on_a_new_connection_is_the_answer() -> None:
+    async def times_out(seen: Seen, number: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        return False
+
+    async with upstream(times_out) as (client, seen):
+        assert await whole(client) == (408, b"")
+    assert len(seen.requests) == 1

@@ -223,8 +223,8 @@ class OpenAIHttpUpstream:
         """Any method on ``path`` (an inference ``POST``, a stored object's ``GET``, ``DELETE``, a ``POST``
         …/cancel): the same URL, auth, timeouts and errors as ``post``.
 
-        Sent again when the pooled connection it went out on was closed before any byte of an answer.
-        Upstreams close pooled connections under us: llama-server closes after every streamed answer while
+        Sent again when the pooled connection it went out on was closed before any byte of an answer, or
+        answered 408 (timed out idle). Upstreams close pooled connections under us: llama-server closes after every streamed answer while
         saying keep-alive, and any server closes an idle one at its own keep-alive timeout. A close that
         arrives as the connection is reused fails the request before the upstream read it. An inference
         POST changes no state upstream, and a connection closed with no answer means the request was not
@@ -256,13 +256,9 @@ class OpenAIHttpUpstream:
                 if conn is not None:
                     conn.finish()  # a client that left: drop the request, so the upstream stops
                 raise
-            if conn.head_done:
+            if conn.head_done and (conn.status != 408 or not conn.reused or not resends_left):
                 return Http1Response(conn, wait, self._idle_s)
-            conn.finish()
-            if conn.broken:
-                raise UpstreamError(f"the upstream request failed: {conn.why_broken()}")
-            if not conn.reused or conn.got_bytes or not resends_left:
-                raise UpstreamConnectError(f"cannot reach the upstream: {conn.why_broken()}")
+            _drop_for_resend(conn, resends_left)
             resends_left -= 1
 
     def _message(self, method: str, path: str, body: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
@@ -287,6 +283,20 @@ class OpenAIHttpUpstream:
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+
+
+def _drop_for_resend(conn: Http1Connection, resends_left: int) -> None:
+    """Close ``conn``, on which a request got no answer; raise unless the request may go again: the
+    connection was reused, and closed before any byte of an answer, or answered 408 (the upstream timed it
+    out idle as the request went out: a server's way of closing it; Go's client resends on it too)."""
+    conn.keep_alive = False
+    conn.finish()
+    if conn.head_done:  # a reused connection's 408, with resends left
+        return
+    if conn.broken:
+        raise UpstreamError(f"the upstream request failed: {conn.why_broken()}")
+    if not conn.reused or conn.got_bytes or not resends_left:
+        raise UpstreamConnectError(f"cannot reach the upstream: {conn.why_broken()}")
 
 
 def _header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
