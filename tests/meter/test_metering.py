@@ -339,5 +339,11 @@ async def test_report_and_export_read_the_store(metered: tuple[ProxyProcess, flo
     replay = await asyncio.to_thread(run_cli, "replay", str(log), "--config", config, "--json")
     assert replay.returncode == 0, replay.stderr
     advice = json.loads(replay.stdout)["workloads"][0]
-    assert advice["window"]["basis"] == "the log's window"
-    assert advice["window"]["minutes"] == pytest.approx(60, abs=1)
+    # ...cut at 00:00 UTC when the hour began the day before the first request: replicas are not billed
+    # before a workload's first day (decide._from_first_day). Within the first hour of a UTC day it is.
+    exported_window = json.loads(exported_text[0].splitlines()[0])["window"]
+    first_day = int(records[0]["ts"]) // 86_400 * 86_400
+    start = max(exported_window["start"], first_day)
+    cut = ", from 00:00 UTC of the day of its first request" if start > exported_window["start"] else ""
+    assert advice["window"]["basis"] == "the log's window" + cut
+    assert advice["window"]["minutes"] == pytest.approx((exported_window["end"] - start) / 60, abs=1)

@@ -224,12 +224,12 @@ class OpenAIHttpUpstream:
         …/cancel): the same URL, auth, timeouts and errors as ``post``.
 
         Sent again when the pooled connection it went out on was closed before any byte of an answer, or
-        answered 408 (timed out idle). Upstreams close pooled connections under us: llama-server closes after every streamed answer while
-        saying keep-alive, and any server closes an idle one at its own keep-alive timeout. A close that
-        arrives as the connection is reused fails the request before the upstream read it. An inference
-        POST changes no state upstream, and a connection closed with no answer means the request was not
-        served, so it goes again, at most twice (the pool may hold more than one dead connection); a new
-        connection closed so is the upstream's failure, and is not.
+        answered 408 (timed out idle). Upstreams close pooled connections under us: llama-server closes
+        after every streamed answer while saying keep-alive, and any server closes an idle one at its own
+        keep-alive timeout. A close that arrives as the connection is reused fails the request before the
+        upstream read it. An inference POST changes no state upstream, and a connection closed with no
+        answer means the request was not served, so it goes again, at most twice (the pool may hold more
+        than one dead connection); a new connection closed so is the upstream's failure, and is not.
         """
         if method == "HEAD":  # its answer's length describes a body that never comes: nothing here asks it
             raise ValueError("HEAD is not supported by the upstream client")
