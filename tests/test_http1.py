@@ -659,3 +659,13 @@ async def test_a_408_on_a_new_connection_is_the_answer() -> None:
     async with upstream(times_out) as (client, seen):
         assert await whole(client) == (408, b"")
     assert len(seen.requests) == 1
+
+
+async def test_an_answer_let_go_reads_nothing_more_from_its_connection() -> None:
+    async with upstream(answering, max_connections=1) as (client, seen):
+        first = await client.post("/chat/completions", b"{}")
+        first.release_when_done(LONG_S)  # its end has come: the connection is back in the pool
+        second = await client.post("/chat/completions", b"{}")
+        assert await first.next_chunk() == b""  # not the second request's answer
+        assert await second.read() == b"answer 2"
+    assert seen.connections == 1

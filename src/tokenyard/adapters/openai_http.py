@@ -117,6 +117,8 @@ class Http1Response:
 
     async def next_chunk(self) -> bytes:
         # A method, not an async generator: nothing to close, and no generator machinery each chunk.
+        if self._finished:  # let go or closed: the connection may be carrying another request's answer
+            return b""
         conn = self._conn
         if not conn.parts and not conn.done:
             wait = self._wait
