@@ -24,7 +24,7 @@ import os
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httptools
 
@@ -251,9 +251,14 @@ class Http1Connection:
             self.transport.resume_reading()  # type: ignore[union-attr]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def rest(self) -> bytes:
+    def alive(self) -> bool:
+        """Open and not closing: fit to carry a request."""
+        return not self.closed and not self.transport.is_closing()  # type: ignore[union-attr]
+
+    async def rest(self, gap: Callable[[], Awaitable[None]] | None = None) -> bytes:
         """The rest of the answer's body, taken as it comes (a long body must not stay paused);
-        ``ConnectionError``, in words, if the connection ends first."""
+        ``ConnectionError``, in words, if the connection ends first. ``gap`` waits for the next bytes
+        instead of ``wait`` (the adapter's, under its idle deadline)."""
         pieces: list[bytes] = []
         while not self.done:
             if self.parts:
@@ -261,7 +266,7 @@ class Http1Connection:
             elif self.closed:
                 raise ConnectionError(self.why_broken())
             else:
-                await self.wait()
+                await (self.wait() if gap is None else gap())
         pieces.append(self.take())
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
@@ -351,7 +356,7 @@ class Http1Pool:
         while idle:
             conn = idle.pop()
             conn.pooled = False
-            if not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
+            if conn.alive():
                 return conn
         front = False
         while True:
@@ -363,7 +368,7 @@ class Http1Pool:
             given = await self._wait_turn(front)
             if given is None:  # a slot, counted in _opening
                 return await self._connect()
-            if not given.closed and not given.transport.is_closing():  # type: ignore[union-attr]
+            if given.alive():
                 return given
             # It closed on its way here (an upstream that closes after each answer while saying
             # keep-alive): its close frees a slot, which this waiter, first in line again, will have.
@@ -428,7 +433,7 @@ class Http1Pool:
         """A connection whose answer ended and which the upstream keeps: to the next waiter, or idle. One
         already closing (an upstream that closes after each answer while saying keep-alive) is neither:
         its ``connection_lost`` gives the slot on."""
-        if conn.transport.is_closing():  # type: ignore[union-attr]
+        if not conn.alive():
             return
         while self._waiters:
             turn = self._waiters.popleft()

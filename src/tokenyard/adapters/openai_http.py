@@ -97,23 +97,20 @@ class Http1Response:
         try:
             if conn.done:  # the whole body came with the head (a small answer): no wait
                 return conn.take()
-            pieces: list[bytes] = []
-            wait = self._wait
-            while not conn.done:  # taken as it comes (a long body must not stay paused), idle_s a gap
-                if conn.parts:
-                    pieces.append(conn.take())
-                    continue
-                if conn.closed:
-                    raise UpstreamStreamBroken(f"the upstream's answer broke off: {conn.why_broken()}")
-                wait.due_in(self._idle_s)
-                with wait:
-                    await conn.wait()
-            pieces.append(conn.take())
-            return b"".join(pieces)
+            return await conn.rest(self._gap)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"no data from the upstream for {self._idle_s:g} s") from exc
+        except ConnectionError as exc:
+            raise UpstreamStreamBroken(f"the upstream's answer broke off: {exc}") from exc
         finally:
             self.close()
+
+    async def _gap(self) -> None:
+        """Wait for the body's next bytes, ``idle_s`` at most (a gap, not the whole body)."""
+        wait = self._wait
+        wait.due_in(self._idle_s)
+        with wait:
+            await self._conn.wait()
 
     async def next_chunk(self) -> bytes:
         # A method, not an async generator: nothing to close, and no generator machinery each chunk.
